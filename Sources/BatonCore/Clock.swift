@@ -1,0 +1,84 @@
+import Glibc
+
+/// Wall-clock and monotonic time, and the RFC 3339 (UTC, milliseconds) stamps the journal uses.
+public enum Clock {
+    /// Seconds since the epoch.
+    public static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+
+    /// Monotonic seconds, for durations and deadlines.
+    public static func monotonic() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+
+    /// `2026-11-22T18:18:12.345Z`
+    public static func rfc3339(_ t: Double) -> String {
+        var secs = time_t(t.rounded(.down))
+        var ms = Int((t - Double(secs)) * 1000)
+        if ms >= 1000 { ms = 999 }
+        var tm = tm()
+        gmtime_r(&secs, &tm)
+        return "\(pad(Int(tm.tm_year) + 1900, 4))-\(pad(Int(tm.tm_mon) + 1, 2))-\(pad(Int(tm.tm_mday), 2))T"
+            + "\(pad(Int(tm.tm_hour), 2)):\(pad(Int(tm.tm_min), 2)):\(pad(Int(tm.tm_sec), 2)).\(pad(ms, 3))Z"
+    }
+
+    /// Parses what `rfc3339` writes (and the same without milliseconds).
+    public static func parseRFC3339(_ s: String) -> Double? {
+        let u = Array(s.utf8)
+        guard u.count >= 20 else { return nil }
+        func num(_ a: Int, _ n: Int) -> Int? {
+            var v = 0
+            for k in a..<(a + n) { guard k < u.count, (48...57).contains(u[k]) else { return nil }; v = v * 10 + Int(u[k] - 48) }
+            return v
+        }
+        guard let y = num(0, 4), let mo = num(5, 2), let d = num(8, 2), let h = num(11, 2),
+              let mi = num(14, 2), let se = num(17, 2) else { return nil }
+        var ms = 0
+        if u.count > 20, u[19] == UInt8(ascii: "."), let m = num(20, 3) { ms = m }
+        var tm = tm()
+        tm.tm_year = Int32(y - 1900); tm.tm_mon = Int32(mo - 1); tm.tm_mday = Int32(d)
+        tm.tm_hour = Int32(h); tm.tm_min = Int32(mi); tm.tm_sec = Int32(se)
+        return Double(timegm(&tm)) + Double(ms) / 1000
+    }
+
+    static func pad(_ v: Int, _ n: Int) -> String {
+        let s = String(v)
+        return s.count >= n ? s : String(repeating: "0", count: n - s.count) + s
+    }
+
+    /// A duration for people: 850ms, 12.3s, 4m05s, 2h03m.
+    public static func human(_ seconds: Double) -> String {
+        if seconds < 1 { return "\(Int((seconds * 1000).rounded()))ms" }
+        if seconds < 60 { return String(Int(seconds * 10) / 10) + "." + String(Int(seconds * 10) % 10) + "s" }
+        let s = Int(seconds)
+        if s < 3600 { return "\(s / 60)m\(pad(s % 60, 2))s" }
+        return "\(s / 3600)h\(pad((s % 3600) / 60, 2))m"
+    }
+}
+
+public enum RunID {
+    /// `20261122-181812-3f9a`: UTC start time, then 4 random hex digits. Sorts by start time.
+    public static func make(at t: Double = Clock.now()) -> String {
+        var secs = time_t(t)
+        var tm = tm()
+        gmtime_r(&secs, &tm)
+        let p = Clock.pad
+        let date = "\(p(Int(tm.tm_year) + 1900, 4))\(p(Int(tm.tm_mon) + 1, 2))\(p(Int(tm.tm_mday), 2))"
+        let time = "\(p(Int(tm.tm_hour), 2))\(p(Int(tm.tm_min), 2))\(p(Int(tm.tm_sec), 2))"
+        let r = String(UInt16.random(in: 0...UInt16.max), radix: 16)
+        return "\(date)-\(time)-\(String(repeating: "0", count: 4 - r.count))\(r)"
+    }
+
+    /// Ids become directory names: letters, digits, `-`, `_`, `.`; not starting with `.`.
+    public static func isValid(_ id: String) -> Bool {
+        guard !id.isEmpty, id.utf8.count <= 128, id.first != "." else { return false }
+        return id.utf8.allSatisfy { c in
+            (48...57).contains(c) || (65...90).contains(c) || (97...122).contains(c) || c == 45 || c == 95 || c == 46
+        }
+    }
+}

@@ -1,0 +1,214 @@
+import Glibc
+
+/// An error from the operating system, with the operation and path it concerns.
+public struct SystemError: Error, CustomStringConvertible {
+    public let op: String
+    public let path: String
+    public let code: Int32
+
+    public init(_ op: String, _ path: String, _ code: Int32 = errno) {
+        self.op = op; self.path = path; self.code = code
+    }
+
+    public var isNoSpace: Bool { code == ENOSPC || code == EFBIG || code == EDQUOT }
+
+    public var description: String {
+        let why: String
+        switch code {
+        case ENOSPC: why = "no space left on device"
+        case EFBIG: why = "file size limit exceeded (no space for the file to grow)"
+        case EDQUOT: why = "disk quota exceeded"
+        default: why = String(cString: strerror(code))
+        }
+        return "\(op) \(path): \(why)"
+    }
+}
+
+public enum FileIO {
+    /// Writes all of `bytes` to `fd`, retrying short writes and EINTR.
+    public static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, path: String) throws {
+        var off = 0
+        while off < bytes.count {
+            let n = write(fd, bytes.baseAddress! + off, bytes.count - off)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SystemError("write", path)
+            }
+            off += n
+        }
+    }
+
+    public static func readFile(_ path: String, limit: Int = Int.max) throws -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { throw SystemError("open", path) }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while out.count < limit {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, min($0.count, limit - out.count)) }
+            if n < 0 { if errno == EINTR { continue }; throw SystemError("read", path) }
+            if n == 0 { break }
+            out.append(contentsOf: buf[0..<n])
+        }
+        return out
+    }
+
+    public static func readString(_ path: String) throws -> String {
+        String(decoding: try readFile(path), as: UTF8.self)
+    }
+
+    public static func exists(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0
+    }
+
+    public static func isDirectory(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    public static func size(_ path: String) -> Int? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return Int(st.st_size)
+    }
+
+    /// mkdir -p
+    public static func makeDirectories(_ path: String, mode: mode_t = 0o755) throws {
+        if isDirectory(path) { return }
+        let parent = dirname(path)
+        if parent != path, !parent.isEmpty { try makeDirectories(parent, mode: mode) }
+        if mkdir(path, mode) != 0, errno != EEXIST { throw SystemError("mkdir", path) }
+    }
+
+    public static func dirname(_ path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        if slash == path.startIndex { return "/" }
+        return String(path[..<slash])
+    }
+
+    public static func basename(_ path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return path }
+        return String(path[path.index(after: slash)...])
+    }
+
+    public static func join(_ a: String, _ b: String) -> String {
+        if b.hasPrefix("/") || a.isEmpty { return b }
+        return a.hasSuffix("/") ? a + b : a + "/" + b
+    }
+
+    public static func absolute(_ path: String) -> String {
+        if path.hasPrefix("/") { return path }
+        return join(currentDirectory(), path)
+    }
+
+    public static func currentDirectory() -> String {
+        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        guard getcwd(&buf, buf.count) != nil else { return "." }
+        return String(cBuffer: buf)
+    }
+
+    public static func fsyncDirectory(_ dir: String) {
+        let fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd >= 0 { fsync(fd); close(fd) }
+    }
+
+    /// Atomic replace: write a temp file beside the target, fsync it, rename it over the
+    /// target, fsync the directory. A reader sees the old file or the new one, never half.
+    public static func writeAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) throws {
+        let dir = dirname(path)
+        let tmp = join(dir, ".\(basename(path)).tmp.\(getpid()).\(UInt32.random(in: 0...UInt32.max))")
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+        if fd < 0 { throw SystemError("create", tmp) }
+        do {
+            try bytes.withUnsafeBytes { try writeAll(fd, $0, path: path) }
+            if fchmod(fd, mode) != 0 { throw SystemError("chmod", tmp) }
+            if fsync(fd) != 0 { throw SystemError("fsync", path) }
+        } catch {
+            close(fd); unlink(tmp); throw error
+        }
+        close(fd)
+        if rename(tmp, path) != 0 { let e = SystemError("rename", path); unlink(tmp); throw e }
+        fsyncDirectory(dir)
+    }
+
+    /// Appends one record under an exclusive flock of the file itself, as one write.
+    /// Concurrent appenders (other processes too) never interleave.
+    public static func appendLocked(_ path: String, _ bytes: [UInt8]) throws {
+        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        if fd < 0 { throw SystemError("open", path) }
+        defer { close(fd) }
+        while flock(fd, LOCK_EX) != 0 { if errno != EINTR { throw SystemError("lock", path) } }
+        defer { flock(fd, LOCK_UN) }
+        try bytes.withUnsafeBytes { try writeAll(fd, $0, path: path) }
+        if fdatasync(fd) != 0 { throw SystemError("fdatasync", path) }
+    }
+
+    /// Entries of a directory, without `.` and `..`.
+    public static func list(_ dir: String) -> [String] {
+        guard let d = opendir(dir) else { return [] }
+        defer { closedir(d) }
+        var names: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafePointer(to: e.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+}
+
+/// An exclusive flock on a file, held until `release` or process death.
+/// flock belongs to the open file description: the descriptor is O_CLOEXEC so
+/// stages never inherit (and never prolong) the lock.
+public final class FileLock: @unchecked Sendable {
+    public let path: String
+    private var fd: Int32
+
+    private init(path: String, fd: Int32) { self.path = path; self.fd = fd }
+
+    /// Takes the lock without waiting; nil when another process holds it.
+    public static func tryAcquire(_ path: String) throws -> FileLock? {
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        if fd < 0 { throw SystemError("open", path) }
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            if errno == EINTR { continue }
+            let e = errno
+            close(fd)
+            if e == EWOULDBLOCK { return nil }
+            throw SystemError("lock", path, e)
+        }
+        return FileLock(path: path, fd: fd)
+    }
+
+    /// True when some process holds the lock on `path` (probes without keeping it).
+    public static func isHeld(_ path: String) -> Bool {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { return false }
+        defer { close(fd) }
+        if flock(fd, LOCK_SH | LOCK_NB) == 0 { flock(fd, LOCK_UN); return false }
+        return errno == EWOULDBLOCK
+    }
+
+    /// Records who holds it (for "live, pid N" messages); the lock is what counts.
+    public func writeOwner(_ text: String) {
+        ftruncate(fd, 0)
+        var bytes = Array(text.utf8)
+        _ = bytes.withUnsafeMutableBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+    }
+
+    public func release() {
+        if fd >= 0 { flock(fd, LOCK_UN); close(fd); fd = -1 }
+    }
+
+    deinit { release() }
+}
+
+extension String {
+    /// A NUL-terminated C buffer as a String.
+    public init(cBuffer buf: [CChar]) {
+        let end = buf.firstIndex(of: 0) ?? buf.count
+        self = String(decoding: buf[0..<end].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}

@@ -1,0 +1,132 @@
+import CBatonSys
+import Glibc
+
+/// How a stage's command is given: argv (no shell) or shell text for `/bin/sh -c`.
+public enum Command: Equatable, Sendable {
+    case argv([String])
+    case shell(String)
+
+    public var argv: [String] {
+        switch self {
+        case let .argv(a): return a
+        case let .shell(s): return ["/bin/sh", "-c", s]
+        }
+    }
+
+    public var display: String {
+        switch self {
+        case let .argv(a): return a.map(Command.quote).joined(separator: " ")
+        case let .shell(s): return s
+        }
+    }
+
+    public var json: JSON {
+        switch self {
+        case let .argv(a): return .array(a.map(JSON.string))
+        case let .shell(s): return .string(s)
+        }
+    }
+
+    static func quote(_ s: String) -> String {
+        if !s.isEmpty, s.utf8.allSatisfy({ c in
+            (48...57).contains(c) || (65...90).contains(c) || (97...122).contains(c) || "-_./=:,+@%".utf8.contains(c)
+        }) { return s }
+        return "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'"
+    }
+}
+
+extension String {
+    func replacingOccurrences(of a: String, with b: String) -> String {
+        guard !a.isEmpty else { return self }
+        var out = ""
+        var rest = Substring(self)
+        while let r = rest.range(of: a) {
+            out += rest[..<r.lowerBound]
+            out += b
+            rest = rest[r.upperBound...]
+        }
+        return out + rest
+    }
+}
+
+extension Substring {
+    func range(of needle: String) -> Range<Substring.Index>? {
+        let n = Array(needle.utf8)
+        let h = Array(self.utf8)
+        guard n.count <= h.count, !n.isEmpty else { return nil }
+        for i in 0...(h.count - n.count) where h[i] == n[0] && Array(h[i..<(i + n.count)]) == n {
+            let lo = self.utf8.index(self.utf8.startIndex, offsetBy: i)
+            let hi = self.utf8.index(lo, offsetBy: n.count)
+            return lo..<hi
+        }
+        return nil
+    }
+}
+
+public struct SpawnError: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
+}
+
+public enum Spawner {
+    /// The environment of this process, as a dictionary.
+    public static func currentEnvironment() -> [String: String] {
+        var env: [String: String] = [:]
+        var p = environ
+        while let entry = p.pointee {
+            let s = String(cString: entry)
+            if let eq = s.firstIndex(of: "=") { env[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
+            p += 1
+        }
+        return env
+    }
+
+    /// Finds `name` as execvp would, in the PATH the stage will have.
+    public static func resolve(_ name: String, path: String?, cwd: String?) -> String? {
+        if name.contains("/") {
+            let full = name.hasPrefix("/") ? name : FileIO.join(cwd ?? FileIO.currentDirectory(), name)
+            return access(full, X_OK) == 0 ? full : nil
+        }
+        for dir in (path ?? "/usr/local/bin:/usr/bin:/bin").split(separator: ":", omittingEmptySubsequences: false) {
+            let d = dir.isEmpty ? "." : String(dir)
+            let full = FileIO.join(d, name)
+            var st = stat()
+            if stat(full, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, access(full, X_OK) == 0 { return full }
+        }
+        return nil
+    }
+
+    /// Starts argv in its own process group (or session) with the given descriptors.
+    public static func spawn(argv: [String], env: [String: String], cwd: String?,
+                             stdin: Int32, stdout: Int32, stderr: Int32,
+                             newSession: Bool = false, dieWithParent: Bool = true) throws -> pid_t {
+        guard let first = argv.first, !first.isEmpty else { throw SpawnError(message: "empty command") }
+        if let cwd, !FileIO.isDirectory(cwd) { throw SpawnError(message: "working directory \(cwd) does not exist") }
+        guard let path = resolve(first, path: env["PATH"], cwd: cwd) else {
+            throw SpawnError(message: "command not found: \(first)")
+        }
+        let cArgv = argv.map { strdup($0) } + [nil]
+        let cEnv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { cArgv.forEach { free($0) }; cEnv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let err: Int32 = path.withCString { cPath in
+            cArgv.withUnsafeBufferPointer { av in
+                cEnv.withUnsafeBufferPointer { ev in
+                    let run = { (cwdPtr: UnsafePointer<CChar>?) -> Int32 in
+                        var o = baton_spawn_opts(path: cPath, argv: av.baseAddress, envp: ev.baseAddress, cwd: cwdPtr,
+                                                 stdin_fd: stdin, stdout_fd: stdout, stderr_fd: stderr,
+                                                 new_session: newSession ? 1 : 0,
+                                                 pdeathsig: dieWithParent ? SIGKILL : 0)
+                        return baton_spawn(&o, &pid)
+                    }
+                    if let cwd { return cwd.withCString { run($0) } }
+                    return run(nil)
+                }
+            }
+        }
+        if err != 0 {
+            throw SpawnError(message: "cannot start \(first): \(String(cString: strerror(err)))")
+        }
+        return pid
+    }
+}

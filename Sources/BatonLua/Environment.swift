@@ -1,0 +1,192 @@
+import BatonCore
+import CLua
+import Glibc
+import LuaKit
+import LuaShim
+
+/// Where human output goes. In `--json` mode stdout carries one JSON document, so
+/// everything for people (print, progress, the plan) goes to stderr.
+public struct OutputOptions: Sendable {
+    public var json = false
+    public var quiet = false
+    public init(json: Bool = false, quiet: Bool = false) { self.json = json; self.quiet = quiet }
+}
+
+/// The recipe environment: one Lua state with the sandbox, the `baton` table and
+/// the five primitives, bound to a run (created at once for a recipe, on first use
+/// in the shell).
+public final class RecipeEnvironment {
+    public let lua: LuaState
+    public let output: OutputOptions
+    /// The run the primitives journal into. The shell creates it lazily.
+    public var context: RunContext?
+    public var makeContext: (() throws -> RunContext)?
+    /// Set by os.exit.
+    public internal(set) var exitCode: Int32?
+    var handles: [Int: StageExecution] = [:]
+    var nextHandle = 1
+    public internal(set) var plan: [String] = []
+    public var recipeDir: String = "."
+    /// The words after the recipe, also passed to the chunk as `...`.
+    public internal(set) var wordsForVarargs: [String] = []
+    public var dryRun: Bool { context?.dryRun ?? false }
+
+    public init(memoryLimit: Int, output: OutputOptions) {
+        lua = LuaState(memoryLimit: memoryLimit)
+        self.output = output
+        do {
+            try lua.run(Prelude.source, name: "=baton.prelude")
+        } catch {
+            fatalError("the built-in prelude failed: \(error)")
+        }
+        installPrint()
+        installOsExit()
+        installEmbeddedSearcher()
+        installBatonTable()
+    }
+
+    /// The run, created on first use (the shell's own run).
+    func requireContext() throws -> RunContext {
+        if let c = context { return c }
+        guard let make = makeContext else { throw LuaRaise("no run is open") }
+        do { let c = try make(); context = c; return c } catch let e as LuaRaise { throw e } catch {
+            throw LuaRaise("cannot open a run: \(error)")
+        }
+    }
+
+    // MARK: set-up
+
+    public func setRequirePaths(recipeDir: String) {
+        self.recipeDir = recipeDir
+        let cwd = FileIO.currentDirectory()
+        let path = ["\(recipeDir)/?.lua", "\(recipeDir)/?/init.lua", "\(cwd)/scripts-lua/?.lua", "\(cwd)/scripts-lua/?/init.lua"].joined(separator: ";")
+        _ = lua.getGlobal("package")
+        lua.push(path)
+        lua.setField(-2, "path")
+        lua.pop()
+    }
+
+    /// `arg` as the standalone lua sets it, and `baton.args` from key=value words.
+    public func setArguments(recipe: String, words: [String]) {
+        wordsForVarargs = words
+        lua.newTable()
+        lua.push(recipe)
+        lua_rawseti(lua.L, -2, 0)
+        for (i, w) in words.enumerated() { lua.push(w); lua_rawseti(lua.L, -2, lua_Integer(i + 1)) }
+        lua.setGlobal("arg")
+        _ = lua.getGlobal("baton")
+        lua.newTable()
+        for w in words {
+            guard let eq = w.firstIndex(of: "="), eq != w.startIndex else { continue }
+            let k = String(w[..<eq])
+            guard k.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" || $0 == "." }) else { continue }
+            lua.push(String(w[w.index(after: eq)...]))
+            lua.setField(-2, k)
+        }
+        lua.setField(-2, "args")
+        lua.pop()
+    }
+
+    /// `baton.run` = {id, dir, dry_run}.
+    public func publishRun() {
+        guard let c = context else { return }
+        _ = lua.getGlobal("baton")
+        lua.newTable()
+        lua.setFields([("id", .string(c.dir.id)), ("dir", .string(c.dir.path)), ("dry_run", .bool(c.dryRun))])
+        lua.setField(-2, "run")
+        lua.pop()
+    }
+
+    func humanOut(_ s: String) {
+        let line = s + "\n"
+        let fd: Int32 = output.json ? 2 : 1
+        _ = line.withCString { write(fd, $0, strlen($0)) }
+    }
+
+    func progress(_ s: String) {
+        guard !output.quiet else { return }
+        let line = s + "\n"
+        _ = line.withCString { write(2, $0, strlen($0)) }
+    }
+
+    /// print is Lua (tostring may run a __tostring metamethod, which may raise: that
+    /// must happen in Lua, not under a Swift frame); only the final write is Swift.
+    private func installPrint() {
+        do {
+            try lua.load(Array("""
+                local write, select, tostring, concat = ...
+                print = function(...)
+                  local n = select("#", ...)
+                  local parts = {...}
+                  for i = 1, n do parts[i] = tostring(parts[i]) end
+                  write(concat(parts, "\t", 1, n))
+                end
+                """.utf8), name: "=baton.print")
+            lua.pushFunction("print") { [unowned self] (l: LuaState) throws -> Int32 in
+                self.humanOut(l.string(1) ?? "")
+                return 0
+            }
+            _ = lua.getGlobal("select"); _ = lua.getGlobal("tostring")
+            _ = lua.getGlobal("table"); _ = lua.rawGetField(-1, "concat"); lua_rotate(lua.L, -2, -1); lua.pop()
+            try lua.pcall(nargs: 4, nresults: 0)
+        } catch {
+            fatalError("cannot install print: \(error)")
+        }
+    }
+
+    private func installOsExit() {
+        _ = lua.getGlobal("os")
+        lua.pushFunction("os.exit") { [unowned self] (l: LuaState) throws -> Int32 in
+            var code: Int32 = 0
+            switch l.type(1) {
+            case LUA_TNONE, LUA_TNIL: code = 0
+            case LUA_TBOOLEAN: code = l.bool(1) ? 0 : 1
+            case LUA_TNUMBER:
+                guard let v = l.integer(1), (0...255).contains(v) else { throw LuaRaise.usage("os.exit: the code must be an integer from 0 to 255") }
+                code = Int32(v)
+            default: throw LuaRaise.usage("os.exit: the code must be a boolean or an integer")
+            }
+            self.exitCode = code
+            baton_abort_request(BATON_ABORT_EXIT)
+            throw LuaRaise(BATON_ABORT_MESSAGE, kind: "exit")
+        }
+        lua.setField(-2, "exit")
+        lua.pop()
+    }
+
+    private func installEmbeddedSearcher() {
+        _ = lua.getGlobal("package")
+        _ = lua.rawGetField(-1, "searchers")
+        lua.pushFunction("baton.searcher") { (l: LuaState) throws -> Int32 in
+            guard let name = l.string(1) else { return 0 }
+            guard let m = EmbeddedLua.modules[name] else {
+                l.push("\n\tno module '\(name)' in Baton's built-in library")
+                return 1
+            }
+            do { try l.load(Array(m.source.utf8), name: "@baton:\(m.file)") } catch let error as LuaCallError {
+                throw LuaRaise("error loading built-in module '\(name)': \(error.message)", addWhere: false)
+            }
+            l.push("baton:\(m.file)")
+            return 2
+        }
+        lua_rawseti(lua.L, -2, lua_Integer(lua_rawlen(lua.L, -2) + 1))
+        lua.pop(2)
+    }
+
+    private func installBatonTable() {
+        lua.newTable()
+        lua.setGlobal("baton")
+        _ = lua.getGlobal("baton")
+        lua.newTable(); lua.setField(-2, "args")
+        installHelpers()
+        installPrimitives()
+        lua.pop()
+    }
+}
+
+extension LuaRaise {
+    init(_ message: String, addWhere: Bool) {
+        self.init(message)
+        self.addWhere = addWhere
+    }
+}

@@ -1,0 +1,253 @@
+import BatonCore
+import CLua
+import LuaKit
+
+/// Reads a spec table passed to a primitive, checking every field's type and refusing
+/// unknown (misspelt) fields. Errors name the function and the field; the raise path
+/// adds the recipe's file:line.
+struct SpecTable {
+    let lua: LuaState
+    let index: Int32
+    let fn: String
+
+    /// Checks that argument `arg` is a table and that all its keys are in `allowed`.
+    init(_ lua: LuaState, arg: Int32, fn: String, allowed: [String]) throws {
+        self.lua = lua
+        self.fn = fn
+        self.index = lua.absIndex(arg)
+        guard lua.type(index) == LUA_TTABLE else {
+            throw LuaRaise.usage("\(fn) expects a table argument, got \(lua.describeType(index))")
+        }
+        try checkKeys(allowed, context: fn)
+    }
+
+    init(nested lua: LuaState, index: Int32, fn: String) {
+        self.lua = lua; self.index = lua.absIndex(index); self.fn = fn
+    }
+
+    func checkKeys(_ allowed: [String], context: String) throws {
+        lua.pushNil()
+        while lua_next(lua.L, index) != 0 {
+            lua.pop()
+            guard let k = lua.string(-1) else {
+                if lua.type(-1) == LUA_TNUMBER { lua.pop(); continue } // array part (checks lists)
+                let t = lua.describeType(-1)
+                lua.pop()
+                throw LuaRaise.usage("\(context): field names must be strings (found a \(t) key)")
+            }
+            if !allowed.contains(k) {
+                lua.pop()
+                let hint = suggestion(k, allowed).map { " (did you mean '\($0)'?)" } ?? ""
+                throw LuaRaise.usage("\(context): unknown field '\(k)'\(hint); known fields: \(allowed.joined(separator: ", "))")
+            }
+        }
+    }
+
+    /// Pushes the field's value and returns its Lua type.
+    @discardableResult
+    func get(_ key: String) -> Int32 { lua.rawGetField(index, key) }
+
+    func has(_ key: String) -> Bool { let t = get(key); lua.pop(); return t != LUA_TNIL }
+
+    private func wrongType(_ key: String, _ want: String) -> LuaRaise {
+        let got = lua.describeType(-1)
+        lua.pop()
+        return LuaRaise.usage("\(fn): field '\(key)' must be \(want), got \(got)")
+    }
+
+    private func missing(_ key: String, _ want: String) -> LuaRaise {
+        LuaRaise.usage("\(fn): field '\(key)' is required (\(want))")
+    }
+
+    func string(_ key: String, required: Bool = false, nonEmpty: Bool = false) throws -> String? {
+        let t = get(key)
+        if t == LUA_TNIL { lua.pop(); if required { throw missing(key, "a string") }; return nil }
+        guard t == LUA_TSTRING else { throw wrongType(key, "a string") }
+        let s = lua.string(-1) ?? ""
+        lua.pop()
+        if nonEmpty && s.isEmpty { throw LuaRaise.usage("\(fn): field '\(key)' must not be empty") }
+        return s
+    }
+
+    func number(_ key: String, min: Double? = nil, max: Double? = nil) throws -> Double? {
+        let t = get(key)
+        if t == LUA_TNIL { lua.pop(); return nil }
+        guard t == LUA_TNUMBER, let v = lua.number(-1) else { throw wrongType(key, "a number") }
+        lua.pop()
+        guard v.isFinite else { throw LuaRaise.usage("\(fn): field '\(key)' must be a finite number") }
+        if let lo = min, v < lo { throw LuaRaise.usage("\(fn): field '\(key)' must be at least \(fmt(lo)), got \(fmt(v))") }
+        if let hi = max, v > hi { throw LuaRaise.usage("\(fn): field '\(key)' must be at most \(fmt(hi)), got \(fmt(v))") }
+        return v
+    }
+
+    func integer(_ key: String, min: Int? = nil, max: Int? = nil) throws -> Int? {
+        let t = get(key)
+        if t == LUA_TNIL { lua.pop(); return nil }
+        guard t == LUA_TNUMBER else { throw wrongType(key, "an integer") }
+        let v: Int
+        if let i = lua.integer(-1) { v = i }
+        else if let d = lua.number(-1), d.rounded() == d, abs(d) < 1e15 { v = Int(d) }
+        else { throw wrongType(key, "an integer") }
+        lua.pop()
+        if let lo = min, v < lo { throw LuaRaise.usage("\(fn): field '\(key)' must be at least \(lo), got \(v)") }
+        if let hi = max, v > hi { throw LuaRaise.usage("\(fn): field '\(key)' must be at most \(hi), got \(v)") }
+        return v
+    }
+
+    func bool(_ key: String) throws -> Bool? {
+        let t = get(key)
+        if t == LUA_TNIL { lua.pop(); return nil }
+        guard t == LUA_TBOOLEAN else { throw wrongType(key, "a boolean") }
+        let b = lua.bool(-1)
+        lua.pop()
+        return b
+    }
+
+    func choice(_ key: String, _ options: [String]) throws -> String? {
+        guard let s = try string(key) else { return nil }
+        guard options.contains(s) else {
+            let hint = suggestion(s, options).map { " (did you mean '\($0)'?)" } ?? ""
+            throw LuaRaise.usage("\(fn): field '\(key)' must be one of \(options.map { "'\($0)'" }.joined(separator: ", ")), got '\(s)'\(hint)")
+        }
+        return s
+    }
+
+    /// A list of strings (a single string is accepted as a list of one).
+    func stringList(_ key: String) throws -> [String]? {
+        let t = get(key)
+        if t == LUA_TNIL { lua.pop(); return nil }
+        if t == LUA_TSTRING { let s = lua.string(-1)!; lua.pop(); return [s] }
+        guard t == LUA_TTABLE else { throw wrongType(key, "a list of strings") }
+        defer { lua.pop() }
+        return try listItems(key) { i in
+            guard let s = lua.string(-1) else {
+                throw LuaRaise.usage("\(fn): field '\(key)'[\(i)] must be a string, got \(lua.describeType(-1))")
+            }
+            return s
+        }
+    }
+
+    func intList(_ key: String) throws -> [Int]? {
+        let t = get(key)
+        if t == LUA_TNIL { lua.pop(); return nil }
+        if t == LUA_TNUMBER, let v = lua.integer(-1) { lua.pop(); return [v] }
+        guard t == LUA_TTABLE else { throw wrongType(key, "a list of integers") }
+        defer { lua.pop() }
+        return try listItems(key) { i in
+            guard let v = lua.integer(-1) else {
+                throw LuaRaise.usage("\(fn): field '\(key)'[\(i)] must be an integer, got \(lua.describeType(-1))")
+            }
+            return v
+        }
+    }
+
+    /// Items 1..n of the table on top of the stack; refuses holes and non-integer keys.
+    private func listItems<T>(_ key: String, _ read: (Int) throws -> T) throws -> [T] {
+        let n = Int(lua_rawlen(lua.L, -1))
+        var out: [T] = []
+        out.reserveCapacity(n)
+        for i in 0..<n where true {
+            lua_rawgeti(lua.L, -1, lua_Integer(i + 1))
+            do { out.append(try read(i + 1)) } catch { lua.pop(); throw error }
+            lua.pop()
+        }
+        // Any key beyond 1..n is a mistake (a map where a list was expected).
+        lua.pushNil()
+        while lua_next(lua.L, -2) != 0 {
+            lua.pop()
+            if let k = lua.integer(-1), k >= 1, k <= n { continue }
+            lua.pop()
+            throw LuaRaise.usage("\(fn): field '\(key)' must be a list (found a non-list key)")
+        }
+        return out
+    }
+
+    /// A string -> string map (numbers and booleans are converted).
+    func stringMap(_ key: String) throws -> [String: String]? {
+        let t = get(key)
+        if t == LUA_TNIL { lua.pop(); return nil }
+        guard t == LUA_TTABLE else { throw wrongType(key, "a table of strings") }
+        defer { lua.pop() }
+        var out: [String: String] = [:]
+        lua.pushNil()
+        while lua_next(lua.L, -2) != 0 {
+            guard let k = lua.string(-2) else {
+                lua.pop(2)
+                throw LuaRaise.usage("\(fn): field '\(key)' must have string keys")
+            }
+            switch lua.type(-1) {
+            case LUA_TSTRING: out[k] = lua.string(-1)!
+            case LUA_TNUMBER: out[k] = lua.integer(-1).map(String.init) ?? String(lua.number(-1)!)
+            case LUA_TBOOLEAN: out[k] = lua.bool(-1) ? "1" : "0"
+            default:
+                let tn = lua.describeType(-1)
+                lua.pop(2)
+                throw LuaRaise.usage("\(fn): field '\(key).\(k)' must be a string, got \(tn)")
+            }
+            lua.pop()
+        }
+        return out
+    }
+
+    /// A nested table as its own SpecTable (pushed; the caller pops with `lua.pop()`).
+    func table(_ key: String, allowed: [String]? = nil) throws -> SpecTable? {
+        let t = get(key)
+        if t == LUA_TNIL { lua.pop(); return nil }
+        guard t == LUA_TTABLE else { throw wrongType(key, "a table") }
+        let sub = SpecTable(nested: lua, index: -1, fn: "\(fn): field '\(key)'")
+        if let allowed { do { try sub.checkKeys(allowed, context: "\(fn): field '\(key)'") } catch { lua.pop(); throw error } }
+        return sub
+    }
+
+    /// A function field, kept in the registry; returns its ref.
+    func function(_ key: String) throws -> Int32? {
+        let t = get(key)
+        if t == LUA_TNIL { lua.pop(); return nil }
+        guard t == LUA_TFUNCTION else { throw wrongType(key, "a function") }
+        return lua.ref()
+    }
+
+    /// `cmd`: an argv list of strings, or a string for /bin/sh -c.
+    func command(_ key: String, required: Bool = true) throws -> Command? {
+        let t = get(key)
+        if t == LUA_TNIL { lua.pop(); if required { throw missing(key, "an argv list or a shell string") }; return nil }
+        if t == LUA_TSTRING {
+            let s = lua.string(-1)!
+            lua.pop()
+            if s.trimmingWhitespace().isEmpty { throw LuaRaise.usage("\(fn): field '\(key)' is an empty command") }
+            return .shell(s)
+        }
+        lua.pop()
+        guard let argv = try stringList(key) else { return nil }
+        if argv.isEmpty || argv[0].isEmpty { throw LuaRaise.usage("\(fn): field '\(key)' is an empty argv list") }
+        return .argv(argv)
+    }
+}
+
+func fmt(_ d: Double) -> String { d.rounded() == d && abs(d) < 1e15 ? String(Int(d)) : String(d) }
+
+/// The closest allowed name within a small edit distance.
+func suggestion(_ word: String, _ options: [String]) -> String? {
+    let w = Array(word.lowercased().utf8)
+    var best: (String, Int)? = nil
+    for o in options {
+        let d = editDistance(w, Array(o.lowercased().utf8))
+        if d <= max(2, w.count / 3), best == nil || d < best!.1 { best = (o, d) }
+    }
+    return best?.0
+}
+
+func editDistance(_ a: [UInt8], _ b: [UInt8]) -> Int {
+    if a.isEmpty { return b.count }
+    if b.isEmpty { return a.count }
+    var prev = Array(0...b.count)
+    var cur = [Int](repeating: 0, count: b.count + 1)
+    for i in 1...a.count {
+        cur[0] = i
+        for j in 1...b.count {
+            cur[j] = Swift.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+        }
+        swap(&prev, &cur)
+    }
+    return prev[b.count]
+}

@@ -1,0 +1,237 @@
+import BatonCore
+import CLua
+import Glibc
+import LuaKit
+import LuaShim
+import Yams
+
+extension RecipeEnvironment {
+    /// The `baton` helpers (the table is on top of the stack).
+    func installHelpers() {
+        lua.register([
+            ("log", { [unowned self] (l: LuaState) throws -> Int32 in try self.batonLog(l) }),
+            ("fail", { (l: LuaState) throws -> Int32 in try RecipeEnvironment.batonFail(l) }),
+            ("now", { (l: LuaState) throws -> Int32 in l.push(Clock.now()); return 1 }),
+            ("env", { (l: LuaState) throws -> Int32 in
+                guard let name = l.string(1) else { throw LuaRaise.usage("baton.env: the name must be a string, got \(l.describeType(1))") }
+                if let v = getenv(name) { l.push(String(cString: v)) } else { l.pushNil() }
+                return 1
+            }),
+            ("sleep", { [unowned self] (l: LuaState) throws -> Int32 in
+                guard let s = l.number(1), s >= 0, s.isFinite else { throw LuaRaise.usage("baton.sleep: seconds must be a non-negative number, got \(l.describeType(1))") }
+                if !self.interruptibleSleep(s) { throw LuaRaise(BATON_ABORT_MESSAGE, kind: "abort") }
+                return 0
+            }),
+            ("sh", { [unowned self] (l: LuaState) throws -> Int32 in try self.batonSh(l) }),
+        ], prefix: "baton.")
+
+        // baton.json
+        lua.newTable()
+        lua.register([
+            ("encode", { (l: LuaState) throws -> Int32 in
+                let pretty: Bool
+                if l.type(2) == LUA_TTABLE { _ = l.rawGetField(2, "pretty"); pretty = l.bool(-1); l.pop() } else { pretty = false }
+                do { l.push(try l.toJSON(1).encoded(pretty: pretty)) } catch { throw LuaRaise("baton.json.encode: \(error)") }
+                return 1
+            }),
+            ("decode", { (l: LuaState) throws -> Int32 in
+                guard let b = l.bytes(1) else { throw LuaRaise.usage("baton.json.decode: expects a string, got \(l.describeType(1))") }
+                do { l.push(json: try JSON.parse(b)) } catch { throw LuaRaise("baton.json.decode: invalid JSON: \(error)") }
+                return 1
+            }),
+            ("array", { (l: LuaState) throws -> Int32 in
+                if l.type(1) == LUA_TNONE || l.type(1) == LUA_TNIL { l.newTable() } else if l.type(1) != LUA_TTABLE {
+                    throw LuaRaise.usage("baton.json.array: expects a table, got \(l.describeType(1))")
+                }
+                l.top = 1
+                baton_getregistryfield(l.L, "baton.json.array_mt")
+                lua_setmetatable(l.L, 1)
+                return 1
+            }),
+        ], prefix: "baton.json.")
+        lua_pushlightuserdata(lua.L, lua.nullSentinel)
+        lua.setField(-2, "null")
+        lua.setField(-2, "json")
+
+        // baton.yaml
+        lua.newTable()
+        lua.register([
+            ("decode", { (l: LuaState) throws -> Int32 in
+                guard let s = l.string(1) else { throw LuaRaise.usage("baton.yaml.decode: expects a string, got \(l.describeType(1))") }
+                l.push(json: try YAMLBridge.decode(s))
+                return 1
+            }),
+        ], prefix: "baton.yaml.")
+        lua.setField(-2, "yaml")
+
+        // baton.fs
+        lua.newTable()
+        lua.register([
+            ("exists", { (l: LuaState) throws -> Int32 in l.push(FileIO.exists(try RecipeEnvironment.pathArg(l, "baton.fs.exists"))); return 1 }),
+            ("read", { (l: LuaState) throws -> Int32 in
+                let p = try RecipeEnvironment.pathArg(l, "baton.fs.read")
+                do { l.push(bytes: try FileIO.readFile(p)) } catch { throw LuaRaise("baton.fs.read: \(error)") }
+                return 1
+            }),
+            ("write", { (l: LuaState) throws -> Int32 in
+                let p = try RecipeEnvironment.pathArg(l, "baton.fs.write")
+                guard let data = l.bytes(2) else { throw LuaRaise.usage("baton.fs.write: the data must be a string, got \(l.describeType(2))") }
+                var mode: mode_t = 0o644
+                if l.type(3) == LUA_TTABLE {
+                    let t = try SpecTable(l, arg: 3, fn: "baton.fs.write", allowed: ["mode"])
+                    if let m = try t.integer("mode", min: 0, max: 0o7777) { mode = mode_t(m) }
+                }
+                do {
+                    try FileIO.makeDirectories(FileIO.dirname(FileIO.absolute(p)))
+                    try FileIO.writeAtomically(p, data, mode: mode)
+                } catch { throw LuaRaise("baton.fs.write: \(error)") }
+                return 0
+            }),
+            ("append", { (l: LuaState) throws -> Int32 in
+                let p = try RecipeEnvironment.pathArg(l, "baton.fs.append")
+                guard let data = l.bytes(2) else { throw LuaRaise.usage("baton.fs.append: the data must be a string, got \(l.describeType(2))") }
+                do { try FileIO.appendLocked(p, data) } catch { throw LuaRaise("baton.fs.append: \(error)") }
+                return 0
+            }),
+            ("mkdir", { (l: LuaState) throws -> Int32 in
+                let p = try RecipeEnvironment.pathArg(l, "baton.fs.mkdir")
+                do { try FileIO.makeDirectories(p) } catch { throw LuaRaise("baton.fs.mkdir: \(error)") }
+                return 0
+            }),
+            ("glob", { (l: LuaState) throws -> Int32 in
+                let pattern = try RecipeEnvironment.pathArg(l, "baton.fs.glob")
+                let paths = Glob.match(pattern)
+                l.newTable(narr: Int32(paths.count))
+                for (i, p) in paths.enumerated() { l.push(p); lua_rawseti(l.L, -2, lua_Integer(i + 1)) }
+                return 1
+            }),
+        ], prefix: "baton.fs.")
+        lua.setField(-2, "fs")
+    }
+
+    static func pathArg(_ l: LuaState, _ fn: String) throws -> String {
+        guard let p = l.string(1) else { throw LuaRaise.usage("\(fn): the path must be a string, got \(l.describeType(1))") }
+        guard !p.isEmpty else { throw LuaRaise.usage("\(fn): the path is empty") }
+        return p
+    }
+
+    /// baton.log(message, fields): journaled (and shown on stderr unless quiet).
+    func batonLog(_ l: LuaState) throws -> Int32 {
+        guard l.type(1) != LUA_TNONE else { throw LuaRaise.usage("baton.log: a message is required") }
+        let msg: String
+        if let s = l.string(1) { msg = s } else if let n = l.number(1) { msg = fmt(n) } else {
+            throw LuaRaise.usage("baton.log: the message must be a string, got \(l.describeType(1))")
+        }
+        var fields = JSON.object([])
+        var level = "info"
+        if l.type(2) == LUA_TTABLE {
+            do { fields = try l.toJSON(2) } catch { throw LuaRaise.usage("baton.log: fields: \(error)") }
+            if let lv = fields["level"]?.stringValue { level = lv }
+        } else if l.type(2) != LUA_TNONE && l.type(2) != LUA_TNIL {
+            throw LuaRaise.usage("baton.log: fields must be a table, got \(l.describeType(2))")
+        }
+        let ctx = try requireContext()
+        ctx.log(level, msg, fields)
+        try checkFatal()
+        progress(level == "info" ? msg : "\(level): \(msg)")
+        return 0
+    }
+
+    /// baton.fail(message, {code = N}): ends the run with that exit code.
+    static func batonFail(_ l: LuaState) throws -> Int32 {
+        let msg = l.string(1) ?? (l.type(1) == LUA_TNONE ? "failed" : "(non-string message)")
+        var code = 1
+        if l.type(2) == LUA_TTABLE {
+            let t = try SpecTable(l, arg: 2, fn: "baton.fail", allowed: ["code"])
+            code = try t.integer("code", min: 1, max: 99) ?? 1
+        } else if l.type(2) != LUA_TNONE && l.type(2) != LUA_TNIL {
+            throw LuaRaise.usage("baton.fail: the second argument must be a table like {code = 5}")
+        }
+        throw LuaRaise(msg, code: code, kind: "fail")
+    }
+
+    /// baton.sh(cmd, {cwd, env, stdin, timeout}): stdout, or an error naming the exit code.
+    func batonSh(_ l: LuaState) throws -> Int32 {
+        let cmd: Command
+        if let s = l.string(1) { cmd = .shell(s) } else if l.type(1) == LUA_TTABLE {
+            l.newTable(); l.pushNil(); lua_copy(l.L, 1, -1); l.setField(-2, "cmd")
+            let t = SpecTable(nested: l, index: -1, fn: "baton.sh")
+            guard let c = try t.command("cmd") else { throw LuaRaise.usage("baton.sh: a command is required") }
+            l.pop()
+            cmd = c
+        } else { throw LuaRaise.usage("baton.sh: the command must be a string or an argv list, got \(l.describeType(1))") }
+        var cwd: String? = nil, stdin: String? = nil, timeout: Double? = nil
+        var env = context?.baseEnvironment ?? Spawner.currentEnvironment()
+        if l.type(2) == LUA_TTABLE {
+            let t = try SpecTable(l, arg: 2, fn: "baton.sh", allowed: ["cwd", "env", "stdin", "timeout", "allowFail"])
+            cwd = try t.string("cwd"); stdin = try t.string("stdin"); timeout = try t.number("timeout", min: 0)
+            for (k, v) in try t.stringMap("env") ?? [:] { env[k] = v }
+            if try t.bool("allowFail") == true {
+                let o = Subprocess.run(cmd, cwd: cwd, env: env, stdin: stdin, timeout: timeout)
+                if o.interrupted { throw LuaRaise(BATON_ABORT_MESSAGE, kind: "abort") }
+                l.push(bytes: o.stdout); l.push(o.ok); l.push(Int(o.exit ?? -1)); l.push(bytes: o.stderr)
+                return 4
+            }
+        }
+        let o = Subprocess.run(cmd, cwd: cwd, env: env, stdin: stdin, timeout: timeout)
+        if o.interrupted { throw LuaRaise(BATON_ABORT_MESSAGE, kind: "abort") }
+        guard o.ok else { throw LuaRaise("baton.sh: '\(cmd.display.prefix(120))' failed: \(o.failureDescription)", code: 1, kind: "sh") }
+        l.push(bytes: o.stdout)
+        return 1
+    }
+
+    /// Sleeps, waking at once on a signal; drives background stages when a run is open.
+    func interruptibleSleep(_ seconds: Double) -> Bool {
+        if let c = context { return c.sleep(seconds) }
+        let until = Clock.monotonic() + seconds
+        while Clock.monotonic() < until {
+            if baton_abort_reason() != 0 || CSignals.pending { return false }
+            var p = pollfd(fd: CSignals.fd, events: Int16(POLLIN), revents: 0)
+            _ = poll(&p, 1, Int32(max(1, min(1000, (until - Clock.monotonic()) * 1000))))
+        }
+        return !CSignals.pending
+    }
+
+    /// A journal write failed (full disk): stop the recipe with a clear message.
+    func checkFatal() throws {
+        if let f = context?.fatal { throw LuaRaise("cannot write the journal: \(f)", code: 1, kind: "fatal") }
+    }
+}
+
+enum YAMLBridge {
+    static func decode(_ text: String) throws -> JSON {
+        let node: Node?
+        do { node = try Yams.compose(yaml: text) } catch {
+            throw LuaRaise("baton.yaml.decode: invalid YAML: \(error)".replacingNewlines(), code: 1, kind: "yaml")
+        }
+        guard let node else { return .null }
+        return convert(node)
+    }
+
+    static func convert(_ n: Node) -> JSON {
+        switch n {
+        case let .scalar(s):
+            if s.style == .plain {
+                if let b = Bool.construct(from: s) { return .bool(b) }
+                if let i = Int.construct(from: s) { return .int(Int64(i)) }
+                if let d = Double.construct(from: s), !s.string.isEmpty, s.string != "." { return .double(d) }
+                if NSNullish.isNull(s.string) { return .null }
+            }
+            return .string(s.string)
+        case let .mapping(m):
+            return .object(m.map { (k, v) in (k.string ?? "\(k)", convert(v)) })
+        case let .sequence(seq):
+            return .array(seq.map(convert))
+        case let .alias(a):
+            return .string("*\(a.anchor)")
+        }
+    }
+}
+
+enum NSNullish {
+    static func isNull(_ s: String) -> Bool { s == "~" || s == "null" || s == "Null" || s == "NULL" || s.isEmpty }
+}
+
+extension String {
+    func replacingNewlines() -> String { String(self.map { $0 == "\n" ? " " : $0 }) }
+}

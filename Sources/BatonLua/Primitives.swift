@@ -1,0 +1,301 @@
+import BatonCore
+import CLua
+import Glibc
+import LuaKit
+import LuaShim
+
+extension RecipeEnvironment {
+    /// The five primitives, as fields of `baton` (on top of the stack) and as globals.
+    func installPrimitives() {
+        let prims: [(String, (LuaState) throws -> Int32)] = [
+            ("runStage", { [unowned self] l in try self.runStage(l) }),
+            ("preflight", { [unowned self] l in try self.preflight(l) }),
+            ("watch", { [unowned self] l in try self.watch(l) }),
+            ("gate", { [unowned self] l in try self.gate(l) }),
+            ("persistFinal", { [unowned self] l in try self.persistFinal(l) }),
+        ]
+        for (name, body) in prims {
+            lua.pushFunction(name, body)
+            lua_pushvalue(lua.L, -1)
+            lua.setField(-3, name)
+            lua.setGlobal(name)
+        }
+    }
+
+    static let abort = LuaRaise(BATON_ABORT_MESSAGE, kind: "abort")
+
+    // MARK: runStage
+
+    static let stageFields = ["id", "cmd", "cwd", "env", "stdin", "timeout", "grace", "retries", "retryOn", "backoff",
+                              "transient", "breaker", "requireFiles", "background", "allowFail"]
+
+    func stageSpec(_ l: LuaState, fn: String) throws -> (StageSpec, background: Bool) {
+        let t = try SpecTable(l, arg: 1, fn: fn, allowed: RecipeEnvironment.stageFields)
+        let id = try t.string("id", required: true, nonEmpty: true)!
+        var spec = StageSpec(id: id, command: try t.command("cmd")!)
+        spec.cwd = try t.string("cwd", nonEmpty: true)
+        spec.env = try t.stringMap("env") ?? [:]
+        spec.stdin = try t.string("stdin")
+        spec.timeout = try t.number("timeout", min: 0.001)
+        spec.grace = try t.number("grace", min: 0) ?? 10
+        spec.retries = try t.integer("retries", min: 0, max: 1000) ?? 0
+        if let on = try t.stringList("retryOn") {
+            spec.retryOn = []
+            for (i, c) in on.enumerated() {
+                guard let cls = FailureClass(rawValue: c) else {
+                    throw LuaRaise.usage("\(fn): field 'retryOn'[\(i + 1)] must be 'transient' or 'deterministic', got '\(c)'")
+                }
+                spec.retryOn.insert(cls)
+            }
+        }
+        if let b = try t.table("backoff", allowed: ["initial", "factor", "max"]) {
+            defer { l.pop() }
+            spec.backoff = Backoff(initial: try b.number("initial", min: 0) ?? 1, factor: try b.number("factor", min: 1) ?? 2,
+                                   max: try b.number("max", min: 0) ?? 60)
+        }
+        if let tr = try t.table("transient", allowed: ["exit", "stderr"]) {
+            defer { l.pop() }
+            spec.transient = TransientRules(exitCodes: Set((try tr.intList("exit") ?? []).map { Int32(truncatingIfNeeded: $0) }),
+                                            stderrPatterns: try tr.stringList("stderr") ?? [])
+        }
+        spec.breaker = try t.integer("breaker", min: 1)
+        spec.requireFiles = try t.stringList("requireFiles") ?? []
+        spec.allowFail = try t.bool("allowFail") ?? false
+        return (spec, try t.bool("background") ?? false)
+    }
+
+    func runStage(_ l: LuaState) throws -> Int32 {
+        let (spec, background) = try stageSpec(l, fn: "runStage")
+        let ctx = try requireContext()
+        if ctx.dryRun { plan.append("\(spec.id): \(spec.command.display)") }
+        let exec = ctx.startStage(spec)
+        if background {
+            pushHandle(l, exec)
+            return 1
+        }
+        return try awaitStage(l, exec)
+    }
+
+    /// Waits for a stage and pushes its result, or raises on failure (unless allowFail).
+    func awaitStage(_ l: LuaState, _ exec: StageExecution) throws -> Int32 {
+        let ctx = try requireContext()
+        if !exec.isFinished {
+            let w = ctx.waitUntil(heartbeat: ("stage", exec.spec.id)) { exec.isFinished }
+            try checkFatal()
+            if w == .interrupted && !exec.isFinished { throw RecipeEnvironment.abort }
+        }
+        guard let r = exec.result else { throw RecipeEnvironment.abort }
+        if r.status == .cancelled && ctx.interrupted { throw RecipeEnvironment.abort }
+        if !r.dry && !r.replayed { progress(stageLine(r)) }
+        if !r.ok && !exec.spec.allowFail {
+            throw LuaRaise(r.summary, code: 1, kind: "stage", extra: { [unowned self] l in
+                self.pushResult(l, r); l.setField(-2, "result")
+            })
+        }
+        pushResult(l, r)
+        return 1
+    }
+
+    func stageLine(_ r: StageResult) -> String {
+        let mark = r.ok ? "ok  " : "FAIL"
+        var s = "\(mark) stage \(r.id)"
+        if r.occurrence > 1 { s += " #\(r.occurrence)" }
+        s += " \(r.status.rawValue) in \(Clock.human(r.duration))"
+        if r.attempts > 1 { s += " (\(r.attempts) attempts)" }
+        if !r.ok { s += ": " + r.summary }
+        return s
+    }
+
+    func pushResult(_ l: LuaState, _ r: StageResult) {
+        l.newTable(nrec: 20)
+        var f: [(String, LuaValue)] = [
+            ("id", .string(r.id)), ("occurrence", .int(r.occurrence)), ("ok", .bool(r.ok)), ("status", .string(r.status.rawValue)),
+            ("attempts", .int(r.attempts)), ("duration", .number(r.duration)), ("stdout", .string(r.stdout)),
+            ("stderr", .string(r.stderr)), ("replayed", .bool(r.replayed)), ("dry", .bool(r.dry)),
+        ]
+        if let e = r.exit { f.append(("exit", .int(Int(e)))) }
+        if let s = r.signal { f.append(("signal", .int(Int(s)))) }
+        if let c = r.failureClass { f.append(("failure_class", .string(c.rawValue))) }
+        if let s = r.signature { f.append(("signature", .string(s))) }
+        if let m = r.message { f.append(("message", .string(m))) }
+        if let p = r.pid { f.append(("pid", .int(Int(p)))) }
+        if r.breakerOpen { f.append(("breaker_open", .bool(true))) }
+        l.setFields(f)
+        l.newTable()
+        l.setFields([("stdout", .string(r.logs.out)), ("stderr", .string(r.logs.err))])
+        l.setField(-2, "logs")
+        setMeta(l, "baton.stage_result")
+    }
+
+    func setMeta(_ l: LuaState, _ name: String) {
+        if luaL_newmetatable(l.L, name) != 0 {
+            l.push(name); l.setField(-2, "__name")
+        }
+        lua_setmetatable(l.L, -2)
+    }
+
+    // MARK: background handles
+
+    func pushHandle(_ l: LuaState, _ exec: StageExecution) {
+        let h = nextHandle
+        nextHandle += 1
+        handles[h] = exec
+        l.newTable()
+        l.setFields([("id", .string(exec.spec.id)), ("_handle", .int(h))])
+        if luaL_newmetatable(l.L, "baton.stage_handle") != 0 {
+            l.newTable()
+            l.register([
+                ("wait", { [unowned self] l in try self.awaitStage(l, try self.handle(l, "wait")) }),
+                ("pid", { [unowned self] l in
+                    let e = try self.handle(l, "pid")
+                    if e.pid > 0 { l.push(Int(e.pid)) } else { l.pushNil() }
+                    return 1
+                }),
+                ("cancel", { [unowned self] l in
+                    let e = try self.handle(l, "cancel")
+                    e.cancel()
+                    let ctx = try self.requireContext()
+                    _ = ctx.waitUntil { e.isFinished }
+                    l.push(e.isFinished)
+                    return 1
+                }),
+                ("done", { [unowned self] l in l.push(try self.handle(l, "done").isFinished); return 1 }),
+            ], prefix: "handle:")
+            l.setField(-2, "__index")
+            l.push("baton.stage_handle"); l.setField(-2, "__name")
+        }
+        lua_setmetatable(l.L, -2)
+    }
+
+    func handle(_ l: LuaState, _ method: String) throws -> StageExecution {
+        guard l.type(1) == LUA_TTABLE else { throw LuaRaise.usage("handle:\(method)(): call it with ':' on a stage handle") }
+        _ = l.rawGetField(1, "_handle")
+        defer { l.pop() }
+        guard let h = l.integer(-1), let e = handles[h] else { throw LuaRaise.usage("handle:\(method)(): not a stage handle") }
+        return e
+    }
+
+    func handleExecution(_ l: LuaState, index: Int32) -> StageExecution? {
+        guard l.type(index) == LUA_TTABLE else { return nil }
+        _ = l.rawGetField(index, "_handle")
+        defer { l.pop() }
+        return l.integer(-1).flatMap { handles[$0] }
+    }
+
+    // MARK: preflight
+
+    func preflight(_ l: LuaState) throws -> Int32 {
+        let t = try SpecTable(l, arg: 1, fn: "preflight", allowed: ["name", "policy", "checks", "timeout"])
+        let name = try t.string("name") ?? "preflight"
+        let policy = try t.choice("policy", ["fail", "warn"]) ?? "fail"
+        let defaultTimeout = try t.number("timeout", min: 0.001) ?? 30
+        guard t.get("checks") == LUA_TTABLE else {
+            let got = l.describeType(-1); l.pop()
+            throw LuaRaise.usage("preflight: field 'checks' is required (a list of checks), got \(got)")
+        }
+        let checksIndex = l.absIndex(-1)
+        let ctx = try requireContext()
+        var results: [JSON] = []
+        var failures: [String] = []
+        let n = Int(lua_rawlen(l.L, checksIndex))
+        if n == 0 { throw LuaRaise.usage("preflight: field 'checks' is an empty list") }
+        for i in 1...n {
+            lua_rawgeti(l.L, checksIndex, lua_Integer(i))
+            defer { l.pop() }
+            let fn = "preflight: checks[\(i)]"
+            guard l.type(-1) == LUA_TTABLE else { throw LuaRaise.usage("\(fn) must be a table, got \(l.describeType(-1))") }
+            let c = SpecTable(nested: l, index: -1, fn: fn)
+            try c.checkKeys(["path", "cmd", "env", "pgrep", "check", "name", "timeout", "executable", "dir", "cwd"], context: fn)
+            let kinds = ["path", "cmd", "env", "pgrep", "check"].filter { c.has($0) }
+            guard kinds.count == 1 else {
+                throw LuaRaise.usage("\(fn) needs exactly one of path, cmd, env, pgrep, check (found \(kinds.isEmpty ? "none" : kinds.joined(separator: ", ")))")
+            }
+            let kind = kinds[0]
+            var target = ""
+            var ok = false
+            var detail = ""
+            switch kind {
+            case "path":
+                target = try c.string("path", nonEmpty: true)!
+                let wantExec = try c.bool("executable") ?? false
+                let wantDir = try c.bool("dir") ?? false
+                if !FileIO.exists(target) { detail = "missing" }
+                else if wantDir && !FileIO.isDirectory(target) { detail = "exists but is not a directory" }
+                else if wantExec && access(target, X_OK) != 0 { detail = "exists but is not executable" }
+                else { ok = true; detail = FileIO.isDirectory(target) ? "directory exists" : "exists" }
+            case "cmd":
+                let cmd = try c.command("cmd")!
+                target = cmd.display
+                let timeout = try c.number("timeout", min: 0.001) ?? defaultTimeout
+                let o = Subprocess.run(cmd, cwd: try c.string("cwd"), env: ctx.baseEnvironment, timeout: timeout)
+                if o.interrupted { throw RecipeEnvironment.abort }
+                ok = o.ok
+                detail = ok ? "exit 0" : (o.timedOut ? "timed out after \(Clock.human(timeout))" : o.failureDescription)
+            case "env":
+                target = try c.string("env", nonEmpty: true)!
+                let v = getenv(target).map { String(cString: $0) } ?? ""
+                ok = !v.isEmpty
+                detail = ok ? "set" : "not set or empty"   // the value itself is never recorded
+            case "pgrep":
+                target = try c.string("pgrep", nonEmpty: true)!
+                guard var re = ProcessTable.Regex(target) else { throw LuaRaise.usage("\(fn): 'pgrep' is not a valid regular expression: \(target)") }
+                re.free()
+                if let own = ProcessTable.selfMatch(target) {
+                    let first = target.first.map(String.init) ?? ""
+                    detail = "a 'pgrep -f' wait on this pattern matches its own command line ('\(own)'), so it would never end; use a pattern such as '[\(first)]\(target.dropFirst())'"
+                } else {
+                    ok = true
+                    let n = ProcessTable.matching(target)?.count ?? 0
+                    detail = "no self-match; \(n) process\(n == 1 ? "" : "es") match now"
+                }
+            default:
+                _ = c.get("check")
+                target = (try c.string("name")) ?? "check \(i)"
+                do {
+                    try l.pcall(nargs: 0, nresults: 2)
+                    ok = l.bool(-2)
+                    detail = l.string(-1) ?? (l.type(-1) == LUA_TNIL ? (ok ? "ok" : "failed") : "(\(l.describeType(-1)))")
+                    l.pop(2)
+                } catch let e as LuaCallError {
+                    if baton_abort_reason() != 0 { l.unref(e.ref); throw RecipeEnvironment.abort }
+                    l.unref(e.ref)
+                    ok = false
+                    detail = "raised: \(e.message)"
+                }
+            }
+            if let label = try c.string("name"), kind != "check" { target = "\(label) (\(target))" }
+            results.append(.object([("kind", .string(kind)), ("target", .string(target)), ("ok", .bool(ok)), ("detail", .string(detail))]))
+            if !ok { failures.append("\(kind) \(target): \(detail)") }
+        }
+        l.pop() // the checks list
+        let allOK = failures.isEmpty
+        ctx.record("preflight", [("name", .string(name)), ("policy", .string(policy)), ("ok", .bool(allOK)),
+                                 ("dry_run", .bool(ctx.dryRun)), ("checks", .array(results))])
+        try checkFatal()
+        let report: JSON = .object([("name", .string(name)), ("policy", .string(policy)), ("ok", .bool(allOK)), ("checks", .array(results))])
+        if !allOK {
+            let msg = "preflight '\(name)' failed: " + failures.joined(separator: "; ")
+            if policy == "fail" && !ctx.dryRun {
+                throw LuaRaise(msg, code: 4, kind: "preflight", extra: { l in l.push(json: report); l.setField(-2, "report") })
+            }
+            progress("warning: \(msg)\(ctx.dryRun ? " (dry run: not fatal)" : "")")
+        }
+        l.push(json: report)
+        return 1
+    }
+
+    // MARK: persistFinal
+
+    func persistFinal(_ l: LuaState) throws -> Int32 {
+        guard l.type(1) == LUA_TTABLE else { throw LuaRaise.usage("persistFinal expects a table of fields, got \(l.describeType(1))") }
+        let j: JSON
+        do { j = try l.toJSON(1) } catch { throw LuaRaise.usage("persistFinal: \(error)") }
+        guard case let .object(pairs) = j else {
+            throw LuaRaise.usage("persistFinal expects a table with named fields (got a list)")
+        }
+        let ctx = try requireContext()
+        do { try ctx.persistFinal(pairs) } catch { throw LuaRaise("persistFinal: cannot write final.json: \(error)") }
+        try checkFatal()
+        return 0
+    }
+}

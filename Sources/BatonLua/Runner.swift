@@ -1,0 +1,201 @@
+import BatonCore
+import CBatonSys
+import CLua
+import Glibc
+import LuaKit
+import LuaShim
+
+public struct RunOptions: Sendable {
+    public var recipe: String
+    public var words: [String] = []
+    public var runsDir: String
+    public var runID: String?
+    public var dryRun = false
+    public var json = false
+    public var memoryLimit = RunOptions.defaultMemoryLimit
+    /// The directory was made by `run --detach`; the runner only fills it.
+    public var existingRun = false
+
+    /// 2 GiB, or BATON_LUA_MEMORY_MB.
+    public static var defaultMemoryLimit: Int {
+        if let e = getenv("BATON_LUA_MEMORY_MB"), let mb = Int(String(cString: e)), mb > 0 { return mb << 20 }
+        return 2048 << 20
+    }
+
+    public init(recipe: String, runsDir: String) { self.recipe = recipe; self.runsDir = runsDir }
+}
+
+/// How a recipe ended, before it is written down.
+public struct Ending {
+    public var status: RunStatus
+    public var code: Int32
+    public var reason: String?
+}
+
+public enum RecipeRunner {
+    /// `baton run`: runs a recipe in a new run directory. Returns the exit code.
+    public static func run(_ o: RunOptions) -> Int32 {
+        let store = RunStore(root: o.runsDir)
+        let (text, readError) = readRecipe(o.recipe)
+        let ctx: RunContext
+        do {
+            ctx = try RunContext.start(store: store, id: o.runID, recipe: o.recipe, recipeText: text ?? [],
+                                       args: o.words, dryRun: o.dryRun, existing: o.existingRun)
+        } catch {
+            diag("baton: cannot start the run: \(error)")
+            return 3
+        }
+        return execute(ctx: ctx, options: o, text: text, readError: readError)
+    }
+
+    /// `baton resume`: runs the recipe again in the same run directory, replaying what passed.
+    public static func resume(dir: RunDirectory, options o: RunOptions) -> Int32 {
+        let (text, readError) = readRecipe(o.recipe)
+        let ctx: RunContext
+        do {
+            ctx = try RunContext.resume(dir: dir, recipe: o.recipe, recipeText: text ?? [], args: o.words)
+        } catch {
+            diag("baton: cannot resume: \(error)")
+            return 3
+        }
+        return execute(ctx: ctx, options: o, text: text, readError: readError)
+    }
+
+    static func readRecipe(_ path: String) -> ([UInt8]?, String?) {
+        if FileIO.isDirectory(path) { return (nil, "\(path): is a directory, not a recipe file") }
+        do { return (try FileIO.readFile(path), nil) } catch { return (nil, "cannot read recipe \(error)") }
+    }
+
+    static func execute(ctx: RunContext, options o: RunOptions, text: [UInt8]?, readError: String?) -> Int32 {
+        let env = RecipeEnvironment(memoryLimit: o.memoryLimit, output: OutputOptions(json: o.json))
+        env.context = ctx
+        env.publishRun()
+        env.setArguments(recipe: o.recipe, words: o.words)
+        let dir = FileIO.dirname(FileIO.absolute(o.recipe))
+        env.setRequirePaths(recipeDir: dir)
+        baton_abort_on_signals(1)
+
+        let ending = evaluate(env: env, recipe: o.recipe, text: text, readError: readError)
+        if o.dryRun, ending.code == 0 {
+            env.humanOut(planText(env.plan))
+        }
+        let problems = ctx.finish(status: ending.status, exitCode: ending.code, reason: ending.reason)
+        for p in problems { diag("baton: \(p)") }
+        report(ctx: ctx, ending: ending, json: o.json)
+        return ending.code
+    }
+
+    static func planText(_ plan: [String]) -> String {
+        if plan.isEmpty { return "dry run: no stage would run" }
+        var s = "dry run: \(plan.count) stage\(plan.count == 1 ? "" : "s") would run:"
+        for (i, p) in plan.enumerated() { s += "\n  \(i + 1). \(p)" }
+        return s
+    }
+
+    /// Loads and runs the chunk; maps every way it can end to a status and exit code.
+    /// Works with or without a run (the shell's piped mode opens one on first use).
+    public static func evaluate(env: RecipeEnvironment, recipe: String, text: [UInt8]?, readError: String?) -> Ending {
+        if let sig = signalEnding() { return sig }
+        guard let text else { return Ending(status: .failed, code: 3, reason: readError ?? "cannot read \(recipe)") }
+        if text.first == 0x1B { return Ending(status: .failed, code: 3, reason: "\(recipe): binary (precompiled) chunks are refused; recipes are Lua text") }
+        let lua = env.lua
+        do {
+            try lua.load(text, name: "@" + recipe)
+        } catch let e as LuaCallError {
+            lua.unref(e.ref)
+            let m = e.message.contains("not enough memory") ? "\(recipe): the recipe is too large to load" : e.message
+            return Ending(status: .failed, code: 3, reason: m)
+        } catch {
+            return Ending(status: .failed, code: 3, reason: "\(error)")
+        }
+        let base = lua.top - 1
+        for w in env.wordsForVarargs { lua.push(w) }
+        do {
+            try lua.pcall(nargs: Int32(env.wordsForVarargs.count), nresults: LUA_MULTRET)
+        } catch let e as LuaCallError {
+            lua.unref(e.ref)
+            return ending(for: e, env: env)
+        } catch {
+            return Ending(status: .failed, code: 1, reason: "\(error)")
+        }
+        if let f = env.context?.fatal { return Ending(status: .failed, code: 1, reason: "cannot write the journal: \(f)") }
+        // The recipe's return value goes into final.json's result.
+        let n = lua.top - base
+        if n >= 1 {
+            let first = base + 1
+            if lua.type(first) == LUA_TTABLE, let j = try? lua.toJSON(first), case let .object(pairs) = j {
+                env.context?.mergeResult(pairs)
+            } else if lua.type(first) != LUA_TNIL {
+                do { env.context?.mergeResult([("value", try lua.toJSON(first))]) } catch {
+                    return Ending(status: .failed, code: 1, reason: "\(recipe): the recipe's return value cannot be recorded: \(error)")
+                }
+            }
+        }
+        lua.top = base
+        return Ending(status: env.dryRun ? .dry_run : .succeeded, code: 0, reason: nil)
+    }
+
+    static func signalEnding() -> Ending? {
+        let sig = baton_signal_pending()
+        guard sig != 0 else { return nil }
+        return Ending(status: .cancelled, code: 128 + sig, reason: "interrupted by \(signalName(sig))")
+    }
+
+    public static func ending(for e: LuaCallError, env: RecipeEnvironment) -> Ending {
+        if !e.traceback.isEmpty {
+            env.context?.record("log", [("level", .string("debug")), ("message", .string("traceback")), ("fields", .object([("traceback", .string(e.traceback))]))], sync: false)
+            if getenv("BATON_TRACEBACK") != nil { diag(e.traceback) }
+        }
+        if let f = env.context?.fatal { return Ending(status: .failed, code: 1, reason: "cannot write the journal: \(f)") }
+        let reason = baton_abort_reason()
+        if reason == BATON_ABORT_EXIT, let code = env.exitCode {
+            return Ending(status: code == 0 ? .succeeded : .failed, code: code, reason: code == 0 ? nil : "os.exit(\(code))")
+        }
+        if reason > 0 && reason < 128 {
+            return Ending(status: .cancelled, code: 128 + Int32(reason), reason: "interrupted by \(signalName(Int32(reason)))")
+        }
+        var msg = e.message
+        if msg.contains("not enough memory") {
+            msg += " (the Lua memory limit is \(env.lua.memoryLimitMB) MiB; set BATON_LUA_MEMORY_MB to change it)"
+        }
+        let code = Int32(e.code ?? 1)
+        return Ending(status: .failed, code: code, reason: msg)
+    }
+
+    public static func report(ctx: RunContext, ending: Ending, json: Bool) {
+        if json {
+            let doc = ctx.dir.readFinal() ?? .object([("run", .string(ctx.dir.id)), ("status", .string(ending.status.rawValue))])
+            let s = doc.encoded(pretty: true) + "\n"
+            _ = s.withCString { write(1, $0, strlen($0)) }
+            return
+        }
+        let took = Clock.human(Clock.monotonic() - ctx.startedMonotonic)
+        switch ending.status {
+        case .succeeded, .dry_run:
+            diag("run \(ctx.dir.id) \(ending.status == .dry_run ? "dry run finished" : "succeeded") in \(took)")
+        case .failed:
+            diag("run \(ctx.dir.id) failed (exit \(ending.code)): \(ending.reason ?? "")")
+        case .cancelled:
+            diag("run \(ctx.dir.id) cancelled (exit \(ending.code)): \(ending.reason ?? "")")
+        }
+    }
+}
+
+public func diag(_ s: String) {
+    let line = s + "\n"
+    _ = line.withCString { write(2, $0, strlen($0)) }
+}
+
+public func signalName(_ sig: Int32) -> String {
+    switch sig {
+    case SIGINT: return "SIGINT"
+    case SIGTERM: return "SIGTERM"
+    case SIGHUP: return "SIGHUP"
+    case SIGKILL: return "SIGKILL"
+    default: return "signal \(sig)"
+    }
+}
+
+extension LuaState {
+    var memoryLimitMB: Int { Int(baton_memory_limit(L)) >> 20 }
+}

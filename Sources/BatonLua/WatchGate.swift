@@ -1,0 +1,288 @@
+import BatonCore
+import CLua
+import Glibc
+import LuaKit
+import LuaShim
+
+extension RecipeEnvironment {
+    // MARK: watch
+
+    static let watchFields = ["id", "handle", "pid", "pattern", "file", "requireFiles", "readyTimeoutSec", "readyPollSec",
+                              "onMissing", "timeoutSec", "heartbeatSec", "callback", "cwd", "allowFail"]
+
+    func watch(_ l: LuaState) throws -> Int32 {
+        let t = try SpecTable(l, arg: 1, fn: "watch", allowed: RecipeEnvironment.watchFields)
+        let id = try t.string("id", required: true, nonEmpty: true)!
+        let targets = ["handle", "pid", "pattern", "file"].filter { t.has($0) }
+        guard targets.count <= 1 else {
+            throw LuaRaise.usage("watch: give one of handle, pid, pattern, file (found \(targets.joined(separator: ", ")))")
+        }
+        var exec: StageExecution? = nil
+        if targets.first == "handle" {
+            _ = t.get("handle")
+            exec = handleExecution(l, index: -1)
+            l.pop()
+            if exec == nil { throw LuaRaise.usage("watch: field 'handle' must be a stage handle from runStage{background = true}") }
+        }
+        let pid = try t.integer("pid", min: 1)
+        let pattern = try t.string("pattern", nonEmpty: true)
+        if let p = pattern, ProcessTable.Regex(p).map({ var r = $0; r.free(); return true }) == nil {
+            throw LuaRaise.usage("watch: field 'pattern' is not a valid regular expression: \(p)")
+        }
+        let cwd = try t.string("cwd").map(FileIO.absolute) ?? FileIO.currentDirectory()
+        func abs(_ p: String) -> String { p.hasPrefix("/") ? p : FileIO.join(cwd, p) }
+        let file = try t.string("file", nonEmpty: true).map(abs)
+        let require = (try t.stringList("requireFiles") ?? []).map(abs)
+        let readyTimeout = try t.number("readyTimeoutSec", min: 0) ?? 600
+        let readyPoll = try t.number("readyPollSec", min: 0.01) ?? 5
+        let onMissing = try t.choice("onMissing", ["fail", "block", "callback"]) ?? "fail"
+        let timeout = try t.number("timeoutSec", min: 0) ?? 86400
+        let heartbeat = try t.number("heartbeatSec", min: 0.05) ?? 60
+        let allowFail = try t.bool("allowFail") ?? false
+        let callback = try t.function("callback")
+        defer { if let c = callback { l.unref(c) } }
+
+        let ctx = try requireContext()
+        var targetText = "nothing"
+        if let e = exec { targetText = "stage \(e.spec.id)" }
+        else if let p = pid { targetText = "pid \(p)" }
+        else if let p = pattern { targetText = "pattern '\(p)'" }
+        else if let f = file { targetText = "file \(f)" }
+        if ctx.dryRun {
+            plan.append("watch \(id): \(targetText)" + (require.isEmpty ? "" : ", then require \(require.joined(separator: ", "))"))
+            l.push(json: .object([("id", .string(id)), ("state", .string("completed")), ("ok", .bool(true)), ("dry", .bool(true))]))
+            return 1
+        }
+        let life = WatchLifecycle(id: id, context: ctx)
+        let began = Clock.monotonic()
+        life.move(.queued, "watch registered on \(targetText)", details: .object([
+            ("require_files", .array(require.map(JSON.string))), ("ready_timeout_sec", .double(readyTimeout)),
+            ("ready_poll_sec", .double(readyPoll)), ("on_missing", .string(onMissing)), ("timeout_sec", .double(timeout))]))
+        var info: [(String, JSON)] = [("id", .string(id))]
+
+        // 1. The watched thing runs until it exits.
+        life.move(.running, "waiting for \(targetText) to finish")
+        let hb = ("watch", id)
+        var outcome: WatchTargetOutcome
+        if let e = exec {
+            let r = ctx.waitUntil(deadline: Clock.monotonic() + timeout, heartbeat: hb, heartbeatEvery: heartbeat) { e.isFinished }
+            switch r {
+            case .satisfied:
+                let res = e.result!
+                outcome = .exited(exit: res.exit, signal: res.signal, detail: "stage \(e.spec.id) \(res.status.rawValue)" + (res.exit.map { " (exit \($0))" } ?? ""))
+                info.append(("status", .string(res.status.rawValue)))
+                if !res.dry && !res.replayed { progress(stageLine(res)) }
+            case .deadline: outcome = .timedOut
+            case .interrupted: outcome = .interrupted
+            }
+        } else if let p = pid {
+            outcome = ctx.waitForPid(pid_t(p), timeout: timeout, heartbeat: hb, heartbeatEvery: heartbeat)
+        } else if let p = pattern {
+            outcome = ctx.waitForPattern(p, timeout: timeout, poll: min(readyPoll, 1), heartbeat: hb, heartbeatEvery: heartbeat)
+        } else if let f = file {
+            switch ctx.waitForFiles([f], timeout: timeout, poll: readyPoll, nonEmpty: false, heartbeat: hb, heartbeatEvery: heartbeat) {
+            case nil: outcome = .interrupted
+            case let m? where m.isEmpty: outcome = .exited(exit: nil, signal: nil, detail: "file \(f) appeared")
+            default: outcome = .timedOut
+            }
+        } else {
+            outcome = .exited(exit: nil, signal: nil, detail: "nothing to wait for")
+        }
+        try checkFatal()
+        switch outcome {
+        case .interrupted:
+            life.move(.failed, "interrupted")
+            throw RecipeEnvironment.abort
+        case .timedOut:
+            life.move(.failed, "\(targetText) still running after timeoutSec = \(fmt(timeout))")
+            return try finishWatch(l, life, info, began, ok: false, allowFail: allowFail,
+                                   message: "watch '\(id)': \(targetText) still running after \(Clock.human(timeout))")
+        case let .exited(exit, signal, detail):
+            if let x = exit { info.append(("exit", .int(Int64(x)))) }
+            if let s = signal { info.append(("signal", .int(Int64(s)))) }
+            life.move(.exited, detail)
+        }
+
+        // 2. Its artifacts: noticed as they appear (inotify), polled as a fallback.
+        var missing: [String] = []
+        if !require.isEmpty {
+            life.move(.awaiting_artifacts, "waiting up to \(Clock.human(readyTimeout)) for \(require.count) required file\(require.count == 1 ? "" : "s")",
+                      details: .object([("files", .array(require.map(JSON.string)))]))
+            guard let m = ctx.waitForFiles(require, timeout: readyTimeout, poll: readyPoll, nonEmpty: true,
+                                           heartbeat: hb, heartbeatEvery: heartbeat) else {
+                life.move(.failed, "interrupted while awaiting artifacts")
+                throw RecipeEnvironment.abort
+            }
+            missing = m
+            try checkFatal()
+        }
+        info.append(("files", .array(require.map(JSON.string))))
+        info.append(("missing", .array(missing.map(JSON.string))))
+        if !missing.isEmpty {
+            let what = "required file\(missing.count == 1 ? "" : "s") missing after \(Clock.human(readyTimeout)): \(missing.joined(separator: ", "))"
+            switch onMissing {
+            case "block":
+                life.move(.blocked, what, details: .object([("missing", .array(missing.map(JSON.string)))]))
+                return try finishWatch(l, life, info, began, ok: false, allowFail: true, message: nil)
+            case "fail":
+                life.move(.failed, what, details: .object([("missing", .array(missing.map(JSON.string)))]))
+                return try finishWatch(l, life, info, began, ok: false, allowFail: allowFail, message: "watch '\(id)': \(what)")
+            default: break // "callback": call it anyway, with the missing list
+            }
+        }
+
+        // 3. The callback, only now that the files exist (or onMissing says to go on).
+        if let cb = callback {
+            life.move(.callback_queued, missing.isEmpty ? "artifacts ready" : "artifacts missing; onMissing = callback")
+            life.move(.callback_running, "calling the callback")
+            l.pushRef(cb)
+            l.push(json: .object(info + [("state", .string("callback_running"))]))
+            do {
+                try l.pcall(nargs: 1, nresults: 1)
+            } catch let e as LuaCallError {
+                life.move(.failed, baton_abort_reason() != 0 ? "interrupted in the callback" : "callback raised: \(e.message)")
+                throw l.rethrow(e)
+            }
+            if l.type(-1) != LUA_TNIL, let v = try? l.toJSON(-1) { info.append(("callback_result", v)) }
+            l.pop()
+        }
+        life.move(.completed, missing.isEmpty ? "done" : "done (with missing artifacts)")
+        return try finishWatch(l, life, info, began, ok: missing.isEmpty, allowFail: true, message: nil)
+    }
+
+    private func finishWatch(_ l: LuaState, _ life: WatchLifecycle, _ info: [(String, JSON)], _ began: Double,
+                             ok: Bool, allowFail: Bool, message: String?) throws -> Int32 {
+        var o = info
+        o.append(("state", .string(life.state?.rawValue ?? "failed")))
+        o.append(("ok", .bool(ok)))
+        o.append(("reason", .string(life.history.last?.1 ?? "")))
+        o.append(("duration", .double(Clock.monotonic() - began)))
+        o.append(("transitions", .array(life.history.map { .string($0.0.rawValue) })))
+        let outcome = JSON.object(o)
+        if let m = message, !allowFail {
+            throw LuaRaise(m, code: 1, kind: "watch", extra: { l in l.push(json: outcome); l.setField(-2, "outcome") })
+        }
+        l.push(json: outcome)
+        return 1
+    }
+
+    // MARK: gate
+
+    static let gateFields = ["name", "maxIterations", "check", "cmd", "onReject", "fallback", "cwd", "env", "timeout"]
+
+    func gate(_ l: LuaState) throws -> Int32 {
+        let t = try SpecTable(l, arg: 1, fn: "gate", allowed: RecipeEnvironment.gateFields)
+        let name = try t.string("name", required: true, nonEmpty: true)!
+        let maxIterations = try t.integer("maxIterations", min: 1, max: 1000) ?? 1
+        let hasCheck = t.has("check"), hasCmd = t.has("cmd")
+        guard hasCheck != hasCmd else {
+            throw LuaRaise.usage("gate: give exactly one of 'check' (a function) or 'cmd' (a command printing JSON)")
+        }
+        let check = try t.function("check")
+        let cmd = try t.command("cmd", required: false)
+        let onReject = try t.function("onReject")
+        defer { for r in [check, onReject].compactMap({ $0 }) { l.unref(r) } }
+        var fallback: JSON? = nil
+        if t.has("fallback") {
+            _ = t.get("fallback")
+            defer { l.pop() }
+            guard l.type(-1) == LUA_TTABLE, let f = try? l.toJSON(-1) else { throw LuaRaise.usage("gate: field 'fallback' must be a table like {approved = false, issues = {...}}") }
+            fallback = f
+        }
+        let cwd = try t.string("cwd")
+        let extraEnv = try t.stringMap("env") ?? [:]
+        let timeout = try t.number("timeout", min: 0.001)
+        let ctx = try requireContext()
+
+        var last: JSON = .object([])
+        for iteration in 1...maxIterations {
+            var decision: JSON
+            var fallbackUsed = false
+            var note: String? = nil
+            if ctx.dryRun {
+                plan.append("gate \(name): approved on iteration 1 (dry run)")
+                decision = .object([("approved", .bool(true)), ("issues", .array([]))])
+            } else if let c = check {
+                l.pushRef(c)
+                l.push(iteration)
+                do { try l.pcall(nargs: 1, nresults: 1) } catch let e as LuaCallError { throw l.rethrow(e) }
+                let v = try? l.toJSON(-1)
+                l.pop()
+                if let v, let d = normalize(v) { decision = d } else if let f = fallback, let d = normalize(f) {
+                    decision = d; fallbackUsed = true; note = "check returned no {approved = bool} table"
+                } else {
+                    throw LuaRaise("gate '\(name)': check must return a table like {approved = true|false, issues = {...}}", code: 1, kind: "gate")
+                }
+            } else {
+                var env = ctx.baseEnvironment
+                for (k, v) in extraEnv { env[k] = v }
+                env["BATON_GATE"] = name
+                env["BATON_GATE_ITERATION"] = String(iteration)
+                let o = Subprocess.run(cmd!, cwd: cwd, env: env, timeout: timeout)
+                if o.interrupted { throw RecipeEnvironment.abort }
+                if let d = GateOutput.lastObject(o.stdoutText).flatMap(normalize) {
+                    decision = d
+                } else if let f = fallback, let d = normalize(f) {
+                    decision = d; fallbackUsed = true
+                    note = o.ok ? "no JSON object with 'approved' in the command's output" : "the command failed: \(o.failureDescription)"
+                } else {
+                    throw LuaRaise("gate '\(name)': '\(cmd!.display)' printed no JSON object with 'approved' (\(o.ok ? "exit 0" : o.failureDescription)) and no fallback is set",
+                                   code: 1, kind: "gate")
+                }
+            }
+            let approved = decision["approved"]?.boolValue ?? false
+            let issues = decision["issues"] ?? .array([])
+            var fields: [(String, JSON)] = [("name", .string(name)), ("iteration", .int(Int64(iteration))), ("max", .int(Int64(maxIterations))),
+                                            ("approved", .bool(approved)), ("issues", issues), ("fallback_used", .bool(fallbackUsed))]
+            if let n = note { fields.append(("note", .string(n))) }
+            ctx.record("gate", fields)
+            try checkFatal()
+            last = decision.setting("iteration", .int(Int64(iteration))).setting("fallback_used", .bool(fallbackUsed))
+            progress("gate \(name) iteration \(iteration)/\(maxIterations): \(approved ? "approved" : "rejected")"
+                     + (approved ? "" : " " + issueText(issues)))
+            if approved {
+                l.push(json: last)
+                return 1
+            }
+            if iteration < maxIterations, let r = onReject {
+                l.pushRef(r)
+                l.push(json: last)
+                l.push(iteration)
+                do { try l.pcall(nargs: 2, nresults: 0) } catch let e as LuaCallError { throw l.rethrow(e) }
+            }
+        }
+        let final = last
+        throw LuaRaise("gate '\(name)' rejected \(maxIterations) time\(maxIterations == 1 ? "" : "s"): \(issueText(final["issues"] ?? .array([])))",
+                       code: 2, kind: "gate", extra: { l in l.push(json: final); l.setField(-2, "decision") })
+    }
+
+    func issueText(_ issues: JSON) -> String {
+        let items = issues.arrayValue ?? [issues]
+        if items.isEmpty { return "(no issues given)" }
+        return items.map { $0.stringValue ?? $0.encoded() }.joined(separator: "; ")
+    }
+
+    /// {approved: bool, issues: [...]} or nil.
+    func normalize(_ v: JSON) -> JSON? {
+        guard case .object = v, let a = v["approved"]?.boolValue else { return nil }
+        var issues = v["issues"] ?? .array([])
+        if case .string = issues { issues = .array([issues]) }
+        if case .null = issues { issues = .array([]) }
+        if case .object(let p) = issues, p.isEmpty { issues = .array([]) }
+        return v.setting("approved", .bool(a)).setting("issues", issues)
+    }
+}
+
+enum GateOutput {
+    /// The last JSON object printed: tries each '{' from the end up to the last '}'.
+    static func lastObject(_ s: String) -> JSON? {
+        let u = Array(s.utf8)
+        guard let end = u.lastIndex(of: UInt8(ascii: "}")) else { return nil }
+        var i = end
+        while i >= 0 {
+            if u[i] == UInt8(ascii: "{"), let v = try? JSON.parse(Array(u[i...end])), case .object = v { return v }
+            i -= 1
+        }
+        return nil
+    }
+}

@@ -1,0 +1,223 @@
+import BatonCore
+import BatonLua
+import CBatonSys
+import Glibc
+
+func out(_ s: String) {
+    let line = s + "\n"
+    _ = line.withCString { write(1, $0, strlen($0)) }
+}
+
+/// `baton runs|status|log|cancel|resume|check`: each returns the exit code.
+public enum Commands {
+    static func resolve(_ root: String, _ ref: String?) -> RunDirectory? {
+        do { return try RunStore(root: root).resolve(ref) } catch {
+            diag("baton: \(error)")
+            return nil
+        }
+    }
+
+    public static func runs(root: String, json: Bool) -> Int32 {
+        let store = RunStore(root: root)
+        let infos = store.ids().map { RunInfo.load(store.directory($0), withEvents: false) }
+        if json {
+            out(JSON.array(infos.map(\.json)).encoded(pretty: true))
+            return 0
+        }
+        if infos.isEmpty { out("no runs in \(root)"); return 0 }
+        out(Render.runsTable(infos))
+        return 0
+    }
+
+    public static func status(root: String, ref: String?, json: Bool) -> Int32 {
+        guard let dir = resolve(root, ref) else { return 3 }
+        let info = RunInfo.load(dir)
+        if json { out(info.json.encoded(pretty: true)) } else { out(Render.status(info)) }
+        return 0
+    }
+
+    public static func log(root: String, ref: String?, follow: Bool, stage: String?, json: Bool) -> Int32 {
+        guard let dir = resolve(root, ref) else { return 3 }
+        if let stage { return stageLog(dir, stage: stage, follow: follow, json: json) }
+        var offset = 0
+        var seenFinal = false
+        while true {
+            let bytes = (try? FileIO.readFile(dir.journal)) ?? []
+            if bytes.count > offset {
+                // Only whole lines; a line still being written waits for the next round.
+                var end = bytes.count
+                while end > offset, bytes[end - 1] != 10 { end -= 1 }
+                let chunk = Array(bytes[offset..<end])
+                let contents = JournalReader.parse(chunk)
+                for e in contents.events {
+                    if json { out(e.encoded()) } else { out(Render.event(e)) }
+                    if e["type"]?.stringValue == "final" { seenFinal = true }
+                }
+                for c in contents.corrupt { diag("baton: journal line (after byte \(offset)) \(c.line): \(c.message)") }
+                offset = end
+            }
+            if !follow || seenFinal { break }
+            if !FileLock.isHeld(dir.lock), RunInfo.load(dir, withEvents: false).state != .starting {
+                // The runner is gone: read what is left once more, then stop.
+                let again = (try? FileIO.readFile(dir.journal))?.count ?? 0
+                if again == offset { break }
+                continue
+            }
+            if baton_signal_pending() != 0 { break }
+            usleep(100_000)
+        }
+        return 0
+    }
+
+    static func stageLog(_ dir: RunDirectory, stage: String, follow: Bool, json: Bool) -> Int32 {
+        let contents = (try? JournalReader.read(dir.journal)) ?? JournalContents()
+        var logs: [(attempt: Int, out: String, err: String)] = []
+        for e in contents.events where e["type"]?.stringValue == "stage_started" && e["id"]?.stringValue == stage {
+            if let o = e["logs"]?["stdout"]?.stringValue, let er = e["logs"]?["stderr"]?.stringValue {
+                logs.append((Int(e["attempt"]?.intValue ?? 1), o, er))
+            }
+        }
+        if logs.isEmpty {
+            diag("baton: run \(dir.id) has no stage '\(stage)'")
+            return 3
+        }
+        if json {
+            out(JSON.array(logs.map { l in .object([("attempt", .int(Int64(l.attempt))),
+                                                    ("stdout", .string((try? FileIO.readString(l.out)) ?? "")),
+                                                    ("stderr", .string((try? FileIO.readString(l.err)) ?? ""))]) }).encoded(pretty: true))
+            return 0
+        }
+        for (i, l) in logs.enumerated() {
+            if logs.count > 1 { out("==> \(stage) attempt \(l.attempt) (\(l.out)) <==") }
+            let isLast = i == logs.count - 1
+            if isLast && follow { followFile(l.out, dir: dir); continue }
+            if let s = try? FileIO.readFile(l.out) { _ = s.withUnsafeBytes { write(1, $0.baseAddress, $0.count) } }
+            if let e = try? FileIO.readString(l.err), !e.isEmpty {
+                out("--- stderr ---")
+                _ = e.withCString { write(1, $0, strlen($0)) }
+            }
+        }
+        return 0
+    }
+
+    static func followFile(_ path: String, dir: RunDirectory) {
+        var offset = 0
+        while true {
+            if let b = try? FileIO.readFile(path), b.count > offset {
+                _ = b[offset...].withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+                offset = b.count
+            } else if !FileLock.isHeld(dir.lock) || baton_signal_pending() != 0 {
+                break
+            }
+            usleep(100_000)
+        }
+    }
+
+    public static func cancel(root: String, ref: String?, json: Bool) -> Int32 {
+        guard let dir = resolve(root, ref) else { return 3 }
+        let info = RunInfo.load(dir, withEvents: false)
+        switch info.state {
+        case .running, .starting:
+            guard let pid = info.runnerPid ?? dir.readPid(), pid > 0 else {
+                diag("baton: run \(dir.id) is live but its runner's pid is unknown"); return 1
+            }
+            diag("cancelling run \(dir.id): SIGTERM to runner pid \(pid)")
+            kill(pid, SIGTERM)
+            let until = Clock.monotonic() + 120
+            while (FileLock.isHeld(dir.lock) || (kill(pid, 0) == 0 && RunInfo.load(dir, withEvents: false).state == .starting)),
+                  Clock.monotonic() < until {
+                usleep(50_000)
+            }
+            if FileLock.isHeld(dir.lock) {
+                diag("baton: run \(dir.id) did not stop within 120s; sending SIGKILL")
+                kill(pid, SIGKILL)
+                usleep(200_000)
+                return cancel(root: root, ref: dir.id, json: json)
+            }
+        case .orphaned:
+            do {
+                guard let o = try Recovery.finishOrphan(dir, status: .cancelled, exitCode: 143,
+                                                        reason: "cancelled after its runner died (orphaned run)") else {
+                    diag("baton: run \(dir.id) became live again; try again"); return 1
+                }
+                if !o.killed.isEmpty { diag("ended \(o.killed.count) process\(o.killed.count == 1 ? "" : "es") left by the run: \(o.killed.map(String.init).joined(separator: ", "))") }
+            } catch {
+                diag("baton: cannot finish run \(dir.id): \(error)"); return 1
+            }
+        default:
+            diag("run \(dir.id) already ended: \(info.state.rawValue)")
+        }
+        let after = RunInfo.load(dir, withEvents: false)
+        if json { out(after.json.encoded(pretty: true)) } else { out("run \(dir.id) \(after.state.rawValue)") }
+        return 0
+    }
+
+    public static func resume(root: String, ref: String?, json: Bool) -> Int32 {
+        guard let dir = resolve(root, ref) else { return 3 }
+        let contents = (try? JournalReader.read(dir.journal)) ?? JournalContents()
+        guard let start = contents.events.last(where: { ["run_started", "run_resumed"].contains($0["type"]?.stringValue ?? "") }),
+              let recipe = start["recipe"]?.stringValue else {
+            diag("baton: run \(dir.id) has no run_started event: nothing to resume")
+            return 3
+        }
+        if let cwd = start["cwd"]?.stringValue, FileIO.isDirectory(cwd), chdir(cwd) != 0 {
+            diag("baton: cannot enter \(cwd)")
+        }
+        var o = RunOptions(recipe: recipe, runsDir: root)
+        o.words = start["args"]?.arrayValue?.compactMap { $0.stringValue } ?? []
+        o.json = json
+        return RecipeRunner.resume(dir: dir, options: o)
+    }
+
+    public static func check(recipe: String, json: Bool) -> Int32 {
+        let report = RecipeCheck.check(recipe)
+        if json {
+            out(JSON.object([("recipe", .string(recipe)), ("ok", .bool(report.ok)),
+                             ("errors", .array(report.errors.map(JSON.string))),
+                             ("warnings", .array(report.warnings.map(JSON.string)))]).encoded(pretty: true))
+        } else {
+            for e in report.errors { diag("error: \(e)") }
+            for w in report.warnings { diag("warning: \(w)") }
+            if report.ok { out("\(recipe): ok") }
+        }
+        return report.ok ? 0 : 3
+    }
+}
+
+/// `baton run --detach`: the run in its own session, its output in run.out.
+public enum Detach {
+    public static func start(options o: RunOptions) -> Int32 {
+        let store = RunStore(root: o.runsDir)
+        let dir: RunDirectory
+        do { dir = try store.create(id: o.runID) } catch { diag("baton: \(error)"); return 3 }
+        let outFD = open(dir.outFile, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard outFD >= 0 else { diag("baton: cannot create \(dir.outFile)"); return 3 }
+        defer { close(outFD) }
+        var args = [selfExecutable(), "run", "--existing-run", dir.id, "--runs-dir", o.runsDir]
+        if o.dryRun { args.append("--dry-run") }
+        if o.json { args.append("--json") }
+        args.append(o.recipe)
+        args.append(contentsOf: o.words)
+        do {
+            let pid = try Spawner.spawn(argv: args, env: Spawner.currentEnvironment(), cwd: nil, stdin: -1,
+                                        stdout: outFD, stderr: outFD, newSession: true, dieWithParent: false)
+            try FileIO.writeAtomically(dir.pidFile, Array("\(pid)\n".utf8))
+        } catch {
+            diag("baton: cannot start the detached runner: \(error)")
+            return 3
+        }
+        if o.json {
+            out(JSON.object([("run", .string(dir.id)), ("dir", .string(dir.path))]).encoded())
+        } else {
+            out(dir.id)
+            out(dir.path)
+        }
+        return 0
+    }
+
+    static func selfExecutable() -> String {
+        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+        return n > 0 ? String(cBuffer: buf) : CommandLine.arguments[0]
+    }
+}

@@ -1,0 +1,48 @@
+#ifndef CBATONSYS_H
+#define CBATONSYS_H
+#include <sys/types.h>
+#include <stdint.h>
+
+/* ---- Spawning a stage -------------------------------------------------
+ * fork + exec in C because the child may only call async-signal-safe
+ * functions: its own process group (or session), a parent-death signal,
+ * default signal dispositions and an empty mask (Foundation's children
+ * inherit SIGTERM blocked), the three standard descriptors, cwd, execve.
+ * Returns 0 and the pid, or an errno (exec failures included: they are
+ * reported through a close-on-exec pipe). */
+typedef struct {
+    const char *path;          /* executable, already resolved */
+    char *const *argv;
+    char *const *envp;
+    const char *cwd;           /* NULL: inherit */
+    int stdin_fd, stdout_fd, stderr_fd; /* -1: /dev/null */
+    int new_session;           /* setsid() instead of setpgid(0, 0) */
+    int pdeathsig;             /* signal sent to the child when its parent dies, 0: none */
+} baton_spawn_opts;
+
+int baton_spawn(const baton_spawn_opts *opts, pid_t *out_pid);
+
+/* pidfd_open(2): a descriptor that polls readable when the process exits. */
+int baton_pidfd_open(pid_t pid);
+
+/* ---- Signals ------------------------------------------------------------
+ * SIGINT, SIGTERM and SIGHUP set a flag, write one byte to a self-pipe (so
+ * any poll() loop wakes at once) and call an optional hook (the Lua layer
+ * sets one that makes running Lua code raise). SIGPIPE and SIGXFSZ are
+ * ignored so a closed pipe or a full disk is an error code, not a death. */
+void baton_signals_install(void);
+int  baton_signal_pending(void);      /* the first signal received, 0 if none */
+int  baton_signal_last(void);         /* the most recent one */
+int  baton_signal_fd(void);           /* read end of the self-pipe */
+void baton_signal_clear(void);        /* forget received signals (the shell after Ctrl-C) */
+void baton_signal_drain(void);        /* empty the self-pipe */
+void baton_signal_set_hook(void (*hook)(int));
+void baton_signal_raise_flag(int sig); /* as if sig had arrived (tests, cancel paths) */
+
+/* PR_SET_CHILD_SUBREAPER: orphaned grandchildren are re-parented to us. */
+int baton_set_subreaper(void);
+
+/* An anonymous in-memory file (close-on-exec): a stage's stdin text. */
+int baton_memfd(const char *name);
+
+#endif

@@ -1,0 +1,134 @@
+#include "LuaShim.h"
+#include "CBatonSys.h"
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- bounded allocator ----
+ * `native` counts how deep we are in Swift code called from Lua; while it
+ * is non-zero allocations succeed (up to a hard margin), so a push from
+ * Swift never raises LUA_ERRMEM across a Swift frame. */
+typedef struct {
+    size_t used;
+    size_t limit;
+    int native;
+} baton_alloc_state;
+
+#define NATIVE_MARGIN ((size_t)256 << 20)
+
+static void *baton_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+    baton_alloc_state *st = (baton_alloc_state *)ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        st->used -= old;
+        return NULL;
+    }
+    if (st->limit && nsize > old) {
+        size_t grow = nsize - old;
+        size_t cap = st->native ? st->limit + NATIVE_MARGIN : st->limit;
+        if (st->used + grow > cap) return NULL;
+    }
+    void *p = realloc(ptr, nsize);
+    if (p) st->used = st->used - old + nsize;
+    return p;
+}
+
+lua_State *baton_newstate(size_t limit) {
+    baton_alloc_state *st = calloc(1, sizeof *st);
+    if (!st) return NULL;
+    st->limit = limit;
+    lua_State *L = lua_newstate(baton_alloc, st);
+    if (!L) free(st);
+    return L;
+}
+
+static baton_alloc_state *alloc_state(lua_State *L) {
+    void *ud = NULL;
+    lua_getallocf(L, &ud);
+    return (baton_alloc_state *)ud;
+}
+size_t baton_memory_used(lua_State *L) { return alloc_state(L)->used; }
+size_t baton_memory_limit(lua_State *L) { return alloc_state(L)->limit; }
+void baton_set_memory_limit(lua_State *L, size_t limit) { alloc_state(L)->limit = limit; }
+
+/* ---- the trampoline ---- */
+static baton_dispatch_fn dispatch = NULL;
+void baton_set_dispatch(baton_dispatch_fn fn) { dispatch = fn; }
+
+static int trampoline(lua_State *L) {
+    void *ctx = lua_touserdata(L, lua_upvalueindex(1));
+    baton_alloc_state *st = alloc_state(L);
+    st->native++;
+    int n = dispatch(L, ctx);
+    st->native--;
+    if (n < 0) return lua_error(L); /* only C frames below us now */
+    return n;
+}
+
+void baton_pushswiftfunction(lua_State *L, void *ctx) {
+    lua_pushlightuserdata(L, ctx);
+    lua_pushcclosure(L, trampoline, 1);
+}
+
+/* ---- protected calls ---- */
+static int msgh(lua_State *L) {
+    const char *msg = lua_tostring(L, 1);
+    if (!msg && lua_type(L, 1) == LUA_TTABLE) {
+        lua_pushliteral(L, "message");    /* a Baton error table (raw: no metamethod runs here) */
+        lua_rawget(L, 1);
+        msg = lua_tostring(L, -1);
+    }
+    luaL_traceback(L, L, msg ? msg : "(error object is not a string)", 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "baton.traceback");
+    lua_settop(L, 1);
+    return 1;
+}
+
+int baton_pcall(lua_State *L, int nargs, int nresults) {
+    baton_alloc_state *st = alloc_state(L);
+    int saved = st->native;
+    int base = lua_gettop(L) - nargs;   /* the function's slot */
+    lua_pushcfunction(L, msgh);
+    lua_insert(L, base);
+    st->native = 0;                     /* Lua code runs: allocations may fail */
+    int status = lua_pcall(L, nargs, nresults, base);
+    st->native = saved;
+    lua_remove(L, base);
+    return status;
+}
+
+int baton_loadbuffer(lua_State *L, const char *buf, size_t len, const char *chunkname) {
+    return luaL_loadbufferx(L, buf, len, chunkname, "t");
+}
+
+void baton_where(lua_State *L, int level) { luaL_where(L, level); }
+
+/* ---- the kill switch ---- */
+static lua_State *volatile abort_L = NULL;
+static volatile sig_atomic_t abort_reason = 0;
+
+static void abort_hook(lua_State *L, lua_Debug *ar) {
+    (void)ar;
+    lua_pushstring(L, BATON_ABORT_MESSAGE);
+    lua_error(L);
+}
+
+void baton_abort_attach(lua_State *L) { abort_L = L; }
+
+void baton_abort_request(int reason) {
+    if (!abort_reason) abort_reason = reason;
+    lua_State *L = abort_L;
+    if (L) lua_sethook(L, abort_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+int baton_abort_reason(void) { return abort_reason; }
+
+void baton_abort_clear(void) {
+    abort_reason = 0;
+    lua_State *L = abort_L;
+    if (L) lua_sethook(L, NULL, 0, 0);
+}
+
+static void on_signal(int sig) { baton_abort_request(sig); }
+void baton_abort_on_signals(int enabled) { baton_signal_set_hook(enabled ? on_signal : NULL); }
