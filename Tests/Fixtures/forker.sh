@@ -1,8 +1,9 @@
 #!/bin/sh
-# A stage that leaves a grandchild behind: `sleep` runs in the background, marked by
-# its argument, then the script waits (or exits at once with "exit" as $2).
+# A stage that leaves a grandchild behind: a background shell (its command line
+# carries the marker $1) that sleeps, then the script waits, or exits at once
+# when $2 is "exit".
 marker="${1:-baton-forker}"
-sh -c "exec sleep 300 # $marker" &
+sh -c "sleep 300; : $marker" &
 echo "grandchild $!"
 if [ "$2" = "exit" ]; then exit 0; fi
 sleep 300
