@@ -62,7 +62,8 @@ public enum Clock {
 }
 
 public enum RunID {
-    /// `20261122-181812-3f9a`: UTC start time, then 4 random hex digits. Sorts by start time.
+    /// `20261122-181812-3f9a`: UTC start time, then 4 hex digits: the millisecond times 64
+    /// plus 6 random bits. Ids sort by start time (to the millisecond) and rarely collide.
     public static func make(at t: Double = Clock.now()) -> String {
         var secs = time_t(t)
         var tm = tm()
@@ -70,7 +71,8 @@ public enum RunID {
         let p = Clock.pad
         let date = "\(p(Int(tm.tm_year) + 1900, 4))\(p(Int(tm.tm_mon) + 1, 2))\(p(Int(tm.tm_mday), 2))"
         let time = "\(p(Int(tm.tm_hour), 2))\(p(Int(tm.tm_min), 2))\(p(Int(tm.tm_sec), 2))"
-        let r = String(UInt16.random(in: 0...UInt16.max), radix: 16)
+        let ms = min(999, Int((t - t.rounded(.down)) * 1000))
+        let r = String(ms * 64 + Int.random(in: 0..<64), radix: 16)
         return "\(date)-\(time)-\(String(repeating: "0", count: 4 - r.count))\(r)"
     }
 

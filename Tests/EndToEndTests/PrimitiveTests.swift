@@ -216,11 +216,11 @@ import Testing
 
     @Test func preflightCmdTimeout() throws {
         let (r, _, _) = try run("pftimeout", """
-            local ok, e = pcall(preflight, {checks = {{cmd = {"sleep", "10"}, timeout = 0.2}}})
+            local ok, e = pcall(preflight, {checks = {{cmd = {"sleep", "10.123"}, timeout = 0.2}}})
             assert(not ok and e.code == 4 and tostring(e):find("timed out"), tostring(e))
             """)
         #expect(r.code == 0, "stderr: \(r.stderr)")
-        #expect(Harness.processes(matching: "sleep 10").isEmpty)
+        #expect(Harness.processes(matching: "sleep 10.123").isEmpty)
     }
 
     // MARK: watch
@@ -301,13 +301,14 @@ import Testing
     }
 
     @Test func watchTimeoutFails() throws {
+        let marker = "baton-watch-timeout-\(UUID().uuidString.prefix(8))"
         let (r, _, run) = try run("watch-timeout", """
-            local h = runStage{id = "long", cmd = {"sleep", "30"}, background = true}
+            local h = runStage{id = "long", cmd = {"forker.sh", "\(marker)"}, background = true}
             watch{id = "w", handle = h, timeoutSec = 0.3}
             """)
         #expect(r.code == 1)
         #expect((Harness.final(run)?["reason"] as? String)?.contains("still running") == true)
-        #expect(Harness.processes(matching: "sleep 30").isEmpty, "the run's end must end its background stage")
+        #expect(Harness.processes(matching: marker).isEmpty, "the run's end must end its background stage")
     }
 
     // MARK: gate
