@@ -19,7 +19,7 @@ public enum Clock {
     /// `2026-11-22T18:18:12.345Z`
     public static func rfc3339(_ t: Double) -> String {
         var secs = time_t(t.rounded(.down))
-        var ms = Int((t - Double(secs)) * 1000)
+        var ms = Int(((t - Double(secs)) * 1000 + 0.001).rounded(.down))  // + 1µs: a double near 1.8e9 s has ~0.25µs of error
         if ms >= 1000 { ms = 999 }
         var tm = tm()
         gmtime_r(&secs, &tm)

@@ -1,0 +1,109 @@
+import BatonCore
+import Foundation
+import Glibc
+import Testing
+
+@Suite struct JSONTests {
+    @Test func roundTrip() throws {
+        let text = #"{"a":1,"b":[true,false,null],"c":"x\ny\"\u0001","d":1.5,"e":{},"f":[],"g":-0.25,"h":12345678901234}"#
+        let v = try JSON.parse(text)
+        #expect(v["a"] == .int(1) && v["d"] == .double(1.5) && v["h"] == .int(12345678901234))
+        #expect(try JSON.parse(v.encoded()) == v)
+        #expect(try JSON.parse(v.encoded(pretty: true)) == v)
+        #expect(JSON.double(3).encoded() == "3.0", "a float stays a float")
+        #expect(try JSON.parse("\"\\ud83d\\ude00\"") == .string("😀"))
+    }
+
+    @Test(arguments: ["", "{", "[1,", "{\"a\" 1}", "tru", "01", "1.", "\"abc", "{\"a\":1}x", "[\"\\x\"]", String(repeating: "[", count: 1000)])
+    func rejectsInvalid(_ text: String) {
+        #expect(throws: JSONParseError.self) { try JSON.parse(text) }
+    }
+
+    @Test func fuzzedInputNeverCrashes() {
+        let seeds = [#"{"a":[1,2,{"b":"c"}],"d":null}"#, #"[1.5e3,-2,true]"#, #""\u00e9\n""#]
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<3000 {
+            var b = Array(seeds.randomElement(using: &rng)!.utf8)
+            for _ in 0..<Int.random(in: 1...4, using: &rng) {
+                let i = Int.random(in: 0..<b.count, using: &rng)
+                switch Int.random(in: 0..<3, using: &rng) {
+                case 0: b[i] = UInt8.random(in: 0...255, using: &rng)
+                case 1: b.remove(at: i)
+                default: b.insert(UInt8.random(in: 0...127, using: &rng), at: i)
+                }
+                if b.isEmpty { b = [UInt8(ascii: "{")] }
+            }
+            if let v = try? JSON.parse(b) { #expect((try? JSON.parse(v.encoded())) == v) }
+        }
+    }
+}
+
+@Suite struct FailureTests {
+    @Test func signatureFoldsNumbersAndHex() {
+        let a = FailureSignature.make(.transient, exit: 75, signal: nil, stderrTail: "x\nrequest 0x7f3a failed after 1532 ms (id deadbeef42)\n\n")
+        let b = FailureSignature.make(.transient, exit: 75, signal: nil, stderrTail: "request 0x11 failed after 2 ms (id 0000cafe99)")
+        #expect(a == b)
+        #expect(a != FailureSignature.make(.deterministic, exit: 75, signal: nil, stderrTail: "request 0x11 failed after 2 ms (id 0000cafe99)"))
+        #expect(a != FailureSignature.make(.transient, exit: 1, signal: nil, stderrTail: "request 0x11 failed after 2 ms (id 0000cafe99)"))
+        #expect(a.count == 16)
+        #expect(FailureSignature.fold("error at line 42 in face") == "error at line # in face", "words made of hex letters stay")
+    }
+
+    @Test func classify() {
+        let rules = TransientRules(exitCodes: [75], stderrPatterns: ["rate limit"])
+        #expect(rules.classify(timedOut: true, signal: nil, exit: nil, stderrTail: "") == .transient)
+        #expect(rules.classify(timedOut: false, signal: 9, exit: nil, stderrTail: "") == .transient)
+        #expect(rules.classify(timedOut: false, signal: nil, exit: 75, stderrTail: "") == .transient)
+        #expect(rules.classify(timedOut: false, signal: nil, exit: 1, stderrTail: "429 rate limit") == .transient)
+        #expect(rules.classify(timedOut: false, signal: nil, exit: 1, stderrTail: "syntax error") == .deterministic)
+    }
+
+    @Test func backoff() {
+        let b = Backoff(initial: 1, factor: 2, max: 5)
+        #expect((1...5).map { b.delay(afterAttempt: $0) } == [1, 2, 4, 5, 5])
+    }
+}
+
+@Suite struct RunStoreTests {
+    @Test func idsSortByStartTime() {
+        let t = Clock.now()
+        let ids = (0..<50).map { RunID.make(at: t + Double($0) * 0.0011) }
+        #expect(ids == ids.sorted())
+        #expect(ids.allSatisfy(RunID.isValid))
+        #expect(!RunID.isValid("../x") && !RunID.isValid(".hidden") && !RunID.isValid(""))
+    }
+
+    @Test func resolveByIdPrefixAndLatest() throws {
+        let store = RunStore(root: tempDir())
+        #expect(throws: RunStoreError.self) { try store.resolve(nil) }
+        for id in ["20260101-000000-0001", "20260101-000000-0002", "20260102-000000-0001"] { _ = try store.create(id: id) }
+        #expect(try store.resolve(nil).id == "20260102-000000-0001")
+        #expect(try store.resolve("latest").id == "20260102-000000-0001")
+        #expect(try store.resolve("20260102").id == "20260102-000000-0001")
+        #expect(throws: RunStoreError.self) { try store.resolve("20260101") }
+        #expect(throws: RunStoreError.self) { try store.resolve("2027") }
+        #expect(throws: RunStoreError.self) { try store.create(id: "20260101-000000-0001") }
+    }
+
+    @Test func rfc3339RoundTrip() {
+        let t = 1_795_000_000.123
+        let s = Clock.rfc3339(t)
+        #expect(s.hasSuffix(".123Z") && s.count == 24)
+        #expect(abs((Clock.parseRFC3339(s) ?? 0) - t) < 0.002)
+    }
+
+    @Test func lockIsExclusiveAndProbeable() throws {
+        let p = tempDir() + "/lock"
+        let a = try #require(try FileLock.tryAcquire(p))
+        #expect(FileLock.isHeld(p))
+        #expect(try FileLock.tryAcquire(p) == nil)
+        a.release()
+        #expect(!FileLock.isHeld(p))
+        #expect(try FileLock.tryAcquire(p) != nil)
+    }
+
+    @Test func sha256() {
+        #expect(SHA256.hex(Array("abc".utf8)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        #expect(SHA256.hex([]) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+    }
+}

@@ -1,0 +1,114 @@
+import BatonCore
+import Foundation
+import Glibc
+import Testing
+
+func tempDir() -> String {
+    let d = FileManager.default.temporaryDirectory.appendingPathComponent("baton-core-\(UUID().uuidString.prefix(8))").path
+    try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+    return d
+}
+
+@Suite struct JournalTests {
+    @Test func writerAppendsOneLinePerEventWithIncreasingSeq() throws {
+        let p = tempDir() + "/journal.jsonl"
+        let w = try JournalWriter(path: p, runID: "r1")
+        #expect(try w.append("run_started", [("recipe", .string("x.lua"))]) == 1)
+        #expect(try w.append("log", [("message", .string("a \"quoted\"\nline"))]) == 2)
+        let c = try JournalReader.read(p)
+        #expect(c.events.count == 2 && c.corrupt.isEmpty && !c.tornTail)
+        #expect(c.events[1]["message"]?.stringValue == "a \"quoted\"\nline")
+        #expect(c.events.map { $0["seq"]?.intValue } == [1, 2])
+        #expect(c.events.allSatisfy { $0["v"]?.intValue == 1 && $0["run"]?.stringValue == "r1" && $0["ts"]?.stringValue?.hasSuffix("Z") == true })
+        // A second writer continuing the run never reuses a seq.
+        let w2 = try JournalWriter(path: p, runID: "r1", lastSeq: c.lastSeq)
+        #expect(try w2.append("run_resumed", []) == 3)
+    }
+
+    @Test func readerSkipsATornTail() throws {
+        let good = #"{"v":1,"seq":1,"type":"a"}"# + "\n" + #"{"v":1,"seq":2,"type":"b"}"# + "\n"
+        for tail in [#"{"v":1,"seq":3,"ty"#, #"{"v":1,"seq":3,"type":"c"}"#, "garbage\n"] {
+            let c = JournalReader.parse(Array((good + tail).utf8))
+            #expect(c.events.count == 2, "tail: \(tail)")
+            #expect(c.tornTail)
+            #expect(c.corrupt.isEmpty)
+            #expect(c.validLength == good.utf8.count)
+        }
+        let clean = JournalReader.parse(Array(good.utf8))
+        #expect(!clean.tornTail && clean.validLength == good.utf8.count)
+    }
+
+    @Test func readerReportsACorruptMiddleLineWithItsNumber() throws {
+        let text = #"{"v":1,"seq":1}"# + "\n" + "{not json\n" + #"{"v":1,"seq":3}"# + "\n" + "[1,2]\n" + #"{"v":1,"seq":5}"# + "\n"
+        let c = JournalReader.parse(Array(text.utf8))
+        #expect(c.events.count == 3)
+        #expect(c.corrupt.map(\.line) == [2, 4])
+        #expect(!c.tornTail)
+    }
+
+    @Test func readerNeverCrashesOnRandomBytes() {
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<300 {
+            let n = Int.random(in: 0..<400, using: &rng)
+            var bytes = (0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            if Bool.random() { bytes += Array(#"{"seq":1}"#.utf8) + [10] }
+            let c = JournalReader.parse(bytes)
+            #expect(c.validLength <= bytes.count)
+        }
+    }
+
+    @Test func aFailedWriteLeavesNoTornLine() throws {
+        let dir = tempDir()
+        let p = dir + "/journal.jsonl"
+        let w = try JournalWriter(path: p, runID: "r")
+        try w.append("run_started", [])
+        // A file-size limit just above the current size: the next event cannot fit.
+        let size = try FileManager.default.attributesOfItem(atPath: p)[.size] as! Int
+        var old = rlimit()
+        getrlimit(Int32(RLIMIT_FSIZE.rawValue), &old)
+        var lim = rlimit(rlim_cur: rlim_t(size + 10), rlim_max: old.rlim_max)
+        signal(SIGXFSZ, SIG_IGN)
+        setrlimit(Int32(RLIMIT_FSIZE.rawValue), &lim)
+        defer { setrlimit(Int32(RLIMIT_FSIZE.rawValue), &old) }
+        #expect(throws: SystemError.self) { try w.append("log", [("message", .string(String(repeating: "x", count: 500)))]) }
+        setrlimit(Int32(RLIMIT_FSIZE.rawValue), &old)
+        let c = try JournalReader.read(p)
+        #expect(c.events.count == 1 && !c.tornTail && c.corrupt.isEmpty)
+        #expect(try w.append("log", []) == 2, "seq continues after the failure")
+    }
+}
+
+@Suite struct AtomicWriteTests {
+    @Test func replacesWholeAndLeavesNoTemp() throws {
+        let d = tempDir()
+        let p = d + "/final.json"
+        try FileIO.writeAtomically(p, Array("one".utf8))
+        try FileIO.writeAtomically(p, Array("two".utf8), mode: 0o600)
+        #expect(try FileIO.readString(p) == "two")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: d) == ["final.json"])
+        let mode = try FileManager.default.attributesOfItem(atPath: p)[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+    }
+
+    @Test func aReaderNeverSeesHalf() throws {
+        let p = tempDir() + "/f.json"
+        let a = Array(String(repeating: "a", count: 200_000).utf8), b = Array(String(repeating: "b", count: 100_000).utf8)
+        try FileIO.writeAtomically(p, a)
+        let writer = Thread { for i in 0..<200 { try? FileIO.writeAtomically(p, i % 2 == 0 ? b : a) } }
+        writer.start()
+        for _ in 0..<500 {
+            let got = (try? FileIO.readFile(p)) ?? []
+            #expect(got == a || got == b)
+        }
+        while writer.isExecuting { usleep(1000) }
+    }
+
+    @Test func appendLockedFromManyThreads() throws {
+        let p = tempDir() + "/reg.jsonl"
+        DispatchQueue.concurrentPerform(iterations: 8) { t in
+            for i in 0..<50 { try! FileIO.appendLocked(p, Array("{\"t\":\(t),\"i\":\(i)}\n".utf8)) }
+        }
+        let c = try JournalReader.read(p)
+        #expect(c.events.count == 400 && c.corrupt.isEmpty && !c.tornTail)
+    }
+}

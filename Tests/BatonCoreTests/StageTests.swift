@@ -1,0 +1,98 @@
+import BatonCore
+import Foundation
+import Glibc
+import Testing
+
+/// Stages, the journal and final.json through BatonCore alone: no Lua involved.
+@Suite struct StageTests {
+    func context() throws -> (RunContext, RunStore) {
+        let store = RunStore(root: tempDir())
+        let ctx = try RunContext.start(store: store, id: nil, recipe: "core-test", recipeText: [], args: [], dryRun: false)
+        return (ctx, store)
+    }
+
+    func alive(_ marker: String) -> Bool {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let d = FileManager.default.contents(atPath: "/proc/\(name)/cmdline") else { continue }
+            if String(decoding: d, as: UTF8.self).contains(marker) { return true }
+        }
+        return false
+    }
+
+    @Test func passingStageIsJournaledAndInFinal() throws {
+        let (ctx, _) = try context()
+        let r = ctx.runStage(StageSpec(id: "echo", command: .argv(["echo", "hi"])))
+        #expect(r.ok && r.stdout == "hi\n" && r.exit == 0)
+        ctx.finish(status: .succeeded, exitCode: 0, reason: nil)
+        let c = try JournalReader.read(ctx.dir.journal)
+        #expect(c.events.map { $0["type"]?.stringValue } == ["run_started", "stage_started", "stage_finished", "final"])
+        let f = try #require(ctx.dir.readFinal())
+        #expect(f["status"] == .string("succeeded"))
+        #expect(f["stages"]?.arrayValue?.first?["id"] == .string("echo"))
+        #expect(!FileLock.isHeld(ctx.dir.lock))
+    }
+
+    @Test func timeoutKillsTheGroupIncludingGrandchildren() throws {
+        let (ctx, _) = try context()
+        let marker = "core-gc-\(UUID().uuidString.prefix(8))"
+        var spec = StageSpec(id: "slow", command: .shell("sh -c 'sleep 300; : \(marker)' & sleep 300"))
+        spec.timeout = 0.3
+        spec.grace = 0.3
+        let r = ctx.runStage(spec)
+        #expect(r.status == .timed_out && r.failureClass == .transient)
+        #expect(!alive(marker))
+        ctx.finish(status: .failed, exitCode: 1, reason: "x")
+    }
+
+    @Test func finishEndsBackgroundStagesAndWritesFinal() throws {
+        let (ctx, _) = try context()
+        let marker = "core-bg-\(UUID().uuidString.prefix(8))"
+        let e = ctx.startStage(StageSpec(id: "bg", command: .shell("sleep 300; : \(marker)")))
+        #expect(!e.isFinished)
+        #expect(alive(marker))
+        ctx.finish(status: .cancelled, exitCode: 143, reason: "test")
+        #expect(!alive(marker))
+        let f = try #require(ctx.dir.readFinal())
+        #expect(f["status"] == .string("cancelled") && f["exit_code"] == .int(143))
+        let last = try JournalReader.read(ctx.dir.journal).events.last
+        #expect(last?["type"] == .string("final"))
+    }
+
+    @Test func persistFinalFieldsSurviveTheEnd() throws {
+        let (ctx, _) = try context()
+        try ctx.persistFinal([("metric", .double(0.93))])
+        #expect(ctx.dir.readFinal()?["status"] == .string("running"))
+        ctx.finish(status: .failed, exitCode: 1, reason: "later error")
+        #expect(ctx.dir.readFinal()?["result"]?["metric"] == .double(0.93))
+    }
+
+    @Test func resumeReplaysWhatPassedWithTheSameFingerprint() throws {
+        let (ctx, store) = try context()
+        let dir = ctx.dir
+        _ = ctx.runStage(StageSpec(id: "a", command: .argv(["echo", "one"])))
+        var failing = StageSpec(id: "b", command: .shell("exit 3"))
+        failing.allowFail = true
+        _ = ctx.runStage(failing)
+        ctx.finish(status: .failed, exitCode: 1, reason: "b failed")
+        _ = store
+        let again = try RunContext.resume(dir: dir, recipe: "core-test", recipeText: [], args: [])
+        let a = again.runStage(StageSpec(id: "a", command: .argv(["echo", "one"])))
+        #expect(a.replayed && a.stdout == "one\n")
+        let b = again.runStage(StageSpec(id: "b", command: .shell("exit 0")))
+        #expect(!b.replayed && b.ok)
+        // After the first stage that ran for real, nothing replays.
+        let a2 = again.runStage(StageSpec(id: "a", command: .argv(["echo", "one"])))
+        #expect(!a2.replayed && a2.occurrence == 2)
+        again.finish(status: .succeeded, exitCode: 0, reason: nil)
+        let seqs = try JournalReader.read(dir.journal).events.compactMap { $0["seq"]?.intValue }
+        #expect(seqs == Array(1...Int64(seqs.count)))
+    }
+
+    @Test func aSecondRunnerCannotTakeALiveRun() throws {
+        let (ctx, _) = try context()
+        #expect(throws: RunStartError.self) { _ = try RunContext.resume(dir: ctx.dir, recipe: "x", recipeText: [], args: []) }
+        ctx.finish(status: .succeeded, exitCode: 0, reason: nil)
+        let again = try RunContext.resume(dir: ctx.dir, recipe: "x", recipeText: [], args: [])
+        again.finish(status: .succeeded, exitCode: 0, reason: nil)
+    }
+}
