@@ -25,14 +25,17 @@ let package = Package(
         .target(name: "BatonLua",
                 dependencies: ["LuaKit", "BatonCore", "Yams"],
                 resources: []),
+        // libedit setters and the completion glue Swift 6 cannot express (C globals).
+        .target(name: "CBatonLine", dependencies: ["CEditLine"]),
         .target(name: "BatonShell",
-                dependencies: ["BatonLua", "LuaKit", "BatonCore", "CEditLine"]),
+                dependencies: ["BatonLua", "LuaKit", "BatonCore", "CEditLine", "CBatonLine"]),
         .executableTarget(name: "baton",
                           dependencies: ["BatonShell", "BatonLua", "BatonCore"]),
         .testTarget(name: "BatonCoreTests", dependencies: ["BatonCore"]),
         .testTarget(name: "LuaKitTests", dependencies: ["LuaKit", "BatonCore"]),
         .testTarget(name: "BatonLuaTests", dependencies: ["BatonLua", "LuaKit", "BatonCore"]),
         .testTarget(name: "EndToEndTests", dependencies: ["baton", "BatonCore"]),
+        .testTarget(name: "ShellTests", dependencies: ["BatonShell", "BatonLua", "LuaKit", "BatonCore"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,0 +1,213 @@
+import BatonCore
+import BatonLua
+import CBatonSys
+import Glibc
+import LuaKit
+import LuaShim
+
+/// The shell's own commands: a line that starts with ':'.
+enum MetaCommand {
+    static let help: [(name: String, args: String, text: String)] = [
+        (":help", "[COMMAND]", "this list"),
+        (":runs", "", "the runs in this directory, newest first"),
+        (":status", "[RUN]", "one run: state, current stage, liveness (default: the attached run, or latest)"),
+        (":attach", "[RUN]", "set the Lua value `run` to the run's state (stages, events, final); again to refresh"),
+        (":tail", "[-f] RUN [STAGE]", "the run's last events, or a stage's latest output; -f follows until Ctrl-C"),
+        (":cancel", "RUN", "stop a live run, or finish an orphaned one"),
+        (":resume", "RUN", "continue a run here, replaying what passed (Ctrl-C stops it)"),
+        (":load", "RECIPE [ARGS]", "run a recipe file in this shell; its stages journal into the shell's run"),
+        (":quit", "", "leave (also Ctrl-D); history is saved"),
+    ]
+    static let names = help.map(\.name)
+    static let aliases = [":q": ":quit", ":exit": ":quit", ":h": ":help", ":?": ":help", ":ls": ":runs", ":a": ":attach"]
+
+    static func canonical(_ word: String) -> String { aliases[word] ?? word }
+
+    static func helpText(_ topic: String? = nil) -> String {
+        if let t = topic {
+            let name = canonical(t.hasPrefix(":") ? t : ":" + t)
+            guard let h = help.first(where: { $0.name == name }) else { return "no command \(t); :help lists them" }
+            return "\(h.name) \(h.args)\n  \(h.text)"
+        }
+        let width = help.map { $0.name.count + $0.args.count + 1 }.max() ?? 0
+        var lines = ["Lua: type an expression to see its value, or statements; an unfinished chunk goes on at >>.",
+                     "The primitives (runStage, preflight, watch, gate, persistFinal) and baton.* work here; each",
+                     "call is journaled in the shell's own run (recipe <shell>), created on first use.",
+                     "Tab completes names, table fields (baton.fs.<Tab>), commands, run ids and paths.",
+                     "Ctrl-C stops the running code or stage; Ctrl-D leaves.", "", "Commands:"]
+        for h in help {
+            let left = h.args.isEmpty ? h.name : "\(h.name) \(h.args)"
+            lines.append("  " + left + String(repeating: " ", count: max(1, width - left.count + 2)) + h.text)
+        }
+        lines.append("RUN is a run id, a unique prefix of one, or 'latest'.")
+        return lines.joined(separator: "\n")
+    }
+}
+
+extension Interactive {
+    func meta(_ line: String) {
+        let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+        guard let first = words.first else { return }
+        let command = MetaCommand.canonical(first)
+        let args = Array(words.dropFirst())
+        switch command {
+        case ":help":
+            say(MetaCommand.helpText(args.first))
+        case ":quit":
+            leaving = 0
+        case ":runs":
+            _ = Commands.runs(root: root, json: false)
+        case ":status":
+            _ = Commands.status(root: root, ref: args.first ?? attached, json: false)
+        case ":attach":
+            attach(args.first ?? attached)
+        case ":tail":
+            tail(args)
+        case ":cancel":
+            guard let dir = resolve(args.first ?? attached, command) else { return }
+            _ = Commands.cancel(root: root, ref: dir.id, json: false)
+        case ":resume":
+            guard let dir = resolve(args.first ?? attached, command) else { return }
+            let code = Commands.resume(root: root, ref: dir.id, json: false)
+            _ = chdir(cwd)
+            baton_abort_attach(lua.L)   // the resumed recipe had its own Lua state
+            if code != 0 { err("(resume ended with exit code \(code))") }
+        case ":load":
+            load(args)
+        default:
+            err("unknown command \(first); :help lists them")
+        }
+    }
+
+    /// A run by reference; refuses the shell's own run where that makes no sense.
+    func resolve(_ ref: String?, _ command: String) -> RunDirectory? {
+        guard let ref else {
+            err("which run? \(command) RUN (:runs lists them)")
+            return nil
+        }
+        let dir: RunDirectory
+        do { dir = try RunStore(root: root).resolve(ref) } catch {
+            err("baton: \(error)")
+            return nil
+        }
+        if dir.id == env.context?.dir.id {
+            err("run \(dir.id) is this shell's own run; :quit ends it")
+            return nil
+        }
+        return dir
+    }
+
+    func attach(_ ref: String?) {
+        let dir: RunDirectory
+        do { dir = try RunStore(root: root).resolve(ref) } catch {
+            err("baton: \(error)")
+            return
+        }
+        let info = RunInfo.load(dir)
+        attached = dir.id
+        let state = RunState.json(info)
+        lua.push(json: state)
+        lua.setGlobal("run")
+        // Named metatables, so the value printer lists their important fields first.
+        try? lua.run("""
+            local mt = {__name = "baton.run_stage"}
+            for _, s in ipairs(run.stages) do setmetatable(s, mt) end
+            setmetatable(run, {__name = "baton.run_state"})
+            """, name: "=baton.attach")
+        say(Render.status(info))
+        let stages = state["stages"]?.arrayValue?.count ?? 0
+        var hint = "run = its state: run.stages (\(stages)), run.events (\(info.events.count)), run.final"
+        if info.isLive { hint += ", run.current; :attach again to refresh" }
+        say(hint)
+    }
+
+    func tail(_ args: [String]) {
+        var rest = args
+        let follow = rest.first == "-f"
+        if follow { rest.removeFirst() }
+        let dir: RunDirectory
+        do { dir = try RunStore(root: root).resolve(rest.first ?? attached) } catch {
+            err("baton: \(error)")
+            return
+        }
+        if rest.count > 1 {
+            if follow { _ = Commands.stageLog(dir, stage: rest[1], follow: true, json: false); return }
+            stageTail(dir, stage: rest[1])
+            return
+        }
+        var offset = 0
+        var last = 20
+        repeat {
+            let bytes = (try? FileIO.readFile(dir.journal)) ?? []
+            var end = bytes.count
+            while end > offset, bytes[end - 1] != 10 { end -= 1 }
+            if end > offset {
+                let events = JournalReader.parse(Array(bytes[offset..<end])).events
+                let shown = events.suffix(last)
+                if shown.count < events.count { say("... \(events.count - shown.count) earlier events (:attach RUN, then run.events)") }
+                for e in shown { say(Render.event(e)) }
+                if events.contains(where: { $0["type"]?.stringValue == "final" }) { break }
+                offset = end
+            }
+            last = Int.max
+            if !follow || !FileLock.isHeld(dir.lock) || baton_signal_pending() != 0 { break }
+            var p = pollfd(fd: baton_signal_fd(), events: Int16(POLLIN), revents: 0)
+            _ = poll(&p, 1, 200)
+        } while true
+    }
+
+    /// The latest attempt of a stage: the end of its stdout and stderr.
+    func stageTail(_ dir: RunDirectory, stage: String, lines: Int = 40) {
+        let contents = (try? JournalReader.read(dir.journal)) ?? JournalContents()
+        guard let e = contents.events.last(where: { $0["type"]?.stringValue == "stage_started" && $0["id"]?.stringValue == stage }),
+              let out = e["logs"]?["stdout"]?.stringValue else {
+            let known = Interactive.stageIDs(store: RunStore(root: root), ref: dir.id)
+            err("run \(dir.id) has no stage '\(stage)'" + (known.isEmpty ? "" : "; its stages: " + known.joined(separator: ", ")))
+            return
+        }
+        let errPath = e["logs"]?["stderr"]?.stringValue
+        say("==> stage \(stage) attempt \(e["attempt"]?.intValue ?? 1): \(out) <==")
+        say(tailText(out, lines), newline: false)
+        if let p = errPath, let s = try? FileIO.readString(p), !s.isEmpty {
+            say("--- stderr (\(p)) ---")
+            say(tailText(p, lines / 2), newline: false)
+        }
+    }
+
+    func tailText(_ path: String, _ n: Int) -> String {
+        guard let s = try? FileIO.readString(path) else { return "(no output yet)\n" }
+        var all = s.split(separator: "\n", omittingEmptySubsequences: false)
+        if all.last == "" { all.removeLast() }
+        var text = ""
+        if all.count > n { text += "... \(all.count - n) earlier lines\n" }
+        for l in all.suffix(n) { text += l + "\n" }
+        return text
+    }
+
+    func say(_ s: String, newline: Bool) {
+        if newline { say(s); return }
+        _ = s.withCString { write(1, $0, strlen($0)) }
+    }
+
+    func load(_ args: [String]) {
+        guard let path = args.first else { err("usage: :load RECIPE [ARGS]"); return }
+        let words = Array(args.dropFirst())
+        let text: [UInt8]
+        do { text = try FileIO.readFile(path) } catch {
+            err("baton: cannot read \(path): \(error)")
+            return
+        }
+        env.setArguments(recipe: path, words: words)
+        env.setRequirePaths(recipeDir: FileIO.dirname(FileIO.absolute(path)))
+        do { try lua.load(text, name: "@" + path) } catch let e as LuaCallError {
+            lua.unref(e.ref)
+            err(e.message)
+            return
+        } catch {
+            err("\(error)")
+            return
+        }
+        for w in words { lua.push(w) }
+        execute(nargs: Int32(words.count))
+    }
+}
