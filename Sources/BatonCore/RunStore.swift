@@ -29,6 +29,8 @@ public struct RunDirectory: Sendable {
             out.unicodeScalars.append(ok ? u : "_")
         }
         if out.isEmpty || out.hasPrefix(".") { out = "_" + out }
+        // File names have a length limit; long ids keep a prefix and a hash of the whole.
+        if out.utf8.count > 100 { out = String(out.prefix(80)) + "-" + FailureSignature.fnv1a(s) }
         return out
     }
 

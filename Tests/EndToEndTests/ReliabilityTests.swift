@@ -1,0 +1,219 @@
+import Foundation
+import Testing
+
+/// Fault injection: whatever happens to Baton, its stages or the disk, no journaled event is
+/// lost, no process is left behind, a final.json exists or the run is visibly orphaned and
+/// resumable, and bad input gets a clear error. Randomized tests print their seed; set
+/// BATON_FAULT_SEED to replay one.
+@Suite struct ReliabilityTests {
+    static func seed(_ name: String) -> UInt64 {
+        if let s = ProcessInfo.processInfo.environment["BATON_FAULT_SEED"], let v = UInt64(s) { return v }
+        let v = UInt64.random(in: 1...UInt64(UInt32.max))
+        print("reliability: \(name) seed \(v) (BATON_FAULT_SEED=\(v) replays it)")
+        return v
+    }
+
+    struct RNG: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 { state &+= 0x9E3779B97F4A7C15; var z = state; z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9; z = (z ^ (z >> 27)) &* 0x94D049BB133111EB; return z ^ (z >> 31) }
+    }
+
+    static let multiStage = """
+        for i = 1, 8 do
+          runStage{id = "s" .. i, cmd = "sleep 0." .. (i % 3 + 1) .. "; echo s" .. i .. " >> ran.txt"}
+          baton.log("after " .. i)
+        end
+        return {done = true}
+        """
+
+    /// Every stage_started for an id after that id passed for real is a re-run of passed work.
+    func rerunsOfPassedStages(_ events: [[String: Any]]) -> [String] {
+        var passed = Set<String>()
+        var reruns: [String] = []
+        for e in events {
+            guard let id = e["id"] as? String else { continue }
+            let key = "\(id)#\(e["occurrence"] as? Int ?? 0)"
+            if e["type"] as? String == "stage_started", passed.contains(key) { reruns.append(key) }
+            if e["type"] as? String == "stage_finished", e["status"] as? String == "passed" { passed.insert(key) }
+        }
+        return reruns
+    }
+
+    @Test func killNineAtRandomPointsThenResume() throws {
+        var rng = RNG(state: Self.seed("kill -9"))
+        let d = Harness.tempDir("kill9")
+        Harness.write(d + "/r.lua", Self.multiStage)
+        var kills = 0
+        var started = false
+        for round in 0..<10 {
+            let args = started ? ["resume"] : ["run", "r.lua"]
+            let (p, _, _) = try Harness.start(args, cwd: d)
+            started = true
+            usleep(UInt32(Double.random(in: 0.02...0.8, using: &rng) * 1_000_000))
+            if p.isRunning { kill(p.processIdentifier, SIGKILL); kills += 1 }
+            p.waitUntilExit()
+            // Nothing the dead runner started may keep running... once resume or cancel has looked.
+            if round == 4, let run = Harness.latestRun(d), Harness.final(run) == nil {
+                let st = try Harness.run(["status", "--json"], cwd: d)
+                #expect(st.stdout.contains("\"orphaned\"") || st.stdout.contains("\"succeeded\""), "\(st.stdout)")
+            }
+        }
+        #expect(kills >= 3, "the kills did not land inside runs")
+        let last = try Harness.run(["resume"], cwd: d)
+        #expect(last.code == 0, "seed replay needed; stderr: \(last.stderr)")
+        let run = try #require(Harness.latestRun(d))
+        let events = Harness.journal(run)   // every line valid, seq 1..n, run_started first
+        #expect(rerunsOfPassedStages(events).isEmpty, "passed stages ran again: \(rerunsOfPassedStages(events))")
+        #expect(Harness.final(run)?["status"] as? String == "succeeded")
+        let id = (run as NSString).lastPathComponent
+        #expect(Harness.processes(withEnv: "BATON_RUN_ID=\(id)").isEmpty)
+        print("reliability: kill -9 survived \(kills) kills, \(Harness.events(events, type: "run_resumed").count) resumes")
+    }
+
+    @Test func aFullDiskIsReportedAndResumable() throws {
+        let d = Harness.tempDir("fsize")
+        Harness.write(d + "/r.lua", "runStage{id = 'a', cmd = 'true'}\nfor i = 1, 400 do baton.log(('x'):rep(100), {i = i}) end\nreturn {done = true}\n")
+        // 16 KiB per file: the journal outgrows it, final.json still fits.
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/bash")
+        p.arguments = ["-c", "ulimit -f 16; exec \"$0\" run r.lua", Harness.binary]
+        p.currentDirectoryURL = URL(fileURLWithPath: d)
+        p.environment = Harness.environment([:])
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        let msg = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(p.terminationReason == .exit, "baton died of a signal (SIGXFSZ?)")
+        #expect(p.terminationStatus != 0)
+        #expect(msg.contains("file size limit") || msg.contains("no space"), "stderr: \(msg)")
+        let run = try #require(Harness.latestRun(d))
+        let events = Harness.journal(run)
+        #expect(events.count > 10, "earlier events are kept")
+        #expect((Harness.final(run)?["reason"] as? String)?.contains("journal") == true)
+        // Space is back: resume finishes the run.
+        let r = try Harness.run(["resume"], cwd: d)
+        #expect(r.code == 0, "stderr: \(r.stderr)")
+        _ = Harness.journal(run)
+        #expect(Harness.final(run)?["status"] as? String == "succeeded")
+    }
+
+    /// Signals at random moments of a run that passes through every phase: loading, a stage,
+    /// a watch, a gate callback, busy Lua code, baton.sleep and the end.
+    @Test func signalsAtEveryPhase() throws {
+        var rng = RNG(state: Self.seed("signals"))
+        let recipe = """
+            local x = 0
+            for i = 1, 2e5 do x = x + i end
+            runStage{id = "stage", cmd = {"forker.sh", "rel-sig-MARK"}, timeout = 0.3, allowFail = true}
+            local h = runStage{id = "job", cmd = "sleep 0.1", background = true}
+            watch{id = "w", handle = h, heartbeatSec = 0.05}
+            gate{name = "g", maxIterations = 2, check = function(i) baton.sleep(0.1); return {approved = i == 2} end}
+            for i = 1, 3e5 do x = x + i end
+            baton.sleep(0.1)
+            return {x = x}
+            """
+        var tried = 0
+        var outcomes: [String: Int] = [:]
+        for k in 0..<12 {
+            let d = Harness.tempDir("sig\(k)")
+            let marker = "rel-sig-\(UUID().uuidString.prefix(8))"
+            Harness.write(d + "/r.lua", recipe.replacingOccurrences(of: "rel-sig-MARK", with: marker))
+            let sig = [SIGINT, SIGTERM, SIGHUP][k % 3]
+            let (p, _, _) = try Harness.start(["run", "r.lua"], cwd: d)
+            // Wait until the run exists, then a random moment within its ~1 s life.
+            Harness.waitFor(10) { Harness.latestRun(d) != nil }
+            usleep(UInt32(Double.random(in: 0...1.0, using: &rng) * 1_000_000))
+            kill(p.processIdentifier, sig)
+            tried += 1
+            #expect(Harness.waitFor(30) { !p.isRunning })
+            p.waitUntilExit()
+            #expect(p.terminationReason == .exit, "baton died of signal \(sig)")
+            let code = p.terminationStatus
+            let run = try #require(Harness.latestRun(d))
+            let f = try #require(Harness.final(run), "no final.json after signal \(sig)")
+            let status = f["status"] as? String
+            outcomes[status ?? "?", default: 0] += 1
+            if status == "cancelled" { #expect(Int(code) == 128 + Int(sig)) } else { #expect(status == "succeeded" && code == 0) }
+            #expect(f["exit_code"] as? Int == Int(code))
+            _ = Harness.journal(run)
+            #expect(Harness.processes(matching: marker).isEmpty, "a stage process survived signal \(sig)")
+            #expect(Harness.processes(withEnv: "BATON_RUN_ID=\((run as NSString).lastPathComponent)").isEmpty)
+        }
+        print("reliability: \(tried) signals tried: \(outcomes)")
+    }
+
+    @Test func concurrentAppendersLoseNothing() throws {
+        let d = Harness.tempDir("append")
+        Harness.write(d + "/r.lua", "local w = arg[1]\nfor i = 1, 150 do baton.fs.append('registry.jsonl', baton.json.encode({w = w, i = i, pad = ('p'):rep(i * 13 % 300)}) .. '\\n') end\n")
+        let procs = try (1...6).map { w in try Harness.start(["run", "r.lua", "w\(w)"], cwd: d) }
+        for (p, _, _) in procs { p.waitUntilExit(); #expect(p.terminationStatus == 0) }
+        let lines = (Harness.read(d + "/registry.jsonl") ?? "").split(separator: "\n")
+        #expect(lines.count == 900)
+        var seen = Set<String>()
+        for l in lines {
+            let o = try #require(try? JSONSerialization.jsonObject(with: Data(l.utf8)) as? [String: Any], "torn record: \(l.prefix(80))")
+            seen.insert("\(o["w"]!)-\(o["i"]!)")
+        }
+        #expect(seen.count == 900, "lost or duplicated records")
+    }
+
+    @Test(arguments: [
+        ("empty", "", Int32(0)),
+        ("random", "\u{7}\u{1}garbage \u{2}{{(", Int32(3)),
+        ("nested-table", "return " + String(repeating: "{", count: 5000) + String(repeating: "}", count: 5000), Int32(3)),
+        ("recursion", "local function f() return 1 + f() end\nf()", Int32(1)),
+        ("coroutine-recursion", "local function f(n) return coroutine.wrap(function() return f(n + 1) end)() end\nf(1)", Int32(1)),
+        ("allocation", "local t = {}\nfor i = 1, 1e12 do t[i] = ('x'):rep(1000) .. i end", Int32(1)),
+        ("huge-retries", "runStage{id = 'x', cmd = 'true', retries = 1e12}", Int32(3)),
+        ("huge-id", "runStage{id = ('x'):rep(100000), cmd = 'true'}", Int32(0)),
+        ("error-object", "error(setmetatable({}, {__tostring = function() error('nested') end}))", Int32(1)),
+        ("json-cycle-return", "local t = {}; t.t = t; return t", Int32(1)),
+        ("watch-nothing", "watch{id = 'w', pid = 'x'}", Int32(3)),
+    ] as [(String, String, Int32)])
+    func badRecipesGetAClearErrorAndAFinal(name: String, text: String, code: Int32) throws {
+        let d = Harness.tempDir("bad-\(name)")
+        Harness.write(d + "/r.lua", text)
+        let r = try Harness.run(["run", "r.lua"], cwd: d, env: ["BATON_LUA_MEMORY_MB": "64"], timeout: 120)
+        #expect(!r.signaled, "\(name): baton crashed")
+        #expect(r.code == code, "\(name): exit \(r.code), stderr: \(r.stderr.prefix(500))")
+        #expect(!r.stderr.contains("Fatal error") && !r.stderr.contains("Program crashed"), "\(name): \(r.stderr.prefix(500))")
+        let run = try #require(Harness.latestRun(d))
+        let f = try #require(Harness.final(run), "\(name): no final.json")
+        #expect(f["exit_code"] as? Int == Int(code))
+        if code != 0 { #expect(((f["reason"] as? String) ?? "").isEmpty == false) }
+        if name == "allocation" { #expect((f["reason"] as? String)?.contains("memory") == true) }
+        _ = Harness.journal(run)
+    }
+
+    @Test func corruptStateIsReportedNotFatal() throws {
+        let d = Harness.tempDir("corrupt")
+        Harness.write(d + "/r.lua", "runStage{id = 'a', cmd = 'echo a >> ran.txt'}\nrunStage{id = 'b', cmd = 'echo b >> ran.txt'}\n")
+        #expect(try Harness.run(["run", "r.lua"], cwd: d).code == 0)
+        let run = try #require(Harness.latestRun(d))
+        // Garbage in the middle of the journal, a truncated final.json, a stale lock file.
+        var lines = (Harness.read(run + "/journal.jsonl") ?? "").split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        lines.insert("\u{0}\u{1}not json at all", at: 2)
+        Harness.write(run + "/journal.jsonl", lines.joined(separator: "\n"))
+        let final = Harness.read(run + "/final.json") ?? ""
+        Harness.write(run + "/final.json", String(final.prefix(40)))
+        for cmd in [["runs"], ["runs", "--json"], ["status"], ["status", "--json"], ["log"], ["log", "--json"]] {
+            let r = try Harness.run(cmd, cwd: d)
+            #expect(r.code == 0 && !r.signaled, "\(cmd): \(r.stderr)")
+        }
+        let st = try Harness.run(["status"], cwd: d)
+        #expect(st.stdout.contains("line 3") && st.stdout.contains("final.json"), "\(st.stdout)")
+        let r = try Harness.run(["resume"], cwd: d)
+        #expect(r.code == 0, "stderr: \(r.stderr)")
+        #expect((Harness.read(d + "/ran.txt") ?? "") == "a\nb\n", "resume re-ran passed stages")
+        // A run directory with nothing in it.
+        try FileManager.default.createDirectory(atPath: d + "/.baton/runs/29990101-000000-0000", withIntermediateDirectories: true)
+        for cmd in [["runs"], ["status"], ["log"], ["status", "--json"]] {
+            let r2 = try Harness.run(cmd, cwd: d)
+            #expect(!r2.signaled && r2.code == 0, "\(cmd) on an empty run dir: \(r2.stderr)")
+        }
+        let empty = try Harness.run(["resume"], cwd: d)
+        #expect(empty.code == 3 && empty.stderr.contains("nothing to resume"))
+    }
+}
