@@ -1,0 +1,298 @@
+import Foundation
+import Testing
+
+/// recipes/gap09.lua end to end: the real binary, a stand-in agent (Tests/Fixtures/gap09-agent.sh),
+/// GAP-09's golden paths and every row of its failure matrix.
+@Suite struct RecipeGap09Tests {
+    static let recipe = Harness.packageRoot.appendingPathComponent("recipes/gap09.lua").path
+
+    struct Run {
+        var r: Harness.Result
+        var dir: String
+        var final: [String: Any]
+        var result: [String: Any] { final["result"] as? [String: Any] ?? [:] }
+        var stages: [[String: Any]] { result["stages"] as? [[String: Any]] ?? [] }
+        /// ("stage", "session") for every agent call, in order.
+        var calls: [(String, String)] {
+            (Harness.read(dir + "/work/agent.log") ?? "").split(separator: "\n").map {
+                let p = $0.split(separator: " ")
+                return (String(p[0]), p.count > 1 ? String(p[1]) : "")
+            }
+        }
+        var callStages: [String] { calls.map(\.0) }
+    }
+
+    /// Runs gap09 in a fresh directory, the agent working in ./work.
+    func gap09(_ words: [String], options: [String] = [], env: [String: String] = [:], agent: Bool = true,
+               preflight: String? = "true;true", sourceLocation: SourceLocation = #_sourceLocation) throws -> Run {
+        let d = Harness.tempDir("gap09")
+        try FileManager.default.createDirectory(atPath: d + "/work", withIntermediateDirectories: true)
+        var w = words + ["cwd=work", "timeout=5"]
+        if agent { w.append("agent=gap09-agent.sh") }
+        if let p = preflight { w.append("preflight=\(p)") }
+        var e = env
+        if e["GAP09_AGENT"] == nil { e["GAP09_AGENT"] = "" }
+        let r = try Harness.run(["run"] + options + [Self.recipe] + w, cwd: d, env: e, timeout: 60)
+        let run = try #require(Harness.latestRun(d), sourceLocation: sourceLocation)
+        _ = Harness.journal(run, sourceLocation: sourceLocation)
+        let f = try #require(Harness.final(run), "no final.json; stderr: \(r.stderr)", sourceLocation: sourceLocation)
+        return Run(r: r, dir: d, final: f)
+    }
+
+    // MARK: the modules
+
+    @Test func riskKeywordTableAndHelpers() throws {
+        let d = Harness.tempDir("gap09-mod")
+        Harness.write(d + "/r.lua", """
+            local risk = require("gap09.risk")
+            local function level(t) return (risk.assess(t)) end
+            assert(level("Fix typo in README.md: change 'teh' to 'the'") == "low")
+            assert(level("Add authentication endpoint with JWT tokens") == "high")
+            assert(level("Add JWT authentication endpoint") == "high")
+            assert(level("Refactor the caching module") == "medium")
+            assert(level("Test task") == "medium", "no keyword: medium by default")
+            assert(level("AUTHORIZE users") == "high", "prefix keywords, case-insensitive")
+            assert(level("Fix the docs typo in the database schema") == "high", "the highest level wins")
+            local l, kws, why = risk.assess("Add JWT authentication")
+            assert(why:find("jwt") and why:find("auth"), why)
+            assert(risk.assess("") == nil and risk.assess("   ") == nil)
+            local none, reason = risk.assess("")
+            assert(reason == "Task description required", reason)
+            -- The table is policy: a recipe may extend it.
+            table.insert(risk.keywords.high, "billing report")
+            assert(level("regenerate the billing report") == "high")
+            assert(#risk.route.low == 1 and risk.route.high[1] == "discovery" and risk.route.medium[1] == "planning")
+
+            local p = require("gap09.pipeline")
+            assert(p.verdict('{"approved": true, "issues": []}').approved == true)
+            local v = p.verdict('thinking...\\n{"approved": false, "issues": ["x"]}\\ntrailing {not json}')
+            assert(v and v.approved == false and p.issues(v)[1] == "x")
+            assert(p.verdict("no json here") == nil)
+            assert(p.verdict('{"issues": []}') == nil, "approved is required")
+            assert(p.SESSION_SLOT.discovery == p.SESSION_SLOT.planning)
+            assert(p.SESSION_SLOT.execution ~= p.SESSION_SLOT.verification)
+            assert(p.failureKind({status = "failed", stderr = "Error: model 'x' not found"}) == "model")
+            assert(p.failureKind({status = "failed", stderr = "session abc not found"}) == "session")
+            assert(p.failureKind({status = "timed_out"}) == "timeout")
+            assert(p.failureKind({status = "failed", stderr = "boom"}) == "stage")
+
+            local args = require("kit.args")
+            local o = args.parse({positional = "task", options = {risk = {choices = {"low", "high"}}, n = {number = true, default = "2"}}},
+              {"Fix", "the", "risk=low", "typo"})
+            assert(o.task == "Fix the typo" and o.risk == "low" and o.n == 2)
+            local ok, err = pcall(args.parse, {options = {risk = {}}}, {"rsk=1"})
+            assert(not ok and err.code == 3 and err.message:find("did you mean 'risk'"), tostring(err))
+            ok, err = pcall(args.parse, {options = {risk = {choices = {"low"}}}}, {"risk=huge"})
+            assert(not ok and err.code == 3 and err.message:find("risk"), tostring(err))
+            local s = args.split(" a ; b;;c ", ";")
+            assert(#s == 3 and s[1] == "a" and s[3] == "c")
+            assert(args.shquote("it's") == [['it'\\''s']])
+            """)
+        let r = try Harness.run(["run", "r.lua"], cwd: d)
+        #expect(r.code == 0, "stderr: \(r.stderr)")
+    }
+
+    // MARK: usage and dry run
+
+    @Test func helpPrintsUsage() throws {
+        let d = Harness.tempDir("gap09-help")
+        let r = try Harness.run(["run", Self.recipe, "help"], cwd: d)
+        #expect(r.code == 0)
+        #expect(r.stdout.contains("usage: baton run") && r.stdout.contains("agent=") && r.stdout.contains("exit codes"))
+    }
+
+    @Test func dryRunListsTheStagesAndCallsNoAgent() throws {
+        // The agent is configured but must not be called.
+        let x = try gap09(["Test task"], options: ["--dry-run"], env: ["GAP09_AGENT": "gap09-agent.sh"], agent: false, preflight: nil)
+        #expect(x.r.code == 0, "stderr: \(x.r.stderr)")
+        #expect(x.r.stdout.contains("dry run: 5 stages would run:"), "stdout: \(x.r.stdout)")
+        for s in ["planning", "execution", "verification", "ship"] {
+            #expect(x.r.stdout.contains(". \(s): "), "the plan lacks \(s): \(x.r.stdout)")
+        }
+        #expect(!x.r.stdout.contains(". discovery:"), "medium risk starts at planning")
+        #expect(x.calls.isEmpty, "no agent may run in a dry run")
+        #expect(x.final["status"] as? String == "dry_run")
+
+        // Without any agent, a dry run still works.
+        let y = try gap09(["Test task"], options: ["--dry-run"], agent: false, preflight: nil)
+        #expect(y.r.code == 0, "stderr: \(y.r.stderr)")
+    }
+
+    // MARK: golden paths
+
+    @Test func goldenPathLowRiskJSON() throws {
+        let x = try gap09(["Fix typo in README.md: change 'teh' to 'the'"], options: ["--json"])
+        #expect(x.r.code == 0, "stderr: \(x.r.stderr)")
+        let doc = try #require(try JSONSerialization.jsonObject(with: Data(x.r.stdout.utf8)) as? [String: Any], "stdout: \(x.r.stdout)")
+        let result = try #require(doc["result"] as? [String: Any])
+        #expect(result["version"] as? String == "1.0.0")
+        #expect(result["task"] as? String == "Fix typo in README.md: change 'teh' to 'the'")
+        #expect(result["risk"] as? String == "low")
+        #expect(result["status"] as? String == "success")
+        #expect(x.callStages == ["execution", "verification", "ship"])
+        let stages = try #require(result["stages"] as? [[String: Any]])
+        #expect(stages.map { $0["stage"] as? String } == ["discovery", "planning", "execution", "verification", "ship"])
+        #expect(stages.map { $0["status"] as? String } == ["skip", "skip", "pass", "pass", "pass"])
+        let verify = stages[3]
+        #expect(verify["iteration"] as? Int == 1)
+        #expect((verify["output"] as? String)?.contains("\"approved\": true") == true)
+        for s in stages[2...] {
+            for k in ["started_at", "ended_at", "session_id", "output", "tokens_estimated"] { #expect(s[k] != nil, "stage lacks \(k): \(s)") }
+        }
+        let metrics = try #require(result["metrics"] as? [String: Any])
+        #expect(metrics["verification_iterations"] as? Int == 1)
+        #expect(metrics["stages_executed"] as? Int == 3)
+        #expect(metrics["stages_skipped"] as? Int == 2)
+        #expect(metrics["total_time_seconds"] is Double || metrics["total_time_seconds"] is Int)
+        #expect((metrics["total_tokens_estimated"] as? Int ?? 0) > 0)
+        // Sessions: execution, verification and ship each in a session of their own.
+        let sessions = x.calls.map(\.1)
+        #expect(Set(sessions).count == 3)
+        #expect(stages[2]["session_id"] as? String == sessions[0])
+        #expect(FileManager.default.fileExists(atPath: x.dir + "/work/work.txt"), "the agent works in cwd")
+        #expect(Harness.read(x.dir + "/work/prompts/execution.1.txt")?.contains("TASK: Fix typo in README.md") == true, "the prompt is on stdin")
+    }
+
+    @Test func goldenPathHighRisk() throws {
+        let x = try gap09(["Add", "authentication", "endpoint", "with", "JWT", "tokens"])
+        #expect(x.r.code == 0, "stderr: \(x.r.stderr)")
+        let lines = x.r.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.prefix(3) == ["PIPELINE: Add authentication endpoint with JWT tokens",
+                                    "RISK: HIGH (keywords: auth, jwt, token)", "STARTING: Stage 1"], "stdout: \(x.r.stdout)")
+        for l in ["STAGE 1 DISCOVERY: PASS", "STAGE 2 PLANNING: PASS", "STAGE 3 EXECUTION: PASS",
+                  "STAGE 4 VERIFICATION: PASS (iteration 1/2)", "STAGE 5 SHIP: PASS", "RESULT: SUCCESS"] {
+            #expect(lines.contains(l), "stdout lacks '\(l)': \(x.r.stdout)")
+        }
+        #expect(x.callStages == ["discovery", "planning", "execution", "verification", "ship"])
+        let s = Dictionary(x.calls.map { ($0.0, $0.1) }, uniquingKeysWith: { a, _ in a })
+        #expect(s["discovery"] == s["planning"], "discovery and planning share a session")
+        #expect(Set([s["planning"], s["execution"], s["verification"], s["ship"]]).count == 4, "sessions: \(s)")
+        #expect(Harness.read(x.dir + "/work/prompts/planning.1.txt")?.contains("discovery notes") == true, "planning sees discovery's output")
+        #expect(x.result["risk"] as? String == "high")
+        #expect((x.result["metrics"] as? [String: Any])?["stages_executed"] as? Int == 5)
+        #expect(x.final["status"] as? String == "succeeded")
+    }
+
+    @Test func riskOverrideRoutesMediumToPlanning() throws {
+        let x = try gap09(["Fix typo in README.md", "risk=medium"])
+        #expect(x.r.code == 0, "stderr: \(x.r.stderr)")
+        #expect(x.callStages == ["planning", "execution", "verification", "ship"])
+        #expect(x.r.stdout.contains("STAGE 1 DISCOVERY: SKIP") && x.r.stdout.contains("STARTING: Stage 2"))
+        let bad = try gap09(["Fix typo", "risk=extreme"])
+        #expect(bad.r.code == 3 && bad.r.stderr.contains("risk"), "stderr: \(bad.r.stderr)")
+    }
+
+    @Test func rejectedOnceGoesBackToExecutionWithTheIssues() throws {
+        let x = try gap09(["Fix typo in README.md"], env: ["AGENT_REJECT": "1"])
+        #expect(x.r.code == 0, "stderr: \(x.r.stderr)")
+        #expect(x.callStages == ["execution", "verification", "execution", "verification", "ship"])
+        #expect(x.calls[0].1 == x.calls[2].1, "rework stays in the execution session")
+        #expect(x.calls[1].1 == x.calls[3].1 && x.calls[1].1 != x.calls[0].1, "verification has its own session")
+        #expect(Harness.read(x.dir + "/work/prompts/execution.2.txt")?.contains("missing test for change 1") == true,
+                "the rework prompt carries the verifier's issues")
+        #expect(x.r.stdout.contains("STAGE 4 VERIFICATION: FAIL (iteration 1/2)"))
+        #expect(x.r.stdout.contains("STAGE 4 VERIFICATION: PASS (iteration 2/2)"))
+        #expect((x.result["metrics"] as? [String: Any])?["verification_iterations"] as? Int == 2)
+        // The journal has the gate's two decisions and a preflight before each verification.
+        let events = Harness.journal(Harness.latestRun(x.dir)!)
+        let order = events.compactMap { e -> String? in
+            switch e["type"] as? String {
+            case "preflight": return "preflight"
+            case "stage_started": return e["id"] as? String
+            case "gate": return "gate"
+            default: return nil
+            }
+        }
+        #expect(order == ["execution", "preflight", "verification", "gate", "execution", "preflight", "verification", "gate", "ship"], "\(order)")
+    }
+
+    // MARK: the failure matrix
+
+    @Test func failurePreflightFailsExitFour() throws {
+        let x = try gap09(["Fix typo"], preflight: "true;false")
+        #expect(x.r.code == 4, "stderr: \(x.r.stderr)")
+        #expect(x.callStages == ["execution"], "verification must not run after a failed preflight")
+        #expect(x.result["status"] as? String == "failure")
+        #expect(x.r.stdout.contains("RESULT: FAILURE"))
+    }
+
+    @Test func failureMissingToolExitFour() throws {
+        let x = try gap09(["Fix typo"], preflight: "true;mypy-not-installed-anywhere .")
+        #expect(x.r.code == 4, "stderr: \(x.r.stderr)")
+        #expect(x.r.stderr.contains("mypy-not-installed-anywhere not installed - required tool missing"), "stderr: \(x.r.stderr)")
+        #expect(!x.callStages.contains("verification"))
+    }
+
+    @Test func failureRejectedTwiceExitTwo() throws {
+        let x = try gap09(["Fix typo"], env: ["AGENT_REJECT": "2"])
+        #expect(x.r.code == 2, "stderr: \(x.r.stderr)")
+        #expect(x.callStages == ["execution", "verification", "execution", "verification"], "no third verification, no ship")
+        #expect(x.r.stderr.contains("escalate to human"))
+        #expect(x.result["status"] as? String == "failure")
+        #expect(x.final["exit_code"] as? Int == 2)
+    }
+
+    @Test func verifierOutputThatIsNotJSONIsARejection() throws {
+        let x = try gap09(["Fix typo"], env: ["AGENT_GARBAGE": "1"])
+        #expect(x.r.code == 2, "stderr: \(x.r.stderr)")
+        #expect(x.r.stdout.contains("not a JSON object"), "stdout: \(x.r.stdout)")
+    }
+
+    @Test func failureModelNotAvailableExitThree() throws {
+        let x = try gap09(["Fix typo"], env: ["AGENT_MODEL_MISSING": "verification"])
+        #expect(x.r.code == 3, "stderr: \(x.r.stderr)")
+        #expect(x.r.stderr.contains("model not available") && x.r.stderr.contains("available: swe-1-5"), "stderr: \(x.r.stderr)")
+        #expect(x.result["status"] as? String == "failure")
+    }
+
+    @Test func failureInvalidSessionStartsANewOne() throws {
+        let x = try gap09(["Fix typo"], env: ["AGENT_BAD_SESSION": "execution"])
+        #expect(x.r.code == 0, "stderr: \(x.r.stderr)")
+        #expect(x.callStages == ["execution", "execution", "verification", "ship"])
+        #expect(x.calls[1].1 == x.calls[0].1 + "-r1", "a new session: \(x.calls)")
+        #expect(x.r.stderr.contains("not found; starting a new session"))
+        let stages = x.stages.filter { $0["stage"] as? String == "execution" }
+        #expect(stages.count == 1 && stages[0]["session_id"] as? String == x.calls[1].1)
+    }
+
+    @Test func failureExecutionFailsExitOne() throws {
+        let x = try gap09(["Fix typo"], env: ["AGENT_FAIL_STAGE": "execution"])
+        #expect(x.r.code == 1, "stderr: \(x.r.stderr)")
+        #expect(x.callStages == ["execution"])
+        #expect(x.r.stdout.contains("STAGE 3 EXECUTION: FAIL"))
+        let exec = try #require(x.stages.first { $0["stage"] as? String == "execution" })
+        #expect(exec["status"] as? String == "fail")
+        #expect((exec["error"] as? String)?.contains("tests broke") == true)
+    }
+
+    @Test func failureStageTimeoutExitOne() throws {
+        let d0 = Date()
+        let x = try gap09(["Add JWT auth"], env: ["AGENT_SLEEP_STAGE": "discovery"])
+        #expect(x.r.code == 1, "stderr: \(x.r.stderr)")
+        #expect(x.r.stderr.contains("timed out"), "stderr: \(x.r.stderr)")
+        #expect(Date().timeIntervalSince(d0) < 25, "the agent is killed at the timeout")
+        #expect(x.callStages == ["discovery"])
+    }
+
+    @Test func failureEmptyTaskExitFive() throws {
+        for words in [[], [""], ["   "]] {
+            let x = try gap09(words)
+            #expect(x.r.code == 5, "words \(words): stderr: \(x.r.stderr)")
+            #expect(x.r.stderr.contains("Task description required"))
+            #expect(x.calls.isEmpty)
+        }
+    }
+
+    @Test func noAgentIsAConfigurationError() throws {
+        let x = try gap09(["Fix typo"], agent: false)
+        #expect(x.r.code == 3, "stderr: \(x.r.stderr)")
+        #expect(x.r.stderr.contains("agent=CMD") && x.r.stderr.contains("GAP09_AGENT"), "stderr: \(x.r.stderr)")
+        #expect(!x.r.stderr.contains("traceback"))
+        // GAP09_AGENT is enough.
+        let y = try gap09(["Fix typo"], env: ["GAP09_AGENT": "gap09-agent.sh"], agent: false)
+        #expect(y.r.code == 0, "stderr: \(y.r.stderr)")
+        // An agent that is not installed is a configuration error too.
+        let z = try gap09(["Fix typo"], env: ["GAP09_AGENT": "no-such-agent-cli"], agent: false)
+        #expect(z.r.code == 3 && z.r.stderr.contains("no-such-agent-cli"), "stderr: \(z.r.stderr)")
+    }
+}

@@ -1,0 +1,140 @@
+-- kit.args: command-line words for recipes.
+--
+--   local args = require("kit.args")
+--   local o = args.parse{
+--     usage = USAGE,                       -- printed for `help`, `--help`, `-h`
+--     options = {risk = {choices = {"low", "medium", "high"}}, cwd = {}, poll = {number = true, min = 0.01}},
+--     positional = "task",                 -- other words are joined into o.task (optional)
+--   }
+--   if o.help then return end               -- usage was printed
+--
+-- A word is an option when it looks like `name=value` with `name` an identifier.
+-- An unknown option, a bad choice or a bad number ends the run with exit code 3
+-- (a usage error) and a message naming the option.
+local M = {}
+
+M.USAGE_CODE = 3
+
+local Failure = {__tostring = function(e) return e.message end, __name = "baton.failure"}
+
+--- Ends the run with exit code `code` and a message prefixed with the recipe's file
+--- name (not the line inside a library module, which would tell the user nothing).
+function M.fail(message, code, kind)
+  local recipe = (arg and arg[0] or "recipe"):match("([^/]+)$")
+  error(setmetatable({message = recipe .. ": " .. message, code = code or 1, kind = kind or "fail"}, Failure), 0)
+end
+
+local function usageError(msg, usage)
+  if usage then io.stderr:write(usage, "\n") end
+  M.fail(msg, M.USAGE_CODE, "usage")
+end
+
+-- The closest known name, for a "did you mean" hint (edit distance <= 2).
+local function closest(name, known)
+  local best, bestD
+  for _, k in ipairs(known) do
+    local a, b = name, k
+    local prev = {}
+    for j = 0, #b do prev[j] = j end
+    for i = 1, #a do
+      local cur = {[0] = i}
+      for j = 1, #b do
+        local cost = a:sub(i, i) == b:sub(j, j) and 0 or 1
+        cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+      end
+      prev = cur
+    end
+    local d = prev[#b]
+    if d <= 2 and (not bestD or d < bestD) then best, bestD = k, d end
+  end
+  return best
+end
+M.closest = closest
+
+local function isHelp(w)
+  return w == "help" or w == "--help" or w == "-h"
+end
+
+--- Splits `words` (default: the recipe's `arg`) into options and positional words.
+function M.parse(spec, words)
+  words = words or arg or {}
+  local options = spec.options or {}
+  local known = {}
+  for k in pairs(options) do known[#known + 1] = k end
+  table.sort(known)
+  local o, rest = {}, {}
+  if (#words == 1 and isHelp(words[1])) or (#words >= 1 and (words[1] == "--help" or words[1] == "-h")) then
+    print(spec.usage or "no usage text")
+    o.help = true
+    return o
+  end
+  for _, w in ipairs(words) do
+    local k, v = w:match("^([%a_][%w_]*)=(.*)$")
+    if k then
+      local opt = options[k]
+      if not opt and k ~= spec.positional then
+        local hint = closest(k, known)
+        usageError(("unknown option '%s'%s; known options: %s"):format(k,
+          hint and (" (did you mean '" .. hint .. "'?)") or "", table.concat(known, ", ")), spec.usage)
+      end
+      if k == spec.positional and not opt then
+        rest[#rest + 1] = v
+      else
+        o[k] = v
+      end
+    else
+      rest[#rest + 1] = w
+    end
+  end
+  if not spec.positional and #rest > 0 then
+    usageError(("unexpected word '%s' (options are name=value)"):format(rest[1]), spec.usage)
+  end
+  if spec.positional then o[spec.positional] = table.concat(rest, " ") end
+  for name, opt in pairs(options) do
+    local v = o[name]
+    if v == nil and opt.default ~= nil then v = opt.default; o[name] = v end
+    if v ~= nil then
+      if opt.required and v == "" then usageError(("option '%s' must not be empty"):format(name), spec.usage) end
+      if opt.choices then
+        local okv = false
+        for _, c in ipairs(opt.choices) do if v == c then okv = true end end
+        if not okv then
+          usageError(("option '%s' must be one of %s, got '%s'"):format(name, table.concat(opt.choices, "|"), v), spec.usage)
+        end
+      end
+      if opt.number then
+        local n = tonumber(v)
+        if not n or n ~= n or n == math.huge or n == -math.huge then
+          usageError(("option '%s' must be a number, got '%s'"):format(name, tostring(v)), spec.usage)
+        end
+        if opt.min and n < opt.min then
+          usageError(("option '%s' must be at least %s, got %s"):format(name, opt.min, v), spec.usage)
+        end
+        o[name] = n
+      end
+      if opt.list and type(o[name]) == "string" then o[name] = M.split(o[name], opt.sep or ",") end
+    elseif opt.required then
+      usageError(("option '%s=...' is required"):format(name), spec.usage)
+    end
+  end
+  return o
+end
+
+--- Splits on a separator, trimming blanks and dropping empty items.
+function M.split(s, sep)
+  local out = {}
+  for item in (s .. sep):gmatch("(.-)" .. sep:gsub("%p", "%%%0")) do
+    item = item:match("^%s*(.-)%s*$")
+    if item ~= "" then out[#out + 1] = item end
+  end
+  return out
+end
+
+--- Quotes a word for /bin/sh.
+function M.shquote(s)
+  s = tostring(s)
+  if s:match("^[%w%._/:=@%-]+$") then return s end
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+return M
