@@ -477,6 +477,258 @@ end
 return M
 
 """#),
+        "kit.template": ("kit/template.lua", #"""
+-- kit.template: renders "{{ name }}" and "{{ a.b.c }}" placeholders from a table.
+-- Strings and numbers are inserted as they are, tables as JSON, booleans as
+-- true/false; a name with no value renders as "" and is reported.
+--
+--   local text, unknown = require("kit.template").render("Best: {{best.run_id}}", vars)
+local M = {}
+
+local function lookup(vars, path)
+  local v = vars
+  for part in path:gmatch("[^%.]+") do
+    if type(v) ~= "table" then return nil end
+    v = v[tonumber(part) or part]
+    if v == nil then v = nil; break end
+  end
+  return v
+end
+
+function M.render(text, vars)
+  local unknown, seen = {}, {}
+  local out = text:gsub("{{%s*([%w_%.]+)%s*}}", function(path)
+    local v = lookup(vars, path)
+    if v == nil or v == baton.json.null then
+      if not seen[path] then seen[path] = true; unknown[#unknown + 1] = path end
+      return ""
+    end
+    if type(v) == "table" then return baton.json.encode(v) end
+    if type(v) == "number" and math.type(v) == "float" and v == math.floor(v) and math.abs(v) < 2^53 then
+      return tostring(math.floor(v))
+    end
+    return tostring(v)
+  end)
+  return out, unknown
+end
+
+return M
+
+"""#),
+        "research.registry": ("research/registry.lua", #"""
+-- research.registry: a JSONL registry of runs, one JSON object per line with a
+-- "run_id". Appends hold an exclusive flock on the registry file (the same lock
+-- baton.fs.append takes) across the duplicate check and the write, so concurrent
+-- runs never interleave lines and a run_id is recorded at most once.
+local M = {}
+
+local APPEND = [=[
+reg=$1; rid=$2; line=$3
+if [ -f "$reg" ] && grep -Eq "\"run_id\"[[:space:]]*:[[:space:]]*\"$rid\"" "$reg"; then echo duplicate; exit 0; fi
+# A torn last line (a writer that died mid-line) must not swallow ours.
+if [ -s "$reg" ] && [ -n "$(tail -c 1 "$reg")" ]; then printf '\n' >> "$reg"; fi
+printf '%s\n' "$line" >> "$reg" && echo appended
+]=]
+
+local function dirname(p) return p:match("^(.*)/[^/]*$") or "." end
+
+--- Appends `entry` (a table with run_id) unless its run_id is there already.
+--- Returns "appended" or "duplicate".
+function M.append(path, entry, timeout)
+  assert(type(entry.run_id) == "string" and entry.run_id:match("^[%w_.%-]+$"), "registry: a run_id of letters, digits, '.', '_', '-' is required")
+  baton.fs.mkdir(dirname(path))
+  local line = baton.json.encode(entry)
+  local rid = entry.run_id:gsub("%.", "\\.")
+  local out, ok, code, err = baton.sh({"flock", "-x", "-w", tostring(timeout or 60), path, "sh", "-c", APPEND, "registry-append", path, rid, line},
+    {allowFail = true})
+  if ok then return (out:match("(%a+)%s*$")) end
+  if code == 127 and err:find("flock") then
+    -- No flock(1): append under baton's own lock; the duplicate check is then best-effort.
+    for _, e in ipairs((M.read(path))) do if e.run_id == entry.run_id then return "duplicate" end end
+    baton.fs.append(path, line .. "\n")
+    return "appended"
+  end
+  error(("registry %s: append failed (exit %s): %s"):format(path, tostring(code), err), 0)
+end
+
+--- Every entry, and the numbers of the lines that are not JSON objects.
+function M.read(path)
+  local entries, bad = {}, {}
+  if not baton.fs.exists(path) then return entries, bad end
+  local n = 0
+  for line in (baton.fs.read(path) .. "\n"):gmatch("([^\n]*)\n") do
+    n = n + 1
+    if line:match("%S") then
+      local ok, v = pcall(baton.json.decode, line)
+      if ok and type(v) == "table" then entries[#entries + 1] = v else bad[#bad + 1] = n end
+    end
+  end
+  return entries, bad
+end
+
+local function metricOf(e, name)
+  local m = e.metrics
+  local v = type(m) == "table" and m[name]
+  if v == nil then v = e[name] end
+  return tonumber(v)
+end
+
+--- The best succeeded run by a numeric metric: mode "max" (default) or "min".
+--- Returns {run_id, metric, mode, value, candidates} or nil when no run has the metric.
+function M.best(entries, metric, mode)
+  mode = mode or "max"
+  local best, value, n = nil, nil, 0
+  for _, e in ipairs(entries) do
+    local v = metricOf(e, metric)
+    if e.status == "succeeded" and v and v == v then
+      n = n + 1
+      if value == nil or (mode == "max" and v > value) or (mode == "min" and v < value) then best, value = e, v end
+    end
+  end
+  if not best then return nil end
+  return {run_id = best.run_id, metric = metric, mode = mode, value = value, candidates = n}
+end
+
+--- Counts by status.
+function M.summary(entries)
+  local s = {runs = #entries, succeeded = 0, failed = 0, cancelled = 0, other = 0}
+  for _, e in ipairs(entries) do
+    if s[e.status] and e.status ~= "runs" and e.status ~= "other" then s[e.status] = s[e.status] + 1 else s.other = s.other + 1 end
+  end
+  return s
+end
+
+return M
+
+"""#),
+        "research.report": ("research/report.lua", #"""
+-- research.report: the default report template (kit.template syntax).
+return [[
+# Research run {{run_id}}
+
+- status: **{{status}}**
+- job: `{{job}}`
+- output: {{out}}
+- duration: {{duration_s}} s
+- missing artifacts: {{missing}}
+
+## Metrics
+
+```json
+{{metrics}}
+```
+
+## Registry
+
+{{registry.runs}} runs: {{registry.succeeded}} succeeded, {{registry.failed}} failed, {{registry.cancelled}} cancelled.
+
+Best by {{metric}} ({{mode}}): {{best.run_id}} = {{best.value}}
+]]
+
+"""#),
+        "research.wrapper": ("research/wrapper.lua", #"""
+-- research.wrapper: the signal-safe wrapper a research job runs under.
+--
+--   runStage{id = "job", cmd = wrapper.command(out, run_id, job_shell_text), background = true}
+--
+-- It runs the job (`sh -c JOB`) and, whatever happens, leaves a valid JSON object in
+-- OUT/metrics.json with a "status": "succeeded" (exit 0), "failed" (non-zero exit) or
+-- "cancelled" (SIGTERM/SIGINT/SIGHUP: written at once on the signal, before the job is
+-- stopped, and again after it ends). The job's own metrics.json is kept and merged
+-- (status, run_id, exit_code, reason, started_at and ended_at are added); an invalid one
+-- is moved to metrics.json.invalid. Writes are atomic (temp file, fsync, rename).
+-- Before the job starts, a provisional metrics.json says "cancelled" (replacing any
+-- stale one), so even a SIGKILL of the whole group leaves a valid file; the final
+-- write replaces it.
+-- Merging uses python3; without it, the job's file is kept as metrics.json.unmerged and
+-- a minimal metrics.json is written.
+-- The wrapper's command line carries "research-job:RUN_ID" (for the pgrep guard).
+local M = {}
+
+M.script = [=[
+out=$1; rid=$2; job=$3
+metrics="$out/metrics.json"
+started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+child=
+finalize() { # status exit_code reason
+  if command -v python3 >/dev/null 2>&1; then
+    python3 - "$metrics" "$1" "$2" "$rid" "$3" "$started" <<'PY' && return 0
+import json, os, sys, time
+path, status, code, rid, reason, started = sys.argv[1:7]
+data = {}
+try:
+    with open(path) as f:
+        v = json.load(f)
+    data = v if isinstance(v, dict) else {"value": v}
+    if data.get("provisional") is True:
+        data = {}
+except FileNotFoundError:
+    pass
+except Exception as e:
+    try:
+        os.replace(path, path + ".invalid")
+    except OSError:
+        pass
+    data = {"metrics_error": "the job's metrics.json was not valid JSON (kept as metrics.json.invalid): %s" % e}
+data["status"] = status
+data.setdefault("run_id", rid)
+data["exit_code"] = int(code)
+data["started_at"] = data.get("started_at", started)
+data["ended_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+if reason:
+    data["reason"] = reason
+tmp = "%s.tmp.%d" % (path, os.getpid())
+with open(tmp, "w") as f:
+    json.dump(data, f, sort_keys=True)
+    f.write("\n")
+    f.flush()
+    os.fsync(f.fileno())
+os.replace(tmp, path)
+PY
+  fi
+  if [ -s "$metrics" ] && ! grep -q '"provisional":true' "$metrics"; then mv -f "$metrics" "$metrics.unmerged"; fi
+  write_plain "$1" "$2" "$3" ""
+}
+write_plain() { # status exit_code reason extra
+  printf '{"status":"%s","run_id":"%s","exit_code":%s,"reason":"%s","started_at":"%s"%s}\n' \
+    "$1" "$rid" "$2" "$3" "$started" "$4" > "$metrics.tmp.$$" && mv -f "$metrics.tmp.$$" "$metrics"
+}
+on_signal() { # name code
+  trap '' TERM INT HUP
+  finalize cancelled "$2" "cancelled by $1"
+  if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null; wait "$child" 2>/dev/null; fi
+  finalize cancelled "$2" "cancelled by $1"
+  exit "$2"
+}
+trap 'on_signal SIGTERM 143' TERM
+trap 'on_signal SIGINT 130' INT
+trap 'on_signal SIGHUP 129' HUP
+mkdir -p "$out"
+# Until the job ends the file says "cancelled": if the wrapper is killed outright
+# (SIGKILL, which no trap can catch) a valid metrics.json with a status is still there.
+write_plain cancelled 137 "the wrapper ended before the job did" ',"provisional":true'
+sh -c "$job" &
+child=$!
+wait "$child"
+rc=$?
+if [ "$rc" -eq 0 ]; then finalize succeeded 0 ""; else finalize failed "$rc" "job exited with code $rc"; fi
+exit "$rc"
+]=]
+
+--- The argv that runs `job` (shell text) under the wrapper.
+function M.command(out, runID, job)
+  return {"sh", "-c", M.script, "research-job:" .. runID, out, runID, job}
+end
+
+--- A pgrep pattern for the wrapper of this run that does not match its own watcher.
+function M.pattern(runID)
+  local escaped = runID:gsub("[%.%-]", function(c) return c == "." and "\\." or c end)
+  return "[r]esearch-job:" .. escaped .. "( |$)"
+end
+
+return M
+
+"""#),
         "shell.complete": ("shell/complete.lua", #"""
 -- shell.complete: Tab completion of Lua names for the interactive shell.
 --

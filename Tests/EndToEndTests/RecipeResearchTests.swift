@@ -1,0 +1,266 @@
+import Foundation
+import Testing
+
+/// recipes/research_callback.lua end to end, with the stand-in job Tests/Fixtures/research-job.sh:
+/// late, missing and cancelled artifacts, failed jobs, duplicate run ids, concurrent registry appends.
+@Suite struct RecipeResearchTests {
+    static let recipe = Harness.packageRoot.appendingPathComponent("recipes/research_callback.lua").path
+
+    struct Run {
+        var r: Harness.Result
+        var runDir: String
+        var final: [String: Any]
+        var result: [String: Any] { final["result"] as? [String: Any] ?? [:] }
+    }
+
+    static func words(_ out: String, _ id: String, job: String = "research-job.sh 0", _ extra: [String]) -> [String] {
+        [recipe, "job=\(job)", "out=\(out)", "run_id=\(id)", "poll=0.05", "ready_timeout=5"] + extra
+    }
+
+    func research(_ d: String, out: String = "runs/a", id: String = "a", job: String = "research-job.sh 0", _ extra: [String] = [],
+                  env: [String: String] = [:], sourceLocation: SourceLocation = #_sourceLocation) throws -> Run {
+        let before = Set(Harness.runDirs(d))
+        let r = try Harness.run(["run"] + Self.words(out, id, job: job, extra), cwd: d, env: env, timeout: 60)
+        let run = try #require(Harness.runDirs(d).first { !before.contains($0) }, sourceLocation: sourceLocation)
+        _ = Harness.journal(run, sourceLocation: sourceLocation)
+        let f = try #require(Harness.final(run), "stderr: \(r.stderr)", sourceLocation: sourceLocation)
+        return Run(r: r, runDir: run, final: f)
+    }
+
+    static func json(_ path: String) -> [String: Any]? {
+        guard let d = FileManager.default.contents(atPath: path) else { return nil }
+        return try? JSONSerialization.jsonObject(with: d) as? [String: Any]
+    }
+
+    static func registry(_ path: String) -> [[String: Any]] {
+        (Harness.read(path) ?? "").split(separator: "\n").map {
+            let o = try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+            #expect(o != nil, "registry line is not JSON: \($0)")
+            return o ?? [:]
+        }
+    }
+
+    static func watchStates(_ run: String) -> [String] {
+        Harness.events(Harness.journal(run), type: "watch").compactMap { $0["to"] as? String }
+    }
+
+    // MARK: modules and usage
+
+    @Test func modulesTemplateRegistryWrapper() throws {
+        let d = Harness.tempDir("rc-mod")
+        Harness.write(d + "/r.lua", """
+            local t = require("kit.template")
+            local s, unknown = t.render("{{ run_id }}: {{metrics.score}} {{best.run_id}} {{nope}} {{m}} {{n}}",
+              {run_id = "x", metrics = {score = 0.75}, best = {}, m = {1, 2}, n = 3.0})
+            assert(s == "x: 0.75   [1,2] 3", s)
+            assert(#unknown == 2 and unknown[1] == "best.run_id" and unknown[2] == "nope")
+            local reg = require("research.registry")
+            local e = {{run_id = "a", status = "succeeded", metrics = {acc = 0.5}}, {run_id = "b", status = "succeeded", metrics = {acc = 0.9}},
+                       {run_id = "c", status = "failed", metrics = {acc = 1.0}}, {run_id = "d", status = "succeeded", metrics = {}}}
+            assert(reg.best(e, "acc", "max").run_id == "b")
+            assert(reg.best(e, "acc", "min").run_id == "a")
+            assert(reg.best(e, "acc").candidates == 2, "failed runs and runs without the metric are not candidates")
+            assert(reg.best(e, "nothing") == nil)
+            local sum = reg.summary(e)
+            assert(sum.runs == 4 and sum.succeeded == 3 and sum.failed == 1)
+            assert(reg.append("reg.jsonl", {run_id = "r.1", status = "succeeded"}) == "appended")
+            assert(reg.append("reg.jsonl", {run_id = "r.1", status = "failed"}) == "duplicate")
+            assert(reg.append("reg.jsonl", {run_id = "rx1", status = "failed"}) == "appended", "'.' is not a wildcard")
+            baton.fs.append("reg.jsonl", '{"run_id": "torn", "sta')
+            assert(reg.append("reg.jsonl", {run_id = "after", status = "succeeded"}) == "appended")
+            local all, bad = reg.read("reg.jsonl")
+            assert(#all == 3 and #bad == 1 and bad[1] == 3, #all .. " " .. #bad)
+            local w = require("research.wrapper")
+            assert(w.pattern("run.7") == "[r]esearch-job:run\\\\.7( |$)", w.pattern("run.7"))
+            assert(w.command("o", "id", "job")[4] == "research-job:id")
+            """)
+        let r = try Harness.run(["run", "r.lua"], cwd: d)
+        #expect(r.code == 0, "stderr: \(r.stderr)")
+    }
+
+    @Test func helpAndBadOptions() throws {
+        let d = Harness.tempDir("rc-usage")
+        let h = try Harness.run(["run", Self.recipe, "help"], cwd: d)
+        #expect(h.code == 0 && h.stdout.contains("usage:") && h.stdout.contains("on_missing="), "stdout: \(h.stdout)")
+        let missing = try Harness.run(["run", Self.recipe, "out=x", "run_id=a"], cwd: d)
+        #expect(missing.code == 3 && missing.stderr.contains("job=..."), "stderr: \(missing.stderr)")
+        let bad = try Harness.run(["run", Self.recipe, "job=true", "out=x", "run_id=a", "on_missing=ignore"], cwd: d)
+        #expect(bad.code == 3 && bad.stderr.contains("on_missing"), "stderr: \(bad.stderr)")
+        let id = try Harness.run(["run", Self.recipe, "job=true", "out=x", "run_id=a b"], cwd: d)
+        #expect(id.code == 3 && id.stderr.contains("run_id"))
+        #expect(!bad.stderr.contains("traceback") && !missing.stderr.contains("stack"))
+    }
+
+    // MARK: golden path
+
+    @Test func goldenPathCallbackRegistrySummaryBestReport() throws {
+        let d = Harness.tempDir("rc-gold")
+        Harness.write(d + "/tpl.md", "Run {{run_id}} {{status}} score={{metrics.score}} best={{best.run_id}}:{{best.value}} runs={{registry.runs}}\n")
+        let x = try research(d, id: "gold-1", ["metric=score", "template=tpl.md",
+                                               "callback=cp {out}/metrics.json {out}/seen-by-callback.json; echo $RUN_ID $BATON_OUT > {out}/cb-env"],
+                             env: ["JOB_SCORE": "0.8"])
+        #expect(x.r.code == 0, "stderr: \(x.r.stderr)")
+        let metrics = try #require(Self.json(d + "/runs/a/metrics.json"))
+        #expect(metrics["status"] as? String == "succeeded" && metrics["score"] as? Double == 0.8 && metrics["run_id"] as? String == "gold-1")
+        #expect(Self.json(d + "/runs/a/seen-by-callback.json")?["status"] as? String == "succeeded", "the callback runs after the metrics are final")
+        #expect(Harness.read(d + "/runs/a/cb-env") == "gold-1 runs/a\n")
+        let reg = Self.registry(d + "/runs/registry.jsonl")
+        #expect(reg.count == 1 && reg.first?["run_id"] as? String == "gold-1" && reg.first?["status"] as? String == "succeeded")
+        #expect(Harness.read(d + "/runs/a/report.md") == "Run gold-1 succeeded score=0.8 best=gold-1:0.8 runs=1\n")
+        let summary = try #require(Self.json(d + "/runs/a/summary.json"))
+        #expect((summary["runs"] as? [String: Any])?["runs"] as? Int == 1)
+        let best = try #require(x.result["best"] as? [String: Any])
+        #expect(best["run_id"] as? String == "gold-1" && best["value"] as? Double == 0.8 && best["mode"] as? String == "max")
+        #expect(x.result["status"] as? String == "succeeded" && x.result["state"] as? String == "completed")
+        #expect(Self.watchStates(x.runDir) == ["queued", "running", "exited", "awaiting_artifacts", "callback_queued", "callback_running", "completed"])
+        let pre = try #require(Harness.events(Harness.journal(x.runDir), type: "preflight").first)
+        #expect((pre["checks"] as? [[String: Any]])?.map { $0["kind"] as? String } == ["check", "check", "pgrep", "check"])
+        // The default template renders too.
+        let y = try research(d, out: "runs/b", id: "gold-2", ["metric=score", "mode=min"], env: ["JOB_SCORE": "0.3"])
+        #expect(y.r.code == 0, "stderr: \(y.r.stderr)")
+        #expect(Harness.read(d + "/runs/b/report.md")?.contains("# Research run gold-2") == true)
+        #expect((y.result["best"] as? [String: Any])?["run_id"] as? String == "gold-2", "min picks the lower score")
+        #expect(y.r.stdout.contains("BEST by score (min): gold-2 = 0.3"))
+    }
+
+    // MARK: artifacts: late, missing, cancelled, failed, invalid
+
+    @Test func lateArtifactIsNoticedAsItAppears() throws {
+        let d = Harness.tempDir("rc-late")
+        let (p, _, _) = try Harness.start(["run"] + Self.words("runs/a", "late", ["require=metrics.json,late.bin", "poll=30", "ready_timeout=30"]), cwd: d)
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        #expect(Harness.waitFor(20) {
+            Harness.latestRun(d).flatMap { Harness.read($0 + "/journal.jsonl") }?.contains("\"to\":\"awaiting_artifacts\"") == true
+        })
+        usleep(200_000)
+        #expect(FileManager.default.fileExists(atPath: d + "/runs/a/metrics.json"))
+        let dropped = Date()
+        Harness.write(d + "/runs/a/late.bin", "weights")
+        #expect(Harness.waitFor(20) { !p.isRunning })
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        #expect(Date().timeIntervalSince(dropped) < 10, "noticed at once, not at the next 30 s poll")
+        let f = try #require(Harness.final(Harness.latestRun(d)!))
+        #expect((f["result"] as? [String: Any])?["status"] as? String == "succeeded")
+        #expect(Self.registry(d + "/runs/registry.jsonl").count == 1)
+    }
+
+    @Test func missingArtifactFailBlockOrCallback() throws {
+        let d = Harness.tempDir("rc-missing")
+        let fail = try research(d, out: "runs/f", id: "m-fail", ["require=metrics.json,model.bin", "ready_timeout=0.3"])
+        #expect(fail.r.code == 1, "stderr: \(fail.r.stderr)")
+        #expect(fail.r.stderr.contains("model.bin"))
+        #expect(Self.watchStates(fail.runDir).last == "failed")
+        #expect(!FileManager.default.fileExists(atPath: d + "/runs/registry.jsonl"), "nothing recorded on a failed watch")
+
+        let block = try research(d, out: "runs/b", id: "m-block", ["require=model.bin", "ready_timeout=0.3", "on_missing=block"])
+        #expect(block.r.code == 6, "stderr: \(block.r.stderr)")
+        #expect(Self.watchStates(block.runDir).last == "blocked")
+        #expect(block.result["state"] as? String == "blocked")
+        #expect(!FileManager.default.fileExists(atPath: d + "/runs/registry.jsonl"))
+
+        let cb = try research(d, out: "runs/c", id: "m-cb", ["require=metrics.json,model.bin", "ready_timeout=0.3", "on_missing=callback",
+                                                             "callback=echo \"$BATON_MISSING\" > {out}/missing.txt"])
+        #expect(cb.r.code == 0, "stderr: \(cb.r.stderr)")
+        #expect(Harness.read(d + "/runs/c/missing.txt")?.contains("model.bin") == true)
+        let reg = Self.registry(d + "/runs/registry.jsonl")
+        #expect(reg.count == 1 && (reg[0]["missing"] as? [String])?.first?.hasSuffix("model.bin") == true)
+        #expect(Self.watchStates(cb.runDir).suffix(3) == ["callback_queued", "callback_running", "completed"])
+    }
+
+    @Test func cancelledRunLeavesValidMetrics() throws {
+        let d = Harness.tempDir("rc-cancel")
+        let marker = "cancel-\(UUID().uuidString.prefix(8))"
+        let (p, _, _) = try Harness.start(["run"] + Self.words("runs/a", marker, job: "research-job.sh 30 \(marker)", []), cwd: d)
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        #expect(Harness.waitFor(20) { FileManager.default.fileExists(atPath: d + "/runs/a/started") })
+        kill(p.processIdentifier, SIGTERM)
+        #expect(Harness.waitFor(20) { !p.isRunning })
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 143)
+        let m = try #require(Self.json(d + "/runs/a/metrics.json"), "metrics.json must be valid JSON")
+        #expect(m["status"] as? String == "cancelled", "\(m)")
+        #expect(m["run_id"] as? String == marker)
+        #expect(Harness.waitFor(10) { Harness.processes(matching: marker).isEmpty }, "the job must not outlive the run")
+        #expect(Harness.final(Harness.latestRun(d)!)?["status"] as? String == "cancelled")
+    }
+
+    @Test func failedJobStillLeavesStatusAndIsRecorded() throws {
+        let d = Harness.tempDir("rc-failed")
+        let x = try research(d, id: "f-1", ["metric=score"], env: ["JOB_FAIL": "3"])
+        #expect(x.r.code == 1, "stderr: \(x.r.stderr)")
+        let m = try #require(Self.json(d + "/runs/a/metrics.json"))
+        #expect(m["status"] as? String == "failed" && m["exit_code"] as? Int == 3 && m["score"] as? Double == 0.5)
+        let reg = Self.registry(d + "/runs/registry.jsonl")
+        #expect(reg.count == 1 && reg[0]["status"] as? String == "failed")
+        #expect((x.result["best"] as? [String: Any]) == nil, "a failed run is never the best")
+        #expect(x.result.keys.contains("best"))
+
+        // No metrics at all, and invalid metrics: the wrapper still leaves a valid file.
+        let n = try research(d, out: "runs/n", id: "f-2", env: ["JOB_NO_METRICS": "1", "JOB_FAIL": "2"])
+        #expect(n.r.code == 1)
+        #expect(Self.json(d + "/runs/n/metrics.json")?["status"] as? String == "failed")
+        let bad = try research(d, out: "runs/i", id: "f-3", env: ["JOB_BAD_METRICS": "1"])
+        #expect(bad.r.code == 0, "stderr: \(bad.r.stderr)")
+        let bm = try #require(Self.json(d + "/runs/i/metrics.json"))
+        #expect(bm["status"] as? String == "succeeded" && bm["metrics_error"] is String)
+        #expect(FileManager.default.fileExists(atPath: d + "/runs/i/metrics.json.invalid"))
+    }
+
+    // MARK: registry
+
+    @Test func duplicateRunIdIsNotAppended() throws {
+        let d = Harness.tempDir("rc-dup")
+        let a = try research(d, out: "runs/a", id: "same")
+        #expect(a.r.code == 0, "stderr: \(a.r.stderr)")
+        let b = try research(d, out: "runs/b", id: "same")
+        #expect(b.r.code == 0, "stderr: \(b.r.stderr)")
+        #expect(Self.registry(d + "/runs/registry.jsonl").count == 1)
+        #expect(b.r.stdout.contains("(duplicate; 1 runs)"), "stdout: \(b.r.stdout)")
+        let logs = Harness.events(Harness.journal(b.runDir), type: "log")
+        #expect(logs.contains { ($0["message"] as? String)?.contains("already in") == true && (($0["fields"] as? [String: Any])?["duplicate"] as? Bool) == true })
+        #expect(b.result["appended"] as? Bool == false && a.result["appended"] as? Bool == true)
+    }
+
+    @Test func sixRunsAppendToOneRegistryAtOnce() throws {
+        let d = Harness.tempDir("rc-six")
+        var procs: [(Process, Pipe, Pipe)] = []
+        for i in 1...6 {
+            procs.append(try Harness.start(["run"] + Self.words("runs/r\(i)", "six-\(i)", ["registry=shared/registry.jsonl", "metric=score"]), cwd: d,
+                                           env: ["JOB_SCORE": "0.\(i)"]))
+        }
+        for (p, _, _) in procs { p.waitUntilExit() }
+        #expect(procs.allSatisfy { $0.0.terminationStatus == 0 })
+        let reg = Self.registry(d + "/shared/registry.jsonl")
+        #expect(reg.count == 6)
+        #expect(Set(reg.compactMap { $0["run_id"] as? String }) == Set((1...6).map { "six-\($0)" }))
+        // A seventh run sees all six when picking the best.
+        let x = try research(d, out: "runs/r7", id: "six-7", ["registry=shared/registry.jsonl", "metric=score"], env: ["JOB_SCORE": "0.05"])
+        #expect(x.r.code == 0)
+        #expect((x.result["best"] as? [String: Any])?["run_id"] as? String == "six-6")
+        #expect((x.result["best"] as? [String: Any])?["candidates"] as? Int == 7)
+    }
+
+    // MARK: preflight
+
+    @Test func preflightFailsClosed() throws {
+        let d = Harness.tempDir("rc-pre")
+        Harness.write(d + "/afile", "not a directory")
+        let parent = try research(d, out: "afile/out", id: "p1")
+        #expect(parent.r.code == 4 && parent.r.stderr.contains("not a writable directory"), "stderr: \(parent.r.stderr)")
+        let prog = try research(d, id: "p2", job: "no-such-trainer --epochs 3")
+        #expect(prog.r.code == 4 && prog.r.stderr.contains("no-such-trainer: not found"), "stderr: \(prog.r.stderr)")
+        // A run with the same id already running is refused.
+        let other = Process()
+        // One process whose command line carries the wrapper's marker (SIGKILL: Foundation's
+        // children start with SIGTERM blocked).
+        other.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        other.arguments = ["python3", "-c", "import time; time.sleep(30)", "research-job:p3"]
+        try other.run()
+        defer { kill(other.processIdentifier, SIGKILL); other.waitUntilExit() }
+        #expect(Harness.waitFor(10) { !Harness.processes(matching: "research-job:p3").isEmpty })
+        let dup = try research(d, id: "p3")
+        #expect(dup.r.code == 4 && dup.r.stderr.contains("already running"), "stderr: \(dup.r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: d + "/runs/a/started"), "the job never started")
+    }
+}

@@ -1,0 +1,83 @@
+-- research.registry: a JSONL registry of runs, one JSON object per line with a
+-- "run_id". Appends hold an exclusive flock on the registry file (the same lock
+-- baton.fs.append takes) across the duplicate check and the write, so concurrent
+-- runs never interleave lines and a run_id is recorded at most once.
+local M = {}
+
+local APPEND = [=[
+reg=$1; rid=$2; line=$3
+if [ -f "$reg" ] && grep -Eq "\"run_id\"[[:space:]]*:[[:space:]]*\"$rid\"" "$reg"; then echo duplicate; exit 0; fi
+# A torn last line (a writer that died mid-line) must not swallow ours.
+if [ -s "$reg" ] && [ -n "$(tail -c 1 "$reg")" ]; then printf '\n' >> "$reg"; fi
+printf '%s\n' "$line" >> "$reg" && echo appended
+]=]
+
+local function dirname(p) return p:match("^(.*)/[^/]*$") or "." end
+
+--- Appends `entry` (a table with run_id) unless its run_id is there already.
+--- Returns "appended" or "duplicate".
+function M.append(path, entry, timeout)
+  assert(type(entry.run_id) == "string" and entry.run_id:match("^[%w_.%-]+$"), "registry: a run_id of letters, digits, '.', '_', '-' is required")
+  baton.fs.mkdir(dirname(path))
+  local line = baton.json.encode(entry)
+  local rid = entry.run_id:gsub("%.", "\\.")
+  local out, ok, code, err = baton.sh({"flock", "-x", "-w", tostring(timeout or 60), path, "sh", "-c", APPEND, "registry-append", path, rid, line},
+    {allowFail = true})
+  if ok then return (out:match("(%a+)%s*$")) end
+  if code == 127 and err:find("flock") then
+    -- No flock(1): append under baton's own lock; the duplicate check is then best-effort.
+    for _, e in ipairs((M.read(path))) do if e.run_id == entry.run_id then return "duplicate" end end
+    baton.fs.append(path, line .. "\n")
+    return "appended"
+  end
+  error(("registry %s: append failed (exit %s): %s"):format(path, tostring(code), err), 0)
+end
+
+--- Every entry, and the numbers of the lines that are not JSON objects.
+function M.read(path)
+  local entries, bad = {}, {}
+  if not baton.fs.exists(path) then return entries, bad end
+  local n = 0
+  for line in (baton.fs.read(path) .. "\n"):gmatch("([^\n]*)\n") do
+    n = n + 1
+    if line:match("%S") then
+      local ok, v = pcall(baton.json.decode, line)
+      if ok and type(v) == "table" then entries[#entries + 1] = v else bad[#bad + 1] = n end
+    end
+  end
+  return entries, bad
+end
+
+local function metricOf(e, name)
+  local m = e.metrics
+  local v = type(m) == "table" and m[name]
+  if v == nil then v = e[name] end
+  return tonumber(v)
+end
+
+--- The best succeeded run by a numeric metric: mode "max" (default) or "min".
+--- Returns {run_id, metric, mode, value, candidates} or nil when no run has the metric.
+function M.best(entries, metric, mode)
+  mode = mode or "max"
+  local best, value, n = nil, nil, 0
+  for _, e in ipairs(entries) do
+    local v = metricOf(e, metric)
+    if e.status == "succeeded" and v and v == v then
+      n = n + 1
+      if value == nil or (mode == "max" and v > value) or (mode == "min" and v < value) then best, value = e, v end
+    end
+  end
+  if not best then return nil end
+  return {run_id = best.run_id, metric = metric, mode = mode, value = value, candidates = n}
+end
+
+--- Counts by status.
+function M.summary(entries)
+  local s = {runs = #entries, succeeded = 0, failed = 0, cancelled = 0, other = 0}
+  for _, e in ipairs(entries) do
+    if s[e.status] and e.status ~= "runs" and e.status ~= "other" then s[e.status] = s[e.status] + 1 else s.other = s.other + 1 end
+  end
+  return s
+end
+
+return M
