@@ -5,6 +5,7 @@ let package = Package(
     name: "baton",
     products: [
         .executable(name: "baton", targets: ["baton"]),
+        .executable(name: "baton-yaml", targets: ["baton-yaml"]),
     ],
     dependencies: [
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
@@ -22,9 +23,10 @@ let package = Package(
         .target(name: "LuaShim", dependencies: ["CLua", "CBatonSys"]),
         .target(name: "LuaKit", dependencies: ["LuaShim", "CLua", "BatonCore"]),
         .target(name: "BatonCore", dependencies: ["CBatonSys"]),
-        .target(name: "BatonLua",
-                dependencies: ["LuaKit", "BatonCore", "Yams"],
-                resources: []),
+        .target(name: "BatonLua", dependencies: ["LuaKit", "BatonCore"]),
+        // YAML -> JSON in a helper process: Yams needs Foundation, which would cost the
+        // runner ~8 ms of start-up on every run; baton.yaml.decode spawns this instead.
+        .executableTarget(name: "baton-yaml", dependencies: ["Yams", "BatonCore"]),
         // libedit setters and the completion glue Swift 6 cannot express (C globals).
         .target(name: "CBatonLine", dependencies: ["CEditLine"]),
         .target(name: "BatonShell",
@@ -33,8 +35,8 @@ let package = Package(
                           dependencies: ["BatonShell", "BatonLua", "BatonCore"]),
         .testTarget(name: "BatonCoreTests", dependencies: ["BatonCore"]),
         .testTarget(name: "LuaKitTests", dependencies: ["LuaKit", "BatonCore"]),
-        .testTarget(name: "BatonLuaTests", dependencies: ["BatonLua", "LuaKit", "BatonCore"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["baton", "BatonCore"]),
+        .testTarget(name: "BatonLuaTests", dependencies: ["BatonLua", "LuaKit", "BatonCore", "baton-yaml"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["baton", "baton-yaml", "BatonCore"]),
         .testTarget(name: "ShellTests", dependencies: ["BatonShell", "BatonLua", "LuaKit", "BatonCore"]),
     ],
     swiftLanguageModes: [.v6]

@@ -32,7 +32,6 @@ public final class RunContext {
     var signatureCounts: [String: Int] = [:]
     var occurrences: [String: Int] = [:]
     var logNumbers: [String: Int] = [:]
-    var liveStages: [pid_t: StageExecution] = [:]
     var active: [StageExecution] = []
     public private(set) var stages: [StageResult] = []
     /// What persistFinal and the recipe's return value put in final.json's `result`.
@@ -147,6 +146,17 @@ public final class RunContext {
     }
 
     func stageConcluded(_ r: StageResult) { stages.append(r) }
+
+    private var madeStageDirs: Set<String> = []
+    /// Whether this runner started any stage (then the end-of-run sweep is needed).
+    var spawnedAny = false
+
+    /// mkdir -p of a stage's log directory, once per id.
+    func ensureStageDir(_ id: String) {
+        guard !madeStageDirs.contains(id) else { return }
+        try? FileIO.makeDirectories(dir.stageDir(id))
+        madeStageDirs.insert(id)
+    }
 
     // MARK: stages
 
@@ -301,7 +311,8 @@ public final class RunContext {
             }
             for e in active { e.cancel(force: true) }
         }
-        Survivors.kill(runID: dir.id)
+        // Only processes this runner started can carry the mark (resume sweeps at its start).
+        if spawnedAny { Survivors.kill(runID: dir.id) }
         let doc = finalDocument(status: status.rawValue, exitCode: exitCode, reason: reason)
         let fatalBefore = fatal
         if fatal == nil {

@@ -36,7 +36,7 @@ public enum Command: Equatable, Sendable {
 }
 
 extension String {
-    func replacingOccurrences(of a: String, with b: String) -> String {
+    public func replacingOccurrences(of a: String, with b: String) -> String {
         guard !a.isEmpty else { return self }
         var out = ""
         var rest = Substring(self)
@@ -50,7 +50,7 @@ extension String {
 }
 
 extension Substring {
-    func range(of needle: String) -> Range<Substring.Index>? {
+    public func range(of needle: String) -> Range<Substring.Index>? {
         let n = Array(needle.utf8)
         let h = Array(self.utf8)
         guard n.count <= h.count, !n.isEmpty else { return nil }
@@ -129,4 +129,10 @@ public enum Spawner {
         }
         return pid
     }
+}
+
+extension String {
+    /// The first occurrence of `needle` (Foundation-free).
+    public func range(of needle: String) -> Range<String.Index>? { Substring(self).range(of: needle) }
+    public func contains(_ needle: String) -> Bool { needle.isEmpty || range(of: needle) != nil }
 }

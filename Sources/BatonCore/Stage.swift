@@ -77,6 +77,11 @@ func readTail(_ path: String, limit: Int = 65536) -> String {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     if fd < 0 { return "" }
     defer { close(fd) }
+    return readTail(fd: fd, limit: limit)
+}
+
+/// Reads at most the last `limit` bytes of an open file.
+func readTail(fd: Int32, limit: Int = 65536) -> String {
     var st = stat()
     fstat(fd, &st)
     let size = Int(st.st_size)
@@ -117,6 +122,8 @@ public final class StageExecution {
     var cancelRequested = false
     public private(set) var result: StageResult?
     var logs: (out: String, err: String) = ("", "")
+    /// The attempt's log files, open until the attempt ends (its tails are read from them).
+    var outFD: Int32 = -1, errFD: Int32 = -1
     var lastResult: StageResult?
     public var onFinish: ((StageResult) -> Void)?
 
@@ -220,13 +227,11 @@ public final class StageExecution {
         attemptStart = Clock.monotonic()
         if attempt == 1 { firstStart = attemptStart }
         do {
-            try FileIO.makeDirectories(context.dir.stageDir(spec.id))
-            let outFD = open(logs.out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            context.ensureStageDir(spec.id)
+            outFD = open(logs.out, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
             if outFD < 0 { throw SystemError("open", logs.out) }
-            defer { close(outFD) }
-            let errFD = open(logs.err, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            errFD = open(logs.err, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
             if errFD < 0 { throw SystemError("open", logs.err) }
-            defer { close(errFD) }
             var inFD: Int32 = -1
             if let text = spec.stdin {
                 inFD = baton_memfd("baton-stdin")
@@ -241,13 +246,14 @@ public final class StageExecution {
             pid = try Spawner.spawn(argv: spec.command.argv, env: env, cwd: cwd, stdin: inFD,
                                     stdout: outFD, stderr: errFD)
             pidfd = baton_pidfd_open(pid)
+            context.spawnedAny = true
             fields.append(("pid", .int(Int64(pid))))
             context.record("stage_started", fields)
             deadline = spec.timeout.map { attemptStart + $0 }
             phase = .running
-            context.liveStages[pid] = self
         } catch {
             // Could not start: a deterministic failure (a missing command never gets better).
+            closeLogs()
             context.record("stage_started", fields)
             let msg = "\(error)"
             _ = try? FileIO.appendLocked(logs.err, Array((msg + "\n").utf8))
@@ -258,6 +264,11 @@ public final class StageExecution {
         }
     }
 
+    func closeLogs() {
+        if outFD >= 0 { close(outFD); outFD = -1 }
+        if errFD >= 0 { close(errFD); errFD = -1 }
+    }
+
     func makeResult(status: StageStatus, exit: Int32?, signal: Int32?, duration: Double, message: String?) -> StageResult {
         var r = StageResult(id: spec.id, occurrence: occurrence, status: status, attempts: attempt,
                             duration: duration, logs: logs)
@@ -266,14 +277,14 @@ public final class StageExecution {
     }
 
     func attemptEnded(exitStatus status: Int32) {
-        context.liveStages[pid] = nil
         let duration = Clock.monotonic() - attemptStart
         let exited = (status & 0x7f) == 0
         let exitCode: Int32? = exited ? (status >> 8) & 0xff : nil
         let sig: Int32? = exited ? nil : status & 0x7f
         var r = makeResult(status: .passed, exit: exitCode, signal: sig, duration: duration, message: nil)
-        r.stdout = readTail(r.logs.out)
-        r.stderr = readTail(r.logs.err)
+        r.stdout = outFD >= 0 ? readTail(fd: outFD) : readTail(r.logs.out)
+        r.stderr = errFD >= 0 ? readTail(fd: errFD) : readTail(r.logs.err)
+        closeLogs()
         if cancelRequested && !timedOut {
             r.status = .cancelled
         } else if timedOut {

@@ -3,7 +3,6 @@ import CLua
 import Glibc
 import LuaKit
 import LuaShim
-import Yams
 
 extension RecipeEnvironment {
     /// The `baton` helpers (the table is on top of the stack).
@@ -198,38 +197,32 @@ extension RecipeEnvironment {
     }
 }
 
+/// YAML through the `baton-yaml` helper next to the baton binary (or BATON_YAML_HELPER):
+/// the YAML library needs Foundation, which the runner itself never loads.
 enum YAMLBridge {
+    static var helper: String {
+        if let e = getenv("BATON_YAML_HELPER") { return String(cString: e) }
+        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+        let dir = n > 0 ? FileIO.dirname(String(cBuffer: buf)) : "."
+        return dir + "/baton-yaml"
+    }
+
     static func decode(_ text: String) throws -> JSON {
-        let node: Node?
-        do { node = try Yams.compose(yaml: text) } catch {
-            throw LuaRaise("baton.yaml.decode: invalid YAML: \(error)".replacingNewlines(), code: 1, kind: "yaml")
+        let h = helper
+        guard access(h, X_OK) == 0 else {
+            throw LuaRaise("baton.yaml.decode: the YAML helper \(h) is missing (build the 'baton-yaml' product next to baton)", code: 1, kind: "yaml")
         }
-        guard let node else { return .null }
-        return convert(node)
-    }
-
-    static func convert(_ n: Node) -> JSON {
-        switch n {
-        case let .scalar(s):
-            if s.style == .plain {
-                if let b = Bool.construct(from: s) { return .bool(b) }
-                if let i = Int.construct(from: s) { return .int(Int64(i)) }
-                if let d = Double.construct(from: s), !s.string.isEmpty, s.string != "." { return .double(d) }
-                if NSNullish.isNull(s.string) { return .null }
-            }
-            return .string(s.string)
-        case let .mapping(m):
-            return .object(m.map { (k, v) in (k.string ?? "\(k)", convert(v)) })
-        case let .sequence(seq):
-            return .array(seq.map(convert))
-        case let .alias(a):
-            return .string("*\(a.anchor)")
+        let o = Subprocess.run(.argv([h]), stdin: text, timeout: 60)
+        if o.interrupted { throw LuaRaise(BATON_ABORT_MESSAGE, kind: "abort") }
+        guard o.ok else {
+            let why = o.exit == 1 ? o.stderrText.trimmingWhitespace() : o.failureDescription
+            throw LuaRaise("baton.yaml.decode: invalid YAML: \(why)".replacingNewlines(), code: 1, kind: "yaml")
+        }
+        do { return try JSON.parse(o.stdout) } catch {
+            throw LuaRaise("baton.yaml.decode: the helper's output is not JSON: \(error)", code: 1, kind: "yaml")
         }
     }
-}
-
-enum NSNullish {
-    static func isNull(_ s: String) -> Bool { s == "~" || s == "null" || s == "Null" || s == "NULL" || s.isEmpty }
 }
 
 extension String {

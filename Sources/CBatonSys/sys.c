@@ -14,72 +14,67 @@
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
 
-static void child_fail(int fd, int err) {
-    /* write may be interrupted; the parent treats a short read as success */
-    ssize_t r;
-    do { r = write(fd, &err, sizeof err); } while (r < 0 && errno == EINTR);
+/* The child runs on the parent's memory (vfork: no page-table copy, so starting a
+ * stage costs the same whatever Baton's size). It only makes system calls and
+ * reports a failure through `*err`, which the parent reads once the child has
+ * exec'd or exited. All signals are blocked across the vfork so that no handler of
+ * ours can run in the child; the child resets every disposition and unblocks. */
+static void child_main(const baton_spawn_opts *o, pid_t parent, volatile int *err) __attribute__((noreturn));
+static void child_main(const baton_spawn_opts *o, pid_t parent, volatile int *err) {
+    if (o->new_session) { if (setsid() < 0) { *err = errno; _exit(127); } }
+    else if (setpgid(0, 0) != 0) { *err = errno; _exit(127); }
+    if (o->pdeathsig) {
+        prctl(PR_SET_PDEATHSIG, o->pdeathsig);
+        if (getppid() != parent) _exit(127); /* parent already gone */
+    }
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    for (int s = 1; s < NSIG; s++) {
+        if (s == SIGKILL || s == SIGSTOP) continue;
+        sigaction(s, &dfl, NULL);
+    }
+    int fds[3] = { o->stdin_fd, o->stdout_fd, o->stderr_fd };
+    int devnull = -1;
+    for (int i = 0; i < 3; i++) {
+        int fd = fds[i];
+        if (fd < 0) {
+            if (devnull < 0) devnull = open("/dev/null", O_RDWR);
+            fd = devnull;
+        }
+        if (fd == i) {
+            int fl = fcntl(fd, F_GETFD);
+            if (fl >= 0) fcntl(fd, F_SETFD, fl & ~FD_CLOEXEC);
+        } else if (dup2(fd, i) < 0) { *err = errno; _exit(127); }
+    }
+    /* nothing else of ours leaks into the stage */
+    syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);
+    if (o->cwd && chdir(o->cwd) != 0) { *err = errno; _exit(127); }
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    execve(o->path, o->argv, o->envp);
+    *err = errno ? errno : ENOEXEC;
     _exit(127);
 }
 
 int baton_spawn(const baton_spawn_opts *o, pid_t *out_pid) {
-    int errpipe[2];
-    if (pipe2(errpipe, O_CLOEXEC) != 0) return errno;
+    volatile int child_err = 0;
     pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-        int e = errno;
-        close(errpipe[0]); close(errpipe[1]);
-        return e;
-    }
-    if (pid == 0) {
-        /* child: async-signal-safe calls only */
-        if (o->new_session) { if (setsid() < 0) child_fail(errpipe[1], errno); }
-        else if (setpgid(0, 0) != 0) child_fail(errpipe[1], errno);
-        if (o->pdeathsig) {
-            prctl(PR_SET_PDEATHSIG, o->pdeathsig);
-            if (getppid() != parent) _exit(127); /* parent already gone */
-        }
-        struct sigaction dfl;
-        memset(&dfl, 0, sizeof dfl);
-        dfl.sa_handler = SIG_DFL;
-        for (int s = 1; s < NSIG; s++) {
-            if (s == SIGKILL || s == SIGSTOP) continue;
-            sigaction(s, &dfl, NULL);
-        }
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        int fds[3] = { o->stdin_fd, o->stdout_fd, o->stderr_fd };
-        int devnull = -1;
-        for (int i = 0; i < 3; i++) {
-            int fd = fds[i];
-            if (fd < 0) {
-                if (devnull < 0) devnull = open("/dev/null", O_RDWR);
-                fd = devnull;
-            }
-            if (fd == i) {
-                int fl = fcntl(fd, F_GETFD);
-                if (fl >= 0) fcntl(fd, F_SETFD, fl & ~FD_CLOEXEC);
-            } else if (dup2(fd, i) < 0) child_fail(errpipe[1], errno);
-        }
-        /* nothing else of ours leaks into the stage */
-        syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);
-        if (o->cwd && chdir(o->cwd) != 0) child_fail(errpipe[1], errno);
-        execve(o->path, o->argv, o->envp);
-        child_fail(errpipe[1], errno);
-    }
-    /* parent */
-    close(errpipe[1]);
-    if (!o->new_session) setpgid(pid, pid); /* no race with the first kill(-pid) */
-    int child_err = 0;
-    ssize_t n;
-    do { n = read(errpipe[0], &child_err, sizeof child_err); } while (n < 0 && errno == EINTR);
-    close(errpipe[0]);
-    if (n == (ssize_t)sizeof child_err) {
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid_t pid = vfork();
+    if (pid == 0) child_main(o, parent, &child_err);
+    int fork_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (pid < 0) return fork_errno;
+    if (child_err) {
         int st;
         while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
-        return child_err ? child_err : ECHILD;
+        return child_err;
     }
+    if (!o->new_session) setpgid(pid, pid); /* harmless if the child did it already */
     *out_pid = pid;
     return 0;
 }
