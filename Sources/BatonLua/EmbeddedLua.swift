@@ -1030,5 +1030,411 @@ end
 return M
 
 """##),
+        "wo.git": ("wo/git.lua", #"""
+-- wo.git: history-aware diagnosis and forensics over git history and logs.
+local M = {}
+
+local SEP = "\31"
+local FORMAT = "--format=%h" .. SEP .. "%aI" .. SEP .. "%s"
+
+local function git(base, argv)
+  local cmd = {"git", "-C", base}
+  for _, a in ipairs(argv) do cmd[#cmd + 1] = a end
+  local out, ok, _, err = baton.sh(cmd, {allowFail = true, timeout = 60})
+  return ok and out or nil, err
+end
+
+local function commits(text)
+  local out = {}
+  for line in (text or ""):gmatch("[^\n]+") do
+    local sha, date, subject = line:match("^([^\31]*)\31([^\31]*)\31(.*)$")
+    if sha then out[#out + 1] = {sha = sha, date = date, subject = subject} end
+  end
+  return out
+end
+
+function M.isRepo(base)
+  local out = git(base, {"rev-parse", "--is-inside-work-tree"})
+  return out ~= nil and out:match("true") ~= nil
+end
+
+--- When `component` was last present and which commit removed it.
+--- Returns {component, state = present|removed|deleted_uncommitted|never_existed, last_present, removed_by, touched_by}.
+function M.history(base, component)
+  local r = {component = component}
+  local touched = commits(git(base, {"log", "--all", "--full-history", FORMAT, "--", component}))
+  r.commits = #touched
+  local exists = baton.fs.exists(base .. "/" .. component)
+  if #touched == 0 then
+    r.state = exists and "present" or "never_existed"
+    r.answer = exists and (component .. " is present now but was never committed")
+      or (component .. " never existed: no commit in this repository touched it")
+    return r
+  end
+  r.last_changed = touched[1]
+  if exists then
+    r.state = "present"
+    r.answer = ("%s is present now; last changed by %s (%s) %q"):format(component, touched[1].sha, touched[1].date, touched[1].subject)
+    return r
+  end
+  local removal = commits(git(base, {"log", "-1", "--full-history", "--diff-filter=D", FORMAT, "HEAD", "--", component}))[1]
+  if not removal then
+    r.state = "deleted_uncommitted"
+    r.last_present = commits(git(base, {"log", "-1", FORMAT, "HEAD"}))[1]
+    r.answer = ("%s is in HEAD (%s) but missing from the working tree: deleted without a commit"):format(component,
+      r.last_present and r.last_present.sha or "?")
+    return r
+  end
+  r.state = "removed"
+  r.removed_by = removal
+  r.last_present = commits(git(base, {"log", "-1", FORMAT, removal.sha .. "^"}))[1]
+  local lp = r.last_present or {sha = "?", date = "?", subject = "?"}
+  r.answer = ("%s was last present in %s (%s) %q; removed by %s (%s) %q"):format(component,
+    lp.sha, lp.date, lp.subject, removal.sha, removal.date, removal.subject)
+  return r
+end
+
+local DESTRUCTIVE = {"reset", "revert", "rollback", "roll back", "checkout", "clean", "remove", "delete", "restore", "wipe"}
+
+--- Git events in the window, per-path history and deletions.
+function M.forensics(base, paths, since, till)
+  local f = {git_events = {}, path_history = {}, deletions = {}, destructive = {}}
+  if not M.isRepo(base) then f.note = "not a git repository: no git history"; return f end
+  local window = {}
+  if since then window[#window + 1] = "--since=" .. since end
+  if till then window[#window + 1] = "--until=" .. till end
+  local function log(extra, pathspec)
+    local argv = {"log", "--all", "--full-history", FORMAT}
+    for _, w in ipairs(window) do argv[#argv + 1] = w end
+    for _, e in ipairs(extra) do argv[#argv + 1] = e end
+    if pathspec then argv[#argv + 1] = "--"; for _, p in ipairs(pathspec) do argv[#argv + 1] = p end end
+    return commits(git(base, argv))
+  end
+  f.git_events = log({})
+  for _, c in ipairs(f.git_events) do
+    local s = c.subject:lower()
+    for _, w in ipairs(DESTRUCTIVE) do if s:find(w, 1, true) then f.destructive[#f.destructive + 1] = c; break end end
+  end
+  for _, p in ipairs(paths) do
+    f.path_history[p] = baton.json.array(log({}, {p}))
+    for _, c in ipairs(log({"--diff-filter=D"}, {p})) do
+      f.deletions[#f.deletions + 1] = {path = p, sha = c.sha, date = c.date, subject = c.subject}
+    end
+  end
+  return f
+end
+
+--- Lines of the log files matching any of the patterns (plain text, case-insensitive).
+function M.grepLogs(globs, patterns, limit)
+  local matches = {}
+  for _, g in ipairs(globs) do
+    for _, file in ipairs(baton.fs.glob(g)) do
+      local ok, text = pcall(baton.fs.read, file)
+      if ok then
+        local n = 0
+        for line in (text .. "\n"):gmatch("([^\n]*)\n") do
+          n = n + 1
+          local low = line:lower()
+          for _, p in ipairs(patterns) do
+            if low:find(p:lower(), 1, true) then
+              if #matches < (limit or 200) then matches[#matches + 1] = {file = file, line = n, text = line, pattern = p} end
+              break
+            end
+          end
+        end
+      end
+    end
+  end
+  return matches
+end
+
+--- One sentence: the most likely cause, from the strongest evidence.
+function M.likelyCause(f, logs)
+  if #f.deletions > 0 then
+    local d = f.deletions[1]
+    return ("commit %s (%s) %q deleted %s"):format(d.sha, d.date, d.subject, d.path)
+  end
+  if #f.destructive > 0 then
+    local c = f.destructive[1]
+    return ("a destructive operation in the window: commit %s (%s) %q"):format(c.sha, c.date, c.subject)
+  end
+  if #logs > 0 then
+    local m = logs[1]
+    return ("the logs show the failure first at %s:%d: %s"):format(m.file, m.line, m.text)
+  end
+  return "unknown: no git or log evidence in the window (accept: rollback/tree mismatch)"
+end
+
+return M
+
+"""#),
+        "wo.pipeline": ("wo/pipeline.lua", #"""
+-- wo.pipeline: the WO pipeline's layout, telemetry and state files, and the rebuild loop.
+local workorder = require("wo.workorder")
+
+local M = {}
+
+M.DEFAULTS = {
+  inbox = "bridge/inbox/CLC", state = "g/followup/state", telemetry = "g/telemetry/unified.jsonl", reports = "g/reports",
+  critical = {
+    "agents/apply_patch_processor/apply_patch_processor.zsh", "agents/json_wo_processor/json_wo_processor.zsh",
+    "agents/wo_executor/wo_executor.zsh", "tools/followup_tracker_update.zsh",
+  },
+  dirs = {"g/followup/state", "bridge/inbox/CLC", "bridge/inbox/ENTRY"},
+}
+
+function M.iso(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t or baton.now())) end
+
+--- A layout: every place under base (absolute overrides are kept).
+function M.layout(base, o)
+  local function at(p) return p:sub(1, 1) == "/" and p or (base .. "/" .. p) end
+  return {
+    base = base, inbox = at(o.inbox or M.DEFAULTS.inbox), state = at(o.state or M.DEFAULTS.state),
+    telemetry = at(o.telemetry or M.DEFAULTS.telemetry), reports = at(o.reports or M.DEFAULTS.reports), at = at,
+  }
+end
+
+--- One telemetry line (JSONL, appended under a lock).
+function M.emit(L, event, fields)
+  local e = {ts = M.iso(), agent = fields and fields.agent or "wo_pipeline", event = event}
+  for k, v in pairs(fields or {}) do if k ~= "agent" then e[k] = v end end
+  baton.fs.mkdir(L.telemetry:match("^(.*)/[^/]*$") or ".")
+  baton.fs.append(L.telemetry, baton.json.encode(e) .. "\n")
+  return e
+end
+
+function M.statePath(L, id) return L.state .. "/" .. id .. ".json" end
+
+function M.readState(L, id)
+  local p = M.statePath(L, id)
+  if not baton.fs.exists(p) then return nil end
+  local ok, v = pcall(baton.json.decode, baton.fs.read(p))
+  return ok and v or nil
+end
+
+local function writeState(L, s)
+  baton.fs.mkdir(L.state)
+  baton.fs.write(M.statePath(L, s.wo_id), baton.json.encode(s, {pretty = true}) .. "\n")
+end
+
+--- Processes one inbox file. Returns "completed", "skipped" or "failed", and the reason.
+function M.process(L, file)
+  local stem = file:match("([^/]+)%.ya?ml$") or file
+  local started = M.iso()
+  local wo, why, knownID = workorder.load(file)
+  if wo then
+    local prior = M.readState(L, wo.id)
+    if prior and prior.status == "completed" then
+      baton.log(("work order %s already completed at %s; not applied again"):format(wo.id, tostring(prior.completed_at)),
+        {wo_id = wo.id, file = file, skipped = true})
+      return "skipped", "already completed", wo.id
+    end
+    M.emit(L, "wo_started", {wo_id = wo.id, title = wo.title, file = file})
+    local ok
+    ok, why = workorder.contained(L.base, wo)
+    if ok then ok, why = workorder.apply(L.base, wo) end
+    if ok then ok, why = workorder.test(L.base, wo) end
+    if ok then
+      local files = {}
+      for _, f in ipairs(wo.files) do files[#files + 1] = {path = f.path, mode = ("%04o"):format(f.mode), bytes = #f.content} end
+      writeState(L, {wo_id = wo.id, title = wo.title, type = wo.type, status = "completed", file = file,
+        started_at = started, completed_at = M.iso(), files = files, tests = #wo.tests})
+      M.emit(L, "wo_completed", {wo_id = wo.id, files = #wo.files, tests = #wo.tests})
+      baton.log("work order " .. wo.id .. " completed", {wo_id = wo.id, files = #wo.files})
+      return "completed", nil, wo.id
+    end
+  end
+  local id = wo and wo.id or knownID or stem
+  local prior = M.readState(L, id)
+  if not (prior and prior.status == "completed") then -- never overwrite a completed work order's state
+    writeState(L, {wo_id = id, title = wo and wo.title, status = "failed", file = file, started_at = started, failed_at = M.iso(), reason = why})
+  end
+  M.emit(L, "wo_failed", {wo_id = id, file = file, reason = why})
+  baton.log("work order " .. id .. " failed: " .. why, {level = "error", wo_id = id, file = file, reason = why})
+  return "failed", why, id
+end
+
+--- Every *.yaml / *.yml in the inbox, in name order.
+function M.rebuild(L)
+  local files = baton.fs.glob(L.inbox .. "/*.yaml")
+  for _, f in ipairs(baton.fs.glob(L.inbox .. "/*.yml")) do files[#files + 1] = f end
+  table.sort(files)
+  local summary = {completed = {}, skipped = {}, failed = {}}
+  for _, f in ipairs(files) do
+    local status, why, id = M.process(L, f)
+    local list = summary[status]
+    list[#list + 1] = status == "failed" and {wo_id = id, file = f, reason = why} or id
+    print(("WO %s: %s%s"):format(id, status:upper(), why and status == "failed" and (" (" .. why .. ")") or ""))
+  end
+  return summary, #files
+end
+
+--- The seed's canary work order, with an id of its own for this run.
+function M.canary(id)
+  return ([[
+wo_id: %s
+title: "Pipeline Health Check - Canary"
+priority: P2
+owner: auto-test
+type: apply_patch
+
+files:
+  - path: tmp/canary_test.txt
+    content: |
+      Pipeline test at %s
+      If you see this file and a state file, pipeline is working.
+]]):format(id, M.iso())
+end
+
+return M
+
+"""#),
+        "wo.workorder": ("wo/workorder.lua", #"""
+-- wo.workorder: work orders as in the WO pipeline seed. A work order is a YAML file:
+--
+--   wo_id: WO-20251113-EXAMPLE          # letters, digits, '.', '_', '-'
+--   title: "..."
+--   type: apply_patch
+--   files:
+--     - path: agents/x/x.zsh             # relative to base; may not leave it
+--       mode: "0755"                     # optional, default 0644
+--       content: |
+--         ...
+--   tests:                               # optional: run in base after the files are written
+--     - name: "x exists"
+--       command: "test -x agents/x/x.zsh && echo ok"
+--       expected: "ok"                   # compared with the trimmed stdout
+--
+-- apply() writes every file (each atomically, with its mode) only after all of them
+-- passed validation, and restores the earlier contents if a write fails half way.
+local M = {}
+
+local function trim(s) return (tostring(s or ""):gsub("^%s+", ""):gsub("%s+$", "")) end
+
+--- "0755", 0755 read as the number 755, or 493: the mode as an integer. nil, why when invalid.
+function M.mode(v)
+  if v == nil then return 420 end -- 0644
+  local s = trim(v)
+  if type(v) == "number" and math.type(v) == "integer" and not s:match("^[0-7]+$") then
+    if v >= 0 and v <= 4095 then return v end
+  elseif s:match("^0?[oO]?[0-7]+$") then
+    local n = tonumber((s:gsub("^0?[oO]", "")), 8)
+    if n and n <= 4095 then return n end
+  end
+  return nil, ("mode %s is not an octal file mode like \"0755\""):format(tostring(v))
+end
+
+--- Lexically normalises a relative path; nil, why when it is absolute or leaves its root.
+function M.normalize(p)
+  if type(p) ~= "string" or p == "" then return nil, "the path is empty" end
+  if p:sub(1, 1) == "/" or p:sub(1, 1) == "~" then return nil, ("path %s is absolute; paths are relative to base"):format(p) end
+  local parts = {}
+  for part in p:gmatch("[^/]+") do
+    if part == ".." then
+      if #parts == 0 then return nil, ("path %s leaves base"):format(p) end
+      parts[#parts] = nil
+    elseif part ~= "." then
+      parts[#parts + 1] = part
+    end
+  end
+  if #parts == 0 then return nil, ("path %s names base itself"):format(p) end
+  return table.concat(parts, "/")
+end
+
+--- Decodes and validates a work order file. Returns wo, or nil, reason and the wo_id
+--- when the file had a usable one.
+function M.load(file)
+  local okRead, text = pcall(baton.fs.read, file)
+  if not okRead then return nil, ("%s: cannot read: %s"):format(file, tostring(text)) end
+  local ok, doc = pcall(baton.yaml.decode, text)
+  if not ok then
+    local msg = type(doc) == "table" and doc.message or tostring(doc)
+    return nil, ("%s: invalid YAML: %s"):format(file, (msg:gsub("^.-invalid YAML: ", "")))
+  end
+  if type(doc) ~= "table" then return nil, ("%s: a work order must be a YAML mapping"):format(file) end
+  local knownID = type(doc.wo_id) == "string" and doc.wo_id:match("^[%w_.%-]+$") and doc.wo_id or nil
+  local function bad(field, why) return nil, ("%s: field '%s' %s"):format(file, field, why), knownID end
+  if type(doc.wo_id) ~= "string" or not doc.wo_id:match("^[%w_.%-]+$") then
+    return bad("wo_id", "is required: letters, digits, '.', '_', '-'")
+  end
+  if type(doc.files) ~= "table" or #doc.files == 0 then return bad("files", "must be a non-empty list") end
+  local wo = {id = doc.wo_id, title = doc.title, type = doc.type, file = file, files = {}, tests = {}}
+  for i, f in ipairs(doc.files) do
+    local where = ("files[%d]"):format(i)
+    if type(f) ~= "table" then return bad(where, "must be a mapping with path and content") end
+    if type(f.path) ~= "string" then return bad(where .. ".path", "is required (a string)") end
+    local content = f.content
+    if type(content) == "number" or type(content) == "boolean" then content = tostring(content) end
+    if type(content) ~= "string" then return bad(where .. ".content", "is required (a string)") end
+    local path, why = M.normalize(f.path)
+    if not path then return bad(where .. ".path", "refused: " .. why) end
+    local mode, mwhy = M.mode(f.mode)
+    if not mode then return bad(where .. ".mode", mwhy) end
+    wo.files[#wo.files + 1] = {path = path, content = content, mode = mode}
+  end
+  if doc.tests ~= nil and type(doc.tests) ~= "table" then return bad("tests", "must be a list") end
+  for i, t in ipairs(doc.tests or {}) do
+    if type(t) ~= "table" or type(t.command) ~= "string" then return bad(("tests[%d].command"):format(i), "is required (a string)") end
+    wo.tests[#wo.tests + 1] = {name = t.name or t.command, command = t.command, expected = t.expected}
+  end
+  return wo
+end
+
+--- The real path of base/rel with symlinks resolved (the file need not exist).
+local function realpath(p)
+  local out, ok = baton.sh({"realpath", "-m", "--", p}, {allowFail = true})
+  return ok and trim(out) or nil
+end
+
+--- Checks every path stays inside base once symlinks are resolved.
+function M.contained(base, wo)
+  local root = realpath(base)
+  if not root then return nil, "cannot resolve base " .. base end
+  for _, f in ipairs(wo.files) do
+    local real = realpath(base .. "/" .. f.path)
+    if not real or real:sub(1, #root + 1) ~= root .. "/" then
+      return nil, ("%s: path %s refused: it resolves to %s, outside base %s"):format(wo.file, f.path, tostring(real), root)
+    end
+  end
+  return true
+end
+
+--- Writes the files; on a failed write restores what was written. true | nil, why.
+function M.apply(base, wo)
+  local done = {}
+  for _, f in ipairs(wo.files) do
+    local full = base .. "/" .. f.path
+    local before = baton.fs.exists(full) and baton.fs.read(full) or nil
+    local ok, err = pcall(baton.fs.write, full, f.content, {mode = f.mode})
+    if not ok then
+      for i = #done, 1, -1 do
+        local d = done[i]
+        if d.before then pcall(baton.fs.write, d.full, d.before) else os.remove(d.full) end
+      end
+      return nil, ("%s: writing %s failed: %s (earlier files of this work order restored)"):format(wo.file, f.path, tostring(err))
+    end
+    done[#done + 1] = {full = full, before = before}
+  end
+  return true
+end
+
+--- Runs the work order's tests in base. true | nil, why.
+function M.test(base, wo)
+  for _, t in ipairs(wo.tests) do
+    local out, ok, code, err = baton.sh(t.command, {cwd = base, allowFail = true, timeout = 120})
+    if t.expected ~= nil then
+      if trim(out) ~= trim(t.expected) then
+        return nil, ("test '%s' failed: expected %q, got %q%s"):format(t.name, trim(t.expected), trim(out), ok and "" or (" (exit " .. code .. ")"))
+      end
+    elseif not ok then
+      return nil, ("test '%s' failed with exit %d: %s"):format(t.name, code, trim(err))
+    end
+  end
+  return true
+end
+
+return M
+
+"""#),
     ]
 }
