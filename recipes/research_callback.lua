@@ -88,7 +88,7 @@ preflight{
 local started = baton.now()
 if not baton.run.dry_run then baton.fs.mkdir(out) end
 local env = {BATON_OUT = out, RUN_ID = o.run_id}
-local h = runStage{id = "job", cmd = wrapper.command(out, o.run_id, job), env = env, background = true, grace = 5}
+local h = runStage{id = "job", cmd = wrapper.command(out, o.run_id, job), env = wrapper.env(env), background = true, grace = 5}
 
 local function readMetrics()
   local path = out .. "/metrics.json"

@@ -46,7 +46,8 @@ if o.phase == "history" and not o.component then args.fail("phase=history needs 
 local L = wo.layout(base, o)
 local critical = o.critical or wo.DEFAULTS.critical
 local dirs = o.dirs or wo.DEFAULTS.dirs
-local result, problems = {phase = o.phase, base = base}, {}
+local dry = baton.run.dry_run -- a dry run reads and checks, and writes nothing
+local result, problems = {phase = o.phase, base = base, dry_run = dry}, {}
 local function runs(phase) return o.phase == phase or (o.phase == "all" and (phase ~= "history" or o.component)) end
 
 -- Phase 1: forensics, into a JSON report.
@@ -71,23 +72,30 @@ if runs("forensics") then
     recommendation = "rebuild",
   }
   local path = ("%s/forensic_wo_pipeline_%s.json"):format(L.reports, os.date("!%Y%m%dT%H%M%SZ", math.floor(baton.now())))
-  baton.fs.write(path, baton.json.encode(report, {pretty = true}) .. "\n")
+  if not dry then baton.fs.write(path, baton.json.encode(report, {pretty = true}) .. "\n") end
   print(("FORENSICS: %d commits in the window, %d deletions, %d log matches; likely cause: %s")
     :format(#f.git_events, #f.deletions, #logs, report.findings.likely_cause))
-  print("REPORT: " .. path)
+  print((dry and "REPORT (dry run, not written): " or "REPORT: ") .. path)
   result.forensics = {report = path, likely_cause = report.findings.likely_cause}
 end
 
 -- Phase 2: apply the inbox.
 if runs("rebuild") then
-  local s, n = wo.rebuild(L)
-  print(("REBUILD: %d work orders: %d completed, %d already done, %d failed"):format(n, #s.completed, #s.skipped, #s.failed))
+  local s, n = wo.rebuild(L, dry)
+  if dry then
+    print(("REBUILD (dry run): %d work orders: %d would be applied, %d already done, %d invalid"):format(n, #s.would_apply, #s.skipped, #s.invalid))
+  else
+    print(("REBUILD: %d work orders: %d completed, %d already done, %d failed"):format(n, #s.completed, #s.skipped, #s.failed))
+  end
   result.rebuild = {completed = baton.json.array(s.completed), skipped = baton.json.array(s.skipped), failed = baton.json.array(s.failed)}
+  if dry then result.rebuild.would_apply, result.rebuild.invalid = baton.json.array(s.would_apply), baton.json.array(s.invalid) end
   for _, f in ipairs(s.failed) do problems[#problems + 1] = "work order " .. f.wo_id .. " failed: " .. f.reason end
 end
 
 -- The canary: the seed's canary work order through the whole pipeline.
-if runs("canary") then
+if runs("canary") and dry then
+  print("CANARY (dry run): would drop WO-CANARY-" .. baton.run.id .. "-TEST into " .. L.inbox .. " and process it")
+elseif runs("canary") then
   local id = "WO-CANARY-" .. baton.run.id .. "-TEST"
   local file = L.inbox .. "/" .. id .. ".yaml"
   baton.fs.write(file, wo.canary(id))
@@ -118,13 +126,13 @@ if runs("guardrail") then
     if not c.ok then
       local item = i <= #critical and critical[i] or dirs[i - #critical]
       drift[#drift + 1] = item
-      wo.emit(L, "wo_pipeline_drift", {agent = "guardrail", ok = false, missing = item, detail = c.detail})
+      if not dry then wo.emit(L, "wo_pipeline_drift", {agent = "guardrail", ok = false, missing = item, detail = c.detail}) end
       baton.log("wo_pipeline_drift: " .. item .. " " .. c.detail, {level = "warn", missing = item, detail = c.detail})
       print(("DRIFT: %s (%s)"):format(item, c.detail))
     end
   end
   if #drift == 0 then
-    wo.emit(L, "wo_pipeline_healthy", {agent = "guardrail", ok = true, files = #critical, dirs = #dirs})
+    if not dry then wo.emit(L, "wo_pipeline_healthy", {agent = "guardrail", ok = true, files = #critical, dirs = #dirs}) end
     baton.log("wo_pipeline_healthy", {files = #critical, dirs = #dirs})
     print(("GUARDRAIL: healthy (%d files, %d dirs)"):format(#critical, #dirs))
   else
@@ -142,5 +150,6 @@ if runs("history") then
 end
 
 persistFinal(result)
-if #problems > 0 then args.fail(table.concat(problems, "; "), 1) end
+if #problems > 0 and not dry then args.fail(table.concat(problems, "; "), 1) end
+if #problems > 0 then print("DRY RUN: would fail: " .. table.concat(problems, "; ")) end
 return result

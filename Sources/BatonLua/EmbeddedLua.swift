@@ -646,6 +646,7 @@ Best by {{metric}} ({{mode}}): {{best.run_id}} = {{best.value}}
 local M = {}
 
 M.script = [=[
+unset RESEARCH_WRAPPER
 out=$1; rid=$2; job=$3
 metrics="$out/metrics.json"
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -716,8 +717,16 @@ exit "$rc"
 ]=]
 
 --- The argv that runs `job` (shell text) under the wrapper.
+--- The script travels in the environment (RESEARCH_WRAPPER; pass M.env() as the stage's env),
+--- so the journal and the plan show a short command line.
 function M.command(out, runID, job)
-  return {"sh", "-c", M.script, "research-job:" .. runID, out, runID, job}
+  return {"sh", "-c", 'eval "$RESEARCH_WRAPPER"', "research-job:" .. runID, out, runID, job}
+end
+
+function M.env(extra)
+  local e = {RESEARCH_WRAPPER = M.script}
+  for k, v in pairs(extra or {}) do e[k] = v end
+  return e
 end
 
 --- A pgrep pattern for the wrapper of this run that does not match its own watcher.
@@ -1217,8 +1226,9 @@ local function writeState(L, s)
   baton.fs.write(M.statePath(L, s.wo_id), baton.json.encode(s, {pretty = true}) .. "\n")
 end
 
---- Processes one inbox file. Returns "completed", "skipped" or "failed", and the reason.
-function M.process(L, file)
+--- Processes one inbox file. Returns "completed", "skipped" or "failed", the reason and
+--- the id. With `dry`, only validates: "would_apply" / "skipped" / "invalid", nothing written.
+function M.process(L, file, dry)
   local stem = file:match("([^/]+)%.ya?ml$") or file
   local started = M.iso()
   local wo, why, knownID = workorder.load(file)
@@ -1229,6 +1239,7 @@ function M.process(L, file)
         {wo_id = wo.id, file = file, skipped = true})
       return "skipped", "already completed", wo.id
     end
+    if dry then return "would_apply", nil, wo.id end
     M.emit(L, "wo_started", {wo_id = wo.id, title = wo.title, file = file})
     local ok
     ok, why = workorder.contained(L.base, wo)
@@ -1245,6 +1256,7 @@ function M.process(L, file)
     end
   end
   local id = wo and wo.id or knownID or stem
+  if dry then return "invalid", why, id end
   local prior = M.readState(L, id)
   if not (prior and prior.status == "completed") then -- never overwrite a completed work order's state
     writeState(L, {wo_id = id, title = wo and wo.title, status = "failed", file = file, started_at = started, failed_at = M.iso(), reason = why})
@@ -1255,16 +1267,16 @@ function M.process(L, file)
 end
 
 --- Every *.yaml / *.yml in the inbox, in name order.
-function M.rebuild(L)
+function M.rebuild(L, dry)
   local files = baton.fs.glob(L.inbox .. "/*.yaml")
   for _, f in ipairs(baton.fs.glob(L.inbox .. "/*.yml")) do files[#files + 1] = f end
   table.sort(files)
-  local summary = {completed = {}, skipped = {}, failed = {}}
+  local summary = {completed = {}, skipped = {}, failed = {}, would_apply = {}, invalid = {}}
   for _, f in ipairs(files) do
-    local status, why, id = M.process(L, f)
+    local status, why, id = M.process(L, f, dry)
     local list = summary[status]
-    list[#list + 1] = status == "failed" and {wo_id = id, file = f, reason = why} or id
-    print(("WO %s: %s%s"):format(id, status:upper(), why and status == "failed" and (" (" .. why .. ")") or ""))
+    list[#list + 1] = (status == "failed" or status == "invalid") and {wo_id = id, file = f, reason = why} or id
+    print(("WO %s: %s%s"):format(id, status:upper():gsub("_", " "), why and status ~= "skipped" and (" (" .. why .. ")") or ""))
   end
   return summary, #files
 end

@@ -73,6 +73,7 @@ import Testing
             local w = require("research.wrapper")
             assert(w.pattern("run.7") == "[r]esearch-job:run\\\\.7( |$)", w.pattern("run.7"))
             assert(w.command("o", "id", "job")[4] == "research-job:id")
+            assert(w.env({A = "1"}).A == "1" and w.env().RESEARCH_WRAPPER:find("trap"))
             """)
         let r = try Harness.run(["run", "r.lua"], cwd: d)
         #expect(r.code == 0, "stderr: \(r.stderr)")
@@ -89,6 +90,14 @@ import Testing
         let id = try Harness.run(["run", Self.recipe, "job=true", "out=x", "run_id=a b"], cwd: d)
         #expect(id.code == 3 && id.stderr.contains("run_id"))
         #expect(!bad.stderr.contains("traceback") && !missing.stderr.contains("stack"))
+    }
+
+    @Test func dryRunStartsNothing() throws {
+        let d = Harness.tempDir("rc-dry")
+        let r = try Harness.run(["run", "--dry-run"] + Self.words("runs/a", "dry-1", []), cwd: d)
+        #expect(r.code == 0, "stderr: \(r.stderr)")
+        #expect(r.stdout.contains("dry run: 2 stages would run:") && r.stdout.contains("research-job:dry-1"), "stdout: \(r.stdout)")
+        #expect(!FileManager.default.fileExists(atPath: d + "/runs"), "nothing is created in a dry run")
     }
 
     // MARK: golden path

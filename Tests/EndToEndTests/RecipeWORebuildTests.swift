@@ -14,9 +14,9 @@ import Testing
         var result: [String: Any] { final["result"] as? [String: Any] ?? [:] }
     }
 
-    func wo(_ d: String, _ words: [String], sourceLocation: SourceLocation = #_sourceLocation) throws -> Run {
+    func wo(_ d: String, _ words: [String], dry: Bool = false, sourceLocation: SourceLocation = #_sourceLocation) throws -> Run {
         let before = Set(Harness.runDirs(d))
-        let r = try Harness.run(["run", Self.recipe] + words, cwd: d, timeout: 60)
+        let r = try Harness.run(["run"] + (dry ? ["--dry-run"] : []) + [Self.recipe] + words, cwd: d, timeout: 60)
         let run = try #require(Harness.runDirs(d).first { !before.contains($0) }, sourceLocation: sourceLocation)
         _ = Harness.journal(run, sourceLocation: sourceLocation)
         let f = try #require(Harness.final(run), "stderr: \(r.stderr)", sourceLocation: sourceLocation)
@@ -156,6 +156,21 @@ import Testing
         #expect(st.contains("\"failed\""))
         #expect(x.final["exit_code"] as? Int == 1)
         #expect((x.final["reason"] as? String)?.contains("work order WO-ESCAPE failed") == true)
+    }
+
+    @Test func dryRunWritesNothing() throws {
+        let d = Harness.tempDir("wo-dry")
+        let base = d + "/base"
+        Harness.write(base + "/bridge/inbox/CLC/WO-1.yaml", Self.rebuildWO)
+        Harness.write(base + "/bridge/inbox/CLC/WO-2.yaml", "wo_id: WO-ESC\nfiles:\n  - path: ../x\n    content: x\n")
+        let x = try wo(d, ["base=base", "phase=all"], dry: true)
+        #expect(x.r.code == 0, "stderr: \(x.r.stderr)")
+        #expect(x.r.stdout.contains("WO WO-20251113-WO-PIPELINE-REBUILD: WOULD APPLY"))
+        #expect(x.r.stdout.contains("WO WO-ESC: INVALID"))
+        #expect(x.r.stdout.contains("DRY RUN: would fail: guardrail"))
+        let files = FileManager.default.subpaths(atPath: base)?.filter { !$0.hasPrefix("bridge") } ?? []
+        #expect(files.isEmpty, "a dry run writes nothing: \(files)")
+        #expect(x.final["status"] as? String == "dry_run")
     }
 
     @Test func canaryProvesThePipeline() throws {

@@ -17,6 +17,7 @@
 local M = {}
 
 M.script = [=[
+unset RESEARCH_WRAPPER
 out=$1; rid=$2; job=$3
 metrics="$out/metrics.json"
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -87,8 +88,16 @@ exit "$rc"
 ]=]
 
 --- The argv that runs `job` (shell text) under the wrapper.
+--- The script travels in the environment (RESEARCH_WRAPPER; pass M.env() as the stage's env),
+--- so the journal and the plan show a short command line.
 function M.command(out, runID, job)
-  return {"sh", "-c", M.script, "research-job:" .. runID, out, runID, job}
+  return {"sh", "-c", 'eval "$RESEARCH_WRAPPER"', "research-job:" .. runID, out, runID, job}
+end
+
+function M.env(extra)
+  local e = {RESEARCH_WRAPPER = M.script}
+  for k, v in pairs(extra or {}) do e[k] = v end
+  return e
 end
 
 --- A pgrep pattern for the wrapper of this run that does not match its own watcher.

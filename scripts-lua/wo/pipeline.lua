@@ -46,8 +46,9 @@ local function writeState(L, s)
   baton.fs.write(M.statePath(L, s.wo_id), baton.json.encode(s, {pretty = true}) .. "\n")
 end
 
---- Processes one inbox file. Returns "completed", "skipped" or "failed", and the reason.
-function M.process(L, file)
+--- Processes one inbox file. Returns "completed", "skipped" or "failed", the reason and
+--- the id. With `dry`, only validates: "would_apply" / "skipped" / "invalid", nothing written.
+function M.process(L, file, dry)
   local stem = file:match("([^/]+)%.ya?ml$") or file
   local started = M.iso()
   local wo, why, knownID = workorder.load(file)
@@ -58,6 +59,7 @@ function M.process(L, file)
         {wo_id = wo.id, file = file, skipped = true})
       return "skipped", "already completed", wo.id
     end
+    if dry then return "would_apply", nil, wo.id end
     M.emit(L, "wo_started", {wo_id = wo.id, title = wo.title, file = file})
     local ok
     ok, why = workorder.contained(L.base, wo)
@@ -74,6 +76,7 @@ function M.process(L, file)
     end
   end
   local id = wo and wo.id or knownID or stem
+  if dry then return "invalid", why, id end
   local prior = M.readState(L, id)
   if not (prior and prior.status == "completed") then -- never overwrite a completed work order's state
     writeState(L, {wo_id = id, title = wo and wo.title, status = "failed", file = file, started_at = started, failed_at = M.iso(), reason = why})
@@ -84,16 +87,16 @@ function M.process(L, file)
 end
 
 --- Every *.yaml / *.yml in the inbox, in name order.
-function M.rebuild(L)
+function M.rebuild(L, dry)
   local files = baton.fs.glob(L.inbox .. "/*.yaml")
   for _, f in ipairs(baton.fs.glob(L.inbox .. "/*.yml")) do files[#files + 1] = f end
   table.sort(files)
-  local summary = {completed = {}, skipped = {}, failed = {}}
+  local summary = {completed = {}, skipped = {}, failed = {}, would_apply = {}, invalid = {}}
   for _, f in ipairs(files) do
-    local status, why, id = M.process(L, f)
+    local status, why, id = M.process(L, f, dry)
     local list = summary[status]
-    list[#list + 1] = status == "failed" and {wo_id = id, file = f, reason = why} or id
-    print(("WO %s: %s%s"):format(id, status:upper(), why and status == "failed" and (" (" .. why .. ")") or ""))
+    list[#list + 1] = (status == "failed" or status == "invalid") and {wo_id = id, file = f, reason = why} or id
+    print(("WO %s: %s%s"):format(id, status:upper():gsub("_", " "), why and status ~= "skipped" and (" (" .. why .. ")") or ""))
   end
   return summary, #files
 end
