@@ -5,8 +5,10 @@ import Glibc
 /// `fdatasync` for the events resume depends on. Seq numbers are never reused.
 public final class JournalWriter: @unchecked Sendable {
     public static let schemaVersion: Int64 = 1
-    /// Event types that are flushed to disk before `append` returns.
-    public static let durableTypes: Set<String> = ["run_started", "run_resumed", "stage_finished", "final", "gate", "preflight"]
+    /// Event types that are flushed to disk before `append` returns. fdatasync flushes
+    /// every earlier line too, so run_started and run_resumed need no flush of their own:
+    /// resume relies on stage_finished, and nothing runs before the first of those.
+    public static let durableTypes: Set<String> = ["stage_finished", "final", "gate", "preflight"]
 
     public let path: String
     public let runID: String

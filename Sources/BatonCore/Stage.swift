@@ -74,6 +74,7 @@ public struct StageResult: Sendable {
 
 /// Reads at most the last `limit` bytes of a file.
 func readTail(_ path: String, limit: Int = 65536) -> String {
+    if FileIO.size(path) == 0 { return "" }   // one stat instead of open+fstat+close
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     if fd < 0 { return "" }
     defer { close(fd) }
