@@ -222,7 +222,14 @@ public final class RunContext {
             for e in active { e.advance(now: now) }
             active.removeAll { $0.isFinished }
             if interrupted {
-                if !cancelling { cancelling = true; for e in active { e.cancel() }; continue }
+                if !cancelling {
+                    // The signal that got us here is still in the self-pipe: read it now, so
+                    // that only a later signal counts as the second one (SIGKILL at once).
+                    baton_signal_drain()
+                    cancelling = true
+                    for e in active { e.cancel() }
+                    continue
+                }
                 if active.isEmpty { return .interrupted }
             } else {
                 if condition() { return .satisfied }

@@ -102,7 +102,19 @@ int baton_loadbuffer(lua_State *L, const char *buf, size_t len, const char *chun
     return luaL_loadbufferx(L, buf, len, chunkname, "t");
 }
 
-void baton_where(lua_State *L, int level) { luaL_where(L, level); }
+/* "file:line: " of the nearest Lua code at or above `level` (a primitive called through
+ * pcall or in a tail call has no line at level 1). Pushes "" when there is none. */
+void baton_where(lua_State *L, int level) {
+    lua_Debug ar;
+    for (int l = level; l < level + 20 && lua_getstack(L, l, &ar); l++) {
+        lua_getinfo(L, "Sl", &ar);
+        if (ar.currentline > 0) {
+            lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+            return;
+        }
+    }
+    lua_pushliteral(L, "");
+}
 
 /* ---- the kill switch ---- */
 static lua_State *volatile abort_L = NULL;

@@ -36,6 +36,32 @@ import Testing
         #expect(Harness.processes(matching: "ignore-term.sh").isEmpty)
     }
 
+    @Test func aSignalGivesStagesTheirGrace() throws {
+        let d = Harness.tempDir("grace-signal")
+        Harness.write(d + "/r.lua", """
+            baton.log("starting")
+            runStage{id = "s", cmd = {"sh", "-c", "trap 'sleep 0.3; echo graceful > graceful.txt; exit 0' TERM; echo up > up.txt; sleep 30 & wait"}, grace = 5}
+            """)
+        let (p, _, _) = try Harness.start(["run", "r.lua"], cwd: d)
+        #expect(Harness.waitFor(20) { FileManager.default.fileExists(atPath: d + "/up.txt") })
+        kill(p.processIdentifier, SIGTERM)
+        #expect(Harness.waitFor(20) { !p.isRunning })
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 143)
+        #expect(Harness.read(d + "/graceful.txt") == "graceful\n", "the stage was killed before its grace period")
+    }
+
+    @Test func errorsThroughPcallStillNameTheLine() throws {
+        let (r, _, _) = try run("where", """
+            local ok, e = pcall(gate, {name = "g", check = function() return {approved = false, issues = {"x"}} end})
+            assert(not ok and tostring(e):find("^r.lua:1: gate 'g' rejected"), tostring(e))
+            local function tail() return preflight{checks = {{path = "nope"}}} end
+            local ok2, e2 = pcall(tail)
+            assert(not ok2 and tostring(e2):find("^r.lua:%d+: preflight"), tostring(e2))
+            """)
+        #expect(r.code == 0, "stderr: \(r.stderr)")
+    }
+
     @Test func cancelOfABackgroundStageLeavesNothing() throws {
         let marker = "baton-cancel-\(UUID().uuidString.prefix(8))"
         let (r, _, run) = try run("cancel", """

@@ -67,7 +67,7 @@ import Testing
         // Caught in Lua, the error is a table that prints as its message.
         try l.load(Array("local ok, e = pcall(check, 'x'); return tostring(e) .. '|' .. e.code".utf8), name: "@r.lua")
         try l.pcall(nargs: 0, nresults: 1)
-        #expect(l.string(-1) == "check: argument 1 must be an integer|3")
+        #expect(l.string(-1) == "r.lua:1: check: argument 1 must be an integer|3", "called through pcall, the location is the nearest Lua line")
         l.pop()
     }
 
