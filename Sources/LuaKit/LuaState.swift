@@ -5,7 +5,8 @@ import LuaShim
 /// An error raised into Lua by a Swift function. It reaches Lua as a table
 /// `{message = "file:line: ...", code = N, kind = "..."}` whose `__tostring` is the
 /// message (so it prints with the recipe's file:line); `extra` may add fields.
-public struct LuaRaise: Error, CustomStringConvertible {
+// @unchecked: `extra` runs on the thread that raised, inside the trampoline, never elsewhere.
+public struct LuaRaise: Error, CustomStringConvertible, @unchecked Sendable {
     public var message: String
     public var code: Int?
     public var kind: String
