@@ -91,6 +91,7 @@ final class Interactive {
                 if t.hasPrefix(":") {
                     history?.add(t)
                     meta(t)
+                    if baton_signal_pending() == SIGINT { say("") }   // a Ctrl-C ended :tail -f or :resume
                     afterEvaluation()
                     continue
                 }

@@ -58,7 +58,8 @@ extension Interactive {
         case ":runs":
             _ = Commands.runs(root: root, json: false)
         case ":status":
-            _ = Commands.status(root: root, ref: args.first ?? attached, json: false)
+            guard let dir = find(args.first ?? attached) else { return }
+            _ = Commands.status(root: root, ref: dir.id, json: false)
         case ":attach":
             attach(args.first ?? attached)
         case ":tail":
@@ -79,17 +80,33 @@ extension Interactive {
         }
     }
 
+    /// A run by reference. In the shell, `latest` (and no reference at all) means the
+    /// newest run that is not a shell's own: the one a person came to look at.
+    func find(_ ref: String?) -> RunDirectory? {
+        let store = RunStore(root: root)
+        if ref == nil || ref == "latest" {
+            let ids = store.ids().reversed().filter { $0 != env.context?.dir.id }
+            let recipe = { (id: String) -> String? in
+                guard let line = (try? FileIO.readFile(store.directory(id).journal, limit: 65536))?.split(separator: 10).first else { return nil }
+                return (try? JSON.parse(Array(line)))?["recipe"]?.stringValue
+            }
+            if let id = ids.first(where: { recipe($0) != "<shell>" }) ?? ids.first { return store.directory(id) }
+            err("baton: no runs in \(root)")
+            return nil
+        }
+        do { return try store.resolve(ref) } catch {
+            err("baton: \(error)")
+            return nil
+        }
+    }
+
     /// A run by reference; refuses the shell's own run where that makes no sense.
     func resolve(_ ref: String?, _ command: String) -> RunDirectory? {
         guard let ref else {
             err("which run? \(command) RUN (:runs lists them)")
             return nil
         }
-        let dir: RunDirectory
-        do { dir = try RunStore(root: root).resolve(ref) } catch {
-            err("baton: \(error)")
-            return nil
-        }
+        guard let dir = find(ref) else { return nil }
         if dir.id == env.context?.dir.id {
             err("run \(dir.id) is this shell's own run; :quit ends it")
             return nil
@@ -98,11 +115,7 @@ extension Interactive {
     }
 
     func attach(_ ref: String?) {
-        let dir: RunDirectory
-        do { dir = try RunStore(root: root).resolve(ref) } catch {
-            err("baton: \(error)")
-            return
-        }
+        guard let dir = find(ref) else { return }
         let info = RunInfo.load(dir)
         attached = dir.id
         let state = RunState.json(info)
@@ -125,11 +138,7 @@ extension Interactive {
         var rest = args
         let follow = rest.first == "-f"
         if follow { rest.removeFirst() }
-        let dir: RunDirectory
-        do { dir = try RunStore(root: root).resolve(rest.first ?? attached) } catch {
-            err("baton: \(error)")
-            return
-        }
+        guard let dir = find(rest.first ?? attached) else { return }
         if rest.count > 1 {
             if follow { _ = Commands.stageLog(dir, stage: rest[1], follow: true, json: false); return }
             stageTail(dir, stage: rest[1])
@@ -175,7 +184,7 @@ extension Interactive {
     }
 
     func tailText(_ path: String, _ n: Int) -> String {
-        guard let s = try? FileIO.readString(path) else { return "(no output yet)\n" }
+        guard let s = try? FileIO.readString(path), !s.isEmpty else { return "(no output yet)\n" }
         var all = s.split(separator: "\n", omittingEmptySubsequences: false)
         if all.last == "" { all.removeLast() }
         var text = ""
