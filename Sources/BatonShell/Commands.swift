@@ -126,6 +126,10 @@ public enum Commands {
             let until = Clock.monotonic() + 120
             while (FileLock.isHeld(dir.lock) || (kill(pid, 0) == 0 && RunInfo.load(dir, withEvents: false).state == .starting)),
                   Clock.monotonic() < until {
+                if baton_signal_pending() != 0 {
+                    diag("baton: stopped waiting; run \(dir.id) is still ending its stages (see 'baton status \(dir.id)')")
+                    return 130
+                }
                 usleep(50_000)
             }
             if FileLock.isHeld(dir.lock) {
