@@ -49,6 +49,10 @@ import Testing
         let marker = "core-bg-\(UUID().uuidString.prefix(8))"
         let e = ctx.startStage(StageSpec(id: "bg", command: .shell("sleep 300; : \(marker)")))
         #expect(!e.isFinished)
+        // vfork returns once the child has let go of our memory inside execve, a moment
+        // before the kernel sets its new command line: wait for it, with a deadline.
+        let deadline = Clock.monotonic() + 10
+        while !alive(marker), Clock.monotonic() < deadline { usleep(5_000) }
         #expect(alive(marker))
         ctx.finish(status: .cancelled, exitCode: 143, reason: "test")
         #expect(!alive(marker))
