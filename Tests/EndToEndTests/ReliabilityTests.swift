@@ -9,7 +9,7 @@ import Testing
     static func seed(_ name: String) -> UInt64 {
         if let s = ProcessInfo.processInfo.environment["BATON_FAULT_SEED"], let v = UInt64(s) { return v }
         let v = UInt64.random(in: 1...UInt64(UInt32.max))
-        print("reliability: \(name) seed \(v) (BATON_FAULT_SEED=\(v) replays it)")
+        figure("reliability: \(name) seed \(v) (BATON_FAULT_SEED=\(v) replays it)")
         return v
     }
 
@@ -67,7 +67,7 @@ import Testing
         #expect(Harness.final(run)?["status"] as? String == "succeeded")
         let id = (run as NSString).lastPathComponent
         #expect(Harness.processes(withEnv: "BATON_RUN_ID=\(id)").isEmpty)
-        print("reliability: kill -9 survived \(kills) kills, \(Harness.events(events, type: "run_resumed").count) resumes")
+        figure("reliability: kill -9 survived \(kills) kills, \(Harness.events(events, type: "run_resumed").count) resumes")
     }
 
     @Test func aFullDiskIsReportedAndResumable() throws {
@@ -141,7 +141,7 @@ import Testing
             #expect(Harness.processes(matching: marker).isEmpty, "a stage process survived signal \(sig)")
             #expect(Harness.processes(withEnv: "BATON_RUN_ID=\((run as NSString).lastPathComponent)").isEmpty)
         }
-        print("reliability: \(tried) signals tried: \(outcomes)")
+        figure("reliability: \(tried) signals tried: \(outcomes)")
     }
 
     @Test func concurrentAppendersLoseNothing() throws {
@@ -216,4 +216,11 @@ import Testing
         let empty = try Harness.run(["resume"], cwd: d)
         #expect(empty.code == 3 && empty.stderr.contains("nothing to resume"))
     }
+}
+
+/// Prints a figure of the fault suite and flushes at once: the test runner may exit
+/// without flushing a piped stdout.
+func figure(_ s: String) {
+    print(s)
+    fflush(nil)  // all streams: no reference to the stdout global
 }

@@ -1,4 +1,5 @@
 import BatonCore
+import Glibc
 import LuaKit
 import Testing
 
@@ -33,7 +34,7 @@ import Testing
 
     @Test func roundTripThroughLua() throws {
         let seed = UInt64.random(in: 1...UInt64(UInt32.max))
-        print("fuzz: JSON <-> Lua seed \(seed)")
+        figure("fuzz: JSON <-> Lua seed \(seed)")
         var rng = RNG(state: seed)
         let l = LuaState()
         var n = 0
@@ -46,7 +47,7 @@ import Testing
             #expect(try JSON.parse(v.encoded()) == v)
             n += 1
         }
-        print("fuzz: \(n) JSON <-> Lua documents")
+        figure("fuzz: \(n) JSON <-> Lua documents")
     }
 
     @Test func luaDecodeOfMutatedJSONNeverCrashes() throws {
@@ -66,4 +67,11 @@ import Testing
         }
         #expect(l.top == 0, "seed \(seed): stack leaked")
     }
+}
+
+/// Prints a figure of the fault suite and flushes at once: the test runner may exit
+/// without flushing a piped stdout.
+func figure(_ s: String) {
+    print(s)
+    fflush(nil)  // all streams: no reference to the stdout global
 }
