@@ -19,8 +19,8 @@ import Testing
     }
 
     static let multiStage = """
-        for i = 1, 8 do
-          runStage{id = "s" .. i, cmd = "sleep 0." .. (i % 3 + 1) .. "; echo s" .. i .. " >> ran.txt"}
+        for i = 1, 12 do
+          runStage{id = "s" .. i, cmd = "sleep 0." .. (i % 3 + 2) .. "; echo s" .. i .. " >> ran.txt"}
           baton.log("after " .. i)
         end
         return {done = true}
@@ -49,7 +49,8 @@ import Testing
             let args = started ? ["resume"] : ["run", "r.lua"]
             let (p, _, _) = try Harness.start(args, cwd: d)
             started = true
-            usleep(UInt32(Double.random(in: 0.02...0.8, using: &rng) * 1_000_000))
+            // The run holds ~3.6 s of stages: kills at 0.02-0.6 s land inside it most rounds.
+            usleep(UInt32(Double.random(in: 0.02...0.6, using: &rng) * 1_000_000))
             if p.isRunning { kill(p.processIdentifier, SIGKILL); kills += 1 }
             p.waitUntilExit()
             // Nothing the dead runner started may keep running... once resume or cancel has looked.
