@@ -88,6 +88,7 @@ public final class RunContext {
         let journal = try JournalWriter(path: dir.journal, runID: dir.id)
         let ctx = RunContext(dir: dir, journal: journal, lock: lock, dryRun: dryRun, recipe: recipe)
         try journal.append("run_started", commonFields(recipe: recipe, sha: SHA256.hex(recipeText), args: args, dryRun: dryRun))
+        ctx.armCrashGuard()
         return ctx
     }
 
@@ -115,6 +116,7 @@ public final class RunContext {
         if contents.tornTail { fields.append(("torn_tail_truncated", .bool(true))) }
         if !contents.corrupt.isEmpty { fields.append(("corrupt_lines", .array(contents.corrupt.map { .int(Int64($0.line)) }))) }
         try journal.append("run_resumed", fields)
+        ctx.armCrashGuard()
         return ctx
     }
 
@@ -270,6 +272,21 @@ public final class RunContext {
 
     // MARK: final.json
 
+    /// Prepares the final.json a crash of Baton itself would leave (see CBatonSys's crash
+    /// guard): failed, with the exit code and reason filled in by the signal handler.
+    func armCrashGuard() {
+        var head: [UInt8] = []
+        var tail: [UInt8] = []
+        head.append(contentsOf: "{\"v\": 1, \"run\": ".utf8); JSON.encodeString(dir.id, into: &head)
+        head.append(contentsOf: ", \"recipe\": ".utf8); JSON.encodeString(recipe, into: &head)
+        head.append(contentsOf: ", \"status\": \"failed\", ".utf8)
+        tail.append(contentsOf: ", \"started_at\": ".utf8); JSON.encodeString(Clock.rfc3339(startedAt), into: &tail)
+        tail.append(contentsOf: ", \"ended_at\": null, \"duration_ms\": null, \"stages\": [], \"crashed\": true, \"result\": ".utf8)
+        result.encode(into: &tail, pretty: false, indent: 0)
+        tail.append(contentsOf: "}\n".utf8)
+        baton_crash_guard_install(dir.final, String(decoding: head, as: UTF8.self), String(decoding: tail, as: UTF8.self))
+    }
+
     public func mergeResult(_ fields: [(String, JSON)]) {
         for (k, v) in fields { result = result.setting(k, v) }
     }
@@ -296,6 +313,7 @@ public final class RunContext {
     /// whatever happens next. The terminal status replaces it at exit.
     public func persistFinal(_ fields: [(String, JSON)]) throws {
         mergeResult(fields)
+        armCrashGuard()
         try FileIO.writeAtomically(dir.final, finalDocument(status: "running", exitCode: nil, reason: nil).encodedBytes() + [10])
         record("log", [("level", .string("info")), ("message", .string("persistFinal")), ("fields", .object(fields))], sync: false)
     }
@@ -328,6 +346,7 @@ public final class RunContext {
         }
         do {
             try FileIO.writeAtomically(dir.final, doc.encoded(pretty: true).utf8.map { $0 } + [10])
+            baton_crash_guard_disarm()
         } catch {
             problems.append("cannot write final.json: \(error)")
         }

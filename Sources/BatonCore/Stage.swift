@@ -248,6 +248,7 @@ public final class StageExecution {
                                     stdout: outFD, stderr: errFD)
             pidfd = baton_pidfd_open(pid)
             context.spawnedAny = true
+            baton_crash_guard_track(pid)
             fields.append(("pid", .int(Int64(pid))))
             context.record("stage_started", fields)
             deadline = spec.timeout.map { attemptStart + $0 }
@@ -278,6 +279,7 @@ public final class StageExecution {
     }
 
     func attemptEnded(exitStatus status: Int32) {
+        baton_crash_guard_untrack(pid)
         let duration = Clock.monotonic() - attemptStart
         let exited = (status & 0x7f) == 0
         let exitCode: Int32? = exited ? (status >> 8) & 0xff : nil

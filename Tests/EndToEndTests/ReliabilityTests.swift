@@ -145,6 +145,39 @@ import Testing
         figure("reliability: \(tried) signals tried: \(outcomes)")
     }
 
+    /// Baton itself crashing (a segfault, a Swift trap, abort) still leaves a record: the
+    /// crash guard ends the stages' groups and writes final.json, and resume finishes the run.
+    @Test(arguments: [SIGSEGV, SIGABRT, SIGBUS])
+    func aCrashOfBatonItselfLeavesAFinalAndNoProcess(sig: Int32) throws {
+        let d = Harness.tempDir("crash")
+        let marker = "rel-crash-\(UUID().uuidString.prefix(8))"
+        Harness.write(d + "/r.lua", """
+            persistFinal{kept = true}
+            runStage{id = "a", cmd = "echo a >> ran.txt"}
+            runStage{id = "long", cmd = {"forker.sh", "\(marker)"}}
+            """)
+        let (p, _, _) = try Harness.start(["run", "r.lua"], cwd: d, env: ["SWIFT_BACKTRACE": "enable=no"])
+        #expect(Harness.waitFor(20) { !Harness.processes(matching: marker).isEmpty })
+        kill(p.processIdentifier, sig)
+        #expect(Harness.waitFor(30) { !p.isRunning })
+        p.waitUntilExit()
+        #expect(p.terminationReason == .uncaughtSignal, "the crash is re-raised, not hidden")
+        #expect(Harness.waitFor(10) { Harness.processes(matching: marker).isEmpty }, "a stage outlived the crash")
+        let run = try #require(Harness.latestRun(d))
+        let f = try #require(Harness.final(run), "no final.json after a crash")
+        #expect(f["status"] as? String == "failed")
+        #expect(f["exit_code"] as? Int == 128 + Int(sig))
+        #expect((f["reason"] as? String)?.contains("crashed (signal \(sig))") == true)
+        #expect((f["result"] as? [String: Any])?["kept"] as? Bool == true, "persistFinal fields survive the crash")
+        _ = Harness.journal(run, allowTornTail: true)
+        // The journal is intact: resume replays what passed and finishes the rest.
+        Harness.write(d + "/r.lua", "persistFinal{kept = true}\nrunStage{id = 'a', cmd = 'echo a >> ran.txt'}\nrunStage{id = 'long', cmd = 'true'}\n")
+        let r = try Harness.run(["resume"], cwd: d)
+        #expect(r.code == 0, "stderr: \(r.stderr)")
+        #expect(Harness.read(d + "/ran.txt") == "a\n")
+        #expect(Harness.final(run)?["status"] as? String == "succeeded")
+    }
+
     @Test func concurrentAppendersLoseNothing() throws {
         let d = Harness.tempDir("append")
         Harness.write(d + "/r.lua", "local w = arg[1]\nfor i = 1, 150 do baton.fs.append('registry.jsonl', baton.json.encode({w = w, i = i, pad = ('p'):rep(i * 13 % 300)}) .. '\\n') end\n")

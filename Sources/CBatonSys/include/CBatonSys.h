@@ -42,6 +42,17 @@ void baton_signal_raise_flag(int sig); /* as if sig had arrived (tests, cancel p
 /* PR_SET_CHILD_SUBREAPER: orphaned grandchildren are re-parented to us. */
 int baton_set_subreaper(void);
 
+/* ---- The crash guard ----------------------------------------------------
+ * If Baton itself crashes (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP:
+ * a Swift trap), the handler ends every live stage's process group with
+ * SIGKILL, writes a final.json (failed, "baton crashed (signal N)") with only
+ * async-signal-safe calls, and re-raises the signal. The document is prepared
+ * in advance: `json_head` and `json_tail` surround the reason text. */
+void baton_crash_guard_install(const char *final_path, const char *json_head, const char *json_tail);
+void baton_crash_guard_track(pid_t pgid);   /* a stage's group started */
+void baton_crash_guard_untrack(pid_t pgid); /* it ended */
+void baton_crash_guard_disarm(void);        /* the real final.json is written */
+
 /* An anonymous in-memory file (close-on-exec): a stage's stdin text. */
 int baton_memfd(const char *name);
 
