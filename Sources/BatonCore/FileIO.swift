@@ -134,13 +134,23 @@ public enum FileIO {
 
     /// Appends one record under an exclusive flock of the file itself, as one write.
     /// Concurrent appenders (other processes too) never interleave.
-    public static func appendLocked(_ path: String, _ bytes: [UInt8]) throws {
-        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+    /// A record that a writer cut short (no final newline) is closed first, so it cannot
+    /// swallow the new one. `alreadyLocked`: the caller holds the flock (FileLock.exclusive).
+    public static func appendLocked(_ path: String, _ bytes: [UInt8], alreadyLocked: Bool = false) throws {
+        let fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
         if fd < 0 { throw SystemError("open", path) }
         defer { close(fd) }
-        while flock(fd, LOCK_EX) != 0 { if errno != EINTR { throw SystemError("lock", path) } }
-        defer { flock(fd, LOCK_UN) }
-        try bytes.withUnsafeBytes { try writeAll(fd, $0, path: path) }
+        if !alreadyLocked {
+            while flock(fd, LOCK_EX) != 0 { if errno != EINTR { throw SystemError("lock", path) } }
+        }
+        defer { if !alreadyLocked { flock(fd, LOCK_UN) } }
+        var out = bytes
+        var st = stat()
+        if fstat(fd, &st) == 0, st.st_size > 0 {
+            var last: UInt8 = 0
+            if pread(fd, &last, 1, st.st_size - 1) == 1, last != 10 { out.insert(10, at: 0) }
+        }
+        try out.withUnsafeBytes { try writeAll(fd, $0, path: path) }
         if fdatasync(fd) != 0 { throw SystemError("fdatasync", path) }
     }
 
@@ -180,6 +190,19 @@ public final class FileLock: @unchecked Sendable {
             throw SystemError("lock", path, e)
         }
         return FileLock(path: path, fd: fd)
+    }
+
+    /// Takes the lock, waiting up to `timeout` seconds; nil on timeout or when
+    /// `interrupted()` says to stop.
+    public static func acquire(_ path: String, timeout: Double, interrupted: () -> Bool) throws -> FileLock? {
+        let deadline = Clock.monotonic() + timeout
+        var pause: UInt32 = 1_000
+        while true {
+            if let l = try tryAcquire(path) { return l }
+            if Clock.monotonic() >= deadline || interrupted() { return nil }
+            usleep(pause)
+            pause = min(pause * 2, 50_000)
+        }
     }
 
     /// True when some process holds the lock on `path` (probes without keeping it).

@@ -517,38 +517,26 @@ return M
 """#),
         "research.registry": ("research/registry.lua", #"""
 -- research.registry: a JSONL registry of runs, one JSON object per line with a
--- "run_id". Appends hold an exclusive flock on the registry file (the same lock
--- baton.fs.append takes) across the duplicate check and the write, so concurrent
--- runs never interleave lines and a run_id is recorded at most once.
+-- "run_id", recorded at most once (see M.append).
 local M = {}
-
-local APPEND = [=[
-reg=$1; rid=$2; line=$3
-if [ -f "$reg" ] && grep -Eq "\"run_id\"[[:space:]]*:[[:space:]]*\"$rid\"" "$reg"; then echo duplicate; exit 0; fi
-# A torn last line (a writer that died mid-line) must not swallow ours.
-if [ -s "$reg" ] && [ -n "$(tail -c 1 "$reg")" ]; then printf '\n' >> "$reg"; fi
-printf '%s\n' "$line" >> "$reg" && echo appended
-]=]
 
 local function dirname(p) return p:match("^(.*)/[^/]*$") or "." end
 
 --- Appends `entry` (a table with run_id) unless its run_id is there already.
---- Returns "appended" or "duplicate".
+--- Returns "appended" or "duplicate". The check and the write happen under one
+--- exclusive flock of the registry (baton.fs.locked; the lock baton.fs.append takes),
+--- so concurrent runs never interleave lines and a run_id is recorded at most once.
 function M.append(path, entry, timeout)
   assert(type(entry.run_id) == "string" and entry.run_id:match("^[%w_.%-]+$"), "registry: a run_id of letters, digits, '.', '_', '-' is required")
   baton.fs.mkdir(dirname(path))
   local line = baton.json.encode(entry)
-  local rid = entry.run_id:gsub("%.", "\\.")
-  local out, ok, code, err = baton.sh({"flock", "-x", "-w", tostring(timeout or 60), path, "sh", "-c", APPEND, "registry-append", path, rid, line},
-    {allowFail = true})
-  if ok then return (out:match("(%a+)%s*$")) end
-  if code == 127 and err:find("flock") then
-    -- No flock(1): append under baton's own lock; the duplicate check is then best-effort.
-    for _, e in ipairs((M.read(path))) do if e.run_id == entry.run_id then return "duplicate" end end
-    baton.fs.append(path, line .. "\n")
+  return baton.fs.locked(path, function()
+    for _, e in ipairs((M.read(path))) do
+      if e.run_id == entry.run_id then return "duplicate" end
+    end
+    baton.fs.append(path, line .. "\n")   -- closes a torn last line first
     return "appended"
-  end
-  error(("registry %s: append failed (exit %s): %s"):format(path, tostring(code), err), 0)
+  end, {timeout = timeout or 60})
 end
 
 --- Every entry, and the numbers of the lines that are not JSON objects.

@@ -24,6 +24,8 @@ public final class RecipeEnvironment {
     /// Set by os.exit.
     public internal(set) var exitCode: Int32?
     var handles: [Int: StageExecution] = [:]
+    /// Locks held by baton.fs.locked, by absolute path.
+    var heldLocks: [String: FileLock] = [:]
     var nextHandle = 1
     public internal(set) var plan: [String] = []
     public var recipeDir: String = "."

@@ -86,12 +86,14 @@ extension RecipeEnvironment {
                 } catch { throw LuaRaise("baton.fs.write: \(error)") }
                 return 0
             }),
-            ("append", { (l: LuaState) throws -> Int32 in
+            ("append", { [unowned self] (l: LuaState) throws -> Int32 in
                 let p = try RecipeEnvironment.pathArg(l, "baton.fs.append")
                 guard let data = l.bytes(2) else { throw LuaRaise.usage("baton.fs.append: the data must be a string, got \(l.describeType(2))") }
-                do { try FileIO.appendLocked(p, data) } catch { throw LuaRaise("baton.fs.append: \(error)") }
+                let held = self.heldLocks[FileIO.absolute(p)] != nil
+                do { try FileIO.appendLocked(p, data, alreadyLocked: held) } catch { throw LuaRaise("baton.fs.append: \(error)") }
                 return 0
             }),
+            ("locked", { [unowned self] (l: LuaState) throws -> Int32 in try self.fsLocked(l) }),
             ("mkdir", { (l: LuaState) throws -> Int32 in
                 let p = try RecipeEnvironment.pathArg(l, "baton.fs.mkdir")
                 do { try FileIO.makeDirectories(p) } catch { throw LuaRaise("baton.fs.mkdir: \(error)") }
@@ -106,6 +108,37 @@ extension RecipeEnvironment {
             }),
         ], prefix: "baton.fs.")
         lua.setField(-2, "fs")
+    }
+
+    /// baton.fs.locked(path, fn, {timeout = 60}): runs fn holding the exclusive flock on
+    /// `path` (the lock baton.fs.append takes, so appends from other processes wait, and
+    /// appends to `path` inside fn use the held lock). Returns fn's results.
+    func fsLocked(_ l: LuaState) throws -> Int32 {
+        let p = try RecipeEnvironment.pathArg(l, "baton.fs.locked")
+        guard l.type(2) == LUA_TFUNCTION else {
+            throw LuaRaise.usage("baton.fs.locked: the second argument must be a function, got \(l.describeType(2))")
+        }
+        var timeout = 60.0
+        if l.type(3) == LUA_TTABLE {
+            let t = try SpecTable(l, arg: 3, fn: "baton.fs.locked", allowed: ["timeout"])
+            timeout = try t.number("timeout", min: 0) ?? 60
+        }
+        let key = FileIO.absolute(p)
+        guard heldLocks[key] == nil else { throw LuaRaise.usage("baton.fs.locked: \(p) is already locked by this recipe") }
+        let lock: FileLock
+        do {
+            try FileIO.makeDirectories(FileIO.dirname(key))
+            guard let got = try FileLock.acquire(key, timeout: timeout, interrupted: { baton_abort_reason() != 0 }) else {
+                if baton_abort_reason() != 0 { throw RecipeEnvironment.abort }
+                throw LuaRaise("baton.fs.locked: \(p) is still locked by another process after \(fmt(timeout))s", code: 1, kind: "lock")
+            }
+            lock = got
+        } catch let e as LuaRaise { throw e } catch { throw LuaRaise("baton.fs.locked: \(error)") }
+        heldLocks[key] = lock
+        defer { heldLocks[key] = nil; lock.release() }
+        l.top = 2                                   // [path, fn]
+        do { try l.pcall(nargs: 0, nresults: LUA_MULTRET) } catch let e as LuaCallError { throw l.rethrow(e) }
+        return l.top - 1                            // [path, results...]
     }
 
     static func pathArg(_ l: LuaState, _ fn: String) throws -> String {

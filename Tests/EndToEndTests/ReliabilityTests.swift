@@ -193,6 +193,42 @@ import Testing
         #expect(seen.count == 900, "lost or duplicated records")
     }
 
+    @Test func lockedSectionsExcludeEachOther() throws {
+        let d = Harness.tempDir("locked")
+        // Read-modify-write: each process appends the next number. Without mutual
+        // exclusion two writers read the same last number and a number repeats.
+        Harness.write(d + "/r.lua", """
+            for i = 1, 40 do
+              local got = baton.fs.locked("counter.txt", function()
+                local text = baton.fs.exists("counter.txt") and baton.fs.read("counter.txt") or ""
+                local last = tonumber(text:match("(%d+)\\n$") or "0")
+                baton.fs.append("counter.txt", (last + 1) .. "\\n")
+                return last + 1, "second"
+              end)
+              assert(type(got) == "number")
+            end
+            """)
+        let procs = try (1...6).map { _ in try Harness.start(["run", "r.lua"], cwd: d) }
+        for (p, _, e) in procs {
+            p.waitUntilExit()
+            #expect(p.terminationStatus == 0, "\(String(decoding: e.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))")
+        }
+        let numbers = (Harness.read(d + "/counter.txt") ?? "").split(separator: "\n").compactMap { Int($0) }
+        #expect(numbers == Array(1...240), "lost or repeated numbers: \(numbers.count) lines")
+
+        // An error inside releases the lock; a torn last line is closed before appending.
+        Harness.write(d + "/torn.jsonl", "{\"partial\": ")
+        Harness.write(d + "/e.lua", """
+            local ok, err = pcall(baton.fs.locked, "torn.jsonl", function() error("inside") end)
+            assert(not ok and tostring(err):find("inside"))
+            local a, b = baton.fs.locked("torn.jsonl", function() baton.fs.append("torn.jsonl", "{}\\n"); return 1, 2 end, {timeout = 5})
+            assert(a == 1 and b == 2)
+            """)
+        let r = try Harness.run(["run", "e.lua"], cwd: d)
+        #expect(r.code == 0, "stderr: \(r.stderr)")
+        #expect(Harness.read(d + "/torn.jsonl") == "{\"partial\": \n{}\n")
+    }
+
     @Test(arguments: [
         ("empty", "", Int32(0)),
         ("random", "\u{7}\u{1}garbage \u{2}{{(", Int32(3)),
