@@ -247,8 +247,7 @@ public final class StageExecution {
             pid = try Spawner.spawn(argv: spec.command.argv, env: env, cwd: cwd, stdin: inFD,
                                     stdout: outFD, stderr: errFD)
             pidfd = baton_pidfd_open(pid)
-            context.spawnedAny = true
-            baton_crash_guard_track(pid)
+            context.spawnedAny = true   // (baton_spawn told the crash guard about the group)
             fields.append(("pid", .int(Int64(pid))))
             context.record("stage_started", fields)
             deadline = spec.timeout.map { attemptStart + $0 }

@@ -80,6 +80,7 @@ public enum Subprocess {
         if kill(-pid, 0) == 0 { kill(-pid, SIGKILL) }
         var st: Int32 = 0
         while waitpid(-pid, &st, WNOHANG) > 0 {}
+        baton_crash_guard_untrack(pid)
         if (status & 0x7f) == 0 { o.exit = (status >> 8) & 0xff } else { o.signal = status & 0x7f }
         o.stdout = readMemfd(outFD, limit: outputLimit)
         o.stderr = readMemfd(errFD, limit: outputLimit)

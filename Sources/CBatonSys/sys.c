@@ -58,6 +58,8 @@ static void child_main(const baton_spawn_opts *o, pid_t parent, volatile int *er
     _exit(127);
 }
 
+void baton_crash_guard_track(pid_t pgid);
+
 int baton_spawn(const baton_spawn_opts *o, pid_t *out_pid) {
     volatile int child_err = 0;
     pid_t parent = getpid();
@@ -67,6 +69,8 @@ int baton_spawn(const baton_spawn_opts *o, pid_t *out_pid) {
     pid_t pid = vfork();
     if (pid == 0) child_main(o, parent, &child_err);
     int fork_errno = errno;
+    /* Known to the crash guard before any signal can reach this thread again. */
+    if (pid > 0 && !child_err && !o->new_session) baton_crash_guard_track(pid);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (pid < 0) return fork_errno;
     if (child_err) {

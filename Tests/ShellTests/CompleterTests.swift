@@ -61,7 +61,7 @@ import Testing
     @Test func luaFieldsOfReachableTables() throws {
         let env = RecipeEnvironment(memoryLimit: 0, output: OutputOptions())
         let s = try ShellLua(lua: env.lua)
-        #expect(s.candidates("baton.fs.") == ["baton.fs.append(", "baton.fs.exists(", "baton.fs.glob(", "baton.fs.mkdir(",
+        #expect(s.candidates("baton.fs.") == ["baton.fs.append(", "baton.fs.exists(", "baton.fs.glob(", "baton.fs.locked(", "baton.fs.mkdir(",
                                               "baton.fs.read(", "baton.fs.write("])
         #expect(s.candidates("baton.js") == ["baton.json."])
         #expect(s.candidates("runS") == ["runStage("])
