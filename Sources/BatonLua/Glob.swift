@@ -1,4 +1,5 @@
 import BatonCore
+import CBatonSys
 import Glibc
 
 enum Glob {
@@ -14,7 +15,6 @@ enum Glob {
 }
 
 /// The signal flags of CBatonSys, for code that waits without a run.
-import CBatonSys
 enum CSignals {
     static var pending: Bool { baton_signal_pending() != 0 }
     static var fd: Int32 { baton_signal_fd() }
