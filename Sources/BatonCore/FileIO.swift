@@ -235,3 +235,22 @@ extension String {
         self = String(decoding: buf[0..<end].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
+
+/// Human output: one line to stdout or stderr, written whole (no buffering, so lines from
+/// Baton and from its stages interleave in order).
+public enum Console {
+    public static func out(_ s: String) { write(1, s) }
+    public static func err(_ s: String) { write(2, s) }
+
+    /// `text` as it is, plus a newline unless `newline` is false.
+    public static func write(_ fd: Int32, _ text: String, newline: Bool = true) {
+        var bytes = Array(text.utf8)
+        if newline { bytes.append(10) }
+        write(fd, bytes: bytes)
+    }
+
+    /// Raw bytes (a stage's log, NULs and all), retrying short writes.
+    public static func write(_ fd: Int32, bytes: [UInt8]) {
+        _ = try? bytes.withUnsafeBytes { try FileIO.writeAll(fd, $0, path: fd == 1 ? "stdout" : "stderr") }
+    }
+}

@@ -44,3 +44,55 @@ public enum Recovery {
         return Outcome(killed: killed, final: doc)
     }
 }
+
+extension Recovery {
+    public enum CancelOutcome {
+        /// The live runner ended its stages and wrote final.json itself.
+        case stopped(runner: pid_t)
+        /// It did not stop within the time allowed: SIGKILLed, then finished as an orphan.
+        case killed(runner: pid_t, ended: [pid_t])
+        /// No runner: what the run left alive was ended and final.json written.
+        case finishedOrphan(ended: [pid_t])
+        case alreadyEnded(RunInfo.State)
+        /// `interrupted()` said to stop waiting; the runner is still ending its stages.
+        case stoppedWaiting(runner: pid_t)
+        case runnerUnknown
+    }
+
+    /// `baton cancel`: SIGTERM to a live runner (it ends its stages' groups and writes
+    /// final.json `cancelled`), SIGKILL after `killAfter` seconds; an orphaned run is
+    /// finished here.
+    public static func cancel(_ dir: RunDirectory, killAfter: Double = 120,
+                              interrupted: () -> Bool = { false },
+                              signalled: (pid_t) -> Void = { _ in }) throws -> CancelOutcome {
+        let info = RunInfo.load(dir, withEvents: false)
+        switch info.state {
+        case .running, .starting:
+            guard let pid = info.runnerPid ?? dir.readPid(), pid > 0 else { return .runnerUnknown }
+            kill(pid, SIGTERM)
+            signalled(pid)
+            let until = Clock.monotonic() + killAfter
+            func live() -> Bool {
+                FileLock.isHeld(dir.lock) || (kill(pid, 0) == 0 && RunInfo.load(dir, withEvents: false).state == .starting)
+            }
+            while live(), Clock.monotonic() < until {
+                if interrupted() { return .stoppedWaiting(runner: pid) }
+                usleep(50_000)
+            }
+            guard FileLock.isHeld(dir.lock) else { return .stopped(runner: pid) }
+            kill(pid, SIGKILL)
+            while FileLock.isHeld(dir.lock), Clock.monotonic() < until + 10 { usleep(20_000) }
+            let o = try finishOrphan(dir, status: .cancelled, exitCode: 143,
+                                     reason: "cancelled; its runner did not stop within \(Clock.human(killAfter)) and was killed")
+            return .killed(runner: pid, ended: o?.killed ?? [])
+        case .orphaned:
+            guard let o = try finishOrphan(dir, status: .cancelled, exitCode: 143,
+                                           reason: "cancelled after its runner died (orphaned run)") else {
+                return try cancel(dir, killAfter: killAfter, interrupted: interrupted, signalled: signalled)   // live again
+            }
+            return .finishedOrphan(ended: o.killed)
+        default:
+            return .alreadyEnded(info.state)
+        }
+    }
+}

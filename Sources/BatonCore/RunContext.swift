@@ -23,8 +23,7 @@ public final class RunContext {
     public let dryRun: Bool
     public let recipe: String
     public let startedAt: Double
-    let startedMono: Double
-    public var startedMonotonic: Double { startedMono }
+    public let startedMonotonic: Double
     public var baseEnvironment: [String: String]
     /// Seconds between heartbeats while a stage or watch is waited on.
     public var heartbeatInterval: Double = 30
@@ -50,7 +49,7 @@ public final class RunContext {
         self.dryRun = dryRun
         self.recipe = recipe
         self.startedAt = Clock.now()
-        self.startedMono = Clock.monotonic()
+        self.startedMonotonic = Clock.monotonic()
         var env = Spawner.currentEnvironment()
         env["BATON_RUN_ID"] = dir.id
         env["BATON_RUN_DIR"] = dir.path
@@ -297,7 +296,7 @@ public final class RunContext {
             ("v", .int(1)), ("run", .string(dir.id)), ("recipe", .string(recipe)), ("status", .string(status)),
             ("exit_code", exitCode.map { .int(Int64($0)) } ?? .null), ("reason", reason.map(JSON.string) ?? .null),
             ("started_at", .string(Clock.rfc3339(startedAt))), ("ended_at", status == "running" ? .null : .string(Clock.rfc3339(now))),
-            ("duration_ms", .int(Int64((Clock.monotonic() - startedMono) * 1000))),
+            ("duration_ms", .int(Int64((Clock.monotonic() - startedMonotonic) * 1000))),
             ("stages", .array(stages.map { r in
                 var o: [(String, JSON)] = [("id", .string(r.id)), ("status", .string(r.status.rawValue)),
                                            ("attempts", .int(Int64(r.attempts))), ("duration_ms", .int(Int64(r.duration * 1000)))]

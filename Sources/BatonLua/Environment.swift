@@ -99,17 +99,10 @@ public final class RecipeEnvironment {
         lua.pop()
     }
 
-    func humanOut(_ s: String) {
-        let line = s + "\n"
-        let fd: Int32 = output.json ? 2 : 1
-        _ = line.withCString { write(fd, $0, strlen($0)) }
-    }
+    /// For people: stdout, or stderr when stdout carries the --json document.
+    func humanOut(_ s: String) { Console.write(output.json ? 2 : 1, s) }
 
-    func progress(_ s: String) {
-        guard !output.quiet else { return }
-        let line = s + "\n"
-        _ = line.withCString { write(2, $0, strlen($0)) }
-    }
+    func progress(_ s: String) { if !output.quiet { Console.err(s) } }
 
     /// print is Lua (tostring may run a __tostring metamethod, which may raise: that
     /// must happen in Lua, not under a Swift frame); only the final write is Swift.

@@ -214,41 +214,32 @@ extension RecipeEnvironment {
             var target = ""
             var ok = false
             var detail = ""
+            let check: PreflightCheck?
             switch kind {
             case "path":
-                target = try c.string("path", nonEmpty: true)!
-                let wantExec = try c.bool("executable") ?? false
-                let wantDir = try c.bool("dir") ?? false
-                if !FileIO.exists(target) { detail = "missing" }
-                else if wantDir && !FileIO.isDirectory(target) { detail = "exists but is not a directory" }
-                else if wantExec && access(target, X_OK) != 0 { detail = "exists but is not executable" }
-                else { ok = true; detail = FileIO.isDirectory(target) ? "directory exists" : "exists" }
+                check = .path(try c.string("path", nonEmpty: true)!, directory: try c.bool("dir") ?? false,
+                              executable: try c.bool("executable") ?? false)
             case "cmd":
-                let cmd = try c.command("cmd")!
-                target = cmd.display
-                let timeout = try c.number("timeout", min: 0.001) ?? defaultTimeout
-                let o = Subprocess.run(cmd, cwd: try c.string("cwd"), env: ctx.baseEnvironment, timeout: timeout)
-                if o.interrupted { throw RecipeEnvironment.abort }
-                ok = o.ok
-                detail = ok ? "exit 0" : (o.timedOut ? "timed out after \(Clock.human(timeout))" : o.failureDescription)
+                check = .command(try c.command("cmd")!, cwd: try c.string("cwd"),
+                                 timeout: try c.number("timeout", min: 0.001) ?? defaultTimeout)
             case "env":
-                target = try c.string("env", nonEmpty: true)!
-                let v = getenv(target).map { String(cString: $0) } ?? ""
-                ok = !v.isEmpty
-                detail = ok ? "set" : "not set or empty"   // the value itself is never recorded
+                check = .env(try c.string("env", nonEmpty: true)!)
             case "pgrep":
-                target = try c.string("pgrep", nonEmpty: true)!
-                guard var re = ProcessTable.Regex(target) else { throw LuaRaise.usage("\(fn): 'pgrep' is not a valid regular expression: \(target)") }
+                let pattern = try c.string("pgrep", nonEmpty: true)!
+                guard var re = ProcessTable.Regex(pattern) else { throw LuaRaise.usage("\(fn): 'pgrep' is not a valid regular expression: \(pattern)") }
                 re.free()
-                if let own = ProcessTable.selfMatch(target) {
-                    let first = target.first.map(String.init) ?? ""
-                    detail = "a 'pgrep -f' wait on this pattern matches its own command line ('\(own)'), so it would never end; use a pattern such as '[\(first)]\(target.dropFirst())'"
-                } else {
-                    ok = true
-                    let n = ProcessTable.matching(target)?.count ?? 0
-                    detail = "no self-match; \(n) process\(n == 1 ? "" : "es") match now"
-                }
+                check = .pgrep(pattern)
             default:
+                check = nil
+            }
+            switch check {
+            case let check?:
+                let o = check.evaluate(environment: ctx.baseEnvironment)
+                if o.interrupted { throw RecipeEnvironment.abort }
+                target = check.target
+                ok = o.ok
+                detail = o.detail
+            case nil:
                 _ = c.get("check")
                 target = (try c.string("name")) ?? "check \(i)"
                 do {

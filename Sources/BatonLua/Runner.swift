@@ -165,8 +165,7 @@ public enum RecipeRunner {
     public static func report(ctx: RunContext, ending: Ending, json: Bool) {
         if json {
             let doc = ctx.dir.readFinal() ?? .object([("run", .string(ctx.dir.id)), ("status", .string(ending.status.rawValue))])
-            let s = doc.encoded(pretty: true) + "\n"
-            _ = s.withCString { write(1, $0, strlen($0)) }
+            Console.out(doc.encoded(pretty: true))
             return
         }
         let took = Clock.human(Clock.monotonic() - ctx.startedMonotonic)
@@ -181,10 +180,7 @@ public enum RecipeRunner {
     }
 }
 
-public func diag(_ s: String) {
-    let line = s + "\n"
-    _ = line.withCString { write(2, $0, strlen($0)) }
-}
+public func diag(_ s: String) { Console.err(s) }
 
 public func signalName(_ sig: Int32) -> String {
     switch sig {

@@ -3,10 +3,7 @@ import BatonLua
 import CBatonSys
 import Glibc
 
-func out(_ s: String) {
-    let line = s + "\n"
-    _ = line.withCString { write(1, $0, strlen($0)) }
-}
+func out(_ s: String) { Console.out(s) }
 
 /// `baton runs|status|log|cancel|resume|check`: each returns the exit code.
 public enum Commands {
@@ -39,28 +36,15 @@ public enum Commands {
     public static func log(root: String, ref: String?, follow: Bool, stage: String?, json: Bool) -> Int32 {
         guard let dir = resolve(root, ref) else { return 3 }
         if let stage { return stageLog(dir, stage: stage, follow: follow, json: json) }
-        var offset = 0
-        var seenFinal = false
+        var journal = JournalFollower(path: dir.journal)
         while true {
-            let bytes = (try? FileIO.readFile(dir.journal)) ?? []
-            if bytes.count > offset {
-                // Only whole lines; a line still being written waits for the next round.
-                var end = bytes.count
-                while end > offset, bytes[end - 1] != 10 { end -= 1 }
-                let chunk = Array(bytes[offset..<end])
-                let contents = JournalReader.parse(chunk)
-                for e in contents.events {
-                    if json { out(e.encoded()) } else { out(Render.event(e)) }
-                    if e["type"]?.stringValue == "final" { seenFinal = true }
-                }
-                for c in contents.corrupt { diag("baton: journal line (after byte \(offset)) \(c.line): \(c.message)") }
-                offset = end
-            }
-            if !follow || seenFinal { break }
+            let contents = journal.next()
+            for e in contents.events { out(json ? e.encoded() : Render.event(e)) }
+            for c in contents.corrupt { diag("baton: journal line (after byte \(journal.offset)) \(c.line): \(c.message)") }
+            if !follow || journal.sawFinal { break }
             if !FileLock.isHeld(dir.lock), RunInfo.load(dir, withEvents: false).state != .starting {
                 // The runner is gone: read what is left once more, then stop.
-                let again = (try? FileIO.readFile(dir.journal))?.count ?? 0
-                if again == offset { break }
+                if !journal.hasMore { break }
                 continue
             }
             if baton_signal_pending() != 0 { break }
@@ -70,13 +54,7 @@ public enum Commands {
     }
 
     static func stageLog(_ dir: RunDirectory, stage: String, follow: Bool, json: Bool) -> Int32 {
-        let contents = (try? JournalReader.read(dir.journal)) ?? JournalContents()
-        var logs: [(attempt: Int, out: String, err: String)] = []
-        for e in contents.events where e["type"]?.stringValue == "stage_started" && e["id"]?.stringValue == stage {
-            if let o = e["logs"]?["stdout"]?.stringValue, let er = e["logs"]?["stderr"]?.stringValue {
-                logs.append((Int(e["attempt"]?.intValue ?? 1), o, er))
-            }
-        }
+        let logs = ((try? JournalReader.read(dir.journal)) ?? JournalContents()).stageAttempts(stage)
         if logs.isEmpty {
             diag("baton: run \(dir.id) has no stage '\(stage)'")
             return 3
@@ -91,10 +69,10 @@ public enum Commands {
             if logs.count > 1 { out("==> \(stage) attempt \(l.attempt) (\(l.out)) <==") }
             let isLast = i == logs.count - 1
             if isLast && follow { followFile(l.out, dir: dir); continue }
-            if let s = try? FileIO.readFile(l.out) { _ = s.withUnsafeBytes { write(1, $0.baseAddress, $0.count) } }
-            if let e = try? FileIO.readString(l.err), !e.isEmpty {
+            if let s = try? FileIO.readFile(l.out) { Console.write(1, bytes: s) }
+            if let e = try? FileIO.readFile(l.err), !e.isEmpty {
                 out("--- stderr ---")
-                _ = e.withCString { write(1, $0, strlen($0)) }
+                Console.write(1, bytes: e)
             }
         }
         return 0
@@ -104,7 +82,7 @@ public enum Commands {
         var offset = 0
         while true {
             if let b = try? FileIO.readFile(path), b.count > offset {
-                _ = b[offset...].withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+                Console.write(1, bytes: Array(b[offset...]))
                 offset = b.count
             } else if !FileLock.isHeld(dir.lock) || baton_signal_pending() != 0 {
                 break
@@ -115,41 +93,28 @@ public enum Commands {
 
     public static func cancel(root: String, ref: String?, json: Bool) -> Int32 {
         guard let dir = resolve(root, ref) else { return 3 }
-        let info = RunInfo.load(dir, withEvents: false)
-        switch info.state {
-        case .running, .starting:
-            guard let pid = info.runnerPid ?? dir.readPid(), pid > 0 else {
-                diag("baton: run \(dir.id) is live but its runner's pid is unknown"); return 1
+        func ended(_ pids: [pid_t]) {
+            if !pids.isEmpty { diag("ended \(pids.count) process\(pids.count == 1 ? "" : "es") left by the run: \(pids.map(String.init).joined(separator: ", "))") }
+        }
+        do {
+            switch try Recovery.cancel(dir, interrupted: { baton_signal_pending() != 0 },
+                                       signalled: { diag("cancelling run \(dir.id): SIGTERM to runner pid \($0)") }) {
+            case let .stopped(pid): diag("cancelled run \(dir.id): its runner (pid \(pid)) ended its stages")
+            case let .killed(pid, pids):
+                diag("baton: run \(dir.id)'s runner (pid \(pid)) did not stop within 120s and was killed")
+                ended(pids)
+            case let .finishedOrphan(pids): ended(pids)
+            case let .alreadyEnded(state): diag("run \(dir.id) already ended: \(state.rawValue)")
+            case let .stoppedWaiting(pid):
+                diag("baton: stopped waiting; run \(dir.id) (runner pid \(pid)) is still ending its stages (see 'baton status \(dir.id)')")
+                return 130
+            case .runnerUnknown:
+                diag("baton: run \(dir.id) is live but its runner's pid is unknown")
+                return 1
             }
-            diag("cancelling run \(dir.id): SIGTERM to runner pid \(pid)")
-            kill(pid, SIGTERM)
-            let until = Clock.monotonic() + 120
-            while (FileLock.isHeld(dir.lock) || (kill(pid, 0) == 0 && RunInfo.load(dir, withEvents: false).state == .starting)),
-                  Clock.monotonic() < until {
-                if baton_signal_pending() != 0 {
-                    diag("baton: stopped waiting; run \(dir.id) is still ending its stages (see 'baton status \(dir.id)')")
-                    return 130
-                }
-                usleep(50_000)
-            }
-            if FileLock.isHeld(dir.lock) {
-                diag("baton: run \(dir.id) did not stop within 120s; sending SIGKILL")
-                kill(pid, SIGKILL)
-                usleep(200_000)
-                return cancel(root: root, ref: dir.id, json: json)
-            }
-        case .orphaned:
-            do {
-                guard let o = try Recovery.finishOrphan(dir, status: .cancelled, exitCode: 143,
-                                                        reason: "cancelled after its runner died (orphaned run)") else {
-                    diag("baton: run \(dir.id) became live again; try again"); return 1
-                }
-                if !o.killed.isEmpty { diag("ended \(o.killed.count) process\(o.killed.count == 1 ? "" : "es") left by the run: \(o.killed.map(String.init).joined(separator: ", "))") }
-            } catch {
-                diag("baton: cannot finish run \(dir.id): \(error)"); return 1
-            }
-        default:
-            diag("run \(dir.id) already ended: \(info.state.rawValue)")
+        } catch {
+            diag("baton: cannot finish run \(dir.id): \(error)")
+            return 1
         }
         let after = RunInfo.load(dir, withEvents: false)
         if json { out(after.json.encoded(pretty: true)) } else { out("run \(dir.id) \(after.state.rawValue)") }

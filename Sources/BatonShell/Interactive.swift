@@ -211,15 +211,8 @@ final class Interactive {
 
     // MARK: output
 
-    func say(_ s: String) {
-        let line = s + "\n"
-        _ = line.withCString { write(1, $0, strlen($0)) }
-    }
-
-    func err(_ s: String) {
-        let line = s + "\n"
-        _ = line.withCString { write(2, $0, strlen($0)) }
-    }
+    func say(_ s: String) { Console.out(s) }
+    func err(_ s: String) { Console.err(s) }
 
     // MARK: banner
 
@@ -254,24 +247,6 @@ final class Interactive {
 
     static func stageIDs(store: RunStore, ref: String) -> [String] {
         guard let dir = try? store.resolve(ref), let c = try? JournalReader.read(dir.journal) else { return [] }
-        var seen: [String] = []
-        for e in c.events where e["type"]?.stringValue == "stage_started" {
-            if let id = e["id"]?.stringValue, !seen.contains(id) { seen.append(id) }
-        }
-        return seen
+        return c.stageIDs
     }
-}
-
-extension String {
-    func trimmingCharacters(in set: String) -> String {
-        let s = Set(set)
-        var a = Substring(self)
-        while let f = a.first, s.contains(f) { a = a.dropFirst() }
-        while let l = a.last, s.contains(l) { a = a.dropLast() }
-        return String(a)
-    }
-}
-
-extension Substring {
-    func trimmingCharacters(in set: String) -> String { String(self).trimmingCharacters(in: set) }
 }

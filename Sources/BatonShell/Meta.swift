@@ -144,20 +144,14 @@ extension Interactive {
             stageTail(dir, stage: rest[1])
             return
         }
-        var offset = 0
+        var journal = JournalFollower(path: dir.journal)
         var last = 20
         repeat {
-            let bytes = (try? FileIO.readFile(dir.journal)) ?? []
-            var end = bytes.count
-            while end > offset, bytes[end - 1] != 10 { end -= 1 }
-            if end > offset {
-                let events = JournalReader.parse(Array(bytes[offset..<end])).events
-                let shown = events.suffix(last)
-                if shown.count < events.count { say("... \(events.count - shown.count) earlier events (:attach RUN, then run.events)") }
-                for e in shown { say(Render.event(e)) }
-                if events.contains(where: { $0["type"]?.stringValue == "final" }) { break }
-                offset = end
-            }
+            let events = journal.next().events
+            let shown = events.suffix(last)
+            if shown.count < events.count { say("... \(events.count - shown.count) earlier events (:attach RUN, then run.events)") }
+            for e in shown { say(Render.event(e)) }
+            if journal.sawFinal { break }
             last = Int.max
             if !follow || !FileLock.isHeld(dir.lock) || baton_signal_pending() != 0 { break }
             var p = pollfd(fd: baton_signal_fd(), events: Int16(POLLIN), revents: 0)
@@ -168,18 +162,16 @@ extension Interactive {
     /// The latest attempt of a stage: the end of its stdout and stderr.
     func stageTail(_ dir: RunDirectory, stage: String, lines: Int = 40) {
         let contents = (try? JournalReader.read(dir.journal)) ?? JournalContents()
-        guard let e = contents.events.last(where: { $0["type"]?.stringValue == "stage_started" && $0["id"]?.stringValue == stage }),
-              let out = e["logs"]?["stdout"]?.stringValue else {
-            let known = Interactive.stageIDs(store: RunStore(root: root), ref: dir.id)
+        guard let latest = contents.stageAttempts(stage).last else {
+            let known = contents.stageIDs
             err("run \(dir.id) has no stage '\(stage)'" + (known.isEmpty ? "" : "; its stages: " + known.joined(separator: ", ")))
             return
         }
-        let errPath = e["logs"]?["stderr"]?.stringValue
-        say("==> stage \(stage) attempt \(e["attempt"]?.intValue ?? 1): \(out) <==")
-        say(tailText(out, lines), newline: false)
-        if let p = errPath, let s = try? FileIO.readString(p), !s.isEmpty {
-            say("--- stderr (\(p)) ---")
-            say(tailText(p, lines / 2), newline: false)
+        say("==> stage \(stage) attempt \(latest.attempt): \(latest.out) <==")
+        say(tailText(latest.out, lines), newline: false)
+        if let s = try? FileIO.readString(latest.err), !s.isEmpty {
+            say("--- stderr (\(latest.err)) ---")
+            say(tailText(latest.err, lines / 2), newline: false)
         }
     }
 
@@ -193,10 +185,7 @@ extension Interactive {
         return text
     }
 
-    func say(_ s: String, newline: Bool) {
-        if newline { say(s); return }
-        _ = s.withCString { write(1, $0, strlen($0)) }
-    }
+    func say(_ s: String, newline: Bool) { Console.write(1, s, newline: newline) }
 
     func load(_ args: [String]) {
         guard let path = args.first else { err("usage: :load RECIPE [ARGS]"); return }

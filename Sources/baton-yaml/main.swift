@@ -26,20 +26,9 @@ func convert(_ n: Node) -> JSON {
 let input = (try? FileIO.readFile("/dev/stdin")) ?? []
 do {
     let node = try Yams.compose(yaml: String(decoding: input, as: UTF8.self))
-    let out = (node.map(convert) ?? .null).encoded() + "\n"
-    _ = out.withCString { write(1, $0, strlen($0)) }
+    Console.out((node.map(convert) ?? .null).encoded())
     exit(0)
 } catch {
-    let msg = "\(error)".split(separator: "\n").map { $0.trimmingCharacters(in: " ") }.joined(separator: " ") + "\n"
-    _ = msg.withCString { write(2, $0, strlen($0)) }
+    Console.err("\(error)".split(separator: "\n").map { $0.trimmingCharacters(in: " ") }.joined(separator: " "))
     exit(1)
-}
-
-extension Substring {
-    func trimmingCharacters(in chars: String) -> String {
-        var s = self
-        while let f = s.first, chars.contains(f) { s.removeFirst() }
-        while let l = s.last, chars.contains(l) { s.removeLast() }
-        return String(s)
-    }
 }

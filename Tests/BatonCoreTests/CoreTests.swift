@@ -107,3 +107,25 @@ import Testing
         #expect(SHA256.hex([]) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
     }
 }
+
+@Suite struct PreflightCheckTests {
+    @Test func kinds() {
+        let d = tempDir()
+        let env = ["PATH": "/usr/bin:/bin"]
+        #expect(!PreflightCheck.path(d + "/nope", directory: false, executable: false).evaluate(environment: env).ok)
+        #expect(PreflightCheck.path(d, directory: true, executable: false).evaluate(environment: env).ok)
+        let file = d + "/plain.txt"
+        try? FileIO.writeAtomically(file, Array("x".utf8), mode: 0o644)
+        #expect(!PreflightCheck.path(file, directory: true, executable: false).evaluate(environment: env).ok)
+        #expect(!PreflightCheck.path(file, directory: false, executable: true).evaluate(environment: env).ok)
+        #expect(PreflightCheck.path("/bin/sh", directory: false, executable: true).evaluate(environment: env).ok)
+        #expect(PreflightCheck.command(.argv(["true"]), cwd: nil, timeout: 5).evaluate(environment: env).ok)
+        let failing = PreflightCheck.command(.shell("echo nope >&2; exit 3"), cwd: nil, timeout: 5).evaluate(environment: env)
+        #expect(!failing.ok && failing.detail.contains("exit code 3") && failing.detail.contains("nope"))
+        #expect(PreflightCheck.command(.argv(["sleep", "5"]), cwd: nil, timeout: 0.1).evaluate(environment: env).detail.hasPrefix("timed out"))
+        #expect(PreflightCheck.env("PATH").evaluate(environment: env).ok)
+        #expect(PreflightCheck.env("BATON_SURELY_UNSET_VAR").evaluate(environment: env).detail == "not set or empty")
+        #expect(!PreflightCheck.pgrep("python train.py").evaluate(environment: env).ok)
+        #expect(PreflightCheck.pgrep("[p]ython train.py").evaluate(environment: env).ok)
+    }
+}
