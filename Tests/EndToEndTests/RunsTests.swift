@@ -212,4 +212,35 @@ import Testing
         let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(text.contains("stage_finished c passed") && text.contains("final succeeded"))
     }
+
+    @Test func checkLoadsWithoutRunning() throws {
+        let d = Harness.tempDir("check")
+        Harness.write(d + "/ok.lua", "local m = require('kit.args')\nrunStage{id = 'x', cmd = {'touch', 'ran'}}\n")
+        Harness.write(d + "/syntax.lua", "local a = 1\nlocal = 2\n")
+        Harness.write(d + "/req.lua", "local m = require('no.such.module')\n")
+        let ok = try Harness.run(["check", "ok.lua"], cwd: d)
+        #expect(ok.code == 0 && ok.stdout.contains("ok.lua: ok"), "stderr: \(ok.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: d + "/ran"), "check ran the recipe")
+        #expect(Harness.runDirs(d).isEmpty, "check created a run")
+        let syntax = try Harness.run(["check", "syntax.lua"], cwd: d)
+        #expect(syntax.code == 3 && syntax.stderr.contains("syntax.lua:2:"), "\(syntax.stderr)")
+        let req = try Harness.run(["check", "req.lua"], cwd: d)
+        #expect(req.code == 3 && req.stderr.contains("no.such.module"), "\(req.stderr)")
+        let json = try Harness.run(["check", "--json", "syntax.lua"], cwd: d)
+        let doc = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
+        #expect(doc?["ok"] as? Bool == false && (doc?["errors"] as? [String])?.count == 1)
+        #expect(try Harness.run(["check", "missing.lua"], cwd: d).code == 3)
+    }
+
+    @Test func heartbeatsWhileAStageRuns() throws {
+        let d = Harness.tempDir("heartbeat")
+        Harness.write(d + "/r.lua", "runStage{id = 'slow', cmd = {'sleep', '0.6'}}\n")
+        let r = try Harness.run(["run", "r.lua"], cwd: d, env: ["BATON_HEARTBEAT_SEC": "0.1"])
+        #expect(r.code == 0, "stderr: \(r.stderr)")
+        let beats = Harness.events(Harness.journal(Harness.latestRun(d) ?? ""), type: "heartbeat")
+        #expect(beats.count >= 3, "\(beats.count) heartbeats in 0.6 s at 0.1 s")
+        #expect(beats.allSatisfy { $0["waiting_on"] as? String == "stage" && $0["id"] as? String == "slow" })
+        let st = try Harness.run(["status"], cwd: d)
+        #expect(st.code == 0)
+    }
 }
