@@ -192,17 +192,18 @@ public final class FileLock: @unchecked Sendable {
         return FileLock(path: path, fd: fd)
     }
 
-    /// Takes the lock, waiting up to `timeout` seconds; nil on timeout or when
-    /// `interrupted()` says to stop.
-    public static func acquire(_ path: String, timeout: Double, interrupted: () -> Bool) throws -> FileLock? {
-        let deadline = Clock.monotonic() + timeout
-        var pause: UInt32 = 1_000
-        while true {
-            if let l = try tryAcquire(path) { return l }
-            if Clock.monotonic() >= deadline || interrupted() { return nil }
-            usleep(pause)
-            pause = min(pause * 2, 50_000)
+    /// Takes the lock, waiting up to `timeout` seconds on `loop` (everything else goes on
+    /// meanwhile); nil on timeout or when the wait is interrupted.
+    public static func acquire(_ path: String, timeout: Double, loop: EventLoop) throws -> FileLock? {
+        if let l = try tryAcquire(path) { return l }
+        var got: FileLock? = nil
+        var failure: Error? = nil
+        _ = loop.wait(WaitLabel("lock", path), deadline: Clock.monotonic() + timeout, pollEvery: 0.02) {
+            do { got = try tryAcquire(path) } catch { failure = error; return true }
+            return got != nil
         }
+        if let failure { throw failure }
+        return got
     }
 
     /// True when some process holds the lock on `path` (probes without keeping it).

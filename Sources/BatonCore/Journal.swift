@@ -1,14 +1,28 @@
 import Glibc
 
+/// How often the journal is flushed to disk (`baton run --sync`).
+public enum SyncPolicy: String, Sendable, CaseIterable {
+    /// The default, as SQLite's WAL with synchronous=NORMAL: a process death loses nothing
+    /// without any fsync (the page cache survives it); the events resume depends on are
+    /// flushed at most ~100 ms after they are written, and final, gate and preflight at once.
+    case batched
+    /// fdatasync after every event resume depends on: survives power loss, costs a disk
+    /// flush per stage.
+    case always
+    /// Never flush (benchmarks that measure everything else).
+    case never
+}
+
 /// The append-only event log of a run. One `write` per event, so an event whose
-/// `append` returned is in the file even if the process dies the next instant;
-/// `fdatasync` for the events resume depends on. Seq numbers are never reused.
+/// `append` returned is in the file even if the process dies the next instant.
+/// Seq numbers are never reused.
 public final class JournalWriter: @unchecked Sendable {
     public static let schemaVersion: Int64 = 1
-    /// Event types that are flushed to disk before `append` returns. fdatasync flushes
-    /// every earlier line too, so run_started and run_resumed need no flush of their own:
-    /// resume relies on stage_finished, and nothing runs before the first of those.
-    public static let durableTypes: Set<String> = ["stage_finished", "final", "gate", "preflight"]
+    /// Flushed before `append` returns, whatever the policy.
+    public static let flushNow: Set<String> = ["final", "gate", "preflight"]
+    /// Flushed within `batchWindow` under `.batched` (at once under `.always`).
+    public static let flushSoon: Set<String> = ["stage_finished", "watch", "run_resumed", "command"]
+    public static let batchWindow = 0.1
 
     public let path: String
     public let runID: String
@@ -16,13 +30,16 @@ public final class JournalWriter: @unchecked Sendable {
     private var size: off_t
     public private(set) var lastSeq: Int64
     private var mutex = pthread_mutex_t()
-    /// Set by benchmarks and tests that measure without durability; never by users.
-    public var syncEnabled = true
+    public var policy: SyncPolicy
+    private var lastSync = 0.0
+    /// A flush owed by `.batched` (monotonic time it is due); the event loop wakes for it.
+    public private(set) var syncDue: Double?
 
-    public init(path: String, runID: String, lastSeq: Int64 = 0) throws {
+    public init(path: String, runID: String, lastSeq: Int64 = 0, policy: SyncPolicy = .batched) throws {
         self.path = path
         self.runID = runID
         self.lastSeq = lastSeq
+        self.policy = policy
         fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
         if fd < 0 { throw SystemError("open", path) }
         var st = stat()
@@ -36,30 +53,15 @@ public final class JournalWriter: @unchecked Sendable {
         pthread_mutex_destroy(&mutex)
     }
 
-    /// Appends an event; returns its seq. On a write error the file is cut back to
+    /// Appends an event; returns it as written. On a write error the file is cut back to
     /// its last whole line, so a full disk never leaves a torn line in the middle.
     @discardableResult
-    public func append(_ type: String, _ fields: [(String, JSON)], sync: Bool? = nil) throws -> Int64 {
+    public func append(_ body: EventBody, at ts: Double = Clock.now()) throws -> JournalEvent {
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
         let seq = lastSeq + 1
-        var out: [UInt8] = []
-        out.reserveCapacity(192)
-        out.append(contentsOf: "{\"v\":1,\"seq\":".utf8)
-        out.append(contentsOf: String(seq).utf8)
-        out.append(contentsOf: ",\"ts\":\"".utf8)
-        out.append(contentsOf: Clock.rfc3339(Clock.now()).utf8)
-        out.append(contentsOf: "\",\"run\":".utf8)
-        JSON.encodeString(runID, into: &out)
-        out.append(contentsOf: ",\"type\":".utf8)
-        JSON.encodeString(type, into: &out)
-        for (k, v) in fields {
-            out.append(UInt8(ascii: ","))
-            JSON.encodeString(k, into: &out)
-            out.append(UInt8(ascii: ":"))
-            v.encode(into: &out, pretty: false, indent: 0)
-        }
-        out.append(contentsOf: "}\n".utf8)
+        var out = JournalEvent.encode(seq: seq, ts: ts, run: runID, body: body)
+        out.append(10)
         do {
             try out.withUnsafeBytes { try FileIO.writeAll(fd, $0, path: path) }
         } catch {
@@ -68,24 +70,48 @@ public final class JournalWriter: @unchecked Sendable {
         }
         size += off_t(out.count)
         lastSeq = seq
-        if syncEnabled, sync ?? JournalWriter.durableTypes.contains(type) {
-            if fdatasync(fd) != 0 { throw SystemError("fdatasync", path) }
+        let type = body.type
+        switch policy {
+        case .never: break
+        case .always:
+            if JournalWriter.flushNow.contains(type) || JournalWriter.flushSoon.contains(type) { try flush() }
+        case .batched:
+            if JournalWriter.flushNow.contains(type) {
+                try flush()
+            } else if JournalWriter.flushSoon.contains(type) {
+                let now = Clock.monotonic()
+                if now - lastSync >= JournalWriter.batchWindow { try flush() } else if syncDue == nil {
+                    syncDue = lastSync + JournalWriter.batchWindow
+                }
+            }
         }
-        return seq
+        return JournalEvent(seq: seq, ts: ts, run: runID, body: body)
+    }
+
+    /// fdatasync now (flushes every earlier line too).
+    public func flush() throws {
+        syncDue = nil
+        lastSync = Clock.monotonic()
+        if fdatasync(fd) != 0 { throw SystemError("fdatasync", path) }
+    }
+
+    /// The flush a batch owes, if it is due.
+    public func flushIfDue(now: Double) throws {
+        if let d = syncDue, now >= d { try flush() }
     }
 }
 
 /// What a reader found in a journal: the events, a torn tail (skipped), and any
 /// corrupt lines in the middle (reported with their 1-based line number).
 public struct JournalContents {
-    public var events: [JSON] = []
+    public var events: [JournalEvent] = []
     public var corrupt: [(line: Int, message: String)] = []
     /// A last line with no newline or that does not parse: a write cut short.
     public var tornTail = false
     /// Bytes up to the end of the last good line (resume truncates here).
     public var validLength = 0
     public init() {}
-    public var lastSeq: Int64 { events.last.flatMap { $0["seq"]?.intValue } ?? 0 }
+    public var lastSeq: Int64 { events.last?.seq ?? 0 }
 
     public var problems: [String] {
         corrupt.map { "line \($0.line): \($0.message)" } + (tornTail ? ["last line is torn (skipped)"] : [])
@@ -114,10 +140,13 @@ public enum JournalReader {
                 let slice = UnsafeBufferPointer(rebasing: buf[start..<end])
                 if !slice.allSatisfy({ $0 == 32 || $0 == 9 || $0 == 13 }) {
                     var problem: String? = nil
-                    var event: JSON? = nil
+                    var event: JournalEvent? = nil
                     do {
                         let v = try JSON.parse(slice, maxDepth: 128)
-                        if case .object = v { event = v } else { problem = "not a JSON object" }
+                        if case .object = v {
+                            event = JournalEvent(v)
+                            if event == nil { problem = "not a journal event (no type)" }
+                        } else { problem = "not a JSON object" }
                     } catch {
                         problem = "invalid JSON (\(error))"
                     }

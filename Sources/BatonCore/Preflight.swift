@@ -35,7 +35,8 @@ public enum PreflightCheck {
         }
     }
 
-    public func evaluate(environment: [String: String]) -> Outcome {
+    /// Evaluates the check; a command check runs on `loop` (everything else goes on meanwhile).
+    public func evaluate(environment: [String: String], loop: EventLoop) -> Outcome {
         switch self {
         case let .path(p, directory, executable):
             if !FileIO.exists(p) { return Outcome(ok: false, detail: "missing") }
@@ -43,7 +44,8 @@ public enum PreflightCheck {
             if executable && access(p, X_OK) != 0 { return Outcome(ok: false, detail: "exists but is not executable") }
             return Outcome(ok: true, detail: FileIO.isDirectory(p) ? "directory exists" : "exists")
         case let .command(cmd, cwd, timeout):
-            let o = Subprocess.run(cmd, cwd: cwd, env: environment, timeout: timeout)
+            let o = CommandRun.run(cmd, cwd: cwd, env: environment, timeout: timeout, on: loop,
+                                   label: WaitLabel("preflight", cmd.display))
             if o.ok { return Outcome(ok: true, detail: "exit 0") }
             return Outcome(ok: false, detail: o.timedOut ? "timed out after \(Clock.human(timeout))" : o.failureDescription,
                            interrupted: o.interrupted)

@@ -18,9 +18,10 @@ public struct RunInfo {
     /// The stage attempt or watch in progress: (kind, id, since).
     public var current: (kind: String, id: String, since: Double)?
     public var currentPid: Int32?
-    public var lastEvent: (type: String, at: Double)?
-    public var events: [JSON] = []
-    public var final: JSON?
+    public var lastEvent: (type: String, ts: Double)?
+    public var events: [JournalEvent] = []
+    public var history = RunHistory()
+    public var final: FinalRecord?
     public var problems: [String] = []
     public var stageCount = 0
     public var alivePids: [Int32] = []
@@ -43,46 +44,24 @@ public struct RunInfo {
             info.problems.append("no journal.jsonl")
         }
         if FileIO.exists(dir.final) {
-            if let f = dir.readFinal() { info.final = f } else { info.problems.append("final.json is not valid JSON (truncated?)") }
+            if let f = FinalRecord.read(dir) { info.final = f } else { info.problems.append("final.json is not valid JSON (truncated?)") }
         }
-        var open: [String: (kind: String, id: String, since: Double, pid: Int32?)] = [:]
-        var order: [String] = []
-        for e in contents.events {
-            guard let type = e["type"]?.stringValue else { continue }
-            let ts = e["ts"]?.stringValue.flatMap(Clock.parseRFC3339)
-            if let ts { info.lastEvent = (type, ts) }
-            switch type {
-            case "run_started", "run_resumed":
-                if info.recipe == nil || type == "run_resumed" { info.recipe = e["recipe"]?.stringValue }
-                if info.startedAt == nil { info.startedAt = ts }
-                info.runnerPid = e["pid"]?.intValue.map { Int32($0) }
-                open.removeAll(); order.removeAll()
-            case "stage_started":
-                let key = "stage\u{1}\(e["id"]?.stringValue ?? "")\u{1}\(e["occurrence"]?.intValue ?? 0)"
-                open[key] = ("stage", e["id"]?.stringValue ?? "?", ts ?? 0, e["pid"]?.intValue.map { Int32($0) })
-                order.append(key)
-            case "stage_finished":
-                info.stageCount += e["final"]?.boolValue == false ? 0 : 1
-                open["stage\u{1}\(e["id"]?.stringValue ?? "")\u{1}\(e["occurrence"]?.intValue ?? 0)"] = nil
-            case "watch":
-                let key = "watch\u{1}\(e["id"]?.stringValue ?? "")"
-                let to = e["to"]?.stringValue ?? ""
-                if ["completed", "failed", "blocked"].contains(to) { open[key] = nil } else if open[key] == nil {
-                    open[key] = ("watch", e["id"]?.stringValue ?? "?", ts ?? 0, nil); order.append(key)
-                }
-            default: break
-            }
-        }
-        if let k = order.last(where: { open[$0] != nil }), let c = open[k] {
+        let h = RunHistory(contents.events)
+        info.history = h
+        info.recipe = h.latestStart?.began.recipe
+        info.startedAt = h.firstStart?.ts ?? h.latestStart?.ts
+        info.runnerPid = h.latestStart?.began.pid
+        info.lastEvent = h.lastEvent
+        info.stageCount = h.concluded.count
+        if let c = h.current {
             info.current = (c.kind, c.id, c.since)
             info.currentPid = c.pid
         }
         if withEvents { info.events = contents.events }
-        let finalStatus = info.final?["status"]?.stringValue
         if locked {
             info.state = .running
             if let s = (try? FileIO.readString(dir.lock))?.trimmingWhitespace(), let p = Int32(s) { info.runnerPid = p }
-        } else if let s = finalStatus, let st = State(rawValue: s), s != "running" {
+        } else if let s = info.final?.status, let st = State(rawValue: s), s != "running" {
             info.state = st
             info.current = nil
         } else if contents.events.isEmpty, let pid = dir.readPid(), kill(pid, 0) == 0 {
@@ -92,13 +71,14 @@ public struct RunInfo {
             info.state = .orphaned
         }
         if let f = info.final, info.state != .running {
-            info.exitCode = f["exit_code"]?.intValue.map { Int($0) }
-            info.reason = f["reason"]?.stringValue
-            info.endedAt = f["ended_at"]?.stringValue.flatMap(Clock.parseRFC3339)
-            if info.recipe == nil { info.recipe = f["recipe"]?.stringValue }
-            if info.startedAt == nil { info.startedAt = f["started_at"]?.stringValue.flatMap(Clock.parseRFC3339) }
+            info.exitCode = f.exitCode.map(Int.init)
+            info.reason = f.reason
+            info.endedAt = f.endedAt
+            if info.recipe == nil { info.recipe = f.recipe }
+            if info.startedAt == nil, f.startedAt > 0 { info.startedAt = f.startedAt }
         }
-        if info.state == .orphaned, info.endedAt == nil { info.endedAt = info.lastEvent?.at }
+        // An orphaned run ended when its runner last wrote.
+        if info.state == .orphaned, info.endedAt == nil || info.final?.status == "running" { info.endedAt = info.lastEvent?.ts }
         if info.state == .running || info.state == .orphaned { info.alivePids = Survivors.find(runID: dir.id) }
         return info
     }
@@ -122,8 +102,8 @@ public struct RunInfo {
                                           ("pid", currentPid.map { .int(Int64($0)) } ?? .null)])))
         } else { o.append(("current", .null)) }
         if let l = lastEvent {
-            o.append(("last_event", .object([("type", .string(l.type)), ("at", .string(Clock.rfc3339(l.at))),
-                                             ("ago_ms", .int(Int64((Clock.now() - l.at) * 1000)))])))
+            o.append(("last_event", .object([("type", .string(l.type)), ("at", .string(Clock.rfc3339(l.ts))),
+                                             ("ago_ms", .int(Int64((Clock.now() - l.ts) * 1000)))])))
         } else { o.append(("last_event", .null)) }
         o.append(("alive_pids", .array(alivePids.map { .int(Int64($0)) })))
         o.append(("problems", .array(problems.map(JSON.string))))

@@ -16,9 +16,9 @@ public struct RunDirectory: Sendable {
 
     public func stageDir(_ stageID: String) -> String { stagesDir + "/" + RunDirectory.safeName(stageID) }
 
-    public func stageLogs(_ stageID: String, attempt: Int) -> (out: String, err: String) {
+    public func stageLogs(_ stageID: String, attempt: Int) -> StageLogs {
         let d = stageDir(stageID)
-        return ("\(d)/\(attempt).out", "\(d)/\(attempt).err")
+        return StageLogs(stdout: "\(d)/\(attempt).out", stderr: "\(d)/\(attempt).err")
     }
 
     /// Stage ids are free text; their directory names keep only safe characters.
@@ -37,6 +37,17 @@ public struct RunDirectory: Sendable {
     public func readFinal() -> JSON? {
         guard let bytes = try? FileIO.readFile(final, limit: 64 << 20) else { return nil }
         return try? JSON.parse(bytes)
+    }
+
+    /// When the run started: its first journal line's `ts`, else when its directory was made.
+    public func startTime() -> Double? {
+        if let head = try? FileIO.readFile(journal, limit: 4096), let nl = head.firstIndex(of: 10),
+           let line = try? JSON.parse(Array(head[..<nl])), let ts = line["ts"]?.stringValue.flatMap(Clock.parseRFC3339) {
+            return ts
+        }
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9
     }
 
     public func readPid() -> Int32? {
@@ -96,9 +107,12 @@ public struct RunStore: Sendable {
         }
     }
 
-    /// Run ids, newest first.
+    /// Run ids, newest first: by start time (a `--run-id` chosen by hand sorts by when it
+    /// ran, not by its text), then by id.
     public func ids() -> [String] {
-        FileIO.list(root).filter { !$0.hasPrefix(".") && FileIO.isDirectory(root + "/" + $0) }.sorted(by: >)
+        let names = FileIO.list(root).filter { !$0.hasPrefix(".") && FileIO.isDirectory(root + "/" + $0) }
+        let keyed = names.map { ($0, directory($0).startTime() ?? 0) }
+        return keyed.sorted { $0.1 != $1.1 ? $0.1 > $1.1 : $0.0 > $1.0 }.map(\.0)
     }
 
     public func resolve(_ ref: String?) throws -> RunDirectory {

@@ -65,6 +65,9 @@ extension Substring {
 
 public struct SpawnError: Error, CustomStringConvertible {
     public let message: String
+    /// The exit code a shell would give: 127 not found, 126 found but cannot run.
+    public var exitCode: Int32 = Termination.notFound
+    public init(message: String, exitCode: Int32 = Termination.notFound) { self.message = message; self.exitCode = exitCode }
     public var description: String { message }
 }
 
@@ -125,7 +128,8 @@ public enum Spawner {
             }
         }
         if err != 0 {
-            throw SpawnError(message: "cannot start \(first): \(String(cString: strerror(err)))")
+            throw SpawnError(message: "cannot start \(first): \(String(cString: strerror(err)))",
+                             exitCode: err == ENOENT ? Termination.notFound : Termination.notExecutable)
         }
         return pid
     }

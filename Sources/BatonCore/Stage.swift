@@ -40,9 +40,10 @@ public struct StageResult: Sendable {
     public var signal: Int32?
     public var attempts: Int
     public var duration: Double
-    public var stdout: String
-    public var stderr: String
-    public var logs: (out: String, err: String)
+    /// The last 64 KiB the stage wrote, byte for byte (invalid UTF-8 kept).
+    public var stdout: [UInt8] = []
+    public var stderr: [UInt8] = []
+    public var logs: StageLogs
     public var failureClass: FailureClass?
     public var signature: String?
     public var pid: Int32?
@@ -53,11 +54,22 @@ public struct StageResult: Sendable {
     public var breakerOpen = false
 
     public var ok: Bool { status == .passed }
+    public var key: StageKey { StageKey(id: id, occurrence: occurrence) }
+    public var stderrText: String { String(decoding: stderr, as: UTF8.self) }
 
-    public init(id: String, occurrence: Int, status: StageStatus, attempts: Int, duration: Double,
-                logs: (out: String, err: String)) {
+    public init(id: String, occurrence: Int, status: StageStatus, attempts: Int, duration: Double, logs: StageLogs) {
         self.id = id; self.occurrence = occurrence; self.status = status; self.attempts = attempts
-        self.duration = duration; self.stdout = ""; self.stderr = ""; self.logs = logs
+        self.duration = duration; self.logs = logs
+    }
+
+    /// A replayed call, from its journaled `stage_finished`.
+    init(replaying f: StageFinished) {
+        self.init(id: f.key.id, occurrence: f.key.occurrence, status: .passed, attempts: f.attempt,
+                  duration: Double(f.durationMs) / 1000, logs: f.logs)
+        exit = 0
+        replayed = true
+        stdout = readTail(f.logs.stdout)
+        stderr = readTail(f.logs.stderr)
     }
 
     public var summary: String {
@@ -67,22 +79,22 @@ public struct StageResult: Sendable {
         if let sig = signal { s += " (signal \(sig))" }
         if attempts > 1 { s += " after \(attempts) attempts" }
         if let m = message { s += ": \(m)" }
-        else { let l = FailureSignature.lastNonEmptyLine(stderr); if !l.isEmpty { s += ": \(l.prefix(200))" } }
+        else { let l = FailureSignature.lastNonEmptyLine(stderrText); if !l.isEmpty { s += ": \(l.prefix(200))" } }
         return s
     }
 }
 
 /// Reads at most the last `limit` bytes of a file.
-func readTail(_ path: String, limit: Int = 65536) -> String {
-    if FileIO.size(path) == 0 { return "" }   // one stat instead of open+fstat+close
+func readTail(_ path: String, limit: Int = 65536) -> [UInt8] {
+    if path.isEmpty || FileIO.size(path) ?? 0 == 0 { return [] }   // one stat instead of open+fstat+close
     let fd = open(path, O_RDONLY | O_CLOEXEC)
-    if fd < 0 { return "" }
+    if fd < 0 { return [] }
     defer { close(fd) }
     return readTail(fd: fd, limit: limit)
 }
 
 /// Reads at most the last `limit` bytes of an open file.
-func readTail(fd: Int32, limit: Int = 65536) -> String {
+func readTail(fd: Int32, limit: Int = 65536) -> [UInt8] {
     var st = stat()
     fstat(fd, &st)
     let size = Int(st.st_size)
@@ -94,145 +106,104 @@ func readTail(fd: Int32, limit: Int = 65536) -> String {
         if n <= 0 { break }
         got += n
     }
-    return String(decoding: buf[0..<got], as: UTF8.self)
+    return got == buf.count ? buf : Array(buf[0..<got])
 }
 
-/// One stage call: its attempts, retries and backoff, driven by the Reactor.
-/// Output goes straight from the child into the log files (no copy through
-/// Baton, so a stage that prints gigabytes costs no memory); the tail is read
-/// back when the attempt ends.
-public final class StageExecution {
+/// One stage call: its attempts, retries and backoff, a task of the run's event loop.
+/// Where an attempt runs is its executor's business; output goes straight from the job
+/// into the log files (no copy through Baton, so a stage that prints gigabytes costs no
+/// memory), and the tail is read back when the attempt ends.
+public final class StageExecution: LoopTask {
     enum Phase {
         case waiting(until: Double)     // before the first attempt or in backoff
         case running
-        case terminating(killAt: Double) // SIGTERM sent to the group
         case finished
     }
 
     public let spec: StageSpec
-    public let occurrence: Int
+    public let key: StageKey
     unowned let context: RunContext
+    let executor: Executor
     var phase: Phase
     public private(set) var attempt = 0
+    public private(set) var job: Job?
+    /// The latest attempt's local pid (0 before the first attempt).
     public private(set) var pid: pid_t = 0
-    var pidfd: Int32 = -1
     var attemptStart = 0.0
     var firstStart = 0.0
     var deadline: Double?
     var timedOut = false
     var cancelRequested = false
     public private(set) var result: StageResult?
-    var logs: (out: String, err: String) = ("", "")
+    var logs = StageLogs(stdout: "", stderr: "")
     /// The attempt's log files, open until the attempt ends (its tails are read from them).
     var outFD: Int32 = -1, errFD: Int32 = -1
-    var lastResult: StageResult?
+    public private(set) var lastResult: StageResult?
     public var onFinish: ((StageResult) -> Void)?
 
-    init(spec: StageSpec, occurrence: Int, context: RunContext) {
+    init(spec: StageSpec, key: StageKey, context: RunContext, executor: Executor) {
         self.spec = spec
-        self.occurrence = occurrence
+        self.key = key
         self.context = context
+        self.executor = executor
         self.phase = .waiting(until: 0)
     }
 
+    public var occurrence: Int { key.occurrence }
     public var isFinished: Bool { if case .finished = phase { return true }; return false }
 
-    var pollFD: Int32? { if case .running = phase, pidfd >= 0 { return pidfd }; if case .terminating = phase, pidfd >= 0 { return pidfd }; return nil }
-
-    var nextWake: Double? {
+    public var nextWake: Double? {
         switch phase {
         case let .waiting(until): return until
         case .running: return deadline
-        case let .terminating(killAt): return pidfd >= 0 ? killAt : min(killAt, Clock.monotonic() + 0.02)
         case .finished: return nil
         }
     }
 
-    /// Ends the stage: SIGTERM to its group now, SIGKILL after `grace` (or at once if already terminating).
+    /// Ends the call: SIGTERM to its job now, SIGKILL after `grace` (`force`: at once).
     public func cancel(force: Bool = false) {
         cancelRequested = true
         switch phase {
         case .waiting:
-            finish(with: makeResult(status: .cancelled, exit: nil, signal: nil, duration: 0, message: "cancelled before it started"))
+            finish(with: makeResult(status: .cancelled, termination: nil, duration: 0, message: "cancelled before it started"))
         case .running:
-            terminate(grace: force ? 0 : spec.grace)
-        case .terminating:
-            if force { kill(-pid, SIGKILL); phase = .terminating(killAt: 0) }
+            if force { job?.kill() } else { job?.terminate(grace: spec.grace) }
         case .finished: break
         }
     }
 
-    func terminate(grace: Double) {
-        kill(-pid, SIGTERM)
-        kill(-pid, SIGCONT)
-        phase = .terminating(killAt: Clock.monotonic() + grace)
-    }
-
     /// Moves the state machine forward; never blocks.
-    func advance(now: Double) {
+    public func advance(now: Double) {
         switch phase {
         case let .waiting(until):
             if now >= until { startAttempt() }
         case .running:
-            if reapLeader() { return }
-            if let d = deadline, now >= d {
+            guard let j = job else { return }
+            if case let .done(t) = j.state { attemptEnded(t); return }
+            if let d = deadline, now >= d, !timedOut {
                 timedOut = true
-                terminate(grace: spec.grace)
+                deadline = nil
+                j.terminate(grace: spec.grace)
             }
-        case let .terminating(killAt):
-            if pidfd >= 0, reapLeader() { return }
-            if now >= killAt { kill(-pid, SIGKILL) }
-            if pidfd < 0, !groupAlive() { attemptEnded(exitStatus: lastStatus) }
         case .finished: break
         }
-    }
-
-    var lastStatus: Int32 = 0
-
-    /// Reaps the group leader if it exited. Returns true when the attempt is over.
-    func reapLeader() -> Bool {
-        var status: Int32 = 0
-        let r = waitpid(pid, &status, WNOHANG)
-        guard r == pid else { return false }
-        close(pidfd); pidfd = -1
-        lastStatus = status
-        // The leader is gone; anything left in its group goes too.
-        if groupAlive() {
-            if case .terminating = phase {} else { terminate(grace: min(spec.grace, 2)) }
-            return false
-        }
-        attemptEnded(exitStatus: status)
-        return true
-    }
-
-    /// Reaps our zombies in the group, then asks whether anyone is left.
-    func groupAlive() -> Bool {
-        var st: Int32 = 0
-        while waitpid(-pid, &st, WNOHANG) > 0 {}
-        return kill(-pid, 0) == 0
     }
 
     func startAttempt() {
         attempt += 1
         timedOut = false
         logs = context.dir.stageLogs(spec.id, attempt: context.nextLogNumber(spec.id))
-        var fields: [(String, JSON)] = [("id", .string(spec.id)), ("occurrence", .int(Int64(occurrence))), ("attempt", .int(Int64(attempt)))]
-        switch spec.command {
-        case let .argv(a): fields.append(("argv", .array(a.map(JSON.string))))
-        case let .shell(s): fields.append(("shell", .string(s)))
-        }
         let cwd = spec.cwd.map(FileIO.absolute) ?? FileIO.currentDirectory()
-        fields.append(("cwd", .string(cwd)))
-        fields.append(("fingerprint", .string(spec.fingerprint)))
-        fields.append(("logs", .object([("stdout", .string(logs.out)), ("stderr", .string(logs.err))])))
+        var started = StageStarted(key: key, attempt: attempt, command: spec.command, cwd: cwd,
+                                   fingerprint: spec.fingerprint, logs: logs)
         attemptStart = Clock.monotonic()
         if attempt == 1 { firstStart = attemptStart }
         do {
             context.ensureStageDir(spec.id)
-            outFD = open(logs.out, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-            if outFD < 0 { throw SystemError("open", logs.out) }
-            errFD = open(logs.err, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-            if errFD < 0 { throw SystemError("open", logs.err) }
+            outFD = open(logs.stdout, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            if outFD < 0 { throw SystemError("open", logs.stdout) }
+            errFD = open(logs.stderr, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            if errFD < 0 { throw SystemError("open", logs.stderr) }
             var inFD: Int32 = -1
             if let text = spec.stdin {
                 inFD = baton_memfd("baton-stdin")
@@ -244,23 +215,29 @@ public final class StageExecution {
             var env = context.baseEnvironment
             for (k, v) in spec.env { env[k] = v }
             env["BATON_STAGE"] = spec.id
-            pid = try Spawner.spawn(argv: spec.command.argv, env: env, cwd: cwd, stdin: inFD,
-                                    stdout: outFD, stderr: errFD)
-            pidfd = baton_pidfd_open(pid)
-            context.spawnedAny = true   // (baton_spawn told the crash guard about the group)
-            fields.append(("pid", .int(Int64(pid))))
-            context.record("stage_started", fields)
+            var js = JobSpec(argv: spec.command.argv, env: env, cwd: cwd)
+            js.stdin = inFD
+            js.stdout = outFD
+            js.stderr = errFD
+            js.leftoverGrace = min(spec.grace, 2)
+            let j = try executor.start(js)
+            job = j
+            pid = j.pid ?? 0
+            context.spawnedAny = true
+            started.pid = j.pid
+            context.record(.stageStarted(started))
             deadline = spec.timeout.map { attemptStart + $0 }
             phase = .running
         } catch {
             // Could not start: a deterministic failure (a missing command never gets better).
             closeLogs()
-            context.record("stage_started", fields)
+            context.record(.stageStarted(started))
             let msg = "\(error)"
-            _ = try? FileIO.appendLocked(logs.err, Array((msg + "\n").utf8))
-            var r = makeResult(status: .failed, exit: 127, signal: nil, duration: Clock.monotonic() - attemptStart, message: msg)
+            let code = (error as? SpawnError)?.exitCode ?? Termination.notFound
+            _ = try? FileIO.appendLocked(logs.stderr, Array((msg + "\n").utf8))
+            var r = makeResult(status: .failed, termination: .exited(code), duration: Clock.monotonic() - attemptStart, message: msg)
             r.failureClass = .deterministic
-            r.signature = FailureSignature.make(.deterministic, exit: 127, signal: nil, stderrTail: msg)
+            r.signature = FailureSignature.make(.deterministic, exit: code, signal: nil, stderrTail: msg)
             concludeAttempt(r)
         }
     }
@@ -270,84 +247,72 @@ public final class StageExecution {
         if errFD >= 0 { close(errFD); errFD = -1 }
     }
 
-    func makeResult(status: StageStatus, exit: Int32?, signal: Int32?, duration: Double, message: String?) -> StageResult {
-        var r = StageResult(id: spec.id, occurrence: occurrence, status: status, attempts: attempt,
-                            duration: duration, logs: logs)
-        r.exit = exit; r.signal = signal; r.message = message; r.pid = pid == 0 ? nil : pid
+    func makeResult(status: StageStatus, termination t: Termination?, duration: Double, message: String?) -> StageResult {
+        var r = StageResult(id: spec.id, occurrence: occurrence, status: status, attempts: attempt, duration: duration, logs: logs)
+        r.exit = t?.exitCode; r.signal = t?.signal; r.message = message; r.pid = pid == 0 ? nil : pid
         return r
     }
 
-    func attemptEnded(exitStatus status: Int32) {
-        baton_crash_guard_untrack(pid)
-        let duration = Clock.monotonic() - attemptStart
-        let exited = (status & 0x7f) == 0
-        let exitCode: Int32? = exited ? (status >> 8) & 0xff : nil
-        let sig: Int32? = exited ? nil : status & 0x7f
-        var r = makeResult(status: .passed, exit: exitCode, signal: sig, duration: duration, message: nil)
-        r.stdout = outFD >= 0 ? readTail(fd: outFD) : readTail(r.logs.out)
-        r.stderr = errFD >= 0 ? readTail(fd: errFD) : readTail(r.logs.err)
+    func attemptEnded(_ t: Termination) {
+        job = nil
+        var r = makeResult(status: .passed, termination: t, duration: Clock.monotonic() - attemptStart, message: nil)
+        r.stdout = outFD >= 0 ? readTail(fd: outFD) : readTail(r.logs.stdout)
+        r.stderr = errFD >= 0 ? readTail(fd: errFD) : readTail(r.logs.stderr)
         closeLogs()
         if cancelRequested && !timedOut {
             r.status = .cancelled
         } else if timedOut {
             r.status = .timed_out
             r.message = "timed out after \(Clock.human(spec.timeout ?? 0))"
-        } else if exitCode != 0 {
+        } else if t != .exited(0) {
             r.status = .failed
         } else {
-            let missing = spec.requireFiles.filter { f in
-                let p = f.hasPrefix("/") ? f : FileIO.join(spec.cwd.map(FileIO.absolute) ?? FileIO.currentDirectory(), f)
-                return (FileIO.size(p) ?? 0) == 0
-            }
+            let base = spec.cwd.map(FileIO.absolute) ?? FileIO.currentDirectory()
+            let missing = spec.requireFiles.filter { (FileIO.size(FileIO.join(base, $0)) ?? 0) == 0 }
             if !missing.isEmpty {
                 r.status = .failed
                 r.message = "required file\(missing.count > 1 ? "s" : "") missing or empty: \(missing.joined(separator: ", "))"
             }
         }
         if !r.ok {
+            let tail = r.stderrText
             let cls = r.message != nil && r.status == .failed
                 ? FailureClass.deterministic
-                : spec.transient.classify(timedOut: timedOut || r.status == .cancelled, signal: sig, exit: exitCode, stderrTail: r.stderr)
+                : spec.transient.classify(timedOut: timedOut || r.status == .cancelled, signal: t.signal, exit: t.exitCode, stderrTail: tail)
             r.failureClass = cls
-            r.signature = FailureSignature.make(cls, exit: exitCode, signal: sig,
-                                                stderrTail: r.message.map { r.stderr + "\n" + $0 } ?? r.stderr)
+            r.signature = FailureSignature.make(cls, exit: t.exitCode, signal: t.signal,
+                                                stderrTail: r.message.map { tail + "\n" + $0 } ?? tail)
         }
         concludeAttempt(r)
     }
 
     func concludeAttempt(_ r0: StageResult) {
         var r = r0
-        var fields: [(String, JSON)] = [
-            ("id", .string(spec.id)), ("occurrence", .int(Int64(occurrence))), ("attempt", .int(Int64(attempt))),
-            ("exit", r.exit.map { .int(Int64($0)) } ?? .null), ("signal", r.signal.map { .int(Int64($0)) } ?? .null),
-            ("status", .string(r.status.rawValue)),
-            ("failure_class", r.failureClass.map { .string($0.rawValue) } ?? .null),
-            ("signature", r.signature.map(JSON.string) ?? .null),
-            ("duration_ms", .int(Int64(r.duration * 1000))),
-            ("logs", .object([("stdout", .string(r.logs.out)), ("stderr", .string(r.logs.err))])),
-            ("fingerprint", .string(spec.fingerprint)),
-            ("replayed", .bool(false)),
-        ]
-        if let m = r.message { fields.append(("message", .string(m))) }
+        var f = StageFinished(key: key, attempt: attempt, status: r.status, durationMs: Int64(r.duration * 1000),
+                              logs: r.logs, fingerprint: spec.fingerprint)
+        f.exit = r.exit
+        f.signal = r.signal
+        f.failureClass = r.failureClass
+        f.signature = r.signature
+        f.message = r.message
         var retry = false
         if !r.ok, r.status != .cancelled, let sig = r.signature, let cls = r.failureClass {
             let seen = context.countSignature(sig)
             if let b = spec.breaker, seen >= b {
                 r.breakerOpen = true
                 r.message = "circuit breaker open: the same failure (signature \(sig)) happened \(seen) times in this run" + (r.message.map { "; " + $0 } ?? "")
-                fields.append(("breaker_open", .bool(true)))
+                f.breakerOpen = true
             } else if attempt <= spec.retries, spec.retryOn.contains(cls), !context.interrupted {
                 retry = true
             }
         }
-        fields.append(("final", .bool(!retry)))
-        context.record("stage_finished", fields)
+        f.final = !retry
+        context.record(.stageFinished(f))
         lastResult = r
         if retry {
             let delay = spec.backoff.delay(afterAttempt: attempt)
-            context.record("log", [("level", .string("info")),
-                                   ("message", .string("retrying stage '\(spec.id)' in \(Clock.human(delay)) (\(r.failureClass!.rawValue) failure, attempt \(attempt) of \(spec.retries + 1))")),
-                                   ("fields", .object([("stage", .string(spec.id))]))], sync: false)
+            context.log("info", "retrying stage '\(spec.id)' in \(Clock.human(delay)) (\(r.failureClass!.rawValue) failure, attempt \(attempt) of \(spec.retries + 1))",
+                        .object([("stage", .string(spec.id))]))
             phase = .waiting(until: Clock.monotonic() + delay)
         } else {
             r.duration = Clock.monotonic() - firstStart
@@ -358,7 +323,6 @@ public final class StageExecution {
     func finish(with r: StageResult) {
         phase = .finished
         result = r
-        context.stageConcluded(r)
         onFinish?(r)
     }
 }

@@ -28,63 +28,22 @@ public enum Survivors {
         return rest.hasPrefix("Z") || rest.hasPrefix("X")
     }
 
-    /// SIGTERM, up to `grace` seconds, then SIGKILL. Returns the pids that were found.
+    /// SIGTERM, up to `grace` seconds (waited on `loop`), then SIGKILL. Returns the pids found.
     @discardableResult
-    public static func kill(runID: String, grace: Double = 2) -> [pid_t] {
+    public static func kill(runID: String, grace: Double = 2, loop: EventLoop) -> [pid_t] {
         let pids = find(runID: runID)
         guard !pids.isEmpty else { return [] }
         for p in pids { Glibc.kill(p, SIGTERM) }
-        let until = Clock.monotonic() + grace
         var alive = pids
-        while !alive.isEmpty, Clock.monotonic() < until {
+        _ = loop.wait(deadline: Clock.monotonic() + grace, pollEvery: 0.02) {
             var st: Int32 = 0
             while waitpid(-1, &st, WNOHANG) > 0 {}
             alive = alive.filter { Glibc.kill($0, 0) == 0 && !isZombie($0) }
-            if !alive.isEmpty { usleep(20_000) }
+            return alive.isEmpty
         }
         for p in alive { Glibc.kill(p, SIGKILL) }
         var st: Int32 = 0
         while waitpid(-1, &st, WNOHANG) > 0 {}
         return pids
-    }
-}
-
-/// What a previous life of a run passed, for resume: (stage id, occurrence) of every
-/// stage whose final attempt passed, with its fingerprint and result.
-struct ReplayIndex {
-    struct Entry { var fingerprint: String; var result: StageResult }
-    var passed: [String: Entry] = [:]
-    var logNumbers: [String: Int] = [:]
-
-    init(_ events: [JSON]) {
-        for e in events {
-            guard let type = e["type"]?.stringValue, type == "stage_finished" || type == "stage_started",
-                  let id = e["id"]?.stringValue else { continue }
-            if let out = e["logs"]?["stdout"]?.stringValue, let n = Int(FileIO.basename(out).split(separator: ".").first ?? "") {
-                logNumbers[id] = max(logNumbers[id] ?? 0, n)
-            }
-            guard type == "stage_finished", e["dry"]?.boolValue != true,
-                  let occ = e["occurrence"]?.intValue, let fp = e["fingerprint"]?.stringValue else { continue }
-            let key = "\(id)\u{1}\(occ)"
-            if e["status"]?.stringValue == "passed" {
-                let logs = (e["logs"]?["stdout"]?.stringValue ?? "", e["logs"]?["stderr"]?.stringValue ?? "")
-                var r = StageResult(id: id, occurrence: Int(occ), status: .passed,
-                                    attempts: Int(e["attempt"]?.intValue ?? 1),
-                                    duration: Double(e["duration_ms"]?.intValue ?? 0) / 1000, logs: logs)
-                r.exit = 0
-                r.replayed = true
-                passed[key] = Entry(fingerprint: fp, result: r)
-            } else if e["final"]?.boolValue != false {
-                passed[key] = nil
-            }
-        }
-    }
-
-    func passed(id: String, occurrence: Int, fingerprint: String) -> StageResult? {
-        guard let e = passed["\(id)\u{1}\(occurrence)"], e.fingerprint == fingerprint else { return nil }
-        var r = e.result
-        r.stdout = readTail(r.logs.out)
-        r.stderr = readTail(r.logs.err)
-        return r
     }
 }

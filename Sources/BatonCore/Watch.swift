@@ -91,18 +91,16 @@ public enum ProcessTable {
 /// queued → running → exited → awaiting_artifacts → callback_queued → callback_running → completed,
 /// or blocked / failed.
 public final class WatchLifecycle {
-    public enum State: String { case queued, running, exited, awaiting_artifacts, callback_queued, callback_running, completed, blocked, failed }
     public let id: String
     unowned let context: RunContext
-    public private(set) var state: State?
-    public private(set) var history: [(State, String)] = []
+    public private(set) var state: WatchState?
+    public private(set) var history: [(WatchState, String)] = []
 
     public init(id: String, context: RunContext) { self.id = id; self.context = context }
 
-    public func move(_ to: State, _ reason: String, details: JSON = .object([])) {
-        context.record("watch", [("id", .string(id)), ("from", state.map { .string($0.rawValue) } ?? .null),
-                                 ("to", .string(to.rawValue)), ("reason", .string(reason)), ("details", details)],
-                       sync: [.completed, .failed, .blocked].contains(to))
+    public func move(_ to: WatchState, _ reason: String, details: JSON = .object([])) {
+        context.record(.watch(WatchTransition(id: id, from: state, to: to, reason: reason, details: details)))
+        if to.isTerminal { try? context.journal.flush() }
         state = to
         history.append((to, reason))
     }
@@ -117,19 +115,21 @@ public enum WatchTargetOutcome: Equatable {
 
 extension RunContext {
     /// Waits for a process (not necessarily our child) to exit, via pidfd.
-    public func waitForPid(_ pid: pid_t, timeout: Double, heartbeat: (String, String), heartbeatEvery: Double) -> WatchTargetOutcome {
+    public func waitForPid(_ pid: pid_t, timeout: Double, label: WaitLabel, heartbeatEvery: Double) -> WatchTargetOutcome {
         let pfd = baton_pidfd_open(pid)
         if pfd < 0 { return .exited(exit: nil, signal: nil, detail: "process \(pid) is not running") }
         defer { close(pfd) }
         var gone = false
-        let r = waitUntil(deadline: Clock.monotonic() + timeout, fds: [pfd], heartbeat: heartbeat,
-                          heartbeatEvery: heartbeatEvery, onReadable: { _ in gone = true }) { gone }
+        let r = loop.wait(label, deadline: Clock.monotonic() + timeout, fds: [pfd], heartbeatEvery: heartbeatEvery,
+                          onReadable: { _ in gone = true }) { gone }
         switch r {
         case .satisfied:
             var st: Int32 = 0
             if waitpid(pid, &st, WNOHANG) == pid {
-                if (st & 0x7f) == 0 { return .exited(exit: (st >> 8) & 0xff, signal: nil, detail: "process \(pid) exited with code \((st >> 8) & 0xff)") }
-                return .exited(exit: nil, signal: st & 0x7f, detail: "process \(pid) was killed by signal \(st & 0x7f)")
+                switch Termination(waitStatus: st) {
+                case let .exited(c): return .exited(exit: c, signal: nil, detail: "process \(pid) exited with code \(c)")
+                case let .signaled(s): return .exited(exit: nil, signal: s, detail: "process \(pid) was killed by signal \(s)")
+                }
             }
             return .exited(exit: nil, signal: nil, detail: "process \(pid) exited")
         case .deadline: return .timedOut
@@ -138,11 +138,11 @@ extension RunContext {
     }
 
     /// Waits until no process (outside Baton's tree) matches `pattern`.
-    public func waitForPattern(_ pattern: String, timeout: Double, poll: Double, heartbeat: (String, String), heartbeatEvery: Double) -> WatchTargetOutcome {
+    public func waitForPattern(_ pattern: String, timeout: Double, poll: Double, label: WaitLabel,
+                               heartbeatEvery: Double) -> WatchTargetOutcome {
         var last: [pid_t] = ProcessTable.matching(pattern) ?? []
         let first = last
-        let r = waitUntil(deadline: Clock.monotonic() + timeout, heartbeat: heartbeat, heartbeatEvery: heartbeatEvery,
-                          pollEvery: poll) {
+        let r = loop.wait(label, deadline: Clock.monotonic() + timeout, heartbeatEvery: heartbeatEvery, pollEvery: poll) {
             last = ProcessTable.matching(pattern) ?? []
             return last.isEmpty
         }
@@ -157,19 +157,19 @@ extension RunContext {
 
     /// Waits until every path exists and is non-empty (`nonEmpty`) or exists. Returns the
     /// paths still missing when the deadline passed (empty: all there), nil if interrupted.
+    /// `stopIf` ends the wait early (the job that should write them failed).
     public func waitForFiles(_ paths: [String], timeout: Double, poll: Double, nonEmpty: Bool,
-                             heartbeat: (String, String)?, heartbeatEvery: Double) -> [String]? {
+                             label: WaitLabel?, heartbeatEvery: Double, stopIf: () -> Bool = { false }) -> [String]? {
         let watcher = FileWatcher()
         func missing() -> [String] { paths.filter { nonEmpty ? (FileIO.size($0) ?? 0) == 0 : !FileIO.exists($0) } }
         var left = missing()
         if left.isEmpty { return [] }
         watcher.arm(for: left)
-        let r = waitUntil(deadline: Clock.monotonic() + timeout, fds: watcher.fd >= 0 ? [watcher.fd] : [],
-                          heartbeat: heartbeat, heartbeatEvery: heartbeatEvery, pollEvery: poll,
-                          onReadable: { _ in watcher.drain() }) {
+        let r = loop.wait(label, deadline: Clock.monotonic() + timeout, fds: watcher.fd >= 0 ? [watcher.fd] : [],
+                          heartbeatEvery: heartbeatEvery, pollEvery: poll, onReadable: { _ in watcher.drain() }) {
             left = missing()
             if !left.isEmpty { watcher.arm(for: left) }
-            return left.isEmpty
+            return left.isEmpty || stopIf()
         }
         if r == .interrupted { return nil }
         return missing()

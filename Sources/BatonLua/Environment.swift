@@ -27,7 +27,10 @@ public final class RecipeEnvironment {
     /// Locks held by baton.fs.locked, by absolute path.
     var heldLocks: [String: FileLock] = [:]
     var nextHandle = 1
-    public internal(set) var plan: [String] = []
+    /// The loop waits use before a run is open (the shell).
+    let ownLoop = EventLoop()
+    /// A dry run's plan: every step in order, and whether it is a stage.
+    public internal(set) var plan: [(text: String, isStage: Bool)] = []
     public var recipeDir: String = "."
     /// The words after the recipe, also passed to the chunk as `...`.
     public internal(set) var wordsForVarargs: [String] = []
@@ -43,6 +46,7 @@ public final class RecipeEnvironment {
         }
         installPrint()
         installOsExit()
+        installProcessFunctions()
         installEmbeddedSearcher()
         installBatonTable()
     }
@@ -142,10 +146,39 @@ public final class RecipeEnvironment {
             default: throw LuaRaise.usage("os.exit: the code must be a boolean or an integer")
             }
             self.exitCode = code
-            baton_abort_request(BATON_ABORT_EXIT)
+            l.requestAbort(BATON_ABORT_EXIT)
             throw LuaRaise(BATON_ABORT_MESSAGE, kind: "exit")
         }
         lua.setField(-2, "exit")
+        lua.pop()
+    }
+
+    /// os.execute runs through the same path as stages (own process group, ended on cancel
+    /// and signals, journaled as a `command` event); io.popen, whose process would run on
+    /// while Lua reads it, is not available: baton.sh and runStage do that job.
+    private func installProcessFunctions() {
+        _ = lua.getGlobal("os")
+        lua.pushFunction("os.execute") { [unowned self] (l: LuaState) throws -> Int32 in
+            if l.type(1) == LUA_TNONE || l.type(1) == LUA_TNIL { l.push(true); return 1 }   // a shell is available
+            guard let text = l.string(1) else { throw LuaRaise.usage("os.execute: the command must be a string, got \(l.describeType(1))") }
+            if self.skippedInDryRun("os.execute", text) { l.push(true); l.push("exit"); l.push(0); return 3 }
+            let env = self.context?.baseEnvironment ?? Spawner.currentEnvironment()
+            let o = self.runCommand(.shell(text), via: "os.execute", cwd: nil, env: env, output: (self.output.json ? 2 : 1, 2))
+            if o.interrupted { throw RecipeEnvironment.abort }
+            try self.checkFatal()
+            if let sig = o.signal { l.pushNil(); l.push("signal"); l.push(Int(sig)); return 3 }
+            let code = o.exit ?? Termination.notFound
+            if code == 0 { l.push(true) } else { l.pushNil() }
+            l.push("exit"); l.push(Int(code))
+            return 3
+        }
+        lua.setField(-2, "execute")
+        lua.pop()
+        _ = lua.getGlobal("io")
+        lua.pushFunction("io.popen") { (l: LuaState) throws -> Int32 in
+            throw LuaRaise.usage("io.popen is not available in recipes: its process would escape Baton's process groups, cancellation and journal; use baton.sh(cmd) (returns the command's output) or runStage")
+        }
+        lua.setField(-2, "popen")
         lua.pop()
     }
 

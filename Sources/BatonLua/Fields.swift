@@ -112,6 +112,12 @@ struct SpecTable {
         return s
     }
 
+    /// A choice decoded once into its enum (luaL_checkoption's idea); the error lists the choices.
+    func option<E: RawRepresentable & CaseIterable>(_ key: String, _ type: E.Type) throws -> E? where E.RawValue == String {
+        guard let s = try choice(key, E.allCases.map(\.rawValue)) else { return nil }
+        return E(rawValue: s)
+    }
+
     /// A list of strings (a single string is accepted as a list of one).
     func stringList(_ key: String) throws -> [String]? {
         let t = get(key)

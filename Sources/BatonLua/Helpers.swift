@@ -55,9 +55,9 @@ extension RecipeEnvironment {
         // baton.yaml
         lua.newTable()
         lua.register([
-            ("decode", { (l: LuaState) throws -> Int32 in
+            ("decode", { [unowned self] (l: LuaState) throws -> Int32 in
                 guard let s = l.string(1) else { throw LuaRaise.usage("baton.yaml.decode: expects a string, got \(l.describeType(1))") }
-                l.push(json: try YAMLBridge.decode(s))
+                l.push(json: try YAMLBridge.decode(s, loop: self.loop))
                 return 1
             }),
         ], prefix: "baton.yaml.")
@@ -72,7 +72,7 @@ extension RecipeEnvironment {
                 do { l.push(bytes: try FileIO.readFile(p)) } catch { throw LuaRaise("baton.fs.read: \(error)") }
                 return 1
             }),
-            ("write", { (l: LuaState) throws -> Int32 in
+            ("write", { [unowned self] (l: LuaState) throws -> Int32 in
                 let p = try RecipeEnvironment.pathArg(l, "baton.fs.write")
                 guard let data = l.bytes(2) else { throw LuaRaise.usage("baton.fs.write: the data must be a string, got \(l.describeType(2))") }
                 var mode: mode_t = 0o644
@@ -80,6 +80,7 @@ extension RecipeEnvironment {
                     let t = try SpecTable(l, arg: 3, fn: "baton.fs.write", allowed: ["mode"])
                     if let m = try t.integer("mode", min: 0, max: 0o7777) { mode = mode_t(m) }
                 }
+                if self.skippedInDryRun("baton.fs.write", p) { return 0 }
                 do {
                     try FileIO.makeDirectories(FileIO.dirname(FileIO.absolute(p)))
                     try FileIO.writeAtomically(p, data, mode: mode)
@@ -89,6 +90,7 @@ extension RecipeEnvironment {
             ("append", { [unowned self] (l: LuaState) throws -> Int32 in
                 let p = try RecipeEnvironment.pathArg(l, "baton.fs.append")
                 guard let data = l.bytes(2) else { throw LuaRaise.usage("baton.fs.append: the data must be a string, got \(l.describeType(2))") }
+                if self.skippedInDryRun("baton.fs.append", p) { return 0 }
                 let held = self.heldLocks[FileIO.absolute(p)] != nil
                 do { try FileIO.appendLocked(p, data, alreadyLocked: held) } catch { throw LuaRaise("baton.fs.append: \(error)") }
                 return 0
@@ -128,9 +130,9 @@ extension RecipeEnvironment {
         let lock: FileLock
         do {
             try FileIO.makeDirectories(FileIO.dirname(key))
-            guard let got = try FileLock.acquire(key, timeout: timeout, interrupted: { baton_abort_reason() != 0 }) else {
-                if baton_abort_reason() != 0 { throw RecipeEnvironment.abort }
-                throw LuaRaise("baton.fs.locked: \(p) is still locked by another process after \(fmt(timeout))s", code: 1, kind: "lock")
+            guard let got = try FileLock.acquire(key, timeout: timeout, loop: loop) else {
+                if loop.interrupted || l.abortReason != 0 { throw RecipeEnvironment.abort }
+                throw LuaRaise("baton.fs.locked: \(p) is still locked by another process after \(fmt(timeout))s", status: .failure, kind: "lock")
             }
             lock = got
         } catch let e as LuaRaise { throw e } catch { throw LuaRaise("baton.fs.locked: \(error)") }
@@ -175,14 +177,15 @@ extension RecipeEnvironment {
         var code = 1
         if l.type(2) == LUA_TTABLE {
             let t = try SpecTable(l, arg: 2, fn: "baton.fail", allowed: ["code"])
-            code = try t.integer("code", min: 1, max: 99) ?? 1
+            code = try t.integer("code", min: 1, max: Int(ExitStatus.recipeChosen.upperBound)) ?? 1
         } else if l.type(2) != LUA_TNONE && l.type(2) != LUA_TNIL {
             throw LuaRaise.usage("baton.fail: the second argument must be a table like {code = 5}")
         }
-        throw LuaRaise(msg, code: code, kind: "fail")
+        throw LuaRaise(msg, status: ExitStatus(rawValue: Int32(code)), kind: "fail")
     }
 
     /// baton.sh(cmd, {cwd, env, stdin, timeout}): stdout, or an error naming the exit code.
+    /// With allowFail: stdout, ok, exit code, stderr. Not run in a dry run (returns "").
     func batonSh(_ l: LuaState) throws -> Int32 {
         let cmd: Command
         if let s = l.string(1) { cmd = .shell(s) } else if l.type(1) == LUA_TTABLE {
@@ -192,41 +195,66 @@ extension RecipeEnvironment {
             l.pop()
             cmd = c
         } else { throw LuaRaise.usage("baton.sh: the command must be a string or an argv list, got \(l.describeType(1))") }
-        var cwd: String? = nil, stdin: String? = nil, timeout: Double? = nil
+        var cwd: String? = nil, stdin: String? = nil, timeout: Double? = nil, allowFail = false
         var env = context?.baseEnvironment ?? Spawner.currentEnvironment()
         if l.type(2) == LUA_TTABLE {
             let t = try SpecTable(l, arg: 2, fn: "baton.sh", allowed: ["cwd", "env", "stdin", "timeout", "allowFail"])
             cwd = try t.string("cwd"); stdin = try t.string("stdin"); timeout = try t.number("timeout", min: 0)
             for (k, v) in try t.stringMap("env") ?? [:] { env[k] = v }
-            if try t.bool("allowFail") == true {
-                let o = Subprocess.run(cmd, cwd: cwd, env: env, stdin: stdin, timeout: timeout)
-                if o.interrupted { throw LuaRaise(BATON_ABORT_MESSAGE, kind: "abort") }
-                l.push(bytes: o.stdout); l.push(o.ok); l.push(Int(o.exit ?? -1)); l.push(bytes: o.stderr)
-                return 4
-            }
+            allowFail = try t.bool("allowFail") ?? false
         }
-        let o = Subprocess.run(cmd, cwd: cwd, env: env, stdin: stdin, timeout: timeout)
-        if o.interrupted { throw LuaRaise(BATON_ABORT_MESSAGE, kind: "abort") }
-        guard o.ok else { throw LuaRaise("baton.sh: '\(cmd.display.prefix(120))' failed: \(o.failureDescription)", code: 1, kind: "sh") }
+        if skippedInDryRun("baton.sh", cmd.display) {
+            l.push("")
+            if allowFail { l.push(true); l.push(0); l.push(""); return 4 }
+            return 1
+        }
+        let o = runCommand(cmd, via: "baton.sh", cwd: cwd, env: env, stdin: stdin, timeout: timeout)
+        if o.interrupted { throw RecipeEnvironment.abort }
+        try checkFatal()
+        if allowFail {
+            l.push(bytes: o.stdout); l.push(o.ok); l.push(Int(o.exit ?? -1)); l.push(bytes: o.stderr)
+            return 4
+        }
+        guard o.ok else {
+            throw LuaRaise("baton.sh: '\(cmd.display.prefix(120))' failed: \(o.failureDescription)", status: .failure, kind: "sh")
+        }
         l.push(bytes: o.stdout)
         return 1
     }
 
+    /// Runs a command outside a stage on the run's loop (own process group, ended on cancel
+    /// and signals, nothing else stops meanwhile) and journals it as a `command` event.
+    func runCommand(_ cmd: Command, via: String, cwd: String?, env: [String: String], stdin: String? = nil,
+                    timeout: Double? = nil, output: (Int32, Int32)? = nil) -> CommandRun.Outcome {
+        context?.spawnedAny = true
+        let o = CommandRun.run(cmd, cwd: cwd, env: env, stdin: stdin, timeout: timeout, output: output,
+                               on: loop, label: WaitLabel(via, cmd.display))
+        context?.record(.command(CommandRecord(via: via, command: cmd, cwd: cwd.map(FileIO.absolute) ?? FileIO.currentDirectory(),
+                                                pid: o.pid, exit: o.exit, signal: o.signal, timedOut: o.timedOut,
+                                                durationMs: Int64(o.duration * 1000))))
+        return o
+    }
+
+    /// In a dry run, journals that `via` did not act on `target` and returns true.
+    func skippedInDryRun(_ via: String, _ target: String) -> Bool {
+        guard dryRun, let ctx = context else { return false }
+        ctx.record(.notRun(NotRun(via: via, target: target)))
+        plan.append(("\(via) \(target.prefix(120)) (not run)", false))
+        return true
+    }
+
+    /// The loop every wait goes through: the run's, or (in the shell before its run is
+    /// open) the environment's own.
+    public var loop: EventLoop { context?.loop ?? ownLoop }
+
     /// Sleeps, waking at once on a signal; drives background stages when a run is open.
     func interruptibleSleep(_ seconds: Double) -> Bool {
-        if let c = context { return c.sleep(seconds) }
-        let until = Clock.monotonic() + seconds
-        while Clock.monotonic() < until {
-            if baton_abort_reason() != 0 || CSignals.pending { return false }
-            var p = pollfd(fd: CSignals.fd, events: Int16(POLLIN), revents: 0)
-            _ = poll(&p, 1, Int32(max(1, min(1000, (until - Clock.monotonic()) * 1000))))
-        }
-        return !CSignals.pending
+        loop.sleep(seconds, WaitLabel("sleep", Clock.human(seconds)))
     }
 
     /// A journal write failed (full disk): stop the recipe with a clear message.
     func checkFatal() throws {
-        if let f = context?.fatal { throw LuaRaise("cannot write the journal: \(f)", code: 1, kind: "fatal") }
+        if let f = context?.fatal { throw LuaRaise("cannot write the journal: \(f)", status: .failure, kind: "fatal") }
     }
 }
 
@@ -241,19 +269,20 @@ enum YAMLBridge {
         return dir + "/baton-yaml"
     }
 
-    static func decode(_ text: String) throws -> JSON {
+    static func decode(_ text: String, loop: EventLoop) throws -> JSON {
         let h = helper
         guard access(h, X_OK) == 0 else {
-            throw LuaRaise("baton.yaml.decode: the YAML helper \(h) is missing (build the 'baton-yaml' product next to baton)", code: 1, kind: "yaml")
+            throw LuaRaise("baton.yaml.decode: the YAML helper \(h) is missing (build the 'baton-yaml' product next to baton)",
+                           status: .failure, kind: "yaml")
         }
-        let o = Subprocess.run(.argv([h]), stdin: text, timeout: 60)
+        let o = CommandRun.run(.argv([h]), stdin: text, timeout: 60, on: loop, label: WaitLabel("yaml", "baton.yaml.decode"))
         if o.interrupted { throw LuaRaise(BATON_ABORT_MESSAGE, kind: "abort") }
         guard o.ok else {
             let why = o.exit == 1 ? o.stderrText.trimmingWhitespace() : o.failureDescription
-            throw LuaRaise("baton.yaml.decode: invalid YAML: \(why)".replacingNewlines(), code: 1, kind: "yaml")
+            throw LuaRaise("baton.yaml.decode: invalid YAML: \(why)".replacingNewlines(), status: .failure, kind: "yaml")
         }
         do { return try JSON.parse(o.stdout) } catch {
-            throw LuaRaise("baton.yaml.decode: the helper's output is not JSON: \(error)", code: 1, kind: "yaml")
+            throw LuaRaise("baton.yaml.decode: the helper's output is not JSON: \(error)", status: .failure, kind: "yaml")
         }
     }
 }

@@ -67,7 +67,7 @@ extension RecipeEnvironment {
     func runStage(_ l: LuaState) throws -> Int32 {
         let (spec, background) = try stageSpec(l, fn: "runStage")
         let ctx = try requireContext()
-        if ctx.dryRun { plan.append("\(spec.id): \(spec.command.display)") }
+        if ctx.dryRun { plan.append(("\(spec.id): \(spec.command.display)", true)) }
         let exec = ctx.startStage(spec)
         if background {
             pushHandle(l, exec)
@@ -80,7 +80,7 @@ extension RecipeEnvironment {
     func awaitStage(_ l: LuaState, _ exec: StageExecution) throws -> Int32 {
         let ctx = try requireContext()
         if !exec.isFinished {
-            let w = ctx.waitUntil(heartbeat: ("stage", exec.spec.id)) { exec.isFinished }
+            let w = ctx.wait(for: exec)
             try checkFatal()
             if w == .interrupted && !exec.isFinished { throw RecipeEnvironment.abort }
         }
@@ -88,7 +88,7 @@ extension RecipeEnvironment {
         if r.status == .cancelled && ctx.interrupted { throw RecipeEnvironment.abort }
         if !r.dry && !r.replayed { progress(stageLine(r)) }
         if !r.ok && !exec.spec.allowFail {
-            throw LuaRaise(r.summary, code: 1, kind: "stage", extra: { [unowned self] l in
+            throw LuaRaise(r.summary, status: .failure, kind: "stage", extra: { [unowned self] l in
                 self.pushResult(l, r); l.setField(-2, "result")
             })
         }
@@ -110,8 +110,8 @@ extension RecipeEnvironment {
         l.newTable(nrec: 20)
         var f: [(String, LuaValue)] = [
             ("id", .string(r.id)), ("occurrence", .int(r.occurrence)), ("ok", .bool(r.ok)), ("status", .string(r.status.rawValue)),
-            ("attempts", .int(r.attempts)), ("duration", .number(r.duration)), ("stdout", .string(r.stdout)),
-            ("stderr", .string(r.stderr)), ("replayed", .bool(r.replayed)), ("dry", .bool(r.dry)),
+            ("attempts", .int(r.attempts)), ("duration", .number(r.duration)), ("stdout", .bytes(r.stdout)),
+            ("stderr", .bytes(r.stderr)), ("replayed", .bool(r.replayed)), ("dry", .bool(r.dry)),
         ]
         if let e = r.exit { f.append(("exit", .int(Int(e)))) }
         if let s = r.signal { f.append(("signal", .int(Int(s)))) }
@@ -122,7 +122,7 @@ extension RecipeEnvironment {
         if r.breakerOpen { f.append(("breaker_open", .bool(true))) }
         l.setFields(f)
         l.newTable()
-        l.setFields([("stdout", .string(r.logs.out)), ("stderr", .string(r.logs.err))])
+        l.setFields([("stdout", .string(r.logs.stdout)), ("stderr", .string(r.logs.stderr))])
         l.setField(-2, "logs")
         setMeta(l, "baton.stage_result")
     }
@@ -155,7 +155,7 @@ extension RecipeEnvironment {
                     let e = try self.handle(l, "cancel")
                     e.cancel()
                     let ctx = try self.requireContext()
-                    _ = ctx.waitUntil { e.isFinished }
+                    _ = ctx.loop.wait(WaitLabel("stage", e.spec.id)) { e.isFinished }
                     l.push(e.isFinished)
                     return 1
                 }),
@@ -187,7 +187,7 @@ extension RecipeEnvironment {
     func preflight(_ l: LuaState) throws -> Int32 {
         let t = try SpecTable(l, arg: 1, fn: "preflight", allowed: ["name", "policy", "checks", "timeout"])
         let name = try t.string("name") ?? "preflight"
-        let policy = try t.choice("policy", ["fail", "warn"]) ?? "fail"
+        let policy = try t.option("policy", PreflightPolicy.self) ?? .fail
         let defaultTimeout = try t.number("timeout", min: 0.001) ?? 30
         guard t.get("checks") == LUA_TTABLE else {
             let got = l.describeType(-1); l.pop()
@@ -195,7 +195,7 @@ extension RecipeEnvironment {
         }
         let checksIndex = l.absIndex(-1)
         let ctx = try requireContext()
-        var results: [JSON] = []
+        var results: [PreflightRecord.Check] = []
         var failures: [String] = []
         let n = Int(lua_rawlen(l.L, checksIndex))
         if n == 0 { throw LuaRaise.usage("preflight: field 'checks' is an empty list") }
@@ -234,7 +234,7 @@ extension RecipeEnvironment {
             }
             switch check {
             case let check?:
-                let o = check.evaluate(environment: ctx.baseEnvironment)
+                let o = check.evaluate(environment: ctx.baseEnvironment, loop: ctx.loop)
                 if o.interrupted { throw RecipeEnvironment.abort }
                 target = check.target
                 ok = o.ok
@@ -248,26 +248,26 @@ extension RecipeEnvironment {
                     detail = l.string(-1) ?? (l.type(-1) == LUA_TNIL ? (ok ? "ok" : "failed") : "(\(l.describeType(-1)))")
                     l.pop(2)
                 } catch let e as LuaCallError {
-                    if baton_abort_reason() != 0 { l.unref(e.ref); throw RecipeEnvironment.abort }
+                    if l.abortReason != 0 { l.unref(e.ref); throw RecipeEnvironment.abort }
                     l.unref(e.ref)
                     ok = false
                     detail = "raised: \(e.message)"
                 }
             }
             if let label = try c.string("name"), kind != "check" { target = "\(label) (\(target))" }
-            results.append(.object([("kind", .string(kind)), ("target", .string(target)), ("ok", .bool(ok)), ("detail", .string(detail))]))
+            results.append(PreflightRecord.Check(kind: kind, target: target, ok: ok, detail: detail))
             if !ok { failures.append("\(kind) \(target): \(detail)") }
         }
         l.pop() // the checks list
         let allOK = failures.isEmpty
-        ctx.record("preflight", [("name", .string(name)), ("policy", .string(policy)), ("ok", .bool(allOK)),
-                                 ("dry_run", .bool(ctx.dryRun)), ("checks", .array(results))])
+        ctx.record(.preflight(PreflightRecord(name: name, policy: policy, ok: allOK, dryRun: ctx.dryRun, checks: results)))
         try checkFatal()
-        let report: JSON = .object([("name", .string(name)), ("policy", .string(policy)), ("ok", .bool(allOK)), ("checks", .array(results))])
+        let report: JSON = .object([("name", .string(name)), ("policy", .string(policy.rawValue)), ("ok", .bool(allOK)),
+                                    ("checks", .array(results.map(\.json)))])
         if !allOK {
             let msg = "preflight '\(name)' failed: " + failures.joined(separator: "; ")
-            if policy == "fail" && !ctx.dryRun {
-                throw LuaRaise(msg, code: 4, kind: "preflight", extra: { l in l.push(json: report); l.setField(-2, "report") })
+            if policy == .fail && !ctx.dryRun {
+                throw LuaRaise(msg, status: .preflightFailed, kind: "preflight", extra: { l in l.push(json: report); l.setField(-2, "report") })
             }
             progress("warning: \(msg)\(ctx.dryRun ? " (dry run: not fatal)" : "")")
         }

@@ -15,6 +15,13 @@ public struct RunOptions: Sendable {
     public var memoryLimit = RunOptions.defaultMemoryLimit
     /// The directory was made by `run --detach`; the runner only fills it.
     public var existingRun = false
+    /// How often the journal is flushed (`--sync`, or BATON_SYNC).
+    public var sync = RunOptions.defaultSync
+
+    public static var defaultSync: SyncPolicy {
+        if let e = getenv("BATON_SYNC"), let p = SyncPolicy(rawValue: String(cString: e)) { return p }
+        return .batched
+    }
 
     /// 2 GiB, or BATON_LUA_MEMORY_MB.
     public static var defaultMemoryLimit: Int {
@@ -28,8 +35,10 @@ public struct RunOptions: Sendable {
 /// How a recipe ended, before it is written down.
 public struct Ending {
     public var status: RunStatus
-    public var code: Int32
+    public var exit: ExitStatus
     public var reason: String?
+    public var code: Int32 { exit.rawValue }
+    public init(status: RunStatus, exit: ExitStatus, reason: String?) { self.status = status; self.exit = exit; self.reason = reason }
 }
 
 public enum RecipeRunner {
@@ -40,10 +49,10 @@ public enum RecipeRunner {
         let ctx: RunContext
         do {
             ctx = try RunContext.start(store: store, id: o.runID, recipe: o.recipe, recipeText: text ?? [],
-                                       args: o.words, dryRun: o.dryRun, existing: o.existingRun)
+                                       args: o.words, dryRun: o.dryRun, existing: o.existingRun, sync: o.sync)
         } catch {
             diag("baton: cannot start the run: \(error)")
-            return 3
+            return ExitStatus.usage.rawValue
         }
         return execute(ctx: ctx, options: o, text: text, readError: readError)
     }
@@ -53,10 +62,10 @@ public enum RecipeRunner {
         let (text, readError) = readRecipe(o.recipe)
         let ctx: RunContext
         do {
-            ctx = try RunContext.resume(dir: dir, recipe: o.recipe, recipeText: text ?? [], args: o.words)
+            ctx = try RunContext.resume(dir: dir, recipe: o.recipe, recipeText: text ?? [], args: o.words, sync: o.sync)
         } catch {
             diag("baton: cannot resume: \(error)")
-            return 3
+            return ExitStatus.usage.rawValue
         }
         return execute(ctx: ctx, options: o, text: text, readError: readError)
     }
@@ -85,10 +94,11 @@ public enum RecipeRunner {
         return ending.code
     }
 
-    static func planText(_ plan: [String]) -> String {
+    static func planText(_ plan: [(text: String, isStage: Bool)]) -> String {
+        let n = plan.filter(\.isStage).count
         if plan.isEmpty { return "dry run: no stage would run" }
-        var s = "dry run: \(plan.count) stage\(plan.count == 1 ? "" : "s") would run:"
-        for (i, p) in plan.enumerated() { s += "\n  \(i + 1). \(p)" }
+        var s = "dry run: \(n == 0 ? "no" : String(n)) stage\(n == 1 ? "" : "s") would run:"
+        for (i, p) in plan.enumerated() { s += "\n  \(i + 1). \(p.text)" }
         return s
     }
 
@@ -96,17 +106,19 @@ public enum RecipeRunner {
     /// Works with or without a run (the shell's piped mode opens one on first use).
     public static func evaluate(env: RecipeEnvironment, recipe: String, text: [UInt8]?, readError: String?) -> Ending {
         if let sig = signalEnding() { return sig }
-        guard let text else { return Ending(status: .failed, code: 3, reason: readError ?? "cannot read \(recipe)") }
-        if text.first == 0x1B { return Ending(status: .failed, code: 3, reason: "\(recipe): binary (precompiled) chunks are refused; recipes are Lua text") }
+        guard let text else { return Ending(status: .failed, exit: .usage, reason: readError ?? "cannot read \(recipe)") }
+        if text.first == 0x1B {
+            return Ending(status: .failed, exit: .usage, reason: "\(recipe): binary (precompiled) chunks are refused; recipes are Lua text")
+        }
         let lua = env.lua
         do {
             try lua.load(text, name: "@" + recipe)
         } catch let e as LuaCallError {
             lua.unref(e.ref)
-            let m = e.message.contains("not enough memory") ? "\(recipe): the recipe is too large to load" : e.message
-            return Ending(status: .failed, code: 3, reason: m)
+            let m = e.status == .memory ? "\(recipe): the recipe is too large to load" : e.message
+            return Ending(status: .failed, exit: .usage, reason: m)
         } catch {
-            return Ending(status: .failed, code: 3, reason: "\(error)")
+            return Ending(status: .failed, exit: .usage, reason: "\(error)")
         }
         let base = lua.top - 1
         for w in env.wordsForVarargs { lua.push(w) }
@@ -116,9 +128,9 @@ public enum RecipeRunner {
             lua.unref(e.ref)
             return ending(for: e, env: env)
         } catch {
-            return Ending(status: .failed, code: 1, reason: "\(error)")
+            return Ending(status: .failed, exit: .failure, reason: "\(error)")
         }
-        if let f = env.context?.fatal { return Ending(status: .failed, code: 1, reason: "cannot write the journal: \(f)") }
+        if let f = env.context?.fatal { return Ending(status: .failed, exit: .failure, reason: "cannot write the journal: \(f)") }
         // The recipe's return value goes into final.json's result.
         let n = lua.top - base
         if n >= 1 {
@@ -127,39 +139,38 @@ public enum RecipeRunner {
                 env.context?.mergeResult(pairs)
             } else if lua.type(first) != LUA_TNIL {
                 do { env.context?.mergeResult([("value", try lua.toJSON(first))]) } catch {
-                    return Ending(status: .failed, code: 1, reason: "\(recipe): the recipe's return value cannot be recorded: \(error)")
+                    return Ending(status: .failed, exit: .failure, reason: "\(recipe): the recipe's return value cannot be recorded: \(error)")
                 }
             }
         }
         lua.top = base
-        return Ending(status: env.dryRun ? .dry_run : .succeeded, code: 0, reason: nil)
+        return Ending(status: env.dryRun ? .dry_run : .succeeded, exit: .success, reason: nil)
     }
 
     static func signalEnding() -> Ending? {
         let sig = baton_signal_pending()
         guard sig != 0 else { return nil }
-        return Ending(status: .cancelled, code: 128 + sig, reason: "interrupted by \(signalName(sig))")
+        return Ending(status: .cancelled, exit: .signal(sig), reason: "interrupted by \(signalName(sig))")
     }
 
     public static func ending(for e: LuaCallError, env: RecipeEnvironment) -> Ending {
         if !e.traceback.isEmpty {
-            env.context?.record("log", [("level", .string("debug")), ("message", .string("traceback")), ("fields", .object([("traceback", .string(e.traceback))]))], sync: false)
+            env.context?.log("debug", "traceback", .object([("traceback", .string(e.traceback))]))
             if getenv("BATON_TRACEBACK") != nil { diag(e.traceback) }
         }
-        if let f = env.context?.fatal { return Ending(status: .failed, code: 1, reason: "cannot write the journal: \(f)") }
-        let reason = baton_abort_reason()
+        if let f = env.context?.fatal { return Ending(status: .failed, exit: .failure, reason: "cannot write the journal: \(f)") }
+        let reason = env.lua.abortReason
         if reason == BATON_ABORT_EXIT, let code = env.exitCode {
-            return Ending(status: code == 0 ? .succeeded : .failed, code: code, reason: code == 0 ? nil : "os.exit(\(code))")
+            return Ending(status: code == 0 ? .succeeded : .failed, exit: ExitStatus(rawValue: code), reason: code == 0 ? nil : "os.exit(\(code))")
         }
         if reason > 0 && reason < 128 {
-            return Ending(status: .cancelled, code: 128 + Int32(reason), reason: "interrupted by \(signalName(Int32(reason)))")
+            return Ending(status: .cancelled, exit: .signal(reason), reason: "interrupted by \(signalName(reason))")
         }
         var msg = e.message
-        if msg.contains("not enough memory") {
+        if e.status == .memory {
             msg += " (the Lua memory limit is \(env.lua.memoryLimitMB) MiB; set BATON_LUA_MEMORY_MB to change it)"
         }
-        let code = Int32(e.code ?? 1)
-        return Ending(status: .failed, code: code, reason: msg)
+        return Ending(status: .failed, exit: e.code.map { ExitStatus(rawValue: Int32($0)) } ?? .failure, reason: msg)
     }
 
     public static func report(ctx: RunContext, ending: Ending, json: Bool) {

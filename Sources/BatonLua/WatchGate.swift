@@ -35,7 +35,7 @@ extension RecipeEnvironment {
         let require = (try t.stringList("requireFiles") ?? []).map(abs)
         let readyTimeout = try t.number("readyTimeoutSec", min: 0) ?? 600
         let readyPoll = try t.number("readyPollSec", min: 0.01) ?? 5
-        let onMissing = try t.choice("onMissing", ["fail", "block", "callback"]) ?? "fail"
+        let onMissing = try t.option("onMissing", OnMissing.self) ?? .fail
         let timeout = try t.number("timeoutSec", min: 0) ?? 86400
         let heartbeat = try t.number("heartbeatSec", min: 0.05) ?? 60
         let allowFail = try t.bool("allowFail") ?? false
@@ -49,7 +49,7 @@ extension RecipeEnvironment {
         else if let p = pattern { targetText = "pattern '\(p)'" }
         else if let f = file { targetText = "file \(f)" }
         if ctx.dryRun {
-            plan.append("watch \(id): \(targetText)" + (require.isEmpty ? "" : ", then require \(require.joined(separator: ", "))"))
+            plan.append(("watch \(id): \(targetText)" + (require.isEmpty ? "" : ", then require \(require.joined(separator: ", "))"), false))
             l.push(json: .object([("id", .string(id)), ("state", .string("completed")), ("ok", .bool(true)), ("dry", .bool(true))]))
             return 1
         }
@@ -57,15 +57,15 @@ extension RecipeEnvironment {
         let began = Clock.monotonic()
         life.move(.queued, "watch registered on \(targetText)", details: .object([
             ("require_files", .array(require.map(JSON.string))), ("ready_timeout_sec", .double(readyTimeout)),
-            ("ready_poll_sec", .double(readyPoll)), ("on_missing", .string(onMissing)), ("timeout_sec", .double(timeout))]))
+            ("ready_poll_sec", .double(readyPoll)), ("on_missing", .string(onMissing.rawValue)), ("timeout_sec", .double(timeout))]))
         var info: [(String, JSON)] = [("id", .string(id))]
 
         // 1. The watched thing runs until it exits.
         life.move(.running, "waiting for \(targetText) to finish")
-        let hb = ("watch", id)
+        let hb = WaitLabel("watch", id)
         var outcome: WatchTargetOutcome
         if let e = exec {
-            let r = ctx.waitUntil(deadline: Clock.monotonic() + timeout, heartbeat: hb, heartbeatEvery: heartbeat) { e.isFinished }
+            let r = ctx.loop.wait(hb, deadline: Clock.monotonic() + timeout, heartbeatEvery: heartbeat) { e.isFinished }
             switch r {
             case .satisfied:
                 let res = e.result!
@@ -76,11 +76,11 @@ extension RecipeEnvironment {
             case .interrupted: outcome = .interrupted
             }
         } else if let p = pid {
-            outcome = ctx.waitForPid(pid_t(p), timeout: timeout, heartbeat: hb, heartbeatEvery: heartbeat)
+            outcome = ctx.waitForPid(pid_t(p), timeout: timeout, label: hb, heartbeatEvery: heartbeat)
         } else if let p = pattern {
-            outcome = ctx.waitForPattern(p, timeout: timeout, poll: min(readyPoll, 1), heartbeat: hb, heartbeatEvery: heartbeat)
+            outcome = ctx.waitForPattern(p, timeout: timeout, poll: min(readyPoll, 1), label: hb, heartbeatEvery: heartbeat)
         } else if let f = file {
-            switch ctx.waitForFiles([f], timeout: timeout, poll: readyPoll, nonEmpty: false, heartbeat: hb, heartbeatEvery: heartbeat) {
+            switch ctx.waitForFiles([f], timeout: timeout, poll: readyPoll, nonEmpty: false, label: hb, heartbeatEvery: heartbeat) {
             case nil: outcome = .interrupted
             case let m? where m.isEmpty: outcome = .exited(exit: nil, signal: nil, detail: "file \(f) appeared")
             default: outcome = .timedOut
@@ -109,7 +109,7 @@ extension RecipeEnvironment {
             life.move(.awaiting_artifacts, "waiting up to \(Clock.human(readyTimeout)) for \(require.count) required file\(require.count == 1 ? "" : "s")",
                       details: .object([("files", .array(require.map(JSON.string)))]))
             guard let m = ctx.waitForFiles(require, timeout: readyTimeout, poll: readyPoll, nonEmpty: true,
-                                           heartbeat: hb, heartbeatEvery: heartbeat) else {
+                                           label: hb, heartbeatEvery: heartbeat) else {
                 life.move(.failed, "interrupted while awaiting artifacts")
                 throw RecipeEnvironment.abort
             }
@@ -121,13 +121,13 @@ extension RecipeEnvironment {
         if !missing.isEmpty {
             let what = "required file\(missing.count == 1 ? "" : "s") missing after \(Clock.human(readyTimeout)): \(missing.joined(separator: ", "))"
             switch onMissing {
-            case "block":
+            case .block:
                 life.move(.blocked, what, details: .object([("missing", .array(missing.map(JSON.string)))]))
                 return try finishWatch(l, life, info, began, ok: false, allowFail: true, message: nil)
-            case "fail":
+            case .fail:
                 life.move(.failed, what, details: .object([("missing", .array(missing.map(JSON.string)))]))
                 return try finishWatch(l, life, info, began, ok: false, allowFail: allowFail, message: "watch '\(id)': \(what)")
-            default: break // "callback": call it anyway, with the missing list
+            case .callback: break // call it anyway, with the missing list
             }
         }
 
@@ -140,7 +140,7 @@ extension RecipeEnvironment {
             do {
                 try l.pcall(nargs: 1, nresults: 1)
             } catch let e as LuaCallError {
-                life.move(.failed, baton_abort_reason() != 0 ? "interrupted in the callback" : "callback raised: \(e.message)")
+                life.move(.failed, l.abortReason != 0 ? "interrupted in the callback" : "callback raised: \(e.message)")
                 throw l.rethrow(e)
             }
             if l.type(-1) != LUA_TNIL, let v = try? l.toJSON(-1) { info.append(("callback_result", v)) }
@@ -160,7 +160,7 @@ extension RecipeEnvironment {
         o.append(("transitions", .array(life.history.map { .string($0.0.rawValue) })))
         let outcome = JSON.object(o)
         if let m = message, !allowFail {
-            throw LuaRaise(m, code: 1, kind: "watch", extra: { l in l.push(json: outcome); l.setField(-2, "outcome") })
+            throw LuaRaise(m, status: .failure, kind: "watch", extra: { l in l.push(json: outcome); l.setField(-2, "outcome") })
         }
         l.push(json: outcome)
         return 1
@@ -200,7 +200,7 @@ extension RecipeEnvironment {
             var fallbackUsed = false
             var note: String? = nil
             if ctx.dryRun {
-                plan.append("gate \(name): approved on iteration 1 (dry run)")
+                plan.append(("gate \(name): approved on iteration 1 (dry run)", false))
                 decision = .object([("approved", .bool(true)), ("issues", .array([]))])
             } else if let c = check {
                 l.pushRef(c)
@@ -211,14 +211,15 @@ extension RecipeEnvironment {
                 if let v, let d = normalize(v) { decision = d } else if let f = fallback, let d = normalize(f) {
                     decision = d; fallbackUsed = true; note = "check returned no {approved = bool} table"
                 } else {
-                    throw LuaRaise("gate '\(name)': check must return a table like {approved = true|false, issues = {...}}", code: 1, kind: "gate")
+                    throw LuaRaise("gate '\(name)': check must return a table like {approved = true|false, issues = {...}}",
+                                   status: .failure, kind: "gate")
                 }
             } else {
                 var env = ctx.baseEnvironment
                 for (k, v) in extraEnv { env[k] = v }
                 env["BATON_GATE"] = name
                 env["BATON_GATE_ITERATION"] = String(iteration)
-                let o = Subprocess.run(cmd!, cwd: cwd, env: env, timeout: timeout)
+                let o = CommandRun.run(cmd!, cwd: cwd, env: env, timeout: timeout, on: ctx.loop, label: WaitLabel("gate", name))
                 if o.interrupted { throw RecipeEnvironment.abort }
                 if let d = GateOutput.lastObject(o.stdoutText).flatMap(normalize) {
                     decision = d
@@ -227,15 +228,13 @@ extension RecipeEnvironment {
                     note = o.ok ? "no JSON object with 'approved' in the command's output" : "the command failed: \(o.failureDescription)"
                 } else {
                     throw LuaRaise("gate '\(name)': '\(cmd!.display)' printed no JSON object with 'approved' (\(o.ok ? "exit 0" : o.failureDescription)) and no fallback is set",
-                                   code: 1, kind: "gate")
+                                   status: .failure, kind: "gate")
                 }
             }
             let approved = decision["approved"]?.boolValue ?? false
             let issues = decision["issues"] ?? .array([])
-            var fields: [(String, JSON)] = [("name", .string(name)), ("iteration", .int(Int64(iteration))), ("max", .int(Int64(maxIterations))),
-                                            ("approved", .bool(approved)), ("issues", issues), ("fallback_used", .bool(fallbackUsed))]
-            if let n = note { fields.append(("note", .string(n))) }
-            ctx.record("gate", fields)
+            ctx.record(.gate(GateRecord(name: name, iteration: iteration, max: maxIterations, approved: approved, issues: issues,
+                                        fallbackUsed: fallbackUsed, note: note)))
             try checkFatal()
             last = decision.setting("iteration", .int(Int64(iteration))).setting("fallback_used", .bool(fallbackUsed))
             progress("gate \(name) iteration \(iteration)/\(maxIterations): \(approved ? "approved" : "rejected")"
@@ -253,7 +252,7 @@ extension RecipeEnvironment {
         }
         let final = last
         throw LuaRaise("gate '\(name)' rejected \(maxIterations) time\(maxIterations == 1 ? "" : "s"): \(issueText(final["issues"] ?? .array([])))",
-                       code: 2, kind: "gate", extra: { l in l.push(json: final); l.setField(-2, "decision") })
+                       status: .gateExhausted, kind: "gate", extra: { l in l.push(json: final); l.setField(-2, "decision") })
     }
 
     func issueText(_ issues: JSON) -> String {
@@ -272,6 +271,9 @@ extension RecipeEnvironment {
         return v.setting("approved", .bool(a)).setting("issues", issues)
     }
 }
+
+/// `watch{onMissing = ...}`.
+enum OnMissing: String, CaseIterable { case fail, block, callback }
 
 enum GateOutput {
     /// The last JSON object printed: tries each '{' from the end up to the last '}'.

@@ -19,27 +19,30 @@ public enum Commands {
         let infos = store.ids().map { RunInfo.load(store.directory($0), withEvents: false) }
         if json {
             out(JSON.array(infos.map(\.json)).encoded(pretty: true))
-            return 0
+            return ExitStatus.success.rawValue
         }
-        if infos.isEmpty { out("no runs in \(root)"); return 0 }
+        if infos.isEmpty { out("no runs in \(root)"); return ExitStatus.success.rawValue }
         out(Render.runsTable(infos))
-        return 0
+        return ExitStatus.success.rawValue
     }
 
     public static func status(root: String, ref: String?, json: Bool) -> Int32 {
-        guard let dir = resolve(root, ref) else { return 3 }
+        guard let dir = resolve(root, ref) else { return ExitStatus.usage.rawValue }
         let info = RunInfo.load(dir)
         if json { out(info.json.encoded(pretty: true)) } else { out(Render.status(info)) }
-        return 0
+        return ExitStatus.success.rawValue
     }
 
     public static func log(root: String, ref: String?, follow: Bool, stage: String?, json: Bool) -> Int32 {
-        guard let dir = resolve(root, ref) else { return 3 }
+        guard let dir = resolve(root, ref) else { return ExitStatus.usage.rawValue }
         if let stage { return stageLog(dir, stage: stage, follow: follow, json: json) }
         var journal = JournalFollower(path: dir.journal)
+        let loop = EventLoop()
         while true {
             let contents = journal.next()
-            for e in contents.events { out(json ? e.encoded() : Render.event(e)) }
+            for e in contents.events {
+                if json { Console.write(1, bytes: e.encoded() + [10]) } else { out(Render.event(e)) }
+            }
             for c in contents.corrupt { diag("baton: journal line (after byte \(journal.offset)) \(c.line): \(c.message)") }
             if !follow || journal.sawFinal { break }
             if !FileLock.isHeld(dir.lock), RunInfo.load(dir, withEvents: false).state != .starting {
@@ -47,52 +50,56 @@ public enum Commands {
                 if !journal.hasMore { break }
                 continue
             }
-            if baton_signal_pending() != 0 { break }
-            usleep(100_000)
+            if !loop.sleep(0.1) { break }
         }
-        return 0
+        return ExitStatus.success.rawValue
     }
 
     static func stageLog(_ dir: RunDirectory, stage: String, follow: Bool, json: Bool) -> Int32 {
-        let logs = ((try? JournalReader.read(dir.journal)) ?? JournalContents()).stageAttempts(stage)
+        let history = RunHistory(((try? JournalReader.read(dir.journal)) ?? JournalContents()).events)
+        let logs = history.attempts(of: stage)
         if logs.isEmpty {
-            diag("baton: run \(dir.id) has no stage '\(stage)'")
-            return 3
+            let known = history.stageIDs
+            diag("baton: run \(dir.id) has no stage '\(stage)'" + (known.isEmpty ? "" : "; its stages: " + known.joined(separator: ", ")))
+            return ExitStatus.usage.rawValue
         }
         if json {
-            out(JSON.array(logs.map { l in .object([("attempt", .int(Int64(l.attempt))),
-                                                    ("stdout", .string((try? FileIO.readString(l.out)) ?? "")),
-                                                    ("stderr", .string((try? FileIO.readString(l.err)) ?? ""))]) }).encoded(pretty: true))
-            return 0
+            out(JSON.array(logs.map { l in JSON.object([("id", .string(l.key.id)), ("occurrence", .int(Int64(l.key.occurrence))),
+                                                        ("attempt", .int(Int64(l.attempt))),
+                                                        ("stdout", .string((try? FileIO.readString(l.logs.stdout)) ?? "")),
+                                                        ("stderr", .string((try? FileIO.readString(l.logs.stderr)) ?? ""))]) })
+                    .encoded(pretty: true))
+            return ExitStatus.success.rawValue
         }
         for (i, l) in logs.enumerated() {
-            if logs.count > 1 { out("==> \(stage) attempt \(l.attempt) (\(l.out)) <==") }
+            if logs.count > 1 { out("==> \(l.key) attempt \(l.attempt) (\(l.logs.stdout)) <==") }
             let isLast = i == logs.count - 1
-            if isLast && follow { followFile(l.out, dir: dir); continue }
-            if let s = try? FileIO.readFile(l.out) { Console.write(1, bytes: s) }
-            if let e = try? FileIO.readFile(l.err), !e.isEmpty {
+            if isLast && follow { followFile(l.logs.stdout, dir: dir); continue }
+            if let s = try? FileIO.readFile(l.logs.stdout) { Console.write(1, bytes: s) }
+            if let e = try? FileIO.readFile(l.logs.stderr), !e.isEmpty {
                 out("--- stderr ---")
                 Console.write(1, bytes: e)
             }
         }
-        return 0
+        return ExitStatus.success.rawValue
     }
 
     static func followFile(_ path: String, dir: RunDirectory) {
         var offset = 0
+        let loop = EventLoop()
         while true {
             if let b = try? FileIO.readFile(path), b.count > offset {
                 Console.write(1, bytes: Array(b[offset...]))
                 offset = b.count
-            } else if !FileLock.isHeld(dir.lock) || baton_signal_pending() != 0 {
+            } else if !FileLock.isHeld(dir.lock) {
                 break
             }
-            usleep(100_000)
+            if !loop.sleep(0.1) { break }
         }
     }
 
     public static func cancel(root: String, ref: String?, json: Bool) -> Int32 {
-        guard let dir = resolve(root, ref) else { return 3 }
+        guard let dir = resolve(root, ref) else { return ExitStatus.usage.rawValue }
         func ended(_ pids: [pid_t]) {
             if !pids.isEmpty { diag("ended \(pids.count) process\(pids.count == 1 ? "" : "es") left by the run: \(pids.map(String.init).joined(separator: ", "))") }
         }
@@ -107,34 +114,34 @@ public enum Commands {
             case let .alreadyEnded(state): diag("run \(dir.id) already ended: \(state.rawValue)")
             case let .stoppedWaiting(pid):
                 diag("baton: stopped waiting; run \(dir.id) (runner pid \(pid)) is still ending its stages (see 'baton status \(dir.id)')")
-                return 130
+                return ExitStatus.interrupted.rawValue
             case .runnerUnknown:
                 diag("baton: run \(dir.id) is live but its runner's pid is unknown")
-                return 1
+                return ExitStatus.failure.rawValue
             }
         } catch {
             diag("baton: cannot finish run \(dir.id): \(error)")
-            return 1
+            return ExitStatus.failure.rawValue
         }
         let after = RunInfo.load(dir, withEvents: false)
         if json { out(after.json.encoded(pretty: true)) } else { out("run \(dir.id) \(after.state.rawValue)") }
-        return 0
+        return ExitStatus.success.rawValue
     }
 
-    public static func resume(root: String, ref: String?, json: Bool) -> Int32 {
-        guard let dir = resolve(root, ref) else { return 3 }
-        let contents = (try? JournalReader.read(dir.journal)) ?? JournalContents()
-        guard let start = contents.events.last(where: { ["run_started", "run_resumed"].contains($0["type"]?.stringValue ?? "") }),
-              let recipe = start["recipe"]?.stringValue else {
+    public static func resume(root: String, ref: String?, json: Bool, sync: SyncPolicy = RunOptions.defaultSync) -> Int32 {
+        guard let dir = resolve(root, ref) else { return ExitStatus.usage.rawValue }
+        let history = RunHistory(((try? JournalReader.read(dir.journal)) ?? JournalContents()).events)
+        guard let start = history.latestStart?.began else {
             diag("baton: run \(dir.id) has no run_started event: nothing to resume")
-            return 3
+            return ExitStatus.usage.rawValue
         }
-        if let cwd = start["cwd"]?.stringValue, FileIO.isDirectory(cwd), chdir(cwd) != 0 {
-            diag("baton: cannot enter \(cwd)")
+        if FileIO.isDirectory(start.cwd), chdir(start.cwd) != 0 {
+            diag("baton: cannot enter \(start.cwd)")
         }
-        var o = RunOptions(recipe: recipe, runsDir: root)
-        o.words = start["args"]?.arrayValue?.compactMap { $0.stringValue } ?? []
+        var o = RunOptions(recipe: start.recipe, runsDir: root)
+        o.words = start.args
         o.json = json
+        o.sync = sync
         return RecipeRunner.resume(dir: dir, options: o)
     }
 
@@ -149,7 +156,7 @@ public enum Commands {
             for w in report.warnings { diag("warning: \(w)") }
             if report.ok { out("\(recipe): ok") }
         }
-        return report.ok ? 0 : 3
+        return report.ok ? ExitStatus.success.rawValue : ExitStatus.usage.rawValue
     }
 }
 
@@ -158,13 +165,14 @@ public enum Detach {
     public static func start(options o: RunOptions) -> Int32 {
         let store = RunStore(root: o.runsDir)
         let dir: RunDirectory
-        do { dir = try store.create(id: o.runID) } catch { diag("baton: \(error)"); return 3 }
+        do { dir = try store.create(id: o.runID) } catch { diag("baton: \(error)"); return ExitStatus.usage.rawValue }
         let outFD = open(dir.outFile, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard outFD >= 0 else { diag("baton: cannot create \(dir.outFile)"); return 3 }
+        guard outFD >= 0 else { diag("baton: cannot create \(dir.outFile)"); return ExitStatus.usage.rawValue }
         defer { close(outFD) }
         var args = [selfExecutable(), "run", "--existing-run", dir.id, "--runs-dir", o.runsDir]
         if o.dryRun { args.append("--dry-run") }
         if o.json { args.append("--json") }
+        args += ["--sync", o.sync.rawValue]
         args.append(o.recipe)
         args.append(contentsOf: o.words)
         do {
@@ -173,7 +181,7 @@ public enum Detach {
             try FileIO.writeAtomically(dir.pidFile, Array("\(pid)\n".utf8))
         } catch {
             diag("baton: cannot start the detached runner: \(error)")
-            return 3
+            return ExitStatus.usage.rawValue
         }
         if o.json {
             out(JSON.object([("run", .string(dir.id)), ("dir", .string(dir.path))]).encoded())
@@ -181,7 +189,7 @@ public enum Detach {
             out(dir.id)
             out(dir.path)
         }
-        return 0
+        return ExitStatus.success.rawValue
     }
 
     static func selfExecutable() -> String {

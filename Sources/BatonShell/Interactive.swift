@@ -126,14 +126,14 @@ final class Interactive {
             return .ready
         } catch let e as LuaCallError {
             lua.unref(e.ref)
-            incomplete = e.message.hasSuffix("<eof>")
+            incomplete = e.isIncomplete
         } catch {}
         do {
             try lua.load(Array(text.utf8), name: "=stdin")
             return .ready
         } catch let e as LuaCallError {
             lua.unref(e.ref)
-            if incomplete || e.message.hasSuffix("<eof>") { return .incomplete }
+            if incomplete || e.isIncomplete { return .incomplete }
             return .error(e.message)
         } catch {
             return .error("\(error)")
@@ -160,7 +160,7 @@ final class Interactive {
     }
 
     func report(_ e: LuaCallError) {
-        let reason = baton_abort_reason()
+        let reason = lua.abortReason
         if reason == BATON_ABORT_EXIT {
             leaving = env.exitCode ?? 0
             return
@@ -194,7 +194,7 @@ final class Interactive {
     }
 
     func resetInterrupt() {
-        baton_abort_clear()
+        lua.clearAbort()
         baton_signal_clear()
     }
 
@@ -228,7 +228,7 @@ final class Interactive {
         for id in ids.reversed().prefix(200) {
             let dir = store.directory(id)
             if FileIO.exists(dir.final), !FileLock.isHeld(dir.lock),
-               let s = dir.readFinal()?["status"]?.stringValue, s != "running" { continue }
+               let s = FinalRecord.read(dir)?.status, s != "running" { continue }
             let info = RunInfo.load(dir, withEvents: false)
             if info.isLive { live.append(info) } else if info.state == .orphaned { orphaned.append(info) }
         }
@@ -238,7 +238,7 @@ final class Interactive {
         for i in live + orphaned {
             var s = "  \(Render.stateText(i))  \(i.id)  \(i.recipe.map(FileIO.basename) ?? "?")"
             if let c = i.current { s += "  \(c.kind) \(c.id) for \(Clock.human(Clock.now() - c.since))" }
-            else if let l = i.lastEvent { s += "  last event \(l.type) \(Clock.human(Clock.now() - l.at)) ago" }
+            else if let l = i.lastEvent { s += "  last event \(l.type) \(Clock.human(Clock.now() - l.ts)) ago" }
             lines.append(s)
         }
         if !orphaned.isEmpty { lines.append("  (orphaned: its runner died; :attach to look, :resume or :cancel to finish it)") }
@@ -247,6 +247,6 @@ final class Interactive {
 
     static func stageIDs(store: RunStore, ref: String) -> [String] {
         guard let dir = try? store.resolve(ref), let c = try? JournalReader.read(dir.journal) else { return [] }
-        return c.stageIDs
+        return RunHistory(c.events).stageIDs
     }
 }

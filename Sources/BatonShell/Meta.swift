@@ -71,7 +71,6 @@ extension Interactive {
             guard let dir = resolve(args.first ?? attached, command) else { return }
             let code = Commands.resume(root: root, ref: dir.id, json: false)
             _ = chdir(cwd)
-            baton_abort_attach(lua.L)   // the resumed recipe had its own Lua state
             if code != 0 { err("(resume ended with exit code \(code))") }
         case ":load":
             load(args)
@@ -87,8 +86,10 @@ extension Interactive {
         if ref == nil || ref == "latest" {
             let ids = store.ids().reversed().filter { $0 != env.context?.dir.id }
             let recipe = { (id: String) -> String? in
-                guard let line = (try? FileIO.readFile(store.directory(id).journal, limit: 65536))?.split(separator: 10).first else { return nil }
-                return (try? JSON.parse(Array(line)))?["recipe"]?.stringValue
+                guard let line = (try? FileIO.readFile(store.directory(id).journal, limit: 65536))?.split(separator: 10).first,
+                      let first = (try? JSON.parse(Array(line))).flatMap(JournalEvent.init),
+                      case let .runStarted(b) = first.body else { return nil }
+                return b.recipe
             }
             if let id = ids.first(where: { recipe($0) != "<shell>" }) ?? ids.first { return store.directory(id) }
             err("baton: no runs in \(root)")
@@ -153,25 +154,23 @@ extension Interactive {
             for e in shown { say(Render.event(e)) }
             if journal.sawFinal { break }
             last = Int.max
-            if !follow || !FileLock.isHeld(dir.lock) || baton_signal_pending() != 0 { break }
-            var p = pollfd(fd: baton_signal_fd(), events: Int16(POLLIN), revents: 0)
-            _ = poll(&p, 1, 200)
+            if !follow || !FileLock.isHeld(dir.lock) || !env.loop.sleep(0.2) { break }
         } while true
     }
 
     /// The latest attempt of a stage: the end of its stdout and stderr.
     func stageTail(_ dir: RunDirectory, stage: String, lines: Int = 40) {
-        let contents = (try? JournalReader.read(dir.journal)) ?? JournalContents()
-        guard let latest = contents.stageAttempts(stage).last else {
-            let known = contents.stageIDs
+        let history = RunHistory(((try? JournalReader.read(dir.journal)) ?? JournalContents()).events)
+        guard let latest = history.attempts(of: stage).last else {
+            let known = history.stageIDs
             err("run \(dir.id) has no stage '\(stage)'" + (known.isEmpty ? "" : "; its stages: " + known.joined(separator: ", ")))
             return
         }
-        say("==> stage \(stage) attempt \(latest.attempt): \(latest.out) <==")
-        say(tailText(latest.out, lines), newline: false)
-        if let s = try? FileIO.readString(latest.err), !s.isEmpty {
-            say("--- stderr (\(latest.err)) ---")
-            say(tailText(latest.err, lines / 2), newline: false)
+        say("==> stage \(stage) attempt \(latest.attempt): \(latest.logs.stdout) <==")
+        say(tailText(latest.logs.stdout, lines), newline: false)
+        if let s = try? FileIO.readString(latest.logs.stderr), !s.isEmpty {
+            say("--- stderr (\(latest.logs.stderr)) ---")
+            say(tailText(latest.logs.stderr, lines / 2), newline: false)
         }
     }
 

@@ -58,7 +58,7 @@ public enum Render {
             if let p = i.currentPid { s += ", pid \(p)" }
             lines.append(s)
         }
-        if let l = i.lastEvent { lines.append("last     \(l.type) \(ago(l.at))") }
+        if let l = i.lastEvent { lines.append("last     \(l.type) \(ago(l.ts))") }
         if !i.alivePids.isEmpty { lines.append("alive    pids \(i.alivePids.map(String.init).joined(separator: ", "))") }
         lines.append("stages   \(i.stageCount) finished")
         if let r = i.reason { lines.append("reason   \(r)") }
@@ -68,52 +68,56 @@ public enum Render {
     }
 
     /// One journal event as a readable line.
-    public static func event(_ e: JSON) -> String {
-        let ts = e["ts"]?.stringValue.map { s -> String in let u = Array(s); return u.count >= 23 ? String(u[11..<23]) : s } ?? "?"
-        let seq = e["seq"]?.intValue.map { "#\($0)" } ?? "#?"
-        let type = e["type"]?.stringValue ?? "?"
-        let id = e["id"]?.stringValue ?? ""
+    public static func event(_ e: JournalEvent) -> String {
+        let stamp = Clock.rfc3339(e.ts)
+        let ts = String(Array(stamp)[11..<23])
         var detail = ""
-        switch type {
-        case "run_started", "run_resumed":
-            detail = "\(e["recipe"]?.stringValue ?? "?") pid \(e["pid"]?.intValue ?? 0)"
-            if let a = e["args"]?.arrayValue, !a.isEmpty { detail += " args " + a.compactMap(\.stringValue).joined(separator: " ") }
-            if e["dry_run"]?.boolValue == true { detail += " (dry run)" }
-        case "stage_started":
-            let cmd = e["shell"]?.stringValue ?? e["argv"]?.arrayValue?.compactMap(\.stringValue).joined(separator: " ") ?? ""
-            detail = "\(id) attempt \(e["attempt"]?.intValue ?? 1) pid \(e["pid"]?.intValue ?? 0): \(cmd.prefix(120))"
-        case "stage_finished":
-            detail = "\(id) \(e["status"]?.stringValue ?? "?")"
-            if let x = e["exit"]?.intValue, x != 0 { detail += " exit \(x)" }
-            if let s = e["signal"]?.intValue { detail += " signal \(s)" }
-            if let d = e["duration_ms"]?.intValue { detail += " in \(Clock.human(Double(d) / 1000))" }
-            if e["replayed"]?.boolValue == true { detail += " (replayed)" }
-            if e["dry"]?.boolValue == true { detail += " (dry run)" }
-            if let c = e["failure_class"]?.stringValue { detail += " [\(c)]" }
-            if let m = e["message"]?.stringValue { detail += ": \(m)" }
-        case "preflight":
-            detail = "\(e["name"]?.stringValue ?? "") \(e["ok"]?.boolValue == true ? "ok" : "FAILED") (policy \(e["policy"]?.stringValue ?? "fail"))"
-            for c in e["checks"]?.arrayValue ?? [] where c["ok"]?.boolValue == false {
-                detail += "; \(c["kind"]?.stringValue ?? "") \(c["target"]?.stringValue ?? ""): \(c["detail"]?.stringValue ?? "")"
+        switch e.body {
+        case let .runStarted(b), let .runResumed(b):
+            detail = "\(b.recipe) pid \(b.pid)"
+            if !b.args.isEmpty { detail += " args " + b.args.joined(separator: " ") }
+            if b.dryRun { detail += " (dry run)" }
+        case let .stageStarted(s):
+            detail = "\(s.key.id) attempt \(s.attempt)" + (s.pid.map { " pid \($0)" } ?? "") + ": \(s.command.display.prefix(120))"
+            if s.dry { detail += " (dry run)" }
+        case let .stageFinished(f):
+            detail = "\(f.key.id) \(f.status.rawValue)"
+            if let x = f.exit, x != 0 { detail += " exit \(x)" }
+            if let s = f.signal { detail += " signal \(s)" }
+            detail += " in \(Clock.human(Double(f.durationMs) / 1000))"
+            if f.replayed { detail += " (replayed)" }
+            if f.dry { detail += " (dry run)" }
+            if let c = f.failureClass { detail += " [\(c.rawValue)]" }
+            if let m = f.message { detail += ": \(m)" }
+        case let .preflight(p):
+            detail = "\(p.name) \(p.ok ? "ok" : "FAILED") (policy \(p.policy.rawValue))"
+            for c in p.checks where !c.ok { detail += "; \(c.kind) \(c.target): \(c.detail)" }
+        case let .watch(w):
+            detail = "\(w.id) \(w.from?.rawValue ?? "-") -> \(w.to.rawValue): \(w.reason)"
+        case let .gate(g):
+            detail = "\(g.name) iteration \(g.iteration)/\(g.max) " + (g.approved ? "approved" : "rejected")
+            if g.fallbackUsed { detail += " (fallback)" }
+            if let issues = g.issues.arrayValue, !issues.isEmpty {
+                detail += (g.approved ? " (notes: " : ": ") + issues.map { $0.stringValue ?? $0.encoded() }.joined(separator: "; ")
+                    + (g.approved ? ")" : "")
             }
-        case "watch":
-            detail = "\(id) \(e["from"]?.stringValue ?? "-") -> \(e["to"]?.stringValue ?? "?"): \(e["reason"]?.stringValue ?? "")"
-        case "gate":
-            detail = "\(e["name"]?.stringValue ?? "") iteration \(e["iteration"]?.intValue ?? 0)/\(e["max"]?.intValue ?? 0) "
-                + (e["approved"]?.boolValue == true ? "approved" : "rejected")
-            if e["fallback_used"]?.boolValue == true { detail += " (fallback)" }
-            if let issues = e["issues"]?.arrayValue, !issues.isEmpty { detail += ": " + issues.map { $0.stringValue ?? $0.encoded() }.joined(separator: "; ") }
-        case "heartbeat":
-            detail = "waiting on \(e["waiting_on"]?.stringValue ?? "") \(id) for \(Clock.human(Double(e["for_ms"]?.intValue ?? 0) / 1000))"
-        case "log":
-            detail = "[\(e["level"]?.stringValue ?? "info")] \(e["message"]?.stringValue ?? "")"
-            if let f = e["fields"], case let .object(p) = f, !p.isEmpty, e["message"]?.stringValue != "traceback" { detail += " " + f.encoded() }
-        case "final":
-            detail = "\(e["status"]?.stringValue ?? "?") exit \(e["exit_code"]?.intValue ?? 0)"
-            if let r = e["reason"]?.stringValue { detail += ": \(r)" }
-        default:
-            detail = id
+        case let .heartbeat(h):
+            detail = "waiting on \(h.waitingOn) \(h.id) for \(Clock.human(Double(h.forMs) / 1000))"
+        case let .log(l):
+            detail = "[\(l.level)] \(l.message)"
+            if case let .object(p) = l.fields, !p.isEmpty, l.message != "traceback" { detail += " " + l.fields.encoded() }
+        case let .command(c):
+            detail = "\(c.via) \(c.command.display.prefix(120))"
+            if c.timedOut { detail += " timed out" } else if let s = c.signal { detail += " signal \(s)" } else { detail += " exit \(c.exit ?? -1)" }
+            detail += " in \(Clock.human(Double(c.durationMs) / 1000))"
+        case let .notRun(n):
+            detail = "\(n.via) \(n.target.prefix(120)) (\(n.reason))"
+        case let .final(f):
+            detail = "\(f.status) exit \(f.exitCode)"
+            if let r = f.reason { detail += ": \(r)" }
+        case let .unknown(_, j):
+            detail = j["id"]?.stringValue ?? ""
         }
-        return "\(ts) \(seq) \(type) \(detail)"
+        return "\(ts) #\(e.seq) \(e.type) \(detail)"
     }
 }

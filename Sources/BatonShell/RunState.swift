@@ -1,46 +1,40 @@
 import BatonCore
 
 /// What `:attach` puts in the Lua value `run`: everything `status --json` says, plus
-/// final.json, every journal event, and the stages with their results (a stage still
-/// running has status "running" and its age).
+/// final.json, every journal event, and the stage calls with their results (a call still
+/// running has status "running" and its age), all read from the run's one history.
 enum RunState {
     static func json(_ info: RunInfo, now: Double = Clock.now()) -> JSON {
-        var stages: [[(String, JSON)]] = []
-        var index: [String: Int] = [:]
-        for e in info.events {
-            let type = e["type"]?.stringValue ?? ""
-            guard type == "stage_started" || type == "stage_finished", let id = e["id"]?.stringValue else { continue }
-            let key = "\(id)\u{1}\(e["occurrence"]?.intValue ?? 1)"
-            if type == "stage_started" {
-                var s: [(String, JSON)] = [("id", .string(id)), ("occurrence", .int(e["occurrence"]?.intValue ?? 1)),
-                                           ("attempt", .int(e["attempt"]?.intValue ?? 1)), ("status", .string("running"))]
-                if let c = e["shell"] ?? e["argv"] { s.append(("cmd", c)) }
-                for k in ["pid", "cwd", "logs"] { if let v = e[k] { s.append((k, v)) } }
-                if let ts = e["ts"] { s.append(("started_at", ts)) }
-                if let i = index[key] { stages[i] = s } else { index[key] = stages.count; stages.append(s) }
-            } else {
-                let i = index[key] ?? { stages.append([("id", .string(id))]); index[key] = stages.count - 1; return stages.count - 1 }()
-                var s = stages[i].filter { $0.0 != "status" && $0.0 != "attempt" }
-                for k in ["status", "attempt", "exit", "signal", "duration_ms", "failure_class", "signature", "message", "replayed", "logs"] {
-                    if let v = e[k] { s.removeAll { $0.0 == k }; s.append((k, v)) }
-                }
-                if let ts = e["ts"] { s.append(("ended_at", ts)) }
-                stages[i] = s
+        let stages: [JSON] = info.history.stages.map { r in
+            var s: [(String, JSON)] = [("id", .string(r.key.id)), ("occurrence", .int(Int64(r.key.occurrence))),
+                                       ("attempt", .int(Int64(r.attempt)))]
+            var status = r.status
+            if r.isOpen, !info.isLive { status = "unfinished" }
+            s.append(("status", .string(status)))
+            if let c = r.command { s.append(("cmd", c.json)) }
+            if let p = r.pid { s.append(("pid", .int(Int64(p)))) }
+            if let c = r.cwd { s.append(("cwd", .string(c))) }
+            s.append(("logs", .object([("stdout", .string(r.logs.stdout)), ("stderr", .string(r.logs.stderr))])))
+            if let t = r.startedAt { s.append(("started_at", .string(Clock.rfc3339(t)))) }
+            if let f = r.finished, r.isOver {
+                if let x = f.exit { s.append(("exit", .int(Int64(x)))) }
+                if let g = f.signal { s.append(("signal", .int(Int64(g)))) }
+                s.append(("duration_ms", .int(r.durationMs)))
+                if let c = f.failureClass { s.append(("failure_class", .string(c.rawValue))) }
+                if let g = f.signature { s.append(("signature", .string(g))) }
+                if let m = f.message { s.append(("message", .string(m))) }
+                s.append(("replayed", .bool(f.replayed)))
+                if let t = r.endedAt { s.append(("ended_at", .string(Clock.rfc3339(t)))) }
+            } else if r.isOpen, info.isLive, let t = r.startedAt {
+                s.append(("age_s", .double(((now - t) * 10).rounded() / 10)))
             }
-        }
-        // A stage still "running" in a run that is not live never finished.
-        for i in stages.indices where stages[i].contains(where: { $0.0 == "status" && $0.1 == .string("running") }) {
-            if !info.isLive {
-                stages[i] = stages[i].map { $0.0 == "status" ? ("status", .string("unfinished")) : $0 }
-            } else if let t = stages[i].first(where: { $0.0 == "started_at" })?.1.stringValue.flatMap(Clock.parseRFC3339) {
-                stages[i].append(("age_s", .double(((now - t) * 10).rounded() / 10)))
-            }
+            return .object(s)
         }
         var o = info.json.objectValue ?? []
         o.append(("live", .bool(info.isLive)))
-        o.append(("stages", .array(stages.map { .object($0) })))
-        o.append(("events", .array(info.events)))
-        o.append(("final", info.final ?? .null))
+        o.append(("stages", .array(stages)))
+        o.append(("events", .array(info.events.map(\.json))))
+        o.append(("final", info.final?.json ?? .null))
         return .object(o)
     }
 }

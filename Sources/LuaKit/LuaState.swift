@@ -20,15 +20,31 @@ public struct LuaRaise: Error, CustomStringConvertible, @unchecked Sendable {
         self.message = message; self.code = code; self.kind = kind; self.extra = extra
     }
 
+    /// An error that ends the run with `status` unless the recipe catches it.
+    public init(_ message: String, status: ExitStatus, kind: String, extra: ((LuaState) -> Void)? = nil) {
+        self.init(message, code: Int(status.rawValue), kind: kind, extra: extra)
+    }
+
     /// A usage error: wrong type, missing or unknown field (exit code 3).
-    public static func usage(_ message: String) -> LuaRaise { LuaRaise(message, code: 3, kind: "usage") }
+    public static func usage(_ message: String) -> LuaRaise { LuaRaise(message, status: .usage, kind: "usage") }
 
     public var description: String { message }
 }
 
-/// The error a protected call returned: its value as text, its traceback, and the
-/// fields of a Baton error table when it was one.
+/// Lua's status codes for a failed load or call (lua.h), kept so no caller reads messages.
+public enum LuaStatus: Int32, Sendable {
+    case yield = 1         // LUA_YIELD
+    case runtime = 2       // LUA_ERRRUN
+    case syntax = 3        // LUA_ERRSYNTAX
+    case memory = 4        // LUA_ERRMEM
+    case handler = 5       // LUA_ERRERR: the message handler itself failed
+    case file = 6          // LUA_ERRFILE
+}
+
+/// The error a protected call returned: Lua's status, its value as text, its traceback,
+/// and the fields of a Baton error table when it was one.
 public struct LuaCallError: Error, CustomStringConvertible {
+    public var status: LuaStatus
     public var message: String
     public var traceback: String
     public var code: Int?
@@ -36,6 +52,8 @@ public struct LuaCallError: Error, CustomStringConvertible {
     /// The error value, kept in the registry so it can be raised again unchanged.
     public var ref: Int32
     public var description: String { message }
+    /// A syntax error at the end of the text: the chunk is unfinished (lua.c's `incomplete`).
+    public var isIncomplete: Bool { status == .syntax && message.hasSuffix("<eof>") }
 }
 
 final class FunctionBox {
@@ -52,7 +70,7 @@ final class FunctionBox {
 private func luaKitDispatch(_ L: OpaquePointer?, _ ctx: UnsafeMutableRawPointer?) -> Int32 {
     let box = Unmanaged<FunctionBox>.fromOpaque(ctx!).takeUnretainedValue()
     let state = box.state
-    if baton_abort_reason() != 0 {
+    if baton_abort_reason(L) != 0 {
         lua_pushstring(L, BATON_ABORT_MESSAGE)
         return -1
     }
@@ -74,12 +92,10 @@ public final class LuaState {
     public let nullSentinel: UnsafeMutableRawPointer
 
     public init(memoryLimit: Int = 0) {
-        baton_set_dispatch(luaKitDispatch)
-        L = baton_newstate(memoryLimit)!
+        L = baton_newstate(memoryLimit, luaKitDispatch)!
         luaL_openlibs(L)
         nullSentinel = baton_pushnulsentinel(L)
         baton_pop(L, 1)
-        baton_abort_attach(L)
         try! run("""
             local mt = {__tostring = function(e) return tostring(rawget(e, "message")) end, __name = "baton.error"}
             debug.getregistry()["baton.error_mt"] = mt
@@ -88,7 +104,7 @@ public final class LuaState {
     }
 
     deinit {
-        lua_close(L)
+        baton_closestate(L)
         for b in boxes { b.release() }
     }
 
@@ -236,13 +252,13 @@ public final class LuaState {
                 baton_loadbuffer(L, $0, buf.count, name)
             }
         }
-        if st != LUA_OK { throw takeError(traceback: false) }
+        if st != LUA_OK { throw takeError(status: st, traceback: false) }
     }
 
     /// Protected call of the function under `nargs` arguments; every call into Lua goes here.
     public func pcall(nargs: Int32, nresults: Int32) throws {
         let st = baton_pcall(L, nargs, nresults)
-        if st != LUA_OK { throw takeError(traceback: true) }
+        if st != LUA_OK { throw takeError(status: st, traceback: true) }
     }
 
     /// Runs a chunk of Lua text (bridge-internal set-up code).
@@ -252,7 +268,7 @@ public final class LuaState {
     }
 
     /// Pops the error value and describes it.
-    func takeError(traceback: Bool) -> LuaCallError {
+    func takeError(status st: Int32, traceback: Bool) -> LuaCallError {
         var msg: String
         var code: Int? = nil
         var kind: String? = nil
@@ -274,12 +290,20 @@ public final class LuaState {
             if lua_getfield(L, baton_registryindex(), "baton.traceback") == LUA_TSTRING { tb = string(-1) ?? "" }
             pop()
         }
-        if msg == BATON_ABORT_MESSAGE || baton_abort_reason() != 0 { kind = kind ?? "abort" }
+        if msg == BATON_ABORT_MESSAGE || abortReason != 0 { kind = kind ?? "abort" }
         let r = ref()
-        return LuaCallError(message: msg, traceback: tb, code: code, kind: kind, ref: r)
+        return LuaCallError(status: LuaStatus(rawValue: st) ?? .runtime, message: msg, traceback: tb, code: code, kind: kind, ref: r)
     }
 
     public var memoryUsed: Int { baton_memory_used(L) }
+
+    // MARK: the kill switch (per state)
+
+    /// Why Lua code in this state is being stopped: a signal number, BATON_ABORT_EXIT, or 0.
+    public var abortReason: Int32 { baton_abort_reason(L) }
+    /// From now on every Lua instruction raises "interrupted" (a recipe's pcall cannot swallow it).
+    public func requestAbort(_ reason: Int32) { baton_abort_request(L, reason) }
+    public func clearAbort() { baton_abort_clear(L) }
 }
 
 /// Swift values that can be pushed.
@@ -289,6 +313,7 @@ public enum LuaValue {
     case int(Int)
     case number(Double)
     case string(String)
+    case bytes([UInt8])
     case json(JSON)
     case ref(Int32)
 }
@@ -301,6 +326,7 @@ extension LuaState {
         case let .int(i): push(i)
         case let .number(d): push(d)
         case let .string(s): push(s)
+        case let .bytes(b): push(bytes: b)
         case let .json(j): push(json: j)
         case let .ref(r): pushRef(r)
         }

@@ -4,14 +4,20 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- bounded allocator ----
+/* ---- per-state context ----
+ * Everything the shim keeps about a state lives in one struct, the allocator's
+ * userdata (reached with lua_getallocf), as mpv keeps its context per state:
+ * the bounded allocator's counters, the Swift dispatcher, the abort request.
  * `native` counts how deep we are in Swift code called from Lua; while it
  * is non-zero allocations succeed (up to a hard margin), so a push from
  * Swift never raises LUA_ERRMEM across a Swift frame. */
-typedef struct {
+typedef struct baton_alloc_state {
     size_t used;
     size_t limit;
     int native;
+    baton_dispatch_fn dispatch;
+    volatile sig_atomic_t abort_reason;
+    lua_State *L;
 } baton_alloc_state;
 
 #define NATIVE_MARGIN ((size_t)256 << 20)
@@ -34,12 +40,21 @@ static void *baton_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     return p;
 }
 
-lua_State *baton_newstate(size_t limit) {
+/* The states a signal interrupts. A signal handler has no argument to find a
+ * state by, so this list is the one piece of process-wide state here; a state
+ * joins it when made and leaves it when closed. */
+#define MAX_STATES 16
+static baton_alloc_state *volatile live_states[MAX_STATES];
+
+lua_State *baton_newstate(size_t limit, baton_dispatch_fn dispatch) {
     baton_alloc_state *st = calloc(1, sizeof *st);
     if (!st) return NULL;
     st->limit = limit;
+    st->dispatch = dispatch;
     lua_State *L = lua_newstate(baton_alloc, st);
-    if (!L) free(st);
+    if (!L) { free(st); return NULL; }
+    st->L = L;
+    for (int i = 0; i < MAX_STATES; i++) if (!live_states[i]) { live_states[i] = st; break; }
     return L;
 }
 
@@ -48,19 +63,23 @@ static baton_alloc_state *alloc_state(lua_State *L) {
     lua_getallocf(L, &ud);
     return (baton_alloc_state *)ud;
 }
+
+void baton_closestate(lua_State *L) {
+    baton_alloc_state *st = alloc_state(L);
+    for (int i = 0; i < MAX_STATES; i++) if (live_states[i] == st) live_states[i] = NULL;
+    lua_close(L);
+    free(st);
+}
 size_t baton_memory_used(lua_State *L) { return alloc_state(L)->used; }
 size_t baton_memory_limit(lua_State *L) { return alloc_state(L)->limit; }
 void baton_set_memory_limit(lua_State *L, size_t limit) { alloc_state(L)->limit = limit; }
 
 /* ---- the trampoline ---- */
-static baton_dispatch_fn dispatch = NULL;
-void baton_set_dispatch(baton_dispatch_fn fn) { dispatch = fn; }
-
 static int trampoline(lua_State *L) {
     void *ctx = lua_touserdata(L, lua_upvalueindex(1));
     baton_alloc_state *st = alloc_state(L);
     st->native++;
-    int n = dispatch(L, ctx);
+    int n = st->dispatch(L, ctx);
     st->native--;
     if (n < 0) return lua_error(L); /* only C frames below us now */
     return n;
@@ -117,30 +136,28 @@ void baton_where(lua_State *L, int level) {
 }
 
 /* ---- the kill switch ---- */
-static lua_State *volatile abort_L = NULL;
-static volatile sig_atomic_t abort_reason = 0;
-
 static void abort_hook(lua_State *L, lua_Debug *ar) {
     (void)ar;
     lua_pushstring(L, BATON_ABORT_MESSAGE);
     lua_error(L);
 }
 
-void baton_abort_attach(lua_State *L) { abort_L = L; }
-
-void baton_abort_request(int reason) {
-    if (!abort_reason) abort_reason = reason;
-    lua_State *L = abort_L;
-    if (L) lua_sethook(L, abort_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+static void request(baton_alloc_state *st, int reason) {
+    if (!st->abort_reason) st->abort_reason = reason;
+    lua_sethook(st->L, abort_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
 }
 
-int baton_abort_reason(void) { return abort_reason; }
+void baton_abort_request(lua_State *L, int reason) { request(alloc_state(L), reason); }
 
-void baton_abort_clear(void) {
-    abort_reason = 0;
-    lua_State *L = abort_L;
-    if (L) lua_sethook(L, NULL, 0, 0);
+int baton_abort_reason(lua_State *L) { return alloc_state(L)->abort_reason; }
+
+void baton_abort_clear(lua_State *L) {
+    alloc_state(L)->abort_reason = 0;
+    lua_sethook(L, NULL, 0, 0);
 }
 
-static void on_signal(int sig) { baton_abort_request(sig); }
+/* lua_sethook is async-signal-safe by design (lua.c calls it from its SIGINT handler). */
+static void on_signal(int sig) {
+    for (int i = 0; i < MAX_STATES; i++) { baton_alloc_state *st = live_states[i]; if (st) request(st, sig); }
+}
 void baton_abort_on_signals(int enabled) { baton_signal_set_hook(enabled ? on_signal : NULL); }

@@ -16,15 +16,22 @@ usage: baton                                  interactive shell (stdin a termina
        baton resume [RUN] [--json]            continue a run, replaying what passed
        baton check RECIPE                     syntax and static checks, runs nothing
 
-run options (before RECIPE): --dry-run, --detach, --json, --runs-dir DIR, --run-id ID
+run options (before RECIPE): --dry-run, --detach, --json, --runs-dir DIR, --run-id ID,
+  --sync batched|always (journal flushes: batched by default, every event with 'always')
 every command takes --runs-dir DIR (or BATON_RUNS_DIR; default .baton/runs)
 RUN is a run id, a unique prefix of one, or 'latest' (the default)
 """
 
-func fail(_ message: String, code: Int32 = 3) -> Never {
+func fail(_ message: String, code: ExitStatus = .usage) -> Never {
     diag("baton: \(message)")
-    if code == 3 { diag("run 'baton --help' for usage") }
-    exit(code)
+    if code == .usage { diag("run 'baton --help' for usage") }
+    exit(code.rawValue)
+}
+
+func syncPolicy(_ p: Parsed) -> SyncPolicy {
+    guard let v = p.values["--sync"] else { return RunOptions.defaultSync }
+    guard let s = SyncPolicy(rawValue: v), s != .never else { fail("--sync must be 'batched' or 'always', got '\(v)'") }
+    return s
 }
 
 struct Parsed {
@@ -74,12 +81,12 @@ func runsRoot(_ p: Parsed) -> String { RunStore.defaultRoot(override: p.values["
 switch command {
 case "-h", "--help", "help":
     print(usage)
-    exit(0)
+    exit(ExitStatus.success.rawValue)
 case "--version", "version":
     print("baton \(BatonVersion.string) (Lua \(LuaInfo.version))")
-    exit(0)
+    exit(ExitStatus.success.rawValue)
 case "run":
-    let p = parse(argv[2...], flags: ["--dry-run", "--detach", "--json"], values: ["--runs-dir", "--run-id", "--existing-run"],
+    let p = parse(argv[2...], flags: ["--dry-run", "--detach", "--json"], values: ["--runs-dir", "--run-id", "--existing-run", "--sync"],
                   stopAtPositional: true, maxPositional: 1)
     guard let recipe = p.positional.first else { fail("run needs a RECIPE file") }
     var o = RunOptions(recipe: recipe, runsDir: runsRoot(p))
@@ -87,6 +94,7 @@ case "run":
     o.runID = p.values["--run-id"] ?? p.values["--existing-run"]
     o.dryRun = p.flags.contains("--dry-run")
     o.json = p.flags.contains("--json")
+    o.sync = syncPolicy(p)
     if p.flags.contains("--detach") {
         exit(Detach.start(options: o))
     }
@@ -94,9 +102,9 @@ case "run":
     _ = baton_set_subreaper()
     exit(RecipeRunner.run(o))
 case "resume":
-    let p = parse(argv[2...], flags: ["--json"], values: ["--runs-dir"], stopAtPositional: false, maxPositional: 1)
+    let p = parse(argv[2...], flags: ["--json"], values: ["--runs-dir", "--sync"], stopAtPositional: false, maxPositional: 1)
     _ = baton_set_subreaper()
-    exit(Commands.resume(root: runsRoot(p), ref: p.positional.first, json: p.flags.contains("--json")))
+    exit(Commands.resume(root: runsRoot(p), ref: p.positional.first, json: p.flags.contains("--json"), sync: syncPolicy(p)))
 case "runs":
     let p = parse(argv[2...], flags: ["--json"], values: ["--runs-dir"], stopAtPositional: false, maxPositional: 0)
     exit(Commands.runs(root: runsRoot(p), json: p.flags.contains("--json")))

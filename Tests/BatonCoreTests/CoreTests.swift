@@ -112,20 +112,20 @@ import Testing
     @Test func kinds() {
         let d = tempDir()
         let env = ["PATH": "/usr/bin:/bin"]
-        #expect(!PreflightCheck.path(d + "/nope", directory: false, executable: false).evaluate(environment: env).ok)
-        #expect(PreflightCheck.path(d, directory: true, executable: false).evaluate(environment: env).ok)
+        #expect(!PreflightCheck.path(d + "/nope", directory: false, executable: false).evaluate(environment: env, loop: EventLoop()).ok)
+        #expect(PreflightCheck.path(d, directory: true, executable: false).evaluate(environment: env, loop: EventLoop()).ok)
         let file = d + "/plain.txt"
         try? FileIO.writeAtomically(file, Array("x".utf8), mode: 0o644)
-        #expect(!PreflightCheck.path(file, directory: true, executable: false).evaluate(environment: env).ok)
-        #expect(!PreflightCheck.path(file, directory: false, executable: true).evaluate(environment: env).ok)
-        #expect(PreflightCheck.path("/bin/sh", directory: false, executable: true).evaluate(environment: env).ok)
-        #expect(PreflightCheck.command(.argv(["true"]), cwd: nil, timeout: 5).evaluate(environment: env).ok)
-        let failing = PreflightCheck.command(.shell("echo nope >&2; exit 3"), cwd: nil, timeout: 5).evaluate(environment: env)
+        #expect(!PreflightCheck.path(file, directory: true, executable: false).evaluate(environment: env, loop: EventLoop()).ok)
+        #expect(!PreflightCheck.path(file, directory: false, executable: true).evaluate(environment: env, loop: EventLoop()).ok)
+        #expect(PreflightCheck.path("/bin/sh", directory: false, executable: true).evaluate(environment: env, loop: EventLoop()).ok)
+        #expect(PreflightCheck.command(.argv(["true"]), cwd: nil, timeout: 5).evaluate(environment: env, loop: EventLoop()).ok)
+        let failing = PreflightCheck.command(.shell("echo nope >&2; exit 3"), cwd: nil, timeout: 5).evaluate(environment: env, loop: EventLoop())
         #expect(!failing.ok && failing.detail.contains("exit code 3") && failing.detail.contains("nope"))
-        #expect(PreflightCheck.command(.argv(["sleep", "5"]), cwd: nil, timeout: 0.1).evaluate(environment: env).detail.hasPrefix("timed out"))
-        #expect(PreflightCheck.env("PATH").evaluate(environment: env).ok)
-        #expect(PreflightCheck.env("BATON_SURELY_UNSET_VAR").evaluate(environment: env).detail == "not set or empty")
-        #expect(!PreflightCheck.pgrep("python train.py").evaluate(environment: env).ok)
-        #expect(PreflightCheck.pgrep("[p]ython train.py").evaluate(environment: env).ok)
+        #expect(PreflightCheck.command(.argv(["sleep", "5"]), cwd: nil, timeout: 0.1).evaluate(environment: env, loop: EventLoop()).detail.hasPrefix("timed out"))
+        #expect(PreflightCheck.env("PATH").evaluate(environment: env, loop: EventLoop()).ok)
+        #expect(PreflightCheck.env("BATON_SURELY_UNSET_VAR").evaluate(environment: env, loop: EventLoop()).detail == "not set or empty")
+        #expect(!PreflightCheck.pgrep("python train.py").evaluate(environment: env, loop: EventLoop()).ok)
+        #expect(PreflightCheck.pgrep("[p]ython train.py").evaluate(environment: env, loop: EventLoop()).ok)
     }
 }

@@ -13,16 +13,19 @@ func tempDir() -> String {
     @Test func writerAppendsOneLinePerEventWithIncreasingSeq() throws {
         let p = tempDir() + "/journal.jsonl"
         let w = try JournalWriter(path: p, runID: "r1")
-        #expect(try w.append("run_started", [("recipe", .string("x.lua"))]) == 1)
-        #expect(try w.append("log", [("message", .string("a \"quoted\"\nline"))]) == 2)
+        let began = RunBegan(recipe: "x.lua", recipeSHA256: "", args: [], pid: 1, host: "h", dryRun: false, cwd: "/")
+        #expect(try w.append(.runStarted(began)).seq == 1)
+        #expect(try w.append(.log(LogRecord(level: "info", message: "a \"quoted\"\nline"))).seq == 2)
         let c = try JournalReader.read(p)
         #expect(c.events.count == 2 && c.corrupt.isEmpty && !c.tornTail)
-        #expect(c.events[1]["message"]?.stringValue == "a \"quoted\"\nline")
-        #expect(c.events.map { $0["seq"]?.intValue } == [1, 2])
-        #expect(c.events.allSatisfy { $0["v"]?.intValue == 1 && $0["run"]?.stringValue == "r1" && $0["ts"]?.stringValue?.hasSuffix("Z") == true })
+        guard case let .log(l) = c.events[1].body else { Issue.record("not a log event"); return }
+        #expect(l.message == "a \"quoted\"\nline")
+        #expect(c.events.map(\.seq) == [1, 2])
+        let raw = try FileIO.readString(p).split(separator: "\n").map { try JSON.parse(String($0)) }
+        #expect(raw.allSatisfy { $0["v"]?.intValue == 1 && $0["run"]?.stringValue == "r1" && $0["ts"]?.stringValue?.hasSuffix("Z") == true })
         // A second writer continuing the run never reuses a seq.
         let w2 = try JournalWriter(path: p, runID: "r1", lastSeq: c.lastSeq)
-        #expect(try w2.append("run_resumed", []) == 3)
+        #expect(try w2.append(.runResumed(began)).seq == 3)
     }
 
     @Test func readerSkipsATornTail() throws {
@@ -39,7 +42,8 @@ func tempDir() -> String {
     }
 
     @Test func readerReportsACorruptMiddleLineWithItsNumber() throws {
-        let text = #"{"v":1,"seq":1}"# + "\n" + "{not json\n" + #"{"v":1,"seq":3}"# + "\n" + "[1,2]\n" + #"{"v":1,"seq":5}"# + "\n"
+        let text = #"{"v":1,"seq":1,"type":"a"}"# + "\n" + "{not json\n" + #"{"v":1,"seq":3,"type":"a"}"# + "\n" + "[1,2]\n"
+            + #"{"v":1,"seq":5,"type":"a"}"# + "\n"
         let c = JournalReader.parse(Array(text.utf8))
         #expect(c.events.count == 3)
         #expect(c.corrupt.map(\.line) == [2, 4])
@@ -64,7 +68,7 @@ func tempDir() -> String {
     @Test func aFullDiskIsAnErrorAndTheSeqIsNotUsedUp() throws {
         let w = try JournalWriter(path: "/dev/full", runID: "r")
         do {
-            try w.append("log", [("message", .string("x"))])
+            try w.append(.log(LogRecord(level: "info", message: "x")))
             Issue.record("writing to /dev/full succeeded")
         } catch let e as SystemError {
             #expect(e.isNoSpace)
@@ -104,7 +108,8 @@ func tempDir() -> String {
         DispatchQueue.concurrentPerform(iterations: 8) { t in
             for i in 0..<50 { try! FileIO.appendLocked(p, Array("{\"t\":\(t),\"i\":\(i)}\n".utf8)) }
         }
-        let c = try JournalReader.read(p)
-        #expect(c.events.count == 400 && c.corrupt.isEmpty && !c.tornTail)
+        let lines = try FileIO.readString(p).split(separator: "\n", omittingEmptySubsequences: false)
+        #expect(lines.count == 401 && lines.last == "")
+        #expect(lines.dropLast().allSatisfy { (try? JSON.parse(String($0)))?["t"] != nil })
     }
 }

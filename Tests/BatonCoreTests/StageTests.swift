@@ -22,10 +22,10 @@ import Testing
     @Test func passingStageIsJournaledAndInFinal() throws {
         let (ctx, _) = try context()
         let r = ctx.runStage(StageSpec(id: "echo", command: .argv(["echo", "hi"])))
-        #expect(r.ok && r.stdout == "hi\n" && r.exit == 0)
+        #expect(r.ok && r.stdout == Array("hi\n".utf8) && r.exit == 0)
         ctx.finish(status: .succeeded, exitCode: 0, reason: nil)
         let c = try JournalReader.read(ctx.dir.journal)
-        #expect(c.events.map { $0["type"]?.stringValue } == ["run_started", "stage_started", "stage_finished", "final"])
+        #expect(c.events.map(\.type) == ["run_started", "stage_started", "stage_finished", "final"])
         let f = try #require(ctx.dir.readFinal())
         #expect(f["status"] == .string("succeeded"))
         #expect(f["stages"]?.arrayValue?.first?["id"] == .string("echo"))
@@ -59,7 +59,7 @@ import Testing
         let f = try #require(ctx.dir.readFinal())
         #expect(f["status"] == .string("cancelled") && f["exit_code"] == .int(143))
         let last = try JournalReader.read(ctx.dir.journal).events.last
-        #expect(last?["type"] == .string("final"))
+        #expect(last?.type == "final")
     }
 
     @Test func persistFinalFieldsSurviveTheEnd() throws {
@@ -81,14 +81,14 @@ import Testing
         _ = store
         let again = try RunContext.resume(dir: dir, recipe: "core-test", recipeText: [], args: [])
         let a = again.runStage(StageSpec(id: "a", command: .argv(["echo", "one"])))
-        #expect(a.replayed && a.stdout == "one\n")
+        #expect(a.replayed && a.stdout == Array("one\n".utf8))
         let b = again.runStage(StageSpec(id: "b", command: .shell("exit 0")))
         #expect(!b.replayed && b.ok)
         // After the first stage that ran for real, nothing replays.
         let a2 = again.runStage(StageSpec(id: "a", command: .argv(["echo", "one"])))
         #expect(!a2.replayed && a2.occurrence == 2)
         again.finish(status: .succeeded, exitCode: 0, reason: nil)
-        let seqs = try JournalReader.read(dir.journal).events.compactMap { $0["seq"]?.intValue }
+        let seqs = try JournalReader.read(dir.journal).events.map(\.seq)
         #expect(seqs == Array(1...Int64(seqs.count)))
     }
 

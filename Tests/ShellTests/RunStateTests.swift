@@ -9,7 +9,7 @@ import Testing
         let root = "/tmp/baton-shell-runstate-\(getpid())-\(Int(Clock.now() * 1000))"
         let ctx = try RunContext.start(store: RunStore(root: root), id: nil, recipe: "r.lua", recipeText: [], args: [], dryRun: false)
         let exec = ctx.startStage(StageSpec(id: "hello", command: .argv(["echo", "hi"])))
-        _ = ctx.waitUntil { exec.isFinished }
+        _ = ctx.wait(for: exec)
         ctx.finish(status: .succeeded, exitCode: 0, reason: nil)
         let info = RunInfo.load(ctx.dir)
         let j = RunState.json(info)

@@ -15,16 +15,19 @@
 #include <lua5.4/lualib.h>
 #include <stddef.h>
 
-/* A state whose Lua allocations fail past `limit` bytes (0: no limit). */
-lua_State *baton_newstate(size_t limit);
+/* Swift functions. dispatch(L, ctx) returns >= 0 results, or -1 with the
+ * error value on top of the stack. */
+typedef int (*baton_dispatch_fn)(lua_State *L, void *ctx);
+
+/* A state whose Lua allocations fail past `limit` bytes (0: no limit), whose
+ * Swift functions are run by `dispatch`. Its context (allocator counters, the
+ * dispatcher, the abort request) is per state. Close it with baton_closestate. */
+lua_State *baton_newstate(size_t limit, baton_dispatch_fn dispatch);
+void baton_closestate(lua_State *L);
 size_t baton_memory_used(lua_State *L);
 size_t baton_memory_limit(lua_State *L);
 void baton_set_memory_limit(lua_State *L, size_t limit);
 
-/* Swift functions. dispatch(L, ctx) returns >= 0 results, or -1 with the
- * error value on top of the stack. */
-typedef int (*baton_dispatch_fn)(lua_State *L, void *ctx);
-void baton_set_dispatch(baton_dispatch_fn fn);
 void baton_pushswiftfunction(lua_State *L, void *ctx);
 
 /* lua_pcall with a message handler that records a traceback in the registry
@@ -38,11 +41,10 @@ int baton_loadbuffer(lua_State *L, const char *buf, size_t len, const char *chun
  * pcall cannot swallow the interruption. reason: a signal number, or
  * BATON_ABORT_EXIT for os.exit. */
 #define BATON_ABORT_EXIT 1000
-void baton_abort_attach(lua_State *L);   /* the state the hook acts on */
-void baton_abort_request(int reason);    /* async-signal-safe */
-int  baton_abort_reason(void);
-void baton_abort_clear(void);
-/* Connect CBatonSys's signal handler to baton_abort_request. */
+void baton_abort_request(lua_State *L, int reason);   /* async-signal-safe */
+int  baton_abort_reason(lua_State *L);
+void baton_abort_clear(lua_State *L);
+/* Connect CBatonSys's signal handler: a signal requests an abort of every live state. */
 void baton_abort_on_signals(int enabled);
 #define BATON_ABORT_MESSAGE "interrupted"
 

@@ -1,0 +1,161 @@
+import CBatonSys
+import Glibc
+
+/// What to run, wherever it runs: argv, environment, working directory, and the
+/// descriptors its standard streams go to (a stage's log files, or memory files).
+public struct JobSpec {
+    public var argv: [String]
+    public var env: [String: String]
+    public var cwd: String?
+    /// -1: /dev/null.
+    public var stdin: Int32 = -1
+    public var stdout: Int32 = -1
+    public var stderr: Int32 = -1
+    /// Seconds the processes left behind by a finished main process get before SIGKILL.
+    public var leftoverGrace: Double = 2
+
+    public init(argv: [String], env: [String: String], cwd: String?) {
+        self.argv = argv; self.env = env; self.cwd = cwd
+    }
+}
+
+public enum JobState: Equatable, Sendable {
+    case running
+    /// Its main process ended; processes it left behind are being ended.
+    case ending(Termination)
+    case done(Termination)
+}
+
+/// One command in flight on an executor.
+public protocol Job: AnyObject {
+    var executor: Executor { get }
+    /// The executor's own name for it (a pid here; a Slurm job id elsewhere).
+    var nativeID: String { get }
+    /// A local process id, where there is one.
+    var pid: pid_t? { get }
+    /// As of the executor's last `poll`.
+    var state: JobState { get }
+    /// Asks it to stop: SIGTERM to everything it runs, SIGKILL after `grace` seconds.
+    func terminate(grace: Double)
+    /// Ends it now.
+    func kill()
+}
+
+/// Where stages and commands run: the seam between what Baton decides (attempts, retries,
+/// timeouts, the journal) and the mechanics of running a command somewhere. The event loop
+/// asks each executor about all its in-flight jobs at once, so an executor whose status
+/// query is expensive (a batch scheduler) makes one query per poll, however many jobs.
+public protocol Executor: AnyObject {
+    var name: String { get }
+    /// Starts a job. Throws SpawnError when it cannot start (missing or not executable).
+    func start(_ spec: JobSpec) throws -> Job
+    /// Refreshes the state of these in-flight jobs (never blocks).
+    func poll(_ jobs: [Job], now: Double)
+    /// What the loop waits on for these jobs: descriptors that turn readable when one may
+    /// have changed, and the latest time to poll again anyway.
+    func wake(_ jobs: [Job], now: Double) -> (fds: [Int32], at: Double?)
+    /// One line for people (`status`, errors).
+    func describe(_ job: Job) -> String
+}
+
+/// The local executor: a process group per job, started by `baton_spawn` (vfork + exec
+/// in C: own group, parent-death signal, default signal dispositions, empty mask), watched
+/// through a pidfd, ended whole.
+public final class LocalExecutor: Executor {
+    public let name = "local"
+    public init() {}
+
+    public func start(_ spec: JobSpec) throws -> Job {
+        let pid = try Spawner.spawn(argv: spec.argv, env: spec.env, cwd: spec.cwd, stdin: spec.stdin,
+                                    stdout: spec.stdout, stderr: spec.stderr)
+        // (baton_spawn has told the crash guard about the group.)
+        return LocalJob(executor: self, pid: pid, leftoverGrace: spec.leftoverGrace)
+    }
+
+    public func poll(_ jobs: [Job], now: Double) {
+        for case let j as LocalJob in jobs { j.refresh(now: now) }
+    }
+
+    public func wake(_ jobs: [Job], now: Double) -> (fds: [Int32], at: Double?) {
+        var fds: [Int32] = []
+        var at: Double? = nil
+        for case let j as LocalJob in jobs {
+            if let fd = j.wakeFD { fds.append(fd) } else { at = min(at ?? .infinity, now + 0.02) }
+            if let k = j.killAt { at = min(at ?? .infinity, k) }
+        }
+        return (fds, at)
+    }
+
+    public func describe(_ job: Job) -> String { "process group \(job.nativeID)" }
+}
+
+final class LocalJob: Job {
+    let executor: Executor
+    let leader: pid_t
+    private var pidfd: Int32
+    private var leaderEnded: Termination?
+    private(set) var state: JobState = .running
+    private(set) var killAt: Double?
+    private var terminating = false
+    private let leftoverGrace: Double
+
+    init(executor: Executor, pid: pid_t, leftoverGrace: Double) {
+        self.executor = executor
+        self.leader = pid
+        self.pidfd = baton_pidfd_open(pid)
+        self.leftoverGrace = leftoverGrace
+    }
+
+    deinit { if pidfd >= 0 { close(pidfd) } }
+
+    var nativeID: String { String(leader) }
+    var pid: pid_t? { leader }
+    /// Readable when the leader exits; nil once it has (then the group is polled).
+    var wakeFD: Int32? { leaderEnded == nil && pidfd >= 0 ? pidfd : nil }
+
+    func terminate(grace: Double) {
+        if case .done = state { return }
+        terminating = true
+        Glibc.kill(-leader, SIGTERM)
+        Glibc.kill(-leader, SIGCONT)
+        let at = Clock.monotonic() + grace
+        killAt = min(killAt ?? .infinity, at)
+    }
+
+    func kill() {
+        if case .done = state { return }
+        terminating = true
+        Glibc.kill(-leader, SIGKILL)
+        killAt = nil
+    }
+
+    func refresh(now: Double) {
+        if case .done = state { return }
+        if leaderEnded == nil {
+            var st: Int32 = 0
+            guard waitpid(leader, &st, WNOHANG) == leader else {
+                if let k = killAt, now >= k { kill() }
+                return
+            }
+            leaderEnded = Termination(waitStatus: st)
+            if pidfd >= 0 { close(pidfd); pidfd = -1 }
+        }
+        if let k = killAt, now >= k { kill() }
+        // The leader is gone; anything left in its group goes too.
+        if groupAlive() {
+            if !terminating { terminate(grace: leftoverGrace) }
+            state = .ending(leaderEnded!)
+        } else {
+            state = .done(leaderEnded!)
+            killAt = nil
+            baton_crash_guard_untrack(leader)
+        }
+    }
+
+    /// Reaps our zombies in the group, then asks whether anyone is left.
+    private func groupAlive() -> Bool {
+        var st: Int32 = 0
+        while waitpid(-leader, &st, WNOHANG) > 0 {}
+        return Glibc.kill(-leader, 0) == 0
+    }
+}

@@ -1,0 +1,188 @@
+/// What a journal says about one stage call (id, occurrence), folded from its events.
+public struct StageRecord: Sendable {
+    /// `running`, `waiting` (between attempts), a StageStatus, or `unfinished` (its runner died).
+    public var status: String
+    public var key: StageKey
+    public var command: Command?
+    public var cwd: String?
+    public var fingerprint: String = ""
+    /// The latest attempt's number (counted within one life of the run).
+    public var attempt = 0
+    public var pid: Int32?
+    /// When its first attempt in this life started, and when its last one ended.
+    public var startedAt: Double?
+    public var endedAt: Double?
+    public var logs = StageLogs(stdout: "", stderr: "")
+    /// The latest `stage_finished` (the final one once the call is over).
+    public var finished: StageFinished?
+
+    public var isOpen: Bool { status == "running" || status == "waiting" }
+    public var isOver: Bool { StageStatus(rawValue: status) != nil }
+    public var replayed: Bool { finished?.replayed ?? false }
+    public var dry: Bool { finished?.dry ?? false }
+
+    /// Its length for final.json and status: first start to last end, or the journaled
+    /// duration for a replay or a call that never started.
+    public var durationMs: Int64 {
+        if let f = finished, f.replayed || startedAt == nil { return f.durationMs }
+        guard let s = startedAt else { return 0 }
+        return Int64((((endedAt ?? s) - s) * 1000).rounded())
+    }
+}
+
+/// A watch's latest state.
+public struct WatchRecord: Sendable {
+    public var id: String
+    public var state: WatchState
+    public var since: Double
+    public var reason: String
+    public var details: JSON
+}
+
+/// One attempt of a stage, with its log files (every life of the run, oldest first).
+public struct AttemptLog: Sendable {
+    public var key: StageKey
+    public var attempt: Int
+    public var logs: StageLogs
+}
+
+/// A run's history: the fold of its journal that `runs`, `status`, `log`, `resume`,
+/// `cancel`, final.json and the shell all read. The runner keeps one up to date as it
+/// writes, so what it reports and what a reader reconstructs are the same thing.
+public struct RunHistory: Sendable {
+    public var runID: String = ""
+    /// The first `run_started`, and the latest start (started or resumed).
+    public private(set) var firstStart: (ts: Double, began: RunBegan)?
+    public private(set) var latestStart: (ts: Double, began: RunBegan, resumed: Bool)?
+    public private(set) var lives = 0
+    public private(set) var stages: [StageRecord] = []
+    private var stageIndex: [StageKey: Int] = [:]
+    public private(set) var watches: [WatchRecord] = []
+    private var watchIndex: [String: Int] = [:]
+    public private(set) var attemptLogs: [AttemptLog] = []
+    public private(set) var lastEvent: (type: String, ts: Double)?
+    public private(set) var final: (event: FinalEvent, ts: Double)?
+    public private(set) var lastSeq: Int64 = 0
+    /// The highest log file number used per stage id (a resume continues from it).
+    public private(set) var logNumbers: [String: Int] = [:]
+
+    public init() {}
+
+    public init<S: Sequence>(_ events: S) where S.Element == JournalEvent {
+        for e in events { apply(e) }
+    }
+
+    public mutating func apply(_ e: JournalEvent) {
+        if runID.isEmpty { runID = e.run }
+        lastSeq = max(lastSeq, e.seq)
+        lastEvent = (e.type, e.ts)
+        switch e.body {
+        case let .runStarted(b):
+            if firstStart == nil { firstStart = (e.ts, b) }
+            begin(e.ts, b, resumed: false)
+        case let .runResumed(b):
+            begin(e.ts, b, resumed: true)
+        case let .stageStarted(s):
+            let i = slot(s.key)
+            var r = stages[i]
+            if !r.isOpen {   // a new call (or the same call again in a later life)
+                r = StageRecord(status: "running", key: s.key)
+                r.startedAt = e.ts
+            }
+            r.status = "running"
+            r.command = s.command
+            r.cwd = s.cwd
+            r.fingerprint = s.fingerprint
+            r.attempt = s.attempt
+            r.pid = s.pid
+            r.logs = s.logs
+            stages[i] = r
+            attemptLogs.append(AttemptLog(key: s.key, attempt: s.attempt, logs: s.logs))
+            noteLogNumber(s.key.id, s.logs)
+        case let .stageFinished(f):
+            let i = slot(f.key)
+            var r = stages[i]
+            if !r.isOpen { r = StageRecord(status: "running", key: f.key) }
+            r.finished = f
+            r.attempt = f.attempt
+            r.fingerprint = f.fingerprint.isEmpty ? r.fingerprint : f.fingerprint
+            if !f.logs.stdout.isEmpty { r.logs = f.logs }
+            r.status = f.final ? f.status.rawValue : "waiting"
+            r.endedAt = e.ts
+            if !f.final || r.startedAt == nil { r.pid = f.final ? nil : r.pid }
+            stages[i] = r
+            noteLogNumber(f.key.id, f.logs)
+        case let .watch(w):
+            let rec = WatchRecord(id: w.id, state: w.to, since: e.ts, reason: w.reason, details: w.details)
+            if let i = watchIndex[w.id], !watches[i].state.isTerminal || w.from == nil { watches[i] = rec } else {
+                watchIndex[w.id] = watches.count
+                watches.append(rec)
+            }
+        case let .final(f):
+            final = (f, e.ts)
+            for i in stages.indices where stages[i].isOpen { stages[i].status = "unfinished" }
+        default:
+            break
+        }
+    }
+
+    private mutating func begin(_ ts: Double, _ b: RunBegan, resumed: Bool) {
+        latestStart = (ts, b, resumed)
+        lives += 1
+        final = nil
+        // Whatever the previous life left open, its runner never finished.
+        for i in stages.indices where stages[i].isOpen { stages[i].status = "unfinished" }
+        for i in watches.indices where !watches[i].state.isTerminal { watches[i].state = .failed }
+    }
+
+    private mutating func slot(_ key: StageKey) -> Int {
+        if let i = stageIndex[key] { return i }
+        stageIndex[key] = stages.count
+        stages.append(StageRecord(status: "running", key: key))
+        return stages.count - 1
+    }
+
+    private mutating func noteLogNumber(_ id: String, _ logs: StageLogs) {
+        let name = FileIO.basename(logs.stdout)
+        if let dot = name.firstIndex(of: "."), let n = Int(name[..<dot]) { logNumbers[id] = max(logNumbers[id] ?? 0, n) }
+    }
+
+    public func stage(_ key: StageKey) -> StageRecord? { stageIndex[key].map { stages[$0] } }
+
+    /// Stage calls that are over, one per (id, occurrence), in the order they were first seen.
+    public var concluded: [StageRecord] { stages.filter(\.isOver) }
+
+    /// Stage calls in flight now (in a live run).
+    public var running: [StageRecord] { stages.filter(\.isOpen) }
+
+    /// Stage ids in the order they first ran.
+    public var stageIDs: [String] {
+        var seen = Set<String>()
+        return stages.compactMap { seen.insert($0.key.id).inserted ? $0.key.id : nil }
+    }
+
+    /// Every attempt of stage `id` (all occurrences, all lives), oldest first.
+    public func attempts(of id: String) -> [AttemptLog] { attemptLogs.filter { $0.key.id == id } }
+
+    /// What the recipe waits on now: the latest open stage or watch.
+    public var current: (kind: String, id: String, since: Double, pid: Int32?)? {
+        var best: (kind: String, id: String, since: Double, pid: Int32?)? = nil
+        for r in stages where r.isOpen {
+            let since = r.startedAt ?? 0
+            if best == nil || since >= best!.since { best = ("stage", r.key.id, since, r.pid) }
+        }
+        for w in watches where !w.state.isTerminal {
+            if best == nil || w.since >= best!.since { best = ("watch", w.id, w.since, nil) }
+        }
+        return best
+    }
+
+    /// Passed calls resume may replay: (id, occurrence) → the final stage_finished.
+    public var replayable: [StageKey: StageFinished] {
+        var out: [StageKey: StageFinished] = [:]
+        for r in stages where r.status == StageStatus.passed.rawValue {
+            if let f = r.finished, !f.dry, !r.fingerprint.isEmpty { out[r.key] = f }
+        }
+        return out
+    }
+}

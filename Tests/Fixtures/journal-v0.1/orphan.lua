@@ -1,0 +1,2 @@
+runStage{id = "first", cmd = {"true"}}
+runStage{id = "long", cmd = {"sleep", "30"}}
