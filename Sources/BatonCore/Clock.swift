@@ -16,6 +16,9 @@ public enum Clock {
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
+    /// Whole milliseconds since the epoch, as `rfc3339` writes them.
+    public static func millis(_ t: Double) -> Int64 { Int64((t * 1000 + 0.001).rounded(.down)) }
+
     /// `2026-11-22T18:18:12.345Z`
     public static func rfc3339(_ t: Double) -> String {
         var secs = time_t(t.rounded(.down))

@@ -52,7 +52,8 @@ public struct FinalRecord: Sendable {
                   result: result)
     }
 
-    public var durationMs: Int64? { endedAt.map { Int64((($0 - startedAt) * 1000).rounded()) } }
+    /// From the two stamps as written, so a reader that subtracts them gets the same number.
+    public var durationMs: Int64? { endedAt.map { Clock.millis($0) - Clock.millis(startedAt) } }
 
     var pairs: [(String, JSON)] {
         var o: [(String, JSON)] = [

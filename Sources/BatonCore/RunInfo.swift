@@ -89,7 +89,7 @@ public struct RunInfo {
             ("recipe", recipe.map(JSON.string) ?? .null),
             ("started_at", startedAt.map { .string(Clock.rfc3339($0)) } ?? .null),
             ("ended_at", endedAt.map { .string(Clock.rfc3339($0)) } ?? .null),
-            ("duration_ms", duration.map { .int(Int64($0 * 1000)) } ?? .null),
+            ("duration_ms", startedAt.map { .int(Clock.millis(endedAt ?? Clock.now()) - Clock.millis($0)) } ?? .null),
             ("exit_code", exitCode.map { .int(Int64($0)) } ?? .null),
             ("reason", reason.map(JSON.string) ?? .null),
             ("runner_pid", runnerPid.map { .int(Int64($0)) } ?? .null),

@@ -1,0 +1,148 @@
+import BatonCore
+import Foundation
+import Testing
+
+/// The typed run record: journals written by version 0.1 still read, docs/journal.md and
+/// docs/guide.md say exactly what the code writes and returns.
+@Suite struct RecordTests {
+    static let root: String = {
+        var u = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { u.deleteLastPathComponent() }
+        return u.path
+    }()
+    static let fixtures = root + "/Tests/Fixtures/journal-v0.1"
+
+    func history(_ name: String) throws -> (RunHistory, JournalContents) {
+        let c = try JournalReader.read(Self.fixtures + "/\(name)/journal.jsonl")
+        return (RunHistory(c.events), c)
+    }
+
+    @Test func aResumedRunFromVersion01Folds() throws {
+        let (h, c) = try history("resumed")
+        #expect(c.corrupt.isEmpty && !c.tornTail)
+        #expect(!c.events.contains { if case .unknown = $0.body { return true }; return false }, "every 0.1 type is known")
+        #expect(h.lives == 2)
+        #expect(h.firstStart?.began.recipe == "all.lua" && h.firstStart?.began.args == ["a=1"])
+        // One entry per stage call (id, occurrence), whatever the resume replayed or re-ran.
+        #expect(h.concluded.map(\.key) == [StageKey(id: "build", occurrence: 1), StageKey(id: "flaky", occurrence: 1),
+                                           StageKey(id: "build", occurrence: 2), StageKey(id: "job", occurrence: 1)])
+        #expect(h.stage(StageKey(id: "build", occurrence: 1))?.replayed == true)
+        #expect(h.stage(StageKey(id: "flaky", occurrence: 1))?.status == "failed")
+        #expect(h.stage(StageKey(id: "flaky", occurrence: 1))?.finished?.attempt == 2)
+        #expect(Set(h.replayable.keys) == [StageKey(id: "build", occurrence: 1), StageKey(id: "build", occurrence: 2),
+                                           StageKey(id: "job", occurrence: 1)])
+        #expect(h.final?.event.status == "succeeded")
+        #expect(h.attempts(of: "flaky").count == 4, "two attempts in each life")
+        #expect(h.logNumbers["flaky"] == 4)
+        #expect(h.watches.first?.state == .completed)
+        // Its final.json reads as the one FinalRecord type.
+        let bytes = try FileIO.readFile(Self.fixtures + "/resumed/final.json")
+        let f = try #require(FinalRecord(json: try JSON.parse(bytes)))
+        #expect(f.status == "succeeded" && f.exitCode == 0 && f.result["done"] == .bool(true))
+    }
+
+    @Test func anOrphanedRunFromVersion01ShowsWhereItDied() throws {
+        let (h, _) = try history("orphaned")
+        #expect(h.final == nil)
+        let cur = try #require(h.current)
+        #expect(cur.kind == "stage" && cur.id == "long")
+        #expect(h.concluded.map(\.key.id) == ["first"])
+        #expect(h.running.map(\.key.id) == ["long"])
+    }
+
+    @Test func aDryRunFromVersion01Reads() throws {
+        let (h, c) = try history("dry")
+        #expect(c.events.first.map { if case let .runStarted(b) = $0.body { return b.dryRun }; return false } == true)
+        #expect(h.concluded.allSatisfy { $0.dry && $0.status == "passed" })
+        // 0.1 wrote a dry shell command's text under "argv".
+        guard case let .stageFinished(f) = c.events[3].body else { Issue.record("not stage_finished"); return }
+        #expect(f.key.id == "flaky" && f.dry)
+    }
+
+    @Test func everyEventRoundTripsThroughItsEncoderAndDecoder() throws {
+        for name in ["resumed", "dry", "orphaned"] {
+            let lines = try FileIO.readString(Self.fixtures + "/\(name)/journal.jsonl").split(separator: "\n")
+            for line in lines {
+                let e = try #require(JournalEvent(try JSON.parse(String(line))))
+                let again = try #require(JournalEvent(try JSON.parse(e.encoded())))
+                #expect(again.encoded() == e.encoded(), "\(e.type) changes on a second round trip")
+                #expect(again.seq == e.seq && again.type == e.type)
+            }
+        }
+    }
+
+    /// docs/journal.md lists each type as "- `type`: `field`, `field`, ...": exactly the fields
+    /// its encoder can write (JournalSchemaTests checks what real runs write).
+    @Test func journalDocListsExactlyTheFieldsOfEachType() throws {
+        let documented = try Self.documentedFields()
+        for (type, fields) in EventBody.schema {
+            let doc = try #require(documented[type], "docs/journal.md does not document \(type)")
+            #expect(Set(doc) == Set(fields), "\(type): documented \(doc.sorted()) vs written \(fields.sorted())")
+        }
+        #expect(Set(documented.keys) == Set(EventBody.schema.map(\.type)), "documented types that are never written")
+    }
+
+    /// The guide's exit-code table is ExitStatus's table.
+    @Test func guideExitCodeTableIsExitStatus() throws {
+        let guide = try FileIO.readString(Self.root + "/docs/guide.md")
+        var rows: [String] = []
+        var inTable = false
+        for line in guide.split(separator: "\n") {
+            if line.hasPrefix("| exit code |") { inTable = true; continue }
+            guard inTable else { continue }
+            guard line.hasPrefix("|") else { break }
+            let code = line.split(separator: "|").first.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
+            if !code.hasPrefix("-") { rows.append(code) }
+        }
+        #expect(rows == ExitStatus.table.map(\.codes))
+        #expect(ExitStatus.success.rawValue == 0 && ExitStatus.failure.rawValue == 1 && ExitStatus.gateExhausted.rawValue == 2)
+        #expect(ExitStatus.usage.rawValue == 3 && ExitStatus.preflightFailed.rawValue == 4)
+        #expect(ExitStatus.recipeChosen == 5...99)
+        #expect("\(ExitStatus.hangup.rawValue) / \(ExitStatus.interrupted.rawValue) / \(ExitStatus.terminated.rawValue)" == rows.last)
+    }
+
+    static func documentedFields() throws -> [String: [String]] {
+        let doc = try FileIO.readString(root + "/docs/journal.md")
+        var out: [String: [String]] = [:]
+        var current: String? = nil
+        var inTypes = false
+        for raw in doc.split(separator: "\n", omittingEmptySubsequences: false) {
+            let line = String(raw)
+            if line.hasPrefix("Types and their own fields") { inTypes = true; continue }
+            if line.hasPrefix("#") { inTypes = false }
+            guard inTypes else { continue }
+            if line.hasPrefix("- `"), let close = line.dropFirst(3).firstIndex(of: "`") {
+                let type = String(line[line.index(line.startIndex, offsetBy: 3)..<close])
+                let rest = line[line.index(after: close)...]
+                guard rest.hasPrefix(":") else { current = nil; continue }
+                current = type
+                out[type] = fieldNames(String(rest))
+            } else if let t = current, line.hasPrefix("  ") {
+                out[t, default: []] += fieldNames(line)
+            } else {
+                current = nil
+            }
+        }
+        return out
+    }
+
+    /// The `field` names of a documentation line, before any "(" explanation of values.
+    static func fieldNames(_ text: String) -> [String] {
+        var names: [String] = []
+        var depth = 0
+        var i = text.startIndex
+        while i < text.endIndex {
+            let c = text[i]
+            if c == "(" { depth += 1 } else if c == ")" { depth = max(0, depth - 1) } else if c == "{" { depth += 1 } else if c == "}" {
+                depth = max(0, depth - 1)
+            } else if c == "`", depth == 0, let close = text[text.index(after: i)...].firstIndex(of: "`") {
+                let name = String(text[text.index(after: i)..<close])
+                if name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }) { names.append(name) }
+                i = text.index(after: close)
+                continue
+            }
+            i = text.index(after: i)
+        }
+        return names
+    }
+}

@@ -1,0 +1,71 @@
+import BatonCore
+import Foundation
+import Testing
+
+/// docs/journal.md ↔ code, from the other side: real runs write every field of every event
+/// type the schema lists (RecordTests holds the schema to the doc), and nothing else.
+@Suite struct JournalSchemaTests {
+    static let main = """
+        preflight{name = "tools", policy = "warn", checks = {{path = "r.lua"}, {path = "/nonexistent"}}}
+        runStage{id = "argv", cmd = {"sleep", "0.5"}}
+        runStage{id = "retry", cmd = "exit 75", retries = 1, transient = {exit = {75}}, backoff = {initial = 0.01}, allowFail = true}
+        runStage{id = "nofile", cmd = "true", requireFiles = {"absent.txt"}, allowFail = true}
+        runStage{id = "breaker", cmd = "exit 2", breaker = 1, allowFail = true}
+        local bg = runStage{id = "job", cmd = "sleep 0.1; echo 1 > m.json", background = true}
+        watch{id = "w", handle = bg, requireFiles = {"m.json"}, readyTimeoutSec = 5, callback = function() return {} end}
+        gate{name = "g", cmd = "echo not json", fallback = {approved = true, issues = {}}}
+        baton.sh("true")
+        baton.sh({"true"})
+        baton.log("hello", {k = 1})
+        return {}
+        """
+
+    @Test func realRunsWriteExactlyTheDocumentedFields() throws {
+        let d = Harness.tempDir("schema")
+        Harness.write(d + "/r.lua", Self.main)
+        var events: [[String: Any]] = []
+        let r = try Harness.run(["run", "r.lua"], cwd: d, env: ["BATON_HEARTBEAT_SEC": "0.2"])
+        #expect(r.code == 0, "stderr: \(r.stderr)")
+        let mainRun = try #require(Harness.latestRun(d))
+        // A resume after a corrupt middle line and a torn tail.
+        var text = try #require(Harness.read(mainRun + "/journal.jsonl"))
+        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        lines[2] = "{garbage"
+        text = lines.joined(separator: "\n") + "{\"torn"
+        try text.write(toFile: mainRun + "/journal.jsonl", atomically: true, encoding: .utf8)
+        let resumed = try Harness.run(["resume"], cwd: d)
+        #expect(resumed.code == 0, "stderr: \(resumed.stderr)")
+        // (Line 3 is garbage now: read the rest line by line.)
+        for line in (Harness.read(mainRun + "/journal.jsonl") ?? "").split(separator: "\n") {
+            if let e = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] { events.append(e) }
+        }
+        #expect(events.contains { $0["type"] as? String == "run_resumed" })
+        // A dry run.
+        Harness.write(d + "/dry.lua", "runStage{id = 's', cmd = 'true'}\nbaton.sh('true')\nbaton.fs.write('x', 'y')\n")
+        #expect(try Harness.run(["run", "--dry-run", "dry.lua"], cwd: d).code == 0)
+        events += Harness.journal(try #require(Harness.latestRun(d)))
+        // An orphan that `cancel` finishes (killed_pids).
+        Harness.write(d + "/orphan.lua", "runStage{id = 'hang', cmd = {'sleep', '300'}}\n")
+        let o = try Harness.run(["run", "--detach", "orphan.lua"], cwd: d)
+        let orphan = String(o.stdout.split(separator: "\n")[1])
+        #expect(Harness.waitFor(20) { (Harness.read(orphan + "/journal.jsonl") ?? "").contains("\"stage_started\"") })
+        kill(Int32(Harness.read(orphan + "/run.pid")!.trimmingCharacters(in: .whitespacesAndNewlines))!, SIGKILL)
+        #expect(Harness.waitFor(10) { (try? Harness.run(["status", "--json"], cwd: d))?.stdout.contains("orphaned") == true })
+        #expect(try Harness.run(["cancel"], cwd: d).code == 0)
+        events += Harness.journal(orphan)
+
+        let envelope = Set(JournalEvent.envelope)
+        var seen: [String: Set<String>] = [:]
+        for e in events {
+            let type = e["type"] as? String ?? "?"
+            let fields = Set(e.keys).subtracting(envelope)
+            let documented = Set(EventBody.schema.first { $0.type == type }?.fields ?? [])
+            #expect(fields.isSubset(of: documented), "\(type) writes undocumented fields \(fields.subtracting(documented).sorted())")
+            seen[type, default: []].formUnion(fields)
+        }
+        for (type, fields) in EventBody.schema {
+            let missing = Set(fields).subtracting(seen[type] ?? [])
+            #expect(missing.isEmpty, "\(type): documented but never written here: \(missing.sorted())")
+        }
+    }
+}
