@@ -32,7 +32,11 @@ public enum Clock {
 
     /// Parses what `rfc3339` writes (and the same without milliseconds).
     public static func parseRFC3339(_ s: String) -> Double? {
-        let u = Array(s.utf8)
+        var s = s
+        return s.withUTF8 { parseRFC3339(bytes: $0) }
+    }
+
+    static func parseRFC3339(bytes u: UnsafeBufferPointer<UInt8>) -> Double? {
         guard u.count >= 20 else { return nil }
         func num(_ a: Int, _ n: Int) -> Int? {
             var v = 0
@@ -43,10 +47,20 @@ public enum Clock {
               let mi = num(14, 2), let se = num(17, 2) else { return nil }
         var ms = 0
         if u.count > 20, u[19] == UInt8(ascii: "."), let m = num(20, 3) { ms = m }
-        var tm = tm()
-        tm.tm_year = Int32(y - 1900); tm.tm_mon = Int32(mo - 1); tm.tm_mday = Int32(d)
-        tm.tm_hour = Int32(h); tm.tm_min = Int32(mi); tm.tm_sec = Int32(se)
-        return Double(timegm(&tm)) + Double(ms) / 1000
+        guard (1...12).contains(mo), (1...31).contains(d) else { return nil }
+        let secs = daysFromCivil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se
+        return Double(secs) + Double(ms) / 1000
+    }
+
+    /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm; no libc
+    /// call, so reading a long journal's timestamps stays cheap).
+    static func daysFromCivil(_ y0: Int, _ m: Int, _ d: Int) -> Int {
+        let y = m <= 2 ? y0 - 1 : y0
+        let era = (y >= 0 ? y : y - 399) / 400
+        let yoe = y - era * 400
+        let doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+        return era * 146097 + doe - 719468
     }
 
     static func pad(_ v: Int, _ n: Int) -> String {

@@ -37,6 +37,8 @@ public final class EventLoop {
     public var journal: JournalWriter?
     /// Ends waits early (a journal that cannot be written).
     public var mustStop: () -> Bool = { false }
+    /// Called as each wait begins (the run writes its deferred journal events).
+    public var beforeWait: (() -> Void)?
     /// The wait in progress (what `status` and heartbeats say the recipe waits on).
     public private(set) var waitingOn: (label: WaitLabel, since: Double)?
 
@@ -58,6 +60,7 @@ public final class EventLoop {
     public func wait(_ label: WaitLabel? = nil, deadline: Double? = nil, fds: [Int32] = [],
                      heartbeatEvery: Double? = nil, pollEvery: Double? = nil,
                      onReadable: ((Int32) -> Void)? = nil, until condition: () -> Bool) -> Outcome {
+        beforeWait?()
         let began = Clock.monotonic()
         let outer = waitingOn
         if let label { waitingOn = (label, began) }

@@ -41,11 +41,12 @@ public struct FinalRecord: Sendable {
     }
 
     /// From a run's history: its original start, one entry per stage call that is over.
-    public init(history h: RunHistory, status: String, exitCode: Int32?, reason: String?, endedAt: Double?, result: JSON) {
+    public init(history h: RunHistory, status: String, exitCode: Int32?, reason: String?, endedAt: Double?, result: JSON,
+                stages withStages: Bool = true) {
         let start = h.firstStart?.ts ?? h.latestStart?.ts ?? endedAt ?? Clock.now()
         self.init(run: h.runID, recipe: h.latestStart?.began.recipe ?? "?", status: status, exitCode: exitCode,
                   reason: reason, startedAt: start, endedAt: endedAt,
-                  stages: h.concluded.map { r in
+                  stages: !withStages ? [] : h.concluded.map { r in
                       Stage(id: r.key.id, occurrence: r.key.occurrence, status: r.status,
                             attempts: r.finished?.attempt ?? r.attempt, durationMs: r.durationMs, replayed: r.replayed)
                   },

@@ -123,6 +123,14 @@ extension JSON {
 
     public static func encodeString(_ s: String, into out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
+        // Most strings (ids, paths, hashes) need no escape: copy them whole.
+        var s = s
+        let plain = s.withUTF8 { buf -> Bool in
+            guard buf.allSatisfy({ $0 >= 0x20 && $0 != 0x22 && $0 != 0x5C && $0 != 0x7F }) else { return false }
+            out.append(contentsOf: buf)
+            return true
+        }
+        if plain { out.append(UInt8(ascii: "\"")); return }
         for b in s.utf8 {
             switch b {
             case UInt8(ascii: "\""): out.append(contentsOf: [92, 34])
@@ -195,6 +203,7 @@ extension JSON {
             case UInt8(ascii: "{"):
                 i += 1
                 var pairs: [(String, JSON)] = []
+                pairs.reserveCapacity(16)
                 skipSpace()
                 if i < buf.count, buf[i] == UInt8(ascii: "}") { i += 1; return .object(pairs) }
                 while true {
@@ -252,6 +261,14 @@ extension JSON {
                 if i < buf.count, buf[i] == UInt8(ascii: "+") || buf[i] == UInt8(ascii: "-") { i += 1 }
                 guard i < buf.count, (48...57).contains(buf[i]) else { throw error("invalid number") }
                 while i < buf.count, (48...57).contains(buf[i]) { i += 1 }
+            }
+            if !isFloat, i - start <= 18 {   // fits an Int64: no String on the way
+                var v: Int64 = 0
+                var k = start
+                let negative = buf[k] == UInt8(ascii: "-")
+                if negative { k += 1 }
+                while k < i { v = v * 10 + Int64(buf[k] - 48); k += 1 }
+                return .int(negative ? -v : v)
             }
             let text = String(decoding: UnsafeBufferPointer(rebasing: buf[start..<i]), as: UTF8.self)
             if !isFloat, let v = Int64(text) { return .int(v) }

@@ -39,6 +39,7 @@ public final class JournalWriter: @unchecked Sendable {
         self.path = path
         self.runID = runID
         self.lastSeq = lastSeq
+        self.writtenSeq = lastSeq
         self.policy = policy
         fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
         if fd < 0 { throw SystemError("open", path) }
@@ -55,22 +56,63 @@ public final class JournalWriter: @unchecked Sendable {
 
     /// Appends an event; returns it as written. On a write error the file is cut back to
     /// its last whole line, so a full disk never leaves a torn line in the middle.
+    /// `deferred`: an event that can be written later with the next one, in one write (group
+    /// commit). Only for what a crash may lose without harm: a replayed stage, which the
+    /// next resume replays again. Deferred events are written before any other event, when
+    /// the event loop waits, at the end of the run, and every 256 KiB.
     @discardableResult
-    public func append(_ body: EventBody, at ts: Double = Clock.now()) throws -> JournalEvent {
+    public func append(_ body: EventBody, at ts: Double = Clock.now(), deferred: Bool = false) throws -> JournalEvent {
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
         let seq = lastSeq + 1
-        var out = JournalEvent.encode(seq: seq, ts: ts, run: runID, body: body)
-        out.append(10)
+        let mark = pending.count
+        JournalEvent.encode(seq: seq, ts: ts, run: runID, body: body, into: &pending)
+        pending.append(10)
+        lastSeq = seq
+        if deferred && pending.count < 256 << 10 {
+            pendingNeedsSync = true
+            return JournalEvent(seq: seq, ts: ts, run: runID, body: body)
+        }
+        if mark > 0 { pendingNeedsSync = true }
+        try write(pending)
+        try sync(after: body.type)
+        return JournalEvent(seq: seq, ts: ts, run: runID, body: body)
+    }
+
+    /// Writes the deferred events, if any.
+    public func writePending() throws {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        guard !pending.isEmpty else { return }
+        try write(pending)
+        try sync(after: "stage_finished")
+    }
+
+    private var pending: [UInt8] = []
+    private var pendingNeedsSync = false
+
+    /// Writes `out` (the pending buffer) in one write, then empties the buffer.
+    /// On failure the file is cut back and the seqs of what was not written are free again.
+    private func write(_ out: [UInt8]) throws {
+        defer { pending.removeAll(keepingCapacity: true) }
         do {
             try out.withUnsafeBytes { try FileIO.writeAll(fd, $0, path: path) }
         } catch {
             _ = ftruncate(fd, size)
+            lastSeq = writtenSeq
             throw error
         }
         size += off_t(out.count)
-        lastSeq = seq
-        let type = body.type
+        writtenSeq = lastSeq
+    }
+
+    /// The seq of the last event on disk.
+    private var writtenSeq: Int64 = 0
+
+    private func sync(after written: String) throws {
+        var type = written
+        if pendingNeedsSync, !JournalWriter.flushNow.contains(type) { type = "stage_finished" }
+        pendingNeedsSync = false
         switch policy {
         case .never: break
         case .always:
@@ -85,7 +127,6 @@ public final class JournalWriter: @unchecked Sendable {
                 }
             }
         }
-        return JournalEvent(seq: seq, ts: ts, run: runID, body: body)
     }
 
     /// fdatasync now (flushes every earlier line too).

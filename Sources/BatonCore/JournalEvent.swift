@@ -2,11 +2,11 @@
 /// one decoder (`init(_:)`). docs/journal.md documents exactly `fieldNames` of each type
 /// (JournalSchemaTests holds the two together).
 public struct JournalEvent: Sendable {
-    public var seq: Int64
+    public let seq: Int64
     /// Seconds since the epoch (the line's `ts`, millisecond precision).
-    public var ts: Double
-    public var run: String
-    public var body: EventBody
+    public let ts: Double
+    public let run: String
+    public let body: EventBody
 
     public init(seq: Int64, ts: Double, run: String, body: EventBody) {
         self.seq = seq; self.ts = ts; self.run = run; self.body = body
@@ -35,6 +35,11 @@ public struct JournalEvent: Sendable {
     static func encode(seq: Int64, ts: Double, run: String, body: EventBody) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(192)
+        encode(seq: seq, ts: ts, run: run, body: body, into: &out)
+        return out
+    }
+
+    static func encode(seq: Int64, ts: Double, run: String, body: EventBody, into out: inout [UInt8]) {
         out.append(contentsOf: "{\"v\":1,\"seq\":".utf8)
         out.append(contentsOf: String(seq).utf8)
         out.append(contentsOf: ",\"ts\":\"".utf8)
@@ -50,7 +55,6 @@ public struct JournalEvent: Sendable {
             v.encode(into: &out, pretty: false, indent: 0)
         }
         out.append(UInt8(ascii: "}"))
-        return out
     }
 
     public var json: JSON {
@@ -122,41 +126,63 @@ public enum EventBody: Sendable {
     }
 
     init(type: String, _ j: JSON) {
-        let f = Fields(j)
+        var f = Fields(j)
         switch type {
-        case "run_started": self = .runStarted(RunBegan(f))
-        case "run_resumed": self = .runResumed(RunBegan(f))
-        case "stage_started": self = .stageStarted(StageStarted(f))
-        case "stage_finished": self = .stageFinished(StageFinished(f))
-        case "preflight": self = .preflight(PreflightRecord(f))
-        case "watch": self = .watch(WatchTransition(f))
-        case "gate": self = .gate(GateRecord(f))
-        case "heartbeat": self = .heartbeat(Heartbeat(f))
-        case "log": self = .log(LogRecord(f))
-        case "command": self = .command(CommandRecord(f))
-        case "not_run": self = .notRun(NotRun(f))
-        case "final": self = .final(FinalEvent(f))
+        case "run_started": self = .runStarted(RunBegan(&f))
+        case "run_resumed": self = .runResumed(RunBegan(&f))
+        case "stage_started": self = .stageStarted(StageStarted(&f))
+        case "stage_finished": self = .stageFinished(StageFinished(&f))
+        case "preflight": self = .preflight(PreflightRecord(&f))
+        case "watch": self = .watch(WatchTransition(&f))
+        case "gate": self = .gate(GateRecord(&f))
+        case "heartbeat": self = .heartbeat(Heartbeat(&f))
+        case "log": self = .log(LogRecord(&f))
+        case "command": self = .command(CommandRecord(&f))
+        case "not_run": self = .notRun(NotRun(&f))
+        case "final": self = .final(FinalEvent(&f))
         default: self = .unknown(type, j)
         }
     }
 }
 
-/// Reads an event's fields with defaults (the decoder's only helper).
+/// Reads an event's fields with defaults (the decoder's only helper). Decoders ask for
+/// fields in about the order encoders write them, so each lookup resumes where the last
+/// one matched: reading a long journal costs about one comparison per field.
 struct Fields {
-    let j: JSON
-    init(_ j: JSON) { self.j = j }
-    func string(_ k: String) -> String? { j[k]?.stringValue }
-    func int(_ k: String) -> Int64? { j[k]?.intValue }
-    func int32(_ k: String) -> Int32? { j[k]?.intValue.map { Int32(truncatingIfNeeded: $0) } }
-    func bool(_ k: String) -> Bool { j[k]?.boolValue ?? false }
-    func strings(_ k: String) -> [String] { j[k]?.arrayValue?.compactMap(\.stringValue) ?? [] }
-    func key() -> StageKey { StageKey(id: string("id") ?? "", occurrence: Int(int("occurrence") ?? 1)) }
-    func logs() -> StageLogs { StageLogs(stdout: j["logs"]?["stdout"]?.stringValue ?? "", stderr: j["logs"]?["stderr"]?.stringValue ?? "") }
+    private let pairs: [(String, JSON)]
+    private var hint = 0
+    init(_ j: JSON) { pairs = j.objectValue ?? [] }
+
+    subscript(_ k: String) -> JSON? {
+        mutating get {
+            let n = pairs.count
+            var i = hint
+            for _ in 0..<n {
+                if i >= n { i = 0 }
+                if pairs[i].0 == k { hint = i + 1; return pairs[i].1 }
+                i += 1
+            }
+            return nil
+        }
+    }
+
+    mutating func string(_ k: String) -> String? { self[k]?.stringValue }
+    mutating func int(_ k: String) -> Int64? { self[k]?.intValue }
+    mutating func int32(_ k: String) -> Int32? { self[k]?.intValue.map { Int32(truncatingIfNeeded: $0) } }
+    mutating func bool(_ k: String) -> Bool { self[k]?.boolValue ?? false }
+    mutating func strings(_ k: String) -> [String] { self[k]?.arrayValue?.compactMap(\.stringValue) ?? [] }
+    mutating func key() -> StageKey { StageKey(id: string("id") ?? "", occurrence: Int(int("occurrence") ?? 1)) }
+    mutating func logs() -> StageLogs {
+        let l = self["logs"]
+        return StageLogs(stdout: l?["stdout"]?.stringValue ?? "", stderr: l?["stderr"]?.stringValue ?? "")
+    }
     /// `argv` (a list) or `shell` (a string); the dry runs of 0.1 wrote shell text under `argv`.
-    func command() -> Command? {
+    mutating func command() -> Command? {
+        if let a = self["argv"] {
+            if let items = a.arrayValue { return .argv(items.compactMap(\.stringValue)) }
+            if let s = a.stringValue { return .shell(s) }
+        }
         if let s = string("shell") { return .shell(s) }
-        if let a = j["argv"]?.arrayValue { return .argv(a.compactMap(\.stringValue)) }
-        if let s = string("argv") { return .shell(s) }
         return nil
     }
 }
@@ -203,7 +229,7 @@ public struct RunBegan: Sendable {
         self.host = host; self.batonVersion = BatonVersion.string; self.dryRun = dryRun; self.cwd = cwd
     }
 
-    init(_ f: Fields) {
+    init(_ f: inout Fields) {
         recipe = f.string("recipe") ?? "?"
         recipeSHA256 = f.string("recipe_sha256") ?? ""
         args = f.strings("args")
@@ -214,7 +240,7 @@ public struct RunBegan: Sendable {
         cwd = f.string("cwd") ?? ""
         resumesAfter = f.int("resumes_after")
         tornTailTruncated = f.bool("torn_tail_truncated")
-        corruptLines = f.j["corrupt_lines"]?.arrayValue?.compactMap { $0.intValue.map(Int.init) } ?? []
+        corruptLines = f["corrupt_lines"]?.arrayValue?.compactMap { $0.intValue.map(Int.init) } ?? []
     }
 
     func fields(resumed: Bool) -> [(String, JSON)] {
@@ -250,7 +276,7 @@ public struct StageStarted: Sendable {
         self.fingerprint = fingerprint; self.logs = logs
     }
 
-    init(_ f: Fields) {
+    init(_ f: inout Fields) {
         key = f.key()
         attempt = Int(f.int("attempt") ?? 1)
         command = f.command() ?? .argv([])
@@ -297,7 +323,7 @@ public struct StageFinished: Sendable {
         self.logs = logs; self.fingerprint = fingerprint
     }
 
-    init(_ f: Fields) {
+    init(_ f: inout Fields) {
         key = f.key()
         attempt = Int(f.int("attempt") ?? 1)
         exit = f.int32("exit")
@@ -309,7 +335,7 @@ public struct StageFinished: Sendable {
         logs = f.logs()
         fingerprint = f.string("fingerprint") ?? ""
         replayed = f.bool("replayed")
-        final = f.j["final"]?.boolValue ?? true
+        final = f["final"]?.boolValue ?? true
         message = f.string("message")
         breakerOpen = f.bool("breaker_open")
         dry = f.bool("dry")
@@ -333,11 +359,10 @@ public struct StageFinished: Sendable {
 public enum PreflightPolicy: String, Sendable, CaseIterable { case fail, warn }
 
 public struct PreflightRecord: Sendable {
+    /// One check: its kind (path, cmd, env, pgrep, check), what it looked at, the verdict.
     public struct Check: Sendable {
-        public var kind: String
-        public var target: String
+        public var kind, target, detail: String
         public var ok: Bool
-        public var detail: String
         public init(kind: String, target: String, ok: Bool, detail: String) {
             self.kind = kind; self.target = target; self.ok = ok; self.detail = detail
         }
@@ -357,12 +382,12 @@ public struct PreflightRecord: Sendable {
         self.name = name; self.policy = policy; self.ok = ok; self.dryRun = dryRun; self.checks = checks
     }
 
-    init(_ f: Fields) {
+    init(_ f: inout Fields) {
         name = f.string("name") ?? ""
         policy = f.string("policy").flatMap(PreflightPolicy.init(rawValue:)) ?? .fail
         ok = f.bool("ok")
         dryRun = f.bool("dry_run")
-        checks = (f.j["checks"]?.arrayValue ?? []).map {
+        checks = (f["checks"]?.arrayValue ?? []).map {
             Check(kind: $0["kind"]?.stringValue ?? "", target: $0["target"]?.stringValue ?? "",
                   ok: $0["ok"]?.boolValue ?? false, detail: $0["detail"]?.stringValue ?? "")
         }
@@ -394,12 +419,12 @@ public struct WatchTransition: Sendable {
         self.id = id; self.from = from; self.to = to; self.reason = reason; self.details = details
     }
 
-    init(_ f: Fields) {
+    init(_ f: inout Fields) {
         id = f.string("id") ?? ""
         from = f.string("from").flatMap(WatchState.init(rawValue:))
         to = f.string("to").flatMap(WatchState.init(rawValue:)) ?? .failed
         reason = f.string("reason") ?? ""
-        details = f.j["details"] ?? .object([])
+        details = f["details"] ?? .object([])
     }
 
     var fields: [(String, JSON)] {
@@ -424,12 +449,12 @@ public struct GateRecord: Sendable {
         self.issues = issues; self.fallbackUsed = fallbackUsed; self.note = note
     }
 
-    init(_ f: Fields) {
+    init(_ f: inout Fields) {
         name = f.string("name") ?? ""
         iteration = Int(f.int("iteration") ?? 0)
         max = Int(f.int("max") ?? 0)
         approved = f.bool("approved")
-        issues = f.j["issues"] ?? .array([])
+        issues = f["issues"] ?? .array([])
         fallbackUsed = f.bool("fallback_used")
         note = f.string("note")
     }
@@ -452,7 +477,7 @@ public struct Heartbeat: Sendable {
 
     public init(waitingOn: String, id: String, forMs: Int64) { self.waitingOn = waitingOn; self.id = id; self.forMs = forMs }
 
-    init(_ f: Fields) {
+    init(_ f: inout Fields) {
         waitingOn = f.string("waiting_on") ?? ""
         id = f.string("id") ?? ""
         forMs = f.int("for_ms") ?? 0
@@ -472,10 +497,10 @@ public struct LogRecord: Sendable {
         self.level = level; self.message = message; self.fields = fields
     }
 
-    init(_ f: Fields) {
+    init(_ f: inout Fields) {
         level = f.string("level") ?? "info"
         message = f.string("message") ?? ""
-        fields = f.j["fields"] ?? .object([])
+        fields = f["fields"] ?? .object([])
     }
 
     /// The encoder (named apart from `fields`, the record's own payload).
@@ -502,7 +527,7 @@ public struct CommandRecord: Sendable {
         self.signal = signal; self.timedOut = timedOut; self.durationMs = durationMs
     }
 
-    init(_ f: Fields) {
+    init(_ f: inout Fields) {
         via = f.string("via") ?? ""
         command = f.command() ?? .argv([])
         cwd = f.string("cwd") ?? ""
@@ -529,7 +554,7 @@ public struct NotRun: Sendable {
 
     public init(via: String, target: String, reason: String = "dry run") { self.via = via; self.target = target; self.reason = reason }
 
-    init(_ f: Fields) {
+    init(_ f: inout Fields) {
         via = f.string("via") ?? ""
         target = f.string("target") ?? ""
         reason = f.string("reason") ?? ""
@@ -551,11 +576,11 @@ public struct FinalEvent: Sendable {
         self.status = status; self.exitCode = exitCode; self.reason = reason; self.killedPids = killedPids
     }
 
-    init(_ f: Fields) {
+    init(_ f: inout Fields) {
         status = f.string("status") ?? "failed"
         exitCode = f.int32("exit_code") ?? 1
         reason = f.string("reason")
-        killedPids = f.j["killed_pids"]?.arrayValue?.compactMap { $0.intValue.map { Int32(truncatingIfNeeded: $0) } }
+        killedPids = f["killed_pids"]?.arrayValue?.compactMap { $0.intValue.map { Int32(truncatingIfNeeded: $0) } }
     }
 
     var fields: [(String, JSON)] {

@@ -63,6 +63,7 @@ public final class RunContext {
         loop.journal = journal
         loop.onHeartbeat = { [unowned self] hb in self.record(.heartbeat(hb)) }
         loop.mustStop = { [unowned self] in self.fatal != nil }
+        loop.beforeWait = { [unowned self] in self.writePending() }
     }
 
     static func began(recipe: String, sha: String, args: [String], dryRun: Bool) -> RunBegan {
@@ -133,9 +134,17 @@ public final class RunContext {
 
     /// Journals an event and folds it into the history. A write failure (full disk) is
     /// kept in `fatal`: the run ends at the next chance, and nothing written before is harmed.
-    public func record(_ body: EventBody) {
+    public func record(_ body: EventBody, deferred: Bool = false) {
         guard fatal == nil else { return }
-        do { history.apply(try journal.append(body)) } catch let e as SystemError { fatal = e } catch {
+        do { history.apply(try journal.append(body, deferred: deferred)) } catch let e as SystemError { fatal = e } catch {
+            fatal = SystemError("write", journal.path, EIO)
+        }
+    }
+
+    /// Writes journal events held back for a group commit (replays).
+    public func writePending() {
+        guard fatal == nil else { return }
+        do { try journal.writePending() } catch let e as SystemError { fatal = e } catch {
             fatal = SystemError("write", journal.path, EIO)
         }
     }
@@ -205,7 +214,7 @@ public final class RunContext {
                 var again = f
                 again.replayed = true
                 again.final = true
-                record(.stageFinished(again))
+                record(.stageFinished(again), deferred: true)
                 exec.finish(with: StageResult(replaying: f))
                 return exec
             }
@@ -220,8 +229,10 @@ public final class RunContext {
     public func runStage(_ spec: StageSpec) -> StageResult {
         let exec = startStage(spec)
         _ = wait(for: exec)
-        return exec.result ?? exec.lastResult ?? StageResult(id: spec.id, occurrence: exec.occurrence, status: .cancelled,
-                                                            attempts: exec.attempt, duration: 0, logs: exec.logs)
+        var r = exec.result ?? exec.lastResult ?? StageResult(id: spec.id, occurrence: exec.occurrence, status: .cancelled,
+                                                             attempts: exec.attempt, duration: 0, logs: exec.logs)
+        if r.replayed { r.readTails() }
+        return r
     }
 
     /// Waits for a stage call to end.
@@ -236,15 +247,17 @@ public final class RunContext {
     // MARK: final.json
 
     /// The final.json of this run now, from its history.
-    public func finalRecord(status: String, exitCode: Int32?, reason: String?, ended: Bool) -> FinalRecord {
+    public func finalRecord(status: String, exitCode: Int32?, reason: String?, ended: Bool, stages: Bool = true) -> FinalRecord {
         FinalRecord(history: history, status: status, exitCode: exitCode, reason: reason,
-                    endedAt: ended ? Clock.now() : nil, result: result)
+                    endedAt: ended ? Clock.now() : nil, result: result, stages: stages)
     }
 
     /// Prepares the final.json a crash of Baton itself would leave (see CBatonSys's crash
     /// guard): failed, with the exit code and reason filled in by the signal handler.
     func armCrashGuard() {
-        let parts = finalRecord(status: "failed", exitCode: nil, reason: nil, ended: false).crashGuardParts()
+        // Its stages list is empty: the journal has them, and a resume of thousands of stages
+        // should not encode them all here.
+        let parts = finalRecord(status: "failed", exitCode: nil, reason: nil, ended: false, stages: false).crashGuardParts()
         baton_crash_guard_install(dir.final, parts.head, parts.tail)
     }
 
@@ -270,6 +283,7 @@ public final class RunContext {
         finished = true
         var problems: [String] = []
         loop.endAll()
+        writePending()
         // Only processes this runner started can carry the mark (resume sweeps at its start).
         if spawnedAny { Survivors.kill(runID: dir.id, loop: loop) }
         let fatalBefore = fatal

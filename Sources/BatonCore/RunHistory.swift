@@ -84,34 +84,30 @@ public struct RunHistory: Sendable {
             begin(e.ts, b, resumed: true)
         case let .stageStarted(s):
             let i = slot(s.key)
-            var r = stages[i]
-            if !r.isOpen {   // a new call (or the same call again in a later life)
-                r = StageRecord(status: "running", key: s.key)
-                r.startedAt = e.ts
+            if !stages[i].isOpen {   // a new call (or the same call again in a later life)
+                stages[i] = StageRecord(status: "running", key: s.key)
+                stages[i].startedAt = e.ts
             }
-            r.status = "running"
-            r.command = s.command
-            r.cwd = s.cwd
-            r.fingerprint = s.fingerprint
-            r.attempt = s.attempt
-            r.pid = s.pid
-            r.logs = s.logs
-            stages[i] = r
+            // In place: a stage record is large, and a long resume folds thousands.
+            stages[i].status = "running"
+            stages[i].command = s.command
+            stages[i].cwd = s.cwd
+            stages[i].fingerprint = s.fingerprint
+            stages[i].attempt = s.attempt
+            stages[i].pid = s.pid
+            stages[i].logs = s.logs
             attemptLogs.append(AttemptLog(key: s.key, attempt: s.attempt, logs: s.logs))
             noteLogNumber(s.key.id, s.logs)
         case let .stageFinished(f):
             let i = slot(f.key)
-            var r = stages[i]
-            if !r.isOpen { r = StageRecord(status: "running", key: f.key) }
-            r.finished = f
-            r.attempt = f.attempt
-            r.fingerprint = f.fingerprint.isEmpty ? r.fingerprint : f.fingerprint
-            if !f.logs.stdout.isEmpty { r.logs = f.logs }
-            r.status = f.final ? f.status.rawValue : "waiting"
-            r.endedAt = e.ts
-            if !f.final || r.startedAt == nil { r.pid = f.final ? nil : r.pid }
-            stages[i] = r
-            noteLogNumber(f.key.id, f.logs)
+            if !stages[i].isOpen { stages[i] = StageRecord(status: "running", key: f.key) }
+            if !f.fingerprint.isEmpty { stages[i].fingerprint = f.fingerprint }
+            if !f.logs.stdout.isEmpty { stages[i].logs = f.logs }
+            stages[i].attempt = f.attempt
+            stages[i].status = f.final ? f.status.rawValue : "waiting"
+            stages[i].endedAt = e.ts
+            if f.final { stages[i].pid = nil }
+            stages[i].finished = f
         case let .watch(w):
             let rec = WatchRecord(id: w.id, state: w.to, since: e.ts, reason: w.reason, details: w.details)
             if let i = watchIndex[w.id], !watches[i].state.isTerminal || w.from == nil { watches[i] = rec } else {
@@ -142,9 +138,18 @@ public struct RunHistory: Sendable {
         return stages.count - 1
     }
 
+    /// `.../<n>.out` → n (bytes, not Characters: this runs for every attempt of a long journal).
     private mutating func noteLogNumber(_ id: String, _ logs: StageLogs) {
-        let name = FileIO.basename(logs.stdout)
-        if let dot = name.firstIndex(of: "."), let n = Int(name[..<dot]) { logNumbers[id] = max(logNumbers[id] ?? 0, n) }
+        var n = 0, scale = 1, sawDigit = false
+        var reachedDot = false
+        for c in logs.stdout.utf8.reversed() {
+            if !reachedDot { if c == UInt8(ascii: ".") { reachedDot = true }; continue }
+            guard c >= 48, c <= 57 else { break }
+            n += Int(c - 48) * scale
+            scale *= 10
+            sawDigit = true
+        }
+        if sawDigit, n > logNumbers[id] ?? 0 { logNumbers[id] = n }
     }
 
     public func stage(_ key: StageKey) -> StageRecord? { stageIndex[key].map { stages[$0] } }

@@ -62,15 +62,24 @@ public struct StageResult: Sendable {
         self.duration = duration; self.logs = logs
     }
 
-    /// A replayed call, from its journaled `stage_finished`.
+    /// A replayed call, from its journaled `stage_finished`. Its output tails are not read
+    /// here (a resume of thousands of stages would stat every log file): `readTails()`, or
+    /// the Lua result's first access to `stdout`/`stderr`, reads them.
     init(replaying f: StageFinished) {
         self.init(id: f.key.id, occurrence: f.key.occurrence, status: .passed, attempts: f.attempt,
                   duration: Double(f.durationMs) / 1000, logs: f.logs)
         exit = 0
         replayed = true
-        stdout = readTail(f.logs.stdout)
-        stderr = readTail(f.logs.stderr)
     }
+
+    /// Fills `stdout`/`stderr` from the log files (for a replayed result).
+    public mutating func readTails() {
+        stdout = StageResult.tail(logs.stdout)
+        stderr = StageResult.tail(logs.stderr)
+    }
+
+    /// The last 64 KiB of a log file, as bytes.
+    public static func tail(_ path: String) -> [UInt8] { readTail(path) }
 
     public var summary: String {
         if ok { return "stage '\(id)' passed" }

@@ -49,6 +49,7 @@ public final class RecipeEnvironment {
         installProcessFunctions()
         installEmbeddedSearcher()
         installBatonTable()
+        do { try installResultMetatable() } catch { fatalError("cannot install the result metatable: \(error)") }
     }
 
     /// The run, created on first use (the shell's own run).

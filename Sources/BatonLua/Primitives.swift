@@ -110,9 +110,10 @@ extension RecipeEnvironment {
         l.newTable(nrec: 20)
         var f: [(String, LuaValue)] = [
             ("id", .string(r.id)), ("occurrence", .int(r.occurrence)), ("ok", .bool(r.ok)), ("status", .string(r.status.rawValue)),
-            ("attempts", .int(r.attempts)), ("duration", .number(r.duration)), ("stdout", .bytes(r.stdout)),
-            ("stderr", .bytes(r.stderr)), ("replayed", .bool(r.replayed)), ("dry", .bool(r.dry)),
+            ("attempts", .int(r.attempts)), ("duration", .number(r.duration)), ("replayed", .bool(r.replayed)), ("dry", .bool(r.dry)),
         ]
+        // A replay's output is read from its logs when the recipe first asks (the metatable's __index).
+        if !r.replayed { f += [("stdout", .bytes(r.stdout)), ("stderr", .bytes(r.stderr))] }
         if let e = r.exit { f.append(("exit", .int(Int(e)))) }
         if let s = r.signal { f.append(("signal", .int(Int(s)))) }
         if let c = r.failureClass { f.append(("failure_class", .string(c.rawValue))) }
@@ -132,6 +133,31 @@ extension RecipeEnvironment {
             l.push(name); l.setField(-2, "__name")
         }
         lua_setmetatable(l.L, -2)
+    }
+
+    /// The stage results' metatable: `stdout`/`stderr` of a replayed result are read from
+    /// its log files on first access (raw access only: a recipe's metatables cannot interfere).
+    func installResultMetatable() throws {
+        try lua.load(Array("""
+            local tail, rawget, rawset = ...
+            local mt = debug.getregistry()["baton.stage_result"] or {}
+            mt.__name = "baton.stage_result"
+            mt.__index = function(t, k)
+              if k ~= "stdout" and k ~= "stderr" then return nil end
+              local logs = rawget(t, "logs")
+              local v = logs and tail(rawget(logs, k)) or ""
+              rawset(t, k, v)
+              return v
+            end
+            debug.getregistry()["baton.stage_result"] = mt
+            """.utf8), name: "=baton.stage_result")
+        lua.pushFunction("baton.tail") { (l: LuaState) throws -> Int32 in
+            l.push(bytes: StageResult.tail(l.string(1) ?? ""))
+            return 1
+        }
+        _ = lua.getGlobal("rawget")
+        _ = lua.getGlobal("rawset")
+        try lua.pcall(nargs: 3, nresults: 0)
     }
 
     // MARK: background handles
