@@ -523,20 +523,51 @@ local M = {}
 local function dirname(p) return p:match("^(.*)/[^/]*$") or "." end
 
 --- Appends `entry` (a table with run_id) unless its run_id is there already.
---- Returns "appended" or "duplicate". The check and the write happen under one
---- exclusive flock of the registry (baton.fs.locked; the lock baton.fs.append takes),
---- so concurrent runs never interleave lines and a run_id is recorded at most once.
-function M.append(path, entry, timeout)
+--- Returns "appended" or "duplicate". With `opts.replace`, the earlier lines of that
+--- run_id are removed first (the file is rewritten in place, so the lock stays on the
+--- same file) and it returns "replaced". The check and the write happen under one
+--- exclusive flock of the registry (baton.fs.locked; the lock baton.fs.append and the
+--- wrapper's cancel record take), so concurrent runs never interleave lines and a
+--- run_id is recorded at most once.
+function M.append(path, entry, opts)
+  opts = type(opts) == "table" and opts or {timeout = opts}
   assert(type(entry.run_id) == "string" and entry.run_id:match("^[%w_.%-]+$"), "registry: a run_id of letters, digits, '.', '_', '-' is required")
   baton.fs.mkdir(dirname(path))
   local line = baton.json.encode(entry)
   return baton.fs.locked(path, function()
-    for _, e in ipairs((M.read(path))) do
-      if e.run_id == entry.run_id then return "duplicate" end
+    local keep, found = {}, false
+    for _, l in ipairs(M.lines(path)) do
+      local ok, v = pcall(baton.json.decode, l)
+      if ok and type(v) == "table" and v.run_id == entry.run_id then found = true else keep[#keep + 1] = l end
+    end
+    if found and not opts.replace then return "duplicate" end
+    if found then
+      local f = assert(io.open(path, "w"))   -- truncates the same file: the held lock stays valid
+      f:write(table.concat(keep, "\n"), #keep > 0 and "\n" or "", line, "\n")
+      f:close()
+      return "replaced"
     end
     baton.fs.append(path, line .. "\n")   -- closes a torn last line first
     return "appended"
-  end, {timeout = timeout or 60})
+  end, {timeout = opts.timeout or 60})
+end
+
+--- The registry entry of a run_id, or nil.
+function M.find(path, runID)
+  for _, e in ipairs((M.read(path))) do
+    if e.run_id == runID then return e end
+  end
+  return nil
+end
+
+--- The non-empty lines of the file.
+function M.lines(path)
+  local out = {}
+  if not baton.fs.exists(path) then return out end
+  for l in (baton.fs.read(path) .. "\n"):gmatch("([^\n]*)\n") do
+    if l:match("%S") then out[#out + 1] = l end
+  end
+  return out
 end
 
 --- Every entry, and the numbers of the lines that are not JSON objects.
@@ -579,7 +610,7 @@ end
 
 --- Counts by status.
 function M.summary(entries)
-  local s = {runs = #entries, succeeded = 0, failed = 0, cancelled = 0, other = 0}
+  local s = {runs = #entries, succeeded = 0, failed = 0, cancelled = 0, blocked = 0, other = 0}
   for _, e in ipairs(entries) do
     if s[e.status] and e.status ~= "runs" and e.status ~= "other" then s[e.status] = s[e.status] + 1 else s.other = s.other + 1 end
   end
@@ -594,7 +625,8 @@ return M
 return [[
 # Research run {{run_id}}
 
-- status: **{{status}}**
+- status: **{{status}}** {{reason}}
+- incident tags: {{tags}}
 - job: `{{job}}`
 - output: {{out}}
 - duration: {{duration_s}} s
@@ -617,55 +649,54 @@ Best by {{metric}} ({{mode}}): {{best.run_id}} = {{best.value}}
         "research.wrapper": ("research/wrapper.lua", #"""
 -- research.wrapper: the signal-safe wrapper a research job runs under.
 --
---   runStage{id = "job", cmd = wrapper.command(out, run_id, job_shell_text), background = true}
+--   runStage{id = "job", cmd = wrapper.command(out, run_id, job_shell_text), env = wrapper.env{...}, background = true}
 --
--- It runs the job (`sh -c JOB`) and, whatever happens, leaves a valid JSON object in
--- OUT/metrics.json with a "status": "succeeded" (exit 0), "failed" (non-zero exit) or
--- "cancelled" (SIGTERM/SIGINT/SIGHUP: written at once on the signal, before the job is
--- stopped, and again after it ends). The job's own metrics.json is kept and merged
--- (status, run_id, exit_code, reason, started_at and ended_at are added); an invalid one
--- is moved to metrics.json.invalid. Writes are atomic (temp file, fsync, rename).
--- Before the job starts, a provisional metrics.json says "cancelled" (replacing any
--- stale one), so even a SIGKILL of the whole group leaves a valid file; the final
--- write replaces it.
--- Merging uses python3; without it, the job's file is kept as metrics.json.unmerged and
--- a minimal metrics.json is written.
+-- The wrapper's own file is OUT/status.json: a JSON object whose "status" is
+-- "succeeded" (exit 0), "failed" (non-zero exit) or "cancelled" (SIGTERM/SIGINT/SIGHUP:
+-- written at once on the signal, before the job is stopped, and again after it ends),
+-- with run_id, exit_code, reason, started_at, ended_at. It records status only: the
+-- job's artifacts (metrics.json, ...) are the job's alone, so a job that exits 0 without
+-- writing them does not pass an artifact gate on the wrapper's account.
+-- A job's metrics.json that is not valid JSON is moved to metrics.json.invalid and
+-- status.json's "metrics_error" says why. Writes are atomic (temp file, fsync, rename).
+-- Before the job starts, a provisional status.json says "cancelled" (replacing any stale
+-- one), so even a SIGKILL of the whole group leaves a valid file; the final write
+-- replaces it.
+-- On a signal the wrapper also records the run in the registry (RESEARCH_REGISTRY) with
+-- status "cancelled", under the registry's flock, because the recipe's Lua code does not
+-- run again once its run is cancelled. python3 does the JSON work; without it, a plain
+-- status.json is written and the cancelled run is not recorded.
 -- The wrapper's command line carries "research-job:RUN_ID" (for the pgrep guard).
 local M = {}
 
 M.script = [=[
 unset RESEARCH_WRAPPER
 out=$1; rid=$2; job=$3
-metrics="$out/metrics.json"
+status="$out/status.json"
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 child=
 finalize() { # status exit_code reason
   if command -v python3 >/dev/null 2>&1; then
-    python3 - "$metrics" "$1" "$2" "$rid" "$3" "$started" <<'PY' && return 0
+    python3 - "$out" "$1" "$2" "$rid" "$3" "$started" <<'PY' && return 0
 import json, os, sys, time
-path, status, code, rid, reason, started = sys.argv[1:7]
-data = {}
+out, status, code, rid, reason, started = sys.argv[1:7]
+data = {"status": status, "run_id": rid, "exit_code": int(code), "started_at": started,
+        "ended_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+if reason:
+    data["reason"] = reason
+metrics = os.path.join(out, "metrics.json")
 try:
-    with open(path) as f:
-        v = json.load(f)
-    data = v if isinstance(v, dict) else {"value": v}
-    if data.get("provisional") is True:
-        data = {}
+    with open(metrics) as f:
+        json.load(f)
 except FileNotFoundError:
     pass
 except Exception as e:
     try:
-        os.replace(path, path + ".invalid")
+        os.replace(metrics, metrics + ".invalid")
     except OSError:
         pass
-    data = {"metrics_error": "the job's metrics.json was not valid JSON (kept as metrics.json.invalid): %s" % e}
-data["status"] = status
-data.setdefault("run_id", rid)
-data["exit_code"] = int(code)
-data["started_at"] = data.get("started_at", started)
-data["ended_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-if reason:
-    data["reason"] = reason
+    data["metrics_error"] = "the job's metrics.json was not valid JSON (kept as metrics.json.invalid): %s" % e
+path = os.path.join(out, "status.json")
 tmp = "%s.tmp.%d" % (path, os.getpid())
 with open(tmp, "w") as f:
     json.dump(data, f, sort_keys=True)
@@ -675,16 +706,51 @@ with open(tmp, "w") as f:
 os.replace(tmp, path)
 PY
   fi
-  if [ -s "$metrics" ] && ! grep -q '"provisional":true' "$metrics"; then mv -f "$metrics" "$metrics.unmerged"; fi
   write_plain "$1" "$2" "$3" ""
 }
 write_plain() { # status exit_code reason extra
   printf '{"status":"%s","run_id":"%s","exit_code":%s,"reason":"%s","started_at":"%s"%s}\n' \
-    "$1" "$rid" "$2" "$3" "$started" "$4" > "$metrics.tmp.$$" && mv -f "$metrics.tmp.$$" "$metrics"
+    "$1" "$rid" "$2" "$3" "$started" "$4" > "$status.tmp.$$" && mv -f "$status.tmp.$$" "$status"
+}
+record_cancelled() { # reason: one registry line, under the registry's flock
+  [ -n "${RESEARCH_REGISTRY:-}" ] && command -v python3 >/dev/null 2>&1 || return 0
+  python3 - "$RESEARCH_REGISTRY" "$rid" "$1" "$started" "$out" <<'PY' || true
+import fcntl, json, os, sys, time
+reg, rid, reason, started, out = sys.argv[1:6]
+env = os.environ
+entry = {"run_id": rid, "status": "cancelled", "reason": reason, "metrics": {}, "missing": [],
+         "started_at": started, "ended_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+         "out": out, "job": env.get("RESEARCH_JOB", ""), "baton_run": env.get("BATON_RUN_ID", ""),
+         "tags": [t for t in env.get("RESEARCH_TAGS", "").split(",") if t], "recorded_by": "wrapper"}
+os.makedirs(os.path.dirname(reg) or ".", exist_ok=True)
+with open(reg, "a+") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    f.seek(0)
+    lines = f.read().split("\n")
+    def rid_of(line):
+        try:
+            return json.loads(line).get("run_id")
+        except Exception:
+            return None
+    same = [l for l in lines if l.strip() and rid_of(l) == rid]
+    if same and env.get("RESEARCH_RERUN") != "1":
+        sys.exit(0)
+    line = json.dumps(entry, sort_keys=True)
+    if same:
+        keep = [l for l in lines if l.strip() and rid_of(l) != rid]
+        f.seek(0); f.truncate()
+        f.write("".join(l + "\n" for l in keep))
+    elif lines[-1] != "":
+        f.write("\n")
+    f.write(line + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+PY
 }
 on_signal() { # name code
   trap '' TERM INT HUP
   finalize cancelled "$2" "cancelled by $1"
+  record_cancelled "cancelled by $1"
   if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null; wait "$child" 2>/dev/null; fi
   finalize cancelled "$2" "cancelled by $1"
   exit "$2"
@@ -694,7 +760,7 @@ trap 'on_signal SIGINT 130' INT
 trap 'on_signal SIGHUP 129' HUP
 mkdir -p "$out"
 # Until the job ends the file says "cancelled": if the wrapper is killed outright
-# (SIGKILL, which no trap can catch) a valid metrics.json with a status is still there.
+# (SIGKILL, which no trap can catch) a valid status.json is still there.
 write_plain cancelled 137 "the wrapper ended before the job did" ',"provisional":true'
 sh -c "$job" &
 child=$!
