@@ -1560,40 +1560,79 @@ function M.isRepo(base)
   return out ~= nil and out:match("true") ~= nil
 end
 
+-- Exists but broken: an empty file, or a script (a #! line) that is not executable or
+-- does not parse (sh -n / zsh -n / bash -n when that shell is installed).
+local function broken(base, component)
+  local full = base .. "/" .. component
+  local _, isDir = baton.sh({"test", "-d", full}, {allowFail = true})
+  if isDir then return nil end
+  local text = baton.fs.read(full)
+  if text == "" then return "the file is empty" end
+  local shebang = text:match("^#!%s*(%S+)[ \t]*(%S*)")
+  if not shebang then return nil end
+  local _, exec = baton.sh({"test", "-x", full}, {allowFail = true})
+  if not exec then return "a script that is not executable" end
+  local interp = text:match("^#!%s*/usr/bin/env%s+(%S+)") or shebang:match("([^/]+)$")
+  if interp == "sh" or interp == "bash" or interp == "zsh" or interp == "dash" then
+    local _, has = baton.sh("command -v " .. interp, {allowFail = true})
+    if has then
+      local _, parses, _, err = baton.sh({interp, "-n", full}, {allowFail = true, timeout = 30})
+      if not parses then return ("%s -n: %s"):format(interp, (err or ""):gsub("%s+$", "")) end
+    end
+  end
+  return nil
+end
+
 --- When `component` was last present and which commit removed it.
---- Returns {component, state = present|removed|deleted_uncommitted|never_existed, last_present, removed_by, touched_by}.
-function M.history(base, component)
+--- Returns {component, state = present|broken|removed|deleted_uncommitted|never_existed,
+--- last_present, removed_by, recent_commits (the last 10 in the window), rollback_mentions, answer}.
+--- opts: {hours, rollback = {globs}, logs = {globs}}.
+function M.history(base, component, opts)
+  opts = opts or {}
   local r = {component = component}
   local touched = commits(git(base, {"log", "--all", "--full-history", FORMAT, "--", component}))
   r.commits = #touched
+  local recent = commits(git(base, {"log", "--all", "--full-history", FORMAT, "--since=" .. (opts.hours or 24) .. " hours ago", "-n", "10", "--", component}))
+  r.recent_commits = baton.json.array(recent)
+  r.hours = opts.hours or 24
+  r.rollback_mentions = baton.json.array(M.grepLogs(opts.rollback or {}, {component}))
+  r.log_mentions = baton.json.array(M.grepLogs(opts.logs or {}, {component}, 10))
   local exists = baton.fs.exists(base .. "/" .. component)
-  if #touched == 0 then
-    r.state = exists and "present" or "never_existed"
-    r.answer = exists and (component .. " is present now but was never committed")
-      or (component .. " never existed: no commit in this repository touched it")
+  local why = exists and broken(base, component) or nil
+  local function finish(state, answer)
+    r.state = state
+    r.answer = answer
+    if #r.rollback_mentions > 0 then
+      local m = r.rollback_mentions[1]
+      r.answer = r.answer .. ("; named by rollback script %s:%d"):format(m.file, m.line)
+    end
     return r
+  end
+  if #touched == 0 then
+    if why then r.broken = why; return finish("broken", component .. " exists but is broken (" .. why .. "); it was never committed") end
+    return finish(exists and "present" or "never_existed", exists and (component .. " is present now but was never committed")
+      or (component .. " never existed: no commit in this repository touched it"))
   end
   r.last_changed = touched[1]
   if exists then
-    r.state = "present"
-    r.answer = ("%s is present now; last changed by %s (%s) %q"):format(component, touched[1].sha, touched[1].date, touched[1].subject)
-    return r
+    if why then
+      r.broken = why
+      return finish("broken", ("%s exists but is broken (%s); last changed by %s (%s) %q"):format(component, why, touched[1].sha,
+        touched[1].date, touched[1].subject))
+    end
+    return finish("present", ("%s is present now; last changed by %s (%s) %q"):format(component, touched[1].sha, touched[1].date, touched[1].subject))
   end
   local removal = commits(git(base, {"log", "-1", "--full-history", "--diff-filter=D", FORMAT, "HEAD", "--", component}))[1]
   if not removal then
-    r.state = "deleted_uncommitted"
     r.last_present = commits(git(base, {"log", "-1", FORMAT, "HEAD"}))[1]
-    r.answer = ("%s is in HEAD (%s) but missing from the working tree: deleted without a commit"):format(component,
-      r.last_present and r.last_present.sha or "?")
-    return r
+    return finish("deleted_uncommitted", ("%s is in HEAD (%s) but missing from the working tree: deleted without a commit"):format(component,
+      r.last_present and r.last_present.sha or "?"))
   end
-  r.state = "removed"
   r.removed_by = removal
   r.last_present = commits(git(base, {"log", "-1", FORMAT, removal.sha .. "^"}))[1]
   local lp = r.last_present or {sha = "?", date = "?", subject = "?"}
-  r.answer = ("%s was last present in %s (%s) %q; removed by %s (%s) %q"):format(component,
-    lp.sha, lp.date, lp.subject, removal.sha, removal.date, removal.subject)
-  return r
+  return finish("removed", ("%s was working at %s: last present in %s %q; vanished at %s: removed by %s %q"):format(component,
+    lp.date, lp.sha, lp.subject, removal.date, removal.sha, removal.subject))
 end
 
 local DESTRUCTIVE = {"reset", "revert", "rollback", "roll back", "checkout", "clean", "remove", "delete", "restore", "wipe"}
@@ -1651,7 +1690,7 @@ function M.grepLogs(globs, patterns, limit)
 end
 
 --- One sentence: the most likely cause, from the strongest evidence.
-function M.likelyCause(f, logs)
+function M.likelyCause(f, logs, scripts)
   if #f.deletions > 0 then
     local d = f.deletions[1]
     return ("commit %s (%s) %q deleted %s"):format(d.sha, d.date, d.subject, d.path)
@@ -1659,6 +1698,10 @@ function M.likelyCause(f, logs)
   if #f.destructive > 0 then
     local c = f.destructive[1]
     return ("a destructive operation in the window: commit %s (%s) %q"):format(c.sha, c.date, c.subject)
+  end
+  if scripts and #scripts > 0 then
+    local m = scripts[1]
+    return ("a rollback script names it: %s:%d: %s"):format(m.file, m.line, m.text)
   end
   if #logs > 0 then
     local m = logs[1]
@@ -1670,7 +1713,224 @@ end
 return M
 
 """#),
-        "wo.pipeline": ("wo/pipeline.lua", #"""
+        "wo.launchd": ("wo/launchd.lua", ##"""
+-- wo.launchd: the seed's macOS LaunchAgents on Linux. A LaunchAgent plist in a work
+-- order becomes a systemd user service (and a timer when it has StartInterval), and
+-- `launchctl` steps become `systemctl --user` steps.
+--
+--   local ld = require("wo.launchd")
+--   local agent = ld.parse(plistText)            -- {Label = ..., ProgramArguments = {...}, ...}
+--   local units = ld.units(agent, {base = ..., sot = ..., home = ..., logs = ...})  -- {{name, text}, ...}
+--   local ok, out = ld.verify({"/path/x.service", "/path/x.timer"})
+--   local cmd, why = ld.translate("launchctl load ~/Library/LaunchAgents/com.x.plist")
+local kit = require("kit.args")
+
+local M = {}
+
+--- Whether a work-order path is a LaunchAgent plist.
+function M.isLaunchAgent(path)
+  return path:match("%.plist$") ~= nil and path:find("LaunchAgents/", 1, true) ~= nil
+end
+
+local function unescape(s)
+  return (s:gsub("&lt;", "<"):gsub("&gt;", ">"):gsub("&quot;", '"'):gsub("&apos;", "'"):gsub("&amp;", "&"))
+end
+
+--- Parses a property list (XML): dict, array, key, string, integer, real, true, false.
+--- Returns the top-level value, or nil and why.
+function M.parse(text)
+  local toks = {}
+  local i = 1
+  text = text:gsub("<%?.-%?>", ""):gsub("<!%-%-.-%-%->", ""):gsub("<!DOCTYPE.->", "")
+  while true do
+    local s, e, close, name, selfClose = text:find("<(/?)([%w_]+)[^>]-(/?)>", i)
+    if not s then break end
+    local between = text:sub(i, s - 1)
+    if between:match("%S") then toks[#toks + 1] = {text = unescape(between)} end
+    toks[#toks + 1] = {tag = name, close = close == "/", empty = selfClose == "/"}
+    i = e + 1
+  end
+  local pos = 1
+  local value
+  local function expectText(tag)
+    local t = toks[pos]
+    local s = ""
+    if t and t.text then s = t.text; pos = pos + 1 end
+    local c = toks[pos]
+    if not (c and c.tag == tag and c.close) then error("plist: <" .. tag .. "> not closed") end
+    pos = pos + 1
+    return s
+  end
+  function value()
+    local t = toks[pos]
+    if not t or not t.tag or t.close then error("plist: a value expected") end
+    pos = pos + 1
+    if t.tag == "plist" then
+      local v = value()
+      if toks[pos] and toks[pos].tag == "plist" and toks[pos].close then pos = pos + 1 end
+      return v
+    elseif t.tag == "true" or t.tag == "false" then
+      if not t.empty then pos = pos + 1 end
+      return t.tag == "true"
+    elseif t.tag == "string" then
+      return t.empty and "" or expectText("string")
+    elseif t.tag == "integer" or t.tag == "real" then
+      return tonumber((expectText(t.tag):gsub("%s", "")))
+    elseif t.tag == "array" then
+      local a = {}
+      if t.empty then return a end
+      while not (toks[pos] and toks[pos].tag == "array" and toks[pos].close) do a[#a + 1] = value() end
+      pos = pos + 1
+      return a
+    elseif t.tag == "dict" then
+      local d = {}
+      if t.empty then return d end
+      while not (toks[pos] and toks[pos].tag == "dict" and toks[pos].close) do
+        local k = toks[pos]
+        if not (k and k.tag == "key") then error("plist: <key> expected in <dict>") end
+        pos = pos + 1
+        local key = expectText("key")
+        d[key] = value()
+      end
+      pos = pos + 1
+      return d
+    end
+    error("plist: unsupported <" .. t.tag .. ">")
+  end
+  local ok, v = pcall(value)
+  if not ok then return nil, tostring(v):gsub("^.-plist:", "plist:") end
+  return v
+end
+
+-- A systemd command-line word, quoted when it needs to be.
+local function word(s)
+  s = tostring(s)
+  if s:match("^[%w%._/:=@%-+,]+$") then return s end
+  return '"' .. s:gsub('\\', '\\\\'):gsub('"', '\\"') .. '"'
+end
+
+--- Maps a macOS path of the seed to this machine: the plist's LUKA_SOT to base,
+--- ~/Library/Logs to logs, another /Users/NAME to home.
+function M.mapPath(p, o)
+  if type(p) ~= "string" then return p end
+  if o.sot and o.sot ~= "" and p:sub(1, #o.sot) == o.sot then return o.base .. p:sub(#o.sot + 1) end
+  local rest = p:match("^/Users/[^/]+/Library/Logs/(.*)$")
+  if rest then return o.logs .. "/" .. rest end
+  rest = p:match("^/Users/[^/]+/(.*)$")
+  if rest then return o.home .. "/" .. rest end
+  return p
+end
+
+--- The unit name of a LaunchAgent: its Label.
+function M.name(agent) return agent.Label end
+
+--- systemd user units for a LaunchAgent: {{name = "x.service", text = ...}, {name = "x.timer", ...}}.
+--- `o`: {base, home, logs, source (the plist's path, for the header)}.
+function M.units(agent, o)
+  if type(agent) ~= "table" or type(agent.Label) ~= "string" or not agent.Label:match("^[%w_.@%-]+$") then
+    return nil, "a LaunchAgent needs a Label of letters, digits, '.', '_', '-'"
+  end
+  local argv = agent.ProgramArguments or (agent.Program and {agent.Program})
+  if type(argv) ~= "table" or #argv == 0 then return nil, "LaunchAgent " .. agent.Label .. " has no ProgramArguments" end
+  local env = type(agent.EnvironmentVariables) == "table" and agent.EnvironmentVariables or {}
+  local m = {base = o.base, home = o.home, logs = o.logs, sot = env.LUKA_SOT}
+  local exec = {}
+  for i, a in ipairs(argv) do exec[i] = word(M.mapPath(a, m)) end
+  local lines = {
+    "# Generated by Baton (recipes/wo_rebuild.lua) from the LaunchAgent " .. (o.source or agent.Label) .. ".",
+    "[Unit]",
+    "Description=" .. agent.Label .. " (the LaunchAgent, as a systemd user service)",
+    "",
+    "[Service]",
+  }
+  local interval = tonumber(agent.StartInterval)
+  if interval then
+    lines[#lines + 1] = "Type=oneshot"
+  elseif agent.KeepAlive == true then
+    lines[#lines + 1] = "Type=simple"
+    lines[#lines + 1] = "Restart=always"
+    lines[#lines + 1] = "RestartSec=1"
+  else
+    lines[#lines + 1] = "Type=oneshot"
+  end
+  lines[#lines + 1] = "ExecStart=" .. table.concat(exec, " ")
+  local keys = {}
+  for k in pairs(env) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, k in ipairs(keys) do lines[#lines + 1] = "Environment=" .. word(k .. "=" .. M.mapPath(env[k], m)) end
+  if agent.WorkingDirectory then lines[#lines + 1] = "WorkingDirectory=" .. M.mapPath(agent.WorkingDirectory, m) end
+  if agent.StandardOutPath then lines[#lines + 1] = "StandardOutput=append:" .. M.mapPath(agent.StandardOutPath, m) end
+  if agent.StandardErrorPath then lines[#lines + 1] = "StandardError=append:" .. M.mapPath(agent.StandardErrorPath, m) end
+  lines[#lines + 1] = ""
+  lines[#lines + 1] = "[Install]"
+  lines[#lines + 1] = "WantedBy=default.target"
+  local units = {{name = agent.Label .. ".service", text = table.concat(lines, "\n") .. "\n"}}
+  if interval then
+    local t = {
+      "# Generated by Baton (recipes/wo_rebuild.lua): StartInterval " .. interval .. " of the LaunchAgent "
+        .. (o.source or agent.Label) .. ".",
+      "[Unit]",
+      "Description=Run " .. agent.Label .. " every " .. interval .. " s",
+      "",
+      "[Timer]",
+      -- RunAtLoad: at once when the timer starts; then every StartInterval.
+      agent.RunAtLoad == false and ("OnActiveSec=" .. interval .. "s") or "OnActiveSec=0",
+      "OnUnitActiveSec=" .. interval .. "s",
+      "AccuracySec=1s",
+      "Unit=" .. agent.Label .. ".service",
+      "",
+      "[Install]",
+      "WantedBy=timers.target",
+    }
+    units[#units + 1] = {name = agent.Label .. ".timer", text = table.concat(t, "\n") .. "\n"}
+  end
+  return units
+end
+
+--- `systemd-analyze verify` of unit files: true | false, its output | nil, why it did not run.
+function M.verify(paths)
+  local _, found = baton.sh("command -v systemd-analyze", {allowFail = true})
+  if not found then return nil, "systemd-analyze is not installed (Debian: systemd)" end
+  local cmd = {"systemd-analyze", "verify"}
+  for _, p in ipairs(paths) do cmd[#cmd + 1] = p end
+  local out, ok, _, err = baton.sh(cmd, {allowFail = true, timeout = 120})
+  local text = ((out or "") .. (err or "")):gsub("%s+$", "")
+  return ok, text
+end
+
+--- Whether `systemctl --user` works here: true | false, why.
+function M.userManager()
+  local _, found = baton.sh("command -v systemctl", {allowFail = true})
+  if not found then return false, "systemctl is not installed" end
+  local _, ok, _, err = baton.sh({"systemctl", "--user", "show-environment"}, {allowFail = true, timeout = 20})
+  if ok then return true end
+  local first = (err or ""):match("[^\n]+") or "no user service manager"
+  return false, "systemctl --user is not available here (" .. first .. ")"
+end
+
+--- A seed step mentioning launchctl, as a systemctl --user step. Returns the command (or
+--- nil when it is not a service step) and what it does.
+function M.translate(cmd)
+  if not cmd:find("launchctl", 1, true) then return nil end
+  local label = cmd:match("launchctl%s+load%s+%S-([%w_.@%-]+)%.plist")
+  if label then
+    return ("systemctl --user daemon-reload && systemctl --user enable --now %s.timer 2>/dev/null || systemctl --user enable --now %s.service")
+      :format(kit.shquote(label), kit.shquote(label)), "start " .. label
+  end
+  label = cmd:match("launchctl%s+unload%s+%S-([%w_.@%-]+)%.plist")
+  if label then
+    return ("systemctl --user disable --now %s.timer %s.service"):format(kit.shquote(label), kit.shquote(label)), "stop " .. label
+  end
+  if cmd:find("launchctl%s+list") then
+    return (cmd:gsub("launchctl%s+list", "systemctl --user list-units --all --plain --no-legend")), "list the services"
+  end
+  return nil, "a launchctl command with no systemd equivalent: " .. cmd
+end
+
+return M
+
+"""##),
+        "wo.pipeline": ("wo/pipeline.lua", ####"""
 -- wo.pipeline: the WO pipeline's layout, telemetry and state files, and the rebuild loop.
 local workorder = require("wo.workorder")
 
@@ -1687,12 +1947,21 @@ M.DEFAULTS = {
 
 function M.iso(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t or baton.now())) end
 
---- A layout: every place under base (absolute overrides are kept).
-function M.layout(base, o)
+--- A layout: every place under base (absolute overrides are kept). `opts` for the work
+--- orders: absolute base, allow-list, home, units directory, logs.
+function M.layout(base, o, abs)
   local function at(p) return p:sub(1, 1) == "/" and p or (base .. "/" .. p) end
+  local home = baton.env("HOME") or "/"
+  local function absolute(p)
+    if p:sub(1, 2) == "~/" then return workorder.absolute(home .. "/" .. p:sub(3)) end
+    return workorder.absolute(p:sub(1, 1) == "/" and p or (abs .. "/" .. p))
+  end
+  local allow = {}
+  for _, a in ipairs(o.allow or {}) do allow[#allow + 1] = absolute(a) end
   return {
     base = base, inbox = at(o.inbox or M.DEFAULTS.inbox), state = at(o.state or M.DEFAULTS.state),
     telemetry = at(o.telemetry or M.DEFAULTS.telemetry), reports = at(o.reports or M.DEFAULTS.reports), at = at,
+    opts = {base = abs, allow = allow, home = home, units = absolute(o.units or "~/.config/systemd/user"), logs = abs .. "/logs"},
   }
 end
 
@@ -1719,12 +1988,35 @@ local function writeState(L, s)
   baton.fs.write(M.statePath(L, s.wo_id), baton.json.encode(s, {pretty = true}) .. "\n")
 end
 
---- Processes one inbox file. Returns "completed", "skipped" or "failed", the reason and
---- the id. With `dry`, only validates: "would_apply" / "skipped" / "invalid", nothing written.
+local launchd = require("wo.launchd")
+
+-- Whether systemctl --user works, asked once per run.
+local svcCache
+function M.services()
+  if not svcCache then
+    local ok, why = launchd.userManager()
+    svcCache = {available = ok, why = why}
+  end
+  return svcCache
+end
+
+local function printSteps(kind, results)
+  for _, r in ipairs(results or {}) do
+    print(("  %s %s: %s%s"):format(kind, r.name, r.status, r.reason and (" (" .. r.reason .. ")") or ""))
+  end
+end
+
+--- Processes one inbox file. Returns "completed", "skipped", "failed" or "rolled_back",
+--- the reason, the id and the details. With `dry`, only validates: "would_apply" /
+--- "skipped" / "invalid", nothing written.
+--- Order: validate every path (allow-list), snapshot what will be replaced into
+--- backups/<wo_id>/<time>/, write, verify generated units, post_verify, tests; when
+--- anything after the first write fails, the snapshot is restored (state rolled_back).
 function M.process(L, file, dry)
   local stem = file:match("([^/]+)%.ya?ml$") or file
   local started = M.iso()
-  local wo, why, knownID = workorder.load(file)
+  local wo, why, knownID = workorder.load(file, L.opts)
+  local details = {}
   if wo then
     local prior = M.readState(L, wo.id)
     if prior and prior.status == "completed" then
@@ -1735,17 +2027,62 @@ function M.process(L, file, dry)
     if dry then return "would_apply", nil, wo.id end
     M.emit(L, "wo_started", {wo_id = wo.id, title = wo.title, file = file})
     local ok
-    ok, why = workorder.contained(L.base, wo)
-    if ok then ok, why = workorder.apply(L.base, wo) end
-    if ok then ok, why = workorder.test(L.base, wo) end
+    ok, why = workorder.contained(L.base, wo, L.opts.allow)
+    local manifest
+    if ok then
+      manifest = workorder.backup(wo, ("%s/backups/%s/%s"):format(L.base, wo.id, os.date("!%Y%m%dT%H%M%SZ", math.floor(baton.now()))))
+      details.backup = manifest.dir
+      baton.log(("work order %s: snapshot of %d file(s) before writing: %s"):format(wo.id, #manifest.files, manifest.dir),
+        {wo_id = wo.id, backup = manifest.dir})
+      ok, why = workorder.apply(L.base, wo)
+    end
+    if ok and #wo.units > 0 then
+      local paths = {}
+      for _, u in ipairs(wo.units) do paths[#paths + 1] = u.path end
+      local vok, out = launchd.verify(paths)
+      details.units = baton.json.array(wo.units)
+      details.units_verified = vok == nil and ("not verified: " .. out) or (vok and "systemd-analyze verify: ok" or out)
+      print(("  units: %s (%s)"):format(table.concat((function() local t = {} for i, u in ipairs(wo.units) do t[i] = u.name end return t end)(), ", "),
+        vok == false and "systemd-analyze verify FAILED" or details.units_verified))
+      if vok == false then ok, why = nil, ("%s: systemd-analyze verify failed: %s"):format(file, out) end
+    end
+    if ok then
+      local pok, results = workorder.steps(L.base, wo.post_verify, M.services())
+      details.post_verify = baton.json.array(results)
+      printSteps("post_verify", results)
+      if not pok then
+        for _, r in ipairs(results) do if r.status == "FAIL" then why = ("post_verify '%s' failed: %s"):format(r.name, r.reason); break end end
+        ok = nil
+      end
+    end
+    if ok then
+      local results
+      ok, why, results = workorder.test(L.base, wo, M.services())
+      details.tests = baton.json.array(results or {})
+      printSteps("test", results)
+    end
     if ok then
       local files = {}
       for _, f in ipairs(wo.files) do files[#files + 1] = {path = f.path, mode = ("%04o"):format(f.mode), bytes = #f.content} end
       writeState(L, {wo_id = wo.id, title = wo.title, type = wo.type, status = "completed", file = file,
-        started_at = started, completed_at = M.iso(), files = files, tests = #wo.tests})
+        started_at = started, completed_at = M.iso(), files = files, tests = #wo.tests, backup = details.backup,
+        units = details.units, units_verified = details.units_verified, post_verify = details.post_verify, test_results = details.tests})
       M.emit(L, "wo_completed", {wo_id = wo.id, files = #wo.files, tests = #wo.tests})
       baton.log("work order " .. wo.id .. " completed", {wo_id = wo.id, files = #wo.files})
-      return "completed", nil, wo.id
+      details.files = files
+      return "completed", nil, wo.id, details
+    end
+    if manifest then
+      local rb = workorder.rollback(manifest)
+      details.rolled_back = rb
+      writeState(L, {wo_id = wo.id, title = wo.title, status = "rolled_back", file = file, started_at = started,
+        failed_at = M.iso(), reason = why, backup = manifest.dir,
+        restored = baton.json.array(rb.restored), removed = baton.json.array(rb.removed),
+        units_verified = details.units_verified, post_verify = details.post_verify, test_results = details.tests})
+      M.emit(L, "wo_failed", {wo_id = wo.id, file = file, reason = why, rolled_back = true, restored = #rb.restored, removed = #rb.removed})
+      baton.log(("work order %s failed and was rolled back: %s (restored %d, removed %d)"):format(wo.id, why, #rb.restored, #rb.removed),
+        {level = "error", wo_id = wo.id, reason = why, restored = rb.restored, removed = rb.removed})
+      return "rolled_back", why, wo.id, details
     end
   end
   local id = wo and wo.id or knownID or stem
@@ -1764,14 +2101,91 @@ function M.rebuild(L, dry)
   local files = baton.fs.glob(L.inbox .. "/*.yaml")
   for _, f in ipairs(baton.fs.glob(L.inbox .. "/*.yml")) do files[#files + 1] = f end
   table.sort(files)
-  local summary = {completed = {}, skipped = {}, failed = {}, would_apply = {}, invalid = {}}
+  local summary = {completed = {}, skipped = {}, failed = {}, would_apply = {}, invalid = {}, rolled_back = {}, details = {}}
   for _, f in ipairs(files) do
-    local status, why, id = M.process(L, f, dry)
-    local list = summary[status]
-    list[#list + 1] = (status == "failed" or status == "invalid") and {wo_id = id, file = f, reason = why} or id
+    local status, why, id, details = M.process(L, f, dry)
+    local list = status == "rolled_back" and summary.failed or summary[status]
+    local item = (status == "failed" or status == "invalid" or status == "rolled_back") and {wo_id = id, file = f, reason = why} or id
+    if status == "rolled_back" then
+      item.rolled_back = true
+      summary.rolled_back[#summary.rolled_back + 1] = id
+    end
+    list[#list + 1] = item
+    if details then summary.details[#summary.details + 1] = {wo_id = id, status = status, reason = why, details = details} end
     print(("WO %s: %s%s"):format(id, status:upper():gsub("_", " "), why and status ~= "skipped" and (" (" .. why .. ")") or ""))
   end
   return summary, #files
+end
+
+--- The deployment report (seed Task 2.4): what was installed, the verification results,
+--- known issues and the rollback procedure. Returns its text.
+function M.deploymentReport(L, s)
+  local out = {"# WO pipeline rebuild: deployment report", "",
+    "- deployed: " .. M.iso(), "- base: " .. L.base, "- baton run: " .. tostring(baton.run.id), ""}
+  local function add(l) out[#out + 1] = l end
+  add("## Components installed")
+  add("")
+  local any = false
+  for _, d in ipairs(s.details) do
+    if d.status == "completed" then
+      any = true
+      add("### " .. d.wo_id)
+      for _, f in ipairs(d.details.files or {}) do add(("- `%s` (mode %s, %d bytes)"):format(f.path, f.mode, f.bytes)) end
+      for _, u in ipairs(d.details.units or {}) do add(("- systemd user unit `%s` (from `%s`)"):format(u.name, u.from)) end
+    end
+  end
+  if not any then add("- none") end
+  add("")
+  add("## Verification results")
+  add("")
+  for _, d in ipairs(s.details) do
+    add("### " .. d.wo_id .. ": " .. d.status:gsub("_", " "))
+    if d.details.units_verified then add("- units: " .. d.details.units_verified) end
+    for _, kind in ipairs({"post_verify", "tests"}) do
+      for _, r in ipairs(d.details[kind] or {}) do
+        add(("- %s `%s`: %s%s"):format(kind == "tests" and "test" or "post_verify", r.name, r.status, r.reason and (" (" .. r.reason .. ")") or ""))
+      end
+    end
+  end
+  add("")
+  add("## Known issues")
+  add("")
+  local issues = 0
+  for _, f in ipairs(s.failed) do
+    issues = issues + 1
+    add(("- %s %s: %s"):format(f.wo_id, f.rolled_back and "failed and was rolled back" or "failed", f.reason))
+  end
+  for _, d in ipairs(s.details) do
+    for _, kind in ipairs({"post_verify", "tests"}) do
+      for _, r in ipairs(d.details[kind] or {}) do
+        if r.status == "SKIPPED" then issues = issues + 1; add(("- %s: `%s` skipped: %s"):format(d.wo_id, r.name, r.reason)) end
+      end
+    end
+  end
+  if issues == 0 then add("- none") end
+  add("")
+  add("## Rollback procedure")
+  add("")
+  local steps = 0
+  for _, d in ipairs(s.details) do
+    if d.status == "completed" then
+      for _, u in ipairs(d.details.units or {}) do
+        if u.name:match("%.timer$") or not u.name:match("%.service$") then
+          steps = steps + 1; add(("%d. `systemctl --user disable --now %s`"):format(steps, u.name))
+        end
+      end
+      if d.details.backup then
+        steps = steps + 1
+        add(("%d. Restore %s from its snapshot: every file in `%s/manifest.json` with `existed: true` is copied back from "
+          .. "its `backup`; the others are removed (`rm`)."):format(steps, d.wo_id, d.details.backup))
+      end
+      steps = steps + 1
+      add(("%d. `rm %s/%s.json` so the work order can be applied again."):format(steps, L.state, d.wo_id))
+    end
+  end
+  if steps == 0 then add("Nothing was installed: nothing to roll back.") end
+  add("")
+  return table.concat(out, "\n")
 end
 
 --- The seed's canary work order, with an id of its own for this run.
@@ -1793,7 +2207,97 @@ end
 
 return M
 
-"""#),
+"""####),
+        "wo.schedule": ("wo/schedule.lua", ##"""
+-- wo.schedule: the guardrail's schedule (seed Task 3.2, a LaunchAgent with
+-- StartInterval 300) on Linux: a systemd user service + timer running
+-- `baton run wo_rebuild.lua base=... phase=guardrail` every interval, and the same as a
+-- cron line for machines without a user service manager. Scheduling belongs to
+-- systemd or cron; each run is one guardrail run with one heartbeat.
+local kit = require("kit.args")
+local launchd = require("wo.launchd")
+
+local M = {}
+
+M.NAME = "baton-wo-guardrail"
+
+--- Writes (unless o.dry) and verifies the units and the cron line; enables the timer
+--- where systemctl --user works. o: {baton, recipe, base, units, reports, interval,
+--- critical, dirs, dry}. Returns what it did.
+function M.write(o)
+  local argv = {o.baton, "run", o.recipe, "base=" .. o.base, "phase=guardrail"}
+  if o.critical then argv[#argv + 1] = "critical=" .. table.concat(o.critical, ",") end
+  if o.dirs then argv[#argv + 1] = "dirs=" .. table.concat(o.dirs, ",") end
+  local exec, shell = {}, {}
+  for i, a in ipairs(argv) do
+    exec[i] = a:match("^[%w%._/:=@%-+,]+$") and a or ('"' .. a:gsub('\\', '\\\\'):gsub('"', '\\"') .. '"')
+    shell[i] = kit.shquote(a)
+  end
+  local service = table.concat({
+    "# Generated by Baton (recipes/wo_rebuild.lua phase=schedule): the WO pipeline guardrail, one run.",
+    "[Unit]",
+    "Description=WO pipeline guardrail (baton run wo_rebuild.lua phase=guardrail)",
+    "",
+    "[Service]",
+    "Type=oneshot",
+    "WorkingDirectory=" .. o.base,
+    "ExecStart=" .. table.concat(exec, " "),
+    "",
+  }, "\n")
+  local timer = table.concat({
+    "# Generated by Baton (recipes/wo_rebuild.lua phase=schedule): the guardrail every " .. o.interval .. " s.",
+    "[Unit]",
+    "Description=Run the WO pipeline guardrail every " .. o.interval .. " s",
+    "",
+    "[Timer]",
+    "OnActiveSec=0",
+    "OnUnitActiveSec=" .. o.interval .. "s",
+    "AccuracySec=1s",
+    "Persistent=true",
+    "Unit=" .. M.NAME .. ".service",
+    "",
+    "[Install]",
+    "WantedBy=timers.target",
+    "",
+  }, "\n")
+  local minutes = math.max(1, math.floor(o.interval / 60 + 0.5))
+  local cron = ("%s cd %s && %s >/dev/null 2>&1\n"):format(minutes == 1 and "* * * * *" or ("*/" .. minutes .. " * * * *"),
+    kit.shquote(o.base), table.concat(shell, " "))
+  local r = {
+    service = o.units .. "/" .. M.NAME .. ".service", timer = o.units .. "/" .. M.NAME .. ".timer",
+    cron = o.reports .. "/wo_pipeline_guardrail.cron", interval = o.interval, cron_line = cron:gsub("\n$", ""),
+  }
+  if o.dry then
+    print("SCHEDULE (dry run): would write " .. r.service .. ", " .. r.timer .. " and " .. r.cron)
+    return r
+  end
+  baton.fs.write(r.service, service)
+  baton.fs.write(r.timer, timer)
+  baton.fs.write(r.cron, "# The WO pipeline guardrail every " .. o.interval .. " s (install with: crontab -l | cat - THIS | crontab -)\n" .. cron)
+  local ok, out = launchd.verify({r.service, r.timer})
+  r.verified = ok == nil and baton.json.null or ok
+  r.verify_output = out
+  print(("SCHEDULE: %s, %s (%s)"):format(r.service, r.timer,
+    ok == nil and out or ok and "systemd-analyze verify: ok" or ("systemd-analyze verify FAILED: " .. out)))
+  print("CRON: " .. r.cron .. ": " .. r.cron_line)
+  local svcOK, why = launchd.userManager()
+  if svcOK then
+    local _, enabled, _, err = baton.sh("systemctl --user daemon-reload && systemctl --user enable --now " .. M.NAME .. ".timer",
+      {allowFail = true, timeout = 60})
+    r.enabled = enabled
+    print(enabled and ("ENABLED: " .. M.NAME .. ".timer") or ("NOT ENABLED: " .. (err or ""):gsub("%s+$", "")))
+  else
+    r.enabled = false
+    r.enable_skipped = why
+    print(("NOT ENABLED (skipped: %s): run `systemctl --user enable --now %s.timer` where a user service manager runs, or install %s with crontab")
+      :format(why, M.NAME, r.cron))
+  end
+  return r
+end
+
+return M
+
+"""##),
         "wo.workorder": ("wo/workorder.lua", #"""
 -- wo.workorder: work orders as in the WO pipeline seed. A work order is a YAML file:
 --
@@ -1810,8 +2314,20 @@ return M
 --       command: "test -x agents/x/x.zsh && echo ok"
 --       expected: "ok"                   # compared with the trimmed stdout
 --
+--   post_verify:                          # optional: run after the files are written
+--     - mkdir -p g/followup/state         # a command (passes on exit 0), or
+--     - {command: "...", expected: "..."}
+--
+-- Paths leave base only into the allow-list (opts.allow). A LaunchAgent plist (a
+-- `*.plist` under `LaunchAgents/`) becomes systemd user units in opts.units (see
+-- wo.launchd); `launchctl` steps become `systemctl --user` steps, skipped with the reason
+-- when there is no user service manager.
+--
 -- apply() writes every file (each atomically, with its mode) only after all of them
--- passed validation, and restores the earlier contents if a write fails half way.
+-- passed validation, copies what it replaces to backups/ first, and restores the earlier
+-- contents if a write fails half way; rollback() puts everything back.
+local launchd = require("wo.launchd")
+
 local M = {}
 
 local function trim(s) return (tostring(s or ""):gsub("^%s+", ""):gsub("%s+$", "")) end
@@ -1846,9 +2362,45 @@ function M.normalize(p)
   return table.concat(parts, "/")
 end
 
+--- A lexically normalised absolute path.
+function M.absolute(p)
+  local parts = {}
+  for part in p:gmatch("[^/]+") do
+    if part == ".." then parts[#parts] = nil elseif part ~= "." then parts[#parts + 1] = part end
+  end
+  return "/" .. table.concat(parts, "/")
+end
+
+local function within(path, dir)
+  return dir == "/" or path == dir or path:sub(1, #dir + 1) == dir .. "/"
+end
+M.within = within
+
+--- Where a work-order path goes: the absolute target and a label, or nil and why.
+--- opts: {base (absolute), allow = {absolute dirs}, home}.
+function M.target(p, opts)
+  if type(p) ~= "string" or p == "" then return nil, "the path is empty" end
+  local allowText = #(opts.allow or {}) > 0 and table.concat(opts.allow, ", ") or "none"
+  local hint = ("; paths outside base are allowed only through allow=DIR,... (allow-list: %s)"):format(allowText)
+  local abs
+  if p:sub(1, 2) == "~/" and opts.home then abs = M.absolute(opts.home .. "/" .. p:sub(3))
+  elseif p:sub(1, 1) == "/" then abs = M.absolute(p)
+  elseif p:sub(1, 1) == "~" then return nil, ("path %s: only ~/ is understood"):format(p)
+  else abs = M.absolute(opts.base .. "/" .. p) end
+  if abs == opts.base then return nil, ("path %s names base itself"):format(p) end
+  if within(abs, opts.base) then return abs, abs:sub(#opts.base + 2) end
+  for _, dir in ipairs(opts.allow or {}) do
+    if within(abs, dir) then return abs, abs end
+  end
+  if p:sub(1, 1) == "/" or p:sub(1, 1) == "~" then
+    return nil, ("path %s is absolute and outside base (%s)%s"):format(p, abs, hint)
+  end
+  return nil, ("path %s leaves base (it is %s)%s"):format(p, abs, hint)
+end
+
 --- Decodes and validates a work order file. Returns wo, or nil, reason and the wo_id
---- when the file had a usable one.
-function M.load(file)
+--- when the file had a usable one. opts: {base, allow, home, units, logs} (absolute).
+function M.load(file, opts)
   local okRead, text = pcall(baton.fs.read, file)
   if not okRead then return nil, ("%s: cannot read: %s"):format(file, tostring(text)) end
   local ok, doc = pcall(baton.yaml.decode, text)
@@ -1863,7 +2415,7 @@ function M.load(file)
     return bad("wo_id", "is required: letters, digits, '.', '_', '-'")
   end
   if type(doc.files) ~= "table" or #doc.files == 0 then return bad("files", "must be a non-empty list") end
-  local wo = {id = doc.wo_id, title = doc.title, type = doc.type, file = file, files = {}, tests = {}}
+  local wo = {id = doc.wo_id, title = doc.title, type = doc.type, file = file, files = {}, tests = {}, post_verify = {}, units = {}}
   for i, f in ipairs(doc.files) do
     local where = ("files[%d]"):format(i)
     if type(f) ~= "table" then return bad(where, "must be a mapping with path and content") end
@@ -1871,16 +2423,44 @@ function M.load(file)
     local content = f.content
     if type(content) == "number" or type(content) == "boolean" then content = tostring(content) end
     if type(content) ~= "string" then return bad(where .. ".content", "is required (a string)") end
-    local path, why = M.normalize(f.path)
-    if not path then return bad(where .. ".path", "refused: " .. why) end
     local mode, mwhy = M.mode(f.mode)
     if not mode then return bad(where .. ".mode", mwhy) end
-    wo.files[#wo.files + 1] = {path = path, content = content, mode = mode}
+    if launchd.isLaunchAgent(f.path) then
+      -- On Linux a LaunchAgent is systemd user units in opts.units.
+      local agent, perr = launchd.parse(content)
+      if not agent then return bad(where .. ".content", "is not a LaunchAgent plist: " .. perr) end
+      local units, uerr = launchd.units(agent, {base = opts.base, home = opts.home, logs = opts.logs, source = f.path})
+      if not units then return bad(where .. ".content", uerr) end
+      for _, u in ipairs(units) do
+        local full = M.target(opts.units .. "/" .. u.name, opts)
+        if not full then
+          return bad(where .. ".path", ("refused: %s is a LaunchAgent; on Linux it becomes %s in %s, outside base; paths outside "
+            .. "base are allowed only through allow=DIR,... (allow-list: %s)"):format(f.path, u.name, opts.units,
+            #(opts.allow or {}) > 0 and table.concat(opts.allow, ", ") or "none"))
+        end
+        wo.files[#wo.files + 1] = {path = full, full = full, content = u.text, mode = 420, unit = u.name, from = f.path}
+        wo.units[#wo.units + 1] = {name = u.name, path = full, label = agent.Label, from = f.path}
+      end
+    else
+      local full, label = M.target(f.path, opts)
+      if not full then return bad(where .. ".path", "refused: " .. label) end
+      wo.files[#wo.files + 1] = {path = label, full = full, content = content, mode = mode}
+    end
   end
   if doc.tests ~= nil and type(doc.tests) ~= "table" then return bad("tests", "must be a list") end
   for i, t in ipairs(doc.tests or {}) do
     if type(t) ~= "table" or type(t.command) ~= "string" then return bad(("tests[%d].command"):format(i), "is required (a string)") end
     wo.tests[#wo.tests + 1] = {name = t.name or t.command, command = t.command, expected = t.expected}
+  end
+  if doc.post_verify ~= nil and type(doc.post_verify) ~= "table" then return bad("post_verify", "must be a list") end
+  for i, st in ipairs(doc.post_verify or {}) do
+    if type(st) == "string" then
+      wo.post_verify[#wo.post_verify + 1] = {name = st, command = st}
+    elseif type(st) == "table" and type(st.command) == "string" then
+      wo.post_verify[#wo.post_verify + 1] = {name = st.name or st.command, command = st.command, expected = st.expected}
+    else
+      return bad(("post_verify[%d]"):format(i), "must be a command or {command, expected}")
+    end
   end
   return wo
 end
@@ -1891,24 +2471,66 @@ local function realpath(p)
   return ok and trim(out) or nil
 end
 
---- Checks every path stays inside base once symlinks are resolved.
-function M.contained(base, wo)
+--- Checks every path stays inside base (or an allowed directory) once symlinks are resolved.
+function M.contained(base, wo, allow)
   local root = realpath(base)
   if not root then return nil, "cannot resolve base " .. base end
+  local roots = {root}
+  for _, a in ipairs(allow or {}) do roots[#roots + 1] = realpath(a) end
   for _, f in ipairs(wo.files) do
-    local real = realpath(base .. "/" .. f.path)
-    if not real or real:sub(1, #root + 1) ~= root .. "/" then
-      return nil, ("%s: path %s refused: it resolves to %s, outside base %s"):format(wo.file, f.path, tostring(real), root)
+    local real = realpath(f.full)
+    local ok = false
+    for _, r in ipairs(roots) do if real and within(real, r) and real ~= r then ok = true end end
+    if not ok then
+      return nil, ("%s: path %s refused: it resolves to %s, outside base %s%s"):format(wo.file, f.path, tostring(real), root,
+        #(allow or {}) > 0 and (" and the allow-list (" .. table.concat(allow, ", ") .. ")") or "")
     end
   end
   return true
+end
+
+--- Copies what the work order will replace to backupDir (a snapshot before a
+--- destructive step). Returns the manifest {dir, files = {{path, full, existed, backup}}}.
+function M.backup(wo, backupDir)
+  local m = {dir = backupDir, files = {}}
+  for i, f in ipairs(wo.files) do
+    local e = {path = f.path, full = f.full, existed = baton.fs.exists(f.full)}
+    if e.existed then
+      e.backup = ("%s/%d/%s"):format(backupDir, i, f.full:match("([^/]+)$"))
+      baton.fs.mkdir(e.backup:match("^(.*)/[^/]*$"))
+      baton.sh({"cp", "-p", "--", f.full, e.backup})
+    end
+    m.files[#m.files + 1] = e
+  end
+  baton.fs.mkdir(backupDir)
+  baton.fs.write(backupDir .. "/manifest.json", baton.json.encode({wo_id = wo.id, files = m.files}, {pretty = true}) .. "\n")
+  return m
+end
+
+--- Puts back what the manifest recorded: earlier files restored, new files removed.
+--- Returns {restored = {...}, removed = {...}}.
+function M.rollback(manifest)
+  local r = {restored = {}, removed = {}}
+  for i = #manifest.files, 1, -1 do
+    local e = manifest.files[i]
+    if e.existed then
+      baton.sh({"cp", "-p", "--", e.backup, e.full})
+      r.restored[#r.restored + 1] = e.path
+    elseif baton.fs.exists(e.full) then
+      os.remove(e.full)
+      r.removed[#r.removed + 1] = e.path
+    end
+  end
+  table.sort(r.restored)
+  table.sort(r.removed)
+  return r
 end
 
 --- Writes the files; on a failed write restores what was written. true | nil, why.
 function M.apply(base, wo)
   local done = {}
   for _, f in ipairs(wo.files) do
-    local full = base .. "/" .. f.path
+    local full = f.full or (base .. "/" .. f.path)
     local before = baton.fs.exists(full) and baton.fs.read(full) or nil
     local ok, err = pcall(baton.fs.write, full, f.content, {mode = f.mode})
     if not ok then
@@ -1923,19 +2545,57 @@ function M.apply(base, wo)
   return true
 end
 
---- Runs the work order's tests in base. true | nil, why.
-function M.test(base, wo)
-  for _, t in ipairs(wo.tests) do
-    local out, ok, code, err = baton.sh(t.command, {cwd = base, allowFail = true, timeout = 120})
-    if t.expected ~= nil then
-      if trim(out) ~= trim(t.expected) then
-        return nil, ("test '%s' failed: expected %q, got %q%s"):format(t.name, trim(t.expected), trim(out), ok and "" or (" (exit " .. code .. ")"))
+--- Runs steps (post_verify or tests) in base, each with its expected result. A step
+--- that uses launchctl runs as its systemctl --user equivalent where a user service
+--- manager exists, otherwise it is skipped with the reason; a `sleep` after service
+--- steps that were all skipped is skipped too (it waits for services that did not start).
+--- Returns ok (no step failed) and the results {{name, command, status = PASS|FAIL|SKIPPED,
+--- expected, got, reason}}.
+function M.steps(base, steps, svc)
+  local results, ok = {}, true
+  local services, skippedServices = 0, 0
+  for _, st in ipairs(steps) do
+    local res = {name = st.name, command = st.command, expected = st.expected}
+    local cmd = st.command
+    local isService = cmd:find("launchctl", 1, true) ~= nil or cmd:find("systemctl", 1, true) ~= nil
+    if isService then
+      services = services + 1
+      local translated, what = launchd.translate(cmd)
+      if cmd:find("launchctl", 1, true) and not translated then
+        res.status, res.reason = "SKIPPED", what
+      elseif not svc.available then
+        res.status, res.reason = "SKIPPED", svc.why
       end
-    elseif not ok then
-      return nil, ("test '%s' failed with exit %d: %s"):format(t.name, code, trim(err))
+      if translated then res.linux = translated; cmd = translated end
+      if res.status == "SKIPPED" then skippedServices = skippedServices + 1 end
+    elseif cmd:match("^%s*sleep%s+[%d.]+%s*$") and services > 0 and skippedServices == services then
+      res.status, res.reason = "SKIPPED", "it waits for services, and every service step before it was skipped"
     end
+    if not res.status then
+      local out, good, code, err = baton.sh(cmd, {cwd = base, allowFail = true, timeout = 120})
+      res.got = trim(out)
+      res.exit = code
+      if st.expected ~= nil then
+        good = trim(out) == trim(st.expected)
+        if not good then res.reason = ("expected %q, got %q%s"):format(trim(st.expected), trim(out), code ~= 0 and (" (exit " .. code .. ")") or "") end
+      elseif not good then
+        res.reason = ("exit %d: %s"):format(code, trim(err) ~= "" and trim(err) or trim(out))
+      end
+      res.status = good and "PASS" or "FAIL"
+      if not good then ok = false end
+    end
+    results[#results + 1] = res
   end
-  return true
+  return ok, results
+end
+
+--- Runs the work order's tests in base. true | nil, why, and the results.
+function M.test(base, wo, svc)
+  local ok, results = M.steps(base, wo.tests, svc or {available = true})
+  if ok then return true, nil, results end
+  for _, r in ipairs(results) do
+    if r.status == "FAIL" then return nil, ("test '%s' failed: %s"):format(r.name, r.reason), results end
+  end
 end
 
 return M
