@@ -1803,11 +1803,12 @@ function M.parse(text)
 end
 
 -- A systemd command-line word, quoted when it needs to be.
-local function word(s)
+function M.word(s)
   s = tostring(s)
   if s:match("^[%w%._/:=@%-+,]+$") then return s end
   return '"' .. s:gsub('\\', '\\\\'):gsub('"', '\\"') .. '"'
 end
+local word = M.word
 
 --- Maps a macOS path of the seed to this machine: the plist's LUKA_SOT to base,
 --- ~/Library/Logs to logs, another /Users/NAME to home.
@@ -2230,7 +2231,7 @@ function M.write(o)
   if o.dirs then argv[#argv + 1] = "dirs=" .. table.concat(o.dirs, ",") end
   local exec, shell = {}, {}
   for i, a in ipairs(argv) do
-    exec[i] = a:match("^[%w%._/:=@%-+,]+$") and a or ('"' .. a:gsub('\\', '\\\\'):gsub('"', '\\"') .. '"')
+    exec[i] = launchd.word(a)
     shell[i] = kit.shquote(a)
   end
   local service = table.concat({

@@ -87,11 +87,12 @@ function M.parse(text)
 end
 
 -- A systemd command-line word, quoted when it needs to be.
-local function word(s)
+function M.word(s)
   s = tostring(s)
   if s:match("^[%w%._/:=@%-+,]+$") then return s end
   return '"' .. s:gsub('\\', '\\\\'):gsub('"', '\\"') .. '"'
 end
+local word = M.word
 
 --- Maps a macOS path of the seed to this machine: the plist's LUKA_SOT to base,
 --- ~/Library/Logs to logs, another /Users/NAME to home.

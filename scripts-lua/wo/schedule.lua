@@ -19,7 +19,7 @@ function M.write(o)
   if o.dirs then argv[#argv + 1] = "dirs=" .. table.concat(o.dirs, ",") end
   local exec, shell = {}, {}
   for i, a in ipairs(argv) do
-    exec[i] = a:match("^[%w%._/:=@%-+,]+$") and a or ('"' .. a:gsub('\\', '\\\\'):gsub('"', '\\"') .. '"')
+    exec[i] = launchd.word(a)
     shell[i] = kit.shquote(a)
   end
   local service = table.concat({
