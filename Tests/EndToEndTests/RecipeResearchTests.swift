@@ -309,7 +309,7 @@ import Testing
 
     @Test func startupAndPeriodicHeartbeatsInStatusAndJournal() throws {
         let d = Harness.tempDir("rc-hb")
-        let (p, _, _) = try Harness.start(["run"] + Self.words("runs/a", "hb-1", job: "research-job.sh 3", ["heartbeat=0.2"]), cwd: d)
+        let (p, _, _) = try Harness.start(["run"] + Self.words("runs/a", "hb-1", job: "research-job.sh 6", ["heartbeat=0.2"]), cwd: d)
         defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
         func journalText() -> String { Harness.latestRun(d).flatMap { Harness.read($0 + "/journal.jsonl") } ?? "" }
         #expect(Harness.waitFor(20) { journalText().contains("\"heartbeat\":\"startup\"") }, "a startup heartbeat")
@@ -324,7 +324,7 @@ import Testing
         let events = Harness.journal(Harness.latestRun(d)!)
         let startup = Harness.events(events, type: "log").first { (($0["fields"] as? [String: Any])?["heartbeat"] as? String) == "startup" }
         #expect((startup?["fields"] as? [String: Any])?["pid"] as? Int != nil)
-        #expect(Harness.events(events, type: "heartbeat").count >= 5, "every 0.2 s over 3 s")
+        #expect(Harness.events(events, type: "heartbeat").count >= 5, "every 0.2 s over 6 s")
     }
 
     // MARK: preflight

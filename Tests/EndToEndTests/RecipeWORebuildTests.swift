@@ -320,7 +320,12 @@ import Testing
         return (p.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 
-    static var userManager: Bool { sh("systemctl --user show-environment", cwd: "/").0 == 0 }
+    /// An environment with no user service manager: the tests never touch the real one.
+    static func isolated(_ d: String, _ extra: [String: String] = [:]) -> [String: String] {
+        var e = ["HOME": d, "XDG_RUNTIME_DIR": d + "/no-runtime-dir", "DBUS_SESSION_BUS_ADDRESS": "unix:path=" + d + "/no-bus"]
+        for (k, v) in extra { e[k] = v }
+        return e
+    }
 
     static func state(_ base: String, _ id: String) -> [String: Any] {
         (try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: base + "/g/followup/state/\(id).json")))) as? [String: Any] ?? [:]
@@ -332,7 +337,7 @@ import Testing
         let id = "WO-20251113-WO-PIPELINE-REBUILD"
         try FileManager.default.createDirectory(atPath: base + "/bridge/inbox/ENTRY", withIntermediateDirectories: true)
         Harness.write(inbox + "/\(id).yaml", Harness.read(Harness.fixtures + "/\(id).yaml")!)
-        let env = ["HOME": d]   // the seed's ~/02luka is base
+        let env = Self.isolated(d)   // the seed's ~/02luka is base; no user service manager
         // 1. Outside base without an allow-list: refused, naming the allow-list; nothing written.
         let refused = try wo(d, ["base=02luka", "phase=rebuild"], env: env)
         #expect(refused.r.code == 1)
@@ -368,12 +373,10 @@ import Testing
         #expect(post.count == 7, "no step silently dropped: \(post)")
         #expect(post[4]["status"] as? String == "PASS" && post[4]["command"] as? String == "mkdir -p ~/02luka/g/followup/state")
         #expect((post[0]["linux"] as? String)?.contains("systemctl --user daemon-reload && systemctl --user enable --now com.02luka.apply_patch_processor.timer") == true)
-        if !Self.userManager {
-            for i in [0, 1, 2, 3, 6] {
-                #expect(post[i]["status"] as? String == "SKIPPED" && (post[i]["reason"] as? String)?.contains("systemctl --user is not available") == true, "\(post[i])")
-            }
-            #expect(post[5]["status"] as? String == "SKIPPED" && (post[5]["reason"] as? String)?.contains("waits for services") == true, "sleep 20 is not slept for nothing")
+        for i in [0, 1, 2, 3, 6] {
+            #expect(post[i]["status"] as? String == "SKIPPED" && (post[i]["reason"] as? String)?.contains("systemctl --user is not available") == true, "\(post[i])")
         }
+        #expect(post[5]["status"] as? String == "SKIPPED" && (post[5]["reason"] as? String)?.contains("waits for services") == true, "sleep 20 is not slept for nothing")
         let tests = try #require(Self.state(base, id)["test_results"] as? [[String: Any]])
         #expect(tests.map { $0["status"] as? String }.suffix(2) == ["PASS", "PASS"], "\(tests)")
         // The deployment report with the rollback plan.
@@ -429,7 +432,7 @@ import Testing
         let base = d + "/base", units = d + "/units"
         for f in ["agents/a.zsh"] { Harness.write(base + "/" + f, "#!/bin/sh\n", mode: 0o755) }
         let words = ["base=base", "critical=agents/a.zsh", "dirs=agents"]
-        let x = try wo(d, words + ["phase=schedule", "units=\(units)"])
+        let x = try wo(d, words + ["phase=schedule", "units=\(units)"], env: Self.isolated(d))
         #expect(x.r.code == 0, "stdout: \(x.r.stdout)\nstderr: \(x.r.stderr)")
         let timer = try #require(Harness.read(units + "/baton-wo-guardrail.timer"))
         let service = try #require(Harness.read(units + "/baton-wo-guardrail.service"))
@@ -441,7 +444,7 @@ import Testing
         #expect(Self.sh("systemd-analyze verify baton-wo-guardrail.service baton-wo-guardrail.timer", cwd: units).0 == 0)
         let cron = try #require(Harness.read(base + "/g/reports/wo_pipeline_guardrail.cron"))
         #expect(cron.contains("*/5 * * * * cd ") && cron.contains("phase=guardrail"), "\(cron)")
-        if !Self.userManager { #expect(x.r.stdout.contains("NOT ENABLED (skipped: systemctl --user is not available"), "stdout: \(x.r.stdout)") }
+        #expect(x.r.stdout.contains("NOT ENABLED (skipped: systemctl --user is not available"), "stdout: \(x.r.stdout)")
         // What the timer runs is one guardrail run, with one heartbeat.
         let exec = try #require(service.split(separator: "\n").first { $0.hasPrefix("ExecStart=") }).dropFirst("ExecStart=".count)
         #expect(Self.sh(String(exec), cwd: base).0 == 0)
@@ -491,5 +494,51 @@ import Testing
         #expect((report["window"] as? [String: Any])?["hours"] as? Int == 24)
         #expect((report["time_window"] as? String)?.range(of: #"^\d{4}-\d\d-\d\d \d\d:\d\d - "#, options: .regularExpression) != nil)
         #expect((findings["likely_cause"] as? String)?.contains("rollback script") == true, "no commit in the last 24 h: the script is the evidence")
+    }
+    /// Where a user service manager answers, launchctl steps run as systemctl --user steps
+    /// (a stand-in systemctl records the calls).
+    @Test func serviceStepsRunThroughSystemctlUser() throws {
+        let d = Harness.tempDir("wo-systemctl")
+        let base = d + "/base", units = d + "/units"
+        Harness.write(d + "/bin/systemctl", """
+            #!/bin/sh
+            echo "$@" >> "\(d)/systemctl.log"
+            case "$*" in
+              *list-units*) echo "com.02luka.x.timer loaded active waiting Run com.02luka.x every 15 s" ;;
+            esac
+            exit 0
+            """, mode: 0o755)
+        Harness.write(base + "/bridge/inbox/CLC/WO-SVC.yaml", """
+            wo_id: WO-SVC
+            files:
+              - path: agents/x.zsh
+                mode: "0755"
+                content: "#!/bin/sh\\n"
+              - path: ../Library/LaunchAgents/com.02luka.x.plist
+                content: |
+                  <?xml version="1.0" encoding="UTF-8"?>
+                  <plist version="1.0"><dict>
+                    <key>Label</key><string>com.02luka.x</string>
+                    <key>ProgramArguments</key><array><string>/bin/sh</string><string>-c</string><string>/Users/me/02luka/agents/x.zsh</string></array>
+                    <key>StartInterval</key><integer>15</integer>
+                    <key>EnvironmentVariables</key><dict><key>LUKA_SOT</key><string>/Users/me/02luka</string></dict>
+                  </dict></plist>
+            post_verify:
+              - launchctl load ~/Library/LaunchAgents/com.02luka.x.plist
+            tests:
+              - name: "running"
+                command: "launchctl list | grep -c 'com.02luka'"
+                expected: "1"
+            """)
+        let env = ["PATH": d + "/bin:" + Harness.fixtures + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"), "HOME": d]
+        let x = try wo(d, ["base=base", "phase=rebuild", "allow=\(units)", "units=\(units)"], env: env)
+        #expect(x.r.code == 0, "stdout: \(x.r.stdout)\nstderr: \(x.r.stderr)")
+        let calls = Harness.read(d + "/systemctl.log") ?? ""
+        #expect(calls.contains("--user daemon-reload") && calls.contains("--user enable --now com.02luka.x.timer"), "calls: \(calls)")
+        #expect(calls.contains("--user list-units --all --plain --no-legend"))
+        #expect(x.r.stdout.contains("post_verify launchctl load ~/Library/LaunchAgents/com.02luka.x.plist: PASS"), "stdout: \(x.r.stdout)")
+        #expect(x.r.stdout.contains("test running: PASS"))
+        let real = URL(fileURLWithPath: base).resolvingSymlinksInPath().path
+        #expect(Harness.read(units + "/com.02luka.x.service")?.contains("ExecStart=/bin/sh -c \(real)/agents/x.zsh") == true)
     }
 }
