@@ -356,6 +356,11 @@ import Testing
         let plan = (doc["plan"] as? [String]) ?? []
         #expect(plan.count == 6 && plan[3] == "preflight pre-verify (fail-closed): ruff check .; mypy .", "\(plan)")
         #expect(x.r.stderr.contains("RESULT: DRY RUN") && x.r.stderr.contains("TOKENS: 0 (dry run)"))
+        // The seed's canonical gate, as written: --help && --dry-run "Test task" (no agent needed).
+        let d = Harness.tempDir("gap09-gate")
+        let help = try Harness.run(["run", Self.recipe, "--help"], cwd: d, env: ["GAP09_AGENT": ""])
+        let gate = try Harness.run(["run", Self.recipe, "--dry-run", "Test task"], cwd: d, env: ["GAP09_AGENT": ""])
+        #expect(help.code == 0 && gate.code == 0 && gate.stdout.contains("RESULT: DRY RUN"), "stderr: \(gate.stderr)")
     }
 
     @Test func perStageAgentsAndModels() throws {
