@@ -718,7 +718,16 @@ function M.restore(cwd, snap)
   end
   for p in pairs(was) do if not now[p] then r.deleted[#r.deleted + 1] = p end end
   for _, k in ipairs({"modified", "added", "deleted"}) do table.sort(r[k]) end
-  for _, p in ipairs(r.added) do os.remove(cwd .. "/" .. p) end
+  for _, p in ipairs(r.added) do
+    os.remove(cwd .. "/" .. p)
+    -- Directories the pipeline made for it go too, when empty and not in the snapshot.
+    local dir = p:match("^(.*)/[^/]+$")
+    while dir do
+      local _, had = baton.sh({"test", "-d", snap.tree .. "/" .. dir}, {allowFail = true})
+      if had or not os.remove(cwd .. "/" .. dir) then break end
+      dir = dir:match("^(.*)/[^/]+$")
+    end
+  end
   local back = {}
   for _, p in ipairs(r.modified) do back[#back + 1] = p end
   for _, p in ipairs(r.deleted) do back[#back + 1] = p end
