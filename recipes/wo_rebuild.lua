@@ -6,77 +6,126 @@ local wo = require("wo.pipeline")
 local git = require("wo.git")
 
 local USAGE = [[
-usage: baton run [--json] recipes/wo_rebuild.lua base=DIR phase=forensics|rebuild|canary|guardrail|history|all
-         [critical=P,P...] [dirs=P,P...] [component=P] [since=T] [until=T]
-         [paths=P,P...] [logs=GLOB,GLOB...] [patterns=TEXT,TEXT...]
-         [inbox=DIR] [state=DIR] [telemetry=FILE] [reports=DIR]
+usage: baton run [--json] recipes/wo_rebuild.lua base=DIR
+         phase=forensics|rebuild|canary|guardrail|schedule|heartbeats|history|all
+         [critical=P,P...] [dirs=P,P...] [component=P] [hours=N] [since=T] [until=T]
+         [paths=P,P...] [logs=GLOB,GLOB...] [patterns=TEXT,TEXT...] [rollback=GLOB,GLOB...]
+         [allow=DIR,DIR...] [units=DIR] [strict=1] [interval=S] [inbox=DIR] [state=DIR]
+         [telemetry=FILE] [reports=DIR]
 
   base=       the tree the pipeline lives in (paths below are relative to it)
   phase=      forensics  git history of `paths` in [since, until] and log matches -> reports/forensic_wo_pipeline_*.json
-              rebuild    apply every work order in the inbox (once), with state files and telemetry
+              rebuild    apply every work order in the inbox (once): snapshot to backups/, write,
+                         LaunchAgents as systemd user units, post_verify, tests, roll back on failure;
+                         then a deployment report with the rollback plan
               canary     drop a canary work order and prove the pipeline end to end
-              guardrail  check the critical files (present, executable) and dirs: healthy or drift (exit 1)
-              history    when `component` was last present and which commit removed it
+              guardrail  one guardrail run (the seed's): alerts to logs/guardrail_alerts.log, telemetry,
+                         a heartbeat; exit 0 (strict=1: exit 1 on drift)
+              schedule   write the guardrail's systemd user timer (every interval= s, default 300) and
+                         cron line, verify them, enable the timer where systemctl --user works
+              heartbeats count the guardrail's heartbeats in the last hours= (288 a day at 300 s)
+              history    the component's state (present, removed, exists but broken, never existed),
+                         its last 10 commits, rollback scripts and logs that name it
               all        forensics, rebuild, canary, guardrail (and history when component= is given)
   critical=   critical files (default: the seed's four processors)
   dirs=       critical directories (default: g/followup/state, bridge/inbox/CLC, bridge/inbox/ENTRY)
   component=  the path history= asks about
-  since= until=  the forensics window, as git understands it ("2025-11-13 01:50", "2 days ago")
+  hours=      the window of forensics and history: the last N hours (default: 24, the seed's)
+  since= until=  the forensics window instead, as git understands it ("2025-11-13 01:50")
+  rollback=   rollback scripts and logs to grep (default: tools/rollback_*.zsh,logs/rollback_*.log)
+  allow=      directories outside base that work orders may write (default: none)
+  units=      where LaunchAgents become systemd user units (default: ~/.config/systemd/user)
+  strict=1    guardrail: exit 1 when something is missing (the seed's guardrail exits 0)
+  interval=   seconds between guardrail runs for schedule and heartbeats (default: 300)
   paths=      paths forensics follows (default: critical files and the state directory)
   logs=       log files forensics greps (default: logs/*.log,logs/*.err)
   patterns=   what it greps for, besides the paths (default: exit 127,command not found,No such file)
   inbox= state= telemetry= reports=   the layout (defaults: bridge/inbox/CLC, g/followup/state,
               g/telemetry/unified.jsonl, g/reports)
 
-exit codes: 0 done, 1 a work order failed / the canary failed / drift found, 3 bad options]]
+exit codes: 0 done, 1 a work order failed / the canary failed / drift found with strict=1 /
+heartbeats missing, 3 bad options]]
 
 local o = args.parse({
   usage = USAGE,
   options = {
-    base = {required = true}, phase = {required = true, choices = {"forensics", "rebuild", "canary", "guardrail", "history", "all"}},
+    base = {required = true},
+    phase = {required = true, choices = {"forensics", "rebuild", "canary", "guardrail", "schedule", "heartbeats", "history", "all"}},
     critical = {list = true}, dirs = {list = true}, component = {}, since = {}, ["until"] = {},
     paths = {list = true}, logs = {list = true}, patterns = {list = true, sep = ","},
-    inbox = {}, state = {}, telemetry = {}, reports = {},
+    inbox = {}, state = {}, telemetry = {}, reports = {}, hours = {number = true, min = 0.001, default = "24"},
+    rollback = {list = true}, allow = {list = true}, units = {}, strict = {flag = true},
+    interval = {number = true, min = 1, default = "300"},
   },
 })
 if o.help then return end
 local base = o.base:gsub("/+$", "")
 if not baton.fs.exists(base .. "/.") then args.fail("base=" .. o.base .. ": not a directory", 3) end
 if o.phase == "history" and not o.component then args.fail("phase=history needs component=PATH", 3) end
-local L = wo.layout(base, o)
+local absBase = baton.sh({"realpath", "--", base}, {readOnly = true}):gsub("%s+$", "")
+local L = wo.layout(base, o, absBase)
 local critical = o.critical or wo.DEFAULTS.critical
 local dirs = o.dirs or wo.DEFAULTS.dirs
 local dry = baton.run.dry_run -- a dry run reads and checks, and writes nothing
 local result, problems = {phase = o.phase, base = base, dry_run = dry}, {}
-local function runs(phase) return o.phase == phase or (o.phase == "all" and (phase ~= "history" or o.component)) end
+local function runs(phase)
+  if o.phase == phase then return true end
+  if o.phase ~= "all" or phase == "schedule" or phase == "heartbeats" then return false end
+  return phase ~= "history" or o.component ~= nil
+end
+
+-- The window: since=/until=, or the last hours= hours (the seed's default, 24).
+local since, till = o.since, o["until"]
+if not since then since = os.date("%Y-%m-%d %H:%M", math.floor(baton.now() - o.hours * 3600)) end
+local function windowText()
+  -- As the seed writes it: "2025-11-13 01:50 - 22:43".
+  local tillText = till or os.date("%Y-%m-%d %H:%M", math.floor(baton.now()))
+  if since:sub(1, 11) == tillText:sub(1, 11) and #since == 16 and #tillText == 16 then tillText = tillText:sub(12) end
+  return since .. " - " .. tillText
+end
+local rollbackGlobs = {}
+for _, g in ipairs(o.rollback or {"tools/rollback_*.zsh", "logs/rollback_*.log"}) do rollbackGlobs[#rollbackGlobs + 1] = L.at(g) end
 
 -- Phase 1: forensics, into a JSON report.
 if runs("forensics") then
   local paths = o.paths or {table.unpack(critical)}
   if not o.paths then paths[#paths + 1] = wo.DEFAULTS.state end
-  local f = git.forensics(base, paths, o.since, o["until"])
+  local f = git.forensics(base, paths, since, till)
   local globs = {}
   for _, g in ipairs(o.logs or {"logs/*.log", "logs/*.err"}) do globs[#globs + 1] = L.at(g) end
   local patterns = o.patterns or {"exit 127", "command not found", "No such file"}
   for _, p in ipairs(paths) do patterns[#patterns + 1] = p end
   local logs = git.grepLogs(globs, patterns)
+  -- The seed greps the rollback scripts for the components' directories
+  -- ("agents/apply_patch_processor\|g/followup/state"): each path and its directory.
+  local names, seen = {}, {}
+  for _, p in ipairs(paths) do
+    for _, n in ipairs({p, p:match("^(.*)/[^/]+$")}) do
+      if n and not seen[n] then seen[n] = true; names[#names + 1] = n end
+    end
+  end
+  local scripts = git.grepLogs(rollbackGlobs, names)
   local report = {
     investigation_date = wo.iso(), base = base,
-    time_window = {since = o.since or baton.json.null, ["until"] = o["until"] or baton.json.null},
+    time_window = windowText(),
+    window = {since = since, ["until"] = till or baton.json.null, hours = not o.since and o.hours or baton.json.null},
     paths = paths,
     findings = {
       git_events = baton.json.array(f.git_events), path_history = f.path_history, deletions = baton.json.array(f.deletions),
-      destructive_commits = baton.json.array(f.destructive), log_matches = baton.json.array(logs),
-      likely_cause = git.likelyCause(f, logs), note = f.note,
+      destructive_commits = baton.json.array(f.destructive),
+      rollback_scripts = baton.json.array(scripts),
+      -- The seed's LaunchAgent logs; on Linux the services' logs (StandardOutput/StandardError of the units).
+      launchagent_failures = baton.json.array(logs),
+      likely_cause = git.likelyCause(f, logs, scripts), note = f.note,
     },
     recommendation = "rebuild",
   }
   local path = ("%s/forensic_wo_pipeline_%s.json"):format(L.reports, os.date("!%Y%m%dT%H%M%SZ", math.floor(baton.now())))
   if not dry then baton.fs.write(path, baton.json.encode(report, {pretty = true}) .. "\n") end
-  print(("FORENSICS: %d commits in the window, %d deletions, %d log matches; likely cause: %s")
-    :format(#f.git_events, #f.deletions, #logs, report.findings.likely_cause))
+  print(("FORENSICS (%s): %d commits in the window, %d deletions, %d rollback script lines, %d log matches; likely cause: %s")
+    :format(report.time_window, #f.git_events, #f.deletions, #scripts, #logs, report.findings.likely_cause))
   print((dry and "REPORT (dry run, not written): " or "REPORT: ") .. path)
-  result.forensics = {report = path, likely_cause = report.findings.likely_cause}
+  result.forensics = {report = path, likely_cause = report.findings.likely_cause, time_window = report.time_window}
 end
 
 -- Phase 2: apply the inbox.
@@ -85,10 +134,18 @@ if runs("rebuild") then
   if dry then
     print(("REBUILD (dry run): %d work orders: %d would be applied, %d already done, %d invalid"):format(n, #s.would_apply, #s.skipped, #s.invalid))
   else
-    print(("REBUILD: %d work orders: %d completed, %d already done, %d failed"):format(n, #s.completed, #s.skipped, #s.failed))
+    print(("REBUILD: %d work orders: %d completed, %d already done, %d failed (%d rolled back)"):format(n, #s.completed, #s.skipped,
+      #s.failed, #s.rolled_back))
   end
-  result.rebuild = {completed = baton.json.array(s.completed), skipped = baton.json.array(s.skipped), failed = baton.json.array(s.failed)}
+  result.rebuild = {completed = baton.json.array(s.completed), skipped = baton.json.array(s.skipped), failed = baton.json.array(s.failed),
+    rolled_back = baton.json.array(s.rolled_back)}
   if dry then result.rebuild.would_apply, result.rebuild.invalid = baton.json.array(s.would_apply), baton.json.array(s.invalid) end
+  if not dry and #s.details > 0 then
+    local path = ("%s/wo_pipeline_rebuild_deployment_%s.md"):format(L.reports, os.date("!%Y%m%dT%H%M%SZ", math.floor(baton.now())))
+    baton.fs.write(path, wo.deploymentReport(L, s))
+    print("DEPLOYMENT REPORT: " .. path)
+    result.rebuild.deployment_report = path
+  end
   for _, f in ipairs(s.failed) do problems[#problems + 1] = "work order " .. f.wo_id .. " failed: " .. f.reason end
 end
 
@@ -115,18 +172,26 @@ elseif runs("canary") then
   if not ok then problems[#problems + 1] = "the canary failed: " .. (why or table.concat(missing, ", ")) end
 end
 
--- Phase 3: the guardrail (a preflight that warns, then telemetry).
+-- Phase 3: the guardrail, as the seed's tools/wo_pipeline_guardrail.zsh: a preflight that
+-- warns, an alert line per missing item in logs/guardrail_alerts.log, telemetry, and a
+-- heartbeat every run. Exit 0 (the seed's), or 1 on drift with strict=1.
 if runs("guardrail") then
   local checks = {}
   for _, f in ipairs(critical) do checks[#checks + 1] = {path = base .. "/" .. f, executable = true, name = f} end
   for _, d in ipairs(dirs) do checks[#checks + 1] = {path = base .. "/" .. d, dir = true, name = d} end
   local report = preflight{name = "wo-guardrail", policy = "warn", checks = checks}
   local drift = {}
+  local alerts = base .. "/logs/guardrail_alerts.log"
   for i, c in ipairs(report.checks) do
     if not c.ok then
-      local item = i <= #critical and critical[i] or dirs[i - #critical]
+      local isFile = i <= #critical
+      local item = isFile and critical[i] or dirs[i - #critical]
       drift[#drift + 1] = item
-      if not dry then wo.emit(L, "wo_pipeline_drift", {agent = "guardrail", ok = false, missing = item, detail = c.detail}) end
+      if not dry then
+        baton.fs.mkdir(base .. "/logs")
+        baton.fs.append(alerts, ("[%s] ALERT: %s: %s\n"):format(wo.iso(), isFile and "Missing or not executable" or "Missing directory", item))
+        wo.emit(L, "wo_pipeline_drift", {agent = "guardrail", ok = false, missing = item, detail = c.detail})
+      end
       baton.log("wo_pipeline_drift: " .. item .. " " .. c.detail, {level = "warn", missing = item, detail = c.detail})
       print(("DRIFT: %s (%s)"):format(item, c.detail))
     end
@@ -136,15 +201,59 @@ if runs("guardrail") then
     baton.log("wo_pipeline_healthy", {files = #critical, dirs = #dirs})
     print(("GUARDRAIL: healthy (%d files, %d dirs)"):format(#critical, #dirs))
   else
-    problems[#problems + 1] = ("guardrail: %d item%s missing: %s"):format(#drift, #drift == 1 and "" or "s", table.concat(drift, ", "))
+    print(("GUARDRAIL: %d alert%s recorded in %s"):format(#drift, #drift == 1 and "" or "s", alerts))
+    if o.strict then
+      problems[#problems + 1] = ("guardrail: %d item%s missing: %s"):format(#drift, #drift == 1 and "" or "s", table.concat(drift, ", "))
+    end
   end
-  result.guardrail = {healthy = #drift == 0, drift = baton.json.array(drift)}
+  -- One heartbeat per run, healthy or not: 288 a day at the 5-minute schedule.
+  if not dry then wo.emit(L, "guardrail_heartbeat", {agent = "guardrail", ok = #drift == 0, drift = #drift, baton_run = baton.run.id}) end
+  baton.log("heartbeat: guardrail ran", {heartbeat = "guardrail", drift = #drift})
+  result.guardrail = {healthy = #drift == 0, drift = baton.json.array(drift), alerts = alerts, strict = o.strict == true}
+end
+
+-- The guardrail's schedule: systemd user units (service + timer) and a cron line.
+if runs("schedule") then
+  local exe = baton.sh("readlink /proc/$PPID/exe", {readOnly = true}):gsub("%s+$", "")
+  local recipe = baton.sh({"realpath", "--", arg[0]}, {readOnly = true}):gsub("%s+$", "")
+  local sched = require("wo.schedule")
+  local r = sched.write{baton = exe, recipe = recipe, base = absBase, units = L.opts.units, reports = L.reports,
+    interval = o.interval, critical = o.critical, dirs = o.dirs, dry = dry}
+  result.schedule = r
+  if r.verified == false then problems[#problems + 1] = "schedule: systemd-analyze verify failed: " .. r.verify_output end
+end
+
+-- The heartbeats of the guardrail in the last hours=: one per interval= expected.
+if runs("heartbeats") then
+  local since_t = baton.now() - o.hours * 3600
+  local n = 0
+  local tele = baton.fs.exists(L.telemetry) and baton.fs.read(L.telemetry) or ""
+  for line in tele:gmatch("[^\n]+") do
+    if line:find('"event":"guardrail_heartbeat"', 1, true) then
+      local okj, e = pcall(baton.json.decode, line)
+      if okj and type(e) == "table" and type(e.ts) == "string" then
+        local y, mo, d, h, mi, se = e.ts:match("^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)Z$")
+        if y then
+          -- os.time reads the fields as local time; correct by the UTC offset at that moment.
+          local t = os.time{year = tonumber(y), month = tonumber(mo), day = tonumber(d), hour = tonumber(h), min = tonumber(mi), sec = tonumber(se)}
+          local off = os.time(os.date("*t", t)) - os.time(os.date("!*t", t))
+          if t + off >= since_t then n = n + 1 end
+        end
+      end
+    end
+  end
+  local expected = math.floor(o.hours * 3600 / o.interval)
+  local ok = n >= expected
+  print(("HEARTBEATS: %d in the last %sh (expected %d, one every %ss): %s"):format(n, o.hours, expected, o.interval,
+    ok and "OK" or ("MISSING " .. (expected - n))))
+  result.heartbeats = {count = n, expected = expected, hours = o.hours, interval = o.interval, ok = ok}
+  if not ok then problems[#problems + 1] = ("heartbeats: %d of %d in the last %sh"):format(n, expected, o.hours) end
 end
 
 -- Phase 4: history-aware diagnosis.
 if runs("history") then
   if not git.isRepo(base) then args.fail("phase=history: " .. base .. " is not in a git repository", 3) end
-  local h = git.history(base, o.component)
+  local h = git.history(base, o.component, {hours = o.hours, rollback = rollbackGlobs, logs = {L.at("logs/*.log"), L.at("logs/*.err")}})
   print("HISTORY: " .. h.answer)
   result.history = h
 end

@@ -195,15 +195,18 @@ extension RecipeEnvironment {
             l.pop()
             cmd = c
         } else { throw LuaRaise.usage("baton.sh: the command must be a string or an argv list, got \(l.describeType(1))") }
-        var cwd: String? = nil, stdin: String? = nil, timeout: Double? = nil, allowFail = false
+        var cwd: String? = nil, stdin: String? = nil, timeout: Double? = nil, allowFail = false, readOnly = false
         var env = context?.baseEnvironment ?? Spawner.currentEnvironment()
         if l.type(2) == LUA_TTABLE {
-            let t = try SpecTable(l, arg: 2, fn: "baton.sh", allowed: ["cwd", "env", "stdin", "timeout", "allowFail"])
+            let t = try SpecTable(l, arg: 2, fn: "baton.sh", allowed: ["cwd", "env", "stdin", "timeout", "allowFail", "readOnly"])
             cwd = try t.string("cwd"); stdin = try t.string("stdin"); timeout = try t.number("timeout", min: 0)
             for (k, v) in try t.stringMap("env") ?? [:] { env[k] = v }
             allowFail = try t.bool("allowFail") ?? false
+            readOnly = try t.bool("readOnly") ?? false
         }
-        if skippedInDryRun("baton.sh", cmd.display) {
+        // readOnly: the recipe declares the command only reads (git log, test -d, realpath),
+        // so a dry run runs it too and plans with real answers.
+        if !readOnly, skippedInDryRun("baton.sh", cmd.display) {
             l.push("")
             if allowFail { l.push(true); l.push(0); l.push(""); return 4 }
             return 1

@@ -176,7 +176,8 @@ import Testing
             os.execute("touch exec-ran")
             baton.fs.write("written.txt", "x")
             baton.fs.append("appended.txt", "x")
-            return {sh = out}
+            local here = baton.sh("echo read-only", {readOnly = true})
+            return {sh = out, here = here}
             """)
         let dry = try Harness.run(["run", "--dry-run", "r.lua"], cwd: d)
         #expect(dry.code == 0, "stderr: \(dry.stderr)")
@@ -187,6 +188,10 @@ import Testing
         #expect(Harness.events(dryEvents, type: "not_run").compactMap { $0["via"] as? String }
                 == ["baton.sh", "os.execute", "baton.fs.write", "baton.fs.append"])
         #expect(dry.stdout.contains("baton.sh touch sh-ran; echo hi (not run)"), "the plan lists it: \(dry.stdout)")
+        // A command the recipe declares read-only runs in a dry run too, and is journaled.
+        #expect(Harness.events(dryEvents, type: "command").compactMap { $0["shell"] as? String } == ["echo read-only"])
+        let dryResult = Harness.final(try #require(Harness.latestRun(d)))?["result"] as? [String: Any]
+        #expect(dryResult?["here"] as? String == "read-only\n" && dryResult?["sh"] as? String == "")
         let real = try Harness.run(["run", "r.lua"], cwd: d)
         #expect(real.code == 0, "stderr: \(real.stderr)")
         let realEvents = Harness.journal(try #require(Harness.latestRun(d)))

@@ -14,7 +14,7 @@ import Testing
         var stages: [[String: Any]] { result["stages"] as? [[String: Any]] ?? [] }
         /// ("stage", "session") for every agent call, in order.
         var calls: [(String, String)] {
-            (Harness.read(dir + "/work/agent.log") ?? "").split(separator: "\n").map {
+            (Harness.read(dir + "/agent.log") ?? "").split(separator: "\n").map {
                 let p = $0.split(separator: " ")
                 return (String(p[0]), p.count > 1 ? String(p[1]) : "")
             }
@@ -32,6 +32,7 @@ import Testing
         if let p = preflight { w.append("preflight=\(p)") }
         var e = env
         if e["GAP09_AGENT"] == nil { e["GAP09_AGENT"] = "" }
+        e["AGENT_STATE"] = d
         let r = try Harness.run(["run"] + options + [Self.recipe] + w, cwd: d, env: e, timeout: 60)
         let run = try #require(Harness.latestRun(d), sourceLocation: sourceLocation)
         _ = Harness.journal(run, sourceLocation: sourceLocation)
@@ -106,12 +107,16 @@ import Testing
         let x = try gap09(["Test task"], options: ["--dry-run"], env: ["GAP09_AGENT": "gap09-agent.sh"], agent: false, preflight: nil)
         #expect(x.r.code == 0, "stderr: \(x.r.stderr)")
         #expect(x.r.stdout.contains("dry run: 4 stages would run:"), "stdout: \(x.r.stdout)")
+        #expect(x.r.stdout.contains(". preflight pre-verify (fail-closed): ruff check .; mypy ."), "the plan has the pre-verify preflight: \(x.r.stdout)")
         for s in ["planning", "execution", "verification", "ship"] {
             #expect(x.r.stdout.contains(". \(s): "), "the plan lacks \(s): \(x.r.stdout)")
         }
         #expect(!x.r.stdout.contains(". discovery:"), "medium risk starts at planning")
         #expect(x.calls.isEmpty, "no agent may run in a dry run")
         #expect(x.final["status"] as? String == "dry_run")
+        #expect(x.result["status"] as? String == "dry_run" && x.result["dry_run"] as? Bool == true)
+        #expect(!x.stages.contains { $0["status"] as? String == "pass" }, "a dry run claims no passes: \(x.stages)")
+        #expect((x.result["metrics"] as? [String: Any])?["total_tokens"] as? Int == 0, "and no tokens")
 
         // Without any agent, a dry run still works.
         let y = try gap09(["Test task"], options: ["--dry-run"], agent: false, preflight: nil)
@@ -150,7 +155,7 @@ import Testing
         #expect(Set(sessions).count == 3)
         #expect(stages[2]["session_id"] as? String == sessions[0])
         #expect(FileManager.default.fileExists(atPath: x.dir + "/work/work.txt"), "the agent works in cwd")
-        #expect(Harness.read(x.dir + "/work/prompts/execution.1.txt")?.contains("TASK: Fix typo in README.md") == true, "the prompt is on stdin")
+        #expect(Harness.read(x.dir + "/prompts/execution.1.txt")?.contains("TASK: Fix typo in README.md") == true, "the prompt is on stdin")
     }
 
     @Test func goldenPathHighRisk() throws {
@@ -167,7 +172,7 @@ import Testing
         let s = Dictionary(x.calls.map { ($0.0, $0.1) }, uniquingKeysWith: { a, _ in a })
         #expect(s["discovery"] == s["planning"], "discovery and planning share a session")
         #expect(Set([s["planning"], s["execution"], s["verification"], s["ship"]]).count == 4, "sessions: \(s)")
-        #expect(Harness.read(x.dir + "/work/prompts/planning.1.txt")?.contains("discovery notes") == true, "planning sees discovery's output")
+        #expect(Harness.read(x.dir + "/prompts/planning.1.txt")?.contains("discovery notes") == true, "planning sees discovery's output")
         #expect(x.result["risk"] as? String == "high")
         #expect((x.result["metrics"] as? [String: Any])?["stages_executed"] as? Int == 5)
         #expect(x.final["status"] as? String == "succeeded")
@@ -188,7 +193,7 @@ import Testing
         #expect(x.callStages == ["execution", "verification", "execution", "verification", "ship"])
         #expect(x.calls[0].1 == x.calls[2].1, "rework stays in the execution session")
         #expect(x.calls[1].1 == x.calls[3].1 && x.calls[1].1 != x.calls[0].1, "verification has its own session")
-        #expect(Harness.read(x.dir + "/work/prompts/execution.2.txt")?.contains("missing test for change 1") == true,
+        #expect(Harness.read(x.dir + "/prompts/execution.2.txt")?.contains("missing test for change 1") == true,
                 "the rework prompt carries the verifier's issues")
         #expect(x.r.stdout.contains("STAGE 4 VERIFICATION: FAIL (iteration 1/2)"))
         #expect(x.r.stdout.contains("STAGE 4 VERIFICATION: PASS (iteration 2/2)"))
@@ -294,5 +299,161 @@ import Testing
         // An agent that is not installed is a configuration error too.
         let z = try gap09(["Fix typo"], env: ["GAP09_AGENT": "no-such-agent-cli"], agent: false)
         #expect(z.r.code == 3 && z.r.stderr.contains("no-such-agent-cli"), "stderr: \(z.r.stderr)")
+    }
+    // MARK: issue 16: the seed's command line, agents per stage, the step report, fail closed, ship when needed
+
+    static func git(_ dir: String, _ args: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        p.arguments = ["-c", "git -c user.email=t@t -c user.name=t " + args]
+        p.currentDirectoryURL = URL(fileURLWithPath: dir)
+        p.standardOutput = FileHandle.nullDevice
+        try? p.run()
+        p.waitUntilExit()
+    }
+
+    static func json(_ s: String) -> [String: Any]? {
+        try? JSONSerialization.jsonObject(with: Data(s.utf8)) as? [String: Any]
+    }
+
+    @Test func seedCommandLineOptionsAfterTheTask() throws {
+        // "Fix typo" --risk high --stage verification --json: options, not task text.
+        let x = try gap09(["Fix typo", "--risk", "high", "--stage", "verification", "--json"])
+        #expect(x.r.code == 0, "stderr: \(x.r.stderr)")
+        let doc = try #require(Self.json(x.r.stdout), "stdout is the PipelineResult itself: \(x.r.stdout)")
+        #expect(doc["task"] as? String == "Fix typo" && doc["risk"] as? String == "high" && doc["version"] as? String == "1.0.0")
+        #expect(doc["start_stage"] as? String == "verification")
+        #expect(x.callStages == ["verification", "ship"], "starts at verification: \(x.calls)")
+        #expect(x.r.stderr.contains("STAGE 4 VERIFICATION: PASS"), "the human report goes to stderr with --json")
+        let statuses = (doc["stages"] as? [[String: Any]] ?? []).map { $0["status"] as? String }
+        #expect(statuses == ["skip", "skip", "skip", "pass", "pass"], "\(statuses)")
+        // --cwd DIR and --name=value forms; the seed's `run` subcommand.
+        let y = try gap09(["run", "Fix typo in README.md", "--cwd=work", "--risk", "low"])
+        #expect(y.r.code == 0, "stderr: \(y.r.stderr)")
+        #expect(y.result["task"] as? String == "Fix typo in README.md")
+        // The seed's `stage` form: that one stage.
+        let z = try gap09(["stage", "verification", "Fix typo"])
+        #expect(z.r.code == 0, "stderr: \(z.r.stderr)")
+        #expect(z.callStages == ["verification"] && z.result["single_stage"] as? String == "verification")
+        let bad = try gap09(["Fix typo", "--stage", "deploy"])
+        #expect(bad.r.code == 3 && bad.r.stderr.contains("stage"), "stderr: \(bad.r.stderr)")
+        let unknown = try gap09(["Fix typo", "--rsik", "high"])
+        #expect(unknown.r.code == 3 && unknown.r.stderr.contains("did you mean '--risk'"), "stderr: \(unknown.r.stderr)")
+        #expect(unknown.calls.isEmpty)
+    }
+
+    @Test func honestDryRunAfterTheTask() throws {
+        let x = try gap09(["Add JWT auth", "--dry-run", "--json"], preflight: "ruff check .;mypy .")
+        #expect(x.r.code == 0, "stderr: \(x.r.stderr)")
+        #expect(x.calls.isEmpty, "no agent runs")
+        let doc = try #require(Self.json(x.r.stdout), "stdout: \(x.r.stdout)")
+        #expect(doc["status"] as? String == "dry_run" && doc["dry_run"] as? Bool == true)
+        let stages = doc["stages"] as? [[String: Any]] ?? []
+        #expect(stages.allSatisfy { ["planned", "skip"].contains($0["status"] as? String) }, "no passes: \(stages)")
+        #expect(stages.filter { $0["status"] as? String == "planned" }.count == 5)
+        let m = doc["metrics"] as? [String: Any] ?? [:]
+        #expect(m["total_tokens"] as? Int == 0 && m["total_tokens_estimated"] as? Int == 0 && m["stages_executed"] as? Int == 0)
+        let plan = (doc["plan"] as? [String]) ?? []
+        #expect(plan.count == 6 && plan[3] == "preflight pre-verify (fail-closed): ruff check .; mypy .", "\(plan)")
+        #expect(x.r.stderr.contains("RESULT: DRY RUN") && x.r.stderr.contains("TOKENS: 0 (dry run)"))
+        // The seed's canonical gate, as written: --help && --dry-run "Test task" (no agent needed).
+        let d = Harness.tempDir("gap09-gate")
+        let help = try Harness.run(["run", Self.recipe, "--help"], cwd: d, env: ["GAP09_AGENT": ""])
+        let gate = try Harness.run(["run", Self.recipe, "--dry-run", "Test task"], cwd: d, env: ["GAP09_AGENT": ""])
+        #expect(help.code == 0 && gate.code == 0 && gate.stdout.contains("RESULT: DRY RUN"), "stderr: \(gate.stderr)")
+    }
+
+    @Test func perStageAgentsAndModels() throws {
+        let d = Harness.tempDir("gap09-models")
+        try FileManager.default.createDirectory(atPath: d + "/work", withIntermediateDirectories: true)
+        Harness.write(d + "/work/gap09.yaml", """
+            agent: gap09-agent.sh
+            model: base-model
+            stages:
+              discovery: {models: [disc-a, disc-b]}
+              verification: {agent: "env VERIFIER=1 gap09-agent.sh", model: verify-model}
+            """)
+        let r = try Harness.run(["run", Self.recipe, "Add JWT auth", "cwd=work", "timeout=5", "preflight=true", "model_ship=docs-model"],
+                                cwd: d, env: ["AGENT_STATE": d, "GAP09_AGENT": ""], timeout: 60)
+        #expect(r.code == 0, "stderr: \(r.stderr)")
+        let models = (Harness.read(d + "/models.log") ?? "").split(separator: "\n").map(String.init)
+        #expect(models == ["discovery disc-a", "discovery disc-b", "planning base-model", "execution base-model",
+                           "verification verify-model", "ship docs-model"], "\(models)")
+        let run = try #require(Harness.latestRun(d))
+        let f = try #require(Harness.final(run))
+        let stages = ((f["result"] as? [String: Any])?["stages"] as? [[String: Any]]) ?? []
+        #expect(stages.map { $0["model"] as? String } == ["disc-a", "disc-b", "base-model", "base-model", "verify-model", "docs-model"])
+        #expect(stages.first { $0["stage"] as? String == "verification" }?["agent"] as? String == "env VERIFIER=1 gap09-agent.sh")
+        #expect(Harness.read(d + "/prompts/planning.1.txt")?.contains("### disc-b") == true, "planning sees both discoveries")
+        // A bad config is a configuration error.
+        Harness.write(d + "/work/gap09.yaml", "stages:\n  deploy: {model: x}\n")
+        let bad = try Harness.run(["run", Self.recipe, "Fix typo", "cwd=work"], cwd: d, env: ["AGENT_STATE": d], timeout: 60)
+        #expect(bad.code == 3 && bad.stderr.contains("stages.deploy"), "stderr: \(bad.stderr)")
+    }
+
+    @Test func stepReportChangedFilesChecksTokens() throws {
+        let d = Harness.tempDir("gap09-report")
+        Harness.write(d + "/work/README.md", "# x\n")
+        Harness.write(d + "/work/src/a.py", "x = 1\n")
+        Self.git(d + "/work", "init -q && git -c user.email=t@t -c user.name=t add -A && git -c user.email=t@t -c user.name=t commit -qm init")
+        let r = try Harness.run(["run", Self.recipe, "Fix typo", "cwd=work", "timeout=5", "agent=gap09-agent.sh", "preflight=true;seq 1 7"],
+                                cwd: d, env: ["AGENT_STATE": d, "AGENT_EDITS": "src/a.py src/new.py", "AGENT_USAGE": "execution"], timeout: 60)
+        #expect(r.code == 0, "stderr: \(r.stderr)")
+        #expect(r.stdout.contains("  changed files: src/a.py, src/new.py"), "stdout: \(r.stdout)")
+        #expect(r.stdout.contains("  tokens: 120 (reported by the agent)"))
+        #expect(r.stdout.contains("tokens: ~") && r.stdout.contains("(estimated: the agent reported none)"))
+        #expect(r.stdout.contains("  pre-flight gates:") && r.stdout.contains("    - seq 1 7: PASS"))
+        #expect(r.stdout.contains("      | 3") && r.stdout.contains("      | 7") && !r.stdout.contains("      | 2"), "the last 5 lines")
+        #expect(r.stdout.contains("  re-verify count: 1/2") && r.stdout.contains("  verification: PASS"))
+        let run = try #require(Harness.latestRun(d))
+        let f = try #require(Harness.final(run))
+        let res = try #require(f["result"] as? [String: Any])
+        let stages = res["stages"] as? [[String: Any]] ?? []
+        let exec = try #require(stages.first { $0["stage"] as? String == "execution" })
+        #expect(exec["changed_files"] as? [String] == ["src/a.py", "src/new.py"] && exec["tokens_source"] as? String == "reported")
+        let ver = try #require(stages.first { $0["stage"] as? String == "verification" })
+        #expect(ver["tokens_source"] as? String == "estimated" && (ver["checks"] as? [[String: Any]])?.count == 2)
+        #expect((res["metrics"] as? [String: Any])?["total_tokens_reported"] as? Int == 120)
+        #expect(r.stdout.contains("TOKENS: ") && r.stdout.contains("120 reported"))
+        // A failing check shows FAIL and its last lines.
+        let x = try gap09(["Fix typo"], preflight: "true;seq 1 7 && false")
+        #expect(x.r.code == 4)
+        #expect(x.r.stdout.contains("    - seq 1 7 && false: FAIL (exit 1)") && x.r.stdout.contains("      | 7") && x.r.stdout.contains("    - true: PASS"), "stdout: \(x.r.stdout)")
+    }
+
+    @Test func exhaustedVerificationRevertsTheWorkTree() throws {
+        let d = Harness.tempDir("gap09-revert")
+        Harness.write(d + "/work/keep.txt", "orig\n")
+        Harness.write(d + "/work/gone.txt", "still here\n")
+        let r = try Harness.run(["run", Self.recipe, "Fix typo", "cwd=work", "timeout=5", "agent=rm -f gone.txt; gap09-agent.sh", "preflight=true"],
+                                cwd: d, env: ["AGENT_STATE": d, "AGENT_EDITS": "keep.txt new/n.txt", "AGENT_REJECT": "2"], timeout: 60)
+        #expect(r.code == 2, "stderr: \(r.stderr)")
+        #expect(Harness.read(d + "/work/keep.txt") == "orig\n", "modified file restored")
+        #expect(!FileManager.default.fileExists(atPath: d + "/work/new"), "added file removed, and the directory made for it")
+        #expect(Harness.read(d + "/work/gone.txt") == "still here\n", "deleted file brought back")
+        #expect(r.stdout.contains("REVERTED: the work tree is back as it was before execution (3 files)"), "stdout: \(r.stdout)")
+        #expect(r.stdout.contains("  restored: keep.txt") && r.stdout.contains("removed (added by the pipeline): new/n.txt"))
+        let run = try #require(Harness.latestRun(d))
+        let f = try #require(Harness.final(run))
+        let rev = try #require((f["result"] as? [String: Any])?["reverted"] as? [String: Any])
+        #expect(rev["modified"] as? [String] == ["keep.txt"] && rev["added"] as? [String] == ["new/n.txt"] && rev["deleted"] as? [String] == ["gone.txt"])
+        #expect(r.stderr.contains("work tree reverted (3 files)"))
+    }
+
+    @Test func shipOnlyWhenDocumentationIsAffected() throws {
+        let docs = try gap09(["Fix typo in README.md"], env: ["AGENT_EDITS": "README.md"])
+        #expect(docs.r.code == 0, "stderr: \(docs.r.stderr)")
+        #expect(docs.callStages == ["execution", "verification"], "no ship: \(docs.calls)")
+        #expect(docs.r.stdout.contains("STAGE 5 SHIP: SKIP (the change is documentation only (README.md): nothing more to document)"), "stdout: \(docs.r.stdout)")
+        let ship = try #require(docs.stages.last)
+        #expect(ship["stage"] as? String == "ship" && ship["status"] as? String == "skip" && (ship["reason"] as? String)?.contains("documentation only") == true)
+        let none = try gap09(["Fix typo"], env: ["AGENT_EDITS": "-"])
+        #expect(none.r.code == 0 && none.r.stdout.contains("SHIP: SKIP (no files changed"), "stdout: \(none.r.stdout)")
+        let said = try gap09(["Fix typo"], env: ["AGENT_NO_DOCS": "1"])
+        #expect(said.r.stdout.contains("SHIP: SKIP (the verifier says no documentation is affected)"))
+        let code = try gap09(["Fix typo"], env: ["AGENT_EDITS": "src/x.py"])
+        #expect(code.callStages.last == "ship", "code changed: ship runs")
+        let always = try gap09(["Fix typo", "ship=always"], env: ["AGENT_EDITS": "-"])
+        #expect(always.callStages.last == "ship")
     }
 }

@@ -65,11 +65,15 @@ import Testing
             assert(sum.runs == 4 and sum.succeeded == 3 and sum.failed == 1)
             assert(reg.append("reg.jsonl", {run_id = "r.1", status = "succeeded"}) == "appended")
             assert(reg.append("reg.jsonl", {run_id = "r.1", status = "failed"}) == "duplicate")
+            assert(reg.find("reg.jsonl", "r.1").status == "succeeded" and reg.find("reg.jsonl", "r") == nil)
             assert(reg.append("reg.jsonl", {run_id = "rx1", status = "failed"}) == "appended", "'.' is not a wildcard")
             baton.fs.append("reg.jsonl", '{"run_id": "torn", "sta')
             assert(reg.append("reg.jsonl", {run_id = "after", status = "succeeded"}) == "appended")
             local all, bad = reg.read("reg.jsonl")
             assert(#all == 3 and #bad == 1 and bad[1] == 3, #all .. " " .. #bad)
+            assert(reg.append("reg.jsonl", {run_id = "r.1", status = "failed"}, {replace = true}) == "replaced")
+            all, bad = reg.read("reg.jsonl")
+            assert(#all == 3 and #bad == 1 and all[3].run_id == "r.1" and all[3].status == "failed", "replaced, torn line kept")
             local w = require("research.wrapper")
             assert(w.pattern("run.7") == "[r]esearch-job:run\\\\.7( |$)", w.pattern("run.7"))
             assert(w.command("o", "id", "job")[4] == "research-job:id")
@@ -106,15 +110,18 @@ import Testing
         let d = Harness.tempDir("rc-gold")
         Harness.write(d + "/tpl.md", "Run {{run_id}} {{status}} score={{metrics.score}} best={{best.run_id}}:{{best.value}} runs={{registry.runs}}\n")
         let x = try research(d, id: "gold-1", ["metric=score", "template=tpl.md",
-                                               "callback=cp {out}/metrics.json {out}/seen-by-callback.json; echo $RUN_ID $BATON_OUT > {out}/cb-env"],
+                                               "callback=cp {out}/status.json {out}/seen-by-callback.json; echo $RUN_ID $BATON_OUT > {out}/cb-env", "tag=inc-42,gpu"],
                              env: ["JOB_SCORE": "0.8"])
         #expect(x.r.code == 0, "stderr: \(x.r.stderr)")
         let metrics = try #require(Self.json(d + "/runs/a/metrics.json"))
-        #expect(metrics["status"] as? String == "succeeded" && metrics["score"] as? Double == 0.8 && metrics["run_id"] as? String == "gold-1")
-        #expect(Self.json(d + "/runs/a/seen-by-callback.json")?["status"] as? String == "succeeded", "the callback runs after the metrics are final")
+        #expect(metrics["score"] as? Double == 0.8 && metrics["status"] == nil, "the job's metrics.json is the job's alone: \(metrics)")
+        let status = try #require(Self.json(d + "/runs/a/status.json"))
+        #expect(status["status"] as? String == "succeeded" && status["run_id"] as? String == "gold-1" && status["exit_code"] as? Int == 0)
+        #expect(Self.json(d + "/runs/a/seen-by-callback.json")?["status"] as? String == "succeeded", "the callback runs after the status is final")
         #expect(Harness.read(d + "/runs/a/cb-env") == "gold-1 runs/a\n")
         let reg = Self.registry(d + "/runs/registry.jsonl")
         #expect(reg.count == 1 && reg.first?["run_id"] as? String == "gold-1" && reg.first?["status"] as? String == "succeeded")
+        #expect(reg.first?["tags"] as? [String] == ["inc-42", "gpu"], "incident tags go into the registry")
         #expect(Harness.read(d + "/runs/a/report.md") == "Run gold-1 succeeded score=0.8 best=gold-1:0.8 runs=1\n")
         let summary = try #require(Self.json(d + "/runs/a/summary.json"))
         #expect((summary["runs"] as? [String: Any])?["runs"] as? Int == 1)
@@ -123,11 +130,13 @@ import Testing
         #expect(x.result["status"] as? String == "succeeded" && x.result["state"] as? String == "completed")
         #expect(Self.watchStates(x.runDir) == ["queued", "running", "exited", "awaiting_artifacts", "callback_queued", "callback_running", "completed"])
         let pre = try #require(Harness.events(Harness.journal(x.runDir), type: "preflight").first)
-        #expect((pre["checks"] as? [[String: Any]])?.map { $0["kind"] as? String } == ["check", "check", "pgrep", "check"])
+        #expect((pre["checks"] as? [[String: Any]])?.map { $0["kind"] as? String } == ["check", "check", "pgrep", "check", "check", "check"])
         // The default template renders too.
         let y = try research(d, out: "runs/b", id: "gold-2", ["metric=score", "mode=min"], env: ["JOB_SCORE": "0.3"])
         #expect(y.r.code == 0, "stderr: \(y.r.stderr)")
         #expect(Harness.read(d + "/runs/b/report.md")?.contains("# Research run gold-2") == true)
+        #expect(Harness.read(d + "/runs/b/report.md")?.contains("incident tags: none") == true)
+        #expect(Harness.read(d + "/runs/a/summary.json")?.contains("inc-42") == true)
         #expect((y.result["best"] as? [String: Any])?["run_id"] as? String == "gold-2", "min picks the lower score")
         #expect(y.r.stdout.contains("BEST by score (min): gold-2 = 0.3"))
     }
@@ -154,42 +163,72 @@ import Testing
         #expect(Self.registry(d + "/runs/registry.jsonl").count == 1)
     }
 
-    @Test func missingArtifactFailBlockOrCallback() throws {
+    @Test func missingArtifactFailBlockOrCallbackAllRecorded() throws {
         let d = Harness.tempDir("rc-missing")
         let fail = try research(d, out: "runs/f", id: "m-fail", ["require=metrics.json,model.bin", "ready_timeout=0.3"])
         #expect(fail.r.code == 1, "stderr: \(fail.r.stderr)")
         #expect(fail.r.stderr.contains("model.bin"))
         #expect(Self.watchStates(fail.runDir).last == "failed")
-        #expect(!FileManager.default.fileExists(atPath: d + "/runs/registry.jsonl"), "nothing recorded on a failed watch")
+        var reg = Self.registry(d + "/runs/registry.jsonl")
+        #expect(reg.count == 1 && reg[0]["status"] as? String == "failed" && (reg[0]["reason"] as? String)?.contains("model.bin") == true,
+                "a run whose artifacts are missing is recorded as failed: \(reg)")
 
         let block = try research(d, out: "runs/b", id: "m-block", ["require=model.bin", "ready_timeout=0.3", "on_missing=block"])
         #expect(block.r.code == 6, "stderr: \(block.r.stderr)")
         #expect(Self.watchStates(block.runDir).last == "blocked")
         #expect(block.result["state"] as? String == "blocked")
-        #expect(!FileManager.default.fileExists(atPath: d + "/runs/registry.jsonl"))
+        reg = Self.registry(d + "/runs/registry.jsonl")
+        #expect(reg.count == 2 && reg[1]["run_id"] as? String == "m-block" && reg[1]["status"] as? String == "blocked")
 
         let cb = try research(d, out: "runs/c", id: "m-cb", ["require=metrics.json,model.bin", "ready_timeout=0.3", "on_missing=callback",
                                                              "callback=echo \"$BATON_MISSING\" > {out}/missing.txt"])
-        #expect(cb.r.code == 0, "stderr: \(cb.r.stderr)")
+        #expect(cb.r.code == 1, "the callback runs, but a run without its artifacts has not succeeded; stderr: \(cb.r.stderr)")
         #expect(Harness.read(d + "/runs/c/missing.txt")?.contains("model.bin") == true)
-        let reg = Self.registry(d + "/runs/registry.jsonl")
-        #expect(reg.count == 1 && (reg[0]["missing"] as? [String])?.first?.hasSuffix("model.bin") == true)
+        reg = Self.registry(d + "/runs/registry.jsonl")
+        #expect(reg.count == 3 && (reg[2]["missing"] as? [String])?.first?.hasSuffix("model.bin") == true && reg[2]["status"] as? String == "failed")
         #expect(Self.watchStates(cb.runDir).suffix(3) == ["callback_queued", "callback_running", "completed"])
+    }
+
+    /// The wrapper's status file does not satisfy the artifact gate: a job that exits 0
+    /// without its metrics, or without the ranking metric, has failed.
+    @Test func jobThatForgetsItsMetricsFails() throws {
+        let d = Harness.tempDir("rc-forget")
+        let none = try research(d, out: "runs/n", id: "forget-1", ["ready_timeout=0.3"], env: ["JOB_NO_METRICS": "1"])
+        #expect(none.r.code == 1, "stderr: \(none.r.stderr)")
+        #expect(Self.json(d + "/runs/n/status.json")?["status"] as? String == "succeeded", "the job itself exited 0")
+        #expect(!FileManager.default.fileExists(atPath: d + "/runs/n/metrics.json"), "the wrapper writes no metrics.json of its own")
+        #expect(Self.watchStates(none.runDir).last == "failed", "on_missing=fail fires")
+        #expect(none.result["status"] as? String == "failed")
+
+        let noScore = try research(d, out: "runs/s", id: "forget-2", ["metric=score"], env: ["JOB_NO_SCORE": "1"])
+        #expect(noScore.r.code == 1, "stderr: \(noScore.r.stderr)")
+        #expect(noScore.r.stderr.contains("metric 'score' missing"), "stderr: \(noScore.r.stderr)")
+        #expect((noScore.result["best"] as? [String: Any]) == nil)
+        let reg = Self.registry(d + "/runs/registry.jsonl")
+        #expect(reg.map { $0["status"] as? String } == ["failed", "failed"], "\(reg)")
+
+        let good = try research(d, out: "runs/g", id: "forget-3", ["metric=score"])
+        #expect(good.r.code == 0, "stderr: \(good.r.stderr)")
+        #expect((good.result["best"] as? [String: Any])?["run_id"] as? String == "forget-3", "failed runs are never the best")
     }
 
     @Test func cancelledRunLeavesValidMetrics() throws {
         let d = Harness.tempDir("rc-cancel")
         let marker = "cancel-\(UUID().uuidString.prefix(8))"
-        let (p, _, _) = try Harness.start(["run"] + Self.words("runs/a", marker, job: "research-job.sh 30 \(marker)", []), cwd: d)
+        let (p, _, _) = try Harness.start(["run"] + Self.words("runs/a", marker, job: "research-job.sh 30 \(marker)", ["tag=oom"]), cwd: d)
         defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
         #expect(Harness.waitFor(20) { FileManager.default.fileExists(atPath: d + "/runs/a/started") })
         kill(p.processIdentifier, SIGTERM)
         #expect(Harness.waitFor(20) { !p.isRunning })
         p.waitUntilExit()
         #expect(p.terminationStatus == 143)
-        let m = try #require(Self.json(d + "/runs/a/metrics.json"), "metrics.json must be valid JSON")
+        let m = try #require(Self.json(d + "/runs/a/status.json"), "status.json must be valid JSON")
         #expect(m["status"] as? String == "cancelled", "\(m)")
         #expect(m["run_id"] as? String == marker)
+        // The cancelled run is in the registry too (the wrapper records it: no Lua runs after a cancel).
+        #expect(Harness.waitFor(10) { Self.registry(d + "/runs/registry.jsonl").contains { $0["run_id"] as? String == marker } })
+        let entry = Self.registry(d + "/runs/registry.jsonl").first { $0["run_id"] as? String == marker }
+        #expect(entry?["status"] as? String == "cancelled" && entry?["tags"] as? [String] == ["oom"], "\(String(describing: entry))")
         #expect(Harness.waitFor(10) { Harness.processes(matching: marker).isEmpty }, "the job must not outlive the run")
         #expect(Harness.final(Harness.latestRun(d)!)?["status"] as? String == "cancelled")
     }
@@ -198,37 +237,53 @@ import Testing
         let d = Harness.tempDir("rc-failed")
         let x = try research(d, id: "f-1", ["metric=score"], env: ["JOB_FAIL": "3"])
         #expect(x.r.code == 1, "stderr: \(x.r.stderr)")
-        let m = try #require(Self.json(d + "/runs/a/metrics.json"))
-        #expect(m["status"] as? String == "failed" && m["exit_code"] as? Int == 3 && m["score"] as? Double == 0.5)
+        let st = try #require(Self.json(d + "/runs/a/status.json"))
+        #expect(st["status"] as? String == "failed" && st["exit_code"] as? Int == 3)
+        #expect(Self.json(d + "/runs/a/metrics.json")?["score"] as? Double == 0.5, "the job's partial metrics are kept")
         let reg = Self.registry(d + "/runs/registry.jsonl")
-        #expect(reg.count == 1 && reg[0]["status"] as? String == "failed")
+        #expect(reg.count == 1 && reg[0]["status"] as? String == "failed" && reg[0]["exit_code"] as? Int == 3)
         #expect((x.result["best"] as? [String: Any]) == nil, "a failed run is never the best")
         #expect(x.result.keys.contains("best"))
 
-        // No metrics at all, and invalid metrics: the wrapper still leaves a valid file.
-        let n = try research(d, out: "runs/n", id: "f-2", env: ["JOB_NO_METRICS": "1", "JOB_FAIL": "2"])
+        // No metrics at all, and invalid metrics: the wrapper still leaves a valid status file.
+        let n = try research(d, out: "runs/n", id: "f-2", ["ready_timeout=0.3"], env: ["JOB_NO_METRICS": "1", "JOB_FAIL": "2"])
         #expect(n.r.code == 1)
-        #expect(Self.json(d + "/runs/n/metrics.json")?["status"] as? String == "failed")
-        let bad = try research(d, out: "runs/i", id: "f-3", env: ["JOB_BAD_METRICS": "1"])
-        #expect(bad.r.code == 0, "stderr: \(bad.r.stderr)")
-        let bm = try #require(Self.json(d + "/runs/i/metrics.json"))
+        #expect(Self.json(d + "/runs/n/status.json")?["status"] as? String == "failed")
+        let bad = try research(d, out: "runs/i", id: "f-3", ["ready_timeout=0.3"], env: ["JOB_BAD_METRICS": "1"])
+        #expect(bad.r.code == 1, "invalid metrics are no metrics; stderr: \(bad.r.stderr)")
+        let bm = try #require(Self.json(d + "/runs/i/status.json"))
         #expect(bm["status"] as? String == "succeeded" && bm["metrics_error"] is String)
         #expect(FileManager.default.fileExists(atPath: d + "/runs/i/metrics.json.invalid"))
+        #expect(Self.registry(d + "/runs/registry.jsonl").map { $0["status"] as? String } == ["failed", "failed", "failed"])
     }
 
     // MARK: registry
 
-    @Test func duplicateRunIdIsNotAppended() throws {
+    @Test func duplicateRunIdRefusedBeforeTheJobRunsRerunReplaces() throws {
         let d = Harness.tempDir("rc-dup")
-        let a = try research(d, out: "runs/a", id: "same")
+        let a = try research(d, out: "runs/a", id: "same", env: ["JOB_SCORE": "0.7"])
         #expect(a.r.code == 0, "stderr: \(a.r.stderr)")
+        let before = Harness.read(d + "/runs/a/metrics.json")
+        // Same run_id, another out: refused by the preflight, the job never starts.
         let b = try research(d, out: "runs/b", id: "same")
-        #expect(b.r.code == 0, "stderr: \(b.r.stderr)")
+        #expect(b.r.code == 4 && b.r.stderr.contains("already in") && b.r.stderr.contains("rerun=1"), "stderr: \(b.r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: d + "/runs/b/started"), "the job never started")
+        // Same run_id, same out: refused, the earlier artifacts untouched.
+        let c = try research(d, out: "runs/a", id: "same", env: ["JOB_SCORE": "0.1"])
+        #expect(c.r.code == 4)
+        #expect(Harness.read(d + "/runs/a/metrics.json") == before, "the earlier run's artifacts are untouched")
         #expect(Self.registry(d + "/runs/registry.jsonl").count == 1)
-        #expect(b.r.stdout.contains("(duplicate; 1 runs)"), "stdout: \(b.r.stdout)")
-        let logs = Harness.events(Harness.journal(b.runDir), type: "log")
-        #expect(logs.contains { ($0["message"] as? String)?.contains("already in") == true && (($0["fields"] as? [String: Any])?["duplicate"] as? Bool) == true })
-        #expect(b.result["appended"] as? Bool == false && a.result["appended"] as? Bool == true)
+        // Another run_id in an out that holds a run: refused too.
+        let o = try research(d, out: "runs/a", id: "other")
+        #expect(o.r.code == 4 && o.r.stderr.contains("holds run same"), "stderr: \(o.r.stderr)")
+        // rerun=1: runs again and replaces the entry.
+        let r = try research(d, out: "runs/a", id: "same", ["rerun=1", "metric=score"], env: ["JOB_SCORE": "0.3"])
+        #expect(r.r.code == 0, "stderr: \(r.r.stderr)")
+        #expect(r.r.stdout.contains("(replaced; 1 runs)"), "stdout: \(r.r.stdout)")
+        let reg = Self.registry(d + "/runs/registry.jsonl")
+        #expect(reg.count == 1 && (reg[0]["metrics"] as? [String: Any])?["score"] as? Double == 0.3)
+        #expect(FileManager.default.fileExists(atPath: d + "/runs/a/.previous-\((r.runDir as NSString).lastPathComponent)/metrics.json"),
+                "the earlier artifacts are set aside, not taken for this run's")
     }
 
     @Test func sixRunsAppendToOneRegistryAtOnce() throws {
@@ -248,6 +303,28 @@ import Testing
         #expect(x.r.code == 0)
         #expect((x.result["best"] as? [String: Any])?["run_id"] as? String == "six-6")
         #expect((x.result["best"] as? [String: Any])?["candidates"] as? Int == 7)
+    }
+
+    // MARK: visibility
+
+    @Test func startupAndPeriodicHeartbeatsInStatusAndJournal() throws {
+        let d = Harness.tempDir("rc-hb")
+        let (p, _, _) = try Harness.start(["run"] + Self.words("runs/a", "hb-1", job: "research-job.sh 6", ["heartbeat=0.2"]), cwd: d)
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        func journalText() -> String { Harness.latestRun(d).flatMap { Harness.read($0 + "/journal.jsonl") } ?? "" }
+        #expect(Harness.waitFor(20) { journalText().contains("\"heartbeat\":\"startup\"") }, "a startup heartbeat")
+        #expect(Harness.waitFor(20) { journalText().components(separatedBy: "\"type\":\"heartbeat\"").count > 3 }, "periodic heartbeats")
+        // While the job runs, status shows it is waiting on the job and its last heartbeat.
+        let st = try Harness.run(["status"], cwd: d)
+        #expect(p.isRunning, "the job is still running")
+        #expect(st.stdout.contains("current  watch artifacts") && st.stdout.contains("last     heartbeat"), "status: \(st.stdout)")
+        #expect(Harness.waitFor(30) { !p.isRunning })
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        let events = Harness.journal(Harness.latestRun(d)!)
+        let startup = Harness.events(events, type: "log").first { (($0["fields"] as? [String: Any])?["heartbeat"] as? String) == "startup" }
+        #expect((startup?["fields"] as? [String: Any])?["pid"] as? Int != nil)
+        #expect(Harness.events(events, type: "heartbeat").count >= 5, "every 0.2 s over 6 s")
     }
 
     // MARK: preflight

@@ -14,9 +14,9 @@ import Testing
         var result: [String: Any] { final["result"] as? [String: Any] ?? [:] }
     }
 
-    func wo(_ d: String, _ words: [String], dry: Bool = false, sourceLocation: SourceLocation = #_sourceLocation) throws -> Run {
+    func wo(_ d: String, _ words: [String], dry: Bool = false, env: [String: String] = [:], sourceLocation: SourceLocation = #_sourceLocation) throws -> Run {
         let before = Set(Harness.runDirs(d))
-        let r = try Harness.run(["run"] + (dry ? ["--dry-run"] : []) + [Self.recipe] + words, cwd: d, timeout: 60)
+        let r = try Harness.run(["run"] + (dry ? ["--dry-run"] : []) + [Self.recipe] + words, cwd: d, env: env, timeout: 60)
         let run = try #require(Harness.runDirs(d).first { !before.contains($0) }, sourceLocation: sourceLocation)
         _ = Harness.journal(run, sourceLocation: sourceLocation)
         let f = try #require(Harness.final(run), "stderr: \(r.stderr)", sourceLocation: sourceLocation)
@@ -163,7 +163,7 @@ import Testing
         let base = d + "/base"
         Harness.write(base + "/bridge/inbox/CLC/WO-1.yaml", Self.rebuildWO)
         Harness.write(base + "/bridge/inbox/CLC/WO-2.yaml", "wo_id: WO-ESC\nfiles:\n  - path: ../x\n    content: x\n")
-        let x = try wo(d, ["base=base", "phase=all"], dry: true)
+        let x = try wo(d, ["base=base", "phase=all", "strict=1"], dry: true)
         #expect(x.r.code == 0, "stderr: \(x.r.stderr)")
         #expect(x.r.stdout.contains("WO WO-20251113-WO-PIPELINE-REBUILD: WOULD APPLY"))
         #expect(x.r.stdout.contains("WO WO-ESC: INVALID"))
@@ -207,15 +207,22 @@ import Testing
         chmod(base + "/tools/b.zsh", 0o644)
         try FileManager.default.removeItem(atPath: base + "/bridge/inbox/CLC")
         let drift = try wo(d, words)
-        #expect(drift.r.code == 1, "stderr: \(drift.r.stderr)")
+        #expect(drift.r.code == 0, "the seed's guardrail records the alert and exits 0; stderr: \(drift.r.stderr)")
+        let alerts = (Harness.read(base + "/logs/guardrail_alerts.log") ?? "").split(separator: "\n").map(String.init)
+        #expect(alerts.count == 2 && alerts[0].hasSuffix("] ALERT: Missing or not executable: tools/b.zsh")
+                && alerts[1].hasSuffix("] ALERT: Missing directory: bridge/inbox/CLC"), "\(alerts)")
+        let strict = try wo(d, words + ["strict=1"])
+        #expect(strict.r.code == 1, "strict mode exits non-zero on drift")
+        #expect(strict.r.stderr.contains("2 items missing: tools/b.zsh, bridge/inbox/CLC"))
+        #expect(Self.events(base, "guardrail_heartbeat").count == 3, "a heartbeat every run, healthy or not")
         let lines = Self.events(base, "wo_pipeline_drift")
-        #expect(lines.compactMap { $0["missing"] as? String } == ["tools/b.zsh", "bridge/inbox/CLC"])
+        #expect(lines.compactMap { $0["missing"] as? String } == ["tools/b.zsh", "bridge/inbox/CLC", "tools/b.zsh", "bridge/inbox/CLC"])
         #expect(lines.allSatisfy { $0["ok"] as? Bool == false && $0["agent"] as? String == "guardrail" })
         #expect((lines.first?["detail"] as? String)?.contains("not executable") == true)
         #expect(Self.events(base, "wo_pipeline_healthy").count == 1, "no healthy line on drift")
-        #expect(drift.r.stderr.contains("2 items missing: tools/b.zsh, bridge/inbox/CLC"))
         let logs = Harness.events(Harness.journal(drift.runDir), type: "log").compactMap { $0["message"] as? String }
         #expect(logs.filter { $0.hasPrefix("wo_pipeline_drift") }.count == 2)
+        #expect(logs.contains("heartbeat: guardrail ran"))
     }
 
     // MARK: history and forensics
@@ -273,10 +280,11 @@ import Testing
         #expect(events.compactMap { $0["subject"] as? String } == ["rollback phase6 week1", "fix absolute paths in processor"], "only the window")
         #expect((findings["deletions"] as? [[String: Any]])?.first?["path"] as? String == "agents/apply_patch_processor/apply_patch_processor.zsh")
         #expect((findings["likely_cause"] as? String)?.contains("rollback phase6 week1") == true)
-        let logs = try #require(findings["log_matches"] as? [[String: Any]])
+        let logs = try #require(findings["launchagent_failures"] as? [[String: Any]], "the seed's key: \(findings.keys)")
         #expect(logs.count == 1 && logs[0]["line"] as? Int == 2 && (logs[0]["file"] as? String)?.hasSuffix("apply_patch_processor.err") == true)
         #expect(report["recommendation"] as? String == "rebuild")
-        #expect((report["time_window"] as? [String: Any])?["since"] as? String == "2025-11-13 01:00")
+        #expect(report["time_window"] as? String == "2025-11-13 01:00 - 22:43", "as the seed writes it")
+        #expect(findings["rollback_scripts"] is [Any])
 
         // A window after the rollback: no deletion, the log is the evidence.
         let later = try wo(d, ["base=repo", "phase=forensics", "since=2025-11-13 22:00"])
@@ -294,5 +302,243 @@ import Testing
         for k in ["forensics", "rebuild", "canary", "guardrail"] { #expect(x.result[k] != nil, "result lacks \(k)") }
         #expect((x.result["guardrail"] as? [String: Any])?["healthy"] as? Bool == true)
         #expect((x.result["forensics"] as? [String: Any])?["likely_cause"] as? String != nil)
+    }
+    // MARK: issue 16: the seed's own rebuild order, rollback, post_verify, the guardrail's schedule, history
+
+    static func sh(_ cmd: String, cwd: String, env: [String: String] = [:]) -> (Int32, String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        p.arguments = ["-c", cmd]
+        p.currentDirectoryURL = URL(fileURLWithPath: cwd)
+        p.environment = Harness.environment(env)
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        try? p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    /// An environment with no user service manager: the tests never touch the real one.
+    static func isolated(_ d: String, _ extra: [String: String] = [:]) -> [String: String] {
+        var e = ["HOME": d, "XDG_RUNTIME_DIR": d + "/no-runtime-dir", "DBUS_SESSION_BUS_ADDRESS": "unix:path=" + d + "/no-bus"]
+        for (k, v) in extra { e[k] = v }
+        return e
+    }
+
+    static func state(_ base: String, _ id: String) -> [String: Any] {
+        (try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: base + "/g/followup/state/\(id).json")))) as? [String: Any] ?? [:]
+    }
+
+    @Test func seedRebuildOrderAppliesWithSystemdUserUnits() throws {
+        let d = Harness.tempDir("wo-seed")
+        let base = d + "/02luka", inbox = base + "/bridge/inbox/CLC", units = d + "/.config/systemd/user"
+        let id = "WO-20251113-WO-PIPELINE-REBUILD"
+        try FileManager.default.createDirectory(atPath: base + "/bridge/inbox/ENTRY", withIntermediateDirectories: true)
+        Harness.write(inbox + "/\(id).yaml", Harness.read(Harness.fixtures + "/\(id).yaml")!)
+        let env = Self.isolated(d)   // the seed's ~/02luka is base; no user service manager
+        // 1. Outside base without an allow-list: refused, naming the allow-list; nothing written.
+        let refused = try wo(d, ["base=02luka", "phase=rebuild"], env: env)
+        #expect(refused.r.code == 1)
+        #expect(refused.r.stdout.contains("is a LaunchAgent; on Linux it becomes com.02luka.apply_patch_processor.service in \(units)")
+                && refused.r.stdout.contains("allow=DIR") && refused.r.stdout.contains("(allow-list: none)"), "stdout: \(refused.r.stdout)")
+        #expect(!FileManager.default.fileExists(atPath: base + "/agents"))
+        // 2. Allowed, but its "Canary WO test" finds no canary: the order is rolled back.
+        let rolled = try wo(d, ["base=02luka", "phase=rebuild", "allow=\(units)"], env: env)
+        #expect(rolled.r.code == 1, "stderr: \(rolled.r.stderr)")
+        #expect(rolled.r.stdout.contains("WO \(id): ROLLED BACK (test 'Canary WO test' failed"), "stdout: \(rolled.r.stdout)")
+        #expect(!FileManager.default.fileExists(atPath: base + "/agents/apply_patch_processor/apply_patch_processor.zsh"), "its files are removed")
+        #expect(!FileManager.default.fileExists(atPath: units + "/com.02luka.apply_patch_processor.timer"), "its units too")
+        #expect(Self.state(base, id)["status"] as? String == "rolled_back")
+        #expect((Self.state(base, id)["removed"] as? [String])?.count == 6)
+        // 3. With the canary processed first (the seed's test looks for WO-CANARY-TEST.json), it applies.
+        Harness.write(inbox + "/0-canary.yaml", Harness.read(Harness.fixtures + "/WO-CANARY-20251113-TEST.yaml")!
+            .replacingOccurrences(of: "wo_id: WO-CANARY-20251113-TEST", with: "wo_id: WO-CANARY-TEST"))
+        let x = try wo(d, ["base=02luka", "phase=rebuild", "allow=\(units)"], env: env)
+        #expect(x.r.code == 0, "stdout: \(x.r.stdout)\nstderr: \(x.r.stderr)")
+        #expect(Self.state(base, id)["status"] as? String == "completed")
+        #expect(Self.mode(base + "/agents/wo_executor/wo_executor.zsh") == 0o755)
+        let service = try #require(Harness.read(units + "/com.02luka.apply_patch_processor.service"))
+        let timer = try #require(Harness.read(units + "/com.02luka.apply_patch_processor.timer"))
+        let real = URL(fileURLWithPath: base).resolvingSymlinksInPath().path
+        #expect(service.contains("ExecStart=/bin/zsh -l -c \(real)/agents/apply_patch_processor/apply_patch_processor.zsh"), "\(service)")
+        #expect(service.contains("Environment=LUKA_SOT=\(real)") && service.contains("StandardError=append:\(real)/logs/apply_patch_processor.err"))
+        #expect(timer.contains("OnUnitActiveSec=15s") && timer.contains("OnActiveSec=0") && timer.contains("Unit=com.02luka.apply_patch_processor.service"))
+        let verify = Self.sh("systemd-analyze verify com.02luka.apply_patch_processor.service com.02luka.apply_patch_processor.timer", cwd: units)
+        #expect(verify.0 == 0, "systemd-analyze verify: \(verify.1)")
+        #expect((Self.state(base, id)["units_verified"] as? String) == "systemd-analyze verify: ok")
+        // post_verify: every step reported; service steps through systemctl --user, or skipped with the reason.
+        let post = try #require(Self.state(base, id)["post_verify"] as? [[String: Any]])
+        #expect(post.count == 7, "no step silently dropped: \(post)")
+        #expect(post[4]["status"] as? String == "PASS" && post[4]["command"] as? String == "mkdir -p ~/02luka/g/followup/state")
+        #expect((post[0]["linux"] as? String)?.contains("systemctl --user daemon-reload && systemctl --user enable --now com.02luka.apply_patch_processor.timer") == true)
+        for i in [0, 1, 2, 3, 6] {
+            #expect(post[i]["status"] as? String == "SKIPPED" && (post[i]["reason"] as? String)?.contains("systemctl --user is not available") == true, "\(post[i])")
+        }
+        #expect(post[5]["status"] as? String == "SKIPPED" && (post[5]["reason"] as? String)?.contains("waits for services") == true, "sleep 20 is not slept for nothing")
+        let tests = try #require(Self.state(base, id)["test_results"] as? [[String: Any]])
+        #expect(tests.map { $0["status"] as? String }.suffix(2) == ["PASS", "PASS"], "\(tests)")
+        // The deployment report with the rollback plan.
+        let reportPath = try #require((x.result["rebuild"] as? [String: Any])?["deployment_report"] as? String)
+        let report = try #require(Harness.read(d + "/" + reportPath))
+        #expect(report.contains("## Components installed") && report.contains("systemd user unit `com.02luka.apply_patch_processor.timer`"))
+        #expect(report.contains("## Rollback procedure") && report.contains("`systemctl --user disable --now com.02luka.apply_patch_processor.timer`"))
+        #expect(report.contains("manifest.json") && report.contains("## Known issues"))
+    }
+
+    @Test func failedWorkOrderIsRolledBackFromItsSnapshot() throws {
+        let d = Harness.tempDir("wo-rollback")
+        let base = d + "/base"
+        Harness.write(base + "/agents/x.zsh", "#!/bin/sh\necho old\n", mode: 0o755)
+        Harness.write(base + "/bridge/inbox/CLC/WO-RB.yaml", """
+            wo_id: WO-RB
+            files:
+              - path: agents/x.zsh
+                mode: "0755"
+                content: "#!/bin/sh\\necho new\\n"
+              - path: agents/y.zsh
+                content: "new file\\n"
+            post_verify:
+              - {command: "agents/x.zsh", expected: "new"}
+              - "true"
+            tests:
+              - name: "y is executable"
+                command: "test -x agents/y.zsh && echo yes"
+                expected: "yes"
+            """)
+        let x = try wo(d, ["base=base", "phase=rebuild"])
+        #expect(x.r.code == 1)
+        #expect(Harness.read(base + "/agents/x.zsh") == "#!/bin/sh\necho old\n", "the replaced file is restored")
+        #expect(Self.mode(base + "/agents/x.zsh") == 0o755)
+        #expect(!FileManager.default.fileExists(atPath: base + "/agents/y.zsh"), "the new file is removed")
+        let st = Self.state(base, "WO-RB")
+        #expect(st["status"] as? String == "rolled_back" && st["restored"] as? [String] == ["agents/x.zsh"] && st["removed"] as? [String] == ["agents/y.zsh"])
+        let backup = try #require(st["backup"] as? String)
+        #expect(FileManager.default.fileExists(atPath: d + "/" + backup + "/manifest.json"))
+        #expect(Harness.read(d + "/" + backup + "/1/x.zsh") == "#!/bin/sh\necho old\n", "the snapshot was taken before writing")
+        #expect((st["post_verify"] as? [[String: Any]])?.map { $0["status"] as? String } == ["PASS", "PASS"])
+        #expect(x.r.stdout.contains("post_verify agents/x.zsh: PASS") && x.r.stdout.contains("test y is executable: FAIL"))
+        #expect(Self.events(base, "wo_failed").first?["rolled_back"] as? Bool == true)
+        // A failing post_verify step (with its expected result) rolls back too.
+        Harness.write(base + "/bridge/inbox/CLC/WO-RB.yaml", "wo_id: WO-RB2\nfiles:\n  - path: z.txt\n    content: z\npost_verify:\n  - {command: \"echo no\", expected: \"yes\"}\n")
+        let y = try wo(d, ["base=base", "phase=rebuild"])
+        #expect(y.r.code == 1 && y.r.stdout.contains("post_verify 'echo no' failed: expected \"yes\", got \"no\""), "stdout: \(y.r.stdout)")
+        #expect(!FileManager.default.fileExists(atPath: base + "/z.txt"))
+    }
+
+    @Test func guardrailScheduleAndHeartbeats() throws {
+        let d = Harness.tempDir("wo-sched")
+        let base = d + "/base", units = d + "/units"
+        for f in ["agents/a.zsh"] { Harness.write(base + "/" + f, "#!/bin/sh\n", mode: 0o755) }
+        let words = ["base=base", "critical=agents/a.zsh", "dirs=agents"]
+        let x = try wo(d, words + ["phase=schedule", "units=\(units)"], env: Self.isolated(d))
+        #expect(x.r.code == 0, "stdout: \(x.r.stdout)\nstderr: \(x.r.stderr)")
+        let timer = try #require(Harness.read(units + "/baton-wo-guardrail.timer"))
+        let service = try #require(Harness.read(units + "/baton-wo-guardrail.service"))
+        #expect(timer.contains("OnUnitActiveSec=300s"), "every 5 minutes: \(timer)")
+        #expect(service.contains("ExecStart=\(Harness.binary) run ") || service.contains("/baton run "), "\(service)")
+        #expect(service.contains("phase=guardrail") && service.contains("critical=agents/a.zsh"))
+        let sched = try #require(x.result["schedule"] as? [String: Any])
+        #expect(sched["verified"] as? Bool == true, "systemd-analyze verify: \(sched)")
+        #expect(Self.sh("systemd-analyze verify baton-wo-guardrail.service baton-wo-guardrail.timer", cwd: units).0 == 0)
+        let cron = try #require(Harness.read(base + "/g/reports/wo_pipeline_guardrail.cron"))
+        #expect(cron.contains("*/5 * * * * cd ") && cron.contains("phase=guardrail"), "\(cron)")
+        #expect(x.r.stdout.contains("NOT ENABLED (skipped: systemctl --user is not available"), "stdout: \(x.r.stdout)")
+        // What the timer runs is one guardrail run, with one heartbeat.
+        let exec = try #require(service.split(separator: "\n").first { $0.hasPrefix("ExecStart=") }).dropFirst("ExecStart=".count)
+        #expect(Self.sh(String(exec), cwd: base).0 == 0)
+        #expect(Self.events(base, "guardrail_heartbeat").count == 1)
+        #expect(try wo(d, words + ["phase=guardrail"]).r.code == 0)
+        // Heartbeats over a window: 0.25 h at 300 s is 3 expected.
+        let short = try wo(d, words + ["phase=heartbeats", "hours=0.25"])
+        #expect(short.r.code == 1 && short.r.stdout.contains("HEARTBEATS: 2 in the last 0.25h (expected 3, one every 300s): MISSING 1"), "stdout: \(short.r.stdout)")
+        #expect(try wo(d, words + ["phase=guardrail"]).r.code == 0)
+        let ok = try wo(d, words + ["phase=heartbeats", "hours=0.25"])
+        #expect(ok.r.code == 0 && ok.r.stdout.contains(": OK"))
+        #expect((ok.result["heartbeats"] as? [String: Any])?["count"] as? Int == 3)
+        let day = try wo(d, words + ["phase=heartbeats"])
+        #expect(day.r.stdout.contains("(expected 288, one every 300s)"), "a day is 288 heartbeats: \(day.r.stdout)")
+    }
+
+    @Test func historyRecentCommitsRollbackScriptsAndBroken() throws {
+        let d = Harness.tempDir("wo-hist2")
+        let base = try gitBase(d)
+        Harness.write(base + "/tools/rollback_phase6_week1_20251113.zsh", "#!/bin/zsh\nrm -rf ~/02luka/agents/apply_patch_processor\n", mode: 0o755)
+        let h = try wo(d, ["base=repo", "phase=history", "component=agents/apply_patch_processor", "hours=200000"])
+        #expect(h.r.code == 0, "stderr: \(h.r.stderr)")
+        let hist = try #require(h.result["history"] as? [String: Any])
+        #expect((hist["recent_commits"] as? [[String: Any]])?.compactMap { $0["subject"] as? String }
+                == ["rollback phase6 week1", "fix absolute paths in processor", "add apply_patch_processor"])
+        #expect((hist["rollback_mentions"] as? [[String: Any]])?.first?["file"] as? String == base + "/tools/rollback_phase6_week1_20251113.zsh"
+                || ((hist["rollback_mentions"] as? [[String: Any]])?.first?["file"] as? String)?.hasSuffix("tools/rollback_phase6_week1_20251113.zsh") == true)
+        #expect(h.r.stdout.contains("was working at 2025-11-13T01:50:00") && h.r.stdout.contains("vanished at 2025-11-13T12:00:00")
+                && h.r.stdout.contains("named by rollback script"), "stdout: \(h.r.stdout)")
+        // The default window is the seed's 24 hours: these 2025 commits are not recent.
+        let recent = try wo(d, ["base=repo", "phase=history", "component=agents/apply_patch_processor"])
+        #expect(((recent.result["history"] as? [String: Any])?["recent_commits"] as? [Any])?.isEmpty == true)
+        // Exists but broken, besides removed and never existed.
+        Harness.write(base + "/tools/broken.zsh", "#!/bin/sh\necho x\n", mode: 0o644)
+        let broken = try wo(d, ["base=repo", "phase=history", "component=tools/broken.zsh"])
+        #expect((broken.result["history"] as? [String: Any])?["state"] as? String == "broken")
+        #expect(broken.r.stdout.contains("exists but is broken (a script that is not executable)"), "stdout: \(broken.r.stdout)")
+        Harness.write(base + "/tools/syntax.sh", "#!/bin/sh\nif then fi (\n", mode: 0o755)
+        let syntax = try wo(d, ["base=repo", "phase=history", "component=tools/syntax.sh"])
+        #expect((syntax.result["history"] as? [String: Any])?["state"] as? String == "broken")
+        // Forensics: the rollback scripts are in the report, the default window is the last 24 hours.
+        let f = try wo(d, ["base=repo", "phase=forensics"])
+        let path = try #require((f.result["forensics"] as? [String: Any])?["report"] as? String)
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: d + "/" + path))) as? [String: Any])
+        let findings = try #require(report["findings"] as? [String: Any])
+        #expect((findings["rollback_scripts"] as? [[String: Any]])?.count == 1, "\(findings)")
+        #expect((report["window"] as? [String: Any])?["hours"] as? Int == 24)
+        #expect((report["time_window"] as? String)?.range(of: #"^\d{4}-\d\d-\d\d \d\d:\d\d - "#, options: .regularExpression) != nil)
+        #expect((findings["likely_cause"] as? String)?.contains("rollback script") == true, "no commit in the last 24 h: the script is the evidence")
+    }
+    /// Where a user service manager answers, launchctl steps run as systemctl --user steps
+    /// (a stand-in systemctl records the calls).
+    @Test func serviceStepsRunThroughSystemctlUser() throws {
+        let d = Harness.tempDir("wo-systemctl")
+        let base = d + "/base", units = d + "/units"
+        Harness.write(d + "/bin/systemctl", """
+            #!/bin/sh
+            echo "$@" >> "\(d)/systemctl.log"
+            case "$*" in
+              *list-units*) echo "com.02luka.x.timer loaded active waiting Run com.02luka.x every 15 s" ;;
+            esac
+            exit 0
+            """, mode: 0o755)
+        Harness.write(base + "/bridge/inbox/CLC/WO-SVC.yaml", """
+            wo_id: WO-SVC
+            files:
+              - path: agents/x.zsh
+                mode: "0755"
+                content: "#!/bin/sh\\n"
+              - path: ../Library/LaunchAgents/com.02luka.x.plist
+                content: |
+                  <?xml version="1.0" encoding="UTF-8"?>
+                  <plist version="1.0"><dict>
+                    <key>Label</key><string>com.02luka.x</string>
+                    <key>ProgramArguments</key><array><string>/bin/sh</string><string>-c</string><string>/Users/me/02luka/agents/x.zsh</string></array>
+                    <key>StartInterval</key><integer>15</integer>
+                    <key>EnvironmentVariables</key><dict><key>LUKA_SOT</key><string>/Users/me/02luka</string></dict>
+                  </dict></plist>
+            post_verify:
+              - launchctl load ~/Library/LaunchAgents/com.02luka.x.plist
+            tests:
+              - name: "running"
+                command: "launchctl list | grep -c 'com.02luka'"
+                expected: "1"
+            """)
+        let env = ["PATH": d + "/bin:" + Harness.fixtures + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"), "HOME": d]
+        let x = try wo(d, ["base=base", "phase=rebuild", "allow=\(units)", "units=\(units)"], env: env)
+        #expect(x.r.code == 0, "stdout: \(x.r.stdout)\nstderr: \(x.r.stderr)")
+        let calls = Harness.read(d + "/systemctl.log") ?? ""
+        #expect(calls.contains("--user daemon-reload") && calls.contains("--user enable --now com.02luka.x.timer"), "calls: \(calls)")
+        #expect(calls.contains("--user list-units --all --plain --no-legend"))
+        #expect(x.r.stdout.contains("post_verify launchctl load ~/Library/LaunchAgents/com.02luka.x.plist: PASS"), "stdout: \(x.r.stdout)")
+        #expect(x.r.stdout.contains("test running: PASS"))
+        let real = URL(fileURLWithPath: base).resolvingSymlinksInPath().path
+        #expect(Harness.read(units + "/com.02luka.x.service")?.contains("ExecStart=/bin/sh -c \(real)/agents/x.zsh") == true)
     }
 }

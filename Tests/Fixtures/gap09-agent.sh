@@ -1,7 +1,8 @@
 #!/bin/sh
 # Stand-in for the GAP-09 agent CLI (`droid exec`): called as `gap09-agent.sh STAGE SESSION_ID`
 # in the pipeline's cwd with the stage's prompt on stdin; its stdout is the stage's output.
-# Every call is appended to ./agent.log as "STAGE SESSION_ID"; prompts go to ./prompts/.
+# Every call is appended to $AGENT_STATE/agent.log (default ./) as "STAGE SESSION_ID"; prompts
+# go to $AGENT_STATE/prompts/ (keep AGENT_STATE outside the work tree to keep it clean).
 # Behaviour, from the environment:
 #   AGENT_FAIL_STAGE=S     stage S fails (exit 1, "tests broke" on stderr)
 #   AGENT_MODEL_MISSING=S  stage S fails with "model 'gpt-x' not found"
@@ -9,14 +10,22 @@
 #   AGENT_REJECT=N         verification rejects the first N times, with an issue
 #   AGENT_GARBAGE=1        verification prints no JSON
 #   AGENT_SLEEP_STAGE=S    stage S sleeps 30 s (for timeouts)
+#   AGENT_EDITS="F G"      execution edits these files (appends a line) instead of work.txt;
+#                          "-" edits nothing
+#   AGENT_USAGE=1|S        every stage (or stage S) prints a usage line {"usage": {"input_tokens": 100, "output_tokens": 20}}
+#   AGENT_NO_DOCS=1        verification adds "docs_affected": false to its verdict
+# Every call also appends "STAGE MODEL" to ./models.log (GAP09_MODEL, "-" when unset).
 stage="$1"; session="$2"
-mkdir -p prompts
-n=$(grep -c "^$stage " agent.log 2>/dev/null || true)
+st="${AGENT_STATE:-.}"
+mkdir -p "$st/prompts"
+n=$(grep -c "^$stage " "$st/agent.log" 2>/dev/null || true)
 n=$(( ${n:-0} + 1 ))
-echo "$stage $session" >> agent.log
-cat > "prompts/$stage.$n.txt"
-if [ "${AGENT_BAD_SESSION:-}" = "$stage" ] && [ ! -e "bad-session.$stage" ]; then
-  : > "bad-session.$stage"
+echo "$stage $session" >> "$st/agent.log"
+echo "$stage ${GAP09_MODEL:--}" >> "$st/models.log"
+if [ "${AGENT_USAGE:-}" = "1" ] || [ "${AGENT_USAGE:-}" = "$stage" ]; then echo '{"usage": {"input_tokens": 100, "output_tokens": 20}}'; fi
+cat > "$st/prompts/$stage.$n.txt"
+if [ "${AGENT_BAD_SESSION:-}" = "$stage" ] && [ ! -e "$st/bad-session.$stage" ]; then
+  : > "$st/bad-session.$stage"
   echo "error: session $session not found" >&2
   exit 1
 fi
@@ -33,14 +42,21 @@ if [ "${AGENT_SLEEP_STAGE:-}" = "$stage" ]; then
   sleep 30
 fi
 case "$stage" in
-  execution) echo "change $n" >> work.txt; echo "executed (run $n) in session $session" ;;
+  execution)
+    if [ -n "${AGENT_EDITS:-}" ]; then
+      for f in $AGENT_EDITS; do [ "$f" = "-" ] || { mkdir -p "$(dirname "$f")"; echo "change $n" >> "$f"; }; done
+    else
+      echo "change $n" >> work.txt
+    fi
+    echo "executed (run $n) in session $session" ;;
   verification)
     if [ "${AGENT_GARBAGE:-}" = "1" ]; then echo "looks fine to me"; exit 0; fi
     if [ "$n" -le "${AGENT_REJECT:-0}" ]; then
       echo "checking..."
       echo "{\"approved\": false, \"issues\": [\"missing test for change $n\"]}"
     else
-      echo "{\"approved\": true, \"issues\": []}"
+      if [ "${AGENT_NO_DOCS:-}" = "1" ]; then echo '{"approved": true, "issues": [], "docs_affected": false}'
+      else echo "{\"approved\": true, \"issues\": []}"; fi
     fi ;;
   ship) echo "CHANGELOG updated"; echo "- shipped" >> CHANGELOG.md ;;
   *) echo "$stage notes for session $session" ;;

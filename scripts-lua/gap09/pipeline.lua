@@ -3,6 +3,7 @@
 -- the StageResult / PipelineResult records (GAP-09 spec v1.2, section 3.C) and the
 -- one-line-per-stage report.
 local kit = require("kit.args")
+local worktree = require("gap09.worktree")
 local shquote = kit.shquote
 
 local M = {}
@@ -24,6 +25,55 @@ function M.tokens(...)
   local n = 0
   for i = 1, select("#", ...) do n = n + #(select(i, ...) or "") end
   return math.ceil(n / 4)
+end
+
+--- The token usage an agent reported: the last stdout line that is a JSON object with
+--- `usage` ({total_tokens} or {input_tokens, output_tokens}, also prompt_/completion_tokens)
+--- or a numeric `tokens`. nil when it reported none.
+function M.reportedTokens(stdout)
+  local found
+  for line in (stdout or ""):gmatch("[^\n]+") do
+    if line:match("^%s*{") then
+      local ok, v = pcall(baton.json.decode, line)
+      if ok and type(v) == "table" then
+        local u = type(v.usage) == "table" and v.usage or nil
+        local n
+        if u then
+          n = tonumber(u.total_tokens) or ((tonumber(u.input_tokens or u.prompt_tokens) or 0)
+            + (tonumber(u.output_tokens or u.completion_tokens) or 0))
+        elseif tonumber(v.tokens) then
+          n = tonumber(v.tokens)
+        end
+        if n then found = math.floor(n) end
+      end
+    end
+  end
+  return found
+end
+
+-- Documentation files: what a ship (docs) stage writes.
+M.DOC_PATTERNS = {"%.md$", "%.rst$", "%.adoc$", "^docs?/", "/docs?/", "README[^/]*$", "CHANGELOG[^/]*$", "CHANGES[^/]*$"}
+
+function M.isDoc(path)
+  for _, pat in ipairs(M.DOC_PATTERNS) do if path:find(pat) then return true end end
+  return false
+end
+
+--- Whether ship must run: true, or false and the reason it is skipped.
+--- `changed` is the list of files the pipeline changed (nil: unknown), `verdict` the
+--- verifier's last verdict (it may say "docs_affected": false).
+function M.shipNeeded(changed, verdict)
+  if verdict and verdict.docs_affected == false then
+    return false, "the verifier says no documentation is affected"
+  end
+  if changed == nil then return true end
+  if #changed == 0 then return false, "no files changed: no documentation is affected" end
+  local code = {}
+  for _, f in ipairs(changed) do if not M.isDoc(f) then code[#code + 1] = f end end
+  if #code == 0 then
+    return false, "the change is documentation only (" .. table.concat(changed, ", ") .. "): nothing more to document"
+  end
+  return true
 end
 
 --- The verifier's verdict: the last JSON object with a boolean "approved" in its output.
@@ -90,27 +140,37 @@ end
 local Pipeline = {}
 Pipeline.__index = Pipeline
 
---- A pipeline run: new{task, risk, agent, cwd, timeout, dry}.
+--- A pipeline run: new{task, risk, agents, cwd, timeout, dry, plan_only, say}.
+--- `agents` maps each stage to {agent = CMD, models = {...}} (see gap09.agents);
+--- `plan_only` (the recipe's own --dry-run) records the plan and calls no agent.
 function M.new(o)
   local base = baton.run and baton.run.id or tostring(math.floor(baton.now()))
   local p = setmetatable({
-    task = o.task, risk = o.risk, agent = o.agent, cwd = o.cwd, timeout = o.timeout, dry = o.dry,
-    started = baton.now(), stages = {}, outputs = {}, verifyIterations = 0, executed = {},
-    sessions = {}, say = o.say or print,
+    task = o.task, risk = o.risk, agents = o.agents or {}, cwd = o.cwd, timeout = o.timeout, dry = o.dry,
+    planOnly = o.plan_only, started = baton.now(), stages = {}, outputs = {}, verifyIterations = 0, executed = {},
+    sessions = {}, say = o.say or print, plan = {}, changed = {}, changedKnown = false,
   }, Pipeline)
   for i = 1, 4 do p.sessions[i] = ("gap09-%s-s%d"):format(base, i) end
   return p
 end
 
 function Pipeline:line(stage, status, note)
-  if self.dry and status == "PASS" then status = "WOULD RUN" end
+  if (self.dry or self.planOnly) and status == "PASS" then status = "WOULD RUN" end
   self.say(("STAGE %d %s: %s%s"):format(M.NUMBER[stage], stage:upper(), status, note and (" " .. note) or ""))
 end
 
-function Pipeline:skip(stage)
+function Pipeline:skip(stage, reason)
   local now = iso(baton.now())
-  self.stages[#self.stages + 1] = {stage = stage, status = "skip", started_at = now, ended_at = now}
-  self:line(stage, "SKIP")
+  self.stages[#self.stages + 1] = {stage = stage, status = "skip", started_at = now, ended_at = now, reason = reason}
+  self:line(stage, "SKIP", reason and ("(" .. reason .. ")"))
+end
+
+--- The agent command for a stage and model: `AGENT STAGE SESSION_ID`, `{model}` in the
+--- agent's text replaced by the model.
+function Pipeline:command(stage, session, model)
+  local agent = (self.agents[stage] or {}).agent or "<agent>"
+  if agent:find("{model}", 1, true) then agent = agent:gsub("{model}", (shquote(model or ""):gsub("%%", "%%%%"))) end
+  return agent .. " " .. shquote(stage) .. " " .. shquote(session)
 end
 
 local function mentions(r, pattern)
@@ -133,20 +193,45 @@ local function lastLine(s)
   return last
 end
 
---- Runs the agent for a stage: `AGENT STAGE SESSION_ID` in cwd, the prompt on stdin.
---- Returns the stage result (never raises for a failed agent; see failureKind).
+--- Runs the agent for a stage: `AGENT STAGE SESSION_ID` in cwd, the prompt on stdin,
+--- GAP09_MODEL in its environment. With several models for the stage (dual discovery),
+--- one call per model, in order; their outputs are joined. Returns the stage result and
+--- its StageResult (never raises for a failed agent; see failureKind).
 function Pipeline:call(stage, prompt, iteration)
+  local cfg = self.agents[stage] or {}
+  local models = cfg.models or {}
+  if #models == 0 then models = {false} end
+  local outputs, r, rec = {}, nil, nil
+  for i, model in ipairs(models) do
+    r, rec = self:callOne(stage, prompt, iteration, model or nil, #models > 1 and i or nil)
+    if not r.ok then return r, rec end
+    outputs[#outputs + 1] = #models > 1 and ("### " .. tostring(model) .. "\n" .. (r.stdout or "")) or (r.stdout or "")
+  end
+  if #models > 1 then self.outputs[stage] = table.concat(outputs, "\n") end
+  return r, rec
+end
+
+function Pipeline:callOne(stage, prompt, iteration, model, part)
   local slot = M.SESSION_SLOT[stage]
+  local agent = (self.agents[stage] or {}).agent
+  local id = part and (stage .. "-" .. part) or stage
   local function run()
     local session = self.sessions[slot]
-    local cmd = (self.agent or "<agent>") .. " " .. shquote(stage) .. " " .. shquote(session)
+    local cmd = self:command(stage, session, model)
     local t0 = baton.now()
-    local r = runStage{
-      id = stage, cmd = cmd, cwd = self.cwd, stdin = prompt, timeout = self.timeout, grace = 2,
-      env = {GAP09_STAGE = stage, GAP09_SESSION_ID = session, GAP09_RISK = self.risk}, allowFail = true,
-    }
+    if self.planOnly then
+      self.plan[#self.plan + 1] = ("stage %s: %s%s"):format(id, cmd, model and (" (model " .. model .. ")") or "")
+      return {ok = true, dry = true, stdout = "", stderr = ""}, session, t0
+    end
+    local env = {GAP09_STAGE = stage, GAP09_SESSION_ID = session, GAP09_RISK = self.risk}
+    if model then env.GAP09_MODEL = model end
+    local r = runStage{id = id, cmd = cmd, cwd = self.cwd, stdin = prompt, timeout = self.timeout, grace = 2,
+      env = env, allowFail = true}
+    if r.dry then self.plan[#self.plan + 1] = ("stage %s: %s%s"):format(id, cmd, model and (" (model " .. model .. ")") or "") end
     return r, session, t0
   end
+  local dry = self.dry or self.planOnly
+  local before = not dry and worktree.fingerprint(self.cwd) or nil
   local r, session, t0 = run()
   if not r.ok and M.failureKind(r) == "session" then
     -- GAP-09 failure matrix: an invalid session id starts a new session, with a warning.
@@ -158,9 +243,24 @@ function Pipeline:call(stage, prompt, iteration)
   end
   local rec = {
     stage = stage, status = r.ok and "pass" or "fail", started_at = iso(t0), ended_at = iso(baton.now()),
-    session_id = session, output = r.stdout or "", iteration = iteration or 0,
-    tokens_estimated = M.tokens(prompt, r.stdout),
+    session_id = session, model = model or baton.json.null, agent = agent or baton.json.null,
+    output = r.stdout or "", iteration = iteration or 0,
   }
+  if part then rec.part = part end
+  if dry then
+    -- An honest dry run: nothing ran, so nothing passed and no token was spent.
+    rec.status, rec.tokens, rec.tokens_source = "planned", 0, "none"
+  else
+    local reported = M.reportedTokens(r.stdout)
+    if reported then
+      rec.tokens, rec.tokens_source, rec.tokens_reported = reported, "reported", reported
+    else
+      rec.tokens, rec.tokens_source = M.tokens(prompt, r.stdout), "estimated"
+      rec.tokens_estimated = rec.tokens
+    end
+    rec.changed_files = baton.json.array(worktree.changed(before, (worktree.fingerprint(self.cwd))))
+    for _, f in ipairs(rec.changed_files) do self.changed[f] = true end
+  end
   if not r.ok then
     rec.error = r.message or lastLine(r.stderr) or ("exit " .. tostring(r.exit))
     if r.status == "timed_out" then rec.error = ("timed out after %ss"):format(self.timeout) end
@@ -171,20 +271,76 @@ function Pipeline:call(stage, prompt, iteration)
   return r, rec
 end
 
+--- Files changed by the pipeline's stages so far, sorted.
+function Pipeline:changedFiles()
+  local out = {}
+  for f in pairs(self.changed) do out[#out + 1] = f end
+  table.sort(out)
+  return out
+end
+
+local function tailLines(text, n)
+  local all = {}
+  for l in (text or ""):gmatch("[^\n]+") do if l:match("%S") then all[#all + 1] = l end end
+  local out = {}
+  for i = math.max(1, #all - n + 1), #all do out[#out + 1] = all[i] end
+  return out
+end
+M.tailLines = tailLines
+
+--- The step report after a stage (GAP-09 section 7): session, model, changed files,
+--- tokens; for verification the pre-flight gates (PASS/FAIL with their last lines of
+--- output), the verdict and the re-verify count. Printed and journaled.
+function Pipeline:report(rec, extra)
+  extra = extra or {}
+  local out = {}
+  local function add(s) out[#out + 1] = "  " .. s end
+  add(("session: %s  model: %s"):format(rec.session_id or "-", rec.model ~= baton.json.null and rec.model or "(agent default)"))
+  if extra.checks then
+    add("pre-flight gates:")
+    for _, c in ipairs(extra.checks) do
+      add(("  - %s: %s"):format(c.name, c.ok and "PASS" or (c.detail:match("^FAIL") and c.detail or ("FAIL (" .. c.detail .. ")"))))
+      for _, l in ipairs(c.tail or {}) do add("      | " .. l) end
+    end
+  end
+  if rec.changed_files then
+    add("changed files: " .. (#rec.changed_files > 0 and table.concat(rec.changed_files, ", ") or "none"))
+  end
+  if extra.verdict ~= nil then
+    add("verification: " .. (extra.verdict and "PASS" or "FAIL") .. (extra.issues and #extra.issues > 0
+      and (" (issues: " .. table.concat(extra.issues, "; ") .. ")") or ""))
+    add(("re-verify count: %d/%d"):format(rec.iteration or 0, M.MAX_VERIFY))
+  end
+  if rec.tokens_source == "reported" then add(("tokens: %d (reported by the agent)"):format(rec.tokens))
+  elseif rec.tokens_source == "estimated" then add(("tokens: ~%d (estimated: the agent reported none)"):format(rec.tokens))
+  else add("tokens: 0 (nothing ran)") end
+  for _, l in ipairs(out) do self.say(l) end
+  if extra.checks then rec.checks = baton.json.array(extra.checks) end
+  baton.log(("step report: %s %s"):format(rec.stage, rec.status), {stage = rec.stage, status = rec.status,
+    changed_files = rec.changed_files, tokens = rec.tokens, tokens_source = rec.tokens_source, model = rec.model,
+    checks = extra.checks and baton.json.array(extra.checks) or nil, iteration = rec.iteration})
+end
+
 --- Preflight checks for `preflight{}` from shell commands ("ruff check ."): a command
 --- whose program is not installed fails with "<tool> not installed - required tool
 --- missing" (GAP-09 failure matrix); any other non-zero exit fails with its last line.
-function M.preflightChecks(commands, cwd, timeout)
+--- Each check's outcome, with its last `tail` lines of output, is added to `sink`.
+function M.preflightChecks(commands, cwd, timeout, sink, tail)
   local checks = {}
+  sink = sink or {}
   for _, c in ipairs(commands) do
     local tool = c:match("^%s*([^%s;&|]+)")
     checks[#checks + 1] = {name = c, check = function()
-      local _, found = baton.sh("command -v " .. shquote(tool), {allowFail = true, cwd = cwd})
-      if not found then return false, tool .. " not installed - required tool missing" end
-      local out, ok, exit, err = baton.sh(c, {cwd = cwd, allowFail = true, timeout = timeout})
-      if ok then return true, "PASS" end
+      local function done(ok, detail, text)
+        sink[#sink + 1] = {name = c, ok = ok, detail = detail, tail = baton.json.array(tailLines(text, tail or 5))}
+        return ok, detail
+      end
+      local _, found = baton.sh("command -v " .. shquote(tool), {allowFail = true, cwd = cwd, readOnly = true})
+      if not found then return done(false, tool .. " not installed - required tool missing", "") end
+      local out, ok, exit, err = baton.sh("(" .. c .. ") 2>&1", {cwd = cwd, allowFail = true, timeout = timeout})
+      if ok then return done(true, "PASS", out) end
       local detail = lastLine(err) or lastLine(out)
-      return false, ("FAIL (exit %s)%s"):format(tostring(exit), detail and (": " .. detail) or "")
+      return done(false, ("FAIL (exit %s)%s"):format(tostring(exit), detail and (": " .. detail) or ""), (out or "") .. "\n" .. (err or ""))
     end}
   end
   return checks
@@ -192,11 +348,16 @@ end
 
 --- GAP-09's PipelineResult.
 function Pipeline:result(status)
-  local tokens, executed = 0, 0
-  for _, s in ipairs(self.stages) do tokens = tokens + (s.tokens_estimated or 0) end
+  local tokens, estimated, reported, executed = 0, 0, 0, 0
+  for _, s in ipairs(self.stages) do
+    tokens = tokens + (s.tokens or 0)
+    estimated = estimated + (s.tokens_estimated or 0)
+    reported = reported + (s.tokens_reported or 0)
+  end
   for _, name in ipairs(M.STAGES) do if self.executed[name] then executed = executed + 1 end end
-  return {
-    version = M.VERSION, task = self.task, risk = self.risk, status = status,
+  local dry = self.dry or self.planOnly
+  local r = {
+    version = M.VERSION, task = self.task, risk = self.risk, status = dry and "dry_run" or status,
     stages = baton.json.array(self.stages),
     sessions = {
       discovery_planning = self.sessions[1], execution = self.sessions[2],
@@ -204,22 +365,43 @@ function Pipeline:result(status)
     },
     metrics = {
       total_time_seconds = math.floor((baton.now() - self.started) * 1000 + 0.5) / 1000,
-      total_tokens_estimated = tokens,
+      total_tokens = tokens,
+      total_tokens_estimated = estimated,
+      total_tokens_reported = reported,
       verification_iterations = self.verifyIterations,
-      stages_executed = executed,
+      stages_executed = dry and 0 or executed,
+      stages_planned = dry and executed or 0,
       stages_skipped = #M.STAGES - executed,
     },
   }
+  if dry then r.dry_run = true; r.plan = baton.json.array(self.plan) end
+  if self.reverted then r.reverted = self.reverted end
+  if self.startStage then r.start_stage = self.startStage end
+  if self.single then r.single_stage = self.single end
+  return r
 end
 
---- Records the result in final.json and prints the summary lines.
+--- Records the result in final.json and prints the summary lines (and, with `json`,
+--- the PipelineResult itself on stdout).
 function Pipeline:finish(status, why)
   local res = self:result(status)
   persistFinal(res)
+  local dry = self.dry or self.planOnly
+  if dry then
+    self.say("")
+    self.say("PLAN (dry run: nothing ran, no tokens spent):")
+    for i, l in ipairs(self.plan) do self.say(("  %d. %s"):format(i, l)) end
+  end
   self.say("")
-  self.say("RESULT: " .. (status == "success" and "SUCCESS" or "FAILURE") .. (why and (" (" .. why .. ")") or ""))
+  self.say("RESULT: " .. (dry and "DRY RUN" or status == "success" and "SUCCESS" or "FAILURE") .. (why and (" (" .. why .. ")") or ""))
   self.say(("TIME: %ss"):format(math.floor(res.metrics.total_time_seconds + 0.5)))
-  self.say(("TOKENS: ~%d"):format(res.metrics.total_tokens_estimated))
+  local m = res.metrics
+  if dry then self.say("TOKENS: 0 (dry run)")
+  elseif m.total_tokens_reported > 0 and m.total_tokens_estimated > 0 then
+    self.say(("TOKENS: %d (%d reported, ~%d estimated)"):format(m.total_tokens, m.total_tokens_reported, m.total_tokens_estimated))
+  elseif m.total_tokens_reported > 0 then self.say(("TOKENS: %d (reported)"):format(m.total_tokens))
+  else self.say(("TOKENS: ~%d (estimated)"):format(m.total_tokens)) end
+  if self.json then io.stdout:write(baton.json.encode(res, {pretty = true}), "\n") end
   return res
 end
 

@@ -8,7 +8,10 @@
 --   }
 --   if o.help then return end               -- usage was printed
 --
--- A word is an option when it looks like `name=value` with `name` an identifier.
+-- A word is an option when it looks like `name=value` with `name` an identifier, or
+-- `--name value`, `--name=value` (dashes in the name read as '_'), or `--name` for an
+-- option with `flag = true` (a boolean; `name=1`/`name=0` work too). Words after `--` are
+-- positional.
 -- An unknown option, a bad choice or a bad number ends the run with exit code 3
 -- (a usage error) and a message naming the option.
 local M = {}
@@ -68,8 +71,35 @@ function M.parse(spec, words)
     o.help = true
     return o
   end
-  for _, w in ipairs(words) do
+  local i, onlyWords = 0, false
+  while i < #words do
+    i = i + 1
+    local w = words[i]
     local k, v = w:match("^([%a_][%w_]*)=(.*)$")
+    if onlyWords then
+      k = nil
+    elseif w == "--" then
+      onlyWords = true
+      goto continue
+    elseif w:match("^%-%-[%a_]") then
+      -- The usual command-line forms too: --name value, --name=value, --flag.
+      local name, value = w:match("^%-%-([%w_%-]+)=(.*)$")
+      name = (name or w:sub(3)):gsub("%-", "_")
+      local opt = options[name]
+      if not opt then
+        local hint = closest(name, known)
+        usageError(("unknown option '--%s'%s; known options: %s"):format(name:gsub("_", "-"),
+          hint and (" (did you mean '--" .. hint:gsub("_", "-") .. "'?)") or "", table.concat(known, ", ")), spec.usage)
+      end
+      if value == nil and opt.flag then
+        value = "1"
+      elseif value == nil then
+        i = i + 1
+        value = words[i]
+        if value == nil then usageError(("option '--%s' needs a value"):format(w:sub(3)), spec.usage) end
+      end
+      k, v = name, value
+    end
     if k then
       local opt = options[k]
       if not opt and k ~= spec.positional then
@@ -85,6 +115,7 @@ function M.parse(spec, words)
     else
       rest[#rest + 1] = w
     end
+    ::continue::
   end
   if not spec.positional and #rest > 0 then
     usageError(("unexpected word '%s' (options are name=value)"):format(rest[1]), spec.usage)
@@ -111,6 +142,11 @@ function M.parse(spec, words)
           usageError(("option '%s' must be at least %s, got %s"):format(name, opt.min, v), spec.usage)
         end
         o[name] = n
+      end
+      if opt.flag then
+        local b = ({["1"] = true, ["true"] = true, yes = true, ["0"] = false, ["false"] = false, no = false})[tostring(v)]
+        if b == nil then usageError(("option '%s' is a flag: 1 or 0, got '%s'"):format(name, tostring(v)), spec.usage) end
+        o[name] = b
       end
       if opt.list and type(o[name]) == "string" then o[name] = M.split(o[name], opt.sep or ",") end
     elseif opt.required then

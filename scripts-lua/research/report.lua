@@ -2,7 +2,8 @@
 return [[
 # Research run {{run_id}}
 
-- status: **{{status}}**
+- status: **{{status}}** {{reason}}
+- incident tags: {{tags}}
 - job: `{{job}}`
 - output: {{out}}
 - duration: {{duration_s}} s

@@ -13,8 +13,20 @@
 --       command: "test -x agents/x/x.zsh && echo ok"
 --       expected: "ok"                   # compared with the trimmed stdout
 --
+--   post_verify:                          # optional: run after the files are written
+--     - mkdir -p g/followup/state         # a command (passes on exit 0), or
+--     - {command: "...", expected: "..."}
+--
+-- Paths leave base only into the allow-list (opts.allow). A LaunchAgent plist (a
+-- `*.plist` under `LaunchAgents/`) becomes systemd user units in opts.units (see
+-- wo.launchd); `launchctl` steps become `systemctl --user` steps, skipped with the reason
+-- when there is no user service manager.
+--
 -- apply() writes every file (each atomically, with its mode) only after all of them
--- passed validation, and restores the earlier contents if a write fails half way.
+-- passed validation, copies what it replaces to backups/ first, and restores the earlier
+-- contents if a write fails half way; rollback() puts everything back.
+local launchd = require("wo.launchd")
+
 local M = {}
 
 local function trim(s) return (tostring(s or ""):gsub("^%s+", ""):gsub("%s+$", "")) end
@@ -49,9 +61,45 @@ function M.normalize(p)
   return table.concat(parts, "/")
 end
 
+--- A lexically normalised absolute path.
+function M.absolute(p)
+  local parts = {}
+  for part in p:gmatch("[^/]+") do
+    if part == ".." then parts[#parts] = nil elseif part ~= "." then parts[#parts + 1] = part end
+  end
+  return "/" .. table.concat(parts, "/")
+end
+
+local function within(path, dir)
+  return dir == "/" or path == dir or path:sub(1, #dir + 1) == dir .. "/"
+end
+M.within = within
+
+--- Where a work-order path goes: the absolute target and a label, or nil and why.
+--- opts: {base (absolute), allow = {absolute dirs}, home}.
+function M.target(p, opts)
+  if type(p) ~= "string" or p == "" then return nil, "the path is empty" end
+  local allowText = #(opts.allow or {}) > 0 and table.concat(opts.allow, ", ") or "none"
+  local hint = ("; paths outside base are allowed only through allow=DIR,... (allow-list: %s)"):format(allowText)
+  local abs
+  if p:sub(1, 2) == "~/" and opts.home then abs = M.absolute(opts.home .. "/" .. p:sub(3))
+  elseif p:sub(1, 1) == "/" then abs = M.absolute(p)
+  elseif p:sub(1, 1) == "~" then return nil, ("path %s: only ~/ is understood"):format(p)
+  else abs = M.absolute(opts.base .. "/" .. p) end
+  if abs == opts.base then return nil, ("path %s names base itself"):format(p) end
+  if within(abs, opts.base) then return abs, abs:sub(#opts.base + 2) end
+  for _, dir in ipairs(opts.allow or {}) do
+    if within(abs, dir) then return abs, abs end
+  end
+  if p:sub(1, 1) == "/" or p:sub(1, 1) == "~" then
+    return nil, ("path %s is absolute and outside base (%s)%s"):format(p, abs, hint)
+  end
+  return nil, ("path %s leaves base (it is %s)%s"):format(p, abs, hint)
+end
+
 --- Decodes and validates a work order file. Returns wo, or nil, reason and the wo_id
---- when the file had a usable one.
-function M.load(file)
+--- when the file had a usable one. opts: {base, allow, home, units, logs} (absolute).
+function M.load(file, opts)
   local okRead, text = pcall(baton.fs.read, file)
   if not okRead then return nil, ("%s: cannot read: %s"):format(file, tostring(text)) end
   local ok, doc = pcall(baton.yaml.decode, text)
@@ -66,7 +114,7 @@ function M.load(file)
     return bad("wo_id", "is required: letters, digits, '.', '_', '-'")
   end
   if type(doc.files) ~= "table" or #doc.files == 0 then return bad("files", "must be a non-empty list") end
-  local wo = {id = doc.wo_id, title = doc.title, type = doc.type, file = file, files = {}, tests = {}}
+  local wo = {id = doc.wo_id, title = doc.title, type = doc.type, file = file, files = {}, tests = {}, post_verify = {}, units = {}}
   for i, f in ipairs(doc.files) do
     local where = ("files[%d]"):format(i)
     if type(f) ~= "table" then return bad(where, "must be a mapping with path and content") end
@@ -74,44 +122,114 @@ function M.load(file)
     local content = f.content
     if type(content) == "number" or type(content) == "boolean" then content = tostring(content) end
     if type(content) ~= "string" then return bad(where .. ".content", "is required (a string)") end
-    local path, why = M.normalize(f.path)
-    if not path then return bad(where .. ".path", "refused: " .. why) end
     local mode, mwhy = M.mode(f.mode)
     if not mode then return bad(where .. ".mode", mwhy) end
-    wo.files[#wo.files + 1] = {path = path, content = content, mode = mode}
+    if launchd.isLaunchAgent(f.path) then
+      -- On Linux a LaunchAgent is systemd user units in opts.units.
+      local agent, perr = launchd.parse(content)
+      if not agent then return bad(where .. ".content", "is not a LaunchAgent plist: " .. perr) end
+      local units, uerr = launchd.units(agent, {base = opts.base, home = opts.home, logs = opts.logs, source = f.path})
+      if not units then return bad(where .. ".content", uerr) end
+      for _, u in ipairs(units) do
+        local full = M.target(opts.units .. "/" .. u.name, opts)
+        if not full then
+          return bad(where .. ".path", ("refused: %s is a LaunchAgent; on Linux it becomes %s in %s, outside base; paths outside "
+            .. "base are allowed only through allow=DIR,... (allow-list: %s)"):format(f.path, u.name, opts.units,
+            #(opts.allow or {}) > 0 and table.concat(opts.allow, ", ") or "none"))
+        end
+        wo.files[#wo.files + 1] = {path = full, full = full, content = u.text, mode = 420, unit = u.name, from = f.path}
+        wo.units[#wo.units + 1] = {name = u.name, path = full, label = agent.Label, from = f.path}
+      end
+    else
+      local full, label = M.target(f.path, opts)
+      if not full then return bad(where .. ".path", "refused: " .. label) end
+      wo.files[#wo.files + 1] = {path = label, full = full, content = content, mode = mode}
+    end
   end
   if doc.tests ~= nil and type(doc.tests) ~= "table" then return bad("tests", "must be a list") end
   for i, t in ipairs(doc.tests or {}) do
     if type(t) ~= "table" or type(t.command) ~= "string" then return bad(("tests[%d].command"):format(i), "is required (a string)") end
     wo.tests[#wo.tests + 1] = {name = t.name or t.command, command = t.command, expected = t.expected}
   end
+  if doc.post_verify ~= nil and type(doc.post_verify) ~= "table" then return bad("post_verify", "must be a list") end
+  for i, st in ipairs(doc.post_verify or {}) do
+    if type(st) == "string" then
+      wo.post_verify[#wo.post_verify + 1] = {name = st, command = st}
+    elseif type(st) == "table" and type(st.command) == "string" then
+      wo.post_verify[#wo.post_verify + 1] = {name = st.name or st.command, command = st.command, expected = st.expected}
+    else
+      return bad(("post_verify[%d]"):format(i), "must be a command or {command, expected}")
+    end
+  end
   return wo
 end
 
 --- The real path of base/rel with symlinks resolved (the file need not exist).
 local function realpath(p)
-  local out, ok = baton.sh({"realpath", "-m", "--", p}, {allowFail = true})
+  local out, ok = baton.sh({"realpath", "-m", "--", p}, {allowFail = true, readOnly = true})
   return ok and trim(out) or nil
 end
 
---- Checks every path stays inside base once symlinks are resolved.
-function M.contained(base, wo)
+--- Checks every path stays inside base (or an allowed directory) once symlinks are resolved.
+function M.contained(base, wo, allow)
   local root = realpath(base)
   if not root then return nil, "cannot resolve base " .. base end
+  local roots = {root}
+  for _, a in ipairs(allow or {}) do roots[#roots + 1] = realpath(a) end
   for _, f in ipairs(wo.files) do
-    local real = realpath(base .. "/" .. f.path)
-    if not real or real:sub(1, #root + 1) ~= root .. "/" then
-      return nil, ("%s: path %s refused: it resolves to %s, outside base %s"):format(wo.file, f.path, tostring(real), root)
+    local real = realpath(f.full)
+    local ok = false
+    for _, r in ipairs(roots) do if real and within(real, r) and real ~= r then ok = true end end
+    if not ok then
+      return nil, ("%s: path %s refused: it resolves to %s, outside base %s%s"):format(wo.file, f.path, tostring(real), root,
+        #(allow or {}) > 0 and (" and the allow-list (" .. table.concat(allow, ", ") .. ")") or "")
     end
   end
   return true
+end
+
+--- Copies what the work order will replace to backupDir (a snapshot before a
+--- destructive step). Returns the manifest {dir, files = {{path, full, existed, backup}}}.
+function M.backup(wo, backupDir)
+  local m = {dir = backupDir, files = {}}
+  for i, f in ipairs(wo.files) do
+    local e = {path = f.path, full = f.full, existed = baton.fs.exists(f.full)}
+    if e.existed then
+      e.backup = ("%s/%d/%s"):format(backupDir, i, f.full:match("([^/]+)$"))
+      baton.fs.mkdir(e.backup:match("^(.*)/[^/]*$"))
+      baton.sh({"cp", "-p", "--", f.full, e.backup})
+    end
+    m.files[#m.files + 1] = e
+  end
+  baton.fs.mkdir(backupDir)
+  baton.fs.write(backupDir .. "/manifest.json", baton.json.encode({wo_id = wo.id, files = m.files}, {pretty = true}) .. "\n")
+  return m
+end
+
+--- Puts back what the manifest recorded: earlier files restored, new files removed.
+--- Returns {restored = {...}, removed = {...}}.
+function M.rollback(manifest)
+  local r = {restored = {}, removed = {}}
+  for i = #manifest.files, 1, -1 do
+    local e = manifest.files[i]
+    if e.existed then
+      baton.sh({"cp", "-p", "--", e.backup, e.full})
+      r.restored[#r.restored + 1] = e.path
+    elseif baton.fs.exists(e.full) then
+      os.remove(e.full)
+      r.removed[#r.removed + 1] = e.path
+    end
+  end
+  table.sort(r.restored)
+  table.sort(r.removed)
+  return r
 end
 
 --- Writes the files; on a failed write restores what was written. true | nil, why.
 function M.apply(base, wo)
   local done = {}
   for _, f in ipairs(wo.files) do
-    local full = base .. "/" .. f.path
+    local full = f.full or (base .. "/" .. f.path)
     local before = baton.fs.exists(full) and baton.fs.read(full) or nil
     local ok, err = pcall(baton.fs.write, full, f.content, {mode = f.mode})
     if not ok then
@@ -126,19 +244,57 @@ function M.apply(base, wo)
   return true
 end
 
---- Runs the work order's tests in base. true | nil, why.
-function M.test(base, wo)
-  for _, t in ipairs(wo.tests) do
-    local out, ok, code, err = baton.sh(t.command, {cwd = base, allowFail = true, timeout = 120})
-    if t.expected ~= nil then
-      if trim(out) ~= trim(t.expected) then
-        return nil, ("test '%s' failed: expected %q, got %q%s"):format(t.name, trim(t.expected), trim(out), ok and "" or (" (exit " .. code .. ")"))
+--- Runs steps (post_verify or tests) in base, each with its expected result. A step
+--- that uses launchctl runs as its systemctl --user equivalent where a user service
+--- manager exists, otherwise it is skipped with the reason; a `sleep` after service
+--- steps that were all skipped is skipped too (it waits for services that did not start).
+--- Returns ok (no step failed) and the results {{name, command, status = PASS|FAIL|SKIPPED,
+--- expected, got, reason}}.
+function M.steps(base, steps, svc)
+  local results, ok = {}, true
+  local services, skippedServices = 0, 0
+  for _, st in ipairs(steps) do
+    local res = {name = st.name, command = st.command, expected = st.expected}
+    local cmd = st.command
+    local isService = cmd:find("launchctl", 1, true) ~= nil or cmd:find("systemctl", 1, true) ~= nil
+    if isService then
+      services = services + 1
+      local translated, what = launchd.translate(cmd)
+      if cmd:find("launchctl", 1, true) and not translated then
+        res.status, res.reason = "SKIPPED", what
+      elseif not svc.available then
+        res.status, res.reason = "SKIPPED", svc.why
       end
-    elseif not ok then
-      return nil, ("test '%s' failed with exit %d: %s"):format(t.name, code, trim(err))
+      if translated then res.linux = translated; cmd = translated end
+      if res.status == "SKIPPED" then skippedServices = skippedServices + 1 end
+    elseif cmd:match("^%s*sleep%s+[%d.]+%s*$") and services > 0 and skippedServices == services then
+      res.status, res.reason = "SKIPPED", "it waits for services, and every service step before it was skipped"
     end
+    if not res.status then
+      local out, good, code, err = baton.sh(cmd, {cwd = base, allowFail = true, timeout = 120})
+      res.got = trim(out)
+      res.exit = code
+      if st.expected ~= nil then
+        good = trim(out) == trim(st.expected)
+        if not good then res.reason = ("expected %q, got %q%s"):format(trim(st.expected), trim(out), code ~= 0 and (" (exit " .. code .. ")") or "") end
+      elseif not good then
+        res.reason = ("exit %d: %s"):format(code, trim(err) ~= "" and trim(err) or trim(out))
+      end
+      res.status = good and "PASS" or "FAIL"
+      if not good then ok = false end
+    end
+    results[#results + 1] = res
   end
-  return true
+  return ok, results
+end
+
+--- Runs the work order's tests in base. true | nil, why, and the results.
+function M.test(base, wo, svc)
+  local ok, results = M.steps(base, wo.tests, svc or {available = true})
+  if ok then return true, nil, results end
+  for _, r in ipairs(results) do
+    if r.status == "FAIL" then return nil, ("test '%s' failed: %s"):format(r.name, r.reason), results end
+  end
 end
 
 return M
