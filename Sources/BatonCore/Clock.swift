@@ -68,6 +68,29 @@ public enum Clock {
         return s.count >= n ? s : String(repeating: "0", count: n - s.count) + s
     }
 
+    /// "90", "90s", "30m", "2h", "1h30m", "7d", "0.5s" → seconds; nil when it is not one.
+    public static func parseDuration(_ text: String) -> Double? {
+        let t = text.trimmingWhitespace()
+        if let v = Double(t), v >= 0 { return v }
+        var total = 0.0
+        var number = ""
+        var sawUnit = false
+        for c in t {
+            if c.isNumber || c == "." { number.append(c); continue }
+            guard let v = Double(number) else { return nil }
+            switch c {
+            case "s": total += v
+            case "m": total += v * 60
+            case "h": total += v * 3600
+            case "d": total += v * 86400
+            default: return nil
+            }
+            number = ""
+            sawUnit = true
+        }
+        return sawUnit && number.isEmpty ? total : nil
+    }
+
     /// A duration for people: 850ms, 12.3s, 4m05s, 2h03m.
     public static func human(_ seconds: Double) -> String {
         if seconds < 1 { return "\(Int((seconds * 1000).rounded()))ms" }

@@ -44,6 +44,10 @@ public final class EventLoop {
 
     public init() {}
 
+    /// Set by `poke`: take another turn at once (a freed pool slot lets a waiting task start).
+    private var poked = false
+    public func poke() { poked = true }
+
     public var interrupted: Bool { baton_signal_pending() != 0 }
 
     /// Adds a task and gives it its first step.
@@ -107,6 +111,7 @@ public final class EventLoop {
             }
             let firstExtra = pfds.count
             for fd in fds { pfds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
+            if poked { poked = false; wake = now }
             let ms: Int32 = wake.isInfinite ? -1 : Int32(max(0, min(3_600_000, ((wake - now) * 1000).rounded(.up))))
             if poll(&pfds, nfds_t(pfds.count), ms) > 0 {
                 if pfds[0].revents != 0 {

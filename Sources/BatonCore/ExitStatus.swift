@@ -18,6 +18,9 @@ public struct ExitStatus: RawRepresentable, Hashable, Sendable, CustomStringConv
     public static let preflightFailed = ExitStatus(rawValue: 4)
     /// 5..99: chosen by the recipe with `baton.fail(message, {code = N})`.
     public static let recipeChosen: ClosedRange<Int32> = 5...99
+    /// 124: the run budget (`--budget`, `baton.budget`) was exceeded; ended like a cancel.
+    /// (timeout(1)'s code for the same thing.)
+    public static let budgetExceeded = ExitStatus(rawValue: 124)
     /// 128 + n: ended by signal n (SIGHUP 129, SIGINT 130, SIGTERM 143); final.json is still written.
     public static func signal(_ sig: Int32) -> ExitStatus { ExitStatus(rawValue: 128 + sig) }
     public static let hangup = signal(SIGHUP)
@@ -27,7 +30,8 @@ public struct ExitStatus: RawRepresentable, Hashable, Sendable, CustomStringConv
     /// The table as the guide prints it: (code or range, meaning), in order.
     public static let table: [(codes: String, meaning: String)] = [
         ("0", "success"), ("1", "failure"), ("2", "gate exhausted"), ("3", "usage"),
-        ("4", "preflight failed"), ("5..99", "recipe chosen"), ("129 / 130 / 143", "signal"),
+        ("4", "preflight failed"), ("5..99", "recipe chosen"), ("124", "run budget exceeded"),
+        ("129 / 130 / 143", "signal"),
     ]
 
     public var isSignal: Bool { rawValue > 128 && rawValue < 160 }

@@ -3,6 +3,8 @@
 public enum FailureClass: String, Sendable, CaseIterable {
     case transient
     case deterministic
+    /// No output for `noOutputTimeout` seconds: ended by Baton. Retried only when listed.
+    case stalled
 }
 
 public struct TransientRules: Sendable, Equatable {

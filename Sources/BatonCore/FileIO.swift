@@ -102,6 +102,13 @@ public enum FileIO {
         return join(currentDirectory(), path)
     }
 
+    /// This program's own executable (/proc/self/exe).
+    public static func selfExecutable() -> String {
+        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+        return n > 0 ? String(cBuffer: buf) : CommandLine.arguments[0]
+    }
+
     public static func currentDirectory() -> String {
         var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         guard getcwd(&buf, buf.count) != nil else { return "." }

@@ -68,6 +68,7 @@ public enum EventBody: Sendable {
     case runResumed(RunBegan)
     case stageStarted(StageStarted)
     case stageFinished(StageFinished)
+    case stageStalled(StageStalled)
     case preflight(PreflightRecord)
     case watch(WatchTransition)
     case gate(GateRecord)
@@ -83,6 +84,7 @@ public enum EventBody: Sendable {
     public static let schema: [(type: String, fields: [String])] = [
         ("run_started", RunBegan.startedFields), ("run_resumed", RunBegan.resumedFields),
         ("stage_started", StageStarted.fieldNames), ("stage_finished", StageFinished.fieldNames),
+        ("stage_stalled", StageStalled.fieldNames),
         ("preflight", PreflightRecord.fieldNames), ("watch", WatchTransition.fieldNames),
         ("gate", GateRecord.fieldNames), ("heartbeat", Heartbeat.fieldNames), ("log", LogRecord.fieldNames),
         ("command", CommandRecord.fieldNames), ("not_run", NotRun.fieldNames), ("final", FinalEvent.fieldNames),
@@ -94,6 +96,7 @@ public enum EventBody: Sendable {
         case .runResumed: return "run_resumed"
         case .stageStarted: return "stage_started"
         case .stageFinished: return "stage_finished"
+        case .stageStalled: return "stage_stalled"
         case .preflight: return "preflight"
         case .watch: return "watch"
         case .gate: return "gate"
@@ -112,6 +115,7 @@ public enum EventBody: Sendable {
         case let .runResumed(b): return b.fields(resumed: true)
         case let .stageStarted(s): return s.fields
         case let .stageFinished(s): return s.fields
+        case let .stageStalled(s): return s.fields
         case let .preflight(p): return p.fields
         case let .watch(w): return w.fields
         case let .gate(g): return g.fields
@@ -132,6 +136,7 @@ public enum EventBody: Sendable {
         case "run_resumed": self = .runResumed(RunBegan(&f))
         case "stage_started": self = .stageStarted(StageStarted(&f))
         case "stage_finished": self = .stageFinished(StageFinished(&f))
+        case "stage_stalled": self = .stageStalled(StageStalled(&f))
         case "preflight": self = .preflight(PreflightRecord(&f))
         case "watch": self = .watch(WatchTransition(&f))
         case "gate": self = .gate(GateRecord(&f))
@@ -216,12 +221,15 @@ public struct RunBegan: Sendable {
     public var batonVersion: String
     public var dryRun: Bool
     public var cwd: String
+    /// Seconds between heartbeats while the recipe waits (status uses it to tell a hung runner).
+    public var heartbeatSec: Double = 30
     /// run_resumed only: the last seq before the resume, and what the reader found.
     public var resumesAfter: Int64?
     public var tornTailTruncated = false
     public var corruptLines: [Int] = []
 
-    public static let startedFields = ["recipe", "recipe_sha256", "args", "pid", "host", "baton_version", "dry_run", "cwd"]
+    public static let startedFields = ["recipe", "recipe_sha256", "args", "pid", "host", "baton_version", "dry_run", "cwd",
+                                       "heartbeat_sec"]
     public static let resumedFields = startedFields + ["resumes_after", "torn_tail_truncated", "corrupt_lines"]
 
     public init(recipe: String, recipeSHA256: String, args: [String], pid: Int32, host: String, dryRun: Bool, cwd: String) {
@@ -238,6 +246,7 @@ public struct RunBegan: Sendable {
         batonVersion = f.string("baton_version") ?? ""
         dryRun = f.bool("dry_run")
         cwd = f.string("cwd") ?? ""
+        heartbeatSec = f["heartbeat_sec"]?.doubleValue ?? 30
         resumesAfter = f.int("resumes_after")
         tornTailTruncated = f.bool("torn_tail_truncated")
         corruptLines = f["corrupt_lines"]?.arrayValue?.compactMap { $0.intValue.map(Int.init) } ?? []
@@ -247,7 +256,7 @@ public struct RunBegan: Sendable {
         var o: [(String, JSON)] = [
             ("recipe", .string(recipe)), ("recipe_sha256", .string(recipeSHA256)), ("args", .array(args.map(JSON.string))),
             ("pid", .int(Int64(pid))), ("host", .string(host)), ("baton_version", .string(batonVersion)),
-            ("dry_run", .bool(dryRun)), ("cwd", .string(cwd)),
+            ("dry_run", .bool(dryRun)), ("cwd", .string(cwd)), ("heartbeat_sec", .double(heartbeatSec)),
         ]
         if resumed {
             o.append(("resumes_after", .int(resumesAfter ?? 0)))
@@ -353,6 +362,33 @@ public struct StageFinished: Sendable {
         if breakerOpen { o.append(("breaker_open", .bool(true))) }
         if dry { o.append(("dry", .bool(true))) }
         return o
+    }
+}
+
+/// A running stage has written nothing for a while (`stallWarnSec`), once per attempt.
+public struct StageStalled: Sendable {
+    public var key: StageKey
+    public var attempt: Int
+    public var silentMs: Int64
+    /// Its noOutputTimeout has passed too: Baton is ending it.
+    public var ending: Bool
+
+    public static let fieldNames = ["id", "occurrence", "attempt", "silent_ms", "ending"]
+
+    public init(key: StageKey, attempt: Int, silentMs: Int64, ending: Bool) {
+        self.key = key; self.attempt = attempt; self.silentMs = silentMs; self.ending = ending
+    }
+
+    init(_ f: inout Fields) {
+        key = f.key()
+        attempt = Int(f.int("attempt") ?? 1)
+        silentMs = f.int("silent_ms") ?? 0
+        ending = f.bool("ending")
+    }
+
+    var fields: [(String, JSON)] {
+        [("id", .string(key.id)), ("occurrence", .int(Int64(key.occurrence))), ("attempt", .int(Int64(attempt))),
+         ("silent_ms", .int(silentMs)), ("ending", .bool(ending))]
     }
 }
 

@@ -33,6 +33,9 @@ public final class RunContext {
     public private(set) var history: RunHistory
     public var executors: [String: Executor] = ["local": LocalExecutor()]
 
+    /// Seconds of silence after which a stage's `stage_stalled` event is journaled
+    /// (its own `stallWarnSec`, else BATON_STALL_WARN_SEC, else 600).
+    public var stallWarnSec: Double = 600
     var signatureCounts: [String: Int] = [:]
     var occurrences: [String: Int] = [:]
     var logNumbers: [String: Int] = [:]
@@ -40,8 +43,14 @@ public final class RunContext {
     public private(set) var result: JSON = .object([])
     /// A journal write that failed (a full disk): the run must end.
     public private(set) var fatal: SystemError?
-    /// On resume: the calls that passed before, by (id, occurrence), until one differs.
+    /// On resume: the calls that passed before, by (id, occurrence).
     var replay: [StageKey: StageFinished]?
+    /// Replay goes on per lane until a call in that lane runs for real: the recipe's main
+    /// line is lane "", each parallel item its own lane (so a fan-out killed midway replays
+    /// every item that passed, whatever order they finished in).
+    public var lane = ""
+    var stoppedLanes: Set<String> = []
+    var fanOutRan = false
     var finished = false
 
     public var interrupted: Bool { loop.interrupted }
@@ -60,6 +69,7 @@ public final class RunContext {
         env["BATON_RUN_DIR"] = dir.path
         self.baseEnvironment = env
         if let s = env["BATON_HEARTBEAT_SEC"], let v = Double(s), v > 0 { loop.heartbeatInterval = v }
+        if let s = env["BATON_STALL_WARN_SEC"], let v = Double(s), v > 0 { stallWarnSec = v }
         loop.journal = journal
         loop.onHeartbeat = { [unowned self] hb in self.record(.heartbeat(hb)) }
         loop.mustStop = { [unowned self] in self.fatal != nil }
@@ -69,8 +79,10 @@ public final class RunContext {
     static func began(recipe: String, sha: String, args: [String], dryRun: Bool) -> RunBegan {
         var host = [CChar](repeating: 0, count: 256)
         gethostname(&host, host.count)
-        return RunBegan(recipe: recipe, recipeSHA256: sha, args: args, pid: getpid(), host: String(cBuffer: host),
-                        dryRun: dryRun, cwd: FileIO.currentDirectory())
+        var b = RunBegan(recipe: recipe, recipeSHA256: sha, args: args, pid: getpid(), host: String(cBuffer: host),
+                         dryRun: dryRun, cwd: FileIO.currentDirectory())
+        if let e = getenv("BATON_HEARTBEAT_SEC"), let v = Double(String(cString: e)), v > 0 { b.heartbeatSec = v }
+        return b
     }
 
     /// Creates a run directory, takes its lock and journals `run_started`.
@@ -166,14 +178,71 @@ public final class RunContext {
     }
 
     private var madeStageDirs: Set<String> = []
-    /// Whether this runner started any process (then the end-of-run sweep is needed).
-    public var spawnedAny = false
+    /// Whether this runner started any process (then the end-of-run sweep is needed). The
+    /// first one starts the watchdog.
+    public var spawnedAny = false {
+        didSet { if spawnedAny && watchdogPipe < 0 { startWatchdog() } }
+    }
+    /// The write end of the watchdog's pipe: it closes when this process ends, however it ends.
+    private var watchdogPipe: Int32 = -1
+
+    /// A `baton __watchdog` process in its own session that ends what the run left alive as
+    /// soon as this runner is gone, even after a SIGKILL (see Survivors.watchdog).
+    private func startWatchdog() {
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { return }
+        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }   // stages must not hold it open
+        defer { close(fds[0]) }
+        var env = Spawner.currentEnvironment()
+        env["BATON_RUN_ID"] = nil
+        do {
+            _ = try Spawner.spawn(argv: [FileIO.selfExecutable(), "__watchdog", dir.id], env: env, cwd: "/",
+                                  stdin: fds[0], stdout: -1, stderr: -1, newSession: true, dieWithParent: false)
+            watchdogPipe = fds[1]
+        } catch {
+            close(fds[1])
+            log("warn", "cannot start the watchdog (\(error)): after a SIGKILL of this runner, its stages' children live on until 'baton resume' or 'baton cancel'")
+        }
+    }
 
     /// mkdir -p of a stage's log directory, once per id.
     func ensureStageDir(_ id: String) {
         guard !madeStageDirs.contains(id) else { return }
         try? FileIO.makeDirectories(dir.stageDir(id))
         madeStageDirs.insert(id)
+    }
+
+    // MARK: the run budget
+
+    /// The budget in force: its words ("2h") and when it runs out (monotonic).
+    public private(set) var budget: (text: String, until: Double)?
+
+    /// Ends the whole run `seconds` after this runner started, the way a cancel does (SIGALRM,
+    /// then every task ended within its grace); the run exits with ExitStatus.budgetExceeded.
+    public func setBudget(_ seconds: Double, text: String) {
+        let until = startedMonotonic + seconds
+        budget = (text, until)
+        _ = baton_budget_arm(max(0.000_001, until - Clock.monotonic()))
+        log("info", "run budget: \(text) (ends at \(Clock.rfc3339(Clock.now() + until - Clock.monotonic())))")
+    }
+
+    // MARK: pools
+
+    /// Named pools: (limit, stages running now).
+    public private(set) var pools: [String: (limit: Int, running: Int)] = [:]
+
+    /// `baton.pool(name, limit)`: declares a pool, or changes its limit.
+    public func setPool(_ name: String, limit: Int) { pools[name] = (limit, pools[name]?.running ?? 0) }
+
+    func takePoolSlot(_ name: String) -> Bool {
+        guard let p = pools[name], p.running < p.limit else { return false }
+        pools[name] = (p.limit, p.running + 1)
+        return true
+    }
+
+    func releasePoolSlot(_ name: String) {
+        if let p = pools[name] { pools[name] = (p.limit, max(0, p.running - 1)) }
+        loop.poke()
     }
 
     public func executor(named name: String?) throws -> Executor {
@@ -209,7 +278,7 @@ public final class RunContext {
             exec.finish(with: r)
             return exec
         }
-        if let rp = replay {
+        if let rp = replay, !stoppedLanes.contains(lane), !stoppedLanes.contains("") {
             if let f = rp[key], f.fingerprint == spec.fingerprint {
                 var again = f
                 again.replayed = true
@@ -218,11 +287,20 @@ public final class RunContext {
                 exec.finish(with: StageResult(replaying: f))
                 return exec
             }
-            log("info", "resume: stage '\(spec.id)' (occurrence \(occ)) runs for real; everything after it runs too")
-            replay = nil
+            log("info", "resume: stage '\(spec.id)' (occurrence \(occ)) runs for real; everything after it"
+                + (lane.isEmpty ? "" : " in its parallel item (and after the fan-out)") + " runs too")
+            stoppedLanes.insert(lane)
+            if !lane.isEmpty { fanOutRan = true }
         }
         loop.add(exec)
         return exec
+    }
+
+    /// A fan-out has ended: if any of its items ran a stage for real, the main line stops
+    /// replaying too (what follows may depend on what the items made).
+    public func endFanOut() {
+        if fanOutRan { stoppedLanes.insert("") }
+        fanOutRan = false
     }
 
     /// Runs a stage in the foreground until it ends (or the run is interrupted).
@@ -282,6 +360,7 @@ public final class RunContext {
         guard !finished else { return [] }
         finished = true
         var problems: [String] = []
+        _ = baton_budget_arm(0)
         loop.endAll()
         writePending()
         // Only processes this runner started can carry the mark (resume sweeps at its start).
@@ -295,6 +374,7 @@ public final class RunContext {
             problems.append("cannot write final.json: \(error)")
         }
         if let f = fatal, fatalBefore == nil { problems.append("cannot journal the final event: \(f)") }
+        if watchdogPipe >= 0 { close(watchdogPipe); watchdogPipe = -1 }
         lock.release()
         return problems
     }

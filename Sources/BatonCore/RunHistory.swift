@@ -15,6 +15,8 @@ public struct StageRecord: Sendable {
     public var logs = StageLogs(stdout: "", stderr: "")
     /// The latest `stage_finished` (the final one once the call is over).
     public var finished: StageFinished?
+    /// The current attempt has been silent past its stallWarnSec (a `stage_stalled` event).
+    public var stalled: StageStalled?
 
     public var isOpen: Bool { status == "running" || status == "waiting" }
     public var isOver: Bool { StageStatus(rawValue: status) != nil }
@@ -96,6 +98,7 @@ public struct RunHistory: Sendable {
             stages[i].attempt = s.attempt
             stages[i].pid = s.pid
             stages[i].logs = s.logs
+            stages[i].stalled = nil
             attemptLogs.append(AttemptLog(key: s.key, attempt: s.attempt, logs: s.logs))
             noteLogNumber(s.key.id, s.logs)
         case let .stageFinished(f):
@@ -108,6 +111,8 @@ public struct RunHistory: Sendable {
             stages[i].endedAt = e.ts
             if f.final { stages[i].pid = nil }
             stages[i].finished = f
+        case let .stageStalled(s):
+            if let i = stageIndex[s.key] { stages[i].stalled = s }
         case let .watch(w):
             let rec = WatchRecord(id: w.id, state: w.to, since: e.ts, reason: w.reason, details: w.details)
             if let i = watchIndex[w.id], !watches[i].state.isTerminal || w.from == nil { watches[i] = rec } else {

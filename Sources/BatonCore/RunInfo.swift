@@ -25,6 +25,10 @@ public struct RunInfo {
     public var problems: [String] = []
     public var stageCount = 0
     public var alivePids: [Int32] = []
+    /// A live run's stages in flight, with how long each has been silent (its logs' mtimes).
+    public var running: [(stage: StageRecord, silent: Double)] = []
+    /// A live run whose last event is older than three heartbeat intervals.
+    public var runnerLooksHung = false
 
     public var duration: Double? {
         guard let s = startedAt else { return nil }
@@ -80,6 +84,21 @@ public struct RunInfo {
         // An orphaned run ended when its runner last wrote.
         if info.state == .orphaned, info.endedAt == nil || info.final?.status == "running" { info.endedAt = info.lastEvent?.ts }
         if info.state == .running || info.state == .orphaned { info.alivePids = Survivors.find(runID: dir.id) }
+        if info.isLive {
+            let now = Clock.now()
+            info.running = h.running.map { r in
+                var last = r.startedAt ?? now
+                for p in [r.logs.stdout, r.logs.stderr] {
+                    var st = stat()
+                    if !p.isEmpty, stat(p, &st) == 0, st.st_size > 0 {
+                        last = max(last, Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9)
+                    }
+                }
+                return (r, max(0, now - last))
+            }
+            let every = h.latestStart?.began.heartbeatSec ?? 30
+            if let l = info.lastEvent, now - l.ts > 3 * every { info.runnerLooksHung = true }
+        }
         return info
     }
 
@@ -106,6 +125,15 @@ public struct RunInfo {
                                              ("ago_ms", .int(Int64((Clock.now() - l.ts) * 1000)))])))
         } else { o.append(("last_event", .null)) }
         o.append(("alive_pids", .array(alivePids.map { .int(Int64($0)) })))
+        o.append(("running", .array(running.map { r in
+            .object([("id", .string(r.stage.key.id)), ("occurrence", .int(Int64(r.stage.key.occurrence))),
+                     ("attempt", .int(Int64(r.stage.attempt))), ("status", .string(r.stage.status)),
+                     ("pid", r.stage.pid.map { .int(Int64($0)) } ?? .null),
+                     ("cmd", r.stage.command?.json ?? .null),
+                     ("for_ms", .int(Int64((Clock.now() - (r.stage.startedAt ?? Clock.now())) * 1000))),
+                     ("silent_ms", .int(Int64(r.silent * 1000))), ("stalled", .bool(r.stage.stalled != nil))])
+        })))
+        o.append(("runner_looks_hung", .bool(runnerLooksHung)))
         o.append(("problems", .array(problems.map(JSON.string))))
         return .object(o)
     }

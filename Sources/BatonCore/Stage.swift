@@ -16,6 +16,14 @@ public struct StageSpec: Sendable {
     public var breaker: Int?
     public var requireFiles: [String] = []
     public var allowFail = false
+    /// A named pool (`baton.pool`) that limits how many stages run at once across the run.
+    public var pool: String?
+    /// Seconds without a byte on stdout or stderr (or a touch of `heartbeatFile`) that end
+    /// the stage as `stalled`.
+    public var noOutputTimeout: Double?
+    public var heartbeatFile: String?
+    /// Seconds of silence after which one `stage_stalled` event is journaled (nil: the run's default).
+    public var stallWarnSec: Double?
 
     public init(id: String, command: Command) { self.id = id; self.command = command }
 
@@ -161,10 +169,20 @@ public final class StageExecution: LoopTask {
     public var occurrence: Int { key.occurrence }
     public var isFinished: Bool { if case .finished = phase { return true }; return false }
 
+    /// Waiting for a free slot in its pool (woken when another stage's attempt ends).
+    var blockedOnPool = false
+    var holdsPoolSlot = false
+    /// Silence watch: when output (or the heartbeat file) last changed, and what was seen.
+    var lastOutputAt = 0.0
+    var seenOutput: (Int, Int, Double) = (0, 0, 0)
+    var nextSilenceCheck = Double.infinity
+    var stallWarned = false
+    var stalled = false
+
     public var nextWake: Double? {
         switch phase {
-        case let .waiting(until): return until
-        case .running: return deadline
+        case let .waiting(until): return blockedOnPool ? nil : until
+        case .running: return min(deadline ?? .infinity, nextSilenceCheck)
         case .finished: return nil
         }
     }
@@ -185,7 +203,13 @@ public final class StageExecution: LoopTask {
     public func advance(now: Double) {
         switch phase {
         case let .waiting(until):
-            if now >= until { startAttempt() }
+            guard now >= until else { return }
+            if let p = spec.pool {
+                blockedOnPool = !context.takePoolSlot(p)
+                if blockedOnPool { return }
+                holdsPoolSlot = true
+            }
+            startAttempt()
         case .running:
             guard let j = job else { return }
             if case let .done(t) = j.state { attemptEnded(t); return }
@@ -194,6 +218,7 @@ public final class StageExecution: LoopTask {
                 deadline = nil
                 j.terminate(grace: spec.grace)
             }
+            if now >= nextSilenceCheck { checkSilence(now: now, job: j) }
         case .finished: break
         }
     }
@@ -236,6 +261,11 @@ public final class StageExecution: LoopTask {
             started.pid = j.pid
             context.record(.stageStarted(started))
             deadline = spec.timeout.map { attemptStart + $0 }
+            lastOutputAt = attemptStart
+            seenOutput = (0, 0, 0)
+            stallWarned = false
+            stalled = false
+            nextSilenceCheck = attemptStart + min(1, (spec.stallWarnSec ?? context.stallWarnSec) / 4, (spec.noOutputTimeout ?? 4) / 4)
             phase = .running
         } catch {
             // Could not start: a deterministic failure (a missing command never gets better).
@@ -249,6 +279,31 @@ public final class StageExecution: LoopTask {
             r.signature = FailureSignature.make(.deterministic, exit: code, signal: nil, stderrTail: msg)
             concludeAttempt(r)
         }
+    }
+
+    /// How long the stage has been silent: its log files' sizes and the heartbeat file's
+    /// mtime, checked about once a second. Journals `stage_stalled` once after
+    /// `stallWarnSec`; ends the attempt as stalled after `noOutputTimeout`.
+    func checkSilence(now: Double, job j: Job) {
+        var a = stat(), b = stat(), h = stat()
+        fstat(outFD, &a)
+        fstat(errFD, &b)
+        var beat = seenOutput.2
+        if let f = spec.heartbeatFile, stat(f, &h) == 0 { beat = Double(h.st_mtim.tv_sec) + Double(h.st_mtim.tv_nsec) / 1e9 }
+        let seen = (Int(a.st_size), Int(b.st_size), beat)
+        if seen != seenOutput { seenOutput = seen; lastOutputAt = now }
+        let silent = now - lastOutputAt
+        let warnAfter = spec.stallWarnSec ?? context.stallWarnSec
+        if !stallWarned, silent >= warnAfter {
+            stallWarned = true
+            context.record(.stageStalled(StageStalled(key: key, attempt: attempt, silentMs: Int64(silent * 1000),
+                                                      ending: spec.noOutputTimeout.map { silent >= $0 } ?? false)))
+        }
+        if let t = spec.noOutputTimeout, silent >= t, !stalled, !timedOut, !cancelRequested {
+            stalled = true
+            j.terminate(grace: spec.grace)
+        }
+        nextSilenceCheck = now + min(1, warnAfter / 4, (spec.noOutputTimeout ?? 4) / 4)
     }
 
     func closeLogs() {
@@ -270,6 +325,9 @@ public final class StageExecution: LoopTask {
         closeLogs()
         if cancelRequested && !timedOut {
             r.status = .cancelled
+        } else if stalled {
+            r.status = .failed
+            r.message = "stalled: no output for \(Clock.human(spec.noOutputTimeout ?? 0)) (noOutputTimeout)"
         } else if timedOut {
             r.status = .timed_out
             r.message = "timed out after \(Clock.human(spec.timeout ?? 0))"
@@ -285,7 +343,7 @@ public final class StageExecution: LoopTask {
         }
         if !r.ok {
             let tail = r.stderrText
-            let cls = r.message != nil && r.status == .failed
+            let cls = stalled ? FailureClass.stalled : r.message != nil && r.status == .failed
                 ? FailureClass.deterministic
                 : spec.transient.classify(timedOut: timedOut || r.status == .cancelled, signal: t.signal, exit: t.exitCode, stderrTail: tail)
             r.failureClass = cls
@@ -295,7 +353,13 @@ public final class StageExecution: LoopTask {
         concludeAttempt(r)
     }
 
+    func releasePoolSlot() {
+        if holdsPoolSlot, let p = spec.pool { context.releasePoolSlot(p) }
+        holdsPoolSlot = false
+    }
+
     func concludeAttempt(_ r0: StageResult) {
+        releasePoolSlot()
         var r = r0
         var f = StageFinished(key: key, attempt: attempt, status: r.status, durationMs: Int64(r.duration * 1000),
                               logs: r.logs, fingerprint: spec.fingerprint)

@@ -46,4 +46,18 @@ public enum Survivors {
         while waitpid(-1, &st, WNOHANG) > 0 {}
         return pids
     }
+
+    /// The watchdog's body (`baton __watchdog RUN_ID`, started by the runner with the read end
+    /// of a pipe as stdin, in a session of its own): when the pipe closes, the runner is gone,
+    /// whether it finished or was killed with SIGKILL; whatever the run started that is still
+    /// alive (grandchildren the parent-death signal does not reach) is ended at once.
+    public static func watchdog(runID: String) -> Int32 {
+        var buf = [UInt8](repeating: 0, count: 64)
+        while true {
+            let n = read(0, &buf, buf.count)
+            if n == 0 || (n < 0 && errno != EINTR) { break }
+        }
+        kill(runID: runID, grace: 0.5, loop: EventLoop())
+        return 0
+    }
 }

@@ -49,7 +49,10 @@ public final class RecipeEnvironment {
         installProcessFunctions()
         installEmbeddedSearcher()
         installBatonTable()
-        do { try installResultMetatable() } catch { fatalError("cannot install the result metatable: \(error)") }
+        do {
+            try installResultMetatable()
+            try installParallel()
+        } catch { fatalError("cannot install the recipe environment: \(error)") }
     }
 
     /// The run, created on first use (the shell's own run).

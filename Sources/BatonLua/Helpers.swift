@@ -22,6 +22,21 @@ extension RecipeEnvironment {
                 return 0
             }),
             ("sh", { [unowned self] (l: LuaState) throws -> Int32 in try self.batonSh(l) }),
+            ("budget", { [unowned self] (l: LuaState) throws -> Int32 in
+                let text = l.string(1) ?? l.number(1).map { "\(fmt($0))s" } ?? ""
+                guard let secs = Clock.parseDuration(text), secs > 0 else {
+                    throw LuaRaise.usage("baton.budget: give a duration such as 2h, 30m, 90s or a number of seconds, got \(l.describeType(1))")
+                }
+                let ctx = try self.requireContext()
+                if !ctx.dryRun { ctx.setBudget(secs, text: text) }
+                return 0
+            }),
+            ("pool", { [unowned self] (l: LuaState) throws -> Int32 in
+                guard let name = l.string(1), !name.isEmpty else { throw LuaRaise.usage("baton.pool: the name must be a non-empty string") }
+                guard let n = l.integer(2), n >= 1 else { throw LuaRaise.usage("baton.pool: the limit must be an integer of at least 1") }
+                try self.requireContext().setPool(name, limit: n)
+                return 0
+            }),
         ], prefix: "baton.")
 
         // baton.json

@@ -27,7 +27,8 @@ extension RecipeEnvironment {
     // MARK: runStage
 
     static let stageFields = ["id", "cmd", "cwd", "env", "stdin", "timeout", "grace", "retries", "retryOn", "backoff",
-                              "transient", "breaker", "requireFiles", "background", "allowFail"]
+                              "transient", "breaker", "requireFiles", "background", "allowFail", "pool",
+                              "noOutputTimeout", "heartbeatFile", "stallWarnSec"]
 
     func stageSpec(_ l: LuaState, fn: String) throws -> (StageSpec, background: Bool) {
         let t = try SpecTable(l, arg: 1, fn: fn, allowed: RecipeEnvironment.stageFields)
@@ -43,7 +44,7 @@ extension RecipeEnvironment {
             spec.retryOn = []
             for (i, c) in on.enumerated() {
                 guard let cls = FailureClass(rawValue: c) else {
-                    throw LuaRaise.usage("\(fn): field 'retryOn'[\(i + 1)] must be 'transient' or 'deterministic', got '\(c)'")
+                    throw LuaRaise.usage("\(fn): field 'retryOn'[\(i + 1)] must be 'transient', 'deterministic' or 'stalled', got '\(c)'")
                 }
                 spec.retryOn.insert(cls)
             }
@@ -61,6 +62,15 @@ extension RecipeEnvironment {
         spec.breaker = try t.integer("breaker", min: 1)
         spec.requireFiles = try t.stringList("requireFiles") ?? []
         spec.allowFail = try t.bool("allowFail") ?? false
+        spec.noOutputTimeout = try t.number("noOutputTimeout", min: 0.1)
+        spec.heartbeatFile = try t.string("heartbeatFile", nonEmpty: true).map(FileIO.absolute)
+        spec.stallWarnSec = try t.number("stallWarnSec", min: 0.1)
+        if let p = try t.string("pool", nonEmpty: true) {
+            guard context?.pools[p] != nil else {
+                throw LuaRaise.usage("\(fn): pool '\(p)' is not declared; call baton.pool('\(p)', N) first")
+            }
+            spec.pool = p
+        }
         return (spec, try t.bool("background") ?? false)
     }
 

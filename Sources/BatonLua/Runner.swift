@@ -17,6 +17,8 @@ public struct RunOptions: Sendable {
     public var existingRun = false
     /// How often the journal is flushed (`--sync`, or BATON_SYNC).
     public var sync = RunOptions.defaultSync
+    /// `--budget`: (seconds, as the user wrote it).
+    public var budget: (seconds: Double, text: String)?
 
     public static var defaultSync: SyncPolicy {
         if let e = getenv("BATON_SYNC"), let p = SyncPolicy(rawValue: String(cString: e)) { return p }
@@ -83,6 +85,7 @@ public enum RecipeRunner {
         let dir = FileIO.dirname(FileIO.absolute(o.recipe))
         env.setRequirePaths(recipeDir: dir)
         baton_abort_on_signals(1)
+        if let b = o.budget { ctx.setBudget(b.seconds, text: b.text) }
 
         let ending = evaluate(env: env, recipe: o.recipe, text: text, readError: readError)
         if o.dryRun, ending.code == 0 {
@@ -105,7 +108,7 @@ public enum RecipeRunner {
     /// Loads and runs the chunk; maps every way it can end to a status and exit code.
     /// Works with or without a run (the shell's piped mode opens one on first use).
     public static func evaluate(env: RecipeEnvironment, recipe: String, text: [UInt8]?, readError: String?) -> Ending {
-        if let sig = signalEnding() { return sig }
+        if let sig = signalEnding(env) { return sig }
         guard let text else { return Ending(status: .failed, exit: .usage, reason: readError ?? "cannot read \(recipe)") }
         if text.first == 0x1B {
             return Ending(status: .failed, exit: .usage, reason: "\(recipe): binary (precompiled) chunks are refused; recipes are Lua text")
@@ -147,9 +150,17 @@ public enum RecipeRunner {
         return Ending(status: env.dryRun ? .dry_run : .succeeded, exit: .success, reason: nil)
     }
 
-    static func signalEnding() -> Ending? {
+    static func signalEnding(_ env: RecipeEnvironment) -> Ending? {
         let sig = baton_signal_pending()
         guard sig != 0 else { return nil }
+        return interrupted(by: sig, env)
+    }
+
+    /// A signal's ending; SIGALRM is the run budget running out.
+    static func interrupted(by sig: Int32, _ env: RecipeEnvironment) -> Ending {
+        if sig == SIGALRM, let b = env.context?.budget {
+            return Ending(status: .cancelled, exit: .budgetExceeded, reason: "run budget of \(b.text) exceeded")
+        }
         return Ending(status: .cancelled, exit: .signal(sig), reason: "interrupted by \(signalName(sig))")
     }
 
@@ -163,9 +174,7 @@ public enum RecipeRunner {
         if reason == BATON_ABORT_EXIT, let code = env.exitCode {
             return Ending(status: code == 0 ? .succeeded : .failed, exit: ExitStatus(rawValue: code), reason: code == 0 ? nil : "os.exit(\(code))")
         }
-        if reason > 0 && reason < 128 {
-            return Ending(status: .cancelled, exit: .signal(reason), reason: "interrupted by \(signalName(reason))")
-        }
+        if reason > 0 && reason < 128 { return interrupted(by: reason, env) }
         var msg = e.message
         if e.status == .memory {
             msg += " (the Lua memory limit is \(env.lua.memoryLimitMB) MiB; set BATON_LUA_MEMORY_MB to change it)"
@@ -199,6 +208,7 @@ public func signalName(_ sig: Int32) -> String {
     case SIGTERM: return "SIGTERM"
     case SIGHUP: return "SIGHUP"
     case SIGKILL: return "SIGKILL"
+    case SIGALRM: return "SIGALRM"
     default: return "signal \(sig)"
     }
 }

@@ -169,10 +169,11 @@ public enum Detach {
         let outFD = open(dir.outFile, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard outFD >= 0 else { diag("baton: cannot create \(dir.outFile)"); return ExitStatus.usage.rawValue }
         defer { close(outFD) }
-        var args = [selfExecutable(), "run", "--existing-run", dir.id, "--runs-dir", o.runsDir]
+        var args = [FileIO.selfExecutable(), "run", "--existing-run", dir.id, "--runs-dir", o.runsDir]
         if o.dryRun { args.append("--dry-run") }
         if o.json { args.append("--json") }
         args += ["--sync", o.sync.rawValue]
+        if let b = o.budget { args += ["--budget", b.text] }
         args.append(o.recipe)
         args.append(contentsOf: o.words)
         do {
@@ -190,11 +191,5 @@ public enum Detach {
             out(dir.path)
         }
         return ExitStatus.success.rawValue
-    }
-
-    static func selfExecutable() -> String {
-        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
-        return n > 0 ? String(cBuffer: buf) : CommandLine.arguments[0]
     }
 }

@@ -58,7 +58,21 @@ public enum Render {
             if let p = i.currentPid { s += ", pid \(p)" }
             lines.append(s)
         }
+        if i.running.count > 1 || i.running.contains(where: { $0.stage.stalled != nil }) {
+            lines.append("running  \(i.running.count) stage\(i.running.count == 1 ? "" : "s")")
+            for r in i.running {
+                var s = "  \(r.stage.key)  attempt \(r.stage.attempt)"
+                if let p = r.stage.pid { s += "  pid \(p)" }
+                if let t = r.stage.startedAt { s += "  for \(Clock.human(Clock.now() - t))" }
+                s += r.stage.stalled != nil ? "  STALLED (no output for \(Clock.human(r.silent)))" : "  last output \(Clock.human(r.silent)) ago"
+                if let c = r.stage.command { s += "  \(c.display.prefix(60))" }
+                lines.append(s)
+            }
+        }
         if let l = i.lastEvent { lines.append("last     \(l.type) \(ago(l.ts))") }
+        if i.runnerLooksHung, let l = i.lastEvent {
+            lines.append("WARNING  the runner itself looks hung: no journal event for \(Clock.human(Clock.now() - l.ts)) (heartbeats come every \(Clock.human(i.history.latestStart?.began.heartbeatSec ?? 30)) while it waits)")
+        }
         if !i.alivePids.isEmpty { lines.append("alive    pids \(i.alivePids.map(String.init).joined(separator: ", "))") }
         lines.append("stages   \(i.stageCount) finished")
         if let r = i.reason { lines.append("reason   \(r)") }
@@ -89,6 +103,9 @@ public enum Render {
             if f.dry { detail += " (dry run)" }
             if let c = f.failureClass { detail += " [\(c.rawValue)]" }
             if let m = f.message { detail += ": \(m)" }
+        case let .stageStalled(s):
+            detail = "\(s.key.id) attempt \(s.attempt): no output for \(Clock.human(Double(s.silentMs) / 1000))"
+                + (s.ending ? " (noOutputTimeout: ending it)" : "")
         case let .preflight(p):
             detail = "\(p.name) \(p.ok ? "ok" : "FAILED") (policy \(p.policy.rawValue))"
             for c in p.checks where !c.ok { detail += "; \(c.kind) \(c.target): \(c.detail)" }

@@ -70,6 +70,10 @@ final class FunctionBox {
 private func luaKitDispatch(_ L: OpaquePointer?, _ ctx: UnsafeMutableRawPointer?) -> Int32 {
     let box = Unmanaged<FunctionBox>.fromOpaque(ctx!).takeUnretainedValue()
     let state = box.state
+    // The calling thread may be a coroutine: work on its stack for the length of the call.
+    let outer = state.L
+    state.L = L!
+    defer { state.L = outer }
     if baton_abort_reason(L) != 0 {
         lua_pushstring(L, BATON_ABORT_MESSAGE)
         return -1
@@ -86,13 +90,18 @@ private func luaKitDispatch(_ L: OpaquePointer?, _ ctx: UnsafeMutableRawPointer?
 }
 
 public final class LuaState {
-    public let L: OpaquePointer
+    /// The thread Swift code works on: the main thread, or while a Swift function called from
+    /// a coroutine runs, that coroutine (its arguments and results are on its stack).
+    public fileprivate(set) var L: OpaquePointer
+    /// The state's main thread (what closes it).
+    public let mainThread: OpaquePointer
     private var boxes: [Unmanaged<FunctionBox>] = []
     /// The light userdata that stands for JSON null (`baton.json.null`).
     public let nullSentinel: UnsafeMutableRawPointer
 
     public init(memoryLimit: Int = 0) {
-        L = baton_newstate(memoryLimit, luaKitDispatch)!
+        mainThread = baton_newstate(memoryLimit, luaKitDispatch)!
+        L = mainThread
         luaL_openlibs(L)
         nullSentinel = baton_pushnulsentinel(L)
         baton_pop(L, 1)
@@ -104,7 +113,7 @@ public final class LuaState {
     }
 
     deinit {
-        baton_closestate(L)
+        baton_closestate(mainThread)
         for b in boxes { b.release() }
     }
 

@@ -127,6 +127,9 @@ void baton_where(lua_State *L, int level) {
     lua_Debug ar;
     for (int l = level; l < level + 20 && lua_getstack(L, l, &ar); l++) {
         lua_getinfo(L, "Sl", &ar);
+        /* Baton's own Lua (chunks named "=baton...", e.g. parallel's runStage) is not where
+         * the recipe made its mistake: look further up. */
+        if (ar.source[0] == '=' && strncmp(ar.source + 1, "baton", 5) == 0) continue;
         if (ar.currentline > 0) {
             lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
             return;

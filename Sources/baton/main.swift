@@ -16,7 +16,7 @@ usage: baton                                  interactive shell (stdin a termina
        baton resume [RUN] [--json]            continue a run, replaying what passed
        baton check RECIPE                     syntax and static checks, runs nothing
 
-run options (before RECIPE): --dry-run, --detach, --json, --runs-dir DIR, --run-id ID,
+run options (before RECIPE): --dry-run, --detach, --json, --runs-dir DIR, --run-id ID, --budget 2h,
   --sync batched|always (journal flushes: batched by default, every event with 'always')
 every command takes --runs-dir DIR (or BATON_RUNS_DIR; default .baton/runs)
 RUN is a run id, a unique prefix of one, or 'latest' (the default)
@@ -26,6 +26,12 @@ func fail(_ message: String, code: ExitStatus = .usage) -> Never {
     diag("baton: \(message)")
     if code == .usage { diag("run 'baton --help' for usage") }
     exit(code.rawValue)
+}
+
+func budget(_ p: Parsed) -> (seconds: Double, text: String)? {
+    guard let v = p.values["--budget"] else { return nil }
+    guard let s = Clock.parseDuration(v), s > 0 else { fail("--budget takes a duration such as 2h, 30m or 90s, got '\(v)'") }
+    return (s, v)
 }
 
 func syncPolicy(_ p: Parsed) -> SyncPolicy {
@@ -86,7 +92,7 @@ case "--version", "version":
     print("baton \(BatonVersion.string) (Lua \(LuaInfo.version))")
     exit(ExitStatus.success.rawValue)
 case "run":
-    let p = parse(argv[2...], flags: ["--dry-run", "--detach", "--json"], values: ["--runs-dir", "--run-id", "--existing-run", "--sync"],
+    let p = parse(argv[2...], flags: ["--dry-run", "--detach", "--json"], values: ["--runs-dir", "--run-id", "--existing-run", "--sync", "--budget"],
                   stopAtPositional: true, maxPositional: 1)
     guard let recipe = p.positional.first else { fail("run needs a RECIPE file") }
     var o = RunOptions(recipe: recipe, runsDir: runsRoot(p))
@@ -95,6 +101,7 @@ case "run":
     o.dryRun = p.flags.contains("--dry-run")
     o.json = p.flags.contains("--json")
     o.sync = syncPolicy(p)
+    o.budget = budget(p)
     if p.flags.contains("--detach") {
         exit(Detach.start(options: o))
     }
@@ -122,6 +129,10 @@ case "check":
     let p = parse(argv[2...], flags: ["--json"], values: ["--runs-dir"], stopAtPositional: false, maxPositional: 1)
     guard let recipe = p.positional.first else { fail("check needs a RECIPE file") }
     exit(Commands.check(recipe: recipe, json: p.flags.contains("--json")))
+case "__watchdog":
+    // Started by a runner (see Survivors.watchdog); not for people.
+    guard argv.count == 3 else { fail("__watchdog RUN_ID") }
+    exit(Survivors.watchdog(runID: argv[2]))
 case "repl":
     let p = parse(argv[2...], flags: [], values: ["--runs-dir"], stopAtPositional: false, maxPositional: 0)
     exit(Shell.main(root: runsRoot(p)))

@@ -11,6 +11,7 @@ import Testing
         runStage{id = "retry", cmd = "exit 75", retries = 1, transient = {exit = {75}}, backoff = {initial = 0.01}, allowFail = true}
         runStage{id = "nofile", cmd = "true", requireFiles = {"absent.txt"}, allowFail = true}
         runStage{id = "breaker", cmd = "exit 2", breaker = 1, allowFail = true}
+        runStage{id = "quiet", cmd = {"sleep", "5"}, noOutputTimeout = 0.6, grace = 0.2, allowFail = true}
         local bg = runStage{id = "job", cmd = "sleep 0.1; echo 1 > m.json", background = true}
         watch{id = "w", handle = bg, requireFiles = {"m.json"}, readyTimeoutSec = 5, callback = function() return {} end}
         gate{name = "g", cmd = "echo not json", fallback = {approved = true, issues = {}}}
@@ -24,7 +25,7 @@ import Testing
         let d = Harness.tempDir("schema")
         Harness.write(d + "/r.lua", Self.main)
         var events: [[String: Any]] = []
-        let r = try Harness.run(["run", "r.lua"], cwd: d, env: ["BATON_HEARTBEAT_SEC": "0.2"])
+        let r = try Harness.run(["run", "r.lua"], cwd: d, env: ["BATON_HEARTBEAT_SEC": "0.2", "BATON_STALL_WARN_SEC": "0.3"])
         #expect(r.code == 0, "stderr: \(r.stderr)")
         let mainRun = try #require(Harness.latestRun(d))
         // A resume after a corrupt middle line and a torn tail.

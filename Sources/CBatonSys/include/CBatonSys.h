@@ -39,6 +39,10 @@ void baton_signal_drain(void);        /* empty the self-pipe */
 void baton_signal_set_hook(void (*hook)(int));
 void baton_signal_raise_flag(int sig); /* as if sig had arrived (tests, cancel paths) */
 
+/* The run budget: SIGALRM (handled like SIGINT/SIGTERM: flag, self-pipe, hook) after
+ * `seconds`; 0 disarms. */
+int baton_budget_arm(double seconds);
+
 /* PR_SET_CHILD_SUBREAPER: orphaned grandchildren are re-parented to us. */
 int baton_set_subreaper(void);
 

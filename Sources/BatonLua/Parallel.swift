@@ -1,0 +1,212 @@
+import BatonCore
+import CLua
+import Glibc
+import LuaKit
+import LuaShim
+
+/// `parallel(items, fn, opts)`: each item's `fn(item, index)` runs in its own Lua coroutine;
+/// the stages an item starts run concurrently with the other items' stages on the one event
+/// loop. Coroutines yield in Lua only (a runStage inside an item starts its stage in the
+/// background and yields until it ends), so no yield ever crosses a Swift frame.
+extension RecipeEnvironment {
+    static let parallelSource = #"""
+    local startStage, waitAny, cancelHandles, ncores, where, errmt, setLane, endFanOut = ...
+    local calls = 0
+    local create, resume, status, running, yield = coroutine.create, coroutine.resume, coroutine.status,
+      coroutine.running, coroutine.yield
+    local pairs, ipairs, type, rawget, setmetatable, tostring, error, mathtype = pairs, ipairs, type, rawget,
+      setmetatable, tostring, error, math.type
+    local concat, pcall = table.concat, pcall
+
+    -- The coroutine of each running item: its index and its parallel call.
+    local itemOf = setmetatable({}, {__mode = "k"})
+
+    local function fail(message, code, kind, extra)
+      local e = extra or {}
+      e.message = where() .. message
+      e.code = code
+      e.kind = kind
+      error(setmetatable(e, errmt), 0)
+    end
+
+    -- runStage inside an item: in the background, the item yielding until its stage ends.
+    local function runStage(spec)
+      local item = itemOf[running()]
+      if item == nil or type(spec) ~= "table" or rawget(spec, "background") then return startStage(spec) end
+      local id = rawget(spec, "id")
+      if type(id) == "string" then
+        local owner = item.call.owner[id]
+        if owner ~= nil and owner ~= item.index then
+          fail(("parallel: items %d and %d both start a stage with id '%s'; a stage's identity must not "
+            .. "depend on which item finishes first: give each item's stages their own ids (e.g. '%s-' .. index)")
+            :format(owner, item.index, id, id), 3, "usage")
+        end
+        item.call.owner[id] = item.index
+      end
+      local copy = {}
+      for k, v in pairs(spec) do copy[k] = v end
+      copy.background = true
+      setLane(item.lane)
+      local ok, h = pcall(startStage, copy)
+      setLane("")
+      if not ok then error(h, 0) end
+      while not h:done() do yield(h) end
+      return h:wait()
+    end
+
+    local known = {maxConcurrency = true, onFailure = true, maxFailures = true}
+
+    local function parallel(items, fn, opts)
+      if type(items) ~= "table" then fail("parallel: items must be a list, got " .. type(items), 3, "usage") end
+      if type(fn) ~= "function" then fail("parallel: fn must be a function, got " .. type(fn), 3, "usage") end
+      opts = opts or {}
+      if type(opts) ~= "table" then fail("parallel: opts must be a table, got " .. type(opts), 3, "usage") end
+      for k in pairs(opts) do
+        if not known[k] then
+          fail("parallel: unknown option '" .. tostring(k) .. "'; known: maxConcurrency, onFailure, maxFailures", 3, "usage")
+        end
+      end
+      if itemOf[running()] then
+        fail("parallel: a parallel inside a parallel item is not supported; flatten the items into one list", 3, "usage")
+      end
+      local limit = opts.maxConcurrency or ncores
+      if mathtype(limit) ~= "integer" or limit < 1 then
+        fail("parallel: maxConcurrency must be an integer of at least 1, got " .. tostring(limit), 3, "usage")
+      end
+      local policy = opts.onFailure or "cancel"
+      if policy ~= "cancel" and policy ~= "drain" and policy ~= "continue" then
+        fail("parallel: onFailure must be 'cancel', 'drain' or 'continue', got '" .. tostring(policy) .. "'", 3, "usage")
+      end
+      local maxFailures = opts.maxFailures or (policy == "continue" and math.huge or 0)
+      if type(maxFailures) ~= "number" or maxFailures < 0 then
+        fail("parallel: maxFailures must be a number of at least 0", 3, "usage")
+      end
+      local n = #items
+      calls = calls + 1
+      local call = {owner = {}, number = calls}
+      local results, outcomes, inflight = {}, {}, {}
+      local nextIndex, failures, stopping = 1, 0, false
+
+      local function step(slot, ...)
+        local ok, value = resume(slot.co, ...)
+        if not ok then
+          outcomes[slot.index] = {ok = false, error = value}
+          failures = failures + 1
+          slot.done = true
+        elseif status(slot.co) == "dead" then
+          results[slot.index] = value
+          outcomes[slot.index] = {ok = true, value = value}
+          slot.done = true
+        else
+          slot.handle = value
+        end
+      end
+
+      while true do
+        while not stopping and nextIndex <= n and #inflight < limit do
+          local i = nextIndex
+          nextIndex = i + 1
+          local slot = {co = create(fn), index = i}
+          itemOf[slot.co] = {index = i, call = call, lane = call.number .. ":" .. i}
+          inflight[#inflight + 1] = slot
+          step(slot, items[i], i)
+        end
+        local still = {}
+        for _, s in ipairs(inflight) do if not s.done then still[#still + 1] = s end end
+        inflight = still
+        if failures > maxFailures and not stopping then
+          stopping = true
+          if policy == "cancel" then
+            local hs = {}
+            for _, s in ipairs(inflight) do
+              hs[#hs + 1] = s.handle
+              outcomes[s.index] = {ok = false, cancelled = true, error = "cancelled: another item failed"}
+            end
+            cancelHandles(hs)
+            inflight = {}
+          end
+        end
+        if #inflight == 0 and (stopping or nextIndex > n) then break end
+        local hs = {}
+        for _, s in ipairs(inflight) do hs[#hs + 1] = s.handle end
+        waitAny(hs)
+        for _, s in ipairs(inflight) do
+          if s.handle:done() then s.handle = nil; step(s) end
+        end
+      end
+      endFanOut()
+      for i = nextIndex, n do outcomes[i] = {ok = false, skipped = true, error = "not started: another item failed"} end
+      if failures > 0 and policy ~= "continue" then
+        local first, lines = nil, {}
+        for i = 1, n do
+          local o = outcomes[i]
+          if o and not o.ok and not o.cancelled and not o.skipped then
+            lines[#lines + 1] = ("item %d: %s"):format(i, tostring(o.error))
+            first = first or o.error
+          end
+        end
+        fail(("parallel: %d of %d items failed (%s): %s"):format(failures, n, policy, concat(lines, "; ")),
+          type(first) == "table" and first.code or 1, "parallel", {results = results, outcomes = outcomes})
+      end
+      return results, outcomes
+    end
+
+    return parallel, runStage
+    """#
+
+    /// Installs `parallel` (global and `baton.parallel`) and the runStage that yields inside an item.
+    func installParallel() throws {
+        try lua.load(Array(RecipeEnvironment.parallelSource.utf8), name: "=baton.parallel")
+        _ = lua.getGlobal("runStage")                                    // [chunk startStage]
+        lua.pushFunction("baton.waitAny") { [unowned self] l in try self.waitAny(l) }
+        lua.pushFunction("baton.cancelHandles") { [unowned self] l in try self.cancelHandles(l) }
+        lua.push(max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
+        lua.pushFunction("baton.where") { l in l.push(l.whereString(1)); return 1 }
+        baton_getregistryfield(lua.L, "baton.error_mt")                  // [chunk startStage waitAny cancel n where mt]
+        lua.pushFunction("baton.setLane") { [unowned self] l in self.context?.lane = l.string(1) ?? ""; return 0 }
+        lua.pushFunction("baton.endFanOut") { [unowned self] _ in self.context?.endFanOut(); return 0 }
+        try lua.pcall(nargs: 8, nresults: 2)                             // [parallel runStage]
+        _ = lua.getGlobal("baton")                                       // [parallel runStage baton]
+        lua_pushvalue(lua.L, -2); lua.setField(-2, "runStage")
+        lua_pushvalue(lua.L, -3); lua.setField(-2, "parallel")
+        lua.pop()                                                        // [parallel runStage]
+        lua.setGlobal("runStage")
+        lua.setGlobal("parallel")
+    }
+
+    /// The stage executions behind a list of handles (argument 1).
+    func executions(_ l: LuaState, _ fn: String) throws -> [StageExecution] {
+        guard l.type(1) == LUA_TTABLE else { throw LuaRaise.usage("\(fn): expects a list of stage handles") }
+        var out: [StageExecution] = []
+        let n = Int(lua_rawlen(l.L, 1))
+        for i in 0..<n {
+            lua_rawgeti(l.L, 1, lua_Integer(i + 1))
+            defer { l.pop() }
+            guard let e = handleExecution(l, index: -1) else { throw LuaRaise.usage("\(fn): item \(i + 1) is not a stage handle") }
+            out.append(e)
+        }
+        return out
+    }
+
+    /// Waits on the loop until at least one of the handles' stages has ended.
+    func waitAny(_ l: LuaState) throws -> Int32 {
+        let execs = try executions(l, "parallel")
+        let ctx = try requireContext()
+        if execs.isEmpty || execs.contains(where: \.isFinished) { return 0 }
+        let label = WaitLabel("parallel", execs.map(\.spec.id).joined(separator: ", "))
+        let r = ctx.loop.wait(label) { execs.contains(where: \.isFinished) }
+        try checkFatal()
+        if r == .interrupted { throw RecipeEnvironment.abort }
+        return 0
+    }
+
+    /// Ends the handles' stages (SIGTERM, SIGKILL after their grace) and waits until they have.
+    func cancelHandles(_ l: LuaState) throws -> Int32 {
+        let execs = try executions(l, "parallel")
+        let ctx = try requireContext()
+        for e in execs { e.cancel() }
+        let r = ctx.loop.wait(WaitLabel("parallel", "cancelling \(execs.count) items")) { execs.allSatisfy(\.isFinished) }
+        if r == .interrupted { throw RecipeEnvironment.abort }
+        return 0
+    }
+}
