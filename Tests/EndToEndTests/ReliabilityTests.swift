@@ -26,6 +26,15 @@ import Testing
         return {done = true}
         """
 
+    /// The same under concurrency: items finish in any order, a kill lands mid-fan-out.
+    static let fanOut = """
+        parallel({1, 2, 3, 4, 5, 6, 7, 8}, function(_, i)
+          runStage{id = "a" .. i, cmd = "sleep 0." .. (i % 3 + 2) .. "; echo a" .. i .. " >> ran.txt"}
+          runStage{id = "b" .. i, cmd = "sleep 0.2; echo b" .. i .. " >> ran.txt"}
+        end, {maxConcurrency = 3})
+        return {done = true}
+        """
+
     /// Every stage_started for an id after that id passed for real is a re-run of passed work.
     func rerunsOfPassedStages(_ events: [[String: Any]]) -> [String] {
         var passed = Set<String>()
@@ -39,10 +48,11 @@ import Testing
         return reruns
     }
 
-    @Test func killNineAtRandomPointsThenResume() throws {
-        var rng = RNG(state: Self.seed("kill -9"))
+    @Test(arguments: ["sequential", "fan-out"])
+    func killNineAtRandomPointsThenResume(_ shape: String) throws {
+        var rng = RNG(state: Self.seed("kill -9 (\(shape))"))
         let d = Harness.tempDir("kill9")
-        Harness.write(d + "/r.lua", Self.multiStage)
+        Harness.write(d + "/r.lua", shape == "fan-out" ? Self.fanOut : Self.multiStage)
         var kills = 0
         var started = false
         for round in 0..<10 {
@@ -53,6 +63,12 @@ import Testing
             usleep(UInt32(Double.random(in: 0.02...0.6, using: &rng) * 1_000_000))
             if p.isRunning { kill(p.processIdentifier, SIGKILL); kills += 1 }
             p.waitUntilExit()
+            // The watchdog ends whatever the dead runner started, within 2 s, with no resume.
+            if let run = Harness.latestRun(d) {
+                let id = (run as NSString).lastPathComponent
+                #expect(Harness.waitFor(2) { Harness.processes(withEnv: "BATON_RUN_ID=\(id)").isEmpty },
+                        "round \(round): alive 2 s after kill -9: \(Harness.processes(withEnv: "BATON_RUN_ID=\(id)"))")
+            }
             // Nothing the dead runner started may keep running... once resume or cancel has looked.
             if round == 4, let run = Harness.latestRun(d), Harness.final(run) == nil {
                 let st = try Harness.run(["status", "--json"], cwd: d)
@@ -68,7 +84,7 @@ import Testing
         #expect(Harness.final(run)?["status"] as? String == "succeeded")
         let id = (run as NSString).lastPathComponent
         #expect(Harness.processes(withEnv: "BATON_RUN_ID=\(id)").isEmpty)
-        figure("reliability: kill -9 survived \(kills) kills, \(Harness.events(events, type: "run_resumed").count) resumes")
+        figure("reliability: kill -9 (\(shape)) survived \(kills) kills, \(Harness.events(events, type: "run_resumed").count) resumes")
     }
 
     @Test func aFullDiskIsReportedAndResumable() throws {
