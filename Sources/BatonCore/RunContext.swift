@@ -208,7 +208,9 @@ public final class RunContext {
     /// mkdir -p of a stage's log directory, once per id.
     func ensureStageDir(_ id: String) {
         guard !madeStageDirs.contains(id) else { return }
-        try? FileIO.makeDirectories(dir.stageDir(id))
+        // One mkdir in the common case (a fan-out makes one directory per item).
+        let path = dir.stageDir(id)
+        if mkdir(path, 0o755) != 0, errno != EEXIST { try? FileIO.makeDirectories(path) }
         madeStageDirs.insert(id)
     }
 

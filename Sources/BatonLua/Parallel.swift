@@ -102,18 +102,22 @@ extension RecipeEnvironment {
         end
       end
 
+      local function prune()
+        local still = {}
+        for _, s in ipairs(inflight) do if not s.done then still[#still + 1] = s end end
+        inflight = still
+      end
+
       while true do
-        while not stopping and nextIndex <= n and #inflight < limit do
+        prune()
+        while not stopping and nextIndex <= n and #inflight < limit and failures <= maxFailures do
           local i = nextIndex
           nextIndex = i + 1
           local slot = {co = create(fn), index = i}
           itemOf[slot.co] = {index = i, call = call, lane = call.number .. ":" .. i}
-          inflight[#inflight + 1] = slot
           step(slot, items[i], i)
+          if not slot.done then inflight[#inflight + 1] = slot end
         end
-        local still = {}
-        for _, s in ipairs(inflight) do if not s.done then still[#still + 1] = s end end
-        inflight = still
         if failures > maxFailures and not stopping then
           stopping = true
           if policy == "cancel" then

@@ -199,6 +199,15 @@ extension RecipeEnvironment {
             ], prefix: "handle:")
             l.setField(-2, "__index")
             l.push("baton.stage_handle"); l.setField(-2, "__name")
+            // A handle Lua no longer holds lets its execution go (a 10,000-item fan-out
+            // should not keep 10,000 of them). The loop keeps a running one alive itself.
+            l.pushFunction("handle.__gc") { [unowned self] l in
+                _ = l.rawGetField(1, "_handle")
+                if let h = l.integer(-1) { self.handles[h] = nil }
+                l.pop()
+                return 0
+            }
+            l.setField(-2, "__gc")
         }
         lua_setmetatable(l.L, -2)
     }

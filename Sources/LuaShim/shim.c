@@ -74,6 +74,8 @@ size_t baton_memory_used(lua_State *L) { return alloc_state(L)->used; }
 size_t baton_memory_limit(lua_State *L) { return alloc_state(L)->limit; }
 void baton_set_memory_limit(lua_State *L, size_t limit) { alloc_state(L)->limit = limit; }
 
+static void abort_hook(lua_State *L, lua_Debug *ar);
+
 /* ---- the trampoline ---- */
 static int trampoline(lua_State *L) {
     void *ctx = lua_touserdata(L, lua_upvalueindex(1));
@@ -81,6 +83,9 @@ static int trampoline(lua_State *L) {
     st->native++;
     int n = st->dispatch(L, ctx);
     st->native--;
+    /* An abort requested while this thread (perhaps a coroutine the request's hook never
+     * reached) was in Swift: arm the kill switch here too. */
+    if (st->abort_reason && lua_gethook(L) != abort_hook) lua_sethook(L, abort_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
     if (n < 0) return lua_error(L); /* only C frames below us now */
     return n;
 }
