@@ -201,9 +201,10 @@ extension RecipeEnvironment {
             l.push("baton.stage_handle"); l.setField(-2, "__name")
             // A handle Lua no longer holds lets its execution go (a 10,000-item fan-out
             // should not keep 10,000 of them). The loop keeps a running one alive itself.
-            l.pushFunction("handle.__gc") { [unowned self] l in
+            // (weak: lua_close runs __gc after the environment itself is gone)
+            l.pushFunction("handle.__gc") { [weak self] l in
                 _ = l.rawGetField(1, "_handle")
-                if let h = l.integer(-1) { self.handles[h] = nil }
+                if let h = l.integer(-1) { self?.handles[h] = nil }
                 l.pop()
                 return 0
             }

@@ -18,6 +18,7 @@ typedef struct baton_alloc_state {
     baton_dispatch_fn dispatch;
     volatile sig_atomic_t abort_reason;
     lua_State *L;
+    int closing;   /* lua_close is running __gc metamethods: Swift is going away, call none */
 } baton_alloc_state;
 
 #define NATIVE_MARGIN ((size_t)256 << 20)
@@ -67,6 +68,7 @@ static baton_alloc_state *alloc_state(lua_State *L) {
 void baton_closestate(lua_State *L) {
     baton_alloc_state *st = alloc_state(L);
     for (int i = 0; i < MAX_STATES; i++) if (live_states[i] == st) live_states[i] = NULL;
+    st->closing = 1;
     lua_close(L);
     free(st);
 }
@@ -80,6 +82,7 @@ static void abort_hook(lua_State *L, lua_Debug *ar);
 static int trampoline(lua_State *L) {
     void *ctx = lua_touserdata(L, lua_upvalueindex(1));
     baton_alloc_state *st = alloc_state(L);
+    if (st->closing) return 0;
     st->native++;
     int n = st->dispatch(L, ctx);
     st->native--;
