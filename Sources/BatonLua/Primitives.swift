@@ -48,11 +48,7 @@ extension RecipeEnvironment {
                 spec.retryOn.insert(cls)
             }
         }
-        if let b = try t.table("backoff", allowed: ["initial", "factor", "max"]) {
-            defer { l.pop() }
-            spec.backoff = Backoff(initial: try b.number("initial", min: 0) ?? 1, factor: try b.number("factor", min: 1) ?? 2,
-                                   max: try b.number("max", min: 0) ?? 60)
-        }
+        if let b = try RecipeEnvironment.backoff(t) { spec.backoff = b }
         if let tr = try t.table("transient", allowed: ["exit", "stderr"]) {
             defer { l.pop() }
             spec.transient = TransientRules(exitCodes: Set((try tr.intList("exit") ?? []).map { Int32(truncatingIfNeeded: $0) }),
@@ -62,6 +58,14 @@ extension RecipeEnvironment {
         spec.requireFiles = try t.stringList("requireFiles") ?? []
         spec.allowFail = try t.bool("allowFail") ?? false
         return (spec, try t.bool("background") ?? false)
+    }
+
+    /// `backoff`: `{initial, factor, max}` as a list (`{1, 2, 60}`) or by name.
+    static func backoff(_ t: SpecTable) throws -> Backoff? {
+        guard let b = try t.numberRecord("backoff", names: ["initial", "factor", "max"],
+                                         min: ["initial": 0, "factor": 1, "max": 0]) else { return nil }
+        let d = Backoff()
+        return Backoff(initial: b["initial"] ?? d.initial, factor: b["factor"] ?? d.factor, max: b["max"] ?? d.max)
     }
 
     func runStage(_ l: LuaState) throws -> Int32 {
