@@ -258,9 +258,10 @@ public final class StageExecution {
             context.record("stage_started", fields)
             let msg = "\(error)"
             _ = try? FileIO.appendLocked(logs.err, Array((msg + "\n").utf8))
-            var r = makeResult(status: .failed, exit: 127, signal: nil, duration: Clock.monotonic() - attemptStart, message: msg)
+            let code = (error as? SpawnError)?.exitCode ?? 127   // 126: found but not executable
+            var r = makeResult(status: .failed, exit: code, signal: nil, duration: Clock.monotonic() - attemptStart, message: msg)
             r.failureClass = .deterministic
-            r.signature = FailureSignature.make(.deterministic, exit: 127, signal: nil, stderrTail: msg)
+            r.signature = FailureSignature.make(.deterministic, exit: code, signal: nil, stderrTail: msg)
             concludeAttempt(r)
         }
     }

@@ -46,7 +46,7 @@ public enum Subprocess {
                                     stdin: inFD, stdout: outFD, stderr: errFD)
         } catch {
             o.spawnError = "\(error)"
-            o.exit = 127
+            o.exit = (error as? SpawnError)?.exitCode ?? 127
             return o
         }
         let pidfd = baton_pidfd_open(pid)
