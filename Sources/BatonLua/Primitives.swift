@@ -132,9 +132,7 @@ extension RecipeEnvironment {
     }
 
     func setMeta(_ l: LuaState, _ name: String) {
-        if luaL_newmetatable(l.L, name) != 0 {
-            l.push(name); l.setField(-2, "__name")
-        }
+        l.pushNamedMetatable(name)
         lua_setmetatable(l.L, -2)
     }
 
@@ -146,7 +144,7 @@ extension RecipeEnvironment {
         handles[h] = exec
         l.newTable()
         l.setFields([("id", .string(exec.spec.id)), ("_handle", .int(h))])
-        if luaL_newmetatable(l.L, "baton.stage_handle") != 0 {
+        if l.pushNamedMetatable("baton.stage_handle") {
             l.newTable()
             l.register([
                 ("wait", { [unowned self] l in try self.awaitStage(l, try self.handle(l, "wait")) }),
@@ -166,7 +164,6 @@ extension RecipeEnvironment {
                 ("done", { [unowned self] l in l.push(try self.handle(l, "done").isFinished); return 1 }),
             ], prefix: "handle:")
             l.setField(-2, "__index")
-            l.push("baton.stage_handle"); l.setField(-2, "__name")
         }
         lua_setmetatable(l.L, -2)
     }

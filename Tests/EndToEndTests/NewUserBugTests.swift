@@ -183,3 +183,96 @@ import Testing
         #expect(rejected.contains("rejected: broken build"), "\(rejected)")
     }
 }
+
+/// 6. Hostile metatables on _G and on strings: Swift never calls a Lua API function that
+/// can run a metamethod outside a protected call (a Lua panic would abort the shell).
+@Suite struct HostileMetatableTests {
+    static let hostile = """
+        local err = error; getmetatable("").__index = function() err("hostile string index") end; \
+        setmetatable(_G, {__index = function(_, k) err("hostile global read " .. k) end, \
+        __newindex = function(_, k) err("hostile global write " .. k) end})
+        """
+
+    static let primitives = """
+        local r = runStage{id = "s", cmd = {"echo", "hi"}}; \
+        local p = preflight{checks = {{path = "."}}}; \
+        local w = watch{id = "w", file = "."}; \
+        local g = gate{name = "g", check = function() return {approved = true, issues = {"note"}} end}; \
+        persistFinal{ok = r.ok}; \
+        local out = baton.sh({"echo", "sh"}); \
+        local j = baton.json.decode('{"a": [1, 2]}'); \
+        print("PRIMS " .. tostring(r.ok) .. " " .. tostring(p.ok) .. " " .. w.state .. " " .. tostring(g.approved) .. " " .. out .. " " .. j.a[2])
+        """
+
+    @Test func pipedChunkSurvivesHostileMetatables() throws {
+        let d = Harness.tempDir("hostile-piped")
+        let r = try Harness.run([], cwd: d, env: ["XDG_STATE_HOME": d + "/state"],
+                                stdin: HostileMetatableTests.hostile + "\n" + HostileMetatableTests.primitives + "\nundefined_global = 1\n")
+        #expect(!r.signaled, "baton died by a signal: \(r.stderr)")
+        #expect(r.code == 1, "the hostile __newindex error ends the chunk as an error: \(r.code) \(r.stderr)")
+        #expect(r.stdout.contains("PRIMS true true completed true sh\n 2"), "stdout: \(r.stdout)")
+        #expect(r.stderr.contains("hostile global write undefined_global"), "stderr: \(r.stderr)")
+    }
+
+    /// The registry is reachable through `debug`: metatables Baton keeps there may be
+    /// replaced by anything, and the registry itself given a hostile metatable.
+    @Test func pipedChunkSurvivesATamperedRegistry() throws {
+        let d = Harness.tempDir("hostile-registry")
+        let chunk = """
+            local reg = debug.getregistry()
+            reg["baton.stage_result"] = 1; reg["baton.json.array_mt"] = "x"; reg["baton.error_mt"] = false
+            reg["baton.stage_handle"] = true
+            setmetatable(reg, {__index = function() error("hostile registry read") end,
+                               __newindex = function() error("hostile registry write") end})
+            local h = runStage{id = "bg", cmd = {"true"}, background = true}
+            assert(h:wait().ok)
+            \(HostileMetatableTests.primitives)
+            print(baton.json.encode(baton.json.array()))
+            local ok, e = pcall(runStage, {id = "f", cmd = "exit 2"})
+            print("CAUGHT " .. tostring(ok) .. " " .. tostring(e.code))
+            """
+        let r = try Harness.run([], cwd: d, env: ["XDG_STATE_HOME": d + "/state"], stdin: chunk)
+        #expect(!r.signaled, "baton died by a signal: \(r.stderr)")
+        #expect(r.code == 0, "\(r.code) \(r.stderr)")
+        #expect(r.stdout.contains("PRIMS true true completed true sh\n 2"), "stdout: \(r.stdout)")
+        #expect(r.stdout.contains("CAUGHT false 1"), "stdout: \(r.stdout)")
+    }
+
+    @Test func everyMetaCommandAndPrimitiveSurvivesHostileMetatables() throws {
+        let d = Harness.tempDir("hostile-shell")
+        Harness.write(d + "/done.lua", #"runStage{id = "build", cmd = {"echo", "built"}}; return {ok = true}"#)
+        #expect(try Harness.run(["run", "--run-id", "20261101-000000-0001", "done.lua"], cwd: d).code == 0)
+        Harness.write(d + "/load.lua", #"local r = runStage{id = "loaded", cmd = {"echo", "loaded"}}; print("LOADED " .. tostring(r.ok) .. " " .. arg[1])"#)
+        let p = try Pane("hostile", cwd: d)
+        defer { p.kill() }
+        func step(_ line: String, expect: String? = nil, timeout: Double = 30, sourceLocation: SourceLocation = #_sourceLocation) {
+            let m = p.mark()
+            p.send(line)
+            if let e = expect {
+                #expect(p.waitFor(e, after: m, timeout: timeout), "after \(line) expected \(e) in:\n\(p.screenSince(m))", sourceLocation: sourceLocation)
+            }
+            #expect(p.waitForPrompt(">", timeout: timeout), "no prompt after \(line):\n\(p.screenSince(m))", sourceLocation: sourceLocation)
+            #expect(!p.screen().contains("BATON-EXIT="), "the shell ended after \(line):\n\(p.screenSince(m))", sourceLocation: sourceLocation)
+        }
+        step(HostileMetatableTests.hostile)
+        step("x = 1", expect: "hostile global write x")
+        step("print(#y)", expect: "hostile global read y")
+        step(":help", expect: ":attach")
+        step(":runs", expect: "20261101-000000-0001")
+        step(":status", expect: "20261101-000000-0001")
+        step(":attach latest", expect: "succeeded")
+        step(":tail latest", expect: "run_started")
+        step(":tail 20261101-000000-0001 build", expect: "built")
+        step(":cancel 20261101-000000-0001", expect: "20261101-000000-0001")
+        step(":resume 20261101-000000-0001")
+        step(":load load.lua word", expect: "LOADED true word")
+        step(HostileMetatableTests.primitives, expect: "PRIMS true true completed true sh")
+        step("return runStage{id = 'v', cmd = {'echo', 'v'}}")
+        step("return baton.json.decode('[1, {\"k\": \"v\"}]')")
+        step("error(setmetatable({}, {__tostring = function() error('no tostring') end}))")
+        let m = p.mark()
+        p.send(":quit")
+        #expect(p.waitFor("BATON-EXIT=", after: m), "\(p.screenSince(m))")
+        #expect(p.screenSince(m).contains("BATON-EXIT=0"), "\(p.screenSince(m))")
+    }
+}
