@@ -276,3 +276,37 @@ import Testing
         #expect(p.screenSince(m).contains("BATON-EXIT=0"), "\(p.screenSince(m))")
     }
 }
+
+/// 8. The build the README tells users to make is the one scripts/demo runs and
+/// scripts/bench measures, and it builds baton-yaml beside baton (without it every YAML
+/// work order of a WO rebuild is "invalid YAML").
+@Suite struct BuildScriptsAgreeTests {
+    func text(_ path: String) throws -> String {
+        try #require(Harness.read(Harness.packageRoot.appendingPathComponent(path).path), "no \(path)")
+    }
+
+    @Test func readmeDemoAndBenchMakeTheSameBuildWithBothProducts() throws {
+        let build = try text("scripts/build")
+        let flagsLine = try #require(build.split(separator: "\n").first { $0.hasPrefix("flags=(") }, "scripts/build has no flags=(...) line")
+        let flags = String(flagsLine.dropFirst("flags=(".count).dropLast())
+        #expect(flags.contains("-c release"), "\(flags)")
+        #expect(!build.contains("--product"), "scripts/build must build every product")
+        #expect(build.contains("baton baton-yaml"), "scripts/build must check both binaries")
+        #expect(FileManager.default.isExecutableFile(atPath: Harness.packageRoot.appendingPathComponent("scripts/build").path))
+
+        let readme = try text("README.md")
+        let byHand = try #require(readme.range(of: "## Building by hand").map { String(readme[$0.upperBound...]) })
+        let section = byHand.components(separatedBy: "\n## ").first ?? byHand
+        #expect(section.contains("`swift build \(flags)`"), "README's build is not scripts/build's: \(section)")
+        #expect(section.contains("scripts/build"))
+
+        for script in ["scripts/demo", "scripts/bench"] {
+            let s = try text(script)
+            #expect(s.contains("scripts/build") || s.contains("\"scripts\", \"build\""), "\(script) does not use scripts/build")
+            let ownReleaseBuild = s.split(separator: "\n").filter { $0.contains("swift build -c release") || $0.contains("\"-c\", \"release\"") }
+            #expect(ownReleaseBuild.isEmpty, "\(script) makes its own release build: \(ownReleaseBuild)")
+        }
+        let demo = try text("scripts/demo")
+        #expect(demo.contains("baton-yaml") && demo.contains("baton.yaml.decode"), "scripts/demo must check baton-yaml is there")
+    }
+}
