@@ -204,21 +204,25 @@ import Testing
         print("PRIMS " .. tostring(r.ok) .. " " .. tostring(p.ok) .. " " .. w.state .. " " .. tostring(g.approved) .. " " .. out .. " " .. j.a[2])
         """
 
+    /// `baton` with the chunk on stdin: it must not die by a signal, and the primitives ran.
+    func piped(_ tag: String, _ chunk: String, sourceLocation: SourceLocation = #_sourceLocation) throws -> Harness.Result {
+        let d = Harness.tempDir(tag)
+        let r = try Harness.run([], cwd: d, env: ["XDG_STATE_HOME": d + "/state"], stdin: chunk)
+        #expect(!r.signaled, "baton died by a signal: \(r.stderr)", sourceLocation: sourceLocation)
+        #expect(r.stdout.contains("PRIMS true true completed true sh\n 2"), "stdout: \(r.stdout)", sourceLocation: sourceLocation)
+        return r
+    }
+
     @Test func pipedChunkSurvivesHostileMetatables() throws {
-        let d = Harness.tempDir("hostile-piped")
-        let r = try Harness.run([], cwd: d, env: ["XDG_STATE_HOME": d + "/state"],
-                                stdin: HostileMetatableTests.hostile + "\n" + HostileMetatableTests.primitives + "\nundefined_global = 1\n")
-        #expect(!r.signaled, "baton died by a signal: \(r.stderr)")
+        let r = try piped("hostile-piped", HostileMetatableTests.hostile + "\n" + HostileMetatableTests.primitives + "\nundefined_global = 1\n")
         #expect(r.code == 1, "the hostile __newindex error ends the chunk as an error: \(r.code) \(r.stderr)")
-        #expect(r.stdout.contains("PRIMS true true completed true sh\n 2"), "stdout: \(r.stdout)")
         #expect(r.stderr.contains("hostile global write undefined_global"), "stderr: \(r.stderr)")
     }
 
     /// The registry is reachable through `debug`: metatables Baton keeps there may be
     /// replaced by anything, and the registry itself given a hostile metatable.
     @Test func pipedChunkSurvivesATamperedRegistry() throws {
-        let d = Harness.tempDir("hostile-registry")
-        let chunk = """
+        let r = try piped("hostile-registry", """
             local reg = debug.getregistry()
             reg["baton.stage_result"] = 1; reg["baton.json.array_mt"] = "x"; reg["baton.error_mt"] = false
             reg["baton.stage_handle"] = true
@@ -230,11 +234,8 @@ import Testing
             print(baton.json.encode(baton.json.array()))
             local ok, e = pcall(runStage, {id = "f", cmd = "exit 2"})
             print("CAUGHT " .. tostring(ok) .. " " .. tostring(e.code))
-            """
-        let r = try Harness.run([], cwd: d, env: ["XDG_STATE_HOME": d + "/state"], stdin: chunk)
-        #expect(!r.signaled, "baton died by a signal: \(r.stderr)")
+            """)
         #expect(r.code == 0, "\(r.code) \(r.stderr)")
-        #expect(r.stdout.contains("PRIMS true true completed true sh\n 2"), "stdout: \(r.stdout)")
         #expect(r.stdout.contains("CAUGHT false 1"), "stdout: \(r.stdout)")
     }
 
