@@ -110,12 +110,14 @@ extension RecipeEnvironment {
             life.move(.exited, detail)
         }
 
-        // A failed stage will not write what is still missing: no waiting. Only if it left
-        // every required file (a wrapper that always writes its metrics) does the watch go on
-        // as for a passed stage; otherwise onMissing decides at once.
+        // A failed stage will not write what is still missing: no waiting. Its callback, if
+        // there is one, handles the failure when nothing is missing (a wrapper that always
+        // writes its metrics) or when onMissing = "callback"; otherwise the watch is failed
+        // (or blocked, with onMissing = "block") at once.
         if let res = stageFailed {
             let missingNow = require.filter { (FileIO.size($0) ?? 0) == 0 }
-            if require.isEmpty || !missingNow.isEmpty {
+            let handled = callback != nil && (missingNow.isEmpty || onMissing == "callback")
+            if !handled {
                 var what = "stage \(res.id) \(res.status.rawValue)" + (res.exit.map { " with exit code \($0)" } ?? "")
                     + (res.signal.map { " (signal \($0))" } ?? "")
                 if !missingNow.isEmpty { what += "; required file\(missingNow.count == 1 ? "" : "s") missing: \(missingNow.joined(separator: ", "))" }
@@ -127,8 +129,6 @@ extension RecipeEnvironment {
                     info.append(("missing", .array(missingNow.map(JSON.string))))
                     life.move(.blocked, what, details: details)
                     return try finishWatch(l, life, info, began, ok: false, allowFail: true, message: nil)
-                case "callback" where callback != nil:
-                    break // the callback is called at once, below, with info.status and info.missing
                 default:
                     info.append(("files", .array(require.map(JSON.string))))
                     info.append(("missing", .array(missingNow.map(JSON.string))))

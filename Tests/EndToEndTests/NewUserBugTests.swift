@@ -161,7 +161,12 @@ import Testing
             -- a failed job that left every required file is handled as usual (its callback sees the failure)
             local h2 = runStage{id = "job2", cmd = "echo '{}' > m2.json; exit 5", background = true}
             local w2 = watch{id = "left", handle = h2, requireFiles = {"m2.json"}, callback = function(info) return info.exit end}
-            assert(w2.state == "completed" and w2.callback_result == 5)
+            assert(w2.state == "completed" and w2.callback_result == 5 and w2.ok == false)
+            -- ... but with no callback to handle it, the failure is the watch's
+            local ok, e = pcall(watch, {id = "nocb", handle = h2, requireFiles = {"m2.json"}})
+            assert(not ok and e.outcome.state == "failed" and tostring(e):find("stage job2 failed with exit code 5"), tostring(e))
+            local n = watch{id = "plain", handle = h2, allowFail = true}
+            assert(n.state == "failed" and n.ok == false)
             """, timeout: 90)
         #expect(r.code == 0, "stderr: \(r.stderr)")
         #expect(Harness.final(run)?["status"] as? String == "succeeded")
