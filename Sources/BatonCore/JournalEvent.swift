@@ -327,11 +327,6 @@ public struct StageFinished: Sendable {
     public static let fieldNames = ["id", "occurrence", "attempt", "exit", "signal", "status", "failure_class", "signature",
                                     "duration_ms", "logs", "fingerprint", "replayed", "final", "message", "breaker_open", "dry"]
 
-    public init(key: StageKey, attempt: Int, status: StageStatus, durationMs: Int64, logs: StageLogs, fingerprint: String) {
-        self.key = key; self.attempt = attempt; self.status = status; self.durationMs = durationMs
-        self.logs = logs; self.fingerprint = fingerprint
-    }
-
     init(_ f: inout Fields) {
         key = f.key()
         attempt = Int(f.int("attempt") ?? 1)
@@ -348,6 +343,11 @@ public struct StageFinished: Sendable {
         message = f.string("message")
         breakerOpen = f.bool("breaker_open")
         dry = f.bool("dry")
+    }
+
+    public init(key: StageKey, attempt: Int, status: StageStatus, durationMs: Int64, logs: StageLogs, fingerprint: String) {
+        self.key = key; self.attempt = attempt; self.status = status; self.durationMs = durationMs
+        self.logs = logs; self.fingerprint = fingerprint
     }
 
     var fields: [(String, JSON)] {

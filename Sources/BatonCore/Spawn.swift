@@ -65,7 +65,8 @@ extension Substring {
 
 public struct SpawnError: Error, CustomStringConvertible {
     public let message: String
-    /// The exit code a shell would give: 127 not found, 126 found but cannot run.
+    /// The exit code a shell gives the same failure: 127 not found, 126 found but not
+    /// executable (permission denied, a directory, not an executable format).
     public var exitCode: Int32 = Termination.notFound
     public init(message: String, exitCode: Int32 = Termination.notFound) { self.message = message; self.exitCode = exitCode }
     public var description: String { message }
@@ -84,19 +85,36 @@ public enum Spawner {
         return env
     }
 
-    /// Finds `name` as execvp would, in the PATH the stage will have.
-    public static func resolve(_ name: String, path: String?, cwd: String?) -> String? {
-        if name.contains("/") {
-            let full = name.hasPrefix("/") ? name : FileIO.join(cwd ?? FileIO.currentDirectory(), name)
-            return access(full, X_OK) == 0 ? full : nil
+    /// What looking a command up found.
+    public enum Lookup: Equatable {
+        case found(String)
+        case notExecutable(String)   // exists, but exec would fail with EACCES (126)
+        case notFound                // 127
+    }
+
+    /// Finds `name` as execvp would, in the PATH the stage will have. As execvp does, a
+    /// match without the execute bit does not stop the search, but if nothing better is
+    /// found the answer is "permission denied", not "not found".
+    public static func lookup(_ name: String, path: String?, cwd: String?) -> Lookup {
+        func check(_ full: String) -> Lookup {
+            var st = stat()
+            guard stat(full, &st) == 0 else { return .notFound }
+            if (st.st_mode & S_IFMT) == S_IFREG, access(full, X_OK) == 0 { return .found(full) }
+            return .notExecutable(full)
         }
+        if name.contains("/") {
+            return check(name.hasPrefix("/") ? name : FileIO.join(cwd ?? FileIO.currentDirectory(), name))
+        }
+        var denied: String? = nil
         for dir in (path ?? "/usr/local/bin:/usr/bin:/bin").split(separator: ":", omittingEmptySubsequences: false) {
             let d = dir.isEmpty ? "." : String(dir)
-            let full = FileIO.join(d, name)
-            var st = stat()
-            if stat(full, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, access(full, X_OK) == 0 { return full }
+            switch check(FileIO.join(d, name)) {
+            case let .found(full): return .found(full)
+            case let .notExecutable(full): if denied == nil { denied = full }
+            case .notFound: break
+            }
         }
-        return nil
+        return denied.map { .notExecutable($0) } ?? .notFound
     }
 
     /// Starts argv in its own process group (or session) with the given descriptors.
@@ -105,8 +123,13 @@ public enum Spawner {
                              newSession: Bool = false, dieWithParent: Bool = true) throws -> pid_t {
         guard let first = argv.first, !first.isEmpty else { throw SpawnError(message: "empty command") }
         if let cwd, !FileIO.isDirectory(cwd) { throw SpawnError(message: "working directory \(cwd) does not exist") }
-        guard let path = resolve(first, path: env["PATH"], cwd: cwd) else {
-            throw SpawnError(message: "command not found: \(first)")
+        let path: String
+        switch lookup(first, path: env["PATH"], cwd: cwd) {
+        case let .found(p): path = p
+        case let .notExecutable(p):
+            throw SpawnError(message: "permission denied: \(first)" + (p == first ? "" : " (\(p))") + " is not an executable file",
+                             exitCode: 126)
+        case .notFound: throw SpawnError(message: "command not found: \(first)")
         }
         let cArgv = argv.map { strdup($0) } + [nil]
         let cEnv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]

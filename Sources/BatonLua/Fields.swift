@@ -25,14 +25,19 @@ struct SpecTable {
         self.lua = lua; self.index = lua.absIndex(index); self.fn = fn
     }
 
+    /// Every key must be a string in `allowed`. lua_next needs the key left on the stack
+    /// for the next step, so only the value is popped while iterating.
     func checkKeys(_ allowed: [String], context: String) throws {
         lua.pushNil()
         while lua_next(lua.L, index) != 0 {
-            lua.pop()
+            lua.pop()                                   // [.. key]
             guard let k = lua.string(-1) else {
-                if lua.type(-1) == LUA_TNUMBER { lua.pop(); continue } // array part (checks lists)
                 let t = lua.describeType(-1)
+                let item = lua.integer(-1)
                 lua.pop()
+                if let i = item {
+                    throw LuaRaise.usage("\(context): unexpected list item [\(i)]; fields are named (known fields: \(allowed.joined(separator: ", ")))")
+                }
                 throw LuaRaise.usage("\(context): field names must be strings (found a \(t) key)")
             }
             if !allowed.contains(k) {
@@ -203,6 +208,68 @@ struct SpecTable {
         let sub = SpecTable(nested: lua, index: -1, fn: "\(fn): field '\(key)'")
         if let allowed { do { try sub.checkKeys(allowed, context: "\(fn): field '\(key)'") } catch { lua.pop(); throw error } }
         return sub
+    }
+
+    /// A record of numbers given either as a list in the order of `names` (`{1, 2, 60}`)
+    /// or by name (`{initial = 1, factor = 2, max = 60}`), not both. Absent items are nil;
+    /// `min` bounds each item by name.
+    func numberRecord(_ key: String, names: [String], min: [String: Double] = [:]) throws -> [String: Double]? {
+        let t = get(key)
+        if t == LUA_TNIL { lua.pop(); return nil }
+        let shape = "a list {\(names.joined(separator: ", "))} or a table {\(names.map { "\($0) = ..." }.joined(separator: ", "))}"
+        guard t == LUA_TTABLE else { throw wrongType(key, shape) }
+        defer { lua.pop() }
+        let tbl = lua.absIndex(-1)
+        var named = false, positional = false
+        lua.pushNil()
+        while lua_next(lua.L, tbl) != 0 {
+            lua.pop()
+            if lua.type(-1) == LUA_TSTRING { named = true } else { positional = true }
+        }
+        if named && positional {
+            throw LuaRaise.usage("\(fn): field '\(key)' must be \(shape), not a mix of both")
+        }
+        var out: [String: Double] = [:]
+        func item(_ index: Int?, _ name: String) throws {
+            let label = index.map { "\(key)[\($0)]' (\(name))" } ?? "\(key).\(name)'"
+            let ty = lua.type(-1)
+            if ty == LUA_TNIL { return }
+            guard ty == LUA_TNUMBER, let v = lua.number(-1) else {
+                throw LuaRaise.usage("\(fn): field '\(label) must be a number, got \(lua.describeType(-1))")
+            }
+            guard v.isFinite else { throw LuaRaise.usage("\(fn): field '\(label) must be a finite number") }
+            if let lo = min[name], v < lo {
+                throw LuaRaise.usage("\(fn): field '\(label) must be at least \(fmt(lo)), got \(fmt(v))")
+            }
+            out[name] = v
+        }
+        if named {
+            let sub = SpecTable(nested: lua, index: tbl, fn: fn)
+            try sub.checkKeys(names, context: "\(fn): field '\(key)'")
+            for n in names {
+                _ = lua.rawGetField(tbl, n)
+                defer { lua.pop() }
+                try item(nil, n)
+            }
+        } else if positional {
+            let n = Int(lua_rawlen(lua.L, tbl))
+            guard n <= names.count else {
+                throw LuaRaise.usage("\(fn): field '\(key)' has \(n) items; at most \(names.count) ({\(names.joined(separator: ", "))})")
+            }
+            lua.pushNil()
+            while lua_next(lua.L, tbl) != 0 {
+                lua.pop()                               // [.. key]
+                if let k = lua.integer(-1), k >= 1, k <= n { continue }
+                lua.pop()
+                throw LuaRaise.usage("\(fn): field '\(key)' must be \(shape) (found a key that is not 1..\(n))")
+            }
+            for i in 0..<n {
+                lua_rawgeti(lua.L, tbl, lua_Integer(i + 1))
+                defer { lua.pop() }
+                try item(i + 1, names[i])
+            }
+        }
+        return out
     }
 
     /// A function field, kept in the registry; returns its ref.

@@ -58,8 +58,7 @@ extension RecipeEnvironment {
                     throw LuaRaise.usage("baton.json.array: expects a table, got \(l.describeType(1))")
                 }
                 l.top = 1
-                baton_getregistryfield(l.L, "baton.json.array_mt")
-                lua_setmetatable(l.L, 1)
+                l.setMetatable(fromRegistry: "baton.json.array_mt", on: 1)
                 return 1
             }),
         ], prefix: "baton.json.")

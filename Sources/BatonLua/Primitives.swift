@@ -49,11 +49,7 @@ extension RecipeEnvironment {
                 spec.retryOn.insert(cls)
             }
         }
-        if let b = try t.table("backoff", allowed: ["initial", "factor", "max"]) {
-            defer { l.pop() }
-            spec.backoff = Backoff(initial: try b.number("initial", min: 0) ?? 1, factor: try b.number("factor", min: 1) ?? 2,
-                                   max: try b.number("max", min: 0) ?? 60)
-        }
+        if let b = try RecipeEnvironment.backoff(t) { spec.backoff = b }
         if let tr = try t.table("transient", allowed: ["exit", "stderr"]) {
             defer { l.pop() }
             spec.transient = TransientRules(exitCodes: Set((try tr.intList("exit") ?? []).map { Int32(truncatingIfNeeded: $0) }),
@@ -72,6 +68,14 @@ extension RecipeEnvironment {
             spec.pool = p
         }
         return (spec, try t.bool("background") ?? false)
+    }
+
+    /// `backoff`: `{initial, factor, max}` as a list (`{1, 2, 60}`) or by name.
+    static func backoff(_ t: SpecTable) throws -> Backoff? {
+        guard let b = try t.numberRecord("backoff", names: ["initial", "factor", "max"],
+                                         min: ["initial": 0, "factor": 1, "max": 0]) else { return nil }
+        let d = Backoff()
+        return Backoff(initial: b["initial"] ?? d.initial, factor: b["factor"] ?? d.factor, max: b["max"] ?? d.max)
     }
 
     func runStage(_ l: LuaState) throws -> Int32 {
@@ -139,9 +143,7 @@ extension RecipeEnvironment {
     }
 
     func setMeta(_ l: LuaState, _ name: String) {
-        if luaL_newmetatable(l.L, name) != 0 {
-            l.push(name); l.setField(-2, "__name")
-        }
+        l.pushNamedMetatable(name)
         lua_setmetatable(l.L, -2)
     }
 
@@ -178,7 +180,7 @@ extension RecipeEnvironment {
         handles[h] = exec
         l.newTable()
         l.setFields([("id", .string(exec.spec.id)), ("_handle", .int(h))])
-        if luaL_newmetatable(l.L, "baton.stage_handle") != 0 {
+        if l.pushNamedMetatable("baton.stage_handle") {
             l.newTable()
             l.register([
                 ("wait", { [unowned self] l in try self.awaitStage(l, try self.handle(l, "wait")) }),
@@ -198,7 +200,6 @@ extension RecipeEnvironment {
                 ("done", { [unowned self] l in l.push(try self.handle(l, "done").isFinished); return 1 }),
             ], prefix: "handle:")
             l.setField(-2, "__index")
-            l.push("baton.stage_handle"); l.setField(-2, "__name")
             // A handle Lua no longer holds lets its execution go (a 10,000-item fan-out
             // should not keep 10,000 of them). The loop keeps a running one alive itself.
             // (weak: lua_close runs __gc after the environment itself is gone)

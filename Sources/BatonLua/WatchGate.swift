@@ -39,6 +39,9 @@ extension RecipeEnvironment {
         let timeout = try t.number("timeoutSec", min: 0) ?? 86400
         let heartbeat = try t.number("heartbeatSec", min: 0.05) ?? 60
         let allowFail = try t.bool("allowFail") ?? false
+        if targets.isEmpty && require.isEmpty {
+            throw LuaRaise.usage("watch: nothing to watch: give one of the fields handle, pid, pattern, file, or requireFiles")
+        }
         let callback = try t.function("callback")
         defer { if let c = callback { l.unref(c) } }
 
@@ -64,6 +67,7 @@ extension RecipeEnvironment {
         life.move(.running, "waiting for \(targetText) to finish")
         let hb = WaitLabel("watch", id)
         var outcome: WatchTargetOutcome
+        var stageFailed: StageResult? = nil
         if let e = exec {
             let r = ctx.loop.wait(hb, deadline: Clock.monotonic() + timeout, heartbeatEvery: heartbeat) { e.isFinished }
             switch r {
@@ -72,6 +76,7 @@ extension RecipeEnvironment {
                 outcome = .exited(exit: res.exit, signal: res.signal, detail: "stage \(e.spec.id) \(res.status.rawValue)" + (res.exit.map { " (exit \($0))" } ?? ""))
                 info.append(("status", .string(res.status.rawValue)))
                 if !res.dry && !res.replayed { progress(stageLine(res)) }
+                if !res.ok { stageFailed = res }
             case .deadline: outcome = .timedOut
             case .interrupted: outcome = .interrupted
             }
@@ -94,18 +99,52 @@ extension RecipeEnvironment {
             life.move(.failed, "interrupted")
             throw RecipeEnvironment.abort
         case .timedOut:
-            life.move(.failed, "\(targetText) still running after timeoutSec = \(fmt(timeout))")
-            return try finishWatch(l, life, info, began, ok: false, allowFail: allowFail,
-                                   message: "watch '\(id)': \(targetText) still running after \(Clock.human(timeout))")
+            let what = file != nil && exec == nil && pid == nil && pattern == nil
+                ? "\(targetText) did not appear within timeoutSec = \(fmt(timeout))"
+                : "\(targetText) still running after timeoutSec = \(fmt(timeout))"
+            life.move(.failed, what)
+            return try finishWatch(l, life, info, began, ok: false, allowFail: allowFail, message: "watch '\(id)': \(what)")
         case let .exited(exit, signal, detail):
             if let x = exit { info.append(("exit", .int(Int64(x)))) }
             if let s = signal { info.append(("signal", .int(Int64(s)))) }
             life.move(.exited, detail)
         }
 
+        // A failed stage will not write what is still missing: no waiting. Its callback, if
+        // there is one, handles the failure when nothing is missing (a wrapper that always
+        // writes its metrics) or when onMissing = "callback"; otherwise the watch is failed
+        // (or blocked, with onMissing = "block") at once.
+        if let res = stageFailed {
+            let missingNow = require.filter { (FileIO.size($0) ?? 0) == 0 }
+            let handled = callback != nil && (missingNow.isEmpty || onMissing == .callback)
+            if !handled {
+                var what = "stage \(res.id) \(res.status.rawValue)" + (res.exit.map { " with exit code \($0)" } ?? "")
+                    + (res.signal.map { " (signal \($0))" } ?? "")
+                if !missingNow.isEmpty { what += "; required file\(missingNow.count == 1 ? "" : "s") missing: \(missingNow.joined(separator: ", "))" }
+                let details = JSON.object([("stage", .string(res.id)), ("status", .string(res.status.rawValue)),
+                                           ("exit", res.exit.map { .int(Int64($0)) } ?? .null), ("missing", .array(missingNow.map(JSON.string)))])
+                info.append(("files", .array(require.map(JSON.string))))
+                info.append(("missing", .array(missingNow.map(JSON.string))))
+                switch onMissing {
+                case .block:
+                    life.move(.blocked, what, details: details)
+                    return try finishWatch(l, life, info, began, ok: false, allowFail: true, message: nil)
+                case .fail, .callback:
+                    life.move(.failed, what, details: details)
+                    return try finishWatch(l, life, info, began, ok: false, allowFail: allowFail, message: "watch '\(id)': \(what)")
+                }
+            }
+        }
+
         // 2. Its artifacts: noticed as they appear (inotify), polled as a fallback.
         var missing: [String] = []
-        if !require.isEmpty {
+        if let res = stageFailed, !require.isEmpty {
+            missing = require.filter { (FileIO.size($0) ?? 0) == 0 }
+            if !missing.isEmpty {
+                life.move(.awaiting_artifacts, "stage \(res.id) \(res.status.rawValue): not waiting for files it did not write",
+                          details: .object([("files", .array(require.map(JSON.string)))]))
+            }
+        } else if !require.isEmpty {
             life.move(.awaiting_artifacts, "waiting up to \(Clock.human(readyTimeout)) for \(require.count) required file\(require.count == 1 ? "" : "s")",
                       details: .object([("files", .array(require.map(JSON.string)))]))
             guard let m = ctx.waitForFiles(require, timeout: readyTimeout, poll: readyPoll, nonEmpty: true,
@@ -146,8 +185,9 @@ extension RecipeEnvironment {
             if l.type(-1) != LUA_TNIL, let v = try? l.toJSON(-1) { info.append(("callback_result", v)) }
             l.pop()
         }
-        life.move(.completed, missing.isEmpty ? "done" : "done (with missing artifacts)")
-        return try finishWatch(l, life, info, began, ok: missing.isEmpty, allowFail: true, message: nil)
+        let failedNote = stageFailed.map { "stage \($0.id) \($0.status.rawValue)" }
+        life.move(.completed, ["done", failedNote, missing.isEmpty ? nil : "with missing artifacts"].compactMap { $0 }.joined(separator: "; "))
+        return try finishWatch(l, life, info, began, ok: missing.isEmpty && stageFailed == nil, allowFail: true, message: nil)
     }
 
     private func finishWatch(_ l: LuaState, _ life: WatchLifecycle, _ info: [(String, JSON)], _ began: Double,
@@ -237,8 +277,10 @@ extension RecipeEnvironment {
                                         fallbackUsed: fallbackUsed, note: note)))
             try checkFatal()
             last = decision.setting("iteration", .int(Int64(iteration))).setting("fallback_used", .bool(fallbackUsed))
-            progress("gate \(name) iteration \(iteration)/\(maxIterations): \(approved ? "approved" : "rejected")"
-                     + (approved ? "" : " " + issueText(issues)))
+            // Issues of an approved decision are notes (warnings), not the reasons of a rejection.
+            let hasIssues = !(issues.arrayValue?.isEmpty ?? false)
+            progress("gate \(name) iteration \(iteration)/\(maxIterations): "
+                     + (approved ? "approved" + (hasIssues ? " (notes: \(issueText(issues)))" : "") : "rejected: " + issueText(issues)))
             if approved {
                 l.push(json: last)
                 return 1

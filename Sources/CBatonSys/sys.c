@@ -173,7 +173,7 @@ static void crash_write(int fd, const char *s) {
     while (n > 0) { ssize_t w = write(fd, s, n); if (w <= 0) { if (errno == EINTR) continue; return; } s += w; n -= (size_t)w; }
 }
 
-static void on_crash(int sig) {
+static void on_crash(int sig, siginfo_t *info, void *uctx) {
     for (int i = 0; i < CRASH_MAX_GROUPS; i++) { pid_t g = crash_groups[i]; if (g > 0) kill(-g, SIGKILL); }
     if (crash_armed && crash_final && crash_tmp) {
         int fd = open(crash_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -192,8 +192,35 @@ static void on_crash(int sig) {
             rename(crash_tmp, crash_final);
         }
     }
-    sigaction(sig, &crash_previous[sig], NULL);  /* the previous handler, or the default */
+    /* Chain to the previous handler (Swift's backtracer prints a backtrace), then end the
+     * process by the signal's default action whatever that handler did: the backtracer
+     * returns from a signal that was sent (kill -SEGV) rather than raised by a fault, and
+     * the runner must not go on with its stages killed. */
+    struct sigaction *prev = &crash_previous[sig];
+    /* Run it under the mask it asked for, with the crash signals unblocked as with its own
+     * SA_NODEFER: the backtracer's memory server is a thread it starts from here, which
+     * inherits this mask and survives its own faults only if SIGSEGV/SIGBUS are not blocked
+     * (a blocked synchronous fault kills the process at once). */
+    sigset_t mask = prev->sa_mask;
+    sigdelset(&mask, SIGSEGV); sigdelset(&mask, SIGBUS); sigdelset(&mask, SIGILL);
+    sigdelset(&mask, SIGFPE); sigdelset(&mask, SIGABRT); sigdelset(&mask, SIGTRAP);
+    pthread_sigmask(SIG_SETMASK, &mask, NULL);
+    if (prev->sa_flags & SA_SIGINFO) {
+        if (prev->sa_sigaction) prev->sa_sigaction(sig, info, uctx);
+    } else if (prev->sa_handler != SIG_DFL && prev->sa_handler != SIG_IGN && prev->sa_handler != NULL) {
+        prev->sa_handler(sig);
+    }
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(sig, &dfl, NULL);
+    sigset_t only;
+    sigemptyset(&only);
+    sigaddset(&only, sig);
+    pthread_sigmask(SIG_UNBLOCK, &only, NULL);
     raise(sig);
+    _exit(128 + sig);   /* the last resort: never return into the code that crashed */
 }
 
 void baton_crash_guard_install(const char *final_path, const char *json_head, const char *json_tail) {
@@ -208,8 +235,8 @@ void baton_crash_guard_install(const char *final_path, const char *json_head, co
     sigaltstack(&ss, NULL);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_crash;
-    sa.sa_flags = SA_ONSTACK;
+    sa.sa_sigaction = on_crash;
+    sa.sa_flags = SA_ONSTACK | SA_SIGINFO;
     sigemptyset(&sa.sa_mask);
     int sigs[] = { SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP };
     static int installed = 0;

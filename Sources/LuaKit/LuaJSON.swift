@@ -123,8 +123,7 @@ extension LuaState {
                 push(json: v)
                 lua_rawseti(L, -2, lua_Integer(k + 1))
             }
-            baton_getregistryfield(L, "baton.json.array_mt")
-            lua_setmetatable(L, -2)
+            setMetatable(fromRegistry: "baton.json.array_mt", on: -1)
         case let .object(pairs):
             newTable(nrec: Int32(min(pairs.count, 1 << 20)))
             for (k, v) in pairs {

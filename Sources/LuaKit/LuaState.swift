@@ -165,8 +165,49 @@ public final class LuaState {
         return lua_rawget(L, t)
     }
 
-    public func setGlobal(_ name: String) { lua_setglobal(L, name) }
-    public func getGlobal(_ name: String) -> Int32 { lua_getglobal(L, name) }
+    /// _G[name] = value-on-top (popped), raw: a recipe's metatable on _G (a __newindex that
+    /// raises) never runs under a Swift frame, where its error would be a Lua panic.
+    public func setGlobal(_ name: String) {
+        pushGlobals()                // [.. value G]
+        lua_rotate(L, -2, 1)         // [.. G value]
+        setField(-2, name)           // [.. G]
+        pop()
+    }
+
+    /// Pushes _G[name], raw (no __index runs), and returns its type.
+    public func getGlobal(_ name: String) -> Int32 {
+        pushGlobals()
+        let t = rawGetField(-1, name)
+        lua_rotate(L, -2, 1)
+        pop()
+        return t
+    }
+
+    /// The globals table, from the registry (LUA_RIDX_GLOBALS), raw.
+    public func pushGlobals() { lua_rawgeti(L, baton_registryindex(), lua_Integer(LUA_RIDX_GLOBALS)) }
+
+    /// Gives the table at `index` the metatable kept in registry[name], if that is still a
+    /// table (lua_setmetatable must never get anything else).
+    public func setMetatable(fromRegistry name: String, on index: Int32) {
+        let i = absIndex(index)
+        if baton_getregistryfield(L, name) == LUA_TTABLE { lua_setmetatable(L, i) } else { pop() }
+    }
+
+    /// Pushes the registry's metatable called `name`, creating it when it is missing or
+    /// was replaced by something that is not a table (`debug.getregistry()` is reachable
+    /// from Lua). Raw throughout, unlike luaL_newmetatable. Returns true when created.
+    @discardableResult
+    public func pushNamedMetatable(_ name: String) -> Bool {
+        if baton_getregistryfield(L, name) == LUA_TTABLE { return false }
+        pop()
+        newTable()
+        push(name); setField(-2, "__name")
+        lua_pushvalue(L, -1)
+        push(name)                   // [.. mt mt name]
+        lua_rotate(L, -2, 1)         // [.. mt name mt]
+        lua_rawset(L, baton_registryindex())
+        return true
+    }
 
     // MARK: Swift functions
 
@@ -205,8 +246,7 @@ public final class LuaState {
         push(r.kind); setField(-2, "kind")
         if w.hasSuffix(": ") { push(String(w.dropLast(2))); setField(-2, "where") }
         r.extra?(self)
-        baton_getregistryfield(L, "baton.error_mt")
-        lua_setmetatable(L, -2)
+        setMetatable(fromRegistry: "baton.error_mt", on: -1)
     }
 
     /// The error a Lua call raised, made into a LuaRaise that raises it again unchanged.
@@ -296,7 +336,7 @@ public final class LuaState {
         }
         var tb = ""
         if traceback {
-            if lua_getfield(L, baton_registryindex(), "baton.traceback") == LUA_TSTRING { tb = string(-1) ?? "" }
+            if baton_getregistryfield(L, "baton.traceback") == LUA_TSTRING { tb = string(-1) ?? "" }
             pop()
         }
         if msg == BATON_ABORT_MESSAGE || abortReason != 0 { kind = kind ?? "abort" }

@@ -107,7 +107,9 @@ static int msgh(lua_State *L) {
         msg = lua_tostring(L, -1);
     }
     luaL_traceback(L, L, msg ? msg : "(error object is not a string)", 1);
-    lua_setfield(L, LUA_REGISTRYINDEX, "baton.traceback");
+    lua_pushliteral(L, "baton.traceback");
+    lua_insert(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);   /* raw, like every registry access of ours */
     lua_settop(L, 1);
     return 1;
 }

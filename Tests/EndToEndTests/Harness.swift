@@ -46,21 +46,25 @@ enum Harness {
 
     static func read(_ path: String) -> String? { try? String(contentsOfFile: path, encoding: .utf8) }
 
-    static func environment(_ extra: [String: String]) -> [String: String] {
+    static func environment(_ extra: [String: String], unset: [String] = []) -> [String: String] {
         var env = ProcessInfo.processInfo.environment
         env["NO_COLOR"] = "1"
         env["PATH"] = "\(fixtures):" + (env["PATH"] ?? "/usr/bin:/bin")
         env.removeValue(forKey: "BATON_RUNS_DIR")
+        for k in unset { env.removeValue(forKey: k) }
         for (k, v) in extra { env[k] = v }
         return env
     }
 
-    static func start(_ args: [String], cwd: String, env: [String: String] = [:], stdin: String? = nil) throws -> (Process, Pipe, Pipe) {
+    /// `unset`: variables removed from the environment baton gets (e.g. SWIFT_BACKTRACE,
+    /// to run as a user's default environment does).
+    static func start(_ args: [String], cwd: String, env: [String: String] = [:], unset: [String] = [],
+                      stdin: String? = nil) throws -> (Process, Pipe, Pipe) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: binary)
         p.arguments = args
         p.currentDirectoryURL = URL(fileURLWithPath: cwd)
-        p.environment = environment(env)
+        p.environment = environment(env, unset: unset)
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err

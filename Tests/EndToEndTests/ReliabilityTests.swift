@@ -163,8 +163,11 @@ import Testing
 
     /// Baton itself crashing (a segfault, a Swift trap, abort) still leaves a record: the
     /// crash guard ends the stages' groups and writes final.json, and resume finishes the run.
-    @Test(arguments: [SIGSEGV, SIGABRT, SIGBUS])
-    func aCrashOfBatonItselfLeavesAFinalAndNoProcess(sig: Int32) throws {
+    /// Both with Swift's backtracer off and in a user's default environment (no
+    /// SWIFT_BACKTRACE: the backtracer is chained to, and returns from a signal that was
+    /// sent; the guard must still end the process).
+    @Test(arguments: [SIGSEGV, SIGABRT, SIGBUS], [true, false])
+    func aCrashOfBatonItselfLeavesAFinalAndNoProcess(sig: Int32, backtracerOff: Bool) throws {
         let d = Harness.tempDir("crash")
         let marker = "rel-crash-\(UUID().uuidString.prefix(8))"
         Harness.write(d + "/r.lua", """
@@ -172,16 +175,28 @@ import Testing
             runStage{id = "a", cmd = "echo a >> ran.txt"}
             runStage{id = "long", cmd = {"forker.sh", "\(marker)"}}
             """)
-        let (p, _, _) = try Harness.start(["run", "r.lua"], cwd: d, env: ["SWIFT_BACKTRACE": "enable=no"])
+        let (p, _, errPipe) = try Harness.start(["run", "r.lua"], cwd: d, env: backtracerOff ? ["SWIFT_BACKTRACE": "enable=no"] : [:],
+                                                unset: backtracerOff ? [] : ["SWIFT_BACKTRACE"])
+        // Read stderr all along: the backtracer's output must not fill the pipe and block.
+        final class Box: @unchecked Sendable { var data = Data() }
+        let errBox = Box(), read = DispatchGroup()
+        read.enter(); DispatchQueue.global().async { errBox.data = errPipe.fileHandleForReading.readDataToEndOfFile(); read.leave() }
         #expect(Harness.waitFor(20) { !Harness.processes(matching: marker).isEmpty })
         kill(p.processIdentifier, sig)
-        #expect(Harness.waitFor(30) { !p.isRunning })
+        #expect(Harness.waitFor(60) { !p.isRunning }, "baton survived signal \(sig)")
+        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
         p.waitUntilExit()
-        #expect(p.terminationReason == .uncaughtSignal, "the crash is re-raised, not hidden")
+        _ = read.wait(timeout: .now() + 30)
+        let stderr = String(decoding: errBox.data, as: UTF8.self)
+        let diedBySignal = p.terminationReason == .uncaughtSignal && p.terminationStatus == sig
+        let exitedWithCode = p.terminationReason == .exit && p.terminationStatus == 128 + sig
+        #expect(diedBySignal || exitedWithCode, "the crash is re-raised, not hidden: \(p.terminationReason) \(p.terminationStatus); \(stderr.suffix(800))")
+        #expect(!stderr.contains("FAIL stage long"), "the recipe went on after the crash: \(stderr.suffix(800))")
         #expect(Harness.waitFor(10) { Harness.processes(matching: marker).isEmpty }, "a stage outlived the crash")
         let run = try #require(Harness.latestRun(d))
         let f = try #require(Harness.final(run), "no final.json after a crash")
         #expect(f["status"] as? String == "failed")
+        #expect(f["crashed"] as? Bool == true, "final.json: \(f)")
         #expect(f["exit_code"] as? Int == 128 + Int(sig))
         #expect((f["reason"] as? String)?.contains("crashed (signal \(sig))") == true)
         #expect((f["result"] as? [String: Any])?["kept"] as? Bool == true, "persistFinal fields survive the crash")
