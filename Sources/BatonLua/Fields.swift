@@ -125,28 +125,24 @@ struct SpecTable {
 
     /// A list of strings (a single string is accepted as a list of one).
     func stringList(_ key: String) throws -> [String]? {
-        let t = get(key)
-        if t == LUA_TNIL { lua.pop(); return nil }
-        if t == LUA_TSTRING { let s = lua.string(-1)!; lua.pop(); return [s] }
-        guard t == LUA_TTABLE else { throw wrongType(key, "a list of strings") }
-        defer { lua.pop() }
-        return try listItems(key) { i in
-            guard let s = lua.string(-1) else {
-                throw LuaRaise.usage("\(fn): field '\(key)'[\(i)] must be a string, got \(lua.describeType(-1))")
-            }
-            return s
-        }
+        try list(key, of: "a string", single: LUA_TSTRING) { lua.string(-1) }
     }
 
     func intList(_ key: String) throws -> [Int]? {
+        try list(key, of: "an integer", single: LUA_TNUMBER) { lua.integer(-1) }
+    }
+
+    /// A list of values read by `item` from the top of the stack (nil: the wrong type); a
+    /// single value of type `single` is accepted as a list of one.
+    private func list<T>(_ key: String, of what: String, single: Int32, _ item: () -> T?) throws -> [T]? {
         let t = get(key)
         if t == LUA_TNIL { lua.pop(); return nil }
-        if t == LUA_TNUMBER, let v = lua.integer(-1) { lua.pop(); return [v] }
-        guard t == LUA_TTABLE else { throw wrongType(key, "a list of integers") }
+        if t == single, let v = item() { lua.pop(); return [v] }
+        guard t == LUA_TTABLE else { throw wrongType(key, "a list of \(what.split(separator: " ").last ?? "")s") }
         defer { lua.pop() }
         return try listItems(key) { i in
-            guard let v = lua.integer(-1) else {
-                throw LuaRaise.usage("\(fn): field '\(key)'[\(i)] must be an integer, got \(lua.describeType(-1))")
+            guard let v = item() else {
+                throw LuaRaise.usage("\(fn): field '\(key)'[\(i)] must be \(what), got \(lua.describeType(-1))")
             }
             return v
         }
