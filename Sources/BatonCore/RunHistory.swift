@@ -139,7 +139,7 @@ public struct RunHistory: Sendable {
     private mutating func slot(_ key: StageKey) -> Int {
         if let i = stageIndex[key] { return i }
         stageIndex[key] = stages.count
-        stages.append(StageRecord(status: "running", key: key))
+        stages.append(StageRecord(status: "new", key: key))   // (not open: the event that made it fills it in)
         return stages.count - 1
     }
 

@@ -29,6 +29,9 @@ import Testing
         #expect(h.stage(StageKey(id: "build", occurrence: 1))?.replayed == true)
         #expect(h.stage(StageKey(id: "flaky", occurrence: 1))?.status == "failed")
         #expect(h.stage(StageKey(id: "flaky", occurrence: 1))?.finished?.attempt == 2)
+        // A call's length runs from its first attempt's start to its last attempt's end (backoff included).
+        let flaky = try #require(h.stage(StageKey(id: "flaky", occurrence: 1)))
+        #expect(flaky.startedAt != nil && flaky.durationMs >= 50, "flaky: \(flaky.durationMs) ms")
         #expect(Set(h.replayable.keys) == [StageKey(id: "build", occurrence: 1), StageKey(id: "build", occurrence: 2),
                                            StageKey(id: "job", occurrence: 1)])
         #expect(h.final?.event.status == "succeeded")
@@ -46,6 +49,7 @@ import Testing
         #expect(h.final == nil)
         let cur = try #require(h.current)
         #expect(cur.kind == "stage" && cur.id == "long")
+        #expect(cur.since > 1_700_000_000, "since is when it started, not the epoch")
         #expect(h.concluded.map(\.key.id) == ["first"])
         #expect(h.running.map(\.key.id) == ["long"])
     }
