@@ -42,6 +42,8 @@ public final class RunContext {
     public private(set) var fatal: SystemError?
     /// On resume: the calls that passed before, by (id, occurrence), until one differs.
     var replay: [StageKey: StageFinished]?
+    /// On resume: the first call that ran for real (from then on everything runs).
+    var ranFirst: StageKey?
     var finished = false
 
     public var interrupted: Bool { loop.interrupted }
@@ -198,10 +200,12 @@ public final class RunContext {
             let logs = dir.stageLogs(spec.id, attempt: nextLogNumber(spec.id))
             var started = StageStarted(key: key, attempt: 0, command: spec.command, cwd: cwd, fingerprint: spec.fingerprint, logs: logs)
             started.dry = true
+            started.fingerprintParts = exec.fingerprintParts
             record(.stageStarted(started))
             var f = StageFinished(key: key, attempt: 0, status: .passed, durationMs: 0, logs: logs, fingerprint: spec.fingerprint)
             f.exit = 0
             f.dry = true
+            f.fingerprintParts = exec.fingerprintParts
             record(.stageFinished(f))
             var r = StageResult(id: spec.id, occurrence: occ, status: .passed, attempts: 0, duration: 0, logs: logs)
             r.exit = 0
@@ -210,16 +214,22 @@ public final class RunContext {
             return exec
         }
         if let rp = replay {
-            if let f = rp[key], f.fingerprint == spec.fingerprint {
+            let why = ResumeWhy.decide(key, fingerprint: spec.fingerprint, parts: exec.fingerprintParts, history: history,
+                                       replay: rp, ranFirst: ranFirst)
+            exec.why = why
+            if why.replayed, let f = rp[key] {
                 var again = f
                 again.replayed = true
                 again.final = true
+                again.why = why
                 record(.stageFinished(again), deferred: true)
                 exec.finish(with: StageResult(replaying: f))
                 return exec
             }
-            log("info", "resume: stage '\(spec.id)' (occurrence \(occ)) runs for real; everything after it runs too")
-            replay = nil
+            if ranFirst == nil {
+                log("info", "resume: stage '\(spec.id)' (occurrence \(occ)) runs for real; everything after it runs too")
+                ranFirst = key
+            }
         }
         loop.add(exec)
         return exec

@@ -69,6 +69,7 @@ extension RecipeEnvironment {
         let ctx = try requireContext()
         if ctx.dryRun { plan.append(("\(spec.id): \(spec.command.display)", true)) }
         let exec = ctx.startStage(spec)
+        if let why = exec.why { progress("resume: stage \(exec.key): \(why.sentence)") }
         if background {
             pushHandle(l, exec)
             return 1
