@@ -90,7 +90,7 @@ extension Interactive {
     func find(_ ref: String?) -> RunDirectory? {
         let store = RunStore(root: root)
         if ref == nil || ref == "latest" {
-            let ids = store.ids().reversed().filter { $0 != env.context?.dir.id }
+            let ids = store.ids().filter { $0 != env.context?.dir.id }   // newest first
             let recipe = { (id: String) -> String? in
                 guard let line = (try? FileIO.readFile(store.directory(id).journal, limit: 65536))?.split(separator: 10).first,
                       let first = (try? JSON.parse(Array(line))).flatMap(JournalEvent.init),
