@@ -100,6 +100,7 @@ public struct RunTimeline: Sendable {
             return
         default: break
         }
+        let previous = lives.last?.last ?? e.ts
         if !lives.isEmpty { lives[lives.count - 1].last = e.ts }
         switch e.body {
         case let .stageStarted(s):
@@ -130,7 +131,9 @@ public struct RunTimeline: Sendable {
         case let .heartbeat(h): heartbeats.append(Mark(ts: e.ts, record: h))
         case let .final(f):
             final = Mark(ts: e.ts, record: f)
-            endOpen(status: "unfinished", at: e.ts)
+            // Left open only when the runner died (`cancel` finished the orphan): it ended
+            // when the runner last wrote.
+            endOpen(status: "unfinished", at: previous)
         default: break
         }
     }

@@ -94,13 +94,17 @@ public struct ReportHTML {
         let top = 22.0
         let height = top + Double(rows.count) * rowH + 6
         let width = ReportHTML.labelW + ReportHTML.plotW + 20
+        h += "<div class=\"zoom\">zoom <button type=\"button\" onclick=\"batonZoom(2)\">+</button>"
+        h += "<button type=\"button\" onclick=\"batonZoom(0.5)\">&minus;</button><button type=\"button\" onclick=\"batonZoom(0)\">fit</button>"
+        h += " <span id=\"zoom-level\">1×</span> <span class=\"hint\">(or add #zoom=8 to the address; hover for details)</span></div>\n"
         h += "<div class=\"tl\"><svg id=\"timeline\" xmlns=\"http://www.w3.org/2000/svg\" width=\"\(n(width))\" height=\"\(n(height))\">"
         // Row backgrounds and labels.
         for (i, r) in rows.enumerated() {
             let y = top + Double(i) * rowH
-            if i % 2 == 1 { h += "<rect class=\"row\" x=\"0\" y=\"\(n(y))\" width=\"\(n(width))\" height=\"\(n(rowH))\"/>" }
+            if i % 2 == 1 { h += "<rect class=\"row\" x=\"0\" y=\"\(n(y))\" width=\"100%\" height=\"\(n(rowH))\"/>" }
             h += "<text class=\"lbl\" x=\"4\" y=\"\(n(y + 13))\">\(esc(r))</text>"
         }
+        h += "<g id=\"plot\">"
         axis(&h, top: top, bottom: height - 6)
         func yBar(_ row: Int) -> Double { top + Double(row) * rowH + (rowH - ReportHTML.barH) / 2 }
         runRow(&h, y: yBar(0), bottom: height - 6)
@@ -127,7 +131,7 @@ public struct ReportHTML {
             h += "<title>\(esc("heartbeat: waiting on \(hb.waitingOn) \(hb.id) for \(Clock.human(Double(hb.forMs) / 1000))"))</title></line>"
         }
         attempts(&h, y: { yBar(laneBase + $0) })
-        h += "</svg></div>\n"
+        h += "</g></svg></div>\n"
     }
 
     func axis(_ h: inout String, top: Double, bottom: Double) {
@@ -212,7 +216,7 @@ public struct ReportHTML {
                 h += "<title>\(esc("backoff \(Clock.human(a.start - t.end(of: prev))) before attempt \(a.attempt) of \(a.key)"))</title></line>"
             }
             lastOfCall[callKey] = i
-            let w = max(x1 - x0, 0.6)
+            let w = max(x1 - x0 > 3 ? x1 - x0 - 0.8 : x1 - x0, 0.6)   // a hair between wide neighbours
             let cls = "bar s-\(a.status)" + (a.final ? "" : " retried")
             h += "<rect class=\"\(cls)\" data-status=\"\(a.status)\" x=\"\(n(x0))\" y=\"\(n(yy))\" width=\"\(n(w))\" height=\"\(n(ReportHTML.barH))\">"
             h += "<title>\(esc(tip(a)))</title></rect>"
@@ -322,7 +326,7 @@ public struct ReportHTML {
         svg text{font:11px system-ui,sans-serif}.lbl{fill:#333}.axis{fill:#777;font-size:10px}.mlabel{fill:#333;font-size:10px}
         .blabel{fill:#fff;font-size:10px;pointer-events:none}
         .row{fill:#f5f6f8}.tick{stroke:#e2e2e2}
-        .bar{stroke:#fff;stroke-width:.3}
+        .zoom{font-size:12px;margin:4px 0}.zoom button{margin-left:2px;min-width:26px}.hint{color:#888}
         .s-passed{fill:#2e8b57}.s-failed{fill:#c0392b}.s-failed.retried,.retried.s-timed_out{fill:#e8938a}
         .s-timed_out{fill:#e67e22}.s-cancelled{fill:#95a5a6}.s-running{fill:#2c6fbb}.s-unfinished{fill:#8e44ad}
         .life{fill:#c9d3e0}.down{fill:#eee;stroke:#bbb;stroke-dasharray:2 2}
@@ -341,12 +345,25 @@ public struct ReportHTML {
         .note{color:#a04000}.foot{color:#888;font-size:12px;margin-top:24px}
         """
 
-    /// Checks what the browser drew and writes it into the page (tests read it back from the DOM).
+    /// Zoom (rescales the plot's x coordinates; `#zoom=N` in the address too), then checks what the
+    /// browser drew and writes it into the page (tests read it back from the DOM).
     static let script = """
-        (function(){var bars=document.querySelectorAll('#timeline rect.bar'),fills={};
+        var batonZ=1;
+        function batonZoom(f){var L=\(Int(labelW)),W=\(Int(plotW));var nz=f===0?1:Math.max(1,Math.min(batonZ*f,4096)),k=nz/batonZ;
+        if(k===1)return;batonZ=nz;function sx(v){return L+(v-L)*k}
+        var els=document.querySelectorAll('#plot *');
+        for(var i=0;i<els.length;i++){var e=els[i];
+        ['x','x1','x2','cx'].forEach(function(a){var v=e.getAttribute(a);if(v!==null)e.setAttribute(a,sx(+v).toFixed(1))});
+        if(e.tagName==='rect'&&!e.classList.contains('wmark')){e.setAttribute('width',Math.max(+e.getAttribute('width')*k,0.6).toFixed(1))}
+        if(e.tagName==='polygon'){var p=e.getAttribute('points').split(' ').map(function(q){return q.split(',').map(Number)});
+        var d=sx(p[0][0])-p[0][0];e.setAttribute('points',p.map(function(q){return (q[0]+d).toFixed(1)+','+q[1]}).join(' '))}}
+        document.getElementById('timeline').setAttribute('width',L+W*batonZ+20);
+        document.getElementById('zoom-level').textContent=batonZ+'×'}
+        (function(){var m=/zoom=([0-9.]+)/.exec(location.hash);if(m)batonZoom(+m[1]);
+        var bars=document.querySelectorAll('#timeline rect.bar'),fills={};
         for(var i=0;i<bars.length;i++){var s=bars[i].getAttribute('data-status')+(bars[i].classList.contains('retried')?'-retried':'');
         if(!(s in fills))fills[s]=getComputedStyle(bars[i]).fill;}
-        document.getElementById('render-check').textContent=JSON.stringify({rendered:true,bars:bars.length,fills:fills});
+        document.getElementById('render-check').textContent=JSON.stringify({rendered:true,bars:bars.length,fills:fills,zoom:batonZ});
         document.body.setAttribute('data-rendered','ok');})();
         """
 }

@@ -50,13 +50,13 @@ import Testing
     }()
 
     /// The DOM Chromium renders from the file after its scripts ran, and Chromium's stderr.
-    static func render(_ file: String) throws -> (dom: String, log: String)? {
+    static func render(_ file: String, fragment: String = "") throws -> (dom: String, log: String)? {
         guard let c = chromium else { return nil }
         let profile = Harness.tempDir("chromium")
         let p = Process()
         p.executableURL = URL(fileURLWithPath: c)
         p.arguments = ["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
-                       "--user-data-dir=" + profile, "--dump-dom", "file://" + file]
+                       "--user-data-dir=" + profile, "--dump-dom", "file://" + file + fragment]
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err
@@ -117,6 +117,10 @@ import Testing
         // The failure reason is on the page as rendered text.
         #expect(dom.contains("stage 'ship' failed with exit code 3: deploy failed: permission denied"))
         #expect(dom.contains("<pre class=\"err\">deploy failed: permission denied</pre>"))
+        // Zoomed from the address: the plot is 4 times as wide, the bars with it.
+        let (zoomed, zlog) = try #require(try Self.render(path, fragment: "#zoom=4"))
+        #expect(try Self.renderCheck(zoomed)["zoom"] as? Int == 4 && !zlog.contains("Uncaught"))
+        #expect(zoomed.contains("<svg id=\"timeline\" xmlns=\"http://www.w3.org/2000/svg\" width=\"4570\""))
     }
 
     @Test func theTraceIsChromeTraceEventJSON() throws {
