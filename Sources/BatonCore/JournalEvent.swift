@@ -325,12 +325,10 @@ public struct StageFinished: Sendable {
     public var breakerOpen = false
     public var dry = false
     public var fingerprintParts: FingerprintParts?
-    /// In a resume, on a replayed call: why it replayed.
-    public var why: ResumeWhy?
 
     public static let fieldNames = ["id", "occurrence", "attempt", "exit", "signal", "status", "failure_class", "signature",
                                     "duration_ms", "logs", "fingerprint", "fingerprint_parts", "replayed", "final", "message",
-                                    "breaker_open", "dry", "why"]
+                                    "breaker_open", "dry"]
 
     public init(key: StageKey, attempt: Int, status: StageStatus, durationMs: Int64, logs: StageLogs, fingerprint: String) {
         self.key = key; self.attempt = attempt; self.status = status; self.durationMs = durationMs
@@ -354,7 +352,6 @@ public struct StageFinished: Sendable {
         message = f.string("message")
         breakerOpen = f.bool("breaker_open")
         dry = f.bool("dry")
-        why = ResumeWhy(f["why"])
     }
 
     var fields: [(String, JSON)] {
@@ -369,7 +366,6 @@ public struct StageFinished: Sendable {
         if let m = message { o.append(("message", .string(m))) }
         if breakerOpen { o.append(("breaker_open", .bool(true))) }
         if dry { o.append(("dry", .bool(true))) }
-        if let w = why { o.append(("why", w.json)) }
         return o
     }
 }

@@ -33,8 +33,9 @@ public struct FingerprintParts: Sendable, Equatable {
     }
 }
 
-/// Why a resumed run replayed a stage call or ran it for real. Journaled as `why` on the
-/// replayed stage_finished, or on the first stage_started of a call that runs.
+/// Why a resumed run replayed a stage call or ran it for real. A replay is journaled as a
+/// stage_finished with `replayed: true` (reason `unchanged`); a call that runs carries `why`
+/// on its first stage_started.
 public struct ResumeWhy: Sendable, Equatable {
     public enum Reason: String, Sendable {
         /// Passed before with the same fingerprint: replayed.
@@ -88,7 +89,7 @@ public struct ResumeWhy: Sendable, Equatable {
 
     /// The decision for call `key` with these inputs, given what the earlier lives left.
     /// `ranFirst` is the call of this resume that already ran for real, if any.
-    static func decide(_ key: StageKey, fingerprint: String, parts: FingerprintParts, history: RunHistory,
+    static func decide(_ key: StageKey, fingerprint: String, parts: () -> FingerprintParts, history: RunHistory,
                        replay: [StageKey: StageFinished], ranFirst: StageKey?) -> ResumeWhy {
         if let first = ranFirst { return ResumeWhy(reason: .after_ran, after: first.description) }
         guard let before = history.stage(key) else { return ResumeWhy(reason: .new) }
@@ -96,6 +97,6 @@ public struct ResumeWhy: Sendable, Equatable {
             return ResumeWhy(reason: before.status == StageStatus.passed.rawValue ? .changed : .not_passed)
         }
         if f.fingerprint == fingerprint { return ResumeWhy(reason: .unchanged) }
-        return ResumeWhy(reason: .changed, changed: f.fingerprintParts.map { parts.changed(from: $0) } ?? [])
+        return ResumeWhy(reason: .changed, changed: f.fingerprintParts.map { parts().changed(from: $0) } ?? [])
     }
 }

@@ -214,14 +214,13 @@ public final class RunContext {
             return exec
         }
         if let rp = replay {
-            let why = ResumeWhy.decide(key, fingerprint: spec.fingerprint, parts: exec.fingerprintParts, history: history,
+            let why = ResumeWhy.decide(key, fingerprint: spec.fingerprint, parts: { exec.fingerprintParts }, history: history,
                                        replay: rp, ranFirst: ranFirst)
             exec.why = why
             if why.replayed, let f = rp[key] {
                 var again = f
                 again.replayed = true
                 again.final = true
-                again.why = why
                 record(.stageFinished(again), deferred: true)
                 exec.finish(with: StageResult(replaying: f))
                 return exec

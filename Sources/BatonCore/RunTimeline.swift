@@ -110,7 +110,7 @@ public struct RunTimeline: Sendable {
                                     pid: s.pid, logs: s.logs, command: s.command))
         case let .stageFinished(f):
             if f.replayed {
-                decisions.append(Decision(key: f.key, life: life, ts: e.ts, why: f.why ?? ResumeWhy(reason: .unchanged)))
+                decisions.append(Decision(key: f.key, life: life, ts: e.ts, why: ResumeWhy(reason: .unchanged)))
                 return
             }
             let i: Int

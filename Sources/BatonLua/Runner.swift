@@ -85,6 +85,7 @@ public enum RecipeRunner {
         baton_abort_on_signals(1)
 
         let ending = evaluate(env: env, recipe: o.recipe, text: text, readError: readError)
+        env.flushProgress()
         if o.dryRun, ending.code == 0 {
             env.humanOut(planText(env.plan))
         }
@@ -154,6 +155,7 @@ public enum RecipeRunner {
     }
 
     public static func ending(for e: LuaCallError, env: RecipeEnvironment) -> Ending {
+        env.flushProgress()
         if !e.traceback.isEmpty {
             env.context?.log("debug", "traceback", .object([("traceback", .string(e.traceback))]))
             if getenv("BATON_TRACEBACK") != nil { diag(e.traceback) }
