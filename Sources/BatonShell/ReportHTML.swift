@@ -290,7 +290,7 @@ public struct ReportHTML {
     }
 
     func link(_ path: String) -> String {
-        path.isEmpty ? "" : "<a href=\"file://\(esc(path))\">\(esc(FileIO.basename(FileIO.dirname(path)) + "/" + FileIO.basename(path)))</a>"
+        path.isEmpty ? "" : "<a href=\"file://\(esc(ReportHTML.percentEncoded(path)))\">\(esc(FileIO.basename(FileIO.dirname(path)) + "/" + FileIO.basename(path)))</a>"
     }
 
     func result(_ h: inout String) {
@@ -304,6 +304,11 @@ public struct ReportHTML {
     }
 
     // MARK: text
+
+    /// A path as a URL path: the few characters a file name may hold that a URL reads otherwise.
+    static func percentEncoded(_ path: String) -> String {
+        substituting(path, ["%": "%25", " ": "%20", "#": "%23", "?": "%3F"])
+    }
 
     /// A coordinate with one decimal.
     func n(_ v: Double) -> String {
@@ -368,21 +373,21 @@ public struct ReportHTML {
         """
 }
 
+/// Text for HTML (element content and quoted attributes).
 func esc(_ s: String) -> String {
     var needs = false
     for c in s.utf8 where c == 38 || c == 60 || c == 62 || c == 34 || c == 39 { needs = true; break }
-    guard needs else { return s }
+    return needs ? substituting(s, htmlEscapes) : s
+}
+
+let htmlEscapes: [Unicode.Scalar: String] = ["&": "&amp;", "<": "&lt;", ">": "&gt;", "\"": "&quot;", "'": "&#39;"]
+
+/// `s` with each scalar of `table` replaced by its text.
+func substituting(_ s: String, _ table: [Unicode.Scalar: String]) -> String {
     var o = ""
     o.reserveCapacity(s.utf8.count + 16)
     for ch in s.unicodeScalars {
-        switch ch {
-        case "&": o += "&amp;"
-        case "<": o += "&lt;"
-        case ">": o += "&gt;"
-        case "\"": o += "&quot;"
-        case "'": o += "&#39;"
-        default: o.unicodeScalars.append(ch)
-        }
+        if let r = table[ch] { o += r } else { o.unicodeScalars.append(ch) }
     }
     return o
 }

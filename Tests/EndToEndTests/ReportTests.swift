@@ -249,6 +249,10 @@ import Testing
         let html = try #require(Harness.read(rep.stdout.trimmingCharacters(in: .whitespacesAndNewlines)))
         #expect(html.contains("Resumes: why each stage ran or replayed") && html.contains("runs: environment changed"))
         #expect(html.contains("class=\"replay\""), "the timeline marks where a resume replayed")
+        if let (dom, log) = try Self.render(rep.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) {
+            #expect(dom.contains("data-rendered=\"ok\"") && !log.contains("Uncaught"))
+            #expect(try Self.renderCheck(dom)["bars"] as? Int == Self.attempts(run).count, "replays are not attempts")
+        }
     }
 
     @Test func whichInputChangedAndJournalsWithoutParts() throws {
