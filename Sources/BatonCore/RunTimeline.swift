@@ -61,6 +61,9 @@ public struct RunTimeline: Sendable {
     public private(set) var gates: [Mark<GateRecord>] = []
     public private(set) var preflights: [Mark<PreflightRecord>] = []
     public private(set) var heartbeats: [Mark<Heartbeat>] = []
+    /// Commands run outside stages (baton.sh, os.execute, gate and preflight commands),
+    /// stamped when they ended.
+    public private(set) var commands: [Mark<CommandRecord>] = []
     public private(set) var lives: [Life] = []
     public private(set) var final: Mark<FinalEvent>?
     /// Gaps with no journal event, longer than three heartbeat intervals (the runner was
@@ -129,6 +132,7 @@ public struct RunTimeline: Sendable {
         case let .gate(g): gates.append(Mark(ts: e.ts, record: g))
         case let .preflight(p): preflights.append(Mark(ts: e.ts, record: p))
         case let .heartbeat(h): heartbeats.append(Mark(ts: e.ts, record: h))
+        case let .command(c): commands.append(Mark(ts: e.ts, record: c))
         case let .final(f):
             final = Mark(ts: e.ts, record: f)
             // Left open only when the runner died (`cancel` finished the orphan): it ended

@@ -73,7 +73,8 @@ public struct ReportHTML {
                      ("w-callback_running", "watch: callback"), ("stall", "stall (no events)")]
         h += "<div class=\"legend\">"
         for (c, l) in items { h += "<span><svg width=\"14\" height=\"10\"><rect class=\"\(c)\" width=\"14\" height=\"10\"/></svg>\(l)</span>" }
-        h += "<span>◆ gate (green approved, red rejected) ● preflight ╎ heartbeat ⇢ backoff</span></div>\n"
+        h += "<span>◆ gate (green approved, red rejected) ● preflight ╎ heartbeat ⇢ backoff; commands: baton.sh, os.execute,"
+        h += " gate and preflight commands (grey, red when they failed)</span></div>\n"
     }
 
     // MARK: timeline
@@ -87,6 +88,8 @@ public struct ReportHTML {
         if gateRow >= 0 { rows.append("gates") }
         var watchRow: [String: Int] = [:]
         for p in t.watchPhases where watchRow[p.id] == nil { watchRow[p.id] = rows.count; rows.append("watch " + p.id) }
+        let cmdRow = t.commands.isEmpty ? -1 : rows.count
+        if cmdRow >= 0 { rows.append("commands") }
         let hbRow = t.heartbeats.isEmpty ? -1 : rows.count
         if hbRow >= 0 { rows.append("heartbeats") }
         let laneBase = rows.count
@@ -124,6 +127,15 @@ public struct ReportHTML {
             } else {
                 h += "<rect class=\"phase w-\(p.state.rawValue)\" x=\"\(n(x0))\" y=\"\(n(y))\" width=\"\(n(max(x1 - x0, 1)))\" height=\"\(n(ReportHTML.barH))\"><title>\(esc(tip))</title></rect>"
             }
+        }
+        for m in t.commands {
+            let c = m.record
+            let x0 = x(m.ts - Double(c.durationMs) / 1000), x1 = x(m.ts)
+            let ok = c.exit == 0 && !c.timedOut
+            var tip = "\(c.via): \(c.command.display)\n" + (c.timedOut ? "timed out" : c.exit.map { "exit \($0)" } ?? "signal \(c.signal ?? 0)")
+            tip += ", \(Clock.human(Double(c.durationMs) / 1000))"
+            h += "<rect class=\"cmd \(ok ? "c-ok" : "c-fail")\" x=\"\(n(x0))\" y=\"\(n(yBar(cmdRow) + 2))\" width=\"\(n(max(x1 - x0, 1)))\" height=\"\(n(ReportHTML.barH - 4))\">"
+            h += "<title>\(esc(tip))</title></rect>"
         }
         for m in t.heartbeats {
             let hb = m.record
@@ -341,7 +353,7 @@ public struct ReportHTML {
         .w-callback_queued{fill:#d7bde2}.w-callback_running{fill:#9b59b6}.w-completed{fill:#2e8b57}.w-blocked{fill:#e67e22}
         .w-failed{fill:#c0392b}
         .g-approved{fill:#2e8b57}.g-rejected{fill:#c0392b}.gate-span{stroke:#999;stroke-dasharray:3 2}
-        .p-ok{fill:#2e8b57}.p-fail{fill:#c0392b}.hb{stroke:#7f8c8d}.backoff{stroke:#c0392b;stroke-dasharray:2 2}
+        .c-ok{fill:#7f8c8d}.c-fail{fill:#c0392b}.p-ok{fill:#2e8b57}.p-fail{fill:#c0392b}.hb{stroke:#7f8c8d}.backoff{stroke:#c0392b;stroke-dasharray:2 2}
         table.stages{border-collapse:collapse;font-size:12px}table.stages th,table.stages td{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}
         table.stages tr.st-failed td,table.stages tr.st-timed_out td{background:#fdecea}
         table.stages tr.st-unfinished td{background:#f4ecf7}table.stages tr.st-replayed td{color:#555}

@@ -9,7 +9,7 @@ public struct ReportTrace {
 
     public init(timeline: RunTimeline) { t = timeline }
 
-    /// Thread ids: 1 run, 2 gates and preflights, 3... watches, then 100 + lane.
+    /// Thread ids: 1 run, 2 gates, preflights and commands, 3... watches, then 100 + lane.
     static let laneBase = 100
 
     func us(_ ts: Double) -> JSON { .int(Int64(((ts - t.firstTs) * 1_000_000).rounded())) }
@@ -52,7 +52,12 @@ public struct ReportTrace {
             instant("final: \(f.record.status)", cat: "final", tid: 1, f.ts,
                     [("exit_code", .int(Int64(f.record.exitCode))), ("reason", f.record.reason.map(JSON.string) ?? .null)])
         }
-        if !t.gates.isEmpty || !t.preflights.isEmpty { thread(2, "gates and preflights") }
+        if !t.gates.isEmpty || !t.preflights.isEmpty || !t.commands.isEmpty { thread(2, "gates, preflights and commands") }
+        for m in t.commands {
+            let c = m.record
+            complete(c.command.display, cat: "command," + c.via, tid: 2, m.ts - Double(c.durationMs) / 1000, m.ts,
+                     [("exit", c.exit.map { .int(Int64($0)) } ?? .null), ("timed_out", .bool(c.timedOut))])
+        }
         for m in t.gates {
             let g = m.record
             instant("gate \(g.name) \(g.iteration)/\(g.max) \(g.approved ? "approved" : "rejected")", cat: "gate", tid: 2, m.ts,

@@ -9,6 +9,7 @@ import Testing
     static let demoRecipe = """
         preflight{name = "tools", checks = {{path = "demo.lua"}, {cmd = {"true"}}}}
         runStage{id = "fetch", cmd = "sleep 0.3; echo fetched"}
+        baton.sh("sleep 0.1")
         runStage{id = "build", retries = 2, transient = {exit = {75}}, backoff = {initial = 0.5},
           cmd = "n=$(cat .tries 2>/dev/null || echo 0); echo $((n+1)) > .tries; sleep 0.4; "
              .. "if [ $n -lt 1 ]; then echo 'rate limit exceeded' >&2; exit 75; fi; echo built"}
@@ -94,7 +95,8 @@ import Testing
             #expect(!html.contains(bad), "the report refers to an external resource: \(bad)")
         }
         for part in ["recipe sha256", "demo.lua", "Timeline", "Stages", "Final result", "gate verify iteration 1/2: rejected",
-                     "watch train-watch: awaiting_artifacts", "preflight tools", "heartbeat: waiting on", "backoff"] {
+                     "watch train-watch: awaiting_artifacts", "preflight tools", "heartbeat: waiting on", "backoff",
+                     "baton.sh: sleep 0.1"] {
             #expect(html.contains(part), "the report lacks \(part)")
         }
         let attempts = Self.attempts(run)
@@ -167,6 +169,7 @@ import Testing
         }
         let names = events.compactMap { $0["name"] as? String }
         #expect(names.contains("awaiting_artifacts") && names.contains("backoff") && names.contains("gate verify 1/2 rejected"))
+        #expect(events.contains { $0["cat"] as? String == "command,baton.sh" && $0["ph"] as? String == "X" })
     }
 
     @Test func theTSVHasOneRowPerAttemptWithNextflowFieldNames() throws {
