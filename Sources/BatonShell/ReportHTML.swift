@@ -98,49 +98,51 @@ public struct ReportHTML {
         let height = top + Double(rows.count) * rowH + 6
         let width = ReportHTML.labelW + ReportHTML.plotW + 20
         h += "<div class=\"zoom\">zoom <button type=\"button\" onclick=\"batonZoom(2)\">+</button>"
-        h += "<button type=\"button\" onclick=\"batonZoom(0.5)\">&minus;</button><button type=\"button\" onclick=\"batonZoom(0)\">fit</button>"
-        h += " <span id=\"zoom-level\">1×</span> <span class=\"hint\">(or add #zoom=8 to the address; hover for details)</span></div>\n"
-        h += "<div class=\"tl\"><svg id=\"timeline\" xmlns=\"http://www.w3.org/2000/svg\" width=\"\(n(width))\" height=\"\(n(height))\">"
-        // Row backgrounds and labels.
+        h += "<button type=\"button\" onclick=\"batonZoom(0.5)\">&minus;</button>"
+        h += "<button type=\"button\" onclick=\"batonZoom(0)\">fit</button> <span id=\"zoom-level\">1×</span>"
+        h += " <span class=\"hint\">(or add #zoom=8 to the address; hover for details)</span></div>\n"
+        h += "<div class=\"tl\"><svg id=\"timeline\" xmlns=\"http://www.w3.org/2000/svg\""
+        h += " width=\"\(n(width))\" height=\"\(n(height))\">"
+        // Row backgrounds and labels (outside the plot: zooming leaves them be).
         for (i, r) in rows.enumerated() {
             let y = top + Double(i) * rowH
             if i % 2 == 1 { h += "<rect class=\"row\" x=\"0\" y=\"\(n(y))\" width=\"100%\" height=\"\(n(rowH))\"/>" }
-            h += "<text class=\"lbl\" x=\"4\" y=\"\(n(y + 13))\">\(esc(r))</text>"
+            text(&h, "lbl", x: 4, y: y + 13, r)
         }
         h += "<g id=\"plot\">"
         axis(&h, top: top, bottom: height - 6)
         func yBar(_ row: Int) -> Double { top + Double(row) * rowH + (rowH - ReportHTML.barH) / 2 }
+        let barH = ReportHTML.barH
         runRow(&h, y: yBar(0), bottom: height - 6)
         for m in t.preflights {
             let p = m.record
             let detail = p.checks.map { "\($0.ok ? "ok" : "FAIL") \($0.kind) \($0.target)\($0.detail.isEmpty ? "" : ": " + $0.detail)" }
-            h += "<circle class=\"mark pf \(p.ok ? "p-ok" : "p-fail")\" cx=\"\(n(x(m.ts)))\" cy=\"\(n(yBar(pfRow) + 6))\" r=\"5\">"
-            h += "<title>\(esc("preflight \(p.name) (\(p.policy.rawValue)): \(p.ok ? "ok" : "FAILED")\n" + detail.joined(separator: "\n")))</title></circle>"
+            h += "<circle class=\"mark pf \(p.ok ? "p-ok" : "p-fail")\" cx=\"\(n(x(m.ts)))\" cy=\"\(n(yBar(pfRow) + 6))\" r=\"5\""
+            close(&h, "circle", "preflight \(p.name) (\(p.policy.rawValue)): \(p.ok ? "ok" : "FAILED")\n" + detail.joined(separator: "\n"))
         }
         gates(&h, y: yBar(gateRow))
         for p in t.watchPhases {
             let y = yBar(watchRow[p.id]!)
-            let x0 = x(p.start), x1 = x(p.end ?? t.lastTs)
-            let tip = "watch \(p.id): \(p.state.rawValue) \(Clock.human((p.end ?? t.lastTs) - p.start))\(p.reason.isEmpty ? "" : ": " + p.reason)"
+            let end = p.end ?? t.lastTs
+            let tip = "watch \(p.id): \(p.state.rawValue) \(Clock.human(end - p.start))\(p.reason.isEmpty ? "" : ": " + p.reason)"
             if p.state.isTerminal {
-                h += "<rect class=\"wmark w-\(p.state.rawValue)\" x=\"\(n(x0 - 1.5))\" y=\"\(n(y - 2))\" width=\"3\" height=\"\(n(ReportHTML.barH + 4))\"><title>\(esc(tip))</title></rect>"
+                rect(&h, "wmark w-\(p.state.rawValue)", x0: x(p.start) - 1.5, x1: x(p.start) + 1.5, y: y - 2, height: barH + 4, tip: tip)
             } else {
-                h += "<rect class=\"phase w-\(p.state.rawValue)\" x=\"\(n(x0))\" y=\"\(n(y))\" width=\"\(n(max(x1 - x0, 1)))\" height=\"\(n(ReportHTML.barH))\"><title>\(esc(tip))</title></rect>"
+                rect(&h, "phase w-\(p.state.rawValue)", x0: x(p.start), x1: x(end), y: y, height: barH, tip: tip)
             }
         }
         for m in t.commands {
             let c = m.record
-            let x0 = x(m.ts - Double(c.durationMs) / 1000), x1 = x(m.ts)
             let ok = c.exit == 0 && !c.timedOut
-            var tip = "\(c.via): \(c.command.display)\n" + (c.timedOut ? "timed out" : c.exit.map { "exit \($0)" } ?? "signal \(c.signal ?? 0)")
-            tip += ", \(Clock.human(Double(c.durationMs) / 1000))"
-            h += "<rect class=\"cmd \(ok ? "c-ok" : "c-fail")\" x=\"\(n(x0))\" y=\"\(n(yBar(cmdRow) + 2))\" width=\"\(n(max(x1 - x0, 1)))\" height=\"\(n(ReportHTML.barH - 4))\">"
-            h += "<title>\(esc(tip))</title></rect>"
+            let how = c.timedOut ? "timed out" : c.exit.map { "exit \($0)" } ?? "signal \(c.signal ?? 0)"
+            let tip = "\(c.via): \(c.command.display)\n\(how), \(Clock.human(Double(c.durationMs) / 1000))"
+            rect(&h, "cmd \(ok ? "c-ok" : "c-fail")", x0: x(m.ts - Double(c.durationMs) / 1000), x1: x(m.ts), y: yBar(cmdRow) + 2,
+                 height: barH - 4, tip: tip)
         }
         for m in t.heartbeats {
             let hb = m.record
-            h += "<line class=\"hb\" x1=\"\(n(x(m.ts)))\" x2=\"\(n(x(m.ts)))\" y1=\"\(n(yBar(hbRow)))\" y2=\"\(n(yBar(hbRow) + ReportHTML.barH))\">"
-            h += "<title>\(esc("heartbeat: waiting on \(hb.waitingOn) \(hb.id) for \(Clock.human(Double(hb.forMs) / 1000))"))</title></line>"
+            line(&h, "hb", x1: x(m.ts), x2: x(m.ts), y1: yBar(hbRow), y2: yBar(hbRow) + barH,
+                 tip: "heartbeat: waiting on \(hb.waitingOn) \(hb.id) for \(Clock.human(Double(hb.forMs) / 1000))")
         }
         attempts(&h, y: { yBar(laneBase + $0) })
         h += "</g></svg></div>\n"
@@ -153,53 +155,48 @@ public struct ReportHTML {
         var v = 0.0
         while v <= span + step * 0.001 {
             let xx = x(t0 + v)
-            h += "<line class=\"tick\" x1=\"\(n(xx))\" x2=\"\(n(xx))\" y1=\"\(n(top - 4))\" y2=\"\(n(bottom))\"/>"
-            h += "<text class=\"axis\" x=\"\(n(xx + 2))\" y=\"\(n(top - 8))\">+\(v == 0 ? "0" : Clock.human(v))</text>"
+            line(&h, "tick", x1: xx, x2: xx, y1: top - 4, y2: bottom)
+            text(&h, "axis", x: xx + 2, y: top - 8, "+" + (v == 0 ? "0" : Clock.human(v)))
             v += step
         }
     }
 
     /// Lives, the time between them, resume and final markers, replays and stalls.
     func runRow(_ h: inout String, y: Double, bottom: Double) {
+        let barH = ReportHTML.barH
         for (i, l) in t.lives.enumerated() {
             let end = i + 1 < t.lives.count ? l.last : t.lastTs
-            h += "<rect class=\"life\" x=\"\(n(x(l.start)))\" y=\"\(n(y))\" width=\"\(n(max(x(end) - x(l.start), 1)))\" height=\"\(n(ReportHTML.barH))\">"
-            h += "<title>\(esc("\(l.resumed ? "resume \(i)" : "run") by pid \(l.began.pid) on \(l.began.host) at \(Clock.rfc3339(l.start))"))</title></rect>"
+            rect(&h, "life", x0: x(l.start), x1: x(end), y: y, height: barH,
+                 tip: "\(l.resumed ? "resume \(i)" : "run") by pid \(l.began.pid) on \(l.began.host) at \(Clock.rfc3339(l.start))")
             if i + 1 < t.lives.count {
                 let next = t.lives[i + 1].start
-                h += "<rect class=\"down\" x=\"\(n(x(l.last)))\" y=\"\(n(y))\" width=\"\(n(max(x(next) - x(l.last), 1)))\" height=\"\(n(ReportHTML.barH))\">"
-                h += "<title>\(esc("not running for \(Clock.human(next - l.last)): the runner ended or died, then baton resume"))</title></rect>"
+                rect(&h, "down", x0: x(l.last), x1: x(next), y: y, height: barH,
+                     tip: "not running for \(Clock.human(next - l.last)): the runner ended or died, then baton resume")
             }
-            if l.resumed {
-                h += "<line class=\"resume-line\" x1=\"\(n(x(l.start)))\" x2=\"\(n(x(l.start)))\" y1=\"\(n(y - 6))\" y2=\"\(n(bottom))\"/>"
-                h += "<text class=\"mlabel\" x=\"\(n(x(l.start) + 3))\" y=\"\(n(y + 10))\">resume \(i)</text>"
-                let reps = t.decisions(inLife: i).filter(\.why.replayed)
-                if let a = reps.first, let b = reps.last {
-                    let x0 = x(a.ts), x1 = max(x(b.ts), x0 + 4)
-                    h += "<rect class=\"replay\" x=\"\(n(x0))\" y=\"\(n(y + ReportHTML.rowH))\" width=\"\(n(x1 - x0))\" height=\"\(n(bottom - y - ReportHTML.rowH))\">"
-                    h += "<title>\(esc("resume \(i) replayed \(reps.count) stage call\(reps.count == 1 ? "" : "s") (passed before, unchanged)"))</title></rect>"
-                }
+            guard l.resumed else { continue }
+            line(&h, "resume-line", x1: x(l.start), x2: x(l.start), y1: y - 6, y2: bottom)
+            text(&h, "mlabel", x: x(l.start) + 3, y: y + 10, "resume \(i)")
+            let reps = t.decisions(inLife: i).filter(\.why.replayed)
+            if let a = reps.first, let b = reps.last {
+                rect(&h, "replay", x0: x(a.ts), x1: x(b.ts), y: y + ReportHTML.rowH, height: bottom - y - ReportHTML.rowH, minW: 4,
+                     tip: "resume \(i) replayed \(reps.count) stage call\(reps.count == 1 ? "" : "s") (passed before, unchanged)")
             }
         }
         for s in t.stalls {
-            h += "<rect class=\"stall\" x=\"\(n(x(s.start)))\" y=\"\(n(y))\" width=\"\(n(max(x(s.end) - x(s.start), 2)))\" height=\"\(n(bottom - y))\">"
-            h += "<title>\(esc("stall: no journal event for \(Clock.human(s.end - s.start)) (heartbeats every \(Clock.human(t.heartbeatInterval)))"))</title></rect>"
+            rect(&h, "stall", x0: x(s.start), x1: x(s.end), y: y, height: bottom - y, minW: 2,
+                 tip: "stall: no journal event for \(Clock.human(s.end - s.start)) (heartbeats every \(Clock.human(t.heartbeatInterval)))")
         }
         if let f = t.final {
-            let xx = x(f.ts)
-            h += "<line class=\"final-line\" x1=\"\(n(xx))\" x2=\"\(n(xx))\" y1=\"\(n(y - 6))\" y2=\"\(n(bottom))\"/>"
-            h += "<text class=\"mlabel\" text-anchor=\"end\" x=\"\(n(xx - 3))\" y=\"\(n(y + 10))\">\(esc(f.record.status)) (exit \(f.record.exitCode))</text>"
+            line(&h, "final-line", x1: x(f.ts), x2: x(f.ts), y1: y - 6, y2: bottom)
+            text(&h, "mlabel", x: x(f.ts) - 3, y: y + 10, "\(f.record.status) (exit \(f.record.exitCode))", end: true)
         }
     }
 
     func gates(_ h: inout String, y: Double) {
         var firstOf: [String: Double] = [:]
         for m in t.gates {
-            let g = m.record
-            if let f = firstOf[g.name] {
-                h += "<line class=\"gate-span\" x1=\"\(n(x(f)))\" x2=\"\(n(x(m.ts)))\" y1=\"\(n(y + 6))\" y2=\"\(n(y + 6))\"/>"
-            }
-            firstOf[g.name] = m.ts
+            if let f = firstOf[m.record.name] { line(&h, "gate-span", x1: x(f), x2: x(m.ts), y1: y + 6, y2: y + 6) }
+            firstOf[m.record.name] = m.ts
         }
         for m in t.gates {
             let g = m.record
@@ -209,9 +206,10 @@ public struct ReportHTML {
             if g.fallbackUsed { tip += " (fallback used)" }
             if !issues.isEmpty { tip += "\nissues: " + issues.joined(separator: "; ") }
             if let note = g.note { tip += "\n" + note }
-            h += "<polygon class=\"mark gate \(g.approved ? "g-approved" : "g-rejected")\" points=\"\(n(cx)),\(n(cy - 6)) \(n(cx + 6)),\(n(cy)) \(n(cx)),\(n(cy + 6)) \(n(cx - 6)),\(n(cy))\">"
-            h += "<title>\(esc(tip))</title></polygon>"
-            h += "<text class=\"mlabel\" x=\"\(n(cx + 7))\" y=\"\(n(cy + 4))\">\(esc(g.name)) \(g.iteration)/\(g.max) \(g.approved ? "✓" : "✗")</text>"
+            let points = [(cx, cy - 6), (cx + 6, cy), (cx, cy + 6), (cx - 6, cy)].map { "\(n($0)),\(n($1))" }.joined(separator: " ")
+            h += "<polygon class=\"mark gate \(g.approved ? "g-approved" : "g-rejected")\" points=\"\(points)\""
+            close(&h, "polygon", tip)
+            text(&h, "mlabel", x: cx + 7, y: cy + 4, "\(g.name) \(g.iteration)/\(g.max) \(g.approved ? "✓" : "✗")")
         }
     }
 
@@ -222,20 +220,39 @@ public struct ReportHTML {
             let x0 = x(a.start), x1 = x(t.end(of: a))
             let callKey = "\(a.life)\u{1}\(a.key)"
             if let p = lastOfCall[callKey] {
-                let prev = t.attempts[p]
-                let px = x(t.end(of: prev))
-                h += "<line class=\"backoff\" x1=\"\(n(px))\" x2=\"\(n(x0))\" y1=\"\(n(yy + 6))\" y2=\"\(n(yy + 6))\">"
-                h += "<title>\(esc("backoff \(Clock.human(a.start - t.end(of: prev))) before attempt \(a.attempt) of \(a.key)"))</title></line>"
+                let prevEnd = t.end(of: t.attempts[p])
+                line(&h, "backoff", x1: x(prevEnd), x2: x0, y1: yy + 6, y2: yy + 6,
+                     tip: "backoff \(Clock.human(a.start - prevEnd)) before attempt \(a.attempt) of \(a.key)")
             }
             lastOfCall[callKey] = i
             let w = max(x1 - x0 > 3 ? x1 - x0 - 0.8 : x1 - x0, 0.6)   // a hair between wide neighbours
-            let cls = "bar s-\(a.status)" + (a.final ? "" : " retried")
-            h += "<rect class=\"\(cls)\" data-status=\"\(a.status)\" x=\"\(n(x0))\" y=\"\(n(yy))\" width=\"\(n(w))\" height=\"\(n(ReportHTML.barH))\">"
-            h += "<title>\(esc(tip(a)))</title></rect>"
-            if w > 40 {
-                h += "<text class=\"blabel\" x=\"\(n(x0 + 3))\" y=\"\(n(yy + 10))\">\(esc(String(a.key.description.prefix(Int(w / 6.5)))))</text>"
-            }
+            rect(&h, "bar s-\(a.status)" + (a.final ? "" : " retried"), x0: x0, x1: x0 + w, y: yy, height: ReportHTML.barH,
+                 minW: 0.6, tip: tip(a), attrs: " data-status=\"\(a.status)\"")
+            if w > 40 { text(&h, "blabel", x: x0 + 3, y: yy + 10, String(a.key.description.prefix(Int(w / 6.5)))) }
         }
+    }
+
+    // MARK: SVG elements
+
+    /// A `<rect>` from x0 to x1 (at least `minW` wide), with its tooltip.
+    func rect(_ h: inout String, _ cls: String, x0: Double, x1: Double, y: Double, height: Double, minW: Double = 1,
+              tip: String?, attrs: String = "") {
+        h += "<rect class=\"\(cls)\"\(attrs) x=\"\(n(x0))\" y=\"\(n(y))\" width=\"\(n(max(x1 - x0, minW)))\" height=\"\(n(height))\""
+        close(&h, "rect", tip)
+    }
+
+    func line(_ h: inout String, _ cls: String, x1: Double, x2: Double, y1: Double, y2: Double, tip: String? = nil) {
+        h += "<line class=\"\(cls)\" x1=\"\(n(x1))\" x2=\"\(n(x2))\" y1=\"\(n(y1))\" y2=\"\(n(y2))\""
+        close(&h, "line", tip)
+    }
+
+    func text(_ h: inout String, _ cls: String, x: Double, y: Double, _ s: String, end: Bool = false) {
+        h += "<text class=\"\(cls)\"\(end ? " text-anchor=\"end\"" : "") x=\"\(n(x))\" y=\"\(n(y))\">\(esc(s))</text>"
+    }
+
+    /// Ends an element's start tag: with its tooltip as a `<title>` child, or empty.
+    func close(_ h: inout String, _ tag: String, _ tip: String?) {
+        if let t = tip { h += "><title>\(esc(t))</title></\(tag)>" } else { h += "/>" }
     }
 
     func tip(_ a: RunTimeline.Attempt) -> String {
