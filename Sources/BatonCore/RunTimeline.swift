@@ -91,7 +91,8 @@ public struct RunTimeline: Sendable {
 
     private mutating func apply(_ e: JournalEvent) {
         if runID.isEmpty { runID = e.run; firstTs = e.ts }
-        if e.ts - lastTs > 1, lastTs > 0 { gaps.append(Span(start: lastTs, end: e.ts)) }
+        // Candidates for stalls (the shortest threshold is 3 × 50 ms); `close` keeps the real ones.
+        if e.ts - lastTs > 0.15, lastTs > 0 { gaps.append(Span(start: lastTs, end: e.ts)) }
         lastTs = max(lastTs, e.ts)
         switch e.body {
         case let .runStarted(b), let .runResumed(b):

@@ -318,6 +318,23 @@ import Testing
         #expect(try Harness.run(["report", "nosuchrun"], cwd: d).code == 3)
     }
 
+    @Test func aStoppedRunnerShowsAsAStall() throws {
+        let d = Harness.tempDir("report-stall")
+        Harness.write(d + "/s.lua", "runStage{id = 'wait', cmd = {'sleep', '3'}}\n")
+        let (p, _, _) = try Harness.start(["run", "s.lua"], cwd: d, env: ["BATON_HEARTBEAT_SEC": "0.2"])
+        #expect(Harness.waitFor(20) { Harness.latestRun(d).flatMap { Harness.read($0 + "/journal.jsonl") }?.contains("\"heartbeat\"") == true })
+        // Stopped for 1.5 s (the stage runs on): no heartbeat for more than three intervals.
+        kill(p.processIdentifier, SIGSTOP)
+        usleep(1_500_000)
+        kill(p.processIdentifier, SIGCONT)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        let r = try Harness.run(["report"], cwd: d)
+        let html = try #require(Harness.read(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)))
+        #expect(html.contains("<rect class=\"stall\"") && html.contains("stall: no journal event for 1."), "no stall drawn")
+        #expect(html.components(separatedBy: "stall: no journal event").count == 2, "one stall, not one per heartbeat")
+    }
+
     // MARK: size
 
     /// A 10,000-stage journal written directly (running 10,000 stages would take minutes here).
