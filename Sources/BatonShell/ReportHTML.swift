@@ -268,6 +268,10 @@ public struct ReportHTML {
         }
         s += ", \(Clock.human(t.end(of: a) - a.start))"
         if let m = a.finished?.message { s += "\n" + m }
+        if a.status != StageStatus.passed.rawValue, a.status != "running" {
+            let last = FailureSignature.lastNonEmptyLine(String(decoding: StageResult.tail(a.logs.stderr).suffix(2048), as: UTF8.self))
+            if !last.isEmpty { s += "\nstderr: " + String(last.prefix(300)) }
+        }
         if let c = a.command { s += "\n$ " + c.display }
         return s
     }

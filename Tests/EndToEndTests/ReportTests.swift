@@ -96,7 +96,7 @@ import Testing
         }
         for part in ["recipe sha256", "demo.lua", "Timeline", "Stages", "Final result", "gate verify iteration 1/2: rejected",
                      "watch train-watch: awaiting_artifacts", "preflight tools", "heartbeat: waiting on", "backoff",
-                     "baton.sh: sleep 0.1"] {
+                     "baton.sh: sleep 0.1", "stderr: rate limit exceeded"] {
             #expect(html.contains(part), "the report lacks \(part)")
         }
         let attempts = Self.attempts(run)
