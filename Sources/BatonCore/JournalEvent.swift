@@ -277,8 +277,13 @@ public struct StageStarted: Sendable {
     /// Absent when the command could not start, and in a dry run.
     public var pid: Int32?
     public var dry = false
+    /// Each fingerprint input hashed alone (absent in journals before 0.2).
+    public var fingerprintParts: FingerprintParts?
+    /// In a resume, on a call's first attempt: why it runs for real.
+    public var why: ResumeWhy?
 
-    public static let fieldNames = ["id", "occurrence", "attempt", "argv", "shell", "cwd", "fingerprint", "logs", "pid", "dry"]
+    public static let fieldNames = ["id", "occurrence", "attempt", "argv", "shell", "cwd", "fingerprint", "fingerprint_parts",
+                                    "logs", "pid", "dry", "why"]
 
     public init(key: StageKey, attempt: Int, command: Command, cwd: String, fingerprint: String, logs: StageLogs) {
         self.key = key; self.attempt = attempt; self.command = command; self.cwd = cwd
@@ -291,17 +296,22 @@ public struct StageStarted: Sendable {
         command = f.command() ?? .argv([])
         cwd = f.string("cwd") ?? ""
         fingerprint = f.string("fingerprint") ?? ""
+        fingerprintParts = FingerprintParts(f["fingerprint_parts"])
         logs = f.logs()
         pid = f.int32("pid")
         dry = f.bool("dry")
+        why = ResumeWhy(f["why"])
     }
 
     var fields: [(String, JSON)] {
         var o: [(String, JSON)] = [("id", .string(key.id)), ("occurrence", .int(Int64(key.occurrence))),
                                    ("attempt", .int(Int64(attempt))), command.journalField,
-                                   ("cwd", .string(cwd)), ("fingerprint", .string(fingerprint)), ("logs", logs.json)]
+                                   ("cwd", .string(cwd)), ("fingerprint", .string(fingerprint))]
+        if let p = fingerprintParts { o.append(("fingerprint_parts", p.json)) }
+        o.append(("logs", logs.json))
         if let p = pid { o.append(("pid", .int(Int64(p)))) }
         if dry { o.append(("dry", .bool(true))) }
+        if let w = why { o.append(("why", w.json)) }
         return o
     }
 }
@@ -323,9 +333,11 @@ public struct StageFinished: Sendable {
     public var message: String?
     public var breakerOpen = false
     public var dry = false
+    public var fingerprintParts: FingerprintParts?
 
     public static let fieldNames = ["id", "occurrence", "attempt", "exit", "signal", "status", "failure_class", "signature",
-                                    "duration_ms", "logs", "fingerprint", "replayed", "final", "message", "breaker_open", "dry"]
+                                    "duration_ms", "logs", "fingerprint", "fingerprint_parts", "replayed", "final", "message",
+                                    "breaker_open", "dry"]
 
     init(_ f: inout Fields) {
         key = f.key()
@@ -338,6 +350,7 @@ public struct StageFinished: Sendable {
         durationMs = f.int("duration_ms") ?? 0
         logs = f.logs()
         fingerprint = f.string("fingerprint") ?? ""
+        fingerprintParts = FingerprintParts(f["fingerprint_parts"])
         replayed = f.bool("replayed")
         final = f["final"]?.boolValue ?? true
         message = f.string("message")
@@ -356,8 +369,9 @@ public struct StageFinished: Sendable {
             ("exit", int(exit)), ("signal", int(signal)), ("status", .string(status.rawValue)),
             ("failure_class", str(failureClass?.rawValue)), ("signature", str(signature)),
             ("duration_ms", .int(durationMs)), ("logs", logs.json), ("fingerprint", .string(fingerprint)),
-            ("replayed", .bool(replayed)), ("final", .bool(final)),
         ]
+        if let p = fingerprintParts { o.append(("fingerprint_parts", p.json)) }
+        o += [("replayed", .bool(replayed)), ("final", .bool(final))]
         if let m = message { o.append(("message", .string(m))) }
         if breakerOpen { o.append(("breaker_open", .bool(true))) }
         if dry { o.append(("dry", .bool(true))) }

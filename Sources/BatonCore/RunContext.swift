@@ -49,8 +49,10 @@ public final class RunContext {
     /// line is lane "", each parallel item its own lane (so a fan-out killed midway replays
     /// every item that passed, whatever order they finished in).
     public var lane = ""
-    var stoppedLanes: Set<String> = []
-    var fanOutRan = false
+    /// Per lane: the first call of this resume that ran for real (from then on the lane runs everything).
+    var ranFirst: [String: StageKey] = [:]
+    /// The first call a fan-out's items ran for real: after the fan-out the main line runs everything.
+    var fanOutRan: StageKey?
     var finished = false
 
     public var interrupted: Bool { loop.interrupted }
@@ -269,10 +271,12 @@ public final class RunContext {
             let logs = dir.stageLogs(spec.id, attempt: nextLogNumber(spec.id))
             var started = StageStarted(key: key, attempt: 0, command: spec.command, cwd: cwd, fingerprint: spec.fingerprint, logs: logs)
             started.dry = true
+            started.fingerprintParts = exec.fingerprintParts
             record(.stageStarted(started))
             var f = StageFinished(key: key, attempt: 0, status: .passed, durationMs: 0, logs: logs, fingerprint: spec.fingerprint)
             f.exit = 0
             f.dry = true
+            f.fingerprintParts = exec.fingerprintParts
             record(.stageFinished(f))
             var r = StageResult(id: spec.id, occurrence: occ, status: .passed, attempts: 0, duration: 0, logs: logs)
             r.exit = 0
@@ -280,8 +284,12 @@ public final class RunContext {
             exec.finish(with: r)
             return exec
         }
-        if let rp = replay, !stoppedLanes.contains(lane), !stoppedLanes.contains("") {
-            if let f = rp[key], f.fingerprint == spec.fingerprint {
+        if let rp = replay {
+            let first = ranFirst[lane] ?? ranFirst[""]
+            let why = ResumeWhy.decide(key, fingerprint: spec.fingerprint, parts: { exec.fingerprintParts }, history: history,
+                                       replay: rp, ranFirst: first)
+            exec.why = why
+            if why.replayed, let f = rp[key] {
                 var again = f
                 again.replayed = true
                 again.final = true
@@ -289,10 +297,12 @@ public final class RunContext {
                 exec.finish(with: StageResult(replaying: f))
                 return exec
             }
-            log("info", "resume: stage '\(spec.id)' (occurrence \(occ)) runs for real; everything after it"
-                + (lane.isEmpty ? "" : " in its parallel item (and after the fan-out)") + " runs too")
-            stoppedLanes.insert(lane)
-            if !lane.isEmpty { fanOutRan = true }
+            if first == nil {
+                log("info", "resume: stage '\(spec.id)' (occurrence \(occ)) runs for real; everything after it"
+                    + (lane.isEmpty ? "" : " in its parallel item (and after the fan-out)") + " runs too")
+                ranFirst[lane] = key
+                if !lane.isEmpty, fanOutRan == nil { fanOutRan = key }
+            }
         }
         loop.add(exec)
         return exec
@@ -301,8 +311,8 @@ public final class RunContext {
     /// A fan-out has ended: if any of its items ran a stage for real, the main line stops
     /// replaying too (what follows may depend on what the items made).
     public func endFanOut() {
-        if fanOutRan { stoppedLanes.insert("") }
-        fanOutRan = false
+        if let k = fanOutRan, ranFirst[""] == nil { ranFirst[""] = k }
+        fanOutRan = nil
     }
 
     /// Runs a stage in the foreground until it ends (or the run is interrupted).

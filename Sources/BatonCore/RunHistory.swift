@@ -88,8 +88,9 @@ public struct RunHistory: Sendable {
             let i = slot(s.key)
             if !stages[i].isOpen {   // a new call (or the same call again in a later life)
                 stages[i] = StageRecord(status: "running", key: s.key)
-                stages[i].startedAt = e.ts
             }
+            // (A new slot is already open: its start is set here, not by the reset above.)
+            if stages[i].startedAt == nil { stages[i].startedAt = e.ts }
             // In place: a stage record is large, and a long resume folds thousands.
             stages[i].status = "running"
             stages[i].command = s.command

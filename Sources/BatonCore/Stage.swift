@@ -157,6 +157,9 @@ public final class StageExecution: LoopTask {
     var outFD: Int32 = -1, errFD: Int32 = -1
     public private(set) var lastResult: StageResult?
     public var onFinish: ((StageResult) -> Void)?
+    /// In a resume: why this call replayed or runs (journaled on its first attempt).
+    public internal(set) var why: ResumeWhy?
+    lazy var fingerprintParts = FingerprintParts(spec)
 
     init(spec: StageSpec, key: StageKey, context: RunContext, executor: Executor) {
         self.spec = spec
@@ -230,6 +233,8 @@ public final class StageExecution: LoopTask {
         let cwd = spec.cwd.map(FileIO.absolute) ?? FileIO.currentDirectory()
         var started = StageStarted(key: key, attempt: attempt, command: spec.command, cwd: cwd,
                                    fingerprint: spec.fingerprint, logs: logs)
+        started.fingerprintParts = fingerprintParts
+        if attempt == 1 { started.why = why }
         attemptStart = Clock.monotonic()
         if attempt == 1 { firstStart = attemptStart }
         do {
@@ -363,6 +368,7 @@ public final class StageExecution: LoopTask {
         var r = r0
         var f = StageFinished(key: key, attempt: attempt, status: r.status, durationMs: Int64(r.duration * 1000),
                               logs: r.logs, fingerprint: spec.fingerprint)
+        f.fingerprintParts = fingerprintParts
         f.exit = r.exit
         f.signal = r.signal
         f.failureClass = r.failureClass

@@ -108,9 +108,25 @@ public final class RecipeEnvironment {
     }
 
     /// For people: stdout, or stderr when stdout carries the --json document.
-    func humanOut(_ s: String) { Console.write(output.json ? 2 : 1, s) }
+    func humanOut(_ s: String) { flushProgress(); Console.write(output.json ? 2 : 1, s) }
 
-    func progress(_ s: String) { if !output.quiet { Console.err(s) } }
+    func progress(_ s: String) { flushProgress(); if !output.quiet { Console.err(s) } }
+
+    /// Progress lines held back and written together (a resume's replays: one line each,
+    /// 10,000 of them in a big run); any other output writes them first.
+    private var heldProgress: [UInt8] = []
+    func holdProgress(_ s: String) {
+        guard !output.quiet else { return }
+        heldProgress.append(contentsOf: s.utf8)
+        heldProgress.append(10)
+        if heldProgress.count >= 65536 { flushProgress() }
+    }
+
+    public func flushProgress() {
+        guard !heldProgress.isEmpty else { return }
+        Console.write(2, bytes: heldProgress)
+        heldProgress.removeAll(keepingCapacity: true)
+    }
 
     /// print is Lua (tostring may run a __tostring metamethod, which may raise: that
     /// must happen in Lua, not under a Swift frame); only the final write is Swift.

@@ -83,6 +83,10 @@ extension RecipeEnvironment {
         let ctx = try requireContext()
         if ctx.dryRun { plan.append(("\(spec.id): \(spec.command.display)", true)) }
         let exec = ctx.startStage(spec)
+        if let why = exec.why {
+            let line = "resume: stage \(exec.key): \(why.sentence)"
+            if why.replayed { holdProgress(line) } else { progress(line) }
+        }
         if background {
             pushHandle(l, exec)
             return 1

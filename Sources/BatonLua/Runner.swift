@@ -88,6 +88,7 @@ public enum RecipeRunner {
         if let b = o.budget { ctx.setBudget(b.seconds, text: b.text) }
 
         let ending = evaluate(env: env, recipe: o.recipe, text: text, readError: readError)
+        env.flushProgress()
         if o.dryRun, ending.code == 0 {
             env.humanOut(planText(env.plan))
         }
@@ -165,6 +166,7 @@ public enum RecipeRunner {
     }
 
     public static func ending(for e: LuaCallError, env: RecipeEnvironment) -> Ending {
+        env.flushProgress()
         if !e.traceback.isEmpty {
             env.context?.log("debug", "traceback", .object([("traceback", .string(e.traceback))]))
             if getenv("BATON_TRACEBACK") != nil { diag(e.traceback) }

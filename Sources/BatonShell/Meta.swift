@@ -13,6 +13,7 @@ enum MetaCommand {
         (":status", "[RUN]", "one run: state, current stage, liveness (default: the attached run, or latest)"),
         (":attach", "[RUN]", "set the Lua value `run` to the run's state (stages, events, final); again to refresh"),
         (":tail", "[-f] RUN [STAGE]", "the run's last events, or a stage's latest output; -f follows until Ctrl-C"),
+        (":report", "[RUN]", "write the run's HTML report (default: the attached run, or latest) and print its path"),
         (":cancel", "RUN", "stop a live run, or finish an orphaned one"),
         (":resume", "RUN", "continue a run here, replaying what passed (Ctrl-C stops it)"),
         (":load", "RECIPE [ARGS]", "run a recipe file in this shell; its stages journal into the shell's run"),
@@ -64,6 +65,11 @@ extension Interactive {
             attach(args.first ?? attached)
         case ":tail":
             tail(args)
+        case ":report":
+            guard let dir = find(args.first ?? attached) else { return }
+            do { for p in try Commands.writeReport(dir, html: nil, trace: nil, tsv: nil) { say(p) } } catch {
+                err("baton: cannot write the report: \(error)")
+            }
         case ":cancel":
             guard let dir = resolve(args.first ?? attached, command) else { return }
             _ = Commands.cancel(root: root, ref: dir.id, json: false)
@@ -84,7 +90,7 @@ extension Interactive {
     func find(_ ref: String?) -> RunDirectory? {
         let store = RunStore(root: root)
         if ref == nil || ref == "latest" {
-            let ids = store.ids().reversed().filter { $0 != env.context?.dir.id }
+            let ids = store.ids().filter { $0 != env.context?.dir.id }   // newest first
             let recipe = { (id: String) -> String? in
                 guard let line = (try? FileIO.readFile(store.directory(id).journal, limit: 65536))?.split(separator: 10).first,
                       let first = (try? JSON.parse(Array(line))).flatMap(JournalEvent.init),

@@ -12,6 +12,8 @@ usage: baton                                  interactive shell (stdin a termina
        baton runs [--json]                    list runs, newest first
        baton status [RUN] [--json]            one run: state, current stage, liveness
        baton log [RUN] [--follow] [--stage ID] [--json]
+       baton log [RUN] --why [STAGE]          why each stage replayed or ran on resume
+       baton report [RUN] [--html FILE] [--trace FILE] [--tsv FILE]
        baton cancel [RUN]                     stop a live run (or finish an orphaned one)
        baton resume [RUN] [--json]            continue a run, replaying what passed
        baton check RECIPE                     syntax and static checks, runs nothing
@@ -119,9 +121,21 @@ case "status":
     let p = parse(argv[2...], flags: ["--json"], values: ["--runs-dir"], stopAtPositional: false, maxPositional: 1)
     exit(Commands.status(root: runsRoot(p), ref: p.positional.first, json: p.flags.contains("--json")))
 case "log":
+    // `--why [STAGE]`: the word after --why, unless it is an option, is the stage.
+    var logArgs = Array(argv[2...])
+    if let w = logArgs.firstIndex(of: "--why") {
+        let stage = w + 1 < logArgs.count && !logArgs[w + 1].hasPrefix("-") ? logArgs.remove(at: w + 1) : nil
+        logArgs.remove(at: w)
+        let p = parse(logArgs[...], flags: ["--json"], values: ["--runs-dir"], stopAtPositional: false, maxPositional: 1)
+        exit(Commands.why(root: runsRoot(p), ref: p.positional.first, stage: stage, json: p.flags.contains("--json")))
+    }
     let p = parse(argv[2...], flags: ["--json", "--follow", "-f"], values: ["--runs-dir", "--stage"], stopAtPositional: false, maxPositional: 1)
     exit(Commands.log(root: runsRoot(p), ref: p.positional.first, follow: p.flags.contains("--follow"),
                       stage: p.values["--stage"], json: p.flags.contains("--json")))
+case "report":
+    let p = parse(argv[2...], flags: [], values: ["--runs-dir", "--html", "--trace", "--tsv"], stopAtPositional: false, maxPositional: 1)
+    exit(Commands.report(root: runsRoot(p), ref: p.positional.first, html: p.values["--html"], trace: p.values["--trace"],
+                         tsv: p.values["--tsv"]))
 case "cancel":
     let p = parse(argv[2...], flags: ["--json"], values: ["--runs-dir"], stopAtPositional: false, maxPositional: 1)
     exit(Commands.cancel(root: runsRoot(p), ref: p.positional.first, json: p.flags.contains("--json")))

@@ -1,0 +1,71 @@
+import BatonCore
+import BatonLua
+
+/// `baton report` and `baton log --why`.
+extension Commands {
+    /// Writes the report of a run: HTML (the default: report.html in the run directory),
+    /// a Chrome trace and/or a TSV of attempts. Prints each path written.
+    public static func report(root: String, ref: String?, html: String?, trace: String?, tsv: String?) -> Int32 {
+        guard let dir = resolve(root, ref) else { return ExitStatus.usage.rawValue }
+        do {
+            for p in try writeReport(dir, html: html, trace: trace, tsv: tsv) { out(p) }
+        } catch {
+            diag("baton: cannot write the report: \(error)")
+            return ExitStatus.failure.rawValue
+        }
+        return ExitStatus.success.rawValue
+    }
+
+    /// The files of a run's report; with none named, report.html in the run directory.
+    static func writeReport(_ dir: RunDirectory, html: String?, trace: String?, tsv: String?) throws -> [String] {
+        let info = RunInfo.load(dir)
+        let timeline = RunTimeline(info.events, live: info.isLive)
+        var written: [String] = []
+        let htmlPath = html ?? (trace == nil && tsv == nil ? dir.path + "/report.html" : nil)
+        if let p = htmlPath {
+            try FileIO.writeAtomically(p, Array(ReportHTML(info: info, timeline: timeline).render().utf8))
+            written.append(p)
+        }
+        if let p = trace {
+            try FileIO.writeAtomically(p, ReportTrace(timeline: timeline).json().encodedBytes())
+            written.append(p)
+        }
+        if let p = tsv {
+            try FileIO.writeAtomically(p, Array(ReportTSV(timeline: timeline).render().utf8))
+            written.append(p)
+        }
+        return written
+    }
+
+    /// `baton log --why [STAGE]`: for each resume of the run, whether each stage call
+    /// replayed or ran for real, and why.
+    public static func why(root: String, ref: String?, stage: String?, json: Bool) -> Int32 {
+        guard let dir = resolve(root, ref) else { return ExitStatus.usage.rawValue }
+        let events = ((try? JournalReader.read(dir.journal)) ?? JournalContents()).events
+        let t = RunTimeline(events, live: false)
+        let picked = t.decisions.filter { stage == nil || $0.key.id == stage }
+        if json {
+            out(JSON.array(picked.map { d in
+                JSON.object([("resume", .int(Int64(d.life))), ("id", .string(d.key.id)),
+                             ("occurrence", .int(Int64(d.key.occurrence))), ("replayed", .bool(d.why.replayed)),
+                             ("reason", .string(d.why.reason.rawValue)), ("changed", .array(d.why.changed.map(JSON.string))),
+                             ("why", .string(d.why.sentence))])
+            }).encoded(pretty: true))
+            return ExitStatus.success.rawValue
+        }
+        if t.lives.count < 2 {
+            out("run \(dir.id) was never resumed: every stage call ran for real")
+            return ExitStatus.success.rawValue
+        }
+        if picked.isEmpty, let s = stage {
+            out("no resume of run \(dir.id) reached stage '\(s)'")
+            return ExitStatus.success.rawValue
+        }
+        for l in 1..<t.lives.count {
+            let ds = picked.filter { $0.life == l }
+            out("resume \(l) at \(Render.shortTime(t.lives[l].start)) UTC:" + (ds.isEmpty ? " (no stage call reached)" : ""))
+            for d in ds { out("  \(d.key): \(d.why.sentence)") }
+        }
+        return ExitStatus.success.rawValue
+    }
+}
