@@ -264,7 +264,9 @@ public final class StageExecution: LoopTask {
             pid = j.pid ?? 0
             context.spawnedAny = true
             started.pid = j.pid
-            context.record(.stageStarted(started))
+            // Written with the next event or when the loop next waits (in a fan-out, one write
+            // for every stage a turn starts): a runner killed before then loses only this line.
+            context.record(.stageStarted(started), deferred: true)
             deadline = spec.timeout.map { attemptStart + $0 }
             lastOutputAt = attemptStart
             seenOutput = (0, 0, 0)
