@@ -112,20 +112,25 @@ public final class RecipeEnvironment {
 
     func progress(_ s: String) { flushProgress(); if !output.quiet { Console.err(s) } }
 
-    /// Progress lines held back and written together (a resume's replays: one line each,
-    /// 10,000 of them in a big run); any other output writes them first.
-    private var heldProgress: [UInt8] = []
-    func holdProgress(_ s: String) {
+    /// A resume's replays in a row, said in one line when there are many (a 10,000-stage
+    /// resume would otherwise print 10,000 lines; `baton log --why` lists every one). Any
+    /// other output says them first.
+    private var heldReplays: [StageKey] = []
+    func holdReplay(_ key: StageKey) {
         guard !output.quiet else { return }
-        heldProgress.append(contentsOf: s.utf8)
-        heldProgress.append(10)
-        if heldProgress.count >= 65536 { flushProgress() }
+        heldReplays.append(key)
     }
 
     public func flushProgress() {
-        guard !heldProgress.isEmpty else { return }
-        Console.write(2, bytes: heldProgress)
-        heldProgress.removeAll(keepingCapacity: true)
+        guard !heldReplays.isEmpty else { return }
+        let keys = heldReplays
+        heldReplays.removeAll(keepingCapacity: true)
+        let why = ResumeWhy(reason: .unchanged).sentence
+        if keys.count <= 3 {
+            Console.err(keys.map { "resume: stage \($0): \(why)" }.joined(separator: "\n"))
+        } else {
+            Console.err("resume: \(keys.count) stage calls \(why) (\(keys.first!) … \(keys.last!); baton log --why lists each)")
+        }
     }
 
     /// print is Lua (tostring may run a __tostring metamethod, which may raise: that

@@ -84,8 +84,7 @@ extension RecipeEnvironment {
         if ctx.dryRun { plan.append(("\(spec.id): \(spec.command.display)", true)) }
         let exec = ctx.startStage(spec)
         if let why = exec.why {
-            let line = "resume: stage \(exec.key): \(why.sentence)"
-            if why.replayed { holdProgress(line) } else { progress(line) }
+            if why.replayed { holdReplay(exec.key) } else { progress("resume: stage \(exec.key): \(why.sentence)") }
         }
         if background {
             pushHandle(l, exec)

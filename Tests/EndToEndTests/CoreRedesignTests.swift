@@ -144,6 +144,19 @@ import Testing
         #expect(st["duration_ms"] as? Int == f["duration_ms"] as? Int)
     }
 
+    /// Many replays in a row are said in one line (log --why lists each); a call that runs is said alone.
+    @Test func manyReplaysAreSaidInOneLine() throws {
+        let d = Harness.tempDir("replaysline")
+        Harness.write(d + "/r.lua", "for i = 1, 8 do runStage{id = 's' .. i, cmd = 'true'} end\nrunStage{id = 'last', cmd = 'test -f ok'}\n")
+        #expect(try Harness.run(["run", "r.lua"], cwd: d).code == 1)
+        Harness.write(d + "/ok", "")
+        let r = try Harness.run(["resume"], cwd: d)
+        #expect(r.code == 0, "stderr: \(r.stderr)")
+        #expect(r.stderr.contains("resume: 8 stage calls replayed: passed before, unchanged (s1 … s8;"), "stderr: \(r.stderr)")
+        #expect(r.stderr.contains("resume: stage last: runs: did not pass before"), "stderr: \(r.stderr)")
+        #expect(!r.stderr.contains("resume: stage s3"), "stderr: \(r.stderr)")
+    }
+
     @Test func anOrphansDurationEndsAtItsLastEvent() throws {
         let d = Harness.tempDir("orphandur")
         Harness.write(d + "/r.lua", "runStage{id = 'a', cmd = 'true'}\nrunStage{id = 'hang', cmd = {'sleep', '300'}}\n")
