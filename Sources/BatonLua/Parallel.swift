@@ -10,13 +10,13 @@ import LuaShim
 /// background and yields until it ends), so no yield ever crosses a Swift frame.
 extension RecipeEnvironment {
     static let parallelSource = #"""
-    local startStage, waitAny, cancelHandles, ncores, where, errmt, setLane, endFanOut = ...
+    local startStage, waitAny, cancelHandles, ncores, where, errmt, setLane, endFanOut, now, sleep = ...
     local calls = 0
     local create, resume, status, running, yield = coroutine.create, coroutine.resume, coroutine.status,
       coroutine.running, coroutine.yield
     local pairs, ipairs, type, rawget, setmetatable, tostring, error, mathtype = pairs, ipairs, type, rawget,
       setmetatable, tostring, error, math.type
-    local concat, pcall = table.concat, pcall
+    local concat, pcall, mmin = table.concat, pcall, math.min
 
     -- The coroutine of each running item: its index and its parallel call.
     local itemOf = setmetatable({}, {__mode = "k"})
@@ -52,6 +52,19 @@ extension RecipeEnvironment {
       if not ok then error(h, 0) end
       while not h:done() do yield(h) end
       return h:wait()
+    end
+
+    -- baton.sleep inside an item: the item yields until then; the other items go on.
+    local function itemSleep(seconds)
+      if itemOf[running()] == nil or type(seconds) ~= "number" or seconds < 0 then return sleep(seconds) end
+      local timer = {at = now() + seconds}
+      yield(timer)
+    end
+
+    -- What an item waits on: a stage handle, or a timer (itemSleep).
+    local function ready(w)
+      if w.at then return now() >= w.at end
+      return w:done()
     end
 
     local known = {maxConcurrency = true, onFailure = true, maxFailures = true}
@@ -123,7 +136,7 @@ extension RecipeEnvironment {
           if policy == "cancel" then
             local hs = {}
             for _, s in ipairs(inflight) do
-              hs[#hs + 1] = s.handle
+              if not s.handle.at then hs[#hs + 1] = s.handle end
               outcomes[s.index] = {ok = false, cancelled = true, error = "cancelled: another item failed"}
             end
             cancelHandles(hs)
@@ -131,11 +144,14 @@ extension RecipeEnvironment {
           end
         end
         if #inflight == 0 and (stopping or nextIndex > n) then break end
-        local hs = {}
-        for _, s in ipairs(inflight) do hs[#hs + 1] = s.handle end
-        waitAny(hs)
+        local hs, soonest = {}, nil
         for _, s in ipairs(inflight) do
-          if s.handle:done() then s.handle = nil; step(s) end
+          local w = s.handle
+          if w.at then soonest = mmin(soonest or w.at, w.at) else hs[#hs + 1] = w end
+        end
+        waitAny(hs, soonest)
+        for _, s in ipairs(inflight) do
+          if ready(s.handle) then s.handle = nil; step(s) end
         end
       end
       endFanOut()
@@ -155,7 +171,7 @@ extension RecipeEnvironment {
       return results, outcomes
     end
 
-    return parallel, runStage
+    return parallel, runStage, itemSleep
     """#
 
     /// Installs `parallel` (global and `baton.parallel`) and the runStage that yields inside an item.
@@ -169,11 +185,16 @@ extension RecipeEnvironment {
         baton_getregistryfield(lua.L, "baton.error_mt")                  // [chunk startStage waitAny cancel n where mt]
         lua.pushFunction("baton.setLane") { [unowned self] l in self.context?.lane = l.string(1) ?? ""; return 0 }
         lua.pushFunction("baton.endFanOut") { [unowned self] _ in self.context?.endFanOut(); return 0 }
-        try lua.pcall(nargs: 8, nresults: 2)                             // [parallel runStage]
-        _ = lua.getGlobal("baton")                                       // [parallel runStage baton]
-        lua_pushvalue(lua.L, -2); lua.setField(-2, "runStage")
-        lua_pushvalue(lua.L, -3); lua.setField(-2, "parallel")
-        lua.pop()                                                        // [parallel runStage]
+        _ = lua.getGlobal("baton")
+        _ = lua.rawGetField(-1, "now")
+        _ = lua.rawGetField(-2, "sleep")
+        lua_rotate(lua.L, -3, -1); lua.pop()                             // [chunk ...8 now sleep]
+        try lua.pcall(nargs: 10, nresults: 3)                            // [parallel runStage sleep]
+        _ = lua.getGlobal("baton")                                       // [parallel runStage sleep baton]
+        lua_pushvalue(lua.L, -2); lua.setField(-2, "sleep")
+        lua_pushvalue(lua.L, -3); lua.setField(-2, "runStage")
+        lua_pushvalue(lua.L, -4); lua.setField(-2, "parallel")
+        lua.pop(2)                                                       // [parallel runStage]
         lua.setGlobal("runStage")
         lua.setGlobal("parallel")
     }
@@ -193,12 +214,14 @@ extension RecipeEnvironment {
     }
 
     /// Waits on the loop until at least one of the handles' stages has ended.
+    /// (Argument 2, optional: a `baton.now()` time to return at anyway: an item's sleep ends.)
     func waitAny(_ l: LuaState) throws -> Int32 {
         let execs = try executions(l, "parallel")
         let ctx = try requireContext()
-        if execs.isEmpty || execs.contains(where: \.isFinished) { return 0 }
-        let label = WaitLabel("parallel", execs.map(\.spec.id).joined(separator: ", "))
-        let r = ctx.loop.wait(label) { execs.contains(where: \.isFinished) }
+        let until = l.number(2).map { Clock.monotonic() + ($0 - Clock.now()) }
+        if execs.contains(where: \.isFinished) || (execs.isEmpty && until == nil) { return 0 }
+        let label = WaitLabel("parallel", execs.isEmpty ? "sleeping items" : execs.map(\.spec.id).joined(separator: ", "))
+        let r = ctx.loop.wait(label, deadline: until) { execs.contains(where: \.isFinished) }
         try checkFatal()
         if r == .interrupted { throw RecipeEnvironment.abort }
         return 0

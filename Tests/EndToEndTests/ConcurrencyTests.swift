@@ -86,6 +86,25 @@ import Testing
         #expect((result["took"] as? Double ?? 9) < 1.1, "four items ran at once: \(result["took"] ?? "?")")
     }
 
+    /// baton.sleep inside an item lets the other items go on (it yields in Lua).
+    @Test func sleepingItemsSleepTogether() throws {
+        let d = Harness.tempDir("par-sleep")
+        Harness.write(d + "/r.lua", """
+            local t0 = baton.now()
+            local res = parallel({1, 2, 3}, function(_, i)
+              baton.sleep(0.6)
+              return runStage{id = "after" .. i, cmd = "echo " .. i}.stdout
+            end, {maxConcurrency = 3})
+            baton.sleep(0.05)
+            return {res = res, took = baton.now() - t0}
+            """)
+        let r = try Harness.run(["run", "r.lua"], cwd: d)
+        #expect(r.code == 0, "stderr: \(r.stderr)")
+        let result = try result(d)
+        #expect(result["res"] as? [String] == ["1\n", "2\n", "3\n"])
+        #expect((result["took"] as? Double ?? 9) < 1.5, "three 0.6 s sleeps took \(result["took"] ?? "?") s")
+    }
+
     @Test func aPoolOfOneNeverRunsTwoAtOnce() throws {
         let d = Harness.tempDir("pool")
         Harness.write(d + "/r.lua", """
