@@ -44,6 +44,12 @@ public final class EventLoop {
 
     public init() {}
 
+    /// Descriptors every wait also polls, each with the handler called (between events,
+    /// never while Lua code runs) when it is readable: a live run's control socket.
+    /// While a handler runs, no source is polled (a handler that waits is not re-entered).
+    public var sources: [(fd: Int32, handler: () -> Void)] = []
+    private var inSource = false
+
     /// Set by `poke`: take another turn at once (a freed pool slot lets a waiting task start).
     private var poked = false
     public func poke() { poked = true }
@@ -111,6 +117,9 @@ public final class EventLoop {
             }
             let firstExtra = pfds.count
             for fd in fds { pfds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
+            let firstSource = pfds.count
+            let polled = inSource || cancelling ? [] : sources
+            for s in polled { pfds.append(pollfd(fd: s.fd, events: Int16(POLLIN), revents: 0)) }
             if poked { poked = false; wake = now }
             let ms: Int32 = wake.isInfinite ? -1 : Int32(max(0, min(3_600_000, ((wake - now) * 1000).rounded(.up))))
             if poll(&pfds, nfds_t(pfds.count), ms) > 0 {
@@ -119,7 +128,12 @@ public final class EventLoop {
                     let got = read(baton_signal_fd(), &buf, buf.count)
                     if cancelling, got > 0 { for t in tasks { t.cancel(force: true) } }
                 }
-                for i in firstExtra..<pfds.count where pfds[i].revents != 0 { onReadable?(pfds[i].fd) }
+                for i in firstExtra..<firstSource where pfds[i].revents != 0 { onReadable?(pfds[i].fd) }
+                for (k, s) in polled.enumerated() where pfds[firstSource + k].revents != 0 {
+                    inSource = true
+                    s.handler()
+                    inSource = false
+                }
             }
         }
     }

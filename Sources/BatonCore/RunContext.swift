@@ -52,6 +52,8 @@ public final class RunContext {
     var stoppedLanes: Set<String> = []
     var fanOutRan = false
     var finished = false
+    /// Watches a control client asked to end as blocked (`:skip`); a watch's waits check it.
+    public var skipRequests: Set<String> = []
 
     public var interrupted: Bool { loop.interrupted }
 

@@ -63,10 +63,13 @@ extension RecipeEnvironment {
         // 1. The watched thing runs until it exits.
         life.move(.running, "waiting for \(targetText) to finish")
         let hb = WaitLabel("watch", id)
+        // `:skip` through the control socket ends the watch as blocked, whatever it waits on.
+        let skipped = { ctx.skipRequests.contains(id) }
         var outcome: WatchTargetOutcome
         if let e = exec {
-            let r = ctx.loop.wait(hb, deadline: Clock.monotonic() + timeout, heartbeatEvery: heartbeat) { e.isFinished }
+            let r = ctx.loop.wait(hb, deadline: Clock.monotonic() + timeout, heartbeatEvery: heartbeat) { e.isFinished || skipped() }
             switch r {
+            case .satisfied where !e.isFinished: outcome = .timedOut
             case .satisfied:
                 let res = e.result!
                 outcome = .exited(exit: res.exit, signal: res.signal, detail: "stage \(e.spec.id) \(res.status.rawValue)" + (res.exit.map { " (exit \($0))" } ?? ""))
@@ -76,11 +79,12 @@ extension RecipeEnvironment {
             case .interrupted: outcome = .interrupted
             }
         } else if let p = pid {
-            outcome = ctx.waitForPid(pid_t(p), timeout: timeout, label: hb, heartbeatEvery: heartbeat)
+            outcome = ctx.waitForPid(pid_t(p), timeout: timeout, label: hb, heartbeatEvery: heartbeat, stopIf: skipped)
         } else if let p = pattern {
-            outcome = ctx.waitForPattern(p, timeout: timeout, poll: min(readyPoll, 1), label: hb, heartbeatEvery: heartbeat)
+            outcome = ctx.waitForPattern(p, timeout: timeout, poll: min(readyPoll, 1), label: hb, heartbeatEvery: heartbeat, stopIf: skipped)
         } else if let f = file {
-            switch ctx.waitForFiles([f], timeout: timeout, poll: readyPoll, nonEmpty: false, label: hb, heartbeatEvery: heartbeat) {
+            switch ctx.waitForFiles([f], timeout: timeout, poll: readyPoll, nonEmpty: false, label: hb, heartbeatEvery: heartbeat,
+                                    stopIf: skipped) {
             case nil: outcome = .interrupted
             case let m? where m.isEmpty: outcome = .exited(exit: nil, signal: nil, detail: "file \(f) appeared")
             default: outcome = .timedOut
@@ -89,6 +93,7 @@ extension RecipeEnvironment {
             outcome = .exited(exit: nil, signal: nil, detail: "nothing to wait for")
         }
         try checkFatal()
+        if ctx.skipRequests.remove(id) != nil { return try skipWatch(l, life, info, began) }
         switch outcome {
         case .interrupted:
             life.move(.failed, "interrupted")
@@ -109,12 +114,16 @@ extension RecipeEnvironment {
             life.move(.awaiting_artifacts, "waiting up to \(Clock.human(readyTimeout)) for \(require.count) required file\(require.count == 1 ? "" : "s")",
                       details: .object([("files", .array(require.map(JSON.string)))]))
             guard let m = ctx.waitForFiles(require, timeout: readyTimeout, poll: readyPoll, nonEmpty: true,
-                                           label: hb, heartbeatEvery: heartbeat) else {
+                                           label: hb, heartbeatEvery: heartbeat, stopIf: skipped) else {
                 life.move(.failed, "interrupted while awaiting artifacts")
                 throw RecipeEnvironment.abort
             }
             missing = m
             try checkFatal()
+            if ctx.skipRequests.remove(id) != nil {
+                info.append(("missing", .array(m.map(JSON.string))))
+                return try skipWatch(l, life, info, began)
+            }
         }
         info.append(("files", .array(require.map(JSON.string))))
         info.append(("missing", .array(missing.map(JSON.string))))
@@ -148,6 +157,11 @@ extension RecipeEnvironment {
         }
         life.move(.completed, missing.isEmpty ? "done" : "done (with missing artifacts)")
         return try finishWatch(l, life, info, began, ok: missing.isEmpty, allowFail: true, message: nil)
+    }
+
+    private func skipWatch(_ l: LuaState, _ life: WatchLifecycle, _ info: [(String, JSON)], _ began: Double) throws -> Int32 {
+        life.move(.blocked, "skipped through the control socket (:skip)")
+        return try finishWatch(l, life, info, began, ok: false, allowFail: true, message: nil)
     }
 
     private func finishWatch(_ l: LuaState, _ life: WatchLifecycle, _ info: [(String, JSON)], _ began: Double,

@@ -33,6 +33,12 @@ final class Interactive {
     /// Set to leave the loop with this exit code.
     var leaving: Int32?
     let cwd = FileIO.currentDirectory()
+    /// A live run attached through its control socket: lines and commands go to it.
+    var remote: AttachSession? {
+        didSet { completer.commands = remote == nil ? MetaCommand.names : AttachSession.commands }
+    }
+    /// `baton attach RUN`: attach at start; `:detach` then leaves.
+    var startAttached: String?
 
     init(root: String) {
         self.root = FileIO.absolute(root)
@@ -51,13 +57,13 @@ final class Interactive {
         let store = RunStore(root: root)
         completer.runIDs = { store.ids().reversed() }
         completer.stageIDs = { ref in Interactive.stageIDs(store: store, ref: ref) }
-        completer.luaNames = { [unowned self] chain in self.shellLua.candidates(chain) }
+        completer.luaNames = { [unowned self] chain in self.remote?.complete(chain) ?? self.shellLua.candidates(chain) }
         _ = baton_set_subreaper()   // a stage's escaped grandchildren come back to us
         baton_abort_on_signals(1)
         activeShell = self
         baton_line_init("baton", completionHook)
         history?.load()
-        say(banner())
+        if let ref = startAttached { attach(ref, fromCommandLine: true) } else { say(banner()) }
         loop()
         activeShell = nil
         return leave(code: leaving ?? 0)
@@ -68,7 +74,7 @@ final class Interactive {
     func loop() {
         var chunk: [String] = []
         while leaving == nil {
-            let prompt = chunk.isEmpty ? "> " : ">> "
+            let prompt = remote?.prompt ?? (chunk.isEmpty ? "> " : ">> ")
             guard let raw = baton_line_read(prompt) else {
                 let sig = baton_signal_pending()
                 if sig == SIGINT {
@@ -85,6 +91,14 @@ final class Interactive {
             let line = String(cString: raw)
             free(raw)
             if baton_signal_pending() != 0 { resetInterrupt() }
+            if let r = remote {
+                if !line.trimmingWhitespace().isEmpty { history?.add(line) }
+                if !r.handle(line) {
+                    remote = nil
+                    if startAttached != nil { leaving = 0 } else { say("detached from run \(r.dir.id): it goes on") }
+                }
+                continue
+            }
             if chunk.isEmpty {
                 let t = line.trimmingWhitespace()
                 if t.isEmpty { continue }

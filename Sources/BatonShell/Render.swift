@@ -132,6 +132,8 @@ public enum Render {
             detail += " in \(Clock.human(Double(c.durationMs) / 1000))"
         case let .notRun(n):
             detail = "\(n.via) \(n.target.prefix(120)) (\(n.reason))"
+        case let .control(c):
+            detail = "\(c.op) \(c.target.prefix(80).split(separator: "\n").joined(separator: " ⏎ ")) by \(c.user) (uid \(c.uid), pid \(c.pid)): \(c.ok ? "" : "FAILED ")\(c.result.prefix(120))"
         case let .final(f):
             detail = "\(f.status) exit \(f.exitCode)"
             if let r = f.reason { detail += ": \(r)" }

@@ -15,6 +15,7 @@ usage: baton                                  interactive shell (stdin a termina
        baton cancel [RUN]                     stop a live run (or finish an orphaned one)
        baton resume [RUN] [--json]            continue a run, replaying what passed
        baton check RECIPE                     syntax and static checks, runs nothing
+       baton attach [RUN]                     a prompt inside a live run (its Lua state, :kill, :skip, :extend)
 
 run options (before RECIPE): --dry-run, --detach, --json, --runs-dir DIR, --run-id ID, --budget 2h,
   --sync batched|always (journal flushes: batched by default, every event with 'always')
@@ -133,6 +134,9 @@ case "__watchdog":
     // Started by a runner (see Survivors.watchdog); not for people.
     guard argv.count == 3 else { fail("__watchdog RUN_ID") }
     exit(Survivors.watchdog(runID: argv[2]))
+case "attach":
+    let p = parse(argv[2...], flags: [], values: ["--runs-dir"], stopAtPositional: false, maxPositional: 1)
+    exit(Attach.main(root: runsRoot(p), ref: p.positional.first))
 case "repl":
     let p = parse(argv[2...], flags: [], values: ["--runs-dir"], stopAtPositional: false, maxPositional: 0)
     exit(Shell.main(root: runsRoot(p)))
