@@ -150,6 +150,46 @@ import Testing
         #expect(Self.controls(run).contains { $0["op"] as? String == "refused" && $0["uid"] as? Int == 65534 && $0["ok"] as? Bool == false })
     }
 
+    @Test func attachAtATerminalThenDetachLeavesTheRunRunning() throws {
+        let (d, run) = try Self.detached("attach-tty", Self.stuckWatch) { $0.contains("awaiting_artifacts") }
+        defer { Self.finish(d, run) }
+        let id = (run as NSString).lastPathComponent
+        let p = try Pane("attach-tty", cwd: d, args: ["attach"], prompt: id + ">")
+        defer { p.kill() }
+        #expect(p.screen().contains("blocked in watch 'train' awaiting_artifacts: missing out/metrics.json"), "\(p.screen())")
+        #expect(p.screen().contains("its locals: limit, attempts_left"), "\(p.screen())")
+        p.expectLine("return myvar", "\"set by the recipe\"")
+        p.expectLine("attempts_left", "\n3\n")
+        // Tab completes the run's own globals.
+        let m = p.mark()
+        p.type("myv")
+        p.keys("Tab")
+        #expect(p.waitFor("myvar", after: m), "\(p.screenSince(m))")
+        p.keys("C-u")
+        p.expectLine("for i = 1, 2 do", ">>")
+        p.expectLine("print(i) end", "1\n2")
+        p.expectLine(":stages", "passed  train  attempts 1")
+        p.expectLine(":detach", "BATON-EXIT=0")
+        #expect(try Harness.run(["status"], cwd: d).stdout.contains("running (runner pid"))
+    }
+
+    @Test func theShellsAttachOfALiveRunUsesTheControlSocket() throws {
+        let (d, run) = try Self.detached("attach-shell", Self.stuckWatch) { $0.contains("awaiting_artifacts") }
+        defer { Self.finish(d, run) }
+        let id = (run as NSString).lastPathComponent
+        let p = try Pane("attach-shell", cwd: d)
+        defer { p.kill() }
+        p.expectLine(":attach latest", "blocked in watch 'train'")
+        #expect(p.waitForPrompt(id + ">"), "\(p.screen())")
+        p.expectLine("return myvar", "\"set by the recipe\"")
+        p.expectLine(":skip train", "watch 'train' ends as blocked")
+        p.expectLine(":detach", "detached from run \(id): it goes on")
+        #expect(p.waitForPrompt(">"), "\(p.screen())")
+        p.expectLine("1 + 1", "\n2\n")
+        #expect(Harness.waitFor(20) { Harness.final(run)?["status"] as? String == "succeeded" })
+        p.expectLine(":attach " + id, "succeeded  exit 0")
+    }
+
     /// Runs argv (a helper that drops to another uid, then baton) with stdin.
     static func shell(_ argv: [String], cwd: String, input: String) throws -> Harness.Result {
         let p = Process()
