@@ -31,6 +31,7 @@ public enum ControlLua {
         local G, getinfo, getlocal, setlocal = _G, debug.getinfo, debug.getlocal, debug.setlocal
         local load, pcall, tostring, setmetatable, pairs = load, pcall, tostring, setmetatable, pairs
         local pack, unpack, concat = table.pack, table.unpack, table.concat
+        local sethook, gethook, clock = debug.sethook, debug.gethook, os.clock
 
         -- The recipe's frame, as a level counted from the function that called `frame`.
         local function frame()
@@ -62,7 +63,20 @@ public enum ControlLua {
 
         local function incomplete(msg) return msg:sub(-5) == "<eof>" end
 
-        local function eval(code)
+        -- A line runs while the whole run waits: one that spins is stopped after `cpu` seconds.
+        local function guarded(f, cpu)
+          if gethook() ~= nil then return pack(pcall(f)) end   -- the recipe's own hook, or an abort
+          local limit = clock() + cpu
+          local function guard()
+            if clock() > limit then error("stopped: the line ran for more than " .. cpu .. " s of CPU (the run waits meanwhile)", 2) end
+          end
+          sethook(guard, "", 10000)
+          local r = pack(pcall(f))
+          if gethook() == guard then sethook() end
+          return r
+        end
+
+        local function eval(code, cpu)
           local level = frame()
           local names, values = locals(level)
           local dirty, out = {}, {}
@@ -87,7 +101,7 @@ public enum ControlLua {
             if not f2 then return false, err2, incomplete(err) or incomplete(err2) end
             f = f2
           end
-          local r = pack(pcall(f))
+          local r = guarded(f, cpu)
           for k in pairs(dirty) do setlocal(level, names[k], values[k]) end
           if not r[1] then out[#out + 1] = tostring(r[2]); return false, concat(out, "\\n"), false end
           if r.n > 1 then out[#out + 1] = show(unpack(r, 2, r.n)) end
@@ -158,6 +172,12 @@ public final class ControlServer {
     }
 
     struct Peer { var uid: uid_t; var pid: pid_t; var user: String }
+
+    /// CPU seconds a client's line may run (BATON_ATTACH_LINE_SEC, default 10).
+    static var lineCPUSeconds: Double {
+        if let e = getenv("BATON_ATTACH_LINE_SEC"), let v = Double(String(cString: e)), v > 0 { return v }
+        return 10
+    }
 
     func serve() {
         var uid: uid_t = 0, pid: pid_t = 0
@@ -254,7 +274,8 @@ public final class ControlServer {
         defer { lua.top = base }
         lua.pushRef(evalRef)
         lua.push(code)
-        do { try lua.pcall(nargs: 1, nresults: 3) } catch let e as LuaCallError {
+        lua.push(ControlServer.lineCPUSeconds)
+        do { try lua.pcall(nargs: 2, nresults: 3) } catch let e as LuaCallError {
             lua.unref(e.ref)
             return (false, e.message, false)
         } catch { return (false, "\(error)", false) }

@@ -5,10 +5,11 @@ import Testing
 /// control socket; `baton attach`; control events.
 @Suite(.serialized) struct AttachTests {
     /// Starts `recipe` detached in a fresh directory and waits until `ready` holds on `status --json`.
-    static func detached(_ name: String, _ recipe: String, until ready: @escaping (String) -> Bool) throws -> (dir: String, run: String) {
+    static func detached(_ name: String, _ recipe: String, env: [String: String] = [:],
+                         until ready: @escaping (String) -> Bool) throws -> (dir: String, run: String) {
         let d = Harness.tempDir(name)
         Harness.write(d + "/r.lua", recipe)
-        let start = try Harness.run(["run", "--detach", "r.lua"], cwd: d)
+        let start = try Harness.run(["run", "--detach", "r.lua"], cwd: d, env: env)
         #expect(start.code == 0, "\(start.stderr)")
         let run = Harness.latestRun(d)!
         let ok = Harness.waitFor(20) {
@@ -74,7 +75,7 @@ import Testing
     static func controls(_ run: String) -> [[String: Any]] { Harness.events(Harness.journal(run), type: "control") }
 
     @Test func pipedAttachReadsAGlobalAndALocalOfTheBlockedFrameAndSkipsTheWatch() throws {
-        let (d, run) = try Self.detached("attach-eval", Self.stuckWatch) { $0.contains("awaiting_artifacts") }
+        let (d, run) = try Self.detached("attach-eval", Self.stuckWatch, env: ["BATON_ATTACH_LINE_SEC": "0.3"]) { $0.contains("awaiting_artifacts") }
         defer { Self.finish(d, run) }
         let r = try Self.attach(d, "return myvar\n")
         #expect(r.code == 0 && r.stdout == "\"set by the recipe\"\n", "\(r)")
@@ -83,6 +84,9 @@ import Testing
         #expect(l.stdout == "3\t3\n7\n42\n", "\(l)")
         let e = try Self.attach(d, "error('boom')\n")
         #expect(e.code == 1 && e.stderr.contains("boom"), "\(e)")
+        // A line that spins is stopped (the run waits meanwhile); the next one runs.
+        let spin = try Self.attach(d, "while true do end\nreturn myvar\n")
+        #expect(spin.stderr.contains("stopped: the line ran for more than 0.3 s of CPU") && spin.stdout == "\"set by the recipe\"\n", "\(spin)")
         // :skip ends the waiting watch as blocked and the run finishes.
         let s = try Self.attach(d, ":skip train\n")
         #expect(s.code == 0 && s.stdout.contains("watch 'train' ends as blocked"), "\(s)")
