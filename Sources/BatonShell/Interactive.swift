@@ -56,7 +56,9 @@ final class Interactive {
         }
         let store = RunStore(root: root)
         completer.runIDs = { store.ids().reversed() }
-        completer.stageIDs = { ref in Interactive.stageIDs(store: store, ref: ref) }
+        completer.stageIDs = { ref in Interactive.history(store: store, ref: ref)?.stageIDs ?? [] }
+        completer.watchIDs = { ref in Interactive.history(store: store, ref: ref)?.watches.filter { !$0.state.isTerminal }.map(\.id) ?? [] }
+        completer.attachedRun = { [unowned self] in self.remote?.dir.id }
         completer.luaNames = { [unowned self] chain in self.remote?.complete(chain) ?? self.shellLua.candidates(chain) }
         _ = baton_set_subreaper()   // a stage's escaped grandchildren come back to us
         baton_abort_on_signals(1)
@@ -259,8 +261,8 @@ final class Interactive {
         return lines.joined(separator: "\n")
     }
 
-    static func stageIDs(store: RunStore, ref: String) -> [String] {
-        guard let dir = try? store.resolve(ref), let c = try? JournalReader.read(dir.journal) else { return [] }
-        return RunHistory(c.events).stageIDs
+    static func history(store: RunStore, ref: String) -> RunHistory? {
+        guard let dir = try? store.resolve(ref), let c = try? JournalReader.read(dir.journal) else { return nil }
+        return RunHistory(c.events)
     }
 }
