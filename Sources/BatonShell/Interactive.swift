@@ -81,13 +81,19 @@ final class Interactive {
                 let sig = baton_signal_pending()
                 if sig == SIGINT {
                     // readline returns NULL on Ctrl-C as on end of input: the flag tells.
-                    say(chunk.isEmpty ? "^C (Ctrl-D or :quit leaves)" : "^C")
+                    say(chunk.isEmpty && (remote?.pending.isEmpty ?? true) ? "^C (Ctrl-D or :quit leaves)" : "^C")
                     chunk = []
+                    remote?.pending = []
                     resetInterrupt()
                     continue
                 }
                 if sig != 0 { leaving = 128 + Int32(sig); break }
                 say("")
+                if let r = remote, startAttached == nil {   // Ctrl-D while attached in the shell: back to the shell
+                    remote = nil
+                    say("detached from run \(r.dir.id): it goes on")
+                    continue
+                }
                 break
             }
             let line = String(cString: raw)

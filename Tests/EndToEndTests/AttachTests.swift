@@ -186,6 +186,13 @@ import Testing
         p.expectLine(":attach latest", "blocked in watch 'train'")
         #expect(p.waitForPrompt(id + ">"), "\(p.screen())")
         p.expectLine("return myvar", "\"set by the recipe\"")
+        // Ctrl-D while attached comes back to the shell; the run goes on.
+        let m = p.mark()
+        p.keys("C-d")
+        #expect(p.waitFor("detached from run \(id): it goes on", after: m), "\(p.screenSince(m))")
+        #expect(p.waitForPrompt(">"), "\(p.screen())")
+        p.expectLine(":attach", "blocked in watch 'train'")
+        #expect(p.waitForPrompt(id + ">"), "\(p.screen())")
         p.expectLine(":skip train", "watch 'train' ends as blocked")
         p.expectLine(":detach", "detached from run \(id): it goes on")
         #expect(p.waitForPrompt(">"), "\(p.screen())")
