@@ -207,6 +207,7 @@ public final class ControlServer {
         let stage = req["stage"]?.stringValue ?? ""
         switch op {
         case "hello":
+            try? ctx.journal.flush()   // what status reads is what this runner knows
             let blocked = RunInfo.load(ctx.dir, withEvents: false).blockedIn?.text
             let text = "run \(ctx.dir.id) (runner pid \(getpid()))" + (blocked.map { ": blocked in \($0)" } ?? "") + "\n" + describe()
             return .object([("ok", .bool(true)), ("text", .string(text)), ("run", .string(ctx.dir.id))])

@@ -15,7 +15,6 @@ usage: baton                                  interactive shell (stdin a termina
        baton cancel [RUN]                     stop a live run (or finish an orphaned one)
        baton resume [RUN] [--json]            continue a run, replaying what passed
        baton check RECIPE                     syntax and static checks, runs nothing
-       baton attach [RUN]                     a prompt inside a live run (its Lua state, :kill, :skip, :extend)
 
 run options (before RECIPE): --dry-run, --detach, --json, --runs-dir DIR, --run-id ID, --budget 2h,
   --sync batched|always (journal flushes: batched by default, every event with 'always')
