@@ -201,6 +201,19 @@ import Testing
         p.expectLine(":attach " + id, "succeeded  exit 0")
     }
 
+    @Test func anOrphanedRunOpensTheJournalViewAndSaysSo() throws {
+        let (d, run) = try Self.detached("attach-orphan", Self.stuckWatch) { $0.contains("awaiting_artifacts") }
+        defer { _ = try? Harness.run(["cancel"], cwd: d) }
+        kill(Int32(Harness.read(run + "/run.pid")!.trimmingCharacters(in: .whitespacesAndNewlines))!, SIGKILL)
+        #expect(Harness.waitFor(10) { (try? Harness.run(["status", "--json"], cwd: d))?.stdout.contains("orphaned") == true })
+        let piped = try Self.attach(d, "return myvar\n")
+        #expect(piped.code == 0 && piped.stderr.contains("is not live (ORPHANED)") && piped.stdout.contains("ORPHANED"), "\(piped)")
+        let p = try Pane("attach-orphan", cwd: d, args: ["attach"])
+        defer { p.kill() }
+        #expect(p.screen().contains("is not live (ORPHANED): this is its journal view (as the shell's :attach)"), "\(p.screen())")
+        p.expectLine("run.state", "\"orphaned\"")
+    }
+
     /// Runs argv (a helper that drops to another uid, then baton) with stdin.
     static func shell(_ argv: [String], cwd: String, input: String) throws -> Harness.Result {
         let p = Process()
