@@ -22,13 +22,14 @@ public enum ControlLua {
         """
 
     /// Returns eval(code) -> ok, text, incomplete; describe() -> text; complete(chain) -> list.
-    /// A line runs with the recipe's globals and, before them, the locals of the frame the
-    /// recipe is blocked in (the first Lua frame on the stack that is not Baton's own),
+    /// A line runs with the recipe's globals and, before them, the locals (and upvalues) of
+    /// the frame the recipe is blocked in (the first Lua frame on the stack that is not Baton's own),
     /// read and written back through the debug library. `print` in the line is captured.
     static let source = builtin + """
         local show = builtin("shell.pretty").show
         local candidates = builtin("shell.complete").candidates
         local G, getinfo, getlocal, setlocal = _G, debug.getinfo, debug.getlocal, debug.setlocal
+        local getupvalue, setupvalue = debug.getupvalue, debug.setupvalue
         local load, pcall, tostring, setmetatable, pairs = load, pcall, tostring, setmetatable, pairs
         local pack, unpack, concat = table.pack, table.unpack, table.concat
         local sethook, gethook, clock = debug.sethook, debug.gethook, os.clock
@@ -44,10 +45,12 @@ public enum ControlLua {
           end
         end
 
-        -- The locals active at `level` (counted from the caller): name -> index, name -> value.
+        -- The locals active at `level` (counted from the caller), then its function's upvalues
+        -- (a local shadows an upvalue): name -> index (negative: an upvalue), name -> value.
         local function locals(level)
           local names, values, order = {}, {}, {}
           if not level then return names, values, order end
+          local fn = getinfo(level + 1, "f").func
           local i = 1
           while true do
             local name, value = getlocal(level + 1, i)
@@ -58,7 +61,17 @@ public enum ControlLua {
             end
             i = i + 1
           end
-          return names, values, order
+          i = 1
+          while true do
+            local name, value = getupvalue(fn, i)
+            if not name then break end
+            if name ~= "_ENV" and not names[name] then
+              order[#order + 1] = name
+              names[name], values[name] = -i, value
+            end
+            i = i + 1
+          end
+          return names, values, order, fn
         end
 
         local function incomplete(msg) return msg:sub(-5) == "<eof>" end
@@ -78,7 +91,7 @@ public enum ControlLua {
 
         local function eval(code, cpu)
           local level = frame()
-          local names, values = locals(level)
+          local names, values, _, fn = locals(level)
           local dirty, out = {}, {}
           local function cprint(...)
             local t = pack(...)
@@ -102,7 +115,9 @@ public enum ControlLua {
             f = f2
           end
           local r = guarded(f, cpu)
-          for k in pairs(dirty) do setlocal(level, names[k], values[k]) end
+          for k in pairs(dirty) do
+            if names[k] > 0 then setlocal(level, names[k], values[k]) else setupvalue(fn, -names[k], values[k]) end
+          end
           if not r[1] then out[#out + 1] = tostring(r[2]); return false, concat(out, "\\n"), false end
           if r.n > 1 then out[#out + 1] = show(unpack(r, 2, r.n)) end
           return true, concat(out, "\\n"), false
@@ -113,7 +128,7 @@ public enum ControlLua {
           if not level then return "no recipe frame on the stack: globals only" end
           local _, _, order = locals(level)
           return "frame " .. info.short_src .. ":" .. info.currentline
-            .. (#order > 0 and (", its locals: " .. concat(order, ", ")) or ", no locals")
+            .. (#order > 0 and (", its locals and upvalues: " .. concat(order, ", ")) or ", no locals")
         end
 
         return eval, describe, candidates

@@ -82,6 +82,9 @@ import Testing
         // The locals of the frame the recipe is blocked in (go's), read and written back.
         let l = try Self.attach(d, "return attempts_left, limit\nattempts_left = attempts_left + 4\nreturn attempts_left\nfunction twice(x)\n  return 2 * x\nend\nreturn twice(21)\n")
         #expect(l.stdout == "3\t3\n7\n42\n", "\(l)")
+        // ...and its function's upvalues.
+        let u = try Self.attach(d, "return h.id\n")
+        #expect(u.stdout == "\"train\"\n", "\(u)")
         let e = try Self.attach(d, "error('boom')\n")
         #expect(e.code == 1 && e.stderr.contains("boom"), "\(e)")
         // A line that spins is stopped (the run waits meanwhile); the next one runs.
@@ -161,7 +164,7 @@ import Testing
         let p = try Pane("attach-tty", cwd: d, args: ["attach"], prompt: id + ">")
         defer { p.kill() }
         #expect(p.screen().contains("blocked in watch 'train' awaiting_artifacts: missing out/metrics.json"), "\(p.screen())")
-        #expect(p.screen().contains("its locals: limit, attempts_left"), "\(p.screen())")
+        #expect(p.screen().contains("its locals and upvalues: limit, attempts_left, h"), "\(p.screen())")
         p.expectLine("return myvar", "\"set by the recipe\"")
         p.expectLine("attempts_left", "\n3\n")
         // Tab completes the run's own globals.
