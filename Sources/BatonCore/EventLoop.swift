@@ -37,12 +37,19 @@ public final class EventLoop {
     public var journal: JournalWriter?
     /// Ends waits early (a journal that cannot be written).
     public var mustStop: () -> Bool = { false }
-    /// Called as each wait begins (the run writes its deferred journal events).
-    public var beforeWait: (() -> Void)?
+    /// Called each time the loop is about to block (the run writes its deferred journal
+    /// events: what a turn started goes out in one write, before anyone could look).
+    public var beforeBlocking: (() -> Void)?
     /// The wait in progress (what `status` and heartbeats say the recipe waits on).
     public private(set) var waitingOn: (label: WaitLabel, since: Double)?
 
     public init() {}
+
+    /// Descriptors every wait also polls, each with the handler called (between events,
+    /// never while Lua code runs) when it is readable: a live run's control socket.
+    /// While a handler runs, no source is polled (a handler that waits is not re-entered).
+    public var sources: [(fd: Int32, handler: () -> Void)] = []
+    private var inSource = false
 
     /// Set by `poke`: take another turn at once (a freed pool slot lets a waiting task start).
     private var poked = false
@@ -64,7 +71,6 @@ public final class EventLoop {
     public func wait(_ label: WaitLabel? = nil, deadline: Double? = nil, fds: [Int32] = [],
                      heartbeatEvery: Double? = nil, pollEvery: Double? = nil,
                      onReadable: ((Int32) -> Void)? = nil, until condition: () -> Bool) -> Outcome {
-        beforeWait?()
         let began = Clock.monotonic()
         let outer = waitingOn
         if let label { waitingOn = (label, began) }
@@ -111,7 +117,11 @@ public final class EventLoop {
             }
             let firstExtra = pfds.count
             for fd in fds { pfds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
+            let firstSource = pfds.count
+            let polled = inSource || cancelling ? [] : sources
+            for s in polled { pfds.append(pollfd(fd: s.fd, events: Int16(POLLIN), revents: 0)) }
             if poked { poked = false; wake = now }
+            beforeBlocking?()
             let ms: Int32 = wake.isInfinite ? -1 : Int32(max(0, min(3_600_000, ((wake - now) * 1000).rounded(.up))))
             if poll(&pfds, nfds_t(pfds.count), ms) > 0 {
                 if pfds[0].revents != 0 {
@@ -119,7 +129,12 @@ public final class EventLoop {
                     let got = read(baton_signal_fd(), &buf, buf.count)
                     if cancelling, got > 0 { for t in tasks { t.cancel(force: true) } }
                 }
-                for i in firstExtra..<pfds.count where pfds[i].revents != 0 { onReadable?(pfds[i].fd) }
+                for i in firstExtra..<firstSource where pfds[i].revents != 0 { onReadable?(pfds[i].fd) }
+                for (k, s) in polled.enumerated() where pfds[firstSource + k].revents != 0 {
+                    inSource = true
+                    s.handler()
+                    inSource = false
+                }
             }
         }
     }

@@ -76,6 +76,7 @@ public enum EventBody: Sendable {
     case log(LogRecord)
     case command(CommandRecord)
     case notRun(NotRun)
+    case control(ControlRecord)
     case final(FinalEvent)
     /// A type this version does not know (a newer writer): kept, shown, never dropped.
     case unknown(String, JSON)
@@ -87,7 +88,8 @@ public enum EventBody: Sendable {
         ("stage_stalled", StageStalled.fieldNames),
         ("preflight", PreflightRecord.fieldNames), ("watch", WatchTransition.fieldNames),
         ("gate", GateRecord.fieldNames), ("heartbeat", Heartbeat.fieldNames), ("log", LogRecord.fieldNames),
-        ("command", CommandRecord.fieldNames), ("not_run", NotRun.fieldNames), ("final", FinalEvent.fieldNames),
+        ("command", CommandRecord.fieldNames), ("not_run", NotRun.fieldNames), ("control", ControlRecord.fieldNames),
+        ("final", FinalEvent.fieldNames),
     ]
 
     public var type: String {
@@ -104,6 +106,7 @@ public enum EventBody: Sendable {
         case .log: return "log"
         case .command: return "command"
         case .notRun: return "not_run"
+        case .control: return "control"
         case .final: return "final"
         case let .unknown(t, _): return t
         }
@@ -123,6 +126,7 @@ public enum EventBody: Sendable {
         case let .log(l): return l.fieldsJSON
         case let .command(c): return c.fields
         case let .notRun(n): return n.fields
+        case let .control(c): return c.fields
         case let .final(f): return f.fields
         case let .unknown(_, j):
             return (j.objectValue ?? []).filter { !JournalEvent.envelope.contains($0.0) }
@@ -144,6 +148,7 @@ public enum EventBody: Sendable {
         case "log": self = .log(LogRecord(&f))
         case "command": self = .command(CommandRecord(&f))
         case "not_run": self = .notRun(NotRun(&f))
+        case "control": self = .control(ControlRecord(&f))
         case "final": self = .final(FinalEvent(&f))
         default: self = .unknown(type, j)
         }
@@ -611,6 +616,41 @@ public struct NotRun: Sendable {
     }
 
     var fields: [(String, JSON)] { [("via", .string(via)), ("target", .string(target)), ("reason", .string(reason))] }
+}
+
+/// An intervention on a live run through its control socket (`baton attach`, the shell's
+/// `:attach`): who (uid, user), from which pid, what, and the result.
+public struct ControlRecord: Sendable {
+    public var uid: Int64
+    public var user: String
+    public var pid: Int64
+    /// eval, kill, skip, extend, refused.
+    public var op: String
+    /// The stage or watch acted on, or the Lua text evaluated.
+    public var target: String
+    public var ok: Bool
+    public var result: String
+
+    public static let fieldNames = ["uid", "user", "pid", "op", "target", "ok", "result"]
+
+    public init(uid: Int64, user: String, pid: Int64, op: String, target: String, ok: Bool, result: String) {
+        self.uid = uid; self.user = user; self.pid = pid; self.op = op; self.target = target; self.ok = ok; self.result = result
+    }
+
+    init(_ f: inout Fields) {
+        uid = f.int("uid") ?? -1
+        user = f.string("user") ?? ""
+        pid = f.int("pid") ?? 0
+        op = f.string("op") ?? ""
+        target = f.string("target") ?? ""
+        ok = f.bool("ok")
+        result = f.string("result") ?? ""
+    }
+
+    var fields: [(String, JSON)] {
+        [("uid", .int(uid)), ("user", .string(user)), ("pid", .int(pid)), ("op", .string(op)), ("target", .string(target)),
+         ("ok", .bool(ok)), ("result", .string(result))]
+    }
 }
 
 public struct FinalEvent: Sendable {

@@ -54,6 +54,8 @@ public final class RunContext {
     /// The first call a fan-out's items ran for real: after the fan-out the main line runs everything.
     var fanOutRan: StageKey?
     var finished = false
+    /// Watches a control client asked to end as blocked (`:skip`); a watch's waits check it.
+    public var skipRequests: Set<String> = []
 
     public var interrupted: Bool { loop.interrupted }
 
@@ -75,7 +77,7 @@ public final class RunContext {
         loop.journal = journal
         loop.onHeartbeat = { [unowned self] hb in self.record(.heartbeat(hb)) }
         loop.mustStop = { [unowned self] in self.fatal != nil }
-        loop.beforeWait = { [unowned self] in self.writePending() }
+        loop.beforeBlocking = { [unowned self] in self.writePending() }
     }
 
     static func began(recipe: String, sha: String, args: [String], dryRun: Bool) -> RunBegan {

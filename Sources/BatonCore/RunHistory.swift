@@ -39,6 +39,8 @@ public struct WatchRecord: Sendable {
     public var since: Double
     public var reason: String
     public var details: JSON
+    /// The details of its `queued` transition (require_files, ready_timeout_sec, timeout_sec).
+    public var queued: JSON = .object([])
 }
 
 /// One attempt of a stage, with its log files (every life of the run, oldest first).
@@ -115,7 +117,8 @@ public struct RunHistory: Sendable {
         case let .stageStalled(s):
             if let i = stageIndex[s.key] { stages[i].stalled = s }
         case let .watch(w):
-            let rec = WatchRecord(id: w.id, state: w.to, since: e.ts, reason: w.reason, details: w.details)
+            var rec = WatchRecord(id: w.id, state: w.to, since: e.ts, reason: w.reason, details: w.details)
+            if w.to == .queued { rec.queued = w.details } else if let i = watchIndex[w.id] { rec.queued = watches[i].queued }
             if let i = watchIndex[w.id], !watches[i].state.isTerminal || w.from == nil { watches[i] = rec } else {
                 watchIndex[w.id] = watches.count
                 watches.append(rec)

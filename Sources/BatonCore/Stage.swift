@@ -264,7 +264,7 @@ public final class StageExecution: LoopTask {
             pid = j.pid ?? 0
             context.spawnedAny = true
             started.pid = j.pid
-            // Written with the next event or when the loop next waits (in a fan-out, one write
+            // Written with the next event or before the loop next blocks (in a fan-out, one write
             // for every stage a turn starts): a runner killed before then loses only this line.
             context.record(.stageStarted(started), deferred: true)
             deadline = spec.timeout.map { attemptStart + $0 }

@@ -115,14 +115,16 @@ public enum WatchTargetOutcome: Equatable {
 
 extension RunContext {
     /// Waits for a process (not necessarily our child) to exit, via pidfd.
-    public func waitForPid(_ pid: pid_t, timeout: Double, label: WaitLabel, heartbeatEvery: Double) -> WatchTargetOutcome {
+    public func waitForPid(_ pid: pid_t, timeout: Double, label: WaitLabel, heartbeatEvery: Double,
+                           stopIf: () -> Bool = { false }) -> WatchTargetOutcome {
         let pfd = baton_pidfd_open(pid)
         if pfd < 0 { return .exited(exit: nil, signal: nil, detail: "process \(pid) is not running") }
         defer { close(pfd) }
         var gone = false
         let r = loop.wait(label, deadline: Clock.monotonic() + timeout, fds: [pfd], heartbeatEvery: heartbeatEvery,
-                          onReadable: { _ in gone = true }) { gone }
+                          onReadable: { _ in gone = true }) { gone || stopIf() }
         switch r {
+        case .satisfied where !gone: return .timedOut
         case .satisfied:
             var st: Int32 = 0
             if waitpid(pid, &st, WNOHANG) == pid {
@@ -139,14 +141,15 @@ extension RunContext {
 
     /// Waits until no process (outside Baton's tree) matches `pattern`.
     public func waitForPattern(_ pattern: String, timeout: Double, poll: Double, label: WaitLabel,
-                               heartbeatEvery: Double) -> WatchTargetOutcome {
+                               heartbeatEvery: Double, stopIf: () -> Bool = { false }) -> WatchTargetOutcome {
         var last: [pid_t] = ProcessTable.matching(pattern) ?? []
         let first = last
         let r = loop.wait(label, deadline: Clock.monotonic() + timeout, heartbeatEvery: heartbeatEvery, pollEvery: poll) {
             last = ProcessTable.matching(pattern) ?? []
-            return last.isEmpty
+            return last.isEmpty || stopIf()
         }
         switch r {
+        case .satisfied where !last.isEmpty: return .timedOut
         case .satisfied:
             return .exited(exit: nil, signal: nil, detail: first.isEmpty ? "no process matches '\(pattern)'"
                            : "no process matches '\(pattern)' any more (was \(first.map(String.init).joined(separator: ", ")))")

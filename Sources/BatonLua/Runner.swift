@@ -87,7 +87,10 @@ public enum RecipeRunner {
         baton_abort_on_signals(1)
         if let b = o.budget { ctx.setBudget(b.seconds, text: b.text) }
 
+        // The control socket (baton attach): served by the loop while the recipe waits.
+        let control = o.dryRun ? nil : ControlServer.start(env: env, ctx: ctx)
         let ending = evaluate(env: env, recipe: o.recipe, text: text, readError: readError)
+        control?.close()
         env.flushProgress()
         if o.dryRun, ending.code == 0 {
             env.humanOut(planText(env.plan))

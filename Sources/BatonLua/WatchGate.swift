@@ -66,11 +66,14 @@ extension RecipeEnvironment {
         // 1. The watched thing runs until it exits.
         life.move(.running, "waiting for \(targetText) to finish")
         let hb = WaitLabel("watch", id)
+        // `:skip` through the control socket ends the watch as blocked, whatever it waits on.
+        let skipped = { ctx.skipRequests.contains(id) }
         var outcome: WatchTargetOutcome
         var stageFailed: StageResult? = nil
         if let e = exec {
-            let r = ctx.loop.wait(hb, deadline: Clock.monotonic() + timeout, heartbeatEvery: heartbeat) { e.isFinished }
+            let r = ctx.loop.wait(hb, deadline: Clock.monotonic() + timeout, heartbeatEvery: heartbeat) { e.isFinished || skipped() }
             switch r {
+            case .satisfied where !e.isFinished: outcome = .timedOut
             case .satisfied:
                 let res = e.result!
                 outcome = .exited(exit: res.exit, signal: res.signal, detail: "stage \(e.spec.id) \(res.status.rawValue)" + (res.exit.map { " (exit \($0))" } ?? ""))
@@ -81,11 +84,12 @@ extension RecipeEnvironment {
             case .interrupted: outcome = .interrupted
             }
         } else if let p = pid {
-            outcome = ctx.waitForPid(pid_t(p), timeout: timeout, label: hb, heartbeatEvery: heartbeat)
+            outcome = ctx.waitForPid(pid_t(p), timeout: timeout, label: hb, heartbeatEvery: heartbeat, stopIf: skipped)
         } else if let p = pattern {
-            outcome = ctx.waitForPattern(p, timeout: timeout, poll: min(readyPoll, 1), label: hb, heartbeatEvery: heartbeat)
+            outcome = ctx.waitForPattern(p, timeout: timeout, poll: min(readyPoll, 1), label: hb, heartbeatEvery: heartbeat, stopIf: skipped)
         } else if let f = file {
-            switch ctx.waitForFiles([f], timeout: timeout, poll: readyPoll, nonEmpty: false, label: hb, heartbeatEvery: heartbeat) {
+            switch ctx.waitForFiles([f], timeout: timeout, poll: readyPoll, nonEmpty: false, label: hb, heartbeatEvery: heartbeat,
+                                    stopIf: skipped) {
             case nil: outcome = .interrupted
             case let m? where m.isEmpty: outcome = .exited(exit: nil, signal: nil, detail: "file \(f) appeared")
             default: outcome = .timedOut
@@ -94,6 +98,7 @@ extension RecipeEnvironment {
             outcome = .exited(exit: nil, signal: nil, detail: "nothing to wait for")
         }
         try checkFatal()
+        if ctx.skipRequests.remove(id) != nil { return try skipWatch(l, life, info, began) }
         switch outcome {
         case .interrupted:
             life.move(.failed, "interrupted")
@@ -148,12 +153,16 @@ extension RecipeEnvironment {
             life.move(.awaiting_artifacts, "waiting up to \(Clock.human(readyTimeout)) for \(require.count) required file\(require.count == 1 ? "" : "s")",
                       details: .object([("files", .array(require.map(JSON.string)))]))
             guard let m = ctx.waitForFiles(require, timeout: readyTimeout, poll: readyPoll, nonEmpty: true,
-                                           label: hb, heartbeatEvery: heartbeat) else {
+                                           label: hb, heartbeatEvery: heartbeat, stopIf: skipped) else {
                 life.move(.failed, "interrupted while awaiting artifacts")
                 throw RecipeEnvironment.abort
             }
             missing = m
             try checkFatal()
+            if ctx.skipRequests.remove(id) != nil {
+                info.append(("missing", .array(m.map(JSON.string))))
+                return try skipWatch(l, life, info, began)
+            }
         }
         info.append(("files", .array(require.map(JSON.string))))
         info.append(("missing", .array(missing.map(JSON.string))))
@@ -188,6 +197,11 @@ extension RecipeEnvironment {
         let failedNote = stageFailed.map { "stage \($0.id) \($0.status.rawValue)" }
         life.move(.completed, ["done", failedNote, missing.isEmpty ? nil : "with missing artifacts"].compactMap { $0 }.joined(separator: "; "))
         return try finishWatch(l, life, info, began, ok: missing.isEmpty && stageFailed == nil, allowFail: true, message: nil)
+    }
+
+    private func skipWatch(_ l: LuaState, _ life: WatchLifecycle, _ info: [(String, JSON)], _ began: Double) throws -> Int32 {
+        life.move(.blocked, "skipped through the control socket (:skip)")
+        return try finishWatch(l, life, info, began, ok: false, allowFail: true, message: nil)
     }
 
     private func finishWatch(_ l: LuaState, _ life: WatchLifecycle, _ info: [(String, JSON)], _ began: Double,

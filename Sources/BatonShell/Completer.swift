@@ -11,6 +11,11 @@ struct Completer {
     var runIDs: () -> [String] = { [] }
     /// Stage ids of a run (for `:tail RUN STAGE`).
     var stageIDs: (String) -> [String] = { _ in [] }
+    /// Watch ids of a run (for `:skip WATCH` while attached).
+    var watchIDs: (String) -> [String] = { _ in [] }
+    /// The live run attached through its control socket, if any: then `:tail`, `:kill`,
+    /// `:extend` take its stage ids and `:skip` its watch ids.
+    var attachedRun: () -> String? = { nil }
     /// Completions of a dotted Lua name (shell.complete).
     var luaNames: (String) -> [String] = { _ in [] }
     /// Entries of a directory: (name, isDirectory).
@@ -27,6 +32,10 @@ struct Completer {
             let words = head.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
             guard let command = words.first.map(MetaCommand.canonical) else { return [] }
             let position = words.count   // 1: the first argument
+            if let run = attachedRun(), position == 1 {
+                let ids = command == ":skip" ? watchIDs(run) : [":tail", ":kill", ":extend"].contains(command) ? stageIDs(run) : []
+                return ids.filter { $0.hasPrefix(word) }.map { $0 + " " }
+            }
             if Completer.runCommands.contains(command) && position == 1 {
                 return (runIDs() + ["latest"]).filter { $0.hasPrefix(word) }.map { $0 + " " }
             }

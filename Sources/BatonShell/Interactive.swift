@@ -33,6 +33,12 @@ final class Interactive {
     /// Set to leave the loop with this exit code.
     var leaving: Int32?
     let cwd = FileIO.currentDirectory()
+    /// A live run attached through its control socket: lines and commands go to it.
+    var remote: AttachSession? {
+        didSet { completer.commands = remote == nil ? MetaCommand.names : AttachSession.commands }
+    }
+    /// `baton attach RUN`: attach at start; `:detach` then leaves.
+    var startAttached: String?
 
     init(root: String) {
         self.root = FileIO.absolute(root)
@@ -50,14 +56,16 @@ final class Interactive {
         }
         let store = RunStore(root: root)
         completer.runIDs = { store.ids().reversed() }
-        completer.stageIDs = { ref in Interactive.stageIDs(store: store, ref: ref) }
-        completer.luaNames = { [unowned self] chain in self.shellLua.candidates(chain) }
+        completer.stageIDs = { ref in Interactive.history(store: store, ref: ref)?.stageIDs ?? [] }
+        completer.watchIDs = { ref in Interactive.history(store: store, ref: ref)?.watches.filter { !$0.state.isTerminal }.map(\.id) ?? [] }
+        completer.attachedRun = { [unowned self] in self.remote?.dir.id }
+        completer.luaNames = { [unowned self] chain in self.remote?.complete(chain) ?? self.shellLua.candidates(chain) }
         _ = baton_set_subreaper()   // a stage's escaped grandchildren come back to us
         baton_abort_on_signals(1)
         activeShell = self
         baton_line_init("baton", completionHook)
         history?.load()
-        say(banner())
+        if let ref = startAttached { attach(ref, fromCommandLine: true) } else { say(banner()) }
         loop()
         activeShell = nil
         return leave(code: leaving ?? 0)
@@ -68,23 +76,37 @@ final class Interactive {
     func loop() {
         var chunk: [String] = []
         while leaving == nil {
-            let prompt = chunk.isEmpty ? "> " : ">> "
+            let prompt = remote?.prompt ?? (chunk.isEmpty ? "> " : ">> ")
             guard let raw = baton_line_read(prompt) else {
                 let sig = baton_signal_pending()
                 if sig == SIGINT {
                     // readline returns NULL on Ctrl-C as on end of input: the flag tells.
-                    say(chunk.isEmpty ? "^C (Ctrl-D or :quit leaves)" : "^C")
+                    say(chunk.isEmpty && (remote?.pending.isEmpty ?? true) ? "^C (Ctrl-D or :quit leaves)" : "^C")
                     chunk = []
+                    remote?.pending = []
                     resetInterrupt()
                     continue
                 }
                 if sig != 0 { leaving = 128 + Int32(sig); break }
                 say("")
+                if let r = remote, startAttached == nil {   // Ctrl-D while attached in the shell: back to the shell
+                    remote = nil
+                    say("detached from run \(r.dir.id): it goes on")
+                    continue
+                }
                 break
             }
             let line = String(cString: raw)
             free(raw)
             if baton_signal_pending() != 0 { resetInterrupt() }
+            if let r = remote {
+                if !line.trimmingWhitespace().isEmpty { history?.add(line) }
+                if !r.handle(line) {
+                    remote = nil
+                    if startAttached != nil { leaving = 0 } else { say("detached from run \(r.dir.id): it goes on") }
+                }
+                continue
+            }
             if chunk.isEmpty {
                 let t = line.trimmingWhitespace()
                 if t.isEmpty { continue }
@@ -245,8 +267,8 @@ final class Interactive {
         return lines.joined(separator: "\n")
     }
 
-    static func stageIDs(store: RunStore, ref: String) -> [String] {
-        guard let dir = try? store.resolve(ref), let c = try? JournalReader.read(dir.journal) else { return [] }
-        return RunHistory(c.events).stageIDs
+    static func history(store: RunStore, ref: String) -> RunHistory? {
+        guard let dir = try? store.resolve(ref), let c = try? JournalReader.read(dir.journal) else { return nil }
+        return RunHistory(c.events)
     }
 }

@@ -11,7 +11,7 @@ enum MetaCommand {
         (":help", "[COMMAND]", "this list"),
         (":runs", "", "the runs in this directory, newest first"),
         (":status", "[RUN]", "one run: state, current stage, liveness (default: the attached run, or latest)"),
-        (":attach", "[RUN]", "set the Lua value `run` to the run's state (stages, events, final); again to refresh"),
+        (":attach", "[RUN]", "a live run: run lines inside it (:detach leaves); otherwise set `run` to its state (stages, events, final)"),
         (":tail", "[-f] RUN [STAGE]", "the run's last events, or a stage's latest output; -f follows until Ctrl-C"),
         (":report", "[RUN]", "write the run's HTML report (default: the attached run, or latest) and print its path"),
         (":cancel", "RUN", "stop a live run, or finish an orphaned one"),
@@ -121,9 +121,23 @@ extension Interactive {
         return dir
     }
 
-    func attach(_ ref: String?) {
+    func attach(_ ref: String?, fromCommandLine: Bool = false) {
         guard let dir = find(ref) else { return }
         let info = RunInfo.load(dir)
+        if info.isLive, dir.id != env.context?.dir.id {
+            // A live run: its control socket, so lines run inside it.
+            var why: String?
+            if let session = AttachSession.connect(dir, why: &why) {
+                remote = session
+                attached = dir.id
+                say(session.greeting)
+                say("lines run inside the run (its globals, and the locals of the frame it is blocked in); :help for commands, :detach leaves it running")
+                return
+            }
+            say("run \(dir.id) is live but cannot be attached (\(why ?? "?")): this is its journal view")
+        } else if fromCommandLine {
+            say("run \(dir.id) is not live (\(Render.stateText(info))): this is its journal view (as the shell's :attach)")
+        }
         attached = dir.id
         let state = RunState.json(info)
         lua.push(json: state)
@@ -166,21 +180,25 @@ extension Interactive {
 
     /// The latest attempt of a stage: the end of its stdout and stderr.
     func stageTail(_ dir: RunDirectory, stage: String, lines: Int = 40) {
+        let r = Interactive.stageTail(dir, stage: stage, lines: lines)
+        if r.ok { say(r.text, newline: false) } else { err(r.text) }
+    }
+
+    /// The end of a stage's latest attempt (its stdout, then its stderr), or why there is none.
+    static func stageTail(_ dir: RunDirectory, stage: String, lines: Int = 40) -> (text: String, ok: Bool) {
         let history = RunHistory(((try? JournalReader.read(dir.journal)) ?? JournalContents()).events)
         guard let latest = history.attempts(of: stage).last else {
             let known = history.stageIDs
-            err("run \(dir.id) has no stage '\(stage)'" + (known.isEmpty ? "" : "; its stages: " + known.joined(separator: ", ")))
-            return
+            return ("run \(dir.id) has no stage '\(stage)'" + (known.isEmpty ? "" : "; its stages: " + known.joined(separator: ", ")), false)
         }
-        say("==> stage \(stage) attempt \(latest.attempt): \(latest.logs.stdout) <==")
-        say(tailText(latest.logs.stdout, lines), newline: false)
+        var text = "==> stage \(stage) attempt \(latest.attempt): \(latest.logs.stdout) <==\n" + tailText(latest.logs.stdout, lines)
         if let s = try? FileIO.readString(latest.logs.stderr), !s.isEmpty {
-            say("--- stderr (\(latest.logs.stderr)) ---")
-            say(tailText(latest.logs.stderr, lines / 2), newline: false)
+            text += "--- stderr (\(latest.logs.stderr)) ---\n" + tailText(latest.logs.stderr, lines / 2)
         }
+        return (text, true)
     }
 
-    func tailText(_ path: String, _ n: Int) -> String {
+    static func tailText(_ path: String, _ n: Int) -> String {
         guard let s = try? FileIO.readString(path), !s.isEmpty else { return "(no output yet)\n" }
         var all = s.split(separator: "\n", omittingEmptySubsequences: false)
         if all.last == "" { all.removeLast() }

@@ -58,7 +58,8 @@ public enum Render {
             if let p = i.currentPid { s += ", pid \(p)" }
             lines.append(s)
         }
-        if i.running.count > 1 || i.running.contains(where: { $0.stage.stalled != nil }) {
+        if let b = i.blockedIn { lines.append("blocked  \(b.text)") }
+        if !i.running.isEmpty {
             lines.append("running  \(i.running.count) stage\(i.running.count == 1 ? "" : "s")")
             for r in i.running {
                 var s = "  \(r.stage.key)  attempt \(r.stage.attempt)"
@@ -67,6 +68,8 @@ public enum Render {
                 s += r.stage.stalled != nil ? "  STALLED (no output for \(Clock.human(r.silent)))" : "  last output \(Clock.human(r.silent)) ago"
                 if let c = r.stage.command { s += "  \(c.display.prefix(60))" }
                 lines.append(s)
+                if let l = RunInfo.lastLine(r.stage.logs) { lines.append("    last line: \(l.prefix(100))") }
+                for p in r.stage.pid.map(StageProcess.of) ?? [] { lines.append("    \(p.role) \(p.pid): \(p.command.prefix(80))") }
             }
         }
         if let l = i.lastEvent { lines.append("last     \(l.type) \(ago(l.ts))") }
@@ -129,6 +132,8 @@ public enum Render {
             detail += " in \(Clock.human(Double(c.durationMs) / 1000))"
         case let .notRun(n):
             detail = "\(n.via) \(n.target.prefix(120)) (\(n.reason))"
+        case let .control(c):
+            detail = "\(c.op) \(c.target.prefix(80).split(separator: "\n").joined(separator: " ⏎ ")) by \(c.user) (uid \(c.uid), pid \(c.pid)): \(c.ok ? "" : "FAILED ")\(c.result.prefix(120))"
         case let .final(f):
             detail = "\(f.status) exit \(f.exitCode)"
             if let r = f.reason { detail += ": \(r)" }

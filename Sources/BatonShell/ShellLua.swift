@@ -12,15 +12,7 @@ final class ShellLua {
     private var candidatesRef: Int32 = LUA_NOREF
 
     /// Loads Baton's own copies (a repo's scripts-lua/shell/ cannot shadow them).
-    static let bootstrap = """
-        local function builtin(name)
-          local searchers = package.searchers
-          local loader, where = searchers[#searchers](name)
-          if type(loader) == "function" and type(where) == "string" and where:sub(1, 6) == "baton:" then
-            return loader(name, where)
-          end
-          return require(name)
-        end
+    static let bootstrap = ControlLua.builtin + """
         return builtin("shell.pretty").show, builtin("shell.complete").candidates
         """
 
@@ -51,25 +43,7 @@ final class ShellLua {
     }
 
     /// Completions of a dotted Lua name.
-    func candidates(_ chain: String) -> [String] {
-        let base = lua.top
-        defer { lua.top = base }
-        lua.pushRef(candidatesRef)
-        lua.push(chain)
-        do { try lua.pcall(nargs: 1, nresults: 1) } catch let e as LuaCallError {
-            lua.unref(e.ref)
-            return []
-        } catch { return [] }
-        var out: [String] = []
-        guard lua.type(-1) == LUA_TTABLE else { return [] }
-        var i: lua_Integer = 1
-        while lua_rawgeti(lua.L, -1, i) == LUA_TSTRING {
-            if let s = lua.string(-1) { out.append(s) }
-            lua.pop()
-            i += 1
-        }
-        return out
-    }
+    func candidates(_ chain: String) -> [String] { lua.strings(calling: candidatesRef, with: chain) }
 
     /// Evaluates `return <expression>` and formats its values (tests, and nothing else).
     func format(expression: String) throws -> String {

@@ -262,3 +262,57 @@ void baton_crash_guard_track(pid_t pgid) {
 void baton_crash_guard_untrack(pid_t pgid) {
     for (int i = 0; i < CRASH_MAX_GROUPS; i++) if (crash_groups[i] == pgid) { crash_groups[i] = 0; return; }
 }
+
+/* ---- The control socket ---------------------------------------------------- */
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+static int control_address(const char *path, struct sockaddr_un *a) {
+    memset(a, 0, sizeof *a);
+    a->sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof a->sun_path) return -ENAMETOOLONG;
+    strcpy(a->sun_path, path);
+    return 0;
+}
+
+int baton_control_listen(const char *path) {
+    struct sockaddr_un a;
+    int r = control_address(path, &a);
+    if (r < 0) return r;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return -errno;
+    unlink(path);
+    mode_t old = umask(0177);
+    r = bind(fd, (struct sockaddr *)&a, sizeof a);
+    int e = errno;
+    umask(old);
+    if (r == 0) r = chmod(path, 0600), e = errno;
+    if (r == 0) r = listen(fd, 16), e = errno;
+    if (r != 0) { close(fd); return -e; }
+    return fd;
+}
+
+int baton_control_accept(int listen_fd, uid_t *uid, pid_t *pid) {
+    int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0) return -errno;
+    struct ucred c;
+    socklen_t n = sizeof c;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c, &n) != 0) { int e = errno; close(fd); return -e; }
+    *uid = c.uid;
+    *pid = c.pid;
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+int baton_control_connect(const char *path) {
+    struct sockaddr_un a;
+    int r = control_address(path, &a);
+    if (r < 0) return r;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) { int e = errno; close(fd); return -e; }
+    return fd;
+}

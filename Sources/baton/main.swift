@@ -147,6 +147,9 @@ case "__watchdog":
     // Started by a runner (see Survivors.watchdog); not for people.
     guard argv.count == 3 else { fail("__watchdog RUN_ID") }
     exit(Survivors.watchdog(runID: argv[2]))
+case "attach":
+    let p = parse(argv[2...], flags: [], values: ["--runs-dir"], stopAtPositional: false, maxPositional: 1)
+    exit(Attach.main(root: runsRoot(p), ref: p.positional.first))
 case "repl":
     let p = parse(argv[2...], flags: [], values: ["--runs-dir"], stopAtPositional: false, maxPositional: 0)
     exit(Shell.main(root: runsRoot(p)))

@@ -54,6 +54,13 @@ import Testing
         #expect(Harness.waitFor(10) { (try? Harness.run(["status", "--json"], cwd: d))?.stdout.contains("orphaned") == true })
         #expect(try Harness.run(["cancel"], cwd: d).code == 0)
         events += Harness.journal(orphan)
+        // A live run a control client acts on (control).
+        Harness.write(d + "/live.lua", "watch{id = 'w', file = 'never', timeoutSec = 60}\n")
+        let live = String(try Harness.run(["run", "--detach", "live.lua"], cwd: d).stdout.split(separator: "\n")[1])
+        #expect(Harness.waitFor(20) { (Harness.read(live + "/journal.jsonl") ?? "").contains("\"to\":\"running\"") })
+        _ = try Harness.run(["attach", (live as NSString).lastPathComponent], cwd: d, stdin: ":skip w\n")
+        #expect(Harness.waitFor(20) { Harness.final(live) != nil })
+        events += Harness.journal(live)
 
         let envelope = Set(JournalEvent.envelope)
         var seen: [String: Set<String>] = [:]

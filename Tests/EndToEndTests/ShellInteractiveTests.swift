@@ -9,8 +9,8 @@ final class Pane {
     let name: String
     let state: String
 
-    /// Starts `baton repl` in `cwd` with HOME and XDG_STATE_HOME in the test's directory.
-    init(_ tag: String, cwd: String? = nil, state: String? = nil) throws {
+    /// Starts `baton repl` (or `baton ARGS`) in `cwd` with HOME and XDG_STATE_HOME in the test's directory.
+    init(_ tag: String, cwd: String? = nil, state: String? = nil, args: [String] = ["repl"], prompt: String = ">") throws {
         dir = Harness.tempDir("shell-\(tag)")
         socket = dir + "/tmux.sock"
         name = "baton-\(tag)-\(UUID().uuidString.prefix(6))"
@@ -18,10 +18,10 @@ final class Pane {
         let work = cwd ?? dir
         let env = ["HOME=\(dir)", "XDG_STATE_HOME=\(self.state)", "NO_COLOR=1", "TERM=xterm-256color", "LANG=C.UTF-8",
                    "PATH=\(Harness.fixtures):/usr/local/bin:/usr/bin:/bin"]
-        let command = "cd \(Pane.quote(work)) && env \(env.map(Pane.quote).joined(separator: " ")) \(Pane.quote(Harness.binary)) repl; "
+        let command = "cd \(Pane.quote(work)) && env \(env.map(Pane.quote).joined(separator: " ")) \(Pane.quote(Harness.binary)) \(args.map(Pane.quote).joined(separator: " ")); "
             + "echo BATON-EXIT=$?; sleep 600"
         try tmux(["new-session", "-d", "-s", name, "-x", "160", "-y", "50", command])
-        #expect(waitForPrompt(">"), "no prompt: \(screen())")
+        #expect(waitForPrompt(prompt), "no prompt: \(screen())")
     }
 
     static func quote(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'" }

@@ -24,6 +24,17 @@ import Testing
         #expect(c.complete(before: "", word: ":zz").isEmpty)
     }
 
+    @Test func whileAttachedStageAndWatchIDs() {
+        var c = completer()
+        c.commands = AttachSession.commands
+        c.watchIDs = { _ in ["train"] }
+        c.attachedRun = { "20261122-181812-3f9a" }
+        #expect(c.complete(before: "", word: ":sk") == [":skip "])
+        for cmd in [":tail", ":kill", ":extend"] { #expect(c.complete(before: cmd + " ", word: "b") == ["build ", "bench "], "\(cmd)") }
+        #expect(c.complete(before: ":skip ", word: "") == ["train "])
+        #expect(c.complete(before: "", word: "baton.fs.ex") == ["baton.fs.exists("])
+    }
+
     @Test func runIDsAfterRunCommands() {
         let c = completer()
         for cmd in [":status", ":attach", ":tail", ":cancel", ":resume"] {

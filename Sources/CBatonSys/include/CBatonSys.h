@@ -60,4 +60,13 @@ void baton_crash_guard_disarm(void);        /* the real final.json is written */
 /* An anonymous in-memory file (close-on-exec): a stage's stdin text. */
 int baton_memfd(const char *name);
 
+/* ---- The control socket (a live run's `control.sock`) ---------------------
+ * listen: a Unix stream socket at `path` (replacing a stale one), mode 0600 from the
+ * start (umask around bind), close-on-exec and non-blocking; returns the fd or -errno.
+ * accept: the next connection (blocking, close-on-exec) and its peer's credentials
+ * (SO_PEERCRED); returns the fd or -errno. connect: returns the fd or -errno. */
+int baton_control_listen(const char *path);
+int baton_control_accept(int listen_fd, uid_t *uid, pid_t *pid);
+int baton_control_connect(const char *path);
+
 #endif
