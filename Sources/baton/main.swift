@@ -1,136 +1,247 @@
-// The command line only: parse, dispatch, exit code. Logic lives in the libraries.
+// The command line only: each command declared once (swift-argument-parser), dispatch,
+// exit code. Logic lives in the libraries.
+import ArgumentParser
 import BatonCore
 import BatonLua
 import BatonShell
 import CBatonSys
 import Glibc
 
-let usage = """
-usage: baton                                  interactive shell (stdin a terminal)
-       baton repl                             interactive shell
-       baton run [OPTIONS] RECIPE [ARGS...]   run a recipe
-       baton runs [--json]                    list runs, newest first
-       baton status [RUN] [--json]            one run: state, current stage, liveness
-       baton log [RUN] [--follow] [--stage ID] [--json]
-       baton cancel [RUN]                     stop a live run (or finish an orphaned one)
-       baton resume [RUN] [--json]            continue a run, replaying what passed
-       baton check RECIPE                     syntax and static checks, runs nothing
-
-run options (before RECIPE): --dry-run, --detach, --json, --runs-dir DIR, --run-id ID,
-  --sync batched|always (journal flushes: batched by default, every event with 'always')
-every command takes --runs-dir DIR (or BATON_RUNS_DIR; default .baton/runs)
-RUN is a run id, a unique prefix of one, or 'latest' (the default)
-"""
-
-func fail(_ message: String, code: ExitStatus = .usage) -> Never {
-    diag("baton: \(message)")
-    if code == .usage { diag("run 'baton --help' for usage") }
-    exit(code.rawValue)
+/// Options every command takes, before or after the command's name
+/// (`baton --runs-dir D runs` and `baton runs --runs-dir D`).
+struct Globals: ParsableArguments {
+    @Option(name: .customLong("runs-dir"),
+            help: ArgumentHelp("The runs directory (default: BATON_RUNS_DIR, else .baton/runs).", valueName: "DIR"),
+            completion: .directory)
+    var runsDir: String?
 }
 
-func syncPolicy(_ p: Parsed) -> SyncPolicy {
-    guard let v = p.values["--sync"] else { return RunOptions.defaultSync }
-    guard let s = SyncPolicy(rawValue: v), s != .never else { fail("--sync must be 'batched' or 'always', got '\(v)'") }
+/// The `--runs-dir` given after the command wins over one given before it.
+protocol RunsCommand: ParsableCommand {
+    var globals: Globals { get }
+}
+
+extension RunsCommand {
+    var root: String { RunStore.defaultRoot(override: globals.runsDir ?? Baton.leadingRunsDir) }
+}
+
+/// A RUN argument: an id, a unique prefix of one, or `latest`; Tab offers the ids.
+let runHelp = ArgumentHelp("A run id, a unique prefix of one, or 'latest' (the default).", valueName: "RUN")
+let runCompletion = CompletionKind.custom { words, _, _ in Completion.runIDs(words: words) }
+
+struct JSONFlag: ParsableArguments {
+    @Flag(name: .long, help: "Print JSON on stdout (docs/cli.md).") var json = false
+}
+
+struct Baton: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "baton",
+        abstract: "Runs Lua recipes of stages, journaled, resumable.",
+        discussion: """
+            With no command: the interactive shell when stdin is a terminal, else the Lua read \
+            from stdin. Exit codes: 0 success, 1 failure, 2 gate exhausted, 3 usage, \
+            4 preflight failed, 5..99 recipe chosen, 128+n signal n (docs/guide.md).
+            """,
+        version: "baton \(BatonVersion.string) (Lua \(LuaInfo.version))",
+        // The `report` command (another branch) goes in this list.
+        subcommands: [Run.self, Runs.self, Status.self, Log.self, Cancel.self, Resume.self, Check.self,
+                      Repl.self, Version.self])
+
+    @OptionGroup var globals: Globals
+
+    /// `--runs-dir` given before the command's name (read before parsing: subcommands
+    /// see only their own options).
+    nonisolated(unsafe) static var leadingRunsDir: String?
+
+    mutating func run() throws {
+        Glibc.exit(Shell.main(root: RunStore.defaultRoot(override: globals.runsDir)))
+    }
+}
+
+struct Run: RunsCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run a recipe.",
+        discussion: """
+            Options come before RECIPE; everything after it belongs to the recipe (`arg`, `...`, \
+            and key=value words in baton.args): `baton run r.lua --json x=1` passes both words on.
+            """)
+
+    @Flag(name: .customLong("dry-run"), help: "Show the stages that would run; run nothing.") var dryRun = false
+    @Flag(help: "Start the run in its own session and return at once, printing its id and directory.") var detach = false
+    @Flag(help: "Print final.json on stdout; everything for people goes to stderr.") var json = false
+    @Option(name: .customLong("run-id"), help: ArgumentHelp("The run's id (letters, digits, '-', '_', '.').", valueName: "ID"))
+    var runID: String?
+    @Option(name: .customLong("existing-run"), help: .hidden) var existingRun: String?
+    @Option(help: ArgumentHelp("Journal flushes: 'batched' (default) or 'always'.", valueName: "batched|always"),
+            completion: .list(["batched", "always"]))
+    var sync: String?
+    @OptionGroup var globals: Globals
+    @Argument(help: ArgumentHelp("The recipe file; the words after it are the recipe's own.", valueName: "RECIPE"),
+              completion: .file(extensions: ["lua"]))
+    var recipe: String?
+    @Argument(help: ArgumentHelp("The recipe's arguments, options included.", valueName: "ARGS"))
+    var args: [String] = []
+
+    /// Options of `run` that take a value (where the recipe starts is found before parsing).
+    static let valueOptions: Set<String> = ["--run-id", "--existing-run", "--sync", "--runs-dir"]
+    /// The words after RECIPE: they are the recipe's, never parsed as baton's options.
+    nonisolated(unsafe) static var passthrough: [String] = []
+
+    func validate() throws {
+        guard recipe != nil else { throw ValidationError("run needs a RECIPE file") }
+        _ = try syncPolicy(sync)
+    }
+
+    mutating func run() throws {
+        var o = RunOptions(recipe: recipe!, runsDir: root)
+        o.words = args + Run.passthrough
+        o.runID = runID ?? existingRun
+        o.dryRun = dryRun
+        o.json = json
+        o.sync = try syncPolicy(sync)
+        o.existingRun = existingRun != nil
+        Run.start(o, detach: detach)
+    }
+
+    /// The one way from options to a runner (or a detached one).
+    static func start(_ o: RunOptions, detach: Bool) -> Never {
+        if detach { Glibc.exit(Detach.start(options: o)) }
+        _ = baton_set_subreaper()
+        Glibc.exit(RecipeRunner.run(o))
+    }
+
+    /// `baton run RECIPE [WORDS...]` with no option before RECIPE leaves the parser nothing
+    /// to decide, and its reflection over every declaration would cost a third of a cold
+    /// start (docs/performance.md). Any other form is parsed.
+    static func plain(_ args: [String]) -> RunOptions? {
+        guard args.count >= 2, args[0] == "run", let r = args[1].first, r != "-", args[1] != "help" else { return nil }
+        var o = RunOptions(recipe: args[1], runsDir: RunStore.defaultRoot())
+        o.words = Array(args.dropFirst(2))
+        return o
+    }
+}
+
+func syncPolicy(_ v: String?) throws -> SyncPolicy {
+    guard let v else { return RunOptions.defaultSync }
+    guard let s = SyncPolicy(rawValue: v), s != .never else { throw ValidationError("--sync must be 'batched' or 'always', got '\(v)'") }
     return s
 }
 
-struct Parsed {
-    var flags: Set<String> = []
-    var values: [String: String] = [:]
-    var positional: [String] = []
-    var rest: [String] = []
+struct Runs: RunsCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "runs", abstract: "List runs, newest first.")
+    @OptionGroup var json: JSONFlag
+    @OptionGroup var globals: Globals
+
+    mutating func run() throws { Glibc.exit(Commands.runs(root: root, json: json.json)) }
 }
 
-/// Parses options of a command. For `run`, parsing stops at the first positional
-/// (the recipe): everything after it belongs to the recipe.
-func parse(_ args: ArraySlice<String>, flags: Set<String>, values: Set<String>, stopAtPositional: Bool, maxPositional: Int) -> Parsed {
-    var p = Parsed()
-    var i = args.startIndex
-    while i < args.endIndex {
-        let a = args[i]
-        if a == "--" { p.positional.append(contentsOf: args[(i + 1)...]); break }
-        if a.hasPrefix("--") {
-            var name = a, inline: String? = nil
-            if let eq = a.firstIndex(of: "=") { name = String(a[..<eq]); inline = String(a[a.index(after: eq)...]) }
-            if flags.contains(name), inline == nil { p.flags.insert(name) }
-            else if values.contains(name) {
-                if let v = inline { p.values[name] = v } else {
-                    i += 1
-                    guard i < args.endIndex else { fail("\(name) needs a value") }
-                    p.values[name] = args[i]
-                }
-            } else { fail("unknown option \(a)") }
-        } else if a.hasPrefix("-") && a.count > 1 {
-            fail("unknown option \(a)")
-        } else {
-            p.positional.append(a)
-            if stopAtPositional { p.rest = Array(args[(i + 1)...]); break }
-        }
-        i += 1
+struct Status: RunsCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status", abstract: "One run: state, current stage, liveness.")
+    @Argument(help: runHelp, completion: runCompletion) var ref: String?
+    @OptionGroup var json: JSONFlag
+    @OptionGroup var globals: Globals
+
+    mutating func run() throws { Glibc.exit(Commands.status(root: root, ref: ref, json: json.json)) }
+}
+
+struct Log: RunsCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "log", abstract: "A run's journal as lines, or a stage's output.")
+    @Argument(help: runHelp, completion: runCompletion) var ref: String?
+    @Flag(name: [.long, .customShort("f")], help: "Follow the journal until the run ends.") var follow = false
+    @Option(help: ArgumentHelp("Show this stage's stdout and stderr (every attempt).", valueName: "ID")) var stage: String?
+    @OptionGroup var json: JSONFlag
+    @OptionGroup var globals: Globals
+
+    mutating func run() throws {
+        Glibc.exit(Commands.log(root: root, ref: ref, follow: follow, stage: stage, json: json.json))
     }
-    if p.positional.count > maxPositional { fail("unexpected argument '\(p.positional[maxPositional])'") }
-    return p
+}
+
+struct Cancel: RunsCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cancel", abstract: "Stop a live run (or finish an orphaned one).")
+    @Argument(help: runHelp, completion: runCompletion) var ref: String?
+    @OptionGroup var json: JSONFlag
+    @OptionGroup var globals: Globals
+
+    mutating func run() throws { Glibc.exit(Commands.cancel(root: root, ref: ref, json: json.json)) }
+}
+
+struct Resume: RunsCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "resume", abstract: "Continue a run, replaying what passed.")
+    @Argument(help: runHelp, completion: runCompletion) var ref: String?
+    @Option(help: ArgumentHelp("Journal flushes: 'batched' (default) or 'always'.", valueName: "batched|always"),
+            completion: .list(["batched", "always"]))
+    var sync: String?
+    @OptionGroup var json: JSONFlag
+    @OptionGroup var globals: Globals
+
+    func validate() throws { _ = try syncPolicy(sync) }
+
+    mutating func run() throws {
+        _ = baton_set_subreaper()
+        Glibc.exit(Commands.resume(root: root, ref: ref, json: json.json, sync: try syncPolicy(sync)))
+    }
+}
+
+struct Check: RunsCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check", abstract: "Syntax and static checks of a recipe; runs nothing.")
+    @Argument(help: ArgumentHelp("The recipe file.", valueName: "RECIPE"), completion: .file(extensions: ["lua"]))
+    var recipe: String
+    @OptionGroup var json: JSONFlag
+    @OptionGroup var globals: Globals
+
+    mutating func run() throws { Glibc.exit(Commands.check(recipe: recipe, json: json.json)) }
+}
+
+struct Repl: RunsCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "repl", abstract: "The interactive shell.")
+    @OptionGroup var globals: Globals
+
+    mutating func run() throws { Glibc.exit(Shell.main(root: root)) }
+}
+
+struct Version: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "version", abstract: "Print the version.", shouldDisplay: false)
+
+    mutating func run() throws {
+        print(Baton.configuration.version)
+        Glibc.exit(ExitStatus.success.rawValue)
+    }
 }
 
 baton_signals_install()
-let argv = CommandLine.arguments
-let command = argv.count > 1 ? argv[1] : nil
-
-func runsRoot(_ p: Parsed) -> String { RunStore.defaultRoot(override: p.values["--runs-dir"]) }
-
-switch command {
-case "-h", "--help", "help":
-    print(usage)
-    exit(ExitStatus.success.rawValue)
-case "--version", "version":
-    print("baton \(BatonVersion.string) (Lua \(LuaInfo.version))")
-    exit(ExitStatus.success.rawValue)
-case "run":
-    let p = parse(argv[2...], flags: ["--dry-run", "--detach", "--json"], values: ["--runs-dir", "--run-id", "--existing-run", "--sync"],
-                  stopAtPositional: true, maxPositional: 1)
-    guard let recipe = p.positional.first else { fail("run needs a RECIPE file") }
-    var o = RunOptions(recipe: recipe, runsDir: runsRoot(p))
-    o.words = p.rest
-    o.runID = p.values["--run-id"] ?? p.values["--existing-run"]
-    o.dryRun = p.flags.contains("--dry-run")
-    o.json = p.flags.contains("--json")
-    o.sync = syncPolicy(p)
-    if p.flags.contains("--detach") {
-        exit(Detach.start(options: o))
+var arguments = Array(CommandLine.arguments.dropFirst())
+if let o = Run.plain(arguments) { Run.start(o, detach: false) }
+Baton.leadingRunsDir = Completion.leadingRunsDir(arguments)
+(arguments, Run.passthrough) = Completion.splitRecipeArguments(arguments)
+let commandNames = Baton.configuration.subcommands.filter { $0.configuration.shouldDisplay }.compactMap { $0.configuration.commandName }
+if let message = Completion.unknownCommand(arguments, known: commandNames + ["help", "version"]) {
+    diag("baton: " + message)
+    Glibc.exit(ExitStatus.usage.rawValue)
+}
+do {
+    var command = try Baton.parseAsRoot(arguments)
+    try command.run()
+} catch {
+    let code = Baton.exitCode(for: error)
+    let message = Baton.fullMessage(for: error)
+    if code == .success {
+        // --help, help COMMAND, --version, completion scripts and answers.
+        if !message.isEmpty { Console.out(message) }
+        Glibc.exit(ExitStatus.success.rawValue)
     }
-    o.existingRun = p.values["--existing-run"] != nil
-    _ = baton_set_subreaper()
-    exit(RecipeRunner.run(o))
-case "resume":
-    let p = parse(argv[2...], flags: ["--json"], values: ["--runs-dir", "--sync"], stopAtPositional: false, maxPositional: 1)
-    _ = baton_set_subreaper()
-    exit(Commands.resume(root: runsRoot(p), ref: p.positional.first, json: p.flags.contains("--json"), sync: syncPolicy(p)))
-case "runs":
-    let p = parse(argv[2...], flags: ["--json"], values: ["--runs-dir"], stopAtPositional: false, maxPositional: 0)
-    exit(Commands.runs(root: runsRoot(p), json: p.flags.contains("--json")))
-case "status":
-    let p = parse(argv[2...], flags: ["--json"], values: ["--runs-dir"], stopAtPositional: false, maxPositional: 1)
-    exit(Commands.status(root: runsRoot(p), ref: p.positional.first, json: p.flags.contains("--json")))
-case "log":
-    let p = parse(argv[2...], flags: ["--json", "--follow", "-f"], values: ["--runs-dir", "--stage"], stopAtPositional: false, maxPositional: 1)
-    exit(Commands.log(root: runsRoot(p), ref: p.positional.first, follow: p.flags.contains("--follow"),
-                      stage: p.values["--stage"], json: p.flags.contains("--json")))
-case "cancel":
-    let p = parse(argv[2...], flags: ["--json"], values: ["--runs-dir"], stopAtPositional: false, maxPositional: 1)
-    exit(Commands.cancel(root: runsRoot(p), ref: p.positional.first, json: p.flags.contains("--json")))
-case "check":
-    let p = parse(argv[2...], flags: ["--json"], values: ["--runs-dir"], stopAtPositional: false, maxPositional: 1)
-    guard let recipe = p.positional.first else { fail("check needs a RECIPE file") }
-    exit(Commands.check(recipe: recipe, json: p.flags.contains("--json")))
-case "repl":
-    let p = parse(argv[2...], flags: [], values: ["--runs-dir"], stopAtPositional: false, maxPositional: 0)
-    exit(Shell.main(root: runsRoot(p)))
-case nil:
-    exit(Shell.main(root: RunStore.defaultRoot()))
-default:
-    if let c = command, c.hasPrefix("--runs-dir") {
-        let p = parse(argv[1...], flags: [], values: ["--runs-dir"], stopAtPositional: false, maxPositional: 0)
-        exit(Shell.main(root: runsRoot(p)))
-    }
-    fail("unknown command '\(command!)'")
+    if let e = error as? ExitCode { Glibc.exit(e.rawValue) }
+    var text = message.trimmingWhitespace()
+    if text.hasPrefix("Error: ") { text.removeFirst(7) }
+    diag("baton: " + text)
+    Glibc.exit(ExitStatus.usage.rawValue)
 }
