@@ -23,6 +23,8 @@ public final class RecipeEnvironment {
     public var makeContext: (() throws -> RunContext)?
     /// Set by os.exit.
     public internal(set) var exitCode: Int32?
+    /// Set by `baton.usageOnly()` (kit.args on `help`): the run only printed its usage.
+    public internal(set) var usageOnly = false
     var handles: [Int: StageExecution] = [:]
     /// Locks held by baton.fs.locked, by absolute path.
     var heldLocks: [String: FileLock] = [:]

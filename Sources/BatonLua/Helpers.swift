@@ -22,6 +22,7 @@ extension RecipeEnvironment {
                 return 0
             }),
             ("sh", { [unowned self] (l: LuaState) throws -> Int32 in try self.batonSh(l) }),
+            ("usageOnly", { [unowned self] (_: LuaState) throws -> Int32 in self.usageOnly = true; return 0 }),
         ], prefix: "baton.")
 
         // baton.json

@@ -44,8 +44,8 @@ struct Baton: ParsableCommand {
             """,
         version: "baton \(BatonVersion.string) (Lua \(LuaInfo.version))",
         // The `report` command (another branch) goes in this list.
-        subcommands: [Run.self, Runs.self, Status.self, Log.self, Cancel.self, Resume.self, Check.self,
-                      Repl.self, Version.self])
+        subcommands: [Run.self, Runs.self, Status.self, Log.self, Wait.self, Cancel.self, Resume.self, Prune.self,
+                      Check.self, Repl.self, Version.self])
 
     @OptionGroup var globals: Globals
 
@@ -128,13 +128,61 @@ func syncPolicy(_ v: String?) throws -> SyncPolicy {
     return s
 }
 
+extension RunInfo.State: ExpressibleByArgument {}
+
 struct Runs: RunsCommand {
     static let configuration = CommandConfiguration(
         commandName: "runs", abstract: "List runs, newest first.")
+    @Option(name: .customShort("n"), help: ArgumentHelp("At most N runs.", valueName: "N")) var limit: Int?
+    @Option(help: ArgumentHelp("Only runs in this state.", valueName: "STATE")) var state: RunInfo.State?
     @OptionGroup var json: JSONFlag
     @OptionGroup var globals: Globals
 
-    mutating func run() throws { Glibc.exit(Commands.runs(root: root, json: json.json)) }
+    func validate() throws { if let n = limit, n < 0 { throw ValidationError("-n must be 0 or more") } }
+
+    mutating func run() throws { Glibc.exit(Commands.runs(root: root, json: json.json, limit: limit, state: state)) }
+}
+
+struct Wait: RunsCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "wait", abstract: "Wait until a run ends; exit with its exit code (an orphaned run: 1).")
+    @Argument(help: runHelp, completion: runCompletion) var ref: String?
+    @OptionGroup var json: JSONFlag
+    @OptionGroup var globals: Globals
+
+    mutating func run() throws { Glibc.exit(Commands.wait(root: root, ref: ref, json: json.json)) }
+}
+
+/// An age: a number and a unit, s, m, h, d or w (`7d`).
+struct Age: ExpressibleByArgument {
+    var seconds: Double
+    init?(argument: String) {
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604_800]
+        guard let u = argument.last, let unit = units[u], let n = Double(argument.dropLast()), n >= 0 else { return nil }
+        seconds = n * unit
+    }
+}
+
+struct Prune: RunsCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "prune", abstract: "Delete ended runs: beyond the N newest, or older than an age.",
+        discussion: "A live run is never deleted; an orphaned one only with --force. Both limits together: a run goes when it is beyond the N newest and older than the age.")
+    @Option(help: ArgumentHelp("Keep the N newest runs.", valueName: "N")) var keep: Int?
+    @Option(name: .customLong("older-than"), help: ArgumentHelp("Only runs that ended longer ago than AGE (30m, 12h, 7d, 2w).", valueName: "AGE"))
+    var olderThan: Age?
+    @Flag(help: "Delete orphaned runs too.") var force = false
+    @Flag(name: .customLong("dry-run"), help: "Say what would be deleted; delete nothing.") var dryRun = false
+    @OptionGroup var json: JSONFlag
+    @OptionGroup var globals: Globals
+
+    func validate() throws {
+        if let k = keep, k < 0 { throw ValidationError("--keep must be 0 or more") }
+        if keep == nil && olderThan == nil { throw ValidationError("prune needs --keep N or --older-than AGE") }
+    }
+
+    mutating func run() throws {
+        Glibc.exit(Commands.prune(root: root, keep: keep, olderThan: olderThan?.seconds, force: force, dryRun: dryRun, json: json.json))
+    }
 }
 
 struct Status: RunsCommand {
@@ -225,8 +273,7 @@ Baton.leadingRunsDir = Completion.leadingRunsDir(arguments)
 (arguments, Run.passthrough) = Completion.splitRecipeArguments(arguments)
 let commandNames = Baton.configuration.subcommands.filter { $0.configuration.shouldDisplay }.compactMap { $0.configuration.commandName }
 if let message = Completion.unknownCommand(arguments, known: commandNames + ["help", "version"]) {
-    diag("baton: " + message)
-    Glibc.exit(ExitStatus.usage.rawValue)
+    Glibc.exit(Console.error(message, json: arguments.contains("--json")))
 }
 do {
     var command = try Baton.parseAsRoot(arguments)
@@ -242,6 +289,11 @@ do {
     if let e = error as? ExitCode { Glibc.exit(e.rawValue) }
     var text = message.trimmingWhitespace()
     if text.hasPrefix("Error: ") { text.removeFirst(7) }
-    diag("baton: " + text)
+    if arguments.contains("--json") {
+        // Only the first line: the usage that follows is for people.
+        _ = Console.error(String(text.prefix { $0 != "\n" }), json: true)
+    } else {
+        diag("baton: " + text)
+    }
     Glibc.exit(ExitStatus.usage.rawValue)
 }

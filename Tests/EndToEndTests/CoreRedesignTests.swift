@@ -91,10 +91,10 @@ import Testing
         #expect(try Harness.run(["run", "--run-id", "nightly", "a.lua"], cwd: d).code == 0)
         #expect(try Harness.run(["run", "a.lua"], cwd: d).code == 0)
         let st = try statusJSON(d)
-        #expect(st["id"] as? String != "nightly", "latest is the second run, not the id that sorts last")
+        #expect(st["run"] as? String != "nightly", "latest is the second run, not the id that sorts last")
         let runs = try Harness.run(["runs", "--json"], cwd: d)
         let list = try #require(try JSONSerialization.jsonObject(with: Data(runs.stdout.utf8)) as? [[String: Any]])
-        #expect(list.map { $0["id"] as? String == "nightly" } == [false, true], "newest first: \(list.map { $0["id"] ?? "" })")
+        #expect(list.map { $0["run"] as? String == "nightly" } == [false, true], "newest first: \(list.map { $0["run"] ?? "" })")
     }
 
     @Test func stageOutputIsTheExactBytes() throws {

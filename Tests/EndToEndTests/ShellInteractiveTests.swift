@@ -17,7 +17,8 @@ final class Pane {
         self.state = state ?? dir + "/state"
         let work = cwd ?? dir
         let env = ["HOME=\(dir)", "XDG_STATE_HOME=\(self.state)", "NO_COLOR=1", "TERM=xterm-256color", "LANG=C.UTF-8",
-                   "PATH=\(Harness.fixtures):/usr/local/bin:/usr/bin:/bin"]
+                   "PATH=\(Harness.fixtures):/usr/local/bin:/usr/bin:/bin",
+                   "BATON_CEILING_DIRS=\(FileManager.default.temporaryDirectory.path)"]
         let command = "cd \(Pane.quote(work)) && env \(env.map(Pane.quote).joined(separator: " ")) \(Pane.quote(Harness.binary)) repl; "
             + "echo BATON-EXIT=$?; sleep 600"
         try tmux(["new-session", "-d", "-s", name, "-x", "160", "-y", "50", command])

@@ -68,6 +68,7 @@ function M.parse(spec, words)
   local o, rest = {}, {}
   if (#words == 1 and isHelp(words[1])) or (#words >= 1 and (words[1] == "--help" or words[1] == "-h")) then
     print(spec.usage or "no usage text")
+    baton.usageOnly() -- nothing runs: the runner keeps no run directory
     o.help = true
     return o
   end
