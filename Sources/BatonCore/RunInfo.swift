@@ -102,7 +102,7 @@ public struct RunInfo {
                                           ("pid", currentPid.map { .int(Int64($0)) } ?? .null)])))
         } else { o.append(("current", .null)) }
         if let l = lastEvent {
-            o.append(("last_event", .object([("type", .string(l.type)), ("at", .string(Clock.rfc3339(l.ts))),
+            o.append(("last_event", .object([("type", .string(l.type)), ("ts", .string(Clock.rfc3339(l.ts))),
                                              ("ago_ms", .int(Int64((Clock.now() - l.ts) * 1000)))])))
         } else { o.append(("last_event", .null)) }
         o.append(("alive_pids", .array(alivePids.map { .int(Int64($0)) })))

@@ -80,8 +80,7 @@ public enum RecipeRunner {
         do {
             ctx = try RunContext.resume(dir: dir, recipe: o.recipe, recipeText: text ?? [], args: o.words, sync: o.sync)
         } catch {
-            diag("baton: cannot resume: \(error)")
-            return ExitStatus.usage.rawValue
+            return Console.error("cannot resume: \(error)", json: o.json)
         }
         return execute(ctx: ctx, env: environment(o), options: o, loaded: false, text: text, readError: readError)
     }

@@ -87,6 +87,46 @@ import Testing
         #expect(!text.contains("libFoundation.so") && !text.contains("libFoundationInternationalization"), "ldd: \(text)")
     }
 
+    // MARK: JSON
+
+    /// One vocabulary: the run id is `run` in every command's JSON (as in the journal and
+    /// final.json), and errors under --json are `{"error", "exit_code"}` on stdout.
+    @Test func oneJSONVocabulary() throws {
+        let d = Harness.tempDir("cli-json")
+        func object(_ r: Harness.Result) -> [String: Any] {
+            (try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8))) as? [String: Any] ?? [:]
+        }
+        Harness.write(d + "/r.lua", "runStage{id = 'a', cmd = 'true'}\nreturn {}")
+        Harness.write(d + "/slow.lua", "runStage{id = 'w', cmd = 'while [ ! -f go ]; do sleep 0.05; done'}")
+        let run = object(try Harness.run(["run", "--json", "--run-id", "j1", "r.lua"], cwd: d))
+        #expect(run["run"] as? String == "j1", "final.json: \(run)")
+        let det = object(try Harness.run(["run", "--detach", "--json", "--run-id", "j2", "slow.lua"], cwd: d))
+        #expect(det["run"] as? String == "j2" && (det["dir"] as? String)?.hasSuffix("/j2") == true, "\(det)")
+        Harness.write(d + "/go", "")
+        let waited = object(try Harness.run(["wait", "--json", "j2"], cwd: d))
+        #expect(waited["run"] as? String == "j2" && waited["exit_code"] as? Int == 0 && waited["state"] as? String == "succeeded", "\(waited)")
+        let st = object(try Harness.run(["status", "--json", "j1"], cwd: d))
+        #expect(st["run"] as? String == "j1" && st["id"] == nil && st["dir"] as? String != nil)
+        #expect(((st["last_event"] as? [String: Any])?["ts"] as? String)?.hasSuffix("Z") == true)
+        let list = (try? JSONSerialization.jsonObject(with: Data(try Harness.run(["runs", "--json"], cwd: d).stdout.utf8))) as? [[String: Any]]
+        #expect(Set(list?.compactMap { $0["run"] as? String } ?? []) == ["j1", "j2"])
+        let cancelled = object(try Harness.run(["cancel", "--json", "j1"], cwd: d))
+        #expect(cancelled["run"] as? String == "j1")
+        let pruned = object(try Harness.run(["prune", "--keep", "1", "--json"], cwd: d))
+        #expect((pruned["pruned"] as? [[String: Any]])?.first?["run"] as? String == "j1", "\(pruned)")
+        let stage = (try? JSONSerialization.jsonObject(with: Data(try Harness.run(["log", "--stage", "w", "--json"], cwd: d).stdout.utf8))) as? [[String: Any]]
+        #expect(stage?.first?["id"] as? String == "w")
+
+        // Errors: an object on stdout, the exit code in it and as the process's.
+        for args in [["status", "--json", "nosuch"], ["log", "--json", "--stage", "nosuch"], ["run", "--json", "missing.lua"],
+                     ["status", "--json", "--bogus"], ["frobnicate", "--json"], ["prune", "--json"], ["resume", "--json", "nosuch"]] {
+            let r = try Harness.run(args, cwd: d)
+            let e = object(r)
+            #expect(r.code == 3 && e["exit_code"] as? Int == 3 && (e["error"] as? String)?.isEmpty == false,
+                    "\(args): \(r.stdout) \(r.stderr)")
+        }
+    }
+
     // MARK: completion
 
     /// Sources the generated bash script, sets COMP_WORDS/COMP_CWORD for `words` (the last

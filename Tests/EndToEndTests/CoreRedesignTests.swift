@@ -160,7 +160,7 @@ import Testing
         let fmt = ISO8601DateFormatter()
         fmt.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         let t0 = fmt.date(from: st["started_at"] as? String ?? "")!.timeIntervalSince1970
-        let t1 = fmt.date(from: last["at"] as? String ?? "")!.timeIntervalSince1970
+        let t1 = fmt.date(from: last["ts"] as? String ?? "")!.timeIntervalSince1970
         #expect(abs(Double(st["duration_ms"] as? Int ?? -1) / 1000 - (t1 - t0)) < 0.01, "status: \(st)")
         #expect((st["current"] as? [String: Any])?["id"] as? String == "hang", "where it died")
         _ = try Harness.run(["cancel"], cwd: d)
