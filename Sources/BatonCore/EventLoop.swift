@@ -39,6 +39,10 @@ public final class EventLoop {
     public var mustStop: () -> Bool = { false }
     /// Called as each wait begins (the run writes its deferred journal events).
     public var beforeWait: (() -> Void)?
+    /// Called every `tickInterval` seconds while a labelled wait lasts (from the loop
+    /// itself, never a thread): the terminal's status line and `--stream`'s echo.
+    public var onTick: ((WaitLabel) -> Void)?
+    public var tickInterval: Double = 0.5
     /// The wait in progress (what `status` and heartbeats say the recipe waits on).
     public private(set) var waitingOn: (label: WaitLabel, since: Double)?
 
@@ -68,6 +72,7 @@ public final class EventLoop {
         let hbEvery = heartbeatEvery ?? heartbeatInterval
         var nextHeartbeat = label != nil && onHeartbeat != nil ? began + hbEvery : Double.infinity
         var nextPoll = pollEvery.map { began + $0 } ?? Double.infinity
+        var nextTick = label != nil && onTick != nil ? began + tickInterval : Double.infinity
         var cancelling = false
         while true {
             let now = Clock.monotonic()
@@ -95,7 +100,11 @@ public final class EventLoop {
                 nextPoll = now + (pollEvery ?? 1)
                 if !cancelling, condition() { continue }
             }
-            var wake = min(nextHeartbeat, nextPoll)
+            if now >= nextTick, let label {
+                onTick?(label)
+                nextTick = now + tickInterval
+            }
+            var wake = min(nextHeartbeat, nextPoll, nextTick)
             if let d = deadline { wake = min(wake, d) }
             if let d = journal?.syncDue { wake = min(wake, d) }
             var pfds = [pollfd(fd: baton_signal_fd(), events: Int16(POLLIN), revents: 0)]

@@ -9,7 +9,9 @@ import LuaShim
 public struct OutputOptions: Sendable {
     public var json = false
     public var quiet = false
-    public init(json: Bool = false, quiet: Bool = false) { self.json = json; self.quiet = quiet }
+    /// `--stream`: echo stage output as it comes.
+    public var stream = false
+    public init(json: Bool = false, quiet: Bool = false, stream: Bool = false) { self.json = json; self.quiet = quiet; self.stream = stream }
 }
 
 /// The recipe environment: one Lua state with the sandbox, the `baton` table and
@@ -23,6 +25,10 @@ public final class RecipeEnvironment {
     public var makeContext: (() throws -> RunContext)?
     /// Set by os.exit.
     public internal(set) var exitCode: Int32?
+    /// The terminal's status line and --stream echo (nil when neither applies).
+    var view: TerminalView?
+    /// Stages replayed since the last progress line (said in one line).
+    var replays: [String] = []
     /// Set by `baton.usageOnly()` (kit.args on `help`): the run only printed its usage.
     public internal(set) var usageOnly = false
     var handles: [Int: StageExecution] = [:]
@@ -107,9 +113,18 @@ public final class RecipeEnvironment {
     }
 
     /// For people: stdout, or stderr when stdout carries the --json document.
-    func humanOut(_ s: String) { Console.write(output.json ? 2 : 1, s) }
+    func humanOut(_ s: String) { view?.clear(); Console.write(output.json ? 2 : 1, s) }
 
-    func progress(_ s: String) { if !output.quiet { Console.err(s) } }
+    func progress(_ s: String) { if !output.quiet { view?.clear(); Console.err(s) } }
+
+    /// The status line and `--stream`, driven by the run's event loop (a foreground run).
+    public func attachTerminal() {
+        let v = TerminalView(stream: output.stream, json: output.json)
+        guard v.isActive, !output.quiet, let loop = context?.loop else { return }
+        view = v
+        loop.tickInterval = v.tickInterval
+        loop.onTick = { [weak v] _ in v?.tick() }
+    }
 
     /// print is Lua (tostring may run a __tostring metamethod, which may raise: that
     /// must happen in Lua, not under a Swift frame); only the final write is Swift.

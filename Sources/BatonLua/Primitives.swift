@@ -80,13 +80,15 @@ extension RecipeEnvironment {
     func awaitStage(_ l: LuaState, _ exec: StageExecution) throws -> Int32 {
         let ctx = try requireContext()
         if !exec.isFinished {
+            view?.watch(exec)
             let w = ctx.wait(for: exec)
+            view?.watch(nil)
             try checkFatal()
             if w == .interrupted && !exec.isFinished { throw RecipeEnvironment.abort }
         }
         guard let r = exec.result else { throw RecipeEnvironment.abort }
         if r.status == .cancelled && ctx.interrupted { throw RecipeEnvironment.abort }
-        if !r.dry && !r.replayed { progress(stageLine(r)) }
+        if r.replayed { replays.append(r.id) } else if !r.dry { flushReplays(); progress(stageLine(r)) }
         if !r.ok && !exec.spec.allowFail {
             throw LuaRaise(r.summary, status: .failure, kind: "stage", extra: { [unowned self] l in
                 self.pushResult(l, r); l.setField(-2, "result")
@@ -96,13 +98,24 @@ extension RecipeEnvironment {
         return 1
     }
 
+    /// One line for the stages a resume replayed since the last line printed.
+    public func flushReplays() {
+        guard !replays.isEmpty else { return }
+        let n = replays.count
+        let ids = replays.prefix(5).joined(separator: ", ") + (n > 5 ? ", ..." : "")
+        replays = []
+        progress(Palette.replayed("replayed") + " \(n) stage\(n == 1 ? "" : "s") that passed before: \(ids)")
+    }
+
+    /// "ok   stage build passed in 2s", or a FAIL line with the last 5 lines of stderr.
     func stageLine(_ r: StageResult) -> String {
-        let mark = r.ok ? "ok  " : "FAIL"
-        var s = "\(mark) stage \(r.id)"
+        var s = (r.ok ? Palette.ok("ok  ") : Palette.fail("FAIL")) + " stage \(r.id)"
         if r.occurrence > 1 { s += " #\(r.occurrence)" }
         s += " \(r.status.rawValue) in \(Clock.human(r.duration))"
         if r.attempts > 1 { s += " (\(r.attempts) attempts)" }
-        if !r.ok { s += ": " + r.summary }
+        if r.ok { return s }
+        s += ": " + r.headline
+        for line in FailureSignature.lastNonEmptyLines(r.stderrText, 5) { s += "\n     " + Palette.dim("| ") + String(line.prefix(300)) }
         return s
     }
 
@@ -295,7 +308,7 @@ extension RecipeEnvironment {
             if policy == .fail && !ctx.dryRun {
                 throw LuaRaise(msg, status: .preflightFailed, kind: "preflight", extra: { l in l.push(json: report); l.setField(-2, "report") })
             }
-            progress("warning: \(msg)\(ctx.dryRun ? " (dry run: not fatal)" : "")")
+            progress(Palette.warn("warning:") + " \(msg)\(ctx.dryRun ? " (dry run: not fatal)" : "")")
         }
         l.push(json: report)
         return 1

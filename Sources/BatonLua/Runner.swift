@@ -12,6 +12,8 @@ public struct RunOptions: Sendable {
     public var runID: String?
     public var dryRun = false
     public var json = false
+    /// `--stream`: echo stage output as it comes.
+    public var stream = false
     public var memoryLimit = RunOptions.defaultMemoryLimit
     /// The directory was made by `run --detach`; the runner only fills it.
     public var existingRun = false
@@ -70,7 +72,7 @@ public enum RecipeRunner {
     }
 
     static func environment(_ o: RunOptions) -> RecipeEnvironment {
-        RecipeEnvironment(memoryLimit: o.memoryLimit, output: OutputOptions(json: o.json))
+        RecipeEnvironment(memoryLimit: o.memoryLimit, output: OutputOptions(json: o.json, stream: o.stream))
     }
 
     /// `baton resume`: runs the recipe again in the same run directory, replaying what passed.
@@ -93,6 +95,7 @@ public enum RecipeRunner {
     /// Runs the recipe in `ctx`; `loaded`: its chunk is already compiled on `env`'s stack.
     static func execute(ctx: RunContext, env: RecipeEnvironment, options o: RunOptions, loaded: Bool, text: [UInt8]?, readError: String?) -> Int32 {
         env.context = ctx
+        env.attachTerminal()
         env.publishRun()
         env.setArguments(recipe: o.recipe, words: o.words)
         let dir = FileIO.dirname(FileIO.absolute(o.recipe))
@@ -101,6 +104,7 @@ public enum RecipeRunner {
 
         let ending = loaded ? (signalEnding() ?? call(env: env, recipe: o.recipe))
             : evaluate(env: env, recipe: o.recipe, text: text, readError: readError)
+        env.flushReplays()
         if o.dryRun, ending.code == 0 {
             env.humanOut(planText(env.plan))
         }
@@ -214,11 +218,11 @@ public enum RecipeRunner {
         let took = Clock.human(Clock.monotonic() - ctx.startedMonotonic)
         switch ending.status {
         case .succeeded, .dry_run:
-            diag("run \(ctx.dir.id) \(ending.status == .dry_run ? "dry run finished" : "succeeded") in \(took)")
+            diag("run \(ctx.dir.id) " + Palette.ok(ending.status == .dry_run ? "dry run finished" : "succeeded") + " in \(took)")
         case .failed:
-            diag("run \(ctx.dir.id) failed (exit \(ending.code)): \(ending.reason ?? "")")
+            diag("run \(ctx.dir.id) " + Palette.fail("failed") + " (exit \(ending.code)): \(ending.reason ?? "")")
         case .cancelled:
-            diag("run \(ctx.dir.id) cancelled (exit \(ending.code)): \(ending.reason ?? "")")
+            diag("run \(ctx.dir.id) " + Palette.warn("cancelled") + " (exit \(ending.code)): \(ending.reason ?? "")")
         }
     }
 }

@@ -201,7 +201,7 @@ public enum Commands {
         return ExitStatus.success.rawValue
     }
 
-    public static func resume(root: String, ref: String?, json: Bool, sync: SyncPolicy = RunOptions.defaultSync) -> Int32 {
+    public static func resume(root: String, ref: String?, json: Bool, sync: SyncPolicy = RunOptions.defaultSync, stream: Bool = false) -> Int32 {
         guard let dir = resolve(root, ref, json: json) else { return ExitStatus.usage.rawValue }
         let history = RunHistory(((try? JournalReader.read(dir.journal)) ?? JournalContents()).events)
         guard let start = history.latestStart?.began else {
@@ -213,6 +213,7 @@ public enum Commands {
         var o = RunOptions(recipe: start.recipe, runsDir: root)
         o.words = start.args
         o.json = json
+        o.stream = stream
         o.sync = sync
         return RecipeRunner.resume(dir: dir, options: o)
     }
@@ -246,6 +247,7 @@ public enum Detach {
         var args = [selfExecutable(), "run", "--existing-run", dir.id, "--runs-dir", o.runsDir]
         if o.dryRun { args.append("--dry-run") }
         if o.json { args.append("--json") }
+        if o.stream { args.append("--stream") }
         args += ["--sync", o.sync.rawValue]
         args.append(o.recipe)
         args.append(contentsOf: o.words)

@@ -70,6 +70,7 @@ struct Run: RunsCommand {
     @Flag(name: .customLong("dry-run"), help: "Show the stages that would run; run nothing.") var dryRun = false
     @Flag(help: "Start the run in its own session and return at once, printing its id and directory.") var detach = false
     @Flag(help: "Print final.json on stdout; everything for people goes to stderr.") var json = false
+    @Flag(name: [.customLong("stream"), .customShort("v")], help: "Echo each stage's output as it comes.") var stream = false
     @Option(name: .customLong("run-id"), help: ArgumentHelp("The run's id (letters, digits, '-', '_', '.').", valueName: "ID"))
     var runID: String?
     @Option(name: .customLong("existing-run"), help: .hidden) var existingRun: String?
@@ -99,6 +100,7 @@ struct Run: RunsCommand {
         o.runID = runID ?? existingRun
         o.dryRun = dryRun
         o.json = json
+        o.stream = stream
         o.sync = try syncPolicy(sync)
         o.existingRun = existingRun != nil
         Run.start(o, detach: detach)
@@ -226,6 +228,7 @@ struct Resume: RunsCommand {
     @Option(help: ArgumentHelp("Journal flushes: 'batched' (default) or 'always'.", valueName: "batched|always"),
             completion: .list(["batched", "always"]))
     var sync: String?
+    @Flag(name: [.customLong("stream"), .customShort("v")], help: "Echo each stage's output as it comes.") var stream = false
     @OptionGroup var json: JSONFlag
     @OptionGroup var globals: Globals
 
@@ -233,7 +236,7 @@ struct Resume: RunsCommand {
 
     mutating func run() throws {
         _ = baton_set_subreaper()
-        Glibc.exit(Commands.resume(root: root, ref: ref, json: json.json, sync: try syncPolicy(sync)))
+        Glibc.exit(Commands.resume(root: root, ref: ref, json: json.json, sync: try syncPolicy(sync), stream: stream))
     }
 }
 
