@@ -33,6 +33,24 @@ struct JSONFlag: ParsableArguments {
     @Flag(name: .long, help: "Print JSON on stdout (docs/cli.md).") var json = false
 }
 
+/// RUN, --json and the global options: what every command about one run takes.
+struct RunArguments: ParsableArguments {
+    @Argument(help: runHelp, completion: runCompletion) var ref: String?
+    @OptionGroup var json: JSONFlag
+    @OptionGroup var globals: Globals
+}
+
+/// status, wait, cancel: one run in, an exit code out.
+protocol OneRunCommand: RunsCommand {
+    var args: RunArguments { get }
+    static func perform(root: String, ref: String?, json: Bool) -> Int32
+}
+
+extension OneRunCommand {
+    var globals: Globals { args.globals }
+    mutating func run() throws { Glibc.exit(Self.perform(root: root, ref: args.ref, json: args.json.json)) }
+}
+
 struct Baton: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "baton",
@@ -145,14 +163,12 @@ struct Runs: RunsCommand {
     mutating func run() throws { Glibc.exit(Commands.runs(root: root, json: json.json, limit: limit, state: state)) }
 }
 
-struct Wait: RunsCommand {
+struct Wait: OneRunCommand {
     static let configuration = CommandConfiguration(
         commandName: "wait", abstract: "Wait until a run ends; exit with its exit code (an orphaned run: 1).")
-    @Argument(help: runHelp, completion: runCompletion) var ref: String?
-    @OptionGroup var json: JSONFlag
-    @OptionGroup var globals: Globals
+    @OptionGroup var args: RunArguments
 
-    mutating func run() throws { Glibc.exit(Commands.wait(root: root, ref: ref, json: json.json)) }
+    static func perform(root: String, ref: String?, json: Bool) -> Int32 { Commands.wait(root: root, ref: ref, json: json) }
 }
 
 /// An age: a number and a unit, s, m, h, d or w (`7d`).
@@ -187,56 +203,50 @@ struct Prune: RunsCommand {
     }
 }
 
-struct Status: RunsCommand {
+struct Status: OneRunCommand {
     static let configuration = CommandConfiguration(
         commandName: "status", abstract: "One run: state, current stage, liveness.")
-    @Argument(help: runHelp, completion: runCompletion) var ref: String?
-    @OptionGroup var json: JSONFlag
-    @OptionGroup var globals: Globals
+    @OptionGroup var args: RunArguments
 
-    mutating func run() throws { Glibc.exit(Commands.status(root: root, ref: ref, json: json.json)) }
+    static func perform(root: String, ref: String?, json: Bool) -> Int32 { Commands.status(root: root, ref: ref, json: json) }
 }
 
 struct Log: RunsCommand {
     static let configuration = CommandConfiguration(
         commandName: "log", abstract: "A run's journal as lines, or a stage's output.")
-    @Argument(help: runHelp, completion: runCompletion) var ref: String?
-    @Flag(name: [.long, .customShort("f")], help: "Follow the journal until the run ends.") var follow = false
+    @OptionGroup var args: RunArguments
+    @Flag(name: [.long, .customShort("f")], help: "Follow the journal until the run ends, then say how it ended.") var follow = false
     @Option(help: ArgumentHelp("Show this stage's stdout and stderr (every attempt).", valueName: "ID")) var stage: String?
-    @OptionGroup var json: JSONFlag
-    @OptionGroup var globals: Globals
+    var globals: Globals { args.globals }
 
     mutating func run() throws {
-        Glibc.exit(Commands.log(root: root, ref: ref, follow: follow, stage: stage, json: json.json))
+        Glibc.exit(Commands.log(root: root, ref: args.ref, follow: follow, stage: stage, json: args.json.json))
     }
 }
 
-struct Cancel: RunsCommand {
+struct Cancel: OneRunCommand {
     static let configuration = CommandConfiguration(
         commandName: "cancel", abstract: "Stop a live run (or finish an orphaned one).")
-    @Argument(help: runHelp, completion: runCompletion) var ref: String?
-    @OptionGroup var json: JSONFlag
-    @OptionGroup var globals: Globals
+    @OptionGroup var args: RunArguments
 
-    mutating func run() throws { Glibc.exit(Commands.cancel(root: root, ref: ref, json: json.json)) }
+    static func perform(root: String, ref: String?, json: Bool) -> Int32 { Commands.cancel(root: root, ref: ref, json: json) }
 }
 
 struct Resume: RunsCommand {
     static let configuration = CommandConfiguration(
         commandName: "resume", abstract: "Continue a run, replaying what passed.")
-    @Argument(help: runHelp, completion: runCompletion) var ref: String?
+    @OptionGroup var args: RunArguments
     @Option(help: ArgumentHelp("Journal flushes: 'batched' (default) or 'always'.", valueName: "batched|always"),
             completion: .list(["batched", "always"]))
     var sync: String?
     @Flag(name: [.customLong("stream"), .customShort("v")], help: "Echo each stage's output as it comes.") var stream = false
-    @OptionGroup var json: JSONFlag
-    @OptionGroup var globals: Globals
+    var globals: Globals { args.globals }
 
     func validate() throws { _ = try syncPolicy(sync) }
 
     mutating func run() throws {
         _ = baton_set_subreaper()
-        Glibc.exit(Commands.resume(root: root, ref: ref, json: json.json, sync: try syncPolicy(sync), stream: stream))
+        Glibc.exit(Commands.resume(root: root, ref: args.ref, json: args.json.json, sync: try syncPolicy(sync), stream: stream))
     }
 }
 
