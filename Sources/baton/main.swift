@@ -63,7 +63,7 @@ struct Baton: ParsableCommand {
         version: "baton \(BatonVersion.string) (Lua \(LuaInfo.version))",
         // The `report` command (another branch) goes in this list.
         subcommands: [Run.self, Runs.self, Status.self, Log.self, Wait.self, Cancel.self, Resume.self, Prune.self,
-                      Check.self, Repl.self, Version.self])
+                      Check.self, Init.self, TypesCommand.self, Repl.self, Version.self])
 
     @OptionGroup var globals: Globals
 
@@ -259,6 +259,24 @@ struct Check: RunsCommand {
     @OptionGroup var globals: Globals
 
     mutating func run() throws { Glibc.exit(Commands.check(recipe: recipe, json: json.json)) }
+}
+
+struct Init: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "init", abstract: "Set up a directory for recipes: .baton/, editor types (.luarc.json), .luacheckrc.")
+    @Argument(help: ArgumentHelp("The directory (default: the current one).", valueName: "DIR"), completion: .directory)
+    var dir = "."
+    @Flag(help: "Replace an existing .luarc.json and .luacheckrc.") var force = false
+    @OptionGroup var json: JSONFlag
+
+    mutating func run() throws { Glibc.exit(Types.initialize(dir: dir, force: force, json: json.json)) }
+}
+
+struct TypesCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "types", abstract: "Print LuaCATS annotations of the recipe environment (for lua-language-server).")
+
+    mutating func run() throws { Glibc.exit(Types.types()) }
 }
 
 struct Repl: RunsCommand {
