@@ -68,6 +68,36 @@ import Testing
         #expect(dd.code == 0 && Harness.read(d + "/words.txt") == "a|nil", "stderr: \(dd.stderr)")
     }
 
+    /// Part 7: a recipe's parameters, declared once in kit.args, documented by
+    /// `baton run R.lua --help` (no run directory left behind).
+    @Test func recipeParametersDocumentedByHelp() throws {
+        let d = Harness.tempDir("cli-params")
+        Harness.write(d + "/r.lua", """
+            local o = require("kit.args").parse{
+              description = "Deploys TASK carefully.", positional = "task",
+              options = {
+                risk = {choices = {"low", "medium", "high"}, default = "low", help = "how careful to be"},
+                count = {number = true, min = 1, required = true, help = "how many replicas"},
+                dry_rehearsal = {flag = true, help = "rehearse first"},
+              },
+            }
+            if o.help then return end
+            print(o.risk, o.count, o.task)
+            """)
+        for word in ["--help", "-h", "help"] {
+            let r = try Harness.run(["run", "r.lua", word], cwd: d)
+            #expect(r.code == 0, "\(r.stderr)")
+            #expect(r.stdout.contains("usage: baton run r.lua [options] [task]") && r.stdout.contains("Deploys TASK carefully."), "\(r.stdout)")
+            #expect(r.stdout.contains("--risk=low|medium|high") && r.stdout.contains("how careful to be (default low)"))
+            #expect(r.stdout.contains("--count=N") && r.stdout.contains("(required; at least 1)") && r.stdout.contains("--dry-rehearsal"))
+        }
+        #expect(Harness.runDirs(d).isEmpty)
+        let ok = try Harness.run(["run", "r.lua", "--count", "2", "ship", "it"], cwd: d)
+        #expect(ok.code == 0 && ok.stdout.contains("low\t2\tship it"), "\(ok.stdout) \(ok.stderr)")
+        let bad = try Harness.run(["run", "r.lua", "--risk", "hgih", "count=1"], cwd: d)
+        #expect(bad.code == 3 && bad.stderr.contains("low|medium|high"), "\(bad.stderr)")
+    }
+
     @Test func noArgumentsReadsPipedLua() throws {
         let d = Harness.tempDir("cli-pipe")
         let r = try Harness.run([], cwd: d, stdin: "print('piped', 40 + 2)\n")
