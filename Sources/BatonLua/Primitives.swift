@@ -29,6 +29,12 @@ extension RecipeEnvironment {
     static let stageFields = ["id", "cmd", "cwd", "env", "stdin", "timeout", "grace", "retries", "retryOn", "backoff",
                               "transient", "breaker", "requireFiles", "background", "allowFail"]
 
+    static let preflightFields = ["name", "policy", "checks", "timeout"]
+    /// Each primitive that takes a spec table and the fields it allows (what `baton check` lints).
+    static var primitiveFields: [(String, [String])] {
+        [("runStage", stageFields), ("preflight", preflightFields), ("watch", watchFields), ("gate", gateFields)]
+    }
+
     func stageSpec(_ l: LuaState, fn: String) throws -> (StageSpec, background: Bool) {
         let t = try SpecTable(l, arg: 1, fn: fn, allowed: RecipeEnvironment.stageFields)
         let id = try t.string("id", required: true, nonEmpty: true)!
@@ -224,7 +230,7 @@ extension RecipeEnvironment {
     // MARK: preflight
 
     func preflight(_ l: LuaState) throws -> Int32 {
-        let t = try SpecTable(l, arg: 1, fn: "preflight", allowed: ["name", "policy", "checks", "timeout"])
+        let t = try SpecTable(l, arg: 1, fn: "preflight", allowed: RecipeEnvironment.preflightFields)
         let name = try t.string("name") ?? "preflight"
         let policy = try t.option("policy", PreflightPolicy.self) ?? .fail
         let defaultTimeout = try t.number("timeout", min: 0.001) ?? 30

@@ -218,15 +218,16 @@ public enum Commands {
         return RecipeRunner.resume(dir: dir, options: o)
     }
 
+    /// `baton check`: findings as `file:line:column: message [code]` on stderr, or with
+    /// `--json` `{recipe, ok, findings: [{file, line, column, code, message}], errors}`; exit 3 when any.
     public static func check(recipe: String, json: Bool) -> Int32 {
         let report = RecipeCheck.check(recipe)
         if json {
             out(JSON.object([("recipe", .string(recipe)), ("ok", .bool(report.ok)),
-                             ("errors", .array(report.errors.map(JSON.string))),
-                             ("warnings", .array(report.warnings.map(JSON.string)))]).encoded(pretty: true))
+                             ("findings", .array(report.findings.map(\.json))),
+                             ("errors", .array(report.findings.map { .string($0.text) }))]).encoded(pretty: true))
         } else {
-            for e in report.errors { diag("error: \(e)") }
-            for w in report.warnings { diag("warning: \(w)") }
+            for f in report.findings { diag(f.text) }
             if report.ok { out("\(recipe): ok") }
         }
         return report.ok ? ExitStatus.success.rawValue : ExitStatus.usage.rawValue
