@@ -300,6 +300,8 @@ struct Version: ParsableCommand {
 baton_signals_install()
 var arguments = Array(CommandLine.arguments.dropFirst())
 if let o = Run.plain(arguments) { Run.start(o, detach: false) }
+// `baton` alone (the shell, or piped Lua) has nothing to parse either.
+if arguments.isEmpty { Glibc.exit(Shell.main(root: RunStore.defaultRoot())) }
 Baton.leadingRunsDir = Completion.leadingRunsDir(arguments)
 (arguments, Run.passthrough) = Completion.splitRecipeArguments(arguments)
 let commandNames = Baton.configuration.subcommands.filter { $0.configuration.shouldDisplay }.compactMap { $0.configuration.commandName }
