@@ -82,7 +82,7 @@ struct Run: RunsCommand {
         abstract: "Run a recipe.",
         discussion: """
             Options come before RECIPE; everything after it belongs to the recipe (`arg`, `...`, \
-            and key=value words in baton.args): `baton run r.lua --json x=1` passes both words on.
+            and key=value words in baton.args): `baton run r.lua --json x=1` passes both words on,             and `baton run r.lua --help` shows the recipe's own parameters.
             """)
 
     @Flag(name: .customLong("dry-run"), help: "Show the stages that would run; run nothing.") var dryRun = false
