@@ -149,17 +149,21 @@ public enum Commands {
         for (i, l) in logs.enumerated() {
             if logs.count > 1 { out("==> \(l.key) attempt \(l.attempt) (\(l.logs.stdout)) <==") }
             let isLast = i == logs.count - 1
-            if isLast && follow { followFile(l.logs.stdout, dir: dir); continue }
+            if isLast && follow {
+                if !followFile(l.logs.stdout, dir: dir) { return ExitStatus.interrupted.rawValue }
+                continue
+            }
             if let s = try? FileIO.readFile(l.logs.stdout) { Console.write(1, bytes: s) }
             if let e = try? FileIO.readFile(l.logs.stderr), !e.isEmpty {
                 out("--- stderr ---")
                 Console.write(1, bytes: e)
             }
         }
-        return ExitStatus.success.rawValue
+        return follow ? outcome(dir, json: false) : ExitStatus.success.rawValue
     }
 
-    static func followFile(_ path: String, dir: RunDirectory) {
+    /// Prints the file as it grows until the run's runner is gone; false when interrupted.
+    static func followFile(_ path: String, dir: RunDirectory) -> Bool {
         var offset = 0
         let loop = EventLoop()
         while true {
@@ -167,9 +171,9 @@ public enum Commands {
                 Console.write(1, bytes: Array(b[offset...]))
                 offset = b.count
             } else if !FileLock.isHeld(dir.lock) {
-                break
+                return true
             }
-            if !loop.sleep(0.1) { break }
+            if !loop.sleep(0.1) { return false }
         }
     }
 

@@ -135,6 +135,17 @@ import Testing
         let j = try Harness.run(["log", "-f", "--json", id], cwd: d)
         let last = j.stdout.split(separator: "\n").last.map(String.init) ?? ""
         #expect(j.code == 5 && (json(last) as? [String: Any])?["state"] as? String == "failed", "\(last)")
+        // A stage's output, followed: the same outcome at the end.
+        try FileManager.default.removeItem(atPath: d + "/go")
+        Harness.write(d + "/six.lua", Self.gated(code: 6))
+        let id2 = try detached(d, "six.lua", id: "f2")
+        let (q, qout, _) = try Harness.start(["log", "--stage", "slow", "--follow", id2], cwd: d)
+        usleep(300_000)
+        Harness.write(d + "/go", "")
+        #expect(Harness.waitFor(30) { !q.isRunning })
+        q.waitUntilExit()
+        let qtext = String(decoding: qout.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(q.terminationStatus == 6 && qtext.hasSuffix("run f2 failed (exit 6): six.lua:2: chosen\n"), "\(qtext)")
         try orphan(d, id: "gone")
         let o = try Harness.run(["log", "--follow", "gone"], cwd: d)
         #expect(o.code == 1 && o.stdout.split(separator: "\n").last?.contains("orphaned") == true, "\(o.stdout)")
