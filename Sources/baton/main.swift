@@ -40,16 +40,27 @@ struct RunArguments: ParsableArguments {
     @OptionGroup var globals: Globals
 }
 
-/// status, wait, cancel: one run in, an exit code out.
-protocol OneRunCommand: RunsCommand {
-    var args: RunArguments { get }
-    static func perform(root: String, ref: String?, json: Bool) -> Int32
+/// A command that takes one run and nothing else: its name, help line and action.
+struct OneRunSpec: Sendable {
+    var name: String
+    var abstract: String
+    var perform: @Sendable (_ root: String, _ ref: String?, _ json: Bool) -> Int32
 }
 
-extension OneRunCommand {
+protocol OneRunKind { static var spec: OneRunSpec { get } }
+
+/// status, wait, cancel: one command type; each kind below is one line of data.
+struct OneRun<Kind: OneRunKind>: RunsCommand {
+    static var configuration: CommandConfiguration { CommandConfiguration(commandName: Kind.spec.name, abstract: Kind.spec.abstract) }
+    @OptionGroup var args: RunArguments
     var globals: Globals { args.globals }
-    mutating func run() throws { Glibc.exit(Self.perform(root: root, ref: args.ref, json: args.json.json)) }
+
+    mutating func run() throws { Glibc.exit(Kind.spec.perform(root, args.ref, args.json.json)) }
 }
+
+enum StatusKind: OneRunKind { static let spec = OneRunSpec(name: "status", abstract: "One run: state, current stage, liveness.", perform: Commands.status) }
+enum WaitKind: OneRunKind { static let spec = OneRunSpec(name: "wait", abstract: "Wait until a run ends; exit with its exit code (an orphaned run: 1).", perform: Commands.wait) }
+enum CancelKind: OneRunKind { static let spec = OneRunSpec(name: "cancel", abstract: "Stop a live run (or finish an orphaned one).", perform: Commands.cancel) }
 
 struct Baton: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -62,7 +73,7 @@ struct Baton: ParsableCommand {
             """,
         version: "baton \(BatonVersion.string) (Lua \(LuaInfo.version))",
         // The `report` command (another branch) goes in this list.
-        subcommands: [Run.self, Runs.self, Status.self, Log.self, Wait.self, Cancel.self, Resume.self, Prune.self,
+        subcommands: [Run.self, Runs.self, OneRun<StatusKind>.self, Log.self, OneRun<WaitKind>.self, OneRun<CancelKind>.self, Resume.self, Prune.self,
                       Check.self, Init.self, TypesCommand.self, Repl.self, Version.self])
 
     @OptionGroup var globals: Globals
@@ -163,14 +174,6 @@ struct Runs: RunsCommand {
     mutating func run() throws { Glibc.exit(Commands.runs(root: root, json: json.json, limit: limit, state: state)) }
 }
 
-struct Wait: OneRunCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "wait", abstract: "Wait until a run ends; exit with its exit code (an orphaned run: 1).")
-    @OptionGroup var args: RunArguments
-
-    static func perform(root: String, ref: String?, json: Bool) -> Int32 { Commands.wait(root: root, ref: ref, json: json) }
-}
-
 /// An age: a number and a unit, s, m, h, d or w (`7d`).
 struct Age: ExpressibleByArgument {
     var seconds: Double
@@ -203,14 +206,6 @@ struct Prune: RunsCommand {
     }
 }
 
-struct Status: OneRunCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "status", abstract: "One run: state, current stage, liveness.")
-    @OptionGroup var args: RunArguments
-
-    static func perform(root: String, ref: String?, json: Bool) -> Int32 { Commands.status(root: root, ref: ref, json: json) }
-}
-
 struct Log: RunsCommand {
     static let configuration = CommandConfiguration(
         commandName: "log", abstract: "A run's journal as lines, or a stage's output.")
@@ -222,14 +217,6 @@ struct Log: RunsCommand {
     mutating func run() throws {
         Glibc.exit(Commands.log(root: root, ref: args.ref, follow: follow, stage: stage, json: args.json.json))
     }
-}
-
-struct Cancel: OneRunCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "cancel", abstract: "Stop a live run (or finish an orphaned one).")
-    @OptionGroup var args: RunArguments
-
-    static func perform(root: String, ref: String?, json: Bool) -> Int32 { Commands.cancel(root: root, ref: ref, json: json) }
 }
 
 struct Resume: RunsCommand {
@@ -252,7 +239,7 @@ struct Resume: RunsCommand {
 
 struct Check: RunsCommand {
     static let configuration = CommandConfiguration(
-        commandName: "check", abstract: "Syntax and static checks of a recipe; runs nothing.")
+        commandName: "check", abstract: "Lint a recipe without running it: syntax (modules too), undefined globals, misspelt fields, wrong literal types.")
     @Argument(help: ArgumentHelp("The recipe file.", valueName: "RECIPE"), completion: .file(extensions: ["lua"]))
     var recipe: String
     @OptionGroup var json: JSONFlag
