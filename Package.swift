@@ -9,6 +9,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        // The command line. Needs only FoundationEssentials, not Foundation (cold start).
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
         // System libraries (Debian: liblua5.4-dev, libedit-dev).
@@ -32,7 +34,8 @@ let package = Package(
         .target(name: "BatonShell",
                 dependencies: ["BatonLua", "LuaKit", "BatonCore", "CEditLine", "CBatonLine"]),
         .executableTarget(name: "baton",
-                          dependencies: ["BatonShell", "BatonLua", "BatonCore"]),
+                          dependencies: ["BatonShell", "BatonLua", "BatonCore",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "BatonCoreTests", dependencies: ["BatonCore"]),
         .testTarget(name: "LuaKitTests", dependencies: ["LuaKit", "BatonCore"]),
         .testTarget(name: "BatonLuaTests", dependencies: ["BatonLua", "LuaKit", "BatonCore", "baton-yaml"]),

@@ -30,6 +30,5 @@ extension StageExecution {
         return timeoutLeft
     }
 
-    public var isRunning: Bool { if case .running = phase { return true }; return false }
     public var runningFor: Double { Clock.monotonic() - attemptStart }
 }

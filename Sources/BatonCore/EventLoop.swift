@@ -40,6 +40,10 @@ public final class EventLoop {
     /// Called each time the loop is about to block (the run writes its deferred journal
     /// events: what a turn started goes out in one write, before anyone could look).
     public var beforeBlocking: (() -> Void)?
+    /// Called every `tickInterval` seconds while a labelled wait lasts (from the loop
+    /// itself, never a thread): the terminal's status line and `--stream`'s echo.
+    public var onTick: ((WaitLabel) -> Void)?
+    public var tickInterval: Double = 0.5
     /// The wait in progress (what `status` and heartbeats say the recipe waits on).
     public private(set) var waitingOn: (label: WaitLabel, since: Double)?
 
@@ -78,6 +82,7 @@ public final class EventLoop {
         let hbEvery = heartbeatEvery ?? heartbeatInterval
         var nextHeartbeat = label != nil && onHeartbeat != nil ? began + hbEvery : Double.infinity
         var nextPoll = pollEvery.map { began + $0 } ?? Double.infinity
+        var nextTick = label != nil && onTick != nil ? began + tickInterval : Double.infinity
         var cancelling = false
         while true {
             let now = Clock.monotonic()
@@ -105,7 +110,11 @@ public final class EventLoop {
                 nextPoll = now + (pollEvery ?? 1)
                 if !cancelling, condition() { continue }
             }
-            var wake = min(nextHeartbeat, nextPoll)
+            if now >= nextTick, let label {
+                onTick?(label)
+                nextTick = now + tickInterval
+            }
+            var wake = min(nextHeartbeat, nextPoll, nextTick)
             if let d = deadline { wake = min(wake, d) }
             if let d = journal?.syncDue { wake = min(wake, d) }
             var pfds = [pollfd(fd: baton_signal_fd(), events: Int16(POLLIN), revents: 0)]

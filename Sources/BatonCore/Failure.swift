@@ -32,12 +32,16 @@ public enum FailureSignature {
         return fnv1a("\(cls.rawValue)|\(code)|\(fold(line))")
     }
 
-    public static func lastNonEmptyLine(_ s: String) -> String {
-        for line in s.split(separator: "\n", omittingEmptySubsequences: true).reversed() {
+    public static func lastNonEmptyLine(_ s: String) -> String { lastNonEmptyLines(s, 1).first ?? "" }
+
+    /// The last `n` lines that are not blank, trimmed, oldest first.
+    public static func lastNonEmptyLines(_ s: String, _ n: Int) -> [String] {
+        var out: [String] = []
+        for line in s.split(separator: "\n", omittingEmptySubsequences: true).reversed() where out.count < n {
             let t = String(line).trimmingWhitespace()
-            if !t.isEmpty { return t }
+            if !t.isEmpty { out.append(t) }
         }
-        return ""
+        return out.reversed()
     }
 
     /// Folds digit runs, `0x…` literals and hex runs of 6+ characters that contain a digit.

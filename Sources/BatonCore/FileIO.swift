@@ -161,6 +161,18 @@ public enum FileIO {
         if fdatasync(fd) != 0 { throw SystemError("fdatasync", path) }
     }
 
+    /// rm -r, without following symbolic links.
+    public static func removeTree(_ path: String) throws {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { if errno == ENOENT { return }; throw SystemError("lstat", path) }
+        if (st.st_mode & S_IFMT) == S_IFDIR {
+            for name in list(path) { try removeTree(path + "/" + name) }
+            if rmdir(path) != 0 { throw SystemError("rmdir", path) }
+        } else if unlink(path) != 0 {
+            throw SystemError("unlink", path)
+        }
+    }
+
     /// Entries of a directory, without `.` and `..`.
     public static func list(_ dir: String) -> [String] {
         guard let d = opendir(dir) else { return [] }
@@ -249,6 +261,17 @@ extension String {
 public enum Console {
     public static func out(_ s: String) { write(1, s) }
     public static func err(_ s: String) { write(2, s) }
+
+    /// A command's error: "baton: message" on stderr, or with `--json` the object
+    /// `{"error": message, "exit_code": n}` on stdout (docs/cli.md). Returns the exit code.
+    public static func error(_ message: String, json: Bool, code: ExitStatus = .usage) -> Int32 {
+        if json {
+            out(JSON.object([("error", .string(message)), ("exit_code", .int(Int64(code.rawValue)))]).encoded(pretty: true))
+        } else {
+            err("baton: \(message)")
+        }
+        return code.rawValue
+    }
 
     /// `text` as it is, plus a newline unless `newline` is false.
     public static func write(_ fd: Int32, _ text: String, newline: Bool = true) {

@@ -4,7 +4,7 @@ import Glibc
 /// its directory without taking its lock. Never throws: a damaged run is described,
 /// with its problems listed.
 public struct RunInfo {
-    public enum State: String { case running, starting, orphaned, succeeded, failed, cancelled, dry_run }
+    public enum State: String, CaseIterable, Sendable { case running, starting, orphaned, succeeded, failed, cancelled, dry_run }
 
     public var id: String
     public var dir: RunDirectory
@@ -104,7 +104,7 @@ public struct RunInfo {
 
     public var json: JSON {
         var o: [(String, JSON)] = [
-            ("id", .string(id)), ("dir", .string(dir.path)), ("state", .string(state.rawValue)),
+            ("run", .string(id)), ("dir", .string(dir.path)), ("state", .string(state.rawValue)),
             ("recipe", recipe.map(JSON.string) ?? .null),
             ("started_at", startedAt.map { .string(Clock.rfc3339($0)) } ?? .null),
             ("ended_at", endedAt.map { .string(Clock.rfc3339($0)) } ?? .null),
@@ -121,7 +121,7 @@ public struct RunInfo {
                                           ("pid", currentPid.map { .int(Int64($0)) } ?? .null)])))
         } else { o.append(("current", .null)) }
         if let l = lastEvent {
-            o.append(("last_event", .object([("type", .string(l.type)), ("at", .string(Clock.rfc3339(l.ts))),
+            o.append(("last_event", .object([("type", .string(l.type)), ("ts", .string(Clock.rfc3339(l.ts))),
                                              ("ago_ms", .int(Int64((Clock.now() - l.ts) * 1000)))])))
         } else { o.append(("last_event", .null)) }
         o.append(("alive_pids", .array(alivePids.map { .int(Int64($0)) })))

@@ -80,11 +80,27 @@ public struct RunStore: Sendable {
 
     public init(root: String) { self.root = root }
 
-    /// `--runs-dir`, then `BATON_RUNS_DIR`, then `.baton/runs`.
+    /// `--runs-dir`, then `BATON_RUNS_DIR`, then `runs` in the nearest `.baton` directory
+    /// from the working directory up (as git finds `.git`), else `./.baton/runs`.
     public static func defaultRoot(override: String? = nil) -> String {
         if let o = override, !o.isEmpty { return FileIO.absolute(o) }
         if let e = getenv("BATON_RUNS_DIR"), let s = String(validatingCString: e), !s.isEmpty { return FileIO.absolute(s) }
-        return FileIO.absolute(".baton/runs")
+        return (nearestBatonDirectory(from: FileIO.currentDirectory()) ?? FileIO.absolute(".baton")) + "/runs"
+    }
+
+    /// The nearest `.baton` directory in `start` or above it. The walk never enters a
+    /// directory listed in BATON_CEILING_DIRS (colon-separated, as GIT_CEILING_DIRECTORIES):
+    /// tests in /tmp/x must not find a stray /tmp/.baton.
+    public static func nearestBatonDirectory(from start: String) -> String? {
+        let ceilings = (getenv("BATON_CEILING_DIRS").flatMap { String(validatingCString: $0) } ?? "")
+            .split(separator: ":").map { String($0).trimming { $0 == "/" } }
+        var dir = start
+        while true {
+            if FileIO.isDirectory(dir + "/.baton") { return dir + "/.baton" }
+            let parent = FileIO.dirname(dir)
+            if parent == dir || ceilings.contains(parent.trimming { $0 == "/" }) { return nil }
+            dir = parent
+        }
     }
 
     public func directory(_ id: String) -> RunDirectory { RunDirectory(id: id, path: root + "/" + id) }
@@ -113,6 +129,12 @@ public struct RunStore: Sendable {
         let names = FileIO.list(root).filter { !$0.hasPrefix(".") && FileIO.isDirectory(root + "/" + $0) }
         let keyed = names.map { ($0, directory($0).startTime() ?? 0) }
         return keyed.sorted { $0.1 != $1.1 ? $0.1 > $1.1 : $0.0 > $1.0 }.map(\.0)
+    }
+
+    /// Deletes a run directory and everything in it (`baton prune`).
+    public func remove(_ id: String) throws {
+        guard RunID.isValid(id), !id.hasPrefix(".") else { throw RunStoreError.invalidID(id) }
+        try FileIO.removeTree(directory(id).path)
     }
 
     public func resolve(_ ref: String?) throws -> RunDirectory {

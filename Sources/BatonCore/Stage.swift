@@ -89,20 +89,29 @@ public struct StageResult: Sendable {
     /// The last 64 KiB of a log file, as bytes.
     public static func tail(_ path: String) -> [UInt8] { readTail(path) }
 
+    /// What happened, in one line: how it ended and stderr's last line (final.json's reason).
     public var summary: String {
+        var s = headline
+        if ok || message != nil { return s }
+        let l = FailureSignature.lastNonEmptyLine(stderrText)
+        if !l.isEmpty { s += ": \(l.prefix(200))" }
+        return s
+    }
+
+    /// How it ended, without its output.
+    public var headline: String {
         if ok { return "stage '\(id)' passed" }
         var s = "stage '\(id)' \(status == .timed_out ? "timed out" : status.rawValue)"
         if let e = exit, status == .failed { s += " with exit code \(e)" }
         if let sig = signal { s += " (signal \(sig))" }
         if attempts > 1 { s += " after \(attempts) attempts" }
         if let m = message { s += ": \(m)" }
-        else { let l = FailureSignature.lastNonEmptyLine(stderrText); if !l.isEmpty { s += ": \(l.prefix(200))" } }
         return s
     }
 }
 
 /// Reads at most the last `limit` bytes of a file.
-func readTail(_ path: String, limit: Int = 65536) -> [UInt8] {
+public func readTail(_ path: String, limit: Int = 65536) -> [UInt8] {
     if path.isEmpty || FileIO.size(path) ?? 0 == 0 { return [] }   // one stat instead of open+fstat+close
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     if fd < 0 { return [] }
@@ -170,6 +179,10 @@ public final class StageExecution: LoopTask {
     }
 
     public var occurrence: Int { key.occurrence }
+    /// The current attempt's log files and when it started (monotonic), for the terminal.
+    public var currentLogs: StageLogs { logs }
+    public var attemptStartedAt: Double { attemptStart }
+    public var isRunning: Bool { if case .running = phase { return true }; return false }
     public var isFinished: Bool { if case .finished = phase { return true }; return false }
 
     /// Waiting for a free slot in its pool (woken when another stage's attempt ends).

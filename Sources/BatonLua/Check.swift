@@ -2,38 +2,69 @@ import BatonCore
 import CLua
 import LuaKit
 
-/// `baton check`: loads a recipe without running it.
+/// `baton check`: loads a recipe without running it, compiles the modules it requires, and
+/// lints its source (kit.lint): undefined globals (the recipe environment's own globals
+/// known), misspelt fields and wrongly typed literals in literal primitive tables.
 public enum RecipeCheck {
-    public struct Report { public var errors: [String] = []; public var warnings: [String] = []; public var ok: Bool { errors.isEmpty } }
+    /// One problem, where it is.
+    public struct Finding: Sendable {
+        public var file: String
+        public var line: Int
+        public var column: Int
+        public var code: String
+        public var message: String
+
+        public var text: String { "\(file):\(line):\(column): \(message) [\(code)]" }
+        public var json: JSON {
+            .object([("file", .string(file)), ("line", .int(Int64(line))), ("column", .int(Int64(column))),
+                     ("code", .string(code)), ("message", .string(message))])
+        }
+    }
+
+    public struct Report {
+        public var findings: [Finding] = []
+        public var ok: Bool { findings.isEmpty }
+    }
 
     public static func check(_ recipe: String) -> Report {
         var r = Report()
         let text: [UInt8]
-        do { text = try FileIO.readFile(recipe) } catch { r.errors.append("cannot read recipe \(error)"); return r }
-        if text.first == 0x1B { r.errors.append("\(recipe): binary (precompiled) chunks are refused; recipes are Lua text"); return r }
+        do { text = try FileIO.readFile(recipe) } catch {
+            r.findings.append(Finding(file: recipe, line: 1, column: 1, code: "read", message: "cannot read recipe \(error)")); return r
+        }
+        if text.first == 0x1B {
+            r.findings.append(Finding(file: recipe, line: 1, column: 1, code: "binary", message: "binary (precompiled) chunks are refused; recipes are Lua text"))
+            return r
+        }
         let env = RecipeEnvironment(memoryLimit: 512 << 20, output: OutputOptions(json: true, quiet: true))
-        env.setRequirePaths(recipeDir: FileIO.dirname(FileIO.absolute(recipe)))
-        do { try env.lua.load(text, name: "@" + recipe) } catch let e as LuaCallError {
-            r.errors.append(e.message); return r
-        } catch { r.errors.append("\(error)"); return r }
-        // Literal require("name") calls must resolve (next to the recipe, scripts-lua/, or built in).
+        let recipeDir = FileIO.dirname(FileIO.absolute(recipe))
+        env.setRequirePaths(recipeDir: recipeDir)
+        if let f = compile(env, text, file: recipe) { r.findings.append(f); return r }
+        // Literal require("name") calls must resolve (next to the recipe, scripts-lua/, or
+        // built in), and what they name must compile.
         let source = String(decoding: text, as: UTF8.self)
-        for name in requiredModules(source) {
+        for (name, offset) in requiredModules(source) {
             if EmbeddedLua.modules[name] != nil { continue }
             let rel = name.split(separator: ".").joined(separator: "/")
-            let dirs = [FileIO.dirname(FileIO.absolute(recipe)), FileIO.currentDirectory() + "/scripts-lua"]
-            if !dirs.contains(where: { FileIO.exists("\($0)/\(rel).lua") || FileIO.exists("\($0)/\(rel)/init.lua") }) {
-                r.errors.append("\(recipe): require '\(name)': no such module next to the recipe, in ./scripts-lua or built in")
+            let dirs = [recipeDir, FileIO.currentDirectory() + "/scripts-lua"]
+            let files = dirs.flatMap { ["\($0)/\(rel).lua", "\($0)/\(rel)/init.lua"] }
+            guard let file = files.first(where: FileIO.exists) else {
+                let (line, column) = position(source, offset)
+                r.findings.append(Finding(file: recipe, line: line, column: column, code: "require",
+                                          message: "require '\(name)': no such module next to the recipe, in ./scripts-lua or built in"))
+                continue
             }
+            if let bytes = try? FileIO.readFile(file), let f = compile(env, bytes, file: file) { r.findings.append(f) }
         }
-        r.errors += backoffErrors(source, recipe: recipe, lua: env.lua)
+        r.findings += lint(env, source, file: recipe)
+        r.findings += backoffFindings(source, recipe: recipe, lua: env.lua)
         return r
     }
 
     /// `backoff = ...` written as a literal is checked as runStage will check it (the same
     /// code). Anything computed is left to the run.
-    static func backoffErrors(_ source: String, recipe: String, lua: LuaState) -> [String] {
-        var errors: [String] = []
+    static func backoffFindings(_ source: String, recipe: String, lua: LuaState) -> [Finding] {
+        var errors: [Finding] = []
         for (line, literal) in literalTables(source, field: "backoff") {
             let base = lua.top
             defer { lua.top = base }
@@ -42,7 +73,7 @@ public enum RecipeCheck {
                 try lua.pcall(nargs: 0, nresults: 1)
             } catch let e as LuaCallError { lua.unref(e.ref); continue } catch { continue }
             do { _ = try RecipeEnvironment.backoff(SpecTable(nested: lua, index: -1, fn: "runStage")) } catch let e as LuaRaise {
-                errors.append("\(recipe):\(line): \(e.message)")
+                errors.append(Finding(file: recipe, line: line, column: 1, code: "field", message: e.message))
             } catch {}
         }
         return errors
@@ -107,8 +138,72 @@ public enum RecipeCheck {
         return out
     }
 
-    static func requiredModules(_ s: String) -> [String] {
-        var out: [String] = []
+    /// The chunk's syntax error, if any, with its line and (from "near 'x'") column.
+    static func compile(_ env: RecipeEnvironment, _ text: [UInt8], file: String) -> Finding? {
+        do {
+            try env.lua.load(text, name: "@" + file)
+            env.lua.pop()
+            return nil
+        } catch let e as LuaCallError {
+            env.lua.unref(e.ref)
+            // "file:12: unexpected symbol near '='"
+            let rest = e.message.hasPrefix(file + ":") ? e.message.dropFirst(file.count + 1) : Substring(e.message)
+            let line = Int(rest.prefix { $0.isNumber }) ?? 1
+            var message = String(rest.drop { $0.isNumber })
+            if message.hasPrefix(": ") { message.removeFirst(2) }
+            var column = 1
+            if let near = message.range(of: "near '")?.upperBound, let end = message[near...].firstIndex(of: "'") {
+                let token = String(message[near..<end])
+                let lines = String(decoding: text, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
+                if line <= lines.count, let at = lines[line - 1].range(of: token) {
+                    column = lines[line - 1].distance(from: lines[line - 1].startIndex, to: at.lowerBound) + 1
+                }
+            }
+            return Finding(file: file, line: line, column: column, code: "syntax", message: message)
+        } catch {
+            return Finding(file: file, line: 1, column: 1, code: "syntax", message: "\(error)")
+        }
+    }
+
+    /// kit.lint over the source, with the environment's real globals and the primitives'
+    /// own field lists.
+    static func lint(_ env: RecipeEnvironment, _ source: String, file: String) -> [Finding] {
+        let lua = env.lua
+        let driver = """
+            local src, file, fields = ...
+            local known = {arg = true}
+            for k in pairs(_G) do known[k] = true end
+            return require("kit.lint").check(src, file, known, fields)
+            """
+        let fields: JSON = .object(RecipeEnvironment.primitiveFields.map { ($0.0, .array($0.1.map(JSON.string))) })
+        let base = lua.top
+        defer { lua.top = base }
+        do {
+            try lua.load(Array(driver.utf8), name: "=baton.check")
+            lua.push(source)
+            lua.push(file)
+            lua.push(json: fields)
+            try lua.pcall(nargs: 3, nresults: 1)
+            guard case let .array(items) = try lua.toJSON(-1) else { return [] }
+            return items.map { j in
+                Finding(file: j["file"]?.stringValue ?? file, line: Int(j["line"]?.intValue ?? 1), column: Int(j["column"]?.intValue ?? 1),
+                        code: j["code"]?.stringValue ?? "lint", message: j["message"]?.stringValue ?? "")
+            }
+        } catch {
+            return [Finding(file: file, line: 1, column: 1, code: "lint", message: "the linter failed: \(error)")]
+        }
+    }
+
+    /// 1-based line and column of a byte offset.
+    static func position(_ s: String, _ offset: Int) -> (Int, Int) {
+        var line = 1, column = 1
+        for b in s.utf8.prefix(offset) { if b == 10 { line += 1; column = 1 } else { column += 1 } }
+        return (line, column)
+    }
+
+    /// Literal `require "name"` / `require("name")` calls: the name and where it stands.
+    static func requiredModules(_ s: String) -> [(String, Int)] {
+        var out: [(String, Int)] = []
         var rest = Substring(s)
         while let r = rest.range(of: "require") {
             var i = r.upperBound
@@ -119,7 +214,9 @@ public enum RecipeCheck {
             let start = rest.index(after: i)
             guard let end = rest[start...].firstIndex(of: q) else { continue }
             let name = String(rest[start..<end])
-            if !name.isEmpty, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "." || $0 == "-" }) { out.append(name) }
+            if !name.isEmpty, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "." || $0 == "-" }) {
+                out.append((name, s.utf8.distance(from: s.startIndex, to: r.lowerBound)))
+            }
         }
         return out
     }

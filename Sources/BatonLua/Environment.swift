@@ -9,7 +9,9 @@ import LuaShim
 public struct OutputOptions: Sendable {
     public var json = false
     public var quiet = false
-    public init(json: Bool = false, quiet: Bool = false) { self.json = json; self.quiet = quiet }
+    /// `--stream`: echo stage output as it comes.
+    public var stream = false
+    public init(json: Bool = false, quiet: Bool = false, stream: Bool = false) { self.json = json; self.quiet = quiet; self.stream = stream }
 }
 
 /// The recipe environment: one Lua state with the sandbox, the `baton` table and
@@ -23,6 +25,11 @@ public final class RecipeEnvironment {
     public var makeContext: (() throws -> RunContext)?
     /// Set by os.exit.
     public internal(set) var exitCode: Int32?
+    /// The terminal's status line and --stream echo (nil when neither applies).
+    var view: TerminalView?
+    /// Stages replayed since the last progress line (said in one line).
+    /// Set by `baton.usageOnly()` (kit.args on `help`): the run only printed its usage.
+    public internal(set) var usageOnly = false
     var handles: [Int: StageExecution] = [:]
     /// Locks held by baton.fs.locked, by absolute path.
     var heldLocks: [String: FileLock] = [:]
@@ -108,9 +115,9 @@ public final class RecipeEnvironment {
     }
 
     /// For people: stdout, or stderr when stdout carries the --json document.
-    func humanOut(_ s: String) { flushProgress(); Console.write(output.json ? 2 : 1, s) }
+    func humanOut(_ s: String) { flushProgress(); view?.clear(); Console.write(output.json ? 2 : 1, s) }
 
-    func progress(_ s: String) { flushProgress(); if !output.quiet { Console.err(s) } }
+    func progress(_ s: String) { flushProgress(); if !output.quiet { view?.clear(); Console.err(s) } }
 
     /// A resume's replays in a row, said in one line when there are many (a 10,000-stage
     /// resume would otherwise print 10,000 lines; `baton log --why` lists every one). Any
@@ -125,12 +132,22 @@ public final class RecipeEnvironment {
         guard !heldReplays.isEmpty else { return }
         let keys = heldReplays
         heldReplays.removeAll(keepingCapacity: true)
-        let why = ResumeWhy(reason: .unchanged).sentence
+        view?.clear()
+        let why = ResumeWhy(reason: .unchanged).sentence.replacingOccurrences(of: "replayed", with: Palette.replayed("replayed"))
         if keys.count <= 3 {
             Console.err(keys.map { "resume: stage \($0): \(why)" }.joined(separator: "\n"))
         } else {
             Console.err("resume: \(keys.count) stage calls \(why) (\(keys.first!) … \(keys.last!); baton log --why lists each)")
         }
+    }
+
+    /// The status line and `--stream`, driven by the run's event loop (a foreground run).
+    public func attachTerminal() {
+        let v = TerminalView(stream: output.stream, json: output.json)
+        guard v.isActive, !output.quiet, let loop = context?.loop else { return }
+        view = v
+        loop.tickInterval = v.tickInterval
+        loop.onTick = { [weak v] _ in v?.tick() }
     }
 
     /// print is Lua (tostring may run a __tostring metamethod, which may raise: that

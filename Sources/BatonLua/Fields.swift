@@ -296,7 +296,7 @@ struct SpecTable {
 func fmt(_ d: Double) -> String { d.rounded() == d && abs(d) < 1e15 ? String(Int(d)) : String(d) }
 
 /// The closest allowed name within a small edit distance.
-func suggestion(_ word: String, _ options: [String]) -> String? {
+public func suggestion(_ word: String, _ options: [String]) -> String? {
     let w = Array(word.lowercased().utf8)
     var best: (String, Int)? = nil
     for o in options {

@@ -37,6 +37,7 @@ extension RecipeEnvironment {
                 try self.requireContext().setPool(name, limit: n)
                 return 0
             }),
+            ("usageOnly", { [unowned self] (_: LuaState) throws -> Int32 in self.usageOnly = true; return 0 }),
         ], prefix: "baton.")
 
         // baton.json

@@ -30,6 +30,12 @@ extension RecipeEnvironment {
                               "transient", "breaker", "requireFiles", "background", "allowFail", "pool",
                               "noOutputTimeout", "heartbeatFile", "stallWarnSec"]
 
+    static let preflightFields = ["name", "policy", "checks", "timeout"]
+    /// Each primitive that takes a spec table and the fields it allows (what `baton check` lints).
+    static var primitiveFields: [(String, [String])] {
+        [("runStage", stageFields), ("preflight", preflightFields), ("watch", watchFields), ("gate", gateFields)]
+    }
+
     func stageSpec(_ l: LuaState, fn: String) throws -> (StageSpec, background: Bool) {
         let t = try SpecTable(l, arg: 1, fn: fn, allowed: RecipeEnvironment.stageFields)
         let id = try t.string("id", required: true, nonEmpty: true)!
@@ -97,13 +103,15 @@ extension RecipeEnvironment {
     func awaitStage(_ l: LuaState, _ exec: StageExecution) throws -> Int32 {
         let ctx = try requireContext()
         if !exec.isFinished {
+            view?.watch(exec)
             let w = ctx.wait(for: exec)
+            view?.watch(nil)
             try checkFatal()
             if w == .interrupted && !exec.isFinished { throw RecipeEnvironment.abort }
         }
         guard let r = exec.result else { throw RecipeEnvironment.abort }
         if r.status == .cancelled && ctx.interrupted { throw RecipeEnvironment.abort }
-        if !r.dry && !r.replayed { progress(stageLine(r)) }
+        if !r.replayed && !r.dry { progress(stageLine(r)) }   // (a resume's replays are said by runStage)
         if !r.ok && !exec.spec.allowFail {
             throw LuaRaise(r.summary, status: .failure, kind: "stage", extra: { [unowned self] l in
                 self.pushResult(l, r); l.setField(-2, "result")
@@ -113,13 +121,15 @@ extension RecipeEnvironment {
         return 1
     }
 
+    /// "ok   stage build passed in 2s", or a FAIL line with the last 5 lines of stderr.
     func stageLine(_ r: StageResult) -> String {
-        let mark = r.ok ? "ok  " : "FAIL"
-        var s = "\(mark) stage \(r.id)"
+        var s = (r.ok ? Palette.ok("ok  ") : Palette.fail("FAIL")) + " stage \(r.id)"
         if r.occurrence > 1 { s += " #\(r.occurrence)" }
         s += " \(r.status.rawValue) in \(Clock.human(r.duration))"
         if r.attempts > 1 { s += " (\(r.attempts) attempts)" }
-        if !r.ok { s += ": " + r.summary }
+        if r.ok { return s }
+        s += ": " + r.headline
+        for line in FailureSignature.lastNonEmptyLines(r.stderrText, 5) { s += "\n     " + Palette.dim("| ") + String(line.prefix(300)) }
         return s
     }
 
@@ -235,7 +245,7 @@ extension RecipeEnvironment {
     // MARK: preflight
 
     func preflight(_ l: LuaState) throws -> Int32 {
-        let t = try SpecTable(l, arg: 1, fn: "preflight", allowed: ["name", "policy", "checks", "timeout"])
+        let t = try SpecTable(l, arg: 1, fn: "preflight", allowed: RecipeEnvironment.preflightFields)
         let name = try t.string("name") ?? "preflight"
         let policy = try t.option("policy", PreflightPolicy.self) ?? .fail
         let defaultTimeout = try t.number("timeout", min: 0.001) ?? 30
@@ -319,7 +329,7 @@ extension RecipeEnvironment {
             if policy == .fail && !ctx.dryRun {
                 throw LuaRaise(msg, status: .preflightFailed, kind: "preflight", extra: { l in l.push(json: report); l.setField(-2, "report") })
             }
-            progress("warning: \(msg)\(ctx.dryRun ? " (dry run: not fatal)" : "")")
+            progress(Palette.warn("warning:") + " \(msg)\(ctx.dryRun ? " (dry run: not fatal)" : "")")
         }
         l.push(json: report)
         return 1

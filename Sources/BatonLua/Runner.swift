@@ -12,6 +12,8 @@ public struct RunOptions: Sendable {
     public var runID: String?
     public var dryRun = false
     public var json = false
+    /// `--stream`: echo stage output as it comes.
+    public var stream = false
     public var memoryLimit = RunOptions.defaultMemoryLimit
     /// The directory was made by `run --detach`; the runner only fills it.
     public var existingRun = false
@@ -44,19 +46,35 @@ public struct Ending {
 }
 
 public enum RecipeRunner {
-    /// `baton run`: runs a recipe in a new run directory. Returns the exit code.
+    /// `baton run`: runs a recipe in a new run directory. Returns the exit code. A recipe
+    /// that cannot be read or compiled leaves no run directory: nothing ran.
     public static func run(_ o: RunOptions) -> Int32 {
         let store = RunStore(root: o.runsDir)
         let (text, readError) = readRecipe(o.recipe)
+        let env = environment(o)
+        if !o.existingRun, let failed = load(env: env, recipe: o.recipe, text: text, readError: readError) {
+            return Console.error(failed.reason ?? "cannot load \(o.recipe)", json: o.json, code: failed.exit)
+        }
         let ctx: RunContext
         do {
             ctx = try RunContext.start(store: store, id: o.runID, recipe: o.recipe, recipeText: text ?? [],
                                        args: o.words, dryRun: o.dryRun, existing: o.existingRun, sync: o.sync)
         } catch {
-            diag("baton: cannot start the run: \(error)")
-            return ExitStatus.usage.rawValue
+            return Console.error("cannot start the run: \(error)", json: o.json)
         }
-        return execute(ctx: ctx, options: o, text: text, readError: readError)
+        return execute(ctx: ctx, env: env, options: o, loaded: !o.existingRun, text: text, readError: readError)
+    }
+
+    /// Why the recipe cannot run (unreadable, binary, a syntax error), or nil: what
+    /// `run --detach` checks before it returns.
+    public static func loadProblem(_ recipe: String) -> String? {
+        let (text, readError) = readRecipe(recipe)
+        let env = RecipeEnvironment(memoryLimit: RunOptions.defaultMemoryLimit, output: OutputOptions(json: false))
+        return load(env: env, recipe: recipe, text: text, readError: readError).map { $0.reason ?? "cannot load \(recipe)" }
+    }
+
+    static func environment(_ o: RunOptions) -> RecipeEnvironment {
+        RecipeEnvironment(memoryLimit: o.memoryLimit, output: OutputOptions(json: o.json, stream: o.stream))
     }
 
     /// `baton resume`: runs the recipe again in the same run directory, replaying what passed.
@@ -66,10 +84,9 @@ public enum RecipeRunner {
         do {
             ctx = try RunContext.resume(dir: dir, recipe: o.recipe, recipeText: text ?? [], args: o.words, sync: o.sync)
         } catch {
-            diag("baton: cannot resume: \(error)")
-            return ExitStatus.usage.rawValue
+            return Console.error("cannot resume: \(error)", json: o.json)
         }
-        return execute(ctx: ctx, options: o, text: text, readError: readError)
+        return execute(ctx: ctx, env: environment(o), options: o, loaded: false, text: text, readError: readError)
     }
 
     static func readRecipe(_ path: String) -> ([UInt8]?, String?) {
@@ -77,9 +94,10 @@ public enum RecipeRunner {
         do { return (try FileIO.readFile(path), nil) } catch { return (nil, "cannot read recipe \(error)") }
     }
 
-    static func execute(ctx: RunContext, options o: RunOptions, text: [UInt8]?, readError: String?) -> Int32 {
-        let env = RecipeEnvironment(memoryLimit: o.memoryLimit, output: OutputOptions(json: o.json))
+    /// Runs the recipe in `ctx`; `loaded`: its chunk is already compiled on `env`'s stack.
+    static func execute(ctx: RunContext, env: RecipeEnvironment, options o: RunOptions, loaded: Bool, text: [UInt8]?, readError: String?) -> Int32 {
         env.context = ctx
+        env.attachTerminal()
         env.publishRun()
         env.setArguments(recipe: o.recipe, words: o.words)
         let dir = FileIO.dirname(FileIO.absolute(o.recipe))
@@ -89,7 +107,8 @@ public enum RecipeRunner {
 
         // The control socket (baton attach): served by the loop while the recipe waits.
         let control = o.dryRun ? nil : ControlServer.start(env: env, ctx: ctx)
-        let ending = evaluate(env: env, recipe: o.recipe, text: text, readError: readError)
+        let ending = loaded ? (signalEnding(env) ?? call(env: env, recipe: o.recipe))
+            : evaluate(env: env, recipe: o.recipe, text: text, readError: readError)
         control?.close()
         env.flushProgress()
         if o.dryRun, ending.code == 0 {
@@ -97,6 +116,10 @@ public enum RecipeRunner {
         }
         let problems = ctx.finish(status: ending.status, exitCode: ending.code, reason: ending.reason)
         for p in problems { diag("baton: \(p)") }
+        // `baton run r.lua help` printed the usage and ran nothing: no run to keep.
+        if env.usageOnly, ending.code == 0, ctx.history.stages.isEmpty, !o.existingRun, (try? RunStore(root: o.runsDir).remove(ctx.dir.id)) != nil {
+            return ending.code
+        }
         report(ctx: ctx, ending: ending, json: o.json)
         return ending.code
     }
@@ -113,6 +136,12 @@ public enum RecipeRunner {
     /// Works with or without a run (the shell's piped mode opens one on first use).
     public static func evaluate(env: RecipeEnvironment, recipe: String, text: [UInt8]?, readError: String?) -> Ending {
         if let sig = signalEnding(env) { return sig }
+        if let failed = load(env: env, recipe: recipe, text: text, readError: readError) { return failed }
+        return call(env: env, recipe: recipe)
+    }
+
+    /// Compiles the chunk onto the stack; the ending when it cannot be.
+    static func load(env: RecipeEnvironment, recipe: String, text: [UInt8]?, readError: String?) -> Ending? {
         guard let text else { return Ending(status: .failed, exit: .usage, reason: readError ?? "cannot read \(recipe)") }
         if text.first == 0x1B {
             return Ending(status: .failed, exit: .usage, reason: "\(recipe): binary (precompiled) chunks are refused; recipes are Lua text")
@@ -127,6 +156,12 @@ public enum RecipeRunner {
         } catch {
             return Ending(status: .failed, exit: .usage, reason: "\(error)")
         }
+        return nil
+    }
+
+    /// Calls the compiled chunk on top of the stack with the recipe's words.
+    static func call(env: RecipeEnvironment, recipe: String) -> Ending {
+        let lua = env.lua
         let base = lua.top - 1
         for w in env.wordsForVarargs { lua.push(w) }
         do {
@@ -196,11 +231,11 @@ public enum RecipeRunner {
         let took = Clock.human(Clock.monotonic() - ctx.startedMonotonic)
         switch ending.status {
         case .succeeded, .dry_run:
-            diag("run \(ctx.dir.id) \(ending.status == .dry_run ? "dry run finished" : "succeeded") in \(took)")
+            diag("run \(ctx.dir.id) " + Palette.ok(ending.status == .dry_run ? "dry run finished" : "succeeded") + " in \(took)")
         case .failed:
-            diag("run \(ctx.dir.id) failed (exit \(ending.code)): \(ending.reason ?? "")")
+            diag("run \(ctx.dir.id) " + Palette.fail("failed") + " (exit \(ending.code)): \(ending.reason ?? "")")
         case .cancelled:
-            diag("run \(ctx.dir.id) cancelled (exit \(ending.code)): \(ending.reason ?? "")")
+            diag("run \(ctx.dir.id) " + Palette.warn("cancelled") + " (exit \(ending.code)): \(ending.reason ?? "")")
         }
     }
 }

@@ -6,7 +6,7 @@ extension Commands {
     /// Writes the report of a run: HTML (the default: report.html in the run directory),
     /// a Chrome trace and/or a TSV of attempts. Prints each path written.
     public static func report(root: String, ref: String?, html: String?, trace: String?, tsv: String?) -> Int32 {
-        guard let dir = resolve(root, ref) else { return ExitStatus.usage.rawValue }
+        guard let dir = resolve(root, ref, json: false) else { return ExitStatus.usage.rawValue }
         do {
             for p in try writeReport(dir, html: html, trace: trace, tsv: tsv) { out(p) }
         } catch {
@@ -40,7 +40,7 @@ extension Commands {
     /// `baton log --why [STAGE]`: for each resume of the run, whether each stage call
     /// replayed or ran for real, and why.
     public static func why(root: String, ref: String?, stage: String?, json: Bool) -> Int32 {
-        guard let dir = resolve(root, ref) else { return ExitStatus.usage.rawValue }
+        guard let dir = resolve(root, ref, json: json) else { return ExitStatus.usage.rawValue }
         let events = ((try? JournalReader.read(dir.journal)) ?? JournalContents()).events
         let t = RunTimeline(events, live: false)
         let picked = t.decisions.filter { stage == nil || $0.key.id == stage }

@@ -91,10 +91,10 @@ import Testing
         #expect(try Harness.run(["run", "--run-id", "nightly", "a.lua"], cwd: d).code == 0)
         #expect(try Harness.run(["run", "a.lua"], cwd: d).code == 0)
         let st = try statusJSON(d)
-        #expect(st["id"] as? String != "nightly", "latest is the second run, not the id that sorts last")
+        #expect(st["run"] as? String != "nightly", "latest is the second run, not the id that sorts last")
         let runs = try Harness.run(["runs", "--json"], cwd: d)
         let list = try #require(try JSONSerialization.jsonObject(with: Data(runs.stdout.utf8)) as? [[String: Any]])
-        #expect(list.map { $0["id"] as? String == "nightly" } == [false, true], "newest first: \(list.map { $0["id"] ?? "" })")
+        #expect(list.map { $0["run"] as? String == "nightly" } == [false, true], "newest first: \(list.map { $0["run"] ?? "" })")
     }
 
     @Test func stageOutputIsTheExactBytes() throws {
@@ -173,7 +173,7 @@ import Testing
         let fmt = ISO8601DateFormatter()
         fmt.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         let t0 = fmt.date(from: st["started_at"] as? String ?? "")!.timeIntervalSince1970
-        let t1 = fmt.date(from: last["at"] as? String ?? "")!.timeIntervalSince1970
+        let t1 = fmt.date(from: last["ts"] as? String ?? "")!.timeIntervalSince1970
         #expect(abs(Double(st["duration_ms"] as? Int ?? -1) / 1000 - (t1 - t0)) < 0.01, "status: \(st)")
         #expect((st["current"] as? [String: Any])?["id"] as? String == "hang", "where it died")
         _ = try Harness.run(["cancel"], cwd: d)

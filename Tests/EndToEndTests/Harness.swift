@@ -51,6 +51,9 @@ enum Harness {
         env["NO_COLOR"] = "1"
         env["PATH"] = "\(fixtures):" + (env["PATH"] ?? "/usr/bin:/bin")
         env.removeValue(forKey: "BATON_RUNS_DIR")
+        // Runs are found in the nearest .baton from the test's directory up: never a stray
+        // one in the temporary directory itself.
+        env["BATON_CEILING_DIRS"] = FileManager.default.temporaryDirectory.path
         for k in unset { env.removeValue(forKey: k) }
         for (k, v) in extra { env[k] = v }
         return env

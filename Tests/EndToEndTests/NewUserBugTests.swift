@@ -52,7 +52,7 @@ import Testing
         // check is static: it reads the literal table in the recipe text.
         let check = try Harness.run(["check", "r.lua"], cwd: d)
         #expect(check.code == 3, "check \(value) -> \(check.code): \(check.stdout) \(check.stderr)")
-        #expect((check.stdout + check.stderr).contains("r.lua:2: runStage: ") && (check.stdout + check.stderr).contains(message),
+        #expect((check.stdout + check.stderr).contains("r.lua:2:1: runStage: ") && (check.stdout + check.stderr).contains(message),
                 "check: \(check.stdout) \(check.stderr)")
     }
 

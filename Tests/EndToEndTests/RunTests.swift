@@ -85,10 +85,14 @@ import Testing
         #expect(r.code == 3, "stderr: \(r.stderr)")
         #expect(r.stderr.contains(expected), "stderr: \(r.stderr)")
         #expect(!r.stderr.contains("traceback"))
-        let run = try #require(Harness.latestRun(d))
-        _ = Harness.journal(run)
-        let f = try #require(Harness.final(run))
-        #expect(f["status"] as? String == "failed" && f["exit_code"] as? Int == 3)
+        #expect(Harness.runDirs(d).isEmpty, "nothing ran: no run directory")
+        // With --json the error is an object on stdout.
+        let j = try Harness.run(["run", "--json", "bad.lua"], cwd: d)
+        let o = try #require(try JSONSerialization.jsonObject(with: Data(j.stdout.utf8)) as? [String: Any], "stdout: \(j.stdout)")
+        #expect(j.code == 3 && o["exit_code"] as? Int == 3 && (o["error"] as? String ?? "").contains(expected))
+        // --detach says so at once, before it returns.
+        let det = try Harness.run(["run", "--detach", "bad.lua"], cwd: d)
+        #expect(det.code == 3 && det.stderr.contains(expected) && Harness.runDirs(d).isEmpty, "stderr: \(det.stderr)")
     }
 
     @Test func realBytecodeIsRefused() throws {

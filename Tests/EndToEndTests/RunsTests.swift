@@ -61,7 +61,7 @@ import Testing
         #expect(ran(d) == ["a", "b", "slow-start", "slow", "c"])
         #expect(FileManager.default.fileExists(atPath: runDir + "/run.out"))
         let list = try JSONSerialization.jsonObject(with: Data(try Harness.run(["runs", "--json"], cwd: d).stdout.utf8)) as? [[String: Any]]
-        #expect(list?.first?["id"] as? String == id)
+        #expect(list?.first?["run"] as? String == id)
     }
 
     @Test func orphanedRunIsReportedAndResumedWithoutRedoingWhatPassed() throws {

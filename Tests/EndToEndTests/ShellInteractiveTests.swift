@@ -9,19 +9,25 @@ final class Pane {
     let name: String
     let state: String
 
-    /// Starts `baton repl` (or `baton ARGS`) in `cwd` with HOME and XDG_STATE_HOME in the test's directory.
-    init(_ tag: String, cwd: String? = nil, state: String? = nil, args: [String] = ["repl"], prompt: String = ">") throws {
+    /// Starts `baton repl` (or `baton ARGS`) in `cwd` with HOME and XDG_STATE_HOME in the
+    /// test's directory; NO_COLOR set unless `color`; waits for `prompt` (by default ">",
+    /// except for `run` and `resume`, which show no prompt).
+    init(_ tag: String, cwd: String? = nil, state: String? = nil, args: [String] = ["repl"], prompt: String? = nil,
+         color: Bool = false) throws {
+        let prompt = prompt ?? (["run", "resume"].contains(args.first ?? "") ? nil : ">")
         dir = Harness.tempDir("shell-\(tag)")
         socket = dir + "/tmux.sock"
         name = "baton-\(tag)-\(UUID().uuidString.prefix(6))"
         self.state = state ?? dir + "/state"
         let work = cwd ?? dir
-        let env = ["HOME=\(dir)", "XDG_STATE_HOME=\(self.state)", "NO_COLOR=1", "TERM=xterm-256color", "LANG=C.UTF-8",
-                   "PATH=\(Harness.fixtures):/usr/local/bin:/usr/bin:/bin"]
-        let command = "cd \(Pane.quote(work)) && env \(env.map(Pane.quote).joined(separator: " ")) \(Pane.quote(Harness.binary)) \(args.map(Pane.quote).joined(separator: " ")); "
-            + "echo BATON-EXIT=$?; sleep 600"
+        var env = ["HOME=\(dir)", "XDG_STATE_HOME=\(self.state)", "TERM=xterm-256color", "LANG=C.UTF-8",
+                   "PATH=\(Harness.fixtures):/usr/local/bin:/usr/bin:/bin",
+                   "BATON_CEILING_DIRS=\(FileManager.default.temporaryDirectory.path)"]
+        if !color { env.append("NO_COLOR=1") }
+        let command = "cd \(Pane.quote(work)) && env -u NO_COLOR \(env.map(Pane.quote).joined(separator: " ")) \(Pane.quote(Harness.binary)) "
+            + args.map(Pane.quote).joined(separator: " ") + "; echo BATON-EXIT=$?; sleep 600"
         try tmux(["new-session", "-d", "-s", name, "-x", "160", "-y", "50", command])
-        #expect(waitForPrompt(prompt), "no prompt: \(screen())")
+        if let prompt { #expect(waitForPrompt(prompt), "no prompt: \(screen())") }
     }
 
     static func quote(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'" }
@@ -97,6 +103,9 @@ final class Pane {
             .map { String($0.reversed().drop { $0 == " " }.reversed()) }
             .joined(separator: "\n").trimmingCharacters(in: .newlines)
     }
+
+    /// The visible pane with its escape sequences (colours).
+    func rawScreen() -> String { (try? tmux(["capture-pane", "-p", "-e", "-t", name])) ?? "" }
 
     /// Waits until the screen contains `needle` (after what was there at `since`).
     @discardableResult

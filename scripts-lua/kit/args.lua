@@ -2,7 +2,10 @@
 --
 --   local args = require("kit.args")
 --   local o = args.parse{
---     usage = USAGE,                       -- printed for `help`, `--help`, `-h`
+--     usage = USAGE,                       -- printed for `help`, `--help`, `-h` (optional: without
+--                                          -- it the usage is made from the options)
+--     description = "what it does",         -- under a made usage
+--     -- each option may say `help = "what it is for"`: --help lists it with its form and default
 --     options = {risk = {choices = {"low", "medium", "high"}}, cwd = {}, poll = {number = true, min = 0.01}},
 --     positional = "task",                 -- other words are joined into o.task (optional)
 --   }
@@ -58,6 +61,42 @@ local function isHelp(w)
   return w == "help" or w == "--help" or w == "-h"
 end
 
+--- One option as `--help` shows it: its form, its help text and what it accepts.
+local function describe(name, opt)
+  local form = "--" .. name:gsub("_", "-") .. (opt.flag and "" or ("=" .. (opt.choices and table.concat(opt.choices, "|") or
+    (opt.number and "N" or (opt.list and "A,B,..." or "VALUE")))))
+  local notes = {}
+  if opt.required then notes[#notes + 1] = "required" end
+  if opt.number and opt.min then notes[#notes + 1] = "at least " .. opt.min end
+  if opt.default ~= nil then notes[#notes + 1] = "default " .. tostring(opt.default) end
+  local text = opt.help or ""
+  if #notes > 0 then text = text .. (text ~= "" and " " or "") .. "(" .. table.concat(notes, "; ") .. ")" end
+  return (("  %-28s %s"):format(form, text):gsub("%s+$", ""))
+end
+
+--- The text `help`, `--help` and `-h` print: the recipe's `usage`, then every option that
+--- has a `help` text; with no `usage`, one made from the options (each also as name=value).
+function M.usage(spec)
+  local names = {}
+  for k, opt in pairs(spec.options or {}) do
+    if opt.help or not spec.usage then names[#names + 1] = k end
+  end
+  table.sort(names)
+  local lines = {}
+  if spec.usage then
+    lines[1] = spec.usage
+  else
+    local recipe = arg and arg[0] or "RECIPE"
+    lines[1] = ("usage: baton run %s [options]%s"):format(recipe, spec.positional and (" [" .. spec.positional .. "]") or "")
+    if spec.description then lines[#lines + 1] = "\n" .. spec.description end
+  end
+  if #names > 0 then
+    lines[#lines + 1] = "\noptions (--name value, --name=value or name=value):"
+    for _, k in ipairs(names) do lines[#lines + 1] = describe(k, spec.options[k]) end
+  end
+  return table.concat(lines, "\n")
+end
+
 --- Splits `words` (default: the recipe's `arg`) into options and positional words.
 function M.parse(spec, words)
   words = words or arg or {}
@@ -67,7 +106,8 @@ function M.parse(spec, words)
   table.sort(known)
   local o, rest = {}, {}
   if (#words == 1 and isHelp(words[1])) or (#words >= 1 and (words[1] == "--help" or words[1] == "-h")) then
-    print(spec.usage or "no usage text")
+    print(M.usage(spec))
+    baton.usageOnly() -- nothing runs: the runner keeps no run directory
     o.help = true
     return o
   end

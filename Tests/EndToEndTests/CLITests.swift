@@ -1,0 +1,247 @@
+import Foundation
+import Testing
+
+/// The command line (issue 12 part 1): help per command, global options anywhere, did-you-mean,
+/// the recipe's own words, completion scripts, and a runner that stays free of Foundation.
+@Suite struct CLITests {
+    @Test func helpPerCommand() throws {
+        let d = Harness.tempDir("cli-help")
+        let a = try Harness.run(["run", "--help"], cwd: d)
+        let b = try Harness.run(["help", "run"], cwd: d)
+        #expect(a.code == 0 && b.code == 0, "stderr: \(a.stderr) \(b.stderr)")
+        for h in [a.stdout, b.stdout] {
+            #expect(h.contains("--dry-run") && h.contains("--detach") && h.contains("--run-id") && h.contains("--sync"), "help: \(h)")
+            #expect(!h.contains("--existing-run"), "the hidden option stays hidden")
+        }
+        let top = try Harness.run(["--help"], cwd: d)
+        #expect(top.code == 0)
+        for c in ["run", "runs", "status", "log", "cancel", "resume", "check", "repl"] { #expect(top.stdout.contains(c)) }
+        let log = try Harness.run(["log", "--help"], cwd: d)
+        #expect(log.code == 0 && log.stdout.contains("--follow") && log.stdout.contains("--stage"))
+        #expect(try Harness.run(["--version"], cwd: d).stdout.hasPrefix("baton "))
+        #expect(try Harness.run(["version"], cwd: d).stdout.hasPrefix("baton "))
+        // Nothing of this leaves a run directory behind.
+        #expect(Harness.runDirs(d).isEmpty)
+    }
+
+    @Test func runsDirBeforeOrAfterTheCommand() throws {
+        let d = Harness.tempDir("cli-global")
+        Harness.write(d + "/r.lua", "return {ok = true}")
+        #expect(try Harness.run(["--runs-dir", "elsewhere", "run", "r.lua"], cwd: d).code == 0)
+        let before = try Harness.run(["--runs-dir", "elsewhere", "runs", "--json"], cwd: d)
+        let after = try Harness.run(["runs", "--runs-dir", "elsewhere", "--json"], cwd: d)
+        let inline = try Harness.run(["runs", "--runs-dir=elsewhere", "--json"], cwd: d)
+        for r in [before, after, inline] {
+            let list = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]]
+            #expect(r.code == 0 && list?.count == 1, "stdout: \(r.stdout) stderr: \(r.stderr)")
+        }
+        #expect(try Harness.run(["--runs-dir", "elsewhere", "status"], cwd: d).stdout.contains("succeeded"))
+        #expect(Harness.runDirs(d).isEmpty, "nothing under .baton/runs")
+    }
+
+    @Test func didYouMeanAndUsageErrorsExitThree() throws {
+        let d = Harness.tempDir("cli-dym")
+        Harness.write(d + "/r.lua", "return {ok = true}")
+        let o = try Harness.run(["run", "--dryrun", "r.lua"], cwd: d)
+        #expect(o.code == 3 && o.stderr.contains("--dryrun") && o.stderr.contains("Did you mean '--dry-run'"), "stderr: \(o.stderr)")
+        let c = try Harness.run(["stauts"], cwd: d)
+        #expect(c.code == 3 && c.stderr.contains("did you mean 'status'"), "stderr: \(c.stderr)")
+        let s = try Harness.run(["run", "--sync", "never", "r.lua"], cwd: d)
+        #expect(s.code == 3 && s.stderr.contains("--sync must be"), "stderr: \(s.stderr)")
+        #expect(try Harness.run(["status", "a", "b"], cwd: d).code == 3)
+        #expect(try Harness.run(["log", "--stage"], cwd: d).code == 3)
+        #expect(Harness.runDirs(d).isEmpty)
+    }
+
+    @Test func everythingAfterTheRecipeIsTheRecipes() throws {
+        let d = Harness.tempDir("cli-words")
+        Harness.write(d + "/r.lua", """
+            local words = table.concat({...}, " ")
+            baton.fs.write("words.txt", words .. "|" .. tostring(baton.args.x))
+            return {ok = true}
+            """)
+        let r = try Harness.run(["run", "--json", "r.lua", "--json", "x=1", "--help", "--dry-run"], cwd: d)
+        #expect(r.code == 0, "stderr: \(r.stderr)")
+        #expect(Harness.read(d + "/words.txt") == "--json x=1 --help --dry-run|1")
+        #expect(r.stdout.contains("\"status\""), "run's own --json printed final.json")
+        let dd = try Harness.run(["run", "--", "r.lua", "a"], cwd: d)
+        #expect(dd.code == 0 && Harness.read(d + "/words.txt") == "a|nil", "stderr: \(dd.stderr)")
+    }
+
+    /// Part 7: a recipe's parameters, declared once in kit.args, documented by
+    /// `baton run R.lua --help` (no run directory left behind).
+    @Test func recipeParametersDocumentedByHelp() throws {
+        let d = Harness.tempDir("cli-params")
+        Harness.write(d + "/r.lua", """
+            local o = require("kit.args").parse{
+              description = "Deploys TASK carefully.", positional = "task",
+              options = {
+                risk = {choices = {"low", "medium", "high"}, default = "low", help = "how careful to be"},
+                count = {number = true, min = 1, required = true, help = "how many replicas"},
+                dry_rehearsal = {flag = true, help = "rehearse first"},
+              },
+            }
+            if o.help then return end
+            print(o.risk, o.count, o.task)
+            """)
+        for word in ["--help", "-h", "help"] {
+            let r = try Harness.run(["run", "r.lua", word], cwd: d)
+            #expect(r.code == 0, "\(r.stderr)")
+            #expect(r.stdout.contains("usage: baton run r.lua [options] [task]") && r.stdout.contains("Deploys TASK carefully."), "\(r.stdout)")
+            #expect(r.stdout.contains("--risk=low|medium|high") && r.stdout.contains("how careful to be (default low)"))
+            #expect(r.stdout.contains("--count=N") && r.stdout.contains("(required; at least 1)") && r.stdout.contains("--dry-rehearsal"))
+        }
+        #expect(Harness.runDirs(d).isEmpty)
+        let ok = try Harness.run(["run", "r.lua", "--count", "2", "ship", "it"], cwd: d)
+        #expect(ok.code == 0 && ok.stdout.contains("low\t2\tship it"), "\(ok.stdout) \(ok.stderr)")
+        let bad = try Harness.run(["run", "r.lua", "--risk", "hgih", "count=1"], cwd: d)
+        #expect(bad.code == 3 && bad.stderr.contains("low|medium|high"), "\(bad.stderr)")
+    }
+
+    @Test func noArgumentsReadsPipedLua() throws {
+        let d = Harness.tempDir("cli-pipe")
+        let r = try Harness.run([], cwd: d, stdin: "print('piped', 40 + 2)\n")
+        #expect(r.code == 0 && r.stdout.contains("piped\t42"), "stdout: \(r.stdout) stderr: \(r.stderr)")
+    }
+
+    /// The runner must not load Foundation (cold start): FoundationEssentials only.
+    @Test func noFoundationInTheRunner() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/ldd")
+        p.arguments = [Harness.binary]
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(!text.contains("libFoundation.so") && !text.contains("libFoundationInternationalization"), "ldd: \(text)")
+    }
+
+    // MARK: JSON
+
+    /// One vocabulary: the run id is `run` in every command's JSON (as in the journal and
+    /// final.json), and errors under --json are `{"error", "exit_code"}` on stdout.
+    @Test func oneJSONVocabulary() throws {
+        let d = Harness.tempDir("cli-json")
+        func object(_ r: Harness.Result) -> [String: Any] {
+            (try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8))) as? [String: Any] ?? [:]
+        }
+        Harness.write(d + "/r.lua", "runStage{id = 'a', cmd = 'true'}\nreturn {}")
+        Harness.write(d + "/slow.lua", "runStage{id = 'w', cmd = 'while [ ! -f go ]; do sleep 0.05; done'}")
+        let run = object(try Harness.run(["run", "--json", "--run-id", "j1", "r.lua"], cwd: d))
+        #expect(run["run"] as? String == "j1", "final.json: \(run)")
+        let det = object(try Harness.run(["run", "--detach", "--json", "--run-id", "j2", "slow.lua"], cwd: d))
+        #expect(det["run"] as? String == "j2" && (det["dir"] as? String)?.hasSuffix("/j2") == true, "\(det)")
+        Harness.write(d + "/go", "")
+        let waited = object(try Harness.run(["wait", "--json", "j2"], cwd: d))
+        #expect(waited["run"] as? String == "j2" && waited["exit_code"] as? Int == 0 && waited["state"] as? String == "succeeded", "\(waited)")
+        let st = object(try Harness.run(["status", "--json", "j1"], cwd: d))
+        #expect(st["run"] as? String == "j1" && st["id"] == nil && st["dir"] as? String != nil)
+        #expect(((st["last_event"] as? [String: Any])?["ts"] as? String)?.hasSuffix("Z") == true)
+        let list = (try? JSONSerialization.jsonObject(with: Data(try Harness.run(["runs", "--json"], cwd: d).stdout.utf8))) as? [[String: Any]]
+        #expect(Set(list?.compactMap { $0["run"] as? String } ?? []) == ["j1", "j2"])
+        let cancelled = object(try Harness.run(["cancel", "--json", "j1"], cwd: d))
+        #expect(cancelled["run"] as? String == "j1")
+        let pruned = object(try Harness.run(["prune", "--keep", "1", "--json"], cwd: d))
+        #expect((pruned["pruned"] as? [[String: Any]])?.first?["run"] as? String == "j1", "\(pruned)")
+        let stage = (try? JSONSerialization.jsonObject(with: Data(try Harness.run(["log", "--stage", "w", "--json"], cwd: d).stdout.utf8))) as? [[String: Any]]
+        #expect(stage?.first?["id"] as? String == "w")
+
+        // Errors: an object on stdout, the exit code in it and as the process's.
+        for args in [["status", "--json", "nosuch"], ["log", "--json", "--stage", "nosuch"], ["run", "--json", "missing.lua"],
+                     ["status", "--json", "--bogus"], ["frobnicate", "--json"], ["prune", "--json"], ["resume", "--json", "nosuch"]] {
+            let r = try Harness.run(args, cwd: d)
+            let e = object(r)
+            #expect(r.code == 3 && e["exit_code"] as? Int == 3 && (e["error"] as? String)?.isEmpty == false,
+                    "\(args): \(r.stdout) \(r.stderr)")
+        }
+    }
+
+    // MARK: completion
+
+    /// Sources the generated bash script, sets COMP_WORDS/COMP_CWORD for `words` (the last
+    /// one is being completed) and returns COMPREPLY, and how long the completion took.
+    static func complete(_ script: String, _ words: [String], cwd: String) throws -> (reply: [String], seconds: Double) {
+        func q(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'" }
+        let line = words.joined(separator: " ")
+        let program = """
+            source \(q(script))
+            COMP_WORDS=(\(words.map(q).joined(separator: " "))); COMP_CWORD=\(words.count - 1)
+            COMP_LINE=\(q(line)); COMP_POINT=${#COMP_LINE}
+            s=$(date +%s%N)
+            _baton baton \(q(words.last!)) \(q(words.count > 1 ? words[words.count - 2] : ""))
+            e=$(date +%s%N)
+            echo "ns=$((e - s))"
+            printf '%s\\n' "${COMPREPLY[@]}"
+            """
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/bash")
+        p.arguments = ["-c", program]
+        p.currentDirectoryURL = URL(fileURLWithPath: cwd)
+        var env = Harness.environment([:])
+        env["PATH"] = URL(fileURLWithPath: Harness.binary).deletingLastPathComponent().path + ":" + (env["PATH"] ?? "")
+        p.environment = env
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        let ns = Double(lines.first?.dropFirst(3) ?? "") ?? .infinity
+        lines.removeFirst()
+        return (lines.filter { !$0.isEmpty }, ns / 1e9)
+    }
+
+    static func bashScript(_ d: String) throws -> String {
+        let r = try Harness.run(["--generate-completion-script", "bash"], cwd: d)
+        #expect(r.code == 0 && r.stdout.contains("complete"))
+        Harness.write(d + "/baton.bash", r.stdout)
+        return d + "/baton.bash"
+    }
+
+    @Test func bashCompletesCommandsOptionsRecipesAndRunIDs() throws {
+        let d = Harness.tempDir("cli-comp")
+        let script = try Self.bashScript(d)
+        for shell in ["zsh", "fish"] {
+            let r = try Harness.run(["--generate-completion-script", shell], cwd: d)
+            #expect(r.code == 0 && r.stdout.contains("baton"))
+        }
+        Harness.write(d + "/build.lua", "return {}")
+        Harness.write(d + "/notes.txt", "")
+        #expect(try Harness.run(["run", "--run-id", "nightly-1", "build.lua"], cwd: d).code == 0)
+        #expect(try Harness.run(["--runs-dir", "other", "run", "--run-id", "elsewhere-1", "build.lua"], cwd: d).code == 0)
+
+        #expect(try Self.complete(script, ["baton", "st"], cwd: d).reply == ["status"])
+        let commands = try Self.complete(script, ["baton", ""], cwd: d).reply
+        #expect(["run", "runs", "status", "log", "cancel", "resume", "check", "help"].allSatisfy(commands.contains), "\(commands)")
+        #expect(Set(try Self.complete(script, ["baton", "run", "--d"], cwd: d).reply) == ["--dry-run", "--detach"])
+        let recipes = try Self.complete(script, ["baton", "run", ""], cwd: d).reply
+        #expect(recipes.contains("build.lua") && !recipes.contains("notes.txt"), "\(recipes)")
+        #expect(try Self.complete(script, ["baton", "check", "bu"], cwd: d).reply == ["build.lua"])
+        #expect(try Self.complete(script, ["baton", "status", "ni"], cwd: d).reply == ["nightly-1"])
+        #expect(try Self.complete(script, ["baton", "log", "--follow", ""], cwd: d).reply.contains("latest"))
+        #expect(try Self.complete(script, ["baton", "--runs-dir", "other", "cancel", "e"], cwd: d).reply == ["elsewhere-1"])
+        #expect(try Self.complete(script, ["baton", "resume", "--runs-dir", "other", "e"], cwd: d).reply == ["elsewhere-1"])
+        #expect(Set(try Self.complete(script, ["baton", "run", "--sync", ""], cwd: d).reply) == ["batched", "always"])
+    }
+
+    /// A Tab on a RUN with 1,000 runs in the directory answers within 50 ms.
+    @Test func runIDCompletionIsFastWithAThousandRuns() throws {
+        let d = Harness.tempDir("cli-comp-1000")
+        let script = try Self.bashScript(d)
+        let root = d + "/.baton/runs"
+        for i in 0..<1000 {
+            let dir = root + String(format: "/20261123-%06d-%04x", i, i)
+            Harness.write(dir + "/journal.jsonl", "{\"seq\":1,\"ts\":\"2026-11-23T10:00:00Z\",\"type\":\"run_started\"}\n")
+        }
+        var times: [Double] = []
+        for _ in 0..<5 {
+            let r = try Self.complete(script, ["baton", "status", "2026"], cwd: d)
+            #expect(r.reply.count == 1000)
+            times.append(r.seconds)
+        }
+        let median = times.sorted()[2]
+        #expect(median < 0.05, "Tab took \(median * 1000) ms")
+    }
+}

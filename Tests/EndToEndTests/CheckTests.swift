@@ -1,0 +1,86 @@
+import Foundation
+import Testing
+
+/// `baton check` as a linter (issue 12 part 2): undefined globals with the recipe
+/// environment's globals known, misspelt fields and wrongly typed literals in literal
+/// primitive tables, syntax errors in required modules; file:line:column, --json, exit 3.
+@Suite struct CheckTests {
+    static let bad = """
+        local args = require("kit.args")
+        local t = {risk = 1, [2] = "x"}
+        for i, v in ipairs(t) do print(i, v) end
+        runStag{id = "a", cmd = "true"}
+        runStage{id = "b", cmd = "true", retrys = 2, timeout = "10"}
+        baton.runStage({id = "c", cmd = {"true"}, backof = {}})
+        preflight{name = "p", polcy = "warn", checks = {{env = "X"}}}
+        watch{id = "w", file = "f", callback = "nope"}
+        gate{name = "g", maxIterations = "2", check = function(i) return {approved = i > 0} end}
+        if t.risk then local z = 1; print(z) else print(zz) end
+        """
+
+    @Test func findingsWithPositionsAndDidYouMean() throws {
+        let d = Harness.tempDir("check-lint")
+        Harness.write(d + "/bad.lua", Self.bad)
+        let r = try Harness.run(["check", "bad.lua"], cwd: d)
+        #expect(r.code == 3)
+        let lines = r.stderr.split(separator: "\n").map(String.init)
+        for expected in [
+            "bad.lua:4:1: undefined global 'runStag' (did you mean 'runStage'?) [undefined-global]",
+            "bad.lua:5:34: runStage: unknown field 'retrys' (did you mean 'retries'?)",
+            "bad.lua:5:56: runStage: field 'timeout' must be a number, got a string [field-type]",
+            "bad.lua:6:43: runStage: unknown field 'backof' (did you mean 'backoff'?)",
+            "bad.lua:7:23: preflight: unknown field 'polcy' (did you mean 'policy'?)",
+            "bad.lua:8:40: watch: field 'callback' must be a function, got a string [field-type]",
+            "bad.lua:9:34: gate: field 'maxIterations' must be a number, got a string [field-type]",
+            "bad.lua:10:49: undefined global 'zz' [undefined-global]",
+        ] {
+            #expect(lines.contains { $0.hasPrefix(expected) }, "\(expected) in:\n\(r.stderr)")
+        }
+        #expect(lines.count == 8, "nothing else (locals, loop variables, table keys, known globals): \(r.stderr)")
+
+        let j = try Harness.run(["check", "--json", "bad.lua"], cwd: d)
+        let doc = try #require(try JSONSerialization.jsonObject(with: Data(j.stdout.utf8)) as? [String: Any])
+        let findings = try #require(doc["findings"] as? [[String: Any]])
+        #expect(j.code == 3 && doc["ok"] as? Bool == false && findings.count == 8)
+        let first = findings[0]
+        #expect(first["file"] as? String == "bad.lua" && first["line"] as? Int == 4 && first["column"] as? Int == 1
+                && first["code"] as? String == "undefined-global" && (first["message"] as? String)?.contains("runStag") == true, "\(first)")
+    }
+
+    @Test func syntaxErrorsInRequiredModulesAndCleanRecipes() throws {
+        let d = Harness.tempDir("check-modules")
+        Harness.write(d + "/lib/helper.lua", "local M = {}\nfunction M.f()\n  return = 1\nend\nreturn M\n")
+        Harness.write(d + "/r.lua", "local h = require('lib.helper')\nrunStage{id = 'a', cmd = 'true'}\n")
+        let r = try Harness.run(["check", "r.lua"], cwd: d)
+        #expect(r.code == 3 && r.stderr.contains("lib/helper.lua:3:10:") && r.stderr.contains("[syntax]"), "\(r.stderr)")
+        // Every field with the type it takes, globals defined by the file, methods, labels: clean.
+        Harness.write(d + "/ok.lua", """
+            local h = {}
+            function h:go(x) return self, x end
+            counter = 0
+            function bump() counter = counter + 1 end
+            preflight{name = "p", policy = "warn", timeout = 5, checks = {{path = "."}}}
+            local s = runStage{id = "a", cmd = {"true"}, cwd = ".", env = {A = "1"}, stdin = "x", timeout = 5, grace = 1, retries = 1,
+              retryOn = {"transient"}, backoff = {initial = 1}, transient = {exit = {75}}, breaker = 2, requireFiles = {},
+              background = false, allowFail = true}
+            watch{id = "w", pid = 1, readyTimeoutSec = 1, readyPollSec = 1, onMissing = "block", timeoutSec = 1, heartbeatSec = 1,
+              callback = function(info) return info.id end, cwd = ".", allowFail = true, requireFiles = {}}
+            gate{name = "g", maxIterations = 2, cmd = "true", cwd = ".", env = {}, timeout = 1, fallback = {approved = true},
+              onReject = function() bump() end}
+            for i = 1, 3 do
+              if i == 2 then goto skip end
+              h:go(i)
+              ::skip::
+            end
+            return {ok = s.ok, n = counter, arg0 = arg[0]}
+            """)
+        let ok = try Harness.run(["check", "ok.lua"], cwd: d)
+        #expect(ok.code == 0 && ok.stdout.contains("ok.lua: ok"), "\(ok.stderr)")
+        // The recipes that ship with Baton are clean.
+        for recipe in ["gap09.lua", "wo_rebuild.lua", "research_callback.lua"] {
+            let path = Harness.packageRoot.appendingPathComponent("recipes/" + recipe).path
+            let c = try Harness.run(["check", path], cwd: Harness.packageRoot.path)
+            #expect(c.code == 0, "\(recipe): \(c.stderr)")
+        }
+    }
+}
