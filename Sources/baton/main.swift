@@ -69,7 +69,7 @@ struct Baton: ParsableCommand {
         discussion: """
             With no command: the interactive shell when stdin is a terminal, else the Lua read \
             from stdin. Exit codes: 0 success, 1 failure, 2 gate exhausted, 3 usage, \
-            4 preflight failed, 5..99 recipe chosen, 128+n signal n (docs/guide.md).
+            4 preflight failed, 5..99 recipe chosen, 124 run budget exceeded, 128+n signal n (docs/guide.md).
             """,
         version: "baton \(BatonVersion.string) (Lua \(LuaInfo.version))",
         subcommands: [Run.self, Runs.self, OneRun<StatusKind>.self, Log.self, Report.self, OneRun<WaitKind>.self, OneRun<CancelKind>.self,
@@ -93,7 +93,8 @@ struct Run: RunsCommand {
         abstract: "Run a recipe.",
         discussion: """
             Options come before RECIPE; everything after it belongs to the recipe (`arg`, `...`, \
-            and key=value words in baton.args): `baton run r.lua --json x=1` passes both words on,             and `baton run r.lua --help` shows the recipe's own parameters.
+            and key=value words in baton.args): `baton run r.lua --json x=1` passes both words on, \
+            and `baton run r.lua --help` shows the recipe's own parameters.
             """)
 
     @Flag(name: .customLong("dry-run"), help: "Show the stages that would run; run nothing.") var dryRun = false
