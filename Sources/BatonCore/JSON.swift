@@ -1,3 +1,5 @@
+import Glibc
+
 // A small JSON value with keys kept in insertion order, a fast encoder and a
 // strict parser. Journal lines, final.json and baton.json all go through it.
 
@@ -209,7 +211,7 @@ extension JSON {
                 while true {
                     skipSpace()
                     guard i < buf.count, buf[i] == UInt8(ascii: "\"") else { throw error("expected a string key") }
-                    let k = try string()
+                    let k = try key()
                     skipSpace()
                     guard i < buf.count, buf[i] == UInt8(ascii: ":") else { throw error("expected ':'") }
                     i += 1
@@ -293,6 +295,32 @@ extension JSON {
             }
             return v
         }
+
+        /// An object key: the journal's own keys are recognised by their bytes and returned
+        /// as shared strings (a long journal has hundreds of thousands of them).
+        mutating func key() throws -> String {
+            let start = i + 1
+            var end = start
+            while end < buf.count, buf[end] != UInt8(ascii: "\""), buf[end] != UInt8(ascii: "\\") { end += 1 }
+            let n = end - start
+            if end < buf.count, buf[end] == UInt8(ascii: "\""), n < Parser.knownKeys.count {
+                for (bytes, name) in Parser.knownKeys[n] where memcmp(buf.baseAddress! + start, bytes, n) == 0 {
+                    i = end + 1
+                    return name
+                }
+            }
+            return try string()
+        }
+
+        /// Keys by length: the envelope's and the stage events'.
+        static let knownKeys: [[([UInt8], String)]] = {
+            let names = ["v", "seq", "ts", "run", "type", "id", "occurrence", "attempt", "argv", "shell", "cwd", "fingerprint",
+                         "fingerprint_parts", "logs", "stdout", "stderr", "pid", "exit", "signal", "status", "failure_class",
+                         "signature", "duration_ms", "replayed", "final", "message", "command", "env", "stdin"]
+            var table = [[([UInt8], String)]](repeating: [], count: 18)
+            for n in names { table[n.utf8.count].append((Array(n.utf8), n)) }
+            return table
+        }()
 
         mutating func string() throws -> String {
             i += 1 // opening quote

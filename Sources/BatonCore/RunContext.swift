@@ -278,7 +278,6 @@ public final class RunContext {
             var f = StageFinished(key: key, attempt: 0, status: .passed, durationMs: 0, logs: logs, fingerprint: spec.fingerprint)
             f.exit = 0
             f.dry = true
-            f.fingerprintParts = exec.fingerprintParts
             record(.stageFinished(f))
             var r = StageResult(id: spec.id, occurrence: occ, status: .passed, attempts: 0, duration: 0, logs: logs)
             r.exit = 0

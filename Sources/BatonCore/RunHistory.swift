@@ -15,6 +15,8 @@ public struct StageRecord: Sendable {
     public var logs = StageLogs(stdout: "", stderr: "")
     /// The latest `stage_finished` (the final one once the call is over).
     public var finished: StageFinished?
+    /// Each fingerprint input hashed alone (from its stage_started, or a replay's stage_finished).
+    public var fingerprintParts: FingerprintParts?
     /// The current attempt has been silent past its stallWarnSec (a `stage_stalled` event).
     public var stalled: StageStalled?
 
@@ -101,6 +103,7 @@ public struct RunHistory: Sendable {
             stages[i].attempt = s.attempt
             stages[i].pid = s.pid
             stages[i].logs = s.logs
+            stages[i].fingerprintParts = s.fingerprintParts
             stages[i].stalled = nil
             attemptLogs.append(AttemptLog(key: s.key, attempt: s.attempt, logs: s.logs))
             noteLogNumber(s.key.id, s.logs)
@@ -114,6 +117,7 @@ public struct RunHistory: Sendable {
             stages[i].endedAt = e.ts
             if f.final { stages[i].pid = nil }
             stages[i].finished = f
+            if let p = f.fingerprintParts { stages[i].fingerprintParts = p }
         case let .stageStalled(s):
             if let i = stageIndex[s.key] { stages[i].stalled = s }
         case let .watch(w):
@@ -195,7 +199,9 @@ public struct RunHistory: Sendable {
     public var replayable: [StageKey: StageFinished] {
         var out: [StageKey: StageFinished] = [:]
         for r in stages where r.status == StageStatus.passed.rawValue {
-            if let f = r.finished, !f.dry, !r.fingerprint.isEmpty { out[r.key] = f }
+            guard var f = r.finished, !f.dry, !r.fingerprint.isEmpty else { continue }
+            if f.fingerprintParts == nil { f.fingerprintParts = r.fingerprintParts }   // (from its stage_started)
+            out[r.key] = f
         }
         return out
     }

@@ -383,7 +383,6 @@ public final class StageExecution: LoopTask {
         var r = r0
         var f = StageFinished(key: key, attempt: attempt, status: r.status, durationMs: Int64(r.duration * 1000),
                               logs: r.logs, fingerprint: spec.fingerprint)
-        f.fingerprintParts = fingerprintParts
         f.exit = r.exit
         f.signal = r.signal
         f.failureClass = r.failureClass

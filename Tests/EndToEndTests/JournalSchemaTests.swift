@@ -31,12 +31,14 @@ import Testing
         // A resume after a corrupt middle line and a torn tail.
         var text = try #require(Harness.read(mainRun + "/journal.jsonl"))
         var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
-        lines[2] = "{garbage"
+        // (A log line: a corrupt stage_started would leave its replay without fingerprint_parts.)
+        let logLine = try #require(lines.firstIndex { $0.contains("\"type\":\"log\"") })
+        lines[logLine] = "{garbage"
         text = lines.joined(separator: "\n") + "{\"torn"
         try text.write(toFile: mainRun + "/journal.jsonl", atomically: true, encoding: .utf8)
         let resumed = try Harness.run(["resume"], cwd: d)
         #expect(resumed.code == 0, "stderr: \(resumed.stderr)")
-        // (Line 3 is garbage now: read the rest line by line.)
+        // (One line is garbage now: read the rest line by line.)
         for line in (Harness.read(mainRun + "/journal.jsonl") ?? "").split(separator: "\n") {
             if let e = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] { events.append(e) }
         }
