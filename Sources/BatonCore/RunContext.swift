@@ -36,6 +36,9 @@ public final class RunContext {
     /// Seconds of silence after which a stage's `stage_stalled` event is journaled
     /// (its own `stallWarnSec`, else BATON_STALL_WARN_SEC, else 600).
     public var stallWarnSec: Double = 600
+    /// Called once, the first time the loop is about to block (the control socket starts
+    /// then: a run that never waits never pays for it).
+    public var onFirstBlock: (() -> Void)?
     var signatureCounts: [String: Int] = [:]
     var occurrences: [String: Int] = [:]
     var logNumbers: [String: Int] = [:]
@@ -77,7 +80,10 @@ public final class RunContext {
         loop.journal = journal
         loop.onHeartbeat = { [unowned self] hb in self.record(.heartbeat(hb)) }
         loop.mustStop = { [unowned self] in self.fatal != nil }
-        loop.beforeBlocking = { [unowned self] in self.writePending() }
+        loop.beforeBlocking = { [unowned self] in
+            self.writePending()
+            if let first = self.onFirstBlock { self.onFirstBlock = nil; first() }
+        }
     }
 
     static func began(recipe: String, sha: String, args: [String], dryRun: Bool) -> RunBegan {

@@ -105,8 +105,10 @@ public enum RecipeRunner {
         baton_abort_on_signals(1)
         if let b = o.budget { ctx.setBudget(b.seconds, text: b.text) }
 
-        // The control socket (baton attach): served by the loop while the recipe waits.
-        let control = o.dryRun ? nil : ControlServer.start(env: env, ctx: ctx)
+        // The control socket (baton attach): served by the loop while the recipe waits, from
+        // the first wait on (what never waits cannot be served anyway).
+        var control: ControlServer? = nil
+        if !o.dryRun { ctx.onFirstBlock = { control = ControlServer.start(env: env, ctx: ctx) } }
         let ending = loaded ? (signalEnding(env) ?? call(env: env, recipe: o.recipe))
             : evaluate(env: env, recipe: o.recipe, text: text, readError: readError)
         control?.close()
