@@ -10,7 +10,7 @@ import LuaShim
 /// background and yields until it ends), so no yield ever crosses a Swift frame.
 extension RecipeEnvironment {
     static let parallelSource = #"""
-    local startStage, waitAny, cancelHandles, ncores, where, errmt, setLane, endFanOut, now, sleep = ...
+    local startStage, waitAny, cancelHandles, ncores, where, errmt, setLane, endFanOut, now, sleep, release = ...
     local calls = 0
     local create, resume, status, running, yield = coroutine.create, coroutine.resume, coroutine.status,
       coroutine.running, coroutine.yield
@@ -51,7 +51,12 @@ extension RecipeEnvironment {
       setLane("")
       if not ok then error(h, 0) end
       while not h:done() do yield(h) end
-      return h:wait()
+      -- The handle was ours, not the recipe's: let its execution go now rather than at the
+      -- next garbage collection (a fan-out of thousands of items would keep them all).
+      local ok, r = pcall(h.wait, h)
+      release(h)
+      if not ok then error(r, 0) end
+      return r
     end
 
     -- baton.sleep inside an item: the item yields until then; the other items go on.
@@ -189,7 +194,13 @@ extension RecipeEnvironment {
         _ = lua.rawGetField(-1, "now")
         _ = lua.rawGetField(-2, "sleep")
         lua_rotate(lua.L, -3, -1); lua.pop()                             // [chunk ...8 now sleep]
-        try lua.pcall(nargs: 10, nresults: 3)                            // [parallel runStage sleep]
+        lua.pushFunction("baton.releaseHandle") { [unowned self] l in
+            _ = l.rawGetField(1, "_handle")
+            if let h = l.integer(-1) { self.handles[h] = nil }
+            l.pop()
+            return 0
+        }                                                                // [chunk ...8 now sleep release]
+        try lua.pcall(nargs: 11, nresults: 3)                            // [parallel runStage sleep]
         _ = lua.getGlobal("baton")                                       // [parallel runStage sleep baton]
         lua_pushvalue(lua.L, -2); lua.setField(-2, "sleep")
         lua_pushvalue(lua.L, -3); lua.setField(-2, "runStage")
