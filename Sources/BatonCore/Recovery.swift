@@ -22,6 +22,7 @@ public enum Recovery {
         let doc = FinalRecord(history: history, status: status.rawValue, exitCode: exitCode.rawValue, reason: reason,
                               endedAt: Clock.now(), result: FinalRecord.read(dir)?.result ?? .object([]))
         try doc.write(to: dir)
+        unlink(dir.controlSocket)   // a dead runner's socket answers no one
         return Outcome(killed: killed, final: doc)
     }
 }
