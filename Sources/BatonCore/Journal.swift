@@ -151,6 +151,8 @@ public struct JournalContents {
     public var tornTail = false
     /// Bytes up to the end of the last good line (resume truncates here).
     public var validLength = 0
+    /// The file's size when it was read (a later reader can tell whether it has changed since).
+    public var byteCount = 0
     public init() {}
     public var lastSeq: Int64 { events.last?.seq ?? 0 }
 
@@ -169,6 +171,7 @@ public enum JournalReader {
     public static func parse(_ bytes: [UInt8]) -> JournalContents {
         var c = JournalContents()
         c.validLength = bytes.count
+        c.byteCount = bytes.count
         bytes.withUnsafeBufferPointer { buf in
             var start = 0
             var lineNo = 0

@@ -338,10 +338,12 @@ public struct StageFinished: Sendable {
     public var message: String?
     public var breakerOpen = false
     public var dry = false
+    /// Not journaled here (stage_started carries them; the history keeps them for a replay),
+    /// filled in by `RunHistory.replayable` for resume's reasons. Read when an older journal has them.
     public var fingerprintParts: FingerprintParts?
 
     public static let fieldNames = ["id", "occurrence", "attempt", "exit", "signal", "status", "failure_class", "signature",
-                                    "duration_ms", "logs", "fingerprint", "fingerprint_parts", "replayed", "final", "message",
+                                    "duration_ms", "logs", "fingerprint", "replayed", "final", "message",
                                     "breaker_open", "dry"]
 
     init(_ f: inout Fields) {
@@ -375,7 +377,6 @@ public struct StageFinished: Sendable {
             ("failure_class", str(failureClass?.rawValue)), ("signature", str(signature)),
             ("duration_ms", .int(durationMs)), ("logs", logs.json), ("fingerprint", .string(fingerprint)),
         ]
-        if let p = fingerprintParts { o.append(("fingerprint_parts", p.json)) }
         o += [("replayed", .bool(replayed)), ("final", .bool(final))]
         if let m = message { o.append(("message", .string(m))) }
         if breakerOpen { o.append(("breaker_open", .bool(true))) }

@@ -92,9 +92,9 @@ public struct ResumeWhy: Sendable, Equatable {
     static func decide(_ key: StageKey, fingerprint: String, parts: () -> FingerprintParts, history: RunHistory,
                        replay: [StageKey: StageFinished], ranFirst: StageKey?) -> ResumeWhy {
         if let first = ranFirst { return ResumeWhy(reason: .after_ran, after: first.description) }
-        guard let before = history.stage(key) else { return ResumeWhy(reason: .new) }
         guard let f = replay[key] else {
-            return ResumeWhy(reason: before.status == StageStatus.passed.rawValue ? .changed : .not_passed)
+            guard let before = history.status(of: key) else { return ResumeWhy(reason: .new) }
+            return ResumeWhy(reason: before == StageStatus.passed.rawValue ? .changed : .not_passed)
         }
         if f.fingerprint == fingerprint { return ResumeWhy(reason: .unchanged) }
         return ResumeWhy(reason: .changed, changed: f.fingerprintParts.map { parts().changed(from: $0) } ?? [])

@@ -121,8 +121,10 @@ public final class RunContext {
 
     /// Re-opens a run to continue it: refuses a live one, cuts a torn tail, and replays
     /// what passed.
+    /// `read`: the journal as the caller already read it (`baton resume` did, to find the
+    /// recipe); used when the file has not changed since, so a long journal is parsed once.
     public static func resume(dir: RunDirectory, recipe: String, recipeText: [UInt8], args: [String],
-                              sync: SyncPolicy = .batched) throws -> RunContext {
+                              sync: SyncPolicy = .batched, read: JournalContents? = nil) throws -> RunContext {
         guard FileIO.isDirectory(dir.path) else { throw RunStartError("no run directory \(dir.path)") }
         guard let lock = try FileLock.tryAcquire(dir.lock) else {
             let owner = (try? FileIO.readString(dir.lock))?.trimmingWhitespace() ?? "?"
@@ -132,7 +134,11 @@ public final class RunContext {
         Survivors.kill(runID: dir.id, loop: EventLoop())
         var contents = JournalContents()
         if FileIO.exists(dir.journal) {
-            contents = try JournalReader.read(dir.journal)
+            // Now that the lock is ours nothing else writes it: what was read before is
+            // still right if the file kept its size.
+            if let r = read, FileIO.size(dir.journal) == r.byteCount { contents = r } else {
+                contents = try JournalReader.read(dir.journal)
+            }
             if contents.tornTail { truncate(dir.journal, off_t(contents.validLength)) }
         }
         var history = RunHistory(contents.events)

@@ -109,7 +109,12 @@ public struct RunHistory: Sendable {
             noteLogNumber(s.key.id, s.logs)
         case let .stageFinished(f):
             let i = slot(f.key)
-            if !stages[i].isOpen { stages[i] = StageRecord(status: "running", key: f.key) }
+            if !stages[i].isOpen {
+                // A call again in a later life (a replay has no stage_started): its inputs' parts carry over.
+                let parts = stages[i].fingerprintParts
+                stages[i] = StageRecord(status: "running", key: f.key)
+                stages[i].fingerprintParts = parts
+            }
             if !f.fingerprint.isEmpty { stages[i].fingerprint = f.fingerprint }
             if !f.logs.stdout.isEmpty { stages[i].logs = f.logs }
             stages[i].attempt = f.attempt
@@ -166,6 +171,9 @@ public struct RunHistory: Sendable {
     }
 
     public func stage(_ key: StageKey) -> StageRecord? { stageIndex[key].map { stages[$0] } }
+
+    /// A call's status without copying its record (resume asks this of thousands).
+    public func status(of key: StageKey) -> String? { stageIndex[key].map { stages[$0].status } }
 
     /// Stage calls that are over, one per (id, occurrence), in the order they were first seen.
     public var concluded: [StageRecord] { stages.filter(\.isOver) }

@@ -78,11 +78,11 @@ public enum RecipeRunner {
     }
 
     /// `baton resume`: runs the recipe again in the same run directory, replaying what passed.
-    public static func resume(dir: RunDirectory, options o: RunOptions) -> Int32 {
+    public static func resume(dir: RunDirectory, options o: RunOptions, read: JournalContents? = nil) -> Int32 {
         let (text, readError) = readRecipe(o.recipe)
         let ctx: RunContext
         do {
-            ctx = try RunContext.resume(dir: dir, recipe: o.recipe, recipeText: text ?? [], args: o.words, sync: o.sync)
+            ctx = try RunContext.resume(dir: dir, recipe: o.recipe, recipeText: text ?? [], args: o.words, sync: o.sync, read: read)
         } catch {
             return Console.error("cannot resume: \(error)", json: o.json)
         }

@@ -208,8 +208,12 @@ public enum Commands {
     public static func resume(root: String, ref: String?, json: Bool, sync: SyncPolicy = RunOptions.defaultSync, stream: Bool = false,
                               budget: (seconds: Double, text: String)? = nil) -> Int32 {
         guard let dir = resolve(root, ref, json: json) else { return ExitStatus.usage.rawValue }
-        let history = RunHistory(((try? JournalReader.read(dir.journal)) ?? JournalContents()).events)
-        guard let start = history.latestStart?.began else {
+        let contents = (try? JournalReader.read(dir.journal)) ?? JournalContents()
+        guard let start = contents.events.last(where: { e in
+            if case .runStarted = e.body { return true }; if case .runResumed = e.body { return true }; return false
+        }).flatMap({ e -> RunBegan? in
+            if case let .runStarted(b) = e.body { return b }; if case let .runResumed(b) = e.body { return b }; return nil
+        }) else {
             return fail("run \(dir.id) has no run_started event: nothing to resume", json: json)
         }
         if FileIO.isDirectory(start.cwd), chdir(start.cwd) != 0 {
@@ -221,7 +225,7 @@ public enum Commands {
         o.stream = stream
         o.sync = sync
         o.budget = budget
-        return RecipeRunner.resume(dir: dir, options: o)
+        return RecipeRunner.resume(dir: dir, options: o, read: contents)
     }
 
     /// `baton check`: findings as `file:line:column: message [code]` on stderr, or with
