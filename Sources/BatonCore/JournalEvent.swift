@@ -69,6 +69,7 @@ public enum EventBody: Sendable {
     case stageStarted(StageStarted)
     case stageFinished(StageFinished)
     case stageStalled(StageStalled)
+    case stageQueued(StageQueued)
     case preflight(PreflightRecord)
     case watch(WatchTransition)
     case gate(GateRecord)
@@ -84,7 +85,7 @@ public enum EventBody: Sendable {
     public static let schema: [(type: String, fields: [String])] = [
         ("run_started", RunBegan.startedFields), ("run_resumed", RunBegan.resumedFields),
         ("stage_started", StageStarted.fieldNames), ("stage_finished", StageFinished.fieldNames),
-        ("stage_stalled", StageStalled.fieldNames),
+        ("stage_stalled", StageStalled.fieldNames), ("stage_queued", StageQueued.fieldNames),
         ("preflight", PreflightRecord.fieldNames), ("watch", WatchTransition.fieldNames),
         ("gate", GateRecord.fieldNames), ("heartbeat", Heartbeat.fieldNames), ("log", LogRecord.fieldNames),
         ("command", CommandRecord.fieldNames), ("not_run", NotRun.fieldNames), ("final", FinalEvent.fieldNames),
@@ -97,6 +98,7 @@ public enum EventBody: Sendable {
         case .stageStarted: return "stage_started"
         case .stageFinished: return "stage_finished"
         case .stageStalled: return "stage_stalled"
+        case .stageQueued: return "stage_queued"
         case .preflight: return "preflight"
         case .watch: return "watch"
         case .gate: return "gate"
@@ -116,6 +118,7 @@ public enum EventBody: Sendable {
         case let .stageStarted(s): return s.fields
         case let .stageFinished(s): return s.fields
         case let .stageStalled(s): return s.fields
+        case let .stageQueued(s): return s.fields
         case let .preflight(p): return p.fields
         case let .watch(w): return w.fields
         case let .gate(g): return g.fields
@@ -137,6 +140,7 @@ public enum EventBody: Sendable {
         case "stage_started": self = .stageStarted(StageStarted(&f))
         case "stage_finished": self = .stageFinished(StageFinished(&f))
         case "stage_stalled": self = .stageStalled(StageStalled(&f))
+        case "stage_queued": self = .stageQueued(StageQueued(&f))
         case "preflight": self = .preflight(PreflightRecord(&f))
         case "watch": self = .watch(WatchTransition(&f))
         case "gate": self = .gate(GateRecord(&f))
@@ -277,8 +281,14 @@ public struct StageStarted: Sendable {
     /// Absent when the command could not start, and in a dry run.
     public var pid: Int32?
     public var dry = false
+    /// Where it runs when not locally ("slurm"), and that executor's id for it (a Slurm job id).
+    public var executor: String?
+    public var nativeID: String?
+    /// A resumed run took up the job its previous runner submitted.
+    public var reattached = false
 
-    public static let fieldNames = ["id", "occurrence", "attempt", "argv", "shell", "cwd", "fingerprint", "logs", "pid", "dry"]
+    public static let fieldNames = ["id", "occurrence", "attempt", "argv", "shell", "cwd", "fingerprint", "logs", "pid", "dry",
+                                    "executor", "native_id", "reattached"]
 
     public init(key: StageKey, attempt: Int, command: Command, cwd: String, fingerprint: String, logs: StageLogs) {
         self.key = key; self.attempt = attempt; self.command = command; self.cwd = cwd
@@ -294,6 +304,9 @@ public struct StageStarted: Sendable {
         logs = f.logs()
         pid = f.int32("pid")
         dry = f.bool("dry")
+        executor = f.string("executor")
+        nativeID = f.string("native_id")
+        reattached = f.bool("reattached")
     }
 
     var fields: [(String, JSON)] {
@@ -302,6 +315,43 @@ public struct StageStarted: Sendable {
                                    ("cwd", .string(cwd)), ("fingerprint", .string(fingerprint)), ("logs", logs.json)]
         if let p = pid { o.append(("pid", .int(Int64(p)))) }
         if dry { o.append(("dry", .bool(true))) }
+        if let e = executor { o.append(("executor", .string(e))) }
+        if let n = nativeID { o.append(("native_id", .string(n))) }
+        if reattached { o.append(("reattached", .bool(true))) }
+        return o
+    }
+}
+
+/// A batch job's move in its scheduler's queue (PENDING, RUNNING, COMPLETING, ...).
+public struct StageQueued: Sendable {
+    public var key: StageKey
+    public var attempt: Int
+    public var nativeID: String
+    public var state: String
+    public var node: String?
+    /// Why it waits (Slurm's reason: Priority, Resources, ...).
+    public var reason: String?
+
+    public static let fieldNames = ["id", "occurrence", "attempt", "native_id", "state", "node", "reason"]
+
+    public init(key: StageKey, attempt: Int, nativeID: String, state: String) {
+        self.key = key; self.attempt = attempt; self.nativeID = nativeID; self.state = state
+    }
+
+    init(_ f: inout Fields) {
+        key = f.key()
+        attempt = Int(f.int("attempt") ?? 1)
+        nativeID = f.string("native_id") ?? ""
+        state = f.string("state") ?? ""
+        node = f.string("node")
+        reason = f.string("reason")
+    }
+
+    var fields: [(String, JSON)] {
+        var o: [(String, JSON)] = [("id", .string(key.id)), ("occurrence", .int(Int64(key.occurrence))),
+                                   ("attempt", .int(Int64(attempt))), ("native_id", .string(nativeID)), ("state", .string(state))]
+        if let n = node, !n.isEmpty { o.append(("node", .string(n))) }
+        if let r = reason { o.append(("reason", .string(r))) }
         return o
     }
 }

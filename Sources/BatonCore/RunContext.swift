@@ -32,6 +32,13 @@ public final class RunContext {
     /// The journal folded: what final.json, status and resume read.
     public private(set) var history: RunHistory
     public var executors: [String: Executor] = ["local": LocalExecutor()]
+    /// The executor of stages that name none: `baton.executor(...)`, else `run --executor`
+    /// (BATON_EXECUTOR), else local.
+    public var defaultExecutor: String
+    /// Slurm options every Slurm stage starts from (`baton.executor("slurm", {...})`).
+    public var slurmDefaults = SlurmOptions()
+    /// On resume: batch jobs the previous runner left queued or running, to re-attach to.
+    var reattach: [StageKey: StageRecord] = [:]
 
     /// Seconds of silence after which a stage's `stage_stalled` event is journaled
     /// (its own `stallWarnSec`, else BATON_STALL_WARN_SEC, else 600).
@@ -70,6 +77,7 @@ public final class RunContext {
         self.baseEnvironment = env
         if let s = env["BATON_HEARTBEAT_SEC"], let v = Double(s), v > 0 { loop.heartbeatInterval = v }
         if let s = env["BATON_STALL_WARN_SEC"], let v = Double(s), v > 0 { stallWarnSec = v }
+        defaultExecutor = env["BATON_EXECUTOR"].flatMap { $0.isEmpty ? nil : $0 } ?? "local"
         loop.journal = journal
         loop.onHeartbeat = { [unowned self] hb in self.record(.heartbeat(hb)) }
         loop.mustStop = { [unowned self] in self.fatal != nil }
@@ -132,10 +140,12 @@ public final class RunContext {
         began.tornTailTruncated = contents.tornTail
         began.corruptLines = contents.corrupt.map(\.line)
         let replay = history.replayable
+        let reattach = history.reattachable
         let logNumbers = history.logNumbers
         history.apply(try journal.append(.runResumed(began)))
         let ctx = RunContext(dir: dir, journal: journal, lock: lock, dryRun: false, recipe: recipe, history: history)
         ctx.replay = replay
+        ctx.reattach = reattach
         ctx.logNumbers = logNumbers
         if let prior = FinalRecord.read(dir) { ctx.result = prior.result }
         ctx.armCrashGuard()
@@ -247,10 +257,18 @@ public final class RunContext {
         loop.poke()
     }
 
+    /// The executors a recipe may name.
+    public static let executorNames = ["local", "slurm"]
+
     public func executor(named name: String?) throws -> Executor {
-        let n = name ?? "local"
+        let n = name ?? defaultExecutor
+        if n == "slurm", executors[n] == nil {
+            let s = SlurmExecutor(environment: baseEnvironment)
+            s.warn = { [unowned self] m in self.log("warn", "slurm: " + m) }
+            executors[n] = s
+        }
         guard let e = executors[n] else {
-            throw RunStartError("unknown executor '\(n)' (known: \(executors.keys.sorted().joined(separator: ", ")))")
+            throw RunStartError("unknown executor '\(n)' (known: \(RunContext.executorNames.joined(separator: ", ")))")
         }
         return e
     }
@@ -263,7 +281,8 @@ public final class RunContext {
         let occ = (occurrences[spec.id] ?? 0) + 1
         occurrences[spec.id] = occ
         let key = StageKey(id: spec.id, occurrence: occ)
-        let exec = StageExecution(spec: spec, key: key, context: self, executor: executors["local"]!)
+        let exec = StageExecution(spec: spec, key: key, context: self,
+                                  executor: (try? executor(named: spec.executor)) ?? executors["local"]!)
         if dryRun {
             let cwd = spec.cwd.map(FileIO.absolute) ?? FileIO.currentDirectory()
             let logs = dir.stageLogs(spec.id, attempt: nextLogNumber(spec.id))
@@ -281,6 +300,14 @@ public final class RunContext {
             return exec
         }
         if let rp = replay, !stoppedLanes.contains(lane), !stoppedLanes.contains("") {
+            if let r = reattach[key], r.fingerprint == spec.fingerprint, let name = r.executor, let id = r.nativeID,
+               let ex = try? executor(named: name) as? SlurmExecutor {
+                // Its job is still the scheduler's (or finished meanwhile): take it up again.
+                reattach[key] = nil
+                exec.reattach(ex.reattach(nativeID: id, logs: r.logs), attempt: r.attempt, logs: r.logs)
+                loop.add(exec)
+                return exec
+            }
             if let f = rp[key], f.fingerprint == spec.fingerprint {
                 var again = f
                 again.replayed = true

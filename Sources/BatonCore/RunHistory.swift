@@ -17,6 +17,12 @@ public struct StageRecord: Sendable {
     public var finished: StageFinished?
     /// The current attempt has been silent past its stallWarnSec (a `stage_stalled` event).
     public var stalled: StageStalled?
+    /// Where the latest attempt runs when not locally ("slurm"), its id there, and (for a batch
+    /// job) its latest queue state and node.
+    public var executor: String?
+    public var nativeID: String?
+    public var queue: String?
+    public var node: String?
 
     public var isOpen: Bool { status == "running" || status == "waiting" }
     public var isOver: Bool { StageStatus(rawValue: status) != nil }
@@ -99,6 +105,10 @@ public struct RunHistory: Sendable {
             stages[i].pid = s.pid
             stages[i].logs = s.logs
             stages[i].stalled = nil
+            stages[i].executor = s.executor
+            stages[i].nativeID = s.nativeID
+            stages[i].queue = s.nativeID == nil ? nil : "SUBMITTED"
+            stages[i].node = nil
             attemptLogs.append(AttemptLog(key: s.key, attempt: s.attempt, logs: s.logs))
             noteLogNumber(s.key.id, s.logs)
         case let .stageFinished(f):
@@ -113,6 +123,11 @@ public struct RunHistory: Sendable {
             stages[i].finished = f
         case let .stageStalled(s):
             if let i = stageIndex[s.key] { stages[i].stalled = s }
+        case let .stageQueued(q):
+            if let i = stageIndex[q.key], stages[i].isOpen {
+                stages[i].queue = q.state
+                if let n = q.node { stages[i].node = n }
+            }
         case let .watch(w):
             let rec = WatchRecord(id: w.id, state: w.to, since: e.ts, reason: w.reason, details: w.details)
             if let i = watchIndex[w.id], !watches[i].state.isTerminal || w.from == nil { watches[i] = rec } else {
@@ -185,6 +200,16 @@ public struct RunHistory: Sendable {
             if best == nil || w.since >= best!.since { best = ("watch", w.id, w.since, nil) }
         }
         return best
+    }
+
+    /// Batch jobs whose runner died while they were queued or running (not yet marked
+    /// unfinished by a later life): resume re-attaches to them instead of submitting again.
+    public var reattachable: [StageKey: StageRecord] {
+        var out: [StageKey: StageRecord] = [:]
+        for r in stages where (r.isOpen || r.status == "unfinished") && r.nativeID != nil && r.executor != nil {
+            out[r.key] = r
+        }
+        return out
     }
 
     /// Passed calls resume may replay: (id, occurrence) → the final stage_finished.

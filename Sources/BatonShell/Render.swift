@@ -103,6 +103,9 @@ public enum Render {
             if f.dry { detail += " (dry run)" }
             if let c = f.failureClass { detail += " [\(c.rawValue)]" }
             if let m = f.message { detail += ": \(m)" }
+        case let .stageQueued(q):
+            detail = "\(q.key.id) attempt \(q.attempt): job \(q.nativeID) \(q.state)" + (q.node.map { " on \($0)" } ?? "")
+                + (q.reason.map { " (\($0))" } ?? "")
         case let .stageStalled(s):
             detail = "\(s.key.id) attempt \(s.attempt): no output for \(Clock.human(Double(s.silentMs) / 1000))"
                 + (s.ending ? " (noOutputTimeout: ending it)" : "")

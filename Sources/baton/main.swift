@@ -16,7 +16,7 @@ usage: baton                                  interactive shell (stdin a termina
        baton resume [RUN] [--json]            continue a run, replaying what passed
        baton check RECIPE                     syntax and static checks, runs nothing
 
-run options (before RECIPE): --dry-run, --detach, --json, --runs-dir DIR, --run-id ID, --budget 2h,
+run options (before RECIPE): --dry-run, --detach, --json, --runs-dir DIR, --run-id ID, --budget 2h, --executor local|slurm,
   --sync batched|always (journal flushes: batched by default, every event with 'always')
 every command takes --runs-dir DIR (or BATON_RUNS_DIR; default .baton/runs)
 RUN is a run id, a unique prefix of one, or 'latest' (the default)
@@ -92,7 +92,7 @@ case "--version", "version":
     print("baton \(BatonVersion.string) (Lua \(LuaInfo.version))")
     exit(ExitStatus.success.rawValue)
 case "run":
-    let p = parse(argv[2...], flags: ["--dry-run", "--detach", "--json"], values: ["--runs-dir", "--run-id", "--existing-run", "--sync", "--budget"],
+    let p = parse(argv[2...], flags: ["--dry-run", "--detach", "--json"], values: ["--runs-dir", "--run-id", "--existing-run", "--sync", "--budget", "--executor"],
                   stopAtPositional: true, maxPositional: 1)
     guard let recipe = p.positional.first else { fail("run needs a RECIPE file") }
     var o = RunOptions(recipe: recipe, runsDir: runsRoot(p))
@@ -102,6 +102,7 @@ case "run":
     o.json = p.flags.contains("--json")
     o.sync = syncPolicy(p)
     o.budget = budget(p)
+    if let e = p.values["--executor"] { setenv("BATON_EXECUTOR", e, 1) }   // read by RunContext; a detached runner inherits it
     if p.flags.contains("--detach") {
         exit(Detach.start(options: o))
     }
