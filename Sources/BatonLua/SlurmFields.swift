@@ -8,14 +8,21 @@ extension RecipeEnvironment {
     static func slurmOptions(_ t: SpecTable) throws -> SlurmOptions {
         var o = SlurmOptions()
         o.partition = try t.string("partition", nonEmpty: true)
-        o.time = try t.string("time", nonEmpty: true) ?? t.number("time", min: 1).map { "\(Int(($0 / 60).rounded(.up)))" }
-        o.mem = try t.string("mem", nonEmpty: true) ?? t.integer("mem", min: 1).map { "\($0)M" }
+        // A number is seconds for `time` (Slurm counts whole minutes), MiB for `mem`, a count for `gpus`.
+        o.time = try isNumber(t, "time") ? t.number("time", min: 1).map { "\(Int(($0 / 60).rounded(.up)))" } : t.string("time", nonEmpty: true)
+        o.mem = try isNumber(t, "mem") ? t.integer("mem", min: 1).map { "\($0)M" } : t.string("mem", nonEmpty: true)
         o.cpus = try t.integer("cpus", min: 1)
-        o.gpus = try t.string("gpus", nonEmpty: true) ?? t.integer("gpus", min: 0).map(String.init)
+        o.gpus = try isNumber(t, "gpus") ? t.integer("gpus", min: 0).map(String.init) : t.string("gpus", nonEmpty: true)
         o.account = try t.string("account", nonEmpty: true)
         o.qos = try t.string("qos", nonEmpty: true)
         o.extra = try t.stringList("extra") ?? []
         return o
+    }
+
+    static func isNumber(_ t: SpecTable, _ key: String) -> Bool {
+        let ty = t.get(key)
+        t.lua.pop()
+        return ty == LUA_TNUMBER
     }
 
     /// `runStage{executor = ..., slurm = {...}}`.
