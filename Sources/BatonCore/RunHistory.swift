@@ -23,6 +23,24 @@ public struct StageRecord: Sendable {
     public var nativeID: String?
     public var queue: String?
     public var node: String?
+    public var queueReason: String?
+
+    /// Where a batch job stands, for people: "slurm job 12 RUNNING on node7", "slurm job 13 PENDING (Priority)".
+    public var batchText: String? {
+        guard let e = executor, let id = nativeID else { return nil }
+        var s = "\(e) job \(id)"
+        if let q = queue { s += " \(q)" }
+        if let n = node, !n.isEmpty { s += " on \(n)" }
+        if let r = queueReason, queue == "PENDING" { s += " (\(r))" }
+        return s
+    }
+
+    /// Its batch job's fields for `status --json` and the shell (empty for a local stage).
+    public var batchFields: [(String, JSON)] {
+        guard let e = executor, let id = nativeID else { return [] }
+        return [("executor", .string(e)), ("native_id", .string(id)), ("queue", queue.map(JSON.string) ?? .null),
+                ("node", node.map(JSON.string) ?? .null)]
+    }
 
     public var isOpen: Bool { status == "running" || status == "waiting" }
     public var isOver: Bool { StageStatus(rawValue: status) != nil }
@@ -96,6 +114,8 @@ public struct RunHistory: Sendable {
                 stages[i] = StageRecord(status: "running", key: s.key)
                 stages[i].startedAt = e.ts
             }
+            // A call seen first here (a fresh slot is already open) starts now too.
+            if stages[i].startedAt == nil { stages[i].startedAt = e.ts }
             // In place: a stage record is large, and a long resume folds thousands.
             stages[i].status = "running"
             stages[i].command = s.command
@@ -109,6 +129,7 @@ public struct RunHistory: Sendable {
             stages[i].nativeID = s.nativeID
             stages[i].queue = s.nativeID == nil ? nil : "SUBMITTED"
             stages[i].node = nil
+            stages[i].queueReason = nil
             attemptLogs.append(AttemptLog(key: s.key, attempt: s.attempt, logs: s.logs))
             noteLogNumber(s.key.id, s.logs)
         case let .stageFinished(f):
@@ -127,6 +148,7 @@ public struct RunHistory: Sendable {
             if let i = stageIndex[q.key], stages[i].isOpen {
                 stages[i].queue = q.state
                 if let n = q.node { stages[i].node = n }
+                stages[i].queueReason = q.reason
             }
         case let .watch(w):
             let rec = WatchRecord(id: w.id, state: w.to, since: e.ts, reason: w.reason, details: w.details)

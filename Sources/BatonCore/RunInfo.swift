@@ -131,7 +131,8 @@ public struct RunInfo {
                      ("pid", r.stage.pid.map { .int(Int64($0)) } ?? .null),
                      ("cmd", r.stage.command?.json ?? .null),
                      ("for_ms", .int(Int64((Clock.now() - (r.stage.startedAt ?? Clock.now())) * 1000))),
-                     ("silent_ms", .int(Int64(r.silent * 1000))), ("stalled", .bool(r.stage.stalled != nil))])
+                     ("silent_ms", .int(Int64(r.silent * 1000))), ("stalled", .bool(r.stage.stalled != nil))]
+                    + r.stage.batchFields)
         })))
         o.append(("runner_looks_hung", .bool(runnerLooksHung)))
         o.append(("problems", .array(problems.map(JSON.string))))

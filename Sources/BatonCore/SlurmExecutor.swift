@@ -281,12 +281,14 @@ public final class SlurmExecutor: Executor {
     /// One scancel for every job whose end was asked for since the last poll.
     private func flushCancels() {
         if !toCancel.isEmpty {
-            let ids = toCancel.filter { !$0.isDone }.map(\.id)
+            let open = toCancel.filter { !$0.isDone }
             toCancel = []
-            if !ids.isEmpty { _ = SlurmExecutor.tool(["scancel", "--signal=TERM", "--full"] + ids, env: toolEnvironment, timeout: 30) }
-            // A pending job has nothing to signal: it leaves the queue.
-            let pending = ids.filter { id in self.pendingIDs.contains(id) }
-            if !pending.isEmpty { _ = SlurmExecutor.tool(["scancel"] + pending, env: toolEnvironment, timeout: 30) }
+            // Only a running job has processes to signal (scancel --signal on a pending job
+            // retries for half a minute): the others just leave the queue.
+            let running = open.filter { $0.note.queue == "RUNNING" }.map(\.id)
+            let others = open.filter { $0.note.queue != "RUNNING" }.map(\.id)
+            if !running.isEmpty { _ = SlurmExecutor.tool(["scancel", "--signal=TERM", "--full"] + running, env: toolEnvironment, timeout: 30) }
+            if !others.isEmpty { _ = SlurmExecutor.tool(["scancel"] + others, env: toolEnvironment, timeout: 30) }
         }
         if !toKill.isEmpty {
             let ids = toKill.filter { !$0.isDone }.map(\.id)
@@ -294,8 +296,6 @@ public final class SlurmExecutor: Executor {
             if !ids.isEmpty { _ = SlurmExecutor.tool(["scancel"] + ids, env: toolEnvironment, timeout: 30) }
         }
     }
-
-    var pendingIDs: Set<String> = []
 
     /// scancel for job ids journaled by a run whose runner is gone (cancel of an orphan).
     public static func cancel(ids: [String], environment: [String: String]) {
@@ -395,8 +395,6 @@ final class SlurmJob: Job {
             note.node = row.node.isEmpty ? note.node : row.node
             note.queue = row.state
             note.schedulerReason = row.reason == "None" ? nil : row.reason
-            let s = slurm
-            if row.state == "PENDING" { s.pendingIDs.insert(id) } else { s.pendingIDs.remove(id) }
             if !SlurmJob.terminal.contains(row.state) { leftQueueAt = nil; return }
         }
         // Finished, or gone from the queue: the exit file should be there (or soon, on NFS).
@@ -441,7 +439,6 @@ final class SlurmJob: Job {
     private func finish(_ t: Termination) {
         note.queue = note.queue.map { SlurmJob.terminal.contains($0) ? $0 : "ENDED" }
         killAt = nil
-        slurm.pendingIDs.remove(id)
         state = .done(t)
     }
 }

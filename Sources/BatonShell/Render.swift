@@ -56,13 +56,15 @@ public enum Render {
         if let c = i.current {
             var s = "current  \(c.kind) \(c.id) for \(Clock.human(Clock.now() - c.since))"
             if let p = i.currentPid { s += ", pid \(p)" }
+            if let b = i.running.first(where: { $0.stage.key.id == c.id })?.stage.batchText { s += ", " + b }
             lines.append(s)
         }
-        if i.running.count > 1 || i.running.contains(where: { $0.stage.stalled != nil }) {
+        if i.running.count > 1 || i.running.contains(where: { $0.stage.stalled != nil || $0.stage.nativeID != nil }) {
             lines.append("running  \(i.running.count) stage\(i.running.count == 1 ? "" : "s")")
             for r in i.running {
                 var s = "  \(r.stage.key)  attempt \(r.stage.attempt)"
                 if let p = r.stage.pid { s += "  pid \(p)" }
+                if let b = r.stage.batchText { s += "  \(b)" }
                 if let t = r.stage.startedAt { s += "  for \(Clock.human(Clock.now() - t))" }
                 s += r.stage.stalled != nil ? "  STALLED (no output for \(Clock.human(r.silent)))" : "  last output \(Clock.human(r.silent)) ago"
                 if let c = r.stage.command { s += "  \(c.display.prefix(60))" }

@@ -179,6 +179,16 @@ struct SlurmTests {
             return states["RUNNING"] == 1 && states["PENDING"] == 1
         }
         #expect(both, "one running and one pending job")
+        // status shows each job's id, queue state and node (once the runner has journaled both states).
+        var shown = ""
+        let seen = Harness.waitFor(20) {
+            shown = (try? Harness.run(["status", runID], cwd: dir))?.stdout ?? ""
+            return shown.range(of: "slurm job [0-9]+ RUNNING on localnode", options: .regularExpression) != nil
+                && shown.range(of: "slurm job [0-9]+ PENDING \\(BeginTime\\)", options: .regularExpression) != nil
+        }
+        #expect(seen, "status: \(shown)")
+        let st = try Harness.run(["status", "--json", runID], cwd: dir).stdout
+        #expect(st.contains("\"native_id\"") && st.range(of: "\"queue\" ?: ?\"PENDING\"", options: .regularExpression) != nil, "\(st)")
         let c = try Harness.run(["cancel", runID], cwd: dir)
         #expect(c.code == 0, "\(c.stderr)")
         p.waitUntilExit()
