@@ -394,6 +394,12 @@ public final class RunContext {
         writePending()
         // Only processes this runner started can carry the mark (resume sweeps at its start).
         if spawnedAny { Survivors.kill(runID: dir.id, loop: loop) }
+        // Batch jobs of a previous life that this one did not take up (their stage changed or never ran).
+        let leftover = reattach.values.filter { $0.executor == "slurm" }.compactMap(\.nativeID)
+        if !leftover.isEmpty {
+            SlurmExecutor.cancel(ids: leftover, environment: baseEnvironment)
+            log("info", "resume: scancel of the jobs the previous runner left and this one did not take up: \(leftover.joined(separator: ", "))")
+        }
         let fatalBefore = fatal
         if fatal == nil { record(.final(FinalEvent(status: status.rawValue, exitCode: exitCode, reason: reason))) }
         do {

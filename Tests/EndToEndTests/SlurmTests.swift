@@ -226,4 +226,22 @@ struct SlurmTests {
         #expect(Set(reattached.compactMap { $0["id"] as? String }) == ["quick", "slow"])
         #expect(Harness.read(run + "/stages/slow/1.out")?.contains("slow-done") == true)
     }
+
+    @Test func cancelOfAnOrphanedRunScancelsItsJobs() throws {
+        let dir = Harness.tempDir("slurm-orphan")
+        Harness.write(dir + "/r.lua", "runStage{id = 'long', cmd = {'sleep', '300'}, executor = 'slurm'}\n")
+        let (p, _, _) = try Harness.start(["run", "r.lua"], cwd: dir, env: SlurmCluster.env())
+        var run = ""
+        #expect(Harness.waitFor(60) {
+            run = Harness.latestRun(dir) ?? ""
+            return (Harness.read(run + "/journal.jsonl") ?? "").contains("\"state\":\"RUNNING\"")
+        })
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        let runID = (run as NSString).lastPathComponent
+        #expect(SlurmCluster.jobs(run: runID).contains { $0.state == "RUNNING" }, "the job outlives its runner")
+        let c = try Harness.run(["cancel", runID], cwd: dir, env: SlurmCluster.env())
+        #expect(c.code == 0, "\(c.stderr)")
+        #expect(Harness.waitFor(20) { SlurmCluster.jobs(run: runID).allSatisfy { !SlurmCluster.live.contains($0.state) } })
+    }
 }
