@@ -244,4 +244,47 @@ struct SlurmTests {
         #expect(c.code == 0, "\(c.stderr)")
         #expect(Harness.waitFor(20) { SlurmCluster.jobs(run: runID).allSatisfy { !SlurmCluster.live.contains($0.state) } })
     }
+
+    /// A directory with counting wrappers of the Slurm status commands, first on PATH.
+    static func countingWrappers(_ dir: String) -> String {
+        let bin = dir + "/counting-bin"
+        for tool in ["squeue", "sacct", "scontrol", "sbatch"] {
+            Harness.write(bin + "/" + tool, """
+                #!/bin/sh
+                echo "$*" >> \(dir)/\(tool).calls
+                exec /usr/bin/\(tool) "$@"
+                """, mode: 0o755)
+        }
+        return bin
+    }
+
+    @Test func hundredJobsInFlightCostOneStatusQueryPerPollInterval() throws {
+        let dir = Harness.tempDir("slurm-load")
+        let bin = Self.countingWrappers(dir)
+        Harness.write(dir + "/r.lua", """
+            local items = {}
+            for i = 1, 100 do items[i] = i end
+            local t0 = baton.now()
+            parallel(items, function(i)
+              runStage{id = "load-" .. i, cmd = {"sleep", "4"}, executor = "slurm"}
+            end, {maxConcurrency = 100})
+            baton.fs.write("elapsed", tostring(baton.now() - t0))
+            """)
+        let path = bin + ":" + Harness.fixtures + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")
+        let r = try Harness.run(["run", "r.lua"], cwd: dir, env: SlurmCluster.env(["PATH": path]), timeout: 240)
+        #expect(r.code == 0, "\(r.stderr)")
+        let elapsed = Double(Harness.read(dir + "/elapsed") ?? "") ?? 0
+        let queries = (Harness.read(dir + "/squeue.calls") ?? "").split(separator: "\n")
+        let submits = (Harness.read(dir + "/sbatch.calls") ?? "").split(separator: "\n").count
+        let interval = 0.5
+        // One query per interval (plus the first and a last one), never one per job.
+        let allowed = Int((elapsed / interval).rounded(.up)) + 2
+        print("slurm: 100 jobs in \(String(format: "%.1f", elapsed)) s: \(queries.count) squeue queries (at most \(allowed) allowed), \(submits) sbatch")
+        #expect(submits == 100)
+        #expect(queries.count <= allowed, "\(queries.count) queries in \(elapsed) s")
+        // The jobs were in flight together: one query asked about (nearly) all of them at once.
+        let widest = queries.map { q in q.split(separator: ",").count }.max() ?? 0
+        #expect(widest >= 90, "the widest query named \(widest) jobs")
+        #expect((Harness.read(dir + "/sacct.calls") ?? "").isEmpty, "no accounting here: sacct is never asked")
+    }
 }
