@@ -114,6 +114,15 @@ struct SlurmTests {
         #expect(Harness.events(Harness.journal(run), type: "stage_started").first?["executor"] as? String == "slurm")
     }
 
+    @Test func anUnknownExecutorIsAUsageError() throws {
+        let dir = Harness.tempDir("slurm-unknown")
+        Harness.write(dir + "/r.lua", "runStage{id = 'a', cmd = {'true'}, executor = 'slurmm'}\n")
+        let r = try Harness.run(["run", "r.lua"], cwd: dir)
+        #expect(r.code == 3 && r.stderr.contains("did you mean 'slurm'"), "\(r.stderr)")
+        let f = try Harness.run(["run", "--executor", "pbs", "r.lua"], cwd: dir)
+        #expect(f.code == 3 && f.stderr.contains("unknown executor 'pbs'"), "\(f.stderr)")
+    }
+
     @Test func aRejectedSubmissionFailsTheStageAtOnceWithSlurmsMessage() throws {
         let (r, _, run) = try runRecipe("""
             runStage{id = "nowhere", cmd = {"true"}, executor = "slurm", slurm = {partition = "no-such-partition"}}
