@@ -158,7 +158,7 @@ public final class SlurmExecutor: Executor {
         let q = Command.quote
         var s = "#!/bin/bash\n# Written by Baton: \(spec.name ?? "a stage"). Its exit status goes to \(FileIO.basename(exitFile)).\n"
         var opts = ["--job-name=\(spec.name ?? "baton")", "--output=\(logs.stdout)", "--error=\(logs.stderr)",
-                    "--no-requeue", "--open-mode=append", "--signal=B:USR1@\(max(10, Int(spec.leftoverGrace.rounded(.up))))"]
+                    "--no-requeue", "--open-mode=append", "--signal=B:USR1@\(max(10, Int(spec.grace.rounded(.up))))"]
         if let c = spec.cwd { opts.append("--chdir=\(c)") }
         opts += (spec.slurm ?? SlurmOptions()).sbatchOptions(timeout: spec.timeout, grace: spec.grace)
         for o in opts { s += "#SBATCH \(o)\n" }
