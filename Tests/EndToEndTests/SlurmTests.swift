@@ -133,6 +133,27 @@ struct SlurmTests {
         #expect(fin.count == 1 && fin.first?["failure_class"] as? String == "deterministic")
     }
 
+    @Test func aTransientSubmissionFailureIsTriedAgain() throws {
+        let dir = Harness.tempDir("slurm-transient")
+        // An sbatch that times out once, as a busy controller does, then works.
+        Harness.write(dir + "/bin/sbatch", """
+            #!/bin/sh
+            if [ ! -e \(dir)/failed-once ]; then
+              touch \(dir)/failed-once
+              echo "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation" >&2
+              exit 1
+            fi
+            exec /usr/bin/sbatch "$@"
+            """, mode: 0o755)
+        Harness.write(dir + "/r.lua", "runStage{id = 'a', cmd = {'true'}, executor = 'slurm'}\n")
+        let path = dir + "/bin:" + Harness.fixtures + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")
+        let r = try Harness.run(["run", "r.lua"], cwd: dir, env: SlurmCluster.env(["PATH": path]))
+        #expect(r.code == 0, "\(r.stderr)")
+        let warned = Harness.events(Harness.journal(Harness.latestRun(dir) ?? ""), type: "log")
+            .contains { ($0["message"] as? String ?? "").contains("Socket timed out") }
+        #expect(warned, "the retry is journaled")
+    }
+
     @Test func aStageTimeoutScancelsTheJob() throws {
         let (r, _, run) = try runRecipe("""
             local r = runStage{id = "slow", cmd = {"sleep", "300"}, executor = "slurm", timeout = 2, grace = 1, allowFail = true}
