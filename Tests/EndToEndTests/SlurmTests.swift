@@ -154,6 +154,38 @@ struct SlurmTests {
         #expect(warned, "the retry is journaled")
     }
 
+    @Test func aJobKilledWithoutAnExitFileFailsWithAReasonInsteadOfHanging() throws {
+        let dir = Harness.tempDir("slurm-lost")
+        Harness.write(dir + "/r.lua", "runStage{id = 'lost', cmd = {'sleep', '300'}, executor = 'slurm'}\n")
+        let (p, out, err) = try Harness.start(["run", "r.lua"], cwd: dir, env: SlurmCluster.env(["BATON_SLURM_EXIT_WAIT_SEC": "1"]))
+        var id = ""
+        #expect(Harness.waitFor(60) {
+            let run = Harness.latestRun(dir) ?? ""
+            guard (Harness.read(run + "/journal.jsonl") ?? "").contains("\"state\":\"RUNNING\"") else { return false }
+            id = SlurmCluster.jobs(run: (run as NSString).lastPathComponent).first?.id ?? ""
+            return !id.isEmpty
+        })
+        // SIGKILL to the job script (as the OOM killer or a dying node would): it cannot write the exit file.
+        let script = Harness.processes(matching: "job\(String(repeating: "0", count: max(0, 5 - id.count)))\(id)/slurm_script")
+        #expect(!script.isEmpty, "the job script runs on this node")
+        for pid in script { kill(pid, SIGKILL) }
+        let ended = Harness.waitFor(30) { !p.isRunning }
+        #expect(ended, "the run ends instead of waiting forever")
+        if !ended { kill(p.processIdentifier, SIGKILL) }
+        p.waitUntilExit()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile() + err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(p.terminationStatus == 1)
+        #expect(text.contains("without an exit status file"), "\(text)")
+    }
+
+    @Test func aMinJobAgeShorterThanThreePollsIsWarnedAbout() throws {
+        let (r, _, run) = try runRecipe("runStage{id = 'a', cmd = {'true'}, executor = 'slurm'}\n", name: "slurm-minjobage",
+                                        env: ["BATON_SLURM_POLL_SEC": "200"])
+        #expect(r.code == 0, "\(r.stderr)")
+        let warned = Harness.events(Harness.journal(run), type: "log").contains { ($0["message"] as? String ?? "").contains("MinJobAge") }
+        #expect(warned)
+    }
+
     @Test func aStageTimeoutScancelsTheJob() throws {
         let (r, _, run) = try runRecipe("""
             local r = runStage{id = "slow", cmd = {"sleep", "300"}, executor = "slurm", timeout = 2, grace = 1, allowFail = true}
