@@ -186,6 +186,25 @@ struct SlurmTests {
         #expect(warned)
     }
 
+    @Test func ctrlCScancelsEveryJobOfTheRun() throws {
+        let dir = Harness.tempDir("slurm-sigint")
+        Harness.write(dir + "/r.lua", """
+            baton.executor("slurm")
+            parallel({1, 2, 3}, function(i) runStage{id = "s" .. i, cmd = {"sleep", "300"}} end, {maxConcurrency = 3})
+            """)
+        let (p, _, _) = try Harness.start(["run", "r.lua"], cwd: dir, env: SlurmCluster.env())
+        var runID = ""
+        #expect(Harness.waitFor(60) {
+            runID = ((Harness.latestRun(dir) ?? "") as NSString).lastPathComponent
+            return SlurmCluster.jobs(run: runID).filter { $0.state == "RUNNING" }.count == 3
+        })
+        kill(p.processIdentifier, SIGINT)
+        #expect(Harness.waitFor(30) { !p.isRunning })
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 130)
+        #expect(SlurmCluster.jobs(run: runID).allSatisfy { !SlurmCluster.live.contains($0.state) }, "\(SlurmCluster.jobs(run: runID))")
+    }
+
     @Test func aStageTimeoutScancelsTheJob() throws {
         let (r, _, run) = try runRecipe("""
             local r = runStage{id = "slow", cmd = {"sleep", "300"}, executor = "slurm", timeout = 2, grace = 1, allowFail = true}
