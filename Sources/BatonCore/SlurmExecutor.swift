@@ -64,8 +64,6 @@ public final class SlurmExecutor: Executor {
     public var warn: (String) -> Void = { _ in }
     /// The environment sbatch, squeue and scancel run with.
     public var toolEnvironment: [String: String]
-    /// Status queries made so far (the load test reads it from the journal's count too).
-    public private(set) var queries = 0
 
     private var nextQuery = 0.0
     private var probed = false
@@ -106,13 +104,13 @@ public final class SlurmExecutor: Executor {
         // a dead runner for resume to re-attach.
         env[SlurmExecutor.jobMark.key] = SlurmExecutor.jobMark.value
         let id = try submit(script: script, env: env)
-        return SlurmJob(executor: self, id: id, exitFile: exitFile, dir: FileIO.dirname(exitFile), submitted: Clock.monotonic())
+        return SlurmJob(executor: self, id: id, exitFile: exitFile, dir: FileIO.dirname(exitFile))
     }
 
     /// A job submitted earlier (journaled), taken up again by a resumed run.
     public func reattach(nativeID: String, logs: StageLogs) -> Job {
         let exitFile = String(logs.stdout.dropLast(4)) + ".exit"
-        return SlurmJob(executor: self, id: nativeID, exitFile: exitFile, dir: FileIO.dirname(exitFile), submitted: Clock.monotonic())
+        return SlurmJob(executor: self, id: nativeID, exitFile: exitFile, dir: FileIO.dirname(exitFile))
     }
 
     public static let jobMark = (key: "BATON_SLURM_JOB", value: "1")
@@ -242,7 +240,6 @@ public final class SlurmExecutor: Executor {
 
     /// One query for all these jobs: id -> (state, node, reason).
     private func query(_ ids: [String]) -> [String: Row] {
-        queries += 1
         let list = ids.joined(separator: ",")
         let argv = useSacct
             ? ["sacct", "-X", "-n", "-P", "--jobs=\(list)", "--format=JobIDRaw,State,NodeList,Reason,ExitCode"]
@@ -345,7 +342,7 @@ final class SlurmJob: Job {
     private var cancelRequested = false
     private var lastRow: SlurmExecutor.Row?
 
-    init(executor: Executor, id: String, exitFile: String, dir: String, submitted: Double) {
+    init(executor: Executor, id: String, exitFile: String, dir: String) {
         self.executor = executor
         self.id = id
         self.exitFile = exitFile
