@@ -13,10 +13,35 @@ public struct JobSpec {
     public var stderr: Int32 = -1
     /// Seconds the processes left behind by a finished main process get before SIGKILL.
     public var leftoverGrace: Double = 2
+    /// For executors that cannot take descriptors (a batch scheduler): where the output goes,
+    /// the stdin text, a name for the job, the stage's timeout and grace, Slurm's options.
+    public var logs: StageLogs?
+    public var stdinText: String?
+    public var name: String?
+    public var timeout: Double?
+    public var grace: Double = 10
+    public var slurm: SlurmOptions?
 
     public init(argv: [String], env: [String: String], cwd: String?) {
         self.argv = argv; self.env = env; self.cwd = cwd
     }
+}
+
+/// What an executor knows about a job beyond its state: a scheduler's queue state, node and
+/// reasons, and why it ended when the scheduler ended it.
+public struct JobNote: Equatable, Sendable {
+    /// PENDING, RUNNING, ... (nil for a local process).
+    public var queue: String?
+    public var node: String?
+    /// Why it waits (Slurm's reason: Priority, Resources, ...).
+    public var schedulerReason: String?
+    /// The scheduler ended it at its walltime.
+    public var timedOut = false
+    /// Why it ended, when the executor knows better than the exit code (OOM, node failure).
+    public var reason: String?
+    /// That end was not the command's fault (a lost node): worth another attempt.
+    public var transient = false
+    public init() {}
 }
 
 public enum JobState: Equatable, Sendable {
@@ -39,6 +64,12 @@ public protocol Job: AnyObject {
     func terminate(grace: Double)
     /// Ends it now.
     func kill()
+    /// The executor's own view of it (queue state, node, why it ended).
+    var note: JobNote { get }
+}
+
+extension Job {
+    public var note: JobNote { JobNote() }
 }
 
 /// Where stages and commands run: the seam between what Baton decides (attempts, retries,

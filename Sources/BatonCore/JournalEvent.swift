@@ -69,6 +69,7 @@ public enum EventBody: Sendable {
     case stageStarted(StageStarted)
     case stageFinished(StageFinished)
     case stageStalled(StageStalled)
+    case stageQueued(StageQueued)
     case preflight(PreflightRecord)
     case watch(WatchTransition)
     case gate(GateRecord)
@@ -85,7 +86,7 @@ public enum EventBody: Sendable {
     public static let schema: [(type: String, fields: [String])] = [
         ("run_started", RunBegan.startedFields), ("run_resumed", RunBegan.resumedFields),
         ("stage_started", StageStarted.fieldNames), ("stage_finished", StageFinished.fieldNames),
-        ("stage_stalled", StageStalled.fieldNames),
+        ("stage_stalled", StageStalled.fieldNames), ("stage_queued", StageQueued.fieldNames),
         ("preflight", PreflightRecord.fieldNames), ("watch", WatchTransition.fieldNames),
         ("gate", GateRecord.fieldNames), ("heartbeat", Heartbeat.fieldNames), ("log", LogRecord.fieldNames),
         ("command", CommandRecord.fieldNames), ("not_run", NotRun.fieldNames), ("control", ControlRecord.fieldNames),
@@ -99,6 +100,7 @@ public enum EventBody: Sendable {
         case .stageStarted: return "stage_started"
         case .stageFinished: return "stage_finished"
         case .stageStalled: return "stage_stalled"
+        case .stageQueued: return "stage_queued"
         case .preflight: return "preflight"
         case .watch: return "watch"
         case .gate: return "gate"
@@ -119,6 +121,7 @@ public enum EventBody: Sendable {
         case let .stageStarted(s): return s.fields
         case let .stageFinished(s): return s.fields
         case let .stageStalled(s): return s.fields
+        case let .stageQueued(s): return s.fields
         case let .preflight(p): return p.fields
         case let .watch(w): return w.fields
         case let .gate(g): return g.fields
@@ -141,6 +144,7 @@ public enum EventBody: Sendable {
         case "stage_started": self = .stageStarted(StageStarted(&f))
         case "stage_finished": self = .stageFinished(StageFinished(&f))
         case "stage_stalled": self = .stageStalled(StageStalled(&f))
+        case "stage_queued": self = .stageQueued(StageQueued(&f))
         case "preflight": self = .preflight(PreflightRecord(&f))
         case "watch": self = .watch(WatchTransition(&f))
         case "gate": self = .gate(GateRecord(&f))
@@ -287,8 +291,15 @@ public struct StageStarted: Sendable {
     /// In a resume, on a call's first attempt: why it runs for real.
     public var why: ResumeWhy?
 
+
+    /// Where it runs when not locally ("slurm"), and that executor's id for it (a Slurm job id).
+    public var executor: String?
+    public var nativeID: String?
+    /// A resumed run took up the job its previous runner submitted.
+    public var reattached = false
+
     public static let fieldNames = ["id", "occurrence", "attempt", "argv", "shell", "cwd", "fingerprint", "fingerprint_parts",
-                                    "logs", "pid", "dry", "why"]
+                                    "logs", "pid", "dry", "why", "executor", "native_id", "reattached"]
 
     public init(key: StageKey, attempt: Int, command: Command, cwd: String, fingerprint: String, logs: StageLogs) {
         self.key = key; self.attempt = attempt; self.command = command; self.cwd = cwd
@@ -306,6 +317,9 @@ public struct StageStarted: Sendable {
         pid = f.int32("pid")
         dry = f.bool("dry")
         why = ResumeWhy(f["why"])
+        executor = f.string("executor")
+        nativeID = f.string("native_id")
+        reattached = f.bool("reattached")
     }
 
     var fields: [(String, JSON)] {
@@ -317,6 +331,43 @@ public struct StageStarted: Sendable {
         if let p = pid { o.append(("pid", .int(Int64(p)))) }
         if dry { o.append(("dry", .bool(true))) }
         if let w = why { o.append(("why", w.json)) }
+        if let e = executor { o.append(("executor", .string(e))) }
+        if let n = nativeID { o.append(("native_id", .string(n))) }
+        if reattached { o.append(("reattached", .bool(true))) }
+        return o
+    }
+}
+
+/// A batch job's move in its scheduler's queue (PENDING, RUNNING, COMPLETING, ...).
+public struct StageQueued: Sendable {
+    public var key: StageKey
+    public var attempt: Int
+    public var nativeID: String
+    public var state: String
+    public var node: String?
+    /// Why it waits (Slurm's reason: Priority, Resources, ...).
+    public var reason: String?
+
+    public static let fieldNames = ["id", "occurrence", "attempt", "native_id", "state", "node", "reason"]
+
+    public init(key: StageKey, attempt: Int, nativeID: String, state: String) {
+        self.key = key; self.attempt = attempt; self.nativeID = nativeID; self.state = state
+    }
+
+    init(_ f: inout Fields) {
+        key = f.key()
+        attempt = Int(f.int("attempt") ?? 1)
+        nativeID = f.string("native_id") ?? ""
+        state = f.string("state") ?? ""
+        node = f.string("node")
+        reason = f.string("reason")
+    }
+
+    var fields: [(String, JSON)] {
+        var o: [(String, JSON)] = [("id", .string(key.id)), ("occurrence", .int(Int64(key.occurrence))),
+                                   ("attempt", .int(Int64(attempt))), ("native_id", .string(nativeID)), ("state", .string(state))]
+        if let n = node, !n.isEmpty { o.append(("node", .string(n))) }
+        if let r = reason { o.append(("reason", .string(r))) }
         return o
     }
 }

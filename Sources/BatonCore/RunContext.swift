@@ -32,6 +32,13 @@ public final class RunContext {
     /// The journal folded: what final.json, status and resume read.
     public private(set) var history: RunHistory
     public var executors: [String: Executor] = ["local": LocalExecutor()]
+    /// The executor of stages that name none: `baton.executor(...)`, else `run --executor`
+    /// (BATON_EXECUTOR), else local.
+    public var defaultExecutor: String
+    /// Slurm options every Slurm stage starts from (`baton.executor("slurm", {...})`).
+    public var slurmDefaults = SlurmOptions()
+    /// On resume: batch jobs the previous runner left queued or running, to re-attach to.
+    var reattach: [StageKey: StageRecord] = [:]
 
     /// Seconds of silence after which a stage's `stage_stalled` event is journaled
     /// (its own `stallWarnSec`, else BATON_STALL_WARN_SEC, else 600).
@@ -77,6 +84,7 @@ public final class RunContext {
         self.baseEnvironment = env
         if let s = env["BATON_HEARTBEAT_SEC"], let v = Double(s), v > 0 { loop.heartbeatInterval = v }
         if let s = env["BATON_STALL_WARN_SEC"], let v = Double(s), v > 0 { stallWarnSec = v }
+        defaultExecutor = env["BATON_EXECUTOR"].flatMap { $0.isEmpty ? nil : $0 } ?? "local"
         loop.journal = journal
         loop.onHeartbeat = { [unowned self] hb in self.record(.heartbeat(hb)) }
         loop.mustStop = { [unowned self] in self.fatal != nil }
@@ -148,10 +156,12 @@ public final class RunContext {
         began.tornTailTruncated = contents.tornTail
         began.corruptLines = contents.corrupt.map(\.line)
         let replay = history.replayable
+        let reattach = history.reattachable
         let logNumbers = history.logNumbers
         history.apply(try journal.append(.runResumed(began)))
         let ctx = RunContext(dir: dir, journal: journal, lock: lock, dryRun: false, recipe: recipe, history: history)
         ctx.replay = replay
+        ctx.reattach = reattach
         ctx.logNumbers = logNumbers
         if let prior = FinalRecord.read(dir) { ctx.result = prior.result }
         ctx.armCrashGuard()
@@ -263,10 +273,18 @@ public final class RunContext {
         loop.poke()
     }
 
+    /// The executors a recipe may name.
+    public static let executorNames = ["local", "slurm"]
+
     public func executor(named name: String?) throws -> Executor {
-        let n = name ?? "local"
+        let n = name ?? defaultExecutor
+        if n == "slurm", executors[n] == nil {
+            let s = SlurmExecutor(environment: baseEnvironment)
+            s.warn = { [unowned self] m in self.log("warn", "slurm: " + m) }
+            executors[n] = s
+        }
         guard let e = executors[n] else {
-            throw RunStartError("unknown executor '\(n)' (known: \(executors.keys.sorted().joined(separator: ", ")))")
+            throw RunStartError("unknown executor '\(n)' (known: \(RunContext.executorNames.joined(separator: ", ")))")
         }
         return e
     }
@@ -279,7 +297,8 @@ public final class RunContext {
         let occ = (occurrences[spec.id] ?? 0) + 1
         occurrences[spec.id] = occ
         let key = StageKey(id: spec.id, occurrence: occ)
-        let exec = StageExecution(spec: spec, key: key, context: self, executor: executors["local"]!)
+        let exec = StageExecution(spec: spec, key: key, context: self,
+                                  executor: (try? executor(named: spec.executor)) ?? executors["local"]!)
         if dryRun {
             let cwd = spec.cwd.map(FileIO.absolute) ?? FileIO.currentDirectory()
             let logs = dir.stageLogs(spec.id, attempt: nextLogNumber(spec.id))
@@ -299,6 +318,14 @@ public final class RunContext {
         }
         if let rp = replay {
             let first = ranFirst[lane] ?? ranFirst[""]
+            if first == nil, let r = reattach[key], r.fingerprint == spec.fingerprint, let name = r.executor, let id = r.nativeID,
+               let ex = try? executor(named: name) as? SlurmExecutor {
+                // Its job is still the scheduler's (or finished meanwhile): take it up again.
+                reattach[key] = nil
+                exec.reattach(ex.reattach(nativeID: id, logs: r.logs), attempt: r.attempt, logs: r.logs)
+                loop.add(exec)
+                return exec
+            }
             let why = ResumeWhy.decide(key, fingerprint: spec.fingerprint, parts: { exec.fingerprintParts }, history: history,
                                        replay: rp, ranFirst: first)
             exec.why = why
@@ -390,6 +417,12 @@ public final class RunContext {
         writePending()
         // Only processes this runner started can carry the mark (resume sweeps at its start).
         if spawnedAny { Survivors.kill(runID: dir.id, loop: loop) }
+        // Batch jobs of a previous life that this one did not take up (their stage changed or never ran).
+        let leftover = reattach.values.filter { $0.executor == "slurm" }.compactMap(\.nativeID)
+        if !leftover.isEmpty {
+            SlurmExecutor.cancel(ids: leftover, environment: baseEnvironment)
+            log("info", "resume: scancel of the jobs the previous runner left and this one did not take up: \(leftover.joined(separator: ", "))")
+        }
         let fatalBefore = fatal
         if fatal == nil { record(.final(FinalEvent(status: status.rawValue, exitCode: exitCode, reason: reason))) }
         do {

@@ -19,6 +19,30 @@ public struct StageRecord: Sendable {
     public var fingerprintParts: FingerprintParts?
     /// The current attempt has been silent past its stallWarnSec (a `stage_stalled` event).
     public var stalled: StageStalled?
+    /// Where the latest attempt runs when not locally ("slurm"), its id there, and (for a batch
+    /// job) its latest queue state and node.
+    public var executor: String?
+    public var nativeID: String?
+    public var queue: String?
+    public var node: String?
+    public var queueReason: String?
+
+    /// Where a batch job stands, for people: "slurm job 12 RUNNING on node7", "slurm job 13 PENDING (Priority)".
+    public var batchText: String? {
+        guard let e = executor, let id = nativeID else { return nil }
+        var s = "\(e) job \(id)"
+        if let q = queue { s += " \(q)" }
+        if let n = node, !n.isEmpty { s += " on \(n)" }
+        if let r = queueReason, queue == "PENDING" { s += " (\(r))" }
+        return s
+    }
+
+    /// Its batch job's fields for `status --json` and the shell (empty for a local stage).
+    public var batchFields: [(String, JSON)] {
+        guard let e = executor, let id = nativeID else { return [] }
+        return [("executor", .string(e)), ("native_id", .string(id)), ("queue", queue.map(JSON.string) ?? .null),
+                ("node", node.map(JSON.string) ?? .null)]
+    }
 
     public var isOpen: Bool { status == "running" || status == "waiting" }
     public var isOver: Bool { StageStatus(rawValue: status) != nil }
@@ -105,6 +129,11 @@ public struct RunHistory: Sendable {
             stages[i].logs = s.logs
             stages[i].fingerprintParts = s.fingerprintParts
             stages[i].stalled = nil
+            stages[i].executor = s.executor
+            stages[i].nativeID = s.nativeID
+            stages[i].queue = s.nativeID == nil ? nil : "SUBMITTED"
+            stages[i].node = nil
+            stages[i].queueReason = nil
             attemptLogs.append(AttemptLog(key: s.key, attempt: s.attempt, logs: s.logs))
             noteLogNumber(s.key.id, s.logs)
         case let .stageFinished(f):
@@ -125,6 +154,12 @@ public struct RunHistory: Sendable {
             if let p = f.fingerprintParts { stages[i].fingerprintParts = p }
         case let .stageStalled(s):
             if let i = stageIndex[s.key] { stages[i].stalled = s }
+        case let .stageQueued(q):
+            if let i = stageIndex[q.key], stages[i].isOpen {
+                stages[i].queue = q.state
+                if let n = q.node { stages[i].node = n }
+                stages[i].queueReason = q.reason
+            }
         case let .watch(w):
             var rec = WatchRecord(id: w.id, state: w.to, since: e.ts, reason: w.reason, details: w.details)
             if w.to == .queued { rec.queued = w.details } else if let i = watchIndex[w.id] { rec.queued = watches[i].queued }
@@ -201,6 +236,16 @@ public struct RunHistory: Sendable {
             if best == nil || w.since >= best!.since { best = ("watch", w.id, w.since, nil) }
         }
         return best
+    }
+
+    /// Batch jobs whose runner died while they were queued or running (not yet marked
+    /// unfinished by a later life): resume re-attaches to them instead of submitting again.
+    public var reattachable: [StageKey: StageRecord] {
+        var out: [StageKey: StageRecord] = [:]
+        for r in stages where (r.isOpen || r.status == "unfinished") && r.nativeID != nil && r.executor != nil {
+            out[r.key] = r
+        }
+        return out
     }
 
     /// Passed calls resume may replay: (id, occurrence) → the final stage_finished.

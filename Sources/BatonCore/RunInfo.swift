@@ -132,7 +132,7 @@ public struct RunInfo {
                      ("cmd", r.stage.command?.json ?? .null),
                      ("for_ms", .int(Int64((Clock.now() - (r.stage.startedAt ?? Clock.now())) * 1000))),
                      ("silent_ms", .int(Int64(r.silent * 1000))), ("stalled", .bool(r.stage.stalled != nil))]
-                    + RunInfo.liveFields(r.stage))
+                    + RunInfo.liveFields(r.stage) + r.stage.batchFields)
         })))
         o.append(("blocked_in", blockedIn?.json ?? .null))
         o.append(("runner_looks_hung", .bool(runnerLooksHung)))

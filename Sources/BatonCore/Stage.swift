@@ -24,6 +24,10 @@ public struct StageSpec: Sendable {
     public var heartbeatFile: String?
     /// Seconds of silence after which one `stage_stalled` event is journaled (nil: the run's default).
     public var stallWarnSec: Double?
+    /// Where it runs: "local", "slurm" (nil: the run's default executor).
+    public var executor: String?
+    /// Slurm's options, over the run's default ones (`baton.executor("slurm", {...})`).
+    public var slurm: SlurmOptions?
 
     public init(id: String, command: Command) { self.id = id; self.command = command }
 
@@ -228,7 +232,10 @@ public final class StageExecution: LoopTask {
             startAttempt()
         case .running:
             guard let j = job else { return }
-            if case let .done(t) = j.state { attemptEnded(t); return }
+            if case let .done(t) = j.state { attemptEnded(t, note: j.note); return }
+            noteQueue(j)
+            // A batch job's timeout counts from when it runs, not from when it was queued.
+            if j.note.queue == "PENDING" || j.note.queue == "SUBMITTED", let t = spec.timeout { deadline = now + t }
             if let d = deadline, now >= d, !timedOut {
                 timedOut = true
                 deadline = nil
@@ -272,14 +279,25 @@ public final class StageExecution: LoopTask {
             js.stdout = outFD
             js.stderr = errFD
             js.leftoverGrace = min(spec.grace, 2)
+            js.logs = logs
+            js.stdinText = spec.stdin
+            js.name = "baton-\(context.dir.id)-\(spec.id)"
+            js.timeout = spec.timeout
+            js.grace = spec.grace
+            js.slurm = (spec.slurm ?? SlurmOptions()).over(context.slurmDefaults)
             let j = try executor.start(js)
             job = j
             pid = j.pid ?? 0
             context.spawnedAny = true
             started.pid = j.pid
+            if executor.name != "local" {
+                started.executor = executor.name
+                started.nativeID = j.nativeID
+            }
+            journaledQueue = nil
             // Written with the next event or before the loop next blocks (in a fan-out, one write
             // for every stage a turn starts): a runner killed before then loses only this line.
-            context.record(.stageStarted(started), deferred: true)
+            context.record(.stageStarted(started), deferred: executor.name == "local")
             deadline = spec.timeout.map { attemptStart + $0 }
             lastOutputAt = attemptStart
             seenOutput = (0, 0, 0)
@@ -299,6 +317,29 @@ public final class StageExecution: LoopTask {
             r.signature = FailureSignature.make(.deterministic, exit: code, signal: nil, stderrTail: msg)
             concludeAttempt(r)
         }
+    }
+
+    /// Takes up a batch job a previous runner of this run submitted (resume): same attempt,
+    /// same log files, no new submission.
+    func reattach(_ j: Job, attempt n: Int, logs l: StageLogs) {
+        attempt = n
+        logs = l
+        attemptStart = Clock.monotonic()
+        firstStart = attemptStart
+        outFD = open(l.stdout, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        errFD = open(l.stderr, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        job = j
+        let cwd = spec.cwd.map(FileIO.absolute) ?? FileIO.currentDirectory()
+        var started = StageStarted(key: key, attempt: n, command: spec.command, cwd: cwd, fingerprint: spec.fingerprint, logs: l)
+        started.executor = executor.name
+        started.nativeID = j.nativeID
+        started.reattached = true
+        context.record(.stageStarted(started))
+        context.log("info", "resume: stage '\(spec.id)' re-attached to \(executor.describe(j)) (not submitted again)")
+        deadline = spec.timeout.map { attemptStart + $0 }
+        lastOutputAt = attemptStart
+        nextSilenceCheck = attemptStart + 1
+        phase = .running
     }
 
     /// How long the stage has been silent: its log files' sizes and the heartbeat file's
@@ -337,7 +378,21 @@ public final class StageExecution: LoopTask {
         return r
     }
 
-    func attemptEnded(_ t: Termination) {
+    /// The latest queue state journaled for this attempt (a batch scheduler's PENDING, RUNNING).
+    var journaledQueue: String?
+
+    /// Journals a batch job's move between queue states (pending time is visible in the journal).
+    func noteQueue(_ j: Job) {
+        let n = j.note
+        guard let q = n.queue, q != journaledQueue, q != "SUBMITTED", q != "UNKNOWN" else { return }
+        journaledQueue = q
+        var e = StageQueued(key: key, attempt: attempt, nativeID: j.nativeID, state: q)
+        e.node = n.node
+        e.reason = n.schedulerReason
+        context.record(.stageQueued(e))
+    }
+
+    func attemptEnded(_ t: Termination, note: JobNote = JobNote()) {
         job = nil
         var r = makeResult(status: .passed, termination: t, duration: Clock.monotonic() - attemptStart, message: nil)
         r.stdout = outFD >= 0 ? readTail(fd: outFD) : readTail(r.logs.stdout)
@@ -351,8 +406,12 @@ public final class StageExecution: LoopTask {
         } else if timedOut {
             r.status = .timed_out
             r.message = "timed out after \(Clock.human(spec.timeout ?? 0))"
+        } else if note.timedOut {
+            r.status = .timed_out
+            r.message = note.reason
         } else if t != .exited(0) {
             r.status = .failed
+            r.message = note.reason
         } else {
             let base = spec.cwd.map(FileIO.absolute) ?? FileIO.currentDirectory()
             let missing = spec.requireFiles.filter { (FileIO.size(FileIO.join(base, $0)) ?? 0) == 0 }
@@ -363,7 +422,8 @@ public final class StageExecution: LoopTask {
         }
         if !r.ok {
             let tail = r.stderrText
-            let cls = stalled ? FailureClass.stalled : r.message != nil && r.status == .failed
+            let cls = stalled ? FailureClass.stalled : note.transient || note.timedOut ? FailureClass.transient
+                : r.message != nil && r.status == .failed
                 ? FailureClass.deterministic
                 : spec.transient.classify(timedOut: timedOut || r.status == .cancelled, signal: t.signal, exit: t.exitCode, stderrTail: tail)
             r.failureClass = cls

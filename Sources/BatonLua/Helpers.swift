@@ -31,6 +31,7 @@ extension RecipeEnvironment {
                 if !ctx.dryRun { ctx.setBudget(secs, text: text) }
                 return 0
             }),
+            ("executor", { [unowned self] (l: LuaState) throws -> Int32 in try self.batonExecutor(l) }),
             ("pool", { [unowned self] (l: LuaState) throws -> Int32 in
                 guard let name = l.string(1), !name.isEmpty else { throw LuaRaise.usage("baton.pool: the name must be a non-empty string") }
                 guard let n = l.integer(2), n >= 1 else { throw LuaRaise.usage("baton.pool: the limit must be an integer of at least 1") }

@@ -28,7 +28,7 @@ extension RecipeEnvironment {
 
     static let stageFields = ["id", "cmd", "cwd", "env", "stdin", "timeout", "grace", "retries", "retryOn", "backoff",
                               "transient", "breaker", "requireFiles", "background", "allowFail", "pool",
-                              "noOutputTimeout", "heartbeatFile", "stallWarnSec"]
+                              "noOutputTimeout", "heartbeatFile", "stallWarnSec", "executor", "slurm"]
 
     static let preflightFields = ["name", "policy", "checks", "timeout"]
     /// Each primitive that takes a spec table and the fields it allows (what `baton check` lints).
@@ -67,6 +67,7 @@ extension RecipeEnvironment {
         spec.noOutputTimeout = try t.number("noOutputTimeout", min: 0.1)
         spec.heartbeatFile = try t.string("heartbeatFile", nonEmpty: true).map(FileIO.absolute)
         spec.stallWarnSec = try t.number("stallWarnSec", min: 0.1)
+        try stageExecutor(t, &spec, fn: fn)
         if let p = try t.string("pool", nonEmpty: true) {
             guard context?.pools[p] != nil else {
                 throw LuaRaise.usage("\(fn): pool '\(p)' is not declared; call baton.pool('\(p)', N) first")

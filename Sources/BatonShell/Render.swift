@@ -56,6 +56,7 @@ public enum Render {
         if let c = i.current {
             var s = "current  \(c.kind) \(c.id) for \(Clock.human(Clock.now() - c.since))"
             if let p = i.currentPid { s += ", pid \(p)" }
+            if let b = i.running.first(where: { $0.stage.key.id == c.id })?.stage.batchText { s += ", " + b }
             lines.append(s)
         }
         if let b = i.blockedIn { lines.append("blocked  \(b.text)") }
@@ -64,6 +65,7 @@ public enum Render {
             for r in i.running {
                 var s = "  \(r.stage.key)  attempt \(r.stage.attempt)"
                 if let p = r.stage.pid { s += "  pid \(p)" }
+                if let b = r.stage.batchText { s += "  \(b)" }
                 if let t = r.stage.startedAt { s += "  for \(Clock.human(Clock.now() - t))" }
                 s += r.stage.stalled != nil ? "  STALLED (no output for \(Clock.human(r.silent)))" : "  last output \(Clock.human(r.silent)) ago"
                 if let c = r.stage.command { s += "  \(c.display.prefix(60))" }
@@ -106,6 +108,9 @@ public enum Render {
             if f.dry { detail += " (dry run)" }
             if let c = f.failureClass { detail += " [\(c.rawValue)]" }
             if let m = f.message { detail += ": \(m)" }
+        case let .stageQueued(q):
+            detail = "\(q.key.id) attempt \(q.attempt): job \(q.nativeID) \(q.state)" + (q.node.map { " on \($0)" } ?? "")
+                + (q.reason.map { " (\($0))" } ?? "")
         case let .stageStalled(s):
             detail = "\(s.key.id) attempt \(s.attempt): no output for \(Clock.human(Double(s.silentMs) / 1000))"
                 + (s.ending ? " (noOutputTimeout: ending it)" : "")

@@ -13,6 +13,7 @@ enum RunState {
             s.append(("status", .string(status)))
             if let c = r.command { s.append(("cmd", c.json)) }
             if let p = r.pid { s.append(("pid", .int(Int64(p)))) }
+            s += r.batchFields
             if let c = r.cwd { s.append(("cwd", .string(c))) }
             s.append(("logs", .object([("stdout", .string(r.logs.stdout)), ("stderr", .string(r.logs.stderr))])))
             if let t = r.startedAt { s.append(("started_at", .string(Clock.rfc3339(t)))) }

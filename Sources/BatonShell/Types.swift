@@ -9,7 +9,7 @@ public enum Types {
     public static let globals = ["baton", "gate", "parallel", "persistFinal", "preflight", "runStage", "watch"]
     /// The `baton` table's fields, and the fields of its sub-tables.
     public static let batonFields: [(String, [String])] = [
-        ("args", []), ("budget", []), ("env", []), ("fail", []), ("fs", ["append", "exists", "glob", "locked", "mkdir", "read", "write"]),
+        ("args", []), ("budget", []), ("env", []), ("executor", []), ("fail", []), ("fs", ["append", "exists", "glob", "locked", "mkdir", "read", "write"]),
         ("gate", []), ("json", ["array", "decode", "encode", "null"]), ("log", []), ("now", []), ("parallel", []), ("persistFinal", []),
         ("pool", []),
         ("preflight", []), ("runStage", []), ("run", ["id", "dir", "dry_run"]), ("sh", []), ("sleep", []),
@@ -77,6 +77,8 @@ public enum Types {
         ---@field noOutputTimeout? number seconds without output (or heartbeatFile touch): end it as "stalled"
         ---@field heartbeatFile? string a file the job touches to say it is alive
         ---@field stallWarnSec? number silence after which one stage_stalled event is journaled (default 600)
+        ---@field executor? "local"|"slurm" where it runs (default: the run's, else local)
+        ---@field slurm? {partition?: string, time?: string, mem?: string, cpus?: integer, gpus?: integer|string, account?: string, qos?: string, extra?: string[]}
 
         ---@class baton.StageResult
         ---@field id string
@@ -239,6 +241,7 @@ public enum Types {
         ---@field sh fun(cmd: baton.Command, opts?: baton.ShOptions): string, boolean?, integer?, string?
         ---@field sleep fun(seconds: number)
         ---@field pool fun(name: string, limit: integer) a pool for runStage{pool = name}
+        ---@field executor fun(name: "local"|"slurm", opts?: table) where stages run unless they say otherwise (docs/slurm.md)
         ---@field budget fun(duration: string|number) end the whole run after this long ("2h", "30m", seconds): exit 124
         ---@field parallel fun(items: any[], fn: fun(item: any, index: integer): any, opts?: baton.ParallelOptions): any[], table[]
         ---@field now fun(): number

@@ -110,6 +110,9 @@ struct Run: RunsCommand {
     @Option(help: ArgumentHelp("End the whole run after this long, like a cancel (exit 124): 2h, 30m, 90s, 1h30m, seconds.",
                                valueName: "DURATION"))
     var budget: String?
+    @Option(help: ArgumentHelp("Where stages run unless a stage says otherwise: local (default) or slurm (docs/slurm.md).",
+                               valueName: "local|slurm"), completion: .list(["local", "slurm"]))
+    var executor: String?
     @OptionGroup var globals: Globals
     @Argument(help: ArgumentHelp("The recipe file; the words after it are the recipe's own.", valueName: "RECIPE"),
               completion: .file(extensions: ["lua"]))
@@ -118,7 +121,7 @@ struct Run: RunsCommand {
     var args: [String] = []
 
     /// Options of `run` that take a value (where the recipe starts is found before parsing).
-    static let valueOptions: Set<String> = ["--run-id", "--existing-run", "--sync", "--runs-dir", "--budget"]
+    static let valueOptions: Set<String> = ["--run-id", "--existing-run", "--sync", "--runs-dir", "--budget", "--executor"]
     /// The words after RECIPE: they are the recipe's, never parsed as baton's options.
     nonisolated(unsafe) static var passthrough: [String] = []
 
@@ -137,6 +140,8 @@ struct Run: RunsCommand {
         o.stream = stream
         o.sync = try syncPolicy(sync)
         o.budget = try runBudget(budget)
+        // Read by RunContext; a detached runner inherits it.
+        if let e = executor { setenv("BATON_EXECUTOR", e, 1) }
         o.existingRun = existingRun != nil
         Run.start(o, detach: detach)
     }
