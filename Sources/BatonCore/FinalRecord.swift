@@ -46,10 +46,10 @@ public struct FinalRecord: Sendable {
         let start = h.firstStart?.ts ?? h.latestStart?.ts ?? endedAt ?? Clock.now()
         self.init(run: h.runID, recipe: h.latestStart?.began.recipe ?? "?", status: status, exitCode: exitCode,
                   reason: reason, startedAt: start, endedAt: endedAt,
-                  stages: !withStages ? [] : h.concluded.map { r in
+                  stages: !withStages ? [] : Array(h.concluded.map { r in
                       Stage(id: r.key.id, occurrence: r.key.occurrence, status: r.status,
                             attempts: r.finished?.attempt ?? r.attempt, durationMs: r.durationMs, replayed: r.replayed)
-                  },
+                  }),
                   result: result)
     }
 
@@ -70,7 +70,14 @@ public struct FinalRecord: Sendable {
 
     public var json: JSON { .object(pairs) }
 
-    public func encoded() -> [UInt8] { Array(json.encoded(pretty: true).utf8) + [10] }
+    public func encoded() -> [UInt8] {
+        // Into one buffer (a 10,000-stage document is a megabyte: no String and Array copies of it).
+        var out: [UInt8] = []
+        out.reserveCapacity(512 + 96 * stages.count)
+        json.encode(into: &out, pretty: true, indent: 0)
+        out.append(10)
+        return out
+    }
 
     public init?(json j: JSON) {
         guard case .object = j, let run = j["run"]?.stringValue, let status = j["status"]?.stringValue else { return nil }

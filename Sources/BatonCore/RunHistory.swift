@@ -1,3 +1,9 @@
+/// An immutable value on the heap (a record's large, optional parts).
+final class Boxed<T: Sendable>: Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}
+
 /// What a journal says about one stage call (id, occurrence), folded from its events.
 public struct StageRecord: Sendable {
     /// `running`, `waiting` (between attempts), a StageStatus, or `unfinished` (its runner died).
@@ -14,18 +20,41 @@ public struct StageRecord: Sendable {
     public var endedAt: Double?
     public var logs = StageLogs(stdout: "", stderr: "")
     /// The latest `stage_finished` (the final one once the call is over).
-    public var finished: StageFinished?
+    public var finished: StageFinished? {
+        get { boxedFinished?.value }
+        set { boxedFinished = newValue.map(Boxed.init) }
+    }
     /// Each fingerprint input hashed alone (from its stage_started, or a replay's stage_finished).
-    public var fingerprintParts: FingerprintParts?
+    public var fingerprintParts: FingerprintParts? {
+        get { boxedParts?.value }
+        set { boxedParts = newValue.map(Boxed.init) }
+    }
     /// The current attempt has been silent past its stallWarnSec (a `stage_stalled` event).
-    public var stalled: StageStalled?
+    public var stalled: StageStalled? {
+        get { boxedStalled?.value }
+        set { boxedStalled = newValue.map(Boxed.init) }
+    }
+    // The large parts live on the heap, shared by copies: a run of 10,000 stage calls keeps
+    // 10,000 records, and inline they made the array (and every copy of it) several times larger.
+    private var boxedFinished: Boxed<StageFinished>?
+    private var boxedParts: Boxed<FingerprintParts>?
+    private var boxedStalled: Boxed<StageStalled>?
+
+    init(status: String, key: StageKey) { self.status = status; self.key = key }
     /// Where the latest attempt runs when not locally ("slurm"), its id there, and (for a batch
-    /// job) its latest queue state and node.
-    public var executor: String?
-    public var nativeID: String?
-    public var queue: String?
-    public var node: String?
-    public var queueReason: String?
+    /// job) its latest queue state and node. Boxed too: most stages run locally.
+    public var executor: String? { get { batch?.value.executor } set { updateBatch { $0.executor = newValue } } }
+    public var nativeID: String? { get { batch?.value.nativeID } set { updateBatch { $0.nativeID = newValue } } }
+    public var queue: String? { get { batch?.value.queue } set { updateBatch { $0.queue = newValue } } }
+    public var node: String? { get { batch?.value.node } set { updateBatch { $0.node = newValue } } }
+    public var queueReason: String? { get { batch?.value.queueReason } set { updateBatch { $0.queueReason = newValue } } }
+    private struct BatchPlace: Sendable, Equatable { var executor, nativeID, queue, node, queueReason: String? }
+    private var batch: Boxed<BatchPlace>?
+    private mutating func updateBatch(_ change: (inout BatchPlace) -> Void) {
+        var b = batch?.value ?? BatchPlace()
+        change(&b)
+        batch = b == BatchPlace() ? nil : Boxed(b)
+    }
 
     /// Where a batch job stands, for people: "slurm job 12 RUNNING on node7", "slurm job 13 PENDING (Priority)".
     public var batchText: String? {
@@ -211,7 +240,7 @@ public struct RunHistory: Sendable {
     public func status(of key: StageKey) -> String? { stageIndex[key].map { stages[$0].status } }
 
     /// Stage calls that are over, one per (id, occurrence), in the order they were first seen.
-    public var concluded: [StageRecord] { stages.filter(\.isOver) }
+    public var concluded: LazyFilterSequence<[StageRecord]> { stages.lazy.filter(\.isOver) }
 
     /// Stage calls in flight now (in a live run).
     public var running: [StageRecord] { stages.filter(\.isOpen) }
