@@ -30,8 +30,6 @@ public final class CommandRun: LoopTask {
         }
     }
 
-    public let command: Command
-    let timeout: Double?
     let grace: Double
     let outputLimit: Int
     private let outFD: Int32
@@ -46,8 +44,6 @@ public final class CommandRun: LoopTask {
 
     init(_ command: Command, cwd: String?, env: [String: String], stdin: String?, timeout: Double?, grace: Double,
          outputLimit: Int, output: (Int32, Int32)?, executor: Executor) {
-        self.command = command
-        self.timeout = timeout
         self.grace = grace
         self.outputLimit = outputLimit
         passthrough = output != nil

@@ -34,7 +34,6 @@ public struct ExitStatus: RawRepresentable, Hashable, Sendable, CustomStringConv
         ("129 / 130 / 143", "signal"),
     ]
 
-    public var isSignal: Bool { rawValue > 128 && rawValue < 160 }
     public var description: String { String(rawValue) }
 }
 

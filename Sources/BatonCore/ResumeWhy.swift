@@ -11,10 +11,8 @@ public struct FingerprintParts: Sendable, Equatable {
     }
 
     public init(_ spec: StageSpec) {
-        var e = ""
-        for k in spec.env.keys.sorted() { e += k + "=" + spec.env[k]! + "\u{2}" }
         self.init(command: FailureSignature.fnv1a(spec.command.json.encoded()), cwd: FailureSignature.fnv1a(spec.cwd ?? ""),
-                  env: FailureSignature.fnv1a(e), stdin: FailureSignature.fnv1a(spec.stdin ?? ""))
+                  env: FailureSignature.fnv1a(spec.envText), stdin: FailureSignature.fnv1a(spec.stdin ?? ""))
     }
 
     var values: [String] { [command, cwd, env, stdin] }

@@ -82,7 +82,7 @@ public final class RunContext {
         env["BATON_RUN_ID"] = dir.id
         env["BATON_RUN_DIR"] = dir.path
         self.baseEnvironment = env
-        if let s = env["BATON_HEARTBEAT_SEC"], let v = Double(s), v > 0 { loop.heartbeatInterval = v }
+        if let v = RunContext.heartbeatOverride { loop.heartbeatInterval = v }
         if let s = env["BATON_STALL_WARN_SEC"], let v = Double(s), v > 0 { stallWarnSec = v }
         defaultExecutor = env["BATON_EXECUTOR"].flatMap { $0.isEmpty ? nil : $0 } ?? "local"
         loop.journal = journal
@@ -99,8 +99,13 @@ public final class RunContext {
         gethostname(&host, host.count)
         var b = RunBegan(recipe: recipe, recipeSHA256: sha, args: args, pid: getpid(), host: String(cBuffer: host),
                          dryRun: dryRun, cwd: FileIO.currentDirectory())
-        if let e = getenv("BATON_HEARTBEAT_SEC"), let v = Double(String(cString: e)), v > 0 { b.heartbeatSec = v }
+        if let v = heartbeatOverride { b.heartbeatSec = v }
         return b
+    }
+
+    /// BATON_HEARTBEAT_SEC: how often heartbeats are written when not the default (and journaled as such).
+    static var heartbeatOverride: Double? {
+        getenv("BATON_HEARTBEAT_SEC").flatMap { Double(String(cString: $0)) }.flatMap { $0 > 0 ? $0 : nil }
     }
 
     /// Creates a run directory, takes its lock and journals `run_started`.
@@ -300,7 +305,7 @@ public final class RunContext {
         let exec = StageExecution(spec: spec, key: key, context: self,
                                   executor: (try? executor(named: spec.executor)) ?? executors["local"]!)
         if dryRun {
-            let cwd = spec.cwd.map(FileIO.absolute) ?? FileIO.currentDirectory()
+            let cwd = spec.resolvedCwd
             let logs = dir.stageLogs(spec.id, attempt: nextLogNumber(spec.id))
             var started = StageStarted(key: key, attempt: 0, command: spec.command, cwd: cwd, fingerprint: spec.fingerprint, logs: logs)
             started.dry = true

@@ -324,7 +324,8 @@ public final class SlurmExecutor: Executor {
             if pfd >= 0 { _ = Glibc.poll(&p, 1, 100) } else { usleep(5000) }
         }
         Glibc.kill(-pid, SIGKILL)   // nothing of it stays behind
-        let code = Termination(waitStatus: st).exitCode ?? 128 + (Termination(waitStatus: st).signal ?? 0)
+        let t = Termination(waitStatus: st)
+        let code = t.exitCode ?? 128 + (t.signal ?? 0)
         return ToolResult(code: code, stdout: String(decoding: CommandRun.readMemfd(out, limit: 16 << 20), as: UTF8.self),
                           stderr: String(decoding: CommandRun.readMemfd(err, limit: 1 << 20), as: UTF8.self))
     }

@@ -67,7 +67,7 @@ public struct SpawnError: Error, CustomStringConvertible {
     public let message: String
     /// The exit code a shell gives the same failure: 127 not found, 126 found but not
     /// executable (permission denied, a directory, not an executable format).
-    public var exitCode: Int32 = Termination.notFound
+    public var exitCode: Int32
     public init(message: String, exitCode: Int32 = Termination.notFound) { self.message = message; self.exitCode = exitCode }
     public var description: String { message }
 }
@@ -128,7 +128,7 @@ public enum Spawner {
         case let .found(p): path = p
         case let .notExecutable(p):
             throw SpawnError(message: "permission denied: \(first)" + (p == first ? "" : " (\(p))") + " is not an executable file",
-                             exitCode: 126)
+                             exitCode: Termination.notExecutable)
         case .notFound: throw SpawnError(message: "command not found: \(first)")
         }
         let cArgv = argv.map { strdup($0) } + [nil]

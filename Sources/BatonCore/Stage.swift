@@ -33,11 +33,18 @@ public struct StageSpec: Sendable {
 
     /// What resume compares: the command, cwd, env and stdin.
     public var fingerprint: String {
-        var s = command.json.encoded() + "\u{1}" + (cwd ?? "") + "\u{1}"
-        for k in env.keys.sorted() { s += k + "=" + env[k]! + "\u{2}" }
-        s += "\u{1}" + (stdin ?? "")
-        return FailureSignature.fnv1a(s)
+        FailureSignature.fnv1a(command.json.encoded() + "\u{1}" + (cwd ?? "") + "\u{1}" + envText + "\u{1}" + (stdin ?? ""))
     }
+
+    /// The env table as the fingerprint (and its per-input part) hashes it: sorted `k=v` pairs.
+    var envText: String {
+        var e = ""
+        for k in env.keys.sorted() { e += k + "=" + env[k]! + "\u{2}" }
+        return e
+    }
+
+    /// Where the stage runs: its `cwd` made absolute, else the runner's.
+    public var resolvedCwd: String { cwd.map(FileIO.absolute) ?? FileIO.currentDirectory() }
 }
 
 public enum StageStatus: String, Sendable {
@@ -86,12 +93,9 @@ public struct StageResult: Sendable {
 
     /// Fills `stdout`/`stderr` from the log files (for a replayed result).
     public mutating func readTails() {
-        stdout = StageResult.tail(logs.stdout)
-        stderr = StageResult.tail(logs.stderr)
+        stdout = readTail(logs.stdout)
+        stderr = readTail(logs.stderr)
     }
-
-    /// The last 64 KiB of a log file, as bytes.
-    public static func tail(_ path: String) -> [UInt8] { readTail(path) }
 
     /// What happened, in one line: how it ended and stderr's last line (final.json's reason).
     public var summary: String {
@@ -185,7 +189,6 @@ public final class StageExecution: LoopTask {
     public var occurrence: Int { key.occurrence }
     /// The current attempt's log files and when it started (monotonic), for the terminal.
     public var currentLogs: StageLogs { logs }
-    public var attemptStartedAt: Double { attemptStart }
     public var isRunning: Bool { if case .running = phase { return true }; return false }
     public var isFinished: Bool { if case .finished = phase { return true }; return false }
 
@@ -250,7 +253,7 @@ public final class StageExecution: LoopTask {
         attempt += 1
         timedOut = false
         logs = context.dir.stageLogs(spec.id, attempt: context.nextLogNumber(spec.id))
-        let cwd = spec.cwd.map(FileIO.absolute) ?? FileIO.currentDirectory()
+        let cwd = spec.resolvedCwd
         var started = StageStarted(key: key, attempt: attempt, command: spec.command, cwd: cwd,
                                    fingerprint: spec.fingerprint, logs: logs)
         started.fingerprintParts = fingerprintParts
@@ -329,7 +332,7 @@ public final class StageExecution: LoopTask {
         outFD = open(l.stdout, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         errFD = open(l.stderr, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         job = j
-        let cwd = spec.cwd.map(FileIO.absolute) ?? FileIO.currentDirectory()
+        let cwd = spec.resolvedCwd
         var started = StageStarted(key: key, attempt: n, command: spec.command, cwd: cwd, fingerprint: spec.fingerprint, logs: l)
         started.executor = executor.name
         started.nativeID = j.nativeID
@@ -413,7 +416,7 @@ public final class StageExecution: LoopTask {
             r.status = .failed
             r.message = note.reason
         } else {
-            let base = spec.cwd.map(FileIO.absolute) ?? FileIO.currentDirectory()
+            let base = spec.resolvedCwd
             let missing = spec.requireFiles.filter { (FileIO.size(FileIO.join(base, $0)) ?? 0) == 0 }
             if !missing.isEmpty {
                 r.status = .failed

@@ -27,7 +27,6 @@ public final class RecipeEnvironment {
     public internal(set) var exitCode: Int32?
     /// The terminal's status line and --stream echo (nil when neither applies).
     var view: TerminalView?
-    /// Stages replayed since the last progress line (said in one line).
     /// Set by `baton.usageOnly()` (kit.args on `help`): the run only printed its usage.
     public internal(set) var usageOnly = false
     var handles: [Int: StageExecution] = [:]

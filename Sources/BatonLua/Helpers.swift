@@ -18,7 +18,7 @@ extension RecipeEnvironment {
             }),
             ("sleep", { [unowned self] (l: LuaState) throws -> Int32 in
                 guard let s = l.number(1), s >= 0, s.isFinite else { throw LuaRaise.usage("baton.sleep: seconds must be a non-negative number, got \(l.describeType(1))") }
-                if !self.interruptibleSleep(s) { throw LuaRaise(BATON_ABORT_MESSAGE, kind: "abort") }
+                if !self.loop.sleep(s, WaitLabel("sleep", Clock.human(s))) { throw LuaRaise(BATON_ABORT_MESSAGE, kind: "abort") }
                 return 0
             }),
             ("sh", { [unowned self] (l: LuaState) throws -> Int32 in try self.batonSh(l) }),
@@ -265,11 +265,6 @@ extension RecipeEnvironment {
     /// The loop every wait goes through: the run's, or (in the shell before its run is
     /// open) the environment's own.
     public var loop: EventLoop { context?.loop ?? ownLoop }
-
-    /// Sleeps, waking at once on a signal; drives background stages when a run is open.
-    func interruptibleSleep(_ seconds: Double) -> Bool {
-        loop.sleep(seconds, WaitLabel("sleep", Clock.human(seconds)))
-    }
 
     /// A journal write failed (full disk): stop the recipe with a clear message.
     func checkFatal() throws {

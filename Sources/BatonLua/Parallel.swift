@@ -194,12 +194,7 @@ extension RecipeEnvironment {
         _ = lua.rawGetField(-1, "now")
         _ = lua.rawGetField(-2, "sleep")
         lua_rotate(lua.L, -3, -1); lua.pop()                             // [chunk ...8 now sleep]
-        lua.pushFunction("baton.releaseHandle") { [unowned self] l in
-            _ = l.rawGetField(1, "_handle")
-            if let h = l.integer(-1) { self.handles[h] = nil }
-            l.pop()
-            return 0
-        }                                                                // [chunk ...8 now sleep release]
+        lua.pushFunction("baton.releaseHandle") { [unowned self] l in self.releaseHandle(l) }                                                                // [chunk ...8 now sleep release]
         try lua.pcall(nargs: 11, nresults: 3)                            // [parallel runStage sleep]
         _ = lua.getGlobal("baton")                                       // [parallel runStage sleep baton]
         lua_pushvalue(lua.L, -2); lua.setField(-2, "sleep")

@@ -178,7 +178,7 @@ extension RecipeEnvironment {
             debug.getregistry()["baton.stage_result"] = mt
             """.utf8), name: "=baton.stage_result")
         lua.pushFunction("baton.tail") { (l: LuaState) throws -> Int32 in
-            l.push(bytes: StageResult.tail(l.string(1) ?? ""))
+            l.push(bytes: readTail(l.string(1) ?? ""))
             return 1
         }
         _ = lua.getGlobal("rawget")
@@ -217,12 +217,7 @@ extension RecipeEnvironment {
             // A handle Lua no longer holds lets its execution go (a 10,000-item fan-out
             // should not keep 10,000 of them). The loop keeps a running one alive itself.
             // (weak: lua_close runs __gc after the environment itself is gone)
-            l.pushFunction("handle.__gc") { [weak self] l in
-                _ = l.rawGetField(1, "_handle")
-                if let h = l.integer(-1) { self?.handles[h] = nil }
-                l.pop()
-                return 0
-            }
+            l.pushFunction("handle.__gc") { [weak self] l in self?.releaseHandle(l) ?? 0 }
             l.setField(-2, "__gc")
         }
         lua_setmetatable(l.L, -2)
@@ -348,6 +343,16 @@ extension RecipeEnvironment {
         let ctx = try requireContext()
         do { try ctx.persistFinal(pairs) } catch { throw LuaRaise("persistFinal: cannot write final.json: \(error)") }
         try checkFatal()
+        return 0
+    }
+}
+
+extension RecipeEnvironment {
+    /// Lets go of the execution behind the handle at stack index 1 (its `_handle` number).
+    func releaseHandle(_ l: LuaState) -> Int32 {
+        _ = l.rawGetField(1, "_handle")
+        if let h = l.integer(-1) { handles[h] = nil }
+        l.pop()
         return 0
     }
 }

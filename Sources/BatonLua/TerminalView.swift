@@ -49,7 +49,7 @@ final class TerminalView {
     private func draw(_ exec: StageExecution) {
         let spinner = ["|", "/", "-", "\\"][frame % 4]
         frame += 1
-        var text = "\(spinner) stage \(exec.spec.id) attempt \(exec.attempt) \(Clock.human(Clock.monotonic() - exec.attemptStartedAt))"
+        var text = "\(spinner) stage \(exec.spec.id) attempt \(exec.attempt) \(Clock.human(exec.runningFor))"
         if let last = lastLine(exec.currentLogs) { text += ": " + last }
         let width = terminalColumns() - 1
         if text.count > width { text = String(text.prefix(max(0, width - 3))) + "..." }

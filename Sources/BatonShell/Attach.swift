@@ -12,11 +12,7 @@ public enum Attach {
             shell.startAttached = ref ?? "latest"
             return shell.run()
         }
-        let dir: RunDirectory
-        do { dir = try RunStore(root: root).resolve(ref) } catch {
-            diag("baton: \(error)")
-            return ExitStatus.usage.rawValue
-        }
+        guard let dir = Commands.resolve(root, ref, json: false) else { return ExitStatus.usage.rawValue }
         var why: String?
         guard let session = AttachSession.connect(dir, why: &why) else {
             let info = RunInfo.load(dir)

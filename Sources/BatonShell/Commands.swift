@@ -121,7 +121,7 @@ public enum Commands {
             }
             for c in contents.corrupt { diag("baton: journal line (after byte \(journal.offset)) \(c.line): \(c.message)") }
             if !follow || journal.sawFinal { break }
-            if !FileLock.isHeld(dir.lock), RunInfo.load(dir, withEvents: false).state != .starting {
+            if !isLive(dir) {
                 // The runner is gone: read what is left once more, then stop.
                 if !journal.hasMore { break }
                 continue
@@ -209,11 +209,7 @@ public enum Commands {
                               budget: (seconds: Double, text: String)? = nil) -> Int32 {
         guard let dir = resolve(root, ref, json: json) else { return ExitStatus.usage.rawValue }
         let contents = (try? JournalReader.read(dir.journal)) ?? JournalContents()
-        guard let start = contents.events.last(where: { e in
-            if case .runStarted = e.body { return true }; if case .runResumed = e.body { return true }; return false
-        }).flatMap({ e -> RunBegan? in
-            if case let .runStarted(b) = e.body { return b }; if case let .runResumed(b) = e.body { return b }; return nil
-        }) else {
+        guard let start = RunHistory(contents.events).latestStart?.began else {
             return fail("run \(dir.id) has no run_started event: nothing to resume", json: json)
         }
         if FileIO.isDirectory(start.cwd), chdir(start.cwd) != 0 {

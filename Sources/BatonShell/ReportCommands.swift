@@ -38,8 +38,11 @@ extension Commands {
     }
 
     /// `baton log --why [STAGE]`: for each resume of the run, whether each stage call
-    /// replayed or ran for real, and why.
+    /// replayed or ran for real, and why. `log --why STAGE` (of the latest run): a word that
+    /// names no run is the stage.
     public static func why(root: String, ref: String?, stage: String?, json: Bool) -> Int32 {
+        var ref = ref, stage = stage
+        if stage == nil, let r = ref, (try? RunStore(root: root).resolve(r)) == nil { stage = r; ref = nil }
         guard let dir = resolve(root, ref, json: json) else { return ExitStatus.usage.rawValue }
         let events = ((try? JournalReader.read(dir.journal)) ?? JournalContents()).events
         let t = RunTimeline(events, live: false)

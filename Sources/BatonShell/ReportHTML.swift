@@ -269,7 +269,7 @@ public struct ReportHTML {
         s += ", \(Clock.human(t.end(of: a) - a.start))"
         if let m = a.finished?.message { s += "\n" + m }
         if a.status != StageStatus.passed.rawValue, a.status != "running" {
-            let last = FailureSignature.lastNonEmptyLine(String(decoding: StageResult.tail(a.logs.stderr).suffix(2048), as: UTF8.self))
+            let last = FailureSignature.lastNonEmptyLine(String(decoding: readTail(a.logs.stderr).suffix(2048), as: UTF8.self))
             if !last.isEmpty { s += "\nstderr: " + String(last.prefix(300)) }
         }
         if let c = a.command { s += "\n$ " + c.display }
@@ -308,7 +308,7 @@ public struct ReportHTML {
             h += "<td class=\"logs\">\(link(r.logs.stdout))<br>\(link(r.logs.stderr))</td>"
             var errText = ""
             if r.status != StageStatus.passed.rawValue {
-                let lines = String(decoding: StageResult.tail(r.logs.stderr).suffix(2048), as: UTF8.self)
+                let lines = String(decoding: readTail(r.logs.stderr).suffix(2048), as: UTF8.self)
                     .split(separator: "\n").suffix(3).joined(separator: "\n")
                 errText = lines
                 if let m = f?.message { errText += (errText.isEmpty ? "" : "\n") + m }

@@ -233,12 +233,7 @@ struct Log: RunsCommand {
     var globals: Globals { args.globals }
 
     mutating func run() throws {
-        if why {
-            // `log --why STAGE` (of the latest run): a word that names no run is the stage.
-            var ref = args.ref, stage = stage
-            if stage == nil, let r = ref, (try? RunStore(root: root).resolve(r)) == nil { stage = r; ref = nil }
-            Glibc.exit(Commands.why(root: root, ref: ref, stage: stage, json: args.json.json))
-        }
+        if why { Glibc.exit(Commands.why(root: root, ref: args.ref, stage: stage, json: args.json.json)) }
         Glibc.exit(Commands.log(root: root, ref: args.ref, follow: follow, stage: stage, json: args.json.json))
     }
 }
