@@ -89,18 +89,18 @@ public protocol Executor: AnyObject {
     func describe(_ job: Job) -> String
 }
 
-/// The local executor: a process group per job, started by `baton_spawn` (vfork + exec
-/// in C: own group, parent-death signal, default signal dispositions, empty mask), watched
+/// The local executor: a process group per job, started by `baton_spawn_async` (clone3
+/// onto its own stack, then exec, in C: own group, parent-death signal, default signal dispositions, empty mask), watched
 /// through a pidfd, ended whole.
 public final class LocalExecutor: Executor {
     public let name = "local"
     public init() {}
 
     public func start(_ spec: JobSpec) throws -> Job {
-        let pid = try Spawner.spawn(argv: spec.argv, env: spec.env, cwd: spec.cwd, stdin: spec.stdin,
-                                    stdout: spec.stdout, stderr: spec.stderr)
-        // (baton_spawn has told the crash guard about the group.)
-        return LocalJob(executor: self, pid: pid, leftoverGrace: spec.leftoverGrace)
+        let started = try Spawner.start(argv: spec.argv, env: spec.env, cwd: spec.cwd, stdin: spec.stdin,
+                                        stdout: spec.stdout, stderr: spec.stderr)
+        // (baton_spawn_async has told the crash guard about the group.)
+        return LocalJob(executor: self, started: started, leftoverGrace: spec.leftoverGrace)
     }
 
     public func poll(_ jobs: [Job], now: Double) {
@@ -130,10 +130,14 @@ final class LocalJob: Job {
     private var terminating = false
     private let leftoverGrace: Double
 
-    init(executor: Executor, pid: pid_t, leftoverGrace: Double) {
+    /// Memory the leader ran on until its exec: freed once it is reaped.
+    private var started: Spawner.Started?
+
+    init(executor: Executor, started: Spawner.Started, leftoverGrace: Double) {
         self.executor = executor
-        self.leader = pid
-        self.pidfd = baton_pidfd_open(pid)
+        self.leader = started.pid
+        self.pidfd = started.pidfd
+        self.started = started
         self.leftoverGrace = leftoverGrace
     }
 
@@ -169,6 +173,8 @@ final class LocalJob: Job {
                 return
             }
             leaderEnded = Termination(waitStatus: st)
+            started?.release()
+            started = nil
             if pidfd >= 0 { close(pidfd); pidfd = -1 }
         }
         if let k = killAt, now >= k { kill() }

@@ -121,6 +121,37 @@ public enum Spawner {
     public static func spawn(argv: [String], env: [String: String], cwd: String?,
                              stdin: Int32, stdout: Int32, stderr: Int32,
                              newSession: Bool = false, dieWithParent: Bool = true) throws -> pid_t {
+        try spawn(argv: argv, env: env, cwd: cwd, stdin: stdin, stdout: stdout, stderr: stderr,
+                  newSession: newSession, dieWithParent: dieWithParent, pidfd: nil)
+    }
+
+    /// A process `start` began: its pid, a pidfd (-1 if none could be made) and the memory
+    /// it runs on until its exec, which `release` frees once the process has been reaped.
+    public struct Started {
+        public let pid: pid_t
+        public let pidfd: Int32
+        let block: UnsafeMutableRawPointer?
+        /// Frees the child's start-up memory: only after waitpid has returned its pid.
+        public func release() { if let block { baton_spawn_release(block) } }
+    }
+
+    /// Starts argv as `spawn` does, without waiting for its exec (the stage path: the runner
+    /// goes on while the kernel loads the program). A failure after the command was found
+    /// (not an executable format, a vanished directory) ends the process with 126 or 127 and
+    /// a line on its stderr, as a shell reports it.
+    public static func start(argv: [String], env: [String: String], cwd: String?,
+                             stdin: Int32, stdout: Int32, stderr: Int32) throws -> Started {
+        var fd: Int32 = -1
+        var block: UnsafeMutableRawPointer? = nil
+        let pid = try spawn(argv: argv, env: env, cwd: cwd, stdin: stdin, stdout: stdout, stderr: stderr,
+                            newSession: false, dieWithParent: true, pidfd: &fd, block: &block)
+        return Started(pid: pid, pidfd: fd, block: block)
+    }
+
+    private static func spawn(argv: [String], env: [String: String], cwd: String?,
+                              stdin: Int32, stdout: Int32, stderr: Int32,
+                              newSession: Bool, dieWithParent: Bool, pidfd: UnsafeMutablePointer<Int32>?,
+                              block: UnsafeMutablePointer<UnsafeMutableRawPointer?>? = nil) throws -> pid_t {
         guard let first = argv.first, !first.isEmpty else { throw SpawnError(message: "empty command") }
         if let cwd, !FileIO.isDirectory(cwd) { throw SpawnError(message: "working directory \(cwd) does not exist") }
         let path: String
@@ -143,7 +174,8 @@ public enum Spawner {
                                                  stdin_fd: stdin, stdout_fd: stdout, stderr_fd: stderr,
                                                  new_session: newSession ? 1 : 0,
                                                  pdeathsig: dieWithParent ? SIGKILL : 0)
-                        return baton_spawn(&o, &pid)
+                        if let block { return baton_spawn_async(&o, &pid, pidfd, block) }
+                        return baton_spawn(&o, &pid, pidfd)
                     }
                     if let cwd { return cwd.withCString { run($0) } }
                     return run(nil)

@@ -8,8 +8,9 @@
  * functions: its own process group (or session), a parent-death signal,
  * default signal dispositions and an empty mask (Foundation's children
  * inherit SIGTERM blocked), the three standard descriptors, cwd, execve.
- * Returns 0 and the pid, or an errno (exec failures included: they are
- * reported through a close-on-exec pipe). */
+ * Returns 0 and the pid, or an errno (exec failures included: the child
+ * reports them in memory it shares with the parent until it has exec'd).
+ * out_pidfd (may be NULL): a pidfd for the child, -1 if none could be made. */
 typedef struct {
     const char *path;          /* executable, already resolved */
     char *const *argv;
@@ -20,7 +21,15 @@ typedef struct {
     int pdeathsig;             /* signal sent to the child when its parent dies, 0: none */
 } baton_spawn_opts;
 
-int baton_spawn(const baton_spawn_opts *opts, pid_t *out_pid);
+int baton_spawn(const baton_spawn_opts *opts, pid_t *out_pid, int *out_pidfd);
+
+/* As baton_spawn, but returns as soon as the child exists, before its exec (where the
+ * kernel has clone3; elsewhere it is baton_spawn). A failure before exec is written to the
+ * child's stderr and ends it with 127 (not found) or 126, as a shell does. *out_block (may
+ * be NULL) is memory the child runs on until its exec: pass it to baton_spawn_release once
+ * the child has been reaped, not before. */
+int baton_spawn_async(const baton_spawn_opts *opts, pid_t *out_pid, int *out_pidfd, void **out_block);
+void baton_spawn_release(void *block);
 
 /* pidfd_open(2): a descriptor that polls readable when the process exits. */
 int baton_pidfd_open(pid_t pid);
