@@ -101,6 +101,25 @@ import Testing
         #expect(c[0] as? Int == 127 && (c[1] as? String)?.contains("command not found") == true, "\(c)")
     }
 
+    /// Found and executable, but the kernel will not run it: the stage starts without waiting
+    /// for its exec, so the child itself reports the failure, as a shell would (126, a line
+    /// on its stderr naming the file and the reason), and the stage is not retried.
+    @Test func anExecutableTheKernelCannotRunIs126WithTheReason() throws {
+        let d = Harness.tempDir("enoexec")
+        Harness.write(d + "/garbage", "\u{7f}ELF not really an ELF file", mode: 0o755)
+        Harness.write(d + "/r.lua", """
+            local a = runStage{id = "garbage", cmd = {"./garbage"}, allowFail = true, retries = 2}
+            persistFinal{a = {a.exit, a.stderr, a.attempts}}
+            """)
+        let r = try Harness.run(["run", "r.lua"], cwd: d)
+        #expect(r.code == 0, "stderr: \(r.stderr)")
+        let result = try #require(Harness.final(Harness.latestRun(d) ?? "")?["result"] as? [String: Any])
+        let a = try #require(result["a"] as? [Any])
+        #expect(a[0] as? Int == 126, "\(a)")
+        #expect((a[1] as? String)?.contains("cannot start") == true && (a[1] as? String)?.contains("garbage: Exec format error") == true, "\(a)")
+        #expect(a[2] as? Int == 1, "a deterministic failure is not retried: \(a)")
+    }
+
     // MARK: 3. watch with nothing to watch
 
     @Test func aWatchWithNothingToWatchIsAUsageError() throws {
