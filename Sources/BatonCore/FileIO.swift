@@ -109,11 +109,26 @@ public enum FileIO {
         return n > 0 ? String(cBuffer: buf) : CommandLine.arguments[0]
     }
 
+    /// The working directory, asked of the kernel once: every change of it goes through
+    /// `changeDirectory` (a stage's default cwd is resolved per stage, twice; a syscall and a
+    /// 4 KiB buffer each time added up in a fan-out of short stages).
     public static func currentDirectory() -> String {
+        if let c = cachedDirectory { return c }
         var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         guard getcwd(&buf, buf.count) != nil else { return "." }
-        return String(cBuffer: buf)
+        let c = String(cBuffer: buf)
+        cachedDirectory = c
+        return c
     }
+
+    /// chdir(2), keeping `currentDirectory` true. Returns whether it succeeded.
+    @discardableResult
+    public static func changeDirectory(_ path: String) -> Bool {
+        cachedDirectory = nil
+        return chdir(path) == 0
+    }
+
+    nonisolated(unsafe) private static var cachedDirectory: String?
 
     public static func fsyncDirectory(_ dir: String) {
         let fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)

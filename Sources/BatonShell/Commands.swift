@@ -212,7 +212,7 @@ public enum Commands {
         guard let start = RunHistory(contents.events).latestStart?.began else {
             return fail("run \(dir.id) has no run_started event: nothing to resume", json: json)
         }
-        if FileIO.isDirectory(start.cwd), chdir(start.cwd) != 0 {
+        if FileIO.isDirectory(start.cwd), !FileIO.changeDirectory(start.cwd) {
             diag("baton: cannot enter \(start.cwd)")
         }
         var o = RunOptions(recipe: start.recipe, runsDir: root)

@@ -76,7 +76,7 @@ extension Interactive {
         case ":resume":
             guard let dir = resolve(args.first ?? attached, command) else { return }
             let code = Commands.resume(root: root, ref: dir.id, json: false)
-            _ = chdir(cwd)
+            FileIO.changeDirectory(cwd)
             if code != 0 { err("(resume ended with exit code \(code))") }
         case ":load":
             load(args)
