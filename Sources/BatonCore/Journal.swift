@@ -167,48 +167,93 @@ public enum JournalReader {
         return parse(bytes)
     }
 
-    /// Never throws and never crashes, whatever the bytes.
+    /// Never throws and never crashes, whatever the bytes. A long journal (a resume of
+    /// thousands of stages) is cut at a line boundary and its halves parsed on two threads:
+    /// parsing is most of a resume's time, and the halves share nothing.
     public static func parse(_ bytes: [UInt8]) -> JournalContents {
-        var c = JournalContents()
-        c.validLength = bytes.count
-        c.byteCount = bytes.count
         bytes.withUnsafeBufferPointer { buf in
-            var start = 0
-            var lineNo = 0
-            while start < buf.count {
-                lineNo += 1
-                var end = start
-                while end < buf.count, buf[end] != 10 { end += 1 }
-                let hasNewline = end < buf.count
-                let isLast = !hasNewline || end + 1 >= buf.count
-                let slice = UnsafeBufferPointer(rebasing: buf[start..<end])
-                if !slice.allSatisfy({ $0 == 32 || $0 == 9 || $0 == 13 }) {
-                    var problem: String? = nil
-                    var event: JournalEvent? = nil
-                    do {
-                        let v = try JSON.parse(slice, maxDepth: 128)
-                        if case .object = v {
-                            event = JournalEvent(v)
-                            if event == nil { problem = "not a journal event (no type)" }
-                        } else { problem = "not a JSON object" }
-                    } catch {
-                        problem = "invalid JSON (\(error))"
-                    }
-                    if isLast, !hasNewline || problem != nil {
-                        // A write cut short: skipped, and cut off before anything is appended.
-                        c.tornTail = true
-                        c.validLength = start
-                    } else if let problem {
-                        c.corrupt.append((lineNo, problem))
-                    } else if let event {
-                        c.events.append(event)
-                    }
-                } else if !hasNewline {
-                    c.validLength = start
-                }
-                start = end + 1
+            var mid = buf.count / 2
+            while mid < buf.count, buf[mid] != 10 { mid += 1 }
+            guard buf.count >= parallelThreshold, mid + 1 < buf.count, sysconf(Int32(_SC_NPROCESSORS_ONLN)) > 1 else {
+                return parseLines(buf, from: 0, to: buf.count, final: true).contents
             }
+            let second = ParseJob(buf: buf, from: mid + 1, to: buf.count)
+            var thread = pthread_t()
+            let box = Unmanaged.passRetained(second)
+            guard pthread_create(&thread, nil, { ctx in
+                let job = Unmanaged<ParseJob>.fromOpaque(ctx!).takeRetainedValue()
+                job.run()
+                return nil
+            }, box.toOpaque()) == 0 else {
+                box.release()
+                return parseLines(buf, from: 0, to: buf.count, final: true).contents
+            }
+            var (c, lines) = parseLines(buf, from: 0, to: mid + 1, final: false)
+            pthread_join(thread, nil)
+            var tail = second.result
+            c.validLength = tail.validLength
+            c.tornTail = tail.tornTail
+            c.events.append(contentsOf: tail.events)
+            tail.events = []
+            c.corrupt += tail.corrupt.map { (line: $0.line + lines, message: $0.message) }
+            return c
         }
-        return c
+    }
+
+    /// Below this a journal is parsed on one thread (starting one costs more than it saves).
+    static let parallelThreshold = 1 << 20
+
+    private final class ParseJob: @unchecked Sendable {
+        let buf: UnsafeBufferPointer<UInt8>
+        let from: Int, to: Int
+        var result = JournalContents()
+        init(buf: UnsafeBufferPointer<UInt8>, from: Int, to: Int) { self.buf = buf; self.from = from; self.to = to }
+        func run() { result = JournalReader.parseLines(buf, from: from, to: to, final: true).contents }
+    }
+
+    /// The lines of `buf[from..<to]`. `final`: this range ends the file, so a bad last line is
+    /// a torn write (skipped, cut off); elsewhere a bad line is a corrupt one. `validLength`
+    /// and `byteCount` are of the whole buffer; line numbers count from `from`, and `lines` is
+    /// how many the range held.
+    static func parseLines(_ buf: UnsafeBufferPointer<UInt8>, from: Int, to: Int, final: Bool) -> (contents: JournalContents, lines: Int) {
+        var c = JournalContents()
+        c.validLength = buf.count
+        c.byteCount = buf.count
+        var start = from
+        var lineNo = 0
+        while start < to {
+            lineNo += 1
+            var end = start
+            while end < to, buf[end] != 10 { end += 1 }
+            let hasNewline = end < to
+            let isLast = final && (!hasNewline || end + 1 >= to)
+            let slice = UnsafeBufferPointer(rebasing: buf[start..<end])
+            if !slice.allSatisfy({ $0 == 32 || $0 == 9 || $0 == 13 }) {
+                var problem: String? = nil
+                var event: JournalEvent? = nil
+                do {
+                    let v = try JSON.parse(slice, maxDepth: 128)
+                    if case .object = v {
+                        event = JournalEvent(v)
+                        if event == nil { problem = "not a journal event (no type)" }
+                    } else { problem = "not a JSON object" }
+                } catch {
+                    problem = "invalid JSON (\(error))"
+                }
+                if isLast, !hasNewline || problem != nil {
+                    // A write cut short: skipped, and cut off before anything is appended.
+                    c.tornTail = true
+                    c.validLength = start
+                } else if let problem {
+                    c.corrupt.append((lineNo, problem))
+                } else if let event {
+                    c.events.append(event)
+                }
+            } else if !hasNewline, final {
+                c.validLength = start
+            }
+            start = end + 1
+        }
+        return (c, lineNo)
     }
 }

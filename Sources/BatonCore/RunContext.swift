@@ -137,7 +137,7 @@ public final class RunContext {
     /// `read`: the journal as the caller already read it (`baton resume` did, to find the
     /// recipe); used when the file has not changed since, so a long journal is parsed once.
     public static func resume(dir: RunDirectory, recipe: String, recipeText: [UInt8], args: [String],
-                              sync: SyncPolicy = .batched, read: JournalContents? = nil) throws -> RunContext {
+                              sync: SyncPolicy = .batched, read: (JournalContents, RunHistory)? = nil) throws -> RunContext {
         guard FileIO.isDirectory(dir.path) else { throw RunStartError("no run directory \(dir.path)") }
         guard let lock = try FileLock.tryAcquire(dir.lock) else {
             let owner = (try? FileIO.readString(dir.lock))?.trimmingWhitespace() ?? "?"
@@ -146,15 +146,16 @@ public final class RunContext {
         lock.writeOwner("\(getpid())\n")
         Survivors.kill(runID: dir.id, loop: EventLoop())
         var contents = JournalContents()
+        var folded: RunHistory? = nil
         if FileIO.exists(dir.journal) {
-            // Now that the lock is ours nothing else writes it: what was read before is
-            // still right if the file kept its size.
-            if let r = read, FileIO.size(dir.journal) == r.byteCount { contents = r } else {
+            // Now that the lock is ours nothing else writes it: what was read (and folded)
+            // before is still right if the file kept its size.
+            if let (r, h) = read, FileIO.size(dir.journal) == r.byteCount { contents = r; folded = h } else {
                 contents = try JournalReader.read(dir.journal)
             }
             if contents.tornTail { truncate(dir.journal, off_t(contents.validLength)) }
         }
-        var history = RunHistory(contents.events)
+        var history = folded ?? RunHistory(contents.events)
         let journal = try JournalWriter(path: dir.journal, runID: dir.id, lastSeq: contents.lastSeq, policy: sync)
         var began = began(recipe: recipe, sha: SHA256.hex(recipeText), args: args, dryRun: false)
         began.resumesAfter = contents.lastSeq

@@ -82,7 +82,7 @@ public enum RecipeRunner {
     }
 
     /// `baton resume`: runs the recipe again in the same run directory, replaying what passed.
-    public static func resume(dir: RunDirectory, options o: RunOptions, read: JournalContents? = nil) -> Int32 {
+    public static func resume(dir: RunDirectory, options o: RunOptions, read: (JournalContents, RunHistory)? = nil) -> Int32 {
         let (text, readError) = readRecipe(o.recipe)
         let ctx: RunContext
         do {

@@ -209,7 +209,8 @@ public enum Commands {
                               budget: (seconds: Double, text: String)? = nil) -> Int32 {
         guard let dir = resolve(root, ref, json: json) else { return ExitStatus.usage.rawValue }
         let contents = (try? JournalReader.read(dir.journal)) ?? JournalContents()
-        guard let start = RunHistory(contents.events).latestStart?.began else {
+        let history = RunHistory(contents.events)
+        guard let start = history.latestStart?.began else {
             return fail("run \(dir.id) has no run_started event: nothing to resume", json: json)
         }
         if FileIO.isDirectory(start.cwd), !FileIO.changeDirectory(start.cwd) {
@@ -221,7 +222,7 @@ public enum Commands {
         o.stream = stream
         o.sync = sync
         o.budget = budget
-        return RecipeRunner.resume(dir: dir, options: o, read: contents)
+        return RecipeRunner.resume(dir: dir, options: o, read: (contents, history))
     }
 
     /// `baton check`: findings as `file:line:column: message [code]` on stderr, or with

@@ -1,4 +1,4 @@
-import BatonCore
+@testable import BatonCore
 import Foundation
 import Glibc
 import Testing
@@ -48,6 +48,31 @@ func tempDir() -> String {
         #expect(c.events.count == 3)
         #expect(c.corrupt.map(\.line) == [2, 4])
         #expect(!c.tornTail)
+    }
+
+    /// A journal over the threshold is parsed in two halves on two threads: the result must be
+    /// the one-thread result, whatever falls near the cut (corrupt lines in either half, with
+    /// their numbers in the whole file; a torn tail; blank lines).
+    @Test func aLongJournalParsedInHalvesReadsAsInOnePiece() {
+        let good = #"{"v":1,"seq":1,"ts":"2026-11-23T00:00:00.000Z","run":"r","type":"log","level":"info","message":"a line of some length to fill the journal"}"#
+        var lines: [String] = []
+        while lines.count * good.utf8.count < 3 << 20 { lines.append(good) }
+        for (i, bad) in [(7, "{not json"), (lines.count / 2, "[1,2]"), (lines.count / 2 + 1, ""), (lines.count - 3, "garbage")] {
+            lines[i] = bad
+        }
+        for tail in ["", #"{"v":1,"seq":9,"ty"#] {
+            let text = lines.joined(separator: "\n") + "\n" + tail
+            let bytes = Array(text.utf8)
+            #expect(bytes.count > 2 * (1 << 20))
+            let whole = JournalReader.parse(bytes)
+            let one = bytes.withUnsafeBufferPointer { JournalReader.parseLines($0, from: 0, to: $0.count, final: true).contents }
+            #expect(whole.events.count == one.events.count && whole.events.count == lines.count - 4)
+            #expect(whole.corrupt.map(\.line) == one.corrupt.map(\.line))
+            #expect(whole.corrupt.map(\.line) == [8, lines.count / 2 + 1, lines.count - 2])
+            #expect(whole.tornTail == !tail.isEmpty && whole.tornTail == one.tornTail)
+            #expect(whole.validLength == one.validLength && whole.validLength == bytes.count - tail.utf8.count)
+            #expect(whole.events.map(\.seq) == one.events.map(\.seq))
+        }
     }
 
     @Test func readerNeverCrashesOnRandomBytes() {
