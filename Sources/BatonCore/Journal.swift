@@ -18,10 +18,7 @@ public enum SyncPolicy: String, Sendable, CaseIterable {
 /// Seq numbers are never reused.
 public final class JournalWriter: @unchecked Sendable {
     public static let schemaVersion: Int64 = 1
-    /// Flushed before `append` returns, whatever the policy.
-    public static let flushNow: Set<String> = ["final", "gate", "preflight"]
-    /// Flushed within `batchWindow` under `.batched` (at once under `.always`).
-    public static let flushSoon: Set<String> = ["stage_finished", "watch", "run_resumed", "command"]
+    /// How long `.batched` may hold a `.soon` event before flushing it.
     public static let batchWindow = 0.1
 
     public let path: String
@@ -65,17 +62,15 @@ public final class JournalWriter: @unchecked Sendable {
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
         let seq = lastSeq + 1
-        let mark = pending.count
         JournalEvent.encode(seq: seq, ts: ts, run: runID, body: body, into: &pending)
         pending.append(10)
         lastSeq = seq
         if deferred && pending.count < 256 << 10 {
-            pendingNeedsSync = true
             return JournalEvent(seq: seq, ts: ts, run: runID, body: body)
         }
-        if mark > 0 { pendingNeedsSync = true }
         try write(pending)
-        try sync(after: body.type)
+        // (Deferred events are never flushed on their own account: losing them costs nothing.)
+        try sync(deferred ? .none : body.durability)
         return JournalEvent(seq: seq, ts: ts, run: runID, body: body)
     }
 
@@ -85,11 +80,9 @@ public final class JournalWriter: @unchecked Sendable {
         defer { pthread_mutex_unlock(&mutex) }
         guard !pending.isEmpty else { return }
         try write(pending)
-        try sync(after: "stage_finished")
     }
 
     private var pending: [UInt8] = []
-    private var pendingNeedsSync = false
 
     /// Writes `out` (the pending buffer) in one write, then empties the buffer.
     /// On failure the file is cut back and the seqs of what was not written are free again.
@@ -109,22 +102,14 @@ public final class JournalWriter: @unchecked Sendable {
     /// The seq of the last event on disk.
     private var writtenSeq: Int64 = 0
 
-    private func sync(after written: String) throws {
-        var type = written
-        if pendingNeedsSync, !JournalWriter.flushNow.contains(type) { type = "stage_finished" }
-        pendingNeedsSync = false
-        switch policy {
-        case .never: break
-        case .always:
-            if JournalWriter.flushNow.contains(type) || JournalWriter.flushSoon.contains(type) { try flush() }
-        case .batched:
-            if JournalWriter.flushNow.contains(type) {
-                try flush()
-            } else if JournalWriter.flushSoon.contains(type) {
-                let now = Clock.monotonic()
-                if now - lastSync >= JournalWriter.batchWindow { try flush() } else if syncDue == nil {
-                    syncDue = lastSync + JournalWriter.batchWindow
-                }
+    private func sync(_ d: EventBody.Durability) throws {
+        switch (policy, d) {
+        case (.never, _), (_, .none): break
+        case (.always, _), (.batched, .now): try flush()
+        case (.batched, .soon):
+            let now = Clock.monotonic()
+            if now - lastSync >= JournalWriter.batchWindow { try flush() } else if syncDue == nil {
+                syncDue = lastSync + JournalWriter.batchWindow
             }
         }
     }

@@ -93,6 +93,20 @@ public enum EventBody: Sendable {
         ("final", FinalEvent.fieldNames),
     ]
 
+    /// How soon an event must reach the disk (docs/journal.md, Durability): `.now` before
+    /// `append` returns, `.soon` within the batch window under `--sync batched`, `.none` with
+    /// whatever is flushed next. `--sync always` flushes `.now` and `.soon` at once.
+    public enum Durability { case none, soon, now }
+
+    public var durability: Durability {
+        switch self {
+        case .final, .gate, .preflight: return .now
+        case let .watch(w): return w.to.isTerminal ? .now : .soon
+        case .stageFinished, .runResumed, .command: return .soon
+        default: return .none
+        }
+    }
+
     public var type: String {
         switch self {
         case .runStarted: return "run_started"
