@@ -35,6 +35,8 @@ public struct JobNote: Equatable, Sendable {
     public var node: String?
     /// Why it waits (Slurm's reason: Priority, Resources, ...).
     public var schedulerReason: String?
+    /// Waiting in a queue, not running yet: its timeout counts from when it starts running.
+    public var queued = false
     /// The scheduler ended it at its walltime.
     public var timedOut = false
     /// Why it ended, when the executor knows better than the exit code (OOM, node failure).
@@ -87,6 +89,52 @@ public protocol Executor: AnyObject {
     func wake(_ jobs: [Job], now: Double) -> (fds: [Int32], at: Double?)
     /// One line for people (`status`, errors).
     func describe(_ job: Job) -> String
+    /// Its jobs outlive the runner that started them (a batch scheduler's): they are
+    /// journaled with their native id at once, spared by the end-of-run sweep of processes,
+    /// taken up again by a resume, and cancelled here when a run ends without them.
+    var jobsOutliveRunner: Bool { get }
+    /// Takes up a job a previous runner of the run started (journaled with its native id).
+    func reattach(nativeID: String, logs: StageLogs) -> Job?
+    /// Ends jobs a previous runner left that no one will take up (a cancel of an orphaned run,
+    /// or a resume whose recipe no longer runs them).
+    func cancel(nativeIDs: [String])
+}
+
+extension Executor {
+    public var jobsOutliveRunner: Bool { false }
+    public func reattach(nativeID: String, logs: StageLogs) -> Job? { nil }
+    public func cancel(nativeIDs: [String]) {}
+}
+
+/// The executors a recipe may name, made by name: the one place that knows them all.
+public enum Executors {
+    public static let names = ["local", "slurm"]
+
+    /// A new executor called `name` (nil if there is none), with the environment its tools
+    /// run in and where its warnings go.
+    public static func make(_ name: String, environment: [String: String], warn: @escaping (String) -> Void = { _ in }) -> Executor? {
+        switch name {
+        case "local": return LocalExecutor()
+        case "slurm":
+            let s = SlurmExecutor(environment: environment)
+            s.warn = { warn("slurm: " + $0) }
+            return s
+        default: return nil
+        }
+    }
+
+    /// Cancels the jobs of `records` that outlived their runner, executor by executor.
+    public static func cancelLeftovers(_ records: [StageRecord], environment: [String: String]) -> [String] {
+        var byExecutor: [String: [String]] = [:]
+        for r in records { if let e = r.executor, let id = r.nativeID { byExecutor[e, default: []].append(id) } }
+        var cancelled: [String] = []
+        for (name, ids) in byExecutor.sorted(by: { $0.key < $1.key }) {
+            guard let ex = make(name, environment: environment), ex.jobsOutliveRunner else { continue }
+            ex.cancel(nativeIDs: ids)
+            cancelled += ids
+        }
+        return cancelled
+    }
 }
 
 /// The local executor: a process group per job, started by `baton_spawn_async` (clone3

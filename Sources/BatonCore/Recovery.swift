@@ -17,8 +17,7 @@ public enum Recovery {
         var history = RunHistory(contents.events)
         if history.runID.isEmpty { history.runID = dir.id }
         // Its batch jobs are not processes here: the scheduler ends them.
-        SlurmExecutor.cancel(ids: history.reattachable.values.filter { $0.executor == "slurm" }.compactMap(\.nativeID),
-                             environment: Spawner.currentEnvironment())
+        _ = Executors.cancelLeftovers(Array(history.reattachable.values), environment: Spawner.currentEnvironment())
         let journal = try JournalWriter(path: dir.journal, runID: dir.id, lastSeq: contents.lastSeq)
         history.apply(try journal.append(.final(FinalEvent(status: status.rawValue, exitCode: exitCode.rawValue, reason: reason,
                                                            killedPids: killed))))

@@ -279,19 +279,13 @@ public final class RunContext {
         loop.poke()
     }
 
-    /// The executors a recipe may name.
-    public static let executorNames = ["local", "slurm"]
-
     public func executor(named name: String?) throws -> Executor {
         let n = name ?? defaultExecutor
-        if n == "slurm", executors[n] == nil {
-            let s = SlurmExecutor(environment: baseEnvironment)
-            s.warn = { [unowned self] m in self.log("warn", "slurm: " + m) }
-            executors[n] = s
+        if let e = executors[n] { return e }
+        guard let e = Executors.make(n, environment: baseEnvironment, warn: { [unowned self] m in self.log("warn", m) }) else {
+            throw RunStartError("unknown executor '\(n)' (known: \(Executors.names.joined(separator: ", ")))")
         }
-        guard let e = executors[n] else {
-            throw RunStartError("unknown executor '\(n)' (known: \(RunContext.executorNames.joined(separator: ", ")))")
-        }
+        executors[n] = e
         return e
     }
 
@@ -325,10 +319,10 @@ public final class RunContext {
         if let rp = replay {
             let first = ranFirst[lane] ?? ranFirst[""]
             if first == nil, let r = reattach[key], r.fingerprint == spec.fingerprint, let name = r.executor, let id = r.nativeID,
-               let ex = try? executor(named: name) as? SlurmExecutor {
+               let ex = try? executor(named: name), let job = ex.reattach(nativeID: id, logs: r.logs) {
                 // Its job is still the scheduler's (or finished meanwhile): take it up again.
                 reattach[key] = nil
-                exec.reattach(ex.reattach(nativeID: id, logs: r.logs), attempt: r.attempt, logs: r.logs)
+                exec.reattach(job, attempt: r.attempt, logs: r.logs)
                 loop.add(exec)
                 return exec
             }
@@ -424,10 +418,9 @@ public final class RunContext {
         // Only processes this runner started can carry the mark (resume sweeps at its start).
         if spawnedAny { Survivors.kill(runID: dir.id, loop: loop) }
         // Batch jobs of a previous life that this one did not take up (their stage changed or never ran).
-        let leftover = reattach.values.filter { $0.executor == "slurm" }.compactMap(\.nativeID)
+        let leftover = Executors.cancelLeftovers(Array(reattach.values), environment: baseEnvironment)
         if !leftover.isEmpty {
-            SlurmExecutor.cancel(ids: leftover, environment: baseEnvironment)
-            log("info", "resume: scancel of the jobs the previous runner left and this one did not take up: \(leftover.joined(separator: ", "))")
+            log("info", "resume: cancelled the jobs the previous runner left and this one did not take up: \(leftover.joined(separator: ", "))")
         }
         let fatalBefore = fatal
         if fatal == nil { record(.final(FinalEvent(status: status.rawValue, exitCode: exitCode, reason: reason))) }

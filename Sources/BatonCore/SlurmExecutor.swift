@@ -107,8 +107,10 @@ public final class SlurmExecutor: Executor {
         return SlurmJob(executor: self, id: id, exitFile: exitFile, dir: FileIO.dirname(exitFile))
     }
 
+    public var jobsOutliveRunner: Bool { true }
+
     /// A job submitted earlier (journaled), taken up again by a resumed run.
-    public func reattach(nativeID: String, logs: StageLogs) -> Job {
+    public func reattach(nativeID: String, logs: StageLogs) -> Job? {
         let exitFile = String(logs.stdout.dropLast(4)) + ".exit"
         return SlurmJob(executor: self, id: nativeID, exitFile: exitFile, dir: FileIO.dirname(exitFile))
     }
@@ -295,9 +297,9 @@ public final class SlurmExecutor: Executor {
     }
 
     /// scancel for job ids journaled by a run whose runner is gone (cancel of an orphan).
-    public static func cancel(ids: [String], environment: [String: String]) {
+    public func cancel(nativeIDs ids: [String]) {
         guard !ids.isEmpty else { return }
-        _ = tool(["scancel"] + ids, env: environment, timeout: 30)
+        _ = SlurmExecutor.tool(["scancel"] + ids, env: toolEnvironment, timeout: 30)
     }
 
     // MARK: running the Slurm tools
@@ -305,6 +307,8 @@ public final class SlurmExecutor: Executor {
     struct ToolResult { var code: Int32; var stdout: String; var stderr: String; var spawnError: String? }
 
     /// Runs a Slurm command to its end (a short synchronous call), output in memory files.
+    /// Not through an EventLoop: a loop's wait ends at a pending signal (and takes it from
+    /// the self-pipe), and a Ctrl-C is exactly when the runner must still run scancel.
     static func tool(_ argv: [String], env: [String: String], timeout: Double) -> ToolResult {
         let out = baton_memfd("slurm-out"), err = baton_memfd("slurm-err")
         defer { close(out); close(err) }
@@ -338,7 +342,10 @@ final class SlurmJob: Job {
     let exitFile: String
     let dir: String
     private(set) var state: JobState = .running
-    private(set) var note = JobNote()
+    private(set) var note = JobNote() {
+        // Submitted or pending: not running yet (its timeout waits).
+        didSet { note.queued = note.queue == "SUBMITTED" || note.queue == "PENDING" }
+    }
     private var leftQueueAt: Double?
     private var cancelRequested = false
     private var lastRow: SlurmExecutor.Row?

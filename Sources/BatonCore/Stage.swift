@@ -238,7 +238,7 @@ public final class StageExecution: LoopTask {
             if case let .done(t) = j.state { attemptEnded(t, note: j.note); return }
             noteQueue(j)
             // A batch job's timeout counts from when it runs, not from when it was queued.
-            if j.note.queue == "PENDING" || j.note.queue == "SUBMITTED", let t = spec.timeout { deadline = now + t }
+            if j.note.queued, let t = spec.timeout { deadline = now + t }
             if let d = deadline, now >= d, !timedOut {
                 timedOut = true
                 deadline = nil
@@ -293,14 +293,16 @@ public final class StageExecution: LoopTask {
             pid = j.pid ?? 0
             context.spawnedAny = true
             started.pid = j.pid
-            if executor.name != "local" {
+            if executor.jobsOutliveRunner {
                 started.executor = executor.name
                 started.nativeID = j.nativeID
             }
             journaledQueue = nil
             // Written with the next event or before the loop next blocks (in a fan-out, one write
-            // for every stage a turn starts): a runner killed before then loses only this line.
-            context.record(.stageStarted(started), deferred: executor.name == "local")
+            // for every stage a turn starts): a runner killed before then loses only this line,
+            // and its process died with it. A job that outlives the runner is journaled at once:
+            // a resume needs its id to take it up.
+            context.record(.stageStarted(started), deferred: !executor.jobsOutliveRunner)
             deadline = spec.timeout.map { attemptStart + $0 }
             lastOutputAt = attemptStart
             seenOutput = (0, 0, 0)

@@ -49,8 +49,8 @@ public enum RecipeRunner {
     /// `baton run`: runs a recipe in a new run directory. Returns the exit code. A recipe
     /// that cannot be read or compiled leaves no run directory: nothing ran.
     public static func run(_ o: RunOptions) -> Int32 {
-        if let e = getenv("BATON_EXECUTOR").map({ String(cString: $0) }), !e.isEmpty, !RunContext.executorNames.contains(e) {
-            diag("baton: unknown executor '\(e)' (--executor or BATON_EXECUTOR): one of \(RunContext.executorNames.joined(separator: ", "))")
+        if let e = getenv("BATON_EXECUTOR").map({ String(cString: $0) }), !e.isEmpty, !Executors.names.contains(e) {
+            diag("baton: unknown executor '\(e)' (--executor or BATON_EXECUTOR): one of \(Executors.names.joined(separator: ", "))")
             return ExitStatus.usage.rawValue
         }
         let store = RunStore(root: o.runsDir)

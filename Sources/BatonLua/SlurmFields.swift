@@ -27,7 +27,7 @@ extension RecipeEnvironment {
 
     /// `runStage{executor = ..., slurm = {...}}`.
     func stageExecutor(_ t: SpecTable, _ spec: inout StageSpec, fn: String) throws {
-        spec.executor = try t.choice("executor", RunContext.executorNames)
+        spec.executor = try t.choice("executor", Executors.names)
         if let s = try t.table("slurm", allowed: SlurmOptions.fieldNames) {
             defer { t.lua.pop() }
             spec.slurm = try RecipeEnvironment.slurmOptions(s)
@@ -38,8 +38,8 @@ extension RecipeEnvironment {
     /// for Slurm the options they start from (`poll`: seconds between status queries).
     func batonExecutor(_ l: LuaState) throws -> Int32 {
         let fn = "baton.executor"
-        guard let name = l.string(1), RunContext.executorNames.contains(name) else {
-            throw LuaRaise.usage("\(fn): the executor must be one of \(RunContext.executorNames.map { "'\($0)'" }.joined(separator: ", "))")
+        guard let name = l.string(1), Executors.names.contains(name) else {
+            throw LuaRaise.usage("\(fn): the executor must be one of \(Executors.names.map { "'\($0)'" }.joined(separator: ", "))")
         }
         let ctx = try requireContext()
         var options = SlurmOptions()
