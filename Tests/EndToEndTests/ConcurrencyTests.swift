@@ -204,10 +204,19 @@ import Testing
         #expect(Date().timeIntervalSince(t0) < 5)
         let f = try #require(Harness.final(try latest(d)))
         #expect(f["status"] as? String == "cancelled" && f["reason"] as? String == "run budget of 1s exceeded")
+        // Nothing of the run lives on: not the stage's shell (it has the marker), nor its
+        // `sleep 30` child (it has not; like every process of the run, it has the run's id).
+        let id = (try latest(d) as NSString).lastPathComponent
         #expect(Harness.processes(matching: marker).isEmpty)
+        #expect(Harness.waitFor(2) { Harness.processes(withEnv: "BATON_RUN_ID=\(id)").isEmpty },
+                "alive after the budget ended the run: \(Harness.processes(withEnv: "BATON_RUN_ID=\(id)"))")
         Harness.write(d + "/in.lua", "baton.budget('0.5s')\nrunStage{id = 'long', cmd = 'sleep 30'}\n")
         let inRecipe = try Harness.run(["run", "in.lua"], cwd: d)
         #expect(inRecipe.code == 124 && inRecipe.stderr.contains("run budget of 0.5s exceeded"), "stderr: \(inRecipe.stderr)")
+        let id2 = (try latest(d) as NSString).lastPathComponent
+        #expect(id2 != id)
+        #expect(Harness.waitFor(2) { Harness.processes(withEnv: "BATON_RUN_ID=\(id2)").isEmpty },
+                "alive after the budget ended the run: \(Harness.processes(withEnv: "BATON_RUN_ID=\(id2)"))")
     }
 
     /// kill -9 of the runner inside a fan-out: within 2 s nothing the run started is alive;
@@ -255,7 +264,12 @@ import Testing
             """)
         let start = try Harness.run(["run", "--detach", "r.lua"], cwd: d)
         let runDir = String(start.stdout.split(separator: "\n")[1])
+        let id = String(start.stdout.split(separator: "\n")[0])
         #expect(Harness.waitFor(20) { Harness.processes(matching: marker).count == 3 })
+        // Each stage's shell and its `sleep 30` child carry the run's id: the check after the
+        // cancel sees both.
+        #expect(Harness.waitFor(10) { Harness.processes(withEnv: "BATON_RUN_ID=\(id)").count == 6 },
+                "\(Harness.processes(withEnv: "BATON_RUN_ID=\(id)"))")
         let stOut = try Harness.run(["status", "--json"], cwd: d).stdout
         let st = try #require(json(stOut))
         let running = try #require(st["running"] as? [[String: Any]])
@@ -267,6 +281,8 @@ import Testing
         #expect(try Harness.run(["cancel"], cwd: d).code == 0)
         #expect(Date().timeIntervalSince(t0) < 5)
         #expect(Harness.processes(matching: marker).isEmpty)
+        #expect(Harness.waitFor(2) { Harness.processes(withEnv: "BATON_RUN_ID=\(id)").isEmpty },
+                "alive after the cancel: \(Harness.processes(withEnv: "BATON_RUN_ID=\(id)"))")
         let ends = Harness.events(Harness.journal(runDir), type: "stage_finished")
         #expect(ends.count == 3 && ends.allSatisfy { $0["status"] as? String == "cancelled" })
         let seqs = Harness.journal(runDir).compactMap { $0["seq"] as? Int }
