@@ -42,9 +42,23 @@ import Testing
         #expect(r.code == 1, "stderr: \(r.stderr)")
         #expect(r.stderr.contains("r.lua:1:") && r.stderr.contains("item 2") && r.stderr.contains("exit code 3"), "stderr: \(r.stderr)")
         #expect(!FileManager.default.fileExists(atPath: d + "/slow.done"), "the slow item was ended, not waited for")
-        let events = Harness.journal(try latest(d))
+        let run = try latest(d)
+        let events = Harness.journal(run)
         #expect(finished(events, "slow")?["status"] as? String == "cancelled")
         #expect(!started(events).contains("c") && !started(events).contains("d"), "pending items never start")
+        // Ended, not left running: nothing of the run is alive...
+        let id = (run as NSString).lastPathComponent
+        #expect(Harness.waitFor(2) { Harness.processes(withEnv: "BATON_RUN_ID=\(id)").isEmpty },
+                "alive after the run: \(Harness.processes(withEnv: "BATON_RUN_ID=\(id)"))")
+        // ...and slow.done never appears, up to well past the time the slow item, left
+        // running, would have written it (1.5 s after it started).
+        let slowStart = try #require(Harness.events(events, type: "stage_started").first { $0["id"] as? String == "slow" })
+        let fmt = ISO8601DateFormatter()
+        fmt.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        let startedAt = try #require(fmt.date(from: slowStart["ts"] as? String ?? ""))
+        let until = startedAt.addingTimeInterval(1.5 + 0.5).timeIntervalSinceNow
+        #expect(!Harness.waitFor(max(0, until)) { FileManager.default.fileExists(atPath: d + "/slow.done") },
+                "the slow item went on after the cancel and wrote slow.done")
     }
 
     @Test func onFailureDrainLetsRunningItemsFinish() throws {
