@@ -20,6 +20,18 @@ import Testing
         return (d, run)
     }
 
+    /// Whether `status --json` output shows stage `id` running (attempt `attempt`) with its
+    /// process `child` alive and, when given, `lastLine` as its last output line.
+    static func running(_ status: String, _ id: String, attempt: Int = 1, child: String, lastLine: String? = nil) -> Bool {
+        guard let j = try? JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any],
+              let running = j["running"] as? [[String: Any]] else { return false }
+        return running.contains { r in
+            r["id"] as? String == id && r["attempt"] as? Int == attempt && r["status"] as? String == "running"
+                && (lastLine == nil || r["last_line"] as? String == lastLine)
+                && (r["processes"] as? [[String: Any]] ?? []).contains { $0["role"] as? String == "child" && $0["cmd"] as? String == child }
+        }
+    }
+
     static func finish(_ d: String, _ run: String) {
         _ = try? Harness.run(["cancel"], cwd: d)
         Harness.waitFor(10) { Harness.final(run) != nil }
@@ -53,7 +65,7 @@ import Testing
     @Test func statusShowsARunningStagesProcessesAndLastLine() throws {
         let (d, run) = try Self.detached("status-stage", """
             runStage{id = "hang", cmd = "echo warming up; echo still going; sleep 300 & wait"}
-            """) { $0.contains("still going") }
+            """) { Self.running($0, "hang", child: "sleep 300", lastLine: "still going") }
         defer { Self.finish(d, run) }
         let text = try Harness.run(["status"], cwd: d).stdout
         #expect(text.contains("blocked  stage 'hang' running:"), "\(text)")
@@ -112,7 +124,7 @@ import Testing
     @Test func killEndsTheAttemptAndItsRetryRuns() throws {
         let (d, run) = try Self.detached("attach-kill", """
             runStage{id = "hung", cmd = "echo try; sleep 300", retries = 1, backoff = {initial = 0.01}, grace = 1, allowFail = true}
-            """) { $0.contains("\"attempt\" : 1") || $0.contains("hung") }
+            """) { Self.running($0, "hung", attempt: 1, child: "sleep 300", lastLine: "try") }
         defer { Self.finish(d, run) }
         #expect(Harness.waitFor(10) { (Harness.read(run + "/journal.jsonl") ?? "").contains("stage_started") })
         let k = try Self.attach(d, ":kill hung\n")
@@ -129,7 +141,7 @@ import Testing
         let (d, run) = try Self.detached("attach-extend", """
             local r = runStage{id = "slow", cmd = "sleep 3; echo done", timeout = 2}
             return {out = r.stdout}
-            """) { $0.contains("slow") }
+            """) { Self.running($0, "slow", child: "sleep 3") }
         defer { Self.finish(d, run) }
         #expect(Harness.waitFor(10) { (Harness.read(run + "/journal.jsonl") ?? "").contains("stage_started") })
         let x = try Self.attach(d, ":extend slow 5\n:stages\n")

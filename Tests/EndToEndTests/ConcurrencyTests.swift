@@ -42,9 +42,23 @@ import Testing
         #expect(r.code == 1, "stderr: \(r.stderr)")
         #expect(r.stderr.contains("r.lua:1:") && r.stderr.contains("item 2") && r.stderr.contains("exit code 3"), "stderr: \(r.stderr)")
         #expect(!FileManager.default.fileExists(atPath: d + "/slow.done"), "the slow item was ended, not waited for")
-        let events = Harness.journal(try latest(d))
+        let run = try latest(d)
+        let events = Harness.journal(run)
         #expect(finished(events, "slow")?["status"] as? String == "cancelled")
         #expect(!started(events).contains("c") && !started(events).contains("d"), "pending items never start")
+        // Ended, not left running: nothing of the run is alive...
+        let id = (run as NSString).lastPathComponent
+        #expect(Harness.waitFor(2) { Harness.processes(withEnv: "BATON_RUN_ID=\(id)").isEmpty },
+                "alive after the run: \(Harness.processes(withEnv: "BATON_RUN_ID=\(id)"))")
+        // ...and slow.done never appears, up to well past the time the slow item, left
+        // running, would have written it (1.5 s after it started).
+        let slowStart = try #require(Harness.events(events, type: "stage_started").first { $0["id"] as? String == "slow" })
+        let fmt = ISO8601DateFormatter()
+        fmt.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        let startedAt = try #require(fmt.date(from: slowStart["ts"] as? String ?? ""))
+        let until = startedAt.addingTimeInterval(1.5 + 0.5).timeIntervalSinceNow
+        #expect(!Harness.waitFor(max(0, until)) { FileManager.default.fileExists(atPath: d + "/slow.done") },
+                "the slow item went on after the cancel and wrote slow.done")
     }
 
     @Test func onFailureDrainLetsRunningItemsFinish() throws {
@@ -204,10 +218,19 @@ import Testing
         #expect(Date().timeIntervalSince(t0) < 5)
         let f = try #require(Harness.final(try latest(d)))
         #expect(f["status"] as? String == "cancelled" && f["reason"] as? String == "run budget of 1s exceeded")
+        // Nothing of the run lives on: not the stage's shell (it has the marker), nor its
+        // `sleep 30` child (it has not; like every process of the run, it has the run's id).
+        let id = (try latest(d) as NSString).lastPathComponent
         #expect(Harness.processes(matching: marker).isEmpty)
+        #expect(Harness.waitFor(2) { Harness.processes(withEnv: "BATON_RUN_ID=\(id)").isEmpty },
+                "alive after the budget ended the run: \(Harness.processes(withEnv: "BATON_RUN_ID=\(id)"))")
         Harness.write(d + "/in.lua", "baton.budget('0.5s')\nrunStage{id = 'long', cmd = 'sleep 30'}\n")
         let inRecipe = try Harness.run(["run", "in.lua"], cwd: d)
         #expect(inRecipe.code == 124 && inRecipe.stderr.contains("run budget of 0.5s exceeded"), "stderr: \(inRecipe.stderr)")
+        let id2 = (try latest(d) as NSString).lastPathComponent
+        #expect(id2 != id)
+        #expect(Harness.waitFor(2) { Harness.processes(withEnv: "BATON_RUN_ID=\(id2)").isEmpty },
+                "alive after the budget ended the run: \(Harness.processes(withEnv: "BATON_RUN_ID=\(id2)"))")
     }
 
     /// kill -9 of the runner inside a fan-out: within 2 s nothing the run started is alive;
@@ -255,7 +278,12 @@ import Testing
             """)
         let start = try Harness.run(["run", "--detach", "r.lua"], cwd: d)
         let runDir = String(start.stdout.split(separator: "\n")[1])
+        let id = String(start.stdout.split(separator: "\n")[0])
         #expect(Harness.waitFor(20) { Harness.processes(matching: marker).count == 3 })
+        // Each stage's shell and its `sleep 30` child carry the run's id: the check after the
+        // cancel sees both.
+        #expect(Harness.waitFor(10) { Harness.processes(withEnv: "BATON_RUN_ID=\(id)").count == 6 },
+                "\(Harness.processes(withEnv: "BATON_RUN_ID=\(id)"))")
         let stOut = try Harness.run(["status", "--json"], cwd: d).stdout
         let st = try #require(json(stOut))
         let running = try #require(st["running"] as? [[String: Any]])
@@ -267,6 +295,8 @@ import Testing
         #expect(try Harness.run(["cancel"], cwd: d).code == 0)
         #expect(Date().timeIntervalSince(t0) < 5)
         #expect(Harness.processes(matching: marker).isEmpty)
+        #expect(Harness.waitFor(2) { Harness.processes(withEnv: "BATON_RUN_ID=\(id)").isEmpty },
+                "alive after the cancel: \(Harness.processes(withEnv: "BATON_RUN_ID=\(id)"))")
         let ends = Harness.events(Harness.journal(runDir), type: "stage_finished")
         #expect(ends.count == 3 && ends.allSatisfy { $0["status"] as? String == "cancelled" })
         let seqs = Harness.journal(runDir).compactMap { $0["seq"] as? Int }

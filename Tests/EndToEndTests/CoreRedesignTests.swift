@@ -62,10 +62,15 @@ import Testing
         let start = try Harness.run(["run", "--detach", "r.lua"], cwd: d)
         #expect(start.code == 0, "stderr: \(start.stderr)")
         let run = String(start.stdout.split(separator: "\n")[1])
+        let id = String(start.stdout.split(separator: "\n")[0])
         #expect(Harness.waitFor(20) { Harness.processes(matching: marker).count >= 2 }, "the grandchild started")
+        // Both shells and both `sleep 300`s (which lack the marker) carry the run's id.
+        #expect(Harness.waitFor(10) { Harness.processes(withEnv: "BATON_RUN_ID=\(id)").count >= 4 },
+                "\(Harness.processes(withEnv: "BATON_RUN_ID=\(id)"))")
         let c = try Harness.run(["cancel"], cwd: d)
         #expect(c.code == 0, "stderr: \(c.stderr)")
-        #expect(Harness.waitFor(5) { Harness.processes(matching: marker).isEmpty }, "a process os.execute started survived the cancel")
+        #expect(Harness.waitFor(5) { Harness.processes(withEnv: "BATON_RUN_ID=\(id)").isEmpty },
+                "a process os.execute started survived the cancel: \(Harness.processes(withEnv: "BATON_RUN_ID=\(id)"))")
         let events = Harness.journal(run)
         let cmds = Harness.events(events, type: "command")
         #expect(cmds.count == 2 && cmds.allSatisfy { $0["via"] as? String == "os.execute" })

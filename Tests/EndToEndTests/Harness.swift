@@ -102,6 +102,28 @@ enum Harness {
                       stderr: String(decoding: errBox.data, as: UTF8.self), signaled: p.terminationReason == .uncaughtSignal)
     }
 
+    /// A pipe's output, collected as it comes (on a background thread): `text` is what has
+    /// come so far, `all()` waits for the writer to close the pipe.
+    final class Output: @unchecked Sendable {
+        private let lock = NSLock()
+        private var data = Data()
+        private let closed = DispatchSemaphore(value: 0)
+
+        init(_ pipe: Pipe) {
+            let h = pipe.fileHandleForReading
+            DispatchQueue.global().async {
+                while case let chunk = h.availableData, !chunk.isEmpty {
+                    self.lock.lock(); self.data.append(chunk); self.lock.unlock()
+                }
+                self.closed.signal()
+            }
+        }
+
+        var text: String { lock.lock(); defer { lock.unlock() }; return String(decoding: data, as: UTF8.self) }
+
+        func all() -> String { closed.wait(); closed.signal(); return text }
+    }
+
     /// Polls `condition` until it holds or `timeout` passes. Returns whether it held.
     @discardableResult
     static func waitFor(_ timeout: Double = 20, _ condition: () -> Bool) -> Bool {

@@ -18,19 +18,32 @@ import Testing
         mutating func next() -> UInt64 { state &+= 0x9E3779B97F4A7C15; var z = state; z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9; z = (z ^ (z >> 27)) &* 0x94D049BB133111EB; return z ^ (z >> 31) }
     }
 
-    static let multiStage = """
+    /// Each stage starts a grandchild that would live 60 s (its shell ends it when the stage
+    /// ends normally): after a kill -9 of the runner the shell dies with it (parent-death
+    /// signal) but the grandchild does not, so only the watchdog explains its absence 2 s
+    /// later. The stage's last act appends its id to ran.txt: evidence of every time it ran,
+    /// written by the stage itself rather than read from baton's journal.
+    static let stageCmd = """
+        local function cmd(id, secs)
+          return "sleep 60 & bg=$!; sleep " .. secs .. "; kill $bg; wait $bg; echo " .. id .. " >> ran.txt"
+        end
+        """
+
+    static let multiStage = stageCmd + """
+
         for i = 1, 12 do
-          runStage{id = "s" .. i, cmd = "sleep 0." .. (i % 3 + 2) .. "; echo s" .. i .. " >> ran.txt"}
+          runStage{id = "s" .. i, cmd = cmd("s" .. i, "0." .. (i % 3 + 2))}
           baton.log("after " .. i)
         end
         return {done = true}
         """
 
     /// The same under concurrency: items finish in any order, a kill lands mid-fan-out.
-    static let fanOut = """
+    static let fanOut = stageCmd + """
+
         parallel({1, 2, 3, 4, 5, 6, 7, 8}, function(_, i)
-          runStage{id = "a" .. i, cmd = "sleep 0." .. (i % 3 + 2) .. "; echo a" .. i .. " >> ran.txt"}
-          runStage{id = "b" .. i, cmd = "sleep 0.2; echo b" .. i .. " >> ran.txt"}
+          runStage{id = "a" .. i, cmd = cmd("a" .. i, "0." .. (i % 3 + 2))}
+          runStage{id = "b" .. i, cmd = cmd("b" .. i, "0.2")}
         end, {maxConcurrency = 3})
         return {done = true}
         """
@@ -48,13 +61,44 @@ import Testing
         return reruns
     }
 
+    /// Ids of stages with a `passed` stage_finished in these events.
+    func passedIds(_ events: [[String: Any]]) -> Set<String> {
+        Set(Harness.events(events, type: "stage_finished").filter { $0["status"] as? String == "passed" }
+            .compactMap { $0["id"] as? String })
+    }
+
+    /// Stages the last runner started and did not finish (events since its run_started or
+    /// run_resumed).
+    func inFlight(_ events: [[String: Any]]) -> Set<String> {
+        let from = events.lastIndex { ["run_started", "run_resumed"].contains($0["type"] as? String ?? "") } ?? 0
+        var running = Set<String>()
+        for e in events[from...] {
+            guard let id = e["id"] as? String else { continue }
+            if e["type"] as? String == "stage_started" { running.insert(id) }
+            if e["type"] as? String == "stage_finished" { running.remove(id) }
+        }
+        return running
+    }
+
+    /// How many times each stage ran to its end, by its own record in ran.txt.
+    func ranCounts(_ d: String) -> [String: Int] {
+        var n: [String: Int] = [:]
+        for l in (Harness.read(d + "/ran.txt") ?? "").split(separator: "\n") { n[String(l), default: 0] += 1 }
+        return n
+    }
+
     @Test(arguments: ["sequential", "fan-out"])
     func killNineAtRandomPointsThenResume(_ shape: String) throws {
         var rng = RNG(state: Self.seed("kill -9 (\(shape))"))
         let d = Harness.tempDir("kill9")
         Harness.write(d + "/r.lua", shape == "fan-out" ? Self.fanOut : Self.multiStage)
+        let allIds = shape == "fan-out" ? (1...8).flatMap { ["a\($0)", "b\($0)"] } : (1...12).map { "s\($0)" }
         var kills = 0
+        var killsInsideAStage = 0
         var started = false
+        // For each stage seen passed in the journal after a kill: how many times ran.txt said
+        // it had run then. It must never grow: a passed stage does not run again.
+        var ranWhenPassed: [String: Int] = [:]
         for round in 0..<10 {
             let args = started ? ["resume"] : ["run", "r.lua"]
             let (p, _, _) = try Harness.start(args, cwd: d)
@@ -63,28 +107,49 @@ import Testing
             usleep(UInt32(Double.random(in: 0.02...0.6, using: &rng) * 1_000_000))
             if p.isRunning { kill(p.processIdentifier, SIGKILL); kills += 1 }
             p.waitUntilExit()
-            // The watchdog ends whatever the dead runner started, within 2 s, with no resume.
-            if let run = Harness.latestRun(d) {
-                let id = (run as NSString).lastPathComponent
-                #expect(Harness.waitFor(2) { Harness.processes(withEnv: "BATON_RUN_ID=\(id)").isEmpty },
-                        "round \(round): alive 2 s after kill -9: \(Harness.processes(withEnv: "BATON_RUN_ID=\(id)"))")
+            guard let run = Harness.latestRun(d) else { continue }
+            let id = (run as NSString).lastPathComponent
+            // What the dead runner journaled (nothing more will be written to it). Read
+            // leniently: the kill may land before the first line; the final check is strict.
+            let events = (Harness.read(run + "/journal.jsonl") ?? "").split(separator: "\n").compactMap {
+                try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+            }
+            if !inFlight(events).isEmpty { killsInsideAStage += 1 }
+            // The watchdog ends whatever the dead runner started, within 2 s, with no resume:
+            // a stage in flight left a 60 s grandchild behind.
+            #expect(Harness.waitFor(2) { Harness.processes(withEnv: "BATON_RUN_ID=\(id)").isEmpty },
+                    "round \(round): alive 2 s after kill -9: \(Harness.processes(withEnv: "BATON_RUN_ID=\(id)"))")
+            // Nothing of the run is alive now: ran.txt is complete for what has run so far.
+            let ran = ranCounts(d)
+            for s in passedIds(events) where ranWhenPassed[s] == nil {
+                #expect(ran[s, default: 0] >= 1, "round \(round): \(s) passed per the journal but never wrote ran.txt")
+                ranWhenPassed[s] = ran[s, default: 0]
             }
             // Nothing the dead runner started may keep running... once resume or cancel has looked.
-            if round == 4, let run = Harness.latestRun(d), Harness.final(run) == nil {
+            if round == 4, Harness.final(run) == nil {
                 let st = try Harness.run(["status", "--json"], cwd: d)
                 #expect(st.stdout.contains("\"orphaned\"") || st.stdout.contains("\"succeeded\""), "\(st.stdout)")
             }
         }
         #expect(kills >= 3, "the kills did not land inside runs")
+        #expect(killsInsideAStage >= 1, "no kill landed inside a stage: the watchdog check had nothing to end")
         let last = try Harness.run(["resume"], cwd: d)
         #expect(last.code == 0, "seed replay needed; stderr: \(last.stderr)")
         let run = try #require(Harness.latestRun(d))
         let events = Harness.journal(run)   // every line valid, seq 1..n, run_started first
         #expect(rerunsOfPassedStages(events).isEmpty, "passed stages ran again: \(rerunsOfPassedStages(events))")
+        // The stages' own record agrees: each ran to its end, and none that had passed
+        // before a kill ran again (whatever the journal says now).
+        let ran = ranCounts(d)
+        #expect(Set(ran.keys) == Set(allIds), "ran.txt: \(ran)")
+        let again = ranWhenPassed.filter { ran[$0.key, default: 0] != $0.value }.keys.sorted()
+        #expect(again.isEmpty, "passed before a kill, then ran again: \(again.map { "\($0) \(ranWhenPassed[$0]!) -> \(ran[$0, default: 0])" })")
+        let lost = Set(ranWhenPassed.keys).subtracting(passedIds(events))
+        #expect(lost.isEmpty, "stage_finished (passed) events journaled before a kill are gone: \(lost.sorted())")
         #expect(Harness.final(run)?["status"] as? String == "succeeded")
         let id = (run as NSString).lastPathComponent
         #expect(Harness.processes(withEnv: "BATON_RUN_ID=\(id)").isEmpty)
-        figure("reliability: kill -9 (\(shape)) survived \(kills) kills, \(Harness.events(events, type: "run_resumed").count) resumes")
+        figure("reliability: kill -9 (\(shape)) survived \(kills) kills (\(killsInsideAStage) inside a stage), \(Harness.events(events, type: "run_resumed").count) resumes")
     }
 
     @Test func aFullDiskIsReportedAndResumable() throws {

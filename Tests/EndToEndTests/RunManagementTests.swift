@@ -7,10 +7,11 @@ import Testing
 @Suite struct RunManagementTests {
     func json(_ s: String) -> Any? { try? JSONSerialization.jsonObject(with: Data(s.utf8)) }
 
-    /// Waits for `go` in the working directory, then ends with `code` (0: success).
-    static func gated(code: Int) -> String {
+    /// Waits for `go` in the working directory (having printed `announce`, if given), then
+    /// ends with `code` (0: success).
+    static func gated(code: Int, announce: String? = nil) -> String {
         """
-        runStage{id = "slow", cmd = "while [ ! -f go ]; do sleep 0.05; done"}
+        runStage{id = "slow", cmd = "\(announce.map { "echo \($0); " } ?? "")while [ ! -f go ]; do sleep 0.05; done"}
         \(code == 0 ? "return {ok = true}" : "baton.fail('chosen', {code = \(code)})")
         """
     }
@@ -125,11 +126,15 @@ import Testing
         Harness.write(d + "/gated.lua", Self.gated(code: 5))
         let id = try detached(d, "gated.lua", id: "f1")
         let (p, out, _) = try Harness.start(["log", "--follow", id], cwd: d)
-        usleep(300_000)
+        let followed = Harness.Output(out)
+        // The run is released only once the follower follows it live: it has printed the
+        // stage's start (and the run cannot end before `go`).
+        #expect(Harness.waitFor(20) { followed.text.contains("stage_started slow") }, "the follower printed: \(followed.text)")
+        #expect(p.isRunning, "the follower ended before the run did: \(followed.text)")
         Harness.write(d + "/go", "")
         #expect(Harness.waitFor(30) { !p.isRunning })
         p.waitUntilExit()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let text = followed.all()
         #expect(p.terminationStatus == 5)
         #expect(text.split(separator: "\n").last?.hasPrefix("run f1 failed (exit 5)") == true, "\(text)")
         let j = try Harness.run(["log", "-f", "--json", id], cwd: d)
@@ -137,14 +142,17 @@ import Testing
         #expect(j.code == 5 && (json(last) as? [String: Any])?["state"] as? String == "failed", "\(last)")
         // A stage's output, followed: the same outcome at the end.
         try FileManager.default.removeItem(atPath: d + "/go")
-        Harness.write(d + "/six.lua", Self.gated(code: 6))
+        Harness.write(d + "/six.lua", Self.gated(code: 6, announce: "waiting for go"))
         let id2 = try detached(d, "six.lua", id: "f2")
         let (q, qout, _) = try Harness.start(["log", "--stage", "slow", "--follow", id2], cwd: d)
-        usleep(300_000)
+        let qfollowed = Harness.Output(qout)
+        // Released only once the follower has printed the stage's first line.
+        #expect(Harness.waitFor(20) { qfollowed.text.contains("waiting for go\n") }, "the follower printed: \(qfollowed.text)")
+        #expect(q.isRunning, "the follower ended before the run did: \(qfollowed.text)")
         Harness.write(d + "/go", "")
         #expect(Harness.waitFor(30) { !q.isRunning })
         q.waitUntilExit()
-        let qtext = String(decoding: qout.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let qtext = qfollowed.all()
         #expect(q.terminationStatus == 6 && qtext.hasSuffix("run f2 failed (exit 6): six.lua:2: chosen\n"), "\(qtext)")
         try orphan(d, id: "gone")
         let o = try Harness.run(["log", "--follow", "gone"], cwd: d)
