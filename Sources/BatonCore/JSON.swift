@@ -297,30 +297,21 @@ extension JSON {
         }
 
         /// An object key: the journal's own keys are recognised by their bytes and returned
-        /// as shared strings (a long journal has hundreds of thousands of them).
+        /// as shared strings (a long journal has hundreds of thousands of them). The known keys
+        /// are told apart by (length, first byte, last byte), so one probe of a small table and
+        /// one memcmp find a key, with no reference counting on the way.
         mutating func key() throws -> String {
             let start = i + 1
             var end = start
             while end < buf.count, buf[end] != UInt8(ascii: "\""), buf[end] != UInt8(ascii: "\\") { end += 1 }
             let n = end - start
-            if end < buf.count, buf[end] == UInt8(ascii: "\""), n < Parser.knownKeys.count {
-                for (bytes, name) in Parser.knownKeys[n] where memcmp(buf.baseAddress! + start, bytes, n) == 0 {
-                    i = end + 1
-                    return name
-                }
+            if end < buf.count, buf[end] == UInt8(ascii: "\""), n > 0, n <= KnownKeys.maxLength,
+               let k = KnownKeys.shared.find(buf.baseAddress! + start, n) {
+                i = end + 1
+                return k
             }
             return try string()
         }
-
-        /// Keys by length: the envelope's and the stage events'.
-        static let knownKeys: [[([UInt8], String)]] = {
-            let names = ["v", "seq", "ts", "run", "type", "id", "occurrence", "attempt", "argv", "shell", "cwd", "fingerprint",
-                         "fingerprint_parts", "logs", "stdout", "stderr", "pid", "exit", "signal", "status", "failure_class",
-                         "signature", "duration_ms", "replayed", "final", "message", "command", "env", "stdin"]
-            var table = [[([UInt8], String)]](repeating: [], count: 18)
-            for n in names { table[n.utf8.count].append((Array(n.utf8), n)) }
-            return table
-        }()
 
         mutating func string() throws -> String {
             i += 1 // opening quote
@@ -367,6 +358,60 @@ extension JSON {
                 }
             }
             throw error("unterminated string")
+        }
+    }
+}
+
+/// The journal's own object keys (the envelope's and the stage events'), for the parser.
+final class KnownKeys: @unchecked Sendable {
+    static let names = ["v", "seq", "ts", "run", "type", "id", "occurrence", "attempt", "argv", "shell", "cwd", "fingerprint",
+                        "fingerprint_parts", "logs", "stdout", "stderr", "pid", "exit", "signal", "status", "failure_class",
+                        "signature", "duration_ms", "replayed", "final", "message", "command", "env", "stdin"]
+    static let maxLength = 17
+    static let shared = KnownKeys()
+
+    private let keys: [String]
+    private let bytes: UnsafeMutablePointer<UInt8>      // every name's bytes, one after another
+    private let offsets: [Int]
+    private var slots = [Int16](repeating: -1, count: 256) // open addressing on (length, first, last)
+
+    private init() {
+        keys = KnownKeys.names
+        let total = keys.reduce(0) { $0 + $1.utf8.count }
+        bytes = .allocate(capacity: total)
+        var offs: [Int] = []
+        var at = 0
+        for k in keys {
+            offs.append(at)
+            for b in k.utf8 { bytes[at] = b; at += 1 }
+        }
+        offsets = offs
+        for (idx, k) in keys.enumerated() {
+            let u = Array(k.utf8)
+            var h = KnownKeys.hash(u.count, u[0], u[u.count - 1])
+            while slots[h] >= 0 { h = (h + 1) & 255 }
+            slots[h] = Int16(idx)
+        }
+    }
+
+    private static func hash(_ n: Int, _ first: UInt8, _ last: UInt8) -> Int {
+        (n &* 131 &+ Int(first) &* 31 &+ Int(last)) & 255
+    }
+
+    /// The shared string for the `n` bytes at `p`, if they are a known key.
+    func find(_ p: UnsafePointer<UInt8>, _ n: Int) -> String? {
+        var h = KnownKeys.hash(n, p[0], p[n - 1])
+        return slots.withUnsafeBufferPointer { s -> String? in
+            offsets.withUnsafeBufferPointer { o -> String? in
+                while s[h] >= 0 {
+                    let idx = Int(s[h])
+                    let next = idx + 1 < o.count ? o[idx + 1] : Int.max
+                    let len = (next == Int.max ? keys[idx].utf8.count : next - o[idx])
+                    if len == n, memcmp(bytes + o[idx], p, n) == 0 { return keys[idx] }
+                    h = (h + 1) & 255
+                }
+                return nil
+            }
         }
     }
 }
