@@ -1,0 +1,126 @@
+import Foundation
+import Testing
+
+/// Guarantees that no other test would see lost: a kill -9 of a resume while its replays
+/// are still buffered, the run budget ending each kind of wait, and no process (grandchildren
+/// included) left behind by a stall or by `:kill` through `baton attach`.
+@Suite struct GuaranteeTests {
+    func json(_ s: String) -> [String: Any]? { try? JSONSerialization.jsonObject(with: Data(s.utf8)) as? [String: Any] }
+
+    func lines(_ path: String) -> [String] {
+        (Harness.read(path) ?? "").split(separator: "\n").map(String.init)
+    }
+
+    /// Journal events as a dead runner left them: lines that do not parse (a torn tail) skipped.
+    func lenientEvents(_ run: String) -> [[String: Any]] {
+        (Harness.read(run + "/journal.jsonl") ?? "").split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+    }
+
+    func runID(_ run: String) -> String { (run as NSString).lastPathComponent }
+
+    // MARK: 1. kill -9 of a resume while its replays are buffered
+
+    static let stageCount = 2000
+
+    /// 2000 trivial stages, each appending its id to ran.txt (the stages' own record of every
+    /// time they ran), then `last`, which fails until the file `go` exists. With the file
+    /// `pace`, the recipe also records in progress.txt each stage call it got past (from Lua,
+    /// not the journal) and spins ~0.5 ms after it: a resume's replays (~0.05 ms each
+    /// otherwise) take long enough for the test to kill it between two group writes.
+    static let manyStages = """
+        local pace = baton.fs.exists("pace")
+        for i = 1, \(stageCount) do
+          runStage{id = "s" .. i, cmd = "echo s" .. i .. " >> ran.txt"}
+          if pace then
+            baton.fs.append("progress.txt", i .. "\\n")
+            local t = baton.now()
+            while baton.now() - t < 0.0005 do end
+          end
+        end
+        runStage{id = "last", cmd = "test -f go && echo last >> ran.txt"}
+        return {n = \(stageCount)}
+        """
+
+    @Test func killNineOfAResumeWithBufferedReplaysThenResumeAgain() throws {
+        let d = Harness.tempDir("resume-kill9")
+        Harness.write(d + "/r.lua", Self.manyStages)
+        let first = try Harness.run(["run", "r.lua"], cwd: d)
+        #expect(first.code == 1 && first.stderr.contains("stage 'last' failed"), "stderr: \(first.stderr.suffix(500))")
+        let run = try #require(Harness.latestRun(d))
+        #expect(lines(d + "/ran.txt").count == Self.stageCount)
+        let sizeBefore = (try FileManager.default.attributesOfItem(atPath: run + "/journal.jsonl")[.size] as? Int) ?? 0
+
+        // The first resume: killed once at least one group of replays is in the journal and
+        // the recipe has got past 100 more stage calls whose replays are still buffered.
+        Harness.write(d + "/pace", "")
+        let (p, _, _) = try Harness.start(["resume"], cwd: d)
+        var replayedInFile = 0
+        let groupWritten = Harness.waitFor(30) {
+            let size = (try? FileManager.default.attributesOfItem(atPath: run + "/journal.jsonl")[.size] as? Int) ?? 0
+            guard size > sizeBefore + 100_000 else { return false }
+            replayedInFile = self.lenientEvents(run).filter { $0["replayed"] as? Bool == true }.count
+            return replayedInFile > 0
+        }
+        #expect(groupWritten, "no group of replays was ever written")
+        let pastMore = Harness.waitFor(30) { self.lines(d + "/progress.txt").count >= replayedInFile + 100 }
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        #expect(pastMore && p.terminationReason == .uncaughtSignal, "the resume ended before the kill")
+
+        // Where the kill landed: replays were written (a group) and more were lost with the
+        // runner (the recipe had got past them; the journal does not have them).
+        let afterKill = lenientEvents(run)
+        let resumedAt = try #require(afterKill.lastIndex { $0["type"] as? String == "run_resumed" })
+        let sinceResume = Array(afterKill[(resumedAt + 1)...])
+        let written = sinceResume.filter { $0["type"] as? String == "stage_finished" && $0["replayed"] as? Bool == true }.count
+        let gotPast = lines(d + "/progress.txt").count
+        #expect(written > 0 && written < gotPast && gotPast < Self.stageCount,
+                "the kill did not land while replays were buffered: \(written) replays written, \(gotPast) stage calls passed")
+        #expect(!sinceResume.contains { $0["type"] as? String == "stage_started" }, "a replay ran a stage")
+        #expect(lines(d + "/ran.txt").count == Self.stageCount, "a stage ran during the killed resume")
+        figure("guarantees: resume killed after \(written) replays written, \(gotPast) stage calls passed")
+
+        // The second resume finishes the run and runs nothing that had passed.
+        try FileManager.default.removeItem(atPath: d + "/pace")
+        Harness.write(d + "/go", "")
+        let again = try Harness.run(["resume"], cwd: d)
+        #expect(again.code == 0, "stderr: \(again.stderr.suffix(800))")
+        var counts: [String: Int] = [:]
+        for l in lines(d + "/ran.txt") { counts[l, default: 0] += 1 }
+        let expected = Set((1...Self.stageCount).map { "s\($0)" } + ["last"])
+        #expect(Set(counts.keys) == expected, "ran.txt has \(counts.count) distinct ids")
+        let twice = counts.filter { $0.value != 1 }.keys.sorted()
+        #expect(twice.isEmpty, "ran more than once: \(twice.prefix(10)) (\(twice.count))")
+
+        // Every line whole and valid, seq 1..n (Harness.journal), strictly increasing.
+        let events = Harness.journal(run)
+        let seqs = events.compactMap { $0["seq"] as? Int }
+        #expect(seqs.count == events.count && zip(seqs, seqs.dropFirst()).allSatisfy { $0 < $1 })
+        let resumes = Harness.events(events, type: "run_resumed")
+        #expect(resumes.count == 2)
+        if let second = resumes.last, let at = events.firstIndex(where: { $0["seq"] as? Int == second["seq"] as? Int }) {
+            #expect(second["resumes_after"] as? Int == (second["seq"] as? Int ?? 0) - 1)
+            #expect((second["corrupt_lines"] as? [Any] ?? []).isEmpty, "\(second)")
+            let tail = Array(events[(at + 1)...])
+            #expect(Harness.events(tail, type: "stage_started").compactMap { $0["id"] as? String } == ["last"])
+            #expect(Harness.events(tail, type: "stage_finished").filter { $0["replayed"] as? Bool == true }.count == Self.stageCount)
+        }
+
+        // status agrees with final.json.
+        let f = try #require(Harness.final(run))
+        #expect(f["status"] as? String == "succeeded" && f["exit_code"] as? Int == 0)
+        let stages = f["stages"] as? [[String: Any]] ?? []
+        #expect(stages.count == Self.stageCount + 1 && stages.allSatisfy { $0["status"] as? String == "passed" })
+        let status = try #require(json(try Harness.run(["status", "--json"], cwd: d).stdout))
+        #expect(status["state"] as? String == f["status"] as? String)
+        #expect(status["exit_code"] as? Int == f["exit_code"] as? Int)
+        #expect(status["reason"] is NSNull && f["reason"] is NSNull, "status \(status["reason"] ?? "-"), final \(f["reason"] ?? "-")")
+        #expect(status["started_at"] as? String == f["started_at"] as? String)
+        #expect(status["ended_at"] as? String == f["ended_at"] as? String)
+        #expect(status["duration_ms"] as? Int == f["duration_ms"] as? Int)
+        #expect(status["stages_finished"] as? Int == stages.count)
+        #expect(Harness.processes(withEnv: "BATON_RUN_ID=\(runID(run))").isEmpty)
+    }
+}
