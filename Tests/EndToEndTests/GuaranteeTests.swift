@@ -126,6 +126,59 @@ import Testing
         #expect(Harness.processes(withEnv: "BATON_RUN_ID=\(runID(run))").isEmpty)
     }
 
+    // MARK: 2. the run budget ends every kind of wait
+
+    /// What the recipe is doing when its budget runs out: a fan-out of four long stages (each
+    /// with a grandchild), pure Lua, baton.sleep. The baton.log before it proves it got there.
+    static func budgetBody(_ shape: String, pcall: Bool) -> String {
+        switch shape {
+        case "fan-out":
+            let item = "function(_, i) runStage{id = \"w\" .. i, cmd = \"(sleep 60; true) & sleep 60 & wait\"} end"
+            let call = "parallel({1, 2, 3, 4}, \(item), {maxConcurrency = 4})"
+            return "baton.log('fanning out')\n" + (pcall ? "while true do pcall(function() \(call) end) end\n" : call + "\n")
+        case "busy Lua":
+            return "baton.log('spinning')\n" + (pcall ? "while true do pcall(function() while true do end end) end\n" : "while true do end\n")
+        default:
+            return "baton.log('sleeping')\n" + (pcall ? "while true do pcall(baton.sleep, 60) end\n" : "baton.sleep(60)\n")
+        }
+    }
+
+    /// `--budget 2s` with the recipe as is; `baton.budget("2s")` with the wait inside pcall,
+    /// which must not catch the budget's ending either.
+    @Test(arguments: ["fan-out", "busy Lua", "baton.sleep"], ["--budget", "baton.budget"])
+    func theRunBudgetEndsTheRunWhateverItWaitsOn(_ shape: String, _ how: String) throws {
+        let d = Harness.tempDir("budget-\(how)")
+        let inRecipe = how == "baton.budget"
+        Harness.write(d + "/r.lua", (inRecipe ? "baton.budget(\"2s\")\n" : "") + Self.budgetBody(shape, pcall: inRecipe)
+                      + "baton.log('after')\nreturn {done = true}\n")
+        let t0 = Date()
+        let r = try Harness.run(inRecipe ? ["run", "r.lua"] : ["run", "--budget", "2s", "r.lua"], cwd: d, timeout: 60)
+        let took = Date().timeIntervalSince(t0)
+        figure("guarantees: budget 2s (\(how), \(shape)) ended the run after \(String(format: "%.2f", took)) s")
+        #expect(r.code == 124 && !r.signaled, "\(shape) \(how): exit \(r.code), stderr: \(r.stderr.suffix(500))")
+        #expect(took >= 1.9 && took < 5, "\(shape) \(how): took \(took) s")
+        #expect(r.stderr.contains("run budget of 2s exceeded"), "stderr: \(r.stderr.suffix(500))")
+        let run = try #require(Harness.latestRun(d))
+        let f = try #require(Harness.final(run), "no final.json")
+        #expect(f["status"] as? String == "cancelled" && f["exit_code"] as? Int == 124, "\(f)")
+        #expect(f["reason"] as? String == "run budget of 2s exceeded", "\(f["reason"] ?? "-")")
+        let events = Harness.journal(run)
+        let logs = Harness.events(events, type: "log").compactMap { $0["message"] as? String }
+        #expect(logs.contains(["fan-out": "fanning out", "busy Lua": "spinning"][shape] ?? "sleeping") && !logs.contains("after"), "\(logs)")
+        let fin = Harness.events(events, type: "final").last
+        #expect(fin?["status"] as? String == "cancelled" && fin?["exit_code"] as? Int == 124, "\(fin ?? [:])")
+        if shape == "fan-out" {
+            // All four were running when the budget ran out, and each was ended by it.
+            #expect(Set(Harness.events(events, type: "stage_started").compactMap { $0["id"] as? String }) == ["w1", "w2", "w3", "w4"])
+            let ends = Harness.events(events, type: "stage_finished")
+            #expect(ends.count == 4 && ends.allSatisfy { $0["status"] as? String == "cancelled" }, "\(ends.map { $0["status"] ?? "-" })")
+            #expect(Set((f["stages"] as? [[String: Any]] ?? []).compactMap { $0["status"] as? String }) == ["cancelled"])
+        }
+        let id = runID(run)
+        #expect(Harness.waitFor(2) { Harness.processes(withEnv: "BATON_RUN_ID=\(id)").isEmpty },
+                "alive after the budget ended the run: \(Harness.processes(withEnv: "BATON_RUN_ID=\(id)"))")
+    }
+
     /// A run whose resume died by kill -9 is orphaned (resumable, kept by prune), whatever
     /// final.json its earlier ending left.
     @Test(.disabled("bug: status/runs/wait/prune read the earlier ending's final.json and call a run whose resume died by kill -9 'failed' (prune deletes it)"))
