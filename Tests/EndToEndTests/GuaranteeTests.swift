@@ -179,6 +179,91 @@ import Testing
                 "alive after the budget ended the run: \(Harness.processes(withEnv: "BATON_RUN_ID=\(id)"))")
     }
 
+    // MARK: 3. nothing left behind by a stall or by :kill
+
+    /// A stage whose shell leaves a grandchild (a subshell's `sleep`) and a child, then waits;
+    /// after it the recipe waits for the file `go`, so the run is still live (its end-of-run
+    /// sweep has not happened) when the test looks for survivors.
+    static func stageThenWait(_ stage: String) -> String {
+        """
+        runStage{\(stage), allowFail = true}
+        baton.log("after the stage")
+        while not baton.fs.exists("go") do baton.sleep(0.05) end
+        return {done = true}
+        """
+    }
+
+    /// The stage's processes (shell, subshell, sleeps) all carry the run's id: wait for them.
+    func awaitStageProcesses(_ id: String, atLeast n: Int = 3) -> [Int32] {
+        var pids: [Int32] = []
+        #expect(Harness.waitFor(20) { pids = Harness.processes(withEnv: "BATON_RUN_ID=\(id)"); return pids.count >= n },
+                "the stage's processes never showed: \(pids)")
+        return pids
+    }
+
+    /// With the run still live, nothing of the ended stage is alive.
+    func expectNothingLeftWhileLive(_ run: String, _ before: [Int32], isLive: () -> Bool,
+                                    sourceLocation: SourceLocation = #_sourceLocation) {
+        let id = runID(run)
+        let gone = Harness.waitFor(3) { Harness.processes(withEnv: "BATON_RUN_ID=\(id)").isEmpty }
+        let left = Harness.processes(withEnv: "BATON_RUN_ID=\(id)")
+        let cmds = left.map { (Harness.read("/proc/\($0)/cmdline") ?? "").replacingOccurrences(of: "\u{0}", with: " ") }
+        #expect(gone, "alive after the stage ended: \(left) \(cmds)", sourceLocation: sourceLocation)
+        #expect(before.allSatisfy { kill($0, 0) != 0 || Harness.processes(withEnv: "BATON_RUN_ID=\(id)").contains($0) == false },
+                "a process of the stage lives on", sourceLocation: sourceLocation)
+        // The check above saw the stage's own ending, not the end-of-run sweep.
+        #expect(isLive() && Harness.final(run) == nil, "the run ended before the check", sourceLocation: sourceLocation)
+    }
+
+    @Test func aStalledStageLeavesNoProcessBehind() throws {
+        let d = Harness.tempDir("stall-gc")
+        Harness.write(d + "/r.lua", Self.stageThenWait(
+            "id = \"quiet\", cmd = \"echo started; (sleep 60; true) & sleep 60 & wait\", noOutputTimeout = 1, grace = 0.3"))
+        let t0 = Date()
+        let (p, _, err) = try Harness.start(["run", "r.lua"], cwd: d)
+        let stderr = Harness.Output(err)
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        #expect(Harness.waitFor(10) { Harness.latestRun(d) != nil })
+        let run = try #require(Harness.latestRun(d))
+        let before = awaitStageProcesses(runID(run))
+        // Ended as stalled...
+        #expect(Harness.waitFor(10) { Harness.events(self.lenientEvents(run), type: "log").contains { $0["message"] as? String == "after the stage" } },
+                "the stall was never ended: \(stderr.text)")
+        let events = Harness.journal(run)
+        let end = Harness.events(events, type: "stage_finished").last { $0["id"] as? String == "quiet" }
+        #expect(end?["failure_class"] as? String == "stalled" && end?["status"] as? String == "failed"
+                && (end?["message"] as? String)?.contains("no output") == true, "\(end ?? [:])")
+        figure("guarantees: stall ended after \(String(format: "%.2f", Date().timeIntervalSince(t0))) s")
+        // ...with its child and grandchild.
+        expectNothingLeftWhileLive(run, before) { p.isRunning }
+        Harness.write(d + "/go", "")
+        #expect(Harness.waitFor(20) { !p.isRunning })
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0, "stderr: \(stderr.all())")
+        #expect(Harness.final(run)?["status"] as? String == "succeeded")
+    }
+
+    @Test func killThroughAttachLeavesNoProcessBehind() throws {
+        let (d, run) = try AttachTests.detached("attach-kill-gc", Self.stageThenWait(
+            "id = \"hung\", cmd = \"echo try; (sleep 300; true) & sleep 300 & wait\", grace = 1")) {
+            AttachTests.running($0, "hung", child: "sleep 300", lastLine: "try")
+        }
+        defer { AttachTests.finish(d, run) }
+        let before = awaitStageProcesses(runID(run))
+        let k = try AttachTests.attach(d, ":kill hung\n")
+        #expect(k.code == 0 && k.stdout.contains("ending attempt 1 of stage 'hung'") && k.stdout.contains("it has no retries"), "\(k)")
+        #expect(Harness.waitFor(10) { Harness.events(self.lenientEvents(run), type: "log").contains { $0["message"] as? String == "after the stage" } },
+                "the recipe never went on: \(Harness.read(run + "/run.out") ?? "")")
+        let end = Harness.events(Harness.journal(run), type: "stage_finished").last { $0["id"] as? String == "hung" }
+        #expect(end?["status"] as? String == "failed" && end?["signal"] as? Int == 15 && end?["final"] as? Bool == true, "\(end ?? [:])")
+        #expect(AttachTests.controls(run).contains { $0["op"] as? String == "kill" && $0["target"] as? String == "hung" && $0["ok"] as? Bool == true })
+        expectNothingLeftWhileLive(run, before) {
+            json((try? Harness.run(["status", "--json"], cwd: d))?.stdout ?? "")?["state"] as? String == "running"
+        }
+        Harness.write(d + "/go", "")
+        #expect(Harness.waitFor(20) { Harness.final(run)?["status"] as? String == "succeeded" }, "\(Harness.read(run + "/run.out") ?? "")")
+    }
+
     /// A run whose resume died by kill -9 is orphaned (resumable, kept by prune), whatever
     /// final.json its earlier ending left.
     @Test(.disabled("bug: status/runs/wait/prune read the earlier ending's final.json and call a run whose resume died by kill -9 'failed' (prune deletes it)"))
