@@ -61,6 +61,12 @@ public struct RunInfo {
             info.current = (c.kind, c.id, c.since)
             info.currentPid = c.pid
         }
+        // A final.json that ended before the journal's latest life began is an earlier
+        // life's (a resume that died by kill -9 never wrote its own): not this run's ending.
+        // (The crash guard's has no ended_at; a finished life journals its `final`.)
+        if h.final == nil, let e = info.final?.endedAt, let s = h.latestStart?.ts, e < s {
+            info.final = nil
+        }
         if withEvents { info.events = contents.events }
         if locked {
             info.state = .running

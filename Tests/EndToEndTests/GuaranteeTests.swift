@@ -266,7 +266,7 @@ import Testing
 
     /// A run whose resume died by kill -9 is orphaned (resumable, kept by prune), whatever
     /// final.json its earlier ending left.
-    @Test(.disabled("bug: status/runs/wait/prune read the earlier ending's final.json and call a run whose resume died by kill -9 'failed' (prune deletes it)"))
+    @Test
     func aResumeKilledByKillNineIsOrphaned() throws {
         let d = Harness.tempDir("resume-orphan")
         Harness.write(d + "/r.lua", """
