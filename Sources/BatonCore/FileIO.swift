@@ -130,6 +130,12 @@ public enum FileIO {
 
     nonisolated(unsafe) private static var cachedDirectory: String?
 
+    /// When `path` was last modified (seconds since the epoch), nil if it cannot be stat'ed.
+    public static func mtime(_ path: String) -> Double? {
+        var st = stat()
+        return stat(path, &st) == 0 ? st.mtime : nil
+    }
+
     public static func fsyncDirectory(_ dir: String) {
         let fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if fd >= 0 { fsync(fd); close(fd) }
@@ -299,4 +305,9 @@ public enum Console {
     public static func write(_ fd: Int32, bytes: [UInt8]) {
         _ = try? bytes.withUnsafeBytes { try FileIO.writeAll(fd, $0, path: fd == 1 ? "stdout" : "stderr") }
     }
+}
+
+extension stat {
+    /// st_mtim in seconds since the epoch.
+    public var mtime: Double { Double(st_mtim.tv_sec) + Double(st_mtim.tv_nsec) / 1e9 }
 }

@@ -13,13 +13,8 @@ public struct StageProcess: Sendable {
     public static func of(leader: Int32) -> [StageProcess] {
         var out: [StageProcess] = []
         for name in FileIO.list("/proc") {
-            guard let pid = Int32(name), let s = try? FileIO.readString("/proc/\(name)/stat"),
-                  let close = s.lastIndex(of: ")") else { continue }
-            let f = s[s.index(after: close)...].split(separator: " ")
-            // state ppid pgrp ...
-            guard f.count > 2, f[0] != "Z", f[0] != "X", pid == leader || Int32(f[2]) == leader else { continue }
-            let open = s.firstIndex(of: "(").map { s.index(after: $0) } ?? close
-            let cmd = ProcessTable.commandLine(pid) ?? String(s[open..<close])
+            guard let pid = Int32(name), let p = ProcStat.read(pid), !p.isDead, pid == leader || p.pgrp == leader else { continue }
+            let cmd = ProcessTable.commandLine(pid) ?? p.name
             out.append(StageProcess(pid: pid, role: pid == leader ? "stage leader" : "child", command: String(cmd.prefix(200))))
         }
         return out.sorted { ($0.role == "stage leader" ? 0 : 1, $0.pid) < ($1.role == "stage leader" ? 0 : 1, $1.pid) }
@@ -68,8 +63,7 @@ extension RunInfo {
         for p in [logs.stdout, logs.stderr] where !p.isEmpty {
             var st = stat()
             guard stat(p, &st) == 0, st.st_size > 0 else { continue }
-            let m = Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9
-            if newest == nil || m > newest!.1 { newest = (p, m) }
+            if newest == nil || st.mtime > newest!.1 { newest = (p, st.mtime) }
         }
         guard let p = newest?.0 else { return nil }
         let text = String(decoding: readTail(p, limit: 4096), as: UTF8.self)

@@ -97,7 +97,7 @@ public struct RunInfo {
                 for p in [r.logs.stdout, r.logs.stderr] {
                     var st = stat()
                     if !p.isEmpty, stat(p, &st) == 0, st.st_size > 0 {
-                        last = max(last, Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9)
+                        last = max(last, st.mtime)
                     }
                 }
                 return (r, max(0, now - last))

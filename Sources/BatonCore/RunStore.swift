@@ -45,9 +45,7 @@ public struct RunDirectory: Sendable {
            let line = try? JSON.parse(Array(head[..<nl])), let ts = line["ts"]?.stringValue.flatMap(Clock.parseRFC3339) {
             return ts
         }
-        var st = stat()
-        guard stat(path, &st) == 0 else { return nil }
-        return Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9
+        return FileIO.mtime(path)
     }
 
     public func readPid() -> Int32? {

@@ -355,7 +355,7 @@ public final class StageExecution: LoopTask {
         fstat(outFD, &a)
         fstat(errFD, &b)
         var beat = seenOutput.2
-        if let f = spec.heartbeatFile, stat(f, &h) == 0 { beat = Double(h.st_mtim.tv_sec) + Double(h.st_mtim.tv_nsec) / 1e9 }
+        if let f = spec.heartbeatFile, stat(f, &h) == 0 { beat = h.mtime }
         let seen = (Int(a.st_size), Int(b.st_size), beat)
         if seen != seenOutput { seenOutput = seen; lastOutputAt = now }
         let silent = now - lastOutputAt

@@ -28,11 +28,7 @@ public enum Survivors {
         return found.filter { !isZombie($0) }
     }
 
-    static func isZombie(_ pid: pid_t) -> Bool {
-        guard let s = try? FileIO.readString("/proc/\(pid)/stat"), let close = s.lastIndex(of: ")") else { return false }
-        let rest = String(s[s.index(after: close)...]).trimmingWhitespace()
-        return rest.hasPrefix("Z") || rest.hasPrefix("X")
-    }
+    static func isZombie(_ pid: pid_t) -> Bool { ProcStat.read(pid)?.isDead ?? false }
 
     /// SIGTERM, up to `grace` seconds (waited on `loop`), then SIGKILL. Returns the pids found.
     @discardableResult

@@ -34,6 +34,25 @@ public final class FileWatcher {
 
 /// Processes by command line, as `pgrep -f` sees them, never counting Baton's own
 /// process tree (the runner and its stages' shells would otherwise match themselves).
+/// One process's line of /proc/<pid>/stat: its name (which may hold spaces and parentheses:
+/// the fields start after the last ')'), state, parent and process group.
+public struct ProcStat {
+    public let name: String
+    public let state: Character
+    public let ppid: pid_t
+    public let pgrp: pid_t
+    /// A zombie, or dead and not yet gone from /proc.
+    public var isDead: Bool { state == "Z" || state == "X" }
+
+    public static func read(_ pid: pid_t) -> ProcStat? {
+        guard let s = try? FileIO.readString("/proc/\(pid)/stat"), let close = s.lastIndex(of: ")") else { return nil }
+        let f = s[s.index(after: close)...].split(separator: " ")
+        guard f.count > 2, let state = f[0].first, let ppid = pid_t(f[1]), let pgrp = pid_t(f[2]) else { return nil }
+        let open = s.firstIndex(of: "(").map { s.index(after: $0) } ?? close
+        return ProcStat(name: String(s[open..<close]), state: state, ppid: ppid, pgrp: pgrp)
+    }
+}
+
 public enum ProcessTable {
     public struct Regex {
         var re = regex_t()
@@ -51,11 +70,7 @@ public enum ProcessTable {
         return String(decoding: s.map { $0 == 0 ? 32 : $0 }, as: UTF8.self)
     }
 
-    static func parent(_ pid: pid_t) -> pid_t? {
-        guard let s = try? FileIO.readString("/proc/\(pid)/stat"), let close = s.lastIndex(of: ")") else { return nil }
-        let fields = s[s.index(after: close)...].split(separator: " ")
-        return fields.count > 1 ? pid_t(fields[1]) : nil
-    }
+    static func parent(_ pid: pid_t) -> pid_t? { ProcStat.read(pid)?.ppid }
 
     /// Pids whose command line matches `pattern`, excluding `exclude` and its descendants.
     public static func matching(_ pattern: String, excludingTreeOf exclude: pid_t = getpid()) -> [pid_t]? {

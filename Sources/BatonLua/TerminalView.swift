@@ -50,24 +50,11 @@ final class TerminalView {
         let spinner = ["|", "/", "-", "\\"][frame % 4]
         frame += 1
         var text = "\(spinner) stage \(exec.spec.id) attempt \(exec.attempt) \(Clock.human(exec.runningFor))"
-        if let last = lastLine(exec.currentLogs) { text += ": " + last }
+        if let last = RunInfo.lastLine(exec.currentLogs) { text += ": " + last.filter { $0 != "\r" && $0 != "\u{1B}" } }
         let width = terminalColumns() - 1
         if text.count > width { text = String(text.prefix(max(0, width - 3))) + "..." }
         Console.write(2, "\r\u{1B}[2K" + Palette.dim(text), newline: false)
         shown = true
-    }
-
-    /// The last line the stage wrote, on stdout or stderr (whichever file changed last).
-    private func lastLine(_ logs: StageLogs) -> String? {
-        var best: (String, Int)? = nil
-        for path in [logs.stdout, logs.stderr] {
-            var st = stat()
-            guard stat(path, &st) == 0, st.st_size > 0 else { continue }
-            let t = Int(st.st_mtim.tv_sec) * 1_000_000_000 + Int(st.st_mtim.tv_nsec)
-            let line = FailureSignature.lastNonEmptyLine(String(decoding: readTail(path, limit: 4096), as: UTF8.self))
-            if !line.isEmpty, best == nil || t >= best!.1 { best = (line.filter { $0 != "\r" && $0 != "\u{1B}" }, t) }
-        }
-        return best?.0
     }
 
     /// `--stream`: what the attempt wrote since the last tick (an earlier attempt's rest first).
