@@ -92,6 +92,22 @@ import Testing
         #expect(abs((Clock.parseRFC3339(s) ?? 0) - t) < 0.002)
     }
 
+    /// The stamp's date arithmetic agrees with gmtime_r over leap years, centuries, month ends.
+    @Test func rfc3339AgreesWithGmtime() {
+        var rng = SystemRandomNumberGenerator()
+        var samples: [Double] = [0, 951_782_400, 951_868_799.999, 4_107_542_399.5, 1_709_164_800, 1_735_689_599.25]
+        for _ in 0..<2000 { samples.append(Double(Int64.random(in: 0..<4_102_444_800, using: &rng)) + Double(Int.random(in: 0..<1000, using: &rng)) / 1000) }
+        for t in samples {
+            var secs = time_t(t.rounded(.down))
+            var tm = tm()
+            gmtime_r(&secs, &tm)
+            let want = String(format: "%04d-%02d-%02dT%02d:%02d:%02d", Int(tm.tm_year) + 1900, Int(tm.tm_mon) + 1, Int(tm.tm_mday),
+                              Int(tm.tm_hour), Int(tm.tm_min), Int(tm.tm_sec))
+            let got = Clock.rfc3339(t)
+            #expect(got.hasPrefix(want + ".") && got.hasSuffix("Z") && got.count == 24, "\(t): \(got) vs \(want)")
+        }
+    }
+
     @Test func lockIsExclusiveAndProbeable() throws {
         let p = tempDir() + "/lock"
         let a = try #require(try FileLock.tryAcquire(p))
