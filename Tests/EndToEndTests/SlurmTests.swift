@@ -202,7 +202,12 @@ struct SlurmTests {
         #expect(Harness.waitFor(30) { !p.isRunning })
         p.waitUntilExit()
         #expect(p.terminationStatus == 130)
-        #expect(SlurmCluster.jobs(run: runID).allSatisfy { !SlurmCluster.live.contains($0.state) }, "\(SlurmCluster.jobs(run: runID))")
+        // The runner has scancelled them; Slurm may still show them COMPLETING for a moment.
+        // (Non-empty: an squeue that failed or forgot them would prove nothing.)
+        #expect(Harness.waitFor(20) {
+            let jobs = SlurmCluster.jobs(run: runID)
+            return jobs.count == 3 && jobs.allSatisfy { !SlurmCluster.live.contains($0.state) }
+        }, "\(SlurmCluster.jobs(run: runID))")
     }
 
     @Test func aStageTimeoutScancelsTheJob() throws {
