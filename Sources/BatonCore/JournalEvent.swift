@@ -20,11 +20,17 @@ public struct JournalEvent: Sendable {
     /// Decodes one journal line. Lenient about what earlier versions omitted (defaults),
     /// strict only about the envelope; an unknown type is kept as `.unknown`.
     public init?(_ json: JSON) {
-        guard case .object = json, let type = json["type"]?.stringValue else { return nil }
-        seq = json["seq"]?.intValue ?? 0
-        ts = json["ts"]?.stringValue.flatMap(Clock.parseRFC3339) ?? 0
-        run = json["run"]?.stringValue ?? ""
-        body = EventBody(type: type, json)
+        guard case .object = json else { return nil }
+        // One Fields for the envelope and the body, asked in the order lines are written.
+        var f = Fields(json)
+        let seq = f.int("seq") ?? 0
+        let ts = f.string("ts").flatMap(Clock.parseRFC3339) ?? 0
+        let run = f.string("run") ?? ""
+        guard let type = f.string("type") else { return nil }
+        self.seq = seq
+        self.ts = ts
+        self.run = run
+        body = EventBody(type: type, json, &f)
     }
 
     /// The line as written (without the newline).
@@ -150,8 +156,7 @@ public enum EventBody: Sendable {
         }
     }
 
-    init(type: String, _ j: JSON) {
-        var f = Fields(j)
+    init(type: String, _ j: JSON, _ f: inout Fields) {
         switch type {
         case "run_started": self = .runStarted(RunBegan(&f))
         case "run_resumed": self = .runResumed(RunBegan(&f))

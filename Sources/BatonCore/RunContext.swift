@@ -169,7 +169,8 @@ public final class RunContext {
         ctx.replay = replay
         ctx.reattach = reattach
         ctx.logNumbers = logNumbers
-        if let prior = FinalRecord.read(dir) { ctx.result = prior.result }
+        // (Only the result is carried over: not the whole record, whose stages list is long.)
+        if let prior = dir.readFinal()?["result"], case .object = prior { ctx.result = prior }
         ctx.armCrashGuard()
         return ctx
     }
