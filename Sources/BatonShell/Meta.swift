@@ -98,7 +98,12 @@ extension Interactive {
                 return b.recipe
             }
             if let id = ids.first(where: { recipe($0) != "<shell>" }) ?? ids.first { return store.directory(id) }
-            err("baton: no runs in \(root)")
+            if let own = env.context?.dir.id {
+                // 'latest' never means the shell's own run: say so rather than "no runs".
+                err("baton: no runs in \(root) but this shell's own, which 'latest' never means: name it (:status \(own))")
+            } else {
+                err("baton: no runs in \(root)")
+            }
             return nil
         }
         do { return try store.resolve(ref) } catch {

@@ -208,6 +208,8 @@ final class Pane {
         p.expectLine("r", #"id = "greet""#)
         p.expectLine(#"runStage{id = "bad", cmd = "exit 3"}"#, "exit")
         p.expectLine("baton.run.id ~= nil", "true")
+        // 'latest' is never the shell's own run; with no other run, it says so and names it.
+        p.expectLine(":status", "but this shell's own, which 'latest' never means: name it (:status ")
         let m = p.mark()
         p.send(":quit")
         #expect(p.waitFor("BATON-EXIT=0", after: m), "\(p.screen())")
