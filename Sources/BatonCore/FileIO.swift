@@ -42,6 +42,35 @@ public enum FileIO {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         if fd < 0 { throw SystemError("open", path) }
         defer { close(fd) }
+        // A regular file is read straight into one buffer of its size (an 8 MB journal was
+        // read in 64 KiB pieces into an array that grew, copying itself on the way).
+        var st = stat()
+        if fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_size > 0 {
+            let want = min(Int(st.st_size), limit)
+            var got = 0
+            var failed = false
+            let whole = [UInt8](unsafeUninitializedCapacity: want) { b, count in
+                while got < want {
+                    let n = read(fd, b.baseAddress! + got, want - got)
+                    if n < 0 { if errno == EINTR { continue }; failed = true; break }
+                    if n == 0 { break }
+                    got += n
+                }
+                count = got
+            }
+            if failed { throw SystemError("read", path) }
+            // (A file that grew meanwhile: the rest is read below, as for a pipe.)
+            if got < want || got == limit { return whole }
+            var out = whole
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while out.count < limit {
+                let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, min($0.count, limit - out.count)) }
+                if n < 0 { if errno == EINTR { continue }; throw SystemError("read", path) }
+                if n == 0 { break }
+                out.append(contentsOf: buf[0..<n])
+            }
+            return out
+        }
         var out: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 65536)
         while out.count < limit {

@@ -176,6 +176,36 @@ extension JSON {
         return v
     }
 
+    /// The value of one key of a top-level object, the other values skipped without being
+    /// built (a resume wants only final.json's `result`, not its ten thousand stages).
+    /// nil if the text is not an object or has no such key; throws on malformed JSON.
+    public static func topLevelValue(_ key: String, in bytes: [UInt8]) throws -> JSON? {
+        try bytes.withUnsafeBufferPointer { buf in
+            var p = Parser(buf: buf, maxDepth: 512)
+            p.skipSpace()
+            guard p.i < buf.count, buf[p.i] == UInt8(ascii: "{") else { return nil }
+            p.i += 1
+            p.skipSpace()
+            if p.i < buf.count, buf[p.i] == UInt8(ascii: "}") { return nil }
+            while true {
+                p.skipSpace()
+                guard p.i < buf.count, buf[p.i] == UInt8(ascii: "\"") else { throw p.error("expected a string key") }
+                let k = try p.key()
+                p.skipSpace()
+                guard p.i < buf.count, buf[p.i] == UInt8(ascii: ":") else { throw p.error("expected ':'") }
+                p.i += 1
+                p.skipSpace()
+                if k == key { return try p.value(depth: 1) }
+                try p.skipValue()
+                p.skipSpace()
+                guard p.i < buf.count else { throw p.error("unexpected end of input") }
+                if buf[p.i] == UInt8(ascii: ",") { p.i += 1; continue }
+                if buf[p.i] == UInt8(ascii: "}") { return nil }
+                throw p.error("expected ',' or '}'")
+            }
+        }
+    }
+
     struct Parser {
         let buf: UnsafeBufferPointer<UInt8>
         let maxDepth: Int
@@ -245,6 +275,30 @@ extension JSON {
             case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): return try number()
             default: throw error("unexpected character")
             }
+        }
+
+        /// Moves past one value without building it (strings, escapes and nesting respected;
+        /// not validated beyond what finding its end needs).
+        mutating func skipValue() throws {
+            var depth = 0
+            repeat {
+                guard i < buf.count else { throw error("unexpected end of input") }
+                switch buf[i] {
+                case UInt8(ascii: "\""):
+                    i += 1
+                    while i < buf.count, buf[i] != UInt8(ascii: "\"") { i += buf[i] == UInt8(ascii: "\\") ? 2 : 1 }
+                    guard i < buf.count else { throw error("unterminated string") }
+                    i += 1
+                case UInt8(ascii: "{"), UInt8(ascii: "["): depth += 1; i += 1
+                case UInt8(ascii: "}"), UInt8(ascii: "]"): depth -= 1; i += 1
+                    if depth < 0 { throw error("unbalanced brackets") }
+                case UInt8(ascii: ","), UInt8(ascii: ":"), 32, 9, 10, 13: i += 1
+                default:
+                    // a number or literal: up to the next delimiter
+                    while i < buf.count, !",:]}\" \t\r\n".utf8.contains(buf[i]) { i += 1 }
+                }
+                if depth == 0 { return }
+            } while true
         }
 
         mutating func number() throws -> JSON {
@@ -363,6 +417,8 @@ extension JSON {
 }
 
 /// The journal's own object keys (the envelope's and the stage events'), for the parser.
+/// Built once; read through plain pointers (no array access, no exclusivity checks, no
+/// reference counting until the one String returned).
 final class KnownKeys: @unchecked Sendable {
     static let names = ["v", "seq", "ts", "run", "type", "id", "occurrence", "attempt", "argv", "shell", "cwd", "fingerprint",
                         "fingerprint_parts", "logs", "stdout", "stderr", "pid", "exit", "signal", "status", "failure_class",
@@ -371,29 +427,32 @@ final class KnownKeys: @unchecked Sendable {
     static let shared = KnownKeys()
 
     private let keys: [String]
-    private let bytes: UnsafeMutablePointer<UInt8>      // every name's bytes, one after another
-    private let offsets: [Int]
-    private var slots = [Int16](repeating: -1, count: 256) // open addressing on (length, first, last)
+    private let bytes: UnsafeMutablePointer<UInt8>     // every name's bytes, one after another
+    private let offsets: UnsafeMutablePointer<Int>
+    private let lengths: UnsafeMutablePointer<Int>
+    private let slots: UnsafeMutablePointer<Int16>     // 256, open addressing on (length, first, last)
 
     private init() {
         keys = KnownKeys.names
         let total = keys.reduce(0) { $0 + $1.utf8.count }
         bytes = .allocate(capacity: total)
-        var offs: [Int] = []
+        offsets = .allocate(capacity: keys.count)
+        lengths = .allocate(capacity: keys.count)
+        slots = .allocate(capacity: 256)
+        slots.initialize(repeating: -1, count: 256)
         var at = 0
-        for k in keys {
-            offs.append(at)
-            for b in k.utf8 { bytes[at] = b; at += 1 }
-        }
-        offsets = offs
         for (idx, k) in keys.enumerated() {
             let u = Array(k.utf8)
+            offsets[idx] = at
+            lengths[idx] = u.count
+            for b in u { bytes[at] = b; at += 1 }
             var h = KnownKeys.hash(u.count, u[0], u[u.count - 1])
             while slots[h] >= 0 { h = (h + 1) & 255 }
             slots[h] = Int16(idx)
         }
     }
 
+    @inline(__always)
     private static func hash(_ n: Int, _ first: UInt8, _ last: UInt8) -> Int {
         (n &* 131 &+ Int(first) &* 31 &+ Int(last)) & 255
     }
@@ -401,17 +460,11 @@ final class KnownKeys: @unchecked Sendable {
     /// The shared string for the `n` bytes at `p`, if they are a known key.
     func find(_ p: UnsafePointer<UInt8>, _ n: Int) -> String? {
         var h = KnownKeys.hash(n, p[0], p[n - 1])
-        return slots.withUnsafeBufferPointer { s -> String? in
-            offsets.withUnsafeBufferPointer { o -> String? in
-                while s[h] >= 0 {
-                    let idx = Int(s[h])
-                    let next = idx + 1 < o.count ? o[idx + 1] : Int.max
-                    let len = (next == Int.max ? keys[idx].utf8.count : next - o[idx])
-                    if len == n, memcmp(bytes + o[idx], p, n) == 0 { return keys[idx] }
-                    h = (h + 1) & 255
-                }
-                return nil
-            }
+        while true {
+            let idx = Int(slots[h])
+            if idx < 0 { return nil }
+            if lengths[idx] == n, memcmp(bytes + offsets[idx], p, n) == 0 { return keys[idx] }
+            h = (h + 1) & 255
         }
     }
 }

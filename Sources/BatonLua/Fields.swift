@@ -9,6 +9,10 @@ struct SpecTable {
     let lua: LuaState
     let index: Int32
     let fn: String
+    /// The keys the table has (known when `init` checked them): a field that is not among
+    /// them is nil without a lookup. runStage reads ~25 optional fields and a call sets
+    /// two or three; each lookup pushed its key's string into Lua.
+    private var present: [String]? = nil
 
     /// Checks that argument `arg` is a table and that all its keys are in `allowed`.
     init(_ lua: LuaState, arg: Int32, fn: String, allowed: [String]) throws {
@@ -18,16 +22,18 @@ struct SpecTable {
         guard lua.type(index) == LUA_TTABLE else {
             throw LuaRaise.usage("\(fn) expects a table argument, got \(lua.describeType(index))")
         }
-        try checkKeys(allowed, context: fn)
+        present = try checkKeys(allowed, context: fn)
     }
 
     init(nested lua: LuaState, index: Int32, fn: String) {
         self.lua = lua; self.index = lua.absIndex(index); self.fn = fn
     }
 
-    /// Every key must be a string in `allowed`. lua_next needs the key left on the stack
-    /// for the next step, so only the value is popped while iterating.
-    func checkKeys(_ allowed: [String], context: String) throws {
+    /// Every key must be a string in `allowed`; returns the keys. lua_next needs the key
+    /// left on the stack for the next step, so only the value is popped while iterating.
+    @discardableResult
+    func checkKeys(_ allowed: [String], context: String) throws -> [String] {
+        var keys: [String] = []
         lua.pushNil()
         while lua_next(lua.L, index) != 0 {
             lua.pop()                                   // [.. key]
@@ -45,12 +51,17 @@ struct SpecTable {
                 let hint = suggestion(k, allowed).map { " (did you mean '\($0)'?)" } ?? ""
                 throw LuaRaise.usage("\(context): unknown field '\(k)'\(hint); known fields: \(allowed.joined(separator: ", "))")
             }
+            keys.append(k)
         }
+        return keys
     }
 
     /// Pushes the field's value and returns its Lua type.
     @discardableResult
-    func get(_ key: String) -> Int32 { lua.rawGetField(index, key) }
+    func get(_ key: String) -> Int32 {
+        if let present, !present.contains(key) { lua.pushNil(); return LUA_TNIL }
+        return lua.rawGetField(index, key)
+    }
 
     func has(_ key: String) -> Bool { let t = get(key); lua.pop(); return t != LUA_TNIL }
 

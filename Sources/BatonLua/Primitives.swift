@@ -136,10 +136,10 @@ extension RecipeEnvironment {
 
     func pushResult(_ l: LuaState, _ r: StageResult) {
         l.newTable(nrec: 20)
-        var f: [(String, LuaValue)] = [
-            ("id", .string(r.id)), ("occurrence", .int(r.occurrence)), ("ok", .bool(r.ok)), ("status", .string(r.status.rawValue)),
-            ("attempts", .int(r.attempts)), ("duration", .number(r.duration)), ("replayed", .bool(r.replayed)), ("dry", .bool(r.dry)),
-        ]
+        var f: [(StaticString, LuaValue)] = []
+        f.reserveCapacity(18)
+        f += [("id", .string(r.id)), ("occurrence", .int(r.occurrence)), ("ok", .bool(r.ok)), ("status", .string(r.status.rawValue)),
+              ("attempts", .int(r.attempts)), ("duration", .number(r.duration)), ("replayed", .bool(r.replayed)), ("dry", .bool(r.dry))]
         // A replay's output is read from its logs when the recipe first asks (the metatable's __index).
         if !r.replayed { f += [("stdout", .bytes(r.stdout)), ("stderr", .bytes(r.stderr))] }
         if let e = r.exit { f.append(("exit", .int(Int(e)))) }
@@ -149,9 +149,9 @@ extension RecipeEnvironment {
         if let m = r.message { f.append(("message", .string(m))) }
         if let p = r.pid { f.append(("pid", .int(Int(p)))) }
         if r.breakerOpen { f.append(("breaker_open", .bool(true))) }
-        l.setFields(f)
+        l.setFieldsOfNewTable(f)
         l.newTable()
-        l.setFields([("stdout", .string(r.logs.stdout)), ("stderr", .string(r.logs.stderr))])
+        l.setFieldsOfNewTable([("stdout", .string(r.logs.stdout)), ("stderr", .string(r.logs.stderr))])
         l.setField(-2, "logs")
         setMeta(l, "baton.stage_result")
     }

@@ -21,6 +21,10 @@ public struct RunOptions: Sendable {
     public var sync = RunOptions.defaultSync
     /// `--budget`: (seconds, as the user wrote it).
     public var budget: (seconds: Double, text: String)?
+    /// The process ends with the run (`baton run`, `baton resume`; not the shell): exit as
+    /// soon as final.json is written and the outcome reported, without first freeing the
+    /// run's history, journal events and Lua state (~4 ms for a run of 10,000 stages).
+    public var exitWhenDone = false
 
     public static var defaultSync: SyncPolicy {
         if let e = getenv("BATON_SYNC"), let p = SyncPolicy(rawValue: String(cString: e)) { return p }
@@ -127,6 +131,7 @@ public enum RecipeRunner {
             return ending.code
         }
         report(ctx: ctx, ending: ending, json: o.json)
+        if o.exitWhenDone { Glibc.exit(ending.code) }
         return ending.code
     }
 

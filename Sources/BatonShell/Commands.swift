@@ -206,7 +206,7 @@ public enum Commands {
     }
 
     public static func resume(root: String, ref: String?, json: Bool, sync: SyncPolicy = RunOptions.defaultSync, stream: Bool = false,
-                              budget: (seconds: Double, text: String)? = nil) -> Int32 {
+                              budget: (seconds: Double, text: String)? = nil, exitWhenDone: Bool = false) -> Int32 {
         guard let dir = resolve(root, ref, json: json) else { return ExitStatus.usage.rawValue }
         let contents = (try? JournalReader.read(dir.journal)) ?? JournalContents()
         let history = RunHistory(contents.events)
@@ -222,6 +222,7 @@ public enum Commands {
         o.stream = stream
         o.sync = sync
         o.budget = budget
+        o.exitWhenDone = exitWhenDone
         return RecipeRunner.resume(dir: dir, options: o, read: (contents, history))
     }
 

@@ -150,6 +150,8 @@ struct Run: RunsCommand {
     static func start(_ o: RunOptions, detach: Bool) -> Never {
         if detach { Glibc.exit(Detach.start(options: o)) }
         _ = baton_set_subreaper()
+        var o = o
+        o.exitWhenDone = true
         Glibc.exit(RecipeRunner.run(o))
     }
 
@@ -290,7 +292,7 @@ struct Resume: RunsCommand {
     mutating func run() throws {
         _ = baton_set_subreaper()
         Glibc.exit(Commands.resume(root: root, ref: args.ref, json: args.json.json, sync: try syncPolicy(sync), stream: stream,
-                                   budget: try runBudget(budget)))
+                                   budget: try runBudget(budget), exitWhenDone: true))
     }
 }
 

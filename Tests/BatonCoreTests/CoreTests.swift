@@ -4,6 +4,17 @@ import Glibc
 import Testing
 
 @Suite struct JSONTests {
+    /// One top-level value, the others skipped: the same value the whole parse gives.
+    @Test func topLevelValueSkipsTheRest() throws {
+        let text = #"{"a": [1, {"x": "}]\"["}, -2.5e3, true, null], "s": "q\"uo}te", "n": 12, "result": {"ok": true, "k": ["v"]}, "z": {}}"#
+        let bytes = Array(text.utf8)
+        let whole = try JSON.parse(bytes)
+        for k in ["a", "s", "n", "result", "z"] { #expect(try JSON.topLevelValue(k, in: bytes) == whole[k], "\(k)") }
+        #expect(try JSON.topLevelValue("missing", in: bytes) == nil)
+        #expect(try JSON.topLevelValue("a", in: Array("[1]".utf8)) == nil)
+        #expect(throws: (any Error).self) { try JSON.topLevelValue("z", in: Array(#"{"a": [1, 2"#.utf8)) }
+    }
+
     @Test func roundTrip() throws {
         let text = #"{"a":1,"b":[true,false,null],"c":"x\ny\"\u0001","d":1.5,"e":{},"f":[],"g":-0.25,"h":12345678901234}"#
         let v = try JSON.parse(text)
