@@ -44,6 +44,7 @@ public enum FileIO {
         defer { close(fd) }
         // A regular file is read straight into one buffer of its size (an 8 MB journal was
         // read in 64 KiB pieces into an array that grew, copying itself on the way).
+        var out: [UInt8] = []
         var st = stat()
         if fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_size > 0 {
             let want = min(Int(st.st_size), limit)
@@ -59,19 +60,9 @@ public enum FileIO {
                 count = got
             }
             if failed { throw SystemError("read", path) }
-            // (A file that grew meanwhile: the rest is read below, as for a pipe.)
             if got < want || got == limit { return whole }
-            var out = whole
-            var buf = [UInt8](repeating: 0, count: 65536)
-            while out.count < limit {
-                let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, min($0.count, limit - out.count)) }
-                if n < 0 { if errno == EINTR { continue }; throw SystemError("read", path) }
-                if n == 0 { break }
-                out.append(contentsOf: buf[0..<n])
-            }
-            return out
+            out = whole   // a file that grew meanwhile: the rest is read below, as from a pipe
         }
-        var out: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 65536)
         while out.count < limit {
             let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, min($0.count, limit - out.count)) }
