@@ -170,8 +170,7 @@ public final class RunContext {
         ctx.reattach = reattach
         ctx.logNumbers = logNumbers
         // (Only the result is carried over: not the whole record, whose stages list is long.)
-        if let bytes = try? FileIO.readFile(dir.final, limit: 64 << 20),
-           let prior = try? JSON.topLevelValue("result", in: bytes), case .object = prior { ctx.result = prior }
+        if let prior = dir.readFinal("result"), case .object = prior { ctx.result = prior }
         ctx.armCrashGuard()
         return ctx
     }

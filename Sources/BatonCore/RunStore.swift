@@ -39,6 +39,12 @@ public struct RunDirectory: Sendable {
         return try? JSON.parse(bytes)
     }
 
+    /// One top-level field of final.json, the others skipped without being built.
+    public func readFinal(_ key: String) -> JSON? {
+        guard let bytes = try? FileIO.readFile(final, limit: 64 << 20) else { return nil }
+        return try? JSON.topLevelValue(key, in: bytes)
+    }
+
     /// When the run started: its first journal line's `ts`, else when its directory was made.
     public func startTime() -> Double? {
         if let head = try? FileIO.readFile(journal, limit: 4096), let nl = head.firstIndex(of: 10),

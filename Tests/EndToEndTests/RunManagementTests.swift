@@ -121,21 +121,28 @@ import Testing
         #expect(try Harness.run(["wait", "nosuch"], cwd: d).code == 3)
     }
 
-    @Test func logFollowEndsWithTheOutcome() throws {
-        let d = Harness.tempDir("follow")
-        Harness.write(d + "/gated.lua", Self.gated(code: 5))
-        let id = try detached(d, "gated.lua", id: "f1")
-        let (p, out, _) = try Harness.start(["log", "--follow", id], cwd: d)
+    /// Starts `baton ARGS` following a gated run, waits until it has printed `shown` (so it
+    /// follows live) and is still running, releases the run (`go`), and returns the
+    /// follower's exit status and everything it printed.
+    func followThenRelease(_ d: String, _ args: [String], shown: String) throws -> (status: Int32, text: String) {
+        let (p, out, _) = try Harness.start(args, cwd: d)
         let followed = Harness.Output(out)
-        // The run is released only once the follower follows it live: it has printed the
-        // stage's start (and the run cannot end before `go`).
-        #expect(Harness.waitFor(20) { followed.text.contains("stage_started slow") }, "the follower printed: \(followed.text)")
+        #expect(Harness.waitFor(20) { followed.text.contains(shown) }, "the follower printed: \(followed.text)")
         #expect(p.isRunning, "the follower ended before the run did: \(followed.text)")
         Harness.write(d + "/go", "")
         #expect(Harness.waitFor(30) { !p.isRunning })
         p.waitUntilExit()
-        let text = followed.all()
-        #expect(p.terminationStatus == 5)
+        return (p.terminationStatus, followed.all())
+    }
+
+    @Test func logFollowEndsWithTheOutcome() throws {
+        let d = Harness.tempDir("follow")
+        Harness.write(d + "/gated.lua", Self.gated(code: 5))
+        let id = try detached(d, "gated.lua", id: "f1")
+        // The run is released only once the follower follows it live: it has printed the
+        // stage's start (and the run cannot end before `go`).
+        let (status, text) = try followThenRelease(d, ["log", "--follow", id], shown: "stage_started slow")
+        #expect(status == 5)
         #expect(text.split(separator: "\n").last?.hasPrefix("run f1 failed (exit 5)") == true, "\(text)")
         let j = try Harness.run(["log", "-f", "--json", id], cwd: d)
         let last = j.stdout.split(separator: "\n").last.map(String.init) ?? ""
@@ -144,16 +151,9 @@ import Testing
         try FileManager.default.removeItem(atPath: d + "/go")
         Harness.write(d + "/six.lua", Self.gated(code: 6, announce: "waiting for go"))
         let id2 = try detached(d, "six.lua", id: "f2")
-        let (q, qout, _) = try Harness.start(["log", "--stage", "slow", "--follow", id2], cwd: d)
-        let qfollowed = Harness.Output(qout)
         // Released only once the follower has printed the stage's first line.
-        #expect(Harness.waitFor(20) { qfollowed.text.contains("waiting for go\n") }, "the follower printed: \(qfollowed.text)")
-        #expect(q.isRunning, "the follower ended before the run did: \(qfollowed.text)")
-        Harness.write(d + "/go", "")
-        #expect(Harness.waitFor(30) { !q.isRunning })
-        q.waitUntilExit()
-        let qtext = qfollowed.all()
-        #expect(q.terminationStatus == 6 && qtext.hasSuffix("run f2 failed (exit 6): six.lua:2: chosen\n"), "\(qtext)")
+        let (qstatus, qtext) = try followThenRelease(d, ["log", "--stage", "slow", "--follow", id2], shown: "waiting for go\n")
+        #expect(qstatus == 6 && qtext.hasSuffix("run f2 failed (exit 6): six.lua:2: chosen\n"), "\(qtext)")
         try orphan(d, id: "gone")
         let o = try Harness.run(["log", "--follow", "gone"], cwd: d)
         #expect(o.code == 1 && o.stdout.split(separator: "\n").last?.contains("orphaned") == true, "\(o.stdout)")
