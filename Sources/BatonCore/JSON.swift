@@ -423,7 +423,7 @@ final class KnownKeys: @unchecked Sendable {
     static let names = ["v", "seq", "ts", "run", "type", "id", "occurrence", "attempt", "argv", "shell", "cwd", "fingerprint",
                         "fingerprint_parts", "logs", "stdout", "stderr", "pid", "exit", "signal", "status", "failure_class",
                         "signature", "duration_ms", "replayed", "final", "message", "command", "env", "stdin"]
-    static let maxLength = 17
+    static let maxLength = names.map(\.utf8.count).max()!
     static let shared = KnownKeys()
 
     private let keys: [String]

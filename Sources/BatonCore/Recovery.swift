@@ -22,7 +22,7 @@ public enum Recovery {
         history.apply(try journal.append(.final(FinalEvent(status: status.rawValue, exitCode: exitCode.rawValue, reason: reason,
                                                            killedPids: killed))))
         let doc = FinalRecord(history: history, status: status.rawValue, exitCode: exitCode.rawValue, reason: reason,
-                              endedAt: Clock.now(), result: FinalRecord.read(dir)?.result ?? .object([]))
+                              endedAt: Clock.now(), result: dir.readFinal("result") ?? .object([]))
         try doc.write(to: dir)
         unlink(dir.controlSocket)   // a dead runner's socket answers no one
         return Outcome(killed: killed, final: doc)

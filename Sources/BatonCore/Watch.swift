@@ -32,8 +32,6 @@ public final class FileWatcher {
     }
 }
 
-/// Processes by command line, as `pgrep -f` sees them, never counting Baton's own
-/// process tree (the runner and its stages' shells would otherwise match themselves).
 /// One process's line of /proc/<pid>/stat: its name (which may hold spaces and parentheses:
 /// the fields start after the last ')'), state, parent and process group.
 public struct ProcStat {
@@ -53,6 +51,8 @@ public struct ProcStat {
     }
 }
 
+/// Processes by command line, as `pgrep -f` sees them, never counting Baton's own
+/// process tree (the runner and its stages' shells would otherwise match themselves).
 public enum ProcessTable {
     public struct Regex {
         var re = regex_t()

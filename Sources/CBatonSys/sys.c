@@ -190,7 +190,6 @@ struct spawn_block {
     int new_session, pdeathsig;
     pid_t parent;
     uint64_t reset;      /* signals 1..64 to put back to SIG_DFL (the ignored ones) */
-    size_t stack_top;    /* offset of the child's stack top in the block */
 };
 
 static size_t c_len(const char *s) { size_t n = 0; while (s[n]) n++; return n; }
