@@ -23,24 +23,26 @@ let package = Package(
         .target(name: "CBatonSys"),
         // Lua's macros, the error trampoline, the interrupt hook, the bounded allocator.
         .target(name: "LuaShim", dependencies: ["CLua", "CBatonSys"]),
-        .target(name: "LuaKit", dependencies: ["LuaShim", "CLua", "BatonCore"]),
-        .target(name: "BatonCore", dependencies: ["CBatonSys"]),
-        .target(name: "BatonLua", dependencies: ["LuaKit", "BatonCore"]),
+        // The leaf everything uses: JSON, clocks, file I/O, exit statuses, spawning, the console.
+        .target(name: "BatonBase", dependencies: ["CBatonSys"]),
+        .target(name: "LuaKit", dependencies: ["LuaShim", "CLua", "BatonBase"]),
+        .target(name: "BatonCore", dependencies: ["BatonBase", "CBatonSys"]),
+        .target(name: "BatonLua", dependencies: ["LuaKit", "BatonCore", "BatonBase"]),
         // YAML -> JSON in a helper process: Yams needs Foundation, which would cost the
         // runner ~8 ms of start-up on every run; baton.yaml.decode spawns this instead.
-        .executableTarget(name: "baton-yaml", dependencies: ["Yams", "BatonCore"]),
+        .executableTarget(name: "baton-yaml", dependencies: ["Yams", "BatonBase"]),
         // libedit setters and the completion glue Swift 6 cannot express (C globals).
         .target(name: "CBatonLine", dependencies: ["CEditLine"]),
-        .target(name: "BatonShell",
-                dependencies: ["BatonLua", "LuaKit", "BatonCore", "CEditLine", "CBatonLine"]),
-        .executableTarget(name: "baton",
-                          dependencies: ["BatonShell", "BatonLua", "BatonCore",
-                                         .product(name: "ArgumentParser", package: "swift-argument-parser")]),
-        .testTarget(name: "BatonCoreTests", dependencies: ["BatonCore"]),
-        .testTarget(name: "LuaKitTests", dependencies: ["LuaKit", "BatonCore"]),
+        // The command line: one file per command (Commands/), the REPL (Shell/), the report (Report/).
+        .target(name: "BatonCLI",
+                dependencies: ["BatonLua", "LuaKit", "BatonCore", "BatonBase", "CEditLine", "CBatonLine", "CBatonSys",
+                               .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .executableTarget(name: "baton", dependencies: ["BatonCLI"]),
+        .testTarget(name: "BatonCoreTests", dependencies: ["BatonCore", "BatonBase"]),
+        .testTarget(name: "LuaKitTests", dependencies: ["LuaKit", "BatonBase"]),
         .testTarget(name: "BatonLuaTests", dependencies: ["BatonLua", "LuaKit", "BatonCore", "baton-yaml"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["baton", "baton-yaml", "BatonCore"]),
-        .testTarget(name: "ShellTests", dependencies: ["BatonShell", "BatonLua", "LuaKit", "BatonCore"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["baton", "baton-yaml", "BatonCore", "BatonBase"]),
+        .testTarget(name: "ShellTests", dependencies: ["BatonCLI", "BatonLua", "LuaKit", "BatonCore", "BatonBase"]),
     ],
     swiftLanguageModes: [.v6]
 )

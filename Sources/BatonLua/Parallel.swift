@@ -1,3 +1,4 @@
+import BatonBase
 import BatonCore
 import CLua
 import Glibc

@@ -1,3 +1,4 @@
+import BatonBase
 import BatonCore
 import CBatonSys
 import CLua
@@ -250,8 +251,6 @@ public enum RecipeRunner {
         }
     }
 }
-
-public func diag(_ s: String) { Console.err(s) }
 
 public func signalName(_ sig: Int32) -> String {
     switch sig {

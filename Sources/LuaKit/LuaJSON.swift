@@ -1,4 +1,4 @@
-import BatonCore
+import BatonBase
 import CLua
 import LuaShim
 

@@ -1,6 +1,6 @@
 // baton-yaml: reads YAML on stdin, writes it as JSON (keys in document order) on stdout.
 // Exit 0, or 1 with the parser's message (line and column) on stderr.
-import BatonCore
+import BatonBase
 import Glibc
 import Yams
 

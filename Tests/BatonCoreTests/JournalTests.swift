@@ -1,3 +1,4 @@
+import BatonBase
 @testable import BatonCore
 import Foundation
 import Glibc

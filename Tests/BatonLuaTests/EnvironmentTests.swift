@@ -1,3 +1,4 @@
+import BatonBase
 import BatonCore
 @testable import BatonLua
 import Foundation

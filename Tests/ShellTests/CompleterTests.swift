@@ -1,4 +1,4 @@
-@testable import BatonShell
+@testable import BatonCLI
 import BatonLua
 import Testing
 

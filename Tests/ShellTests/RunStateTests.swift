@@ -1,4 +1,5 @@
-@testable import BatonShell
+import BatonBase
+@testable import BatonCLI
 import BatonCore
 import Glibc
 import Testing

@@ -1,0 +1,95 @@
+import ArgumentParser
+import BatonBase
+import BatonCore
+import BatonLua
+import CBatonSys
+import Glibc
+
+struct ReportCommand: RunsDirCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "report",
+        abstract: "Write a run's self-contained HTML report (report.html in its directory by default), a trace, a TSV.")
+    @Argument(help: runHelp, completion: runCompletion) var ref: String?
+    @Option(help: ArgumentHelp("Write the HTML report here.", valueName: "FILE"), completion: .file()) var html: String?
+    @Option(help: ArgumentHelp("Write Chrome Trace Event JSON here (Perfetto, chrome://tracing).", valueName: "FILE"),
+            completion: .file()) var trace: String?
+    @Option(help: ArgumentHelp("Write one row per attempt here (Nextflow trace field names).", valueName: "FILE"),
+            completion: .file()) var tsv: String?
+    @OptionGroup var globals: Globals
+
+    mutating func run() throws {
+        Glibc.exit(Commands.report(root: root, ref: ref, html: html, trace: trace, tsv: tsv))
+    }
+}
+
+/// `baton report` and `baton log --why`.
+extension Commands {
+    /// Writes the report of a run: HTML (the default: report.html in the run directory),
+    /// a Chrome trace and/or a TSV of attempts. Prints each path written.
+    public static func report(root: String, ref: String?, html: String?, trace: String?, tsv: String?) -> Int32 {
+        guard let dir = resolve(root, ref, json: false) else { return ExitStatus.usage.rawValue }
+        do {
+            for p in try writeReport(dir, html: html, trace: trace, tsv: tsv) { out(p) }
+        } catch {
+            diag("baton: cannot write the report: \(error)")
+            return ExitStatus.failure.rawValue
+        }
+        return ExitStatus.success.rawValue
+    }
+
+    /// The files of a run's report; with none named, report.html in the run directory.
+    static func writeReport(_ dir: RunDirectory, html: String?, trace: String?, tsv: String?) throws -> [String] {
+        let info = RunInfo.load(dir)
+        let timeline = RunTimeline(info.events, live: info.isLive)
+        var written: [String] = []
+        let htmlPath = html ?? (trace == nil && tsv == nil ? dir.path + "/report.html" : nil)
+        if let p = htmlPath {
+            try FileIO.writeAtomically(p, Array(ReportHTML(info: info, timeline: timeline).render().utf8))
+            written.append(p)
+        }
+        if let p = trace {
+            try FileIO.writeAtomically(p, ReportTrace(timeline: timeline).json().encodedBytes())
+            written.append(p)
+        }
+        if let p = tsv {
+            try FileIO.writeAtomically(p, Array(ReportTSV(timeline: timeline).render().utf8))
+            written.append(p)
+        }
+        return written
+    }
+
+    /// `baton log --why [STAGE]`: for each resume of the run, whether each stage call
+    /// replayed or ran for real, and why. `log --why STAGE` (of the latest run): a word that
+    /// names no run is the stage.
+    public static func why(root: String, ref: String?, stage: String?, json: Bool) -> Int32 {
+        var ref = ref, stage = stage
+        if stage == nil, let r = ref, (try? RunStore(root: root).resolve(r)) == nil { stage = r; ref = nil }
+        guard let dir = resolve(root, ref, json: json) else { return ExitStatus.usage.rawValue }
+        let events = ((try? JournalReader.read(dir.journal)) ?? JournalContents()).events
+        let t = RunTimeline(events, live: false)
+        let picked = t.decisions.filter { stage == nil || $0.key.id == stage }
+        if json {
+            out(JSON.array(picked.map { d in
+                JSON.object([("resume", .int(Int64(d.life))), ("id", .string(d.key.id)),
+                             ("occurrence", .int(Int64(d.key.occurrence))), ("replayed", .bool(d.why.replayed)),
+                             ("reason", .string(d.why.reason.rawValue)), ("changed", .array(d.why.changed.map(JSON.string))),
+                             ("why", .string(d.why.sentence))])
+            }).encoded(pretty: true))
+            return ExitStatus.success.rawValue
+        }
+        if t.lives.count < 2 {
+            out("run \(dir.id) was never resumed: every stage call ran for real")
+            return ExitStatus.success.rawValue
+        }
+        if picked.isEmpty, let s = stage {
+            out("no resume of run \(dir.id) reached stage '\(s)'")
+            return ExitStatus.success.rawValue
+        }
+        for l in 1..<t.lives.count {
+            let ds = picked.filter { $0.life == l }
+            out("resume \(l) at \(Render.shortTime(t.lives[l].start)) UTC:" + (ds.isEmpty ? " (no stage call reached)" : ""))
+            for d in ds { out("  \(d.key): \(d.why.sentence)") }
+        }
+        return ExitStatus.success.rawValue
+    }
+}

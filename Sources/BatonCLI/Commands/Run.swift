@@ -1,0 +1,135 @@
+import ArgumentParser
+import BatonBase
+import BatonCore
+import BatonLua
+import CBatonSys
+import Glibc
+
+struct RunCommand: RunsDirCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run a recipe.",
+        discussion: """
+            Options come before RECIPE; everything after it belongs to the recipe (`arg`, `...`, \
+            and key=value words in baton.args): `baton run r.lua --json x=1` passes both words on, \
+            and `baton run r.lua --help` shows the recipe's own parameters.
+            """)
+
+    @Flag(name: .customLong("dry-run"), help: "Show the stages that would run; run nothing.") var dryRun = false
+    @Flag(help: "Start the run in its own session and return at once, printing its id and directory.") var detach = false
+    @Flag(help: "Print final.json on stdout; everything for people goes to stderr.") var json = false
+    @Flag(name: [.customLong("stream"), .customShort("v")], help: "Echo each stage's output as it comes.") var stream = false
+    @Option(name: .customLong("run-id"), help: ArgumentHelp("The run's id (letters, digits, '-', '_', '.').", valueName: "ID"))
+    var runID: String?
+    @Option(name: .customLong("existing-run"), help: .hidden) var existingRun: String?
+    @Option(help: ArgumentHelp("Journal flushes: 'batched' (default) or 'always'.", valueName: "batched|always"),
+            completion: .list(["batched", "always"]))
+    var sync: String?
+    @Option(help: ArgumentHelp("End the whole run after this long, like a cancel (exit 124): 2h, 30m, 90s, 1h30m, seconds.",
+                               valueName: "DURATION"))
+    var budget: String?
+    @Option(help: ArgumentHelp("Where stages run unless a stage says otherwise: local (default) or slurm (docs/slurm.md).",
+                               valueName: "local|slurm"), completion: .list(["local", "slurm"]))
+    var executor: String?
+    @OptionGroup var globals: Globals
+    @Argument(help: ArgumentHelp("The recipe file; the words after it are the recipe's own.", valueName: "RECIPE"),
+              completion: .file(extensions: ["lua"]))
+    var recipe: String?
+    @Argument(help: ArgumentHelp("The recipe's arguments, options included.", valueName: "ARGS"))
+    var args: [String] = []
+
+    /// Options of `run` that take a value (where the recipe starts is found before parsing).
+    static let valueOptions: Set<String> = ["--run-id", "--existing-run", "--sync", "--runs-dir", "--budget", "--executor"]
+    /// The words after RECIPE: they are the recipe's, never parsed as baton's options.
+    nonisolated(unsafe) static var passthrough: [String] = []
+
+    func validate() throws {
+        guard recipe != nil else { throw ValidationError("run needs a RECIPE file") }
+        _ = try syncPolicy(sync)
+        _ = try runBudget(budget)
+    }
+
+    mutating func run() throws {
+        var o = RunOptions(recipe: recipe!, runsDir: root)
+        o.words = args + RunCommand.passthrough
+        o.runID = runID ?? existingRun
+        o.dryRun = dryRun
+        o.json = json
+        o.stream = stream
+        o.sync = try syncPolicy(sync)
+        o.budget = try runBudget(budget)
+        // Read by RunContext; a detached runner inherits it.
+        if let e = executor { setenv("BATON_EXECUTOR", e, 1) }
+        o.existingRun = existingRun != nil
+        RunCommand.start(o, detach: detach)
+    }
+
+    /// The one way from options to a runner (or a detached one).
+    static func start(_ o: RunOptions, detach: Bool) -> Never {
+        if detach { Glibc.exit(Detach.start(options: o)) }
+        _ = baton_set_subreaper()
+        var o = o
+        o.exitWhenDone = true
+        Glibc.exit(RecipeRunner.run(o))
+    }
+
+    /// `baton run RECIPE [WORDS...]` with no option before RECIPE leaves the parser nothing
+    /// to decide, and its reflection over every declaration would cost a third of a cold
+    /// start (docs/performance.md). Any other form is parsed.
+    static func plain(_ args: [String]) -> RunOptions? {
+        guard args.count >= 2, args[0] == "run", let r = args[1].first, r != "-", args[1] != "help" else { return nil }
+        var o = RunOptions(recipe: args[1], runsDir: RunStore.defaultRoot())
+        o.words = Array(args.dropFirst(2))
+        return o
+    }
+}
+
+func runBudget(_ v: String?) throws -> (seconds: Double, text: String)? {
+    guard let v else { return nil }
+    guard let s = Clock.parseDuration(v), s > 0 else { throw ValidationError("--budget takes a duration such as 2h, 30m or 90s, got '\(v)'") }
+    return (s, v)
+}
+
+func syncPolicy(_ v: String?) throws -> SyncPolicy {
+    guard let v else { return RunOptions.defaultSync }
+    guard let s = SyncPolicy(rawValue: v), s != .never else { throw ValidationError("--sync must be 'batched' or 'always', got '\(v)'") }
+    return s
+}
+
+/// `baton run --detach`: the run in its own session, its output in run.out.
+public enum Detach {
+    public static func start(options o: RunOptions) -> Int32 {
+        // A missing recipe or a syntax error is said now, not found later in run.out.
+        if let problem = RecipeRunner.loadProblem(o.recipe) { return Console.error(problem, json: o.json) }
+        let store = RunStore(root: o.runsDir)
+        let dir: RunDirectory
+        do { dir = try store.create(id: o.runID) } catch { return Console.error("\(error)", json: o.json) }
+        let outFD = open(dir.outFile, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard outFD >= 0 else { return Console.error("cannot create \(dir.outFile)", json: o.json) }
+        defer { close(outFD) }
+        var args = [FileIO.selfExecutable(), "run", "--existing-run", dir.id, "--runs-dir", o.runsDir]
+        if o.dryRun { args.append("--dry-run") }
+        if o.json { args.append("--json") }
+        if o.stream { args.append("--stream") }
+        args += ["--sync", o.sync.rawValue]
+        if let b = o.budget { args += ["--budget", b.text] }
+        args.append(o.recipe)
+        args.append(contentsOf: o.words)
+        do {
+            let pid = try Spawner.spawn(argv: args, env: Spawner.currentEnvironment(), cwd: nil, stdin: -1,
+                                        stdout: outFD, stderr: outFD, newSession: true, dieWithParent: false)
+            try FileIO.writeAtomically(dir.pidFile, Array("\(pid)\n".utf8))
+        } catch {
+            try? store.remove(dir.id)
+            return Console.error("cannot start the detached runner: \(error)", json: o.json)
+        }
+        if o.json {
+            out(JSON.object([("run", .string(dir.id)), ("dir", .string(dir.path))]).encoded())
+        } else {
+            out(dir.id)
+            out(dir.path)
+        }
+        return ExitStatus.success.rawValue
+    }
+}
+

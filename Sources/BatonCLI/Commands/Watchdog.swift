@@ -1,0 +1,15 @@
+import ArgumentParser
+import BatonBase
+import BatonCore
+import BatonLua
+import CBatonSys
+import Glibc
+
+/// Started by a runner with its first stage (Survivors.watchdog); not for people.
+struct WatchdogCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "__watchdog", shouldDisplay: false)
+    @Argument var runID: String
+
+    mutating func run() throws { Glibc.exit(Survivors.watchdog(runID: runID)) }
+}
+

@@ -1,0 +1,310 @@
+import BatonBase
+import BatonCore
+import Glibc
+
+/// `baton types` and `baton init`: what an editor (lua-language-server, through LuaCATS
+/// annotations and .luarc.json) and luacheck (.luacheckrc) need to know of the recipe
+/// environment. `TypesTests` holds these lists to what a recipe really sees.
+public enum Types {
+    /// The globals a recipe has beyond standard Lua 5.4.
+    public static let globals = ["baton", "gate", "parallel", "persistFinal", "preflight", "runStage", "watch"]
+    /// The `baton` table's fields, and the fields of its sub-tables.
+    public static let batonFields: [(String, [String])] = [
+        ("args", []), ("budget", []), ("env", []), ("executor", []), ("fail", []), ("fs", ["append", "exists", "glob", "locked", "mkdir", "read", "write"]),
+        ("gate", []), ("json", ["array", "decode", "encode", "null"]), ("log", []), ("now", []), ("parallel", []), ("persistFinal", []),
+        ("pool", []),
+        ("preflight", []), ("runStage", []), ("run", ["id", "dir", "dry_run"]), ("sh", []), ("sleep", []),
+        ("usageOnly", []), ("watch", []), ("yaml", ["decode"]),
+    ]
+
+    /// .luacheckrc: Lua 5.4 plus the recipe globals, read-only, so a misspelt
+    /// `runStag{...}` is an undefined global (W113) and `baton.fs.wirte` an undefined field (W143).
+    public static var luacheckrc: String {
+        let fields = batonFields.map { name, sub in
+            // baton.args holds whatever key=value words the run was given.
+            if name == "args" { return "      args = {other_fields = true}," }
+            return sub.isEmpty ? "      \(name) = {}," : "      \(name) = {fields = {" + sub.map { "\($0) = {}" }.joined(separator: ", ") + "}},"
+        }
+        return """
+            -- Written by `baton init`: the recipe environment for luacheck (docs/cli.md).
+            std = "lua54"
+            max_line_length = false
+            read_globals = {
+              \(globals.filter { $0 != "baton" }.map { "\"\($0)\"" }.joined(separator: ", ")),
+              baton = {fields = {
+            \(fields.joined(separator: "\n"))
+              }},
+            }
+            exclude_files = {".baton/"}
+
+            """
+    }
+
+    /// .luarc.json for lua-language-server: Lua 5.4, the annotations as a library.
+    public static let luarc = """
+        {
+          "$schema": "https://raw.githubusercontent.com/LuaLS/vscode-lua/master/setting/schema.json",
+          "runtime.version": "Lua 5.4",
+          "workspace.library": [".baton/types"],
+          "diagnostics.globals": [\(globals.map { "\"\($0)\"" }.joined(separator: ", "))]
+        }
+
+        """
+
+    /// LuaCATS annotations of the primitives and helpers (docs/primitives.md).
+    public static let luaCATS = #"""
+        ---@meta baton
+        -- Baton's recipe environment, for lua-language-server (written by `baton types` / `baton init`).
+
+        ---@alias baton.Command string|string[] argv (no shell), or text for /bin/sh -c
+
+        ---@class baton.StageSpec
+        ---@field id string the same id may run again: occurrence 2, 3, ...
+        ---@field cmd baton.Command
+        ---@field cwd? string working directory (default: the current one)
+        ---@field env? table<string, string> added to the stage's environment
+        ---@field stdin? string text on the stage's stdin
+        ---@field timeout? number seconds, then SIGTERM to the stage's process group
+        ---@field grace? number seconds between SIGTERM and SIGKILL (default 10)
+        ---@field retries? integer further attempts, for the classes in retryOn (default 0)
+        ---@field retryOn? ("transient"|"deterministic"|"stalled")[] default {"transient"}
+        ---@field backoff? {initial?: number, factor?: number, max?: number} default {1, 2, 60}
+        ---@field transient? {exit?: integer[], stderr?: string[]} rules that make a failure transient
+        ---@field breaker? integer the same failure signature this many times in the run: stop
+        ---@field requireFiles? string[] must exist and be non-empty after a zero exit
+        ---@field background? boolean return a handle at once
+        ---@field allowFail? boolean return a failed result instead of raising
+        ---@field pool? string a pool declared with baton.pool(name, n): at most n of its stages at once
+        ---@field noOutputTimeout? number seconds without output (or heartbeatFile touch): end it as "stalled"
+        ---@field heartbeatFile? string a file the job touches to say it is alive
+        ---@field stallWarnSec? number silence after which one stage_stalled event is journaled (default 600)
+        ---@field executor? "local"|"slurm" where it runs (default: the run's, else local)
+        ---@field slurm? {partition?: string, time?: string, mem?: string, cpus?: integer, gpus?: integer|string, account?: string, qos?: string, extra?: string[]}
+
+        ---@class baton.StageResult
+        ---@field id string
+        ---@field occurrence integer
+        ---@field ok boolean
+        ---@field status "passed"|"failed"|"timed_out"|"cancelled"
+        ---@field exit? integer
+        ---@field signal? integer
+        ---@field attempts integer
+        ---@field duration number seconds
+        ---@field stdout string the last 64 KiB
+        ---@field stderr string the last 64 KiB
+        ---@field logs {stdout: string, stderr: string} the full logs on disk
+        ---@field failure_class? "transient"|"deterministic"
+        ---@field signature? string
+        ---@field message? string
+        ---@field breaker_open? boolean
+        ---@field replayed boolean
+        ---@field dry boolean
+        ---@field pid? integer
+
+        ---@class baton.StageHandle
+        ---@field wait fun(self: baton.StageHandle): baton.StageResult
+        ---@field pid fun(self: baton.StageHandle): integer?
+        ---@field cancel fun(self: baton.StageHandle)
+        ---@field done fun(self: baton.StageHandle): boolean
+
+        ---Runs a stage (its own process group), journaled; raises on failure unless allowFail.
+        ---@param spec baton.StageSpec
+        ---@return baton.StageResult|baton.StageHandle
+        function runStage(spec) end
+
+        ---@class baton.Check
+        ---@field name? string
+        ---@field path? string passes when the path exists
+        ---@field dir? boolean with path: a directory
+        ---@field executable? boolean with path: executable
+        ---@field cmd? baton.Command passes when it exits 0 within the timeout
+        ---@field timeout? number
+        ---@field cwd? string
+        ---@field env? string passes when the variable is set and non-empty
+        ---@field pgrep? string passes when a pgrep -f wait would not match itself
+        ---@field check? fun(): boolean, string?
+
+        ---@class baton.PreflightSpec
+        ---@field name? string default "preflight"
+        ---@field policy? "fail"|"warn" default "fail" (exit code 4)
+        ---@field timeout? number default timeout of cmd checks (30 s)
+        ---@field checks baton.Check[]
+
+        ---@class baton.PreflightReport
+        ---@field name string
+        ---@field policy "fail"|"warn"
+        ---@field ok boolean
+        ---@field checks {kind: string, target: string, ok: boolean, detail: string}[]
+
+        ---Checks before acting; fail-closed (exit code 4) unless policy = "warn".
+        ---@param spec baton.PreflightSpec
+        ---@return baton.PreflightReport
+        function preflight(spec) end
+
+        ---@class baton.WatchInfo
+        ---@field id string
+        ---@field exit? integer
+        ---@field signal? integer
+        ---@field status string
+        ---@field files string[]
+        ---@field missing string[]
+
+        ---@class baton.WatchSpec
+        ---@field id string
+        ---@field handle? baton.StageHandle a background stage
+        ---@field pid? integer any process (pidfd)
+        ---@field pattern? string processes whose command line matches
+        ---@field file? string a file appearing
+        ---@field requireFiles? string[] must exist and be non-empty before the callback
+        ---@field readyTimeoutSec? number default 600
+        ---@field readyPollSec? number default 5
+        ---@field onMissing? "fail"|"block"|"callback" default "fail"
+        ---@field timeoutSec? number default 86400
+        ---@field heartbeatSec? number default 60
+        ---@field callback? fun(info: baton.WatchInfo): any
+        ---@field cwd? string
+        ---@field allowFail? boolean
+
+        ---@class baton.WatchOutcome
+        ---@field id string
+        ---@field state string
+        ---@field ok boolean
+        ---@field reason string
+        ---@field exit? integer
+        ---@field signal? integer
+        ---@field files string[]
+        ---@field missing string[]
+        ---@field duration number
+        ---@field transitions table[]
+        ---@field callback_result any
+
+        ---Waits for a process or file, then for its artifacts, then calls back.
+        ---@param spec baton.WatchSpec
+        ---@return baton.WatchOutcome
+        function watch(spec) end
+
+        ---@class baton.Decision
+        ---@field approved boolean
+        ---@field issues? string[]
+        ---@field iteration? integer
+
+        ---@class baton.GateSpec
+        ---@field name string
+        ---@field maxIterations? integer default 1
+        ---@field check? fun(iteration: integer): baton.Decision
+        ---@field cmd? baton.Command prints a JSON object {"approved": bool, "issues": [...]}
+        ---@field cwd? string
+        ---@field env? table<string, string>
+        ---@field timeout? number
+        ---@field onReject? fun(decision: baton.Decision, iteration: integer)
+        ---@field fallback? baton.Decision
+
+        ---Approves or rejects, up to maxIterations times (then exit code 2).
+        ---@param spec baton.GateSpec
+        ---@return baton.Decision
+        function gate(spec) end
+
+        ---Merges fields into final.json's result and writes final.json at once.
+        ---@param fields table
+        function persistFinal(fields) end
+
+        ---@class baton.ShOptions
+        ---@field cwd? string
+        ---@field env? table<string, string>
+        ---@field stdin? string
+        ---@field timeout? number
+        ---@field allowFail? boolean return stdout, ok, exit, stderr instead of raising
+        ---@field readOnly? boolean the command only reads: it runs in a dry run too
+
+        ---@class baton.fs
+        ---@field exists fun(path: string): boolean
+        ---@field read fun(path: string): string
+        ---@field write fun(path: string, text: string, opts?: {mode?: integer}) atomic
+        ---@field append fun(path: string, text: string) one write under an exclusive flock
+        ---@field glob fun(pattern: string): string[]
+        ---@field mkdir fun(path: string)
+        ---@field locked fun(path: string, fn: function, opts?: {timeout?: number}): ...
+
+        ---@class baton.json
+        ---@field encode fun(value: any, opts?: {pretty?: boolean}): string
+        ---@field decode fun(text: string): any
+        ---@field null userdata
+        ---@field array fun(t?: table): table
+
+        ---@class baton.lib
+        ---@field args table<string, string> key=value words after the recipe
+        ---@field run {id: string, dir: string, dry_run: boolean}
+        ---@field log fun(message: string, fields?: table)
+        ---@field fail fun(message: string, opts?: {code?: integer})
+        ---@field json baton.json
+        ---@field yaml {decode: fun(text: string): any}
+        ---@field fs baton.fs
+        ---@field sh fun(cmd: baton.Command, opts?: baton.ShOptions): string, boolean?, integer?, string?
+        ---@field sleep fun(seconds: number)
+        ---@field pool fun(name: string, limit: integer) a pool for runStage{pool = name}
+        ---@field executor fun(name: "local"|"slurm", opts?: table) where stages run unless they say otherwise (docs/slurm.md)
+        ---@field budget fun(duration: string|number) end the whole run after this long ("2h", "30m", seconds): exit 124
+        ---@field parallel fun(items: any[], fn: fun(item: any, index: integer): any, opts?: baton.ParallelOptions): any[], table[]
+        ---@field now fun(): number
+        ---@field env fun(name: string): string?
+        ---@field usageOnly fun() the run only printed its usage: keep no run directory
+        ---@field runStage fun(spec: baton.StageSpec): baton.StageResult|baton.StageHandle
+        ---@field preflight fun(spec: baton.PreflightSpec): baton.PreflightReport
+        ---@field watch fun(spec: baton.WatchSpec): baton.WatchOutcome
+        ---@field gate fun(spec: baton.GateSpec): baton.Decision
+        ---@field persistFinal fun(fields: table)
+
+        ---@class baton.ParallelOptions
+        ---@field maxConcurrency? integer items in flight at once (default: the number of cores)
+        ---@field onFailure? "cancel"|"drain"|"continue" default "cancel"
+        ---@field maxFailures? integer failures tolerated before onFailure applies
+
+        ---Runs fn(item, index) for every item, each in its own coroutine; their stages run at once.
+        ---@param items any[]
+        ---@param fn fun(item: any, index: integer): any
+        ---@param opts? baton.ParallelOptions
+        ---@return any[] results in input order
+        ---@return table[] outcomes {ok, value} / {ok = false, error} / {cancelled} / {skipped}
+        function parallel(items, fn, opts) end
+
+        ---@type baton.lib
+        baton = {}
+
+        """#
+
+    /// `baton types`: the annotations on stdout.
+    public static func types() -> Int32 {
+        Console.write(1, luaCATS, newline: false)
+        return ExitStatus.success.rawValue
+    }
+
+    /// `baton init [DIR]`: `.baton/` (where runs are found from below), the annotations in
+    /// `.baton/types/baton.lua`, `.luarc.json` and `.luacheckrc` (kept when they exist,
+    /// unless `force`).
+    public static func initialize(dir: String, force: Bool, json: Bool) -> Int32 {
+        let root = FileIO.absolute(dir)
+        let files: [(String, String, Bool)] = [
+            (".baton/types/baton.lua", luaCATS, true), (".luarc.json", luarc, force), (".luacheckrc", luacheckrc, force),
+        ]
+        var written: [String] = [], kept: [String] = []
+        do {
+            try FileIO.makeDirectories(root + "/.baton/types")
+            for (name, text, replace) in files {
+                let path = root + "/" + name
+                if FileIO.exists(path) && !replace { kept.append(name); continue }
+                try FileIO.writeAtomically(path, Array(text.utf8))
+                written.append(name)
+            }
+        } catch {
+            return Console.error("cannot initialise \(root): \(error)", json: json)
+        }
+        if json {
+            Console.out(JSON.object([("dir", .string(root)), ("written", .array(written.map(JSON.string))),
+                                     ("kept", .array(kept.map(JSON.string)))]).encoded(pretty: true))
+        } else {
+            for w in written { Console.out("wrote \(w)") }
+            for k in kept { Console.out("kept \(k) (exists; --force replaces it)") }
+        }
+        return ExitStatus.success.rawValue
+    }
+}

@@ -1,0 +1,111 @@
+import BatonBase
+import CBatonSys
+import Glibc
+
+/// The local executor: a process group per job, started by `baton_spawn_async` (clone3
+/// onto its own stack, then exec, in C: own group, parent-death signal, default signal dispositions, empty mask), watched
+/// through a pidfd, ended whole.
+public final class LocalExecutor: Executor {
+    public let name = "local"
+    public init() {}
+
+    public func start(_ spec: JobSpec) throws -> Job {
+        let started = try Spawner.start(argv: spec.argv, env: spec.env, cwd: spec.cwd, stdin: spec.stdin,
+                                        stdout: spec.stdout, stderr: spec.stderr)
+        // (baton_spawn_async has told the crash guard about the group.)
+        return LocalJob(executor: self, started: started, leftoverGrace: spec.leftoverGrace)
+    }
+
+    public func poll(_ jobs: [Job], now: Double) {
+        for case let j as LocalJob in jobs { j.refresh(now: now) }
+    }
+
+    public func wake(_ jobs: [Job], now: Double) -> (fds: [Int32], at: Double?) {
+        var fds: [Int32] = []
+        var at: Double? = nil
+        for case let j as LocalJob in jobs {
+            if let fd = j.wakeFD { fds.append(fd) } else { at = min(at ?? .infinity, now + 0.02) }
+            if let k = j.killAt { at = min(at ?? .infinity, k) }
+        }
+        return (fds, at)
+    }
+
+    public func describe(_ job: Job) -> String { "process group \(job.nativeID)" }
+}
+
+final class LocalJob: Job {
+    let executor: Executor
+    let leader: pid_t
+    private var pidfd: Int32
+    private var leaderEnded: Termination?
+    private(set) var state: JobState = .running
+    private(set) var killAt: Double?
+    private var terminating = false
+    private let leftoverGrace: Double
+
+    /// Memory the leader ran on until its exec: freed once it is reaped.
+    private var started: Spawner.Started?
+
+    init(executor: Executor, started: Spawner.Started, leftoverGrace: Double) {
+        self.executor = executor
+        self.leader = started.pid
+        self.pidfd = started.pidfd
+        self.started = started
+        self.leftoverGrace = leftoverGrace
+    }
+
+    deinit { if pidfd >= 0 { close(pidfd) } }
+
+    var nativeID: String { String(leader) }
+    var pid: pid_t? { leader }
+    /// Readable when the leader exits; nil once it has (then the group is polled).
+    var wakeFD: Int32? { leaderEnded == nil && pidfd >= 0 ? pidfd : nil }
+
+    func terminate(grace: Double) {
+        if case .done = state { return }
+        terminating = true
+        Glibc.kill(-leader, SIGTERM)
+        Glibc.kill(-leader, SIGCONT)
+        let at = Clock.monotonic() + grace
+        killAt = min(killAt ?? .infinity, at)
+    }
+
+    func kill() {
+        if case .done = state { return }
+        terminating = true
+        Glibc.kill(-leader, SIGKILL)
+        killAt = nil
+    }
+
+    func refresh(now: Double) {
+        if case .done = state { return }
+        if leaderEnded == nil {
+            var st: Int32 = 0
+            guard waitpid(leader, &st, WNOHANG) == leader else {
+                if let k = killAt, now >= k { kill() }
+                return
+            }
+            leaderEnded = Termination(waitStatus: st)
+            started?.release()
+            started = nil
+            if pidfd >= 0 { close(pidfd); pidfd = -1 }
+        }
+        if let k = killAt, now >= k { kill() }
+        // The leader is gone; anything left in its group goes too.
+        if groupAlive() {
+            if !terminating { terminate(grace: leftoverGrace) }
+            state = .ending(leaderEnded!)
+        } else {
+            state = .done(leaderEnded!)
+            killAt = nil
+            baton_crash_guard_untrack(leader)
+        }
+    }
+
+    /// Reaps our zombies in the group, then asks whether anyone is left.
+    private func groupAlive() -> Bool {
+        var st: Int32 = 0
+        while waitpid(-leader, &st, WNOHANG) > 0 {}
+        return Glibc.kill(-leader, 0) == 0
+    }
+}

@@ -1,0 +1,119 @@
+import BatonBase
+/// final.json: one type for every writer (the runner at exit and at persistFinal, the
+/// crash guard's prepared document, `cancel` finishing an orphaned run) and every reader.
+public struct FinalRecord: Sendable {
+    public struct Stage: Sendable, Equatable {
+        public var id: String
+        public var occurrence: Int
+        public var status: String
+        public var attempts: Int
+        public var durationMs: Int64
+        public var replayed: Bool
+
+        public var json: JSON {
+            var o: [(String, JSON)] = [("id", .string(id)), ("status", .string(status)),
+                                       ("attempts", .int(Int64(attempts))), ("duration_ms", .int(durationMs))]
+            if occurrence > 1 { o.append(("occurrence", .int(Int64(occurrence)))) }
+            if replayed { o.append(("replayed", .bool(true))) }
+            return .object(o)
+        }
+    }
+
+    public var run: String
+    public var recipe: String
+    /// `succeeded`, `failed`, `cancelled`, `dry_run`, or `running` (written by persistFinal).
+    public var status: String
+    public var exitCode: Int32?
+    public var reason: String?
+    public var startedAt: Double
+    public var endedAt: Double?
+    public var stages: [Stage]
+    public var result: JSON
+    /// Written by the crash guard.
+    public var crashed = false
+
+    public static let fieldNames = ["v", "run", "recipe", "status", "exit_code", "reason", "started_at", "ended_at",
+                                    "duration_ms", "stages", "crashed", "result"]
+
+    public init(run: String, recipe: String, status: String, exitCode: Int32?, reason: String?,
+                startedAt: Double, endedAt: Double?, stages: [Stage], result: JSON) {
+        self.run = run; self.recipe = recipe; self.status = status; self.exitCode = exitCode; self.reason = reason
+        self.startedAt = startedAt; self.endedAt = endedAt; self.stages = stages; self.result = result
+    }
+
+    /// From a run's history: its original start, one entry per stage call that is over.
+    public init(history h: RunHistory, status: String, exitCode: Int32?, reason: String?, endedAt: Double?, result: JSON,
+                stages withStages: Bool = true) {
+        let start = h.firstStart?.ts ?? h.latestStart?.ts ?? endedAt ?? Clock.now()
+        self.init(run: h.runID, recipe: h.latestStart?.began.recipe ?? "?", status: status, exitCode: exitCode,
+                  reason: reason, startedAt: start, endedAt: endedAt,
+                  stages: !withStages ? [] : Array(h.concluded.map { r in
+                      Stage(id: r.key.id, occurrence: r.key.occurrence, status: r.status,
+                            attempts: r.finished?.attempt ?? r.attempt, durationMs: r.durationMs, replayed: r.replayed)
+                  }),
+                  result: result)
+    }
+
+    /// From the two stamps as written, so a reader that subtracts them gets the same number.
+    public var durationMs: Int64? { endedAt.map { Clock.millis($0) - Clock.millis(startedAt) } }
+
+    var pairs: [(String, JSON)] {
+        var o: [(String, JSON)] = [
+            ("v", .int(1)), ("run", .string(run)), ("recipe", .string(recipe)), ("status", .string(status)),
+            ("exit_code", exitCode.map { .int(Int64($0)) } ?? .null), ("reason", reason.map(JSON.string) ?? .null),
+            ("started_at", .string(Clock.rfc3339(startedAt))), ("ended_at", endedAt.map { .string(Clock.rfc3339($0)) } ?? .null),
+            ("duration_ms", durationMs.map(JSON.int) ?? .null), ("stages", .array(stages.map(\.json))),
+        ]
+        if crashed { o.append(("crashed", .bool(true))) }
+        o.append(("result", result))
+        return o
+    }
+
+    public var json: JSON { .object(pairs) }
+
+    public func encoded() -> [UInt8] {
+        // Into one buffer (a 10,000-stage document is a megabyte: no String and Array copies of it).
+        var out: [UInt8] = []
+        out.reserveCapacity(512 + 96 * stages.count)
+        json.encode(into: &out, pretty: true, indent: 0)
+        out.append(10)
+        return out
+    }
+
+    public init?(json j: JSON) {
+        guard case .object = j, let run = j["run"]?.stringValue, let status = j["status"]?.stringValue else { return nil }
+        self.run = run
+        recipe = j["recipe"]?.stringValue ?? "?"
+        self.status = status
+        exitCode = j["exit_code"]?.intValue.map { Int32(truncatingIfNeeded: $0) }
+        reason = j["reason"]?.stringValue
+        startedAt = j["started_at"]?.stringValue.flatMap(Clock.parseRFC3339) ?? 0
+        endedAt = j["ended_at"]?.stringValue.flatMap(Clock.parseRFC3339)
+        stages = (j["stages"]?.arrayValue ?? []).map {
+            Stage(id: $0["id"]?.stringValue ?? "", occurrence: Int($0["occurrence"]?.intValue ?? 1),
+                  status: $0["status"]?.stringValue ?? "", attempts: Int($0["attempts"]?.intValue ?? 0),
+                  durationMs: $0["duration_ms"]?.intValue ?? 0, replayed: $0["replayed"]?.boolValue ?? false)
+        }
+        result = j["result"] ?? .object([])
+        crashed = j["crashed"]?.boolValue ?? false
+    }
+
+    public static func read(_ dir: RunDirectory) -> FinalRecord? { dir.readFinal().flatMap { FinalRecord(json: $0) } }
+
+    public func write(to dir: RunDirectory) throws { try FileIO.writeAtomically(dir.final, encoded()) }
+
+    /// The document the crash guard writes, cut around the exit code and reason that its
+    /// signal handler fills in (`"exit_code": N, "reason": "..."`).
+    public func crashGuardParts() -> (head: String, tail: String) {
+        var doc = self
+        doc.status = "failed"
+        doc.crashed = true
+        doc.endedAt = nil
+        let all = doc.pairs
+        let cut = all.firstIndex { $0.0 == "exit_code" }!
+        func encode(_ p: ArraySlice<(String, JSON)>) -> String {
+            p.map { JSON.object([$0]).encoded(pretty: false).dropFirst().dropLast() }.joined(separator: ", ")
+        }
+        return ("{" + encode(all[..<cut]) + ", ", ", " + encode(all[(cut + 2)...]) + "}\n")
+    }
+}

@@ -1,0 +1,291 @@
+import BatonBase
+/// An immutable value on the heap (a record's large, optional parts).
+final class Boxed<T: Sendable>: Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}
+
+/// What a journal says about one stage call (id, occurrence), folded from its events.
+public struct StageRecord: Sendable {
+    /// `running`, `waiting` (between attempts), a StageStatus, or `unfinished` (its runner died).
+    public var status: String
+    public var key: StageKey
+    public var command: Command?
+    public var cwd: String?
+    public var fingerprint: String = ""
+    /// The latest attempt's number (counted within one life of the run).
+    public var attempt = 0
+    public var pid: Int32?
+    /// When its first attempt in this life started, and when its last one ended.
+    public var startedAt: Double?
+    public var endedAt: Double?
+    public var logs = StageLogs(stdout: "", stderr: "")
+    /// The latest `stage_finished` (the final one once the call is over).
+    public var finished: StageFinished? {
+        get { boxedFinished?.value }
+        set { boxedFinished = newValue.map(Boxed.init) }
+    }
+    /// Each fingerprint input hashed alone (from its stage_started, or a replay's stage_finished).
+    public var fingerprintParts: FingerprintParts? {
+        get { boxedParts?.value }
+        set { boxedParts = newValue.map(Boxed.init) }
+    }
+    /// The current attempt has been silent past its stallWarnSec (a `stage_stalled` event).
+    public var stalled: StageStalled? {
+        get { boxedStalled?.value }
+        set { boxedStalled = newValue.map(Boxed.init) }
+    }
+    // The large parts live on the heap, shared by copies: a run of 10,000 stage calls keeps
+    // 10,000 records, and inline they made the array (and every copy of it) several times larger.
+    private var boxedFinished: Boxed<StageFinished>?
+    private var boxedParts: Boxed<FingerprintParts>?
+    private var boxedStalled: Boxed<StageStalled>?
+
+    init(status: String, key: StageKey) { self.status = status; self.key = key }
+    /// Where the latest attempt runs when not locally ("slurm"), its id there, and (for a batch
+    /// job) its latest queue state and node. Boxed too: most stages run locally.
+    public var executor: String? { get { batch?.value.executor } set { updateBatch { $0.executor = newValue } } }
+    public var nativeID: String? { get { batch?.value.nativeID } set { updateBatch { $0.nativeID = newValue } } }
+    public var queue: String? { get { batch?.value.queue } set { updateBatch { $0.queue = newValue } } }
+    public var node: String? { get { batch?.value.node } set { updateBatch { $0.node = newValue } } }
+    public var queueReason: String? { get { batch?.value.queueReason } set { updateBatch { $0.queueReason = newValue } } }
+    private struct BatchPlace: Sendable, Equatable { var executor, nativeID, queue, node, queueReason: String? }
+    private var batch: Boxed<BatchPlace>?
+    private mutating func updateBatch(_ change: (inout BatchPlace) -> Void) {
+        var b = batch?.value ?? BatchPlace()
+        change(&b)
+        batch = b == BatchPlace() ? nil : Boxed(b)
+    }
+
+    /// Where a batch job stands, for people: "slurm job 12 RUNNING on node7", "slurm job 13 PENDING (Priority)".
+    public var batchText: String? {
+        guard let e = executor, let id = nativeID else { return nil }
+        var s = "\(e) job \(id)"
+        if let q = queue { s += " \(q)" }
+        if let n = node, !n.isEmpty { s += " on \(n)" }
+        if let r = queueReason, queue == "PENDING" { s += " (\(r))" }
+        return s
+    }
+
+    /// Its batch job's fields for `status --json` and the shell (empty for a local stage).
+    public var batchFields: [(String, JSON)] {
+        guard let e = executor, let id = nativeID else { return [] }
+        return [("executor", .string(e)), ("native_id", .string(id)), ("queue", queue.map(JSON.string) ?? .null),
+                ("node", node.map(JSON.string) ?? .null)]
+    }
+
+    public var isOpen: Bool { status == "running" || status == "waiting" }
+    public var isOver: Bool { StageStatus(rawValue: status) != nil }
+    public var replayed: Bool { finished?.replayed ?? false }
+    public var dry: Bool { finished?.dry ?? false }
+
+    /// Its length for final.json and status: first start to last end, or the journaled
+    /// duration for a replay or a call that never started.
+    public var durationMs: Int64 {
+        if let f = finished, f.replayed || startedAt == nil { return f.durationMs }
+        guard let s = startedAt else { return 0 }
+        return Int64((((endedAt ?? s) - s) * 1000).rounded())
+    }
+}
+
+/// A watch's latest state.
+public struct WatchRecord: Sendable {
+    public var id: String
+    public var state: WatchState
+    public var since: Double
+    public var reason: String
+    public var details: JSON
+    /// The details of its `queued` transition (require_files, ready_timeout_sec, timeout_sec).
+    public var queued: JSON = .object([])
+}
+
+/// One attempt of a stage, with its log files (every life of the run, oldest first).
+public struct AttemptLog: Sendable {
+    public var key: StageKey
+    public var attempt: Int
+    public var logs: StageLogs
+}
+
+/// A run's history: the fold of its journal that `runs`, `status`, `log`, `resume`,
+/// `cancel`, final.json and the shell all read. The runner keeps one up to date as it
+/// writes, so what it reports and what a reader reconstructs are the same thing.
+public struct RunHistory: Sendable {
+    public var runID: String = ""
+    /// The first `run_started`, and the latest start (started or resumed).
+    public private(set) var firstStart: (ts: Double, began: RunBegan)?
+    public private(set) var latestStart: (ts: Double, began: RunBegan, resumed: Bool)?
+    public private(set) var lives = 0
+    public private(set) var stages: [StageRecord] = []
+    private var stageIndex: [StageKey: Int] = [:]
+    public private(set) var watches: [WatchRecord] = []
+    private var watchIndex: [String: Int] = [:]
+    public private(set) var attemptLogs: [AttemptLog] = []
+    public private(set) var lastEvent: (type: String, ts: Double)?
+    public private(set) var final: (event: FinalEvent, ts: Double)?
+    public private(set) var lastSeq: Int64 = 0
+    /// The highest log file number used per stage id (a resume continues from it).
+    public private(set) var logNumbers: [String: Int] = [:]
+
+    public init() {}
+
+    public init<S: Sequence>(_ events: S) where S.Element == JournalEvent {
+        for e in events { apply(e) }
+    }
+
+    public mutating func apply(_ e: JournalEvent) {
+        if runID.isEmpty { runID = e.run }
+        lastSeq = max(lastSeq, e.seq)
+        lastEvent = (e.type, e.ts)
+        switch e.body {
+        case let .runStarted(b):
+            if firstStart == nil { firstStart = (e.ts, b) }
+            begin(e.ts, b, resumed: false)
+        case let .runResumed(b):
+            begin(e.ts, b, resumed: true)
+        case let .stageStarted(s):
+            let i = slot(s.key)
+            if !stages[i].isOpen {   // a new call (or the same call again in a later life)
+                stages[i] = StageRecord(status: "running", key: s.key)
+            }
+            // (A new slot is already open: its start is set here, not by the reset above.)
+            if stages[i].startedAt == nil { stages[i].startedAt = e.ts }
+            // In place: a stage record is large, and a long resume folds thousands.
+            stages[i].status = "running"
+            stages[i].command = s.command
+            stages[i].cwd = s.cwd
+            stages[i].fingerprint = s.fingerprint
+            stages[i].attempt = s.attempt
+            stages[i].pid = s.pid
+            stages[i].logs = s.logs
+            stages[i].fingerprintParts = s.fingerprintParts
+            stages[i].stalled = nil
+            stages[i].executor = s.executor
+            stages[i].nativeID = s.nativeID
+            stages[i].queue = s.nativeID == nil ? nil : "SUBMITTED"
+            stages[i].node = nil
+            stages[i].queueReason = nil
+            attemptLogs.append(AttemptLog(key: s.key, attempt: s.attempt, logs: s.logs))
+            noteLogNumber(s.key.id, s.logs)
+        case let .stageFinished(f):
+            let i = slot(f.key)
+            if !stages[i].isOpen {
+                // A call again in a later life (a replay has no stage_started): its inputs' parts carry over.
+                let parts = stages[i].fingerprintParts
+                stages[i] = StageRecord(status: "running", key: f.key)
+                stages[i].fingerprintParts = parts
+            }
+            if !f.fingerprint.isEmpty { stages[i].fingerprint = f.fingerprint }
+            if !f.logs.stdout.isEmpty { stages[i].logs = f.logs }
+            stages[i].attempt = f.attempt
+            stages[i].status = f.final ? f.status.rawValue : "waiting"
+            stages[i].endedAt = e.ts
+            if f.final { stages[i].pid = nil }
+            stages[i].finished = f
+            if let p = f.fingerprintParts { stages[i].fingerprintParts = p }
+        case let .stageStalled(s):
+            if let i = stageIndex[s.key] { stages[i].stalled = s }
+        case let .stageQueued(q):
+            if let i = stageIndex[q.key], stages[i].isOpen {
+                stages[i].queue = q.state
+                if let n = q.node { stages[i].node = n }
+                stages[i].queueReason = q.reason
+            }
+        case let .watch(w):
+            var rec = WatchRecord(id: w.id, state: w.to, since: e.ts, reason: w.reason, details: w.details)
+            if w.to == .queued { rec.queued = w.details } else if let i = watchIndex[w.id] { rec.queued = watches[i].queued }
+            if let i = watchIndex[w.id], !watches[i].state.isTerminal || w.from == nil { watches[i] = rec } else {
+                watchIndex[w.id] = watches.count
+                watches.append(rec)
+            }
+        case let .final(f):
+            final = (f, e.ts)
+            for i in stages.indices where stages[i].isOpen { stages[i].status = "unfinished" }
+        default:
+            break
+        }
+    }
+
+    private mutating func begin(_ ts: Double, _ b: RunBegan, resumed: Bool) {
+        latestStart = (ts, b, resumed)
+        lives += 1
+        final = nil
+        // Whatever the previous life left open, its runner never finished.
+        for i in stages.indices where stages[i].isOpen { stages[i].status = "unfinished" }
+        for i in watches.indices where !watches[i].state.isTerminal { watches[i].state = .failed }
+    }
+
+    private mutating func slot(_ key: StageKey) -> Int {
+        if let i = stageIndex[key] { return i }
+        stageIndex[key] = stages.count
+        stages.append(StageRecord(status: "new", key: key))   // (not open: the event that made it fills it in)
+        return stages.count - 1
+    }
+
+    /// `.../<n>.out` → n (bytes, not Characters: this runs for every attempt of a long journal).
+    private mutating func noteLogNumber(_ id: String, _ logs: StageLogs) {
+        var n = 0, scale = 1, sawDigit = false
+        var reachedDot = false
+        for c in logs.stdout.utf8.reversed() {
+            if !reachedDot { if c == UInt8(ascii: ".") { reachedDot = true }; continue }
+            guard c >= 48, c <= 57 else { break }
+            n += Int(c - 48) * scale
+            scale *= 10
+            sawDigit = true
+        }
+        if sawDigit, n > logNumbers[id] ?? 0 { logNumbers[id] = n }
+    }
+
+    public func stage(_ key: StageKey) -> StageRecord? { stageIndex[key].map { stages[$0] } }
+
+    /// A call's status without copying its record (resume asks this of thousands).
+    public func status(of key: StageKey) -> String? { stageIndex[key].map { stages[$0].status } }
+
+    /// Stage calls that are over, one per (id, occurrence), in the order they were first seen.
+    public var concluded: LazyFilterSequence<[StageRecord]> { stages.lazy.filter(\.isOver) }
+
+    /// Stage calls in flight now (in a live run).
+    public var running: [StageRecord] { stages.filter(\.isOpen) }
+
+    /// Stage ids in the order they first ran.
+    public var stageIDs: [String] {
+        var seen = Set<String>()
+        return stages.compactMap { seen.insert($0.key.id).inserted ? $0.key.id : nil }
+    }
+
+    /// Every attempt of stage `id` (all occurrences, all lives), oldest first.
+    public func attempts(of id: String) -> [AttemptLog] { attemptLogs.filter { $0.key.id == id } }
+
+    /// What the recipe waits on now: the latest open stage or watch.
+    public var current: (kind: String, id: String, since: Double, pid: Int32?)? {
+        var best: (kind: String, id: String, since: Double, pid: Int32?)? = nil
+        for r in stages where r.isOpen {
+            let since = r.startedAt ?? 0
+            if best == nil || since >= best!.since { best = ("stage", r.key.id, since, r.pid) }
+        }
+        for w in watches where !w.state.isTerminal {
+            if best == nil || w.since >= best!.since { best = ("watch", w.id, w.since, nil) }
+        }
+        return best
+    }
+
+    /// Batch jobs whose runner died while they were queued or running (not yet marked
+    /// unfinished by a later life): resume re-attaches to them instead of submitting again.
+    public var reattachable: [StageKey: StageRecord] {
+        var out: [StageKey: StageRecord] = [:]
+        for r in stages where (r.isOpen || r.status == "unfinished") && r.nativeID != nil && r.executor != nil {
+            out[r.key] = r
+        }
+        return out
+    }
+
+    /// Passed calls resume may replay: (id, occurrence) → the final stage_finished.
+    public var replayable: [StageKey: StageFinished] {
+        var out: [StageKey: StageFinished] = [:]
+        for r in stages where r.status == StageStatus.passed.rawValue {
+            guard var f = r.finished, !f.dry, !r.fingerprint.isEmpty else { continue }
+            if f.fingerprintParts == nil { f.fingerprintParts = r.fingerprintParts }   // (from its stage_started)
+            out[r.key] = f
+        }
+        return out
+    }
+}

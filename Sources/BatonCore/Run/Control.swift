@@ -1,0 +1,35 @@
+import BatonBase
+import Glibc
+
+/// What a live run's control socket (`baton attach`) may do to its stages and watches.
+extension RunDirectory {
+    /// The live run's control socket (mode 0600, removed when the run ends).
+    public var controlSocket: String { path + "/control.sock" }
+}
+
+extension StageExecution {
+    /// Ends the current attempt the way a crash would (SIGTERM to its job, SIGKILL after its
+    /// grace) without marking the call cancelled: a death by signal is a transient failure,
+    /// so the stage's retry policy applies. False when no attempt is running.
+    public func endAttempt() -> Bool {
+        guard case .running = phase, let j = job else { return false }
+        j.terminate(grace: spec.grace)
+        return true
+    }
+
+    /// Seconds until the running attempt's timeout, if it has one.
+    public var timeoutLeft: Double? {
+        guard case .running = phase, let d = deadline, !timedOut else { return nil }
+        return d - Clock.monotonic()
+    }
+
+    /// Moves the running attempt's timeout `seconds` later (earlier if negative). Returns
+    /// the seconds left after the move, or nil when no running attempt has a timeout.
+    public func extendTimeout(by seconds: Double) -> Double? {
+        guard timeoutLeft != nil, let d = deadline else { return nil }
+        deadline = d + seconds
+        return timeoutLeft
+    }
+
+    public var runningFor: Double { Clock.monotonic() - attemptStart }
+}

@@ -1,0 +1,149 @@
+import BatonBase
+import Glibc
+
+/// Everything `runs`, `status` and the shell's `:attach` say about one run, read from
+/// its directory without taking its lock. Never throws: a damaged run is described,
+/// with its problems listed.
+public struct RunInfo {
+    public enum State: String, CaseIterable, Sendable { case running, starting, orphaned, succeeded, failed, cancelled, dry_run }
+
+    public var id: String
+    public var dir: RunDirectory
+    public var state: State
+    public var recipe: String?
+    public var startedAt: Double?
+    public var endedAt: Double?
+    public var exitCode: Int?
+    public var reason: String?
+    public var runnerPid: Int32?
+    /// The stage attempt or watch in progress: (kind, id, since).
+    public var current: (kind: String, id: String, since: Double)?
+    public var currentPid: Int32?
+    public var lastEvent: (type: String, ts: Double)?
+    public var events: [JournalEvent] = []
+    public var history = RunHistory()
+    public var final: FinalRecord?
+    public var problems: [String] = []
+    public var stageCount = 0
+    public var alivePids: [Int32] = []
+    /// A live run's stages in flight, with how long each has been silent (its logs' mtimes).
+    public var running: [(stage: StageRecord, silent: Double)] = []
+    /// A live run whose last event is older than three heartbeat intervals.
+    public var runnerLooksHung = false
+
+    public var duration: Double? {
+        guard let s = startedAt else { return nil }
+        return (endedAt ?? Clock.now()) - s
+    }
+
+    public var isLive: Bool { state == .running || state == .starting }
+
+    public static func load(_ dir: RunDirectory, withEvents: Bool = true) -> RunInfo {
+        var info = RunInfo(id: dir.id, dir: dir, state: .orphaned)
+        let locked = FileLock.isHeld(dir.lock)
+        var contents = JournalContents()
+        if FileIO.exists(dir.journal) {
+            do { contents = try JournalReader.read(dir.journal) } catch { info.problems.append("cannot read journal: \(error)") }
+            info.problems.append(contentsOf: contents.problems)
+        } else {
+            info.problems.append("no journal.jsonl")
+        }
+        if FileIO.exists(dir.final) {
+            if let f = FinalRecord.read(dir) { info.final = f } else { info.problems.append("final.json is not valid JSON (truncated?)") }
+        }
+        let h = RunHistory(contents.events)
+        info.history = h
+        info.recipe = h.latestStart?.began.recipe
+        info.startedAt = h.firstStart?.ts ?? h.latestStart?.ts
+        info.runnerPid = h.latestStart?.began.pid
+        info.lastEvent = h.lastEvent
+        info.stageCount = h.concluded.count
+        if let c = h.current {
+            info.current = (c.kind, c.id, c.since)
+            info.currentPid = c.pid
+        }
+        // A final.json that ended before the journal's latest life began is an earlier
+        // life's (a resume that died by kill -9 never wrote its own): not this run's ending.
+        // (The crash guard's has no ended_at; a finished life journals its `final`.)
+        if h.final == nil, let e = info.final?.endedAt, let s = h.latestStart?.ts, e < s {
+            info.final = nil
+        }
+        if withEvents { info.events = contents.events }
+        if locked {
+            info.state = .running
+            if let s = (try? FileIO.readString(dir.lock))?.trimmingWhitespace(), let p = Int32(s) { info.runnerPid = p }
+        } else if let s = info.final?.status, let st = State(rawValue: s), s != "running" {
+            info.state = st
+            info.current = nil
+        } else if contents.events.isEmpty, let pid = dir.readPid(), kill(pid, 0) == 0 {
+            info.state = .starting
+            info.runnerPid = pid
+        } else {
+            info.state = .orphaned
+        }
+        if let f = info.final, info.state != .running {
+            info.exitCode = f.exitCode.map(Int.init)
+            info.reason = f.reason
+            info.endedAt = f.endedAt
+            if info.recipe == nil { info.recipe = f.recipe }
+            if info.startedAt == nil, f.startedAt > 0 { info.startedAt = f.startedAt }
+        }
+        // An orphaned run ended when its runner last wrote.
+        if info.state == .orphaned, info.endedAt == nil || info.final?.status == "running" { info.endedAt = info.lastEvent?.ts }
+        if info.state == .running || info.state == .orphaned { info.alivePids = Survivors.find(runID: dir.id) }
+        if info.isLive {
+            let now = Clock.now()
+            info.running = h.running.map { r in
+                var last = r.startedAt ?? now
+                for p in [r.logs.stdout, r.logs.stderr] {
+                    var st = stat()
+                    if !p.isEmpty, stat(p, &st) == 0, st.st_size > 0 {
+                        last = max(last, st.mtime)
+                    }
+                }
+                return (r, max(0, now - last))
+            }
+            let every = h.latestStart?.began.heartbeatSec ?? 30
+            if let l = info.lastEvent, now - l.ts > 3 * every { info.runnerLooksHung = true }
+        }
+        return info
+    }
+
+    public var json: JSON {
+        var o: [(String, JSON)] = [
+            ("run", .string(id)), ("dir", .string(dir.path)), ("state", .string(state.rawValue)),
+            ("recipe", recipe.map(JSON.string) ?? .null),
+            ("started_at", startedAt.map { .string(Clock.rfc3339($0)) } ?? .null),
+            ("ended_at", endedAt.map { .string(Clock.rfc3339($0)) } ?? .null),
+            ("duration_ms", startedAt.map { .int(Clock.millis(endedAt ?? Clock.now()) - Clock.millis($0)) } ?? .null),
+            ("exit_code", exitCode.map { .int(Int64($0)) } ?? .null),
+            ("reason", reason.map(JSON.string) ?? .null),
+            ("runner_pid", runnerPid.map { .int(Int64($0)) } ?? .null),
+            ("stages_finished", .int(Int64(stageCount))),
+        ]
+        if let c = current {
+            o.append(("current", .object([("kind", .string(c.kind)), ("id", .string(c.id)),
+                                          ("since", .string(Clock.rfc3339(c.since))),
+                                          ("for_ms", .int(Int64((Clock.now() - c.since) * 1000))),
+                                          ("pid", currentPid.map { .int(Int64($0)) } ?? .null)])))
+        } else { o.append(("current", .null)) }
+        if let l = lastEvent {
+            o.append(("last_event", .object([("type", .string(l.type)), ("ts", .string(Clock.rfc3339(l.ts))),
+                                             ("ago_ms", .int(Int64((Clock.now() - l.ts) * 1000)))])))
+        } else { o.append(("last_event", .null)) }
+        o.append(("alive_pids", .array(alivePids.map { .int(Int64($0)) })))
+        o.append(("running", .array(running.map { r in
+            .object([("id", .string(r.stage.key.id)), ("occurrence", .int(Int64(r.stage.key.occurrence))),
+                     ("attempt", .int(Int64(r.stage.attempt))), ("status", .string(r.stage.status)),
+                     ("pid", r.stage.pid.map { .int(Int64($0)) } ?? .null),
+                     ("cmd", r.stage.command?.json ?? .null),
+                     ("for_ms", .int(Int64((Clock.now() - (r.stage.startedAt ?? Clock.now())) * 1000))),
+                     ("silent_ms", .int(Int64(r.silent * 1000))), ("stalled", .bool(r.stage.stalled != nil))]
+                    + RunInfo.liveFields(r.stage) + r.stage.batchFields)
+        })))
+        o.append(("blocked_in", blockedIn?.json ?? .null))
+        o.append(("runner_looks_hung", .bool(runnerLooksHung)))
+        o.append(("problems", .array(problems.map(JSON.string))))
+        return .object(o)
+    }
+}
