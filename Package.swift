@@ -27,7 +27,10 @@ let package = Package(
         .target(name: "BatonBase", dependencies: ["CBatonSys"]),
         .target(name: "LuaKit", dependencies: ["LuaShim", "CLua", "BatonBase"]),
         .target(name: "BatonCore", dependencies: ["BatonBase", "CBatonSys"]),
-        .target(name: "BatonLua", dependencies: ["LuaKit", "BatonCore", "BatonBase"]),
+        // scripts-lua/ built into the binary at build time (Plugins/EmbedLua runs embed-lua).
+        .executableTarget(name: "embed-lua"),
+        .plugin(name: "EmbedLua", capability: .buildTool(), dependencies: ["embed-lua"]),
+        .target(name: "BatonLua", dependencies: ["LuaKit", "BatonCore", "BatonBase"], plugins: ["EmbedLua"]),
         // YAML -> JSON in a helper process: Yams needs Foundation, which would cost the
         // runner ~8 ms of start-up on every run; baton.yaml.decode spawns this instead.
         .executableTarget(name: "baton-yaml", dependencies: ["Yams", "BatonBase"]),
