@@ -191,8 +191,7 @@ public final class ControlServer {
 
     /// CPU seconds a client's line may run (BATON_ATTACH_LINE_SEC, default 10).
     static var lineCPUSeconds: Double {
-        if let e = getenv("BATON_ATTACH_LINE_SEC"), let v = Double(String(cString: e)), v > 0 { return v }
-        return 10
+        Settings.positive(Settings.attachLineSec) ?? 10
     }
 
     func serve() {

@@ -277,7 +277,7 @@ extension RecipeEnvironment {
 /// the YAML library needs Foundation, which the runner itself never loads.
 enum YAMLBridge {
     static var helper: String {
-        if let e = getenv("BATON_YAML_HELPER") { return String(cString: e) }
+        if let e = Settings.raw(Settings.yamlHelper) { return e }
         var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         let n = readlink("/proc/self/exe", &buf, buf.count - 1)
         let dir = n > 0 ? FileIO.dirname(String(cBuffer: buf)) : "."

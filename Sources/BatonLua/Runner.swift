@@ -28,15 +28,18 @@ public struct RunOptions: Sendable {
     public var exitWhenDone = false
 
     public static var defaultSync: SyncPolicy {
-        if let e = getenv("BATON_SYNC"), let p = SyncPolicy(rawValue: String(cString: e)) { return p }
+        if let e = Settings.string(Settings.sync), let p = SyncPolicy(rawValue: e) { return p }
         return .batched
     }
 
     /// 2 GiB, or BATON_LUA_MEMORY_MB.
     public static var defaultMemoryLimit: Int {
-        if let e = getenv("BATON_LUA_MEMORY_MB"), let mb = Int(String(cString: e)), mb > 0 { return mb << 20 }
+        if let mb = Settings.positive(Settings.luaMemoryMB) { return Int(mb) << 20 }
         return 2048 << 20
     }
+
+    /// Where stages run unless a stage says otherwise (`--executor`, else BATON_EXECUTOR, else local).
+    public var executor: String? = Settings.string(Settings.executor)
 
     public init(recipe: String, runsDir: String) { self.recipe = recipe; self.runsDir = runsDir }
 }
@@ -54,7 +57,7 @@ public enum RecipeRunner {
     /// `baton run`: runs a recipe in a new run directory. Returns the exit code. A recipe
     /// that cannot be read or compiled leaves no run directory: nothing ran.
     public static func run(_ o: RunOptions) -> Int32 {
-        if let e = getenv("BATON_EXECUTOR").map({ String(cString: $0) }), !e.isEmpty, !Executors.names.contains(e) {
+        if let e = o.executor, !Executors.names.contains(e) {
             diag("baton: unknown executor '\(e)' (--executor or BATON_EXECUTOR): one of \(Executors.names.joined(separator: ", "))")
             return ExitStatus.usage.rawValue
         }
@@ -106,6 +109,7 @@ public enum RecipeRunner {
     /// Runs the recipe in `ctx`; `loaded`: its chunk is already compiled on `env`'s stack.
     static func execute(ctx: RunContext, env: RecipeEnvironment, options o: RunOptions, loaded: Bool, text: [UInt8]?, readError: String?) -> Int32 {
         env.context = ctx
+        if let e = o.executor { ctx.defaultExecutor = e }
         env.attachTerminal()
         env.publishRun()
         env.setArguments(recipe: o.recipe, words: o.words)
@@ -219,7 +223,7 @@ public enum RecipeRunner {
         env.flushProgress()
         if !e.traceback.isEmpty {
             env.context?.log("debug", "traceback", .object([("traceback", .string(e.traceback))]))
-            if getenv("BATON_TRACEBACK") != nil { diag(e.traceback) }
+            if Settings.isSet(Settings.traceback) { diag(e.traceback) }
         }
         if let f = env.context?.fatal { return Ending(status: .failed, exit: .failure, reason: "cannot write the journal: \(f)") }
         let reason = env.lua.abortReason

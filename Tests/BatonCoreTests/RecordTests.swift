@@ -106,6 +106,25 @@ import Testing
         #expect("\(ExitStatus.hangup.rawValue) / \(ExitStatus.interrupted.rawValue) / \(ExitStatus.terminated.rawValue)" == rows.last)
     }
 
+    /// docs/cli.md's settings table is `Settings.all`, and nothing but Settings.swift reads a
+    /// BATON_* variable with getenv (a new setting has to be declared to be read).
+    @Test func settingsTableIsSettingsAndTheOnlyReader() throws {
+        let cli = try FileIO.readString(Self.root + "/docs/cli.md")
+        var rows: [(String, String)] = []
+        for line in cli.split(separator: "\n") where line.hasPrefix("| `BATON_") {
+            let cells = line.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
+            rows.append((cells[0].trimmingCharacters(in: CharacterSet(charactersIn: "`")), cells[2]))
+        }
+        #expect(rows.map(\.0) == Settings.all.map(\.name))
+        #expect(rows.map(\.1) == Settings.all.map(\.defaultText))
+        let sources = URL(fileURLWithPath: Self.root + "/Sources")
+        let walk = FileManager.default.enumerator(at: sources, includingPropertiesForKeys: nil)!
+        for case let url as URL in walk where url.pathExtension == "swift" && url.lastPathComponent != "Settings.swift" {
+            let text = try String(contentsOf: url, encoding: .utf8)
+            #expect(!text.contains("getenv(\"BATON_"), "\(url.path) reads a BATON_ variable itself")
+        }
+    }
+
     static func documentedFields() throws -> [String: [String]] {
         let doc = try FileIO.readString(root + "/docs/journal.md")
         var out: [String: [String]] = [:]

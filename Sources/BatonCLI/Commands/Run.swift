@@ -58,8 +58,7 @@ struct RunCommand: RunsDirCommand {
         o.stream = stream
         o.sync = try syncPolicy(sync)
         o.budget = try runBudget(budget)
-        // Read by RunContext; a detached runner inherits it.
-        if let e = executor { setenv("BATON_EXECUTOR", e, 1) }
+        if let e = executor { o.executor = e }
         o.existingRun = existingRun != nil
         RunCommand.start(o, detach: detach)
     }
@@ -113,6 +112,7 @@ public enum Detach {
         if o.stream { args.append("--stream") }
         args += ["--sync", o.sync.rawValue]
         if let b = o.budget { args += ["--budget", b.text] }
+        if let e = o.executor { args += ["--executor", e] }
         args.append(o.recipe)
         args.append(contentsOf: o.words)
         do {

@@ -35,7 +35,7 @@ public final class RunContext {
     public var executors: [String: Executor] = ["local": LocalExecutor()]
     /// The executor of stages that name none: `baton.executor(...)`, else `run --executor`
     /// (BATON_EXECUTOR), else local.
-    public var defaultExecutor: String
+    public var defaultExecutor = Settings.string(Settings.executor) ?? "local"
     /// Slurm options every Slurm stage starts from (`baton.executor("slurm", {...})`).
     public var slurmDefaults = SlurmOptions()
     /// On resume: batch jobs the previous runner left queued or running, to re-attach to.
@@ -84,8 +84,7 @@ public final class RunContext {
         env["BATON_RUN_DIR"] = dir.path
         self.baseEnvironment = env
         if let v = RunContext.heartbeatOverride { loop.heartbeatInterval = v }
-        if let s = env["BATON_STALL_WARN_SEC"], let v = Double(s), v > 0 { stallWarnSec = v }
-        defaultExecutor = env["BATON_EXECUTOR"].flatMap { $0.isEmpty ? nil : $0 } ?? "local"
+        if let v = Settings.positive(Settings.stallWarnSec) { stallWarnSec = v }
         loop.journal = journal
         loop.onHeartbeat = { [unowned self] hb in self.record(.heartbeat(hb)) }
         loop.mustStop = { [unowned self] in self.fatal != nil }
@@ -106,7 +105,7 @@ public final class RunContext {
 
     /// BATON_HEARTBEAT_SEC: how often heartbeats are written when not the default (and journaled as such).
     static var heartbeatOverride: Double? {
-        getenv("BATON_HEARTBEAT_SEC").flatMap { Double(String(cString: $0)) }.flatMap { $0 > 0 ? $0 : nil }
+        Settings.positive(Settings.heartbeatSec)
     }
 
     /// Creates a run directory, takes its lock and journals `run_started`.

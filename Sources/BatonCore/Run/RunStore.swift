@@ -89,7 +89,7 @@ public struct RunStore: Sendable {
     /// from the working directory up (as git finds `.git`), else `./.baton/runs`.
     public static func defaultRoot(override: String? = nil) -> String {
         if let o = override, !o.isEmpty { return FileIO.absolute(o) }
-        if let e = getenv("BATON_RUNS_DIR"), let s = String(validatingCString: e), !s.isEmpty { return FileIO.absolute(s) }
+        if let s = Settings.string(Settings.runsDir) { return FileIO.absolute(s) }
         return (nearestBatonDirectory(from: FileIO.currentDirectory()) ?? FileIO.absolute(".baton")) + "/runs"
     }
 
@@ -97,7 +97,7 @@ public struct RunStore: Sendable {
     /// directory listed in BATON_CEILING_DIRS (colon-separated, as GIT_CEILING_DIRECTORIES):
     /// tests in /tmp/x must not find a stray /tmp/.baton.
     public static func nearestBatonDirectory(from start: String) -> String? {
-        let ceilings = (getenv("BATON_CEILING_DIRS").flatMap { String(validatingCString: $0) } ?? "")
+        let ceilings = (Settings.raw(Settings.ceilingDirs) ?? "")
             .split(separator: ":").map { String($0).trimming { $0 == "/" } }
         var dir = start
         while true {
