@@ -46,11 +46,11 @@ public struct RunOptions: Sendable {
 
 /// How a recipe ended, before it is written down.
 public struct Ending {
-    public var status: RunStatus
+    public var status: RunOutcome
     public var exit: ExitStatus
     public var reason: String?
     public var code: Int32 { exit.rawValue }
-    public init(status: RunStatus, exit: ExitStatus, reason: String?) { self.status = status; self.exit = exit; self.reason = reason }
+    public init(status: RunOutcome, exit: ExitStatus, reason: String?) { self.status = status; self.exit = exit; self.reason = reason }
 }
 
 public enum RecipeRunner {
@@ -252,6 +252,8 @@ public enum RecipeRunner {
             diag("run \(ctx.dir.id) " + Palette.fail("failed") + " (exit \(ending.code)): \(ending.reason ?? "")")
         case .cancelled:
             diag("run \(ctx.dir.id) " + Palette.warn("cancelled") + " (exit \(ending.code)): \(ending.reason ?? "")")
+        case .running:
+            break   // (never an ending: persistFinal's mark while the run goes on)
         }
     }
 }

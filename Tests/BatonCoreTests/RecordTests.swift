@@ -28,21 +28,21 @@ import Testing
         #expect(h.concluded.map(\.key) == [StageKey(id: "build", occurrence: 1), StageKey(id: "flaky", occurrence: 1),
                                            StageKey(id: "build", occurrence: 2), StageKey(id: "job", occurrence: 1)])
         #expect(h.stage(StageKey(id: "build", occurrence: 1))?.replayed == true)
-        #expect(h.stage(StageKey(id: "flaky", occurrence: 1))?.status == "failed")
+        #expect(h.stage(StageKey(id: "flaky", occurrence: 1))?.status == .ended(.failed))
         #expect(h.stage(StageKey(id: "flaky", occurrence: 1))?.finished?.attempt == 2)
         // A call's length runs from its first attempt's start to its last attempt's end (backoff included).
         let flaky = try #require(h.stage(StageKey(id: "flaky", occurrence: 1)))
         #expect(flaky.startedAt != nil && flaky.durationMs >= 50, "flaky: \(flaky.durationMs) ms")
         #expect(Set(h.replayable.keys) == [StageKey(id: "build", occurrence: 1), StageKey(id: "build", occurrence: 2),
                                            StageKey(id: "job", occurrence: 1)])
-        #expect(h.final?.event.status == "succeeded")
+        #expect(h.final?.event.status == .succeeded)
         #expect(h.attempts(of: "flaky").count == 4, "two attempts in each life")
         #expect(h.logNumbers["flaky"] == 4)
         #expect(h.watches.first?.state == .completed)
         // Its final.json reads as the one FinalRecord type.
         let bytes = try FileIO.readFile(Self.fixtures + "/resumed/final.json")
         let f = try #require(FinalRecord(json: try JSON.parse(bytes)))
-        #expect(f.status == "succeeded" && f.exitCode == 0 && f.result["done"] == .bool(true))
+        #expect(f.status == .succeeded && f.exitCode == 0 && f.result["done"] == .bool(true))
     }
 
     @Test func anOrphanedRunFromVersion01ShowsWhereItDied() throws {
@@ -58,7 +58,7 @@ import Testing
     @Test func aDryRunFromVersion01Reads() throws {
         let (h, c) = try history("dry")
         #expect(c.events.first.map { if case let .runStarted(b) = $0.body { return b.dryRun }; return false } == true)
-        #expect(h.concluded.allSatisfy { $0.dry && $0.status == "passed" })
+        #expect(h.concluded.allSatisfy { $0.dry && $0.status == .ended(.passed) })
         // 0.1 wrote a dry shell command's text under "argv".
         guard case let .stageFinished(f) = c.events[3].body else { Issue.record("not stage_finished"); return }
         #expect(f.key.id == "flaky" && f.dry)

@@ -41,7 +41,14 @@ extension Commands {
             }
             if !loop.sleep(0.1) { return ExitStatus.interrupted.rawValue }
         }
-        return follow ? outcome(dir, json: json) : ExitStatus.success.rawValue
+        guard follow else { return ExitStatus.success.rawValue }
+        // The `final` event is journaled just before final.json is written and the lock let
+        // go: the outcome is read once the runner is done (a follower under load read the
+        // run as still running and exited 1).
+        while isLive(dir) {
+            if !loop.sleep(0.05) { return ExitStatus.interrupted.rawValue }
+        }
+        return outcome(dir, json: json)
     }
 }
 

@@ -302,13 +302,13 @@ public struct ReportHTML {
         h += "<th>failure class</th><th>exit</th><th>duration</th><th>logs</th><th>last stderr lines</th><th>resume</th></tr></thead><tbody>\n"
         for r in stages.prefix(ReportHTML.tableLimit) {
             let f = r.finished
-            let status = r.replayed ? "passed (replayed)" : r.status
-            h += "<tr class=\"st-\(r.replayed ? "replayed" : r.status)\"><td><code>\(esc(r.key.id))</code></td><td>\(r.key.occurrence)</td>"
+            let status = r.replayed ? "passed (replayed)" : r.status.rawValue
+            h += "<tr class=\"st-\(r.replayed ? "replayed" : r.status.rawValue)\"><td><code>\(esc(r.key.id))</code></td><td>\(r.key.occurrence)</td>"
             h += "<td>\(f?.attempt ?? r.attempt)</td><td>\(esc(status.replacingUnderscore))</td><td>\(f?.failureClass?.rawValue ?? "")</td>"
             h += "<td>\(f?.exit.map { String($0) } ?? (f?.signal.map { "signal \($0)" } ?? ""))</td><td>\(Clock.human(Double(r.durationMs) / 1000))</td>"
             h += "<td class=\"logs\">\(link(r.logs.stdout))<br>\(link(r.logs.stderr))</td>"
             var errText = ""
-            if r.status != StageStatus.passed.rawValue {
+            if r.status != .ended(.passed) {
                 let lines = String(decoding: readTail(r.logs.stderr).suffix(2048), as: UTF8.self)
                     .split(separator: "\n").suffix(3).joined(separator: "\n")
                 errText = lines
@@ -333,7 +333,7 @@ public struct ReportHTML {
             h += "<p>No final.json yet: \(info.isLive ? "the run is still going" : "its runner died before writing it").</p>\n"
             return
         }
-        h += "<p>final.json: <b>\(esc(f.status))</b>\(f.exitCode.map { ", exit \($0)" } ?? "")\(f.reason.map { ": " + esc($0) } ?? "")</p>"
+        h += "<p>final.json: <b>\(esc(f.status.rawValue))</b>\(f.exitCode.map { ", exit \($0)" } ?? "")\(f.reason.map { ": " + esc($0) } ?? "")</p>"
         h += "<pre class=\"result\">\(esc(f.result.encoded(pretty: true)))</pre>\n"
     }
 

@@ -225,7 +225,7 @@ final class Interactive {
     func leave(code: Int32) -> Int32 {
         history?.save()
         if let ctx = env.context {
-            let status: RunStatus = code == 0 ? .succeeded : (code >= 128 ? .cancelled : .failed)
+            let status: RunOutcome = code == 0 ? .succeeded : (code >= 128 ? .cancelled : .failed)
             let reason: String? = code == 0 ? nil : (code >= 128 ? "the shell was interrupted by \(signalName(code - 128))" : "os.exit(\(code))")
             for p in ctx.finish(status: status, exitCode: code, reason: reason) { diag("baton: \(p)") }
         }
@@ -251,7 +251,7 @@ final class Interactive {
         for id in ids.reversed().prefix(200) {
             let dir = store.directory(id)
             if FileIO.exists(dir.final), !FileLock.isHeld(dir.lock),
-               let s = FinalRecord.read(dir)?.status, s != "running" { continue }
+               let s = FinalRecord.read(dir)?.status, s.isEnding { continue }
             let info = RunInfo.load(dir, withEvents: false)
             if info.isLive { live.append(info) } else if info.state == .orphaned { orphaned.append(info) }
         }

@@ -10,8 +10,8 @@ enum RunState {
             var s: [(String, JSON)] = [("id", .string(r.key.id)), ("occurrence", .int(Int64(r.key.occurrence))),
                                        ("attempt", .int(Int64(r.attempt)))]
             var status = r.status
-            if r.isOpen, !info.isLive { status = "unfinished" }
-            s.append(("status", .string(status)))
+            if r.isOpen, !info.isLive { status = .unfinished }   // (the view of RunHistory.endLife for a dead runner)
+            s.append(("status", .string(status.rawValue)))
             if let c = r.command { s.append(("cmd", c.json)) }
             if let p = r.pid { s.append(("pid", .int(Int64(p)))) }
             s += r.batchFields

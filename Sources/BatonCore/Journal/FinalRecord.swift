@@ -5,13 +5,13 @@ public struct FinalRecord: Sendable {
     public struct Stage: Sendable, Equatable {
         public var id: String
         public var occurrence: Int
-        public var status: String
+        public var status: CallState
         public var attempts: Int
         public var durationMs: Int64
         public var replayed: Bool
 
         public var json: JSON {
-            var o: [(String, JSON)] = [("id", .string(id)), ("status", .string(status)),
+            var o: [(String, JSON)] = [("id", .string(id)), ("status", .string(status.rawValue)),
                                        ("attempts", .int(Int64(attempts))), ("duration_ms", .int(durationMs))]
             if occurrence > 1 { o.append(("occurrence", .int(Int64(occurrence)))) }
             if replayed { o.append(("replayed", .bool(true))) }
@@ -21,8 +21,7 @@ public struct FinalRecord: Sendable {
 
     public var run: String
     public var recipe: String
-    /// `succeeded`, `failed`, `cancelled`, `dry_run`, or `running` (written by persistFinal).
-    public var status: String
+    public var status: RunOutcome
     public var exitCode: Int32?
     public var reason: String?
     public var startedAt: Double
@@ -35,14 +34,14 @@ public struct FinalRecord: Sendable {
     public static let fieldNames = ["v", "run", "recipe", "status", "exit_code", "reason", "started_at", "ended_at",
                                     "duration_ms", "stages", "crashed", "result"]
 
-    public init(run: String, recipe: String, status: String, exitCode: Int32?, reason: String?,
+    public init(run: String, recipe: String, status: RunOutcome, exitCode: Int32?, reason: String?,
                 startedAt: Double, endedAt: Double?, stages: [Stage], result: JSON) {
         self.run = run; self.recipe = recipe; self.status = status; self.exitCode = exitCode; self.reason = reason
         self.startedAt = startedAt; self.endedAt = endedAt; self.stages = stages; self.result = result
     }
 
     /// From a run's history: its original start, one entry per stage call that is over.
-    public init(history h: RunHistory, status: String, exitCode: Int32?, reason: String?, endedAt: Double?, result: JSON,
+    public init(history h: RunHistory, status: RunOutcome, exitCode: Int32?, reason: String?, endedAt: Double?, result: JSON,
                 stages withStages: Bool = true) {
         let start = h.firstStart?.ts ?? h.latestStart?.ts ?? endedAt ?? Clock.now()
         self.init(run: h.runID, recipe: h.latestStart?.began.recipe ?? "?", status: status, exitCode: exitCode,
@@ -59,7 +58,7 @@ public struct FinalRecord: Sendable {
 
     var pairs: [(String, JSON)] {
         var o: [(String, JSON)] = [
-            ("v", .int(1)), ("run", .string(run)), ("recipe", .string(recipe)), ("status", .string(status)),
+            ("v", .int(1)), ("run", .string(run)), ("recipe", .string(recipe)), ("status", .string(status.rawValue)),
             ("exit_code", exitCode.map { .int(Int64($0)) } ?? .null), ("reason", reason.map(JSON.string) ?? .null),
             ("started_at", .string(Clock.rfc3339(startedAt))), ("ended_at", endedAt.map { .string(Clock.rfc3339($0)) } ?? .null),
             ("duration_ms", durationMs.map(JSON.int) ?? .null), ("stages", .array(stages.map(\.json))),
@@ -84,14 +83,14 @@ public struct FinalRecord: Sendable {
         guard case .object = j, let run = j["run"]?.stringValue, let status = j["status"]?.stringValue else { return nil }
         self.run = run
         recipe = j["recipe"]?.stringValue ?? "?"
-        self.status = status
+        self.status = RunOutcome(reading: status)
         exitCode = j["exit_code"]?.intValue.map { Int32(truncatingIfNeeded: $0) }
         reason = j["reason"]?.stringValue
         startedAt = j["started_at"]?.stringValue.flatMap(Clock.parseRFC3339) ?? 0
         endedAt = j["ended_at"]?.stringValue.flatMap(Clock.parseRFC3339)
         stages = (j["stages"]?.arrayValue ?? []).map {
             Stage(id: $0["id"]?.stringValue ?? "", occurrence: Int($0["occurrence"]?.intValue ?? 1),
-                  status: $0["status"]?.stringValue ?? "", attempts: Int($0["attempts"]?.intValue ?? 0),
+                  status: $0["status"]?.stringValue.flatMap(CallState.init(rawValue:)) ?? .unfinished, attempts: Int($0["attempts"]?.intValue ?? 0),
                   durationMs: $0["duration_ms"]?.intValue ?? 0, replayed: $0["replayed"]?.boolValue ?? false)
         }
         result = j["result"] ?? .object([])
@@ -106,7 +105,7 @@ public struct FinalRecord: Sendable {
     /// signal handler fills in (`"exit_code": N, "reason": "..."`).
     public func crashGuardParts() -> (head: String, tail: String) {
         var doc = self
-        doc.status = "failed"
+        doc.status = .failed
         doc.crashed = true
         doc.endedAt = nil
         let all = doc.pairs

@@ -728,7 +728,7 @@ public struct ControlRecord: Sendable {
 }
 
 public struct FinalEvent: Sendable {
-    public var status: String
+    public var status: RunOutcome
     public var exitCode: Int32
     public var reason: String?
     /// When `baton cancel` finished an orphaned run: the processes it ended.
@@ -736,19 +736,20 @@ public struct FinalEvent: Sendable {
 
     public static let fieldNames = ["status", "exit_code", "reason", "killed_pids"]
 
-    public init(status: String, exitCode: Int32, reason: String?, killedPids: [Int32]? = nil) {
+    public init(status: RunOutcome, exitCode: Int32, reason: String?, killedPids: [Int32]? = nil) {
         self.status = status; self.exitCode = exitCode; self.reason = reason; self.killedPids = killedPids
     }
 
     init(_ f: inout Fields) {
-        status = f.string("status") ?? "failed"
+        status = RunOutcome(reading: f.string("status"))
         exitCode = f.int32("exit_code") ?? 1
         reason = f.string("reason")
         killedPids = f["killed_pids"]?.arrayValue?.compactMap { $0.intValue.map { Int32(truncatingIfNeeded: $0) } }
     }
 
     var fields: [(String, JSON)] {
-        var o: [(String, JSON)] = [("status", .string(status)), ("exit_code", .int(Int64(exitCode))), ("reason", str(reason))]
+        var o: [(String, JSON)] = [("status", .string(status.rawValue)), ("exit_code", .int(Int64(exitCode))),
+                                  ("reason", str(reason))]
         if let k = killedPids { o.append(("killed_pids", .array(k.map { .int(Int64($0)) }))) }
         return o
     }

@@ -7,8 +7,7 @@ final class Boxed<T: Sendable>: Sendable {
 
 /// What a journal says about one stage call (id, occurrence), folded from its events.
 public struct StageRecord: Sendable {
-    /// `running`, `waiting` (between attempts), a StageStatus, or `unfinished` (its runner died).
-    public var status: String
+    public var status: CallState
     public var key: StageKey
     public var command: Command?
     public var cwd: String?
@@ -41,7 +40,7 @@ public struct StageRecord: Sendable {
     private var boxedParts: Boxed<FingerprintParts>?
     private var boxedStalled: Boxed<StageStalled>?
 
-    init(status: String, key: StageKey) { self.status = status; self.key = key }
+    init(status: CallState, key: StageKey) { self.status = status; self.key = key }
     /// Where the latest attempt runs when not locally ("slurm"), its id there, and (for a batch
     /// job) its latest queue state and node. Boxed too: most stages run locally.
     public var executor: String? { get { batch?.value.executor } set { updateBatch { $0.executor = newValue } } }
@@ -74,8 +73,8 @@ public struct StageRecord: Sendable {
                 ("node", node.map(JSON.string) ?? .null)]
     }
 
-    public var isOpen: Bool { status == "running" || status == "waiting" }
-    public var isOver: Bool { StageStatus(rawValue: status) != nil }
+    public var isOpen: Bool { status.isOpen }
+    public var isOver: Bool { status.ended != nil }
     public var replayed: Bool { finished?.replayed ?? false }
     public var dry: Bool { finished?.dry ?? false }
 
@@ -145,12 +144,12 @@ public struct RunHistory: Sendable {
         case let .stageStarted(s):
             let i = slot(s.key)
             if !stages[i].isOpen {   // a new call (or the same call again in a later life)
-                stages[i] = StageRecord(status: "running", key: s.key)
+                stages[i] = StageRecord(status: .running, key: s.key)
             }
             // (A new slot is already open: its start is set here, not by the reset above.)
             if stages[i].startedAt == nil { stages[i].startedAt = e.ts }
             // In place: a stage record is large, and a long resume folds thousands.
-            stages[i].status = "running"
+            stages[i].status = .running
             stages[i].command = s.command
             stages[i].cwd = s.cwd
             stages[i].fingerprint = s.fingerprint
@@ -171,13 +170,13 @@ public struct RunHistory: Sendable {
             if !stages[i].isOpen {
                 // A call again in a later life (a replay has no stage_started): its inputs' parts carry over.
                 let parts = stages[i].fingerprintParts
-                stages[i] = StageRecord(status: "running", key: f.key)
+                stages[i] = StageRecord(status: .running, key: f.key)
                 stages[i].fingerprintParts = parts
             }
             if !f.fingerprint.isEmpty { stages[i].fingerprint = f.fingerprint }
             if !f.logs.stdout.isEmpty { stages[i].logs = f.logs }
             stages[i].attempt = f.attempt
-            stages[i].status = f.final ? f.status.rawValue : "waiting"
+            stages[i].status = f.final ? .ended(f.status) : .waiting
             stages[i].endedAt = e.ts
             if f.final { stages[i].pid = nil }
             stages[i].finished = f
@@ -199,7 +198,7 @@ public struct RunHistory: Sendable {
             }
         case let .final(f):
             final = (f, e.ts)
-            for i in stages.indices where stages[i].isOpen { stages[i].status = "unfinished" }
+            endLife(failingWatches: false)
         default:
             break
         }
@@ -209,15 +208,22 @@ public struct RunHistory: Sendable {
         latestStart = (ts, b, resumed)
         lives += 1
         final = nil
-        // Whatever the previous life left open, its runner never finished.
-        for i in stages.indices where stages[i].isOpen { stages[i].status = "unfinished" }
+        endLife(failingWatches: true)
+    }
+
+    /// The one place a call becomes `unfinished`: whatever is open when its life ends (a
+    /// `final`, a later life's start, or a reader that knows the runner is gone) never
+    /// finished; with `failingWatches`, an open watch failed.
+    public mutating func endLife(failingWatches: Bool) {
+        for i in stages.indices where stages[i].isOpen { stages[i].status = .unfinished }
+        guard failingWatches else { return }
         for i in watches.indices where !watches[i].state.isTerminal { watches[i].state = .failed }
     }
 
     private mutating func slot(_ key: StageKey) -> Int {
         if let i = stageIndex[key] { return i }
         stageIndex[key] = stages.count
-        stages.append(StageRecord(status: "new", key: key))   // (not open: the event that made it fills it in)
+        stages.append(StageRecord(status: .new, key: key))   // (not open: the event that made it fills it in)
         return stages.count - 1
     }
 
@@ -238,7 +244,7 @@ public struct RunHistory: Sendable {
     public func stage(_ key: StageKey) -> StageRecord? { stageIndex[key].map { stages[$0] } }
 
     /// A call's status without copying its record (resume asks this of thousands).
-    public func status(of key: StageKey) -> String? { stageIndex[key].map { stages[$0].status } }
+    public func status(of key: StageKey) -> CallState? { stageIndex[key].map { stages[$0].status } }
 
     /// Stage calls that are over, one per (id, occurrence), in the order they were first seen.
     public var concluded: LazyFilterSequence<[StageRecord]> { stages.lazy.filter(\.isOver) }
@@ -272,7 +278,7 @@ public struct RunHistory: Sendable {
     /// unfinished by a later life): resume re-attaches to them instead of submitting again.
     public var reattachable: [StageKey: StageRecord] {
         var out: [StageKey: StageRecord] = [:]
-        for r in stages where (r.isOpen || r.status == "unfinished") && r.nativeID != nil && r.executor != nil {
+        for r in stages where (r.isOpen || r.status == .unfinished) && r.nativeID != nil && r.executor != nil {
             out[r.key] = r
         }
         return out
@@ -281,7 +287,7 @@ public struct RunHistory: Sendable {
     /// Passed calls resume may replay: (id, occurrence) → the final stage_finished.
     public var replayable: [StageKey: StageFinished] {
         var out: [StageKey: StageFinished] = [:]
-        for r in stages where r.status == StageStatus.passed.rawValue {
+        for r in stages where r.status == .ended(.passed) {
             guard var f = r.finished, !f.dry, !r.fingerprint.isEmpty else { continue }
             if f.fingerprintParts == nil { f.fingerprintParts = r.fingerprintParts }   // (from its stage_started)
             out[r.key] = f

@@ -6,7 +6,7 @@ import Glibc
 public enum Recovery {
     public struct Outcome { public var killed: [pid_t]; public var final: FinalRecord }
 
-    public static func finishOrphan(_ dir: RunDirectory, status: RunStatus, exitCode: ExitStatus, reason: String) throws -> Outcome? {
+    public static func finishOrphan(_ dir: RunDirectory, status: RunOutcome, exitCode: ExitStatus, reason: String) throws -> Outcome? {
         guard let lock = try FileLock.tryAcquire(dir.lock) else { return nil }
         defer { lock.release() }
         let killed = Survivors.kill(runID: dir.id, loop: EventLoop())
@@ -20,9 +20,9 @@ public enum Recovery {
         // Its batch jobs are not processes here: the scheduler ends them.
         _ = Executors.cancelLeftovers(Array(history.reattachable.values), environment: Spawner.currentEnvironment())
         let journal = try JournalWriter(path: dir.journal, runID: dir.id, lastSeq: contents.lastSeq)
-        history.apply(try journal.append(.final(FinalEvent(status: status.rawValue, exitCode: exitCode.rawValue, reason: reason,
+        history.apply(try journal.append(.final(FinalEvent(status: status, exitCode: exitCode.rawValue, reason: reason,
                                                            killedPids: killed))))
-        let doc = FinalRecord(history: history, status: status.rawValue, exitCode: exitCode.rawValue, reason: reason,
+        let doc = FinalRecord(history: history, status: status, exitCode: exitCode.rawValue, reason: reason,
                               endedAt: Clock.now(), result: dir.readFinal("result") ?? .object([]))
         try doc.write(to: dir)
         unlink(dir.controlSocket)   // a dead runner's socket answers no one

@@ -93,7 +93,7 @@ public struct ResumeWhy: Sendable, Equatable {
         if let first = ranFirst { return ResumeWhy(reason: .after_ran, after: first.description) }
         guard let f = replay[key] else {
             guard let before = history.status(of: key) else { return ResumeWhy(reason: .new) }
-            return ResumeWhy(reason: before == StageStatus.passed.rawValue ? .changed : .not_passed)
+            return ResumeWhy(reason: before == .ended(.passed) ? .changed : .not_passed)
         }
         if f.fingerprint == fingerprint { return ResumeWhy(reason: .unchanged) }
         return ResumeWhy(reason: .changed, changed: f.fingerprintParts.map { parts().changed(from: $0) } ?? [])

@@ -9,11 +9,6 @@ public struct RunStartError: Error, CustomStringConvertible {
     public var description: String { message }
 }
 
-/// Terminal status of a run, as final.json spells it.
-public enum RunStatus: String, Sendable {
-    case succeeded, failed, cancelled, dry_run
-}
-
 /// One live run: its directory, lock, journal, history, event loop and executors.
 /// Everything a run guarantees (journal, final.json, no process left behind) lives
 /// here, below the Lua layer.
@@ -378,7 +373,7 @@ public final class RunContext {
     // MARK: final.json
 
     /// The final.json of this run now, from its history.
-    public func finalRecord(status: String, exitCode: Int32?, reason: String?, ended: Bool, stages: Bool = true) -> FinalRecord {
+    public func finalRecord(status: RunOutcome, exitCode: Int32?, reason: String?, ended: Bool, stages: Bool = true) -> FinalRecord {
         FinalRecord(history: history, status: status, exitCode: exitCode, reason: reason,
                     endedAt: ended ? Clock.now() : nil, result: result, stages: stages)
     }
@@ -388,7 +383,7 @@ public final class RunContext {
     func armCrashGuard() {
         // Its stages list is empty: the journal has them, and a resume of thousands of stages
         // should not encode them all here.
-        let parts = finalRecord(status: "failed", exitCode: nil, reason: nil, ended: false, stages: false).crashGuardParts()
+        let parts = finalRecord(status: .failed, exitCode: nil, reason: nil, ended: false, stages: false).crashGuardParts()
         baton_crash_guard_install(dir.final, parts.head, parts.tail)
     }
 
@@ -401,7 +396,7 @@ public final class RunContext {
     public func persistFinal(_ fields: [(String, JSON)]) throws {
         mergeResult(fields)
         armCrashGuard()
-        try finalRecord(status: "running", exitCode: nil, reason: nil, ended: false).write(to: dir)
+        try finalRecord(status: .running, exitCode: nil, reason: nil, ended: false).write(to: dir)
         log("info", "persistFinal", .object(fields))
     }
 
@@ -409,7 +404,7 @@ public final class RunContext {
     /// escaped its group but carries the run's id), journals `final`, writes final.json
     /// atomically, releases the lock. Safe to call once; later calls do nothing.
     @discardableResult
-    public func finish(status: RunStatus, exitCode: Int32, reason: String?) -> [String] {
+    public func finish(status: RunOutcome, exitCode: Int32, reason: String?) -> [String] {
         guard !finished else { return [] }
         finished = true
         var problems: [String] = []
@@ -424,9 +419,9 @@ public final class RunContext {
             log("info", "resume: cancelled the jobs the previous runner left and this one did not take up: \(leftover.joined(separator: ", "))")
         }
         let fatalBefore = fatal
-        if fatal == nil { record(.final(FinalEvent(status: status.rawValue, exitCode: exitCode, reason: reason))) }
+        if fatal == nil { record(.final(FinalEvent(status: status, exitCode: exitCode, reason: reason))) }
         do {
-            try finalRecord(status: status.rawValue, exitCode: exitCode, reason: reason, ended: true).write(to: dir)
+            try finalRecord(status: status, exitCode: exitCode, reason: reason, ended: true).write(to: dir)
             baton_crash_guard_disarm()
         } catch {
             problems.append("cannot write final.json: \(error)")

@@ -5,7 +5,20 @@ import Glibc
 /// its directory without taking its lock. Never throws: a damaged run is described,
 /// with its problems listed.
 public struct RunInfo {
-    public enum State: String, CaseIterable, Sendable { case running, starting, orphaned, succeeded, failed, cancelled, dry_run }
+    public enum State: String, CaseIterable, Sendable {
+        case running, starting, orphaned, succeeded, failed, cancelled, dry_run
+
+        /// The state of a run that ended with `outcome` (whose runner is gone).
+        public init(_ outcome: RunOutcome) {
+            switch outcome {
+            case .succeeded: self = .succeeded
+            case .failed: self = .failed
+            case .cancelled: self = .cancelled
+            case .dry_run: self = .dry_run
+            case .running: self = .orphaned
+            }
+        }
+    }
 
     public var id: String
     public var dir: RunDirectory
@@ -72,8 +85,8 @@ public struct RunInfo {
         if locked {
             info.state = .running
             if let s = (try? FileIO.readString(dir.lock))?.trimmingWhitespace(), let p = Int32(s) { info.runnerPid = p }
-        } else if let s = info.final?.status, let st = State(rawValue: s), s != "running" {
-            info.state = st
+        } else if let s = info.final?.status, s.isEnding {
+            info.state = State(s)
             info.current = nil
         } else if contents.events.isEmpty, let pid = dir.readPid(), kill(pid, 0) == 0 {
             info.state = .starting
@@ -89,7 +102,7 @@ public struct RunInfo {
             if info.startedAt == nil, f.startedAt > 0 { info.startedAt = f.startedAt }
         }
         // An orphaned run ended when its runner last wrote.
-        if info.state == .orphaned, info.endedAt == nil || info.final?.status == "running" { info.endedAt = info.lastEvent?.ts }
+        if info.state == .orphaned, info.endedAt == nil || info.final?.status == .running { info.endedAt = info.lastEvent?.ts }
         if info.state == .running || info.state == .orphaned { info.alivePids = Survivors.find(runID: dir.id) }
         if info.isLive {
             let now = Clock.now()
@@ -134,7 +147,7 @@ public struct RunInfo {
         o.append(("alive_pids", .array(alivePids.map { .int(Int64($0)) })))
         o.append(("running", .array(running.map { r in
             .object([("id", .string(r.stage.key.id)), ("occurrence", .int(Int64(r.stage.key.occurrence))),
-                     ("attempt", .int(Int64(r.stage.attempt))), ("status", .string(r.stage.status)),
+                     ("attempt", .int(Int64(r.stage.attempt))), ("status", .string(r.stage.status.rawValue)),
                      ("pid", r.stage.pid.map { .int(Int64($0)) } ?? .null),
                      ("cmd", r.stage.command?.json ?? .null),
                      ("for_ms", .int(Int64((Clock.now() - (r.stage.startedAt ?? Clock.now())) * 1000))),
