@@ -157,7 +157,7 @@ public final class ControlServer {
         let path = ctx.dir.controlSocket
         let fd = baton_control_listen(path)
         guard fd >= 0 else {
-            ctx.log("warn", "no control socket (baton attach will show the journal only): \(path): \(String(cString: strerror(-fd)))")
+            ctx.log(.warn, "no control socket (baton attach will show the journal only): \(path): \(String(cString: strerror(-fd)))")
             return nil
         }
         let server = ControlServer(env: env, ctx: ctx, fd: fd, path: path)
@@ -173,7 +173,7 @@ public final class ControlServer {
             lua.top = base
             Glibc.close(fd)
             unlink(path)
-            ctx.log("warn", "no control socket: \(error)")
+            ctx.log(.warn, "no control socket: \(error)")
             return nil
         }
         ctx.loop.sources.append((fd, { [unowned server] in server.serve() }))
@@ -202,7 +202,7 @@ public final class ControlServer {
         let peer = Peer(uid: uid, pid: pid, user: ControlServer.userName(uid))
         guard uid == getuid() else {
             let m = "refused: uid \(uid) is not the run's owner (uid \(getuid()))"
-            journal(peer, "refused", "", ok: false, m)
+            journal(peer, .refused, "", ok: false, m)
             reply(c, .object([("ok", .bool(false)), ("text", .string(m))]))
             return
         }
@@ -214,39 +214,42 @@ public final class ControlServer {
     }
 
     func answer(_ req: JSON, _ peer: Peer) -> JSON {
-        let op = req["op"]?.stringValue ?? ""
+        let word = req["op"]?.stringValue ?? ""
+        guard let op = ControlOp(rawValue: word), op != .refused else {
+            return .object([("ok", .bool(false)), ("text", .string("unknown request '\(word)'"))])
+        }
         func done(_ ok: Bool, _ text: String, journaled target: String? = nil) -> JSON {
             if let t = target { journal(peer, op, t, ok: ok, text) }
             return .object([("ok", .bool(ok)), ("text", .string(text))])
         }
         let stage = req["stage"]?.stringValue ?? ""
         switch op {
-        case "hello":
+        case .hello:
             try? ctx.journal.flush()   // what status reads is what this runner knows
             let blocked = RunInfo.load(ctx.dir, withEvents: false).blockedIn?.text
             let text = "run \(ctx.dir.id) (runner pid \(getpid()))" + (blocked.map { ": blocked in \($0)" } ?? "") + "\n" + describe()
             return .object([("ok", .bool(true)), ("text", .string(text)), ("run", .string(ctx.dir.id))])
-        case "eval":
+        case .eval:
             let code = req["code"]?.stringValue ?? ""
             let (ok, text, incomplete) = eval(code)
             if incomplete { return .object([("ok", .bool(false)), ("incomplete", .bool(true)), ("text", .string(text))]) }
             return done(ok, text, journaled: code)
-        case "complete":
+        case .complete:
             return .object([("ok", .bool(true)), ("candidates", .array(complete(req["chain"]?.stringValue ?? "").map(JSON.string)))])
-        case "stages":
+        case .stages:
             return done(true, stagesText())
-        case "kill":
+        case .kill:
             guard let e = running(stage) else { return done(false, notRunning(stage), journaled: stage) }
             _ = e.endAttempt()
             return done(true, "ending attempt \(e.attempt) of stage '\(stage)' (SIGTERM, SIGKILL after \(Clock.human(e.spec.grace))); "
                         + (e.spec.retries > 0 ? "its retry policy applies (retries = \(e.spec.retries))" : "it has no retries"), journaled: stage)
-        case "extend":
+        case .extend:
             let seconds = req["seconds"]?.doubleValue ?? 0
             let target = "\(stage) \(seconds)"
             guard let e = running(stage) else { return done(false, notRunning(stage), journaled: target) }
             guard let left = e.extendTimeout(by: seconds) else { return done(false, "stage '\(stage)' has no timeout to move", journaled: target) }
             return done(true, "stage '\(stage)': timeout moved \(Clock.human(seconds)) later; \(Clock.human(max(0, left))) left", journaled: target)
-        case "skip":
+        case .skip:
             let id = req["watch"]?.stringValue ?? ""
             guard ctx.history.watches.contains(where: { $0.id == id && !$0.state.isTerminal }) else {
                 let waiting = ctx.history.watches.filter { !$0.state.isTerminal }.map(\.id)
@@ -254,8 +257,8 @@ public final class ControlServer {
             }
             ctx.skipRequests.insert(id)
             return done(true, "watch '\(id)' ends as blocked; the recipe goes on", journaled: id)
-        default:
-            return done(false, "unknown request '\(op)'")
+        case .refused:
+            return done(false, "unknown request '\(word)'")
         }
     }
 
@@ -313,7 +316,7 @@ public final class ControlServer {
 
     // MARK: the wire
 
-    func journal(_ p: Peer, _ op: String, _ target: String, ok: Bool, _ result: String) {
+    func journal(_ p: Peer, _ op: ControlOp, _ target: String, ok: Bool, _ result: String) {
         ctx.record(.control(ControlRecord(uid: Int64(p.uid), user: p.user, pid: Int64(p.pid), op: op,
                                           target: String(target.prefix(500)), ok: ok, result: String(result.prefix(500)))))
         try? ctx.journal.flush()

@@ -205,7 +205,7 @@ public final class RecipeEnvironment {
             guard let text = l.string(1) else { throw LuaRaise.usage("os.execute: the command must be a string, got \(l.describeType(1))") }
             if self.skippedInDryRun("os.execute", text) { l.push(true); l.push("exit"); l.push(0); return 3 }
             let env = self.context?.baseEnvironment ?? Spawner.currentEnvironment()
-            let o = self.runCommand(.shell(text), via: "os.execute", cwd: nil, env: env, output: (self.output.json ? 2 : 1, 2))
+            let o = self.runCommand(.shell(text), via: .execute, cwd: nil, env: env, output: (self.output.json ? 2 : 1, 2))
             if o.interrupted { throw RecipeEnvironment.abort }
             try self.checkFatal()
             if let sig = o.signal { l.pushNil(); l.push("signal"); l.push(Int(sig)); return 3 }

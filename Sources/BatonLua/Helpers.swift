@@ -19,7 +19,7 @@ extension RecipeEnvironment {
             }),
             ("sleep", { [unowned self] (l: LuaState) throws -> Int32 in
                 guard let s = l.number(1), s >= 0, s.isFinite else { throw LuaRaise.usage("baton.sleep: seconds must be a non-negative number, got \(l.describeType(1))") }
-                if !self.loop.sleep(s, WaitLabel("sleep", Clock.human(s))) { throw LuaRaise(BATON_ABORT_MESSAGE, kind: "abort") }
+                if !self.loop.sleep(s, WaitLabel(.sleep, Clock.human(s))) { throw LuaRaise(BATON_ABORT_MESSAGE, kind: "abort") }
                 return 0
             }),
             ("sh", { [unowned self] (l: LuaState) throws -> Int32 in try self.batonSh(l) }),
@@ -174,17 +174,23 @@ extension RecipeEnvironment {
             throw LuaRaise.usage("baton.log: the message must be a string, got \(l.describeType(1))")
         }
         var fields = JSON.object([])
-        var level = "info"
+        var level = LogLevel.info
         if l.type(2) == LUA_TTABLE {
             do { fields = try l.toJSON(2) } catch { throw LuaRaise.usage("baton.log: fields: \(error)") }
-            if let lv = fields["level"]?.stringValue { level = lv }
+            if let lv = fields["level"]?.stringValue {
+                guard let known = LogLevel(rawValue: lv) else {
+                    let levels = LogLevel.allCases.map { "'\($0.rawValue)'" }.joined(separator: ", ")
+                    throw LuaRaise.usage("baton.log: fields.level must be one of \(levels), got '\(lv)'")
+                }
+                level = known
+            }
         } else if l.type(2) != LUA_TNONE && l.type(2) != LUA_TNIL {
             throw LuaRaise.usage("baton.log: fields must be a table, got \(l.describeType(2))")
         }
         let ctx = try requireContext()
         ctx.log(level, msg, fields)
         try checkFatal()
-        progress(level == "info" ? msg : "\(level): \(msg)")
+        progress(level == .info ? msg : "\(level.rawValue): \(msg)")
         return 0
     }
 
@@ -228,7 +234,7 @@ extension RecipeEnvironment {
             if allowFail { l.push(true); l.push(0); l.push(""); return 4 }
             return 1
         }
-        let o = runCommand(cmd, via: "baton.sh", cwd: cwd, env: env, stdin: stdin, timeout: timeout)
+        let o = runCommand(cmd, via: .sh, cwd: cwd, env: env, stdin: stdin, timeout: timeout)
         if o.interrupted { throw RecipeEnvironment.abort }
         try checkFatal()
         if allowFail {
@@ -244,12 +250,12 @@ extension RecipeEnvironment {
 
     /// Runs a command outside a stage on the run's loop (own process group, ended on cancel
     /// and signals, nothing else stops meanwhile) and journals it as a `command` event.
-    func runCommand(_ cmd: Command, via: String, cwd: String?, env: [String: String], stdin: String? = nil,
+    func runCommand(_ cmd: Command, via: WaitKind, cwd: String?, env: [String: String], stdin: String? = nil,
                     timeout: Double? = nil, output: (Int32, Int32)? = nil) -> CommandRun.Outcome {
         context?.spawnedAny = true
         let o = CommandRun.run(cmd, cwd: cwd, env: env, stdin: stdin, timeout: timeout, output: output,
                                on: loop, label: WaitLabel(via, cmd.display))
-        context?.record(.command(CommandRecord(via: via, command: cmd, cwd: cwd.map(FileIO.absolute) ?? FileIO.currentDirectory(),
+        context?.record(.command(CommandRecord(via: via.rawValue, command: cmd, cwd: cwd.map(FileIO.absolute) ?? FileIO.currentDirectory(),
                                                 pid: o.pid, exit: o.exit, signal: o.signal, timedOut: o.timedOut,
                                                 durationMs: Int64(o.duration * 1000))))
         return o
@@ -290,7 +296,7 @@ enum YAMLBridge {
             throw LuaRaise("baton.yaml.decode: the YAML helper \(h) is missing (build the 'baton-yaml' product next to baton)",
                            status: .failure, kind: "yaml")
         }
-        let o = CommandRun.run(.argv([h]), stdin: text, timeout: 60, on: loop, label: WaitLabel("yaml", "baton.yaml.decode"))
+        let o = CommandRun.run(.argv([h]), stdin: text, timeout: 60, on: loop, label: WaitLabel(.yaml, "baton.yaml.decode"))
         if o.interrupted { throw LuaRaise(BATON_ABORT_MESSAGE, kind: "abort") }
         guard o.ok else {
             let why = o.exit == 1 ? o.stderrText.trimmingWhitespace() : o.failureDescription

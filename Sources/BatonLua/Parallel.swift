@@ -227,7 +227,7 @@ extension RecipeEnvironment {
         let ctx = try requireContext()
         let until = l.number(2).map { Clock.monotonic() + ($0 - Clock.now()) }
         if execs.contains(where: \.isFinished) || (execs.isEmpty && until == nil) { return 0 }
-        let label = WaitLabel("parallel", execs.isEmpty ? "sleeping items" : execs.map(\.spec.id).joined(separator: ", "))
+        let label = WaitLabel(.parallel, execs.isEmpty ? "sleeping items" : execs.map(\.spec.id).joined(separator: ", "))
         let r = ctx.loop.wait(label, deadline: until) { execs.contains(where: \.isFinished) }
         try checkFatal()
         if r == .interrupted { throw RecipeEnvironment.abort }
@@ -239,7 +239,7 @@ extension RecipeEnvironment {
         let execs = try executions(l, "parallel")
         let ctx = try requireContext()
         for e in execs { e.cancel() }
-        let r = ctx.loop.wait(WaitLabel("parallel", "cancelling \(execs.count) items")) { execs.allSatisfy(\.isFinished) }
+        let r = ctx.loop.wait(WaitLabel(.parallel, "cancelling \(execs.count) items")) { execs.allSatisfy(\.isFinished) }
         if r == .interrupted { throw RecipeEnvironment.abort }
         return 0
     }

@@ -208,7 +208,7 @@ extension RecipeEnvironment {
                     let e = try self.handle(l, "cancel")
                     e.cancel()
                     let ctx = try self.requireContext()
-                    _ = ctx.loop.wait(WaitLabel("stage", e.spec.id)) { e.isFinished }
+                    _ = ctx.loop.wait(WaitLabel(.stage, e.spec.id)) { e.isFinished }
                     l.push(e.isFinished)
                     return 1
                 }),

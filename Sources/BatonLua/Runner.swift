@@ -222,7 +222,7 @@ public enum RecipeRunner {
     public static func ending(for e: LuaCallError, env: RecipeEnvironment) -> Ending {
         env.flushProgress()
         if !e.traceback.isEmpty {
-            env.context?.log("debug", "traceback", .object([("traceback", .string(e.traceback))]))
+            env.context?.log(.debug, "traceback", .object([("traceback", .string(e.traceback))]))
             if Settings.isSet(Settings.traceback) { diag(e.traceback) }
         }
         if let f = env.context?.fatal { return Ending(status: .failed, exit: .failure, reason: "cannot write the journal: \(f)") }

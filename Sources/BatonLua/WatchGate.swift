@@ -66,7 +66,7 @@ extension RecipeEnvironment {
 
         // 1. The watched thing runs until it exits.
         life.move(.running, "waiting for \(targetText) to finish")
-        let hb = WaitLabel("watch", id)
+        let hb = WaitLabel(.watch, id)
         // `:skip` through the control socket ends the watch as blocked, whatever it waits on.
         let skipped = { ctx.skipRequests.contains(id) }
         var outcome: WatchTargetOutcome
@@ -274,7 +274,7 @@ extension RecipeEnvironment {
                 for (k, v) in extraEnv { env[k] = v }
                 env["BATON_GATE"] = name
                 env["BATON_GATE_ITERATION"] = String(iteration)
-                let o = CommandRun.run(cmd!, cwd: cwd, env: env, timeout: timeout, on: ctx.loop, label: WaitLabel("gate", name))
+                let o = CommandRun.run(cmd!, cwd: cwd, env: env, timeout: timeout, on: ctx.loop, label: WaitLabel(.gate, name))
                 if o.interrupted { throw RecipeEnvironment.abort }
                 if let d = GateOutput.lastObject(o.stdoutText).flatMap(normalize) {
                     decision = d

@@ -16,7 +16,7 @@ func tempDir() -> String {
         let w = try JournalWriter(path: p, runID: "r1")
         let began = RunBegan(recipe: "x.lua", recipeSHA256: "", args: [], pid: 1, host: "h", dryRun: false, cwd: "/")
         #expect(try w.append(.runStarted(began)).seq == 1)
-        #expect(try w.append(.log(LogRecord(level: "info", message: "a \"quoted\"\nline"))).seq == 2)
+        #expect(try w.append(.log(LogRecord(level: .info, message: "a \"quoted\"\nline"))).seq == 2)
         let c = try JournalReader.read(p)
         #expect(c.events.count == 2 && c.corrupt.isEmpty && !c.tornTail)
         guard case let .log(l) = c.events[1].body else { Issue.record("not a log event"); return }
@@ -94,7 +94,7 @@ func tempDir() -> String {
     @Test func aFullDiskIsAnErrorAndTheSeqIsNotUsedUp() throws {
         let w = try JournalWriter(path: "/dev/full", runID: "r")
         do {
-            try w.append(.log(LogRecord(level: "info", message: "x")))
+            try w.append(.log(LogRecord(level: .info, message: "x")))
             Issue.record("writing to /dev/full succeeded")
         } catch let e as SystemError {
             #expect(e.isNoSpace)

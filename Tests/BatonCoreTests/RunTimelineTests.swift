@@ -43,7 +43,7 @@ import Testing
         #expect(t.attempts.count == 4)
         #expect(t.laneCount == 2)
         #expect(t.lanes == [0, 1, 0, 0], "a's retry stays on a's lane; c reuses the first free lane")
-        #expect(t.attempts[0].status == "failed" && !t.attempts[0].final && t.attempts[2].status == "passed")
+        #expect(t.attempts[0].status == .ended(.failed) && !t.attempts[0].final && t.attempts[2].status == .ended(.passed))
         for l in 0..<t.laneCount {
             let on = t.attempts.indices.filter { t.lanes[$0] == l }.map { (t.attempts[$0].start, t.end(of: t.attempts[$0])) }
             for (x, y) in zip(on, on.dropFirst()) { #expect(x.1 <= y.0) }
@@ -63,7 +63,7 @@ import Testing
         let t = RunTimeline(j.events, live: false)
         #expect(t.lives.count == 2 && t.lives[1].resumed)
         let dead = t.attempts.first { $0.key.id == "b" && $0.life == 0 }
-        #expect(dead?.status == "unfinished" && dead?.end == 3, "ends where its runner last wrote")
+        #expect(dead?.status == .unfinished && dead?.end == 3, "ends where its runner last wrote")
         #expect(t.decisions.map(\.key.id) == ["a", "b"] && t.decisions.map(\.life) == [1, 1])
         #expect(t.decisions[0].why.replayed && t.decisions[1].why.sentence == "runs: did not pass before")
         #expect(t.stalls.isEmpty, "the time between two lives is not a stall")
@@ -72,7 +72,7 @@ import Testing
         live.begin(0)
         live.start(1, "x")
         let lt = RunTimeline(live.events, live: true, now: 5)
-        #expect(lt.attempts[0].status == "running" && lt.end(of: lt.attempts[0]) == 5)
+        #expect(lt.attempts[0].status == .running && lt.end(of: lt.attempts[0]) == 5)
     }
 
     @Test func aGapLongerThanThreeHeartbeatsIsAStall() {

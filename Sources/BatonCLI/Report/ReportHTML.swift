@@ -259,7 +259,7 @@ public struct ReportHTML {
     func tip(_ a: RunTimeline.Attempt) -> String {
         var s = "\(a.key) attempt \(a.attempt)"
         if t.lives.count > 1 { s += " (\(a.life == 0 ? "first run" : "resume \(a.life)"))" }
-        s += ": \(a.status.replacingUnderscore)"
+        s += ": \(a.status.rawValue.replacingUnderscore)"
         if let f = a.finished {
             if let e = f.exit, f.status != .passed { s += ", exit \(e)" }
             if let sig = f.signal { s += ", signal \(sig)" }
@@ -269,7 +269,7 @@ public struct ReportHTML {
         }
         s += ", \(Clock.human(t.end(of: a) - a.start))"
         if let m = a.finished?.message { s += "\n" + m }
-        if a.status != StageStatus.passed.rawValue, a.status != "running" {
+        if a.status != .ended(.passed), a.status != .running {
             let last = FailureSignature.lastNonEmptyLine(String(decoding: readTail(a.logs.stderr).suffix(2048), as: UTF8.self))
             if !last.isEmpty { s += "\nstderr: " + String(last.prefix(300)) }
         }

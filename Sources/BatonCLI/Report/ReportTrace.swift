@@ -88,14 +88,14 @@ public struct ReportTrace {
             }
             lastOfCall[callKey] = i
             var args: [(String, JSON)] = [("id", .string(a.key.id)), ("occurrence", .int(Int64(a.key.occurrence))),
-                                          ("attempt", .int(Int64(a.attempt))), ("status", .string(a.status))]
+                                          ("attempt", .int(Int64(a.attempt))), ("status", .string(a.status.rawValue))]
             if let f = a.finished {
                 args.append(("exit", f.exit.map { .int(Int64($0)) } ?? .null))
                 if let c = f.failureClass { args.append(("failure_class", .string(c.rawValue))) }
                 if let m = f.message { args.append(("message", .string(m))) }
             }
             if let p = a.pid { args.append(("pid", .int(Int64(p)))) }
-            complete(a.key.description, cat: "stage," + a.status, tid: tid, a.start, t.end(of: a), args)
+            complete(a.key.description, cat: "stage," + a.status.rawValue, tid: tid, a.start, t.end(of: a), args)
         }
         return .object([("traceEvents", .array(ev)), ("displayTimeUnit", .string("ms")),
                         ("otherData", .object([("run", .string(t.runID)), ("start", .string(Clock.rfc3339(t.firstTs)))]))])
@@ -114,13 +114,13 @@ public struct ReportTSV {
                                  "stdout", "stderr", "why"]
 
     /// Nextflow's words for a task's state.
-    static func status(_ s: String) -> String {
+    static func status(_ s: CallState, replayed: Bool = false) -> String {
+        if replayed { return "CACHED" }
         switch s {
-        case "passed": return "COMPLETED"
-        case "failed", "timed_out": return "FAILED"
-        case "running": return "RUNNING"
-        case "replayed": return "CACHED"
-        default: return "ABORTED"
+        case .ended(.passed): return "COMPLETED"
+        case .ended(.failed), .ended(.timed_out): return "FAILED"
+        case .running, .waiting: return "RUNNING"
+        case .ended(.cancelled), .unfinished, .new: return "ABORTED"
         }
     }
 
@@ -139,12 +139,15 @@ public struct ReportTSV {
             taskID += 1
             let end = a.end
             let real = a.finished.map { String($0.durationMs) } ?? ""
-            row([String(taskID), a.key.description, ReportTSV.status(a.status), a.finished?.exit.map { String($0) } ?? "",
-                 Clock.rfc3339(a.start), Clock.rfc3339(a.start), end.map(Clock.rfc3339) ?? "",
-                 end.map { String(Clock.millis($0) - Clock.millis(a.start)) } ?? "", real, String(a.attempt),
-                 a.pid.map { String($0) } ?? "", a.key.id, String(a.key.occurrence), String(a.life), a.status,
-                 a.finished?.failureClass?.rawValue ?? "", a.logs.stdout, a.logs.stderr,
-                 a.attempt == 1 ? whyOf["\(a.life)\u{1}\(a.key)"]?.sentence ?? "" : ""])
+            let exit: String = a.finished?.exit.map { String($0) } ?? ""
+            let duration: String = end.map { String(Clock.millis($0) - Clock.millis(a.start)) } ?? ""
+            let why: String = a.attempt == 1 ? whyOf["\(a.life)\u{1}\(a.key)"]?.sentence ?? "" : ""
+            let started = Clock.rfc3339(a.start)
+            var cells: [String] = [String(taskID), a.key.description, ReportTSV.status(a.status), exit, started, started]
+            cells += [end.map(Clock.rfc3339) ?? "", duration, real, String(a.attempt), a.pid.map { String($0) } ?? ""]
+            cells += [a.key.id, String(a.key.occurrence), String(a.life), a.status.rawValue]
+            cells += [a.finished?.failureClass?.rawValue ?? "", a.logs.stdout, a.logs.stderr, why]
+            row(cells)
         }
         for d in t.decisions where d.why.replayed {
             taskID += 1

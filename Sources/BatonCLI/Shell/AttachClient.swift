@@ -93,7 +93,7 @@ final class AttachSession {
     static func connect(_ dir: RunDirectory, why: inout String?) -> AttachSession? {
         guard FileIO.exists(dir.controlSocket) else { why = "it has no control socket"; return nil }
         let s = AttachSession(dir: dir)
-        let (a, e) = s.client.request(.object([("op", .string("hello"))]))
+        let (a, e) = s.client.request(.object([("op", .string(ControlOp.hello.rawValue))]))
         guard let a, a["ok"]?.boolValue == true else { why = a?["text"]?.stringValue ?? e; return nil }
         s.greeting = a["text"]?.stringValue ?? ""
         return s
@@ -111,7 +111,7 @@ final class AttachSession {
         }
         pending.append(line)
         let code = pending.joined(separator: "\n")
-        guard let a = send(.object([("op", .string("eval")), ("code", .string(code))])) else {
+        guard let a = send(.object([("op", .string(ControlOp.eval.rawValue)), ("code", .string(code))])) else {
             pending = []
             return false
         }
@@ -140,17 +140,17 @@ final class AttachSession {
         case ":status":
             Console.out(Render.status(RunInfo.load(dir)))
         case ":stages":
-            req = .object([("op", .string("stages"))])
+            req = .object([("op", .string(ControlOp.stages.rawValue))])
         case ":tail":
             guard need(1, ":tail STAGE") else { return true }
             let r = Interactive.stageTail(dir, stage: args[0])
             if r.ok { Console.write(1, r.text, newline: false) } else { Console.err(r.text) }
         case ":kill":
             guard need(1, ":kill STAGE") else { return true }
-            req = .object([("op", .string("kill")), ("stage", .string(args[0]))])
+            req = .object([("op", .string(ControlOp.kill.rawValue)), ("stage", .string(args[0]))])
         case ":skip":
             guard need(1, ":skip WATCH") else { return true }
-            req = .object([("op", .string("skip")), ("watch", .string(args[0]))])
+            req = .object([("op", .string(ControlOp.skip.rawValue)), ("watch", .string(args[0]))])
         case ":extend":
             guard need(2, ":extend STAGE SECONDS") else { return true }
             guard let s = Clock.parseDuration(args[1]) else {
@@ -158,7 +158,7 @@ final class AttachSession {
                 failures += 1
                 return true
             }
-            req = .object([("op", .string("extend")), ("stage", .string(args[0])), ("seconds", .double(s))])
+            req = .object([("op", .string(ControlOp.extend.rawValue)), ("stage", .string(args[0])), ("seconds", .double(s))])
         default:
             Console.err("unknown command \(words[0]) while attached; :help lists them")
             failures += 1
@@ -172,7 +172,7 @@ final class AttachSession {
 
     /// Tab: names in the run's Lua state.
     func complete(_ chain: String) -> [String] {
-        let a = client.request(.object([("op", .string("complete")), ("chain", .string(chain))]), timeout: 5).answer
+        let a = client.request(.object([("op", .string(ControlOp.complete.rawValue)), ("chain", .string(chain))]), timeout: 5).answer
         return a?["candidates"]?.arrayValue?.compactMap(\.stringValue) ?? []
     }
 

@@ -89,6 +89,15 @@ public enum EventBody: Sendable {
     /// A type this version does not know (a newer writer): kept, shown, never dropped.
     case unknown(String, JSON)
 
+    /// A life's start: `run_started` (resumed false) or `run_resumed` (true).
+    public var began: (RunBegan, resumed: Bool)? {
+        switch self {
+        case let .runStarted(b): return (b, false)
+        case let .runResumed(b): return (b, true)
+        default: return nil
+        }
+    }
+
     /// Every type this version writes, with the fields its encoder can write.
     public static let schema: [(type: String, fields: [String])] = [
         ("run_started", RunBegan.startedFields), ("run_resumed", RunBegan.resumedFields),
@@ -615,25 +624,31 @@ public struct Heartbeat: Sendable {
     var fields: [(String, JSON)] { [("waiting_on", .string(waitingOn)), ("id", .string(id)), ("for_ms", .int(forMs))] }
 }
 
+/// A `log` event's level. `baton.log` takes these four (fields.level); a journal from
+/// elsewhere with another word reads as `info`.
+public enum LogLevel: String, CaseIterable, Sendable {
+    case debug, info, warn, error
+}
+
 public struct LogRecord: Sendable {
-    public var level: String
+    public var level: LogLevel
     public var message: String
     public var fields: JSON
 
     public static let fieldNames = ["level", "message", "fields"]
 
-    public init(level: String, message: String, fields: JSON = .object([])) {
+    public init(level: LogLevel, message: String, fields: JSON = .object([])) {
         self.level = level; self.message = message; self.fields = fields
     }
 
     init(_ f: inout Fields) {
-        level = f.string("level") ?? "info"
+        level = f.string("level").flatMap(LogLevel.init(rawValue:)) ?? .info
         message = f.string("message") ?? ""
         fields = f["fields"] ?? .object([])
     }
 
     /// The encoder (named apart from `fields`, the record's own payload).
-    var fieldsJSON: [(String, JSON)] { [("level", .string(level)), ("message", .string(message)), ("fields", fields)] }
+    var fieldsJSON: [(String, JSON)] { [("level", .string(level.rawValue)), ("message", .string(message)), ("fields", fields)] }
 }
 
 /// A command a recipe ran outside a stage (`baton.sh`, `os.execute`): own process group,
@@ -699,7 +714,7 @@ public struct ControlRecord: Sendable {
     public var user: String
     public var pid: Int64
     /// eval, kill, skip, extend, refused.
-    public var op: String
+    public var op: ControlOp
     /// The stage or watch acted on, or the Lua text evaluated.
     public var target: String
     public var ok: Bool
@@ -707,7 +722,7 @@ public struct ControlRecord: Sendable {
 
     public static let fieldNames = ["uid", "user", "pid", "op", "target", "ok", "result"]
 
-    public init(uid: Int64, user: String, pid: Int64, op: String, target: String, ok: Bool, result: String) {
+    public init(uid: Int64, user: String, pid: Int64, op: ControlOp, target: String, ok: Bool, result: String) {
         self.uid = uid; self.user = user; self.pid = pid; self.op = op; self.target = target; self.ok = ok; self.result = result
     }
 
@@ -715,14 +730,14 @@ public struct ControlRecord: Sendable {
         uid = f.int("uid") ?? -1
         user = f.string("user") ?? ""
         pid = f.int("pid") ?? 0
-        op = f.string("op") ?? ""
+        op = f.string("op").flatMap(ControlOp.init(rawValue:)) ?? .refused
         target = f.string("target") ?? ""
         ok = f.bool("ok")
         result = f.string("result") ?? ""
     }
 
     var fields: [(String, JSON)] {
-        [("uid", .int(uid)), ("user", .string(user)), ("pid", .int(pid)), ("op", .string(op)), ("target", .string(target)),
+        [("uid", .int(uid)), ("user", .string(user)), ("pid", .int(pid)), ("op", .string(op.rawValue)), ("target", .string(target)),
          ("ok", .bool(ok)), ("result", .string(result))]
     }
 }

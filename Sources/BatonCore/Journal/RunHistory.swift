@@ -199,8 +199,8 @@ public struct RunHistory: Sendable {
         case let .final(f):
             final = (f, e.ts)
             endLife(failingWatches: false)
-        default:
-            break
+        case .preflight, .gate, .heartbeat, .log, .command, .notRun, .control, .unknown:
+            break   // (a call's state, a watch's and the lives do not depend on these)
         }
     }
 

@@ -12,7 +12,7 @@ public struct RunTimeline: Sendable {
         public var start: Double
         public var end: Double?
         /// passed, failed, timed_out, cancelled; `running` (live) or `unfinished` (its runner died).
-        public var status: String
+        public var status: CallState
         public var finished: StageFinished?
         public var pid: Int32?
         public var logs: StageLogs
@@ -95,15 +95,11 @@ public struct RunTimeline: Sendable {
         // Candidates for stalls (the shortest threshold is 3 × 50 ms); `close` keeps the real ones.
         if e.ts - lastTs > 0.15, lastTs > 0 { gaps.append(Span(start: lastTs, end: e.ts)) }
         lastTs = max(lastTs, e.ts)
-        switch e.body {
-        case let .runStarted(b), let .runResumed(b):
+        if let (b, resumed) = e.body.began {
             // Whatever the previous life left open ended when its runner last wrote.
-            endOpen(status: "unfinished", at: lives.last?.last ?? e.ts)
-            var resumed = false
-            if case .runResumed = e.body { resumed = true }
+            endOpen(status: .unfinished, at: lives.last?.last ?? e.ts)
             lives.append(Life(start: e.ts, began: b, resumed: resumed, last: e.ts))
             return
-        default: break
         }
         let previous = lives.last?.last ?? e.ts
         if !lives.isEmpty { lives[lives.count - 1].last = e.ts }
@@ -111,7 +107,7 @@ public struct RunTimeline: Sendable {
         case let .stageStarted(s):
             if let w = s.why { decisions.append(Decision(key: s.key, life: life, ts: e.ts, why: w)) }
             open[s.key] = attempts.count
-            attempts.append(Attempt(key: s.key, life: life, attempt: s.attempt, start: e.ts, status: "running",
+            attempts.append(Attempt(key: s.key, life: life, attempt: s.attempt, start: e.ts, status: .running,
                                     pid: s.pid, logs: s.logs, command: s.command))
         case let .stageFinished(f):
             if f.replayed {
@@ -122,10 +118,10 @@ public struct RunTimeline: Sendable {
             if let o = open.removeValue(forKey: f.key) { i = o } else {   // 0.1 journals: no stage_started
                 i = attempts.count
                 attempts.append(Attempt(key: f.key, life: life, attempt: f.attempt, start: e.ts - Double(f.durationMs) / 1000,
-                                        status: "running", logs: f.logs))
+                                        status: .running, logs: f.logs))
             }
             attempts[i].end = e.ts
-            attempts[i].status = f.status.rawValue
+            attempts[i].status = .ended(f.status)
             attempts[i].finished = f
         case let .watch(w):
             if let i = openWatch.removeValue(forKey: w.id) { watchPhases[i].end = e.ts }
@@ -139,12 +135,15 @@ public struct RunTimeline: Sendable {
             final = Mark(ts: e.ts, record: f)
             // Left open only when the runner died (`cancel` finished the orphan): it ended
             // when the runner last wrote.
-            endOpen(status: "unfinished", at: previous)
-        default: break
+            endOpen(status: .unfinished, at: previous)
+        case .runStarted, .runResumed:
+            break   // (a life: above)
+        case .stageStalled, .stageQueued, .log, .notRun, .control, .unknown:
+            break   // (not drawn over time)
         }
     }
 
-    private mutating func endOpen(status: String, at ts: Double) {
+    private mutating func endOpen(status: CallState, at ts: Double) {
         for (_, i) in open { attempts[i].end = ts; attempts[i].status = status }
         open = [:]
         for (_, i) in openWatch { watchPhases[i].end = ts }
@@ -153,10 +152,10 @@ public struct RunTimeline: Sendable {
 
     private mutating func close(live: Bool, now: Double) {
         if live {
-            for (_, i) in open { attempts[i].status = "running" }
+            for (_, i) in open { attempts[i].status = .running }
             lastTs = max(lastTs, now)
         } else {
-            endOpen(status: "unfinished", at: lastTs)
+            endOpen(status: .unfinished, at: lastTs)
         }
         // Stalls: gaps within one life longer than three heartbeat intervals (30 s unless
         // the heartbeats say otherwise); between lives the run was simply not running.

@@ -122,7 +122,7 @@ public final class CommandRun: LoopTask {
                               grace: grace, outputLimit: outputLimit, output: output, executor: executor)
         if task.isFinished { return task.outcome }
         loop.add(task)
-        if loop.wait(label ?? WaitLabel("command", command.display), until: { task.isFinished }) == .interrupted {
+        if loop.wait(label ?? WaitLabel(.command, command.display), until: { task.isFinished }) == .interrupted {
             // The loop ended every task, this one included, before returning.
             var o = task.outcome
             o.interrupted = true

@@ -15,11 +15,18 @@ public protocol LoopTask: AnyObject {
     func cancel(force: Bool)
 }
 
-/// What a wait is for, in heartbeats and `status`: (kind, id), e.g. ("stage", "build").
+/// What a wait is on: the `waiting_on` of a heartbeat, the first word of `status`'s "waiting on".
+public enum WaitKind: String, CaseIterable, Sendable {
+    case stage, watch, command, gate, preflight, parallel, sleep, lock, yaml
+    /// `baton.sh` and `os.execute` (their commands' `via`).
+    case sh = "baton.sh", execute = "os.execute"
+}
+
+/// What a wait is for, in heartbeats and `status`: (kind, id), e.g. (.stage, "build").
 public struct WaitLabel: Sendable {
-    public var kind: String
+    public var kind: WaitKind
     public var id: String
-    public init(_ kind: String, _ id: String) { self.kind = kind; self.id = id }
+    public init(_ kind: WaitKind, _ id: String) { self.kind = kind; self.id = id }
 }
 
 /// The one place Baton blocks. Every wait (stages in the foreground and background,
@@ -104,7 +111,7 @@ public final class EventLoop {
                 if mustStop() { return .interrupted }
             }
             if now >= nextHeartbeat, let label {
-                onHeartbeat?(Heartbeat(waitingOn: label.kind, id: label.id, forMs: Int64((now - began) * 1000)))
+                onHeartbeat?(Heartbeat(waitingOn: label.kind.rawValue, id: label.id, forMs: Int64((now - began) * 1000)))
                 nextHeartbeat = now + hbEvery
             }
             if now >= nextPoll {

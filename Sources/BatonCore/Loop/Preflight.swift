@@ -46,7 +46,7 @@ public enum PreflightCheck {
             return Outcome(ok: true, detail: FileIO.isDirectory(p) ? "directory exists" : "exists")
         case let .command(cmd, cwd, timeout):
             let o = CommandRun.run(cmd, cwd: cwd, env: environment, timeout: timeout, on: loop,
-                                   label: WaitLabel("preflight", cmd.display))
+                                   label: WaitLabel(.preflight, cmd.display))
             if o.ok { return Outcome(ok: true, detail: "exit 0") }
             return Outcome(ok: false, detail: o.timedOut ? "timed out after \(Clock.human(timeout))" : o.failureDescription,
                            interrupted: o.interrupted)

@@ -341,7 +341,7 @@ public final class StageExecution: LoopTask {
         started.nativeID = j.nativeID
         started.reattached = true
         context.record(.stageStarted(started))
-        context.log("info", "resume: stage '\(spec.id)' re-attached to \(executor.describe(j)) (not submitted again)")
+        context.log(.info, "resume: stage '\(spec.id)' re-attached to \(executor.describe(j)) (not submitted again)")
         deadline = spec.timeout.map { attemptStart + $0 }
         lastOutputAt = attemptStart
         nextSilenceCheck = attemptStart + 1
@@ -470,7 +470,7 @@ public final class StageExecution: LoopTask {
         lastResult = r
         if retry {
             let delay = spec.backoff.delay(afterAttempt: attempt)
-            context.log("info", "retrying stage '\(spec.id)' in \(Clock.human(delay)) (\(r.failureClass!.rawValue) failure, attempt \(attempt) of \(spec.retries + 1))",
+            context.log(.info, "retrying stage '\(spec.id)' in \(Clock.human(delay)) (\(r.failureClass!.rawValue) failure, attempt \(attempt) of \(spec.retries + 1))",
                         .object([("stage", .string(spec.id))]))
             phase = .waiting(until: Clock.monotonic() + delay)
         } else {

@@ -1,6 +1,22 @@
 import BatonBase
 import Glibc
 
+/// A request on a live run's control socket (its `op`), and what a `control` event records.
+public enum ControlOp: String, CaseIterable, Sendable {
+    /// Who the run is and what it waits on (not journaled).
+    case hello
+    /// Evaluate a Lua line inside the run.
+    case eval
+    /// Names for Tab (not journaled).
+    case complete
+    /// The stages in flight (not journaled).
+    case stages
+    /// End a stage's current attempt; extend its timeout; end a watch as blocked.
+    case kill, extend, skip
+    /// A client of another uid (journaled, never answered).
+    case refused
+}
+
 /// What a live run's control socket (`baton attach`) may do to its stages and watches.
 extension RunDirectory {
     /// The live run's control socket (mode 0600, removed when the run ends).

@@ -30,7 +30,7 @@ public final class FileLock: @unchecked Sendable {
         if let l = try tryAcquire(path) { return l }
         var got: FileLock? = nil
         var failure: Error? = nil
-        _ = loop.wait(WaitLabel("lock", path), deadline: Clock.monotonic() + timeout, pollEvery: 0.02) {
+        _ = loop.wait(WaitLabel(.lock, path), deadline: Clock.monotonic() + timeout, pollEvery: 0.02) {
             do { got = try tryAcquire(path) } catch { failure = error; return true }
             return got != nil
         }

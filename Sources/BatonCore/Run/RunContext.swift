@@ -189,7 +189,7 @@ public final class RunContext {
         }
     }
 
-    public func log(_ level: String, _ message: String, _ fields: JSON = .object([])) {
+    public func log(_ level: LogLevel, _ message: String, _ fields: JSON = .object([])) {
         record(.log(LogRecord(level: level, message: message, fields: fields)))
     }
 
@@ -229,7 +229,7 @@ public final class RunContext {
             watchdogPipe = fds[1]
         } catch {
             close(fds[1])
-            log("warn", "cannot start the watchdog (\(error)): after a SIGKILL of this runner, its stages' children live on until 'baton resume' or 'baton cancel'")
+            log(.warn, "cannot start the watchdog (\(error)): after a SIGKILL of this runner, its stages' children live on until 'baton resume' or 'baton cancel'")
         }
     }
 
@@ -253,7 +253,7 @@ public final class RunContext {
         let until = startedMonotonic + seconds
         budget = (text, until)
         _ = baton_budget_arm(max(0.000_001, until - Clock.monotonic()))
-        log("info", "run budget: \(text) (ends at \(Clock.rfc3339(Clock.now() + until - Clock.monotonic())))")
+        log(.info, "run budget: \(text) (ends at \(Clock.rfc3339(Clock.now() + until - Clock.monotonic())))")
     }
 
     // MARK: pools
@@ -278,7 +278,7 @@ public final class RunContext {
     public func executor(named name: String?) throws -> Executor {
         let n = name ?? defaultExecutor
         if let e = executors[n] { return e }
-        guard let e = Executors.make(n, environment: baseEnvironment, warn: { [unowned self] m in self.log("warn", m) }) else {
+        guard let e = Executors.make(n, environment: baseEnvironment, warn: { [unowned self] m in self.log(.warn, m) }) else {
             throw RunStartError("unknown executor '\(n)' (known: \(Executors.names.joined(separator: ", ")))")
         }
         executors[n] = e
@@ -334,7 +334,7 @@ public final class RunContext {
                 return exec
             }
             if first == nil {
-                log("info", "resume: stage '\(spec.id)' (occurrence \(occ)) runs for real; everything after it"
+                log(.info, "resume: stage '\(spec.id)' (occurrence \(occ)) runs for real; everything after it"
                     + (lane.isEmpty ? "" : " in its parallel item (and after the fan-out)") + " runs too")
                 ranFirst[lane] = key
                 if !lane.isEmpty, fanOutRan == nil { fanOutRan = key }
@@ -364,11 +364,11 @@ public final class RunContext {
     /// Waits for a stage call to end.
     public func wait(for exec: StageExecution) -> EventLoop.Outcome {
         if exec.isFinished { return .satisfied }
-        return loop.wait(WaitLabel("stage", exec.spec.id)) { exec.isFinished }
+        return loop.wait(WaitLabel(.stage, exec.spec.id)) { exec.isFinished }
     }
 
     /// Interruptible sleep. Returns false when interrupted.
-    public func sleep(_ seconds: Double) -> Bool { loop.sleep(seconds, WaitLabel("sleep", Clock.human(seconds))) }
+    public func sleep(_ seconds: Double) -> Bool { loop.sleep(seconds, WaitLabel(.sleep, Clock.human(seconds))) }
 
     // MARK: final.json
 
@@ -397,7 +397,7 @@ public final class RunContext {
         mergeResult(fields)
         armCrashGuard()
         try finalRecord(status: .running, exitCode: nil, reason: nil, ended: false).write(to: dir)
-        log("info", "persistFinal", .object(fields))
+        log(.info, "persistFinal", .object(fields))
     }
 
     /// Ends the run: ends every stage and command still alive (and any process that
@@ -416,7 +416,7 @@ public final class RunContext {
         // Batch jobs of a previous life that this one did not take up (their stage changed or never ran).
         let leftover = Executors.cancelLeftovers(Array(reattach.values), environment: baseEnvironment)
         if !leftover.isEmpty {
-            log("info", "resume: cancelled the jobs the previous runner left and this one did not take up: \(leftover.joined(separator: ", "))")
+            log(.info, "resume: cancelled the jobs the previous runner left and this one did not take up: \(leftover.joined(separator: ", "))")
         }
         let fatalBefore = fatal
         if fatal == nil { record(.final(FinalEvent(status: status, exitCode: exitCode, reason: reason))) }
