@@ -54,7 +54,7 @@ extension Commands {
 
 extension Commands {
     static func stageLog(_ dir: RunDirectory, stage: String, follow: Bool, json: Bool) -> Int32 {
-        let history = RunHistory(((try? JournalReader.read(dir.journal)) ?? JournalContents()).events)
+        let history = dir.readHistory().history
         let logs = history.attempts(of: stage)
         if logs.isEmpty {
             let known = history.stageIDs

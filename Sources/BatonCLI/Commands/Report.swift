@@ -65,7 +65,7 @@ extension Commands {
         var ref = ref, stage = stage
         if stage == nil, let r = ref, (try? RunStore(root: root).resolve(r)) == nil { stage = r; ref = nil }
         guard let dir = resolve(root, ref, json: json) else { return ExitStatus.usage.rawValue }
-        let events = ((try? JournalReader.read(dir.journal)) ?? JournalContents()).events
+        let events = dir.readHistory().contents.events
         let t = RunTimeline(events, live: false)
         let picked = t.decisions.filter { stage == nil || $0.key.id == stage }
         if json {

@@ -269,7 +269,7 @@ final class Interactive {
     }
 
     static func history(store: RunStore, ref: String) -> RunHistory? {
-        guard let dir = try? store.resolve(ref), let c = try? JournalReader.read(dir.journal) else { return nil }
+        guard let dir = try? store.resolve(ref), let c = try? dir.readJournal() else { return nil }
         return RunHistory(c.events)
     }
 }

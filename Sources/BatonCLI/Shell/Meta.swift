@@ -192,7 +192,7 @@ extension Interactive {
 
     /// The end of a stage's latest attempt (its stdout, then its stderr), or why there is none.
     static func stageTail(_ dir: RunDirectory, stage: String, lines: Int = 40) -> (text: String, ok: Bool) {
-        let history = RunHistory(((try? JournalReader.read(dir.journal)) ?? JournalContents()).events)
+        let history = dir.readHistory().history
         guard let latest = history.attempts(of: stage).last else {
             let known = history.stageIDs
             return ("run \(dir.id) has no stage '\(stage)'" + (known.isEmpty ? "" : "; its stages: " + known.joined(separator: ", ")), false)

@@ -243,3 +243,18 @@ public enum JournalReader {
         return (c, lineNo)
     }
 }
+
+extension RunDirectory {
+    /// The one way every view (status, log, report, resume, the shell, attach, recovery) reads
+    /// a run's journal: its events and what was wrong with it; empty when there is none yet.
+    public func readJournal() throws -> JournalContents {
+        FileIO.exists(journal) ? try JournalReader.read(journal) : JournalContents()
+    }
+
+    /// The journal folded (`RunHistory`), with its contents; a journal that cannot be read
+    /// folds as empty.
+    public func readHistory() -> (history: RunHistory, contents: JournalContents) {
+        let contents = (try? readJournal()) ?? JournalContents()
+        return (RunHistory(contents.events), contents)
+    }
+}

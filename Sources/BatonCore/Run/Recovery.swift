@@ -10,11 +10,8 @@ public enum Recovery {
         guard let lock = try FileLock.tryAcquire(dir.lock) else { return nil }
         defer { lock.release() }
         let killed = Survivors.kill(runID: dir.id, loop: EventLoop())
-        var contents = JournalContents()
-        if FileIO.exists(dir.journal) {
-            contents = (try? JournalReader.read(dir.journal)) ?? JournalContents()
-            if contents.tornTail { truncate(dir.journal, off_t(contents.validLength)) }
-        }
+        let contents = (try? dir.readJournal()) ?? JournalContents()
+        if contents.tornTail { truncate(dir.journal, off_t(contents.validLength)) }
         var history = RunHistory(contents.events)
         if history.runID.isEmpty { history.runID = dir.id }
         // Its batch jobs are not processes here: the scheduler ends them.

@@ -146,7 +146,7 @@ public final class RunContext {
             // Now that the lock is ours nothing else writes it: what was read (and folded)
             // before is still right if the file kept its size.
             if let (r, h) = read, FileIO.size(dir.journal) == r.byteCount { contents = r; folded = h } else {
-                contents = try JournalReader.read(dir.journal)
+                contents = try dir.readJournal()
             }
             if contents.tornTail { truncate(dir.journal, off_t(contents.validLength)) }
         }

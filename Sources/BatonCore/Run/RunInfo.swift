@@ -56,7 +56,7 @@ public struct RunInfo {
         let locked = FileLock.isHeld(dir.lock)
         var contents = JournalContents()
         if FileIO.exists(dir.journal) {
-            do { contents = try JournalReader.read(dir.journal) } catch { info.problems.append("cannot read journal: \(error)") }
+            do { contents = try dir.readJournal() } catch { info.problems.append("cannot read journal: \(error)") }
             info.problems.append(contentsOf: contents.problems)
         } else {
             info.problems.append("no journal.jsonl")
