@@ -32,6 +32,7 @@ function M.options(into)
   for _, s in ipairs(M.STAGES) do into["agent_" .. s] = {}; into["model_" .. s] = {list = true} end
   into.model = {list = true}
   into.config = {}
+  into.catalog = {}
   return into
 end
 
@@ -57,9 +58,9 @@ function M.load(path, explicit)
   if not ok or type(doc) ~= "table" then
     kit.fail(("config %s: not a YAML/JSON mapping: %s"):format(path, type(doc) == "table" and tostring(doc.message) or tostring(doc)), 3)
   end
-  local known = {agent = true, model = true, models = true, stages = true}
+  local known = {agent = true, model = true, models = true, stages = true, catalog = true}
   for k in pairs(doc) do
-    if not known[k] then kit.fail(("config %s: unknown key '%s' (agent, model, models, stages)"):format(path, tostring(k)), 3) end
+    if not known[k] then kit.fail(("config %s: unknown key '%s' (agent, model, models, stages, catalog)"):format(path, tostring(k)), 3) end
   end
   for name, st in pairs(doc.stages or {}) do
     local isStage = false
@@ -68,6 +69,123 @@ function M.load(path, explicit)
     if type(st) ~= "table" then kit.fail(("config %s: stages.%s must be a mapping"):format(path, name), 3) end
   end
   return doc
+end
+
+--- The program an agent command runs: its first word after `env` and VAR=value words.
+function M.program(cmd)
+  local words = {}
+  for w in (cmd or ""):gmatch("%S+") do words[#words + 1] = w end
+  local i = 1
+  if words[i] == "env" then
+    i = i + 1
+    while words[i] and (words[i]:match("^[%a_][%w_]*=") or words[i]:match("^%-")) do i = i + 1 end
+  else
+    while words[i] and words[i]:match("^[%a_][%w_]*=") do i = i + 1 end
+  end
+  return words[i]
+end
+
+--- The model catalog: from `catalog=FILE` or the config's `catalog:` (a file name, relative
+--- to the config file, or the list / object inline). A list of model names, or an object
+--- from agent name to such a list. Returns {all = {...}, byAgent = {name = {...}} or nil,
+--- from = where}, or nil when there is none; raises exit 3 when it cannot be read.
+function M.catalog(o, config, configPath)
+  local doc, from = nil, nil
+  local function readFile(path, what)
+    if not baton.fs.exists(path) then kit.fail(("%s%s: no such file"):format(what, path), 3) end
+    local ok, d = pcall(path:match("%.json$") and baton.json.decode or baton.yaml.decode, baton.fs.read(path))
+    if not ok or type(d) ~= "table" then
+      kit.fail(("%s%s: not a YAML/JSON list of models or agent -> models mapping: %s"):format(what, path,
+        type(d) == "table" and tostring(d.message) or tostring(d)), 3)
+    end
+    return d
+  end
+  if o.catalog then doc, from = readFile(o.catalog, "catalog="), o.catalog
+  elseif config and config.catalog ~= nil then
+    if type(config.catalog) == "string" then
+      local path = config.catalog
+      if not path:match("^/") then path = (configPath:match("^(.*)/[^/]*$") or ".") .. "/" .. path end
+      doc, from = readFile(path, "config " .. configPath .. ": catalog: "), path
+    else
+      doc, from = config.catalog, configPath .. " (catalog:)"
+    end
+  end
+  if doc == nil then return nil end
+  local function names(list, where)
+    if type(list) ~= "table" then kit.fail(("catalog %s: %s must be a list of model names"):format(from, where), 3) end
+    local out = {}
+    for _, m in ipairs(list) do out[#out + 1] = tostring(m) end
+    table.sort(out)
+    return out
+  end
+  local c = {from = from}
+  if #doc > 0 or next(doc) == nil then
+    c.all = names(doc, "the catalog")
+  else
+    c.byAgent, c.all = {}, {}
+    local seen = {}
+    for agent, list in pairs(doc) do
+      c.byAgent[tostring(agent)] = names(list, "the list of " .. tostring(agent))
+      for _, m in ipairs(c.byAgent[tostring(agent)]) do if not seen[m] then seen[m] = true; c.all[#c.all + 1] = m end end
+    end
+    table.sort(c.all)
+  end
+  return c
+end
+
+local function distance(a, b)
+  local prev = {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    local cur = {[0] = i}
+    for j = 1, #b do
+      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a:sub(i, i) == b:sub(j, j) and 0 or 1))
+    end
+    prev = cur
+  end
+  return prev[#b]
+end
+
+--- The closest name to `name` in `known` (edit distance, case-insensitive).
+function M.closest(name, known)
+  local best, bestD
+  for _, k in ipairs(known) do
+    local d = distance(name:lower(), k:lower())
+    if not bestD or d < bestD then best, bestD = k, d end
+  end
+  return best
+end
+
+--- Checks every model of the stages that run against the catalog: exit 3 naming the
+--- stage, the models available and the closest one, before any agent is called.
+function M.checkCatalog(c, t, runs)
+  if not c then return end
+  for _, s in ipairs(M.STAGES) do
+    local cfg = t[s]
+    if runs[s] and cfg.agent then
+      local available, whose = c.all, ""
+      if c.byAgent then
+        local prog = M.program(cfg.agent) or cfg.agent
+        available = c.byAgent[cfg.agent] or c.byAgent[prog] or c.byAgent[(prog:match("([^/]+)$"))]
+        if not available then
+          local agents = {}
+          for a in pairs(c.byAgent) do agents[#agents + 1] = a end
+          table.sort(agents)
+          kit.fail(("agent '%s' (stage %s) is not in the catalog %s (agents: %s)"):format(prog, s, c.from, table.concat(agents, ", ")), 3)
+        end
+        whose = " for agent " .. prog
+      end
+      local set = {}
+      for _, m in ipairs(available) do set[m] = true end
+      for _, m in ipairs(cfg.models or {}) do
+        if not set[m] then
+          local near = M.closest(m, available)
+          kit.fail(("model '%s' (stage %s) is not in the catalog %s%s; available: %s%s"):format(m, s, c.from, whose,
+            #available > 0 and table.concat(available, ", ") or "none", near and ("; closest: " .. near) or ""), 3)
+        end
+      end
+    end
+  end
 end
 
 --- The table {stage = {agent, models, from}} from the parsed options and the config.
@@ -610,12 +728,15 @@ return M
 --   local before = wt.fingerprint(cwd)        -- {path = hash}
 --   ... a stage runs ...
 --   local changed = wt.changed(before, wt.fingerprint(cwd))   -- sorted paths
---   local snap = wt.snapshot(cwd, dir)        -- a copy of the tree (without .git)
---   local r = wt.restore(cwd, snap)           -- {modified = {...}, added = {...}, deleted = {...}}
+--   local snap = wt.snapshot(cwd, dir)        -- a copy of the tree (without .git and the runs)
+--   local r = wt.restore(cwd, snap)           -- {modified = {...}, added = {...}, deleted = {...}, ...}
+--   local m = wt.manifest(cwd)                -- {path = "f MODE SHA1" | "d MODE" | "l TARGET"}
+--   wt.hash(m)                                -- one hash for the whole tree
 --
 -- In a git work tree the fingerprint hashes only what `git status` lists (modified,
 -- added, untracked, deleted), so it is cheap and says "from git"; elsewhere it hashes
--- every file. .git itself is never fingerprinted, copied or restored.
+-- every file. `.git` and Baton's runs directory (wherever it is: ./.baton/runs, --runs-dir,
+-- BATON_RUNS_DIR) are never fingerprinted, copied, restored or removed.
 local kit = require("kit.args")
 local q = kit.shquote
 
@@ -632,6 +753,36 @@ local function lines(text)
   return out
 end
 
+local function trim(s) return ((s or ""):gsub("%s+$", "")) end
+
+local function realpath(p)
+  return trim(sh("cd " .. q(p) .. " 2>/dev/null && pwd -P", nil))
+end
+
+--- The paths (relative to cwd, no leading ./) that are never part of the work tree:
+--- .git and, when it lies inside cwd, the runs directory of this run.
+function M.excluded(cwd)
+  local out = {".git"}
+  if baton.run and baton.run.dir then
+    local root, runs = realpath(cwd), realpath(baton.run.dir .. "/..")
+    if root ~= "" and runs ~= "" and runs:sub(1, #root + 1) == root .. "/" then out[#out + 1] = runs:sub(#root + 2) end
+  end
+  return out
+end
+
+local function underAny(path, excl)
+  for _, e in ipairs(excl) do
+    if path == e or path:sub(1, #e + 1) == e .. "/" then return true end
+  end
+  return false
+end
+
+local function prune(excl)
+  local t = {}
+  for _, e in ipairs(excl) do t[#t + 1] = "-path " .. q("./" .. e) end
+  return "\\( " .. table.concat(t, " -o ") .. " \\) -prune -o"
+end
+
 function M.isGit(cwd)
   local out = sh("git rev-parse --is-inside-work-tree 2>/dev/null", cwd)
   return out ~= nil and out:match("true") ~= nil
@@ -640,16 +791,19 @@ end
 --- {path = hash} of the files that can have changed, and whether git said which.
 function M.fingerprint(cwd)
   local fp = {}
+  local excl = M.excluded(cwd)
   if M.isGit(cwd) then
     -- Paths relative to cwd; "deleted" for a tracked file that is gone.
-    local prefix = (sh("git rev-parse --show-prefix", cwd) or ""):gsub("%s+$", "")
+    local prefix = trim(sh("git rev-parse --show-prefix", cwd))
     local st = sh("git -c core.quotePath=false status --porcelain=v1 -uall --no-renames -- . 2>/dev/null", cwd) or ""
     for _, l in ipairs(lines(st)) do
       local code, path = l:sub(1, 2), l:sub(4)
       path = path:gsub('^"(.*)"$', "%1")
       if path:sub(1, #prefix) == prefix then
         path = path:sub(#prefix + 1)
-        if code:find("D") then fp[path] = "deleted" else fp[path] = "?" end
+        if not underAny(path, excl) then
+          if code:find("D") then fp[path] = "deleted" else fp[path] = "?" end
+        end
       end
     end
     local paths = {}
@@ -662,7 +816,7 @@ function M.fingerprint(cwd)
     end
     return fp, "git"
   end
-  local out = sh("find . -path ./.git -prune -o -type f -print0 | xargs -0 -r cksum", cwd) or ""
+  local out = sh("find . " .. prune(excl) .. " -type f -print0 | xargs -0 -r cksum", cwd) or ""
   for _, l in ipairs(lines(out)) do
     local sum, size, path = l:match("^(%d+) (%d+) %./(.*)$")
     if path then fp[path] = sum .. ":" .. size end
@@ -685,61 +839,173 @@ function M.changed(before, after)
   return out
 end
 
---- Copies the tree (without .git) to dir/tree. Returns the snapshot, or nil and why.
-function M.snapshot(cwd, dir)
-  local tree = dir .. "/tree"
-  local _, ok, _, err = baton.sh(("rm -rf %s && mkdir -p %s && tar -C %s --exclude=./.git -cf - . | tar -C %s -xf -")
-    :format(q(tree), q(tree), q(cwd), q(tree)), {allowFail = true, timeout = 600})
-  if not ok then return nil, (err or ""):gsub("%s+$", "") end
-  local head = M.isGit(cwd) and (sh("git rev-parse HEAD 2>/dev/null", cwd) or ""):gsub("%s+$", "") or nil
-  return {tree = tree, cwd = cwd, head = head ~= "" and head or nil, at = baton.now()}
-end
-
-local function files(root)
-  local set = {}
-  for _, p in ipairs(lines(sh("find . -path ./.git -prune -o \\( -type f -o -type l \\) -print", root))) do
-    set[(p:gsub("^%./", ""))] = true
-  end
-  return set
-end
-
---- Puts the work tree back as the snapshot has it. Returns {modified, added, deleted}
---- (sorted paths: restored, removed, brought back) and, when HEAD moved, head_moved.
-function M.restore(cwd, snap)
-  local now, was = files(cwd), files(snap.tree)
-  local r = {modified = {}, added = {}, deleted = {}}
-  for p in pairs(now) do
-    if not was[p] then
-      r.added[#r.added + 1] = p
+--- Every entry of the tree under `root` but the excluded paths: {path = "f MODE SHA1"
+--- (files), "d MODE" (directories), "l TARGET" (symbolic links)}. Two equal manifests are
+--- the same tree: same files, bytes and modes, no other file or directory.
+function M.manifest(root, excl)
+  excl = excl or {".git"}
+  local out = sh("find . " .. prune(excl) .. " -printf '%y %m %P\\t%l\\n'; echo '--- sums'; find . " .. prune(excl)
+    .. " -type f -print0 | xargs -0 -r sha1sum", root) or ""
+  local m, sums = {}, false
+  for _, l in ipairs(lines(out)) do
+    if l == "--- sums" then sums = true
+    elseif sums then
+      local h, p = l:match("^(%x+)  %./(.*)$")
+      if p and m[p] then m[p] = m[p] .. " " .. h end
     else
-      local _, same = baton.sh({"cmp", "-s", snap.tree .. "/" .. p, cwd .. "/" .. p}, {allowFail = true, readOnly = true})
-      if not same then r.modified[#r.modified + 1] = p end
+      local y, mode, p, target = l:match("^(%a) (%d+) (.-)\t(.*)$")
+      if p and p ~= "" then
+        if y == "l" then m[p] = "l " .. target
+        elseif y == "d" then m[p] = "d " .. mode
+        else m[p] = y .. " " .. mode end
+      end
     end
   end
-  for p in pairs(was) do if not now[p] then r.deleted[#r.deleted + 1] = p end end
-  for _, k in ipairs({"modified", "added", "deleted"}) do table.sort(r[k]) end
-  for _, p in ipairs(r.added) do
-    os.remove(cwd .. "/" .. p)
-    -- Directories the pipeline made for it go too, when empty and not in the snapshot.
-    local dir = p:match("^(.*)/[^/]+$")
-    while dir do
-      local _, had = baton.sh({"test", "-d", snap.tree .. "/" .. dir}, {allowFail = true, readOnly = true})
-      if had or not os.remove(cwd .. "/" .. dir) then break end
-      dir = dir:match("^(.*)/[^/]+$")
+  return m
+end
+
+--- One hash of a manifest (sha256 of its sorted lines).
+function M.hash(m)
+  local ls = {}
+  for p, v in pairs(m) do ls[#ls + 1] = p .. "\t" .. v end
+  table.sort(ls)
+  local out = baton.sh({"sha256sum"}, {stdin = table.concat(ls, "\n") .. "\n", readOnly = true})
+  return (out:match("^(%x+)"))
+end
+
+--- Copies the tree (without .git and the runs directory) to dir/tree, modes kept; in git,
+--- also HEAD, the branch and the index. Returns the snapshot, or nil and why.
+function M.snapshot(cwd, dir, opts)
+  opts = opts or {}
+  local tree = dir .. "/tree"
+  local excl = M.excluded(cwd)
+  local ex = {}
+  for _, e in ipairs(excl) do ex[#ex + 1] = "--exclude=" .. q("./" .. e) end
+  local _, ok, _, err = baton.sh(("rm -rf %s && mkdir -p %s && tar -C %s %s -cf - . | tar -C %s -xpf -")
+    :format(q(tree), q(tree), q(cwd), table.concat(ex, " "), q(tree)), {allowFail = true, timeout = 600})
+  if not ok then return nil, trim(err) end
+  local snap = {tree = tree, cwd = cwd, at = baton.now(), excluded = excl}
+  if not opts.files and M.isGit(cwd) then
+    local head = trim(sh("git rev-parse HEAD 2>/dev/null", cwd))
+    snap.head = head ~= "" and head or nil
+    local ref = trim(sh("git symbolic-ref -q HEAD 2>/dev/null", cwd))
+    snap.ref = ref ~= "" and ref or nil
+    local index = trim(sh("git rev-parse --path-format=absolute --git-path index 2>/dev/null", cwd))
+    if index ~= "" and baton.fs.exists(index) then
+      local _, copied = baton.sh({"cp", "-p", index, dir .. "/index"}, {allowFail = true})
+      if copied then snap.index = dir .. "/index" end
     end
   end
-  local back = {}
-  for _, p in ipairs(r.modified) do back[#back + 1] = p end
-  for _, p in ipairs(r.deleted) do back[#back + 1] = p end
+  return snap
+end
+
+local function plural(n, one, many)
+  return ("%d %s"):format(n, n == 1 and one or (many or one .. "s"))
+end
+M.plural = plural
+
+--- Undoes the commits made since the snapshot: HEAD (and its branch) back to the snapshot's
+--- commit, the index as it was; the commits are kept on branch `keep`. Returns nil when
+--- HEAD did not move, else {from, to, commits, branch}.
+local function undoCommits(cwd, snap, keep)
+  if not snap.head then return nil end
+  local head = trim(sh("git rev-parse HEAD 2>/dev/null", cwd))
+  local ref = trim(sh("git symbolic-ref -q HEAD 2>/dev/null", cwd))
+  if head == snap.head and (ref ~= "" and ref or nil) == snap.ref then return nil end
+  local moved = {from = snap.head, to = head}
+  moved.commits = tonumber(trim(sh("git rev-list --count " .. q(snap.head) .. ".." .. q(head) .. " 2>/dev/null", cwd))) or 0
+  local function git(cmd)
+    local _, ok, _, err = baton.sh("git " .. cmd, {cwd = cwd, allowFail = true, timeout = 120})
+    if not ok then moved.error = (moved.error and (moved.error .. "; ") or "") .. trim(err) end
+    return ok
+  end
+  if head ~= "" and moved.commits > 0 and keep then
+    if git("branch -f " .. q(keep) .. " " .. q(head)) then moved.branch = keep end
+  end
+  -- Back to the branch (or detached commit) of before, at its commit; the work tree is
+  -- restored from the snapshot afterwards.
+  if snap.ref then
+    git("symbolic-ref HEAD " .. q(snap.ref))
+    git("update-ref -m " .. q("baton: revert of rejected work") .. " HEAD " .. q(snap.head))
+  else
+    git("update-ref --no-deref HEAD " .. q(snap.head))
+  end
+  if snap.index then
+    local index = trim(sh("git rev-parse --path-format=absolute --git-path index 2>/dev/null", cwd))
+    if index ~= "" then baton.sh({"cp", "-p", snap.index, index}, {allowFail = true}) end
+  else
+    git("reset -q")
+  end
+  return moved
+end
+
+--- The files (and links) that differ between the snapshot and the tree now, sorted: what
+--- the pipeline changed since, also across a resume (a replayed stage reports no change).
+function M.changedSince(cwd, snap)
+  local now, was = M.manifest(cwd, snap.excluded or M.excluded(cwd)), M.manifest(snap.tree, {".git"})
+  local out = {}
+  for p, v in pairs(now) do if was[p] ~= v and v:sub(1, 1) ~= "d" then out[#out + 1] = p end end
+  for p, w in pairs(was) do if not now[p] and w:sub(1, 1) ~= "d" then out[#out + 1] = p end end
+  table.sort(out)
+  return out
+end
+
+--- Puts the work tree back as the snapshot has it: same files, bytes and modes, no file or
+--- directory that was not there, deleted ones back; in git, commits made since are undone
+--- and kept on branch `opts.keep`. Never touches .git's files or the runs directory.
+--- Returns {modified, added, deleted} (files and links, sorted: restored, removed, brought
+--- back), {dirs_added, dirs_deleted, dirs_mode}, head_moved, and `differs` (paths that
+--- still differ afterwards: empty when the revert is complete).
+function M.restore(cwd, snap, opts)
+  opts = opts or {}
+  local r = {modified = {}, added = {}, deleted = {}, dirs_added = {}, dirs_deleted = {}, dirs_mode = {}}
+  if not opts.files then r.head_moved = undoCommits(cwd, snap, opts.keep) end
+  local excl = snap.excluded or M.excluded(cwd)
+  local now, was = M.manifest(cwd, excl), M.manifest(snap.tree, {".git"})
+  local back, gone = {}, {}
+  for p, v in pairs(now) do
+    local w = was[p]
+    local isDir = v:sub(1, 1) == "d"
+    if not w then
+      if isDir then r.dirs_added[#r.dirs_added + 1] = p else r.added[#r.added + 1] = p end
+    elseif w ~= v then
+      if isDir and w:sub(1, 1) == "d" then r.dirs_mode[#r.dirs_mode + 1] = p; back[#back + 1] = p
+      else
+        r.modified[#r.modified + 1] = p
+        -- A type change (file to directory, ...): the new one goes, the old one comes back.
+        if w:sub(1, 1) ~= v:sub(1, 1) then gone[#gone + 1] = p end
+        back[#back + 1] = p
+      end
+    end
+  end
+  for p, w in pairs(was) do
+    if not now[p] then
+      if w:sub(1, 1) == "d" then r.dirs_deleted[#r.dirs_deleted + 1] = p else r.deleted[#r.deleted + 1] = p end
+      back[#back + 1] = p
+    end
+  end
+  for _, k in ipairs({"modified", "added", "deleted", "dirs_added", "dirs_deleted", "dirs_mode"}) do table.sort(r[k]) end
+  for _, p in ipairs(r.added) do os.remove(cwd .. "/" .. p) end
+  for _, p in ipairs(gone) do baton.sh({"rm", "-rf", "--", cwd .. "/" .. p}, {allowFail = true}) end
+  -- Deepest first: a directory the pipeline made is empty once its files are gone.
+  local dirs = {table.unpack(r.dirs_added)}
+  table.sort(dirs, function(a, b) return #a > #b end)
+  for _, p in ipairs(dirs) do
+    if not os.remove(cwd .. "/" .. p) then baton.sh({"rm", "-rf", "--", cwd .. "/" .. p}, {allowFail = true}) end
+  end
+  table.sort(back)
   if #back > 0 then
-    baton.sh(("tar -C %s -cf - -- %s | tar -C %s -xf -"):format(q(snap.tree),
-      table.concat((function() local t = {} for i, p in ipairs(back) do t[i] = q("./" .. p) end return t end)(), " "), q(cwd)),
-      {timeout = 600})
+    local list = {}
+    for i, p in ipairs(back) do list[i] = "./" .. p end
+    -- Parents first (sorted), no recursion: exactly these entries, with their modes.
+    baton.sh(("tar -C %s --no-recursion -T - -cf - | tar -C %s -xpf -"):format(q(snap.tree), q(cwd)),
+      {stdin = table.concat(list, "\n") .. "\n", timeout = 600})
   end
-  if snap.head then
-    local head = (sh("git rev-parse HEAD 2>/dev/null", cwd) or ""):gsub("%s+$", "")
-    if head ~= snap.head then r.head_moved = {from = snap.head, to = head} end
-  end
+  local after = M.manifest(cwd, excl)
+  r.differs = {}
+  for p, v in pairs(after) do if was[p] ~= v then r.differs[#r.differs + 1] = p end end
+  for p in pairs(was) do if not after[p] then r.differs[#r.differs + 1] = p end end
+  table.sort(r.differs)
   return r
 end
 
