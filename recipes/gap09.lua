@@ -214,9 +214,9 @@ local function revert()
 end
 
 -- Ends the run; once work was rejected, fail closed: the tree is put back first.
-local function failRun(code, why)
-  if rejected and not p.reverted then why = why .. "; " .. revert() end
-  p:fail(code, why)
+local function failRun(code, reason)
+  if rejected and not p.reverted then reason = reason .. "; " .. revert() end
+  p:fail(code, reason)
 end
 
 -- The step after `name` in this run, for the report's Next: line.

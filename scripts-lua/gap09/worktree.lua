@@ -108,7 +108,7 @@ function M.changed(before, after)
     if before[p] ~= h then out[#out + 1] = p end
     seen[p] = true
   end
-  for p, h in pairs(before) do
+  for p in pairs(before) do
     -- In git mode a path that left `git status` went back to HEAD: changed too.
     if not seen[p] then out[#out + 1] = p end
   end
