@@ -128,6 +128,8 @@ extension RecipeGap09Tests {
         #expect(kept.hasPrefix("agent change 2\nagent change 1\ninit"), "the agent's commits are kept: \(kept)")
         #expect(r.stdout.contains("2 commits undone: HEAD back at \(head.prefix(12)); kept on branch baton/rejected/\(id)"),
                 "stdout: \(r.stdout)")
+        // The step report counts what a stage committed as changed by it.
+        #expect(r.stdout.contains("  changed files: keep.txt, src/b.py"), "stdout: \(r.stdout)")
     }
 
     // MARK: 3. resume keeps fail-closed

@@ -65,11 +65,16 @@ function M.isGit(cwd)
   return out ~= nil and out:match("true") ~= nil
 end
 
+-- The commit a git fingerprint was taken at (weak keys: fingerprints are not kept).
+local heads = setmetatable({}, {__mode = "k"})
+
 --- {path = hash} of the files that can have changed, and whether git said which.
 function M.fingerprint(cwd)
   local fp = {}
   local excl = M.excluded(cwd)
   if M.isGit(cwd) then
+    local head = trim(sh("git rev-parse -q --verify HEAD 2>/dev/null", cwd))
+    if head ~= "" then heads[fp] = {head = head, cwd = cwd, excl = excl} end
     -- Paths relative to cwd; "deleted" for a tracked file that is gone.
     local prefix = trim(sh("git rev-parse --show-prefix", cwd))
     local st = sh("git -c core.quotePath=false status --porcelain=v1 -uall --no-renames -- . 2>/dev/null", cwd) or ""
@@ -101,7 +106,8 @@ function M.fingerprint(cwd)
   return fp, "files"
 end
 
---- Paths whose state differs between two fingerprints, sorted.
+--- Paths whose state differs between two fingerprints, sorted. In git, files that
+--- commits made in between changed count too (a stage that commits its work changed it).
 function M.changed(before, after)
   local seen, out = {}, {}
   for p, h in pairs(after) do
@@ -110,7 +116,15 @@ function M.changed(before, after)
   end
   for p in pairs(before) do
     -- In git mode a path that left `git status` went back to HEAD: changed too.
-    if not seen[p] then out[#out + 1] = p end
+    if not seen[p] then out[#out + 1] = p; seen[p] = true end
+  end
+  local b, a = heads[before], heads[after]
+  if b and a and b.head ~= a.head then
+    local names = sh("git -c core.quotePath=false diff --name-only --no-renames --relative " .. q(b.head) .. " " .. q(a.head)
+      .. " -- . 2>/dev/null", a.cwd)
+    for _, p in ipairs(lines(names)) do
+      if not seen[p] and not underAny(p, a.excl) then out[#out + 1] = p; seen[p] = true end
+    end
   end
   table.sort(out)
   return out
