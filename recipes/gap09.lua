@@ -298,22 +298,19 @@ elseif runs.verification then
       -- The tree as verified: its hash is part of the call, so a resumed run replays an
       -- approval only for the very same tree; and the verifier must not change it.
       local excl = worktree.excluded(o.cwd)
-      local before = worktree.manifest(o.cwd, excl)
+      local before = worktree.codeManifest(o.cwd, excl)
       local guard, gerr = worktree.snapshot(o.cwd, baton.run.dir .. "/gap09-verify", {files = true})
       if not guard then p:fail(1, "cannot snapshot the work tree before verification: " .. tostring(gerr)) end
       local r, rec = p:call("verification", pipeline.prompt("verification", p), iteration,
         {GAP09_TREE_SHA256 = worktree.hash(before)})
       local edited = {}
       do
-        local after = worktree.manifest(o.cwd, excl)
-        local differs = false
-        for k, v in pairs(after) do if before[k] ~= v then differs = true end end
-        for k in pairs(before) do if not after[k] then differs = true end end
-        if differs then
-          local back = worktree.restore(o.cwd, guard, {files = true})
-          for _, k in ipairs({"modified", "added", "deleted", "dirs_added", "dirs_deleted", "dirs_mode"}) do
-            for _, f in ipairs(back[k]) do edited[#edited + 1] = f end
-          end
+        local after = worktree.codeManifest(o.cwd, excl)
+        local function show(k, v) return v:sub(1, 1) == "d" and (k .. "/") or k end
+        for k, v in pairs(after) do if before[k] ~= v then edited[#edited + 1] = show(k, v) end end
+        for k, v in pairs(before) do if not after[k] then edited[#edited + 1] = show(k, v) end end
+        if #edited > 0 then
+          worktree.restore(o.cwd, guard, {files = true})
           table.sort(edited)
           baton.log("the verifier changed files; they are put back as verified: " .. table.concat(edited, ", "),
             {level = "warn", files = baton.json.array(edited)})

@@ -899,6 +899,22 @@ function M.manifest(root, excl)
   return m
 end
 
+--- The manifest of what counts as the code: in a git work tree, without the files git
+--- ignores (caches and build output a verifier's test run may write: .pytest_cache,
+--- __pycache__, .mypy_cache, when .gitignore lists them); elsewhere every file.
+function M.codeManifest(cwd, excl)
+  local m = M.manifest(cwd, excl)
+  if not M.isGit(cwd) then return m end
+  local ignored = lines(sh("git ls-files --others --ignored --exclude-standard --directory 2>/dev/null", cwd))
+  if #ignored == 0 then return m end
+  local drop = {}
+  for i, x in ipairs(ignored) do drop[i] = (x:gsub("/$", "")) end
+  for path in pairs(m) do
+    if underAny(path, drop) then m[path] = nil end
+  end
+  return m
+end
+
 --- One hash of a manifest (sha256 of its sorted lines).
 function M.hash(m)
   local ls = {}

@@ -197,6 +197,15 @@ extension RecipeGap09Tests {
         #expect(Harness.read(d + "/src/a.py") == "x = 1\nchange 1\nchange 2\n", "the verifier's edit was reverted before the rework")
         #expect(Harness.read(d + "/keep.txt") == "orig\n")
         #expect(Harness.read(st + "/prompts/execution.2.txt")?.contains("verification changed files: keep.txt, src/a.py") == true)
+        // What git ignores is not the code: a verifier's test run may write its caches.
+        let c = try Self.userRepo("gap09-verifier-caches")
+        let cst = Self.agentState()
+        Harness.write(c + "/.gitignore", ".baton/\n__pycache__/\n")
+        Self.git(c, "commit -qam ignore")
+        Harness.write(c + "/__pycache__/a.pyc", "cache\n")
+        let cache = try Harness.run(["run", Self.recipe, "Fix typo", "timeout=5", "agent=gap09-agent.sh", "preflight=true"], cwd: c,
+                                    env: ["AGENT_STATE": cst, "AGENT_VERIFY_EDITS": "__pycache__/a.pyc", "GAP09_AGENT": ""], timeout: 60)
+        #expect(cache.code == 0 && Self.calls(cst) == ["execution", "verification", "ship"], "stdout: \(cache.stdout)")
     }
 
     // MARK: 5. configuration checked before any agent runs
