@@ -138,6 +138,7 @@ say("")
 -- once per run and journaled: a resumed run reuses it, never retakes it from a tree the
 -- first execution already changed.
 local snapshot
+local revertsFile = baton.run.dir and (baton.run.dir .. "/gap09-reverts") or nil
 local rejected = false   -- a rejection happened and no approval since: the tree holds rejected work
 local function takeSnapshot()
   if snapshot ~= nil or dry then return end
@@ -174,6 +175,7 @@ local function revert()
     return "nothing to revert"
   end
   local r = worktree.restore(o.cwd, snapshot, {keep = "baton/rejected/" .. baton.run.id})
+  baton.fs.write(revertsFile, tostring((tonumber(baton.fs.exists(revertsFile) and baton.fs.read(revertsFile) or "0") or 0) + 1))
   local A = baton.json.array
   p.reverted = {modified = A(r.modified), added = A(r.added), deleted = A(r.deleted), directories_added = A(r.dirs_added),
     directories_deleted = A(r.dirs_deleted), directories_mode = A(r.dirs_mode), snapshot = snapshot.tree,
@@ -188,7 +190,8 @@ local function revert()
   if #r.modified + #r.added + #r.deleted + #r.dirs_added + #r.dirs_deleted + #r.dirs_mode == 0 then
     summary = "no file had changed"
   end
-  say("REVERTED: the work tree is back as it was before execution: " .. summary)
+  say((#r.differs == 0 and "REVERTED: the work tree is back as it was before execution: "
+    or "REVERT INCOMPLETE: the work tree could not be put back entirely: ") .. summary)
   if #r.modified > 0 then say("  restored: " .. names(r.modified)) end
   if #r.added > 0 then say("  removed (added by the pipeline): " .. names(r.added)) end
   if #r.dirs_added > 0 then say("  removed directories (made by the pipeline): " .. names(r.dirs_added, "/")) end
@@ -245,8 +248,15 @@ local function mustPass(stage, r, rec, note)
 end
 
 local function stage(name, iteration, extra, note)
-  if name == "execution" then takeSnapshot() end
-  local r, rec = p:call(name, pipeline.prompt(name, p, extra), iteration)
+  local env
+  if name == "execution" then
+    takeSnapshot()
+    -- After a revert (a resume of a run that was reverted) the work is gone: execution runs
+    -- again instead of replaying a pass whose changes were undone.
+    local n = tonumber(baton.fs.exists(revertsFile) and baton.fs.read(revertsFile) or "0") or 0
+    if n > 0 then env = {GAP09_REVERTS = tostring(n)} end
+  end
+  local r, rec = p:call(name, pipeline.prompt(name, p, extra), iteration, env)
   mustPass(name, r, rec, note)
   p:report(rec, {next = nextAfter(name)})
   return r

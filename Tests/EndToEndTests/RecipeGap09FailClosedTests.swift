@@ -182,6 +182,21 @@ extension RecipeGap09Tests {
         #expect(Self.calls(st) == ["execution", "verification", "ship", "ship"], "the unchanged tree's approval replays: \(Self.calls(st))")
     }
 
+    @Test func resumeOfARevertedRunDoesTheWorkAgain() throws {
+        // The revert undid execution's work: a resume must not replay that execution's pass
+        // and have the verifier look at the tree without it.
+        let d = try Self.userRepo("gap09-resume-reverted")
+        let st = Self.agentState()
+        let first = try Harness.run(["run", Self.recipe, "Fix typo", "timeout=5", "agent=gap09-agent.sh", "preflight=true"], cwd: d,
+                                    env: ["AGENT_STATE": st, "AGENT_REJECT": "2", "GAP09_AGENT": ""], timeout: 60)
+        #expect(first.code == 2 && !FileManager.default.fileExists(atPath: d + "/work.txt"), "stderr: \(first.stderr)")
+        let r = try Harness.run(["resume"], cwd: d, env: ["AGENT_STATE": st, "GAP09_AGENT": ""], timeout: 60)
+        #expect(r.code == 0, "stderr: \(r.stderr)")
+        #expect(Self.calls(st) == ["execution", "verification", "execution", "verification", "execution", "verification", "ship"],
+                "\(Self.calls(st))")
+        #expect(Harness.read(d + "/work.txt") == "change 3\n", "the work is done again")
+    }
+
     // MARK: 4. the verifier must not change the code
 
     @Test func aVerifierThatChangesFilesIsARejection() throws {
