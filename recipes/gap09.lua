@@ -26,6 +26,8 @@ options, as name=value or --name value (--json, --dry-run: flags):
   model_STAGE=  the model(s) for one stage (model_discovery=a,b: dual discovery)
   config=       the per-stage agent/model table, YAML or JSON (default: gap09.yaml in cwd,
                 optional)
+  catalog=      the models that exist (JSON/YAML: a list, or agent -> list; also the
+                config's catalog: key): every stage's model must be in it
   preflight=    checks run fail-closed before every verification (default: ruff check .;mypy .)
   cwd=          the working directory of the agent and the checks (default: .)
   timeout=      seconds an agent call may take (default: 1800)
@@ -73,7 +75,21 @@ if o.risk then level, why = o.risk, "set by risk=" end
 
 if not baton.fs.exists(o.cwd .. "/.") then args.fail("cwd=" .. o.cwd .. ": not a directory", 3) end
 local configPath = o.config or (o.cwd .. "/gap09.yaml")
-local table_ = agents.resolve(o, agents.load(configPath, o.config ~= nil), baton.env("GAP09_AGENT"))
+local config = agents.load(configPath, o.config ~= nil)
+local table_ = agents.resolve(o, config, baton.env("GAP09_AGENT"))
+
+-- The pre-verify commands: checked now, before any stage, so that a typo in preflight=
+-- does not surface after the agent already changed the tree.
+local preflightCommands = args.split(o.preflight, ";")
+if #preflightCommands == 0 then
+  args.fail("preflight=" .. o.preflight .. ": no command (give ;-separated commands, e.g. preflight='ruff check .;mypy .')", 3)
+end
+for _, c in ipairs(preflightCommands) do
+  local _, okSyntax, _, err = baton.sh({"sh", "-n", "-c", c}, {allowFail = true, readOnly = true})
+  if not okSyntax then
+    args.fail(("preflight=: '%s' is not a valid shell command: %s"):format(c, ((err or ""):gsub("^sh: %d*:?%s*", ""):gsub("%s+$", ""))), 3)
+  end
+end
 
 -- The stages this run goes through.
 local route = risk.route[level]
@@ -95,22 +111,128 @@ for _, s in ipairs(pipeline.STAGES) do
       :format(s, s, configPath), 3)
   end
   if runs[s] and a and not dry then
-    local program = a:match("^%s*(%S+)")
+    local program = agents.program(a) or a
     local _, found = baton.sh("command -v " .. args.shquote(program), {allowFail = true, cwd = o.cwd, readOnly = true})
     if not found then args.fail(("agent=%s: '%s' not found (check agent=, agent_%s=, the config or GAP09_AGENT)"):format(a, program, s), 3) end
   end
 end
+
+-- The models: with a catalog, every stage's model must be in it (before any agent runs).
+agents.checkCatalog(agents.catalog(o, config, configPath), table_, runs)
 
 local p = pipeline.new{task = o.task, risk = level, agents = table_, cwd = o.cwd, timeout = o.timeout, dry = baton.run.dry_run,
   plan_only = planOnly, say = say}
 p.json = o.json
 if o.stage or single then p.startStage = start end
 p.single = single
+p.maxVerify = single and 1 or pipeline.MAX_VERIFY
+p:armCancel()
 say("PIPELINE: " .. o.task)
 say(("RISK: %s (%s)"):format(level:upper(), why))
 say(("STARTING: Stage %d%s%s"):format(pipeline.NUMBER[start], single and (" only (" .. single .. ")") or "",
   dry and " (dry run: no agent is called)" or ""))
 say("")
+
+-- Fail closed: the work tree as it was before the first execution of this run, to put
+-- back when verification is exhausted (or the pipeline fails after a rejection). Taken
+-- once per run and journaled: a resumed run reuses it, never retakes it from a tree the
+-- first execution already changed.
+local snapshot
+local revertsFile = baton.run.dir and (baton.run.dir .. "/gap09-reverts") or nil
+local rejected = false   -- a rejection happened and no approval since: the tree holds rejected work
+local function takeSnapshot()
+  if snapshot ~= nil or dry then return end
+  local dir = baton.run.dir .. "/gap09-snapshot"
+  local meta = dir .. "/snapshot.json"
+  if baton.fs.exists(meta) then
+    local ok, s = pcall(baton.json.decode, baton.fs.read(meta))
+    if ok and type(s) == "table" and s.tree and baton.fs.exists(s.tree) then
+      snapshot = s
+      baton.log("work tree snapshot reused: the one taken before this run's first execution, at " .. pipeline.iso(s.at or 0),
+        {snapshot = s.tree, head = s.head})
+      return
+    end
+  end
+  local s, err = worktree.snapshot(o.cwd, dir)
+  if not s then p:fail(1, "cannot snapshot the work tree before execution: " .. tostring(err)) end
+  baton.fs.write(meta, baton.json.encode(s))
+  snapshot = s
+  baton.log("work tree snapshot before execution: " .. s.tree, {snapshot = s.tree, head = s.head, ref = s.ref})
+end
+
+local function names(list, suffix)
+  local out = {}
+  for i, x in ipairs(list) do out[i] = x .. (suffix or "") end
+  return table.concat(out, ", ")
+end
+
+-- Puts the tree back as the snapshot has it; prints and records what it did. Returns the
+-- words for the run's reason.
+local function revert()
+  if not snapshot then
+    p.reverted = {note = "no execution ran in this pipeline: nothing to revert"}
+    say("REVERTED: nothing (no execution ran in this pipeline)")
+    return "nothing to revert"
+  end
+  local r = worktree.restore(o.cwd, snapshot, {keep = "baton/rejected/" .. baton.run.id})
+  baton.fs.write(revertsFile, tostring((tonumber(baton.fs.exists(revertsFile) and baton.fs.read(revertsFile) or "0") or 0) + 1))
+  local A = baton.json.array
+  p.reverted = {modified = A(r.modified), added = A(r.added), deleted = A(r.deleted), directories_added = A(r.dirs_added),
+    directories_deleted = A(r.dirs_deleted), directories_mode = A(r.dirs_mode), snapshot = snapshot.tree,
+    head_moved = r.head_moved, complete = #r.differs == 0, still_different = #r.differs > 0 and A(r.differs) or nil}
+  local pl = worktree.plural
+  local parts = {pl(#r.modified, "file") .. " restored", pl(#r.added, "created file") .. " removed",
+    pl(#r.deleted, "deleted file") .. " brought back"}
+  if #r.dirs_added > 0 then parts[#parts + 1] = pl(#r.dirs_added, "created directory", "created directories") .. " removed" end
+  if #r.dirs_deleted > 0 then parts[#parts + 1] = pl(#r.dirs_deleted, "deleted directory", "deleted directories") .. " brought back" end
+  if #r.dirs_mode > 0 then parts[#parts + 1] = pl(#r.dirs_mode, "directory mode") .. " restored" end
+  local summary = table.concat(parts, ", ")
+  if #r.modified + #r.added + #r.deleted + #r.dirs_added + #r.dirs_deleted + #r.dirs_mode == 0 then
+    summary = "no file had changed"
+  end
+  say((#r.differs == 0 and "REVERTED: the work tree is back as it was before execution: "
+    or "REVERT INCOMPLETE: the work tree could not be put back entirely: ") .. summary)
+  if #r.modified > 0 then say("  restored: " .. names(r.modified)) end
+  if #r.added > 0 then say("  removed (added by the pipeline): " .. names(r.added)) end
+  if #r.dirs_added > 0 then say("  removed directories (made by the pipeline): " .. names(r.dirs_added, "/")) end
+  if #r.deleted > 0 then say("  brought back (deleted by the pipeline): " .. names(r.deleted)) end
+  if #r.dirs_deleted > 0 then say("  directories brought back: " .. names(r.dirs_deleted, "/")) end
+  local m = r.head_moved
+  if m then
+    if m.commits > 0 then
+      say(("  %s undone: HEAD back at %s; kept on branch %s"):format(pl(m.commits, "commit"), m.from:sub(1, 12),
+        m.branch or "(the branch could not be made)"))
+      summary = summary .. ", " .. pl(m.commits, "commit") .. " undone (kept on " .. tostring(m.branch) .. ")"
+    else
+      say(("  HEAD back at %s (it had moved to %s)"):format(m.from:sub(1, 12), m.to:sub(1, 12)))
+    end
+    if m.error then say("  warning: git: " .. m.error) end
+  end
+  if #r.differs > 0 then
+    say("  warning: these paths still differ from the snapshot: " .. names(r.differs))
+    summary = summary .. "; still different: " .. names(r.differs)
+  end
+  baton.log("reverted the work tree to the snapshot before execution", {reverted = p.reverted})
+  return "work tree reverted: " .. summary
+end
+
+-- Ends the run; once work was rejected, fail closed: the tree is put back first.
+local function failRun(code, reason)
+  if rejected and not p.reverted then reason = reason .. "; " .. revert() end
+  p:fail(code, reason)
+end
+
+-- The step after `name` in this run, for the report's Next: line.
+local function nextAfter(name)
+  local on = false
+  for _, s in ipairs(pipeline.STAGES) do
+    if on and runs[s] then
+      return ("Proceed to Step %d (%s)"):format(pipeline.NUMBER[s], s == "verification" and "pre-verify, verification" or s)
+    end
+    if s == name then on = true end
+  end
+  return "Done"
+end
 
 -- A stage that did not pass ends the pipeline: exit 3 for a model the agent does not
 -- have, 1 for anything else (including a timeout).
@@ -118,28 +240,25 @@ local function mustPass(stage, r, rec, note)
   p:line(stage, r.ok and "PASS" or "FAIL", note)
   if r.ok then return end
   local kind = pipeline.failureKind(r)
+  p:report(rec, {next = ("STOP (stage %s failed%s)"):format(stage, rejected and snapshot and ": the rejected work is reverted" or "")})
   if kind == "model" then
-    p:fail(3, ("stage %s: model not available: %s (check the agent's model configuration)"):format(stage, rec.error))
+    failRun(3, ("stage %s: model not available: %s (check the agent's model configuration)"):format(stage, rec.error))
   end
-  p:fail(1, ("stage %s failed: %s"):format(stage, rec.error))
-end
-
--- Fail closed: the work tree as it was before the first execution, to put back when
--- verification is exhausted.
-local snapshot
-local function takeSnapshot()
-  if snapshot ~= nil or dry then return end
-  local s, err = worktree.snapshot(o.cwd, baton.run.dir .. "/gap09-snapshot")
-  if not s then p:fail(1, "cannot snapshot the work tree before execution: " .. tostring(err)) end
-  snapshot = s
-  baton.log("work tree snapshot before execution: " .. s.tree, {snapshot = s.tree, head = s.head})
+  failRun(1, ("stage %s failed: %s"):format(stage, rec.error))
 end
 
 local function stage(name, iteration, extra, note)
-  if name == "execution" then takeSnapshot() end
-  local r, rec = p:call(name, pipeline.prompt(name, p, extra), iteration)
+  local env
+  if name == "execution" then
+    takeSnapshot()
+    -- After a revert (a resume of a run that was reverted) the work is gone: execution runs
+    -- again instead of replaying a pass whose changes were undone.
+    local n = tonumber(baton.fs.exists(revertsFile) and baton.fs.read(revertsFile) or "0") or 0
+    if n > 0 then env = {GAP09_REVERTS = tostring(n)} end
+  end
+  local r, rec = p:call(name, pipeline.prompt(name, p, extra), iteration, env)
   mustPass(name, r, rec, note)
-  p:report(rec)
+  p:report(rec, {next = nextAfter(name)})
   return r
 end
 
@@ -149,7 +268,6 @@ for _, name in ipairs({"discovery", "planning", "execution"}) do
 end
 
 -- The mandatory pre-verify gate: before every verification, fail-closed (exit 4).
-local preflightCommands = args.split(o.preflight, ";")
 local function preverify()
   local sink = {}
   if planOnly then
@@ -165,8 +283,8 @@ local function preverify()
     if type(err) == "table" and err.code == 4 then
       p:line("verification", "FAIL", "(pre-flight gates failed)")
       p:report({stage = "verification", status = "fail", session_id = p.sessions[3], model = baton.json.null, iteration = p.verifyIterations + 1,
-        tokens = 0, tokens_source = "none"}, {checks = sink})
-      p:fail(4, err.message)
+        tokens = 0, tokens_source = "none"}, {checks = sink, next = "STOP (pre-flight gates failed: fix them, then run again)"})
+      failRun(4, err.message)
     end
     error(err, 0)
   end
@@ -178,26 +296,60 @@ if runs.verification and dry then
   -- The gate approves without calling the verifier in a dry run: list the stage anyway.
   preverify()
   local _, rec = p:call("verification", pipeline.prompt("verification", p), 1)
-  p:line("verification", "PASS", "(iteration 1/" .. pipeline.MAX_VERIFY .. ")")
-  p:report(rec)
+  p:line("verification", "PASS", "(iteration 1/" .. p.maxVerify .. ")")
+  p:report(rec, {next = nextAfter("verification")})
 elseif runs.verification then
   local ok, err = pcall(gate, {
     name = "verification",
-    maxIterations = single and 1 or pipeline.MAX_VERIFY,
+    maxIterations = p.maxVerify,
     check = function(iteration)
       local checks = preverify()
       p.verifyIterations = iteration
-      local r, rec = p:call("verification", pipeline.prompt("verification", p), iteration)
+      -- The tree as verified: its hash is part of the call, so a resumed run replays an
+      -- approval only for the very same tree; and the verifier must not change it.
+      local excl = worktree.excluded(o.cwd)
+      local before = worktree.codeManifest(o.cwd, excl)
+      local guard, gerr = worktree.snapshot(o.cwd, baton.run.dir .. "/gap09-verify", {files = true})
+      if not guard then p:fail(1, "cannot snapshot the work tree before verification: " .. tostring(gerr)) end
+      local r, rec = p:call("verification", pipeline.prompt("verification", p), iteration,
+        {GAP09_TREE_SHA256 = worktree.hash(before)})
+      local edited = {}
+      do
+        local after = worktree.codeManifest(o.cwd, excl)
+        local function show(k, v) return v:sub(1, 1) == "d" and (k .. "/") or k end
+        for k, v in pairs(after) do if before[k] ~= v then edited[#edited + 1] = show(k, v) end end
+        for k, v in pairs(before) do if not after[k] then edited[#edited + 1] = show(k, v) end end
+        if #edited > 0 then
+          worktree.restore(o.cwd, guard, {files = true})
+          table.sort(edited)
+          baton.log("the verifier changed files; they are put back as verified: " .. table.concat(edited, ", "),
+            {level = "warn", files = baton.json.array(edited)})
+        end
+      end
       if not r.ok then mustPass("verification", r, rec) end
       local v = pipeline.verdict(r.stdout)
       if not v then v = {approved = false, issues = {"verifier output was not a JSON object with \"approved\""}} end
-      lastVerdict = v
       local issues = pipeline.issues(v)
+      if #edited > 0 then
+        -- A verifier that changes the code is not verifying it: a rejection, whatever it said.
+        table.insert(issues, 1, "verification changed files: " .. table.concat(edited, ", "))
+        v = {approved = false, issues = issues}
+      end
+      lastVerdict = v
       rec.status = v.approved and "pass" or "fail"
       if not v.approved then rec.error = table.concat(issues, "; ") end
       p:line("verification", v.approved and "PASS" or "FAIL",
-        ("(iteration %d/%d)%s"):format(iteration, pipeline.MAX_VERIFY, v.approved and "" or (": " .. rec.error)))
-      p:report(rec, {checks = checks, verdict = v.approved, issues = issues})
+        ("(iteration %d/%d)%s"):format(iteration, p.maxVerify, v.approved and "" or (": " .. rec.error)))
+      local nxt
+      if v.approved then nxt = nextAfter("verification")
+      elseif iteration < p.maxVerify then
+        nxt = ("Back to Step 3 (rework the verifier's issues, iteration %d/%d)"):format(iteration + 1, p.maxVerify)
+      else
+        nxt = ("STOP (verification rejected %d/%d: %s; escalate to a human)"):format(iteration, p.maxVerify,
+          snapshot and "the work tree is reverted" or "nothing to revert")
+      end
+      p:report(rec, {checks = checks, verdict = v.approved, issues = issues, next = nxt})
+      rejected = not v.approved
       return {approved = v.approved, issues = issues}
     end,
     onReject = function(d, iteration)
@@ -211,26 +363,7 @@ elseif runs.verification then
       local why = "verification rejected " .. p.verifyIterations .. " time" .. (p.verifyIterations == 1 and "" or "s")
         .. ": retry exhausted, escalate to human (" .. table.concat(pipeline.issues(err.decision), "; ") .. ")"
       -- Fail closed: put the work tree back as it was before execution.
-      if snapshot then
-        local r = worktree.restore(o.cwd, snapshot)
-        r.snapshot = snapshot.tree
-        p.reverted = {modified = baton.json.array(r.modified), added = baton.json.array(r.added),
-          deleted = baton.json.array(r.deleted), snapshot = snapshot.tree, head_moved = r.head_moved}
-        local n = #r.modified + #r.added + #r.deleted
-        say(("REVERTED: the work tree is back as it was before execution (%d file%s)"):format(n, n == 1 and "" or "s"))
-        if #r.modified > 0 then say("  restored: " .. table.concat(r.modified, ", ")) end
-        if #r.added > 0 then say("  removed (added by the pipeline): " .. table.concat(r.added, ", ")) end
-        if #r.deleted > 0 then say("  brought back (deleted by the pipeline): " .. table.concat(r.deleted, ", ")) end
-        if r.head_moved then
-          say(("  warning: HEAD moved from %s to %s; commits are not undone"):format(r.head_moved.from, r.head_moved.to))
-        end
-        baton.log("reverted the work tree after exhausted verification", {reverted = p.reverted})
-        why = why .. "; work tree reverted (" .. n .. " file" .. (n == 1 and "" or "s") .. ")"
-      else
-        p.reverted = {note = "no execution ran in this pipeline: nothing to revert"}
-        say("REVERTED: nothing (no execution ran in this pipeline)")
-      end
-      p:fail(2, why)
+      p:fail(2, why .. "; " .. revert())
     end
     error(err, 0)
   end
@@ -239,6 +372,11 @@ end
 if runs.ship then
   local changed = p:changedFiles()
   local known = p.executed.execution and not dry
+  if snapshot and not dry then
+    -- What this run changed since its snapshot (true across a resume, where replayed
+    -- stages report no change).
+    changed, known = worktree.changedSince(o.cwd, snapshot), true
+  end
   if not known and not dry and worktree.isGit(o.cwd) then
     -- Execution did not run here: the uncommitted changes in the work tree are the change.
     local fp = worktree.fingerprint(o.cwd)

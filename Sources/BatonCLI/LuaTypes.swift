@@ -206,7 +206,8 @@ public enum Types {
 
         ---Merges fields into final.json's result and writes final.json at once.
         ---@param fields table
-        function persistFinal(fields) end
+        ---@param opts? {cancelled?: table, stdout?: boolean} result fields for a cancelled ending; print it on stdout
+        function persistFinal(fields, opts) end
 
         ---@class baton.ShOptions
         ---@field cwd? string
@@ -252,7 +253,7 @@ public enum Types {
         ---@field preflight fun(spec: baton.PreflightSpec): baton.PreflightReport
         ---@field watch fun(spec: baton.WatchSpec): baton.WatchOutcome
         ---@field gate fun(spec: baton.GateSpec): baton.Decision
-        ---@field persistFinal fun(fields: table)
+        ---@field persistFinal fun(fields: table, opts?: {cancelled?: table, stdout?: boolean})
 
         ---@class baton.ParallelOptions
         ---@field maxConcurrency? integer items in flight at once (default: the number of cores)

@@ -30,6 +30,11 @@ public final class RecipeEnvironment {
     var view: TerminalView?
     /// Set by `baton.usageOnly()` (kit.args on `help`): the run only printed its usage.
     public internal(set) var usageOnly = false
+    /// persistFinal's second argument: the fields merged into the result when the run ends
+    /// cancelled (the recipe's Lua code does not run again then), and whether that result
+    /// is printed on stdout as JSON.
+    var onCancelFields: [(String, JSON)]? = nil
+    var onCancelStdout = false
     var handles: [Int: StageExecution] = [:]
     /// Locks held by baton.fs.locked, by absolute path.
     var heldLocks: [String: FileLock] = [:]

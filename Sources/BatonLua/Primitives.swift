@@ -342,6 +342,20 @@ extension RecipeEnvironment {
             throw LuaRaise.usage("persistFinal expects a table with named fields (got a list)")
         }
         let ctx = try requireContext()
+        // persistFinal(fields, {cancelled = {...}, stdout = true}): what the result says if
+        // the run ends cancelled, registered now because no Lua code runs after a cancel.
+        if l.type(2) != LUA_TNONE && l.type(2) != LUA_TNIL {
+            let o = try SpecTable(l, arg: 2, fn: "persistFinal's options", allowed: ["cancelled", "stdout"])
+            if o.get("cancelled") != LUA_TNIL {
+                let c: JSON
+                do { c = try l.toJSON(-1) } catch { l.pop(); throw LuaRaise.usage("persistFinal: cancelled: \(error)") }
+                l.pop()
+                guard case let .object(cp) = c else { throw LuaRaise.usage("persistFinal: cancelled must be a table with named fields") }
+                onCancelFields = cp
+            } else { l.pop() }
+            if let b = try o.bool("stdout") { onCancelStdout = b }
+            if pairs.isEmpty { return 0 }
+        }
         do { try ctx.persistFinal(pairs) } catch { throw LuaRaise("persistFinal: cannot write final.json: \(error)") }
         try checkFatal()
         return 0

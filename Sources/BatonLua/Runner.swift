@@ -129,7 +129,9 @@ public enum RecipeRunner {
         if o.dryRun, ending.code == 0 {
             env.humanOut(planText(env.plan))
         }
+        if ending.status == .cancelled, let f = env.onCancelFields { ctx.mergeResult(f) }
         let problems = ctx.finish(status: ending.status, exitCode: ending.code, reason: ending.reason)
+        if ending.status == .cancelled, env.onCancelStdout, !o.json { Console.out(ctx.result.encoded(pretty: true)) }
         for p in problems { diag("baton: \(p)") }
         // `baton run r.lua help` printed the usage and ran nothing: no run to keep.
         if env.usageOnly, ending.code == 0, ctx.history.stages.isEmpty, !o.existingRun, (try? RunStore(root: o.runsDir).remove(ctx.dir.id)) != nil {

@@ -387,6 +387,7 @@ import Testing
         ("gate{name = 'g', check = function() end, maxIteration = 2}", "unknown field 'maxIteration'", "maxIterations"),
         ("gate{name = 'g', maxIterations = 'two', check = function() end}", "field 'maxIterations' must be an integer", nil),
         ("persistFinal('x')", "persistFinal expects a table", nil),
+        ("persistFinal({}, {cancelld = {status = 'cancelled'}})", "unknown field 'cancelld'", "cancelled"),
     ] as [(String, String, String?)])
     func badFieldsNameTheFieldAndLine(code: String, message: String, suggestion: String?) throws {
         let (r, _, run) = try run("bad", "local x = 1\n\(code)\n")
@@ -415,5 +416,35 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: d + "/shipped"))
         let f = try #require(Harness.final(Harness.latestRun(d) ?? ""))
         #expect(f["status"] as? String == "dry_run")
+    }
+
+    @Test func persistFinalRegistersWhatACancelledRunSays() throws {
+        // No Lua code runs after a cancel: the result a cancel should leave is registered before.
+        let d = Harness.tempDir("persist-cancel")
+        Harness.write(d + "/r.lua", """
+            persistFinal({step = 1}, {cancelled = {status = "cancelled", at = "first"}})
+            persistFinal({}, {cancelled = {status = "cancelled", at = "sleep"}, stdout = true})
+            baton.fs.write("ready", "1")
+            runStage{id = "sleep", cmd = "sleep 30"}
+            """)
+        let (p, out, _) = try Harness.start(["run", "r.lua"], cwd: d)
+        let stdout = Harness.Output(out)
+        #expect(Harness.waitFor(20) { FileManager.default.fileExists(atPath: d + "/ready") })
+        #expect(Harness.waitFor(20) {
+            Harness.read((Harness.latestRun(d) ?? d) + "/journal.jsonl")?.contains(#""type":"stage_started""#) == true
+        }, "the stage started")
+        kill(p.processIdentifier, SIGTERM)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 143)
+        let f = try #require(Harness.final(Harness.latestRun(d) ?? ""))
+        let res = f["result"] as? [String: Any] ?? [:]
+        #expect(f["status"] as? String == "cancelled" && res["status"] as? String == "cancelled" && res["at"] as? String == "sleep"
+                && res["step"] as? Int == 1, "\(f)")
+        let printed = try? JSONSerialization.jsonObject(with: Data(stdout.all().utf8)) as? [String: Any]
+        #expect(printed?["at"] as? String == "sleep", "stdout: \(stdout.text)")
+        // A run that is not cancelled keeps its own result.
+        let (r, _, run) = try run("persist-not-cancelled", "persistFinal({}, {cancelled = {status = 'cancelled'}, stdout = true})\nreturn {status = 'done'}\n")
+        #expect(r.code == 0 && r.stdout.isEmpty, "\(r.stdout)")
+        #expect((Harness.final(run)?["result"] as? [String: Any])?["status"] as? String == "done")
     }
 }

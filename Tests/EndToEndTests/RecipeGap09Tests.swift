@@ -422,22 +422,31 @@ import Testing
     }
 
     @Test func exhaustedVerificationRevertsTheWorkTree() throws {
+        // Run from inside the work tree (outside git): the runs directory, ./.baton/runs, is
+        // in the tree the snapshot copies and the revert compares; it must survive both.
         let d = Harness.tempDir("gap09-revert")
-        Harness.write(d + "/work/keep.txt", "orig\n")
-        Harness.write(d + "/work/gone.txt", "still here\n")
-        let r = try Harness.run(["run", Self.recipe, "Fix typo", "cwd=work", "timeout=5", "agent=rm -f gone.txt; gap09-agent.sh", "preflight=true"],
-                                cwd: d, env: ["AGENT_STATE": d, "AGENT_EDITS": "keep.txt new/n.txt", "AGENT_REJECT": "2"], timeout: 60)
+        let work = d + "/work"
+        Harness.write(work + "/keep.txt", "orig\n")
+        Harness.write(work + "/gone.txt", "still here\n")
+        try FileManager.default.createDirectory(atPath: work + "/.baton", withIntermediateDirectories: true)
+        let before = Self.manifest(work)
+        let r = try Harness.run(["run", Self.recipe, "Fix typo", "timeout=5", "agent=rm -f gone.txt; gap09-agent.sh", "preflight=true"],
+                                cwd: work, env: ["AGENT_STATE": d, "AGENT_EDITS": "keep.txt new/n.txt", "AGENT_REJECT": "2"], timeout: 60)
         #expect(r.code == 2, "stderr: \(r.stderr)")
-        #expect(Harness.read(d + "/work/keep.txt") == "orig\n", "modified file restored")
-        #expect(!FileManager.default.fileExists(atPath: d + "/work/new"), "added file removed, and the directory made for it")
-        #expect(Harness.read(d + "/work/gone.txt") == "still here\n", "deleted file brought back")
-        #expect(r.stdout.contains("REVERTED: the work tree is back as it was before execution (3 files)"), "stdout: \(r.stdout)")
+        #expect(Self.manifest(work) == before, "the tree as before: \(Self.manifest(work).keys.sorted())")
+        #expect(Harness.read(work + "/keep.txt") == "orig\n", "modified file restored")
+        #expect(!FileManager.default.fileExists(atPath: work + "/new"), "added file removed, and the directory made for it")
+        #expect(Harness.read(work + "/gone.txt") == "still here\n", "deleted file brought back")
+        #expect(r.stdout.contains("REVERTED: the work tree is back as it was before execution: 1 file restored, 1 created file removed, "
+                                  + "1 deleted file brought back, 1 created directory removed"), "stdout: \(r.stdout)")
         #expect(r.stdout.contains("  restored: keep.txt") && r.stdout.contains("removed (added by the pipeline): new/n.txt"))
-        let run = try #require(Harness.latestRun(d))
+        let run = try #require(Harness.latestRun(work), "the run directory survived the revert")
+        _ = Harness.journal(run)
+        #expect(FileManager.default.fileExists(atPath: run + "/stages/execution/1.out"), "stage logs survive the revert")
         let f = try #require(Harness.final(run))
         let rev = try #require((f["result"] as? [String: Any])?["reverted"] as? [String: Any])
         #expect(rev["modified"] as? [String] == ["keep.txt"] && rev["added"] as? [String] == ["new/n.txt"] && rev["deleted"] as? [String] == ["gone.txt"])
-        #expect(r.stderr.contains("work tree reverted (3 files)"))
+        #expect(r.stderr.contains("work tree reverted: 1 file restored"), "stderr: \(r.stderr)")
     }
 
     @Test func shipOnlyWhenDocumentationIsAffected() throws {

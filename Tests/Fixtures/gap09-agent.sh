@@ -14,6 +14,11 @@
 #                          "-" edits nothing
 #   AGENT_USAGE=1|S        every stage (or stage S) prints a usage line {"usage": {"input_tokens": 100, "output_tokens": 20}}
 #   AGENT_NO_DOCS=1        verification adds "docs_affected": false to its verdict
+#   AGENT_COMMIT=1         execution commits its change (git add -A; git commit)
+#   AGENT_REJECT_IF=F      verification rejects while file F exists in cwd
+#   AGENT_VERIFY_EDITS="F" the first verification appends a line to these files (a verifier
+#                          that changes the code)
+#   AGENT_FAIL_REWORK=1    execution fails from its second call on (a rework that crashes)
 # Every call also appends "STAGE MODEL" to ./models.log (GAP09_MODEL, "-" when unset).
 stage="$1"; session="$2"
 st="${AGENT_STATE:-.}"
@@ -38,6 +43,10 @@ if [ "${AGENT_FAIL_STAGE:-}" = "$stage" ]; then
   echo "tests broke: 3 failures" >&2
   exit 1
 fi
+if [ "${AGENT_FAIL_REWORK:-}" = "1" ] && [ "$stage" = execution ] && [ "$n" -ge 2 ]; then
+  echo "rework crashed" >&2
+  exit 1
+fi
 if [ "${AGENT_SLEEP_STAGE:-}" = "$stage" ]; then
   sleep 30
 fi
@@ -48,9 +57,18 @@ case "$stage" in
     else
       echo "change $n" >> work.txt
     fi
+    if [ "${AGENT_COMMIT:-}" = "1" ]; then
+      git add -A && git -c user.email=agent@x -c user.name=agent commit -qm "agent change $n" >/dev/null
+    fi
     echo "executed (run $n) in session $session" ;;
   verification)
+    if [ -n "${AGENT_VERIFY_EDITS:-}" ] && [ "$n" = 1 ]; then
+      for f in $AGENT_VERIFY_EDITS; do echo "verifier was here" >> "$f"; done
+    fi
     if [ "${AGENT_GARBAGE:-}" = "1" ]; then echo "looks fine to me"; exit 0; fi
+    if [ -n "${AGENT_REJECT_IF:-}" ] && [ -e "${AGENT_REJECT_IF}" ]; then
+      echo "{\"approved\": false, \"issues\": [\"${AGENT_REJECT_IF} is broken\"]}"; exit 0
+    fi
     if [ "$n" -le "${AGENT_REJECT:-0}" ]; then
       echo "checking..."
       echo "{\"approved\": false, \"issues\": [\"missing test for change $n\"]}"

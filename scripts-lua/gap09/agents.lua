@@ -28,6 +28,7 @@ function M.options(into)
   for _, s in ipairs(M.STAGES) do into["agent_" .. s] = {}; into["model_" .. s] = {list = true} end
   into.model = {list = true}
   into.config = {}
+  into.catalog = {}
   return into
 end
 
@@ -53,9 +54,9 @@ function M.load(path, explicit)
   if not ok or type(doc) ~= "table" then
     kit.fail(("config %s: not a YAML/JSON mapping: %s"):format(path, type(doc) == "table" and tostring(doc.message) or tostring(doc)), 3)
   end
-  local known = {agent = true, model = true, models = true, stages = true}
+  local known = {agent = true, model = true, models = true, stages = true, catalog = true}
   for k in pairs(doc) do
-    if not known[k] then kit.fail(("config %s: unknown key '%s' (agent, model, models, stages)"):format(path, tostring(k)), 3) end
+    if not known[k] then kit.fail(("config %s: unknown key '%s' (agent, model, models, stages, catalog)"):format(path, tostring(k)), 3) end
   end
   for name, st in pairs(doc.stages or {}) do
     local isStage = false
@@ -64,6 +65,123 @@ function M.load(path, explicit)
     if type(st) ~= "table" then kit.fail(("config %s: stages.%s must be a mapping"):format(path, name), 3) end
   end
   return doc
+end
+
+--- The program an agent command runs: its first word after `env` and VAR=value words.
+function M.program(cmd)
+  local words = {}
+  for w in (cmd or ""):gmatch("%S+") do words[#words + 1] = w end
+  local i = 1
+  if words[i] == "env" then
+    i = i + 1
+    while words[i] and (words[i]:match("^[%a_][%w_]*=") or words[i]:match("^%-")) do i = i + 1 end
+  else
+    while words[i] and words[i]:match("^[%a_][%w_]*=") do i = i + 1 end
+  end
+  return words[i]
+end
+
+--- The model catalog: from `catalog=FILE` or the config's `catalog:` (a file name, relative
+--- to the config file, or the list / object inline). A list of model names, or an object
+--- from agent name to such a list. Returns {all = {...}, byAgent = {name = {...}} or nil,
+--- from = where}, or nil when there is none; raises exit 3 when it cannot be read.
+function M.catalog(o, config, configPath)
+  local doc, from = nil, nil
+  local function readFile(path, what)
+    if not baton.fs.exists(path) then kit.fail(("%s%s: no such file"):format(what, path), 3) end
+    local ok, d = pcall(path:match("%.json$") and baton.json.decode or baton.yaml.decode, baton.fs.read(path))
+    if not ok or type(d) ~= "table" then
+      kit.fail(("%s%s: not a YAML/JSON list of models or agent -> models mapping: %s"):format(what, path,
+        type(d) == "table" and tostring(d.message) or tostring(d)), 3)
+    end
+    return d
+  end
+  if o.catalog then doc, from = readFile(o.catalog, "catalog="), o.catalog
+  elseif config and config.catalog ~= nil then
+    if type(config.catalog) == "string" then
+      local path = config.catalog
+      if not path:match("^/") then path = (configPath:match("^(.*)/[^/]*$") or ".") .. "/" .. path end
+      doc, from = readFile(path, "config " .. configPath .. ": catalog: "), path
+    else
+      doc, from = config.catalog, configPath .. " (catalog:)"
+    end
+  end
+  if doc == nil then return nil end
+  local function names(list, where)
+    if type(list) ~= "table" then kit.fail(("catalog %s: %s must be a list of model names"):format(from, where), 3) end
+    local out = {}
+    for _, m in ipairs(list) do out[#out + 1] = tostring(m) end
+    table.sort(out)
+    return out
+  end
+  local c = {from = from}
+  if #doc > 0 or next(doc) == nil then
+    c.all = names(doc, "the catalog")
+  else
+    c.byAgent, c.all = {}, {}
+    local seen = {}
+    for agent, list in pairs(doc) do
+      c.byAgent[tostring(agent)] = names(list, "the list of " .. tostring(agent))
+      for _, m in ipairs(c.byAgent[tostring(agent)]) do if not seen[m] then seen[m] = true; c.all[#c.all + 1] = m end end
+    end
+    table.sort(c.all)
+  end
+  return c
+end
+
+local function distance(a, b)
+  local prev = {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    local cur = {[0] = i}
+    for j = 1, #b do
+      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a:sub(i, i) == b:sub(j, j) and 0 or 1))
+    end
+    prev = cur
+  end
+  return prev[#b]
+end
+
+--- The closest name to `name` in `known` (edit distance, case-insensitive).
+function M.closest(name, known)
+  local best, bestD
+  for _, k in ipairs(known) do
+    local d = distance(name:lower(), k:lower())
+    if not bestD or d < bestD then best, bestD = k, d end
+  end
+  return best
+end
+
+--- Checks every model of the stages that run against the catalog: exit 3 naming the
+--- stage, the models available and the closest one, before any agent is called.
+function M.checkCatalog(c, t, runs)
+  if not c then return end
+  for _, s in ipairs(M.STAGES) do
+    local cfg = t[s]
+    if runs[s] and cfg.agent then
+      local available, whose = c.all, ""
+      if c.byAgent then
+        local prog = M.program(cfg.agent) or cfg.agent
+        available = c.byAgent[cfg.agent] or c.byAgent[prog] or c.byAgent[(prog:match("([^/]+)$"))]
+        if not available then
+          local agents = {}
+          for a in pairs(c.byAgent) do agents[#agents + 1] = a end
+          table.sort(agents)
+          kit.fail(("agent '%s' (stage %s) is not in the catalog %s (agents: %s)"):format(prog, s, c.from, table.concat(agents, ", ")), 3)
+        end
+        whose = " for agent " .. prog
+      end
+      local set = {}
+      for _, m in ipairs(available) do set[m] = true end
+      for _, m in ipairs(cfg.models or {}) do
+        if not set[m] then
+          local near = M.closest(m, available)
+          kit.fail(("model '%s' (stage %s) is not in the catalog %s%s; available: %s%s"):format(m, s, c.from, whose,
+            #available > 0 and table.concat(available, ", ") or "none", near and ("; closest: " .. near) or ""), 3)
+        end
+      end
+    end
+  end
 end
 
 --- The table {stage = {agent, models, from}} from the parsed options and the config.

@@ -197,13 +197,13 @@ end
 --- GAP09_MODEL in its environment. With several models for the stage (dual discovery),
 --- one call per model, in order; their outputs are joined. Returns the stage result and
 --- its StageResult (never raises for a failed agent; see failureKind).
-function Pipeline:call(stage, prompt, iteration)
+function Pipeline:call(stage, prompt, iteration, extraEnv)
   local cfg = self.agents[stage] or {}
   local models = cfg.models or {}
   if #models == 0 then models = {false} end
   local outputs, r, rec = {}, nil, nil
   for i, model in ipairs(models) do
-    r, rec = self:callOne(stage, prompt, iteration, model or nil, #models > 1 and i or nil)
+    r, rec = self:callOne(stage, prompt, iteration, model or nil, #models > 1 and i or nil, extraEnv)
     if not r.ok then return r, rec end
     outputs[#outputs + 1] = #models > 1 and ("### " .. tostring(model) .. "\n" .. (r.stdout or "")) or (r.stdout or "")
   end
@@ -211,7 +211,7 @@ function Pipeline:call(stage, prompt, iteration)
   return r, rec
 end
 
-function Pipeline:callOne(stage, prompt, iteration, model, part)
+function Pipeline:callOne(stage, prompt, iteration, model, part, extraEnv)
   local slot = M.SESSION_SLOT[stage]
   local agent = (self.agents[stage] or {}).agent
   local id = part and (stage .. "-" .. part) or stage
@@ -225,6 +225,11 @@ function Pipeline:callOne(stage, prompt, iteration, model, part)
     end
     local env = {GAP09_STAGE = stage, GAP09_SESSION_ID = session, GAP09_RISK = self.risk}
     if model then env.GAP09_MODEL = model end
+    for k, v in pairs(extraEnv or {}) do env[k] = v end
+    -- Cancelled during this call: the result says so (no Lua code runs after a cancel).
+    self:armCancel({stage = stage, status = "cancelled", started_at = iso(t0), session_id = session,
+      model = model or baton.json.null, agent = agent or baton.json.null, iteration = iteration or 0,
+      error = "the run was cancelled during this stage"})
     local r = runStage{id = id, cmd = cmd, cwd = self.cwd, stdin = prompt, timeout = self.timeout, grace = 2,
       env = env, allowFail = true}
     if r.dry then self.plan[#self.plan + 1] = ("stage %s: %s%s"):format(id, cmd, model and (" (model " .. model .. ")") or "") end
@@ -268,7 +273,17 @@ function Pipeline:callOne(stage, prompt, iteration, model, part)
   self.stages[#self.stages + 1] = rec
   self.executed[stage] = true
   if r.ok then self.outputs[stage] = r.stdout end
+  if not dry then self:armCancel() end
   return r, rec
+end
+
+--- What final.json's result (and, with `json`, stdout) says if the run is cancelled from
+--- now on: this PipelineResult with status "cancelled", `current` the stage in progress.
+function Pipeline:armCancel(current)
+  if self.dry or self.planOnly then return end
+  if current then self.stages[#self.stages + 1] = current end
+  persistFinal({}, {cancelled = self:result("cancelled"), stdout = self.json == true})
+  if current then table.remove(self.stages) end
 end
 
 --- Files changed by the pipeline's stages so far, sorted.
@@ -295,6 +310,8 @@ function Pipeline:report(rec, extra)
   extra = extra or {}
   local out = {}
   local function add(s) out[#out + 1] = "  " .. s end
+  add(("STEP %d STATUS: %s"):format(M.NUMBER[rec.stage] or 0, (rec.status == "pass" and "PASS") or (rec.status == "fail" and "FAIL")
+    or tostring(rec.status):upper()))
   add(("session: %s  model: %s"):format(rec.session_id or "-", rec.model ~= baton.json.null and rec.model or "(agent default)"))
   if extra.checks then
     add("pre-flight gates:")
@@ -309,11 +326,15 @@ function Pipeline:report(rec, extra)
   if extra.verdict ~= nil then
     add("verification: " .. (extra.verdict and "PASS" or "FAIL") .. (extra.issues and #extra.issues > 0
       and (" (issues: " .. table.concat(extra.issues, "; ") .. ")") or ""))
-    add(("re-verify count: %d/%d"):format(rec.iteration or 0, M.MAX_VERIFY))
+    add(("re-verify count: %d/%d"):format(rec.iteration or 0, self.maxVerify or M.MAX_VERIFY))
   end
   if rec.tokens_source == "reported" then add(("tokens: %d (reported by the agent)"):format(rec.tokens))
   elseif rec.tokens_source == "estimated" then add(("tokens: ~%d (estimated: the agent reported none)"):format(rec.tokens))
   else add("tokens: 0 (nothing ran)") end
+  if extra.next then
+    add("Next:")
+    add("- " .. extra.next)
+  end
   for _, l in ipairs(out) do self.say(l) end
   if extra.checks then rec.checks = baton.json.array(extra.checks) end
   baton.log(("step report: %s %s"):format(rec.stage, rec.status), {stage = rec.stage, status = rec.status,
