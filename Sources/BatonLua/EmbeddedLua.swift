@@ -1274,7 +1274,12 @@ return M
 """#),
         "research.registry": ("research/registry.lua", #"""
 -- research.registry: a JSONL registry of runs, one JSON object per line with a
--- "run_id", recorded at most once (see M.append).
+-- "run_id". The research recipe records each attempt of a run: a `running` line before
+-- the job starts (M.start, with its attempt number), replaced by the attempt's end
+-- (M.finish); a rerun (rerun=1) is a new attempt, a new line, and the earlier ones stay.
+-- Lines left `running` by a runner that died are recorded `orphaned` (M.sweep). The
+-- best run and the summary look at the latest entry of each run id (M.latest).
+-- M.append is the older record-once append (a duplicate run_id is not appended).
 local M = {}
 
 local function dirname(p) return p:match("^(.*)/[^/]*$") or "." end
@@ -1342,6 +1347,131 @@ function M.read(path)
   return entries, bad
 end
 
+--- The lines of the file (under its lock), with a function that writes lines back in
+--- place (the file is truncated, not replaced, so the held lock stays valid).
+local function rewrite(path, lines)
+  local f = assert(io.open(path, "w"))
+  f:write(table.concat(lines, "\n"), #lines > 0 and "\n" or "")
+  f:close()
+end
+
+local function decode(l)
+  local ok, v = pcall(baton.json.decode, l)
+  if ok and type(v) == "table" then return v end
+end
+
+local function attemptOf(e) return math.tointeger(tonumber(e.attempt)) or 1 end
+M.attemptOf = attemptOf
+
+--- The start of a run's attempt: a `running` line, recorded before the job starts, so a
+--- runner that dies without a word (SIGKILL) still leaves its trace. Under the lock: when
+--- another baton run already recorded the run_id and `opts.rerun` is not set, nothing is
+--- written and it returns nil and that entry; otherwise the attempt number (one more than
+--- the run_id's highest).
+function M.start(path, entry, opts)
+  opts = opts or {}
+  baton.fs.mkdir(dirname(path))
+  return baton.fs.locked(path, function()
+    local top, other = 0, nil
+    for _, l in ipairs(M.lines(path)) do
+      local v = decode(l)
+      if v and v.run_id == entry.run_id then
+        top = math.max(top, attemptOf(v))
+        if v.baton_run ~= entry.baton_run then other = v end
+      end
+    end
+    if other and not opts.rerun then return nil, other end
+    entry.attempt = top + 1
+    entry.status = entry.status or "running"
+    baton.fs.append(path, baton.json.encode(entry) .. "\n")
+    return entry.attempt
+  end, {timeout = opts.timeout or 60})
+end
+
+--- Records the end of an attempt: its line (same run_id, baton_run and attempt) is
+--- replaced by `entry`, or `entry` is appended when there is no such line. Returns
+--- "recorded", or "kept" when the attempt already ended (recorded by the wrapper on a
+--- signal: that record stands).
+function M.finish(path, entry, opts)
+  baton.fs.mkdir(dirname(path))
+  return baton.fs.locked(path, function()
+    local lines, at = M.lines(path), nil
+    for i, l in ipairs(lines) do
+      local v = decode(l)
+      if v and v.run_id == entry.run_id and v.baton_run == entry.baton_run and attemptOf(v) == attemptOf(entry) then
+        if v.status ~= "running" then return "kept" end
+        at = i
+      end
+    end
+    local line = baton.json.encode(entry)
+    if at then
+      lines[at] = line
+      rewrite(path, lines)
+    else
+      baton.fs.append(path, line .. "\n")
+    end
+    return "recorded"
+  end, {timeout = (opts or {}).timeout or 60})
+end
+
+--- Whether the baton run that wrote a `running` entry is still alive: its runner holds
+--- the run's lock (baton's flock on RUN_DIR/lock).
+local function runnerAlive(e)
+  if type(e.run_dir) ~= "string" or not baton.fs.exists(e.run_dir .. "/lock") then return false end
+  local _, free = baton.sh({"flock", "-n", "-s", e.run_dir .. "/lock", "true"}, {allowFail = true, readOnly = true})
+  return not free
+end
+
+--- Records as `orphaned` every `running` entry whose runner is gone: a runner of another
+--- baton run that no longer holds its run's lock, or an earlier runner of this baton run
+--- (`me = {baton_run, runner}`: a resume). Returns the entries it recorded.
+function M.sweep(path, me)
+  if not baton.fs.exists(path) then return {} end
+  return baton.fs.locked(path, function()
+    local lines, found = M.lines(path), {}
+    for i, l in ipairs(lines) do
+      local v = decode(l)
+      if v and v.status == "running" then
+        local dead
+        if v.baton_run == me.baton_run then dead = v.runner ~= me.runner else dead = not runnerAlive(v) end
+        if dead then
+          v.status = "orphaned"
+          v.reason = ("its runner (baton run %s) ended without recording the run (killed?); recorded by baton run %s")
+            :format(tostring(v.baton_run), tostring(me.baton_run))
+          v.orphaned_at = os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(baton.now()))
+          lines[i] = baton.json.encode(v)
+          found[#found + 1] = v
+        end
+      end
+    end
+    if #found > 0 then rewrite(path, lines) end
+    return found
+  end, {timeout = 60})
+end
+
+--- The latest entry of each run_id (the last line of that run_id), in the order of those lines.
+function M.latest(entries)
+  local last, order = {}, {}
+  for i, e in ipairs(entries) do
+    if e.run_id ~= nil then last[e.run_id] = i end
+  end
+  for i, e in ipairs(entries) do
+    if e.run_id == nil or last[e.run_id] == i then order[#order + 1] = e end
+  end
+  return order
+end
+
+--- The latest entry of a run_id, or nil.
+function M.latestOf(path, runID)
+  local found
+  for _, e in ipairs((M.read(path))) do
+    if e.run_id == runID then found = e end
+  end
+  return found
+end
+
+M.BASIS = "latest entry of each run id"
+
 local function metricOf(e, name)
   local m = e.metrics
   local v = type(m) == "table" and m[name]
@@ -1351,8 +1481,10 @@ end
 
 --- The best succeeded run by a numeric metric: mode "max" (default) or "min".
 --- Returns {run_id, metric, mode, value, candidates} or nil when no run has the metric.
-function M.best(entries, metric, mode)
+--- With `opts.latest`, only the latest entry of each run id is a candidate (`basis` says so).
+function M.best(entries, metric, mode, opts)
   mode = mode or "max"
+  if opts and opts.latest then entries = M.latest(entries) end
   local best, value, n = nil, nil, 0
   for _, e in ipairs(entries) do
     local v = metricOf(e, metric)
@@ -1362,15 +1494,20 @@ function M.best(entries, metric, mode)
     end
   end
   if not best then return nil end
-  return {run_id = best.run_id, metric = metric, mode = mode, value = value, candidates = n}
+  return {run_id = best.run_id, metric = metric, mode = mode, value = value, candidates = n, attempt = best.attempt,
+    basis = opts and opts.latest and M.BASIS or nil}
 end
 
---- Counts by status.
-function M.summary(entries)
-  local s = {runs = #entries, succeeded = 0, failed = 0, cancelled = 0, blocked = 0, other = 0}
+--- Counts by status. With `opts.latest`, over the latest entry of each run id (`runs`),
+--- with `entries` (every line) and `basis` saying so.
+function M.summary(entries, opts)
+  local all = entries
+  if opts and opts.latest then entries = M.latest(entries) end
+  local s = {runs = #entries, succeeded = 0, failed = 0, cancelled = 0, blocked = 0, orphaned = 0, other = 0}
   for _, e in ipairs(entries) do
-    if s[e.status] and e.status ~= "runs" and e.status ~= "other" then s[e.status] = s[e.status] + 1 else s.other = s.other + 1 end
+    if type(e.status) == "string" and s[e.status] and e.status ~= "runs" and e.status ~= "other" then s[e.status] = s[e.status] + 1 else s.other = s.other + 1 end
   end
+  if opts and opts.latest then s.entries = #all; s.basis = M.BASIS end
   return s
 end
 
@@ -1426,7 +1563,7 @@ Best by {{metric}} ({{mode}}): {{best.run_id}} = {{best.value}}
 -- The wrapper's command line carries "research-job:RUN_ID" (for the pgrep guard).
 local M = {}
 
-M.script = [=[
+local prelude = [=[
 unset RESEARCH_WRAPPER
 out=$1; rid=$2; job=$3
 status="$out/status.json"
@@ -1469,41 +1606,60 @@ write_plain() { # status exit_code reason extra
   printf '{"status":"%s","run_id":"%s","exit_code":%s,"reason":"%s","started_at":"%s"%s}\n' \
     "$1" "$rid" "$2" "$3" "$started" "$4" > "$status.tmp.$$" && mv -f "$status.tmp.$$" "$status"
 }
-record_cancelled() { # reason: one registry line, under the registry's flock
+record_cancelled() { # reason: this attempt's registry line says cancelled, under the registry's flock
   [ -n "${RESEARCH_REGISTRY:-}" ] && command -v python3 >/dev/null 2>&1 || return 0
   python3 - "$RESEARCH_REGISTRY" "$rid" "$1" "$started" "$out" <<'PY' || true
 import fcntl, json, os, sys, time
 reg, rid, reason, started, out = sys.argv[1:6]
 env = os.environ
+brun = env.get("RESEARCH_BATON_RUN") or env.get("BATON_RUN_ID", "")
+try:
+    attempt = int(env.get("RESEARCH_ATTEMPT", "1"))
+except ValueError:
+    attempt = 1
 entry = {"run_id": rid, "status": "cancelled", "reason": reason, "metrics": {}, "missing": [],
          "started_at": started, "ended_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-         "out": out, "job": env.get("RESEARCH_JOB", ""), "baton_run": env.get("BATON_RUN_ID", ""),
+         "out": out, "job": env.get("RESEARCH_JOB", ""), "baton_run": brun, "attempt": attempt,
          "tags": [t for t in env.get("RESEARCH_TAGS", "").split(",") if t], "recorded_by": "wrapper"}
 os.makedirs(os.path.dirname(reg) or ".", exist_ok=True)
 with open(reg, "a+") as f:
     fcntl.flock(f, fcntl.LOCK_EX)
     f.seek(0)
-    lines = f.read().split("\n")
-    def rid_of(line):
+    lines = [l for l in f.read().split("\n") if l.strip()]
+    def mine(line):
         try:
-            return json.loads(line).get("run_id")
+            v = json.loads(line)
         except Exception:
             return None
-    same = [l for l in lines if l.strip() and rid_of(l) == rid]
-    if same and env.get("RESEARCH_RERUN") != "1":
-        sys.exit(0)
+        if isinstance(v, dict) and v.get("run_id") == rid and v.get("baton_run") == brun and int(v.get("attempt") or 1) == attempt:
+            return v
+        return None
+    at = [i for i, l in enumerate(lines) if mine(l) is not None]
+    if at and mine(lines[at[-1]]).get("status") != "running":
+        sys.exit(0)  # this attempt already ended: its record stands
     line = json.dumps(entry, sort_keys=True)
-    if same:
-        keep = [l for l in lines if l.strip() and rid_of(l) != rid]
+    if at:
+        prev = mine(lines[at[-1]])
+        for k in ("started_at", "job", "out", "tags", "run_dir", "runner"):
+            if k in prev:
+                entry[k] = prev[k]
+        lines[at[-1]] = json.dumps(entry, sort_keys=True)
         f.seek(0); f.truncate()
-        f.write("".join(l + "\n" for l in keep))
-    elif lines[-1] != "":
-        f.write("\n")
-    f.write(line + "\n")
+        f.write("".join(l + "\n" for l in lines))
+    else:
+        f.seek(0, 2)
+        if f.tell() > 0:
+            f.seek(f.tell() - 1); last = f.read(1)
+            if last != "\n":
+                f.write("\n")
+        f.write(line + "\n")
     f.flush()
     os.fsync(f.fileno())
 PY
 }
+]=]
+
+M.script = prelude .. [=[
 on_signal() { # name code
   trap '' TERM INT HUP
   finalize cancelled "$2" "cancelled by $1"
@@ -1526,6 +1682,64 @@ rc=$?
 if [ "$rc" -eq 0 ]; then finalize succeeded 0 ""; else finalize failed "$rc" "job exited with code $rc"; fi
 exit "$rc"
 ]=]
+
+-- The callback's wrapper: the job has ended (status.json is its), and a signal now
+-- (a cancel of the run during the callback) marks status.json and this attempt's
+-- registry line `cancelled`, because no recipe code runs after a cancel.
+M.callbackScript = prelude .. [=[
+cancel_status() { # reason code
+  if command -v python3 >/dev/null 2>&1; then
+    python3 - "$status" "$rid" "$1" "$2" <<'PY' && return 0
+import json, os, sys, time
+path, rid, reason, code = sys.argv[1:5]
+try:
+    with open(path) as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        data = {}
+except Exception:
+    data = {}
+job = {k: data.get(k) for k in ("status", "exit_code", "reason") if k in data}
+data.update({"status": "cancelled", "run_id": rid, "reason": reason, "exit_code": int(code), "job": job,
+             "ended_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+tmp = "%s.tmp.%d" % (path, os.getpid())
+with open(tmp, "w") as f:
+    json.dump(data, f, sort_keys=True)
+    f.write("\n")
+    f.flush()
+    os.fsync(f.fileno())
+os.replace(tmp, path)
+PY
+  fi
+  write_plain cancelled "$2" "$1" ""
+}
+on_signal() { # name code
+  trap '' TERM INT HUP
+  cancel_status "cancelled by $1 during the callback" "$2"
+  record_cancelled "cancelled by $1 during the callback"
+  if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null; wait "$child" 2>/dev/null; fi
+  exit "$2"
+}
+trap 'on_signal SIGTERM 143' TERM
+trap 'on_signal SIGINT 130' INT
+trap 'on_signal SIGHUP 129' HUP
+sh -c "$job" &
+child=$!
+wait "$child"
+exit $?
+]=]
+
+--- The argv that runs the callback (shell text) under the callback's wrapper (pass
+--- M.callbackEnv() as the stage's env).
+function M.callbackCommand(out, runID, cmd)
+  return {"sh", "-c", 'eval "$RESEARCH_WRAPPER"', "research-callback:" .. runID, out, runID, cmd}
+end
+
+function M.callbackEnv(extra)
+  local e = {RESEARCH_WRAPPER = M.callbackScript}
+  for k, v in pairs(extra or {}) do e[k] = v end
+  return e
+end
 
 --- The argv that runs `job` (shell text) under the wrapper.
 --- The script travels in the environment (RESEARCH_WRAPPER; pass M.env() as the stage's env),
