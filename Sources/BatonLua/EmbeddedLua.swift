@@ -2494,6 +2494,8 @@ function M.layout(base, o, abs)
   return {
     base = base, inbox = at(o.inbox or M.DEFAULTS.inbox), state = at(o.state or M.DEFAULTS.state),
     telemetry = at(o.telemetry or M.DEFAULTS.telemetry), reports = at(o.reports or M.DEFAULTS.reports), at = at,
+    abs = function(p) return workorder.absolute(p:sub(1, 1) == "/" and p or (abs .. "/" .. p:sub(#base + 2))) end,
+    unconfined = o.unconfined == true, allowUnverified = o.allow_unverified == true,
     opts = {base = abs, allow = allow, home = home, units = absolute(o.units or "~/.config/systemd/user"), logs = abs .. "/logs"},
   }
 end
@@ -2533,6 +2535,44 @@ function M.services()
   return svcCache
 end
 
+-- The read-only view the steps run under: bwrap (Debian: bubblewrap), probed once per run.
+local sandboxCache
+function M.sandbox()
+  if not sandboxCache then
+    local _, found = baton.sh("command -v bwrap", {allowFail = true, readOnly = true})
+    if not found then
+      sandboxCache = {ok = false, why = "bwrap is not installed (Debian package bubblewrap; scripts/deps installs it)"}
+    else
+      local out, ok, code, err = baton.sh({"bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--", "true"},
+        {allowFail = true, readOnly = true, timeout = 30})
+      local first = ((err or "") .. (out or "")):match("[^\n]+")
+      sandboxCache = ok and {ok = true} or {ok = false, why = ("bwrap cannot set up its sandbox here (exit %s: %s)"):format(tostring(code), first or "no message")}
+    end
+  end
+  return sandboxCache
+end
+
+--- What runs a step: under bwrap, the file system read-only except base, the allow-list
+--- and a private TMPDIR; or, with unconfined=1, as is. Returns run(cmd) and a cleanup.
+local function stepRunner(L)
+  local base = L.base
+  if L.unconfined then return nil, function() end end
+  local tmp = baton.sh({"mktemp", "-d", "-t", "baton-wo-step.XXXXXX"}):gsub("%s+$", "")
+  local argv = {"bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--bind", L.opts.base, L.opts.base}
+  for _, a in ipairs(L.opts.allow) do
+    for _, x in ipairs({"--bind-try", a, a}) do argv[#argv + 1] = x end
+  end
+  for _, x in ipairs({"--bind", tmp, tmp, "--setenv", "TMPDIR", tmp, "--die-with-parent", "--chdir", L.opts.base, "--", "sh", "-c"}) do
+    argv[#argv + 1] = x
+  end
+  local function run(cmd)
+    local full = {table.unpack(argv)}
+    full[#full + 1] = cmd
+    return baton.sh(full, {cwd = base, allowFail = true, timeout = 120})
+  end
+  return run, function() baton.sh({"rm", "-rf", "--", tmp}, {allowFail = true}) end
+end
+
 local function printSteps(kind, results)
   for _, r in ipairs(results or {}) do
     print(("  %s %s: %s%s"):format(kind, r.name, r.status, r.reason and (" (" .. r.reason .. ")") or ""))
@@ -2557,12 +2597,31 @@ function M.process(L, file, dry)
         {wo_id = wo.id, file = file, skipped = true})
       return "skipped", "already completed", wo.id
     end
-    if dry then return "would_apply", nil, wo.id end
+    if dry then
+      return "would_apply", ("%d file%s%s; would record state %s and telemetry wo_started, wo_completed"):format(#wo.files,
+        #wo.files == 1 and "" or "s", #wo.units > 0 and (", " .. #wo.units .. " unit" .. (#wo.units == 1 and "" or "s")) or "",
+        M.statePath(L, wo.id)), wo.id
+    end
     M.emit(L, "wo_started", {wo_id = wo.id, title = wo.title, file = file})
     local ok
     ok, why = workorder.contained(L.base, wo, L.opts.allow)
-    local manifest
+    local hasSteps = #wo.post_verify + #wo.tests > 0
+    if ok and hasSteps and not L.unconfined then
+      -- The steps may write only in base and the allow-list; without that view they do not run.
+      local sb = M.sandbox()
+      if not sb.ok then
+        ok, why = nil, ("%s: its post_verify and tests must run under a read-only view of the file system outside base and "
+          .. "the allow-list, and that cannot be set up: %s; nothing was written; pass unconfined=1 to run them without it"):format(file, sb.why)
+      end
+    end
+    local manifest, treeBefore, roots, skip
     if ok then
+      -- What is there before the first write: a rollback removes whatever the order or its steps created.
+      roots = {L.opts.base}
+      for _, a in ipairs(L.opts.allow) do roots[#roots + 1] = a end
+      skip = {L.abs(L.state), L.abs(L.telemetry):match("^(.*)/[^/]*$"), L.abs(L.reports), L.abs(L.inbox), L.opts.base .. "/backups",
+        L.opts.base .. "/.git"}
+      treeBefore = workorder.tree(roots, skip)
       manifest = workorder.backup(wo, ("%s/backups/%s/%s"):format(L.base, wo.id, os.date("!%Y%m%dT%H%M%SZ", math.floor(baton.now()))))
       details.backup = manifest.dir
       baton.log(("work order %s: snapshot of %d file(s) before writing: %s"):format(wo.id, #manifest.files, manifest.dir),
@@ -2579,8 +2638,13 @@ function M.process(L, file, dry)
         vok == false and "systemd-analyze verify FAILED" or details.units_verified))
       if vok == false then ok, why = nil, ("%s: systemd-analyze verify failed: %s"):format(file, out) end
     end
+    local run, cleanup
+    if ok and hasSteps then
+      run, cleanup = stepRunner(L)
+      if L.unconfined then print("  post_verify and tests: unconfined (unconfined=1): not under a read-only view") end
+    end
     if ok then
-      local pok, results = workorder.steps(L.base, wo.post_verify, M.services())
+      local pok, results = workorder.steps(L.base, wo.post_verify, M.services(), run)
       details.post_verify = baton.json.array(results)
       printSteps("post_verify", results)
       if not pok then
@@ -2590,29 +2654,85 @@ function M.process(L, file, dry)
     end
     if ok then
       local results
-      ok, why, results = workorder.test(L.base, wo, M.services())
+      ok, why, results = workorder.test(L.base, wo, M.services(), run)
       details.tests = baton.json.array(results or {})
       printSteps("test", results)
+    end
+    if cleanup then cleanup() end
+    -- Skipped checks are not passes.
+    local skipped = {}
+    for _, kind in ipairs({"post_verify", "tests"}) do
+      for _, r in ipairs(details[kind] or {}) do
+        if r.status == "SKIPPED" then skipped[#skipped + 1] = ("%s '%s': %s"):format(kind == "tests" and "test" or kind, r.name, r.reason) end
+      end
+    end
+    if details.units_verified and details.units_verified:match("^not verified") then skipped[#skipped + 1] = "units " .. details.units_verified end
+    local unverified = ok and #skipped > 0
+    if unverified and not L.allowUnverified then
+      local files = {}
+      for _, f in ipairs(wo.files) do files[#files + 1] = {path = f.path, mode = ("%04o"):format(f.mode), bytes = #f.content} end
+      why = ("%d check%s skipped: %s"):format(#skipped, #skipped == 1 and "" or "s", table.concat(skipped, "; "))
+      writeState(L, {wo_id = wo.id, title = wo.title, type = wo.type, status = "unverified", file = file, reason = why,
+        skipped = baton.json.array(skipped), started_at = started, applied_at = M.iso(), files = files, backup = details.backup,
+        units = details.units, units_verified = details.units_verified, post_verify = details.post_verify, test_results = details.tests})
+      M.emit(L, "wo_unverified", {wo_id = wo.id, files = #wo.files, skipped = #skipped, reason = why})
+      baton.log(("work order %s applied but UNVERIFIED: %s"):format(wo.id, why), {level = "warn", wo_id = wo.id, skipped = skipped})
+      details.files = files
+      return "unverified", why, wo.id, details
     end
     if ok then
       local files = {}
       for _, f in ipairs(wo.files) do files[#files + 1] = {path = f.path, mode = ("%04o"):format(f.mode), bytes = #f.content} end
       writeState(L, {wo_id = wo.id, title = wo.title, type = wo.type, status = "completed", file = file,
         started_at = started, completed_at = M.iso(), files = files, tests = #wo.tests, backup = details.backup,
-        units = details.units, units_verified = details.units_verified, post_verify = details.post_verify, test_results = details.tests})
-      M.emit(L, "wo_completed", {wo_id = wo.id, files = #wo.files, tests = #wo.tests})
+        units = details.units, units_verified = details.units_verified, post_verify = details.post_verify, test_results = details.tests,
+        unverified_allowed = unverified or nil, skipped = unverified and baton.json.array(skipped) or nil})
+      M.emit(L, "wo_completed", {wo_id = wo.id, files = #wo.files, tests = #wo.tests, unverified_allowed = unverified or nil})
       baton.log("work order " .. wo.id .. " completed", {wo_id = wo.id, files = #wo.files})
       details.files = files
-      return "completed", nil, wo.id, details
+      return "completed", unverified and ("unverified: %d check%s skipped; allowed by allow_unverified=1"):format(#skipped,
+        #skipped == 1 and "" or "s") or nil, wo.id, details
     end
     if manifest then
+      -- Undo everything: the units its steps started, its files, what its steps created, the directories.
+      local stopped = {}
+      if M.services().available then
+        local units = {}
+        for _, kind in ipairs({"post_verify", "tests"}) do
+          for _, r in ipairs(details[kind] or {}) do
+            for _, u in ipairs(r.starts or {}) do if r.status ~= "SKIPPED" then units[#units + 1] = u end end
+          end
+        end
+        if #units > 0 then
+          local cmd = {"systemctl", "--user", "disable", "--now"}
+          for _, u in ipairs(units) do cmd[#cmd + 1] = u end
+          local out, sok, _, err = baton.sh(cmd, {allowFail = true, timeout = 60})
+          stopped = units
+          if not sok then baton.log("rollback: systemctl --user disable --now: " .. ((err or "") .. (out or "")):gsub("%s+$", ""), {level = "warn"}) end
+        end
+      end
       local rb = workorder.rollback(manifest)
+      local gone, goneDirs, changed = workorder.undoNew(treeBefore, workorder.tree(roots, skip))
+      for _, dir in ipairs(goneDirs) do rb.removed_dirs[#rb.removed_dirs + 1] = dir end
+      workorder.removeCreatedDirs(manifest, rb)
+      if #stopped > 0 then baton.sh({"systemctl", "--user", "daemon-reload"}, {allowFail = true, timeout = 60}) end
+      local replaced = {}
+      for _, f in ipairs(wo.files) do replaced[f.full] = true end
+      local notRestored = {}
+      for _, c in ipairs(changed) do if not replaced[c] then notRestored[#notRestored + 1] = c end end
+      rb.units_stopped, rb.removed_created, rb.changed_not_restored = stopped, gone, notRestored
       details.rolled_back = rb
+      if #notRestored > 0 then
+        print("  rollback: changed by its steps and not in the snapshot (not restored): " .. table.concat(notRestored, ", "))
+      end
       writeState(L, {wo_id = wo.id, title = wo.title, status = "rolled_back", file = file, started_at = started,
         failed_at = M.iso(), reason = why, backup = manifest.dir,
         restored = baton.json.array(rb.restored), removed = baton.json.array(rb.removed),
+        removed_dirs = baton.json.array(rb.removed_dirs), removed_created = baton.json.array(gone),
+        units_stopped = baton.json.array(stopped), changed_not_restored = baton.json.array(notRestored),
         units_verified = details.units_verified, post_verify = details.post_verify, test_results = details.tests})
-      M.emit(L, "wo_failed", {wo_id = wo.id, file = file, reason = why, rolled_back = true, restored = #rb.restored, removed = #rb.removed})
+      M.emit(L, "wo_failed", {wo_id = wo.id, file = file, reason = why, rolled_back = true, restored = #rb.restored, removed = #rb.removed,
+        units_stopped = #stopped, removed_dirs = #rb.removed_dirs, removed_created = #gone})
       baton.log(("work order %s failed and was rolled back: %s (restored %d, removed %d)"):format(wo.id, why, #rb.restored, #rb.removed),
         {level = "error", wo_id = wo.id, reason = why, restored = rb.restored, removed = rb.removed})
       return "rolled_back", why, wo.id, details
@@ -2634,11 +2754,11 @@ function M.rebuild(L, dry)
   local files = baton.fs.glob(L.inbox .. "/*.yaml")
   for _, f in ipairs(baton.fs.glob(L.inbox .. "/*.yml")) do files[#files + 1] = f end
   table.sort(files)
-  local summary = {completed = {}, skipped = {}, failed = {}, would_apply = {}, invalid = {}, rolled_back = {}, details = {}}
+  local summary = {completed = {}, skipped = {}, failed = {}, would_apply = {}, invalid = {}, rolled_back = {}, unverified = {}, details = {}}
   for _, f in ipairs(files) do
     local status, why, id, details = M.process(L, f, dry)
     local list = status == "rolled_back" and summary.failed or summary[status]
-    local item = (status == "failed" or status == "invalid" or status == "rolled_back") and {wo_id = id, file = f, reason = why} or id
+    local item = (status == "failed" or status == "invalid" or status == "rolled_back" or status == "unverified") and {wo_id = id, file = f, reason = why} or id
     if status == "rolled_back" then
       item.rolled_back = true
       summary.rolled_back[#summary.rolled_back + 1] = id
@@ -2660,9 +2780,9 @@ function M.deploymentReport(L, s)
   add("")
   local any = false
   for _, d in ipairs(s.details) do
-    if d.status == "completed" then
+    if d.status == "completed" or d.status == "unverified" then
       any = true
-      add("### " .. d.wo_id)
+      add("### " .. d.wo_id .. (d.status == "unverified" and " (UNVERIFIED)" or ""))
       for _, f in ipairs(d.details.files or {}) do add(("- `%s` (mode %s, %d bytes)"):format(f.path, f.mode, f.bytes)) end
       for _, u in ipairs(d.details.units or {}) do add(("- systemd user unit `%s` (from `%s`)"):format(u.name, u.from)) end
     end
@@ -2688,6 +2808,10 @@ function M.deploymentReport(L, s)
     issues = issues + 1
     add(("- %s %s: %s"):format(f.wo_id, f.rolled_back and "failed and was rolled back" or "failed", f.reason))
   end
+  for _, u in ipairs(s.unverified) do
+    issues = issues + 1
+    add(("- %s is UNVERIFIED: %s"):format(u.wo_id, u.reason))
+  end
   for _, d in ipairs(s.details) do
     for _, kind in ipairs({"post_verify", "tests"}) do
       for _, r in ipairs(d.details[kind] or {}) do
@@ -2701,7 +2825,7 @@ function M.deploymentReport(L, s)
   add("")
   local steps = 0
   for _, d in ipairs(s.details) do
-    if d.status == "completed" then
+    if d.status == "completed" or d.status == "unverified" then
       for _, u in ipairs(d.details.units or {}) do
         if u.name:match("%.timer$") or not u.name:match("%.service$") then
           steps = steps + 1; add(("%d. `systemctl --user disable --now %s`"):format(steps, u.name))
@@ -2878,6 +3002,18 @@ function M.mode(v)
   return nil, ("mode %s is not an octal file mode like \"0755\""):format(tostring(v))
 end
 
+--- A wo_id names files (state/<wo_id>.json, backups/<wo_id>/): a plain name only.
+function M.plainName(id)
+  return type(id) == "string" and id:match("^[%w_.%-]+$") ~= nil and id ~= "." and id ~= ".."
+end
+
+--- systemd unit files a work order writes itself are verified like generated ones.
+local UNIT_SUFFIXES = {service = true, timer = true, socket = true, path = true, target = true, mount = true, automount = true, slice = true}
+function M.isUnitFile(path)
+  local ext = path:match("%.([%w]+)$")
+  return ext ~= nil and UNIT_SUFFIXES[ext] == true
+end
+
 --- Lexically normalises a relative path; nil, why when it is absolute or leaves its root.
 function M.normalize(p)
   if type(p) ~= "string" or p == "" then return nil, "the path is empty" end
@@ -2942,10 +3078,11 @@ function M.load(file, opts)
     return nil, ("%s: invalid YAML: %s"):format(file, (msg:gsub("^.-invalid YAML: ", "")))
   end
   if type(doc) ~= "table" then return nil, ("%s: a work order must be a YAML mapping"):format(file) end
-  local knownID = type(doc.wo_id) == "string" and doc.wo_id:match("^[%w_.%-]+$") and doc.wo_id or nil
+  local knownID = M.plainName(doc.wo_id) and doc.wo_id or nil
   local function bad(field, why) return nil, ("%s: field '%s' %s"):format(file, field, why), knownID end
-  if type(doc.wo_id) ~= "string" or not doc.wo_id:match("^[%w_.%-]+$") then
-    return bad("wo_id", "is required: letters, digits, '.', '_', '-'")
+  if not knownID then
+    return bad("wo_id", ("is required: a plain name of letters, digits, '.', '_', '-' (not '.' or '..'), got %s")
+      :format(type(doc.wo_id) == "string" and ("%q"):format(doc.wo_id) or type(doc.wo_id)))
   end
   if type(doc.files) ~= "table" or #doc.files == 0 then return bad("files", "must be a non-empty list") end
   local wo = {id = doc.wo_id, title = doc.title, type = doc.type, file = file, files = {}, tests = {}, post_verify = {}, units = {}}
@@ -2978,6 +3115,9 @@ function M.load(file, opts)
       local full, label = M.target(f.path, opts)
       if not full then return bad(where .. ".path", "refused: " .. label) end
       wo.files[#wo.files + 1] = {path = label, full = full, content = content, mode = mode}
+      if M.isUnitFile(full) then
+        wo.units[#wo.units + 1] = {name = full:match("([^/]+)$"), path = full, from = f.path, direct = true}
+      end
     end
   end
   if doc.tests ~= nil and type(doc.tests) ~= "table" then return bad("tests", "must be a list") end
@@ -3025,7 +3165,18 @@ end
 --- Copies what the work order will replace to backupDir (a snapshot before a
 --- destructive step). Returns the manifest {dir, files = {{path, full, existed, backup}}}.
 function M.backup(wo, backupDir)
-  local m = {dir = backupDir, files = {}}
+  local m = {dir = backupDir, files = {}, created_dirs = {}}
+  -- The directories writing the files will create (mkdir -p): removed again by a rollback.
+  local seen = {}
+  for _, f in ipairs(wo.files) do
+    local dir = f.full:match("^(.*)/[^/]*$")
+    while dir and dir ~= "" and not baton.fs.exists(dir) and not seen[dir] do
+      seen[dir] = true
+      m.created_dirs[#m.created_dirs + 1] = dir
+      dir = dir:match("^(.*)/[^/]*$")
+    end
+  end
+  table.sort(m.created_dirs, function(a, b) return #a > #b end)
   for i, f in ipairs(wo.files) do
     local e = {path = f.path, full = f.full, existed = baton.fs.exists(f.full)}
     if e.existed then
@@ -3036,14 +3187,16 @@ function M.backup(wo, backupDir)
     m.files[#m.files + 1] = e
   end
   baton.fs.mkdir(backupDir)
-  baton.fs.write(backupDir .. "/manifest.json", baton.json.encode({wo_id = wo.id, files = m.files}, {pretty = true}) .. "\n")
+  baton.fs.write(backupDir .. "/manifest.json", baton.json.encode({wo_id = wo.id, files = m.files,
+    created_dirs = baton.json.array(m.created_dirs)}, {pretty = true}) .. "\n")
   return m
 end
 
---- Puts back what the manifest recorded: earlier files restored, new files removed.
---- Returns {restored = {...}, removed = {...}}.
+--- Puts back what the manifest recorded: earlier files restored, new files removed, and
+--- the directories the writes created removed once empty (deepest first).
+--- Returns {restored = {...}, removed = {...}, removed_dirs = {...}}.
 function M.rollback(manifest)
-  local r = {restored = {}, removed = {}}
+  local r = {restored = {}, removed = {}, removed_dirs = {}}
   for i = #manifest.files, 1, -1 do
     local e = manifest.files[i]
     if e.existed then
@@ -3057,6 +3210,55 @@ function M.rollback(manifest)
   table.sort(r.restored)
   table.sort(r.removed)
   return r
+end
+
+--- Removes the directories the manifest says the writes created, deepest first, when empty.
+function M.removeCreatedDirs(manifest, r)
+  for _, dir in ipairs(manifest.created_dirs or {}) do
+    if baton.fs.exists(dir) and os.remove(dir) then r.removed_dirs[#r.removed_dirs + 1] = dir end
+  end
+end
+
+--- Every path under the roots (that exist), as {path = "type size mtime"}, leaving out
+--- the paths under `skip` (the pipeline's own directories). A rollback compares two of
+--- these to find what a work order's steps created or changed.
+function M.tree(roots, skip)
+  local t = {}
+  local function skipped(p)
+    for _, s in ipairs(skip or {}) do if within(p, s) then return true end end
+    return false
+  end
+  for _, root in ipairs(roots) do
+    if baton.fs.exists(root) then
+      local out = baton.sh({"find", root, "-xdev", "-printf", "%y %s %T@ %p\\n"}, {allowFail = true, readOnly = true})
+      for rec in (out or ""):gmatch("[^\n]+") do
+        local kind, size, mtime, path = rec:match("^(%S+) (%S+) (%S+) (.*)$")
+        if path and not skipped(path) then t[path] = kind .. " " .. size .. " " .. mtime end
+      end
+    end
+  end
+  return t
+end
+
+--- After a rollback: removes what is in `after` but not in `before` (files first, then
+--- directories deepest first, when empty), and names the files changed since `before`
+--- that no snapshot holds. Returns removed, removedDirs, changed.
+function M.undoNew(before, after, keep)
+  local files, dirs, changed = {}, {}, {}
+  for p, v in pairs(after) do
+    if not before[p] then
+      if v:sub(1, 1) == "d" then dirs[#dirs + 1] = p else files[#files + 1] = p end
+    elseif before[p] ~= v and v:sub(1, 1) == "f" and not (keep or {})[p] then
+      changed[#changed + 1] = p
+    end
+  end
+  local removed, removedDirs = {}, {}
+  table.sort(files)
+  for _, p in ipairs(files) do if os.remove(p) then removed[#removed + 1] = p end end
+  table.sort(dirs, function(a, b) return #a > #b end)
+  for _, p in ipairs(dirs) do if os.remove(p) then removedDirs[#removedDirs + 1] = p end end
+  table.sort(changed)
+  return removed, removedDirs, changed
 end
 
 --- Writes the files; on a failed write restores what was written. true | nil, why.
@@ -3084,7 +3286,7 @@ end
 --- steps that were all skipped is skipped too (it waits for services that did not start).
 --- Returns ok (no step failed) and the results {{name, command, status = PASS|FAIL|SKIPPED,
 --- expected, got, reason}}.
-function M.steps(base, steps, svc)
+function M.steps(base, steps, svc, run)
   local results, ok = {}, true
   local services, skippedServices = 0, 0
   for _, st in ipairs(steps) do
@@ -3100,12 +3302,21 @@ function M.steps(base, steps, svc)
         res.status, res.reason = "SKIPPED", svc.why
       end
       if translated then res.linux = translated; cmd = translated end
+      -- The units this step starts (a rollback stops and disables them).
+      local label = st.command:match("launchctl%s+load%s+%S-([%w_.@%-]+)%.plist")
+      if label then res.starts = {label .. ".timer", label .. ".service"} end
+      local direct = st.command:match("systemctl%s+%-%-user%s+enable%s+(.*)$") or st.command:match("systemctl%s+%-%-user%s+start%s+(.*)$")
+      if direct then
+        res.starts = {}
+        for u in direct:gmatch("[^%s;&|]+") do if not u:match("^%-") then res.starts[#res.starts + 1] = u end end
+      end
       if res.status == "SKIPPED" then skippedServices = skippedServices + 1 end
     elseif cmd:match("^%s*sleep%s+[%d.]+%s*$") and services > 0 and skippedServices == services then
       res.status, res.reason = "SKIPPED", "it waits for services, and every service step before it was skipped"
     end
     if not res.status then
-      local out, good, code, err = baton.sh(cmd, {cwd = base, allowFail = true, timeout = 120})
+      local out, good, code, err
+      if run then out, good, code, err = run(cmd) else out, good, code, err = baton.sh(cmd, {cwd = base, allowFail = true, timeout = 120}) end
       res.got = trim(out)
       res.exit = code
       if st.expected ~= nil then
@@ -3123,8 +3334,8 @@ function M.steps(base, steps, svc)
 end
 
 --- Runs the work order's tests in base. true | nil, why, and the results.
-function M.test(base, wo, svc)
-  local ok, results = M.steps(base, wo.tests, svc or {available = true})
+function M.test(base, wo, svc, run)
+  local ok, results = M.steps(base, wo.tests, svc or {available = true}, run)
   if ok then return true, nil, results end
   for _, r in ipairs(results) do
     if r.status == "FAIL" then return nil, ("test '%s' failed: %s"):format(r.name, r.reason), results end
