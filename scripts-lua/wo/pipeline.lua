@@ -194,18 +194,25 @@ function M.process(L, file, dry)
     end
     if cleanup then cleanup() end
     -- Skipped checks are not passes.
-    local skipped = {}
+    local skipped, names = {}, {}
     for _, kind in ipairs({"post_verify", "tests"}) do
       for _, r in ipairs(details[kind] or {}) do
-        if r.status == "SKIPPED" then skipped[#skipped + 1] = ("%s '%s': %s"):format(kind == "tests" and "test" or kind, r.name, r.reason) end
+        if r.status == "SKIPPED" then
+          skipped[#skipped + 1] = ("%s '%s': %s"):format(kind == "tests" and "test" or kind, r.name, r.reason)
+          names[#names + 1] = ("%s '%s'"):format(kind == "tests" and "test" or kind, r.name)
+        end
       end
     end
-    if details.units_verified and details.units_verified:match("^not verified") then skipped[#skipped + 1] = "units " .. details.units_verified end
+    if details.units_verified and details.units_verified:match("^not verified") then
+      skipped[#skipped + 1] = "units " .. details.units_verified
+      names[#names + 1] = "units verification"
+    end
     local unverified = ok and #skipped > 0
     if unverified and not L.allowUnverified then
       local files = {}
       for _, f in ipairs(wo.files) do files[#files + 1] = {path = f.path, mode = ("%04o"):format(f.mode), bytes = #f.content} end
-      why = ("%d check%s skipped: %s"):format(#skipped, #skipped == 1 and "" or "s", table.concat(skipped, "; "))
+      why = ("%d check%s skipped: %s (the reasons are in its state file's `skipped`)"):format(#skipped, #skipped == 1 and "" or "s",
+        table.concat(names, ", "))
       writeState(L, {wo_id = wo.id, title = wo.title, type = wo.type, status = "unverified", file = file, reason = why,
         skipped = baton.json.array(skipped), started_at = started, applied_at = M.iso(), files = files, backup = details.backup,
         units = details.units, units_verified = details.units_verified, post_verify = details.post_verify, test_results = details.tests})
