@@ -94,9 +94,9 @@ local me = {baton_run = baton.run.id, runner = runner}
 local function sweep()
   if baton.run.dry_run then return end
   for _, e in ipairs(registry.sweep(registryPath, me)) do
-    print(("ORPHANED: %s (attempt %d; %s)"):format(e.run_id, registry.attemptOf(e), e.reason))
-    baton.log(("registry: run %s recorded as orphaned: %s"):format(e.run_id, e.reason),
-      {level = "warn", run_id = e.run_id, orphaned = true, registry = registryPath})
+    print(("%s: %s (attempt %d; %s)"):format(e.status:upper(), e.run_id, registry.attemptOf(e), e.reason))
+    baton.log(("registry: run %s recorded as %s: %s"):format(e.run_id, e.status, e.reason),
+      {level = "warn", run_id = e.run_id, orphaned = e.status == "orphaned", registry = registryPath})
   end
 end
 sweep()

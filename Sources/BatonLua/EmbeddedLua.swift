@@ -1424,7 +1424,8 @@ end
 
 --- Records as `orphaned` every `running` entry whose runner is gone: a runner of another
 --- baton run that no longer holds its run's lock, or an earlier runner of this baton run
---- (`me = {baton_run, runner}`: a resume). Returns the entries it recorded.
+--- (`me = {baton_run, runner}`: a resume); as `cancelled` when that run's final.json says
+--- it was cancelled. Returns the entries it recorded.
 function M.sweep(path, me)
   if not baton.fs.exists(path) then return {} end
   return baton.fs.locked(path, function()
@@ -1435,9 +1436,20 @@ function M.sweep(path, me)
         local dead
         if v.baton_run == me.baton_run then dead = v.runner ~= me.runner else dead = not runnerAlive(v) end
         if dead then
-          v.status = "orphaned"
-          v.reason = ("its runner (baton run %s) ended without recording the run (killed?); recorded by baton run %s")
-            :format(tostring(v.baton_run), tostring(me.baton_run))
+          -- A run cancelled before it could record its end (no recipe code runs after a
+          -- cancel) says so in its final.json; any other silent end is an orphan.
+          local final = type(v.run_dir) == "string" and v.run_dir .. "/final.json"
+          local okf, f = false, nil
+          if final and baton.fs.exists(final) then okf, f = pcall(baton.json.decode, baton.fs.read(final)) end
+          if okf and type(f) == "table" and f.status == "cancelled" then
+            v.status = "cancelled"
+            v.reason = ("cancelled before it recorded its end (baton run %s: %s); recorded by baton run %s")
+              :format(tostring(v.baton_run), tostring(f.reason), tostring(me.baton_run))
+          else
+            v.status = "orphaned"
+            v.reason = ("its runner (baton run %s) ended without recording the run (killed?); recorded by baton run %s")
+              :format(tostring(v.baton_run), tostring(me.baton_run))
+          end
           v.orphaned_at = os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(baton.now()))
           lines[i] = baton.json.encode(v)
           found[#found + 1] = v
@@ -2660,18 +2672,25 @@ function M.process(L, file, dry)
     end
     if cleanup then cleanup() end
     -- Skipped checks are not passes.
-    local skipped = {}
+    local skipped, names = {}, {}
     for _, kind in ipairs({"post_verify", "tests"}) do
       for _, r in ipairs(details[kind] or {}) do
-        if r.status == "SKIPPED" then skipped[#skipped + 1] = ("%s '%s': %s"):format(kind == "tests" and "test" or kind, r.name, r.reason) end
+        if r.status == "SKIPPED" then
+          skipped[#skipped + 1] = ("%s '%s': %s"):format(kind == "tests" and "test" or kind, r.name, r.reason)
+          names[#names + 1] = ("%s '%s'"):format(kind == "tests" and "test" or kind, r.name)
+        end
       end
     end
-    if details.units_verified and details.units_verified:match("^not verified") then skipped[#skipped + 1] = "units " .. details.units_verified end
+    if details.units_verified and details.units_verified:match("^not verified") then
+      skipped[#skipped + 1] = "units " .. details.units_verified
+      names[#names + 1] = "units verification"
+    end
     local unverified = ok and #skipped > 0
     if unverified and not L.allowUnverified then
       local files = {}
       for _, f in ipairs(wo.files) do files[#files + 1] = {path = f.path, mode = ("%04o"):format(f.mode), bytes = #f.content} end
-      why = ("%d check%s skipped: %s"):format(#skipped, #skipped == 1 and "" or "s", table.concat(skipped, "; "))
+      why = ("%d check%s skipped: %s (the reasons are in its state file's `skipped`)"):format(#skipped, #skipped == 1 and "" or "s",
+        table.concat(names, ", "))
       writeState(L, {wo_id = wo.id, title = wo.title, type = wo.type, status = "unverified", file = file, reason = why,
         skipped = baton.json.array(skipped), started_at = started, applied_at = M.iso(), files = files, backup = details.backup,
         units = details.units, units_verified = details.units_verified, post_verify = details.post_verify, test_results = details.tests})

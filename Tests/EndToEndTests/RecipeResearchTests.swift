@@ -471,4 +471,24 @@ import Testing
         let bad = try Harness.run(["run", "bad.lua"], cwd: d)
         #expect(bad.code == 3 && bad.stderr.contains("waitFor"), "stderr: \(bad.stderr)")
     }
+
+    /// A cancel while Baton waits for the artifacts (no recipe code runs after it, the
+    /// wrapper has exited) leaves the attempt `running`; the next run records it `cancelled`.
+    @Test func cancelWhileAwaitingArtifactsIsRecordedByTheNextRun() throws {
+        let d = Harness.tempDir("rc-awaitcancel")
+        let (p, _, _) = try Harness.start(["run"] + Self.words("runs/a", "await-1", ["require=metrics.json,never.bin", "ready_timeout=60", "poll=30"]), cwd: d)
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        #expect(Harness.waitFor(20) {
+            Harness.latestRun(d).flatMap { Harness.read($0 + "/journal.jsonl") }?.contains("\"to\":\"awaiting_artifacts\"") == true
+        })
+        kill(p.processIdentifier, SIGTERM)
+        #expect(Harness.waitFor(20) { !p.isRunning })
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 143)
+        let next = try research(d, out: "runs/b", id: "await-2")
+        #expect(next.r.code == 0, "stderr: \(next.r.stderr)")
+        let e = Self.registry(d + "/runs/registry.jsonl").filter { $0["run_id"] as? String == "await-1" }
+        #expect(e.map { $0["status"] as? String } == ["cancelled"], "\(e)")
+        #expect(next.r.stdout.contains("CANCELLED: await-1"), "stdout: \(next.r.stdout)")
+    }
 }

@@ -149,7 +149,8 @@ end
 
 --- Records as `orphaned` every `running` entry whose runner is gone: a runner of another
 --- baton run that no longer holds its run's lock, or an earlier runner of this baton run
---- (`me = {baton_run, runner}`: a resume). Returns the entries it recorded.
+--- (`me = {baton_run, runner}`: a resume); as `cancelled` when that run's final.json says
+--- it was cancelled. Returns the entries it recorded.
 function M.sweep(path, me)
   if not baton.fs.exists(path) then return {} end
   return baton.fs.locked(path, function()
@@ -160,9 +161,20 @@ function M.sweep(path, me)
         local dead
         if v.baton_run == me.baton_run then dead = v.runner ~= me.runner else dead = not runnerAlive(v) end
         if dead then
-          v.status = "orphaned"
-          v.reason = ("its runner (baton run %s) ended without recording the run (killed?); recorded by baton run %s")
-            :format(tostring(v.baton_run), tostring(me.baton_run))
+          -- A run cancelled before it could record its end (no recipe code runs after a
+          -- cancel) says so in its final.json; any other silent end is an orphan.
+          local final = type(v.run_dir) == "string" and v.run_dir .. "/final.json"
+          local okf, f = false, nil
+          if final and baton.fs.exists(final) then okf, f = pcall(baton.json.decode, baton.fs.read(final)) end
+          if okf and type(f) == "table" and f.status == "cancelled" then
+            v.status = "cancelled"
+            v.reason = ("cancelled before it recorded its end (baton run %s: %s); recorded by baton run %s")
+              :format(tostring(v.baton_run), tostring(f.reason), tostring(me.baton_run))
+          else
+            v.status = "orphaned"
+            v.reason = ("its runner (baton run %s) ended without recording the run (killed?); recorded by baton run %s")
+              :format(tostring(v.baton_run), tostring(me.baton_run))
+          end
           v.orphaned_at = os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(baton.now()))
           lines[i] = baton.json.encode(v)
           found[#found + 1] = v
