@@ -2636,6 +2636,13 @@ function M.process(L, file, dry)
       treeBefore = workorder.tree(roots, skip)
       manifest = workorder.backup(wo, ("%s/backups/%s/%s"):format(L.base, wo.id, os.date("!%Y%m%dT%H%M%SZ", math.floor(baton.now()))))
       details.backup = manifest.dir
+      -- A copy of base's files too (not the allow-list's: there the service manager keeps its
+      -- own state, undone through systemctl), so what the steps change can be put back.
+      if hasSteps then
+        local baseTree = {}
+        for p, v in pairs(treeBefore) do if workorder.within(p, L.opts.base) then baseTree[p] = v end end
+        manifest.copy, manifest.copy_why = workorder.copyTree(baseTree, manifest.dir .. "/base.tar")
+      end
       baton.log(("work order %s: snapshot of %d file(s) before writing: %s"):format(wo.id, #manifest.files, manifest.dir),
         {wo_id = wo.id, backup = manifest.dir})
       ok, why = workorder.apply(L.base, wo)
@@ -2737,18 +2744,32 @@ function M.process(L, file, dry)
       if #stopped > 0 then baton.sh({"systemctl", "--user", "daemon-reload"}, {allowFail = true, timeout = 60}) end
       local replaced = {}
       for _, f in ipairs(wo.files) do replaced[f.full] = true end
-      local notRestored = {}
-      for _, c in ipairs(changed) do if not replaced[c] then notRestored[#notRestored + 1] = c end end
-      rb.units_stopped, rb.removed_created, rb.changed_not_restored = stopped, gone, notRestored
+      -- What its steps changed or deleted: put back from the copy of base.
+      local fromCopy, notRestored = {}, {}
+      for _, c in ipairs(changed) do
+        if not replaced[c] then
+          if manifest.copy and workorder.within(c, L.opts.base) then fromCopy[#fromCopy + 1] = c else notRestored[#notRestored + 1] = c end
+        end
+      end
+      local back = manifest.copy and workorder.restoreFromCopy(manifest.copy, fromCopy) or {}
+      local backSet = {}
+      for _, p in ipairs(back) do backSet[p] = true end
+      for _, p in ipairs(fromCopy) do if not backSet[p] then notRestored[#notRestored + 1] = p end end
+      table.sort(notRestored)
+      rb.units_stopped, rb.removed_created, rb.changed_not_restored, rb.restored_from_copy = stopped, gone, notRestored, back
       details.rolled_back = rb
+      if #back > 0 then print(("  rollback: %d file%s its steps changed or deleted put back from the copy of base")
+        :format(#back, #back == 1 and "" or "s")) end
       if #notRestored > 0 then
-        print("  rollback: changed by its steps and not in the snapshot (not restored): " .. table.concat(notRestored, ", "))
+        print("  rollback: changed by its steps and not restorable (" .. (manifest.copy_why or "outside base") .. "): "
+          .. table.concat(notRestored, ", "))
       end
       writeState(L, {wo_id = wo.id, title = wo.title, status = "rolled_back", file = file, started_at = started,
         failed_at = M.iso(), reason = why, backup = manifest.dir,
         restored = baton.json.array(rb.restored), removed = baton.json.array(rb.removed),
         removed_dirs = baton.json.array(rb.removed_dirs), removed_created = baton.json.array(gone),
         units_stopped = baton.json.array(stopped), changed_not_restored = baton.json.array(notRestored),
+        restored_from_copy = baton.json.array(back),
         units_verified = details.units_verified, post_verify = details.post_verify, test_results = details.tests})
       M.emit(L, "wo_failed", {wo_id = wo.id, file = file, reason = why, rolled_back = true, restored = #rb.restored, removed = #rb.removed,
         units_stopped = #stopped, removed_dirs = #rb.removed_dirs, removed_created = #gone})
@@ -3231,6 +3252,43 @@ function M.rollback(manifest)
   return r
 end
 
+M.TREE_COPY_LIMIT = 256 * 1024 * 1024
+
+--- A copy (a tar of the regular files in a tree listing, taken before the first write), so
+--- a rollback can restore what a work order's steps changed or deleted. Returns the tar's
+--- path, or nil and why (more than `limit` bytes, or tar failed).
+function M.copyTree(tree, tarPath, limit)
+  local files, total = {}, 0
+  for p, v in pairs(tree) do
+    if v:sub(1, 1) == "f" then
+      files[#files + 1] = p:sub(2)
+      total = total + (tonumber(v:match("^%S+ (%S+)")) or 0)
+    end
+  end
+  limit = limit or M.TREE_COPY_LIMIT
+  if total > limit then
+    return nil, ("its files are %d MiB, more than the %d MiB a rollback copies"):format(total // 1048576, limit // 1048576)
+  end
+  table.sort(files)
+  baton.fs.mkdir(tarPath:match("^(.*)/[^/]*$"))
+  local _, ok, _, err = baton.sh({"tar", "-C", "/", "-cf", tarPath, "--verbatim-files-from", "-T", "-"},
+    {stdin = table.concat(files, "\n") .. (#files > 0 and "\n" or ""), allowFail = true, timeout = 600})
+  if not ok then return nil, "tar: " .. tostring(err):gsub("%s+$", "") end
+  return tarPath
+end
+
+--- Restores `paths` (absolute) from a copyTree tar. Returns the ones restored.
+function M.restoreFromCopy(tarPath, paths)
+  if #paths == 0 then return {} end
+  local rel = {}
+  for i, p in ipairs(paths) do rel[i] = p:sub(2) end
+  baton.sh({"tar", "-C", "/", "-xpf", tarPath, "--verbatim-files-from", "-T", "-"},
+    {stdin = table.concat(rel, "\n") .. "\n", allowFail = true, timeout = 600})
+  local done = {}
+  for _, p in ipairs(paths) do if baton.fs.exists(p) then done[#done + 1] = p end end
+  return done
+end
+
 --- Removes the directories the manifest says the writes created, deepest first, when empty.
 function M.removeCreatedDirs(manifest, r)
   for _, dir in ipairs(manifest.created_dirs or {}) do
@@ -3260,16 +3318,19 @@ function M.tree(roots, skip)
 end
 
 --- After a rollback: removes what is in `after` but not in `before` (files first, then
---- directories deepest first, when empty), and names the files changed since `before`
---- that no snapshot holds. Returns removed, removedDirs, changed.
-function M.undoNew(before, after, keep)
+--- directories deepest first, when empty). Returns removed, removedDirs, and the regular
+--- files of `before` that were changed or deleted since.
+function M.undoNew(before, after)
   local files, dirs, changed = {}, {}, {}
   for p, v in pairs(after) do
     if not before[p] then
       if v:sub(1, 1) == "d" then dirs[#dirs + 1] = p else files[#files + 1] = p end
-    elseif before[p] ~= v and v:sub(1, 1) == "f" and not (keep or {})[p] then
+    elseif before[p] ~= v and before[p]:sub(1, 1) == "f" then
       changed[#changed + 1] = p
     end
+  end
+  for p, v in pairs(before) do
+    if not after[p] and v:sub(1, 1) == "f" then changed[#changed + 1] = p end
   end
   local removed, removedDirs = {}, {}
   table.sort(files)

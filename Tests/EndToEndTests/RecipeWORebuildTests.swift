@@ -584,6 +584,8 @@ import Testing
         let d = Harness.tempDir("wo-rball")
         let base = d + "/base", units = d + "/.config/systemd/user"
         Harness.write(base + "/agents/x.zsh", "#!/bin/sh\necho old\n", mode: 0o755)
+        Harness.write(base + "/conf/settings.txt", "original\n")
+        Harness.write(base + "/keep.txt", "keep me\n")
         Harness.write(base + "/bridge/inbox/CLC/WO-RBALL.yaml", """
             wo_id: WO-RBALL
             files:
@@ -598,6 +600,7 @@ import Testing
             post_verify:
               - launchctl load ~/Library/LaunchAgents/com.02luka.rb.plist
               - mkdir -p made/by/step && echo z > made/by/step/f.txt
+              - echo changed > conf/settings.txt && rm keep.txt
             tests:
               - name: "fails"
                 command: "echo no"
@@ -612,6 +615,8 @@ import Testing
         #expect(calls.contains("--user disable --now com.02luka.rb.timer"), "the rollback stops and disables it: \(calls)")
         #expect((Harness.read(d + "/svc/enabled") ?? "x").isEmpty, "nothing the order enabled stays enabled")
         #expect(Harness.read(base + "/agents/x.zsh") == "#!/bin/sh\necho old\n" && Self.mode(base + "/agents/x.zsh") == 0o755)
+        #expect(Harness.read(base + "/conf/settings.txt") == "original\n", "a file a step changed is restored")
+        #expect(Harness.read(base + "/keep.txt") == "keep me\n", "a file a step deleted is brought back")
         for gone in [base + "/new", base + "/made", units + "/com.02luka.rb.service", d + "/.config"] {
             #expect(!FileManager.default.fileExists(atPath: gone), "\(gone) was created by the order and must be gone")
         }

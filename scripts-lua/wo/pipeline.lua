@@ -158,6 +158,13 @@ function M.process(L, file, dry)
       treeBefore = workorder.tree(roots, skip)
       manifest = workorder.backup(wo, ("%s/backups/%s/%s"):format(L.base, wo.id, os.date("!%Y%m%dT%H%M%SZ", math.floor(baton.now()))))
       details.backup = manifest.dir
+      -- A copy of base's files too (not the allow-list's: there the service manager keeps its
+      -- own state, undone through systemctl), so what the steps change can be put back.
+      if hasSteps then
+        local baseTree = {}
+        for p, v in pairs(treeBefore) do if workorder.within(p, L.opts.base) then baseTree[p] = v end end
+        manifest.copy, manifest.copy_why = workorder.copyTree(baseTree, manifest.dir .. "/base.tar")
+      end
       baton.log(("work order %s: snapshot of %d file(s) before writing: %s"):format(wo.id, #manifest.files, manifest.dir),
         {wo_id = wo.id, backup = manifest.dir})
       ok, why = workorder.apply(L.base, wo)
@@ -259,18 +266,32 @@ function M.process(L, file, dry)
       if #stopped > 0 then baton.sh({"systemctl", "--user", "daemon-reload"}, {allowFail = true, timeout = 60}) end
       local replaced = {}
       for _, f in ipairs(wo.files) do replaced[f.full] = true end
-      local notRestored = {}
-      for _, c in ipairs(changed) do if not replaced[c] then notRestored[#notRestored + 1] = c end end
-      rb.units_stopped, rb.removed_created, rb.changed_not_restored = stopped, gone, notRestored
+      -- What its steps changed or deleted: put back from the copy of base.
+      local fromCopy, notRestored = {}, {}
+      for _, c in ipairs(changed) do
+        if not replaced[c] then
+          if manifest.copy and workorder.within(c, L.opts.base) then fromCopy[#fromCopy + 1] = c else notRestored[#notRestored + 1] = c end
+        end
+      end
+      local back = manifest.copy and workorder.restoreFromCopy(manifest.copy, fromCopy) or {}
+      local backSet = {}
+      for _, p in ipairs(back) do backSet[p] = true end
+      for _, p in ipairs(fromCopy) do if not backSet[p] then notRestored[#notRestored + 1] = p end end
+      table.sort(notRestored)
+      rb.units_stopped, rb.removed_created, rb.changed_not_restored, rb.restored_from_copy = stopped, gone, notRestored, back
       details.rolled_back = rb
+      if #back > 0 then print(("  rollback: %d file%s its steps changed or deleted put back from the copy of base")
+        :format(#back, #back == 1 and "" or "s")) end
       if #notRestored > 0 then
-        print("  rollback: changed by its steps and not in the snapshot (not restored): " .. table.concat(notRestored, ", "))
+        print("  rollback: changed by its steps and not restorable (" .. (manifest.copy_why or "outside base") .. "): "
+          .. table.concat(notRestored, ", "))
       end
       writeState(L, {wo_id = wo.id, title = wo.title, status = "rolled_back", file = file, started_at = started,
         failed_at = M.iso(), reason = why, backup = manifest.dir,
         restored = baton.json.array(rb.restored), removed = baton.json.array(rb.removed),
         removed_dirs = baton.json.array(rb.removed_dirs), removed_created = baton.json.array(gone),
         units_stopped = baton.json.array(stopped), changed_not_restored = baton.json.array(notRestored),
+        restored_from_copy = baton.json.array(back),
         units_verified = details.units_verified, post_verify = details.post_verify, test_results = details.tests})
       M.emit(L, "wo_failed", {wo_id = wo.id, file = file, reason = why, rolled_back = true, restored = #rb.restored, removed = #rb.removed,
         units_stopped = #stopped, removed_dirs = #rb.removed_dirs, removed_created = #gone})

@@ -254,6 +254,43 @@ function M.rollback(manifest)
   return r
 end
 
+M.TREE_COPY_LIMIT = 256 * 1024 * 1024
+
+--- A copy (a tar of the regular files in a tree listing, taken before the first write), so
+--- a rollback can restore what a work order's steps changed or deleted. Returns the tar's
+--- path, or nil and why (more than `limit` bytes, or tar failed).
+function M.copyTree(tree, tarPath, limit)
+  local files, total = {}, 0
+  for p, v in pairs(tree) do
+    if v:sub(1, 1) == "f" then
+      files[#files + 1] = p:sub(2)
+      total = total + (tonumber(v:match("^%S+ (%S+)")) or 0)
+    end
+  end
+  limit = limit or M.TREE_COPY_LIMIT
+  if total > limit then
+    return nil, ("its files are %d MiB, more than the %d MiB a rollback copies"):format(total // 1048576, limit // 1048576)
+  end
+  table.sort(files)
+  baton.fs.mkdir(tarPath:match("^(.*)/[^/]*$"))
+  local _, ok, _, err = baton.sh({"tar", "-C", "/", "-cf", tarPath, "--verbatim-files-from", "-T", "-"},
+    {stdin = table.concat(files, "\n") .. (#files > 0 and "\n" or ""), allowFail = true, timeout = 600})
+  if not ok then return nil, "tar: " .. tostring(err):gsub("%s+$", "") end
+  return tarPath
+end
+
+--- Restores `paths` (absolute) from a copyTree tar. Returns the ones restored.
+function M.restoreFromCopy(tarPath, paths)
+  if #paths == 0 then return {} end
+  local rel = {}
+  for i, p in ipairs(paths) do rel[i] = p:sub(2) end
+  baton.sh({"tar", "-C", "/", "-xpf", tarPath, "--verbatim-files-from", "-T", "-"},
+    {stdin = table.concat(rel, "\n") .. "\n", allowFail = true, timeout = 600})
+  local done = {}
+  for _, p in ipairs(paths) do if baton.fs.exists(p) then done[#done + 1] = p end end
+  return done
+end
+
 --- Removes the directories the manifest says the writes created, deepest first, when empty.
 function M.removeCreatedDirs(manifest, r)
   for _, dir in ipairs(manifest.created_dirs or {}) do
@@ -283,16 +320,19 @@ function M.tree(roots, skip)
 end
 
 --- After a rollback: removes what is in `after` but not in `before` (files first, then
---- directories deepest first, when empty), and names the files changed since `before`
---- that no snapshot holds. Returns removed, removedDirs, changed.
-function M.undoNew(before, after, keep)
+--- directories deepest first, when empty). Returns removed, removedDirs, and the regular
+--- files of `before` that were changed or deleted since.
+function M.undoNew(before, after)
   local files, dirs, changed = {}, {}, {}
   for p, v in pairs(after) do
     if not before[p] then
       if v:sub(1, 1) == "d" then dirs[#dirs + 1] = p else files[#files + 1] = p end
-    elseif before[p] ~= v and v:sub(1, 1) == "f" and not (keep or {})[p] then
+    elseif before[p] ~= v and before[p]:sub(1, 1) == "f" then
       changed[#changed + 1] = p
     end
+  end
+  for p, v in pairs(before) do
+    if not after[p] and v:sub(1, 1) == "f" then changed[#changed + 1] = p end
   end
   local removed, removedDirs = {}, {}
   table.sort(files)
