@@ -18,8 +18,9 @@ usage: baton run [--dry-run] [--json] recipes/research_callback.lua job=CMD out=
                 summary.json, report.md)
   run_id=       the run's id in the registry (letters, digits, '.', '_', '-'); a run_id
                 already in the registry is refused before the job starts
-  rerun=1       run a run_id that is in the registry again; its entry is replaced
-  require=      files (relative to out) the job itself must leave (default: metrics.json)
+  rerun=1       run a run_id that is in the registry again, as a new attempt (earlier entries are kept)
+  require=      files (relative to out) the job itself must leave (default: metrics.json; not
+                status.json, summary.json or report.md, which Baton writes)
   ready_timeout= seconds to wait for them after the job ends (default: 600)
   poll=         seconds between checks for them (default: 5; files are also noticed as they appear)
   on_missing=   fail (exit 1), block (exit 6) or callback (call it anyway, then exit 1)
