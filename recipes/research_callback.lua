@@ -18,8 +18,9 @@ usage: baton run [--dry-run] [--json] recipes/research_callback.lua job=CMD out=
                 summary.json, report.md)
   run_id=       the run's id in the registry (letters, digits, '.', '_', '-'); a run_id
                 already in the registry is refused before the job starts
-  rerun=1       run a run_id that is in the registry again; its entry is replaced
-  require=      files (relative to out) the job itself must leave (default: metrics.json)
+  rerun=1       run a run_id that is in the registry again, as a new attempt (earlier entries are kept)
+  require=      files (relative to out) the job itself must leave (default: metrics.json; not
+                status.json, summary.json or report.md, which Baton writes)
   ready_timeout= seconds to wait for them after the job ends (default: 600)
   poll=         seconds between checks for them (default: 5; files are also noticed as they appear)
   on_missing=   fail (exit 1), block (exit 6) or callback (call it anyway, then exit 1)
@@ -56,6 +57,20 @@ if not o.run_id:match("^[%w_.%-]+$") then
   args.fail("run_id=" .. o.run_id .. ": use letters, digits, '.', '_' and '-' only", 3)
 end
 local rerun = o.rerun == "1"
+-- The files Baton itself writes in out can never be the job's artifacts: a gate on them
+-- would be satisfied by Baton, not by the job.
+local OWN = {["status.json"] = "the wrapper's status file", ["summary.json"] = "the run's summary", ["report.md"] = "the run's report"}
+for _, f in ipairs(o.require) do
+  local parts = {}
+  for part in f:gsub("^" .. o.out:gsub("/+$", ""):gsub("%p", "%%%0") .. "/", ""):gmatch("[^/]+") do
+    if part == ".." then parts[#parts] = nil elseif part ~= "." then parts[#parts + 1] = part end
+  end
+  local name = table.concat(parts, "/")
+  if OWN[name] then
+    args.fail(("require=%s: %s is written by Baton (%s), not by the job, so it cannot show that the job did its work; "
+      .. "name the files the job itself leaves (default: metrics.json)"):format(f, name, OWN[name]), 3)
+  end
+end
 local tags = baton.json.array(o.tag or {})
 local out = o.out:gsub("/+$", "")
 if out == "" then out = "/" end
@@ -72,6 +87,20 @@ local function subst(cmd)
 end
 local job = subst(o.job)
 local program = job:match("^%s*([^%s;&|]+)")
+
+-- This runner (a resume of this baton run is another runner) and the registry's view of it.
+local runner = ("%s/%d/%d"):format(baton.run.id, math.floor(baton.now() * 1000), math.random(1, 1 << 30))
+local me = {baton_run = baton.run.id, runner = runner}
+-- Runs whose runner died without a word (kill -9) are recorded `orphaned` by whoever sees them first.
+local function sweep()
+  if baton.run.dry_run then return end
+  for _, e in ipairs(registry.sweep(registryPath, me)) do
+    print(("%s: %s (attempt %d; %s)"):format(e.status:upper(), e.run_id, registry.attemptOf(e), e.reason))
+    baton.log(("registry: run %s recorded as %s: %s"):format(e.run_id, e.status, e.reason),
+      {level = "warn", run_id = e.run_id, orphaned = e.status == "orphaned", registry = registryPath})
+  end
+end
+sweep()
 
 local function readJSON(name)
   local path = out .. "/" .. name
@@ -103,12 +132,15 @@ preflight{
       return not found, found and ("run_id " .. o.run_id .. " is already running (pid " .. pids:gsub("%s+", " "):gsub(" $", "") .. ")") or "no other run"
     end},
     {name = "run_id not already recorded", check = function()
-      local e = registry.find(registryPath, o.run_id)
+      local e
+      for _, x in ipairs((registry.read(registryPath))) do
+        if x.run_id == o.run_id and x.baton_run ~= baton.run.id then e = x end   -- (a resume of this run is not another run)
+      end
       if not e then return true, "not in " .. registryPath end
-      local what = ("run_id %s is already in %s (status %s, started %s)"):format(o.run_id, registryPath,
-        tostring(e.status), tostring(e.started_at))
-      if rerun then return true, what .. "; rerun=1: it will be replaced" end
-      return false, what .. "; pass rerun=1 to run it again and replace that entry"
+      local what = ("run_id %s is already in %s (status %s, attempt %d, started %s)"):format(o.run_id, registryPath,
+        tostring(e.status), registry.attemptOf(e), tostring(e.started_at))
+      if rerun then return true, what .. "; rerun=1: a new attempt is recorded, the earlier entries stay" end
+      return false, what .. "; pass rerun=1 to run it again as a new attempt"
     end},
     {name = "out holds no other run", check = function()
       local s = readJSON("status.json")
@@ -141,9 +173,25 @@ if not baton.run.dry_run then
     baton.log(("earlier artifacts moved to %s: %s"):format(aside, table.concat(stale, ", ")), {moved = stale, to = aside})
   end
 end
+-- The attempt is recorded (`running`) before the job starts: a runner killed outright
+-- leaves this line, which the next run, resume or summary records as orphaned.
+local attempt = 1
+if not baton.run.dry_run then
+  local n, other = registry.start(registryPath, {run_id = o.run_id, status = "running", baton_run = baton.run.id, runner = runner,
+    run_dir = baton.run.dir, started_at = os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(started)), out = out, job = job, tags = tags},
+    {rerun = rerun})
+  if not n then
+    baton.fail(("run_id %s was recorded by another run (baton run %s, status %s) while this one started; pass rerun=1 to run it again")
+      :format(o.run_id, tostring(other.baton_run), tostring(other.status)), {code = 4})
+  end
+  attempt = n
+end
 local env = {BATON_OUT = out, RUN_ID = o.run_id, RESEARCH_REGISTRY = registryPath, RESEARCH_JOB = job,
-  RESEARCH_TAGS = table.concat(tags, ","), RESEARCH_RERUN = o.rerun}
-local h = runStage{id = "job", cmd = wrapper.command(out, o.run_id, job), env = wrapper.env(env), background = true, grace = 5}
+  RESEARCH_TAGS = table.concat(tags, ","), RESEARCH_ATTEMPT = tostring(attempt), RESEARCH_BATON_RUN = baton.run.id}
+-- waitFor = "group": a job that launches its real work in the background and exits (a
+-- launcher) has ended only when its whole process group has.
+local h = runStage{id = "job", cmd = wrapper.command(out, o.run_id, job), env = wrapper.env(env), background = true, grace = 5,
+  waitFor = "group"}
 if not baton.run.dry_run then
   -- The visibility heartbeat: one now, then one every heartbeat= seconds while the job runs (the watch's).
   baton.log(("heartbeat: job %s started (pid %d); a heartbeat every %ss while it runs"):format(o.run_id, h:pid(), o.heartbeat),
@@ -176,26 +224,23 @@ local function record(missing, watchState, callbackFailure)
     started_at = os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(started)),
     duration_s = math.floor((baton.now() - started) * 1000 + 0.5) / 1000,
     out = out, job = job, baton_run = baton.run.id, tags = tags, exit_code = st.exit_code,
+    attempt = attempt, runner = runner, run_dir = baton.run.dir,
   }
   if reason then entry.reason = reason end
   if problem then entry.problem = problem end
-  local appended = registry.append(registryPath, entry, {replace = rerun})
-  if appended == "duplicate" then
-    baton.log(("registry: run_id %s is already in %s; not appended"):format(o.run_id, registryPath),
-      {level = "warn", run_id = o.run_id, registry = registryPath, duplicate = true})
-  else
-    baton.log(("registry: run_id %s %s in %s (%s)"):format(o.run_id, appended, registryPath, status),
-      {run_id = o.run_id, registry = registryPath, status = status, tags = tags})
-  end
-  local entries, bad = registry.read(registryPath)
+  local appended = registry.finish(registryPath, entry)
+  baton.log(("registry: run_id %s attempt %d %s in %s (%s)"):format(o.run_id, attempt, appended, registryPath, status),
+    {run_id = o.run_id, registry = registryPath, status = status, tags = tags, attempt = attempt})
+  sweep()
+  local entries, bad = baton.fs.locked(registryPath, function() return registry.read(registryPath) end)
   if #bad > 0 then
     baton.log(("registry %s: lines %s are not JSON objects; skipped"):format(registryPath, table.concat(bad, ", ")), {level = "warn"})
   end
-  local best = o.metric and registry.best(entries, o.metric, o.mode) or nil
+  local best = o.metric and registry.best(entries, o.metric, o.mode, {latest = true}) or nil
   local summary = {
     run_id = o.run_id, status = status, reason = reason, metrics = metrics or {}, missing = baton.json.array(missing),
-    duration_s = entry.duration_s, registry = registryPath, appended = appended ~= "duplicate", tags = tags,
-    runs = registry.summary(entries), best = best or baton.json.null,
+    duration_s = entry.duration_s, registry = registryPath, appended = true, tags = tags, attempt = attempt,
+    runs = registry.summary(entries, {latest = true}), best = best or baton.json.null,
   }
   baton.fs.write(out .. "/summary.json", baton.json.encode(summary, {pretty = true}) .. "\n")
   local vars = {run_id = o.run_id, status = status, reason = reason or "", metrics = metrics or {},
@@ -207,10 +252,10 @@ local function record(missing, watchState, callbackFailure)
   end
   baton.fs.write(out .. "/report.md", report)
   print(("RUN %s: %s%s"):format(o.run_id, status:upper(), reason and (" (" .. reason .. ")") or ""))
-  print(("REGISTRY: %s (%s; %d runs)"):format(registryPath, appended, summary.runs.runs))
-  if best then print(("BEST by %s (%s): %s = %s"):format(o.metric, o.mode, best.run_id, best.value)) end
+  print(("REGISTRY: %s (attempt %d; %d runs)"):format(registryPath, attempt, summary.runs.runs))
+  if best then print(("BEST by %s (%s): %s = %s (from the %s)"):format(o.metric, o.mode, best.run_id, best.value, registry.BASIS)) end
   print("REPORT: " .. out .. "/report.md")
-  return {run_id = o.run_id, status = status, reason = reason, appended = appended ~= "duplicate", recorded = appended,
+  return {run_id = o.run_id, status = status, reason = reason, appended = true, recorded = appended, attempt = attempt,
     best = best or baton.json.null, summary = out .. "/summary.json", report = out .. "/report.md",
     metrics = metrics or {}, registry = registryPath, tags = tags}
 end
@@ -219,8 +264,11 @@ local function afterwards(info)
   local missing = info.missing or {}
   local failure
   if o.callback then
-    local cbEnv = {BATON_OUT = out, RUN_ID = o.run_id, BATON_MISSING = table.concat(missing, ",")}
-    local r = runStage{id = "callback", cmd = subst(o.callback), env = cbEnv, timeout = o.timeout, allowFail = true}
+    -- Under the callback's wrapper: a cancel now still marks status.json and the registry `cancelled`.
+    local cbEnv = {BATON_OUT = out, RUN_ID = o.run_id, BATON_MISSING = table.concat(missing, ","), RESEARCH_REGISTRY = registryPath,
+      RESEARCH_JOB = job, RESEARCH_TAGS = table.concat(tags, ","), RESEARCH_ATTEMPT = tostring(attempt), RESEARCH_BATON_RUN = baton.run.id}
+    local r = runStage{id = "callback", cmd = wrapper.callbackCommand(out, o.run_id, subst(o.callback)), env = wrapper.callbackEnv(cbEnv),
+      timeout = o.timeout, allowFail = true}
     if not r.ok then failure = "the callback failed: " .. (r.message or ("exit " .. tostring(r.exit))) end
   end
   return record(missing, "completed", failure)

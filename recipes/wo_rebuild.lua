@@ -11,7 +11,7 @@ usage: baton run [--json] recipes/wo_rebuild.lua base=DIR
          [critical=P,P...] [dirs=P,P...] [component=P] [hours=N] [since=T] [until=T]
          [paths=P,P...] [logs=GLOB,GLOB...] [patterns=TEXT,TEXT...] [rollback=GLOB,GLOB...]
          [allow=DIR,DIR...] [units=DIR] [strict=1] [interval=S] [inbox=DIR] [state=DIR]
-         [telemetry=FILE] [reports=DIR]
+         [telemetry=FILE] [reports=DIR] [allow_unverified=1] [unconfined=1]
 
   base=       the tree the pipeline lives in (paths below are relative to it)
   phase=      forensics  git history of `paths` in [since, until] and log matches -> reports/forensic_wo_pipeline_*.json
@@ -35,6 +35,10 @@ usage: baton run [--json] recipes/wo_rebuild.lua base=DIR
   rollback=   rollback scripts and logs to grep (default: tools/rollback_*.zsh,logs/rollback_*.log)
   allow=      directories outside base that work orders may write (default: none)
   units=      where LaunchAgents become systemd user units (default: ~/.config/systemd/user)
+  allow_unverified=1  a work order whose checks were skipped (no user service manager, a launchctl
+              step with no systemd equivalent) counts as completed (default: UNVERIFIED, exit 6)
+  unconfined=1  run post_verify and tests without the read-only view (bwrap) where it cannot be set up
+              (default: such work orders are refused before they write anything)
   strict=1    guardrail: exit 1 when something is missing (the seed's guardrail exits 0)
   interval=   seconds between guardrail runs for schedule and heartbeats (default: 300)
   paths=      paths forensics follows (default: critical files and the state directory)
@@ -44,7 +48,7 @@ usage: baton run [--json] recipes/wo_rebuild.lua base=DIR
               g/telemetry/unified.jsonl, g/reports)
 
 exit codes: 0 done, 1 a work order failed / the canary failed / drift found with strict=1 /
-heartbeats missing, 3 bad options]]
+heartbeat alerts, 3 bad options, 6 a work order is UNVERIFIED (its checks were skipped)]]
 
 local o = args.parse({
   usage = USAGE,
@@ -56,6 +60,7 @@ local o = args.parse({
     inbox = {}, state = {}, telemetry = {}, reports = {}, hours = {number = true, min = 0.001, default = "24"},
     rollback = {list = true}, allow = {list = true}, units = {}, strict = {flag = true},
     interval = {number = true, min = 1, default = "300"},
+    allow_unverified = {flag = true}, unconfined = {flag = true},
   },
 })
 if o.help then return end
@@ -67,7 +72,7 @@ local L = wo.layout(base, o, absBase)
 local critical = o.critical or wo.DEFAULTS.critical
 local dirs = o.dirs or wo.DEFAULTS.dirs
 local dry = baton.run.dry_run -- a dry run reads and checks, and writes nothing
-local result, problems = {phase = o.phase, base = base, dry_run = dry}, {}
+local result, problems, unverified = {phase = o.phase, base = base, dry_run = dry}, {}, {}
 local function runs(phase)
   if o.phase == phase then return true end
   if o.phase ~= "all" or phase == "schedule" or phase == "heartbeats" then return false end
@@ -134,11 +139,11 @@ if runs("rebuild") then
   if dry then
     print(("REBUILD (dry run): %d work orders: %d would be applied, %d already done, %d invalid"):format(n, #s.would_apply, #s.skipped, #s.invalid))
   else
-    print(("REBUILD: %d work orders: %d completed, %d already done, %d failed (%d rolled back)"):format(n, #s.completed, #s.skipped,
-      #s.failed, #s.rolled_back))
+    print(("REBUILD: %d work orders: %d completed, %d unverified, %d already done, %d failed (%d rolled back)"):format(n, #s.completed,
+      #s.unverified, #s.skipped, #s.failed, #s.rolled_back))
   end
   result.rebuild = {completed = baton.json.array(s.completed), skipped = baton.json.array(s.skipped), failed = baton.json.array(s.failed),
-    rolled_back = baton.json.array(s.rolled_back)}
+    rolled_back = baton.json.array(s.rolled_back), unverified = baton.json.array(s.unverified)}
   if dry then result.rebuild.would_apply, result.rebuild.invalid = baton.json.array(s.would_apply), baton.json.array(s.invalid) end
   if not dry and #s.details > 0 then
     local path = ("%s/wo_pipeline_rebuild_deployment_%s.md"):format(L.reports, os.date("!%Y%m%dT%H%M%SZ", math.floor(baton.now())))
@@ -147,6 +152,7 @@ if runs("rebuild") then
     result.rebuild.deployment_report = path
   end
   for _, f in ipairs(s.failed) do problems[#problems + 1] = "work order " .. f.wo_id .. " failed: " .. f.reason end
+  for _, u in ipairs(s.unverified) do unverified[#unverified + 1] = "work order " .. u.wo_id .. " is UNVERIFIED: " .. u.reason end
 end
 
 -- The canary: the seed's canary work order through the whole pipeline.
@@ -201,7 +207,11 @@ if runs("guardrail") then
     baton.log("wo_pipeline_healthy", {files = #critical, dirs = #dirs})
     print(("GUARDRAIL: healthy (%d files, %d dirs)"):format(#critical, #dirs))
   else
-    print(("GUARDRAIL: %d alert%s recorded in %s"):format(#drift, #drift == 1 and "" or "s", alerts))
+    if dry then
+      print(("GUARDRAIL (dry run): %d alert%s would be recorded in %s (nothing written)"):format(#drift, #drift == 1 and "" or "s", alerts))
+    else
+      print(("GUARDRAIL: %d alert%s recorded in %s"):format(#drift, #drift == 1 and "" or "s", alerts))
+    end
     if o.strict then
       problems[#problems + 1] = ("guardrail: %d item%s missing: %s"):format(#drift, #drift == 1 and "" or "s", table.concat(drift, ", "))
     end
@@ -223,10 +233,13 @@ if runs("schedule") then
   if r.verified == false then problems[#problems + 1] = "schedule: systemd-analyze verify failed: " .. r.verify_output end
 end
 
--- The heartbeats of the guardrail in the last hours=: one per interval= expected.
+-- The heartbeats of the guardrail in the last hours=: judged by their spread, not their
+-- count. A stretch longer than twice the period without one (from the window's start, between
+-- two, up to now) and a repeated timestamp are alerts.
 if runs("heartbeats") then
-  local since_t = baton.now() - o.hours * 3600
-  local n = 0
+  local now = baton.now()
+  local since_t = now - o.hours * 3600
+  local times = {}
   local tele = baton.fs.exists(L.telemetry) and baton.fs.read(L.telemetry) or ""
   for line in tele:gmatch("[^\n]+") do
     if line:find('"event":"guardrail_heartbeat"', 1, true) then
@@ -237,17 +250,51 @@ if runs("heartbeats") then
           -- os.time reads the fields as local time; correct by the UTC offset at that moment.
           local t = os.time{year = tonumber(y), month = tonumber(mo), day = tonumber(d), hour = tonumber(h), min = tonumber(mi), sec = tonumber(se)}
           local off = os.time(os.date("*t", t)) - os.time(os.date("!*t", t))
-          if t + off >= since_t then n = n + 1 end
+          if t + off >= since_t then times[#times + 1] = t + off end
         end
       end
     end
   end
+  table.sort(times)
+  local n, limit = #times, 2 * o.interval
   local expected = math.floor(o.hours * 3600 / o.interval)
-  local ok = n >= expected
+  local alerts = {}
+  local function at(t) return wo.iso(t) end
+  if n == 0 then
+    alerts[#alerts + 1] = ("no heartbeat in the last %sh"):format(o.hours)
+  else
+    if times[1] - since_t > limit then
+      alerts[#alerts + 1] = ("no heartbeat for %ds (from the window's start %s to the first at %s; more than 2 x %ss)")
+        :format(math.floor(times[1] - since_t), at(since_t), at(times[1]), o.interval)
+    end
+    local i = 2
+    while i <= n do
+      local gap = times[i] - times[i - 1]
+      if gap == 0 then
+        local j = i
+        while j + 1 <= n and times[j + 1] == times[i] do j = j + 1 end
+        alerts[#alerts + 1] = ("repeated timestamp %s (%d heartbeats)"):format(at(times[i]), j - i + 2)
+        i = j + 1
+      else
+        if gap > limit then
+          alerts[#alerts + 1] = ("no heartbeat for %ds (%s to %s; more than 2 x %ss)"):format(math.floor(gap), at(times[i - 1]), at(times[i]), o.interval)
+        end
+        i = i + 1
+      end
+    end
+    if now - times[n] > limit then
+      alerts[#alerts + 1] = ("no heartbeat for %ds (since the last at %s; more than 2 x %ss)"):format(math.floor(now - times[n]), at(times[n]), o.interval)
+    end
+  end
+  local ok = #alerts == 0
   print(("HEARTBEATS: %d in the last %sh (expected %d, one every %ss): %s"):format(n, o.hours, expected, o.interval,
-    ok and "OK" or ("MISSING " .. (expected - n))))
-  result.heartbeats = {count = n, expected = expected, hours = o.hours, interval = o.interval, ok = ok}
-  if not ok then problems[#problems + 1] = ("heartbeats: %d of %d in the last %sh"):format(n, expected, o.hours) end
+    ok and "OK" or (#alerts .. " alert" .. (#alerts == 1 and "" or "s"))))
+  for _, a in ipairs(alerts) do
+    print("  ALERT: " .. a)
+    baton.log("heartbeat alert: " .. a, {level = "warn", heartbeat = "guardrail"})
+  end
+  result.heartbeats = {count = n, expected = expected, hours = o.hours, interval = o.interval, ok = ok, alerts = baton.json.array(alerts)}
+  if not ok then problems[#problems + 1] = ("heartbeats: %d alert%s in the last %sh: %s"):format(#alerts, #alerts == 1 and "" or "s", o.hours, alerts[1]) end
 end
 
 -- Phase 4: history-aware diagnosis.
@@ -260,5 +307,8 @@ end
 
 persistFinal(result)
 if #problems > 0 and not dry then args.fail(table.concat(problems, "; "), 1) end
+if #unverified > 0 and not dry then
+  args.fail(table.concat(unverified, "; ") .. " (pass allow_unverified=1 to accept work orders whose checks were skipped)", 6)
+end
 if #problems > 0 then print("DRY RUN: would fail: " .. table.concat(problems, "; ")) end
 return result

@@ -73,6 +73,7 @@ public enum Types {
         ---@field breaker? integer the same failure signature this many times in the run: stop
         ---@field requireFiles? string[] must exist and be non-empty after a zero exit
         ---@field background? boolean return a handle at once
+        ---@field waitFor? "leader"|"group" the stage ends when its leader exits (default) or when its whole process group is empty
         ---@field allowFail? boolean return a failed result instead of raising
         ---@field pool? string a pool declared with baton.pool(name, n): at most n of its stages at once
         ---@field noOutputTimeout? number seconds without output (or heartbeatFile touch): end it as "stalled"

@@ -29,7 +29,7 @@ extension RecipeEnvironment {
 
     static let stageFields = ["id", "cmd", "cwd", "env", "stdin", "timeout", "grace", "retries", "retryOn", "backoff",
                               "transient", "breaker", "requireFiles", "background", "allowFail", "pool",
-                              "noOutputTimeout", "heartbeatFile", "stallWarnSec", "executor", "slurm"]
+                              "noOutputTimeout", "heartbeatFile", "stallWarnSec", "executor", "slurm", "waitFor"]
 
     static let preflightFields = ["name", "policy", "checks", "timeout"]
     /// Each primitive that takes a spec table and the fields it allows (what `baton check` lints).
@@ -69,6 +69,12 @@ extension RecipeEnvironment {
         spec.heartbeatFile = try t.string("heartbeatFile", nonEmpty: true).map(FileIO.absolute)
         spec.stallWarnSec = try t.number("stallWarnSec", min: 0.1)
         try stageExecutor(t, &spec, fn: fn)
+        if let w = try t.string("waitFor") {
+            guard w == "leader" || w == "group" else {
+                throw LuaRaise.usage("\(fn): field 'waitFor' must be 'leader' or 'group', got '\(w)'")
+            }
+            spec.waitForGroup = w == "group"
+        }
         if let p = try t.string("pool", nonEmpty: true) {
             guard context?.pools[p] != nil else {
                 throw LuaRaise.usage("\(fn): pool '\(p)' is not declared; call baton.pool('\(p)', N) first")

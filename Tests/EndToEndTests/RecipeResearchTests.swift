@@ -259,7 +259,7 @@ import Testing
 
     // MARK: registry
 
-    @Test func duplicateRunIdRefusedBeforeTheJobRunsRerunReplaces() throws {
+    @Test func duplicateRunIdRefusedBeforeTheJobRunsRerunAppends() throws {
         let d = Harness.tempDir("rc-dup")
         let a = try research(d, out: "runs/a", id: "same", env: ["JOB_SCORE": "0.7"])
         #expect(a.r.code == 0, "stderr: \(a.r.stderr)")
@@ -276,12 +276,12 @@ import Testing
         // Another run_id in an out that holds a run: refused too.
         let o = try research(d, out: "runs/a", id: "other")
         #expect(o.r.code == 4 && o.r.stderr.contains("holds run same"), "stderr: \(o.r.stderr)")
-        // rerun=1: runs again and replaces the entry.
+        // rerun=1: runs again as attempt 2; the earlier entry is kept.
         let r = try research(d, out: "runs/a", id: "same", ["rerun=1", "metric=score"], env: ["JOB_SCORE": "0.3"])
         #expect(r.r.code == 0, "stderr: \(r.r.stderr)")
-        #expect(r.r.stdout.contains("(replaced; 1 runs)"), "stdout: \(r.r.stdout)")
+        #expect(r.r.stdout.contains("(attempt 2; 1 runs)"), "stdout: \(r.r.stdout)")
         let reg = Self.registry(d + "/runs/registry.jsonl")
-        #expect(reg.count == 1 && (reg[0]["metrics"] as? [String: Any])?["score"] as? Double == 0.3)
+        #expect(reg.count == 2 && (reg[1]["metrics"] as? [String: Any])?["score"] as? Double == 0.3 && reg[1]["attempt"] as? Int == 2)
         #expect(FileManager.default.fileExists(atPath: d + "/runs/a/.previous-\((r.runDir as NSString).lastPathComponent)/metrics.json"),
                 "the earlier artifacts are set aside, not taken for this run's")
     }
@@ -348,5 +348,147 @@ import Testing
         let dup = try research(d, id: "p3")
         #expect(dup.r.code == 4 && dup.r.stderr.contains("already running"), "stderr: \(dup.r.stderr)")
         #expect(!FileManager.default.fileExists(atPath: d + "/runs/a/started"), "the job never started")
+    }
+
+    // MARK: issue 21: fail-closed records
+
+    /// The wrapper's own files can never be the artifacts the gate waits for.
+    @Test func requireMayNotNameTheWrappersOwnFiles() throws {
+        let d = Harness.tempDir("rc-own")
+        for f in ["status.json", "./summary.json", "report.md", "sub/../status.json"] {
+            let r = try Harness.run(["run"] + Self.words("runs/a", "own", ["require=metrics.json,\(f)"]), cwd: d)
+            #expect(r.code == 3, "require=\(f): stderr: \(r.stderr)")
+            #expect(r.stderr.contains("require=") && r.stderr.contains("written by Baton"), "stderr: \(r.stderr)")
+            #expect(!r.stderr.contains("traceback") && !r.stderr.contains("stack"))
+        }
+        #expect(!FileManager.default.fileExists(atPath: d + "/runs"), "refused before anything starts")
+    }
+
+    /// A cancel while the callback runs (the job has ended) still records the run: status.json and the registry say cancelled.
+    @Test func cancelDuringCallbackIsRecordedCancelled() throws {
+        let d = Harness.tempDir("rc-cbcancel")
+        let marker = "cbcancel-\(UUID().uuidString.prefix(8))"
+        let (p, _, _) = try Harness.start(["run"] + Self.words("runs/a", marker, ["callback=touch {out}/cb-started; sleep 30; : \(marker)"]), cwd: d)
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        #expect(Harness.waitFor(20) { FileManager.default.fileExists(atPath: d + "/runs/a/cb-started") }, "the callback started")
+        kill(p.processIdentifier, SIGTERM)
+        #expect(Harness.waitFor(20) { !p.isRunning })
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 143)
+        let st = try #require(Self.json(d + "/runs/a/status.json"))
+        #expect(st["status"] as? String == "cancelled" && (st["reason"] as? String)?.contains("callback") == true, "\(st)")
+        let entries = Self.registry(d + "/runs/registry.jsonl").filter { $0["run_id"] as? String == marker }
+        #expect(entries.count == 1 && entries.first?["status"] as? String == "cancelled", "\(entries)")
+        #expect(Harness.waitFor(10) { Harness.processes(matching: marker).isEmpty }, "the callback must not outlive the run")
+        #expect(Harness.final(Harness.latestRun(d)!)?["status"] as? String == "cancelled")
+    }
+
+    /// A runner killed with SIGKILL records nothing itself: the next run (or a resume) that
+    /// sees its registry entry records it as orphaned, and its id is not silently reusable.
+    @Test func killedRunnerIsRecordedOrphanedAndItsIdIsNotReusable() throws {
+        let d = Harness.tempDir("rc-orphan")
+        let marker = "orph-\(UUID().uuidString.prefix(8))"
+        let (p, _, _) = try Harness.start(["run"] + Self.words("runs/a", marker, job: "research-job.sh 30 \(marker)", []), cwd: d)
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        #expect(Harness.waitFor(20) { FileManager.default.fileExists(atPath: d + "/runs/a/started") })
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        #expect(Harness.waitFor(10) { Harness.processes(matching: marker).isEmpty })
+        // The next run of another id sees it.
+        let next = try research(d, out: "runs/b", id: "next")
+        #expect(next.r.code == 0, "stderr: \(next.r.stderr)")
+        #expect(next.r.stdout.contains("ORPHANED: \(marker)"), "stdout: \(next.r.stdout)")
+        var mine = Self.registry(d + "/runs/registry.jsonl").filter { $0["run_id"] as? String == marker }
+        #expect(mine.map { $0["status"] as? String } == ["orphaned"], "\(mine)")
+        // Its id is refused without rerun=1 ...
+        let again = try research(d, out: "runs/c", id: marker)
+        #expect(again.r.code == 4 && again.r.stderr.contains("orphaned") && again.r.stderr.contains("rerun=1"), "stderr: \(again.r.stderr)")
+        // ... and runs as attempt 2 with it.
+        let rerun = try research(d, out: "runs/c", id: marker, ["rerun=1"])
+        #expect(rerun.r.code == 0, "stderr: \(rerun.r.stderr)")
+        mine = Self.registry(d + "/runs/registry.jsonl").filter { $0["run_id"] as? String == marker }
+        #expect(mine.map { $0["status"] as? String } == ["orphaned", "succeeded"] && mine.map { $0["attempt"] as? Int } == [1, 2], "\(mine)")
+
+        // A resume of a killed run records the killed attempt as orphaned, then runs again.
+        let m2 = "orph2-\(UUID().uuidString.prefix(8))"
+        let (q, _, _) = try Harness.start(["run"] + Self.words("runs/e", m2, job: "research-job.sh 30 \(m2)", []), cwd: d)
+        defer { if q.isRunning { kill(q.processIdentifier, SIGKILL) } }
+        #expect(Harness.waitFor(20) { FileManager.default.fileExists(atPath: d + "/runs/e/started") })
+        let killedRun = try #require(Harness.latestRun(d))
+        kill(q.processIdentifier, SIGKILL)
+        q.waitUntilExit()
+        #expect(Harness.waitFor(10) { Harness.processes(matching: m2).isEmpty })
+        try FileManager.default.removeItem(atPath: d + "/runs/e/started")
+        let resumed = try Harness.run(["resume", (killedRun as NSString).lastPathComponent], cwd: d, env: ["JOB_SCORE": "0.4"], timeout: 60)
+        #expect(resumed.code == 0, "stdout: \(resumed.stdout)\nstderr: \(resumed.stderr)")
+        let e2 = Self.registry(d + "/runs/registry.jsonl").filter { $0["run_id"] as? String == m2 }
+        #expect(e2.map { $0["status"] as? String } == ["orphaned", "succeeded"], "\(e2)")
+    }
+
+    /// rerun=1 keeps every attempt; the best run and the summary look at the latest entry of each run id, and say so.
+    @Test func rerunAppendsAttemptsAndBestUsesTheLatest() throws {
+        let d = Harness.tempDir("rc-rerun")
+        #expect(try research(d, out: "runs/a", id: "same", ["metric=score"], env: ["JOB_SCORE": "0.9"]).r.code == 0)
+        #expect(try research(d, out: "runs/b", id: "other", ["metric=score"], env: ["JOB_SCORE": "0.5"]).r.code == 0)
+        let r = try research(d, out: "runs/a", id: "same", ["rerun=1", "metric=score"], env: ["JOB_SCORE": "0.2"])
+        #expect(r.r.code == 0, "stderr: \(r.r.stderr)")
+        let reg = Self.registry(d + "/runs/registry.jsonl")
+        #expect(reg.map { $0["run_id"] as? String } == ["same", "other", "same"] && reg.map { $0["attempt"] as? Int } == [1, 1, 2], "\(reg)")
+        let best = try #require(r.result["best"] as? [String: Any])
+        #expect(best["run_id"] as? String == "other" && best["value"] as? Double == 0.5, "same's latest attempt scored 0.2: \(best)")
+        #expect(best["candidates"] as? Int == 2)
+        #expect(r.r.stdout.contains("latest entry of each run id"), "stdout: \(r.r.stdout)")
+        let summary = try #require(Self.json(d + "/runs/a/summary.json"))
+        let runs = try #require(summary["runs"] as? [String: Any])
+        #expect(runs["runs"] as? Int == 2 && runs["entries"] as? Int == 3 && (runs["basis"] as? String)?.contains("latest entry of each run id") == true, "\(runs)")
+        #expect(summary["attempt"] as? Int == 2)
+    }
+
+    /// A launcher job: its real work runs on in the background after it exits, and the
+    /// stage (waitFor = "group") waits for the whole process group.
+    @Test func launcherJobsBackgroundWorkPassesTheArtifactGate() throws {
+        let d = Harness.tempDir("rc-launch")
+        let x = try research(d, id: "launch-1", job: "research-launcher.sh 2", ["metric=score"], env: ["JOB_SCORE": "0.7"])
+        #expect(x.r.code == 0, "stdout: \(x.r.stdout)\nstderr: \(x.r.stderr)")
+        #expect(Self.json(d + "/runs/a/metrics.json")?["by"] as? String == "background work")
+        #expect(x.result["status"] as? String == "succeeded")
+    }
+
+    /// waitFor = "group" keeps the stage's timeout and cancel on the whole group, and leaves no process behind.
+    @Test func waitForGroupKeepsTimeoutOnTheGroup() throws {
+        let d = Harness.tempDir("rc-group")
+        let marker = "grp-\(UUID().uuidString.prefix(8))"
+        Harness.write(d + "/r.lua", """
+            local r = runStage{id = "l", cmd = "(sleep 30; : \(marker)) & exit 0", waitFor = "group", timeout = 1, grace = 1, allowFail = true}
+            assert(r.status == "timed_out", r.status)
+            local ok = runStage{id = "m", cmd = "(sleep 0.5; echo late > late.txt) & exit 0", waitFor = "group"}
+            assert(ok.ok and baton.fs.read("late.txt") == "late\\n", "the group's work finished before the stage ended")
+            """)
+        let r = try Harness.run(["run", "r.lua"], cwd: d)
+        #expect(r.code == 0, "stderr: \(r.stderr)")
+        #expect(Harness.waitFor(10) { Harness.processes(matching: marker).isEmpty }, "no process of the group survives its timeout")
+        Harness.write(d + "/bad.lua", "runStage{id = 'x', cmd = 'true', waitFor = 'children'}\n")
+        let bad = try Harness.run(["run", "bad.lua"], cwd: d)
+        #expect(bad.code == 3 && bad.stderr.contains("waitFor"), "stderr: \(bad.stderr)")
+    }
+
+    /// A cancel while Baton waits for the artifacts (no recipe code runs after it, the
+    /// wrapper has exited) leaves the attempt `running`; the next run records it `cancelled`.
+    @Test func cancelWhileAwaitingArtifactsIsRecordedByTheNextRun() throws {
+        let d = Harness.tempDir("rc-awaitcancel")
+        let (p, _, _) = try Harness.start(["run"] + Self.words("runs/a", "await-1", ["require=metrics.json,never.bin", "ready_timeout=60", "poll=30"]), cwd: d)
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        #expect(Harness.waitFor(20) {
+            Harness.latestRun(d).flatMap { Harness.read($0 + "/journal.jsonl") }?.contains("\"to\":\"awaiting_artifacts\"") == true
+        })
+        kill(p.processIdentifier, SIGTERM)
+        #expect(Harness.waitFor(20) { !p.isRunning })
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 143)
+        let next = try research(d, out: "runs/b", id: "await-2")
+        #expect(next.r.code == 0, "stderr: \(next.r.stderr)")
+        let e = Self.registry(d + "/runs/registry.jsonl").filter { $0["run_id"] as? String == "await-1" }
+        #expect(e.map { $0["status"] as? String } == ["cancelled"], "\(e)")
+        #expect(next.r.stdout.contains("CANCELLED: await-1"), "stdout: \(next.r.stdout)")
     }
 }

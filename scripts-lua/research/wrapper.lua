@@ -20,7 +20,7 @@
 -- The wrapper's command line carries "research-job:RUN_ID" (for the pgrep guard).
 local M = {}
 
-M.script = [=[
+local prelude = [=[
 unset RESEARCH_WRAPPER
 out=$1; rid=$2; job=$3
 status="$out/status.json"
@@ -63,41 +63,60 @@ write_plain() { # status exit_code reason extra
   printf '{"status":"%s","run_id":"%s","exit_code":%s,"reason":"%s","started_at":"%s"%s}\n' \
     "$1" "$rid" "$2" "$3" "$started" "$4" > "$status.tmp.$$" && mv -f "$status.tmp.$$" "$status"
 }
-record_cancelled() { # reason: one registry line, under the registry's flock
+record_cancelled() { # reason: this attempt's registry line says cancelled, under the registry's flock
   [ -n "${RESEARCH_REGISTRY:-}" ] && command -v python3 >/dev/null 2>&1 || return 0
   python3 - "$RESEARCH_REGISTRY" "$rid" "$1" "$started" "$out" <<'PY' || true
 import fcntl, json, os, sys, time
 reg, rid, reason, started, out = sys.argv[1:6]
 env = os.environ
+brun = env.get("RESEARCH_BATON_RUN") or env.get("BATON_RUN_ID", "")
+try:
+    attempt = int(env.get("RESEARCH_ATTEMPT", "1"))
+except ValueError:
+    attempt = 1
 entry = {"run_id": rid, "status": "cancelled", "reason": reason, "metrics": {}, "missing": [],
          "started_at": started, "ended_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-         "out": out, "job": env.get("RESEARCH_JOB", ""), "baton_run": env.get("BATON_RUN_ID", ""),
+         "out": out, "job": env.get("RESEARCH_JOB", ""), "baton_run": brun, "attempt": attempt,
          "tags": [t for t in env.get("RESEARCH_TAGS", "").split(",") if t], "recorded_by": "wrapper"}
 os.makedirs(os.path.dirname(reg) or ".", exist_ok=True)
 with open(reg, "a+") as f:
     fcntl.flock(f, fcntl.LOCK_EX)
     f.seek(0)
-    lines = f.read().split("\n")
-    def rid_of(line):
+    lines = [l for l in f.read().split("\n") if l.strip()]
+    def mine(line):
         try:
-            return json.loads(line).get("run_id")
+            v = json.loads(line)
         except Exception:
             return None
-    same = [l for l in lines if l.strip() and rid_of(l) == rid]
-    if same and env.get("RESEARCH_RERUN") != "1":
-        sys.exit(0)
+        if isinstance(v, dict) and v.get("run_id") == rid and v.get("baton_run") == brun and int(v.get("attempt") or 1) == attempt:
+            return v
+        return None
+    at = [i for i, l in enumerate(lines) if mine(l) is not None]
+    if at and mine(lines[at[-1]]).get("status") != "running":
+        sys.exit(0)  # this attempt already ended: its record stands
     line = json.dumps(entry, sort_keys=True)
-    if same:
-        keep = [l for l in lines if l.strip() and rid_of(l) != rid]
+    if at:
+        prev = mine(lines[at[-1]])
+        for k in ("started_at", "job", "out", "tags", "run_dir", "runner"):
+            if k in prev:
+                entry[k] = prev[k]
+        lines[at[-1]] = json.dumps(entry, sort_keys=True)
         f.seek(0); f.truncate()
-        f.write("".join(l + "\n" for l in keep))
-    elif lines[-1] != "":
-        f.write("\n")
-    f.write(line + "\n")
+        f.write("".join(l + "\n" for l in lines))
+    else:
+        f.seek(0, 2)
+        if f.tell() > 0:
+            f.seek(f.tell() - 1); last = f.read(1)
+            if last != "\n":
+                f.write("\n")
+        f.write(line + "\n")
     f.flush()
     os.fsync(f.fileno())
 PY
 }
+]=]
+
+M.script = prelude .. [=[
 on_signal() { # name code
   trap '' TERM INT HUP
   finalize cancelled "$2" "cancelled by $1"
@@ -120,6 +139,64 @@ rc=$?
 if [ "$rc" -eq 0 ]; then finalize succeeded 0 ""; else finalize failed "$rc" "job exited with code $rc"; fi
 exit "$rc"
 ]=]
+
+-- The callback's wrapper: the job has ended (status.json is its), and a signal now
+-- (a cancel of the run during the callback) marks status.json and this attempt's
+-- registry line `cancelled`, because no recipe code runs after a cancel.
+M.callbackScript = prelude .. [=[
+cancel_status() { # reason code
+  if command -v python3 >/dev/null 2>&1; then
+    python3 - "$status" "$rid" "$1" "$2" <<'PY' && return 0
+import json, os, sys, time
+path, rid, reason, code = sys.argv[1:5]
+try:
+    with open(path) as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        data = {}
+except Exception:
+    data = {}
+job = {k: data.get(k) for k in ("status", "exit_code", "reason") if k in data}
+data.update({"status": "cancelled", "run_id": rid, "reason": reason, "exit_code": int(code), "job": job,
+             "ended_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+tmp = "%s.tmp.%d" % (path, os.getpid())
+with open(tmp, "w") as f:
+    json.dump(data, f, sort_keys=True)
+    f.write("\n")
+    f.flush()
+    os.fsync(f.fileno())
+os.replace(tmp, path)
+PY
+  fi
+  write_plain cancelled "$2" "$1" ""
+}
+on_signal() { # name code
+  trap '' TERM INT HUP
+  cancel_status "cancelled by $1 during the callback" "$2"
+  record_cancelled "cancelled by $1 during the callback"
+  if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null; wait "$child" 2>/dev/null; fi
+  exit "$2"
+}
+trap 'on_signal SIGTERM 143' TERM
+trap 'on_signal SIGINT 130' INT
+trap 'on_signal SIGHUP 129' HUP
+sh -c "$job" &
+child=$!
+wait "$child"
+exit $?
+]=]
+
+--- The argv that runs the callback (shell text) under the callback's wrapper (pass
+--- M.callbackEnv() as the stage's env).
+function M.callbackCommand(out, runID, cmd)
+  return {"sh", "-c", 'eval "$RESEARCH_WRAPPER"', "research-callback:" .. runID, out, runID, cmd}
+end
+
+function M.callbackEnv(extra)
+  local e = {RESEARCH_WRAPPER = M.callbackScript}
+  for k, v in pairs(extra or {}) do e[k] = v end
+  return e
+end
 
 --- The argv that runs `job` (shell text) under the wrapper.
 --- The script travels in the environment (RESEARCH_WRAPPER; pass M.env() as the stage's env),

@@ -44,6 +44,18 @@ function M.mode(v)
   return nil, ("mode %s is not an octal file mode like \"0755\""):format(tostring(v))
 end
 
+--- A wo_id names files (state/<wo_id>.json, backups/<wo_id>/): a plain name only.
+function M.plainName(id)
+  return type(id) == "string" and id:match("^[%w_.%-]+$") ~= nil and id ~= "." and id ~= ".."
+end
+
+--- systemd unit files a work order writes itself are verified like generated ones.
+local UNIT_SUFFIXES = {service = true, timer = true, socket = true, path = true, target = true, mount = true, automount = true, slice = true}
+function M.isUnitFile(path)
+  local ext = path:match("%.([%w]+)$")
+  return ext ~= nil and UNIT_SUFFIXES[ext] == true
+end
+
 --- Lexically normalises a relative path; nil, why when it is absolute or leaves its root.
 function M.normalize(p)
   if type(p) ~= "string" or p == "" then return nil, "the path is empty" end
@@ -108,10 +120,11 @@ function M.load(file, opts)
     return nil, ("%s: invalid YAML: %s"):format(file, (msg:gsub("^.-invalid YAML: ", "")))
   end
   if type(doc) ~= "table" then return nil, ("%s: a work order must be a YAML mapping"):format(file) end
-  local knownID = type(doc.wo_id) == "string" and doc.wo_id:match("^[%w_.%-]+$") and doc.wo_id or nil
+  local knownID = M.plainName(doc.wo_id) and doc.wo_id or nil
   local function bad(field, why) return nil, ("%s: field '%s' %s"):format(file, field, why), knownID end
-  if type(doc.wo_id) ~= "string" or not doc.wo_id:match("^[%w_.%-]+$") then
-    return bad("wo_id", "is required: letters, digits, '.', '_', '-'")
+  if not knownID then
+    return bad("wo_id", ("is required: a plain name of letters, digits, '.', '_', '-' (not '.' or '..'), got %s")
+      :format(type(doc.wo_id) == "string" and ("%q"):format(doc.wo_id) or type(doc.wo_id)))
   end
   if type(doc.files) ~= "table" or #doc.files == 0 then return bad("files", "must be a non-empty list") end
   local wo = {id = doc.wo_id, title = doc.title, type = doc.type, file = file, files = {}, tests = {}, post_verify = {}, units = {}}
@@ -144,6 +157,9 @@ function M.load(file, opts)
       local full, label = M.target(f.path, opts)
       if not full then return bad(where .. ".path", "refused: " .. label) end
       wo.files[#wo.files + 1] = {path = label, full = full, content = content, mode = mode}
+      if M.isUnitFile(full) then
+        wo.units[#wo.units + 1] = {name = full:match("([^/]+)$"), path = full, from = f.path, direct = true}
+      end
     end
   end
   if doc.tests ~= nil and type(doc.tests) ~= "table" then return bad("tests", "must be a list") end
@@ -191,7 +207,18 @@ end
 --- Copies what the work order will replace to backupDir (a snapshot before a
 --- destructive step). Returns the manifest {dir, files = {{path, full, existed, backup}}}.
 function M.backup(wo, backupDir)
-  local m = {dir = backupDir, files = {}}
+  local m = {dir = backupDir, files = {}, created_dirs = {}}
+  -- The directories writing the files will create (mkdir -p): removed again by a rollback.
+  local seen = {}
+  for _, f in ipairs(wo.files) do
+    local dir = f.full:match("^(.*)/[^/]*$")
+    while dir and dir ~= "" and not baton.fs.exists(dir) and not seen[dir] do
+      seen[dir] = true
+      m.created_dirs[#m.created_dirs + 1] = dir
+      dir = dir:match("^(.*)/[^/]*$")
+    end
+  end
+  table.sort(m.created_dirs, function(a, b) return #a > #b end)
   for i, f in ipairs(wo.files) do
     local e = {path = f.path, full = f.full, existed = baton.fs.exists(f.full)}
     if e.existed then
@@ -202,14 +229,16 @@ function M.backup(wo, backupDir)
     m.files[#m.files + 1] = e
   end
   baton.fs.mkdir(backupDir)
-  baton.fs.write(backupDir .. "/manifest.json", baton.json.encode({wo_id = wo.id, files = m.files}, {pretty = true}) .. "\n")
+  baton.fs.write(backupDir .. "/manifest.json", baton.json.encode({wo_id = wo.id, files = m.files,
+    created_dirs = baton.json.array(m.created_dirs)}, {pretty = true}) .. "\n")
   return m
 end
 
---- Puts back what the manifest recorded: earlier files restored, new files removed.
---- Returns {restored = {...}, removed = {...}}.
+--- Puts back what the manifest recorded: earlier files restored, new files removed, and
+--- the directories the writes created removed once empty (deepest first).
+--- Returns {restored = {...}, removed = {...}, removed_dirs = {...}}.
 function M.rollback(manifest)
-  local r = {restored = {}, removed = {}}
+  local r = {restored = {}, removed = {}, removed_dirs = {}}
   for i = #manifest.files, 1, -1 do
     local e = manifest.files[i]
     if e.existed then
@@ -223,6 +252,95 @@ function M.rollback(manifest)
   table.sort(r.restored)
   table.sort(r.removed)
   return r
+end
+
+M.TREE_COPY_LIMIT = 256 * 1024 * 1024
+
+--- A copy (a tar of the regular files in a tree listing, taken before the first write), so
+--- a rollback can restore what a work order's steps changed or deleted. Returns the tar's
+--- path, or nil and why (more than `limit` bytes, or tar failed).
+function M.copyTree(tree, tarPath, limit)
+  local files, total = {}, 0
+  for p, v in pairs(tree) do
+    if v:sub(1, 1) == "f" then
+      files[#files + 1] = p:sub(2)
+      total = total + (tonumber(v:match("^%S+ (%S+)")) or 0)
+    end
+  end
+  limit = limit or M.TREE_COPY_LIMIT
+  if total > limit then
+    return nil, ("its files are %d MiB, more than the %d MiB a rollback copies"):format(total // 1048576, limit // 1048576)
+  end
+  table.sort(files)
+  baton.fs.mkdir(tarPath:match("^(.*)/[^/]*$"))
+  local _, ok, _, err = baton.sh({"tar", "-C", "/", "-cf", tarPath, "--verbatim-files-from", "-T", "-"},
+    {stdin = table.concat(files, "\n") .. (#files > 0 and "\n" or ""), allowFail = true, timeout = 600})
+  if not ok then return nil, "tar: " .. tostring(err):gsub("%s+$", "") end
+  return tarPath
+end
+
+--- Restores `paths` (absolute) from a copyTree tar. Returns the ones restored.
+function M.restoreFromCopy(tarPath, paths)
+  if #paths == 0 then return {} end
+  local rel = {}
+  for i, p in ipairs(paths) do rel[i] = p:sub(2) end
+  baton.sh({"tar", "-C", "/", "-xpf", tarPath, "--verbatim-files-from", "-T", "-"},
+    {stdin = table.concat(rel, "\n") .. "\n", allowFail = true, timeout = 600})
+  local done = {}
+  for _, p in ipairs(paths) do if baton.fs.exists(p) then done[#done + 1] = p end end
+  return done
+end
+
+--- Removes the directories the manifest says the writes created, deepest first, when empty.
+function M.removeCreatedDirs(manifest, r)
+  for _, dir in ipairs(manifest.created_dirs or {}) do
+    if baton.fs.exists(dir) and os.remove(dir) then r.removed_dirs[#r.removed_dirs + 1] = dir end
+  end
+end
+
+--- Every path under the roots (that exist), as {path = "type size mtime"}, leaving out
+--- the paths under `skip` (the pipeline's own directories). A rollback compares two of
+--- these to find what a work order's steps created or changed.
+function M.tree(roots, skip)
+  local t = {}
+  local function skipped(p)
+    for _, s in ipairs(skip or {}) do if within(p, s) then return true end end
+    return false
+  end
+  for _, root in ipairs(roots) do
+    if baton.fs.exists(root) then
+      local out = baton.sh({"find", root, "-xdev", "-printf", "%y %s %T@ %p\\n"}, {allowFail = true, readOnly = true})
+      for rec in (out or ""):gmatch("[^\n]+") do
+        local kind, size, mtime, path = rec:match("^(%S+) (%S+) (%S+) (.*)$")
+        if path and not skipped(path) then t[path] = kind .. " " .. size .. " " .. mtime end
+      end
+    end
+  end
+  return t
+end
+
+--- After a rollback: removes what is in `after` but not in `before` (files first, then
+--- directories deepest first, when empty). Returns removed, removedDirs, and the regular
+--- files of `before` that were changed or deleted since.
+function M.undoNew(before, after)
+  local files, dirs, changed = {}, {}, {}
+  for p, v in pairs(after) do
+    if not before[p] then
+      if v:sub(1, 1) == "d" then dirs[#dirs + 1] = p else files[#files + 1] = p end
+    elseif before[p] ~= v and before[p]:sub(1, 1) == "f" then
+      changed[#changed + 1] = p
+    end
+  end
+  for p, v in pairs(before) do
+    if not after[p] and v:sub(1, 1) == "f" then changed[#changed + 1] = p end
+  end
+  local removed, removedDirs = {}, {}
+  table.sort(files)
+  for _, p in ipairs(files) do if os.remove(p) then removed[#removed + 1] = p end end
+  table.sort(dirs, function(a, b) return #a > #b end)
+  for _, p in ipairs(dirs) do if os.remove(p) then removedDirs[#removedDirs + 1] = p end end
+  table.sort(changed)
+  return removed, removedDirs, changed
 end
 
 --- Writes the files; on a failed write restores what was written. true | nil, why.
@@ -250,7 +368,7 @@ end
 --- steps that were all skipped is skipped too (it waits for services that did not start).
 --- Returns ok (no step failed) and the results {{name, command, status = PASS|FAIL|SKIPPED,
 --- expected, got, reason}}.
-function M.steps(base, steps, svc)
+function M.steps(base, steps, svc, run)
   local results, ok = {}, true
   local services, skippedServices = 0, 0
   for _, st in ipairs(steps) do
@@ -266,12 +384,21 @@ function M.steps(base, steps, svc)
         res.status, res.reason = "SKIPPED", svc.why
       end
       if translated then res.linux = translated; cmd = translated end
+      -- The units this step starts (a rollback stops and disables them).
+      local label = st.command:match("launchctl%s+load%s+%S-([%w_.@%-]+)%.plist")
+      if label then res.starts = {label .. ".timer", label .. ".service"} end
+      local direct = st.command:match("systemctl%s+%-%-user%s+enable%s+(.*)$") or st.command:match("systemctl%s+%-%-user%s+start%s+(.*)$")
+      if direct then
+        res.starts = {}
+        for u in direct:gmatch("[^%s;&|]+") do if not u:match("^%-") then res.starts[#res.starts + 1] = u end end
+      end
       if res.status == "SKIPPED" then skippedServices = skippedServices + 1 end
     elseif cmd:match("^%s*sleep%s+[%d.]+%s*$") and services > 0 and skippedServices == services then
       res.status, res.reason = "SKIPPED", "it waits for services, and every service step before it was skipped"
     end
     if not res.status then
-      local out, good, code, err = baton.sh(cmd, {cwd = base, allowFail = true, timeout = 120})
+      local out, good, code, err
+      if run then out, good, code, err = run(cmd) else out, good, code, err = baton.sh(cmd, {cwd = base, allowFail = true, timeout = 120}) end
       res.got = trim(out)
       res.exit = code
       if st.expected ~= nil then
@@ -289,8 +416,8 @@ function M.steps(base, steps, svc)
 end
 
 --- Runs the work order's tests in base. true | nil, why, and the results.
-function M.test(base, wo, svc)
-  local ok, results = M.steps(base, wo.tests, svc or {available = true})
+function M.test(base, wo, svc, run)
+  local ok, results = M.steps(base, wo.tests, svc or {available = true}, run)
   if ok then return true, nil, results end
   for _, r in ipairs(results) do
     if r.status == "FAIL" then return nil, ("test '%s' failed: %s"):format(r.name, r.reason), results end

@@ -14,6 +14,9 @@ public struct JobSpec {
     public var stderr: Int32 = -1
     /// Seconds the processes left behind by a finished main process get before SIGKILL.
     public var leftoverGrace: Double = 2
+    /// The job ends when its process group is empty: what its leader leaves behind is
+    /// waited for, not ended (timeout and cancel still end the group).
+    public var waitForGroup = false
     /// For executors that cannot take descriptors (a batch scheduler): where the output goes,
     /// the stdin text, a name for the job, the stage's timeout and grace, Slurm's options.
     public var logs: StageLogs?

@@ -29,6 +29,10 @@ public struct StageSpec: Sendable {
     public var executor: String?
     /// Slurm's options, over the run's default ones (`baton.executor("slurm", {...})`).
     public var slurm: SlurmOptions?
+    /// The stage ends when its whole process group is empty, not when its leader exits
+    /// (`waitFor = "group"`: a launcher that leaves its real work in the background).
+    /// Timeout and cancel still end the whole group.
+    public var waitForGroup = false
 
     public init(id: String, command: Command) { self.id = id; self.command = command }
 
@@ -283,6 +287,7 @@ public final class StageExecution: LoopTask {
             js.stdout = outFD
             js.stderr = errFD
             js.leftoverGrace = min(spec.grace, 2)
+            js.waitForGroup = spec.waitForGroup
             js.logs = logs
             js.stdinText = spec.stdin
             js.name = "baton-\(context.dir.id)-\(spec.id)"

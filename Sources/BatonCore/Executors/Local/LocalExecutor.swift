@@ -13,7 +13,9 @@ public final class LocalExecutor: Executor {
         let started = try Spawner.start(argv: spec.argv, env: spec.env, cwd: spec.cwd, stdin: spec.stdin,
                                         stdout: spec.stdout, stderr: spec.stderr)
         // (baton_spawn_async has told the crash guard about the group.)
-        return LocalJob(executor: self, started: started, leftoverGrace: spec.leftoverGrace)
+        let job = LocalJob(executor: self, started: started, leftoverGrace: spec.leftoverGrace)
+        job.waitForGroup = spec.waitForGroup
+        return job
     }
 
     public func poll(_ jobs: [Job], now: Double) {
@@ -24,7 +26,7 @@ public final class LocalExecutor: Executor {
         var fds: [Int32] = []
         var at: Double? = nil
         for case let j as LocalJob in jobs {
-            if let fd = j.wakeFD { fds.append(fd) } else { at = min(at ?? .infinity, now + 0.02) }
+            if let fd = j.wakeFD { fds.append(fd) } else { at = min(at ?? .infinity, now + (j.waitForGroup ? 0.1 : 0.02)) }
             if let k = j.killAt { at = min(at ?? .infinity, k) }
         }
         return (fds, at)
@@ -42,6 +44,7 @@ final class LocalJob: Job {
     private(set) var killAt: Double?
     private var terminating = false
     private let leftoverGrace: Double
+    var waitForGroup = false
 
     /// Memory the leader ran on until its exec: freed once it is reaped.
     private var started: Spawner.Started?
@@ -93,7 +96,7 @@ final class LocalJob: Job {
         if let k = killAt, now >= k { kill() }
         // The leader is gone; anything left in its group goes too.
         if groupAlive() {
-            if !terminating { terminate(grace: leftoverGrace) }
+            if !terminating && !waitForGroup { terminate(grace: leftoverGrace) }
             state = .ending(leaderEnded!)
         } else {
             state = .done(leaderEnded!)
