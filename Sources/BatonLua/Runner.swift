@@ -206,9 +206,10 @@ public enum RecipeRunner {
         return interrupted(by: sig, env)
     }
 
-    /// A signal's ending; SIGALRM is the run budget running out.
+    /// A signal's ending; the budget's own SIGALRM (the kernel's timer, not a `kill -ALRM`)
+    /// is the run budget running out.
     static func interrupted(by sig: Int32, _ env: RecipeEnvironment) -> Ending {
-        if sig == SIGALRM, let b = env.context?.budget {
+        if sig == SIGALRM, baton_budget_expired() != 0, let b = env.context?.budget {
             return Ending(status: .cancelled, exit: .budgetExceeded, reason: "run budget of \(b.text) exceeded")
         }
         return Ending(status: .cancelled, exit: .signal(sig), reason: "interrupted by \(signalName(sig))")
@@ -260,6 +261,13 @@ public func signalName(_ sig: Int32) -> String {
     case SIGHUP: return "SIGHUP"
     case SIGKILL: return "SIGKILL"
     case SIGALRM: return "SIGALRM"
+    case SIGQUIT: return "SIGQUIT"
+    case SIGUSR1: return "SIGUSR1"
+    case SIGUSR2: return "SIGUSR2"
+    case SIGXCPU: return "SIGXCPU"
+    case SIGXFSZ: return "SIGXFSZ"
+    case SIGVTALRM: return "SIGVTALRM"
+    case SIGPROF: return "SIGPROF"
     default: return "signal \(sig)"
     }
 }

@@ -203,11 +203,12 @@ final class Interactive {
             .filter { !$0.hasPrefix("[C]") && !$0.hasPrefix("(...") && !$0.hasPrefix("baton.") && !$0.isEmpty }
     }
 
-    /// After Lua code or a command: forget a Ctrl-C; SIGTERM or SIGHUP leave.
+    /// After Lua code or a command: forget a Ctrl-C; any other signal (SIGTERM, SIGHUP,
+    /// SIGQUIT, ...) leaves.
     func afterEvaluation() {
         let sig = baton_signal_pending()
         let last = baton_signal_last()
-        if leaving == nil, sig == SIGTERM || sig == SIGHUP || last == SIGTERM || last == SIGHUP {
+        if leaving == nil, (sig != 0 && sig != SIGINT) || (last != 0 && last != SIGINT) {
             leaving = 128 + Int32(last == SIGINT ? sig : last)
             return
         }
