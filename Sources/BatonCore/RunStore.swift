@@ -21,17 +21,25 @@ public struct RunDirectory: Sendable {
         return StageLogs(stdout: "\(d)/\(attempt).out", stderr: "\(d)/\(attempt).err")
     }
 
-    /// Stage ids are free text; their directory names keep only safe characters.
+    /// Stage ids are free text; a stage's folder name is its id with every byte outside
+    /// `[A-Za-z0-9._-]` (and a leading '.') written as `%XX`, so two ids never share a folder
+    /// (`train/1` is `train%2F1`, `train_1` stays `train_1`, `train%2F1` is `train%252F1`).
+    /// The empty id is `%`. An id whose name would pass 100 bytes keeps an 80-byte prefix and
+    /// `%~` and a 64-bit hash of the whole (no escaped name contains `%~`). Readers follow
+    /// the journal's log paths, so runs written with the old mapping (unsafe characters as
+    /// `_`) still read.
     public static func safeName(_ s: String) -> String {
-        var out = ""
-        for u in s.unicodeScalars {
-            let ok = (u >= "a" && u <= "z") || (u >= "A" && u <= "Z") || (u >= "0" && u <= "9") || u == "-" || u == "_" || u == "."
-            out.unicodeScalars.append(ok ? u : "_")
+        let hex = Array("0123456789ABCDEF".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(s.utf8.count)
+        for (i, c) in s.utf8.enumerated() {
+            let ok = (c >= 97 && c <= 122) || (c >= 65 && c <= 90) || (c >= 48 && c <= 57) || c == 45 || c == 95 || (c == 46 && i > 0)
+            if ok { out.append(c) } else { out += [37, hex[Int(c >> 4)], hex[Int(c & 15)]] }
         }
-        if out.isEmpty || out.hasPrefix(".") { out = "_" + out }
+        if out.isEmpty { return "%" }
         // File names have a length limit; long ids keep a prefix and a hash of the whole.
-        if out.utf8.count > 100 { out = String(out.prefix(80)) + "-" + FailureSignature.fnv1a(s) }
-        return out
+        if out.count > 100 { return String(decoding: out.prefix(80), as: UTF8.self) + "%~" + FailureSignature.fnv1a(s) }
+        return String(decoding: out, as: UTF8.self)
     }
 
     public func readFinal() -> JSON? {

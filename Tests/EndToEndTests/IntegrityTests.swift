@@ -44,4 +44,41 @@ import Testing
         let f = try #require(Harness.latestRun(d).flatMap { Harness.final($0) })
         #expect((f["reason"] as? String)?.contains("run budget") == true)
     }
+
+    // MARK: 5. one stage, one log folder
+
+    /// Ids that the old mapping folded together each get their own folder; `log --stage`
+    /// shows each its own output; a run written with the old layout still reads.
+    @Test func oneStageOneLogFolder() throws {
+        let d = Harness.tempDir("folders")
+        let ids = ["train/1", "train_1", "train%2F1", "train 1", ".hidden", "..", "Train_1"]
+        Harness.write(d + "/r.lua", ids.enumerated().map { i, id in
+            "runStage{id = \(luaQuote(id)), cmd = {'echo', 'output-\(i)'}}" }.joined(separator: "\n") + "\n")
+        let r = try Harness.run(["run", "r.lua"], cwd: d)
+        #expect(r.code == 0, "stderr: \(r.stderr)")
+        let run = try #require(Harness.latestRun(d))
+        let started = Harness.events(Harness.journal(run), type: "stage_started")
+        let folders = started.compactMap { (($0["logs"] as? [String: Any])?["stdout"] as? String).map { ($0 as NSString).deletingLastPathComponent } }
+        #expect(Set(folders).count == ids.count, "folders: \(folders)")
+        for f in folders { #expect(f.hasPrefix(run + "/stages/") && !f.dropFirst(run.count + 8).contains("/"), "\(f)") }
+        for (i, id) in ids.enumerated() {
+            let l = try Harness.run(["log", "--stage", id], cwd: d)
+            #expect(l.code == 0 && l.stdout == "output-\(i)\n", "log --stage \(id): \(l.stdout) \(l.stderr)")
+        }
+        // The old layout (every unsafe character as '_'): the journal's paths are followed.
+        let old = run + "/stages/old_layout"
+        try FileManager.default.moveItem(atPath: folders[0], toPath: old)
+        let j = try #require(Harness.read(run + "/journal.jsonl"))
+        try j.replacingOccurrences(of: folders[0], with: old).write(toFile: run + "/journal.jsonl", atomically: true, encoding: .utf8)
+        let l = try Harness.run(["log", "--stage", ids[0]], cwd: d)
+        #expect(l.code == 0 && l.stdout == "output-0\n", "\(l.stdout) \(l.stderr)")
+    }
+}
+
+func luaQuote(_ s: String) -> String {
+    "\"" + s.unicodeScalars.map { u -> String in
+        if u == "\"" || u == "\\" { return "\\" + String(u) }
+        if u.value < 0x20 || u.value == 0x7f { return "\\\(u.value)" }
+        return String(u)
+    }.joined() + "\""
 }
