@@ -73,6 +73,76 @@ import Testing
         let l = try Harness.run(["log", "--stage", ids[0]], cwd: d)
         #expect(l.code == 0 && l.stdout == "output-0\n", "\(l.stdout) \(l.stderr)")
     }
+
+    // MARK: 7. outputs go where the user said
+
+    func finishedRun(_ tag: String) throws -> String {
+        let d = Harness.tempDir(tag)
+        Harness.write(d + "/r.lua", "runStage{id = 'a', cmd = 'true'}\nrunStage{id = 'b', cmd = 'true'}\n")
+        #expect(try Harness.run(["run", "r.lua"], cwd: d).code == 0)
+        return d
+    }
+
+    @Test func reportOutputsGoWhereTheUserSaid() throws {
+        let d = try finishedRun("outputs")
+        // '-' is stdout
+        let t = try Harness.run(["report", "--trace", "-"], cwd: d)
+        #expect(t.code == 0, "\(t.stderr)")
+        let doc = try? JSONSerialization.jsonObject(with: Data(t.stdout.utf8)) as? [String: Any]
+        #expect(doc?["traceEvents"] != nil, "stdout: \(t.stdout.prefix(300))")
+        #expect(!FileManager.default.fileExists(atPath: d + "/-"))
+        let v = try Harness.run(["report", "--tsv", "-"], cwd: d)
+        #expect(v.code == 0 && v.stdout.hasPrefix("task_id\t") || v.stdout.contains("\tstatus\t"), "stdout: \(v.stdout.prefix(300))")
+        #expect(!FileManager.default.fileExists(atPath: d + "/-"))
+        // a symlink to the process's stdout (what /dev/stdout is) is written through
+        symlink("/proc/self/fd/1", d + "/mystdout")
+        let s = try Harness.run(["report", "--tsv", "mystdout"], cwd: d)
+        #expect(s.code == 0 && s.stdout.contains("\tstatus\t"), "stdout: \(s.stdout.prefix(300)) \(s.stderr)")
+        #expect(isSymlink(d + "/mystdout"), "the link was replaced")
+        // a FIFO is written, not replaced
+        #expect(mkfifo(d + "/fifo", 0o600) == 0)
+        final class Box: @unchecked Sendable { var text = "" }
+        let got = Box()
+        let reader = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            if let h = FileHandle(forReadingAtPath: d + "/fifo") { got.text = String(decoding: h.readDataToEndOfFile(), as: UTF8.self) }
+            reader.signal()
+        }
+        let f = try Harness.run(["report", "--tsv", "fifo"], cwd: d, timeout: 20)
+        if f.code != 0 || reader.wait(timeout: .now() + 10) == .timedOut {
+            // unblock the reader
+            let fd = open(d + "/fifo", O_WRONLY | O_NONBLOCK); if fd >= 0 { close(fd) }
+            _ = reader.wait(timeout: .now() + 5)
+        }
+        #expect(f.code == 0, "\(f.stderr)")
+        #expect(got.text.contains("\tstatus\t"), "the FIFO's reader got: \(got.text.prefix(200))")
+        var st = stat()
+        #expect(lstat(d + "/fifo", &st) == 0 && (st.st_mode & S_IFMT) == S_IFIFO, "the FIFO was replaced")
+        // a character device is written, not replaced (our own /dev/null node)
+        if mknod(d + "/null", S_IFCHR | 0o666, dev_t((1 << 8) | 3)) == 0 {
+            #expect(try Harness.run(["report", "--trace", "null"], cwd: d).code == 0)
+            #expect(lstat(d + "/null", &st) == 0 && (st.st_mode & S_IFMT) == S_IFCHR, "the device was replaced")
+        }
+        // a symlink is followed to its target, existing or not; the link stays
+        Harness.write(d + "/real.tsv", "old\n")
+        symlink("real.tsv", d + "/link.tsv")
+        #expect(try Harness.run(["report", "--tsv", "link.tsv"], cwd: d).code == 0)
+        #expect(isSymlink(d + "/link.tsv"))
+        #expect(Harness.read(d + "/real.tsv")?.contains("\tstatus\t") == true)
+        symlink("sub/made.json", d + "/dangling.json")
+        try FileManager.default.createDirectory(atPath: d + "/sub", withIntermediateDirectories: true)
+        #expect(try Harness.run(["report", "--trace", "dangling.json"], cwd: d).code == 0)
+        #expect(isSymlink(d + "/dangling.json"))
+        #expect(Harness.read(d + "/sub/made.json")?.contains("traceEvents") == true)
+        // a regular file is still replaced whole (temp + rename)
+        #expect(try Harness.run(["report", "--tsv", "plain.tsv"], cwd: d).code == 0)
+        #expect(Harness.read(d + "/plain.tsv")?.contains("\tstatus\t") == true)
+    }
+
+    func isSymlink(_ p: String) -> Bool {
+        var st = stat()
+        return lstat(p, &st) == 0 && (st.st_mode & S_IFMT) == S_IFLNK
+    }
 }
 
 func luaQuote(_ s: String) -> String {
