@@ -202,6 +202,7 @@ public final class RecipeEnvironment {
         lua.pushFunction("os.execute") { [unowned self] (l: LuaState) throws -> Int32 in
             if l.type(1) == LUA_TNONE || l.type(1) == LUA_TNIL { l.push(true); return 1 }   // a shell is available
             guard let text = l.string(1) else { throw LuaRaise.usage("os.execute: the command must be a string, got \(l.describeType(1))") }
+            try noNUL(text, "os.execute: the command")
             if self.skippedInDryRun("os.execute", text) { l.push(true); l.push("exit"); l.push(0); return 3 }
             let env = self.context?.baseEnvironment ?? Spawner.currentEnvironment()
             let o = self.runCommand(.shell(text), via: "os.execute", cwd: nil, env: env, output: (self.output.json ? 2 : 1, 2))

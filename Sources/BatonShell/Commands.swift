@@ -196,6 +196,9 @@ public enum Commands {
                             json: json, code: .interrupted)
             case .runnerUnknown:
                 return fail("run \(dir.id) is live but its runner's pid is unknown", json: json, code: .failure)
+            case let .notPermitted(pid):
+                return fail("cannot cancel run \(dir.id): signalling its runner (pid \(pid)) is not permitted (EPERM: it runs as another user); nothing was done",
+                            json: json, code: .failure)
             }
         } catch {
             return fail("cannot finish run \(dir.id): \(error)", json: json, code: .failure)

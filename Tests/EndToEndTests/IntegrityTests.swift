@@ -143,6 +143,61 @@ import Testing
         var st = stat()
         return lstat(p, &st) == 0 && (st.st_mode & S_IFMT) == S_IFLNK
     }
+
+    // MARK: 9. refusals reported as refusals
+
+    @Test(arguments: [
+        ("cmd", "runStage{id = 'a', cmd = 'echo a\\0b'}"),
+        ("cmd", "runStage{id = 'a', cmd = {'echo', 'a\\0b'}}"),
+        ("env", "runStage{id = 'a', cmd = 'true', env = {['K\\0X'] = 'v'}}"),
+        ("env", "runStage{id = 'a', cmd = 'true', env = {K = 'v\\0w'}}"),
+        ("cwd", "runStage{id = 'a', cmd = 'true', cwd = '.\\0/x'}"),
+        ("requireFiles", "runStage{id = 'a', cmd = 'true', requireFiles = {'out\\0put'}}"),
+        ("id", "runStage{id = 'a\\0b', cmd = 'true'}"),
+        ("cmd", "baton.sh('echo a\\0b')"),
+        ("command", "os.execute('echo a\\0b')"),
+        ("path", "baton.fs.write('a\\0b', 'x')"),
+        ("path", "preflight{checks = {{path = 'a\\0b'}}}"),
+    ])
+    func nulBytesAreAFieldError(field: String, line: String) throws {
+        let d = Harness.tempDir("nul")
+        Harness.write(d + "/r.lua", line + "\n")
+        let r = try Harness.run(["run", "r.lua"], cwd: d)
+        #expect(r.code == 3, "\(line): exit \(r.code), stderr: \(r.stderr)")
+        #expect(r.stderr.contains(field) && r.stderr.contains("NUL"), "\(line): \(r.stderr)")
+        let f = Harness.latestRun(d).flatMap { Harness.final($0) }
+        #expect(f?["exit_code"] as? Int == 3)
+    }
+
+    /// `baton cancel` of a run another user's runner owns: EPERM is said, exit 1, nothing
+    /// says cancelled, the run goes on.
+    @Test func cancelThatMayNotSignalIsARefusal() throws {
+        guard getuid() == 0, FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") else { return }
+        let d = Harness.tempDir("eperm")
+        chmod(d, 0o755)
+        Harness.write(d + "/r.lua", "baton.log('up')\nbaton.sleep(60)\n")
+        let (p, _, _) = try Harness.start(["run", "r.lua"], cwd: d)
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        #expect(Harness.waitFor { Harness.latestRun(d).flatMap { Harness.read($0 + "/journal.jsonl") }?.contains("\"up\"") == true })
+        let c = Process()
+        c.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        c.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", Harness.binary, "cancel"]
+        c.currentDirectoryURL = URL(fileURLWithPath: d)
+        c.environment = Harness.environment([:])
+        let out = Pipe(), err = Pipe()
+        c.standardOutput = out; c.standardError = err
+        try c.run()
+        let o = Harness.Output(out), e = Harness.Output(err)
+        let ended = Harness.waitFor(20) { !c.isRunning }
+        if !ended { kill(c.processIdentifier, SIGKILL) }
+        c.waitUntilExit()
+        let text = o.all() + e.all()
+        #expect(ended, "cancel did not give up: \(text)")
+        #expect(c.terminationStatus == 1, "exit \(c.terminationStatus): \(text)")
+        #expect(text.contains("not permitted"), "\(text)")
+        #expect(!text.contains("cancelled"), "\(text)")
+        #expect(p.isRunning, "the run must go on")
+    }
 }
 
 func luaQuote(_ s: String) -> String {
