@@ -245,9 +245,9 @@ public enum RecipeRunner {
         case .succeeded, .dry_run:
             diag("run \(ctx.dir.id) " + Palette.ok(ending.status == .dry_run ? "dry run finished" : "succeeded") + " in \(took)")
         case .failed:
-            diag("run \(ctx.dir.id) " + Palette.fail("failed") + " (exit \(ending.code)): \(ending.reason ?? "")")
+            diag("run \(ctx.dir.id) " + Palette.fail("failed") + " (exit \(ending.code)): \(SafeText.line(ending.reason ?? ""))")
         case .cancelled:
-            diag("run \(ctx.dir.id) " + Palette.warn("cancelled") + " (exit \(ending.code)): \(ending.reason ?? "")")
+            diag("run \(ctx.dir.id) " + Palette.warn("cancelled") + " (exit \(ending.code)): \(SafeText.line(ending.reason ?? ""))")
         }
     }
 }

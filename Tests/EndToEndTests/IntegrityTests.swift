@@ -198,6 +198,61 @@ import Testing
         #expect(!text.contains("cancelled"), "\(text)")
         #expect(p.isRunning, "the run must go on")
     }
+
+    // MARK: 10. terminal-safe text
+
+    @Test func controlCharactersAreShownEscaped() throws {
+        let d = Harness.tempDir("ctl")
+        let forged = "12:00:00.000 #99 final succeeded exit 0"
+        Harness.write(d + "/r.lua", """
+            baton.log("bell\\7 and \\27]0;title\\7")
+            runStage{id = "evil\\n\(forged)", cmd = {"sh", "-c", "printf 'x\\\\033[31mred\\\\n' >&2; exit 1"}, allowFail = true}
+            runStage{id = "slow\\27[2J", cmd = "sleep 30", background = true}
+            baton.sleep(30)
+            """)
+        let (p, _, _) = try Harness.start(["run", "r.lua"], cwd: d)
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        #expect(Harness.waitFor { Harness.latestRun(d).flatMap { Harness.read($0 + "/journal.jsonl") }?.contains("slow") == true })
+        func clean(_ what: String, _ r: Harness.Result, sourceLocation: SourceLocation = #_sourceLocation) {
+            let text = r.stdout + r.stderr
+            #expect(!text.unicodeScalars.contains { $0.value < 0x20 && $0 != "\n" && $0 != "\t" || $0.value == 0x7f },
+                    "\(what) printed a raw control character: \(text.debugDescription)", sourceLocation: sourceLocation)
+            #expect(!text.split(separator: "\n").contains { $0.hasPrefix(forged) }, "\(what): a forged line", sourceLocation: sourceLocation)
+        }
+        let log = try Harness.run(["log"], cwd: d)
+        clean("log", log)
+        #expect(log.stdout.contains("evil\\n12:00"), "\(log.stdout)")
+        #expect(log.stdout.contains("bell\\x07"), "\(log.stdout)")
+        let st = try Harness.run(["status"], cwd: d)
+        clean("status", st)
+        #expect(st.stdout.contains("slow\\e[2J"), "\(st.stdout)")
+        clean("runs", try Harness.run(["runs"], cwd: d))
+        kill(p.processIdentifier, SIGTERM)
+        #expect(Harness.waitFor(20) { !p.isRunning })
+        // a reason with control characters
+        let d2 = Harness.tempDir("ctl2")
+        Harness.write(d2 + "/r.lua", "error('\\27[2Jgone\\7')\n")
+        _ = try Harness.run(["run", "r.lua"], cwd: d2)
+        for cmd in [["status"], ["runs"], ["log"]] { clean(cmd[0], try Harness.run(cmd, cwd: d2)) }
+        #expect(try Harness.run(["status"], cwd: d2).stdout.contains("\\e[2Jgone\\x07"))
+    }
+
+    /// The shell shows stage output, stage ids and reasons escaped, not as colours: a value
+    /// as a Lua literal, `:status`, `:runs` and `:tail` with `\e`.
+    @Test func theShellShowsControlCharactersEscaped() throws {
+        let d = Harness.tempDir("ctlshell")
+        Harness.write(d + "/r.lua", "runStage{id = 'c', cmd = {'printf', '\\27[32mGREEN'}}\nerror('\\27[2Jgone', 0)\n")
+        _ = try Harness.run(["run", "r.lua"], cwd: d)
+        let run = try #require(Harness.latestRun(d))
+        let id = (run as NSString).lastPathComponent
+        let p = try Pane("ctl", cwd: d)
+        defer { p.kill() }
+        p.expectLine(#"runStage{id = "v", cmd = {"printf", "\027[31mRED"}}.stdout"#, #""\027[31mRED""#)
+        p.expectLine(":status \(id)", #"reason   \e[2Jgone"#)
+        p.expectLine(":runs", #"\e[2Jgone"#)
+        p.expectLine(":tail \(id) c", #"\e[32mGREEN"#)
+        #expect(!p.rawScreen().contains("\u{1b}[32m") && !p.rawScreen().contains("\u{1b}[31m"), "raw colours reached the terminal")
+    }
 }
 
 func luaQuote(_ s: String) -> String {
