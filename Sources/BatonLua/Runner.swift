@@ -117,8 +117,9 @@ public enum RecipeRunner {
         // the first wait on (what never waits cannot be served anyway).
         var control: ControlServer? = nil
         if !o.dryRun { ctx.onFirstBlock = { control = ControlServer.start(env: env, ctx: ctx) } }
-        let ending = loaded ? (signalEnding(env) ?? call(env: env, recipe: o.recipe))
+        var ending = loaded ? (signalEnding(env) ?? call(env: env, recipe: o.recipe))
             : evaluate(env: env, recipe: o.recipe, text: text, readError: readError)
+        ending.reason = ctx.boundedReason(ending.reason)   // a 50 MB error is 4 KiB here, whole in reason.txt
         control?.close()
         env.flushProgress()
         if o.dryRun, ending.code == 0 {
@@ -218,7 +219,7 @@ public enum RecipeRunner {
     public static func ending(for e: LuaCallError, env: RecipeEnvironment) -> Ending {
         env.flushProgress()
         if !e.traceback.isEmpty {
-            env.context?.log("debug", "traceback", .object([("traceback", .string(e.traceback))]))
+            env.context?.log("debug", "traceback", .object([("traceback", .string(RunContext.cutMiddle(e.traceback, keep: 8192)))]))
             if getenv("BATON_TRACEBACK") != nil { diag(e.traceback) }
         }
         if let f = env.context?.fatal { return Ending(status: .failed, exit: .failure, reason: "cannot write the journal: \(f)") }

@@ -253,6 +253,29 @@ import Testing
         p.expectLine(":tail \(id) c", #"\e[32mGREEN"#)
         #expect(!p.rawScreen().contains("\u{1b}[32m") && !p.rawScreen().contains("\u{1b}[31m"), "raw colours reached the terminal")
     }
+
+    // MARK: 11. bounded records
+
+    @Test func aHugeErrorMessageDoesNotMakeAHugeFinal() throws {
+        let d = Harness.tempDir("huge")
+        Harness.write(d + "/r.lua", "error(string.rep('x', 50 * 1024 * 1024) .. 'END', 0)\n")
+        let r = try Harness.run(["run", "r.lua"], cwd: d, timeout: 120)
+        #expect(r.code == 1)
+        #expect(r.stderr.utf8.count < 64 << 10, "stderr is \(r.stderr.utf8.count) bytes")
+        let run = try #require(Harness.latestRun(d))
+        let size = (try? FileManager.default.attributesOfItem(atPath: run + "/final.json")[.size] as? Int) ?? -1
+        #expect(size > 0 && size < 64 << 10, "final.json is \(size) bytes")
+        let journalSize = (try? FileManager.default.attributesOfItem(atPath: run + "/journal.jsonl")[.size] as? Int) ?? -1
+        #expect(journalSize < 256 << 10, "journal is \(journalSize) bytes")
+        let f = try #require(Harness.final(run))
+        let reason = try #require(f["reason"] as? String)
+        #expect(reason.utf8.count <= 4096 + 200 && reason.contains("cut"), "\(reason.suffix(200))")
+        let file = try #require(f["reason_file"] as? String, "final.json names the whole text's file")
+        let whole = try #require(Harness.read(file.hasPrefix("/") ? file : run + "/" + file))
+        #expect(whole.utf8.count == 50 * 1024 * 1024 + 3 && whole.hasSuffix("END"))
+        let st = try Harness.run(["status"], cwd: d)
+        #expect(st.stdout.utf8.count < 64 << 10)
+    }
 }
 
 func luaQuote(_ s: String) -> String {
