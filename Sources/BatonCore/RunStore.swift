@@ -62,6 +62,14 @@ public struct RunDirectory: Sendable {
         return FileIO.mtime(path)
     }
 
+    /// Whether the interactive shell opened this run (its run_started names the recipe
+    /// `<shell>`). Commands outside the shell never take such a run for `latest`.
+    public var isShellRun: Bool {
+        guard let head = try? FileIO.readFile(journal, limit: 65536), let nl = head.firstIndex(of: 10),
+              let line = try? JSON.parse(Array(head[..<nl])) else { return false }
+        return line["recipe"]?.stringValue == "<shell>"
+    }
+
     public func readPid() -> Int32? {
         guard let s = try? FileIO.readString(pidFile) else { return nil }
         return Int32(s.trimmingWhitespace())
@@ -74,6 +82,7 @@ public enum RunStoreError: Error, CustomStringConvertible {
     case ambiguous(String, [String])
     case exists(String)
     case invalidID(String)
+    case onlyShellRuns(String, String)
 
     public var description: String {
         switch self {
@@ -82,6 +91,7 @@ public enum RunStoreError: Error, CustomStringConvertible {
         case let .ambiguous(ref, ids): return "'\(ref)' matches several runs: \(ids.prefix(5).joined(separator: ", "))\(ids.count > 5 ? ", ..." : "")"
         case let .exists(id): return "run '\(id)' already exists"
         case let .invalidID(id): return "invalid run id '\(id)': use letters, digits, '-', '_' and '.'"
+        case let .onlyShellRuns(dir, id): return "no runs in \(dir) but the interactive shell's, which 'latest' never means: name one (e.g. \(id))"
         }
     }
 }
@@ -153,8 +163,11 @@ public struct RunStore: Sendable {
         let all = ids()
         let r = ref ?? "latest"
         if r == "latest" {
+            // The newest run that is not the interactive shell's own (a shell session's run
+            // is never what a command outside it means by 'latest').
             guard let first = all.first else { throw RunStoreError.noRuns(root) }
-            return directory(first)
+            guard let id = all.first(where: { !directory($0).isShellRun }) else { throw RunStoreError.onlyShellRuns(root, first) }
+            return directory(id)
         }
         if all.contains(r) { return directory(r) }
         let matches = all.filter { $0.hasPrefix(r) }

@@ -276,6 +276,37 @@ import Testing
         let st = try Harness.run(["status"], cwd: d)
         #expect(st.stdout.utf8.count < 64 << 10)
     }
+
+    // MARK: 13. the shell's runs are not `latest` outside it
+
+    @Test func shellRunsAreNeverLatestOutsideTheShell() throws {
+        let d = Harness.tempDir("latest")
+        try FileManager.default.createDirectory(atPath: d + "/.baton", withIntermediateDirectories: true)
+        Harness.write(d + "/stuck.lua", "baton.log('stuck')\nbaton.sleep(120)\n")
+        let (p, _, _) = try Harness.start(["run", "stuck.lua"], cwd: d)
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        #expect(Harness.waitFor { Harness.latestRun(d).flatMap { Harness.read($0 + "/journal.jsonl") }?.contains("stuck") == true })
+        let stuck = try #require(Harness.latestRun(d))
+        let stuckID = (stuck as NSString).lastPathComponent
+        usleep(20_000)
+        // a shell session opens a run of its own (newer) and ends it
+        let pane = try Pane("latest", cwd: d)
+        pane.expectLine("runStage{id = 'x', cmd = 'true'}.ok", "true")
+        pane.send(":quit")
+        #expect(Harness.waitFor(10) { Harness.runDirs(d).count == 2 && Harness.runDirs(d).allSatisfy { Harness.final($0) != nil || $0 == stuck } })
+        pane.kill()
+        let st = try Harness.run(["status"], cwd: d)
+        #expect(st.stdout.contains(stuckID), "status (latest) must be the stuck run: \(st.stdout)")
+        let c = try Harness.run(["cancel"], cwd: d, timeout: 60)
+        #expect(c.code == 0, "\(c.stderr)")
+        #expect((c.stdout + c.stderr).contains(stuckID), "cancel says which run: \(c.stdout) \(c.stderr)")
+        #expect(Harness.waitFor(20) { !p.isRunning })
+        #expect(Harness.final(stuck)?["status"] as? String == "cancelled")
+        // none live: says so, non-zero
+        let none = try Harness.run(["cancel"], cwd: d)
+        #expect(none.code == 1, "exit \(none.code): \(none.stderr)")
+        #expect(none.stderr.contains("no live run"), "\(none.stderr)")
+    }
 }
 
 func luaQuote(_ s: String) -> String {
