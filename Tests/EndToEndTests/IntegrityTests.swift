@@ -307,6 +307,28 @@ import Testing
         #expect(none.code == 1, "exit \(none.code): \(none.stderr)")
         #expect(none.stderr.contains("no live run"), "\(none.stderr)")
     }
+
+    // MARK: 14. stock Lua where not deliberately changed
+
+    @Test func printIsACFunctionAndRequireSaysWhereItLooked() throws {
+        let d = Harness.tempDir("stock")
+        Harness.write(d + "/r.lua", """
+            print("print is " .. debug.getinfo(print).what)
+            print("a", 1, nil, true, setmetatable({}, {__tostring = function() return "T" end}))
+            local ok, err = pcall(require, "nosuch_mod")
+            assert(not ok)
+            print(err)
+            """)
+        let r = try Harness.run(["run", "r.lua"], cwd: d)
+        #expect(r.code == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("print is C\n"), "\(r.stdout)")
+        #expect(r.stdout.contains("a\t1\tnil\ttrue\tT\n"), "\(r.stdout)")
+        #expect(r.stdout.contains("module 'nosuch_mod' not found:"), "\(r.stdout)")
+        #expect(r.stdout.contains("no field package.preload['nosuch_mod']"), "\(r.stdout)")
+        #expect(r.stdout.contains("no file '"), "\(r.stdout)")
+        #expect(r.stdout.contains("nosuch_mod.lua'"), "\(r.stdout)")
+        #expect(!r.stdout.contains("\n\t\n"), "no empty line in the list: \(r.stdout)")
+    }
 }
 
 func luaQuote(_ s: String) -> String {
