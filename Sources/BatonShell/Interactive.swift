@@ -191,7 +191,7 @@ final class Interactive {
             err(reason == SIGINT || reason == 0 ? "interrupted" : "interrupted by \(signalName(Int32(reason)))")
             return
         }
-        err(e.message)
+        err(SafeText.lines(e.message))   // a reason may carry a stage's output: escaped
         let frames = Interactive.userFrames(e.traceback)
         if frames.count > 1 { err("stack traceback:\n\t" + frames.joined(separator: "\n\t")) }
     }

@@ -251,6 +251,7 @@ import Testing
         p.expectLine(":status \(id)", #"reason   \e[2Jgone"#)
         p.expectLine(":runs", #"\e[2Jgone"#)
         p.expectLine(":tail \(id) c", #"\e[32mGREEN"#)
+        p.expectLine(#"error("\027[2Jboom", 0)"#, #"\e[2Jboom"#)
         #expect(!p.rawScreen().contains("\u{1b}[32m") && !p.rawScreen().contains("\u{1b}[31m"), "raw colours reached the terminal")
     }
 
