@@ -99,6 +99,24 @@ import Testing
         let s = try Harness.run(["report", "--tsv", "mystdout"], cwd: d)
         #expect(s.code == 0 && s.stdout.contains("\tstatus\t"), "stdout: \(s.stdout.prefix(300)) \(s.stderr)")
         #expect(isSymlink(d + "/mystdout"), "the link was replaced")
+        // /dev/stdout itself, as root, in a mount namespace of its own whose /dev is a tmpfs
+        // holding only that link (the bug replaced it with a regular file: never on the host)
+        if getuid() == 0, FileManager.default.isExecutableFile(atPath: "/usr/bin/unshare") {
+            let script = "mount -t tmpfs none /dev && ln -s /proc/self/fd/1 /dev/stdout && \"$0\" report --tsv /dev/stdout"
+                + " && test -L /dev/stdout && echo STILL-A-LINK"
+            let u = Process()
+            u.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
+            u.arguments = ["--mount", "--propagation", "private", "sh", "-c", script, Harness.binary]
+            u.currentDirectoryURL = URL(fileURLWithPath: d)
+            u.environment = Harness.environment([:])
+            let out = Pipe()
+            u.standardOutput = out
+            u.standardError = FileHandle.nullDevice
+            try u.run()
+            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            u.waitUntilExit()
+            #expect(text.contains("\tstatus\t") && text.hasSuffix("STILL-A-LINK\n"), "/dev/stdout: \(text.suffix(300))")
+        }
         // a FIFO is written, not replaced
         #expect(mkfifo(d + "/fifo", 0o600) == 0)
         final class Box: @unchecked Sendable { var text = "" }
