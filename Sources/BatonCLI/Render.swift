@@ -34,6 +34,7 @@ public enum Render {
     }
 
     static func table(_ rows: [[String]]) -> String {
+        let rows = rows.map { $0.map(SafeText.line) }
         var widths = [Int](repeating: 0, count: rows[0].count)
         for r in rows { for (k, c) in r.enumerated() { widths[k] = max(widths[k], c.count) } }
         return rows.map { r in
@@ -84,7 +85,7 @@ public enum Render {
         if let r = i.reason { lines.append("reason   \(r)") }
         for p in i.problems { lines.append("problem  \(p)") }
         lines.append("dir      \(i.dir.path)")
-        return lines.joined(separator: "\n")
+        return lines.map(SafeText.line).joined(separator: "\n")
     }
 
     /// One journal event as a readable line.
@@ -146,6 +147,6 @@ public enum Render {
         case let .unknown(_, j):
             detail = j["id"]?.stringValue ?? ""
         }
-        return "\(ts) #\(e.seq) \(e.type) \(detail)"
+        return SafeText.line("\(ts) #\(e.seq) \(e.type) \(detail)")
     }
 }

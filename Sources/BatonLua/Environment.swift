@@ -155,29 +155,16 @@ public final class RecipeEnvironment {
         loop.onTick = { [weak v] _ in v?.tick() }
     }
 
-    /// print is Lua (tostring may run a __tostring metamethod, which may raise: that
-    /// must happen in Lua, not under a Swift frame); only the final write is Swift.
+    /// print is C as in stock Lua (LuaShim's baton_push_print: luaL_tolstring, which may run
+    /// a __tostring that raises, is called from C, never under a Swift frame); only the
+    /// final write is Swift.
     private func installPrint() {
-        do {
-            try lua.load(Array("""
-                local write, select, tostring, concat = ...
-                print = function(...)
-                  local n = select("#", ...)
-                  local parts = {...}
-                  for i = 1, n do parts[i] = tostring(parts[i]) end
-                  write(concat(parts, "\t", 1, n))
-                end
-                """.utf8), name: "=baton.print")
-            lua.pushFunction("print") { [unowned self] (l: LuaState) throws -> Int32 in
-                self.humanOut(l.string(1) ?? "")
-                return 0
-            }
-            _ = lua.getGlobal("select"); _ = lua.getGlobal("tostring")
-            _ = lua.getGlobal("table"); _ = lua.rawGetField(-1, "concat"); lua_rotate(lua.L, -2, -1); lua.pop()
-            try lua.pcall(nargs: 4, nresults: 0)
-        } catch {
-            fatalError("cannot install print: \(error)")
+        lua.pushFunction("print") { [unowned self] (l: LuaState) throws -> Int32 in
+            self.humanOut(l.string(1) ?? "")
+            return 0
         }
+        baton_push_print(lua.L)
+        lua.setGlobal("print")
     }
 
     private func installOsExit() {
@@ -208,6 +195,7 @@ public final class RecipeEnvironment {
         lua.pushFunction("os.execute") { [unowned self] (l: LuaState) throws -> Int32 in
             if l.type(1) == LUA_TNONE || l.type(1) == LUA_TNIL { l.push(true); return 1 }   // a shell is available
             guard let text = l.string(1) else { throw LuaRaise.usage("os.execute: the command must be a string, got \(l.describeType(1))") }
+            try noNUL(text, "os.execute: the command")
             if self.skippedInDryRun("os.execute", text) { l.push(true); l.push("exit"); l.push(0); return 3 }
             let env = self.context?.baseEnvironment ?? Spawner.currentEnvironment()
             let o = self.runCommand(.shell(text), via: .execute, cwd: nil, env: env, output: (self.output.json ? 2 : 1, 2))
@@ -235,7 +223,8 @@ public final class RecipeEnvironment {
         lua.pushFunction("baton.searcher") { (l: LuaState) throws -> Int32 in
             guard let name = l.string(1) else { return 0 }
             guard let m = EmbeddedLua.modules[name] else {
-                l.push("\n\tno module '\(name)' in Baton's built-in library")
+                // (Lua 5.4's require puts "\n\t" before each searcher's message itself.)
+                l.push("no module '\(name)' in Baton's built-in library")
                 return 1
             }
             do { try l.load(Array(m.source.utf8), name: "@baton:\(m.file)") } catch let error as LuaCallError {

@@ -76,12 +76,16 @@ struct SpecTable {
         LuaRaise.usage("\(fn): field '\(key)' is required (\(want))")
     }
 
+    /// Fields whose text may hold any byte (it is data, not a command, a name or a path).
+    static let binaryFields: Set<String> = ["stdin"]
+
     func string(_ key: String, required: Bool = false, nonEmpty: Bool = false) throws -> String? {
         let t = get(key)
         if t == LUA_TNIL { lua.pop(); if required { throw missing(key, "a string") }; return nil }
         guard t == LUA_TSTRING else { throw wrongType(key, "a string") }
         let s = lua.string(-1) ?? ""
         lua.pop()
+        if !SpecTable.binaryFields.contains(key) { try noNUL(s, "\(fn): field '\(key)'") }
         if nonEmpty && s.isEmpty { throw LuaRaise.usage("\(fn): field '\(key)' must not be empty") }
         return s
     }
@@ -137,7 +141,9 @@ struct SpecTable {
 
     /// A list of strings (a single string is accepted as a list of one).
     func stringList(_ key: String) throws -> [String]? {
-        try list(key, of: "a string", single: LUA_TSTRING) { lua.string(-1) }
+        let l = try list(key, of: "a string", single: LUA_TSTRING) { lua.string(-1) }
+        for (i, s) in (l ?? []).enumerated() { try noNUL(s, "\(fn): field '\(key)'\(l!.count > 1 || i > 0 ? "[\(i + 1)]" : "")") }
+        return l
     }
 
     func intList(_ key: String) throws -> [Int]? {
@@ -194,8 +200,12 @@ struct SpecTable {
                 lua.pop(2)
                 throw LuaRaise.usage("\(fn): field '\(key)' must have string keys")
             }
+            do { try noNUL(k, "\(fn): field '\(key)' key") } catch { lua.pop(2); throw error }
             switch lua.type(-1) {
-            case LUA_TSTRING: out[k] = lua.string(-1)!
+            case LUA_TSTRING:
+                let v = lua.string(-1)!
+                do { try noNUL(v, "\(fn): field '\(key).\(k)'") } catch { lua.pop(2); throw error }
+                out[k] = v
             case LUA_TNUMBER: out[k] = lua.integer(-1).map(String.init) ?? String(lua.number(-1)!)
             case LUA_TBOOLEAN: out[k] = lua.bool(-1) ? "1" : "0"
             default:
@@ -296,6 +306,7 @@ struct SpecTable {
             let s = lua.string(-1)!
             lua.pop()
             if s.trimmingWhitespace().isEmpty { throw LuaRaise.usage("\(fn): field '\(key)' is an empty command") }
+            try noNUL(s, "\(fn): field '\(key)'")
             return .shell(s)
         }
         lua.pop()
@@ -303,6 +314,13 @@ struct SpecTable {
         if argv.isEmpty || argv[0].isEmpty { throw LuaRaise.usage("\(fn): field '\(key)' is an empty argv list") }
         return .argv(argv)
     }
+}
+
+/// A command, an argument, a name, an environment variable or a path cannot hold a NUL
+/// byte (the system would cut it there, and the journal would record what did not run).
+func noNUL(_ s: String, _ what: String) throws {
+    guard let i = s.utf8.firstIndex(of: 0) else { return }
+    throw LuaRaise.usage("\(what) contains a NUL byte (at byte \(s.utf8.distance(from: s.utf8.startIndex, to: i) + 1))")
 }
 
 func fmt(_ d: Double) -> String { d.rounded() == d && abs(d) < 1e15 ? String(Int(d)) : String(d) }

@@ -163,6 +163,7 @@ extension RecipeEnvironment {
     static func pathArg(_ l: LuaState, _ fn: String) throws -> String {
         guard let p = l.string(1) else { throw LuaRaise.usage("\(fn): the path must be a string, got \(l.describeType(1))") }
         guard !p.isEmpty else { throw LuaRaise.usage("\(fn): the path is empty") }
+        try noNUL(p, "\(fn): the path")
         return p
     }
 
@@ -211,7 +212,7 @@ extension RecipeEnvironment {
     /// With allowFail: stdout, ok, exit code, stderr. Not run in a dry run (returns "").
     func batonSh(_ l: LuaState) throws -> Int32 {
         let cmd: Command
-        if let s = l.string(1) { cmd = .shell(s) } else if l.type(1) == LUA_TTABLE {
+        if let s = l.string(1) { try noNUL(s, "baton.sh: the cmd"); cmd = .shell(s) } else if l.type(1) == LUA_TTABLE {
             l.newTable(); l.pushNil(); lua_copy(l.L, 1, -1); l.setField(-2, "cmd")
             let t = SpecTable(nested: l, index: -1, fn: "baton.sh")
             guard let c = try t.command("cmd") else { throw LuaRaise.usage("baton.sh: a command is required") }

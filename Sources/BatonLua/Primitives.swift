@@ -131,13 +131,13 @@ extension RecipeEnvironment {
 
     /// "ok   stage build passed in 2s", or a FAIL line with the last 5 lines of stderr.
     func stageLine(_ r: StageResult) -> String {
-        var s = (r.ok ? Palette.ok("ok  ") : Palette.fail("FAIL")) + " stage \(r.id)"
+        var s = (r.ok ? Palette.ok("ok  ") : Palette.fail("FAIL")) + " stage \(SafeText.line(r.id))"
         if r.occurrence > 1 { s += " #\(r.occurrence)" }
         s += " \(r.status.rawValue) in \(Clock.human(r.duration))"
         if r.attempts > 1 { s += " (\(r.attempts) attempts)" }
         if r.ok { return s }
-        s += ": " + r.headline
-        for line in FailureSignature.lastNonEmptyLines(r.stderrText, 5) { s += "\n     " + Palette.dim("| ") + String(line.prefix(300)) }
+        s += ": " + SafeText.line(r.headline)
+        for line in FailureSignature.lastNonEmptyLines(r.stderrText, 5) { s += "\n     " + Palette.dim("| ") + SafeText.line(String(line.prefix(300))) }
         return s
     }
 

@@ -122,8 +122,9 @@ public enum RecipeRunner {
         // the first wait on (what never waits cannot be served anyway).
         var control: ControlServer? = nil
         if !o.dryRun { ctx.onFirstBlock = { control = ControlServer.start(env: env, ctx: ctx) } }
-        let ending = loaded ? (signalEnding(env) ?? call(env: env, recipe: o.recipe))
+        var ending = loaded ? (signalEnding(env) ?? call(env: env, recipe: o.recipe))
             : evaluate(env: env, recipe: o.recipe, text: text, readError: readError)
+        ending.reason = ctx.boundedReason(ending.reason)   // a 50 MB error is 4 KiB here, whole in reason.txt
         control?.close()
         env.flushProgress()
         if o.dryRun, ending.code == 0 {
@@ -213,9 +214,10 @@ public enum RecipeRunner {
         return interrupted(by: sig, env)
     }
 
-    /// A signal's ending; SIGALRM is the run budget running out.
+    /// A signal's ending; the budget's own SIGALRM (the kernel's timer, not a `kill -ALRM`)
+    /// is the run budget running out.
     static func interrupted(by sig: Int32, _ env: RecipeEnvironment) -> Ending {
-        if sig == SIGALRM, let b = env.context?.budget {
+        if sig == SIGALRM, baton_budget_expired() != 0, let b = env.context?.budget {
             return Ending(status: .cancelled, exit: .budgetExceeded, reason: "run budget of \(b.text) exceeded")
         }
         return Ending(status: .cancelled, exit: .signal(sig), reason: "interrupted by \(signalName(sig))")
@@ -224,7 +226,7 @@ public enum RecipeRunner {
     public static func ending(for e: LuaCallError, env: RecipeEnvironment) -> Ending {
         env.flushProgress()
         if !e.traceback.isEmpty {
-            env.context?.log(.debug, "traceback", .object([("traceback", .string(e.traceback))]))
+            env.context?.log(.debug, "traceback", .object([("traceback", .string(RunContext.cutMiddle(e.traceback, keep: 8192)))]))
             if Settings.isSet(Settings.traceback) { diag(e.traceback) }
         }
         if let f = env.context?.fatal { return Ending(status: .failed, exit: .failure, reason: "cannot write the journal: \(f)") }
@@ -251,9 +253,9 @@ public enum RecipeRunner {
         case .succeeded, .dry_run:
             diag("run \(ctx.dir.id) " + Palette.ok(ending.status == .dry_run ? "dry run finished" : "succeeded") + " in \(took)")
         case .failed:
-            diag("run \(ctx.dir.id) " + Palette.fail("failed") + " (exit \(ending.code)): \(ending.reason ?? "")")
+            diag("run \(ctx.dir.id) " + Palette.fail("failed") + " (exit \(ending.code)): \(SafeText.line(ending.reason ?? ""))")
         case .cancelled:
-            diag("run \(ctx.dir.id) " + Palette.warn("cancelled") + " (exit \(ending.code)): \(ending.reason ?? "")")
+            diag("run \(ctx.dir.id) " + Palette.warn("cancelled") + " (exit \(ending.code)): \(SafeText.line(ending.reason ?? ""))")
         case .running:
             break   // (never an ending: persistFinal's mark while the run goes on)
         }
@@ -267,6 +269,13 @@ public func signalName(_ sig: Int32) -> String {
     case SIGHUP: return "SIGHUP"
     case SIGKILL: return "SIGKILL"
     case SIGALRM: return "SIGALRM"
+    case SIGQUIT: return "SIGQUIT"
+    case SIGUSR1: return "SIGUSR1"
+    case SIGUSR2: return "SIGUSR2"
+    case SIGXCPU: return "SIGXCPU"
+    case SIGXFSZ: return "SIGXFSZ"
+    case SIGVTALRM: return "SIGVTALRM"
+    case SIGPROF: return "SIGPROF"
     default: return "signal \(sig)"
     }
 }

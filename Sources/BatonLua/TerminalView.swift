@@ -50,8 +50,8 @@ final class TerminalView {
     private func draw(_ exec: StageExecution) {
         let spinner = ["|", "/", "-", "\\"][frame % 4]
         frame += 1
-        var text = "\(spinner) stage \(exec.spec.id) attempt \(exec.attempt) \(Clock.human(exec.runningFor))"
-        if let last = RunInfo.lastLine(exec.currentLogs) { text += ": " + last.filter { $0 != "\r" && $0 != "\u{1B}" } }
+        var text = "\(spinner) stage \(SafeText.line(exec.spec.id)) attempt \(exec.attempt) \(Clock.human(exec.runningFor))"
+        if let last = RunInfo.lastLine(exec.currentLogs) { text += ": " + SafeText.line(last) }
         let width = terminalColumns() - 1
         if text.count > width { text = String(text.prefix(max(0, width - 3))) + "..." }
         Console.write(2, "\r\u{1B}[2K" + Palette.dim(text), newline: false)

@@ -365,8 +365,28 @@ static volatile sig_atomic_t last_signal = 0;
 static int sigpipe_fds[2] = { -1, -1 };
 static void (*volatile signal_hook)(int) = 0;
 
-static void on_signal(int sig) {
+static volatile sig_atomic_t budget_fired = 0;
+
+/* The signals that end a run (each: a flag, the self-pipe, the hook; the run ends with
+ * 128+n): every one whose default action would end the process, but the crash signals (the
+ * crash guard's), SIGKILL/SIGSTOP and SIGPIPE (ignored: a closed pipe is an error code). */
+static const int handled_signals[] = {
+    SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGXCPU, SIGXFSZ,
+    SIGVTALRM, SIGPROF,
+};
+
+static void on_signal_info(int sig, siginfo_t *info, void *uctx) {
+    (void)uctx;
     int saved = errno;
+    if (sig == SIGXFSZ && info && info->si_code == SI_USER && info->si_pid == getpid()) {
+        /* The kernel's own SIGXFSZ for a write past RLIMIT_FSIZE (sent as from this
+         * process): the write fails with EFBIG, which is reported; the run goes on. */
+        errno = saved;
+        return;
+    }
+    /* setitimer's SIGALRM comes from the kernel (SI_KERNEL), which no other process can
+     * fake: that one is the run budget; a SIGALRM sent with kill(2) is a signal like any. */
+    if (sig == SIGALRM && info && info->si_code == SI_KERNEL && !first_signal) budget_fired = 1;
     if (!first_signal) first_signal = sig;
     last_signal = sig;
     if (sigpipe_fds[1] >= 0) { char c = (char)sig; (void)!write(sigpipe_fds[1], &c, 1); }
@@ -375,31 +395,33 @@ static void on_signal(int sig) {
     errno = saved;
 }
 
+static void on_signal(int sig) { on_signal_info(sig, NULL, NULL); }
+
 void baton_signals_install(void) {
     if (sigpipe_fds[0] < 0) {
         if (pipe2(sigpipe_fds, O_CLOEXEC | O_NONBLOCK) != 0) { sigpipe_fds[0] = sigpipe_fds[1] = -1; }
     }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
+    sa.sa_sigaction = on_signal_info;
     sigemptyset(&sa.sa_mask);
-    sa.sa_flags = 0; /* no SA_RESTART: blocking calls return EINTR */
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
-    sigaction(SIGALRM, &sa, NULL);   /* the run budget (baton_budget_arm) */
+    sa.sa_flags = SA_SIGINFO; /* no SA_RESTART: blocking calls return EINTR */
+    sigset_t set;
+    sigemptyset(&set);
+    for (size_t i = 0; i < sizeof handled_signals / sizeof handled_signals[0]; i++) {
+        sigaction(handled_signals[i], &sa, NULL);
+        sigaddset(&set, handled_signals[i]);
+    }
     struct sigaction ign;
     memset(&ign, 0, sizeof ign);
     ign.sa_handler = SIG_IGN;
     sigaction(SIGPIPE, &ign, NULL);
-    sigaction(SIGXFSZ, &ign, NULL);
     ignored_known = 0;   /* the spawn path's list of ignored signals is out of date */
     /* Unblock them: a parent (Foundation's Process) may have left them masked. */
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT); sigaddset(&set, SIGTERM); sigaddset(&set, SIGHUP); sigaddset(&set, SIGALRM);
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 }
+
+int baton_budget_expired(void) { return budget_fired; }
 
 #include <sys/time.h>
 int baton_budget_arm(double seconds) {
@@ -416,7 +438,7 @@ int baton_budget_arm(double seconds) {
 int baton_signal_pending(void) { return first_signal; }
 int baton_signal_last(void) { return last_signal; }
 int baton_signal_fd(void) { return sigpipe_fds[0]; }
-void baton_signal_clear(void) { first_signal = 0; last_signal = 0; baton_signal_drain(); }
+void baton_signal_clear(void) { first_signal = 0; last_signal = 0; budget_fired = 0; baton_signal_drain(); }
 void baton_signal_drain(void) {
     if (sigpipe_fds[0] < 0) return;
     char buf[64];

@@ -174,3 +174,23 @@ static void on_signal(int sig) {
     for (int i = 0; i < MAX_STATES; i++) { baton_alloc_state *st = live_states[i]; if (st) request(st, sig); }
 }
 void baton_abort_on_signals(int enabled) { baton_signal_set_hook(enabled ? on_signal : NULL); }
+
+/* print as in lua's lbaselib.c (a C function: debug.getinfo(print).what == "C"), each value
+ * through luaL_tolstring (a __tostring may raise: this is C, raising is fine here), joined by
+ * tabs; the line goes to upvalue 1 (Baton's writer, which adds the newline) as one string. */
+static int baton_print(lua_State *L) {
+    int n = lua_gettop(L);
+    luaL_Buffer b;
+    lua_pushvalue(L, lua_upvalueindex(1));
+    luaL_buffinit(L, &b);
+    for (int i = 1; i <= n; i++) {
+        if (i > 1) luaL_addchar(&b, '\t');
+        luaL_tolstring(L, i, NULL);
+        luaL_addvalue(&b);
+    }
+    luaL_pushresult(&b);
+    lua_call(L, 1, 0);
+    return 0;
+}
+
+void baton_push_print(lua_State *L) { lua_pushcclosure(L, baton_print, 1); }

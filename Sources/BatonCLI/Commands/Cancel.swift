@@ -9,7 +9,27 @@ enum CancelKind: OneRunKind { static let spec = OneRunSpec(name: "cancel", abstr
 
 extension Commands {
     public static func cancel(root: String, ref: String?, json: Bool) -> Int32 {
-        guard let dir = resolve(root, ref, json: json) else { return ExitStatus.usage.rawValue }
+        let dir: RunDirectory
+        if ref == nil {
+            // No RUN: the newest live run (never the interactive shell's), else the newest
+            // orphaned one (to finish it), said by name.
+            let store = RunStore(root: root)
+            var orphan: RunDirectory? = nil
+            var live: RunDirectory? = nil
+            for d in store.ids().lazy.map(store.directory) where !d.isShellRun {
+                let state = RunInfo.load(d, withEvents: false).state
+                if state == .running || state == .starting { live = d; break }
+                if state == .orphaned, orphan == nil { orphan = d }
+            }
+            guard let pick = live ?? orphan else {
+                return fail("no live run (and no orphaned one) to cancel in \(root)", json: json, code: .failure)
+            }
+            diag("cancelling run \(pick.id): the newest \(live != nil ? "live" : "orphaned") run")
+            dir = pick
+        } else {
+            guard let d = resolve(root, ref, json: json) else { return ExitStatus.usage.rawValue }
+            dir = d
+        }
         func ended(_ pids: [pid_t]) {
             if !pids.isEmpty { diag("ended \(pids.count) process\(pids.count == 1 ? "" : "es") left by the run: \(pids.map(String.init).joined(separator: ", "))") }
         }
@@ -27,6 +47,9 @@ extension Commands {
                             json: json, code: .interrupted)
             case .runnerUnknown:
                 return fail("run \(dir.id) is live but its runner's pid is unknown", json: json, code: .failure)
+            case let .notPermitted(pid):
+                return fail("cannot cancel run \(dir.id): signalling its runner (pid \(pid)) is not permitted (EPERM: it runs as another user); nothing was done",
+                            json: json, code: .failure)
             }
         } catch {
             return fail("cannot finish run \(dir.id): \(error)", json: json, code: .failure)

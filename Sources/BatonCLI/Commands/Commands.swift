@@ -35,7 +35,7 @@ public enum Commands {
             var line = "run \(info.id) \(info.state.rawValue) (exit \(code))"
             if info.state == .orphaned { line += ": its runner died without writing final.json" }
             else if let r = info.reason { line += ": \(r)" }
-            out(line)
+            out(SafeText.line(line))
         }
         return code
     }

@@ -68,17 +68,23 @@ extension Commands {
                     .encoded(pretty: true))
             return ExitStatus.success.rawValue
         }
+        // On a terminal a stage's output is shown with its control characters escaped;
+        // into a pipe or a file it is copied byte for byte.
+        let tty = isatty(1) != 0
+        func copy(_ bytes: [UInt8]) {
+            Console.write(1, bytes: tty ? Array(SafeText.lines(String(decoding: bytes, as: UTF8.self)).utf8) : bytes)
+        }
         for (i, l) in logs.enumerated() {
-            if logs.count > 1 { out("==> \(l.key) attempt \(l.attempt) (\(l.logs.stdout)) <==") }
+            if logs.count > 1 { out(SafeText.line("==> \(l.key) attempt \(l.attempt) (\(l.logs.stdout)) <==")) }
             let isLast = i == logs.count - 1
             if isLast && follow {
                 if !followFile(l.logs.stdout, dir: dir) { return ExitStatus.interrupted.rawValue }
                 continue
             }
-            if let s = try? FileIO.readFile(l.logs.stdout) { Console.write(1, bytes: s) }
+            if let s = try? FileIO.readFile(l.logs.stdout) { copy(s) }
             if let e = try? FileIO.readFile(l.logs.stderr), !e.isEmpty {
                 out("--- stderr ---")
-                Console.write(1, bytes: e)
+                copy(e)
             }
         }
         return follow ? outcome(dir, json: false) : ExitStatus.success.rawValue
@@ -92,7 +98,8 @@ extension Commands {
         let loop = EventLoop()
         while true {
             if let b = try? FileIO.readFile(path), b.count > offset {
-                Console.write(1, bytes: Array(b[offset...]))
+                let more = Array(b[offset...])
+                Console.write(1, bytes: isatty(1) != 0 ? Array(SafeText.lines(String(decoding: more, as: UTF8.self)).utf8) : more)
                 offset = b.count
             } else if !FileLock.isHeld(dir.lock) {
                 return true

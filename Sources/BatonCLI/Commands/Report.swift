@@ -29,7 +29,9 @@ extension Commands {
     public static func report(root: String, ref: String?, html: String?, trace: String?, tsv: String?) -> Int32 {
         guard let dir = resolve(root, ref, json: false) else { return ExitStatus.usage.rawValue }
         do {
-            for p in try writeReport(dir, html: html, trace: trace, tsv: tsv) { out(p) }
+            // With one output on stdout ('-'), the paths written are said on stderr.
+            let toStdout = [html, trace, tsv].contains("-")
+            for p in try writeReport(dir, html: html, trace: trace, tsv: tsv) where p != "-" { if toStdout { diag(p) } else { out(p) } }
         } catch {
             diag("baton: cannot write the report: \(error)")
             return ExitStatus.failure.rawValue
@@ -44,18 +46,58 @@ extension Commands {
         var written: [String] = []
         let htmlPath = html ?? (trace == nil && tsv == nil ? dir.path + "/report.html" : nil)
         if let p = htmlPath {
-            try FileIO.writeAtomically(p, Array(ReportHTML(info: info, timeline: timeline).render().utf8))
+            try writeOutput(p, Array(ReportHTML(info: info, timeline: timeline).render().utf8))
             written.append(p)
         }
         if let p = trace {
-            try FileIO.writeAtomically(p, ReportTrace(timeline: timeline).json().encodedBytes())
+            try writeOutput(p, ReportTrace(timeline: timeline).json().encodedBytes())
             written.append(p)
         }
         if let p = tsv {
-            try FileIO.writeAtomically(p, Array(ReportTSV(timeline: timeline).render().utf8))
+            try writeOutput(p, Array(ReportTSV(timeline: timeline).render().utf8))
             written.append(p)
         }
         return written
+    }
+
+    /// An output file named by the user, written where a shell redirection would write it:
+    /// `-` is stdout; a symlink is followed to its target (created if missing; the link
+    /// stays); what exists and is not a regular file (a FIFO, a character device, a socket,
+    /// /dev/stdout's /proc/self/fd/N) is opened and written, never replaced; only a regular
+    /// file (or a new one) is written whole to a temp file and renamed over.
+    static func writeOutput(_ path: String, _ bytes: [UInt8]) throws {
+        if path == "-" {
+            try bytes.withUnsafeBytes { try FileIO.writeAll(1, $0, path: "stdout") }
+            return
+        }
+        var target = path
+        for _ in 0..<40 {
+            var st = stat()
+            guard lstat(target, &st) == 0, (st.st_mode & S_IFMT) == S_IFLNK else { break }
+            var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+            let n = readlink(target, &buf, buf.count - 1)
+            guard n > 0 else { throw SystemError("readlink", target) }
+            let link = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if link.hasPrefix("/proc/") || link.hasPrefix("/dev/fd/") { target = link; break }   // a descriptor: written as is
+            target = link.hasPrefix("/") ? link : FileIO.join(FileIO.dirname(target), link)
+        }
+        // This process's own descriptor (/dev/stdout is /proc/self/fd/1): written as it is
+        // open (appending stays appending, nothing is cut).
+        for prefix in ["/proc/self/fd/", "/dev/fd/", "/proc/\(getpid())/fd/"] where target.hasPrefix(prefix) {
+            if let n = Int32(target.dropFirst(prefix.count)), fcntl(n, F_GETFD) >= 0 {
+                try bytes.withUnsafeBytes { try FileIO.writeAll(n, $0, path: path) }
+                return
+            }
+        }
+        var st = stat()
+        if stat(target, &st) == 0, (st.st_mode & S_IFMT) != S_IFREG || target.hasPrefix("/proc/") {
+            let fd = open(target, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY)
+            if fd < 0 { throw SystemError("open", path) }
+            defer { close(fd) }
+            try bytes.withUnsafeBytes { try FileIO.writeAll(fd, $0, path: path) }
+            return
+        }
+        try FileIO.writeAtomically(target, bytes)
     }
 
     /// `baton log --why [STAGE]`: for each resume of the run, whether each stage call

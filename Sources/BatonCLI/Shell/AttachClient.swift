@@ -185,7 +185,9 @@ final class AttachSession {
     }
 
     func show(_ a: JSON) {
-        let text = a["text"]?.stringValue ?? ""
+        // What the run sends back (values, what `print` wrote, errors) may hold a stage's
+        // output: shown with its control characters escaped.
+        let text = SafeText.lines(a["text"]?.stringValue ?? "")
         if a["ok"]?.boolValue == true {
             if !text.isEmpty { Console.out(text) }
         } else {

@@ -192,7 +192,7 @@ final class Interactive {
             err(reason == SIGINT || reason == 0 ? "interrupted" : "interrupted by \(signalName(Int32(reason)))")
             return
         }
-        err(e.message)
+        err(SafeText.lines(e.message))   // a reason may carry a stage's output: escaped
         let frames = Interactive.userFrames(e.traceback)
         if frames.count > 1 { err("stack traceback:\n\t" + frames.joined(separator: "\n\t")) }
     }
@@ -204,11 +204,12 @@ final class Interactive {
             .filter { !$0.hasPrefix("[C]") && !$0.hasPrefix("(...") && !$0.hasPrefix("baton.") && !$0.isEmpty }
     }
 
-    /// After Lua code or a command: forget a Ctrl-C; SIGTERM or SIGHUP leave.
+    /// After Lua code or a command: forget a Ctrl-C; any other signal (SIGTERM, SIGHUP,
+    /// SIGQUIT, ...) leaves.
     func afterEvaluation() {
         let sig = baton_signal_pending()
         let last = baton_signal_last()
-        if leaving == nil, sig == SIGTERM || sig == SIGHUP || last == SIGTERM || last == SIGHUP {
+        if leaving == nil, (sig != 0 && sig != SIGINT) || (last != 0 && last != SIGINT) {
             leaving = 128 + Int32(last == SIGINT ? sig : last)
             return
         }

@@ -195,11 +195,12 @@ extension Interactive {
         let history = dir.readHistory().history
         guard let latest = history.attempts(of: stage).last else {
             let known = history.stageIDs
-            return ("run \(dir.id) has no stage '\(stage)'" + (known.isEmpty ? "" : "; its stages: " + known.joined(separator: ", ")), false)
+            return (SafeText.line("run \(dir.id) has no stage '\(stage)'" + (known.isEmpty ? "" : "; its stages: " + known.joined(separator: ", "))), false)
         }
-        var text = "==> stage \(stage) attempt \(latest.attempt): \(latest.logs.stdout) <==\n" + tailText(latest.logs.stdout, lines)
+        var text = SafeText.line("==> stage \(stage) attempt \(latest.attempt): \(latest.logs.stdout) <==") + "\n"
+            + SafeText.lines(tailText(latest.logs.stdout, lines))
         if let s = try? FileIO.readString(latest.logs.stderr), !s.isEmpty {
-            text += "--- stderr (\(latest.logs.stderr)) ---\n" + tailText(latest.logs.stderr, lines / 2)
+            text += SafeText.line("--- stderr (\(latest.logs.stderr)) ---") + "\n" + SafeText.lines(tailText(latest.logs.stderr, lines / 2))
         }
         return (text, true)
     }

@@ -30,8 +30,11 @@ public struct FinalRecord: Sendable {
     public var result: JSON
     /// Written by the crash guard.
     public var crashed = false
+    /// A reason longer than RunContext.reasonLimit was cut; its whole text is in this file
+    /// (relative to the run directory).
+    public var reasonFile: String?
 
-    public static let fieldNames = ["v", "run", "recipe", "status", "exit_code", "reason", "started_at", "ended_at",
+    public static let fieldNames = ["v", "run", "recipe", "status", "exit_code", "reason", "reason_file", "started_at", "ended_at",
                                     "duration_ms", "stages", "crashed", "result"]
 
     public init(run: String, recipe: String, status: RunOutcome, exitCode: Int32?, reason: String?,
@@ -60,6 +63,9 @@ public struct FinalRecord: Sendable {
         var o: [(String, JSON)] = [
             ("v", .int(1)), ("run", .string(run)), ("recipe", .string(recipe)), ("status", .string(status.rawValue)),
             ("exit_code", exitCode.map { .int(Int64($0)) } ?? .null), ("reason", reason.map(JSON.string) ?? .null),
+        ]
+        if let f = reasonFile { o.append(("reason_file", .string(f))) }
+        o += [
             ("started_at", .string(Clock.rfc3339(startedAt))), ("ended_at", endedAt.map { .string(Clock.rfc3339($0)) } ?? .null),
             ("duration_ms", durationMs.map(JSON.int) ?? .null), ("stages", .array(stages.map(\.json))),
         ]
@@ -95,6 +101,7 @@ public struct FinalRecord: Sendable {
         }
         result = j["result"] ?? .object([])
         crashed = j["crashed"]?.boolValue ?? false
+        reasonFile = j["reason_file"]?.stringValue
     }
 
     public static func read(_ dir: RunDirectory) -> FinalRecord? { dir.readFinal().flatMap { FinalRecord(json: $0) } }

@@ -39,6 +39,8 @@ extension Recovery {
         /// `interrupted()` said to stop waiting; the runner is still ending its stages.
         case stoppedWaiting(runner: pid_t)
         case runnerUnknown
+        /// The runner may not be signalled by this user (EPERM): nothing was done.
+        case notPermitted(runner: pid_t)
     }
 
     /// `baton cancel`: SIGTERM to a live runner (it ends its stages' groups and writes
@@ -51,7 +53,7 @@ extension Recovery {
         switch info.state {
         case .running, .starting:
             guard let pid = info.runnerPid ?? dir.readPid(), pid > 0 else { return .runnerUnknown }
-            kill(pid, SIGTERM)
+            if kill(pid, SIGTERM) != 0, errno == EPERM { return .notPermitted(runner: pid) }
             signalled(pid)
             let until = Clock.monotonic() + killAfter
             func live() -> Bool {

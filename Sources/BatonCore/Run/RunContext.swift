@@ -374,8 +374,46 @@ public final class RunContext {
 
     /// The final.json of this run now, from its history.
     public func finalRecord(status: RunOutcome, exitCode: Int32?, reason: String?, ended: Bool, stages: Bool = true) -> FinalRecord {
-        FinalRecord(history: history, status: status, exitCode: exitCode, reason: reason,
-                    endedAt: ended ? Clock.now() : nil, result: result, stages: stages)
+        var f = FinalRecord(history: history, status: status, exitCode: exitCode, reason: reason,
+                            endedAt: ended ? Clock.now() : nil, result: result, stages: stages)
+        f.reasonFile = reasonFile
+        return f
+    }
+
+    // MARK: bounded records
+
+    /// The longest `reason` final.json and the journal's `final` event hold (bytes, the note
+    /// of what was cut included).
+    public static let reasonLimit = 4096
+    /// `reason.txt` (relative to the run directory) once a reason was cut: the whole text.
+    public private(set) var reasonFile: String?
+
+    /// A reason as recorded: a longer one is cut at a character boundary with a note of how
+    /// much was cut, its whole text written to `reason.txt` in the run directory. A reason
+    /// already within the limit is returned as it is (so this may be called twice).
+    public func boundedReason(_ reason: String?) -> String? {
+        guard let r = reason, r.utf8.count > RunContext.reasonLimit else { return reason }
+        let name = "reason.txt"
+        let saved = (try? FileIO.writeAtomically(dir.path + "/" + name, Array(r.utf8))) != nil
+        if saved { reasonFile = name }
+        let total = r.utf8.count
+        func note(_ kept: Int) -> String {
+            " [... cut: \(total - kept) of \(total) bytes" + (saved ? "; the whole text is in \(name) in the run directory]" : "]")
+        }
+        let u = Array(r.utf8)
+        var end = RunContext.reasonLimit - note(0).utf8.count
+        while end > 0, u[end] & 0xC0 == 0x80 { end -= 1 }   // not inside a UTF-8 sequence
+        let head = String(decoding: u[..<end], as: UTF8.self)
+        return head + note(head.utf8.count)
+    }
+
+    /// Text longer than `keep` bytes as its first and last halves around a note.
+    public static func cutMiddle(_ s: String, keep: Int) -> String {
+        let u = Array(s.utf8)
+        guard u.count > keep else { return s }
+        let half = keep / 2
+        return String(decoding: u[..<half], as: UTF8.self) + "\n[... \(u.count - keep) bytes cut ...]\n"
+            + String(decoding: u[(u.count - half)...], as: UTF8.self)
     }
 
     /// Prepares the final.json a crash of Baton itself would leave (see CBatonSys's crash
@@ -419,6 +457,7 @@ public final class RunContext {
             log(.info, "resume: cancelled the jobs the previous runner left and this one did not take up: \(leftover.joined(separator: ", "))")
         }
         let fatalBefore = fatal
+        let reason = boundedReason(reason)
         if fatal == nil { record(.final(FinalEvent(status: status, exitCode: exitCode, reason: reason))) }
         do {
             try finalRecord(status: status, exitCode: exitCode, reason: reason, ended: true).write(to: dir)

@@ -22,17 +22,25 @@ public struct RunDirectory: Sendable {
         return StageLogs(stdout: "\(d)/\(attempt).out", stderr: "\(d)/\(attempt).err")
     }
 
-    /// Stage ids are free text; their directory names keep only safe characters.
+    /// Stage ids are free text; a stage's folder name is its id with every byte outside
+    /// `[A-Za-z0-9._-]` (and a leading '.') written as `%XX`, so two ids never share a folder
+    /// (`train/1` is `train%2F1`, `train_1` stays `train_1`, `train%2F1` is `train%252F1`).
+    /// The empty id is `%`. An id whose name would pass 100 bytes keeps an 80-byte prefix and
+    /// `%~` and a 64-bit hash of the whole (no escaped name contains `%~`). Readers follow
+    /// the journal's log paths, so runs written with the old mapping (unsafe characters as
+    /// `_`) still read.
     public static func safeName(_ s: String) -> String {
-        var out = ""
-        for u in s.unicodeScalars {
-            let ok = (u >= "a" && u <= "z") || (u >= "A" && u <= "Z") || (u >= "0" && u <= "9") || u == "-" || u == "_" || u == "."
-            out.unicodeScalars.append(ok ? u : "_")
+        let hex = Array("0123456789ABCDEF".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(s.utf8.count)
+        for (i, c) in s.utf8.enumerated() {
+            let ok = (c >= 97 && c <= 122) || (c >= 65 && c <= 90) || (c >= 48 && c <= 57) || c == 45 || c == 95 || (c == 46 && i > 0)
+            if ok { out.append(c) } else { out += [37, hex[Int(c >> 4)], hex[Int(c & 15)]] }
         }
-        if out.isEmpty || out.hasPrefix(".") { out = "_" + out }
+        if out.isEmpty { return "%" }
         // File names have a length limit; long ids keep a prefix and a hash of the whole.
-        if out.utf8.count > 100 { out = String(out.prefix(80)) + "-" + FailureSignature.fnv1a(s) }
-        return out
+        if out.count > 100 { return String(decoding: out.prefix(80), as: UTF8.self) + "%~" + FailureSignature.fnv1a(s) }
+        return String(decoding: out, as: UTF8.self)
     }
 
     public func readFinal() -> JSON? {
@@ -55,6 +63,14 @@ public struct RunDirectory: Sendable {
         return FileIO.mtime(path)
     }
 
+    /// Whether the interactive shell opened this run (its run_started names the recipe
+    /// `<shell>`). Commands outside the shell never take such a run for `latest`.
+    public var isShellRun: Bool {
+        guard let head = try? FileIO.readFile(journal, limit: 65536), let nl = head.firstIndex(of: 10),
+              let line = try? JSON.parse(Array(head[..<nl])) else { return false }
+        return line["recipe"]?.stringValue == "<shell>"
+    }
+
     public func readPid() -> Int32? {
         guard let s = try? FileIO.readString(pidFile) else { return nil }
         return Int32(s.trimmingWhitespace())
@@ -67,6 +83,7 @@ public enum RunStoreError: Error, CustomStringConvertible {
     case ambiguous(String, [String])
     case exists(String)
     case invalidID(String)
+    case onlyShellRuns(String, String)
 
     public var description: String {
         switch self {
@@ -75,6 +92,7 @@ public enum RunStoreError: Error, CustomStringConvertible {
         case let .ambiguous(ref, ids): return "'\(ref)' matches several runs: \(ids.prefix(5).joined(separator: ", "))\(ids.count > 5 ? ", ..." : "")"
         case let .exists(id): return "run '\(id)' already exists"
         case let .invalidID(id): return "invalid run id '\(id)': use letters, digits, '-', '_' and '.'"
+        case let .onlyShellRuns(dir, id): return "no runs in \(dir) but the interactive shell's, which 'latest' never means: name one (e.g. \(id))"
         }
     }
 }
@@ -146,8 +164,11 @@ public struct RunStore: Sendable {
         let all = ids()
         let r = ref ?? "latest"
         if r == "latest" {
+            // The newest run that is not the interactive shell's own (a shell session's run
+            // is never what a command outside it means by 'latest').
             guard let first = all.first else { throw RunStoreError.noRuns(root) }
-            return directory(first)
+            guard let id = all.first(where: { !directory($0).isShellRun }) else { throw RunStoreError.onlyShellRuns(root, first) }
+            return directory(id)
         }
         if all.contains(r) { return directory(r) }
         let matches = all.filter { $0.hasPrefix(r) }

@@ -35,10 +35,14 @@ void baton_spawn_release(void *block);
 int baton_pidfd_open(pid_t pid);
 
 /* ---- Signals ------------------------------------------------------------
- * SIGINT, SIGTERM and SIGHUP set a flag, write one byte to a self-pipe (so
- * any poll() loop wakes at once) and call an optional hook (the Lua layer
- * sets one that makes running Lua code raise). SIGPIPE and SIGXFSZ are
- * ignored so a closed pipe or a full disk is an error code, not a death. */
+ * SIGINT, SIGTERM, SIGHUP and every other signal whose default action ends a
+ * process (SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGXCPU, SIGXFSZ, SIGVTALRM,
+ * SIGPROF; the crash signals are the crash guard's) set a flag, write one byte
+ * to a self-pipe (so any poll() loop wakes at once) and call an optional hook
+ * (the Lua layer sets one that makes running Lua code raise). SIGPIPE is
+ * ignored so a closed pipe is an error code, not a death; the kernel's own
+ * SIGXFSZ (a write past the file size limit) is dropped, so a full disk is
+ * EFBIG, not a death, while a SIGXFSZ sent by another process ends the run. */
 void baton_signals_install(void);
 int  baton_signal_pending(void);      /* the first signal received, 0 if none */
 int  baton_signal_last(void);         /* the most recent one */
@@ -49,8 +53,10 @@ void baton_signal_set_hook(void (*hook)(int));
 void baton_signal_raise_flag(int sig); /* as if sig had arrived (tests, cancel paths) */
 
 /* The run budget: SIGALRM (handled like SIGINT/SIGTERM: flag, self-pipe, hook) after
- * `seconds`; 0 disarms. */
+ * `seconds`; 0 disarms. baton_budget_expired: whether the first signal was the budget's
+ * timer (a SIGALRM from the kernel, SI_KERNEL), not a SIGALRM sent with kill(2). */
 int baton_budget_arm(double seconds);
+int baton_budget_expired(void);
 
 /* PR_SET_CHILD_SUBREAPER: orphaned grandchildren are re-parented to us. */
 int baton_set_subreaper(void);

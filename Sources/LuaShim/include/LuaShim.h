@@ -46,6 +46,10 @@ int  baton_abort_reason(lua_State *L);
 void baton_abort_clear(lua_State *L);
 /* Connect CBatonSys's signal handler: a signal requests an abort of every live state. */
 void baton_abort_on_signals(int enabled);
+
+/* Replaces the function on top of the stack (a writer taking one string) with `print`, a C
+ * function as stock Lua's: luaL_tolstring on each value, tab-separated, then the writer. */
+void baton_push_print(lua_State *L);
 #define BATON_ABORT_MESSAGE "interrupted"
 
 /* luaL_where(L, level): "file:line:" of the Lua code at that level. */

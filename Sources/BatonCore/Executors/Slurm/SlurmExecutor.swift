@@ -158,7 +158,10 @@ public final class SlurmExecutor: Executor {
     static func jobScript(spec: JobSpec, logs: StageLogs, exitFile: String, stdinPath: String?) -> String {
         let q = Command.quote
         var s = "#!/bin/bash\n# Written by Baton: \(spec.name ?? "a stage"). Its exit status goes to \(FileIO.basename(exitFile)).\n"
-        var opts = ["--job-name=\(spec.name ?? "baton")", "--output=\(logs.stdout)", "--error=\(logs.stderr)",
+        // Slurm reads '%' in these paths as its filename patterns (%j, ...): a stage folder's
+        // escapes (`train%2F1`) are written "%%".
+        func literal(_ p: String) -> String { p.replacingOccurrences(of: "%", with: "%%") }
+        var opts = ["--job-name=\(spec.name ?? "baton")", "--output=\(literal(logs.stdout))", "--error=\(literal(logs.stderr))",
                     "--no-requeue", "--open-mode=append", "--signal=B:USR1@\(max(10, Int(spec.grace.rounded(.up))))"]
         if let c = spec.cwd { opts.append("--chdir=\(c)") }
         opts += (spec.slurm ?? SlurmOptions()).sbatchOptions(timeout: spec.timeout, grace: spec.grace)
