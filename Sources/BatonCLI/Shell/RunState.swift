@@ -6,12 +6,13 @@ import BatonCore
 /// running has status "running" and its age), all read from the run's one history.
 enum RunState {
     static func json(_ info: RunInfo, now: Double = Clock.now()) -> JSON {
-        let stages: [JSON] = info.history.stages.map { r in
+        // A run whose runner is gone: its life ended, as the fold decides (RunHistory.endLife).
+        var history = info.history
+        if !info.isLive { history.endLife(failingWatches: false) }
+        let stages: [JSON] = history.stages.map { r in
             var s: [(String, JSON)] = [("id", .string(r.key.id)), ("occurrence", .int(Int64(r.key.occurrence))),
                                        ("attempt", .int(Int64(r.attempt)))]
-            var status = r.status
-            if r.isOpen, !info.isLive { status = .unfinished }   // (the view of RunHistory.endLife for a dead runner)
-            s.append(("status", .string(status.rawValue)))
+            s.append(("status", .string(r.status.rawValue)))
             if let c = r.command { s.append(("cmd", c.json)) }
             if let p = r.pid { s.append(("pid", .int(Int64(p)))) }
             s += r.batchFields

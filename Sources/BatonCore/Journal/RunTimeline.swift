@@ -1,8 +1,10 @@
 import BatonBase
-/// A run's journal folded over time: every stage attempt with its start and end, the
-/// replays and decisions of each resume, watch phases, gate iterations, preflights,
-/// heartbeats, lives and stalls. `RunHistory` keeps each thing's latest state; this keeps
-/// when each thing happened, for the report, the trace, the TSV and `log --why`.
+/// A run's journal over time: every stage attempt with its start and end, the replays and
+/// decisions of each resume, watch phases, gate iterations, preflights, heartbeats, lives and
+/// stalls, for the report, the trace, the TSV and `log --why`. It is a view of the one fold:
+/// each event goes through `RunHistory` first (kept as `history`), and what state a call is
+/// in, when a life ends and what it left unfinished are the fold's answers; this only adds
+/// when each thing happened.
 public struct RunTimeline: Sendable {
     public struct Attempt: Sendable {
         public var key: StageKey
@@ -55,6 +57,8 @@ public struct RunTimeline: Sendable {
         public var end: Double
     }
 
+    /// The fold this timeline is a view of.
+    public private(set) var history = RunHistory()
     public private(set) var runID = ""
     public private(set) var attempts: [Attempt] = []
     public private(set) var decisions: [Decision] = []
@@ -84,7 +88,10 @@ public struct RunTimeline: Sendable {
     /// Folds `events`; `now` closes what is still open: a live run's attempts run to `now`,
     /// an ended or orphaned run's end where its runner last wrote.
     public init<S: Sequence>(_ events: S, live: Bool, now: Double = Clock.now()) where S.Element == JournalEvent {
-        for e in events { apply(e) }
+        for e in events {
+            history.apply(e)
+            apply(e)
+        }
         close(live: live, now: now)
     }
 
@@ -96,8 +103,8 @@ public struct RunTimeline: Sendable {
         if e.ts - lastTs > 0.15, lastTs > 0 { gaps.append(Span(start: lastTs, end: e.ts)) }
         lastTs = max(lastTs, e.ts)
         if let (b, resumed) = e.body.began {
-            // Whatever the previous life left open ended when its runner last wrote.
-            endOpen(status: .unfinished, at: lives.last?.last ?? e.ts)
+            // What the fold found the previous life left unfinished ended when its runner last wrote.
+            closeFromHistory(at: lives.last?.last ?? e.ts)
             lives.append(Life(start: e.ts, began: b, resumed: resumed, last: e.ts))
             return
         }
@@ -135,7 +142,7 @@ public struct RunTimeline: Sendable {
             final = Mark(ts: e.ts, record: f)
             // Left open only when the runner died (`cancel` finished the orphan): it ended
             // when the runner last wrote.
-            endOpen(status: .unfinished, at: previous)
+            closeFromHistory(at: previous)
         case .runStarted, .runResumed:
             break   // (a life: above)
         case .stageStalled, .stageQueued, .log, .notRun, .control, .unknown:
@@ -143,9 +150,16 @@ public struct RunTimeline: Sendable {
         }
     }
 
-    private mutating func endOpen(status: CallState, at ts: Double) {
-        for (_, i) in open { attempts[i].end = ts; attempts[i].status = status }
-        open = [:]
+    /// Ends the open attempts whose call the fold has closed (`RunHistory.endLife`: the
+    /// one place a call becomes unfinished), with the fold's state, at `ts`; open watch
+    /// phases end there too.
+    private mutating func closeFromHistory(at ts: Double) {
+        for (key, i) in open {
+            guard let state = history.stage(key)?.status, !state.isOpen else { continue }
+            attempts[i].end = ts
+            attempts[i].status = state
+            open[key] = nil
+        }
         for (_, i) in openWatch { watchPhases[i].end = ts }
         openWatch = [:]
     }
@@ -155,7 +169,9 @@ public struct RunTimeline: Sendable {
             for (_, i) in open { attempts[i].status = .running }
             lastTs = max(lastTs, now)
         } else {
-            endOpen(status: .unfinished, at: lastTs)
+            // The runner is gone: its life ends here, in the fold first.
+            history.endLife(failingWatches: false)
+            closeFromHistory(at: lastTs)
         }
         // Stalls: gaps within one life longer than three heartbeat intervals (30 s unless
         // the heartbeats say otherwise); between lives the run was simply not running.
