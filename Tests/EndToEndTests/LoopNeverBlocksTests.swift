@@ -1,0 +1,70 @@
+import Foundation
+import Glibc
+import Testing
+
+/// Nothing an executor or the control socket does holds up the run's loop (issue 24, item 2).
+/// No cluster needed: the stand-in sbatch (Tests/Fixtures/slow-sbatch) thinks for 5 s, then
+/// refuses the job.
+@Suite struct LoopNeverBlocksTests {
+    /// A connection to a run's control socket that says nothing (a client stuck before its line).
+    static func silentClient(_ path: String) -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var a = sockaddr_un()
+        a.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: a.sun_path) else { close(fd); return -1 }
+        withUnsafeMutableBytes(of: &a.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
+        let r = withUnsafePointer(to: &a) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        if r != 0 { close(fd); return -1 }
+        return fd
+    }
+
+    @Test func aSlowSbatchHoldsUpNeitherALocalTimeoutNorAttach() throws {
+        let dir = Harness.tempDir("slow-sbatch")
+        Harness.write(dir + "/r.lua", """
+            local b = runStage{id = "submitted", cmd = {"true"}, executor = "slurm", background = true, allowFail = true}
+            local t0 = baton.now()
+            local r = runStage{id = "quick", cmd = {"sleep", "30"}, timeout = 1, grace = 0.5, allowFail = true}
+            baton.fs.write("timed-out-after", string.format("%s %.3f", r.status, baton.now() - t0))
+            local s = b:wait()
+            baton.fs.write("submitted", s.status .. ": " .. tostring(s.message))
+            """)
+        let done = dir + "/sbatch-answered"
+        let path = Harness.fixtures + "/slow-sbatch:" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")
+        let (p, out, err) = try Harness.start(["run", "r.lua"], cwd: dir, env: ["PATH": path, "BATON_SLOW_SBATCH_DONE": done])
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        // The local stage's 1 s timeout fires on time while sbatch thinks.
+        #expect(Harness.waitFor(10) { Harness.read(dir + "/timed-out-after") != nil })
+        let words = (Harness.read(dir + "/timed-out-after") ?? "").split(separator: " ")
+        #expect(words.first == "timed_out", "\(words)")
+        let after = Double(words.last ?? "") ?? .infinity
+        #expect(after >= 1 && after < 2, "the 1 s timeout fired after \(after) s")
+        #expect(!FileManager.default.fileExists(atPath: done), "sbatch was still thinking then")
+        // attach answers meanwhile, even with a client connected that never says anything.
+        let run = Harness.latestRun(dir) ?? ""
+        #expect(Harness.waitFor(5) { FileManager.default.fileExists(atPath: run + "/control.sock") })
+        let silent = Self.silentClient(run + "/control.sock")
+        #expect(silent >= 0)
+        defer { if silent >= 0 { close(silent) } }
+        let t0 = Date()
+        let a = try Harness.run(["attach"], cwd: dir, stdin: "return 1 + 1\n", timeout: 30)
+        #expect(a.code == 0 && a.stdout == "2\n", "\(a)")
+        #expect(Date().timeIntervalSince(t0) < 2, "attach answered in \(Date().timeIntervalSince(t0)) s")
+        #expect(!FileManager.default.fileExists(atPath: done), "attach answered while sbatch was still thinking")
+        // Then sbatch answers (a refusal): the stage fails with Slurm's words; the run goes on.
+        #expect(Harness.waitFor(20) { !p.isRunning })
+        p.waitUntilExit()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile() + err.fileHandleForReading.readDataToEndOfFile(),
+                          as: UTF8.self)
+        #expect(p.terminationStatus == 0, "\(text)")
+        let submitted = Harness.read(dir + "/submitted") ?? ""
+        #expect(submitted.hasPrefix("failed: Slurm rejected the job: ") && submitted.contains("Invalid account"), "\(submitted)")
+        let ev = Harness.journal(run)
+        let started = Harness.events(ev, type: "stage_started").filter { $0["id"] as? String == "submitted" }
+        #expect(started.count == 1 && started.first?["native_id"] == nil, "a job that never had an id: \(started)")
+        let finished = Harness.events(ev, type: "stage_finished").filter { $0["id"] as? String == "submitted" }
+        #expect(finished.first?["failure_class"] as? String == "deterministic")
+    }
+}
