@@ -318,3 +318,32 @@ final class Driver {
 enum Files {
     static func read(_ path: String) -> String? { try? String(contentsOfFile: path, encoding: .utf8) }
 }
+
+/// Each executor's one declaration of its options, held to its user documentation: the
+/// `## Options` table of docs/<name>.md lists exactly the options a stage's table takes, and
+/// the run-wide ones are documented beside it. (`baton types` and the field checks read the
+/// declaration itself.)
+@Suite struct ExecutorDeclarationTests {
+    @Test func docsListEachExecutorsDeclaredOptions() throws {
+        for kind in Executors.kinds where !kind.options.isEmpty && kind.name != "fake" {
+            let doc = try String(contentsOfFile: SlurmDev.root + "/docs/\(kind.name).md", encoding: .utf8)
+            let section = doc.components(separatedBy: "\n## Options\n").dropFirst().first?
+                .components(separatedBy: "\n## ").first ?? ""
+            var listed: Set<String> = []
+            for row in section.split(separator: "\n") where row.hasPrefix("| `") {
+                let first = row.dropFirst(2).prefix { $0 != "|" }
+                for part in first.split(separator: "`").enumerated() where part.offset % 2 == 0 { listed.insert(String(part.element)) }
+            }
+            #expect(listed == Set(kind.stageOptionNames), "docs/\(kind.name).md lists \(listed.sorted())")
+            for o in kind.options where o.runWide { #expect(section.contains("`\(o.name)`"), "docs/\(kind.name).md: \(o.name)") }
+        }
+    }
+
+    @Test func theRegistryNamesEachExecutorOnce() {
+        Executors.register(FakeExecutor.kind)
+        #expect(Set(Executors.names).count == Executors.names.count)
+        #expect(Executors.names.starts(with: ["local", "slurm"]))
+        #expect(Executors.make("fake", environment: [:]) is FakeExecutor)
+        #expect(Executors.make("nowhere", environment: [:]) == nil)
+    }
+}
