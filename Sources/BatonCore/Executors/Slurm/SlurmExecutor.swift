@@ -29,6 +29,10 @@ public final class SlurmExecutor: Executor {
     private var query: (tool: SlurmTool, jobs: [SlurmJob])?
     /// scancel calls under way.
     private var cancelTools: [SlurmTool] = []
+    /// sbatch calls under way: at most `maxSubmitting` at once (a fan-out of a thousand stages
+    /// must not open a thousand connections to the controller at the same moment).
+    private var submitting = 0
+    static let maxSubmitting = 8
     /// Jobs whose cancellation is due: one scancel for all of them at the next poll.
     private var toCancel: [SlurmJob] = []
     private var toKill: [SlurmJob] = []
@@ -70,12 +74,13 @@ public final class SlurmExecutor: Executor {
         env[SlurmExecutor.jobMark.key] = SlurmExecutor.jobMark.value
         let job = SlurmJob(executor: self, exitFile: exitFile, dir: FileIO.dirname(exitFile))
         job.submission = SlurmJob.Submission(script: script, env: env)
-        job.submission?.tool = submitTool(script: script, env: env)
+        advanceSubmission(job, now: Clock.monotonic())
         return job
     }
 
     func submitTool(script: String, env: [String: String]) -> SlurmTool {
-        SlurmTool(["sbatch", "--parsable", script], env: env, timeout: 60)
+        submitting += 1
+        return SlurmTool(["sbatch", "--parsable", script], env: env, timeout: 60)
     }
 
     public var jobsOutliveRunner: Bool { true }
@@ -101,13 +106,16 @@ public final class SlurmExecutor: Executor {
     func advanceSubmission(_ j: SlurmJob, now: Double) {
         guard var sub = j.submission else { return }
         defer { j.submission = j.id.isEmpty && !j.isDone ? sub : nil }
-        if let at = sub.retryAt {
-            guard now >= at else { return }
+        if sub.tool == nil {
+            // Not yet tried, or tried and waiting out its backoff; then as soon as a call is free.
+            if let at = sub.retryAt, now < at { return }
+            guard submitting < SlurmExecutor.maxSubmitting else { return }
             sub.retryAt = nil
             sub.tool = submitTool(script: sub.script, env: sub.env)
         }
         guard let tool = sub.tool, let r = tool.check(now: now) else { return }
         sub.tool = nil
+        submitting -= 1
         let out = r.stdout.trimmingWhitespace()
         if r.code == 0, let id = out.split(separator: ";").first, !id.isEmpty {
             j.id = String(id)
@@ -205,8 +213,8 @@ public final class SlurmExecutor: Executor {
         let mine = jobs.compactMap { $0 as? SlurmJob }
         var tools = cancelTools + [probeTool, query?.tool].compactMap { $0 }
         for j in mine {
-            if let t = j.submission?.tool { tools.append(t) }
-            soon(j.submission?.retryAt)
+            guard let sub = j.submission else { continue }
+            if let t = sub.tool { tools.append(t) } else { soon(sub.retryAt ?? now + 0.05) }   // (a free call: soon)
         }
         for t in tools {
             if let fd = t.wakeFD { fds.append(fd) }

@@ -53,8 +53,8 @@ final class SlurmJob: Job {
         slurm.requestCancel(self, kill: true)
     }
 
-    /// Ended before it had an id: between two tries of sbatch it ends at once; while sbatch is
-    /// under way its answer is awaited (the job may exist), then scancelled.
+    /// Ended before it had an id: before sbatch or between two tries it ends at once; while
+    /// sbatch is under way its answer is awaited (the job may exist), then scancelled.
     private func endUnsubmitted() {
         if submission?.tool == nil { submission = nil; finish(.signaled(SIGTERM)) }
     }
