@@ -47,7 +47,8 @@ extension RecipeEnvironment {
         for kind in RecipeEnvironment.optionedKinds {
             guard let s = try t.table(kind.name, allowed: kind.stageOptionNames) else { continue }
             defer { t.lua.pop() }
-            spec.executorOptions[kind.name] = try RecipeEnvironment.executorOptions(s, kind.options.filter { !$0.runWide })
+            let declared = kind.options.filter { !$0.runWide }
+            spec.executorOptions[kind.name] = try RecipeEnvironment.executorOptions(s, declared)
         }
     }
 
@@ -56,7 +57,8 @@ extension RecipeEnvironment {
     func batonExecutor(_ l: LuaState) throws -> Int32 {
         let fn = "baton.executor"
         guard let name = l.string(1), let kind = Executors.kind(name) else {
-            throw LuaRaise.usage("\(fn): the executor must be one of \(Executors.names.map { "'\($0)'" }.joined(separator: ", "))")
+            let names = Executors.names.map { "'\($0)'" }.joined(separator: ", ")
+            throw LuaRaise.usage("\(fn): the executor must be one of \(names)")
         }
         let ctx = try requireContext()
         var options = ExecutorOptions()

@@ -27,7 +27,9 @@ public struct ExecutorOptions: Sendable, Equatable {
     public func over(_ base: ExecutorOptions) -> ExecutorOptions {
         var o = base
         for (k, v) in values {
-            if case let .strings(mine) = v, case let .strings(theirs)? = base.values[k] { o.values[k] = .strings(theirs + mine) } else {
+            if case let .strings(mine) = v, case let .strings(theirs)? = base.values[k] {
+                o.values[k] = .strings(theirs + mine)
+            } else {
                 o.values[k] = v
             }
         }

@@ -78,8 +78,8 @@ public struct StageRecord: Sendable {
     /// Its batch job's fields for `status --json` and the shell (empty for a local stage).
     public var batchFields: [(String, JSON)] {
         guard let e = executor, let id = nativeID else { return [] }
-        return [("executor", .string(e)), ("native_id", .string(id)), ("phase", phase.map { .string($0.rawValue) } ?? .null),
-                ("queue", queue.map(JSON.string) ?? .null), ("node", node.map(JSON.string) ?? .null)]
+        return [("executor", .string(e)), ("native_id", .string(id)),
+                ("phase", phase.map { .string($0.rawValue) } ?? .null), ("queue", queue.map(JSON.string) ?? .null), ("node", node.map(JSON.string) ?? .null)]
     }
 
     public var isOpen: Bool { status == "running" || status == "waiting" }

@@ -357,7 +357,8 @@ public final class StageExecution: LoopTask {
         let msg = j.note.reason ?? "\(executor.name) could not start the job"
         _ = try? FileIO.appendLocked(logs.stderr, Array((msg + "\n").utf8))
         let code = t.exitCode ?? 1
-        var r = makeResult(status: .failed, termination: .exited(code), duration: Clock.monotonic() - attemptStart, message: msg)
+        let took = Clock.monotonic() - attemptStart
+        var r = makeResult(status: .failed, termination: .exited(code), duration: took, message: msg)
         r.failureClass = .deterministic
         r.signature = FailureSignature.make(.deterministic, exit: code, signal: nil, stderrTail: msg)
         concludeAttempt(r)

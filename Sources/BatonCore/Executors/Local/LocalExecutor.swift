@@ -112,7 +112,6 @@ final class LocalJob: Job {
 
 extension ExecutorKind {
     /// Stages run here, as process groups of the runner (the default).
-    public static let local = ExecutorKind(name: "local", summary: "process groups on this machine (the default)") { _ in
-        LocalExecutor()
-    }
+    public static let local = ExecutorKind(name: "local", summary: "process groups on this machine (the default)",
+                                           make: { _ in LocalExecutor() })
 }

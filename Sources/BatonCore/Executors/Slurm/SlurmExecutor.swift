@@ -288,7 +288,9 @@ public final class SlurmExecutor: Executor {
     /// One scancel for every job whose end was asked for since the last poll (started here,
     /// driven by the loop like every Slurm command).
     private func flushCancels() {
-        func scancel(_ args: [String]) { cancelTools.append(SlurmTool(["scancel"] + args, env: toolEnvironment, timeout: 30)) }
+        func scancel(_ args: [String]) {
+            cancelTools.append(SlurmTool(["scancel"] + args, env: toolEnvironment, timeout: 30))
+        }
         if !toCancel.isEmpty {
             let open = toCancel.filter { !$0.isDone && !$0.id.isEmpty }
             toCancel = []

@@ -29,7 +29,8 @@ public struct SlurmOptions: Sendable, Equatable {
     /// The options' one declaration (field checks, `baton check`, `baton types`, docs/slurm.md).
     static let declared: [ExecutorOption] = [
         ExecutorOption("partition", .string, "the partition (queue) to submit to"),
-        ExecutorOption("time", .stringOrNumber(min: 1), "walltime: Slurm's words (\"1:00:00\") or seconds, rounded up to minutes"),
+        ExecutorOption("time", .stringOrNumber(min: 1),
+                       "walltime: Slurm's words (\"1:00:00\") or seconds, rounded up to minutes"),
         ExecutorOption("mem", .stringOrInteger(min: 1), "memory: Slurm's words (\"4G\") or MiB"),
         ExecutorOption("cpus", .integer(min: 1), "CPUs per task"),
         ExecutorOption("gpus", .stringOrInteger(min: 0), "GPUs: a count, or Slurm's words (\"a100:2\")"),
