@@ -152,18 +152,20 @@ public final class EventLoop {
     /// One turn without blocking: poll every executor once for all its jobs, advance every
     /// task, keep the journal's flush on time.
     public func step(now: Double = Clock.monotonic()) {
-        for (executor, jobs) in inFlight() { executor.poll(jobs, now: now) }
+        let groups = inFlight()
+        for (executor, jobs) in groups { executor.poll(jobs, now: now) }
         for t in tasks { t.advance(now: now) }
         tasks.removeAll { $0.isFinished }
+        lingering = groups.map(\.0).filter { $0.busy }
         try? journal?.flushIfDue(now: now)
     }
 
-    /// Executors the loop has seen jobs of: one with work of its own under way (`busy`: a
-    /// cancel after its job ended) is polled even with no job waiting on it.
-    private var seenExecutors: [Executor] = []
+    /// Executors polled last turn that still have work of their own under way (`busy`: a
+    /// cancel whose job has ended): polled again even with no job waiting on them.
+    private var lingering: [Executor] = []
 
     /// Whether an executor still has work of its own under way (the end of a run waits for it).
-    public var executorsBusy: Bool { seenExecutors.contains { $0.busy } }
+    public var executorsBusy: Bool { lingering.contains { $0.busy } }
 
     private func inFlight() -> [(Executor, [Job])] {
         var groups: [(Executor, [Job])] = []
@@ -171,10 +173,9 @@ public final class EventLoop {
             guard let j = t.job else { continue }
             if let i = groups.firstIndex(where: { $0.0 === j.executor }) { groups[i].1.append(j) } else {
                 groups.append((j.executor, [j]))
-                if !seenExecutors.contains(where: { $0 === j.executor }) { seenExecutors.append(j.executor) }
             }
         }
-        for e in seenExecutors where e.busy && !groups.contains(where: { $0.0 === e }) { groups.append((e, [])) }
+        for e in lingering where e.busy && !groups.contains(where: { $0.0 === e }) { groups.append((e, [])) }
         return groups
     }
 
