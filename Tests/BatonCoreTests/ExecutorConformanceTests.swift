@@ -232,8 +232,9 @@ final class Driver {
         #expect(d.drive(30) { t.isFinished })
         let took = Clock.monotonic() - asked
         #expect(t.done?.signal == SIGTERM || t.done?.signal == SIGKILL, "\(String(describing: t.done))")
-        // Within the grace, plus (for a scheduler) a poll interval or two to hear of it.
-        #expect(took < (s.name == "local" ? 1.5 : 5), "ended \(took) s after it was asked to")
+        // Within the grace (1 s), plus a loaded machine's slack and (for a scheduler) a poll
+        // interval or two to hear of it.
+        #expect(took < (s.name == "local" ? 3 : 6), "ended \(took) s after it was asked to")
         #expect(d.drive(20) { d.nothingLeft([t]) })
     }
 
