@@ -48,10 +48,9 @@ import Testing
         let silent = Self.silentClient(run + "/control.sock")
         #expect(silent >= 0)
         defer { if silent >= 0 { close(silent) } }
-        let t0 = Date()
         let a = try Harness.run(["attach"], cwd: dir, stdin: "return 1 + 1\n", timeout: 30)
         #expect(a.code == 0 && a.stdout == "2\n", "\(a)")
-        #expect(Date().timeIntervalSince(t0) < 2, "attach answered in \(Date().timeIntervalSince(t0)) s")
+        // (Blocked, the runner would answer only after sbatch, and after the silent client's 5 s.)
         #expect(!FileManager.default.fileExists(atPath: done), "attach answered while sbatch was still thinking")
         // Then sbatch answers (a refusal): the stage fails with Slurm's words; the run goes on.
         #expect(Harness.waitFor(20) { !p.isRunning })
