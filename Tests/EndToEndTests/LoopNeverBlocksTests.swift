@@ -24,9 +24,10 @@ import Testing
     @Test func aSlowSbatchHoldsUpNeitherALocalTimeoutNorAttach() throws {
         let dir = Harness.tempDir("slow-sbatch")
         Harness.write(dir + "/r.lua", """
-            local b = runStage{id = "submitted", cmd = {"true"}, executor = "slurm", background = true, allowFail = true}
             local t0 = baton.now()
-            local r = runStage{id = "quick", cmd = {"sleep", "30"}, timeout = 1, grace = 0.5, allowFail = true}
+            local q = runStage{id = "quick", cmd = {"sleep", "30"}, timeout = 1, grace = 0.5, allowFail = true, background = true}
+            local b = runStage{id = "submitted", cmd = {"true"}, executor = "slurm", background = true, allowFail = true}
+            local r = q:wait()
             baton.fs.write("timed-out-after", string.format("%s %.3f", r.status, baton.now() - t0))
             local s = b:wait()
             baton.fs.write("submitted", s.status .. ": " .. tostring(s.message))
@@ -35,7 +36,7 @@ import Testing
         let path = Harness.fixtures + "/slow-sbatch:" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")
         let (p, out, err) = try Harness.start(["run", "r.lua"], cwd: dir, env: ["PATH": path, "BATON_SLOW_SBATCH_DONE": done])
         defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
-        // The local stage's 1 s timeout fires on time while sbatch thinks.
+        // The local background stage's 1 s timeout fires on time while sbatch thinks.
         #expect(Harness.waitFor(10) { Harness.read(dir + "/timed-out-after") != nil })
         let words = (Harness.read(dir + "/timed-out-after") ?? "").split(separator: " ")
         #expect(words.first == "timed_out", "\(words)")
