@@ -63,13 +63,14 @@ extension RecipeEnvironment {
         let ctx = try requireContext()
         var options = ExecutorOptions()
         if l.type(2) != LUA_TNONE && l.type(2) != LUA_TNIL {
-            let t = try SpecTable(l, arg: 2, fn: fn, allowed: kind.runOptionNames)
+            let t = try SpecTable(l, arg: 2, fn: kind.options.isEmpty ? "\(fn) ('\(name)' takes no options)" : fn,
+                                  allowed: kind.runOptionNames)
             options = try RecipeEnvironment.executorOptions(t, kind.options)
         }
         ctx.defaultExecutor = name
         let runWide = Set(kind.options.filter(\.runWide).map(\.name))
         ctx.executorDefaults[name] = ExecutorOptions(options.values.filter { !runWide.contains($0.key) })
-        if !runWide.isEmpty { try ctx.executor(named: name).configure(options) }
+        if options.values.keys.contains(where: runWide.contains) { try ctx.executor(named: name).configure(options) }
         return 0
     }
 }
