@@ -67,4 +67,25 @@ import Testing
         let finished = Harness.events(ev, type: "stage_finished").filter { $0["id"] as? String == "submitted" }
         #expect(finished.first?["failure_class"] as? String == "deterministic")
     }
+
+    /// Ctrl-C while sbatch thinks: its answer is awaited (the job may exist: it would be scancelled),
+    /// then the stage ends as cancelled and the run as interrupted.
+    @Test func ctrlCWhileSbatchThinksCancelsTheStageOnceItAnswers() throws {
+        let dir = Harness.tempDir("slow-sbatch-sigint")
+        Harness.write(dir + "/r.lua", "runStage{id = 'submitted', cmd = {'true'}, executor = 'slurm'}\n")
+        let done = dir + "/sbatch-answered"
+        let path = Harness.fixtures + "/slow-sbatch:" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")
+        let (p, _, _) = try Harness.start(["run", "r.lua"], cwd: dir, env: ["PATH": path, "BATON_SLOW_SBATCH_DONE": done])
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        #expect(Harness.waitFor(10) {
+            Harness.processes(matching: "slow-sbatch/sbatch --parsable " + dir).count > 0 && Harness.latestRun(dir) != nil
+        })
+        kill(p.processIdentifier, SIGINT)
+        #expect(Harness.waitFor(20) { !p.isRunning })
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 130)
+        #expect(FileManager.default.fileExists(atPath: done), "sbatch was let answer")
+        let ev = Harness.journal(Harness.latestRun(dir) ?? "")
+        #expect(Harness.events(ev, type: "stage_finished").first?["status"] as? String == "cancelled", "\(ev)")
+    }
 }

@@ -351,7 +351,8 @@ public final class StageExecution: LoopTask {
         let started = unjournaledStart!
         unjournaledStart = nil
         context.record(.stageStarted(started))
-        if cancelRequested { return attemptEnded(t, note: j.note) }
+        // Ended on request (a cancel, a timeout, `baton attach`'s kill) before it had an id.
+        if cancelRequested || t.signal != nil { return attemptEnded(t, note: j.note) }
         job = nil
         closeLogs()
         let msg = j.note.reason ?? "\(executor.name) could not start the job"
