@@ -88,4 +88,26 @@ import Testing
         let ev = Harness.journal(Harness.latestRun(dir) ?? "")
         #expect(Harness.events(ev, type: "stage_finished").first?["status"] as? String == "cancelled", "\(ev)")
     }
+
+    /// Submissions run beside each other, but never more than 8 at once (a wide fan-out must not
+    /// open all its connections to the controller at the same moment).
+    @Test func aFanOutSubmitsAFewAtATime() throws {
+        let dir = Harness.tempDir("counting-sbatch")
+        let counts = dir + "/sbatch"
+        try FileManager.default.createDirectory(atPath: counts, withIntermediateDirectories: true)
+        Harness.write(dir + "/r.lua", """
+            local items = {}
+            for i = 1, 20 do items[i] = i end
+            parallel(items, function(i)
+              runStage{id = "s" .. i, cmd = {"true"}, executor = "slurm", allowFail = true}
+            end, {maxConcurrency = 20})
+            """)
+        let path = Harness.fixtures + "/counting-sbatch:" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")
+        let r = try Harness.run(["run", "r.lua"], cwd: dir, env: ["PATH": path, "BATON_SBATCH_COUNT_DIR": counts], timeout: 60)
+        #expect(r.code == 0, "\(r.stderr)")
+        let seen = (Harness.read(counts + "/counts") ?? "").split(separator: "\n").compactMap { Int($0) }
+        #expect(seen.count == 20, "one sbatch per stage: \(seen)")
+        #expect((seen.max() ?? 0) <= 8, "at most 8 under way at once: \(seen)")
+        #expect((seen.max() ?? 0) >= 2, "beside each other, not one after another: \(seen)")
+    }
 }
