@@ -52,6 +52,14 @@ public enum Types {
         """
 
     /// LuaCATS annotations of the primitives and helpers (docs/primitives.md).
+    /// The executors a stage may name, as a LuaCATS union ("local"|...), from the registry.
+    static let executorChoice = Executors.names.map { "\"\($0)\"" }.joined(separator: "|")
+    /// Each executor's table in a stage spec, from the options its kind declares.
+    static let executorTables = Executors.kinds.filter { !$0.stageOptionNames.isEmpty }.map { kind in
+        let fields = kind.options.filter { !$0.runWide }.map { "\($0.name)?: \($0.luaType)" }
+        return "---@field \(kind.name)? {\(fields.joined(separator: ", "))} \(kind.summary)"
+    }.joined(separator: "\n")
+
     public static let luaCATS = #"""
         ---@meta baton
         -- Baton's recipe environment, for lua-language-server (written by `baton types` / `baton init`).
@@ -79,8 +87,8 @@ public enum Types {
         ---@field noOutputTimeout? number seconds without output (or heartbeatFile touch): end it as "stalled"
         ---@field heartbeatFile? string a file the job touches to say it is alive
         ---@field stallWarnSec? number silence after which one stage_stalled event is journaled (default 600)
-        ---@field executor? "local"|"slurm" where it runs (default: the run's, else local)
-        ---@field slurm? {partition?: string, time?: string, mem?: string, cpus?: integer, gpus?: integer|string, account?: string, qos?: string, extra?: string[]}
+        ---@field executor? \#(executorChoice) where it runs (default: the run's, else local)
+        \#(executorTables)
 
         ---@class baton.StageResult
         ---@field id string
@@ -244,7 +252,7 @@ public enum Types {
         ---@field sh fun(cmd: baton.Command, opts?: baton.ShOptions): string, boolean?, integer?, string?
         ---@field sleep fun(seconds: number)
         ---@field pool fun(name: string, limit: integer) a pool for runStage{pool = name}
-        ---@field executor fun(name: "local"|"slurm", opts?: table) where stages run unless they say otherwise (docs/slurm.md)
+        ---@field executor fun(name: \#(executorChoice), opts?: table) where stages run unless they say otherwise (docs/primitives.md)
         ---@field budget fun(duration: string|number) end the whole run after this long ("2h", "30m", seconds): exit 124
         ---@field parallel fun(items: any[], fn: fun(item: any, index: integer): any, opts?: baton.ParallelOptions): any[], table[]
         ---@field now fun(): number

@@ -176,7 +176,9 @@ public enum RecipeCheck {
             for k in pairs(_G) do known[k] = true end
             return require("kit.lint").check(src, file, known, fields)
             """
-        let fields: JSON = .object(RecipeEnvironment.primitiveFields.map { ($0.0, .array($0.1.map(JSON.string))) })
+        // Each executor's table in a stage ("runStage.<name>"), from the options its kind declares.
+        let nested = RecipeEnvironment.optionedKinds.map { ("runStage.\($0.name)", $0.stageOptionNames) }
+        let fields: JSON = .object((RecipeEnvironment.primitiveFields + nested).map { ($0.0, .array($0.1.map(JSON.string))) })
         let base = lua.top
         defer { lua.top = base }
         do {

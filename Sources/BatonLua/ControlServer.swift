@@ -182,6 +182,7 @@ public final class ControlServer {
 
     /// Stops listening and removes the socket (the run is ending).
     public func close() {
+        for c in clients { end(c); Glibc.close(c.fd) }
         ctx.loop.sources.removeAll { $0.fd == fd }
         Glibc.close(fd)
         unlink(path)
@@ -194,23 +195,75 @@ public final class ControlServer {
         Settings.positive(Settings.attachLineSec) ?? 10
     }
 
+    /// A connection whose request line is still arriving (read as it comes, never waited for).
+    final class Client {
+        let fd: Int32
+        let peer: Peer
+        let since: Double
+        var received: [UInt8] = []
+        init(fd: Int32, peer: Peer, since: Double) { self.fd = fd; self.peer = peer; self.since = since }
+    }
+    private var clients: [Client] = []
+    /// Seconds a client has to send its request line.
+    static let requestWait = 5.0
+
+    /// The socket is readable: a client connects. Its request is read without blocking, as the
+    /// loop sees it arrive (a client that connects and says nothing holds up no one).
     func serve() {
+        dropSilentClients()
         var uid: uid_t = 0, pid: pid_t = 0
         let c = baton_control_accept(fd, &uid, &pid)
         guard c >= 0 else { return }
-        defer { Glibc.close(c) }
         let peer = Peer(uid: uid, pid: pid, user: ControlServer.userName(uid))
         guard uid == getuid() else {
+            defer { Glibc.close(c) }
             let m = "refused: uid \(uid) is not the run's owner (uid \(getuid()))"
             journal(peer, .refused, "", ok: false, m)
             reply(c, .object([("ok", .bool(false)), ("text", .string(m))]))
             return
         }
-        guard let line = ControlServer.readLine(c), let req = try? JSON.parse(line) else {
-            reply(c, .object([("ok", .bool(false)), ("text", .string("bad request: one JSON line expected"))]))
+        _ = fcntl(c, F_SETFL, fcntl(c, F_GETFL) | O_NONBLOCK)
+        let client = Client(fd: c, peer: peer, since: Clock.monotonic())
+        clients.append(client)
+        ctx.loop.sources.append((c, { [unowned self, unowned client] in self.receive(client) }))
+        receive(client)
+    }
+
+    /// Reads what the client has sent so far; once its line is whole (or it has closed), answers.
+    func receive(_ client: Client, limit: Int = 1 << 20) {
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while client.received.count < limit && client.received.last != 10 {
+            let n = Glibc.read(client.fd, &buf, buf.count)
+            if n > 0 { client.received += buf[0..<n]; continue }
+            if n < 0 && (errno == EAGAIN || errno == EINTR) { return }   // more to come: the loop wakes us
+            break   // closed, or an error: answer what came
+        }
+        end(client)
+        var line = client.received
+        while line.last == 10 || line.last == 13 { line.removeLast() }
+        // Replies are short and the socket has a send timeout (a client that never reads).
+        _ = fcntl(client.fd, F_SETFL, fcntl(client.fd, F_GETFL) & ~O_NONBLOCK)
+        defer { Glibc.close(client.fd) }
+        guard !line.isEmpty, let req = try? JSON.parse(line) else {
+            reply(client.fd, .object([("ok", .bool(false)), ("text", .string("bad request: one JSON line expected"))]))
             return
         }
-        reply(c, answer(req, peer))
+        reply(client.fd, answer(req, client.peer))
+    }
+
+    /// Stops watching a client (before its answer runs: a line of Lua may wait on the loop).
+    private func end(_ client: Client) {
+        ctx.loop.sources.removeAll { $0.fd == client.fd }
+        clients.removeAll { $0 === client }
+    }
+
+    /// Clients that have not sent their line in time are let go.
+    private func dropSilentClients() {
+        let now = Clock.monotonic()
+        for c in clients where now - c.since > ControlServer.requestWait {
+            end(c)
+            Glibc.close(c.fd)
+        }
     }
 
     func answer(_ req: JSON, _ peer: Peer) -> JSON {
@@ -325,20 +378,6 @@ public final class ControlServer {
     func reply(_ c: Int32, _ j: JSON) {
         let bytes = j.encodedBytes() + [10]
         _ = bytes.withUnsafeBytes { try? FileIO.writeAll(c, $0, path: "control.sock") }
-    }
-
-    /// One line (the request), read with the socket's receive timeout.
-    static func readLine(_ c: Int32, limit: Int = 1 << 20) -> [UInt8]? {
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while out.count < limit {
-            let n = read(c, &buf, buf.count)
-            if n <= 0 { break }
-            out += buf[0..<n]
-            if out.last == 10 { break }
-        }
-        while out.last == 10 || out.last == 13 { out.removeLast() }
-        return out.isEmpty ? nil : out
     }
 
     static func userName(_ uid: uid_t) -> String {

@@ -27,9 +27,10 @@ extension RecipeEnvironment {
 
     // MARK: runStage
 
-    static let stageFields = ["id", "cmd", "cwd", "env", "stdin", "timeout", "grace", "retries", "retryOn", "backoff",
-                              "transient", "breaker", "requireFiles", "background", "allowFail", "pool",
-                              "noOutputTimeout", "heartbeatFile", "stallWarnSec", "executor", "slurm", "waitFor"]
+    /// runStage's own fields (`stageFields` adds each executor's table).
+    static let stageOwnFields = ["id", "cmd", "cwd", "env", "stdin", "timeout", "grace", "retries", "retryOn", "backoff",
+                                 "transient", "breaker", "requireFiles", "background", "allowFail", "pool",
+                                 "noOutputTimeout", "heartbeatFile", "stallWarnSec", "executor", "waitFor"]
 
     static let preflightFields = ["name", "policy", "checks", "timeout"]
     /// Each primitive that takes a spec table and the fields it allows (what `baton check` lints).

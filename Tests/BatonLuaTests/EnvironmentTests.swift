@@ -52,4 +52,32 @@ import Testing
         #expect(GateOutput.lastObject("no json here") == nil)
         #expect(GateOutput.lastObject("{\"approved\": true} trailing") != nil)
     }
+
+    /// An executor's table is read by its kind's declaration into generic values, kept as given;
+    /// the executor decodes them (numbers: seconds, MiB, a count); a stage's lay over the run's.
+    @Test func executorTablesAreReadByTheirDeclaredOptions() throws {
+        let e = try env()
+        let l = e.lua
+        let kind = try #require(Executors.kind("slurm"))
+        func read(_ table: String, allowed: [String]? = nil) throws -> ExecutorOptions {
+            let base = l.top
+            defer { l.top = base }
+            try l.load(Array("return \(table)".utf8), name: "=t")
+            try l.pcall(nargs: 0, nresults: 1)
+            let t = try SpecTable(l, arg: -1, fn: "runStage: field 'slurm'", allowed: allowed ?? kind.stageOptionNames)
+            return try RecipeEnvironment.executorOptions(t, kind.options)
+        }
+        let o = try read("{time = 90, mem = 512, cpus = 2, gpus = 'a100:1', extra = '--constraint=ib'}")
+        #expect(o["time"] == .number(90) && o["mem"] == .number(512) && o["cpus"] == .number(2))
+        #expect(o["gpus"] == .string("a100:1") && o["extra"] == .strings(["--constraint=ib"]))
+        let slurm = SlurmOptions(o)
+        #expect(slurm.time == "2" && slurm.mem == "512M" && slurm.cpus == 2 && slurm.gpus == "a100:1")
+        let defaults = try read("{partition = 'cpu', time = '30', extra = {'--a'}, poll = 2}", allowed: kind.runOptionNames)
+        #expect(defaults["poll"] == .number(2))
+        let merged = SlurmOptions(o.over(defaults))
+        #expect(merged.partition == "cpu" && merged.time == "2" && merged.extra == ["--a", "--constraint=ib"])
+        #expect(throws: LuaRaise.self) { try read("{cpus = 0}") }
+        #expect(throws: LuaRaise.self) { try read("{time = true}") }
+        #expect(throws: LuaRaise.self) { try read("{poll = 2}") }
+    }
 }

@@ -47,6 +47,23 @@ import Testing
                 && first["code"] as? String == "undefined-global" && (first["message"] as? String)?.contains("runStag") == true, "\(first)")
     }
 
+    /// An executor's table is checked by the options its kind declares (the runtime's list).
+    @Test func anExecutorsTableIsCheckedByItsDeclaredOptions() throws {
+        let d = Harness.tempDir("check-executor")
+        Harness.write(d + "/r.lua", """
+            runStage{id = "a", cmd = "true", executor = "slurm", slurm = {partiton = "gpu", poll = 2, time = "10"}}
+            baton.executor("slurm", {partition = "cpu", poll = 2})
+            """)
+        let r = try Harness.run(["check", "r.lua"], cwd: d)
+        #expect(r.code == 3)
+        let lines = r.stderr.split(separator: "\n").map(String.init)
+        #expect(lines.contains { $0.hasPrefix("r.lua:1:63: runStage: field 'slurm': unknown field 'partiton' (did you mean 'partition'?)") },
+                "\(r.stderr)")
+        // `poll` is the run's setting (baton.executor), not a stage's.
+        #expect(lines.contains { $0.hasPrefix("r.lua:1:81: runStage: field 'slurm': unknown field 'poll'") }, "\(r.stderr)")
+        #expect(lines.count == 2, "\(r.stderr)")
+    }
+
     @Test func syntaxErrorsInRequiredModulesAndCleanRecipes() throws {
         let d = Harness.tempDir("check-modules")
         Harness.write(d + "/lib/helper.lua", "local M = {}\nfunction M.f()\n  return = 1\nend\nreturn M\n")

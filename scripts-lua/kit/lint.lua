@@ -120,8 +120,11 @@ M.fieldTypes = {
     fallback = "table", cwd = "string", env = "table", timeout = "number"},
 }
 
---- Checks the fields of the literal table opening at toks[k] (a `{`) given to `fn`.
-local function checkTable(toks, k, fn, allowed, add)
+--- Checks the fields of the literal table opening at toks[k] (a `{`) given to `fn`. A field
+--- whose value is a literal table with a list of its own in `fields` ("runStage.<executor>": an
+--- executor's options) is checked too; `label` names it in findings.
+local function checkTable(toks, k, fn, allowed, add, fields, label)
+  label = label or fn
   local depth, known = 0, {}
   for _, f in ipairs(allowed) do known[f] = true end
   while toks[k].t ~= "eof" do
@@ -133,9 +136,13 @@ local function checkTable(toks, k, fn, allowed, add)
     elseif depth == 1 and t.t == "name" and toks[k + 1].v == "=" and (toks[k - 1].v == "{" or toks[k - 1].v == "," or toks[k - 1].v == ";") then
       if not known[t.v] then
         local hint = closest(t.v, allowed)
-        add(t, "unknown-field", ("%s: unknown field '%s'%s; known fields: %s"):format(fn, t.v,
+        add(t, "unknown-field", ("%s: unknown field '%s'%s; known fields: %s"):format(label, t.v,
           hint and (" (did you mean '" .. hint .. "'?)") or "", table.concat(allowed, ", ")))
       else
+        local nested = fields and fields[fn .. "." .. t.v]
+        if nested and toks[k + 2].v == "{" then
+          checkTable(toks, k + 2, fn .. "." .. t.v, nested, add, fields, ("%s: field '%s'"):format(label, t.v))
+        end
         local want, got = (M.fieldTypes[fn] or {})[t.v], literalType(toks, k + 2)
         if want and got and not ("|" .. want .. "|"):find("|" .. got .. "|", 1, true) then
           add(toks[k + 2], "field-type", ("%s: field '%s' must be a %s, got a %s"):format(fn, t.v, want:gsub("|", " or "), got))
@@ -249,8 +256,8 @@ function M.check(src, file, known, fields)
       if fn == "baton" and toks[k + 1].v == "." and toks[k + 2].t == "name" and fields[toks[k + 2].v] then fn = toks[k + 2].v end
       local after = fn == t.v and k + 1 or k + 3
       if fields[fn] and (known[t.v] or assigned[t.v]) then
-        if toks[after].v == "{" then checkTable(toks, after, fn, fields[fn], add)
-        elseif toks[after].v == "(" and toks[after + 1].v == "{" then checkTable(toks, after + 1, fn, fields[fn], add) end
+        if toks[after].v == "{" then checkTable(toks, after, fn, fields[fn], add, fields)
+        elseif toks[after].v == "(" and toks[after + 1].v == "{" then checkTable(toks, after + 1, fn, fields[fn], add, fields) end
       end
       if not known[t.v] and not assigned[t.v] then
         local hint = closest(t.v, names)

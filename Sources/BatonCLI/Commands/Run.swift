@@ -28,8 +28,9 @@ struct RunCommand: RunsDirCommand {
     @Option(help: ArgumentHelp("End the whole run after this long, like a cancel (exit 124): 2h, 30m, 90s, 1h30m, seconds.",
                                valueName: "DURATION"))
     var budget: String?
-    @Option(help: ArgumentHelp("Where stages run unless a stage says otherwise: local (default) or slurm (docs/slurm.md).",
-                               valueName: "local|slurm"), completion: .list(["local", "slurm"]))
+    @Option(help: ArgumentHelp("Where stages run unless a stage says otherwise: "
+                               + Executors.kinds.map { "\($0.name): \($0.summary)" }.joined(separator: "; ") + ".",
+                               valueName: Executors.names.joined(separator: "|")), completion: .list(Executors.names))
     var executor: String?
     @OptionGroup var globals: Globals
     @Argument(help: ArgumentHelp("The recipe file; the words after it are the recipe's own.", valueName: "RECIPE"),

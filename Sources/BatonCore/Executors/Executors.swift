@@ -1,21 +1,36 @@
 import BatonBase
 import Glibc
 
-/// The executors a recipe may name, made by name: the one place that knows them all.
+/// The executors a recipe may name: the one place that lists them, one line each. Each
+/// executor's own folder declares its kind (name, options, how one is made); nothing else
+/// in the core names one.
 public enum Executors {
-    public static let names = ["local", "slurm"]
+    static let builtIn: [ExecutorKind] = [
+        .local,
+        .sbatch,
+    ]
+
+    /// Kinds added by tests (an in-process fake): `register` before any run starts.
+    nonisolated(unsafe) private static var registered: [ExecutorKind] = []
+
+    /// Adds an executor kind to the registry (tests only: the fake executor).
+    public static func register(_ kind: ExecutorKind) {
+        registered.removeAll { $0.name == kind.name }
+        registered.append(kind)
+    }
+
+    public static var kinds: [ExecutorKind] { builtIn + registered }
+    public static var names: [String] { kinds.map(\.name) }
+    public static func kind(_ name: String) -> ExecutorKind? { kinds.first { $0.name == name } }
+
+    /// The environment marks of jobs the end-of-run sweep spares (see ExecutorKind.jobMark).
+    public static var jobMarks: [String] { kinds.compactMap(\.jobMark) }
 
     /// A new executor called `name` (nil if there is none), with the environment its tools
     /// run in and where its warnings go.
     public static func make(_ name: String, environment: [String: String], warn: @escaping (String) -> Void = { _ in }) -> Executor? {
-        switch name {
-        case "local": return LocalExecutor()
-        case "slurm":
-            let s = SlurmExecutor(environment: environment)
-            s.warn = { warn("slurm: " + $0) }
-            return s
-        default: return nil
-        }
+        guard let k = kind(name) else { return nil }
+        return k.make(ExecutorSetup(environment: environment, warn: { warn("\(name): " + $0) }))
     }
 
     /// Cancels the jobs of `records` that outlived their runner, executor by executor.

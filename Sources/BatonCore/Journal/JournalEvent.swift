@@ -323,7 +323,8 @@ public struct StageStarted: Sendable {
     public var why: ResumeWhy?
 
 
-    /// Where it runs when not locally ("slurm"), and that executor's id for it (a Slurm job id).
+    /// Where it runs when its jobs outlive the runner (a batch scheduler), and that executor's
+    /// id for it (a batch job id).
     public var executor: String?
     public var nativeID: String?
     /// A resumed run took up the job its previous runner submitted.
@@ -369,17 +370,21 @@ public struct StageStarted: Sendable {
     }
 }
 
-/// A batch job's move in its scheduler's queue (PENDING, RUNNING, COMPLETING, ...).
+/// A batch job's move in its scheduler's queue: Baton's phase (queued, running, ...) and the
+/// scheduler's own word for it.
 public struct StageQueued: Sendable {
     public var key: StageKey
     public var attempt: Int
     public var nativeID: String
+    /// The scheduler's word (its job state), for people.
     public var state: String
+    /// Where the job stands in Baton's words (absent in journals before 0.3).
+    public var phase: QueuePhase?
     public var node: String?
-    /// Why it waits (Slurm's reason: Priority, Resources, ...).
+    /// Why it waits, in the scheduler's words.
     public var reason: String?
 
-    public static let fieldNames = ["id", "occurrence", "attempt", "native_id", "state", "node", "reason"]
+    public static let fieldNames = ["id", "occurrence", "attempt", "native_id", "state", "phase", "node", "reason"]
 
     public init(key: StageKey, attempt: Int, nativeID: String, state: String) {
         self.key = key; self.attempt = attempt; self.nativeID = nativeID; self.state = state
@@ -390,6 +395,7 @@ public struct StageQueued: Sendable {
         attempt = Int(f.int("attempt") ?? 1)
         nativeID = f.string("native_id") ?? ""
         state = f.string("state") ?? ""
+        phase = f.string("phase").flatMap(QueuePhase.init(rawValue:))
         node = f.string("node")
         reason = f.string("reason")
     }
@@ -397,6 +403,7 @@ public struct StageQueued: Sendable {
     var fields: [(String, JSON)] {
         var o: [(String, JSON)] = [("id", .string(key.id)), ("occurrence", .int(Int64(key.occurrence))),
                                    ("attempt", .int(Int64(attempt))), ("native_id", .string(nativeID)), ("state", .string(state))]
+        if let p = phase { o.append(("phase", .string(p.rawValue))) }
         if let n = node, !n.isEmpty { o.append(("node", .string(n))) }
         if let r = reason { o.append(("reason", .string(r))) }
         return o

@@ -41,14 +41,21 @@ public struct StageRecord: Sendable {
     private var boxedStalled: Boxed<StageStalled>?
 
     init(status: CallState, key: StageKey) { self.status = status; self.key = key }
-    /// Where the latest attempt runs when not locally ("slurm"), its id there, and (for a batch
-    /// job) its latest queue state and node. Boxed too: most stages run locally.
+    /// Where the latest attempt runs when its jobs outlive the runner (a batch scheduler), its
+    /// id there, and its latest queue phase, the scheduler's word for it and node. Boxed too:
+    /// most stages run locally.
     public var executor: String? { get { batch?.value.executor } set { updateBatch { $0.executor = newValue } } }
     public var nativeID: String? { get { batch?.value.nativeID } set { updateBatch { $0.nativeID = newValue } } }
+    public var phase: QueuePhase? { get { batch?.value.phase } set { updateBatch { $0.phase = newValue } } }
+    /// The scheduler's word for where it stands (its job state).
     public var queue: String? { get { batch?.value.queue } set { updateBatch { $0.queue = newValue } } }
     public var node: String? { get { batch?.value.node } set { updateBatch { $0.node = newValue } } }
     public var queueReason: String? { get { batch?.value.queueReason } set { updateBatch { $0.queueReason = newValue } } }
-    private struct BatchPlace: Sendable, Equatable { var executor, nativeID, queue, node, queueReason: String? }
+    private struct BatchPlace: Sendable, Equatable {
+        var executor, nativeID: String?
+        var phase: QueuePhase?
+        var queue, node, queueReason: String?
+    }
     private var batch: Boxed<BatchPlace>?
     private mutating func updateBatch(_ change: (inout BatchPlace) -> Void) {
         var b = batch?.value ?? BatchPlace()
@@ -56,21 +63,22 @@ public struct StageRecord: Sendable {
         batch = b == BatchPlace() ? nil : Boxed(b)
     }
 
-    /// Where a batch job stands, for people: "slurm job 12 RUNNING on node7", "slurm job 13 PENDING (Priority)".
+    /// Where a batch job stands, for people, in its scheduler's words: "<executor> job 12 RUNNING
+    /// on node7", "<executor> job 13 PENDING (Priority)" (the reason while it waits).
     public var batchText: String? {
         guard let e = executor, let id = nativeID else { return nil }
         var s = "\(e) job \(id)"
-        if let q = queue { s += " \(q)" }
+        if let q = queue ?? phase?.rawValue { s += " \(q)" }
         if let n = node, !n.isEmpty { s += " on \(n)" }
-        if let r = queueReason, queue == "PENDING" { s += " (\(r))" }
+        if let r = queueReason, phase?.waits ?? true { s += " (\(r))" }
         return s
     }
 
     /// Its batch job's fields for `status --json` and the shell (empty for a local stage).
     public var batchFields: [(String, JSON)] {
         guard let e = executor, let id = nativeID else { return [] }
-        return [("executor", .string(e)), ("native_id", .string(id)), ("queue", queue.map(JSON.string) ?? .null),
-                ("node", node.map(JSON.string) ?? .null)]
+        return [("executor", .string(e)), ("native_id", .string(id)),
+                ("phase", phase.map { .string($0.rawValue) } ?? .null), ("queue", queue.map(JSON.string) ?? .null), ("node", node.map(JSON.string) ?? .null)]
     }
 
     public var isOpen: Bool { status.isOpen }
@@ -160,7 +168,8 @@ public struct RunHistory: Sendable {
             stages[i].stalled = nil
             stages[i].executor = s.executor
             stages[i].nativeID = s.nativeID
-            stages[i].queue = s.nativeID == nil ? nil : "SUBMITTED"
+            stages[i].phase = s.nativeID == nil ? nil : .submitted
+            stages[i].queue = nil
             stages[i].node = nil
             stages[i].queueReason = nil
             attemptLogs.append(AttemptLog(key: s.key, attempt: s.attempt, logs: s.logs))
@@ -186,6 +195,7 @@ public struct RunHistory: Sendable {
         case let .stageQueued(q):
             if let i = stageIndex[q.key], stages[i].isOpen {
                 stages[i].queue = q.state
+                stages[i].phase = q.phase
                 if let n = q.node { stages[i].node = n }
                 stages[i].queueReason = q.reason
             }

@@ -104,7 +104,7 @@ public final class EventLoop {
                     for t in tasks { t.cancel(force: false) }
                     continue
                 }
-                if tasks.isEmpty { return .interrupted }
+                if tasks.isEmpty && !executorsBusy { return .interrupted }
             } else {
                 if condition() { return .satisfied }
                 if let d = deadline, now >= d { return .deadline }
@@ -159,18 +159,30 @@ public final class EventLoop {
     /// One turn without blocking: poll every executor once for all its jobs, advance every
     /// task, keep the journal's flush on time.
     public func step(now: Double = Clock.monotonic()) {
-        for (executor, jobs) in inFlight() { executor.poll(jobs, now: now) }
+        let groups = inFlight()
+        for (executor, jobs) in groups { executor.poll(jobs, now: now) }
         for t in tasks { t.advance(now: now) }
         tasks.removeAll { $0.isFinished }
+        lingering = groups.map(\.0).filter { $0.busy }
         try? journal?.flushIfDue(now: now)
     }
+
+    /// Executors polled last turn that still have work of their own under way (`busy`: a
+    /// cancel whose job has ended): polled again even with no job waiting on them.
+    private var lingering: [Executor] = []
+
+    /// Whether an executor still has work of its own under way (the end of a run waits for it).
+    public var executorsBusy: Bool { lingering.contains { $0.busy } }
 
     private func inFlight() -> [(Executor, [Job])] {
         var groups: [(Executor, [Job])] = []
         for t in tasks {
             guard let j = t.job else { continue }
-            if let i = groups.firstIndex(where: { $0.0 === j.executor }) { groups[i].1.append(j) } else { groups.append((j.executor, [j])) }
+            if let i = groups.firstIndex(where: { $0.0 === j.executor }) { groups[i].1.append(j) } else {
+                groups.append((j.executor, [j]))
+            }
         }
+        for e in lingering where e.busy && !groups.contains(where: { $0.0 === e }) { groups.append((e, [])) }
         return groups
     }
 
@@ -182,14 +194,14 @@ public final class EventLoop {
     /// Ends every task (SIGTERM, SIGKILL after its grace, or at `limit` seconds at the
     /// latest) and waits until all are over; a signal meanwhile kills at once.
     public func endAll(limit: Double = 30) {
-        guard !tasks.isEmpty else { return }
+        guard !tasks.isEmpty || executorsBusy else { return }
         for t in tasks { t.cancel(force: false) }
         let until = Clock.monotonic() + limit
-        while !tasks.isEmpty {
-            let r = wait(deadline: until) { self.tasks.isEmpty }
+        while !tasks.isEmpty || executorsBusy {
+            let r = wait(deadline: until) { self.tasks.isEmpty && !self.executorsBusy }
             if r == .satisfied { break }
             for t in tasks { t.cancel(force: true) }
-            if r == .deadline { _ = wait(deadline: Clock.monotonic() + 5) { self.tasks.isEmpty }; break }
+            if r == .deadline { _ = wait(deadline: Clock.monotonic() + 5) { self.tasks.isEmpty && !self.executorsBusy }; break }
         }
     }
 }

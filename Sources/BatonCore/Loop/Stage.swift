@@ -25,10 +25,11 @@ public struct StageSpec: Sendable {
     public var heartbeatFile: String?
     /// Seconds of silence after which one `stage_stalled` event is journaled (nil: the run's default).
     public var stallWarnSec: Double?
-    /// Where it runs: "local", "slurm" (nil: the run's default executor).
+    /// Where it runs: an executor's name (nil: the run's default executor).
     public var executor: String?
-    /// Slurm's options, over the run's default ones (`baton.executor("slurm", {...})`).
-    public var slurm: SlurmOptions?
+    /// Executors' options given with the stage (`runStage{<name> = {...}}`), by executor name;
+    /// the one it runs on takes its own, over the run's defaults (`baton.executor(name, {...})`).
+    public var executorOptions: [String: ExecutorOptions] = [:]
     /// The stage ends when its whole process group is empty, not when its leader exits
     /// (`waitFor = "group"`: a launcher that leaves its real work in the background).
     /// Timeout and cancel still end the whole group.
@@ -240,7 +241,11 @@ public final class StageExecution: LoopTask {
             startAttempt()
         case .running:
             guard let j = job else { return }
-            if case let .done(t) = j.state { attemptEnded(t, note: j.note); return }
+            journalStartOnceItHasAnID(j)
+            if case let .done(t) = j.state {
+                if unjournaledStart != nil { neverStarted(j, t) } else { attemptEnded(t, note: j.note) }
+                return
+            }
             noteQueue(j)
             // A batch job's timeout counts from when it runs, not from when it was queued.
             if j.note.queued, let t = spec.timeout { deadline = now + t }
@@ -293,22 +298,26 @@ public final class StageExecution: LoopTask {
             js.name = "baton-\(context.dir.id)-\(spec.id)"
             js.timeout = spec.timeout
             js.grace = spec.grace
-            js.slurm = (spec.slurm ?? SlurmOptions()).over(context.slurmDefaults)
+            js.options = (spec.executorOptions[executor.name] ?? ExecutorOptions())
+                .over(context.executorDefaults[executor.name] ?? ExecutorOptions())
             let j = try executor.start(js)
             job = j
             pid = j.pid ?? 0
             context.spawnedAny = true
             started.pid = j.pid
+            journaledQueue = nil
             if executor.jobsOutliveRunner {
                 started.executor = executor.name
-                started.nativeID = j.nativeID
+                // A job that outlives the runner is journaled at once with its id (a resume
+                // needs it to take the job up); one still being submitted, when it gets one.
+                unjournaledStart = started
+                journalStartOnceItHasAnID(j)
+            } else {
+                // Written with the next event or before the loop next blocks (in a fan-out, one
+                // write for every stage a turn starts): a runner killed before then loses only
+                // this line, and its process died with it.
+                context.record(.stageStarted(started), deferred: true)
             }
-            journaledQueue = nil
-            // Written with the next event or before the loop next blocks (in a fan-out, one write
-            // for every stage a turn starts): a runner killed before then loses only this line,
-            // and its process died with it. A job that outlives the runner is journaled at once:
-            // a resume needs its id to take it up.
-            context.record(.stageStarted(started), deferred: !executor.jobsOutliveRunner)
             deadline = spec.timeout.map { attemptStart + $0 }
             lastOutputAt = attemptStart
             seenOutput = (0, 0, 0)
@@ -328,6 +337,37 @@ public final class StageExecution: LoopTask {
             r.signature = FailureSignature.make(.deterministic, exit: code, signal: nil, stderrTail: msg)
             concludeAttempt(r)
         }
+    }
+
+    /// The `stage_started` of an attempt whose job has no native id yet (its submission is
+    /// under way): journaled, with the id, as soon as the executor has given it one.
+    var unjournaledStart: StageStarted?
+
+    func journalStartOnceItHasAnID(_ j: Job) {
+        guard var started = unjournaledStart, !j.nativeID.isEmpty else { return }
+        unjournaledStart = nil
+        started.nativeID = j.nativeID
+        context.record(.stageStarted(started))
+    }
+
+    /// A job that ended without ever having an id: its executor could not start it (a refused
+    /// submission, said in its note), or it was cancelled before it had one.
+    func neverStarted(_ j: Job, _ t: Termination) {
+        let started = unjournaledStart!
+        unjournaledStart = nil
+        context.record(.stageStarted(started))
+        // Ended on request (a cancel, a timeout, `baton attach`'s kill) before it had an id.
+        if cancelRequested || t.signal != nil { return attemptEnded(t, note: j.note) }
+        job = nil
+        closeLogs()
+        let msg = j.note.reason ?? "\(executor.name) could not start the job"
+        _ = try? FileIO.appendLocked(logs.stderr, Array((msg + "\n").utf8))
+        let code = t.exitCode ?? 1
+        let took = Clock.monotonic() - attemptStart
+        var r = makeResult(status: .failed, termination: .exited(code), duration: took, message: msg)
+        r.failureClass = .deterministic
+        r.signature = FailureSignature.make(.deterministic, exit: code, signal: nil, stderrTail: msg)
+        concludeAttempt(r)
     }
 
     /// Takes up a batch job a previous runner of this run submitted (resume): same attempt,
@@ -389,15 +429,17 @@ public final class StageExecution: LoopTask {
         return r
     }
 
-    /// The latest queue state journaled for this attempt (a batch scheduler's PENDING, RUNNING).
+    /// The latest queue state journaled for this attempt (in its scheduler's word).
     var journaledQueue: String?
 
-    /// Journals a batch job's move between queue states (pending time is visible in the journal).
+    /// Journals a batch job's move between queue states (pending time is visible in the journal):
+    /// each new word the scheduler has for it once it is in the queue.
     func noteQueue(_ j: Job) {
         let n = j.note
-        guard let q = n.queue, q != journaledQueue, q != "SUBMITTED", q != "UNKNOWN" else { return }
+        guard let p = n.phase, p != .submitting, p != .submitted, let q = n.state, q != journaledQueue else { return }
         journaledQueue = q
         var e = StageQueued(key: key, attempt: attempt, nativeID: j.nativeID, state: q)
+        e.phase = p
         e.node = n.node
         e.reason = n.schedulerReason
         context.record(.stageQueued(e))

@@ -31,8 +31,9 @@ public final class RunContext {
     /// The executor of stages that name none: `baton.executor(...)`, else `run --executor`
     /// (BATON_EXECUTOR), else local.
     public var defaultExecutor = Settings.string(Settings.executor) ?? "local"
-    /// Slurm options every Slurm stage starts from (`baton.executor("slurm", {...})`).
-    public var slurmDefaults = SlurmOptions()
+    /// The options every stage on an executor starts from, by executor name
+    /// (`baton.executor(name, {...})`).
+    public var executorDefaults: [String: ExecutorOptions] = [:]
     /// On resume: batch jobs the previous runner left queued or running, to re-attach to.
     var reattach: [StageKey: StageRecord] = [:]
 

@@ -6,13 +6,13 @@ import Glibc
 /// through the parent-death signal, but their children may not) `cancel` and
 /// `resume` find the rest by that mark in /proc and end them.
 public enum Survivors {
-    /// Pids (not ours) whose environment has BATON_RUN_ID=runID, except a Slurm job's processes
-    /// (BATON_SLURM_JOB=1) where the node is this machine: they are Slurm's to end, and a
-    /// resumed run re-attaches to them.
+    /// Pids (not ours) whose environment has BATON_RUN_ID=runID, except the processes of a job
+    /// that outlives the runner (they carry their executor's `jobMark`) where its node is this
+    /// machine: they are the executor's to end, and a resumed run re-attaches to them.
     public static func find(runID: String) -> [pid_t] {
         let me = getpid()
         let mark = Array("BATON_RUN_ID=\(runID)".utf8)
-        let slurm = Array("\(SlurmExecutor.jobMark.key)=\(SlurmExecutor.jobMark.value)".utf8)
+        let spared = Executors.jobMarks.map { Array($0.utf8) }
         var found: [pid_t] = []
         for name in FileIO.list("/proc") {
             guard let pid = pid_t(name), pid != me, pid > 1 else { continue }
@@ -20,7 +20,7 @@ public enum Survivors {
             var start = 0
             var marked = false
             for i in 0...env.count where i == env.count || env[i] == 0 {
-                if i - start == slurm.count, env[start..<i].elementsEqual(slurm) { marked = false; break }
+                if spared.contains(where: { i - start == $0.count && env[start..<i].elementsEqual($0) }) { marked = false; break }
                 if i - start == mark.count, env[start..<i].elementsEqual(mark) { marked = true }
                 start = i + 1
             }

@@ -112,3 +112,9 @@ final class LocalJob: Job {
         return Glibc.kill(-leader, 0) == 0
     }
 }
+
+extension ExecutorKind {
+    /// Stages run here, as process groups of the runner (the default).
+    public static let local = ExecutorKind(name: "local", summary: "process groups on this machine (the default)",
+                                           make: { _ in LocalExecutor() })
+}
