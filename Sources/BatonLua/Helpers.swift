@@ -13,36 +13,53 @@ extension RecipeEnvironment {
             ("fail", { (l: LuaState) throws -> Int32 in try RecipeEnvironment.batonFail(l) }),
             ("now", { (l: LuaState) throws -> Int32 in l.push(Clock.now()); return 1 }),
             ("env", { (l: LuaState) throws -> Int32 in
-                guard let name = l.string(1) else { throw LuaRaise.usage("baton.env: the name must be a string, got \(l.describeType(1))") }
+                guard let name = l.string(1) else {
+                    throw LuaRaise.usage("baton.env: the name must be a string, got \(l.describeType(1))")
+                }
                 if let v = getenv(name) { l.push(String(cString: v)) } else { l.pushNil() }
                 return 1
             }),
             ("sleep", { [unowned self] (l: LuaState) throws -> Int32 in
-                guard let s = l.number(1), s >= 0, s.isFinite else { throw LuaRaise.usage("baton.sleep: seconds must be a non-negative number, got \(l.describeType(1))") }
+                guard let s = l.number(1), s >= 0, s.isFinite else {
+                    throw LuaRaise.usage("baton.sleep: seconds must be a non-negative number, got \(l.describeType(1))")
+                }
                 if !self.loop.sleep(s, WaitLabel(.sleep, Clock.human(s))) { throw LuaRaise(BATON_ABORT_MESSAGE, kind: "abort") }
                 return 0
             }),
             ("sh", { [unowned self] (l: LuaState) throws -> Int32 in try self.batonSh(l) }),
-            ("budget", { [unowned self] (l: LuaState) throws -> Int32 in
-                let text = l.string(1) ?? l.number(1).map { "\(fmt($0))s" } ?? ""
-                guard let secs = Clock.parseDuration(text), secs > 0 else {
-                    throw LuaRaise.usage("baton.budget: give a duration such as 2h, 30m, 90s or a number of seconds, got \(l.describeType(1))")
-                }
-                let ctx = try self.requireContext()
-                if !ctx.dryRun { ctx.setBudget(secs, text: text) }
-                return 0
-            }),
+            ("budget", { [unowned self] (l: LuaState) throws -> Int32 in try self.batonBudget(l) }),
             ("executor", { [unowned self] (l: LuaState) throws -> Int32 in try self.batonExecutor(l) }),
             ("pool", { [unowned self] (l: LuaState) throws -> Int32 in
-                guard let name = l.string(1), !name.isEmpty else { throw LuaRaise.usage("baton.pool: the name must be a non-empty string") }
-                guard let n = l.integer(2), n >= 1 else { throw LuaRaise.usage("baton.pool: the limit must be an integer of at least 1") }
+                guard let name = l.string(1), !name.isEmpty else {
+                    throw LuaRaise.usage("baton.pool: the name must be a non-empty string")
+                }
+                guard let n = l.integer(2), n >= 1 else {
+                    throw LuaRaise.usage("baton.pool: the limit must be an integer of at least 1")
+                }
                 try self.requireContext().setPool(name, limit: n)
                 return 0
             }),
             ("usageOnly", { [unowned self] (_: LuaState) throws -> Int32 in self.usageOnly = true; return 0 }),
         ], prefix: "baton.")
+        installJSON()
+        installYAML()
+        installFS()
+    }
 
-        // baton.json
+    /// baton.budget(duration): the run's time limit.
+    func batonBudget(_ l: LuaState) throws -> Int32 {
+        let text = l.string(1) ?? l.number(1).map { "\(fmt($0))s" } ?? ""
+        guard let secs = Clock.parseDuration(text), secs > 0 else {
+            throw LuaRaise.usage("baton.budget: give a duration such as 2h, 30m, 90s or a number of seconds, "
+                                 + "got \(l.describeType(1))")
+        }
+        let ctx = try requireContext()
+        if !ctx.dryRun { ctx.setBudget(secs, text: text) }
+        return 0
+    }
+
+    /// baton.json: encode, decode, array, null.
+    func installJSON() {
         lua.newTable()
         lua.register([
             ("encode", { (l: LuaState) throws -> Int32 in
@@ -52,7 +69,9 @@ extension RecipeEnvironment {
                 return 1
             }),
             ("decode", { (l: LuaState) throws -> Int32 in
-                guard let b = l.bytes(1) else { throw LuaRaise.usage("baton.json.decode: expects a string, got \(l.describeType(1))") }
+                guard let b = l.bytes(1) else {
+                    throw LuaRaise.usage("baton.json.decode: expects a string, got \(l.describeType(1))")
+                }
                 do { l.push(json: try JSON.parse(b)) } catch { throw LuaRaise("baton.json.decode: invalid JSON: \(error)") }
                 return 1
             }),
@@ -68,45 +87,42 @@ extension RecipeEnvironment {
         lua_pushlightuserdata(lua.L, lua.nullSentinel)
         lua.setField(-2, "null")
         lua.setField(-2, "json")
+    }
 
-        // baton.yaml
+    /// baton.yaml: decode (through the YAML helper).
+    func installYAML() {
         lua.newTable()
         lua.register([
             ("decode", { [unowned self] (l: LuaState) throws -> Int32 in
-                guard let s = l.string(1) else { throw LuaRaise.usage("baton.yaml.decode: expects a string, got \(l.describeType(1))") }
+                guard let s = l.string(1) else {
+                    throw LuaRaise.usage("baton.yaml.decode: expects a string, got \(l.describeType(1))")
+                }
                 l.push(json: try YAMLBridge.decode(s, loop: self.loop))
                 return 1
             }),
         ], prefix: "baton.yaml.")
         lua.setField(-2, "yaml")
+    }
 
-        // baton.fs
+    /// baton.fs: exists, read, write, append, locked, mkdir, glob.
+    func installFS() {
         lua.newTable()
         lua.register([
-            ("exists", { (l: LuaState) throws -> Int32 in l.push(FileIO.exists(try RecipeEnvironment.pathArg(l, "baton.fs.exists"))); return 1 }),
+            ("exists", { (l: LuaState) throws -> Int32 in
+                l.push(FileIO.exists(try RecipeEnvironment.pathArg(l, "baton.fs.exists")))
+                return 1
+            }),
             ("read", { (l: LuaState) throws -> Int32 in
                 let p = try RecipeEnvironment.pathArg(l, "baton.fs.read")
                 do { l.push(bytes: try FileIO.readFile(p)) } catch { throw LuaRaise("baton.fs.read: \(error)") }
                 return 1
             }),
-            ("write", { [unowned self] (l: LuaState) throws -> Int32 in
-                let p = try RecipeEnvironment.pathArg(l, "baton.fs.write")
-                guard let data = l.bytes(2) else { throw LuaRaise.usage("baton.fs.write: the data must be a string, got \(l.describeType(2))") }
-                var mode: mode_t = 0o644
-                if l.type(3) == LUA_TTABLE {
-                    let t = try SpecTable(l, arg: 3, fn: "baton.fs.write", allowed: ["mode"])
-                    if let m = try t.integer("mode", min: 0, max: 0o7777) { mode = mode_t(m) }
-                }
-                if self.skippedInDryRun("baton.fs.write", p) { return 0 }
-                do {
-                    try FileIO.makeDirectories(FileIO.dirname(FileIO.absolute(p)))
-                    try FileIO.writeAtomically(p, data, mode: mode)
-                } catch { throw LuaRaise("baton.fs.write: \(error)") }
-                return 0
-            }),
+            ("write", { [unowned self] (l: LuaState) throws -> Int32 in try self.fsWrite(l) }),
             ("append", { [unowned self] (l: LuaState) throws -> Int32 in
                 let p = try RecipeEnvironment.pathArg(l, "baton.fs.append")
-                guard let data = l.bytes(2) else { throw LuaRaise.usage("baton.fs.append: the data must be a string, got \(l.describeType(2))") }
+                guard let data = l.bytes(2) else {
+                    throw LuaRaise.usage("baton.fs.append: the data must be a string, got \(l.describeType(2))")
+                }
                 if self.skippedInDryRun("baton.fs.append", p) { return 0 }
                 let held = self.heldLocks[FileIO.absolute(p)] != nil
                 do { try FileIO.appendLocked(p, data, alreadyLocked: held) } catch { throw LuaRaise("baton.fs.append: \(error)") }
@@ -119,14 +135,32 @@ extension RecipeEnvironment {
                 return 0
             }),
             ("glob", { (l: LuaState) throws -> Int32 in
-                let pattern = try RecipeEnvironment.pathArg(l, "baton.fs.glob")
-                let paths = Glob.match(pattern)
+                let paths = Glob.match(try RecipeEnvironment.pathArg(l, "baton.fs.glob"))
                 l.newTable(narr: Int32(paths.count))
                 for (i, p) in paths.enumerated() { l.push(p); lua_rawseti(l.L, -2, lua_Integer(i + 1)) }
                 return 1
             }),
         ], prefix: "baton.fs.")
         lua.setField(-2, "fs")
+    }
+
+    /// baton.fs.write(path, data, {mode = 0644}): atomically (not in a dry run).
+    func fsWrite(_ l: LuaState) throws -> Int32 {
+        let p = try RecipeEnvironment.pathArg(l, "baton.fs.write")
+        guard let data = l.bytes(2) else {
+            throw LuaRaise.usage("baton.fs.write: the data must be a string, got \(l.describeType(2))")
+        }
+        var mode: mode_t = 0o644
+        if l.type(3) == LUA_TTABLE {
+            let t = try SpecTable(l, arg: 3, fn: "baton.fs.write", allowed: ["mode"])
+            if let m = try t.integer("mode", min: 0, max: 0o7777) { mode = mode_t(m) }
+        }
+        if skippedInDryRun("baton.fs.write", p) { return 0 }
+        do {
+            try FileIO.makeDirectories(FileIO.dirname(FileIO.absolute(p)))
+            try FileIO.writeAtomically(p, data, mode: mode)
+        } catch { throw LuaRaise("baton.fs.write: \(error)") }
+        return 0
     }
 
     /// baton.fs.locked(path, fn, {timeout = 60}): runs fn holding the exclusive flock on
@@ -277,6 +311,20 @@ extension RecipeEnvironment {
     /// A journal write failed (full disk): stop the recipe with a clear message.
     func checkFatal() throws {
         if let f = context?.fatal { throw LuaRaise("cannot write the journal: \(f)", status: .failure, kind: "fatal") }
+    }
+
+    /// Runs a primitive of the core (watch, gate, preflight), its errors made Lua errors:
+    /// a signal aborts, a journal that cannot be written is fatal, a `PrimitiveError` is the
+    /// recipe's error with what it carries (`outcome`, `decision`, `report`).
+    func core<T>(_ body: () throws -> T) throws -> T {
+        do { return try body() } catch is LoopInterrupted {
+            throw RecipeEnvironment.abort
+        } catch let e as JournalFailed {
+            throw LuaRaise("cannot write the journal: \(e.error)", status: .failure, kind: "fatal")
+        } catch let e as PrimitiveError {
+            let extra = e.attachment.map { a in { (l: LuaState) in l.push(json: a.value); l.setField(-2, a.field) } }
+            throw LuaRaise(e.message, status: e.status, kind: e.kind, extra: extra)
+        }
     }
 }
 

@@ -248,95 +248,87 @@ extension RecipeEnvironment {
 
     // MARK: preflight
 
+    /// preflight{...}: the table as a `PreflightSpec` (RunContext.preflight runs it), its
+    /// report as a table.
     func preflight(_ l: LuaState) throws -> Int32 {
         let t = try SpecTable(l, arg: 1, fn: "preflight", allowed: RecipeEnvironment.preflightFields)
-        let name = try t.string("name") ?? "preflight"
-        let policy = try t.option("policy", PreflightPolicy.self) ?? .fail
+        var spec = PreflightSpec()
+        spec.name = try t.string("name") ?? "preflight"
+        spec.policy = try t.option("policy", PreflightPolicy.self) ?? .fail
         let defaultTimeout = try t.number("timeout", min: 0.001) ?? 30
         guard t.get("checks") == LUA_TTABLE else {
             let got = l.describeType(-1); l.pop()
             throw LuaRaise.usage("preflight: field 'checks' is required (a list of checks), got \(got)")
         }
-        let checksIndex = l.absIndex(-1)
-        let ctx = try requireContext()
-        var results: [PreflightRecord.Check] = []
-        var failures: [String] = []
-        let n = Int(lua_rawlen(l.L, checksIndex))
+        let n = Int(lua_rawlen(l.L, -1))
+        var refs: [Int32] = []
+        defer { for r in refs { l.unref(r) } }
         if n == 0 { throw LuaRaise.usage("preflight: field 'checks' is an empty list") }
         for i in 1...n {
-            lua_rawgeti(l.L, checksIndex, lua_Integer(i))
+            lua_rawgeti(l.L, -1, lua_Integer(i))                       // [checks, checks[i]]
             defer { l.pop() }
-            let fn = "preflight: checks[\(i)]"
-            guard l.type(-1) == LUA_TTABLE else { throw LuaRaise.usage("\(fn) must be a table, got \(l.describeType(-1))") }
-            let c = SpecTable(nested: l, index: -1, fn: fn)
-            try c.checkKeys(["path", "cmd", "env", "pgrep", "check", "name", "timeout", "executable", "dir", "cwd"], context: fn)
-            let kinds = ["path", "cmd", "env", "pgrep", "check"].filter { c.has($0) }
-            guard kinds.count == 1 else {
-                throw LuaRaise.usage("\(fn) needs exactly one of path, cmd, env, pgrep, check (found \(kinds.isEmpty ? "none" : kinds.joined(separator: ", ")))")
-            }
-            let kind = kinds[0]
-            var target = ""
-            var ok = false
-            var detail = ""
-            let check: PreflightCheck?
-            switch kind {
-            case "path":
-                check = .path(try c.string("path", nonEmpty: true)!, directory: try c.bool("dir") ?? false,
-                              executable: try c.bool("executable") ?? false)
-            case "cmd":
-                check = .command(try c.command("cmd")!, cwd: try c.string("cwd"),
-                                 timeout: try c.number("timeout", min: 0.001) ?? defaultTimeout)
-            case "env":
-                check = .env(try c.string("env", nonEmpty: true)!)
-            case "pgrep":
-                let pattern = try c.string("pgrep", nonEmpty: true)!
-                guard var re = ProcessTable.Regex(pattern) else { throw LuaRaise.usage("\(fn): 'pgrep' is not a valid regular expression: \(pattern)") }
-                re.free()
-                check = .pgrep(pattern)
-            default:
-                check = nil
-            }
-            switch check {
-            case let check?:
-                let o = check.evaluate(environment: ctx.baseEnvironment, loop: ctx.loop)
-                if o.interrupted { throw RecipeEnvironment.abort }
-                target = check.target
-                ok = o.ok
-                detail = o.detail
-            case nil:
-                _ = c.get("check")
-                target = (try c.string("name")) ?? "check \(i)"
-                do {
-                    try l.pcall(nargs: 0, nresults: 2)
-                    ok = l.bool(-2)
-                    detail = l.string(-1) ?? (l.type(-1) == LUA_TNIL ? (ok ? "ok" : "failed") : "(\(l.describeType(-1)))")
-                    l.pop(2)
-                } catch let e as LuaCallError {
-                    if l.abortReason != 0 { l.unref(e.ref); throw RecipeEnvironment.abort }
-                    l.unref(e.ref)
-                    ok = false
-                    detail = "raised: \(e.message)"
-                }
-            }
-            if let label = try c.string("name"), kind != "check" { target = "\(label) (\(target))" }
-            results.append(PreflightRecord.Check(kind: kind, target: target, ok: ok, detail: detail))
-            if !ok { failures.append("\(kind) \(target): \(detail)") }
+            spec.checks.append(try preflightItem(l, i, defaultTimeout: defaultTimeout, refs: &refs))
         }
-        l.pop() // the checks list
-        let allOK = failures.isEmpty
-        ctx.record(.preflight(PreflightRecord(name: name, policy: policy, ok: allOK, dryRun: ctx.dryRun, checks: results)))
-        try checkFatal()
-        let report: JSON = .object([("name", .string(name)), ("policy", .string(policy.rawValue)), ("ok", .bool(allOK)),
-                                    ("checks", .array(results.map(\.json)))])
-        if !allOK {
-            let msg = "preflight '\(name)' failed: " + failures.joined(separator: "; ")
-            if policy == .fail && !ctx.dryRun {
-                throw LuaRaise(msg, status: .preflightFailed, kind: "preflight", extra: { l in l.push(json: report); l.setField(-2, "report") })
-            }
-            progress(Palette.warn("warning:") + " \(msg)\(ctx.dryRun ? " (dry run: not fatal)" : "")")
+        l.pop()                                                        // the checks list
+        let ctx = try requireContext()
+        let report = try core { try ctx.preflight(spec) }
+        if let m = report.failure {
+            progress(Palette.warn("warning:") + " \(m)\(ctx.dryRun ? " (dry run: not fatal)" : "")")
         }
-        l.push(json: report)
+        l.push(json: report.json)
         return 1
+    }
+
+    static let preflightCheckFields = ["path", "cmd", "env", "pgrep", "check", "name", "timeout", "executable", "dir", "cwd"]
+
+    /// checks[i] (on top of the stack) as a check; a `check` function is kept in `refs`.
+    func preflightItem(_ l: LuaState, _ i: Int, defaultTimeout: Double, refs: inout [Int32]) throws -> PreflightItem {
+        let fn = "preflight: checks[\(i)]"
+        guard l.type(-1) == LUA_TTABLE else { throw LuaRaise.usage("\(fn) must be a table, got \(l.describeType(-1))") }
+        let c = SpecTable(nested: l, index: -1, fn: fn)
+        try c.checkKeys(RecipeEnvironment.preflightCheckFields, context: fn)
+        let kinds = ["path", "cmd", "env", "pgrep", "check"].filter { c.has($0) }
+        guard kinds.count == 1 else {
+            let found = kinds.isEmpty ? "none" : kinds.joined(separator: ", ")
+            throw LuaRaise.usage("\(fn) needs exactly one of path, cmd, env, pgrep, check (found \(found))")
+        }
+        let check: PreflightCheck
+        switch kinds[0] {
+        case "path":
+            check = .path(try c.string("path", nonEmpty: true)!, directory: try c.bool("dir") ?? false,
+                          executable: try c.bool("executable") ?? false)
+        case "cmd":
+            check = .command(try c.command("cmd")!, cwd: try c.string("cwd"),
+                             timeout: try c.number("timeout", min: 0.001) ?? defaultTimeout)
+        case "env":
+            check = .env(try c.string("env", nonEmpty: true)!)
+        case "pgrep":
+            let pattern = try c.string("pgrep", nonEmpty: true)!
+            guard var re = ProcessTable.Regex(pattern) else {
+                throw LuaRaise.usage("\(fn): 'pgrep' is not a valid regular expression: \(pattern)")
+            }
+            re.free()
+            check = .pgrep(pattern)
+        default:
+            let ref = try c.function("check")!
+            refs.append(ref)
+            return PreflightItem(.function({ try self.callCheck(l, ref) }), name: try c.string("name"), index: i)
+        }
+        return PreflightItem(.check(check), name: try c.string("name"), index: i)
+    }
+
+    /// A preflight's `check` function: ok and a detail; an error is a failed check (unless
+    /// the run is being aborted).
+    func callCheck(_ l: LuaState, _ ref: Int32) throws -> (ok: Bool, detail: String) {
+        l.pushRef(ref)
+        do { try l.pcall(nargs: 0, nresults: 2) } catch let e as LuaCallError {
+            l.unref(e.ref)
+            if l.abortReason != 0 { throw RecipeEnvironment.abort }
+            return (false, "raised: \(e.message)")
+        }
+        defer { l.pop(2) }
+        let ok = l.bool(-2)
+        return (ok, l.string(-1) ?? (l.type(-1) == LUA_TNIL ? (ok ? "ok" : "failed") : "(\(l.describeType(-1)))"))
     }
 
     // MARK: persistFinal

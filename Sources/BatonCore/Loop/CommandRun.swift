@@ -113,6 +113,13 @@ public final class CommandRun: LoopTask {
         }
     }
 
+    /// Starts `command` as the sub-task of another task (a gate's, a preflight's), which
+    /// forwards `job`, `advance` and `cancel` to it.
+    static func start(_ command: Command, cwd: String?, env: [String: String], timeout: Double?) -> CommandRun {
+        CommandRun(command, cwd: cwd, env: env, stdin: nil, timeout: timeout, grace: 2, outputLimit: 16 << 20,
+                   output: nil, executor: LocalExecutor())
+    }
+
     /// Runs `command` to its end on `loop` (every other task goes on meanwhile).
     public static func run(_ command: Command, cwd: String? = nil, env: [String: String]? = nil, stdin: String? = nil,
                            timeout: Double? = nil, grace: Double = 2, outputLimit: Int = 16 << 20,

@@ -26,10 +26,14 @@ public final class FileWatcher {
         }
     }
 
-    public func drain() {
-        guard fd >= 0 else { return }
+    /// Reads every pending event; true if there was any.
+    @discardableResult
+    public func drain() -> Bool {
+        guard fd >= 0 else { return false }
         var buf = [UInt8](repeating: 0, count: 8192)
-        while read(fd, &buf, buf.count) > 0 {}
+        var any = false
+        while read(fd, &buf, buf.count) > 0 { any = true }
+        return any
     }
 }
 
@@ -127,70 +131,4 @@ public enum WatchTargetOutcome: Equatable {
     case exited(exit: Int32?, signal: Int32?, detail: String)
     case timedOut
     case interrupted
-}
-
-extension RunContext {
-    /// Waits for a process (not necessarily our child) to exit, via pidfd.
-    public func waitForPid(_ pid: pid_t, timeout: Double, label: WaitLabel, heartbeatEvery: Double,
-                           stopIf: () -> Bool = { false }) -> WatchTargetOutcome {
-        let pfd = baton_pidfd_open(pid)
-        if pfd < 0 { return .exited(exit: nil, signal: nil, detail: "process \(pid) is not running") }
-        defer { close(pfd) }
-        var gone = false
-        let r = loop.wait(label, deadline: Clock.monotonic() + timeout, fds: [pfd], heartbeatEvery: heartbeatEvery,
-                          onReadable: { _ in gone = true }) { gone || stopIf() }
-        switch r {
-        case .satisfied where !gone: return .timedOut
-        case .satisfied:
-            var st: Int32 = 0
-            if waitpid(pid, &st, WNOHANG) == pid {
-                switch Termination(waitStatus: st) {
-                case let .exited(c): return .exited(exit: c, signal: nil, detail: "process \(pid) exited with code \(c)")
-                case let .signaled(s): return .exited(exit: nil, signal: s, detail: "process \(pid) was killed by signal \(s)")
-                }
-            }
-            return .exited(exit: nil, signal: nil, detail: "process \(pid) exited")
-        case .deadline: return .timedOut
-        case .interrupted: return .interrupted
-        }
-    }
-
-    /// Waits until no process (outside Baton's tree) matches `pattern`.
-    public func waitForPattern(_ pattern: String, timeout: Double, poll: Double, label: WaitLabel,
-                               heartbeatEvery: Double, stopIf: () -> Bool = { false }) -> WatchTargetOutcome {
-        var last: [pid_t] = ProcessTable.matching(pattern) ?? []
-        let first = last
-        let r = loop.wait(label, deadline: Clock.monotonic() + timeout, heartbeatEvery: heartbeatEvery, pollEvery: poll) {
-            last = ProcessTable.matching(pattern) ?? []
-            return last.isEmpty || stopIf()
-        }
-        switch r {
-        case .satisfied where !last.isEmpty: return .timedOut
-        case .satisfied:
-            return .exited(exit: nil, signal: nil, detail: first.isEmpty ? "no process matches '\(pattern)'"
-                           : "no process matches '\(pattern)' any more (was \(first.map(String.init).joined(separator: ", ")))")
-        case .deadline: return .timedOut
-        case .interrupted: return .interrupted
-        }
-    }
-
-    /// Waits until every path exists and is non-empty (`nonEmpty`) or exists. Returns the
-    /// paths still missing when the deadline passed (empty: all there), nil if interrupted.
-    /// `stopIf` ends the wait early (the job that should write them failed).
-    public func waitForFiles(_ paths: [String], timeout: Double, poll: Double, nonEmpty: Bool,
-                             label: WaitLabel?, heartbeatEvery: Double, stopIf: () -> Bool = { false }) -> [String]? {
-        let watcher = FileWatcher()
-        func missing() -> [String] { paths.filter { nonEmpty ? (FileIO.size($0) ?? 0) == 0 : !FileIO.exists($0) } }
-        var left = missing()
-        if left.isEmpty { return [] }
-        watcher.arm(for: left)
-        let r = loop.wait(label, deadline: Clock.monotonic() + timeout, fds: watcher.fd >= 0 ? [watcher.fd] : [],
-                          heartbeatEvery: heartbeatEvery, pollEvery: poll, onReadable: { _ in watcher.drain() }) {
-            left = missing()
-            if !left.isEmpty { watcher.arm(for: left) }
-            return left.isEmpty || stopIf()
-        }
-        if r == .interrupted { return nil }
-        return missing()
-    }
 }
