@@ -17,74 +17,115 @@ public struct ReportTrace {
     func dur(_ a: Double, _ b: Double) -> JSON { .int(max(0, Int64(((b - a) * 1_000_000).rounded()))) }
 
     public func json() -> JSON {
+        let b = Events(self)
+        b.meta("process_name", tid: nil, [("name", .string("baton run \(t.runID)"))])
+        runThread(b)
+        sideThread(b)
+        watchThreads(b)
+        stageThreads(b)
+        return .object([("traceEvents", .array(b.ev)), ("displayTimeUnit", .string("ms")),
+                        ("otherData", .object([("run", .string(t.runID)), ("start", .string(Clock.rfc3339(t.firstTs)))]))])
+    }
+
+    /// The events as they are added.
+    final class Events {
+        let trace: ReportTrace
         var ev: [JSON] = []
-        ev.reserveCapacity(t.attempts.count + 64)
+
+        init(_ trace: ReportTrace) {
+            self.trace = trace
+            ev.reserveCapacity(trace.t.attempts.count + 64)
+        }
+
         func meta(_ name: String, tid: Int?, _ args: [(String, JSON)]) {
             var o: [(String, JSON)] = [("name", .string(name)), ("ph", .string("M")), ("pid", .int(1))]
             if let tid { o.append(("tid", .int(Int64(tid)))) }
             o.append(("args", .object(args)))
             ev.append(.object(o))
         }
+
         func thread(_ tid: Int, _ name: String) {
             meta("thread_name", tid: tid, [("name", .string(name))])
             meta("thread_sort_index", tid: tid, [("sort_index", .int(Int64(tid)))])
         }
+
         func complete(_ name: String, cat: String, tid: Int, _ a: Double, _ b: Double, _ args: [(String, JSON)]) {
-            ev.append(.object([("name", .string(name)), ("cat", .string(cat)), ("ph", .string("X")), ("ts", us(a)),
-                               ("dur", dur(a, b)), ("pid", .int(1)), ("tid", .int(Int64(tid))), ("args", .object(args))]))
+            ev.append(.object([("name", .string(name)), ("cat", .string(cat)), ("ph", .string("X")), ("ts", trace.us(a)),
+                               ("dur", trace.dur(a, b)), ("pid", .int(1)), ("tid", .int(Int64(tid))),
+                               ("args", .object(args))]))
         }
+
         func instant(_ name: String, cat: String, tid: Int, _ ts: Double, _ args: [(String, JSON)]) {
             ev.append(.object([("name", .string(name)), ("cat", .string(cat)), ("ph", .string("i")), ("s", .string("t")),
-                               ("ts", us(ts)), ("pid", .int(1)), ("tid", .int(Int64(tid))), ("args", .object(args))]))
+                               ("ts", trace.us(ts)), ("pid", .int(1)), ("tid", .int(Int64(tid))),
+                               ("args", .object(args))]))
         }
-        meta("process_name", tid: nil, [("name", .string("baton run \(t.runID)"))])
-        thread(1, "run")
+    }
+
+    /// Thread 1: each life of the run, its replays, stalls, the final event.
+    func runThread(_ b: Events) {
+        b.thread(1, "run")
         for (i, l) in t.lives.enumerated() {
             let end = i + 1 < t.lives.count ? l.last : t.lastTs
-            complete(i == 0 ? "run" : "resume \(i)", cat: "life", tid: 1, l.start, end,
-                     [("pid", .int(Int64(l.began.pid))), ("host", .string(l.began.host)), ("recipe", .string(l.began.recipe))])
+            b.complete(i == 0 ? "run" : "resume \(i)", cat: "life", tid: 1, l.start, end,
+                       [("pid", .int(Int64(l.began.pid))), ("host", .string(l.began.host)),
+                        ("recipe", .string(l.began.recipe))])
             let replays = t.decisions(inLife: i).filter(\.why.replayed)
             if !replays.isEmpty {
-                instant("replayed \(replays.count) stage calls", cat: "resume", tid: 1, replays[0].ts, [("count", .int(Int64(replays.count)))])
+                b.instant("replayed \(replays.count) stage calls", cat: "resume", tid: 1, replays[0].ts,
+                          [("count", .int(Int64(replays.count)))])
             }
         }
-        for s in t.stalls { complete("stall", cat: "stall", tid: 1, s.start, s.end, []) }
+        for s in t.stalls { b.complete("stall", cat: "stall", tid: 1, s.start, s.end, []) }
         if let f = t.final {
-            instant("final: \(f.record.status)", cat: "final", tid: 1, f.ts,
-                    [("exit_code", .int(Int64(f.record.exitCode))), ("reason", f.record.reason.map(JSON.string) ?? .null)])
+            b.instant("final: \(f.record.status)", cat: "final", tid: 1, f.ts,
+                      [("exit_code", .int(Int64(f.record.exitCode))), ("reason", f.record.reason.map(JSON.string) ?? .null)])
         }
-        if !t.gates.isEmpty || !t.preflights.isEmpty || !t.commands.isEmpty { thread(2, "gates, preflights and commands") }
+    }
+
+    /// Thread 2: gates, preflights and commands.
+    func sideThread(_ b: Events) {
+        if !t.gates.isEmpty || !t.preflights.isEmpty || !t.commands.isEmpty { b.thread(2, "gates, preflights and commands") }
         for m in t.commands {
             let c = m.record
-            complete(c.command.display, cat: "command," + c.via, tid: 2, m.ts - Double(c.durationMs) / 1000, m.ts,
-                     [("exit", c.exit.map { .int(Int64($0)) } ?? .null), ("timed_out", .bool(c.timedOut))])
+            b.complete(c.command.display, cat: "command," + c.via, tid: 2, m.ts - Double(c.durationMs) / 1000, m.ts,
+                       [("exit", c.exit.map { .int(Int64($0)) } ?? .null), ("timed_out", .bool(c.timedOut))])
         }
         for m in t.gates {
             let g = m.record
-            instant("gate \(g.name) \(g.iteration)/\(g.max) \(g.approved ? "approved" : "rejected")", cat: "gate", tid: 2, m.ts,
-                    [("approved", .bool(g.approved)), ("issues", g.issues), ("fallback_used", .bool(g.fallbackUsed))])
+            b.instant("gate \(g.name) \(g.iteration)/\(g.max) \(g.approved ? "approved" : "rejected")", cat: "gate", tid: 2,
+                      m.ts, [("approved", .bool(g.approved)), ("issues", g.issues), ("fallback_used", .bool(g.fallbackUsed))])
         }
         for m in t.preflights {
-            instant("preflight \(m.record.name) \(m.record.ok ? "ok" : "failed")", cat: "preflight", tid: 2, m.ts,
-                    [("policy", .string(m.record.policy.rawValue)), ("checks", .array(m.record.checks.map(\.json)))])
+            b.instant("preflight \(m.record.name) \(m.record.ok ? "ok" : "failed")", cat: "preflight", tid: 2, m.ts,
+                      [("policy", .string(m.record.policy.rawValue)), ("checks", .array(m.record.checks.map(\.json)))])
         }
+    }
+
+    /// Threads 3...: one per watch, its phases.
+    func watchThreads(_ b: Events) {
         var watchTid: [String: Int] = [:]
         for p in t.watchPhases {
             let tid: Int
             if let w = watchTid[p.id] { tid = w } else {
                 tid = 3 + watchTid.count
                 watchTid[p.id] = tid
-                thread(tid, "watch \(p.id)")
+                b.thread(tid, "watch \(p.id)")
             }
-            complete(p.state.rawValue, cat: "watch", tid: tid, p.start, p.end ?? t.lastTs, [("reason", .string(p.reason))])
+            b.complete(p.state.rawValue, cat: "watch", tid: tid, p.start, p.end ?? t.lastTs, [("reason", .string(p.reason))])
         }
-        for l in 0..<t.laneCount { thread(ReportTrace.laneBase + l, "stages \(l + 1)") }
+    }
+
+    /// Threads 100...: one per lane, its stage attempts and the backoff between them.
+    func stageThreads(_ b: Events) {
+        for l in 0..<t.laneCount { b.thread(ReportTrace.laneBase + l, "stages \(l + 1)") }
         var lastOfCall: [String: Int] = [:]
         for (i, a) in t.attempts.enumerated() {
             let tid = ReportTrace.laneBase + t.lanes[i]
             let callKey = "\(a.life)\u{1}\(a.key)"
             if let p = lastOfCall[callKey] {
-                complete("backoff", cat: "backoff", tid: tid, t.end(of: t.attempts[p]), a.start, [("before_attempt", .int(Int64(a.attempt)))])
+                b.complete("backoff", cat: "backoff", tid: tid, t.end(of: t.attempts[p]), a.start,
+                           [("before_attempt", .int(Int64(a.attempt)))])
             }
             lastOfCall[callKey] = i
             var args: [(String, JSON)] = [("id", .string(a.key.id)), ("occurrence", .int(Int64(a.key.occurrence))),
@@ -95,10 +136,8 @@ public struct ReportTrace {
                 if let m = f.message { args.append(("message", .string(m))) }
             }
             if let p = a.pid { args.append(("pid", .int(Int64(p)))) }
-            complete(a.key.description, cat: "stage," + a.status.rawValue, tid: tid, a.start, t.end(of: a), args)
+            b.complete(a.key.description, cat: "stage," + a.status.rawValue, tid: tid, a.start, t.end(of: a), args)
         }
-        return .object([("traceEvents", .array(ev)), ("displayTimeUnit", .string("ms")),
-                        ("otherData", .object([("run", .string(t.runID)), ("start", .string(Clock.rfc3339(t.firstTs)))]))])
     }
 }
 
