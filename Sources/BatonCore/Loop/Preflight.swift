@@ -124,6 +124,7 @@ extension RunContext {
     public func preflight(_ spec: PreflightSpec) throws -> PreflightReport {
         let exec = PreflightExecution(spec: spec, context: self)
         try drive(exec)
+        if exec.cancelled { throw LoopInterrupted() }   // (its command was ended: the run is stopping)
         let ok = exec.failures.isEmpty
         record(.preflight(PreflightRecord(name: spec.name, policy: spec.policy, ok: ok, dryRun: dryRun, checks: exec.results)))
         try checkFatal()
