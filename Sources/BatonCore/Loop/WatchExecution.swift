@@ -210,8 +210,8 @@ final class WatchExecution: CallerTask {
         case let .pattern(p):
             if now >= nextPoll {
                 nextPoll = now + min(spec.readyPoll, 1)
-                let now = ProcessTable.matching(p) ?? []
-                if now.isEmpty {
+                let matches = ProcessTable.matching(p) ?? []
+                if matches.isEmpty {
                     let was = firstMatches.map(String.init).joined(separator: ", ")
                     return .exited(exit: nil, signal: nil, detail: firstMatches.isEmpty ? "no process matches '\(p)'"
                                    : "no process matches '\(p)' any more (was \(was))")
