@@ -134,6 +134,7 @@ extension Interactive {
             // A live run: its control socket, so lines run inside it.
             var why: String?
             if let session = AttachSession.connect(dir, why: &why) {
+                session.leaveOnResume = leaveOnResume
                 remote = session
                 attached = dir.id
                 say(session.greeting)

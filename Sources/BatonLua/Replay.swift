@@ -1,0 +1,273 @@
+import BatonBase
+import BatonCore
+import CLua
+import Glibc
+import LuaKit
+
+/// `baton debug`: a run's recipe replayed against its journal. Every primitive returns what
+/// the journal recorded, in order, and nothing executes: stages, commands and file writes are
+/// answered or skipped (the Lua prelude below replaces the helpers that act on the world).
+/// A call the journal does not have stops the replay there. The replay stops, and opens the
+/// attach prompt in the recipe's frame, before the call `--at` names, at the call that
+/// failed, on `:next` at every call, and at the end.
+public final class Replayer {
+    public let dir: RunDirectory
+    let history: RunHistory
+    /// `--at ID` (a stage id or a glob).
+    public var stopAt: String?
+    /// Runs the prompt at a stop; returns when the user goes on (or input ends: `quit`).
+    public var onStop: (_ greeting: String) -> Void = { _ in }
+    var occurrences: [String: Int] = [:]
+    var commands: [String: [CommandRecord]] = [:]
+    var skipped: [String: Int] = [:]
+    /// `:next`: stop at the next primitive call.
+    var stepping = false
+    /// Input ended at a stop: the replay ends.
+    public var quit = false
+    var action: ControlOp?
+    /// What the replay did, in order (`:stages`).
+    var done: [String] = []
+    /// The stop in progress (`:where` and the greeting).
+    var stopText = ""
+    /// Why the replay ended before the recipe did (a call the journal lacks, the failing call).
+    public private(set) var endedBy: String?
+
+    public init(dir: RunDirectory, history: RunHistory, events: [JournalEvent]) {
+        self.dir = dir
+        self.history = history
+        for e in events {
+            if case let .command(c) = e.body { commands[c.via, default: []].append(c) }
+            if case let .notRun(n) = e.body, n.via == "runStage" { skipped[n.target, default: 0] += 1 }
+        }
+    }
+
+    struct Stopped: Error {}
+
+    /// Opens the prompt here (the recipe's frame is the caller's).
+    func stop(_ text: String) throws {
+        if quit { throw RecipeEnvironment.abort }
+        stopText = text
+        action = nil
+        onStop(text)
+        stepping = action == .next
+        if quit { throw RecipeEnvironment.abort }
+    }
+
+    /// Ends the replay where it is, after a last stop: the journal has nothing more to give.
+    func end(_ why: String) throws -> Never {
+        endedBy = why
+        try stop("the replay stops here: \(why)")
+        throw LuaRaise("replay ended: \(why)", kind: "replay")
+    }
+
+    func breakpoint(_ l: LuaState, why: String) throws {
+        if stepping { try stop("baton.breakpoint(\"\(why)\") at \(l.recipeLine())") }
+    }
+
+    /// A primitive call in the replay.
+    func call(_ name: String, _ l: LuaState, env: RecipeEnvironment) throws -> Int32 {
+        let line = l.recipeLine()
+        switch name {
+        case "runStage":
+            guard let id = RecipeEnvironment.rawString(l, 1, "id") else { throw LuaRaise.usage("runStage: field 'id' is required") }
+            if RecipeEnvironment.rawBool(l, 1, "background") {
+                try end("runStage '\(id)' at \(line) is a background stage (or in parallel): the replay does not follow those yet")
+            }
+            let occ = (occurrences[id] ?? 0) + 1
+            let key = StageKey(id: id, occurrence: occ)
+            let what = "runStage '\(id)'" + (occ > 1 ? " #\(occ)" : "") + " at \(line)"
+            let at = stopAt.map { fnmatch($0, id, 0) == 0 } ?? false
+            guard let rec = history.stages.first(where: { $0.key == key }) else {
+                if let n = skipped[id], n > 0 {
+                    skipped[id] = n - 1
+                    if at || stepping { try stop("before \(what) (skipped at a breakpoint in the run)") }
+                    done.append("  skipped  \(id)")
+                    l.newTable()
+                    l.setFields([("id", .string(id)), ("skipped", .bool(true))])
+                    return 1
+                }
+                try end("the journal has no call \(what)")
+            }
+            occurrences[id] = occ
+            guard case let .ended(status) = rec.status, let f = rec.finished else {
+                try end("\(what) never finished in the run (\(rec.status))")
+            }
+            var r = StageResult(id: id, occurrence: occ, status: status, attempts: f.attempt, duration: Double(f.durationMs) / 1000, logs: f.logs)
+            r.exit = f.exit; r.signal = f.signal; r.failureClass = f.failureClass; r.signature = f.signature
+            r.message = f.message; r.breakerOpen = f.breakerOpen; r.replayed = true
+            let failing = !r.ok && !RecipeEnvironment.rawBool(l, 1, "allowFail")
+            if failing {
+                r.readTails()
+                endedBy = "\(what) failed in the run: \(r.summary)"
+                try stop("at the failing call \(what): \(r.summary)")
+                done.append("  \(status)  \(id)")
+                throw LuaRaise(r.summary, status: .failure, kind: "stage", extra: { l in env.pushResult(l, r); l.setField(-2, "result") })
+            }
+            if at || stepping { try stop("before \(what) (it \(status) in the run)") }
+            done.append("  \(status)  \(id)")
+            env.pushResult(l, r)
+            return 1
+        case "persistFinal":
+            if stepping { try stop("before persistFinal at \(line) (not written in a replay)") }
+            return 0
+        default:
+            // watch, gate, preflight: what they return is not journaled whole yet.
+            try end("\(name) at \(line): the replay does not answer \(name) yet")
+        }
+    }
+
+    /// A command the recipe ran (baton.sh, os.execute): ok and exit as journaled.
+    func command(_ l: LuaState) throws -> Int32 {
+        let via = l.string(1) ?? ""
+        let line = l.recipeLine()
+        guard var list = commands[via], !list.isEmpty else { try end("the journal has no more \(via) commands (at \(line))") }
+        let c = list.removeFirst()
+        commands[via] = list
+        if stepping { try stop("before \(via) '\(c.command.display.prefix(80))' at \(line)") }
+        done.append("  \(via)  \(c.command.display.prefix(60))  exit \(c.exit.map(String.init) ?? "-")")
+        l.push(c.exit == 0 && !c.timedOut && c.signal == nil)
+        l.push(Int(c.exit ?? -1))
+        l.push(c.command.display)
+        return 3
+    }
+
+    /// The prompt's requests during a replay.
+    func answer(_ op: ControlOp, _ req: JSON, server: ControlServer) -> JSON? {
+        func reply(_ ok: Bool, _ text: String) -> JSON { .object([("ok", .bool(ok)), ("text", .string(text))]) }
+        switch op {
+        case .hello:
+            return .object([("ok", .bool(true)), ("run", .string(dir.id)),
+                            ("text", .string("replay of run \(dir.id): stopped \(stopText)\n\(server.describe())\n"
+                                             + ":next goes to the next primitive call, :continue to the next stop, :where, :stages; nothing runs"))])
+        case .continue:
+            action = .continue
+            return reply(true, "")
+        case .next, .step:
+            action = .next
+            return reply(true, "")
+        case .where:
+            return reply(true, server.whereText())
+        case .stages:
+            return reply(true, done.isEmpty ? "no calls replayed yet" : "replayed so far:\n" + done.joined(separator: "\n"))
+        case .eval, .complete:
+            return nil
+        case .pauseState:
+            return .object([("ok", .bool(true)), ("paused", .bool(true))])
+        default:
+            return reply(false, "not in a replay (baton debug replays; nothing in it can change the run)")
+        }
+    }
+
+    /// Replaces what acts on the world: commands answer from the journal, writes do nothing.
+    static let prelude = """
+        local command = ...
+        local function fake_file()
+          local f = {}
+          function f.write(self) return self end
+          function f.close() return true end
+          function f.flush() return true end
+          function f.setvbuf() return true end
+          function f.seek() return 0 end
+          function f.lines() return function() return nil end end
+          function f.read() return nil end
+          return f
+        end
+        local open = io.open
+        io.open = function(path, mode)
+          if mode and mode:find("[wa+]") then return fake_file() end
+          return open(path, mode)
+        end
+        io.popen = function() error("io.popen: not run in a replay", 2) end
+        io.output = function() return io.stdout end
+        os.remove = function() return true end
+        os.rename = function() return true end
+        os.execute = function(cmd)
+          if cmd == nil then return true end
+          local ok, code = command("os.execute")
+          return ok or nil, "exit", code
+        end
+        baton.sh = function(cmd, opts)
+          local ok, code, text = command("baton.sh")
+          if type(opts) == "table" and opts.allowFail then return "", ok, code, "" end
+          if not ok then error("baton.sh: '" .. text .. "' failed: exit " .. code .. " (in the run; replayed)", 2) end
+          return ""
+        end
+        baton.sleep = function() end
+        baton.fs.write = function() end
+        baton.fs.append = function() end
+        baton.fs.mkdir = function() end
+        """
+
+    /// Runs the replay of `dir`'s recipe (its kept text) in a fresh environment whose run
+    /// lives in a temporary directory (removed after). Returns the recipe's ending.
+    public static func run(_ r: Replayer, recipe: String, text: [UInt8], args: [String], modulesDir: String?) -> Ending {
+        let env = RecipeEnvironment(memoryLimit: RunOptions.defaultMemoryLimit, output: OutputOptions())
+        var template = Array("/tmp/baton-debug-XXXXXX".utf8CString)
+        guard let tmp = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }).map({ String(cString: $0) }) else {
+            return Ending(status: .failed, exit: .failure, reason: "cannot make a temporary directory")
+        }
+        defer { _ = try? FileIO.removeTree(tmp) }
+        let ctx: RunContext
+        do {
+            ctx = try RunContext.start(store: RunStore(root: tmp), id: "replay", recipe: recipe, recipeText: text, args: args, dryRun: false)
+        } catch { return Ending(status: .failed, exit: .failure, reason: "cannot start the replay: \(error)") }
+        env.context = ctx
+        env.debugger.replay = r
+        env.setArguments(recipe: recipe, words: args)
+        env.setRequirePaths(recipeDir: FileIO.dirname(FileIO.absolute(recipe)))
+        if let m = modulesDir, FileIO.isDirectory(m) {
+            _ = env.lua.getGlobal("package")
+            _ = env.lua.rawGetField(-1, "path")
+            let path = env.lua.string(-1) ?? ""
+            env.lua.pop()
+            env.lua.push("\(m)/?.lua;" + path)
+            env.lua.setField(-2, "path")
+            env.lua.pop()
+        }
+        let server = ControlServer.local(env: env, ctx: ctx)
+        r.server = server
+        do {
+            try env.lua.load(Array(prelude.utf8), name: "=baton.replay")
+            env.lua.pushFunction("baton.replayCommand") { [unowned r] l in try r.command(l) }
+            try env.lua.pcall(nargs: 1, nresults: 0)
+        } catch { return Ending(status: .failed, exit: .failure, reason: "cannot start the replay: \(error)") }
+        let ending = RecipeRunner.evaluate(env: env, recipe: recipe, text: text, readError: nil)
+        if r.endedBy == nil, !r.quit {
+            r.stopText = "at the end of the recipe (" + (ending.status == .succeeded ? "it returned" : "\(ending.status): \(ending.reason ?? "")") + "); its locals are gone, its globals remain"
+            r.onStop(r.stopText)
+        }
+        _ = ctx.finish(status: ending.status, exitCode: ending.code, reason: ending.reason)
+        return ending
+    }
+
+    /// The prompt's way in: the same requests a live run's control socket answers.
+    public private(set) var server: ControlServer?
+    public func request(_ req: JSON) -> JSON {
+        server?.request(req) ?? .object([("ok", .bool(false)), ("text", .string("the replay has no prompt"))])
+    }
+}
+
+extension ControlServer {
+    /// A control server with no socket: the replay's prompt calls it directly.
+    static func local(env: RecipeEnvironment, ctx: RunContext) -> ControlServer? {
+        let server = ControlServer(env: env, ctx: ctx, fd: -1, path: "")
+        let lua = env.lua
+        let base = lua.top
+        do {
+            try lua.load(Array(ControlLua.source.utf8), name: "=baton.control")
+            try lua.pcall(nargs: 0, nresults: 3)
+            server.completeRef = lua.ref()
+            server.describeRef = lua.ref()
+            server.evalRef = lua.ref()
+        } catch {
+            lua.top = base
+            return nil
+        }
+        return server
+    }
+
+    /// One request, answered in this process (as if from the socket, by this user).
+    public func request(_ req: JSON) -> JSON {
+        answer(req, Peer(uid: getuid(), pid: getpid(), user: ControlServer.userName(getuid())))
+    }
+}
