@@ -142,7 +142,7 @@ public enum Render {
         case let .notRun(n):
             detail = "\(n.via) \(n.target.prefix(120)) (\(n.reason))"
         case let .control(c):
-            detail = "\(c.op) \(c.target.prefix(80).split(separator: "\n").joined(separator: " ⏎ ")) by \(c.user) (uid \(c.uid), pid \(c.pid)): \(c.ok ? "" : "FAILED ")\(c.result.prefix(120))"
+            detail = "\(c.op.rawValue) \(c.target.prefix(80).split(separator: "\n").joined(separator: " ⏎ ")) by \(c.user) (uid \(c.uid), pid \(c.pid)): \(c.ok ? "" : "FAILED ")\(c.result.prefix(120))"
         case let .paused(p):
             detail = p.text
         case let .resumedFromPause(r):

@@ -25,6 +25,8 @@ public final class Replayer {
     /// Input ended at a stop: the replay ends.
     public var quit = false
     var action: ControlOp?
+    /// The prompt at a stop ended with :next or :continue (not by leaving).
+    public var goesOn: Bool { action != nil }
     /// What the replay did, in order (`:stages`).
     var done: [String] = []
     /// The stop in progress (`:where` and the greeting).

@@ -111,7 +111,9 @@ final class AttachSession {
         return s
     }
 
-    var prompt: String { pending.isEmpty ? "\(dir.id)> " : ">> " }
+    /// What the prompt says before `> ` (the run's id; the replay debugger's own).
+    var promptName: String?
+    var prompt: String { pending.isEmpty ? "\(promptName ?? dir.id)> " : ">> " }
 
     /// One line, typed or piped. Returns whether the session goes on (not after `:detach`
     /// or when the run is gone).
