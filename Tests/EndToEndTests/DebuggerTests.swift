@@ -1,0 +1,252 @@
+import Foundation
+import Testing
+
+/// Breakpoints in a live run, and the replay debugger (issue 26): the real binary, piped
+/// stdin and a tmux terminal.
+@Suite(.serialized) struct BreakpointTests {
+    static let deploy = """
+        local target = "staging"
+        runStage{id = "build", cmd = "echo build"}
+        runStage{id = "deploy", cmd = "echo deploying"}
+        return {target = target}
+        """
+
+    /// Starts `recipe` detached with `flags` and waits until `status --json` says paused.
+    static func paused(_ name: String, _ recipe: String, _ flags: [String]) throws -> (dir: String, run: String) {
+        let d = Harness.tempDir(name)
+        Harness.write(d + "/r.lua", recipe)
+        let start = try Harness.run(["run", "--detach"] + flags + ["r.lua"], cwd: d)
+        #expect(start.code == 0, "\(start.stderr)")
+        let run = Harness.latestRun(d)!
+        #expect(waitPaused(d), "never paused: \(Harness.read(run + "/run.out") ?? "")")
+        return (d, run)
+    }
+
+    static func waitPaused(_ d: String) -> Bool {
+        Harness.waitFor(20) {
+            let s = (try? Harness.run(["status", "--json"], cwd: d))?.stdout ?? ""
+            guard let j = try? JSONSerialization.jsonObject(with: Data(s.utf8)) as? [String: Any] else { return false }
+            return j["paused"] is [String: Any]
+        }
+    }
+
+    static func result(_ run: String) -> [String: Any] {
+        #expect(Harness.waitFor(20) { Harness.final(run)?["status"] as? String != "running" && Harness.final(run) != nil })
+        return Harness.final(run)?["result"] as? [String: Any] ?? [:]
+    }
+
+    @Test func pausedBeforeDeployALocalChangedAtThePromptIsWhatTheRecipeReturns() throws {
+        let (d, run) = try Self.paused("brk-deploy", Self.deploy, ["--break", "dep*"])
+        let status = try Harness.run(["status"], cwd: d).stdout
+        #expect(status.contains("PAUSED   before stage deploy (--break dep*) at r.lua:3 for "), "\(status)")
+        let a = try Harness.run(["attach"], cwd: d, stdin: "return target\ntarget = \"prod\"\n:continue\n")
+        #expect(a.code == 0, "\(a.stderr)")
+        #expect(a.stdout.contains("\"staging\""), "\(a.stdout)")
+        #expect(Self.result(run)["target"] as? String == "prod")
+        let events = Harness.journal(run)
+        let p = Harness.events(events, type: "paused")
+        #expect(p.count == 1 && p[0]["where"] as? String == "before stage deploy" && p[0]["stage"] as? String == "deploy"
+                && p[0]["line"] as? String == "r.lua:3", "\(p)")
+        let r = Harness.events(events, type: "resumed_from_pause")
+        #expect(r.count == 1 && r[0]["how"] as? String == "continue", "\(r)")
+        let ops = Harness.events(events, type: "control").compactMap { $0["op"] as? String }
+        #expect(ops == ["eval", "eval", "continue"], "\(ops)")
+        #expect(Harness.events(events, type: "stage_finished").compactMap { $0["id"] as? String } == ["build", "deploy"])
+    }
+
+    @Test func stepRunsOneStageAtATimeAndSkipSkipsTheStage() throws {
+        let (d, run) = try Self.paused("brk-step", """
+            local n = 0
+            runStage{id = "a", cmd = "echo a"}
+            n = n + 1
+            runStage{id = "b", cmd = "echo b"}
+            n = n + 1
+            local d = runStage{id = "deploy", cmd = "echo deploy >> side.txt"}
+            return {n = n, skipped = d.skipped == true, id = d.id}
+            """, ["--break", "a", "--break", "deploy"])
+        let a = try Harness.run(["attach"], cwd: d, stdin: ":step\nreturn n\n:step\nreturn n\n:where\n:continue\n")
+        #expect(a.code == 0, "\(a.stderr)")
+        #expect(a.stdout.contains("paused after runStage 'a' (:step) at r.lua:2\n0\n"), "\(a.stdout)")
+        #expect(a.stdout.contains("paused after runStage 'b' (:step) at r.lua:4\n1\n"), "\(a.stdout)")
+        #expect(a.stdout.contains("r.lua:4: in main chunk"), "\(a.stdout)")
+        #expect(Self.waitPaused(d))
+        let s = try Harness.run(["attach"], cwd: d, stdin: ":skip\n")
+        #expect(s.code == 0 && s.stdout.contains("stage 'deploy' is skipped"), "\(s.stdout) \(s.stderr)")
+        let result = Self.result(run)
+        #expect(result["n"] as? Int == 2 && result["skipped"] as? Bool == true && result["id"] as? String == "deploy", "\(result)")
+        #expect(!FileManager.default.fileExists(atPath: d + "/side.txt"))
+        let events = Harness.journal(run)
+        #expect(Harness.events(events, type: "resumed_from_pause").compactMap { $0["how"] as? String } == ["step", "step", "continue", "skip"])
+        #expect(Harness.events(events, type: "not_run").contains { $0["via"] as? String == "runStage" && $0["target"] as? String == "deploy" })
+        #expect(Harness.events(events, type: "control").compactMap { $0["op"] as? String }.contains("skip_stage"))
+    }
+
+    @Test func breakpointFunctionAndBreaksChangedAtThePrompt() throws {
+        let (d, run) = try Self.paused("brk-fn", """
+            local ready = false
+            baton.breakpoint("check the inputs")
+            runStage{id = "b1", cmd = "true"}
+            runStage{id = "b2", cmd = "true"}
+            return {ready = ready}
+            """, [])
+        let status = try Harness.run(["status"], cwd: d).stdout
+        #expect(status.contains("PAUSED   baton.breakpoint (check the inputs) at r.lua:2"), "\(status)")
+        let a = try Harness.run(["attach"], cwd: d, stdin: ":break b*\n:breaks\n:unbreak nope\nready = true\n:continue\n")
+        #expect(a.stdout.contains("breakpoints: b*"), "\(a.stdout)")
+        #expect(a.stderr.contains("no breakpoint 'nope'"), "\(a.stderr)")
+        #expect(Self.waitPaused(d))
+        let b = try Harness.run(["attach"], cwd: d, stdin: ":unbreak b*\n:continue\n")
+        #expect(b.code == 0, "\(b.stderr)")
+        #expect(Self.result(run)["ready"] as? Bool == true)
+        let p = Harness.events(Harness.journal(run), type: "paused").compactMap { $0["where"] as? String }
+        #expect(p == ["baton.breakpoint", "before stage b1"], "\(p)")
+    }
+
+    @Test func nobodyAttachedTheBreakTimeoutLetsItGoOnAndTheBudgetDoesNotCountThePause() throws {
+        let d = Harness.tempDir("brk-timeout")
+        Harness.write(d + "/r.lua", Self.deploy)
+        let r = try Harness.run(["run", "--break", "deploy", "--break-timeout", "3s", "--budget", "2s", "r.lua"], cwd: d, stdin: "")
+        #expect(r.code == 0, "\(r.stderr)")
+        #expect(r.stderr.contains("paused before stage deploy (--break deploy) at r.lua:3"), "\(r.stderr)")
+        #expect(r.stderr.contains("nobody attached within --break-timeout 3.0s: it goes on"), "\(r.stderr)")
+        let run = Harness.latestRun(d)!
+        let resumed = Harness.events(Harness.journal(run), type: "resumed_from_pause")
+        #expect(resumed.count == 1 && resumed[0]["how"] as? String == "timeout" && (resumed[0]["paused_ms"] as? Int ?? 0) >= 2900, "\(resumed)")
+        #expect(Harness.final(run)?["status"] as? String == "succeeded")
+    }
+
+    @Test func aPausedRunIsCancelled() throws {
+        let (d, run) = try Self.paused("brk-cancel", Self.deploy, ["--break", "deploy"])
+        let c = try Harness.run(["cancel"], cwd: d)
+        #expect(c.code == 0, "\(c.stderr)")
+        #expect(Harness.waitFor(10) { Harness.final(run)?["status"] as? String == "cancelled" })
+        #expect(!Harness.events(Harness.journal(run), type: "stage_finished").contains { $0["id"] as? String == "deploy" })
+    }
+
+    @Test func onATerminalThePromptOpensByItself() throws {
+        let d = Harness.tempDir("brk-tty")
+        Harness.write(d + "/r.lua", Self.deploy)
+        let pane = try Pane("brk-tty", cwd: d, args: ["run", "--break", "deploy", "r.lua"])
+        defer { pane.kill() }
+        #expect(pane.waitFor("PAUSED before stage deploy (--break deploy) at r.lua:3"), "\(pane.screen())")
+        #expect(pane.waitFor("its locals and upvalues: target"), "\(pane.screen())")
+        pane.expectLine("target = \"prod\"", ">")
+        pane.keys("C-c")   // at the prompt: drops the line, the run goes on waiting
+        pane.type(":continue")
+        pane.keys("Enter")
+        #expect(pane.waitFor("BATON-EXIT=0"), "\(pane.screen())")
+        #expect(pane.screen().contains("ok   stage deploy passed"), "\(pane.screen())")
+        let run = Harness.latestRun(d)!
+        #expect((Harness.final(run)?["result"] as? [String: Any])?["target"] as? String == "prod")
+    }
+}
+
+@Suite(.serialized) struct ReplayDebuggerTests {
+    /// A recipe whose every stage appends to side.txt, and whose deploy fails.
+    static let failing = """
+        local env = "prod"
+        local version = "1.2.3"
+        runStage{id = "build", cmd = "echo build >> side.txt"}
+        local tries = 3
+        runStage{id = "deploy", cmd = "echo deploy >> side.txt; echo 'connection refused' >&2; exit 7"}
+        return {ok = true}
+        """
+
+    static func failedRun(_ name: String, _ recipe: String = failing) throws -> (dir: String, run: String) {
+        let d = Harness.tempDir(name)
+        Harness.write(d + "/r.lua", recipe)
+        let r = try Harness.run(["run", "r.lua"], cwd: d)
+        #expect(r.code == 1, "\(r.stderr)")
+        return (d, Harness.latestRun(d)!)
+    }
+
+    @Test func aFailedRunStopsAtTheFailingCallWithItsLocalsAndNothingRuns() throws {
+        let (d, run) = try Self.failedRun("dbg-failed")
+        let before = Harness.read(d + "/side.txt")
+        #expect(before == "build\ndeploy\n")
+        let r = try Harness.run(["debug"], cwd: d, stdin: "return env, version, tries\n:where\n:stages\n:continue\n")
+        #expect(r.code == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("stopped at the failing call runStage 'deploy' at r.lua:5: stage 'deploy' failed with exit code 7: connection refused"), "\(r.stdout)")
+        #expect(r.stdout.contains("its locals and upvalues: env, version, tries"), "\(r.stdout)")
+        #expect(r.stdout.contains("\"prod\"\t\"1.2.3\"\t3"), "\(r.stdout)")
+        #expect(r.stdout.contains("r.lua:5: in main chunk"), "\(r.stdout)")
+        #expect(r.stdout.contains("passed  build"), "\(r.stdout)")
+        #expect(r.stderr.contains("replay of run \(URL(fileURLWithPath: run).lastPathComponent) ended: runStage 'deploy' at r.lua:5 failed in the run"), "\(r.stderr)")
+        #expect(Harness.read(d + "/side.txt") == before, "a replay appended to side.txt")
+        #expect(Harness.runDirs(d).count == 1)
+    }
+
+    @Test func aChangedRecipeFileIsSaidAndTheKeptTextAndModulesAreReplayed() throws {
+        let d = Harness.tempDir("dbg-changed")
+        Harness.write(d + "/lib.lua", "return {name = 'old-lib'}")
+        Harness.write(d + "/r.lua", """
+            local lib = require("lib")
+            local label = "as it ran"
+            runStage{id = "one", cmd = "echo one >> side.txt"}
+            runStage{id = "two", cmd = "echo two >> side.txt"}
+            baton.fs.write("written.txt", "x")
+            return {label = label}
+            """)
+        let r0 = try Harness.run(["run", "r.lua"], cwd: d)
+        #expect(r0.code == 0, "\(r0.stderr)")
+        let run = Harness.latestRun(d)!
+        #expect(Harness.read(run + "/recipe.lua")?.contains("as it ran") == true)
+        #expect(Harness.read(run + "/modules/lib.lua") == "return {name = 'old-lib'}")
+        Harness.write(d + "/r.lua", "local label = 'edited since'\nrunStage{id = 'other', cmd = 'true'}\n")
+        Harness.write(d + "/lib.lua", "return {name = 'new-lib'}")
+        try? FileManager.default.removeItem(atPath: d + "/written.txt")
+        let before = Harness.read(d + "/side.txt")
+        let r = try Harness.run(["debug", "--at", "one"], cwd: d, stdin: "return label, lib.name\n:next\n:stages\n:next\nreturn 1 + 1\n:continue\n")
+        #expect(r.code == 0, "\(r.stderr)")
+        #expect(r.stderr.contains("note: r.lua has changed since the run; the replay uses the text the run ran"), "\(r.stderr)")
+        #expect(r.stdout.contains("stopped before runStage 'one' at r.lua:3 (it passed in the run)"), "\(r.stdout)")
+        #expect(r.stdout.contains("stopped before runStage 'two' at r.lua:4 (it passed in the run)"), "\(r.stdout)")
+        #expect(r.stdout.contains("replayed so far:\n  passed  one\n"), "\(r.stdout)")
+        #expect(r.stdout.contains("\"as it ran\"\t\"old-lib\""), "\(r.stdout)")
+        #expect(r.stdout.contains("at the end of the recipe (it returned)"), "\(r.stdout)")
+        #expect(r.stdout.contains("\n2\n"), "\(r.stdout)")
+        #expect(Harness.read(d + "/side.txt") == before)
+        #expect(!FileManager.default.fileExists(atPath: d + "/written.txt"))
+    }
+
+    @Test func aCallTheJournalLacksStopsTheReplay() throws {
+        let d = Harness.tempDir("dbg-missing")
+        Harness.write(d + "/r.lua", """
+            runStage{id = "a", cmd = "true"}
+            if baton.fs.exists("flag") then runStage{id = "extra", cmd = "echo extra >> side.txt"} end
+            return {}
+            """)
+        _ = try Harness.run(["run", "r.lua"], cwd: d)
+        Harness.write(d + "/flag", "")
+        let r = try Harness.run(["debug"], cwd: d, stdin: ":continue\n")
+        #expect(r.stdout.contains("the replay stops here: the journal has no call runStage 'extra' at r.lua:2"), "\(r.stdout)")
+        #expect(r.stderr.contains("ended: the journal has no call runStage 'extra'"), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: d + "/side.txt"))
+    }
+
+    @Test func aLiveRunIsNotReplayed() throws {
+        let (d, run) = try BreakpointTests.paused("dbg-live", BreakpointTests.deploy, ["--break", "deploy"])
+        defer { _ = try? Harness.run(["cancel"], cwd: d); _ = Harness.waitFor(10) { Harness.final(run) != nil } }
+        let r = try Harness.run(["debug"], cwd: d, stdin: "")
+        #expect(r.code == 1 && r.stderr.contains("is live: 'baton attach"), "\(r.stderr)")
+    }
+
+    @Test func onATerminalAndInTheShell() throws {
+        let (d, run) = try Self.failedRun("dbg-tty")
+        let id = URL(fileURLWithPath: run).lastPathComponent
+        let pane = try Pane("dbg-tty", cwd: d, args: ["debug"], prompt: "debug \(id)>")
+        defer { pane.kill() }
+        pane.expectLine("tries * 2", "6")
+        pane.send(":continue")
+        #expect(pane.waitFor("BATON-EXIT=0"), "\(pane.screen())")
+        let shell = try Pane("dbg-shell", cwd: d)
+        defer { shell.kill() }
+        shell.send(":debug \(id)")
+        #expect(shell.waitForPrompt("debug \(id)>"), "\(shell.screen())")
+        shell.expectLine("return env", "\"prod\"")
+        shell.send(":continue")
+        #expect(shell.waitFor("ended: runStage 'deploy' at r.lua:5 failed in the run"), "\(shell.screen())")
+        shell.expectLine("1 + 1", "2")
+        #expect(Harness.read(d + "/side.txt") == "build\ndeploy\n")
+    }
+}
