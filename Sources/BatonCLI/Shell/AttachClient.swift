@@ -83,7 +83,7 @@ final class AttachSession {
         (":detach", "", "leave the run running (also Ctrl-D)"),
         (":help", "", "this list"),
     ]
-    static let commands = help.map(\.name)
+    static let commands = help.map(\.name).reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
 
     let dir: RunDirectory
     let client: ControlClient
