@@ -20,6 +20,10 @@ public final class Replayer {
     var occurrences: [String: Int] = [:]
     var commands: [String: [CommandRecord]] = [:]
     var skipped: [String: Int] = [:]
+    var preflights: [String: [PreflightRecord]] = [:]
+    /// Each call's records, in order: a gate's iterations, a watch's transitions.
+    var gates: [String: [[GateRecord]]] = [:]
+    var watches: [String: [[WatchTransition]]] = [:]
     /// `:next`: stop at the next primitive call.
     var stepping = false
     /// Input ended at a stop: the replay ends.
@@ -40,6 +44,13 @@ public final class Replayer {
         for e in events {
             if case let .command(c) = e.body { commands[c.via, default: []].append(c) }
             if case let .notRun(n) = e.body, n.via == "runStage" { skipped[n.target, default: 0] += 1 }
+            if case let .preflight(p) = e.body { preflights[p.name, default: []].append(p) }
+            if case let .gate(g) = e.body {
+                if g.iteration <= 1 || gates[g.name]?.isEmpty != false { gates[g.name, default: []].append([g]) } else { gates[g.name]![gates[g.name]!.count - 1].append(g) }
+            }
+            if case let .watch(w) = e.body {
+                if w.from == nil || watches[w.id]?.isEmpty != false { watches[w.id, default: []].append([w]) } else { watches[w.id]![watches[w.id]!.count - 1].append(w) }
+            }
         }
     }
 
@@ -112,9 +123,59 @@ public final class Replayer {
         case "persistFinal":
             if stepping { try stop("before persistFinal at \(line) (not written in a replay)") }
             return 0
+        case "preflight":
+            let pname = RecipeEnvironment.rawString(l, 1, "name") ?? ""
+            guard var list = preflights[pname], !list.isEmpty else { try end("the journal has no call preflight '\(pname)' at \(line)") }
+            let p = list.removeFirst()
+            preflights[pname] = list
+            let report: JSON = .object([("name", .string(p.name)), ("policy", .string(p.policy.rawValue)), ("ok", .bool(p.ok)),
+                                        ("checks", .array(p.checks.map(\.json)))])
+            let what = "preflight '\(pname)' at \(line)"
+            if !p.ok && p.policy == .fail {
+                let failures = p.checks.filter { !$0.ok }.map { "\($0.kind) \($0.target): \($0.detail)" }.joined(separator: "; ")
+                endedBy = "\(what) failed in the run: \(failures)"
+                try stop("at the failing call \(what): \(failures)")
+                throw LuaRaise("preflight '\(pname)' failed: \(failures)", status: .preflightFailed, kind: "preflight",
+                               extra: { l in l.push(json: report); l.setField(-2, "report") })
+            }
+            if stepping { try stop("before \(what) (ok: \(p.ok) in the run)") }
+            done.append("  preflight  \(pname)  \(p.ok ? "ok" : "failed")")
+            l.push(json: report)
+            return 1
+        case "gate":
+            let gname = RecipeEnvironment.rawString(l, 1, "name") ?? ""
+            guard var list = gates[gname], !list.isEmpty, let last = list.first?.last else { try end("the journal has no call gate '\(gname)' at \(line)") }
+            list.removeFirst()
+            gates[gname] = list
+            let decision: JSON = .object([("approved", .bool(last.approved)), ("issues", last.issues), ("iteration", .int(Int64(last.iteration)))])
+            let what = "gate '\(gname)' at \(line)"
+            if !last.approved {
+                endedBy = "\(what) was rejected in the run"
+                try stop("at the failing call \(what): rejected \(last.iteration) time(s)")
+                throw LuaRaise("gate '\(gname)' rejected \(last.iteration) time\(last.iteration == 1 ? "" : "s") (in the run; replayed)", status: .gateExhausted, kind: "gate",
+                               extra: { l in l.push(json: decision); l.setField(-2, "decision") })
+            }
+            if stepping { try stop("before \(what) (approved in the run)") }
+            done.append("  gate  \(gname)  approved")
+            l.push(json: decision)
+            return 1
+        case "watch":
+            let wid = RecipeEnvironment.rawString(l, 1, "id") ?? ""
+            guard var list = watches[wid], !list.isEmpty, let steps = list.first, let last = steps.last else {
+                try end("the journal has no call watch '\(wid)' at \(line)")
+            }
+            list.removeFirst()
+            watches[wid] = list
+            let what = "watch '\(wid)' at \(line)"
+            guard last.to.isTerminal else { try end("\(what) never ended in the run (\(last.to.rawValue))") }
+            if stepping { try stop("before \(what) (\(last.to.rawValue) in the run)") }
+            done.append("  watch  \(wid)  \(last.to.rawValue)")
+            l.push(json: .object([("id", .string(wid)), ("state", .string(last.to.rawValue)),
+                                  ("ok", .bool(last.to == .completed && !last.reason.contains("missing"))), ("reason", .string(last.reason)),
+                                  ("transitions", .array(steps.map { .string($0.to.rawValue) })), ("replayed", .bool(true))]))
+            return 1
         default:
-            // watch, gate, preflight: what they return is not journaled whole yet.
-            try end("\(name) at \(line): the replay does not answer \(name) yet")
+            try end("\(name) at \(line): the replay does not answer \(name)")
         }
     }
 

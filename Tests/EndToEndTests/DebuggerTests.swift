@@ -105,13 +105,16 @@ import Testing
     @Test func nobodyAttachedTheBreakTimeoutLetsItGoOnAndTheBudgetDoesNotCountThePause() throws {
         let d = Harness.tempDir("brk-timeout")
         Harness.write(d + "/r.lua", Self.deploy)
-        let r = try Harness.run(["run", "--break", "deploy", "--break-timeout", "3s", "--budget", "2s", "r.lua"], cwd: d, stdin: "")
+        let r = try Harness.run(["run", "--break", "deploy", "--break-timeout", "3s", "--budget", "2s", "r.lua"], cwd: d,
+                                env: ["BATON_HEARTBEAT_SEC": "0.5"], stdin: "")
         #expect(r.code == 0, "\(r.stderr)")
         #expect(r.stderr.contains("paused before stage deploy (--break deploy) at r.lua:3"), "\(r.stderr)")
         #expect(r.stderr.contains("nobody attached within --break-timeout 3.0s: it goes on"), "\(r.stderr)")
         let run = Harness.latestRun(d)!
         let resumed = Harness.events(Harness.journal(run), type: "resumed_from_pause")
         #expect(resumed.count == 1 && resumed[0]["how"] as? String == "timeout" && (resumed[0]["paused_ms"] as? Int ?? 0) >= 2900, "\(resumed)")
+        let beats = Harness.events(Harness.journal(run), type: "heartbeat").filter { $0["waiting_on"] as? String == "pause" }
+        #expect(beats.count >= 3 && beats[0]["id"] as? String == "before stage deploy", "\(beats)")
         #expect(Harness.final(run)?["status"] as? String == "succeeded")
     }
 
@@ -222,6 +225,25 @@ import Testing
         #expect(r.stdout.contains("the replay stops here: the journal has no call runStage 'extra' at r.lua:2"), "\(r.stdout)")
         #expect(r.stderr.contains("ended: the journal has no call runStage 'extra'"), "\(r.stderr)")
         #expect(!FileManager.default.fileExists(atPath: d + "/side.txt"))
+    }
+
+    @Test func preflightGateAndWatchAnswerFromTheJournal() throws {
+        let d = Harness.tempDir("dbg-prims")
+        Harness.write(d + "/r.lua", """
+            local rep = preflight{name = "tools", checks = {{path = "r.lua"}}}
+            local g = gate{name = "g", cmd = "echo ran >> side.txt; echo '{\\"approved\\": true, \\"issues\\": []}'"}
+            runStage{id = "mk", cmd = "touch ready.txt"}
+            local w = watch{id = "w", file = "ready.txt", timeoutSec = 5}
+            local code = os.execute("echo ran >> side.txt")
+            runStage{id = "last", cmd = "exit 3"}
+            """)
+        _ = try Harness.run(["run", "r.lua"], cwd: d)
+        let before = Harness.read(d + "/side.txt")
+        #expect(before == "ran\nran\n")
+        let r = try Harness.run(["debug"], cwd: d, stdin: "return rep.ok, g.approved, w.state, code\n:continue\n")
+        #expect(r.stdout.contains("stopped at the failing call runStage 'last' at r.lua:6"), "\(r.stdout)")
+        #expect(r.stdout.contains("true\ttrue\t\"completed\"\ttrue"), "\(r.stdout)")
+        #expect(Harness.read(d + "/side.txt") == before)
     }
 
     @Test func aLiveRunIsNotReplayed() throws {
