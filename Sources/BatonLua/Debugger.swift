@@ -62,7 +62,7 @@ extension RecipeEnvironment {
         var stepThis = debugger.stepping
         debugger.stepping = false
         if name == "runStage", !stepThis, let id = RecipeEnvironment.rawString(l, 1, "id"), let pattern = debugger.match(id) {
-            switch try pause(at: "before stage \(id)", why: "--break \(pattern)", stage: id, l) {
+            switch try pause(at: "before stage \(id)", why: "--break \(pattern)", stage: id, spec: 1, l) {
             case .skip:
                 context?.record(.notRun(NotRun(via: "runStage", target: id, reason: "skipped at a breakpoint (:skip)")))
                 l.newTable()
@@ -101,9 +101,13 @@ extension RecipeEnvironment {
     /// recipe's frame is the prompt's), until a client says how to go on, `baton cancel`
     /// (a signal), or `--break-timeout` with nobody attached. Heartbeats go on, running
     /// stages' timeouts keep ticking; the run budget stops meanwhile.
-    func pause(at: String, why: String, stage: String?, _ l: LuaState) throws -> Debugger.Action {
+    func pause(at: String, why: String, stage: String?, spec: Int32? = nil, _ l: LuaState) throws -> Debugger.Action {
         let ctx = try requireContext()
         let line = l.recipeLine()
+        // `baton.paused` at the prompt: where, why, and the spec table of the stage it is
+        // paused before (read after the pause, so a change there changes the stage).
+        publishPause(l, [("where", .string(at)), ("why", .string(why)), ("line", .string(line))], spec: spec)
+        defer { publishPause(l, nil, spec: nil) }
         flushProgress()
         let rec = PauseRecord(at: at, why: why, stage: stage, line: line)
         ctx.record(.paused(rec))
@@ -144,6 +148,17 @@ extension RecipeEnvironment {
             Console.err("run \(ctx.dir.id): nobody attached within --break-timeout \(Clock.human(debugger.breakTimeout ?? 0)): it goes on")
         }
         return action
+    }
+
+    func publishPause(_ l: LuaState, _ fields: [(String, LuaValue)]?, spec: Int32?) {
+        guard l.getGlobal("baton") == LUA_TTABLE else { l.pop(); return }
+        if let fields {
+            l.newTable()
+            l.setFields(fields)
+            if let i = spec { lua_pushvalue(l.L, i); l.setField(-2, "spec") }
+        } else { l.pushNil() }
+        l.setField(-2, "paused")
+        l.pop()
     }
 
     /// `baton attach --leave-on-resume RUN` on this terminal, in the foreground.

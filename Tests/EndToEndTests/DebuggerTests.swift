@@ -39,10 +39,11 @@ import Testing
         let (d, run) = try Self.paused("brk-deploy", Self.deploy, ["--break", "dep*"])
         let status = try Harness.run(["status"], cwd: d).stdout
         #expect(status.contains("PAUSED   before stage deploy (--break dep*) at r.lua:3 for "), "\(status)")
-        let a = try Harness.run(["attach"], cwd: d, stdin: "return target\ntarget = \"prod\"\n:continue\n")
+        let a = try Harness.run(["attach"], cwd: d, stdin: "return target, baton.paused.where\ntarget = \"prod\"\nbaton.paused.spec.cmd = \"echo deploying to prod > where.txt\"\n:continue\n")
         #expect(a.code == 0, "\(a.stderr)")
-        #expect(a.stdout.contains("\"staging\""), "\(a.stdout)")
+        #expect(a.stdout.contains("\"staging\"\t\"before stage deploy\""), "\(a.stdout)")
         #expect(Self.result(run)["target"] as? String == "prod")
+        #expect(Harness.read(d + "/where.txt") == "deploying to prod\n")
         let events = Harness.journal(run)
         let p = Harness.events(events, type: "paused")
         #expect(p.count == 1 && p[0]["where"] as? String == "before stage deploy" && p[0]["stage"] as? String == "deploy"
@@ -50,7 +51,7 @@ import Testing
         let r = Harness.events(events, type: "resumed_from_pause")
         #expect(r.count == 1 && r[0]["how"] as? String == "continue", "\(r)")
         let ops = Harness.events(events, type: "control").compactMap { $0["op"] as? String }
-        #expect(ops == ["eval", "eval", "continue"], "\(ops)")
+        #expect(ops == ["eval", "eval", "eval", "continue"], "\(ops)")
         #expect(Harness.events(events, type: "stage_finished").compactMap { $0["id"] as? String } == ["build", "deploy"])
     }
 
