@@ -25,6 +25,9 @@ public final class Debugger {
     var action: Action?
     /// When a pause with nobody attached ends by itself (moved later by every request).
     var pauseDeadline: Double?
+    /// The paused stage can be skipped (not a background stage or a parallel item's, whose
+    /// caller waits for a handle).
+    var canSkip = false
     /// The replay in progress (`baton debug`): every primitive answers from the journal.
     public var replay: Replayer?
 
@@ -58,10 +61,12 @@ extension RecipeEnvironment {
     /// skips it), and after when the user asked for `:step`.
     func debugged(_ name: String, _ l: LuaState, _ body: () throws -> Int32) throws -> Int32 {
         if let r = debugger.replay { return try r.call(name, l, env: self) }
-        if debugger.breaks.isEmpty && !debugger.stepping { return try body() }
+        if debugger.breaks.isEmpty && !debugger.stepping || context?.dryRun == true { return try body() }
         var stepThis = debugger.stepping
         debugger.stepping = false
         if name == "runStage", !stepThis, let id = RecipeEnvironment.rawString(l, 1, "id"), let pattern = debugger.match(id) {
+            debugger.canSkip = !RecipeEnvironment.rawBool(l, 1, "background")
+            defer { debugger.canSkip = false }
             switch try pause(at: "before stage \(id)", why: "--break \(pattern)", stage: id, spec: 1, l) {
             case .skip:
                 context?.record(.notRun(NotRun(via: "runStage", target: id, reason: "skipped at a breakpoint (:skip)")))
@@ -122,21 +127,31 @@ extension RecipeEnvironment {
             debugger.paused = nil
             ctx.resumeBudget(suspendedAt: budget)
         }
-        var child = debugger.autoAttach ? startAttachChild(ctx) : nil
+        // The prompt opens here only if this runner has the terminal (not a background job).
+        var child = debugger.autoAttach && tcgetpgrp(0) == getpgrp() ? startAttachChild(ctx) : nil
         if child == nil {
             Console.err("run \(ctx.dir.id) paused \(rec.text): baton attach \(ctx.dir.id) opens its prompt there"
                         + (debugger.breakTimeout.map { "; it goes on by itself after \(Clock.human($0)) with nobody attached" } ?? ""))
         }
         let outcome = ctx.loop.wait(WaitLabel(.pause, at), pollEvery: 0.1) {
-            if let c = child, Debugger.exited(c) { child = nil; self.giveBackTerminal() }
+            if let c = child, Debugger.exited(c) {
+                child = nil
+                self.giveBackTerminal()
+                if self.debugger.action == nil {
+                    Console.err("the prompt left; run \(ctx.dir.id) stays paused: baton attach \(ctx.dir.id) opens it again, Ctrl-C cancels the run")
+                }
+            }
             if self.debugger.action != nil { return true }
             if let d = self.debugger.pauseDeadline, Clock.monotonic() >= d { self.debugger.action = .timeout; return true }
             return false
         }
         if let c = child {
-            // The prompt leaves by itself on :continue/:step/:skip; give it a moment.
-            _ = ctx.loop.wait(deadline: Clock.monotonic() + 5, pollEvery: 0.05) { Debugger.exited(c) }
-            if !Debugger.exited(c) { kill(c, SIGKILL); _ = ctx.loop.wait(deadline: Clock.monotonic() + 1, pollEvery: 0.05) { Debugger.exited(c) } }
+            // The prompt leaves by itself on :continue/:step/:skip (give it a moment); on a
+            // cancel or a timeout it is told to (SIGTERM: it puts the terminal back as it was).
+            var waited = 0
+            if outcome == .interrupted || debugger.action == .timeout { kill(c, SIGTERM) }
+            while !Debugger.exited(c) && waited < 50 { usleep(100_000); waited += 1 }
+            if !Debugger.exited(c) { kill(c, SIGKILL); while !Debugger.exited(c) { usleep(10_000) } }
             giveBackTerminal()
         }
         try checkFatal()
@@ -269,6 +284,7 @@ extension ControlServer {
                 return done(true, "the run goes on for one primitive call, then pauses again", target: p.at)
             default:
                 guard let s = p.stage else { return done(false, "not paused before a stage: nothing to skip (:continue goes on)", target: id) }
+                guard debugger.canSkip else { return done(false, "stage '\(s)' is a background stage (or a parallel item's): it cannot be skipped; :continue", target: s) }
                 debugger.action = .skip
                 return done(true, "stage '\(s)' is skipped (its result is {skipped = true}); the run goes on", target: s)
             }

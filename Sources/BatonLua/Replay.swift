@@ -277,6 +277,11 @@ public final class Replayer {
         env.context = ctx
         env.debugger.replay = r
         env.setArguments(recipe: recipe, words: args)
+        _ = env.lua.getGlobal("baton")   // baton.run: the run replayed
+        env.lua.newTable()
+        env.lua.setFields([("id", .string(r.dir.id)), ("dir", .string(r.dir.path)), ("dry_run", .bool(false))])
+        env.lua.setField(-2, "run")
+        env.lua.pop()
         env.setRequirePaths(recipeDir: FileIO.dirname(FileIO.absolute(recipe)))
         if let m = modulesDir, FileIO.isDirectory(m) {
             _ = env.lua.getGlobal("package")

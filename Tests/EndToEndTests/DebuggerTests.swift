@@ -119,6 +119,21 @@ import Testing
         #expect(Harness.final(run)?["status"] as? String == "succeeded")
     }
 
+    @Test func aParallelItemPausesAndCannotBeSkippedAndADryRunNeverPauses() throws {
+        let recipe = """
+            local out = parallel({"x", "y"}, function(c) return runStage{id = "t-" .. c, cmd = "echo " .. c}.stdout end)
+            return {out = out}
+            """
+        let (d, run) = try Self.paused("brk-par", recipe, ["--break", "t-*"])
+        let a = try Harness.run(["attach"], cwd: d, stdin: ":skip\n:continue\n")
+        #expect(a.stderr.contains("stage 't-x' is a background stage (or a parallel item's): it cannot be skipped"), "\(a.stderr)")
+        #expect(Self.waitPaused(d))
+        _ = try Harness.run(["attach"], cwd: d, stdin: ":continue\n")
+        #expect(Self.result(run)["out"] as? [String] == ["x\n", "y\n"])
+        let dry = try Harness.run(["run", "--dry-run", "--break", "t-*", "r.lua"], cwd: d, stdin: "")
+        #expect(dry.code == 0 && !dry.stderr.contains("paused"), "\(dry.stderr)")
+    }
+
     @Test func aPausedRunIsCancelled() throws {
         let (d, run) = try Self.paused("brk-cancel", Self.deploy, ["--break", "deploy"])
         let c = try Harness.run(["cancel"], cwd: d)
@@ -134,7 +149,10 @@ import Testing
         defer { pane.kill() }
         #expect(pane.waitFor("PAUSED before stage deploy (--break deploy) at r.lua:3"), "\(pane.screen())")
         #expect(pane.waitFor("its locals and upvalues: target"), "\(pane.screen())")
-        pane.expectLine("target = \"prod\"", ">")
+        let id = URL(fileURLWithPath: Harness.latestRun(d)!).lastPathComponent
+        #expect(pane.waitForPrompt("\(id)>"), "\(pane.screen())")
+        pane.send("target = \"prod\"")
+        pane.expectLine("return target", "\"prod\"")
         pane.keys("C-c")   // at the prompt: drops the line, the run goes on waiting
         pane.type(":continue")
         pane.keys("Enter")
