@@ -69,7 +69,7 @@ public final class Replayer {
     /// Ends the replay where it is, after a last stop: the journal has nothing more to give.
     func end(_ why: String) throws -> Never {
         endedBy = why
-        try stop("the replay stops here: \(why)")
+        try stop("and the replay ends here: \(why)")
         throw LuaRaise("replay ended: \(why)", kind: "replay")
     }
 
@@ -103,7 +103,7 @@ public final class Replayer {
             }
             occurrences[id] = occ
             guard case let .ended(status) = rec.status, let f = rec.finished else {
-                try end("\(what) never finished in the run (\(rec.status))")
+                try end("\(what) never finished in the run (" + (rec.isOpen ? "unfinished: the run ended or its runner died while it ran" : "\(rec.status)") + ")")
             }
             var r = StageResult(id: id, occurrence: occ, status: status, attempts: f.attempt, duration: Double(f.durationMs) / 1000, logs: f.logs)
             r.exit = f.exit; r.signal = f.signal; r.failureClass = f.failureClass; r.signature = f.signature

@@ -241,7 +241,7 @@ import Testing
         _ = try Harness.run(["run", "r.lua"], cwd: d)
         Harness.write(d + "/flag", "")
         let r = try Harness.run(["debug"], cwd: d, stdin: ":continue\n")
-        #expect(r.stdout.contains("the replay stops here: the journal has no call runStage 'extra' at r.lua:2"), "\(r.stdout)")
+        #expect(r.stdout.contains("stopped and the replay ends here: the journal has no call runStage 'extra' at r.lua:2"), "\(r.stdout)")
         #expect(r.stderr.contains("ended: the journal has no call runStage 'extra'"), "\(r.stderr)")
         #expect(!FileManager.default.fileExists(atPath: d + "/side.txt"))
     }
@@ -263,6 +263,20 @@ import Testing
         #expect(r.stdout.contains("stopped at the failing call runStage 'last' at r.lua:6"), "\(r.stdout)")
         #expect(r.stdout.contains("true\ttrue\t\"completed\"\ttrue"), "\(r.stdout)")
         #expect(Harness.read(d + "/side.txt") == before)
+    }
+
+    @Test func anOrphanedRunStopsAtTheCallThatNeverFinished() throws {
+        let d = Harness.tempDir("dbg-orphan")
+        Harness.write(d + "/r.lua", "local step = 'one'\nrunStage{id = 'a', cmd = 'true'}\nstep = 'two'\nrunStage{id = 'hang', cmd = 'sleep 300'}\n")
+        let o = try Harness.run(["run", "--detach", "r.lua"], cwd: d)
+        let run = String(o.stdout.split(separator: "\n")[1])
+        #expect(Harness.waitFor(20) { (Harness.read(run + "/journal.jsonl") ?? "").contains("\"id\":\"hang\"") })
+        kill(Int32(Harness.read(run + "/run.pid")!.trimmingCharacters(in: .whitespacesAndNewlines))!, SIGKILL)
+        #expect(Harness.waitFor(10) { (try? Harness.run(["status", "--json"], cwd: d))?.stdout.contains("orphaned") == true })
+        let r = try Harness.run(["debug"], cwd: d, stdin: "return step\n:continue\n")
+        #expect(r.stdout.contains("runStage 'hang' at r.lua:4 never finished in the run (unfinished"), "\(r.stdout)")
+        #expect(r.stdout.contains("\"two\""), "\(r.stdout)")
+        _ = try Harness.run(["cancel"], cwd: d)
     }
 
     @Test func aLiveRunIsNotReplayed() throws {
