@@ -259,6 +259,8 @@ public final class Replayer {
         baton.fs.write = function() end
         baton.fs.append = function() end
         baton.fs.mkdir = function() end
+        baton.fs.locked = function(_, fn) return fn() end
+        baton.budget = function() end
         """
 
     /// Runs the replay of `dir`'s recipe (its kept text) in a fresh environment whose run
