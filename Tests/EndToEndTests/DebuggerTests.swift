@@ -134,6 +134,23 @@ import Testing
         #expect(dry.code == 0 && !dry.stderr.contains("paused"), "\(dry.stderr)")
     }
 
+    @Test func aRunningStagesTimeoutKeepsTickingWhileTheRunIsPaused() throws {
+        let d = Harness.tempDir("brk-ticking")
+        Harness.write(d + "/r.lua", """
+            local h = runStage{id = "bg", cmd = "sleep 30", timeout = 0.5, grace = 0.2, background = true, allowFail = true}
+            baton.breakpoint("while bg runs")
+            return {status = h:wait().status}
+            """)
+        let r = try Harness.run(["run", "--break-timeout", "2s", "r.lua"], cwd: d, stdin: "")
+        #expect(r.code == 0, "\(r.stderr)")
+        let run = Harness.latestRun(d)!
+        #expect((Harness.final(run)?["result"] as? [String: Any])?["status"] as? String == "timed_out")
+        let events = Harness.journal(run)
+        let finished = events.first { $0["type"] as? String == "stage_finished" && $0["id"] as? String == "bg" }?["seq"] as? Int ?? 0
+        let resumed = events.first { $0["type"] as? String == "resumed_from_pause" }?["seq"] as? Int ?? 0
+        #expect(finished > 0 && finished < resumed, "the stage ended at #\(finished), the pause at #\(resumed)")
+    }
+
     @Test func aPausedRunIsCancelled() throws {
         let (d, run) = try Self.paused("brk-cancel", Self.deploy, ["--break", "deploy"])
         let c = try Harness.run(["cancel"], cwd: d)
