@@ -24,6 +24,8 @@ public final class Replayer {
     /// Each call's records, in order: a gate's iterations, a watch's transitions.
     var gates: [String: [[GateRecord]]] = [:]
     var watches: [String: [[WatchTransition]]] = [:]
+    /// Some runStage call matched `--at`.
+    public private(set) var atMatched = false
     /// `:next`: stop at the next primitive call.
     var stepping = false
     /// Input ended at a stop: the replay ends.
@@ -90,6 +92,7 @@ public final class Replayer {
             let key = StageKey(id: id, occurrence: occ)
             let what = "runStage '\(id)'" + (occ > 1 ? " #\(occ)" : "") + " at \(line)"
             let at = stopAt.map { fnmatch($0, id, 0) == 0 } ?? false
+            if at { atMatched = true }
             guard let rec = history.stages.first(where: { $0.key == key }) else {
                 if let n = skipped[id], n > 0 {
                     skipped[id] = n - 1

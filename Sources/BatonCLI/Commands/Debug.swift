@@ -101,6 +101,7 @@ enum Debugging {
         }
         diag("replaying run \(dir.id) (\(start.recipe)) against its journal: nothing runs")
         let ending = Replayer.run(r, recipe: start.recipe, text: text, args: start.args, modulesDir: dir.modulesDir)
+        if let a = at, !r.atMatched { diag("note: the replay reached no runStage call matching --at \(a)") }
         if r.quit {
             diag("replay of run \(dir.id) left")
         } else if let why = r.endedBy {
