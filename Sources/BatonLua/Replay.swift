@@ -194,7 +194,11 @@ public final class Replayer {
         l.push(c.exit == 0 && !c.timedOut && c.signal == nil)
         l.push(Int(c.exit ?? -1))
         l.push(c.command.display)
-        return 3
+        if let out = c.stdout { l.push(out) } else {
+            if via == "baton.sh" { Console.err("note: the output of baton.sh '\(SafeText.line(String(c.command.display.prefix(80))))' at \(line) was not journaled (longer than 4 KiB, or not text): \"\" in the replay") }
+            l.push("")
+        }
+        return 4
     }
 
     /// The prompt's requests during a replay.
@@ -253,10 +257,10 @@ public final class Replayer {
           return ok or nil, "exit", code
         end
         baton.sh = function(cmd, opts)
-          local ok, code, text = command("baton.sh")
-          if type(opts) == "table" and opts.allowFail then return "", ok, code, "" end
+          local ok, code, text, out = command("baton.sh")
+          if type(opts) == "table" and opts.allowFail then return out, ok, code, "" end
           if not ok then error("baton.sh: '" .. text .. "' failed: exit " .. code .. " (in the run; replayed)", 2) end
-          return ""
+          return out
         end
         baton.sleep = function() end
         baton.fs.write = function() end

@@ -672,7 +672,10 @@ public struct CommandRecord: Sendable {
     public var timedOut = false
     public var durationMs: Int64
 
-    public static let fieldNames = ["via", "argv", "shell", "cwd", "pid", "exit", "signal", "timed_out", "duration_ms"]
+    /// baton.sh's output when it is text of at most 4 KiB (what `baton debug` answers it with).
+    public var stdout: String?
+
+    public static let fieldNames = ["via", "argv", "shell", "cwd", "pid", "exit", "signal", "timed_out", "duration_ms", "stdout"]
 
     public init(via: String, command: Command, cwd: String, pid: Int32?, exit: Int32?, signal: Int32?,
                 timedOut: Bool, durationMs: Int64) {
@@ -689,11 +692,14 @@ public struct CommandRecord: Sendable {
         signal = f.int32("signal")
         timedOut = f.bool("timed_out")
         durationMs = f.int("duration_ms") ?? 0
+        stdout = f.string("stdout")
     }
 
     var fields: [(String, JSON)] {
-        [("via", .string(via)), command.journalField, ("cwd", .string(cwd)), ("pid", int(pid)), ("exit", int(exit)),
-         ("signal", int(signal)), ("timed_out", .bool(timedOut)), ("duration_ms", .int(durationMs))]
+        var o: [(String, JSON)] = [("via", .string(via)), command.journalField, ("cwd", .string(cwd)), ("pid", int(pid)), ("exit", int(exit)),
+                                   ("signal", int(signal)), ("timed_out", .bool(timedOut)), ("duration_ms", .int(durationMs))]
+        if let s = stdout { o.append(("stdout", .string(s))) }
+        return o
     }
 }
 

@@ -59,3 +59,11 @@ extension RunDirectory {
     /// The project's modules the recipe required, as `modules/NAME/WITH/SLASHES.lua`.
     public var modulesDir: String { path + "/modules" }
 }
+
+extension CommandRecord {
+    /// What the `stdout` of a command event keeps: text of at most 4 KiB, else nothing.
+    public static func journaledOutput(_ bytes: [UInt8]) -> String? {
+        guard bytes.count <= 4096, let s = String(validating: bytes, as: UTF8.self) else { return nil }
+        return s
+    }
+}
