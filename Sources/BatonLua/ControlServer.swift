@@ -218,6 +218,8 @@ public final class ControlServer {
         guard let op = ControlOp(rawValue: word), op != .refused else {
             return .object([("ok", .bool(false)), ("text", .string("unknown request '\(word)'"))])
         }
+        env.debugger.serving += 1   // (a line run here never pauses: Debugger.swift)
+        defer { env.debugger.serving -= 1 }
         if let a = debugAnswer(op, req, peer) { return a }   // pauses, breakpoints, a replay (Debugger.swift)
         func done(_ ok: Bool, _ text: String, journaled target: String? = nil) -> JSON {
             if let t = target { journal(peer, op, t, ok: ok, text) }

@@ -30,6 +30,9 @@ public final class Debugger {
     var canSkip = false
     /// The replay in progress (`baton debug`): every primitive answers from the journal.
     public var replay: Replayer?
+    /// A control request is being answered (a line typed at the prompt runs): no pause then,
+    /// since nothing could serve the prompt of a pause inside one.
+    var serving = 0
 
     public enum Action: String { case `continue`, step, skip, timeout }
 
@@ -48,7 +51,7 @@ extension RecipeEnvironment {
         lua.pushFunction("baton.breakpoint") { [unowned self] l in
             let why = l.string(1) ?? "baton.breakpoint"
             if let r = self.debugger.replay { try r.breakpoint(l, why: why); return 0 }
-            guard let ctx = self.context, !ctx.dryRun, self.makeContext == nil else { return 0 }   // (the shell: no pause)
+            guard let ctx = self.context, !ctx.dryRun, self.makeContext == nil, self.debugger.serving == 0 else { return 0 }   // (the shell, the prompt: no pause)
             _ = try self.pause(at: "baton.breakpoint", why: why, stage: nil, l)
             return 0
         }
@@ -60,8 +63,11 @@ extension RecipeEnvironment {
     /// in a live run, paused before when a `--break` pattern matches the stage (`:skip`
     /// skips it), and after when the user asked for `:step`.
     func debugged(_ name: String, _ l: LuaState, _ body: () throws -> Int32) throws -> Int32 {
-        if let r = debugger.replay { return try r.call(name, l, env: self) }
-        if debugger.breaks.isEmpty && !debugger.stepping || context?.dryRun == true { return try body() }
+        if let r = debugger.replay {
+            if debugger.serving > 0 { throw LuaRaise("\(name): nothing runs at the replay's prompt (its calls are the recipe's, answered from the journal)") }
+            return try r.call(name, l, env: self)
+        }
+        if debugger.breaks.isEmpty && !debugger.stepping || context?.dryRun == true || debugger.serving > 0 { return try body() }
         var stepThis = debugger.stepping
         debugger.stepping = false
         if name == "runStage", !stepThis, let id = RecipeEnvironment.rawString(l, 1, "id"), let pattern = debugger.match(id) {

@@ -305,7 +305,10 @@ public final class Replayer {
         r.server = server
         do {
             try env.lua.load(Array(prelude.utf8), name: "=baton.replay")
-            env.lua.pushFunction("baton.replayCommand") { [unowned r] l in try r.command(l) }
+            env.lua.pushFunction("baton.replayCommand") { [unowned r, unowned env] l in
+                if env.debugger.serving > 0 { throw LuaRaise("\(l.string(1) ?? "a command"): nothing runs at the replay's prompt") }
+                return try r.command(l)
+            }
             try env.lua.pcall(nargs: 1, nresults: 0)
         } catch { return Ending(status: .failed, exit: .failure, reason: "cannot start the replay: \(error)") }
         let ending = RecipeRunner.evaluate(env: env, recipe: recipe, text: text, readError: nil)
