@@ -47,7 +47,10 @@ struct ControlClient {
         var tv = timeval(tv_sec: timeout, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         let bytes = req.encodedBytes() + [10]
-        do { try bytes.withUnsafeBytes { try FileIO.writeAll(fd, $0, path: path) } } catch { return (nil, "\(error)") }
+        var writeError: String? = nil
+        // (A run that refuses at once may have answered and closed before this write: its
+        // answer is still there to read.)
+        do { try bytes.withUnsafeBytes { try FileIO.writeAll(fd, $0, path: path) } } catch { writeError = "\(error)" }
         var out: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {
@@ -59,7 +62,7 @@ struct ControlClient {
             if n <= 0 { break }
             out += buf[0..<n]
         }
-        guard let j = try? JSON.parse(out) else { return (nil, "the run closed the connection") }
+        guard let j = try? JSON.parse(out) else { return (nil, writeError ?? "the run closed the connection") }
         return (j, nil)
     }
 }
