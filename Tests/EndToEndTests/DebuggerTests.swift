@@ -39,6 +39,8 @@ import Testing
         let (d, run) = try Self.paused("brk-deploy", Self.deploy, ["--break", "dep*"])
         let status = try Harness.run(["status"], cwd: d).stdout
         #expect(status.contains("PAUSED   before stage deploy (--break dep*) at r.lua:3 for "), "\(status)")
+        let runs = try Harness.run(["runs"], cwd: d).stdout
+        #expect(runs.contains(" PAUSED "), "\(runs)")
         let a = try Harness.run(["attach"], cwd: d, stdin: "return target, baton.paused.where\ntarget = \"prod\"\nbaton.paused.spec.cmd = \"echo deploying to prod > where.txt\"\n:continue\n")
         #expect(a.code == 0, "\(a.stderr)")
         #expect(a.stdout.contains("\"staging\"\t\"before stage deploy\""), "\(a.stdout)")
