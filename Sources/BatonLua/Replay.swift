@@ -56,8 +56,6 @@ public final class Replayer {
         }
     }
 
-    struct Stopped: Error {}
-
     /// Opens the prompt here (the recipe's frame is the caller's).
     func stop(_ text: String) throws {
         if quit { throw RecipeEnvironment.abort }
@@ -317,6 +315,8 @@ public final class Replayer {
             r.onStop(r.stopText)
         }
         _ = ctx.finish(status: ending.status, exitCode: ending.code, reason: ending.reason)
+        r.server = nil   // (the server holds the environment, which holds the replay)
+        env.debugger.replay = nil
         return ending
     }
 
