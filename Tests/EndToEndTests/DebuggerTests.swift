@@ -87,23 +87,40 @@ import Testing
     @Test func breakpointFunctionAndBreaksChangedAtThePrompt() throws {
         let (d, run) = try Self.paused("brk-fn", """
             local ready = false
+            mode = "rehearsal"
             baton.breakpoint("check the inputs")
             runStage{id = "b1", cmd = "true"}
             runStage{id = "b2", cmd = "true"}
-            return {ready = ready}
+            return {ready = ready, mode = mode}
             """, [])
         let status = try Harness.run(["status"], cwd: d).stdout
-        #expect(status.contains("PAUSED   baton.breakpoint (check the inputs) at r.lua:2"), "\(status)")
-        let a = try Harness.run(["attach"], cwd: d, stdin: ":break b*\n:breaks\n:unbreak nope\nready = true\nreturn runStage{id = 'b0', cmd = 'echo typed'}.stdout\n:continue\n")
+        #expect(status.contains("PAUSED   baton.breakpoint (check the inputs) at r.lua:3"), "\(status)")
+        let a = try Harness.run(["attach"], cwd: d, stdin: ":break b*\n:breaks\n:unbreak nope\nready = true\nmode = 'for real'\nreturn runStage{id = 'b0', cmd = 'echo typed'}.stdout\n:continue\n")
         #expect(a.stdout.contains("breakpoints: b*"), "\(a.stdout)")
         #expect(a.stdout.contains("\"typed\\n\""), "a stage typed at the prompt runs, never pauses: \(a.stdout)")
         #expect(a.stderr.contains("no breakpoint 'nope'"), "\(a.stderr)")
         #expect(Self.waitPaused(d))
         let b = try Harness.run(["attach"], cwd: d, stdin: ":unbreak b*\n:continue\n")
         #expect(b.code == 0, "\(b.stderr)")
-        #expect(Self.result(run)["ready"] as? Bool == true)
+        let result = Self.result(run)
+        #expect(result["ready"] as? Bool == true && result["mode"] as? String == "for real", "\(result)")
         let p = Harness.events(Harness.journal(run), type: "paused").compactMap { $0["where"] as? String }
         #expect(p == ["baton.breakpoint", "before stage b1"], "\(p)")
+    }
+
+    @Test func anUpvalueChangedAtAPauseInsideAFunction() throws {
+        let (d, run) = try Self.paused("brk-upvalue", """
+            local count = 1
+            local function go(step)
+              baton.breakpoint("in go")
+              return count + step
+            end
+            return {total = go(10)}
+            """, [])
+        let a = try Harness.run(["attach"], cwd: d, stdin: "return count, step\ncount = 5\n:where\n:continue\n")
+        #expect(a.stdout.contains("1\t10"), "\(a.stdout)")
+        #expect(a.stdout.contains("r.lua:3: in local 'go'") || a.stdout.contains("r.lua:3: in upvalue 'go'") || a.stdout.contains("r.lua:3: in function"), "\(a.stdout)")
+        #expect(Self.result(run)["total"] as? Int == 15)
     }
 
     @Test func nobodyAttachedTheBreakTimeoutLetsItGoOnAndTheBudgetDoesNotCountThePause() throws {
