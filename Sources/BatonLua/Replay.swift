@@ -83,9 +83,7 @@ public final class Replayer {
         switch name {
         case "runStage":
             guard let id = RecipeEnvironment.rawString(l, 1, "id") else { throw LuaRaise.usage("runStage: field 'id' is required") }
-            if RecipeEnvironment.rawBool(l, 1, "background") {
-                try end("runStage '\(id)' at \(line) is a background stage (or in parallel): the replay does not follow those yet")
-            }
+            let background = RecipeEnvironment.rawBool(l, 1, "background")
             let occ = (occurrences[id] ?? 0) + 1
             let key = StageKey(id: id, occurrence: occ)
             let what = "runStage '\(id)'" + (occ > 1 ? " #\(occ)" : "") + " at \(line)"
@@ -110,6 +108,16 @@ public final class Replayer {
             r.exit = f.exit; r.signal = f.signal; r.failureClass = f.failureClass; r.signature = f.signature
             r.message = f.message; r.breakerOpen = f.breakerOpen; r.replayed = true
             let failing = !r.ok && !RecipeEnvironment.rawBool(l, 1, "allowFail")
+            if background {
+                // A handle whose wait answers from the journal (and is the failing call if it failed).
+                if at || stepping { try stop("before \(what) (background; it \(status) in the run)") }
+                done.append("  \(status)  \(id)  (background)")
+                pending.append((r, failing, what))
+                l.newTable()
+                l.setFields([("id", .string(id)), ("_replay", .int(pending.count))])
+                l.setMetatable(fromRegistry: "baton.replay_handle", on: -1)
+                return 1
+            }
             if failing {
                 r.readTails()
                 endedBy = "\(what) failed in the run: \(r.summary)"
@@ -180,6 +188,23 @@ public final class Replayer {
         }
     }
 
+    /// Background stages' results, for their handles' `wait`: (result, raises, what).
+    var pending: [(StageResult, Bool, String)] = []
+
+    /// `h:wait()` on a replayed background stage's handle.
+    func wait(_ l: LuaState, env: RecipeEnvironment) throws -> Int32 {
+        guard let n = l.integer(1), n >= 1, n <= pending.count else { throw LuaRaise.usage("wait: not a stage handle") }
+        var (r, failing, what) = pending[n - 1]
+        if failing {
+            r.readTails()
+            endedBy = "\(what) failed in the run: \(r.summary)"
+            try stop("at the failing call (the wait for \(what)) at \(l.recipeLine()): \(r.summary)")
+            throw LuaRaise(r.summary, status: .failure, kind: "stage", extra: { l in env.pushResult(l, r); l.setField(-2, "result") })
+        }
+        env.pushResult(l, r)
+        return 1
+    }
+
     /// A command the recipe ran (baton.sh, os.execute): ok and exit as journaled.
     func command(_ l: LuaState) throws -> Int32 {
         let via = l.string(1) ?? ""
@@ -228,7 +253,44 @@ public final class Replayer {
 
     /// Replaces what acts on the world: commands answer from the journal, writes do nothing.
     static let prelude = """
-        local command = ...
+        local command, wait = ...
+        local rawget, pcall, error, concat = rawget, pcall, error, table.concat
+        -- A background stage's handle: its wait answers from the journal.
+        debug.getregistry()["baton.replay_handle"] = {__index = {
+          wait = function(h) return wait(rawget(h, "_replay")) end,
+          done = function() return true end,
+          pid = function() return nil end,
+          cancel = function() return true end,
+        }}
+        -- parallel: the items one after the other (each call is answered by its id, whatever
+        -- order they ran in); after a failed item the rest are not started, as in the run
+        -- unless onFailure = "continue".
+        local function parallel(items, fn, opts)
+          local results, outcomes, failures, lines = {}, {}, 0, {}
+          local continue = type(opts) == "table" and opts.onFailure == "continue"
+          for i = 1, #items do
+            if failures > 0 and not continue then
+              outcomes[i] = {ok = false, skipped = true, error = "not started: another item failed"}
+            else
+              local ok, value = pcall(fn, items[i], i)
+              if ok then
+                results[i], outcomes[i] = value, {ok = true, value = value}
+              else
+                local kind = type(value) == "table" and rawget(value, "kind")
+                if kind == "replay" or kind == "abort" then error(value, 0) end
+                failures = failures + 1
+                outcomes[i] = {ok = false, error = value}
+                lines[#lines + 1] = ("item %d: %s"):format(i, tostring(value))
+              end
+            end
+          end
+          if failures > 0 and not continue then
+            error(("parallel: %d of %d items failed (replayed): %s"):format(failures, #items, concat(lines, "; ")), 2)
+          end
+          return results, outcomes
+        end
+        _G.parallel = parallel
+        baton.parallel = parallel
         local function fake_file()
           local f = {}
           function f.write(self) return self end
@@ -307,7 +369,8 @@ public final class Replayer {
                 if env.debugger.serving > 0 { throw LuaRaise("\(l.string(1) ?? "a command"): nothing runs at the replay's prompt") }
                 return try r.command(l)
             }
-            try env.lua.pcall(nargs: 1, nresults: 0)
+            env.lua.pushFunction("baton.replayWait") { [unowned r, unowned env] l in try r.wait(l, env: env) }
+            try env.lua.pcall(nargs: 2, nresults: 0)
         } catch { return Ending(status: .failed, exit: .failure, reason: "cannot start the replay: \(error)") }
         let ending = RecipeRunner.evaluate(env: env, recipe: recipe, text: text, readError: nil)
         if r.endedBy == nil, !r.quit {

@@ -318,6 +318,27 @@ import Testing
         _ = try Harness.run(["cancel"], cwd: d)
     }
 
+    @Test func backgroundStagesAndParallelAreReplayedToo() throws {
+        let d = Harness.tempDir("dbg-bg")
+        Harness.write(d + "/r.lua", """
+            local h = runStage{id = "bg", cmd = "echo bg >> side.txt; echo background-out", background = true}
+            local out = parallel({"x", "y", "z"}, function(c)
+              return runStage{id = "t-" .. c, cmd = "echo " .. c .. " >> side.txt; echo " .. c}.stdout
+            end)
+            local r = h:wait()
+            local bad = runStage{id = "bad", cmd = "echo bad >> side.txt; exit 4", background = true}
+            local joined = table.concat(out)
+            bad:wait()
+            """)
+        _ = try Harness.run(["run", "r.lua"], cwd: d)
+        let before = Harness.read(d + "/side.txt")
+        let r = try Harness.run(["debug"], cwd: d, stdin: "return joined, r.stdout\n:stages\n:continue\n")
+        #expect(r.stdout.contains("stopped at the failing call (the wait for runStage 'bad' at r.lua:6) at r.lua:8"), "\(r.stdout)")
+        #expect(r.stdout.contains("\"x\\ny\\nz\\n\"\t\"background-out\\n\""), "\(r.stdout)")
+        #expect(r.stdout.contains("passed  t-z"), "\(r.stdout)")
+        #expect(Harness.read(d + "/side.txt") == before)
+    }
+
     @Test func aLiveRunIsNotReplayed() throws {
         let (d, run) = try BreakpointTests.paused("dbg-live", BreakpointTests.deploy, ["--break", "deploy"])
         defer { _ = try? Harness.run(["cancel"], cwd: d); _ = Harness.waitFor(10) { Harness.final(run) != nil } }
