@@ -10,7 +10,7 @@ public enum Types {
     public static let globals = ["baton", "gate", "parallel", "persistFinal", "preflight", "runStage", "watch"]
     /// The `baton` table's fields, and the fields of its sub-tables.
     public static let batonFields: [(String, [String])] = [
-        ("args", []), ("budget", []), ("env", []), ("executor", []), ("fail", []), ("fs", ["append", "exists", "glob", "locked", "mkdir", "read", "write"]),
+        ("args", []), ("breakpoint", []), ("budget", []), ("env", []), ("executor", []), ("fail", []), ("fs", ["append", "exists", "glob", "locked", "mkdir", "read", "write"]),
         ("gate", []), ("json", ["array", "decode", "encode", "null"]), ("log", []), ("now", []), ("parallel", []), ("persistFinal", []),
         ("pool", []),
         ("preflight", []), ("runStage", []), ("run", ["id", "dir", "dry_run"]), ("sh", []), ("sleep", []),
@@ -106,6 +106,7 @@ public enum Types {
         ---@field signature? string
         ---@field message? string
         ---@field breaker_open? boolean
+        ---@field skipped? boolean skipped at a breakpoint (:skip): the only other field is id
         ---@field replayed boolean
         ---@field dry boolean
         ---@field pid? integer
@@ -253,6 +254,7 @@ public enum Types {
         ---@field sleep fun(seconds: number)
         ---@field pool fun(name: string, limit: integer) a pool for runStage{pool = name}
         ---@field executor fun(name: \#(executorChoice), opts?: table) where stages run unless they say otherwise (docs/primitives.md)
+        ---@field breakpoint fun(why?: string) pause the run here (baton attach opens its prompt in this frame; docs/shell.md)
         ---@field budget fun(duration: string|number) end the whole run after this long ("2h", "30m", seconds): exit 124
         ---@field parallel fun(items: any[], fn: fun(item: any, index: integer): any, opts?: baton.ParallelOptions): any[], table[]
         ---@field now fun(): number

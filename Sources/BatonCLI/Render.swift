@@ -14,7 +14,7 @@ public enum Render {
 
     public static func stateText(_ info: RunInfo) -> String {
         switch info.state {
-        case .running: return "running"
+        case .running: return info.paused != nil ? "PAUSED" : "running"
         case .starting: return "starting"
         case .orphaned: return "ORPHANED"
         default: return info.state.rawValue
@@ -61,7 +61,9 @@ public enum Render {
             if let b = i.running.first(where: { $0.stage.key.id == c.id })?.stage.batchText { s += ", " + b }
             lines.append(s)
         }
-        if let b = i.blockedIn { lines.append("blocked  \(b.text)") }
+        if let p = i.paused {
+            lines.append("PAUSED   \(p.record.text) for \(Clock.human(max(0, Clock.now() - p.since))); baton attach \(i.id) opens its prompt there")
+        } else if let b = i.blockedIn { lines.append("blocked  \(b.text)") }
         if !i.running.isEmpty {
             lines.append("running  \(i.running.count) stage\(i.running.count == 1 ? "" : "s")")
             for r in i.running {
@@ -140,7 +142,11 @@ public enum Render {
         case let .notRun(n):
             detail = "\(n.via) \(n.target.prefix(120)) (\(n.reason))"
         case let .control(c):
-            detail = "\(c.op) \(c.target.prefix(80).split(separator: "\n").joined(separator: " ⏎ ")) by \(c.user) (uid \(c.uid), pid \(c.pid)): \(c.ok ? "" : "FAILED ")\(c.result.prefix(120))"
+            detail = "\(c.op.rawValue) \(c.target.prefix(80).split(separator: "\n").joined(separator: " ⏎ ")) by \(c.user) (uid \(c.uid), pid \(c.pid)): \(c.ok ? "" : "FAILED ")\(c.result.prefix(120))"
+        case let .paused(p):
+            detail = p.text
+        case let .resumedFromPause(r):
+            detail = "\(r.how) after \(Clock.human(Double(r.pausedMs) / 1000))"
         case let .final(f):
             detail = "\(f.status) exit \(f.exitCode)"
             if let r = f.reason { detail += ": \(r)" }

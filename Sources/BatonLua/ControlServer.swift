@@ -145,7 +145,7 @@ public final class ControlServer {
     let ctx: RunContext
     let fd: Int32
     let path: String
-    private var evalRef: Int32 = LUA_NOREF, describeRef: Int32 = LUA_NOREF, completeRef: Int32 = LUA_NOREF
+    var evalRef: Int32 = LUA_NOREF, describeRef: Int32 = LUA_NOREF, completeRef: Int32 = LUA_NOREF
     var lua: LuaState { env.lua }
 
     init(env: RecipeEnvironment, ctx: RunContext, fd: Int32, path: String) {
@@ -271,6 +271,9 @@ public final class ControlServer {
         guard let op = ControlOp(rawValue: word), op != .refused else {
             return .object([("ok", .bool(false)), ("text", .string("unknown request '\(word)'"))])
         }
+        env.debugger.serving += 1   // (a line run here never pauses: Debugger.swift)
+        defer { env.debugger.serving -= 1 }
+        if let a = debugAnswer(op, req, peer) { return a }   // pauses, breakpoints, a replay (Debugger.swift)
         func done(_ ok: Bool, _ text: String, journaled target: String? = nil) -> JSON {
             if let t = target { journal(peer, op, t, ok: ok, text) }
             return .object([("ok", .bool(ok)), ("text", .string(text))])
@@ -311,6 +314,8 @@ public final class ControlServer {
             ctx.skipRequests.insert(id)
             return done(true, "watch '\(id)' ends as blocked; the recipe goes on", journaled: id)
         case .refused:
+            return done(false, "unknown request '\(word)'")
+        default:
             return done(false, "unknown request '\(word)'")
         }
     }

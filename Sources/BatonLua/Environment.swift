@@ -47,6 +47,8 @@ public final class RecipeEnvironment {
     /// The words after the recipe, also passed to the chunk as `...`.
     public internal(set) var wordsForVarargs: [String] = []
     public var dryRun: Bool { context?.dryRun ?? false }
+    /// Breakpoints and the replay debugger (Debugger.swift).
+    public let debugger = Debugger()
 
     public init(memoryLimit: Int, output: OutputOptions) {
         lua = LuaState(memoryLimit: memoryLimit)
@@ -61,6 +63,7 @@ public final class RecipeEnvironment {
         installProcessFunctions()
         installEmbeddedSearcher()
         installBatonTable()
+        installBreakpoint()
         do {
             try installResultMetatable()
             try installParallel()

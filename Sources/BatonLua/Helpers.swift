@@ -290,9 +290,10 @@ extension RecipeEnvironment {
         context?.spawnedAny = true
         let o = CommandRun.run(cmd, cwd: cwd, env: env, stdin: stdin, timeout: timeout, output: output,
                                on: loop, label: WaitLabel(via, cmd.display))
-        context?.record(.command(CommandRecord(via: via.rawValue, command: cmd, cwd: cwd.map(FileIO.absolute) ?? FileIO.currentDirectory(),
-                                                pid: o.pid, exit: o.exit, signal: o.signal, timedOut: o.timedOut,
-                                                durationMs: Int64(o.duration * 1000))))
+        var rec = CommandRecord(via: via.rawValue, command: cmd, cwd: cwd.map(FileIO.absolute) ?? FileIO.currentDirectory(),
+                                pid: o.pid, exit: o.exit, signal: o.signal, timedOut: o.timedOut, durationMs: Int64(o.duration * 1000))
+        if via == .sh { rec.stdout = CommandRecord.journaledOutput(o.stdout) }   // (what baton debug answers baton.sh with)
+        context?.record(.command(rec))
         return o
     }
 

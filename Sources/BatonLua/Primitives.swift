@@ -16,7 +16,7 @@ extension RecipeEnvironment {
             ("persistFinal", { [unowned self] l in try self.persistFinal(l) }),
         ]
         for (name, body) in prims {
-            lua.pushFunction(name, body)
+            lua.pushFunction(name) { [unowned self] l in try self.debugged(name, l) { try body(l) } }   // (Debugger.swift)
             lua_pushvalue(lua.L, -1)
             lua.setField(-3, name)
             lua.setGlobal(name)

@@ -26,6 +26,11 @@ public struct RunOptions: Sendable {
     /// soon as final.json is written and the outcome reported, without first freeing the
     /// run's history, journal events and Lua state (~4 ms for a run of 10,000 stages).
     public var exitWhenDone = false
+    /// `--break ID` (globs), `--break-timeout`, and whether a pause opens its prompt on this
+    /// terminal (`baton run` at a terminal, not detached).
+    public var breaks: [String] = []
+    public var breakTimeout: Double?
+    public var attachOnBreak = false
 
     public static var defaultSync: SyncPolicy {
         if let e = Settings.string(Settings.sync), let p = SyncPolicy(rawValue: e) { return p }
@@ -117,6 +122,10 @@ public enum RecipeRunner {
         env.setRequirePaths(recipeDir: dir)
         baton_abort_on_signals(1)
         if let b = o.budget { ctx.setBudget(b.seconds, text: b.text) }
+        env.debugger.breaks = o.breaks
+        env.debugger.breakTimeout = o.breakTimeout
+        env.debugger.autoAttach = o.attachOnBreak && isatty(0) == 1 && isatty(1) == 1
+        env.keepSources(ctx, text: text)
 
         // The control socket (baton attach): served by the loop while the recipe waits, from
         // the first wait on (what never waits cannot be served anyway).

@@ -64,6 +64,10 @@ import Testing
         _ = try Harness.run(["attach", (live as NSString).lastPathComponent], cwd: d, stdin: ":skip w\n")
         #expect(Harness.waitFor(20) { Harness.final(live) != nil })
         events += Harness.journal(live)
+        // A run paused at a breakpoint that goes on by its --break-timeout (paused, resumed_from_pause).
+        Harness.write(d + "/brk.lua", "runStage{id = 's', cmd = 'true'}\n")
+        #expect(try Harness.run(["run", "--break", "s", "--break-timeout", "0.1", "brk.lua"], cwd: d, stdin: "").code == 0)
+        events += Harness.journal(try #require(Harness.latestRun(d)))
         // A Slurm job: queued with a reason, running on a node, re-attached by a resume after kill -9.
         var slurmOnly: [String: Set<String>] = [:]
         if let conf = SlurmCluster.conf {

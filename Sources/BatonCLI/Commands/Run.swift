@@ -32,6 +32,10 @@ struct RunCommand: RunsDirCommand {
                                + Executors.kinds.map { "\($0.name): \($0.summary)" }.joined(separator: "; ") + ".",
                                valueName: Executors.names.joined(separator: "|")), completion: .list(Executors.names))
     var executor: String?
+    @Option(name: .customLong("break"), help: ArgumentHelp("Pause just before each runStage whose id matches (a glob such as deploy*; repeatable); baton attach opens its prompt there.", valueName: "ID"))
+    var breaks: [String] = []
+    @Option(name: .customLong("break-timeout"), help: ArgumentHelp("A pause with nobody attached goes on after this long (journaled): 10m, 90s.", valueName: "DURATION"))
+    var breakTimeout: String?
     @OptionGroup var globals: Globals
     @Argument(help: ArgumentHelp("The recipe file; the words after it are the recipe's own.", valueName: "RECIPE"),
               completion: .file(extensions: ["lua"]))
@@ -40,7 +44,7 @@ struct RunCommand: RunsDirCommand {
     var args: [String] = []
 
     /// Options of `run` that take a value (where the recipe starts is found before parsing).
-    static let valueOptions: Set<String> = ["--run-id", "--existing-run", "--sync", "--runs-dir", "--budget", "--executor"]
+    static let valueOptions: Set<String> = ["--run-id", "--existing-run", "--sync", "--runs-dir", "--budget", "--executor", "--break", "--break-timeout"]
     /// The words after RECIPE: they are the recipe's, never parsed as baton's options.
     nonisolated(unsafe) static var passthrough: [String] = []
 
@@ -48,6 +52,7 @@ struct RunCommand: RunsDirCommand {
         guard recipe != nil else { throw ValidationError("run needs a RECIPE file") }
         _ = try syncPolicy(sync)
         _ = try runBudget(budget)
+        _ = try breakTimeoutSeconds(breakTimeout)
     }
 
     mutating func run() throws {
@@ -61,6 +66,9 @@ struct RunCommand: RunsDirCommand {
         o.budget = try runBudget(budget)
         if let e = executor { o.executor = e }
         o.existingRun = existingRun != nil
+        o.breaks = breaks
+        o.breakTimeout = try breakTimeoutSeconds(breakTimeout)
+        o.attachOnBreak = !detach && existingRun == nil
         RunCommand.start(o, detach: detach)
     }
 
@@ -90,6 +98,12 @@ func runBudget(_ v: String?) throws -> (seconds: Double, text: String)? {
     return (s, v)
 }
 
+func breakTimeoutSeconds(_ v: String?) throws -> Double? {
+    guard let v else { return nil }
+    guard let s = Clock.parseDuration(v), s >= 0 else { throw ValidationError("--break-timeout takes a duration such as 10m or 90s, got '\(v)'") }
+    return s
+}
+
 func syncPolicy(_ v: String?) throws -> SyncPolicy {
     guard let v else { return RunOptions.defaultSync }
     guard let s = SyncPolicy(rawValue: v), s != .never else { throw ValidationError("--sync must be 'batched' or 'always', got '\(v)'") }
@@ -114,6 +128,8 @@ public enum Detach {
         args += ["--sync", o.sync.rawValue]
         if let b = o.budget { args += ["--budget", b.text] }
         if let e = o.executor { args += ["--executor", e] }
+        for b in o.breaks { args += ["--break", b] }
+        if let t = o.breakTimeout { args += ["--break-timeout", String(t)] }
         args.append(o.recipe)
         args.append(contentsOf: o.words)
         do {

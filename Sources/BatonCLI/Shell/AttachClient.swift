@@ -7,9 +7,10 @@ import Glibc
 /// `baton attach [RUN]`: a prompt whose lines run inside a live run (through its control
 /// socket); a finished or orphaned run opens the shell's journal view instead.
 public enum Attach {
-    public static func main(root: String, ref: String?) -> Int32 {
+    public static func main(root: String, ref: String?, leaveOnResume: Bool = false) -> Int32 {
         if isatty(0) != 0 {
             let shell = Interactive(root: root)
+            shell.leaveOnResume = leaveOnResume
             shell.startAttached = ref ?? "latest"
             return shell.run()
         }
@@ -46,7 +47,10 @@ struct ControlClient {
         var tv = timeval(tv_sec: timeout, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         let bytes = req.encodedBytes() + [10]
-        do { try bytes.withUnsafeBytes { try FileIO.writeAll(fd, $0, path: path) } } catch { return (nil, "\(error)") }
+        var writeError: String? = nil
+        // (A run that refuses at once may have answered and closed before this write: its
+        // answer is still there to read.)
+        do { try bytes.withUnsafeBytes { try FileIO.writeAll(fd, $0, path: path) } } catch { writeError = "\(error)" }
         var out: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {
@@ -58,7 +62,7 @@ struct ControlClient {
             if n <= 0 { break }
             out += buf[0..<n]
         }
-        guard let j = try? JSON.parse(out) else { return (nil, "the run closed the connection") }
+        guard let j = try? JSON.parse(out) else { return (nil, writeError ?? "the run closed the connection") }
         return (j, nil)
     }
 }
@@ -72,13 +76,24 @@ final class AttachSession {
         (":skip", "WATCH", "end a waiting watch as blocked; the recipe goes on"),
         (":extend", "STAGE SECONDS", "move the running attempt's timeout SECONDS later"),
         (":status", "", "the run's status (what it is blocked in, its stages and processes)"),
+        (":continue", "", "a paused run goes on"),
+        (":step", "", "a paused run runs its next primitive call and pauses again after it"),
+        (":skip", "", "(paused before a stage) skip it: its result is {skipped = true}"),
+        (":break", "ID", "pause before stages matching ID (a glob such as deploy*)"),
+        (":unbreak", "ID", "remove a breakpoint"),
+        (":breaks", "", "the run's breakpoints"),
+        (":where", "", "the Lua traceback of the paused frame"),
         (":detach", "", "leave the run running (also Ctrl-D)"),
         (":help", "", "this list"),
     ]
-    static let commands = help.map(\.name)
+    static let commands = help.map(\.name).reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
 
     let dir: RunDirectory
     let client: ControlClient
+    /// Requests answered in this process (the replay debugger), not through a socket.
+    var local: ((JSON) -> JSON)?
+    /// Leave once a paused run goes on (the prompt `baton run --break` opened, and replays).
+    var leaveOnResume = false
     /// The lines of an unfinished chunk.
     var pending: [String] = []
     var failures = 0
@@ -99,7 +114,9 @@ final class AttachSession {
         return s
     }
 
-    var prompt: String { pending.isEmpty ? "\(dir.id)> " : ">> " }
+    /// What the prompt says before `> ` (the run's id; the replay debugger's own).
+    var promptName: String?
+    var prompt: String { pending.isEmpty ? "\(promptName ?? dir.id)> " : ">> " }
 
     /// One line, typed or piped. Returns whether the session goes on (not after `:detach`
     /// or when the run is gone).
@@ -145,6 +162,16 @@ final class AttachSession {
             guard need(1, ":tail STAGE") else { return true }
             let r = Interactive.stageTail(dir, stage: args[0])
             if r.ok { Console.write(1, r.text, newline: false) } else { Console.err(r.text) }
+        case ":continue", ":c", ":step", ":s", ":next", ":n":
+            let op: ControlOp = [":continue", ":c"].contains(words[0]) ? .continue : [":next", ":n"].contains(words[0]) ? .next : .step
+            return goOn(.object([("op", .string(op.rawValue))]), stepping: op != .continue)
+        case ":skip" where args.isEmpty:
+            return goOn(.object([("op", .string(ControlOp.skipStage.rawValue))]), stepping: false)
+        case ":break", ":unbreak":
+            guard need(1, "\(words[0]) ID") else { return true }
+            req = .object([("op", .string((words[0] == ":break" ? ControlOp.breakAdd : .unbreak).rawValue)), ("stage", .string(args[0]))])
+        case ":breaks", ":where":
+            req = .object([("op", .string((words[0] == ":breaks" ? ControlOp.breaks : .where).rawValue))])
         case ":kill":
             guard need(1, ":kill STAGE") else { return true }
             req = .object([("op", .string(ControlOp.kill.rawValue)), ("stage", .string(args[0]))])
@@ -170,13 +197,37 @@ final class AttachSession {
         return true
     }
 
+    /// :continue, :step, :skip: the run goes on. A prompt opened for the pause leaves; one
+    /// that stays waits, after a step, until the run is paused again (or has ended).
+    func goOn(_ req: JSON, stepping: Bool) -> Bool {
+        guard let a = send(req) else { return false }
+        show(a)
+        guard a["ok"]?.boolValue == true else { return true }
+        if leaveOnResume { return false }
+        guard stepping else { return true }
+        while true {
+            usleep(100_000)
+            let (p, _) = client.request(.object([("op", .string(ControlOp.pauseState.rawValue))]), timeout: 5)
+            guard let p else {
+                if !FileLock.isHeld(dir.lock) { Console.err("run \(dir.id) has ended"); return false }
+                continue
+            }
+            if p["paused"]?.boolValue == true {
+                Console.out("paused \(SafeText.lines(p["text"]?.stringValue ?? ""))")
+                return true
+            }
+        }
+    }
+
     /// Tab: names in the run's Lua state.
     func complete(_ chain: String) -> [String] {
+        if let local { return local(.object([("op", .string(ControlOp.complete.rawValue)), ("chain", .string(chain))]))["candidates"]?.arrayValue?.compactMap(\.stringValue) ?? [] }
         let a = client.request(.object([("op", .string(ControlOp.complete.rawValue)), ("chain", .string(chain))]), timeout: 5).answer
         return a?["candidates"]?.arrayValue?.compactMap(\.stringValue) ?? []
     }
 
     func send(_ req: JSON) -> JSON? {
+        if let local { return local(req) }
         let (a, e) = client.request(req)
         if let a { return a }
         Console.err("baton: run \(dir.id) does not answer: \(e ?? "?")" + (FileLock.isHeld(dir.lock) ? "" : " (it has ended)"))

@@ -22,7 +22,7 @@ struct Completer {
     /// Entries of a directory: (name, isDirectory).
     var listDirectory: (String) -> [(String, Bool)] = Completer.directoryEntries
 
-    static let runCommands: Set<String> = [":status", ":attach", ":tail", ":cancel", ":resume"]
+    static let runCommands: Set<String> = [":status", ":attach", ":tail", ":cancel", ":resume", ":debug"]
 
     func complete(before: String, word: String) -> [String] {
         let head = before.drop { $0 == " " || $0 == "\t" }

@@ -40,6 +40,8 @@ final class Interactive {
     }
     /// `baton attach RUN`: attach at start; `:detach` then leaves.
     var startAttached: String?
+    /// The prompt `baton run --break` opened: leave when the paused run goes on.
+    var leaveOnResume = false
 
     init(root: String) {
         self.root = FileIO.absolute(root)

@@ -18,6 +18,7 @@ enum MetaCommand {
         (":cancel", "RUN", "stop a live run, or finish an orphaned one"),
         (":resume", "RUN", "continue a run here, replaying what passed (Ctrl-C stops it)"),
         (":load", "RECIPE [ARGS]", "run a recipe file in this shell; its stages journal into the shell's run"),
+        (":debug", "RUN [--at ID]", "replay a run's recipe against its journal (nothing runs), a prompt in its frame (as baton debug)"),
         (":quit", "", "leave (also Ctrl-D); history is saved"),
     ]
     static let names = help.map(\.name)
@@ -81,6 +82,12 @@ extension Interactive {
             if code != 0 { err("(resume ended with exit code \(code))") }
         case ":load":
             load(args)
+        case ":debug":
+            guard let dir = find(args.first.flatMap { $0.hasPrefix("--") ? nil : $0 } ?? attached) else { return }
+            let at = args.firstIndex(of: "--at").flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil }
+            let code = Debugging.run(root: root, ref: dir.id, at: at, lines: Debugging.Lines(tty: true))
+            FileIO.changeDirectory(cwd)
+            if code != 0 { err("(debug ended with exit code \(code))") }
         default:
             err("unknown command \(first); :help lists them")
         }
@@ -134,6 +141,7 @@ extension Interactive {
             // A live run: its control socket, so lines run inside it.
             var why: String?
             if let session = AttachSession.connect(dir, why: &why) {
+                session.leaveOnResume = leaveOnResume
                 remote = session
                 attached = dir.id
                 say(session.greeting)

@@ -85,6 +85,8 @@ public enum EventBody: Sendable {
     case command(CommandRecord)
     case notRun(NotRun)
     case control(ControlRecord)
+    case paused(PauseRecord)
+    case resumedFromPause(PauseResumed)
     case final(FinalEvent)
     /// A type this version does not know (a newer writer): kept, shown, never dropped.
     case unknown(String, JSON)
@@ -106,6 +108,7 @@ public enum EventBody: Sendable {
         ("preflight", PreflightRecord.fieldNames), ("watch", WatchTransition.fieldNames),
         ("gate", GateRecord.fieldNames), ("heartbeat", Heartbeat.fieldNames), ("log", LogRecord.fieldNames),
         ("command", CommandRecord.fieldNames), ("not_run", NotRun.fieldNames), ("control", ControlRecord.fieldNames),
+        ("paused", PauseRecord.fieldNames), ("resumed_from_pause", PauseResumed.fieldNames),
         ("final", FinalEvent.fieldNames),
     ]
 
@@ -141,6 +144,8 @@ public enum EventBody: Sendable {
         case .command: return "command"
         case .notRun: return "not_run"
         case .control: return "control"
+        case .paused: return "paused"
+        case .resumedFromPause: return "resumed_from_pause"
         case .final: return "final"
         case let .unknown(t, _): return t
         }
@@ -162,6 +167,8 @@ public enum EventBody: Sendable {
         case let .command(c): return c.fields
         case let .notRun(n): return n.fields
         case let .control(c): return c.fields
+        case let .paused(p): return p.fields
+        case let .resumedFromPause(r): return r.fields
         case let .final(f): return f.fields
         case let .unknown(_, j):
             return (j.objectValue ?? []).filter { !JournalEvent.envelope.contains($0.0) }
@@ -184,6 +191,8 @@ public enum EventBody: Sendable {
         case "command": self = .command(CommandRecord(&f))
         case "not_run": self = .notRun(NotRun(&f))
         case "control": self = .control(ControlRecord(&f))
+        case "paused": self = .paused(PauseRecord(&f))
+        case "resumed_from_pause": self = .resumedFromPause(PauseResumed(&f))
         case "final": self = .final(FinalEvent(&f))
         default: self = .unknown(type, j)
         }
@@ -670,7 +679,10 @@ public struct CommandRecord: Sendable {
     public var timedOut = false
     public var durationMs: Int64
 
-    public static let fieldNames = ["via", "argv", "shell", "cwd", "pid", "exit", "signal", "timed_out", "duration_ms"]
+    /// baton.sh's output when it is text of at most 4 KiB (what `baton debug` answers it with).
+    public var stdout: String?
+
+    public static let fieldNames = ["via", "argv", "shell", "cwd", "pid", "exit", "signal", "timed_out", "duration_ms", "stdout"]
 
     public init(via: String, command: Command, cwd: String, pid: Int32?, exit: Int32?, signal: Int32?,
                 timedOut: Bool, durationMs: Int64) {
@@ -687,11 +699,14 @@ public struct CommandRecord: Sendable {
         signal = f.int32("signal")
         timedOut = f.bool("timed_out")
         durationMs = f.int("duration_ms") ?? 0
+        stdout = f.string("stdout")
     }
 
     var fields: [(String, JSON)] {
-        [("via", .string(via)), command.journalField, ("cwd", .string(cwd)), ("pid", int(pid)), ("exit", int(exit)),
-         ("signal", int(signal)), ("timed_out", .bool(timedOut)), ("duration_ms", .int(durationMs))]
+        var o: [(String, JSON)] = [("via", .string(via)), command.journalField, ("cwd", .string(cwd)), ("pid", int(pid)), ("exit", int(exit)),
+                                   ("signal", int(signal)), ("timed_out", .bool(timedOut)), ("duration_ms", .int(durationMs))]
+        if let s = stdout { o.append(("stdout", .string(s))) }
+        return o
     }
 }
 

@@ -129,6 +129,8 @@ public struct RunHistory: Sendable {
     public private(set) var attemptLogs: [AttemptLog] = []
     public private(set) var lastEvent: (type: String, ts: Double)?
     public private(set) var final: (event: FinalEvent, ts: Double)?
+    /// The run is paused (a breakpoint): where, why, since when; nil once it goes on.
+    public private(set) var paused: (record: PauseRecord, ts: Double)?
     public private(set) var lastSeq: Int64 = 0
     /// The highest log file number used per stage id (a resume continues from it).
     public private(set) var logNumbers: [String: Int] = [:]
@@ -208,7 +210,12 @@ public struct RunHistory: Sendable {
             }
         case let .final(f):
             final = (f, e.ts)
+            paused = nil
             endLife(failingWatches: false)
+        case let .paused(p):
+            paused = (p, e.ts)
+        case .resumedFromPause:
+            paused = nil
         case .preflight, .gate, .heartbeat, .log, .command, .notRun, .control, .unknown:
             break   // (a call's state, a watch's and the lives do not depend on these)
         }
@@ -216,6 +223,7 @@ public struct RunHistory: Sendable {
 
     private mutating func begin(_ ts: Double, _ b: RunBegan, resumed: Bool) {
         latestStart = (ts, b, resumed)
+        paused = nil
         lives += 1
         final = nil
         endLife(failingWatches: true)

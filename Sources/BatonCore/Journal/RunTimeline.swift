@@ -145,7 +145,7 @@ public struct RunTimeline: Sendable {
             closeFromHistory(at: previous)
         case .runStarted, .runResumed:
             break   // (a life: above)
-        case .stageStalled, .stageQueued, .log, .notRun, .control, .unknown:
+        case .stageStalled, .stageQueued, .log, .notRun, .control, .paused, .resumedFromPause, .unknown:
             break   // (not drawn over time)
         }
     }

@@ -17,7 +17,7 @@ public protocol LoopTask: AnyObject {
 
 /// What a wait is on: the `waiting_on` of a heartbeat, the first word of `status`'s "waiting on".
 public enum WaitKind: String, CaseIterable, Sendable {
-    case stage, watch, command, gate, preflight, parallel, sleep, lock, yaml
+    case stage, watch, command, gate, preflight, parallel, sleep, lock, yaml, pause
     /// `baton.sh` and `os.execute` (their commands' `via`).
     case sh = "baton.sh", execute = "os.execute"
 }

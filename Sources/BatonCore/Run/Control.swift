@@ -15,6 +15,13 @@ public enum ControlOp: String, CaseIterable, Sendable {
     case kill, extend, skip
     /// A client of another uid (journaled, never answered).
     case refused
+    /// A paused run (a breakpoint): go on; run the next primitive call and pause after it;
+    /// skip the stage it is paused before; the replay debugger's next call.
+    case `continue`, step, skipStage = "skip_stage", next
+    /// The live run's breakpoints: add, remove, list; the Lua traceback of the paused frame.
+    case breakAdd = "break", unbreak, breaks, `where`
+    /// Whether the run is paused now (not journaled: a client waiting after `:step`).
+    case pauseState = "pause_state"
 }
 
 /// What a live run's control socket (`baton attach`) may do to its stages and watches.

@@ -257,6 +257,21 @@ public final class RunContext {
         log(.info, "run budget: \(text) (ends at \(Clock.rfc3339(Clock.now() + until - Clock.monotonic())))")
     }
 
+    /// A pause does not count against the budget: the timer stops (returns when it was
+    /// stopped) and starts again with what was left, the end moved by the pause's length.
+    public func suspendBudget() -> Double? {
+        guard budget != nil else { return nil }
+        _ = baton_budget_arm(0)
+        return Clock.monotonic()
+    }
+
+    public func resumeBudget(suspendedAt: Double?) {
+        guard let at = suspendedAt, let b = budget else { return }
+        let until = b.until + (Clock.monotonic() - at)
+        budget = (b.text, until)
+        _ = baton_budget_arm(max(0.000_001, until - Clock.monotonic()))
+    }
+
     // MARK: pools
 
     /// Named pools: (limit, stages running now).

@@ -32,6 +32,8 @@ public struct RunInfo {
     /// The stage attempt or watch in progress: (kind, id, since).
     public var current: (kind: String, id: String, since: Double)?
     public var currentPid: Int32?
+    /// A live run paused at a breakpoint: where, why, since when.
+    public var paused: (record: PauseRecord, since: Double)?
     public var lastEvent: (type: String, ts: Double)?
     public var events: [JournalEvent] = []
     public var history = RunHistory()
@@ -84,6 +86,7 @@ public struct RunInfo {
         if withEvents { info.events = contents.events }
         if locked {
             info.state = .running
+            if let p = h.paused { info.paused = (p.record, p.ts) }
             if let s = (try? FileIO.readString(dir.lock))?.trimmingWhitespace(), let p = Int32(s) { info.runnerPid = p }
         } else if let s = info.final?.status, s.isEnding {
             info.state = State(s)
@@ -155,6 +158,9 @@ public struct RunInfo {
                     + RunInfo.liveFields(r.stage) + r.stage.batchFields)
         })))
         o.append(("blocked_in", blockedIn?.json ?? .null))
+        o.append(("paused", paused.map { p in .object([("where", .string(p.record.at)), ("why", .string(p.record.why)),
+                                                      ("stage", p.record.stage.map(JSON.string) ?? .null), ("line", .string(p.record.line)),
+                                                      ("for_ms", .int(Int64((Clock.now() - p.since) * 1000)))]) } ?? .null))
         o.append(("runner_looks_hung", .bool(runnerLooksHung)))
         o.append(("problems", .array(problems.map(JSON.string))))
         return .object(o)
