@@ -53,6 +53,33 @@ import Testing
         #expect(Harness.runDirs(d).isEmpty)
     }
 
+    /// Issue 23 item 11: the small things a new user trips on.
+    @Test func helpTopicsSuggestionsAndRunCounts() throws {
+        let d = Harness.tempDir("cli-help")
+        let h = try Harness.run(["help", "nosuch"], cwd: d)
+        #expect(h.code == 2 && h.stderr.contains("unknown command 'nosuch'") && h.stdout.isEmpty, "help nosuch: \(h.code) \(h.stderr)")
+        let hs = try Harness.run(["help", "stauts"], cwd: d)
+        #expect(hs.code == 2 && hs.stderr.contains("did you mean 'status'"), "\(hs.stderr)")
+        #expect(try Harness.run(["help", "runs"], cwd: d).code == 0)
+        let w = try Harness.run(["help", "__watchdog"], cwd: d)
+        #expect(w.code == 2 && !w.stderr.contains(", __watchdog"), "\(w.stderr)")
+        let overview = try Harness.run(["help"], cwd: d)
+        #expect(overview.code == 0 && !overview.stdout.contains("watchdog"))
+        let r = try Harness.run(["rnus"], cwd: d)
+        #expect(r.code == 3 && r.stderr.contains("did you mean 'runs'?") && !r.stderr.contains("watchdog"), "\(r.stderr)")
+        let w2 = try Harness.run(["__watchdo"], cwd: d)
+        #expect(w2.code == 3 && !w2.stderr.contains("watchdog'?"), "\(w2.stderr)")
+        Harness.write(d + "/r.lua", "return {ok = true}")
+        #expect(try Harness.run(["run", "r.lua"], cwd: d).code == 0)
+        let zero = try Harness.run(["runs", "-n", "0"], cwd: d)
+        #expect(zero.code == 0 && zero.stdout.isEmpty && zero.stderr.isEmpty, "\(zero.stdout)\(zero.stderr)")
+        let e = Harness.tempDir("cli-help-empty")
+        let zeroEmpty = try Harness.run(["runs", "-n", "0"], cwd: e)
+        #expect(zeroEmpty.code == 0 && zeroEmpty.stdout.isEmpty, "\(zeroEmpty.stdout)")
+        let neg = try Harness.run(["runs", "-n", "-1"], cwd: d)
+        #expect(neg.code == 3 && neg.stderr.contains("-n must be 0 or more, not -1"), "\(neg.stderr)")
+    }
+
     @Test func everythingAfterTheRecipeIsTheRecipes() throws {
         let d = Harness.tempDir("cli-words")
         Harness.write(d + "/r.lua", """
