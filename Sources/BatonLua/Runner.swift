@@ -50,7 +50,11 @@ public struct Ending {
     public var exit: ExitStatus
     public var reason: String?
     public var code: Int32 { exit.rawValue }
-    public init(status: RunOutcome, exit: ExitStatus, reason: String?) { self.status = status; self.exit = exit; self.reason = reason }
+    /// The error's `kind` when a Lua error ended the run (`args`: kit.args refused the words).
+    public var kind: String?
+    public init(status: RunOutcome, exit: ExitStatus, reason: String?, kind: String? = nil) {
+        self.status = status; self.exit = exit; self.reason = reason; self.kind = kind
+    }
 }
 
 public enum RecipeRunner {
@@ -136,6 +140,12 @@ public enum RecipeRunner {
         // `baton run r.lua help` printed the usage and ran nothing: no run to keep.
         if env.usageOnly, ending.code == 0, ctx.history.stages.isEmpty, !o.existingRun, (try? RunStore(root: o.runsDir).remove(ctx.dir.id)) != nil {
             return ending.code
+        }
+        // The recipe's words were refused (kit.args) before anything ran: a usage error, as
+        // `baton run --bad` is, that leaves no failed run behind.
+        if ending.kind == "args", loaded, ctx.history.stages.isEmpty, (try? RunStore(root: o.runsDir).remove(ctx.dir.id)) != nil {
+            if o.exitWhenDone { Glibc.exit(Console.error(ending.reason ?? "bad arguments", json: o.json, code: ending.exit)) }
+            return Console.error(ending.reason ?? "bad arguments", json: o.json, code: ending.exit)
         }
         report(ctx: ctx, ending: ending, json: o.json)
         if o.exitWhenDone { Glibc.exit(ending.code) }
@@ -237,7 +247,7 @@ public enum RecipeRunner {
         if e.status == .memory {
             msg += " (the Lua memory limit is \(env.lua.memoryLimitMB) MiB; set BATON_LUA_MEMORY_MB to change it)"
         }
-        return Ending(status: .failed, exit: e.code.map { ExitStatus(rawValue: Int32($0)) } ?? .failure, reason: msg)
+        return Ending(status: .failed, exit: e.code.map { ExitStatus(rawValue: Int32($0)) } ?? .failure, reason: msg, kind: e.kind)
     }
 
     public static func report(ctx: RunContext, ending: Ending, json: Bool) {

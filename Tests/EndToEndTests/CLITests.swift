@@ -125,6 +125,27 @@ import Testing
         #expect(bad.code == 3 && bad.stderr.contains("low|medium|high"), "\(bad.stderr)")
     }
 
+    /// Issue 23 item 10: kit.args refusing the recipe's words leaves no failed run behind.
+    @Test func recipeArgumentErrorsLeaveNoRun() throws {
+        let d = Harness.tempDir("cli-argerr")
+        Harness.write(d + "/r.lua", """
+            local o = require("kit.args").parse{
+              options = {risk = {choices = {"low", "high"}, default = "low"}, count = {number = true, min = 1, required = true}},
+            }
+            runStage{id = "s", cmd = {"true"}}
+            """)
+        for (words, says) in [(["--risk", "hgih", "count=1"], "low|high"), (["risk=low"], "'count=...' is required"),
+                              (["count=abc"], "must be a number"), (["--cuont", "2"], "did you mean '--count'")] {
+            let r = try Harness.run(["run", "r.lua"] + words, cwd: d)
+            #expect(r.code == 3 && r.stderr.contains(says), "\(words): \(r.code) \(r.stderr)")
+            let j = try Harness.run(["run", "--json", "r.lua"] + words, cwd: d)
+            #expect(j.code == 3 && j.stdout.contains("\"exit_code\": 3"), "\(j.stdout)")
+        }
+        #expect(Harness.runDirs(d).isEmpty, "no failed run left behind: \(Harness.runDirs(d))")
+        #expect(try Harness.run(["run", "r.lua", "count=2"], cwd: d).code == 0)
+        #expect(Harness.runDirs(d).count == 1)
+    }
+
     @Test func noArgumentsReadsPipedLua() throws {
         let d = Harness.tempDir("cli-pipe")
         let r = try Harness.run([], cwd: d, stdin: "print('piped', 40 + 2)\n")
