@@ -27,6 +27,61 @@ public enum RecipeCheck {
         public var ok: Bool { findings.isEmpty }
     }
 
+    /// `baton check PATH...`: every file given, and every `*.lua` under a directory given
+    /// (hidden directories skipped) that is a recipe: a file some other file there requires
+    /// (or one under a `scripts-lua` directory, where `require` looks) is a module, compiled
+    /// with the recipe that requires it and not checked as a recipe itself. The recipes
+    /// checked, in order, and every finding sorted by file, line and column.
+    public static func check(paths: [String]) -> (recipes: [String], failed: Set<String>, report: Report) {
+        var files: [String] = [], fromDirectories = Set<String>()
+        for p in paths {
+            if FileIO.isDirectory(p) {
+                let found = luaFiles(under: p)
+                files += found
+                fromDirectories.formUnion(found)
+            } else {
+                files.append(p)
+            }
+        }
+        // Modules: what the files found in directories require, resolved as the runtime would.
+        var modules = Set<String>()
+        for f in files where fromDirectories.contains(f) {
+            if f.split(separator: "/").contains("scripts-lua") { modules.insert(FileIO.absolute(f)); continue }
+            guard let bytes = try? FileIO.readFile(f) else { continue }
+            let dir = FileIO.dirname(FileIO.absolute(f))
+            for (name, _) in requiredModules(String(decoding: bytes, as: UTF8.self)) {
+                let rel = name.split(separator: ".").joined(separator: "/")
+                for d in [dir, FileIO.currentDirectory() + "/scripts-lua"] {
+                    modules.insert(FileIO.absolute("\(d)/\(rel).lua"))
+                    modules.insert(FileIO.absolute("\(d)/\(rel)/init.lua"))
+                }
+            }
+        }
+        var recipes: [String] = [], seen = Set<String>()
+        for f in files where !(fromDirectories.contains(f) && modules.contains(FileIO.absolute(f))) {
+            if seen.insert(FileIO.absolute(f)).inserted { recipes.append(f) }
+        }
+        var r = Report(), failed = Set<String>()
+        for f in recipes {
+            let found = check(f).findings
+            if !found.isEmpty { failed.insert(f) }
+            r.findings += found
+        }
+        r.findings.sort { ($0.file, $0.line, $0.column) < ($1.file, $1.line, $1.column) }
+        return (recipes, failed, r)
+    }
+
+    /// Every `*.lua` under `dir`, sorted, hidden directories (`.baton`, `.build`, `.git`) skipped.
+    static func luaFiles(under dir: String) -> [String] {
+        var out: [String] = []
+        let base = dir.hasSuffix("/") && dir.count > 1 ? String(dir.dropLast()) : dir
+        for name in FileIO.list(base).sorted() where !name.hasPrefix(".") {
+            let path = base == "." ? name : base + "/" + name
+            if FileIO.isDirectory(path) { out += luaFiles(under: path) } else if name.hasSuffix(".lua") { out.append(path) }
+        }
+        return out
+    }
+
     public static func check(_ recipe: String) -> Report {
         var r = Report()
         let text: [UInt8]

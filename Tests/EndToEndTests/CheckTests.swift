@@ -83,4 +83,52 @@ import Testing
             #expect(c.code == 0, "\(recipe): \(c.stderr)")
         }
     }
+
+    /// Issue 23 item 9: several files and directories; a directory's modules are checked
+    /// with the recipes that require them, not as recipes; findings sorted by file and line.
+    @Test func severalFilesAndDirectories() throws {
+        let d = Harness.tempDir("check-many")
+        Harness.write(d + "/b.lua", "runStage{id = 'b', cmd = 'true', retrys = 1}\nrunStag{id = 'x'}\n")
+        Harness.write(d + "/a.lua", "local m = require('lib.mod')\nprint(zz1)\nprint(m)\n")
+        Harness.write(d + "/lib/mod.lua", "local M = {}\nreturn M\n")   // a module: not a recipe
+        Harness.write(d + "/sub/c.lua", "print(qq)\n")
+        Harness.write(d + "/.baton/x.lua", "this is not lua\n")              // hidden: skipped
+        let r = try Harness.run(["check", "."], cwd: d)
+        let lines = r.stderr.split(separator: "\n").map(String.init)
+        #expect(r.code == 3 && lines.count == 4, "\(r.stderr)")
+        #expect(lines.map { String($0.prefix(while: { $0 != " " })) } == ["a.lua:2:7:", "b.lua:1:34:", "b.lua:2:1:", "sub/c.lua:1:7:"], "\(r.stderr)")
+        #expect(!r.stdout.contains("mod.lua") && !r.stderr.contains("mod.lua"), "\(r.stdout)")
+        let two = try Harness.run(["check", "sub", "b.lua"], cwd: d)
+        #expect(two.code == 3 && two.stderr.split(separator: "\n").first?.hasPrefix("b.lua:1:") == true, "\(two.stderr)")
+        let j = try Harness.run(["check", "--json", ".", "b.lua"], cwd: d)
+        let doc = try #require(try JSONSerialization.jsonObject(with: Data(j.stdout.utf8)) as? [String: Any])
+        #expect(doc["recipes"] as? [String] == ["a.lua", "b.lua", "sub/c.lua"] && (doc["findings"] as? [Any])?.count == 4, "\(j.stdout)")
+        Harness.write(d + "/ok/r.lua", "runStage{id = 'a', cmd = 'true'}\n")
+        let ok = try Harness.run(["check", "ok"], cwd: d)
+        #expect(ok.code == 0 && ok.stdout.contains("ok/r.lua: ok"), "\(ok.stdout) \(ok.stderr)")
+        let dot = try Harness.run(["check", "."], cwd: d + "/ok")
+        #expect(dot.code == 0 && dot.stdout.contains("r.lua: ok"), "\(dot.stdout) \(dot.stderr)")
+        let none = try Harness.run(["check", "lib/.."], cwd: Harness.tempDir("check-none"))
+        #expect(none.code == 3)
+        // The shipped recipes and fixtures, as a directory.
+        let shipped = try Harness.run(["check", "recipes", "Tests/Fixtures"], cwd: Harness.packageRoot.path)
+        #expect(shipped.code == 0, "\(shipped.stderr)")
+    }
+
+    /// Every finding code `check` can print is documented in docs/cli.md.
+    @Test func everyFindingCodeIsDocumented() throws {
+        let root = Harness.packageRoot.path
+        let swift = Harness.read(root + "/Sources/BatonLua/Check.swift") ?? ""
+        let lint = Harness.read(root + "/scripts-lua/kit/lint.lua") ?? ""
+        let docs = Harness.read(root + "/docs/cli.md") ?? ""
+        var codes = Set<String>()
+        for (text, pattern) in [(swift, #"code: "([a-z-]+)""#), (lint, #"add\([^,]+, "([a-z-]+)""#)] {
+            let re = try NSRegularExpression(pattern: pattern)
+            for m in re.matches(in: text, range: NSRange(text.startIndex..., in: text)) {
+                codes.insert(String(text[Range(m.range(at: 1), in: text)!]))
+            }
+        }
+        #expect(codes.count >= 8 && codes.contains("undefined-global") && codes.contains("syntax"), "\(codes)")
+        for c in codes { #expect(docs.contains("| `\(c)` |"), "finding code '\(c)' is not in docs/cli.md") }
+    }
 }
