@@ -15,6 +15,8 @@ public struct RunOptions: Sendable {
     public var json = false
     /// `--stream`: echo stage output as it comes.
     public var stream = false
+    /// Check the whole recipe before the first stage (`--no-check`: false).
+    public var check = true
     public var memoryLimit = RunOptions.defaultMemoryLimit
     /// The directory was made by `run --detach`; the runner only fills it.
     public var existingRun = false
@@ -71,6 +73,10 @@ public enum RecipeRunner {
         if !o.existingRun, let failed = load(env: env, recipe: o.recipe, text: text, readError: readError) {
             return Console.error(failed.reason ?? "cannot load \(o.recipe)", json: o.json, code: failed.exit)
         }
+        // Certain errors anywhere in the recipe stop it now: no stage ran, no run directory.
+        if !o.existingRun, o.check, let text, let problem = checkProblem(env: env, recipe: o.recipe, text: text) {
+            return Console.error(problem, json: o.json)
+        }
         let ctx: RunContext
         do {
             ctx = try RunContext.start(store: store, id: o.runID, recipe: o.recipe, recipeText: text ?? [],
@@ -83,10 +89,19 @@ public enum RecipeRunner {
 
     /// Why the recipe cannot run (unreadable, binary, a syntax error), or nil: what
     /// `run --detach` checks before it returns.
-    public static func loadProblem(_ recipe: String) -> String? {
+    public static func loadProblem(_ recipe: String, check: Bool = false) -> String? {
         let (text, readError) = readRecipe(recipe)
         let env = RecipeEnvironment(memoryLimit: RunOptions.defaultMemoryLimit, output: OutputOptions(json: false))
-        return load(env: env, recipe: recipe, text: text, readError: readError).map { $0.reason ?? "cannot load \(recipe)" }
+        if let failed = load(env: env, recipe: recipe, text: text, readError: readError) { return failed.reason ?? "cannot load \(recipe)" }
+        if check, let text { return checkProblem(env: env, recipe: recipe, text: text) }
+        return nil
+    }
+
+    /// The recipe's certain errors (RecipeCheck.beforeRun) as one message, or nil.
+    static func checkProblem(env: RecipeEnvironment, recipe: String, text: [UInt8]) -> String? {
+        let found = RecipeCheck.beforeRun(env: env, recipe: recipe, text: text)
+        guard !found.isEmpty else { return nil }
+        return found.map(\.text).joined(separator: "\n") + "\n(checked before the first stage: nothing ran; --no-check skips this)"
     }
 
     static func environment(_ o: RunOptions) -> RecipeEnvironment {

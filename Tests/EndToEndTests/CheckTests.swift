@@ -131,4 +131,53 @@ import Testing
         #expect(codes.count >= 8 && codes.contains("undefined-global") && codes.contains("syntax"), "\(codes)")
         for c in codes { #expect(docs.contains("| `\(c)` |"), "finding code '\(c)' is not in docs/cli.md") }
     }
+
+    /// Issue 23 item 8: `baton run` checks the whole recipe before the first stage: a
+    /// certain error stops it with exit 3 and file:line:col, before any stage or run
+    /// directory; `--no-check` skips it; no false positives on what is legal.
+    @Test func runChecksTheWholeRecipeFirst() throws {
+        let d = Harness.tempDir("check-run")
+        let cases: [(String, String)] = [
+            ("runStage{id = 'a', cmd = {'touch', 'ran'}}\nrunstage{id = 'b', cmd = 'true'}\n", "r.lua:2:1: undefined global 'runstage' (did you mean 'runStage'?) [undefined-global]"),
+            ("runStage{id = 'a', cmd = {'touch', 'ran'}}\nlocal function later()\n  runStage{id = 'b', cmd = 'true', retrys = 2}\nend\nlater()\n", "r.lua:3:36: runStage: unknown field 'retrys'"),
+            ("runStage{id = 'a', cmd = {'touch', 'ran'}}\nwatch{id = 'w', file = 'f', onMissing = 'explode'}\n", "r.lua:2:41: watch: field 'onMissing' must be one of"),
+            ("runStage{id = 'a', cmd = {'touch', 'ran'}}\nparallel({1, 2})\n", "r.lua:2:1: parallel takes 2 or 3 arguments, given 1 [arg-count]"),
+            ("runStage{id = 'a', cmd = {'touch', 'ran'}}\nrunStage({id = 'b', cmd = 'true'}, {retries = 1})\n", "r.lua:2:1: runStage takes 1 argument, given 2 [arg-count]"),
+        ]
+        for (recipe, says) in cases {
+            Harness.write(d + "/r.lua", recipe)
+            let r = try Harness.run(["run", "r.lua"], cwd: d)
+            #expect(r.code == 3 && r.stderr.contains(says), "\(recipe)\n-> \(r.code): \(r.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: d + "/ran"), "no stage ran")
+            #expect(Harness.runDirs(d).isEmpty, "no run directory")
+            let j = try Harness.run(["run", "--json", "r.lua"], cwd: d)
+            #expect(j.code == 3 && j.stdout.contains("exit_code"), "\(j.stdout)")
+            let det = try Harness.run(["run", "--detach", "r.lua"], cwd: d)
+            #expect(det.code == 3 && det.stderr.contains(says) && Harness.runDirs(d).isEmpty, "--detach: \(det.stderr)")
+        }
+        // --no-check: the first stage runs, the runtime meets the error.
+        Harness.write(d + "/r.lua", cases[0].0)
+        let nc = try Harness.run(["run", "--no-check", "r.lua"], cwd: d)
+        #expect(nc.code == 1 && FileManager.default.fileExists(atPath: d + "/ran") && Harness.runDirs(d).count == 1, "\(nc.stderr)")
+
+        // Legal Lua is never stopped: a bare read of an unknown global (feature detection),
+        // globals made by a module it requires, through _G or load, a pcall'd call, methods.
+        let e = Harness.tempDir("check-run-ok")
+        Harness.write(e + "/lib/helpers.lua", "function shout(s) return s:upper() end\nreturn {}\n")
+        Harness.write(e + "/ok.lua", """
+            require("lib.helpers")
+            if jit then print("luajit") end
+            local x = shout("a")
+            _G.made = function() return 1 end
+            made()
+            local ok = pcall(function() return nosuchthing end)
+            local t = {runstage = 1}; print(t.runstage, x, ok)
+            runStage{id = "a", cmd = {"true"}, retries = 0, allowFail = true}
+            local items = {1, 2}
+            parallel(items, function(i) return i end, {maxConcurrency = 2})
+            persistFinal{done = true}
+            """)
+        let ok = try Harness.run(["run", "ok.lua"], cwd: e)
+        #expect(ok.code == 0, "\(ok.stderr)")
+    }
 }

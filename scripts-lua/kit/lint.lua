@@ -7,6 +7,11 @@
 --                     never assigned in the file (`runStag{...}`), with a did-you-mean
 --   unknown-field     a misspelt field in a literal primitive table (`retrys = 2`)
 --   field-type        a literal of the wrong type (`timeout = "10"`)
+--   field-value       a literal string a field does not take (`onMissing = "explode"`)
+--   arg-count         a primitive called with too few or too many arguments (`parallel(items)`)
+-- A finding with `certain = true` is an error the run would certainly raise when it gets
+-- there: `baton run` stops on those before the first stage (undefined globals only when
+-- called or indexed: a bare read such as `if jit then` is legal Lua).
 local M = {}
 
 local keywords = {}
@@ -35,40 +40,47 @@ function M.tokens(src)
     return e or n
   end
   if src:sub(1, 1) == "#" then i = (src:find("\n", 1, true) or n + 1) end
+  -- Bytes, not one-character strings: `baton run` lints every recipe before it starts.
+  local byte, find, match = string.byte, string.find, string.match
   while i <= n do
-    local c = src:sub(i, i)
-    if c == "\n" then
+    local b = byte(src, i)
+    if b == 10 then
       line, i = line + 1, i + 1
       lineStart = i
-    elseif c:match("%s") then
-      i = i + 1
-    elseif src:sub(i, i + 1) == "--" then
+    elseif b == 32 or b == 9 or b == 13 or b == 11 or b == 12 then
+      local _, e = find(src, "^[ \t\r\v\f]+", i)
+      i = e + 1
+    elseif b == 45 and byte(src, i + 1) == 45 then -- "--"
       local e = longBracket(i + 2)
-      if e then skip(i, e) else i = (src:find("\n", i, true) or n + 1) end
-    elseif c:match("[%a_]") then
-      local w = src:match("^[%w_]+", i)
+      if e then skip(i, e) else i = (find(src, "\n", i, true) or n + 1) end
+    elseif b == 95 or (b >= 65 and b <= 90) or (b >= 97 and b <= 122) then
+      local _, e = find(src, "^[%w_]+", i)
+      local w = src:sub(i, e)
       add(keywords[w] and "kw" or "name", w, i)
-      i = i + #w
-    elseif c:match("%d") or (c == "." and src:sub(i + 1, i + 1):match("%d")) then
-      local num = src:match("^0[xX][%x%.]*[pP][%+%-]?%d+", i) or src:match("^0[xX][%x%.]*", i)
-        or src:match("^[%d%.]+[eE][%+%-]?%d+", i) or src:match("^[%d%.]+", i)
+      i = e + 1
+    elseif (b >= 48 and b <= 57) or (b == 46 and match(src, "^%d", i + 1)) then
+      local num = match(src, "^0[xX][%x%.]*[pP][%+%-]?%d+", i) or match(src, "^0[xX][%x%.]*", i)
+        or match(src, "^[%d%.]+[eE][%+%-]?%d+", i) or match(src, "^[%d%.]+", i)
       add("number", num, i)
       i = i + #num
-    elseif c == '"' or c == "'" then
+    elseif b == 34 or b == 39 then
       local j = i + 1
       while j <= n do
-        local d = src:sub(j, j)
-        if d == "\\" then j = j + 2 elseif d == c or d == "\n" then break else j = j + 1 end
+        local d = byte(src, j)
+        if d == 92 then j = j + 2 elseif d == b or d == 10 then break else j = j + 1 end
       end
       add("string", src:sub(i + 1, j - 1), i)
       skip(i, math.min(j, n))
-    elseif c == "[" and src:match("^%[=*%[", i) then
+    elseif b == 91 and match(src, "^%[=*%[", i) then
       local e = longBracket(i)
       add("string", "", i)
       skip(i, e)
+    elseif not (b == 46 or b == 61 or b == 126 or b == 60 or b == 62 or b == 47 or b == 58) then
+      add("op", src:sub(i, i), i) -- no operator of two characters starts with it
+      i = i + 1
     else
-      local op = src:match("^%.%.%.", i) or src:match("^[=~<>]=", i) or src:match("^//", i) or src:match("^::", i)
-        or src:match("^<<", i) or src:match("^>>", i) or src:match("^%.%.", i) or c
+      local op = match(src, "^%.%.%.", i) or match(src, "^[=~<>]=", i) or match(src, "^//", i) or match(src, "^::", i)
+        or match(src, "^<<", i) or match(src, "^>>", i) or match(src, "^%.%.", i) or src:sub(i, i)
       add("op", op, i)
       i = i + #op
     end
@@ -120,6 +132,33 @@ M.fieldTypes = {
     fallback = "table", cwd = "string", env = "table", timeout = "number"},
 }
 
+-- Literal string values fields take (the runtime refuses any other).
+M.fieldValues = {
+  watch = {onMissing = {"fail", "block", "callback"}},
+  preflight = {policy = {"fail", "warn"}},
+}
+
+-- How many arguments each primitive takes: {min, max}.
+M.arity = {runStage = {1, 1}, preflight = {1, 1}, watch = {1, 1}, gate = {1, 1}, persistFinal = {1, 1}, parallel = {2, 3}}
+
+-- Names through which a recipe can make globals the linter cannot see.
+local dynamic = {_G = true, _ENV = true, rawset = true, load = true, loadstring = true, dofile = true, loadfile = true,
+  setfenv = true, getfenv = true, debug = true}
+
+--- Whether `src` may define globals the linter cannot see: it names _G, _ENV, rawset,
+--- load, dofile, ... or requires a module by a computed name.
+function M.dynamicGlobals(src, toks)
+  toks = toks or M.tokens(src)
+  for k, t in ipairs(toks) do
+    if t.t == "name" and dynamic[t.v] and not (toks[k - 1] and (toks[k - 1].v == "." or toks[k - 1].v == ":")) then return true end
+    if t.t == "name" and t.v == "require" then
+      local n = toks[k + 1]
+      if not (n.t == "string" or (n.v == "(" and toks[k + 2].t == "string" and toks[k + 3].v == ")")) then return true end
+    end
+  end
+  return false
+end
+
 --- Checks the fields of the literal table opening at toks[k] (a `{`) given to `fn`.
 local function checkTable(toks, k, fn, allowed, add)
   local depth, known = 0, {}
@@ -134,11 +173,22 @@ local function checkTable(toks, k, fn, allowed, add)
       if not known[t.v] then
         local hint = closest(t.v, allowed)
         add(t, "unknown-field", ("%s: unknown field '%s'%s; known fields: %s"):format(fn, t.v,
-          hint and (" (did you mean '" .. hint .. "'?)") or "", table.concat(allowed, ", ")))
+          hint and (" (did you mean '" .. hint .. "'?)") or "", table.concat(allowed, ", ")), true)
       else
         local want, got = (M.fieldTypes[fn] or {})[t.v], literalType(toks, k + 2)
         if want and got and not ("|" .. want .. "|"):find("|" .. got .. "|", 1, true) then
-          add(toks[k + 2], "field-type", ("%s: field '%s' must be a %s, got a %s"):format(fn, t.v, want:gsub("|", " or "), got))
+          add(toks[k + 2], "field-type", ("%s: field '%s' must be a %s, got a %s"):format(fn, t.v, want:gsub("|", " or "), got), true)
+        end
+        local values = (M.fieldValues[fn] or {})[t.v]
+        local v = toks[k + 2]
+        if values and v.t == "string" and (toks[k + 3].v == "," or toks[k + 3].v == ";" or toks[k + 3].v == "}") then
+          local okv = false
+          for _, c in ipairs(values) do if c == v.v then okv = true end end
+          if not okv then
+            local hint = closest(v.v, values)
+            add(v, "field-value", ("%s: field '%s' must be one of '%s', got '%s'%s"):format(fn, t.v, table.concat(values, "', '"), v.v,
+              hint and (" (did you mean '" .. hint .. "'?)") or ""), true)
+          end
         end
       end
     end
@@ -146,13 +196,59 @@ local function checkTable(toks, k, fn, allowed, add)
   end
 end
 
+--- The globals `src` assigns (`x = 1`, `function f()`): what a module adds for its requirer.
+function M.assignedGlobals(src)
+  local names = {}
+  local toks = M.tokens(src)
+  local depth = 0
+  -- Over-approximates (a `local a, b = ...` counts too): fewer findings, never a false one.
+  for k, t in ipairs(toks) do
+    if t.v == "{" or t.v == "(" or t.v == "[" then depth = depth + 1
+    elseif t.v == "}" or t.v == ")" or t.v == "]" then depth = depth - 1
+    elseif depth == 0 and t.t == "name" and not (toks[k - 1] and (toks[k - 1].v == "." or toks[k - 1].v == ":" or toks[k - 1].v == "local")) then
+      if toks[k + 1].v == "=" or toks[k + 1].v == "," or (toks[k - 1] and toks[k - 1].v == "function") then names[#names + 1] = t.v end
+    end
+  end
+  return names
+end
+
 --- Findings in `src`. `known`: the recipe environment's globals (a set); `fields`:
 --- primitive name -> its allowed field names.
 function M.check(src, file, known, fields)
   local toks = M.tokens(src)
   local findings = {}
-  local function add(t, code, message)
-    findings[#findings + 1] = {file = file, line = t.line, column = t.col, code = code, message = message}
+  local function add(t, code, message, certain)
+    findings[#findings + 1] = {file = file, line = t.line, column = t.col, code = code, message = message, certain = certain or nil}
+  end
+  -- The arguments of the call whose `(` is toks[k]: how many.
+  local function countArgs(k)
+    if toks[k + 1].v == ")" then return 0 end
+    local depth, n = 0, 1
+    while toks[k].t ~= "eof" do
+      local v = toks[k].v
+      if v == "(" or v == "{" or v == "[" then depth = depth + 1
+      elseif v == ")" or v == "}" or v == "]" then
+        depth = depth - 1
+        if depth == 0 then return n end
+      elseif v == "," and depth == 1 then n = n + 1
+      elseif toks[k].t == "kw" and v == "function" then
+        -- A function body's own commas and brackets are inside `function ... end`.
+        local nest = 1
+        k = k + 1
+        while toks[k].t ~= "eof" and nest > 0 do
+          local w = toks[k]
+          if w.t == "kw" and (w.v == "function" or w.v == "do" or w.v == "then" or w.v == "repeat") then
+            nest = nest + 1   -- `while`/`for` open with their `do`, `if`/`elseif` with `then`
+          elseif w.t == "kw" and (w.v == "end" or w.v == "until") then nest = nest - 1
+          elseif w.t == "kw" and (w.v == "elseif") then nest = nest - 1
+          end
+          k = k + 1
+        end
+        k = k - 1
+      end
+      k = k + 1
+    end
+    return nil
   end
   local function prevIsAccess(k) local p = toks[k - 1]; return p and (p.v == "." or p.v == ":" or p.v == "::" or p.v == "goto") end
   local brackets = {}
@@ -252,9 +348,21 @@ function M.check(src, file, known, fields)
         if toks[after].v == "{" then checkTable(toks, after, fn, fields[fn], add)
         elseif toks[after].v == "(" and toks[after + 1].v == "{" then checkTable(toks, after + 1, fn, fields[fn], add) end
       end
+      local arity = M.arity[fn]
+      if arity and known[t.v] and not assigned[t.v] and toks[after].v == "(" and not (toks[k - 1] and toks[k - 1].v == "function") then
+        local n = countArgs(after)
+        if n and (n < arity[1] or n > arity[2]) then
+          local want = arity[1] == arity[2] and tostring(arity[1]) or (arity[1] .. " or " .. arity[2])
+          add(t, "arg-count", ("%s takes %s argument%s, given %d"):format(fn, want, arity[2] == 1 and "" or "s", n), true)
+        end
+      end
       if not known[t.v] and not assigned[t.v] then
         local hint = closest(t.v, names)
-        add(t, "undefined-global", ("undefined global '%s'%s"):format(t.v, hint and (" (did you mean '" .. hint .. "'?)") or ""))
+        local n = toks[k + 1]
+        -- Called or indexed: `runstage{...}`, `foo()`, `x.y` raise when they run.
+        local certain = n.v == "(" or n.v == "{" or n.v == "." or n.v == ":" or n.v == "[" or n.t == "string"
+        add(t, "undefined-global", ("undefined global '%s'%s"):format(t.v, hint and (" (did you mean '" .. hint .. "'?)") or ""), certain)
+        findings[#findings].name = t.v
       end
     end
     k = k + 1
