@@ -243,7 +243,19 @@ public enum RecipeRunner {
         if sig == SIGALRM, let b = env.context?.budget {
             return Ending(status: .cancelled, exit: .budgetExceeded, reason: "run budget of \(b.text) exceeded")
         }
-        return Ending(status: .cancelled, exit: .signal(sig), reason: "interrupted by \(signalName(sig))")
+        return Ending(status: .cancelled, exit: .signal(sig), reason: "interrupted by \(signalName(sig))\(signalSender(sig))")
+    }
+
+    /// Who sent the signal that ended the run: `baton cancel` (from its pid), another
+    /// process (its pid and name), or the terminal (Ctrl-C).
+    static func signalSender(_ sig: Int32) -> String {
+        let pid = baton_signal_sender()
+        guard pid > 0 else { return sig == SIGINT ? " (Ctrl-C)" : sig == SIGHUP ? " (the terminal closed)" : "" }
+        let words = ((try? FileIO.readFile("/proc/\(pid)/cmdline")) ?? []).split(separator: 0, omittingEmptySubsequences: false)
+            .map { String(decoding: $0, as: UTF8.self) }
+        let name = words.first.map { FileIO.basename($0) } ?? ""
+        if name == "baton", words.contains("cancel") { return ": cancelled by `baton cancel` from pid \(pid)" }
+        return " from pid \(pid)" + (name.isEmpty ? "" : " (\(name))")
     }
 
     public static func ending(for e: LuaCallError, env: RecipeEnvironment) -> Ending {

@@ -365,9 +365,13 @@ static volatile sig_atomic_t last_signal = 0;
 static int sigpipe_fds[2] = { -1, -1 };
 static void (*volatile signal_hook)(int) = 0;
 
-static void on_signal(int sig) {
+/* Who sent the first signal: its pid (0: the kernel or the terminal, as a Ctrl-C is). */
+static volatile sig_atomic_t first_sender = 0;
+
+static void on_signal(int sig, siginfo_t *info, void *uctx) {
+    (void)uctx;
     int saved = errno;
-    if (!first_signal) first_signal = sig;
+    if (!first_signal) { first_signal = sig; first_sender = (info && info->si_code == SI_USER) ? info->si_pid : 0; }
     last_signal = sig;
     if (sigpipe_fds[1] >= 0) { char c = (char)sig; (void)!write(sigpipe_fds[1], &c, 1); }
     void (*h)(int) = signal_hook;
@@ -381,9 +385,9 @@ void baton_signals_install(void) {
     }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
+    sa.sa_sigaction = on_signal;
     sigemptyset(&sa.sa_mask);
-    sa.sa_flags = 0; /* no SA_RESTART: blocking calls return EINTR */
+    sa.sa_flags = SA_SIGINFO; /* no SA_RESTART: blocking calls return EINTR */
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
@@ -414,16 +418,17 @@ int baton_budget_arm(double seconds) {
 }
 
 int baton_signal_pending(void) { return first_signal; }
+int baton_signal_sender(void) { return first_sender; }
 int baton_signal_last(void) { return last_signal; }
 int baton_signal_fd(void) { return sigpipe_fds[0]; }
-void baton_signal_clear(void) { first_signal = 0; last_signal = 0; baton_signal_drain(); }
+void baton_signal_clear(void) { first_signal = 0; first_sender = 0; last_signal = 0; baton_signal_drain(); }
 void baton_signal_drain(void) {
     if (sigpipe_fds[0] < 0) return;
     char buf[64];
     while (read(sigpipe_fds[0], buf, sizeof buf) > 0) {}
 }
 void baton_signal_set_hook(void (*hook)(int)) { signal_hook = hook; }
-void baton_signal_raise_flag(int sig) { on_signal(sig); }
+void baton_signal_raise_flag(int sig) { on_signal(sig, NULL, NULL); }
 
 int baton_set_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1); }
 

@@ -146,6 +146,39 @@ import Testing
         #expect(Harness.runDirs(d).count == 1)
     }
 
+    /// Issue 23 item 4: a failure allowFail accepts is not a run-ending FAIL; the cancel
+    /// reason says who cancelled.
+    @Test func allowedFailuresAndWhoCancelled() throws {
+        let d = Harness.tempDir("cli-allowed")
+        Harness.write(d + "/r.lua", """
+            runStage{id = "flaky", cmd = "echo nope >&2; exit 3", allowFail = true}
+            runStage{id = "hard", cmd = "exit 4"}
+            """)
+        let r = try Harness.run(["run", "r.lua"], cwd: d)
+        #expect(r.code == 1)
+        #expect(r.stderr.contains("fail stage flaky failed in") && r.stderr.contains("(allowed failure: allowFail)"), "\(r.stderr)")
+        #expect(!r.stderr.contains("FAIL stage flaky") && r.stderr.contains("FAIL stage hard"), "\(r.stderr)")
+
+        Harness.write(d + "/long.lua", "runStage{id = 'sleep', cmd = {'sleep', '60'}}\n")
+        let det = try Harness.run(["run", "--detach", "--run-id", "c1", "long.lua"], cwd: d)
+        #expect(det.code == 0, "\(det.stderr)")
+        let run = d + "/.baton/runs/c1"
+        #expect(Harness.waitFor(20) { (Harness.read(run + "/journal.jsonl") ?? "").contains("stage_started") })
+        let c = try Harness.run(["cancel", "c1"], cwd: d)
+        #expect(c.code == 0, "\(c.stderr)")
+        let reason = Harness.final(run)?["reason"] as? String ?? ""
+        #expect(reason.contains("interrupted by SIGTERM") && reason.contains("cancelled by `baton cancel` from pid"), "\(reason)")
+
+        let (p, _, err) = try Harness.start(["run", "--run-id", "c2", "long.lua"], cwd: d)
+        let errOut = Harness.Output(err)
+        let run2 = d + "/.baton/runs/c2"
+        #expect(Harness.waitFor(20) { (Harness.read(run2 + "/journal.jsonl") ?? "").contains("stage_started") })
+        kill(p.processIdentifier, SIGTERM)
+        p.waitUntilExit()
+        let reason2 = Harness.final(run2)?["reason"] as? String ?? ""
+        #expect(p.terminationStatus == 143 && reason2.contains("interrupted by SIGTERM from pid \(getpid())"), "\(reason2) \(errOut.all())")
+    }
+
     @Test func noArgumentsReadsPipedLua() throws {
         let d = Harness.tempDir("cli-pipe")
         let r = try Harness.run([], cwd: d, stdin: "print('piped', 40 + 2)\n")

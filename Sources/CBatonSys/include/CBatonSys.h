@@ -41,6 +41,7 @@ int baton_pidfd_open(pid_t pid);
  * ignored so a closed pipe or a full disk is an error code, not a death. */
 void baton_signals_install(void);
 int  baton_signal_pending(void);      /* the first signal received, 0 if none */
+int  baton_signal_sender(void);       /* the pid that sent it (kill), 0 for the kernel or a terminal */
 int  baton_signal_last(void);         /* the most recent one */
 int  baton_signal_fd(void);           /* read end of the self-pipe */
 void baton_signal_clear(void);        /* forget received signals (the shell after Ctrl-C) */
