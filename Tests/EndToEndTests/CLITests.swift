@@ -179,6 +179,36 @@ import Testing
         #expect(p.terminationStatus == 143 && reason2.contains("interrupted by SIGTERM from pid \(getpid())"), "\(reason2) \(errOut.all())")
     }
 
+    /// Issue 23 item 5: status counts from the current attempt and says its limit; after a
+    /// resume, `log --stage` names the life of each attempt.
+    @Test func statusCountsTheCurrentAttemptAndLogNamesLives() throws {
+        let d = Harness.tempDir("cli-attempt")
+        Harness.write(d + "/r.lua", """
+            runStage{id = "slow", timeout = 90, retries = 1, transient = {exit = {75}}, backoff = {initial = 0.01},
+                     cmd = "if [ -f second ]; then echo second; sleep 60; else touch second; sleep 3; exit 75; fi"}
+            """)
+        let det = try Harness.run(["run", "--detach", "--run-id", "a1", "r.lua"], cwd: d)
+        #expect(det.code == 0, "\(det.stderr)")
+        let run = d + "/.baton/runs/a1"
+        #expect(Harness.waitFor(30) { (Harness.read(run + "/journal.jsonl") ?? "").components(separatedBy: "stage_started").count == 3 })
+        let j = try Harness.run(["status", "--json", "a1"], cwd: d)
+        let doc = try #require(try JSONSerialization.jsonObject(with: Data(j.stdout.utf8)) as? [String: Any])
+        let forMs = (doc["current"] as? [String: Any])?["for_ms"] as? Int ?? -1
+        #expect(forMs >= 0 && forMs < 2500, "counted from attempt 2, not from attempt 1 (3 s before): \(forMs)")
+        let st = try Harness.run(["status", "a1"], cwd: d)
+        #expect(st.stdout.contains("attempt 2") && st.stdout.contains(" of 1m30s"), "\(st.stdout)")
+        #expect(st.stdout.contains("blocked  stage 'slow' running:") && st.stdout.contains(" s of 90"), "\(st.stdout)")
+        _ = try Harness.run(["cancel", "a1"], cwd: d)
+        Harness.write(d + "/r.lua", "runStage{id = 'slow', cmd = 'echo resumed'}\n")
+        let r = try Harness.run(["resume", "a1"], cwd: d)
+        #expect(r.code == 0, "\(r.stderr)")
+        let log = try Harness.run(["log", "a1", "--stage", "slow"], cwd: d)
+        #expect(log.stdout.contains("==> slow attempt 1, original run") && log.stdout.contains("==> slow attempt 2, original run")
+                && log.stdout.contains("==> slow attempt 1, resume 1"), "\(log.stdout)")
+        let lj = try Harness.run(["log", "a1", "--stage", "slow", "--json"], cwd: d)
+        #expect(lj.stdout.contains("\"life\" : 2") || lj.stdout.contains("\"life\": 2"), "\(lj.stdout)")
+    }
+
     @Test func noArgumentsReadsPipedLua() throws {
         let d = Harness.tempDir("cli-pipe")
         let r = try Harness.run([], cwd: d, stdin: "print('piped', 40 + 2)\n")
