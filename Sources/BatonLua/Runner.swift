@@ -144,6 +144,7 @@ public enum RecipeRunner {
         let ending = loaded ? (signalEnding(env) ?? call(env: env, recipe: o.recipe))
             : evaluate(env: env, recipe: o.recipe, text: text, readError: readError)
         control?.close()
+        env.view?.finish()   // the rest of --stream's output; the live view erased
         env.flushProgress()
         if o.dryRun, ending.code == 0 {
             env.humanOut(planText(env.plan))
