@@ -177,4 +177,30 @@ import Testing
         #expect(p.rawScreen().contains("\u{1B}[") && p.rawScreen().range(of: "\u{1B}\\[[0-9;]*mfg ", options: .regularExpression) != nil,
                 "\(p.rawScreen().debugDescription)")
     }
+
+    /// Issue 23 item 3 (and `wait`): the same live view of a detached run, from another terminal.
+    @Test func statusWatchShowsADetachedRunLive() throws {
+        let d = Harness.tempDir("term-watch")
+        Harness.write(d + "/fan.lua", """
+            local items = {}
+            for i = 1, 8 do items[i] = i end
+            parallel(items, function(i)
+              runStage{id = "item-" .. i, cmd = "echo working-" .. i .. "; sleep 1.5", timeout = 90}
+            end, {maxConcurrency = 4})
+            """)
+        for (tag, command) in [("status", ["status", "-w", "dw"]), ("wait", ["wait", "dw"])] {
+            _ = try? FileManager.default.removeItem(atPath: d + "/.baton")
+            let det = try Harness.run(["run", "--detach", "--run-id", "dw", "fan.lua"], cwd: d)
+            #expect(det.code == 0, "\(det.stderr)")
+            let p = try Pane("watch-\(tag)", cwd: d, args: command, color: true)
+            defer { p.kill() }
+            let running = #/^. (item-\d) +attempt 1  [0-9.]+m?s of 1m30s  working-\d$/#
+            #expect(Harness.waitFor(20) { visible(p).filter { (try? running.wholeMatch(in: $0)) != nil }.count == 4 },
+                    "\(tag): \(visible(p).joined(separator: "\n"))")
+            if tag == "status" { #expect(visible(p).contains { $0.hasPrefix("run dw running (runner pid ") }) }
+            #expect(p.waitFor("BATON-EXIT=0", timeout: 30), "\(p.screen())")
+            let end = visible(p).joined(separator: "\n")
+            #expect(end.contains("run dw succeeded (exit 0)") && !end.contains("attempt 1"), "\(tag): \(end)")
+        }
+    }
 }
