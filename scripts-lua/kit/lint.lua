@@ -21,8 +21,8 @@ end
 
 --- The tokens of `src`: {t = "name"|"kw"|"string"|"number"|"op"|"eof", v, line, col}.
 function M.tokens(src)
-  local toks, i, n, line, lineStart = {}, 1, #src, 1, 1
-  local function add(t, v, pos) toks[#toks + 1] = {t = t, v = v, line = line, col = pos - lineStart + 1} end
+  local toks, i, n, line, lineStart, count = {}, 1, #src, 1, 1, 0
+  local function add(t, v, pos) count = count + 1; toks[count] = {t = t, v = v, line = line, col = pos - lineStart + 1} end
   -- Moves past src[from..to], counting the newlines inside.
   local function skip(from, to)
     local p = from
@@ -41,7 +41,7 @@ function M.tokens(src)
   end
   if src:sub(1, 1) == "#" then i = (src:find("\n", 1, true) or n + 1) end
   -- Bytes, not one-character strings: `baton run` lints every recipe before it starts.
-  local byte, find, match = string.byte, string.find, string.match
+  local byte, find, match, char = string.byte, string.find, string.match, string.char
   while i <= n do
     local b = byte(src, i)
     if b == 10 then
@@ -54,10 +54,10 @@ function M.tokens(src)
       local e = longBracket(i + 2)
       if e then skip(i, e) else i = (find(src, "\n", i, true) or n + 1) end
     elseif b == 95 or (b >= 65 and b <= 90) or (b >= 97 and b <= 122) then
-      local _, e = find(src, "^[%w_]+", i)
-      local w = src:sub(i, e)
-      add(keywords[w] and "kw" or "name", w, i)
-      i = e + 1
+      local w = match(src, "^[%w_]+", i)
+      count = count + 1
+      toks[count] = {t = keywords[w] and "kw" or "name", v = w, line = line, col = i - lineStart + 1}
+      i = i + #w
     elseif (b >= 48 and b <= 57) or (b == 46 and match(src, "^%d", i + 1)) then
       local num = match(src, "^0[xX][%x%.]*[pP][%+%-]?%d+", i) or match(src, "^0[xX][%x%.]*", i)
         or match(src, "^[%d%.]+[eE][%+%-]?%d+", i) or match(src, "^[%d%.]+", i)
@@ -76,7 +76,8 @@ function M.tokens(src)
       add("string", "", i)
       skip(i, e)
     elseif not (b == 46 or b == 61 or b == 126 or b == 60 or b == 62 or b == 47 or b == 58) then
-      add("op", src:sub(i, i), i) -- no operator of two characters starts with it
+      count = count + 1 -- no operator of two characters starts with it
+      toks[count] = {t = "op", v = char(b), line = line, col = i - lineStart + 1}
       i = i + 1
     else
       local op = match(src, "^%.%.%.", i) or match(src, "^[=~<>]=", i) or match(src, "^//", i) or match(src, "^::", i)
@@ -88,6 +89,8 @@ function M.tokens(src)
   add("eof", "", i)
   return toks
 end
+
+local opens, closes = {["{"] = true, ["("] = true, ["["] = true}, {["}"] = true, [")"] = true, ["]"] = true}
 
 local function closest(name, known)
   local best, bestD
@@ -165,8 +168,8 @@ local function checkTable(toks, k, fn, allowed, add)
   for _, f in ipairs(allowed) do known[f] = true end
   while toks[k].t ~= "eof" do
     local t = toks[k]
-    if t.v == "{" or t.v == "(" or t.v == "[" then depth = depth + 1
-    elseif t.v == "}" or t.v == ")" or t.v == "]" then
+    if opens[t.v] then depth = depth + 1
+    elseif closes[t.v] then
       depth = depth - 1
       if depth == 0 then return end
     elseif depth == 1 and t.t == "name" and toks[k + 1].v == "=" and (toks[k - 1].v == "{" or toks[k - 1].v == "," or toks[k - 1].v == ";") then
@@ -259,8 +262,9 @@ function M.check(src, file, known, fields)
   -- Pass 1: globals the file assigns (`x = 1`, `a, b = ...`, `function f()`), usable anywhere.
   local assigned = {}
   for k, t in ipairs(toks) do
-    if t.v == "{" or t.v == "(" or t.v == "[" then brackets[#brackets + 1] = t.v
-    elseif t.v == "}" or t.v == ")" or t.v == "]" then brackets[#brackets] = nil
+    local v = t.v
+    if opens[v] then brackets[#brackets + 1] = v
+    elseif closes[v] then brackets[#brackets] = nil
     elseif t.t == "name" and not prevIsAccess(k) and not isKey(k) then
       local j = k + 1
       while toks[j].v == "," and toks[j + 1].t == "name" do j = j + 2 end
@@ -336,9 +340,9 @@ function M.check(src, file, known, fields)
       elseif t.v == "end" or t.v == "until" then
         close()
       end
-    elseif t.v == "{" or t.v == "(" or t.v == "[" then
+    elseif opens[t.v] then
       brackets[#brackets + 1] = t.v
-    elseif t.v == "}" or t.v == ")" or t.v == "]" then
+    elseif closes[t.v] then
       brackets[#brackets] = nil
     elseif t.t == "name" and not prevIsAccess(k) and not isKey(k) and not isLocal(t.v) then
       local fn = t.v
