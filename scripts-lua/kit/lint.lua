@@ -19,10 +19,12 @@ for w in ("and break do else elseif end false for function goto if in local nil 
   keywords[w] = true
 end
 
---- The tokens of `src`: {t = "name"|"kw"|"string"|"number"|"op"|"eof", v, line, col}.
+--- The tokens of `src`: {type, value, line, col} (positional: `baton run` lints every recipe
+--- before it starts, and an array is cheaper to build than a record); type is "name",
+--- "kw", "string", "number", "op" or "eof".
 function M.tokens(src)
   local toks, i, n, line, lineStart, count = {}, 1, #src, 1, 1, 0
-  local function add(t, v, pos) count = count + 1; toks[count] = {t = t, v = v, line = line, col = pos - lineStart + 1} end
+  local function add(t, v, pos) count = count + 1; toks[count] = {t, v, line, pos - lineStart + 1} end
   -- Moves past src[from..to], counting the newlines inside.
   local function skip(from, to)
     local p = from
@@ -56,7 +58,7 @@ function M.tokens(src)
     elseif b == 95 or (b >= 65 and b <= 90) or (b >= 97 and b <= 122) then
       local w = match(src, "^[%w_]+", i)
       count = count + 1
-      toks[count] = {t = keywords[w] and "kw" or "name", v = w, line = line, col = i - lineStart + 1}
+      toks[count] = {keywords[w] and "kw" or "name", w, line, i - lineStart + 1}
       i = i + #w
     elseif (b >= 48 and b <= 57) or (b == 46 and match(src, "^%d", i + 1)) then
       local num = match(src, "^0[xX][%x%.]*[pP][%+%-]?%d+", i) or match(src, "^0[xX][%x%.]*", i)
@@ -77,7 +79,7 @@ function M.tokens(src)
       skip(i, e)
     elseif not (b == 46 or b == 61 or b == 126 or b == 60 or b == 62 or b == 47 or b == 58) then
       count = count + 1 -- no operator of two characters starts with it
-      toks[count] = {t = "op", v = char(b), line = line, col = i - lineStart + 1}
+      toks[count] = {"op", char(b), line, i - lineStart + 1}
       i = i + 1
     else
       local op = match(src, "^%.%.%.", i) or match(src, "^[=~<>]=", i) or match(src, "^//", i) or match(src, "^::", i)
@@ -114,11 +116,11 @@ end
 -- The type of the value whose first token is toks[k] (nil: not a literal).
 local function literalType(toks, k)
   local t = toks[k]
-  if t.t == "string" then return "string" end
-  if t.t == "number" or (t.v == "-" and toks[k + 1].t == "number") then return "number" end
-  if t.t == "kw" and (t.v == "true" or t.v == "false") then return "boolean" end
-  if t.t == "kw" and t.v == "function" then return "function" end
-  if t.v == "{" then return "table" end
+  if t[1] == "string" then return "string" end
+  if t[1] == "number" or (t[2] == "-" and toks[k + 1][1] == "number") then return "number" end
+  if t[1] == "kw" and (t[2] == "true" or t[2] == "false") then return "boolean" end
+  if t[1] == "kw" and t[2] == "function" then return "function" end
+  if t[2] == "{" then return "table" end
   return nil
 end
 
@@ -153,10 +155,10 @@ local dynamic = {_G = true, _ENV = true, rawset = true, load = true, loadstring 
 function M.dynamicGlobals(src, toks)
   toks = toks or M.tokens(src)
   for k, t in ipairs(toks) do
-    if t.t == "name" and dynamic[t.v] and not (toks[k - 1] and (toks[k - 1].v == "." or toks[k - 1].v == ":")) then return true end
-    if t.t == "name" and t.v == "require" then
+    if t[1] == "name" and dynamic[t[2]] and not (toks[k - 1] and (toks[k - 1][2] == "." or toks[k - 1][2] == ":")) then return true end
+    if t[1] == "name" and t[2] == "require" then
       local n = toks[k + 1]
-      if not (n.t == "string" or (n.v == "(" and toks[k + 2].t == "string" and toks[k + 3].v == ")")) then return true end
+      if not (n[1] == "string" or (n[2] == "(" and toks[k + 2][1] == "string" and toks[k + 3][2] == ")")) then return true end
     end
   end
   return false
@@ -166,30 +168,30 @@ end
 local function checkTable(toks, k, fn, allowed, add)
   local depth, known = 0, {}
   for _, f in ipairs(allowed) do known[f] = true end
-  while toks[k].t ~= "eof" do
+  while toks[k][1] ~= "eof" do
     local t = toks[k]
-    if opens[t.v] then depth = depth + 1
-    elseif closes[t.v] then
+    if opens[t[2]] then depth = depth + 1
+    elseif closes[t[2]] then
       depth = depth - 1
       if depth == 0 then return end
-    elseif depth == 1 and t.t == "name" and toks[k + 1].v == "=" and (toks[k - 1].v == "{" or toks[k - 1].v == "," or toks[k - 1].v == ";") then
-      if not known[t.v] then
-        local hint = closest(t.v, allowed)
-        add(t, "unknown-field", ("%s: unknown field '%s'%s; known fields: %s"):format(fn, t.v,
+    elseif depth == 1 and t[1] == "name" and toks[k + 1][2] == "=" and (toks[k - 1][2] == "{" or toks[k - 1][2] == "," or toks[k - 1][2] == ";") then
+      if not known[t[2]] then
+        local hint = closest(t[2], allowed)
+        add(t, "unknown-field", ("%s: unknown field '%s'%s; known fields: %s"):format(fn, t[2],
           hint and (" (did you mean '" .. hint .. "'?)") or "", table.concat(allowed, ", ")), true)
       else
-        local want, got = (M.fieldTypes[fn] or {})[t.v], literalType(toks, k + 2)
+        local want, got = (M.fieldTypes[fn] or {})[t[2]], literalType(toks, k + 2)
         if want and got and not ("|" .. want .. "|"):find("|" .. got .. "|", 1, true) then
-          add(toks[k + 2], "field-type", ("%s: field '%s' must be a %s, got a %s"):format(fn, t.v, want:gsub("|", " or "), got), true)
+          add(toks[k + 2], "field-type", ("%s: field '%s' must be a %s, got a %s"):format(fn, t[2], want:gsub("|", " or "), got), true)
         end
-        local values = (M.fieldValues[fn] or {})[t.v]
+        local values = (M.fieldValues[fn] or {})[t[2]]
         local v = toks[k + 2]
-        if values and v.t == "string" and (toks[k + 3].v == "," or toks[k + 3].v == ";" or toks[k + 3].v == "}") then
+        if values and v[1] == "string" and (toks[k + 3][2] == "," or toks[k + 3][2] == ";" or toks[k + 3][2] == "}") then
           local okv = false
-          for _, c in ipairs(values) do if c == v.v then okv = true end end
+          for _, c in ipairs(values) do if c == v[2] then okv = true end end
           if not okv then
-            local hint = closest(v.v, values)
-            add(v, "field-value", ("%s: field '%s' must be one of '%s', got '%s'%s"):format(fn, t.v, table.concat(values, "', '"), v.v,
+            local hint = closest(v[2], values)
+            add(v, "field-value", ("%s: field '%s' must be one of '%s', got '%s'%s"):format(fn, t[2], table.concat(values, "', '"), v[2],
               hint and (" (did you mean '" .. hint .. "'?)") or ""), true)
           end
         end
@@ -206,10 +208,10 @@ function M.assignedGlobals(src)
   local depth = 0
   -- Over-approximates (a `local a, b = ...` counts too): fewer findings, never a false one.
   for k, t in ipairs(toks) do
-    if t.v == "{" or t.v == "(" or t.v == "[" then depth = depth + 1
-    elseif t.v == "}" or t.v == ")" or t.v == "]" then depth = depth - 1
-    elseif depth == 0 and t.t == "name" and not (toks[k - 1] and (toks[k - 1].v == "." or toks[k - 1].v == ":" or toks[k - 1].v == "local")) then
-      if toks[k + 1].v == "=" or toks[k + 1].v == "," or (toks[k - 1] and toks[k - 1].v == "function") then names[#names + 1] = t.v end
+    if t[2] == "{" or t[2] == "(" or t[2] == "[" then depth = depth + 1
+    elseif t[2] == "}" or t[2] == ")" or t[2] == "]" then depth = depth - 1
+    elseif depth == 0 and t[1] == "name" and not (toks[k - 1] and (toks[k - 1][2] == "." or toks[k - 1][2] == ":" or toks[k - 1][2] == "local")) then
+      if toks[k + 1][2] == "=" or toks[k + 1][2] == "," or (toks[k - 1] and toks[k - 1][2] == "function") then names[#names + 1] = t[2] end
     end
   end
   return names
@@ -221,29 +223,29 @@ function M.check(src, file, known, fields)
   local toks = M.tokens(src)
   local findings = {}
   local function add(t, code, message, certain)
-    findings[#findings + 1] = {file = file, line = t.line, column = t.col, code = code, message = message, certain = certain or nil}
+    findings[#findings + 1] = {file = file, line = t[3], column = t[4], code = code, message = message, certain = certain or nil}
   end
   -- The arguments of the call whose `(` is toks[k]: how many.
   local function countArgs(k)
-    if toks[k + 1].v == ")" then return 0 end
+    if toks[k + 1][2] == ")" then return 0 end
     local depth, n = 0, 1
-    while toks[k].t ~= "eof" do
-      local v = toks[k].v
+    while toks[k][1] ~= "eof" do
+      local v = toks[k][2]
       if v == "(" or v == "{" or v == "[" then depth = depth + 1
       elseif v == ")" or v == "}" or v == "]" then
         depth = depth - 1
         if depth == 0 then return n end
       elseif v == "," and depth == 1 then n = n + 1
-      elseif toks[k].t == "kw" and v == "function" then
+      elseif toks[k][1] == "kw" and v == "function" then
         -- A function body's own commas and brackets are inside `function ... end`.
         local nest = 1
         k = k + 1
-        while toks[k].t ~= "eof" and nest > 0 do
+        while toks[k][1] ~= "eof" and nest > 0 do
           local w = toks[k]
-          if w.t == "kw" and (w.v == "function" or w.v == "do" or w.v == "then" or w.v == "repeat") then
+          if w[1] == "kw" and (w[2] == "function" or w[2] == "do" or w[2] == "then" or w[2] == "repeat") then
             nest = nest + 1   -- `while`/`for` open with their `do`, `if`/`elseif` with `then`
-          elseif w.t == "kw" and (w.v == "end" or w.v == "until") then nest = nest - 1
-          elseif w.t == "kw" and (w.v == "elseif") then nest = nest - 1
+          elseif w[1] == "kw" and (w[2] == "end" or w[2] == "until") then nest = nest - 1
+          elseif w[1] == "kw" and (w[2] == "elseif") then nest = nest - 1
           end
           k = k + 1
         end
@@ -253,22 +255,22 @@ function M.check(src, file, known, fields)
     end
     return nil
   end
-  local function prevIsAccess(k) local p = toks[k - 1]; return p and (p.v == "." or p.v == ":" or p.v == "::" or p.v == "goto") end
+  local function prevIsAccess(k) local p = toks[k - 1]; return p and (p[2] == "." or p[2] == ":" or p[2] == "::" or p[2] == "goto") end
   local brackets = {}
   local function isKey(k)
     local p = toks[k - 1]
-    return brackets[#brackets] == "{" and toks[k + 1].v == "=" and p and (p.v == "{" or p.v == "," or p.v == ";")
+    return brackets[#brackets] == "{" and toks[k + 1][2] == "=" and p and (p[2] == "{" or p[2] == "," or p[2] == ";")
   end
   -- Pass 1: globals the file assigns (`x = 1`, `a, b = ...`, `function f()`), usable anywhere.
   local assigned = {}
   for k, t in ipairs(toks) do
-    local v = t.v
+    local v = t[2]
     if opens[v] then brackets[#brackets + 1] = v
     elseif closes[v] then brackets[#brackets] = nil
-    elseif t.t == "name" and not prevIsAccess(k) and not isKey(k) then
+    elseif t[1] == "name" and not prevIsAccess(k) and not isKey(k) then
       local j = k + 1
-      while toks[j].v == "," and toks[j + 1].t == "name" do j = j + 2 end
-      if toks[j].v == "=" or (toks[k - 1] and toks[k - 1].v == "function" and toks[k + 1].v == "(") then assigned[t.v] = true end
+      while toks[j][2] == "," and toks[j + 1][1] == "name" do j = j + 2 end
+      if toks[j][2] == "=" or (toks[k - 1] and toks[k - 1][2] == "function" and toks[k + 1][2] == "(") then assigned[t[2]] = true end
     end
   end
   -- Pass 2: scopes, undefined globals, literal primitive tables.
@@ -293,80 +295,80 @@ function M.check(src, file, known, fields)
     if #scopes > 1 then scopes[#scopes] = nil end
   end
   local k = 1
-  while toks[k].t ~= "eof" do
+  while toks[k][1] ~= "eof" do
     local t = toks[k]
-    if t.t == "kw" then
-      if t.v == "local" then
-        if toks[k + 1].v == "function" then
-          declare(toks[k + 2].v)
+    if t[1] == "kw" then
+      if t[2] == "local" then
+        if toks[k + 1][2] == "function" then
+          declare(toks[k + 2][2])
         else
           local j = k + 1
-          while toks[j].t == "name" do
-            declare(toks[j].v)
+          while toks[j][1] == "name" do
+            declare(toks[j][2])
             j = j + 1
-            if toks[j].v == "<" then j = j + 3 end
-            if toks[j].v ~= "," then break end
+            if toks[j][2] == "<" then j = j + 3 end
+            if toks[j][2] ~= "," then break end
             j = j + 1
           end
         end
-      elseif t.v == "function" then
+      elseif t[2] == "function" then
         local j, params = k + 1, {}
-        while toks[j].t == "name" or toks[j].v == "." or toks[j].v == ":" do
-          if toks[j].v == ":" then params[#params + 1] = "self" end
+        while toks[j][1] == "name" or toks[j][2] == "." or toks[j][2] == ":" do
+          if toks[j][2] == ":" then params[#params + 1] = "self" end
           j = j + 1
         end
         j = j + 1 -- "("
-        while toks[j].v ~= ")" and toks[j].t ~= "eof" do
-          if toks[j].t == "name" then params[#params + 1] = toks[j].v end
+        while toks[j][2] ~= ")" and toks[j][1] ~= "eof" do
+          if toks[j][1] == "name" then params[#params + 1] = toks[j][2] end
           j = j + 1
         end
         pending = params
         open("function")
         -- The function's name (toks[k+1]) is still checked below as a reference.
-      elseif t.v == "for" then
+      elseif t[2] == "for" then
         local j, vars = k + 1, {}
-        while toks[j].t == "name" or toks[j].v == "," do
-          if toks[j].t == "name" then vars[#vars + 1] = toks[j].v end
+        while toks[j][1] == "name" or toks[j][2] == "," do
+          if toks[j][1] == "name" then vars[#vars + 1] = toks[j][2] end
           j = j + 1
         end
         pending = vars
         k = j -- past the loop variables
         goto continue
-      elseif t.v == "do" or t.v == "repeat" or t.v == "if" then
+      elseif t[2] == "do" or t[2] == "repeat" or t[2] == "if" then
         -- `while`/`for` open nothing: their `do` does (with a for's variables).
-        open(t.v)
-      elseif t.v == "elseif" or t.v == "else" then
+        open(t[2])
+      elseif t[2] == "elseif" or t[2] == "else" then
         scopes[#scopes] = {}
-      elseif t.v == "end" or t.v == "until" then
+      elseif t[2] == "end" or t[2] == "until" then
         close()
       end
-    elseif opens[t.v] then
-      brackets[#brackets + 1] = t.v
-    elseif closes[t.v] then
+    elseif opens[t[2]] then
+      brackets[#brackets + 1] = t[2]
+    elseif closes[t[2]] then
       brackets[#brackets] = nil
-    elseif t.t == "name" and not prevIsAccess(k) and not isKey(k) and not isLocal(t.v) then
-      local fn = t.v
-      if fn == "baton" and toks[k + 1].v == "." and toks[k + 2].t == "name" and fields[toks[k + 2].v] then fn = toks[k + 2].v end
-      local after = fn == t.v and k + 1 or k + 3
-      if fields[fn] and (known[t.v] or assigned[t.v]) then
-        if toks[after].v == "{" then checkTable(toks, after, fn, fields[fn], add)
-        elseif toks[after].v == "(" and toks[after + 1].v == "{" then checkTable(toks, after + 1, fn, fields[fn], add) end
+    elseif t[1] == "name" and not prevIsAccess(k) and not isKey(k) and not isLocal(t[2]) then
+      local fn = t[2]
+      if fn == "baton" and toks[k + 1][2] == "." and toks[k + 2][1] == "name" and fields[toks[k + 2][2]] then fn = toks[k + 2][2] end
+      local after = fn == t[2] and k + 1 or k + 3
+      if fields[fn] and (known[t[2]] or assigned[t[2]]) then
+        if toks[after][2] == "{" then checkTable(toks, after, fn, fields[fn], add)
+        elseif toks[after][2] == "(" and toks[after + 1][2] == "{" then checkTable(toks, after + 1, fn, fields[fn], add) end
       end
       local arity = M.arity[fn]
-      if arity and known[t.v] and not assigned[t.v] and toks[after].v == "(" and not (toks[k - 1] and toks[k - 1].v == "function") then
+      if arity and known[t[2]] and not assigned[t[2]] and toks[after][2] == "(" and not (toks[k - 1] and toks[k - 1][2] == "function") then
         local n = countArgs(after)
         if n and (n < arity[1] or n > arity[2]) then
           local want = arity[1] == arity[2] and tostring(arity[1]) or (arity[1] .. " or " .. arity[2])
           add(t, "arg-count", ("%s takes %s argument%s, given %d"):format(fn, want, arity[2] == 1 and "" or "s", n), true)
         end
       end
-      if not known[t.v] and not assigned[t.v] then
-        local hint = closest(t.v, names)
+      if not known[t[2]] and not assigned[t[2]] then
+        local hint = closest(t[2], names)
         local n = toks[k + 1]
         -- Called or indexed: `runstage{...}`, `foo()`, `x.y` raise when they run.
-        local certain = n.v == "(" or n.v == "{" or n.v == "." or n.v == ":" or n.v == "[" or n.t == "string"
-        add(t, "undefined-global", ("undefined global '%s'%s"):format(t.v, hint and (" (did you mean '" .. hint .. "'?)") or ""), certain)
-        findings[#findings].name = t.v
+        local certain = n[2] == "(" or n[2] == "{" or n[2] == "." or n[2] == ":" or n[2] == "[" or n[1] == "string"
+        add(t, "undefined-global", ("undefined global '%s'%s"):format(t[2], hint and (" (did you mean '" .. hint .. "'?)") or ""), certain)
+        findings[#findings].name = t[2]
       end
     end
     k = k + 1
