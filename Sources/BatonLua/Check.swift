@@ -131,20 +131,24 @@ public enum RecipeCheck {
     public static func beforeRun(env: RecipeEnvironment, recipe: String, text: [UInt8]) -> [Finding] {
         let source = String(decoding: text, as: UTF8.self)
         let recipeDir = FileIO.dirname(FileIO.absolute(recipe))
-        var modules: [String] = []
-        for (name, _) in requiredModules(source) {
-            let rel = name.split(separator: ".").joined(separator: "/")
-            let dirs = [recipeDir, FileIO.currentDirectory() + "/scripts-lua"]
-            if let file = dirs.flatMap({ ["\($0)/\(rel).lua", "\($0)/\(rel)/init.lua"] }).first(where: FileIO.exists),
-               let bytes = try? FileIO.readFile(file) {
-                modules.append(String(decoding: bytes, as: UTF8.self))
-            } else if let m = EmbeddedLua.modules[name] {
-                modules.append(m.source)
+        // The sources of the modules it requires: read only when an undefined global needs them.
+        func moduleSources() -> [String] {
+            var modules: [String] = []
+            for (name, _) in requiredModules(source) {
+                let rel = name.split(separator: ".").joined(separator: "/")
+                let dirs = [recipeDir, FileIO.currentDirectory() + "/scripts-lua"]
+                if let file = dirs.flatMap({ ["\($0)/\(rel).lua", "\($0)/\(rel)/init.lua"] }).first(where: FileIO.exists),
+                   let bytes = try? FileIO.readFile(file) {
+                    modules.append(String(decoding: bytes, as: UTF8.self))
+                } else if let m = EmbeddedLua.modules[name] {
+                    modules.append(m.source)
+                }
             }
+            return modules
         }
         let lua = env.lua
         let driver = """
-            local src, file, fields, modules = ...
+            local src, file, fields, loadModules = ...
             local lint = require("kit.lint")
             local known = {arg = true}
             for k in pairs(_G) do known[k] = true end
@@ -156,7 +160,7 @@ public enum RecipeCheck {
             -- Only now (a recipe with an undefined global is rare): could a module, or the
             -- recipe itself, have made it?
             local dynamic, made = lint.dynamicGlobals(src), {}
-            for _, m in ipairs(modules) do
+            for _, m in ipairs(loadModules()) do
               if lint.dynamicGlobals(m) then dynamic = true end
               for _, g in ipairs(lint.assignedGlobals(m)) do made[g] = true end
             end
@@ -174,7 +178,10 @@ public enum RecipeCheck {
             lua.push(source)
             lua.push(recipe)
             lua.push(json: fields)
-            lua.push(json: .array(modules.map(JSON.string)))
+            lua.pushFunction("baton.checkModules") { (l: LuaState) throws -> Int32 in
+                l.push(json: .array(moduleSources().map(JSON.string)))
+                return 1
+            }
             try lua.pcall(nargs: 4, nresults: 1)
             guard case let .array(items) = try lua.toJSON(-1) else { return [] }
             return items.map { j in
