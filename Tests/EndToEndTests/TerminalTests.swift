@@ -203,4 +203,27 @@ import Testing
             #expect(end.contains("run dw succeeded (exit 0)") && !end.contains("attempt 1"), "\(tag): \(end)")
         }
     }
+
+    /// The live view shows what else the recipe waits in: a watch (with the background stage
+    /// it watches), a sleep, a gate.
+    @Test func liveViewShowsWatchesSleepsAndGates() throws {
+        let d = Harness.tempDir("term-waits")
+        Harness.write(d + "/r.lua", """
+            local bg = runStage{id = "train", cmd = "echo training; sleep 2; echo 1 > m.json; sleep 2", background = true}
+            watch{id = "w", handle = bg, requireFiles = {"m.json"}, readyTimeoutSec = 600}
+            baton.sleep(2)
+            gate{name = "verify", maxIterations = 1, cmd = "sleep 2; echo '{\\"approved\\": true}'"}
+            """)
+        let p = try Pane("waits", cwd: d, args: ["run", "r.lua"], color: true)
+        defer { p.kill() }
+        func shows(_ pattern: String) -> Bool {
+            Harness.waitFor(15) { visible(p).contains { $0.range(of: pattern, options: .regularExpression) != nil } }
+        }
+        #expect(shows(#"^. train +attempt 1  [0-9.]+m?s  training$"#), "\(visible(p))")
+        #expect(shows(#"^. watch w  running  [0-9.]+m?s of 24h00m$"#), "\(visible(p))")
+        #expect(shows(#"^. sleep 2\.0s  [0-9.]+m?s$"#), "\(visible(p))")
+        #expect(shows(#"^. gate verify  [0-9.]+m?s$"#), "\(visible(p))")
+        #expect(p.waitFor("BATON-EXIT=0", timeout: 30), "\(p.screen())")
+        #expect(!visible(p).contains { $0.contains("gate verify  ") }, "erased at the end")
+    }
 }
