@@ -176,6 +176,7 @@ import Testing
             local items = {1, 2}
             parallel(items, function(i) return i end, {maxConcurrency = 2})
             persistFinal{done = true}
+            persistFinal({step = 2}, {cancelled = {status = "cancelled"}, stdout = true})
             """)
         let ok = try Harness.run(["run", "ok.lua"], cwd: e)
         #expect(ok.code == 0, "\(ok.stderr)")

@@ -144,7 +144,7 @@ M.fieldValues = {
 }
 
 -- How many arguments each primitive takes: {min, max}.
-M.arity = {runStage = {1, 1}, preflight = {1, 1}, watch = {1, 1}, gate = {1, 1}, persistFinal = {1, 1}, parallel = {2, 3}}
+M.arity = {runStage = {1, 1}, preflight = {1, 1}, watch = {1, 1}, gate = {1, 1}, persistFinal = {1, 2}, parallel = {2, 3}}
 
 -- Names through which a recipe can make globals the linter cannot see.
 local dynamic = {_G = true, _ENV = true, rawset = true, load = true, loadstring = true, dofile = true, loadfile = true,
