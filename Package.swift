@@ -42,7 +42,7 @@ let package = Package(
                                .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "baton", dependencies: ["BatonCLI"]),
         .testTarget(name: "BatonCoreTests", dependencies: ["BatonCore", "BatonBase"]),
-        .testTarget(name: "LuaKitTests", dependencies: ["LuaKit", "BatonBase"]),
+        .testTarget(name: "LuaKitTests", dependencies: ["LuaKit", "BatonBase", "BatonCore"]),
         .testTarget(name: "BatonLuaTests", dependencies: ["BatonLua", "LuaKit", "BatonCore", "baton-yaml"]),
         .testTarget(name: "EndToEndTests", dependencies: ["baton", "baton-yaml", "BatonCore", "BatonBase"]),
         .testTarget(name: "ShellTests", dependencies: ["BatonCLI", "BatonLua", "LuaKit", "BatonCore", "BatonBase"]),

@@ -27,11 +27,35 @@ enum Completion {
     static func leadingRunsDir(_ args: [String]) -> String? { runsDir(args.prefix(commandIndex(args))) }
 
     /// "unknown command 'stauts' (did you mean 'status'?)", or nil for a known one.
-    static func unknownCommand(_ args: [String], known: [String]) -> String? {
+    /// `hidden` commands are accepted but never listed nor suggested.
+    static func unknownCommand(_ args: [String], known: [String], hidden: [String] = []) -> String? {
         let i = commandIndex(args)
-        guard i < args.count, !known.contains(args[i]) else { return nil }
-        let hint = suggestion(args[i], known).map { " (did you mean '\($0)'?)" } ?? ""
-        return "unknown command '\(args[i])'\(hint); commands: \(known.joined(separator: ", "))"
+        guard i < args.count, !known.contains(args[i]), !hidden.contains(args[i]) else { return nil }
+        return unknown(args[i], known)
+    }
+
+    static func unknown(_ word: String, _ known: [String]) -> String {
+        let hint = suggestion(word, known).map { " (did you mean '\($0)'?)" } ?? ""
+        return "unknown command '\(word)'\(hint); commands: \(known.joined(separator: ", "))"
+    }
+
+    /// `baton help WORD` for a WORD that is no command (hidden ones included).
+    static func unknownHelpTopic(_ args: [String], known: [String]) -> String? {
+        let i = commandIndex(args)
+        guard i + 1 < args.count, args[i] == "help", !args[i + 1].hasPrefix("-"), !known.contains(args[i + 1]) else { return nil }
+        return unknown(args[i + 1], known)
+    }
+
+    /// `runs -n -1`: the parser would take `-1` for an option; say what is wrong instead.
+    static func negativeCount(_ args: [String]) -> String? {
+        let i = commandIndex(args)
+        guard i < args.count, args[i] == "runs" else { return nil }
+        for (k, a) in args.enumerated().dropFirst(i + 1) {
+            var value: Substring?
+            if a == "-n", k + 1 < args.count { value = args[k + 1][...] } else if a.hasPrefix("-n"), a.count > 2 { value = a.dropFirst(2).drop { $0 == "=" } }
+            if let v = value, v.hasPrefix("-"), Int(v) != nil { return "runs: -n must be 0 or more, not \(v)" }
+        }
+        return nil
     }
 
     /// `baton [GLOBALS] run [OPTIONS] RECIPE WORDS...`: the arguments up to RECIPE, and

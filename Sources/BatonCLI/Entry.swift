@@ -15,9 +15,15 @@ public enum Main {
         BatonCommand.leadingRunsDir = Completion.leadingRunsDir(arguments)
         (arguments, RunCommand.passthrough) = Completion.splitRecipeArguments(arguments)
         let commandNames = BatonCommand.configuration.subcommands.filter { $0.configuration.shouldDisplay }.compactMap { $0.configuration.commandName }
-        if let message = Completion.unknownCommand(arguments, known: commandNames + ["help", "version", "__watchdog"]) {
-            Glibc.exit(Console.error(message, json: arguments.contains("--json")))
+        let json = arguments.contains("--json")
+        if let message = Completion.unknownCommand(arguments, known: commandNames + ["help", "version"], hidden: ["__watchdog"]) {
+            Glibc.exit(Console.error(message, json: json))
         }
+        // `baton help nosuch` is an error too (exit 2), not the overview.
+        if let message = Completion.unknownHelpTopic(arguments, known: commandNames + ["help", "version"]) {
+            Glibc.exit(Console.error(message, json: json, code: .gateExhausted))
+        }
+        if let message = Completion.negativeCount(arguments) { Glibc.exit(Console.error(message, json: json)) }
         do {
             var command = try BatonCommand.parseAsRoot(arguments)
             try command.run()

@@ -57,6 +57,7 @@ public enum Render {
         if let d = i.duration { lines.append("duration \(Clock.human(d))\(i.isLive ? " so far" : "")") }
         if let c = i.current {
             var s = "current  \(c.kind) \(c.id) for \(Clock.human(Clock.now() - c.since))"
+            if c.kind == "stage", let t = i.history.stages.last(where: { $0.key.id == c.id && $0.isOpen })?.timeoutSec { s += " of \(Clock.human(t))" }
             if let p = i.currentPid { s += ", pid \(p)" }
             if let b = i.running.first(where: { $0.stage.key.id == c.id })?.stage.batchText { s += ", " + b }
             lines.append(s)
@@ -70,7 +71,10 @@ public enum Render {
                 var s = "  \(r.stage.key)  attempt \(r.stage.attempt)"
                 if let p = r.stage.pid { s += "  pid \(p)" }
                 if let b = r.stage.batchText { s += "  \(b)" }
-                if let t = r.stage.startedAt { s += "  for \(Clock.human(Clock.now() - t))" }
+                // The current attempt's time, against its limit.
+                if let t = r.stage.attemptStartedAt ?? r.stage.startedAt {
+                    s += "  for \(Clock.human(Clock.now() - t))" + (r.stage.timeoutSec.map { " of \(Clock.human($0))" } ?? "")
+                }
                 s += r.stage.stalled != nil ? "  STALLED (no output for \(Clock.human(r.silent)))" : "  last output \(Clock.human(r.silent)) ago"
                 if let c = r.stage.command { s += "  \(c.display.prefix(60))" }
                 lines.append(s)

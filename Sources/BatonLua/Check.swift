@@ -14,8 +14,14 @@ public enum RecipeCheck {
         public var column: Int
         public var code: String
         public var message: String
+        /// An error the run would certainly raise when it got there (`baton run` stops on it).
+        public var certain = false
 
         public var text: String { "\(file):\(line):\(column): \(message) [\(code)]" }
+
+        public init(file: String, line: Int, column: Int, code: String, message: String, certain: Bool = false) {
+            self.file = file; self.line = line; self.column = column; self.code = code; self.message = message; self.certain = certain
+        }
         public var json: JSON {
             .object([("file", .string(file)), ("line", .int(Int64(line))), ("column", .int(Int64(column))),
                      ("code", .string(code)), ("message", .string(message))])
@@ -25,6 +31,61 @@ public enum RecipeCheck {
     public struct Report {
         public var findings: [Finding] = []
         public var ok: Bool { findings.isEmpty }
+    }
+
+    /// `baton check PATH...`: every file given, and every `*.lua` under a directory given
+    /// (hidden directories skipped) that is a recipe: a file some other file there requires
+    /// (or one under a `scripts-lua` directory, where `require` looks) is a module, compiled
+    /// with the recipe that requires it and not checked as a recipe itself. The recipes
+    /// checked, in order, and every finding sorted by file, line and column.
+    public static func check(paths: [String]) -> (recipes: [String], failed: Set<String>, report: Report) {
+        var files: [String] = [], fromDirectories = Set<String>()
+        for p in paths {
+            if FileIO.isDirectory(p) {
+                let found = luaFiles(under: p)
+                files += found
+                fromDirectories.formUnion(found)
+            } else {
+                files.append(p)
+            }
+        }
+        // Modules: what the files found in directories require, resolved as the runtime would.
+        var modules = Set<String>()
+        for f in files where fromDirectories.contains(f) {
+            if f.split(separator: "/").contains("scripts-lua") { modules.insert(FileIO.absolute(f)); continue }
+            guard let bytes = try? FileIO.readFile(f) else { continue }
+            let dir = FileIO.dirname(FileIO.absolute(f))
+            for (name, _) in requiredModules(String(decoding: bytes, as: UTF8.self)) {
+                let rel = name.split(separator: ".").joined(separator: "/")
+                for d in [dir, FileIO.currentDirectory() + "/scripts-lua"] {
+                    modules.insert(FileIO.absolute("\(d)/\(rel).lua"))
+                    modules.insert(FileIO.absolute("\(d)/\(rel)/init.lua"))
+                }
+            }
+        }
+        var recipes: [String] = [], seen = Set<String>()
+        for f in files where !(fromDirectories.contains(f) && modules.contains(FileIO.absolute(f))) {
+            if seen.insert(FileIO.absolute(f)).inserted { recipes.append(f) }
+        }
+        var r = Report(), failed = Set<String>()
+        for f in recipes {
+            let found = check(f).findings
+            if !found.isEmpty { failed.insert(f) }
+            r.findings += found
+        }
+        r.findings.sort { ($0.file, $0.line, $0.column) < ($1.file, $1.line, $1.column) }
+        return (recipes, failed, r)
+    }
+
+    /// Every `*.lua` under `dir`, sorted, hidden directories (`.baton`, `.build`, `.git`) skipped.
+    static func luaFiles(under dir: String) -> [String] {
+        var out: [String] = []
+        let base = dir.hasSuffix("/") && dir.count > 1 ? String(dir.dropLast()) : dir
+        for name in FileIO.list(base).sorted() where !name.hasPrefix(".") {
+            let path = base == "." ? name : base + "/" + name
+            if FileIO.isDirectory(path) { out += luaFiles(under: path) } else if name.hasSuffix(".lua") { out.append(path) }
+        }
+        return out
     }
 
     public static func check(_ recipe: String) -> Report {
@@ -60,6 +121,76 @@ public enum RecipeCheck {
         r.findings += lint(env, source, file: recipe)
         r.findings += backoffFindings(source, recipe: recipe, lua: env.lua)
         return r
+    }
+
+    /// What `baton run` checks before the first stage, on the runner's own Lua state (its
+    /// globals are the recipe environment's, nothing ran yet): kit.lint's findings that are
+    /// certain errors. Undefined globals only when the recipe and the modules it requires
+    /// cannot make globals the linter does not see (`_G`, `rawset`, `load`, a computed
+    /// `require`); what those modules assign counts as defined.
+    public static func beforeRun(env: RecipeEnvironment, recipe: String, text: [UInt8]) -> [Finding] {
+        let source = String(decoding: text, as: UTF8.self)
+        let recipeDir = FileIO.dirname(FileIO.absolute(recipe))
+        // The sources of the modules it requires: read only when an undefined global needs them.
+        func moduleSources() -> [String] {
+            var modules: [String] = []
+            for (name, _) in requiredModules(source) {
+                let rel = name.split(separator: ".").joined(separator: "/")
+                let dirs = [recipeDir, FileIO.currentDirectory() + "/scripts-lua"]
+                if let file = dirs.flatMap({ ["\($0)/\(rel).lua", "\($0)/\(rel)/init.lua"] }).first(where: FileIO.exists),
+                   let bytes = try? FileIO.readFile(file) {
+                    modules.append(String(decoding: bytes, as: UTF8.self))
+                } else if let m = EmbeddedLua.modules[name] {
+                    modules.append(m.source)
+                }
+            }
+            return modules
+        }
+        let lua = env.lua
+        let driver = """
+            local src, file, fields, loadModules = ...
+            local lint = require("kit.lint")
+            local known = {arg = true}
+            for k in pairs(_G) do known[k] = true end
+            local out, undefined = {}, false
+            for _, f in ipairs(lint.check(src, file, known, fields)) do
+              if f.certain then out[#out + 1] = f; undefined = undefined or f.code == "undefined-global" end
+            end
+            if not undefined then return out end
+            -- Only now (a recipe with an undefined global is rare): could a module, or the
+            -- recipe itself, have made it?
+            local dynamic, made = lint.dynamicGlobals(src), {}
+            for _, m in ipairs(loadModules()) do
+              if lint.dynamicGlobals(m) then dynamic = true end
+              for _, g in ipairs(lint.assignedGlobals(m)) do made[g] = true end
+            end
+            local kept = {}
+            for _, f in ipairs(out) do
+              if f.code ~= "undefined-global" or not (dynamic or made[f.name]) then kept[#kept + 1] = f end
+            end
+            return kept
+            """
+        let fields: JSON = .object(RecipeEnvironment.primitiveFields.map { ($0.0, .array($0.1.map(JSON.string))) })
+        let base = lua.top
+        defer { lua.top = base }
+        do {
+            try lua.load(Array(driver.utf8), name: "=baton.check")
+            lua.push(source)
+            lua.push(recipe)
+            lua.push(json: fields)
+            lua.pushFunction("baton.checkModules") { (l: LuaState) throws -> Int32 in
+                l.push(json: .array(moduleSources().map(JSON.string)))
+                return 1
+            }
+            try lua.pcall(nargs: 4, nresults: 1)
+            guard case let .array(items) = try lua.toJSON(-1) else { return [] }
+            return items.map { j in
+                Finding(file: j["file"]?.stringValue ?? recipe, line: Int(j["line"]?.intValue ?? 1), column: Int(j["column"]?.intValue ?? 1),
+                        code: j["code"]?.stringValue ?? "lint", message: j["message"]?.stringValue ?? "", certain: true)
+            }
+        } catch {
+            return []   // the linter's own failure never stops a run
+        }
     }
 
     /// `backoff = ...` written as a literal is checked as runStage will check it (the same

@@ -125,7 +125,7 @@ public final class RecipeEnvironment {
     /// For people: stdout, or stderr when stdout carries the --json document.
     func humanOut(_ s: String) { flushProgress(); view?.clear(); Console.write(output.json ? 2 : 1, s) }
 
-    func progress(_ s: String) { flushProgress(); if !output.quiet { view?.clear(); Console.err(s) } }
+    func progress(_ s: String) { flushProgress(); if !output.quiet { view?.beforeLine(); Console.err(s) } }
 
     /// A resume's replays in a row, said in one line when there are many (a 10,000-stage
     /// resume would otherwise print 10,000 lines; `baton log --why` lists every one). Any
@@ -154,8 +154,9 @@ public final class RecipeEnvironment {
         let v = TerminalView(stream: output.stream, json: output.json)
         guard v.isActive, !output.quiet, let loop = context?.loop else { return }
         view = v
+        if let c = context { v.begin(c) }
         loop.tickInterval = v.tickInterval
-        loop.onTick = { [weak v] _ in v?.tick() }
+        loop.onTick = { [weak v] label in v?.tick(label) }
     }
 
     /// print is C as in stock Lua (LuaShim's baton_push_print: luaL_tolstring, which may run

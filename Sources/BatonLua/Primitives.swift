@@ -120,7 +120,7 @@ extension RecipeEnvironment {
         }
         guard let r = exec.result else { throw RecipeEnvironment.abort }
         if r.status == .cancelled && ctx.interrupted { throw RecipeEnvironment.abort }
-        if !r.replayed && !r.dry { progress(stageLine(r)) }   // (a resume's replays are said by runStage)
+        if !r.replayed && !r.dry { progress(stageLine(r, allowed: exec.spec.allowFail)) }   // (a resume's replays are said by runStage)
         if !r.ok && !exec.spec.allowFail {
             throw LuaRaise(r.summary, status: .failure, kind: "stage", extra: { [unowned self] l in
                 self.pushResult(l, r); l.setField(-2, "result")
@@ -130,13 +130,16 @@ extension RecipeEnvironment {
         return 1
     }
 
-    /// "ok   stage build passed in 2s", or a FAIL line with the last 5 lines of stderr.
-    func stageLine(_ r: StageResult) -> String {
-        var s = (r.ok ? Palette.ok("ok  ") : Palette.fail("FAIL")) + " stage \(SafeText.line(r.id))"
+    /// "ok   stage build passed in 2s", or a FAIL line with the last 5 lines of stderr; a
+    /// failure `allowFail` accepts is a yellow "fail ... (allowed failure)", not the red FAIL
+    /// of a failure that ends the run.
+    func stageLine(_ r: StageResult, allowed: Bool = false) -> String {
+        var s = (r.ok ? Palette.ok("ok  ") : allowed ? Palette.warn("fail") : Palette.fail("FAIL")) + " stage \(SafeText.line(r.id))"
         if r.occurrence > 1 { s += " #\(r.occurrence)" }
         s += " \(r.status.rawValue) in \(Clock.human(r.duration))"
         if r.attempts > 1 { s += " (\(r.attempts) attempts)" }
         if r.ok { return s }
+        if allowed { s += " (allowed failure: allowFail)" }
         s += ": " + SafeText.line(r.headline)
         for line in FailureSignature.lastNonEmptyLines(r.stderrText, 5) { s += "\n     " + Palette.dim("| ") + SafeText.line(String(line.prefix(300))) }
         return s

@@ -15,6 +15,8 @@ public struct RunOptions: Sendable {
     public var json = false
     /// `--stream`: echo stage output as it comes.
     public var stream = false
+    /// Check the whole recipe before the first stage (`--no-check`: false).
+    public var check = true
     public var memoryLimit = RunOptions.defaultMemoryLimit
     /// The directory was made by `run --detach`; the runner only fills it.
     public var existingRun = false
@@ -55,7 +57,11 @@ public struct Ending {
     public var exit: ExitStatus
     public var reason: String?
     public var code: Int32 { exit.rawValue }
-    public init(status: RunOutcome, exit: ExitStatus, reason: String?) { self.status = status; self.exit = exit; self.reason = reason }
+    /// The error's `kind` when a Lua error ended the run (`args`: kit.args refused the words).
+    public var kind: String?
+    public init(status: RunOutcome, exit: ExitStatus, reason: String?, kind: String? = nil) {
+        self.status = status; self.exit = exit; self.reason = reason; self.kind = kind
+    }
 }
 
 public enum RecipeRunner {
@@ -72,6 +78,10 @@ public enum RecipeRunner {
         if !o.existingRun, let failed = load(env: env, recipe: o.recipe, text: text, readError: readError) {
             return Console.error(failed.reason ?? "cannot load \(o.recipe)", json: o.json, code: failed.exit)
         }
+        // Certain errors anywhere in the recipe stop it now: no stage ran, no run directory.
+        if !o.existingRun, o.check, let text, let problem = checkProblem(env: env, recipe: o.recipe, text: text) {
+            return Console.error(problem, json: o.json)
+        }
         let ctx: RunContext
         do {
             ctx = try RunContext.start(store: store, id: o.runID, recipe: o.recipe, recipeText: text ?? [],
@@ -84,10 +94,19 @@ public enum RecipeRunner {
 
     /// Why the recipe cannot run (unreadable, binary, a syntax error), or nil: what
     /// `run --detach` checks before it returns.
-    public static func loadProblem(_ recipe: String) -> String? {
+    public static func loadProblem(_ recipe: String, check: Bool = false) -> String? {
         let (text, readError) = readRecipe(recipe)
         let env = RecipeEnvironment(memoryLimit: RunOptions.defaultMemoryLimit, output: OutputOptions(json: false))
-        return load(env: env, recipe: recipe, text: text, readError: readError).map { $0.reason ?? "cannot load \(recipe)" }
+        if let failed = load(env: env, recipe: recipe, text: text, readError: readError) { return failed.reason ?? "cannot load \(recipe)" }
+        if check, let text { return checkProblem(env: env, recipe: recipe, text: text) }
+        return nil
+    }
+
+    /// The recipe's certain errors (RecipeCheck.beforeRun) as one message, or nil.
+    static func checkProblem(env: RecipeEnvironment, recipe: String, text: [UInt8]) -> String? {
+        let found = RecipeCheck.beforeRun(env: env, recipe: recipe, text: text)
+        guard !found.isEmpty else { return nil }
+        return found.map(\.text).joined(separator: "\n") + "\n(checked before the first stage: nothing ran; --no-check skips this)"
     }
 
     static func environment(_ o: RunOptions) -> RecipeEnvironment {
@@ -135,6 +154,7 @@ public enum RecipeRunner {
             : evaluate(env: env, recipe: o.recipe, text: text, readError: readError)
         ending.reason = ctx.boundedReason(ending.reason)   // a 50 MB error is 4 KiB here, whole in reason.txt
         control?.close()
+        env.view?.finish()   // the rest of --stream's output; the live view erased
         env.flushProgress()
         if o.dryRun, ending.code == 0 {
             env.humanOut(planText(env.plan))
@@ -146,6 +166,12 @@ public enum RecipeRunner {
         // `baton run r.lua help` printed the usage and ran nothing: no run to keep.
         if env.usageOnly, ending.code == 0, ctx.history.stages.isEmpty, !o.existingRun, (try? RunStore(root: o.runsDir).remove(ctx.dir.id)) != nil {
             return ending.code
+        }
+        // The recipe's words were refused (kit.args) before anything ran: a usage error, as
+        // `baton run --bad` is, that leaves no failed run behind.
+        if ending.kind == "args", loaded, ctx.history.stages.isEmpty, (try? RunStore(root: o.runsDir).remove(ctx.dir.id)) != nil {
+            if o.exitWhenDone { Glibc.exit(Console.error(ending.reason ?? "bad arguments", json: o.json, code: ending.exit)) }
+            return Console.error(ending.reason ?? "bad arguments", json: o.json, code: ending.exit)
         }
         report(ctx: ctx, ending: ending, json: o.json)
         if o.exitWhenDone { Glibc.exit(ending.code) }
@@ -229,7 +255,19 @@ public enum RecipeRunner {
         if sig == SIGALRM, baton_budget_expired() != 0, let b = env.context?.budget {
             return Ending(status: .cancelled, exit: .budgetExceeded, reason: "run budget of \(b.text) exceeded")
         }
-        return Ending(status: .cancelled, exit: .signal(sig), reason: "interrupted by \(signalName(sig))")
+        return Ending(status: .cancelled, exit: .signal(sig), reason: "interrupted by \(signalName(sig))\(signalSender(sig))")
+    }
+
+    /// Who sent the signal that ended the run: `baton cancel` (from its pid), another
+    /// process (its pid and name), or the terminal (Ctrl-C).
+    static func signalSender(_ sig: Int32) -> String {
+        let pid = baton_signal_sender()
+        guard pid > 0 else { return sig == SIGINT ? " (Ctrl-C)" : sig == SIGHUP ? " (the terminal closed)" : "" }
+        let words = ((try? FileIO.readFile("/proc/\(pid)/cmdline")) ?? []).split(separator: 0, omittingEmptySubsequences: false)
+            .map { String(decoding: $0, as: UTF8.self) }
+        let name = words.first.map { FileIO.basename($0) } ?? ""
+        if name == "baton", words.contains("cancel") { return ": cancelled by `baton cancel` from pid \(pid)" }
+        return " from pid \(pid)" + (name.isEmpty ? "" : " (\(name))")
     }
 
     public static func ending(for e: LuaCallError, env: RecipeEnvironment) -> Ending {
@@ -248,7 +286,7 @@ public enum RecipeRunner {
         if e.status == .memory {
             msg += " (the Lua memory limit is \(env.lua.memoryLimitMB) MiB; set BATON_LUA_MEMORY_MB to change it)"
         }
-        return Ending(status: .failed, exit: e.code.map { ExitStatus(rawValue: Int32($0)) } ?? .failure, reason: msg)
+        return Ending(status: .failed, exit: e.code.map { ExitStatus(rawValue: Int32($0)) } ?? .failure, reason: msg, kind: e.kind)
     }
 
     public static func report(ctx: RunContext, ending: Ending, json: Bool) {

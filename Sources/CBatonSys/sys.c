@@ -366,6 +366,8 @@ static int sigpipe_fds[2] = { -1, -1 };
 static void (*volatile signal_hook)(int) = 0;
 
 static volatile sig_atomic_t budget_fired = 0;
+/* Who sent the first signal: its pid (0: the kernel or the terminal, as a Ctrl-C is). */
+static volatile sig_atomic_t first_sender = 0;
 
 /* The signals that end a run (each: a flag, the self-pipe, the hook; the run ends with
  * 128+n): every one whose default action would end the process, but the crash signals (the
@@ -387,7 +389,7 @@ static void on_signal_info(int sig, siginfo_t *info, void *uctx) {
     /* setitimer's SIGALRM comes from the kernel (SI_KERNEL), which no other process can
      * fake: that one is the run budget; a SIGALRM sent with kill(2) is a signal like any. */
     if (sig == SIGALRM && info && info->si_code == SI_KERNEL && !first_signal) budget_fired = 1;
-    if (!first_signal) first_signal = sig;
+    if (!first_signal) { first_signal = sig; first_sender = (info && info->si_code == SI_USER) ? info->si_pid : 0; }
     last_signal = sig;
     if (sigpipe_fds[1] >= 0) { char c = (char)sig; (void)!write(sigpipe_fds[1], &c, 1); }
     void (*h)(int) = signal_hook;
@@ -436,9 +438,10 @@ int baton_budget_arm(double seconds) {
 }
 
 int baton_signal_pending(void) { return first_signal; }
+int baton_signal_sender(void) { return first_sender; }
 int baton_signal_last(void) { return last_signal; }
 int baton_signal_fd(void) { return sigpipe_fds[0]; }
-void baton_signal_clear(void) { first_signal = 0; last_signal = 0; budget_fired = 0; baton_signal_drain(); }
+void baton_signal_clear(void) { first_signal = 0; first_sender = 0; last_signal = 0; budget_fired = 0; baton_signal_drain(); }
 void baton_signal_drain(void) {
     if (sigpipe_fds[0] < 0) return;
     char buf[64];

@@ -53,6 +53,33 @@ import Testing
         #expect(Harness.runDirs(d).isEmpty)
     }
 
+    /// Issue 23 item 11: the small things a new user trips on.
+    @Test func helpTopicsSuggestionsAndRunCounts() throws {
+        let d = Harness.tempDir("cli-help")
+        let h = try Harness.run(["help", "nosuch"], cwd: d)
+        #expect(h.code == 2 && h.stderr.contains("unknown command 'nosuch'") && h.stdout.isEmpty, "help nosuch: \(h.code) \(h.stderr)")
+        let hs = try Harness.run(["help", "stauts"], cwd: d)
+        #expect(hs.code == 2 && hs.stderr.contains("did you mean 'status'"), "\(hs.stderr)")
+        #expect(try Harness.run(["help", "runs"], cwd: d).code == 0)
+        let w = try Harness.run(["help", "__watchdog"], cwd: d)
+        #expect(w.code == 2 && !w.stderr.contains(", __watchdog"), "\(w.stderr)")
+        let overview = try Harness.run(["help"], cwd: d)
+        #expect(overview.code == 0 && !overview.stdout.contains("watchdog"))
+        let r = try Harness.run(["rnus"], cwd: d)
+        #expect(r.code == 3 && r.stderr.contains("did you mean 'runs'?") && !r.stderr.contains("watchdog"), "\(r.stderr)")
+        let w2 = try Harness.run(["__watchdo"], cwd: d)
+        #expect(w2.code == 3 && !w2.stderr.contains("watchdog'?"), "\(w2.stderr)")
+        Harness.write(d + "/r.lua", "return {ok = true}")
+        #expect(try Harness.run(["run", "r.lua"], cwd: d).code == 0)
+        let zero = try Harness.run(["runs", "-n", "0"], cwd: d)
+        #expect(zero.code == 0 && zero.stdout.isEmpty && zero.stderr.isEmpty, "\(zero.stdout)\(zero.stderr)")
+        let e = Harness.tempDir("cli-help-empty")
+        let zeroEmpty = try Harness.run(["runs", "-n", "0"], cwd: e)
+        #expect(zeroEmpty.code == 0 && zeroEmpty.stdout.isEmpty, "\(zeroEmpty.stdout)")
+        let neg = try Harness.run(["runs", "-n", "-1"], cwd: d)
+        #expect(neg.code == 3 && neg.stderr.contains("-n must be 0 or more, not -1"), "\(neg.stderr)")
+    }
+
     @Test func everythingAfterTheRecipeIsTheRecipes() throws {
         let d = Harness.tempDir("cli-words")
         Harness.write(d + "/r.lua", """
@@ -96,6 +123,90 @@ import Testing
         #expect(ok.code == 0 && ok.stdout.contains("low\t2\tship it"), "\(ok.stdout) \(ok.stderr)")
         let bad = try Harness.run(["run", "r.lua", "--risk", "hgih", "count=1"], cwd: d)
         #expect(bad.code == 3 && bad.stderr.contains("low|medium|high"), "\(bad.stderr)")
+    }
+
+    /// Issue 23 item 10: kit.args refusing the recipe's words leaves no failed run behind.
+    @Test func recipeArgumentErrorsLeaveNoRun() throws {
+        let d = Harness.tempDir("cli-argerr")
+        Harness.write(d + "/r.lua", """
+            local o = require("kit.args").parse{
+              options = {risk = {choices = {"low", "high"}, default = "low"}, count = {number = true, min = 1, required = true}},
+            }
+            runStage{id = "s", cmd = {"true"}}
+            """)
+        for (words, says) in [(["--risk", "hgih", "count=1"], "low|high"), (["risk=low"], "'count=...' is required"),
+                              (["count=abc"], "must be a number"), (["--cuont", "2"], "did you mean '--count'")] {
+            let r = try Harness.run(["run", "r.lua"] + words, cwd: d)
+            #expect(r.code == 3 && r.stderr.contains(says), "\(words): \(r.code) \(r.stderr)")
+            let j = try Harness.run(["run", "--json", "r.lua"] + words, cwd: d)
+            #expect(j.code == 3 && j.stdout.contains("\"exit_code\": 3"), "\(j.stdout)")
+        }
+        #expect(Harness.runDirs(d).isEmpty, "no failed run left behind: \(Harness.runDirs(d))")
+        #expect(try Harness.run(["run", "r.lua", "count=2"], cwd: d).code == 0)
+        #expect(Harness.runDirs(d).count == 1)
+    }
+
+    /// Issue 23 item 4: a failure allowFail accepts is not a run-ending FAIL; the cancel
+    /// reason says who cancelled.
+    @Test func allowedFailuresAndWhoCancelled() throws {
+        let d = Harness.tempDir("cli-allowed")
+        Harness.write(d + "/r.lua", """
+            runStage{id = "flaky", cmd = "echo nope >&2; exit 3", allowFail = true}
+            runStage{id = "hard", cmd = "exit 4"}
+            """)
+        let r = try Harness.run(["run", "r.lua"], cwd: d)
+        #expect(r.code == 1)
+        #expect(r.stderr.contains("fail stage flaky failed in") && r.stderr.contains("(allowed failure: allowFail)"), "\(r.stderr)")
+        #expect(!r.stderr.contains("FAIL stage flaky") && r.stderr.contains("FAIL stage hard"), "\(r.stderr)")
+
+        Harness.write(d + "/long.lua", "runStage{id = 'sleep', cmd = {'sleep', '60'}}\n")
+        let det = try Harness.run(["run", "--detach", "--run-id", "c1", "long.lua"], cwd: d)
+        #expect(det.code == 0, "\(det.stderr)")
+        let run = d + "/.baton/runs/c1"
+        #expect(Harness.waitFor(20) { (Harness.read(run + "/journal.jsonl") ?? "").contains("stage_started") })
+        let c = try Harness.run(["cancel", "c1"], cwd: d)
+        #expect(c.code == 0, "\(c.stderr)")
+        let reason = Harness.final(run)?["reason"] as? String ?? ""
+        #expect(reason.contains("interrupted by SIGTERM") && reason.contains("cancelled by `baton cancel` from pid"), "\(reason)")
+
+        let (p, _, err) = try Harness.start(["run", "--run-id", "c2", "long.lua"], cwd: d)
+        let errOut = Harness.Output(err)
+        let run2 = d + "/.baton/runs/c2"
+        #expect(Harness.waitFor(20) { (Harness.read(run2 + "/journal.jsonl") ?? "").contains("stage_started") })
+        kill(p.processIdentifier, SIGTERM)
+        p.waitUntilExit()
+        let reason2 = Harness.final(run2)?["reason"] as? String ?? ""
+        #expect(p.terminationStatus == 143 && reason2.contains("interrupted by SIGTERM from pid \(getpid())"), "\(reason2) \(errOut.all())")
+    }
+
+    /// Issue 23 item 5: status counts from the current attempt and says its limit; after a
+    /// resume, `log --stage` names the life of each attempt.
+    @Test func statusCountsTheCurrentAttemptAndLogNamesLives() throws {
+        let d = Harness.tempDir("cli-attempt")
+        Harness.write(d + "/r.lua", """
+            runStage{id = "slow", timeout = 90, retries = 1, transient = {exit = {75}}, backoff = {initial = 0.01},
+                     cmd = "if [ -f second ]; then echo second; sleep 60; else touch second; sleep 3; exit 75; fi"}
+            """)
+        let det = try Harness.run(["run", "--detach", "--run-id", "a1", "r.lua"], cwd: d)
+        #expect(det.code == 0, "\(det.stderr)")
+        let run = d + "/.baton/runs/a1"
+        #expect(Harness.waitFor(30) { (Harness.read(run + "/journal.jsonl") ?? "").components(separatedBy: "stage_started").count == 3 })
+        let j = try Harness.run(["status", "--json", "a1"], cwd: d)
+        let doc = try #require(try JSONSerialization.jsonObject(with: Data(j.stdout.utf8)) as? [String: Any])
+        let forMs = (doc["current"] as? [String: Any])?["for_ms"] as? Int ?? -1
+        #expect(forMs >= 0 && forMs < 2500, "counted from attempt 2, not from attempt 1 (3 s before): \(forMs)")
+        let st = try Harness.run(["status", "a1"], cwd: d)
+        #expect(st.stdout.contains("attempt 2") && st.stdout.contains(" of 1m30s"), "\(st.stdout)")
+        #expect(st.stdout.contains("blocked  stage 'slow' running:") && st.stdout.contains(" s of 90"), "\(st.stdout)")
+        _ = try Harness.run(["cancel", "a1"], cwd: d)
+        Harness.write(d + "/r.lua", "runStage{id = 'slow', cmd = 'echo resumed'}\n")
+        let r = try Harness.run(["resume", "a1"], cwd: d)
+        #expect(r.code == 0, "\(r.stderr)")
+        let log = try Harness.run(["log", "a1", "--stage", "slow"], cwd: d)
+        #expect(log.stdout.contains("==> slow attempt 1, original run") && log.stdout.contains("==> slow attempt 2, original run")
+                && log.stdout.contains("==> slow attempt 1, resume 1"), "\(log.stdout)")
+        let lj = try Harness.run(["log", "a1", "--stage", "slow", "--json"], cwd: d)
+        #expect(lj.stdout.contains("\"life\" : 2") || lj.stdout.contains("\"life\": 2"), "\(lj.stdout)")
     }
 
     @Test func noArgumentsReadsPipedLua() throws {

@@ -100,4 +100,102 @@ import Testing
             #expect(c.code == 0, "\(recipe): \(c.stderr)")
         }
     }
+
+    /// Issue 23 item 9: several files and directories; a directory's modules are checked
+    /// with the recipes that require them, not as recipes; findings sorted by file and line.
+    @Test func severalFilesAndDirectories() throws {
+        let d = Harness.tempDir("check-many")
+        Harness.write(d + "/b.lua", "runStage{id = 'b', cmd = 'true', retrys = 1}\nrunStag{id = 'x'}\n")
+        Harness.write(d + "/a.lua", "local m = require('lib.mod')\nprint(zz1)\nprint(m)\n")
+        Harness.write(d + "/lib/mod.lua", "local M = {}\nreturn M\n")   // a module: not a recipe
+        Harness.write(d + "/sub/c.lua", "print(qq)\n")
+        Harness.write(d + "/.baton/x.lua", "this is not lua\n")              // hidden: skipped
+        let r = try Harness.run(["check", "."], cwd: d)
+        let lines = r.stderr.split(separator: "\n").map(String.init)
+        #expect(r.code == 3 && lines.count == 4, "\(r.stderr)")
+        #expect(lines.map { String($0.prefix(while: { $0 != " " })) } == ["a.lua:2:7:", "b.lua:1:34:", "b.lua:2:1:", "sub/c.lua:1:7:"], "\(r.stderr)")
+        #expect(!r.stdout.contains("mod.lua") && !r.stderr.contains("mod.lua"), "\(r.stdout)")
+        let two = try Harness.run(["check", "sub", "b.lua"], cwd: d)
+        #expect(two.code == 3 && two.stderr.split(separator: "\n").first?.hasPrefix("b.lua:1:") == true, "\(two.stderr)")
+        let j = try Harness.run(["check", "--json", ".", "b.lua"], cwd: d)
+        let doc = try #require(try JSONSerialization.jsonObject(with: Data(j.stdout.utf8)) as? [String: Any])
+        #expect(doc["recipes"] as? [String] == ["a.lua", "b.lua", "sub/c.lua"] && (doc["findings"] as? [Any])?.count == 4, "\(j.stdout)")
+        Harness.write(d + "/ok/r.lua", "runStage{id = 'a', cmd = 'true'}\n")
+        let ok = try Harness.run(["check", "ok"], cwd: d)
+        #expect(ok.code == 0 && ok.stdout.contains("ok/r.lua: ok"), "\(ok.stdout) \(ok.stderr)")
+        let dot = try Harness.run(["check", "."], cwd: d + "/ok")
+        #expect(dot.code == 0 && dot.stdout.contains("r.lua: ok"), "\(dot.stdout) \(dot.stderr)")
+        let none = try Harness.run(["check", "lib/.."], cwd: Harness.tempDir("check-none"))
+        #expect(none.code == 3)
+        // The shipped recipes and fixtures, as a directory.
+        let shipped = try Harness.run(["check", "recipes", "Tests/Fixtures"], cwd: Harness.packageRoot.path)
+        #expect(shipped.code == 0, "\(shipped.stderr)")
+    }
+
+    /// Every finding code `check` can print is documented in docs/cli.md.
+    @Test func everyFindingCodeIsDocumented() throws {
+        let root = Harness.packageRoot.path
+        let swift = Harness.read(root + "/Sources/BatonLua/Check.swift") ?? ""
+        let lint = Harness.read(root + "/scripts-lua/kit/lint.lua") ?? ""
+        let docs = Harness.read(root + "/docs/cli.md") ?? ""
+        var codes = Set<String>()
+        for (text, pattern) in [(swift, #"code: "([a-z-]+)""#), (lint, #"add\([^,]+, "([a-z-]+)""#)] {
+            let re = try NSRegularExpression(pattern: pattern)
+            for m in re.matches(in: text, range: NSRange(text.startIndex..., in: text)) {
+                codes.insert(String(text[Range(m.range(at: 1), in: text)!]))
+            }
+        }
+        #expect(codes.count >= 8 && codes.contains("undefined-global") && codes.contains("syntax"), "\(codes)")
+        for c in codes { #expect(docs.contains("| `\(c)` |"), "finding code '\(c)' is not in docs/cli.md") }
+    }
+
+    /// Issue 23 item 8: `baton run` checks the whole recipe before the first stage: a
+    /// certain error stops it with exit 3 and file:line:col, before any stage or run
+    /// directory; `--no-check` skips it; no false positives on what is legal.
+    @Test func runChecksTheWholeRecipeFirst() throws {
+        let d = Harness.tempDir("check-run")
+        let cases: [(String, String)] = [
+            ("runStage{id = 'a', cmd = {'touch', 'ran'}}\nrunstage{id = 'b', cmd = 'true'}\n", "r.lua:2:1: undefined global 'runstage' (did you mean 'runStage'?) [undefined-global]"),
+            ("runStage{id = 'a', cmd = {'touch', 'ran'}}\nlocal function later()\n  runStage{id = 'b', cmd = 'true', retrys = 2}\nend\nlater()\n", "r.lua:3:36: runStage: unknown field 'retrys'"),
+            ("runStage{id = 'a', cmd = {'touch', 'ran'}}\nwatch{id = 'w', file = 'f', onMissing = 'explode'}\n", "r.lua:2:41: watch: field 'onMissing' must be one of"),
+            ("runStage{id = 'a', cmd = {'touch', 'ran'}}\nparallel({1, 2})\n", "r.lua:2:1: parallel takes 2 or 3 arguments, given 1 [arg-count]"),
+            ("runStage{id = 'a', cmd = {'touch', 'ran'}}\nrunStage({id = 'b', cmd = 'true'}, {retries = 1})\n", "r.lua:2:1: runStage takes 1 argument, given 2 [arg-count]"),
+        ]
+        for (recipe, says) in cases {
+            Harness.write(d + "/r.lua", recipe)
+            let r = try Harness.run(["run", "r.lua"], cwd: d)
+            #expect(r.code == 3 && r.stderr.contains(says), "\(recipe)\n-> \(r.code): \(r.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: d + "/ran"), "no stage ran")
+            #expect(Harness.runDirs(d).isEmpty, "no run directory")
+            let j = try Harness.run(["run", "--json", "r.lua"], cwd: d)
+            #expect(j.code == 3 && j.stdout.contains("exit_code"), "\(j.stdout)")
+            let det = try Harness.run(["run", "--detach", "r.lua"], cwd: d)
+            #expect(det.code == 3 && det.stderr.contains(says) && Harness.runDirs(d).isEmpty, "--detach: \(det.stderr)")
+        }
+        // --no-check: the first stage runs, the runtime meets the error.
+        Harness.write(d + "/r.lua", cases[0].0)
+        let nc = try Harness.run(["run", "--no-check", "r.lua"], cwd: d)
+        #expect(nc.code == 1 && FileManager.default.fileExists(atPath: d + "/ran") && Harness.runDirs(d).count == 1, "\(nc.stderr)")
+
+        // Legal Lua is never stopped: a bare read of an unknown global (feature detection),
+        // globals made by a module it requires, through _G or load, a pcall'd call, methods.
+        let e = Harness.tempDir("check-run-ok")
+        Harness.write(e + "/lib/helpers.lua", "function shout(s) return s:upper() end\nreturn {}\n")
+        Harness.write(e + "/ok.lua", """
+            require("lib.helpers")
+            if jit then print("luajit") end
+            local x = shout("a")
+            _G.made = function() return 1 end
+            made()
+            local ok = pcall(function() return nosuchthing end)
+            local t = {runstage = 1}; print(t.runstage, x, ok)
+            runStage{id = "a", cmd = {"true"}, retries = 0, allowFail = true}
+            local items = {1, 2}
+            parallel(items, function(i) return i end, {maxConcurrency = 2})
+            persistFinal{done = true}
+            persistFinal({step = 2}, {cancelled = {status = "cancelled"}, stdout = true})
+            """)
+        let ok = try Harness.run(["run", "ok.lua"], cwd: e)
+        #expect(ok.code == 0, "\(ok.stderr)")
+    }
 }

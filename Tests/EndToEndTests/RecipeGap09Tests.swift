@@ -34,6 +34,8 @@ import Testing
         if e["GAP09_AGENT"] == nil { e["GAP09_AGENT"] = "" }
         e["AGENT_STATE"] = d
         let r = try Harness.run(["run"] + options + [Self.recipe] + w, cwd: d, env: e, timeout: 60)
+        // Words kit.args refuses are a usage error that leaves no run (issue 23 item 10).
+        if r.code == 3, Harness.latestRun(d) == nil { return Run(r: r, dir: d, final: [:]) }
         let run = try #require(Harness.latestRun(d), sourceLocation: sourceLocation)
         _ = Harness.journal(run, sourceLocation: sourceLocation)
         let f = try #require(Harness.final(run), "no final.json; stderr: \(r.stderr)", sourceLocation: sourceLocation)

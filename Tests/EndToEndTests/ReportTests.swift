@@ -391,4 +391,43 @@ import Testing
         p.expectLine(":help report", "write the run's HTML report")
         for r in runs { #expect(FileManager.default.fileExists(atPath: d + "/.baton/runs/\(r)/report.html")) }
     }
+
+    /// Issue 23 item 6: the timeline's labels (the end, resumes, gate iterations) never cover
+    /// each other, and a retried attempt of a few milliseconds stays visible, with a tooltip.
+    @Test func timelineLabelsNeverOverlapAndTinyRetriesShow() throws {
+        let d = Harness.tempDir("report-labels")
+        Harness.write(d + "/r.lua", """
+            runStage{id = "flaky", cmd = "test -f ok2 || { touch ok2; exit 75; }", retries = 1, transient = {exit = {75}},
+                     backoff = {initial = 0.01}}
+            gate{name = "verify", maxIterations = 3, check = function(i) return {approved = i >= 3, issues = {}} end}
+            runStage{id = "long", cmd = "test -f go || { sleep 3; exit 1; }"}
+            """)
+        #expect(try Harness.run(["run", "r.lua"], cwd: d).code == 1)
+        Harness.write(d + "/go", "")
+        #expect(try Harness.run(["resume"], cwd: d).code == 0)   // a short second life: its marks at the very end
+        let run = try #require(Harness.latestRun(d))
+        #expect(try Harness.run(["report"], cwd: d).code == 0)
+        let html = try #require(Harness.read(run + "/report.html"))
+        let re = try NSRegularExpression(pattern: #"<text class="mlabel"( text-anchor="end")? x="([0-9.]+)" y="([0-9.]+)">([^<]*)</text>"#)
+        var labels: [(y: Double, a: Double, b: Double, text: String)] = []
+        for m in re.matches(in: html, range: NSRange(html.startIndex..., in: html)) {
+            func g(_ i: Int) -> String? { Range(m.range(at: i), in: html).map { String(html[$0]) } }
+            let x = Double(g(2)!)!, y = Double(g(3)!)!, text = g(4)!
+            // The same generous width the report places them with: 6.2 px a character (10 px font).
+            let w = Double(text.count) * 6.2
+            labels.append(g(1) != nil ? (y, x - w, x, text) : (y, x, x + w, text))
+        }
+        #expect(labels.contains { $0.text.hasPrefix("succeeded (exit 0)") }, "the end keeps its label: \(labels)")
+        for (i, l) in labels.enumerated() {
+            for k in labels.indices where k > i && labels[k].y == l.y {
+                #expect(!(l.a < labels[k].b && labels[k].a < l.b), "'\(l.text)' covers '\(labels[k].text)'")
+            }
+        }
+        #expect(labels.filter { $0.text.hasPrefix("verify ") }.count < 3, "three gate iterations within milliseconds: not three labels")
+        #expect(html.contains("<title>resume 1 at "), "a resume without room for its label keeps a tooltip")
+        let bar = try NSRegularExpression(pattern: #"<rect class="bar [^"]*retried"[^>]*width="([0-9.]+)"[^>]*><title>flaky attempt 1"#)
+        let m = try #require(bar.firstMatch(in: html, range: NSRange(html.startIndex..., in: html)), "the retried attempt's bar")
+        let w = Double(html[Range(m.range(at: 1), in: html)!])!
+        #expect(w >= 3, "a retried attempt of a few ms stays visible: \(w) px")
+    }
 }

@@ -14,7 +14,7 @@ final class Pane {
     /// except for `run` and `resume`, which show no prompt).
     init(_ tag: String, cwd: String? = nil, state: String? = nil, args: [String] = ["repl"], prompt: String? = nil,
          color: Bool = false) throws {
-        let prompt = prompt ?? (["run", "resume"].contains(args.first ?? "") ? nil : ">")
+        let prompt = prompt ?? (["run", "resume", "status", "wait"].contains(args.first ?? "") ? nil : ">")
         dir = Harness.tempDir("shell-\(tag)")
         socket = dir + "/tmux.sock"
         name = "baton-\(tag)-\(UUID().uuidString.prefix(6))"

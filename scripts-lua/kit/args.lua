@@ -16,7 +16,8 @@
 -- option with `flag = true` (a boolean; `name=1`/`name=0` work too). Words after `--` are
 -- positional.
 -- An unknown option, a bad choice or a bad number ends the run with exit code 3
--- (a usage error) and a message naming the option.
+-- (a usage error) and a message naming the option; nothing having run, the run
+-- directory is removed (no failed run is left behind).
 local M = {}
 
 M.USAGE_CODE = 3
@@ -32,7 +33,8 @@ end
 
 local function usageError(msg, usage)
   if usage then io.stderr:write(usage, "\n") end
-  M.fail(msg, M.USAGE_CODE, "usage")
+  -- kind "args": the runner reports it as a usage error and keeps no run directory.
+  M.fail(msg, M.USAGE_CODE, "args")
 end
 
 -- The closest known name, for a "did you mean" hint (edit distance <= 2).

@@ -7,6 +7,11 @@
 --                     never assigned in the file (`runStag{...}`), with a did-you-mean
 --   unknown-field     a misspelt field in a literal primitive table (`retrys = 2`)
 --   field-type        a literal of the wrong type (`timeout = "10"`)
+--   field-value       a literal string a field does not take (`onMissing = "explode"`)
+--   arg-count         a primitive called with too few or too many arguments (`parallel(items)`)
+-- A finding with `certain = true` is an error the run would certainly raise when it gets
+-- there: `baton run` stops on those before the first stage (undefined globals only when
+-- called or indexed: a bare read such as `if jit then` is legal Lua).
 local M = {}
 
 local keywords = {}
@@ -14,10 +19,12 @@ for w in ("and break do else elseif end false for function goto if in local nil 
   keywords[w] = true
 end
 
---- The tokens of `src`: {t = "name"|"kw"|"string"|"number"|"op"|"eof", v, line, col}.
+--- The tokens of `src`: {type, value, line, col} (positional: `baton run` lints every recipe
+--- before it starts, and an array is cheaper to build than a record); type is "name",
+--- "kw", "string", "number", "op" or "eof".
 function M.tokens(src)
-  local toks, i, n, line, lineStart = {}, 1, #src, 1, 1
-  local function add(t, v, pos) toks[#toks + 1] = {t = t, v = v, line = line, col = pos - lineStart + 1} end
+  local toks, i, n, line, lineStart, count = {}, 1, #src, 1, 1, 0
+  local function add(t, v, pos) count = count + 1; toks[count] = {t, v, line, pos - lineStart + 1} end
   -- Moves past src[from..to], counting the newlines inside.
   local function skip(from, to)
     local p = from
@@ -35,40 +42,48 @@ function M.tokens(src)
     return e or n
   end
   if src:sub(1, 1) == "#" then i = (src:find("\n", 1, true) or n + 1) end
+  -- Bytes, not one-character strings: `baton run` lints every recipe before it starts.
+  local byte, find, match, char = string.byte, string.find, string.match, string.char
   while i <= n do
-    local c = src:sub(i, i)
-    if c == "\n" then
+    local b = byte(src, i)
+    if b == 10 then
       line, i = line + 1, i + 1
       lineStart = i
-    elseif c:match("%s") then
-      i = i + 1
-    elseif src:sub(i, i + 1) == "--" then
+    elseif b == 32 or b == 9 or b == 13 or b == 11 or b == 12 then
+      local _, e = find(src, "^[ \t\r\v\f]+", i)
+      i = e + 1
+    elseif b == 45 and byte(src, i + 1) == 45 then -- "--"
       local e = longBracket(i + 2)
-      if e then skip(i, e) else i = (src:find("\n", i, true) or n + 1) end
-    elseif c:match("[%a_]") then
-      local w = src:match("^[%w_]+", i)
-      add(keywords[w] and "kw" or "name", w, i)
+      if e then skip(i, e) else i = (find(src, "\n", i, true) or n + 1) end
+    elseif b == 95 or (b >= 65 and b <= 90) or (b >= 97 and b <= 122) then
+      local w = match(src, "^[%w_]+", i)
+      count = count + 1
+      toks[count] = {keywords[w] and "kw" or "name", w, line, i - lineStart + 1}
       i = i + #w
-    elseif c:match("%d") or (c == "." and src:sub(i + 1, i + 1):match("%d")) then
-      local num = src:match("^0[xX][%x%.]*[pP][%+%-]?%d+", i) or src:match("^0[xX][%x%.]*", i)
-        or src:match("^[%d%.]+[eE][%+%-]?%d+", i) or src:match("^[%d%.]+", i)
+    elseif (b >= 48 and b <= 57) or (b == 46 and match(src, "^%d", i + 1)) then
+      local num = match(src, "^0[xX][%x%.]*[pP][%+%-]?%d+", i) or match(src, "^0[xX][%x%.]*", i)
+        or match(src, "^[%d%.]+[eE][%+%-]?%d+", i) or match(src, "^[%d%.]+", i)
       add("number", num, i)
       i = i + #num
-    elseif c == '"' or c == "'" then
+    elseif b == 34 or b == 39 then
       local j = i + 1
       while j <= n do
-        local d = src:sub(j, j)
-        if d == "\\" then j = j + 2 elseif d == c or d == "\n" then break else j = j + 1 end
+        local d = byte(src, j)
+        if d == 92 then j = j + 2 elseif d == b or d == 10 then break else j = j + 1 end
       end
       add("string", src:sub(i + 1, j - 1), i)
       skip(i, math.min(j, n))
-    elseif c == "[" and src:match("^%[=*%[", i) then
+    elseif b == 91 and match(src, "^%[=*%[", i) then
       local e = longBracket(i)
       add("string", "", i)
       skip(i, e)
+    elseif not (b == 46 or b == 61 or b == 126 or b == 60 or b == 62 or b == 47 or b == 58) then
+      count = count + 1 -- no operator of two characters starts with it
+      toks[count] = {"op", char(b), line, i - lineStart + 1}
+      i = i + 1
     else
-      local op = src:match("^%.%.%.", i) or src:match("^[=~<>]=", i) or src:match("^//", i) or src:match("^::", i)
-        or src:match("^<<", i) or src:match("^>>", i) or src:match("^%.%.", i) or c
+      local op = match(src, "^%.%.%.", i) or match(src, "^[=~<>]=", i) or match(src, "^//", i) or match(src, "^::", i)
+        or match(src, "^<<", i) or match(src, "^>>", i) or match(src, "^%.%.", i) or src:sub(i, i)
       add("op", op, i)
       i = i + #op
     end
@@ -76,6 +91,8 @@ function M.tokens(src)
   add("eof", "", i)
   return toks
 end
+
+local opens, closes = {["{"] = true, ["("] = true, ["["] = true}, {["}"] = true, [")"] = true, ["]"] = true}
 
 local function closest(name, known)
   local best, bestD
@@ -99,11 +116,11 @@ end
 -- The type of the value whose first token is toks[k] (nil: not a literal).
 local function literalType(toks, k)
   local t = toks[k]
-  if t.t == "string" then return "string" end
-  if t.t == "number" or (t.v == "-" and toks[k + 1].t == "number") then return "number" end
-  if t.t == "kw" and (t.v == "true" or t.v == "false") then return "boolean" end
-  if t.t == "kw" and t.v == "function" then return "function" end
-  if t.v == "{" then return "table" end
+  if t[1] == "string" then return "string" end
+  if t[1] == "number" or (t[2] == "-" and toks[k + 1][1] == "number") then return "number" end
+  if t[1] == "kw" and (t[2] == "true" or t[2] == "false") then return "boolean" end
+  if t[1] == "kw" and t[2] == "function" then return "function" end
+  if t[2] == "{" then return "table" end
   return nil
 end
 
@@ -120,6 +137,33 @@ M.fieldTypes = {
     fallback = "table", cwd = "string", env = "table", timeout = "number"},
 }
 
+-- Literal string values fields take (the runtime refuses any other).
+M.fieldValues = {
+  watch = {onMissing = {"fail", "block", "callback"}},
+  preflight = {policy = {"fail", "warn"}},
+}
+
+-- How many arguments each primitive takes: {min, max}.
+M.arity = {runStage = {1, 1}, preflight = {1, 1}, watch = {1, 1}, gate = {1, 1}, persistFinal = {1, 2}, parallel = {2, 3}}
+
+-- Names through which a recipe can make globals the linter cannot see.
+local dynamic = {_G = true, _ENV = true, rawset = true, load = true, loadstring = true, dofile = true, loadfile = true,
+  setfenv = true, getfenv = true, debug = true}
+
+--- Whether `src` may define globals the linter cannot see: it names _G, _ENV, rawset,
+--- load, dofile, ... or requires a module by a computed name.
+function M.dynamicGlobals(src, toks)
+  toks = toks or M.tokens(src)
+  for k, t in ipairs(toks) do
+    if t[1] == "name" and dynamic[t[2]] and not (toks[k - 1] and (toks[k - 1][2] == "." or toks[k - 1][2] == ":")) then return true end
+    if t[1] == "name" and t[2] == "require" then
+      local n = toks[k + 1]
+      if not (n[1] == "string" or (n[2] == "(" and toks[k + 2][1] == "string" and toks[k + 3][2] == ")")) then return true end
+    end
+  end
+  return false
+end
+
 --- Checks the fields of the literal table opening at toks[k] (a `{`) given to `fn`. A field
 --- whose value is a literal table with a list of its own in `fields` ("runStage.<executor>": an
 --- executor's options) is checked too; `label` names it in findings.
@@ -127,25 +171,36 @@ local function checkTable(toks, k, fn, allowed, add, fields, label)
   label = label or fn
   local depth, known = 0, {}
   for _, f in ipairs(allowed) do known[f] = true end
-  while toks[k].t ~= "eof" do
+  while toks[k][1] ~= "eof" do
     local t = toks[k]
-    if t.v == "{" or t.v == "(" or t.v == "[" then depth = depth + 1
-    elseif t.v == "}" or t.v == ")" or t.v == "]" then
+    if opens[t[2]] then depth = depth + 1
+    elseif closes[t[2]] then
       depth = depth - 1
       if depth == 0 then return end
-    elseif depth == 1 and t.t == "name" and toks[k + 1].v == "=" and (toks[k - 1].v == "{" or toks[k - 1].v == "," or toks[k - 1].v == ";") then
-      if not known[t.v] then
-        local hint = closest(t.v, allowed)
-        add(t, "unknown-field", ("%s: unknown field '%s'%s; known fields: %s"):format(label, t.v,
-          hint and (" (did you mean '" .. hint .. "'?)") or "", table.concat(allowed, ", ")))
+    elseif depth == 1 and t[1] == "name" and toks[k + 1][2] == "=" and (toks[k - 1][2] == "{" or toks[k - 1][2] == "," or toks[k - 1][2] == ";") then
+      if not known[t[2]] then
+        local hint = closest(t[2], allowed)
+        add(t, "unknown-field", ("%s: unknown field '%s'%s; known fields: %s"):format(label, t[2],
+          hint and (" (did you mean '" .. hint .. "'?)") or "", table.concat(allowed, ", ")), true)
       else
-        local nested = fields and fields[fn .. "." .. t.v]
-        if nested and toks[k + 2].v == "{" then
-          checkTable(toks, k + 2, fn .. "." .. t.v, nested, add, fields, ("%s: field '%s'"):format(label, t.v))
+        local nested = fields and fields[fn .. "." .. t[2]]
+        if nested and toks[k + 2][2] == "{" then
+          checkTable(toks, k + 2, fn .. "." .. t[2], nested, add, fields, ("%s: field '%s'"):format(label, t[2]))
         end
-        local want, got = (M.fieldTypes[fn] or {})[t.v], literalType(toks, k + 2)
+        local want, got = (M.fieldTypes[fn] or {})[t[2]], literalType(toks, k + 2)
         if want and got and not ("|" .. want .. "|"):find("|" .. got .. "|", 1, true) then
-          add(toks[k + 2], "field-type", ("%s: field '%s' must be a %s, got a %s"):format(fn, t.v, want:gsub("|", " or "), got))
+          add(toks[k + 2], "field-type", ("%s: field '%s' must be a %s, got a %s"):format(fn, t[2], want:gsub("|", " or "), got), true)
+        end
+        local values = (M.fieldValues[fn] or {})[t[2]]
+        local v = toks[k + 2]
+        if values and v[1] == "string" and (toks[k + 3][2] == "," or toks[k + 3][2] == ";" or toks[k + 3][2] == "}") then
+          local okv = false
+          for _, c in ipairs(values) do if c == v[2] then okv = true end end
+          if not okv then
+            local hint = closest(v[2], values)
+            add(v, "field-value", ("%s: field '%s' must be one of '%s', got '%s'%s"):format(fn, t[2], table.concat(values, "', '"), v[2],
+              hint and (" (did you mean '" .. hint .. "'?)") or ""), true)
+          end
         end
       end
     end
@@ -153,29 +208,76 @@ local function checkTable(toks, k, fn, allowed, add, fields, label)
   end
 end
 
+--- The globals `src` assigns (`x = 1`, `function f()`): what a module adds for its requirer.
+function M.assignedGlobals(src)
+  local names = {}
+  local toks = M.tokens(src)
+  local depth = 0
+  -- Over-approximates (a `local a, b = ...` counts too): fewer findings, never a false one.
+  for k, t in ipairs(toks) do
+    if t[2] == "{" or t[2] == "(" or t[2] == "[" then depth = depth + 1
+    elseif t[2] == "}" or t[2] == ")" or t[2] == "]" then depth = depth - 1
+    elseif depth == 0 and t[1] == "name" and not (toks[k - 1] and (toks[k - 1][2] == "." or toks[k - 1][2] == ":" or toks[k - 1][2] == "local")) then
+      if toks[k + 1][2] == "=" or toks[k + 1][2] == "," or (toks[k - 1] and toks[k - 1][2] == "function") then names[#names + 1] = t[2] end
+    end
+  end
+  return names
+end
+
 --- Findings in `src`. `known`: the recipe environment's globals (a set); `fields`:
 --- primitive name -> its allowed field names.
 function M.check(src, file, known, fields)
   local toks = M.tokens(src)
   local findings = {}
-  local function add(t, code, message)
-    findings[#findings + 1] = {file = file, line = t.line, column = t.col, code = code, message = message}
+  local function add(t, code, message, certain)
+    findings[#findings + 1] = {file = file, line = t[3], column = t[4], code = code, message = message, certain = certain or nil}
   end
-  local function prevIsAccess(k) local p = toks[k - 1]; return p and (p.v == "." or p.v == ":" or p.v == "::" or p.v == "goto") end
+  -- The arguments of the call whose `(` is toks[k]: how many.
+  local function countArgs(k)
+    if toks[k + 1][2] == ")" then return 0 end
+    local depth, n = 0, 1
+    while toks[k][1] ~= "eof" do
+      local v = toks[k][2]
+      if v == "(" or v == "{" or v == "[" then depth = depth + 1
+      elseif v == ")" or v == "}" or v == "]" then
+        depth = depth - 1
+        if depth == 0 then return n end
+      elseif v == "," and depth == 1 then n = n + 1
+      elseif toks[k][1] == "kw" and v == "function" then
+        -- A function body's own commas and brackets are inside `function ... end`.
+        local nest = 1
+        k = k + 1
+        while toks[k][1] ~= "eof" and nest > 0 do
+          local w = toks[k]
+          if w[1] == "kw" and (w[2] == "function" or w[2] == "do" or w[2] == "then" or w[2] == "repeat") then
+            nest = nest + 1   -- `while`/`for` open with their `do`, `if`/`elseif` with `then`
+          elseif w[1] == "kw" and (w[2] == "end" or w[2] == "until") then nest = nest - 1
+          elseif w[1] == "kw" and (w[2] == "elseif") then nest = nest - 1
+          end
+          k = k + 1
+        end
+        k = k - 1
+      end
+      k = k + 1
+    end
+    return nil
+  end
+  local function prevIsAccess(k) local p = toks[k - 1]; return p and (p[2] == "." or p[2] == ":" or p[2] == "::" or p[2] == "goto") end
   local brackets = {}
   local function isKey(k)
     local p = toks[k - 1]
-    return brackets[#brackets] == "{" and toks[k + 1].v == "=" and p and (p.v == "{" or p.v == "," or p.v == ";")
+    return brackets[#brackets] == "{" and toks[k + 1][2] == "=" and p and (p[2] == "{" or p[2] == "," or p[2] == ";")
   end
   -- Pass 1: globals the file assigns (`x = 1`, `a, b = ...`, `function f()`), usable anywhere.
   local assigned = {}
   for k, t in ipairs(toks) do
-    if t.v == "{" or t.v == "(" or t.v == "[" then brackets[#brackets + 1] = t.v
-    elseif t.v == "}" or t.v == ")" or t.v == "]" then brackets[#brackets] = nil
-    elseif t.t == "name" and not prevIsAccess(k) and not isKey(k) then
+    local v = t[2]
+    if opens[v] then brackets[#brackets + 1] = v
+    elseif closes[v] then brackets[#brackets] = nil
+    elseif t[1] == "name" and not prevIsAccess(k) and not isKey(k) then
       local j = k + 1
-      while toks[j].v == "," and toks[j + 1].t == "name" do j = j + 2 end
-      if toks[j].v == "=" or (toks[k - 1] and toks[k - 1].v == "function" and toks[k + 1].v == "(") then assigned[t.v] = true end
+      while toks[j][2] == "," and toks[j + 1][1] == "name" do j = j + 2 end
+      if toks[j][2] == "=" or (toks[k - 1] and toks[k - 1][2] == "function" and toks[k + 1][2] == "(") then assigned[t[2]] = true end
     end
   end
   -- Pass 2: scopes, undefined globals, literal primitive tables.
@@ -200,68 +302,80 @@ function M.check(src, file, known, fields)
     if #scopes > 1 then scopes[#scopes] = nil end
   end
   local k = 1
-  while toks[k].t ~= "eof" do
+  while toks[k][1] ~= "eof" do
     local t = toks[k]
-    if t.t == "kw" then
-      if t.v == "local" then
-        if toks[k + 1].v == "function" then
-          declare(toks[k + 2].v)
+    if t[1] == "kw" then
+      if t[2] == "local" then
+        if toks[k + 1][2] == "function" then
+          declare(toks[k + 2][2])
         else
           local j = k + 1
-          while toks[j].t == "name" do
-            declare(toks[j].v)
+          while toks[j][1] == "name" do
+            declare(toks[j][2])
             j = j + 1
-            if toks[j].v == "<" then j = j + 3 end
-            if toks[j].v ~= "," then break end
+            if toks[j][2] == "<" then j = j + 3 end
+            if toks[j][2] ~= "," then break end
             j = j + 1
           end
         end
-      elseif t.v == "function" then
+      elseif t[2] == "function" then
         local j, params = k + 1, {}
-        while toks[j].t == "name" or toks[j].v == "." or toks[j].v == ":" do
-          if toks[j].v == ":" then params[#params + 1] = "self" end
+        while toks[j][1] == "name" or toks[j][2] == "." or toks[j][2] == ":" do
+          if toks[j][2] == ":" then params[#params + 1] = "self" end
           j = j + 1
         end
         j = j + 1 -- "("
-        while toks[j].v ~= ")" and toks[j].t ~= "eof" do
-          if toks[j].t == "name" then params[#params + 1] = toks[j].v end
+        while toks[j][2] ~= ")" and toks[j][1] ~= "eof" do
+          if toks[j][1] == "name" then params[#params + 1] = toks[j][2] end
           j = j + 1
         end
         pending = params
         open("function")
         -- The function's name (toks[k+1]) is still checked below as a reference.
-      elseif t.v == "for" then
+      elseif t[2] == "for" then
         local j, vars = k + 1, {}
-        while toks[j].t == "name" or toks[j].v == "," do
-          if toks[j].t == "name" then vars[#vars + 1] = toks[j].v end
+        while toks[j][1] == "name" or toks[j][2] == "," do
+          if toks[j][1] == "name" then vars[#vars + 1] = toks[j][2] end
           j = j + 1
         end
         pending = vars
         k = j -- past the loop variables
         goto continue
-      elseif t.v == "do" or t.v == "repeat" or t.v == "if" then
+      elseif t[2] == "do" or t[2] == "repeat" or t[2] == "if" then
         -- `while`/`for` open nothing: their `do` does (with a for's variables).
-        open(t.v)
-      elseif t.v == "elseif" or t.v == "else" then
+        open(t[2])
+      elseif t[2] == "elseif" or t[2] == "else" then
         scopes[#scopes] = {}
-      elseif t.v == "end" or t.v == "until" then
+      elseif t[2] == "end" or t[2] == "until" then
         close()
       end
-    elseif t.v == "{" or t.v == "(" or t.v == "[" then
-      brackets[#brackets + 1] = t.v
-    elseif t.v == "}" or t.v == ")" or t.v == "]" then
+    elseif opens[t[2]] then
+      brackets[#brackets + 1] = t[2]
+    elseif closes[t[2]] then
       brackets[#brackets] = nil
-    elseif t.t == "name" and not prevIsAccess(k) and not isKey(k) and not isLocal(t.v) then
-      local fn = t.v
-      if fn == "baton" and toks[k + 1].v == "." and toks[k + 2].t == "name" and fields[toks[k + 2].v] then fn = toks[k + 2].v end
-      local after = fn == t.v and k + 1 or k + 3
-      if fields[fn] and (known[t.v] or assigned[t.v]) then
-        if toks[after].v == "{" then checkTable(toks, after, fn, fields[fn], add, fields)
-        elseif toks[after].v == "(" and toks[after + 1].v == "{" then checkTable(toks, after + 1, fn, fields[fn], add, fields) end
+    elseif t[1] == "name" and not prevIsAccess(k) and not isKey(k) and not isLocal(t[2]) then
+      local fn = t[2]
+      if fn == "baton" and toks[k + 1][2] == "." and toks[k + 2][1] == "name" and fields[toks[k + 2][2]] then fn = toks[k + 2][2] end
+      local after = fn == t[2] and k + 1 or k + 3
+      if fields[fn] and (known[t[2]] or assigned[t[2]]) then
+        if toks[after][2] == "{" then checkTable(toks, after, fn, fields[fn], add, fields)
+        elseif toks[after][2] == "(" and toks[after + 1][2] == "{" then checkTable(toks, after + 1, fn, fields[fn], add, fields) end
       end
-      if not known[t.v] and not assigned[t.v] then
-        local hint = closest(t.v, names)
-        add(t, "undefined-global", ("undefined global '%s'%s"):format(t.v, hint and (" (did you mean '" .. hint .. "'?)") or ""))
+      local arity = M.arity[fn]
+      if arity and known[t[2]] and not assigned[t[2]] and toks[after][2] == "(" and not (toks[k - 1] and toks[k - 1][2] == "function") then
+        local n = countArgs(after)
+        if n and (n < arity[1] or n > arity[2]) then
+          local want = arity[1] == arity[2] and tostring(arity[1]) or (arity[1] .. " or " .. arity[2])
+          add(t, "arg-count", ("%s takes %s argument%s, given %d"):format(fn, want, arity[2] == 1 and "" or "s", n), true)
+        end
+      end
+      if not known[t[2]] and not assigned[t[2]] then
+        local hint = closest(t[2], names)
+        local n = toks[k + 1]
+        -- Called or indexed: `runstage{...}`, `foo()`, `x.y` raise when they run.
+        local certain = n[2] == "(" or n[2] == "{" or n[2] == "." or n[2] == ":" or n[2] == "[" or n[1] == "string"
+        add(t, "undefined-global", ("undefined global '%s'%s"):format(t[2], hint and (" (did you mean '" .. hint .. "'?)") or ""), certain)
+        findings[#findings].name = t[2]
       end
     end
     k = k + 1

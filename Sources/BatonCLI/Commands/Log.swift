@@ -62,7 +62,7 @@ extension Commands {
         }
         if json {
             out(JSON.array(logs.map { l in JSON.object([("id", .string(l.key.id)), ("occurrence", .int(Int64(l.key.occurrence))),
-                                                        ("attempt", .int(Int64(l.attempt))),
+                                                        ("attempt", .int(Int64(l.attempt))), ("life", .int(Int64(l.life))),
                                                         ("stdout", .string((try? FileIO.readString(l.logs.stdout)) ?? "")),
                                                         ("stderr", .string((try? FileIO.readString(l.logs.stderr)) ?? ""))]) })
                     .encoded(pretty: true))
@@ -74,8 +74,12 @@ extension Commands {
         func copy(_ bytes: [UInt8]) {
             Console.write(1, bytes: tty ? Array(SafeText.lines(String(decoding: bytes, as: UTF8.self)).utf8) : bytes)
         }
+        // After a resume, each attempt says which life of the run it belongs to.
+        let resumed = logs.contains { $0.life > 1 }
         for (i, l) in logs.enumerated() {
-            if logs.count > 1 { out(SafeText.line("==> \(l.key) attempt \(l.attempt) (\(l.logs.stdout)) <==")) }
+            if logs.count > 1 || resumed {
+                out(SafeText.line("==> \(l.key) attempt \(l.attempt)\(resumed ? ", " + l.lifeName : "") (\(l.logs.stdout)) <=="))
+            }
             let isLast = i == logs.count - 1
             if isLast && follow {
                 if !followFile(l.logs.stdout, dir: dir) { return ExitStatus.interrupted.rawValue }

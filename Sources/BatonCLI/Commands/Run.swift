@@ -19,6 +19,8 @@ struct RunCommand: RunsDirCommand {
     @Flag(help: "Start the run in its own session and return at once, printing its id and directory.") var detach = false
     @Flag(help: "Print final.json on stdout; everything for people goes to stderr.") var json = false
     @Flag(name: [.customLong("stream"), .customShort("v")], help: "Echo each stage's output as it comes.") var stream = false
+    @Flag(name: .customLong("no-check"), help: "Do not check the recipe before the first stage (undefined globals, unknown fields, argument counts).")
+    var noCheck = false
     @Option(name: .customLong("run-id"), help: ArgumentHelp("The run's id (letters, digits, '-', '_', '.').", valueName: "ID"))
     var runID: String?
     @Option(name: .customLong("existing-run"), help: .hidden) var existingRun: String?
@@ -62,6 +64,7 @@ struct RunCommand: RunsDirCommand {
         o.dryRun = dryRun
         o.json = json
         o.stream = stream
+        o.check = !noCheck
         o.sync = try syncPolicy(sync)
         o.budget = try runBudget(budget)
         if let e = executor { o.executor = e }
@@ -114,7 +117,7 @@ func syncPolicy(_ v: String?) throws -> SyncPolicy {
 public enum Detach {
     public static func start(options o: RunOptions) -> Int32 {
         // A missing recipe or a syntax error is said now, not found later in run.out.
-        if let problem = RecipeRunner.loadProblem(o.recipe) { return Console.error(problem, json: o.json) }
+        if let problem = RecipeRunner.loadProblem(o.recipe, check: o.check) { return Console.error(problem, json: o.json) }
         let store = RunStore(root: o.runsDir)
         let dir: RunDirectory
         do { dir = try store.create(id: o.runID) } catch { return Console.error("\(error)", json: o.json) }

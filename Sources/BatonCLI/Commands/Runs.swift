@@ -13,7 +13,7 @@ struct RunsCommand: RunsDirCommand {
     @OptionGroup var json: JSONFlag
     @OptionGroup var globals: Globals
 
-    func validate() throws { if let n = limit, n < 0 { throw ValidationError("-n must be 0 or more") } }
+    func validate() throws { if let n = limit, n < 0 { throw ValidationError("runs: -n must be 0 or more, not \(n)") } }
 
     mutating func run() throws { Glibc.exit(Commands.runs(root: root, json: json.json, limit: limit, state: state)) }
 }
@@ -34,6 +34,7 @@ extension Commands {
             out(JSON.array(infos.map(\.json)).encoded(pretty: true))
             return ExitStatus.success.rawValue
         }
+        if limit == 0 { return ExitStatus.success.rawValue }   // asked for none: nothing to say
         if infos.isEmpty { out(state == nil ? "no runs in \(root)" : "no \(state!.rawValue) runs in \(root)"); return ExitStatus.success.rawValue }
         out(Render.runsTable(infos))
         return ExitStatus.success.rawValue

@@ -11,6 +11,10 @@ extension Commands {
     /// `baton wait [RUN]`: until the run ends; exits with the run's exit code.
     public static func wait(root: String, ref: String?, json: Bool) -> Int32 {
         guard let dir = resolve(root, ref, json: json) else { return ExitStatus.usage.rawValue }
+        // On a terminal with colour: the live view of what the run has in flight meanwhile.
+        if !json, isatty(2) == 1, getenv("NO_COLOR") == nil, getenv("TERM").map({ String(cString: $0) }) != "dumb" {
+            return liveUntilEnd(dir, fd: 2, header: false)
+        }
         let loop = EventLoop()
         while isLive(dir) {
             if !loop.sleep(0.1) { return ExitStatus.interrupted.rawValue }

@@ -10,6 +10,8 @@ public struct ReportHTML {
     static let tableLimit = 10_000
 
     static let labelW = 150.0, plotW = 1100.0, rowH = 18.0, barH = 12.0
+    /// Where marker labels already are, per row: a label never covers another.
+    private let labels = LabelSpace()
 
     public init(info: RunInfo, timeline: RunTimeline) { self.info = info; self.t = timeline }
 
@@ -165,6 +167,7 @@ public struct ReportHTML {
     /// Lives, the time between them, resume and final markers, replays and stalls.
     func runRow(_ h: inout String, y: Double, bottom: Double) {
         let barH = ReportHTML.barH
+        var resumeLabels: [(Double, String)] = []
         for (i, l) in t.lives.enumerated() {
             let end = i + 1 < t.lives.count ? l.last : t.lastTs
             rect(&h, "life", x0: x(l.start), x1: x(end), y: y, height: barH,
@@ -175,8 +178,9 @@ public struct ReportHTML {
                      tip: "not running for \(Clock.human(next - l.last)): the runner ended or died, then baton resume")
             }
             guard l.resumed else { continue }
-            line(&h, "resume-line", x1: x(l.start), x2: x(l.start), y1: y - 6, y2: bottom)
-            text(&h, "mlabel", x: x(l.start) + 3, y: y + 10, "resume \(i)")
+            line(&h, "resume-line", x1: x(l.start), x2: x(l.start), y1: y - 6, y2: bottom,
+                 tip: "resume \(i) at \(Clock.rfc3339(l.start)) by pid \(l.began.pid)")
+            resumeLabels.append((x(l.start), "resume \(i)"))
             let reps = t.decisions(inLife: i).filter(\.why.replayed)
             if let a = reps.first, let b = reps.last {
                 rect(&h, "replay", x0: x(a.ts), x1: x(b.ts), y: y + ReportHTML.rowH, height: bottom - y - ReportHTML.rowH, minW: 4,
@@ -187,9 +191,24 @@ public struct ReportHTML {
             rect(&h, "stall", x0: x(s.start), x1: x(s.end), y: y, height: bottom - y, minW: 2,
                  tip: "stall: no journal event for \(Clock.human(s.end - s.start)) (heartbeats every \(Clock.human(t.heartbeatInterval)))")
         }
+        // The end's label first (it matters most), then each resume's where it fits.
         if let f = t.final {
-            line(&h, "final-line", x1: x(f.ts), x2: x(f.ts), y1: y - 6, y2: bottom)
-            text(&h, "mlabel", x: x(f.ts) - 3, y: y + 10, "\(f.record.status) (exit \(f.record.exitCode))", end: true)
+            let what = "\(f.record.status) (exit \(f.record.exitCode))"
+            line(&h, "final-line", x1: x(f.ts), x2: x(f.ts), y1: y - 6, y2: bottom, tip: what + " at " + Clock.rfc3339(f.ts))
+            label(&h, x: x(f.ts), y: y + 10, what, preferBefore: true)
+        }
+        for (xx, s) in resumeLabels { label(&h, x: xx, y: y + 10, s) }
+    }
+
+    /// A marker's label after the mark (or before it, `preferBefore`), else on the other
+    /// side, else not at all (the mark keeps its tooltip): labels never cover each other.
+    func label(_ h: inout String, x: Double, y: Double, _ s: String, preferBefore: Bool = false, gap: Double = 3) {
+        let w = LabelSpace.width(s)
+        let after = (x + gap, x + gap + w, false), before = (x - gap - w, x - gap, true)
+        for (a, b, end) in preferBefore ? [before, after] : [after, before] {
+            guard a >= ReportHTML.labelW, b <= ReportHTML.labelW + ReportHTML.plotW + 20, labels.take(y, a, b) else { continue }
+            text(&h, "mlabel", x: end ? b : a, y: y, s, end: end)
+            return
         }
     }
 
@@ -210,7 +229,7 @@ public struct ReportHTML {
             let points = [(cx, cy - 6), (cx + 6, cy), (cx, cy + 6), (cx - 6, cy)].map { "\(n($0)),\(n($1))" }.joined(separator: " ")
             h += "<polygon class=\"mark gate \(g.approved ? "g-approved" : "g-rejected")\" points=\"\(points)\""
             close(&h, "polygon", tip)
-            text(&h, "mlabel", x: cx + 7, y: cy + 4, "\(g.name) \(g.iteration)/\(g.max) \(g.approved ? "✓" : "✗")")
+            label(&h, x: cx, y: cy + 4, "\(g.name) \(g.iteration)/\(g.max) \(g.approved ? "✓" : "✗")", gap: 7)
         }
     }
 
@@ -226,9 +245,12 @@ public struct ReportHTML {
                      tip: "backoff \(Clock.human(a.start - prevEnd)) before attempt \(a.attempt) of \(a.key)")
             }
             lastOfCall[callKey] = i
-            let w = max(x1 - x0 > 3 ? x1 - x0 - 0.8 : x1 - x0, 0.6)   // a hair between wide neighbours
+            // A hair between wide neighbours; an attempt that failed (retried or not) stays
+            // visible however short it was (its tooltip says what it was).
+            let minW = a.final && a.status == .ended(.passed) ? 0.6 : 3
+            let w = max(x1 - x0 > 3 ? x1 - x0 - 0.8 : x1 - x0, minW)
             rect(&h, "bar s-\(a.status)" + (a.final ? "" : " retried"), x0: x0, x1: x0 + w, y: yy, height: ReportHTML.barH,
-                 minW: 0.6, tip: tip(a), attrs: " data-status=\"\(a.status)\"")
+                 minW: minW, tip: tip(a), attrs: " data-status=\"\(a.status)\"")
             if w > 40 { text(&h, "blabel", x: x0 + 3, y: yy + 10, String(a.key.description.prefix(Int(w / 6.5)))) }
         }
     }
@@ -428,4 +450,19 @@ func substituting(_ s: String, _ table: [Unicode.Scalar: String]) -> String {
 
 extension String {
     var replacingUnderscore: String { String(map { $0 == "_" ? " " : $0 }) }
+}
+
+/// The x ranges marker labels take on each row of the timeline.
+final class LabelSpace {
+    private var taken: [Double: [(Double, Double)]] = [:]
+
+    /// A label's width in the timeline's 10 px font (generously: never an overlap).
+    static func width(_ s: String) -> Double { Double(s.count) * 6.2 }
+
+    /// Takes [a, b] on row `y` (with 4 px to spare) if nothing there overlaps it.
+    func take(_ y: Double, _ a: Double, _ b: Double) -> Bool {
+        if taken[y, default: []].contains(where: { a < $0.1 + 4 && $0.0 < b + 4 }) { return false }
+        taken[y, default: []].append((a, b))
+        return true
+    }
 }

@@ -224,6 +224,7 @@ struct Fields {
     mutating func int(_ k: String) -> Int64? { self[k]?.intValue }
     mutating func int32(_ k: String) -> Int32? { self[k]?.intValue.map { Int32(truncatingIfNeeded: $0) } }
     mutating func bool(_ k: String) -> Bool { self[k]?.boolValue ?? false }
+    mutating func double(_ k: String) -> Double? { self[k]?.doubleValue }
     mutating func strings(_ k: String) -> [String] { self[k]?.arrayValue?.compactMap(\.stringValue) ?? [] }
     mutating func key() -> StageKey { StageKey(id: string("id") ?? "", occurrence: Int(int("occurrence") ?? 1)) }
     mutating func logs() -> StageLogs {
@@ -338,9 +339,11 @@ public struct StageStarted: Sendable {
     public var nativeID: String?
     /// A resumed run took up the job its previous runner submitted.
     public var reattached = false
+    /// The attempt's time limit in seconds (`timeout`; absent when it has none).
+    public var timeoutSec: Double?
 
     public static let fieldNames = ["id", "occurrence", "attempt", "argv", "shell", "cwd", "fingerprint", "fingerprint_parts",
-                                    "logs", "pid", "dry", "why", "executor", "native_id", "reattached"]
+                                    "logs", "pid", "dry", "why", "executor", "native_id", "reattached", "timeout_sec"]
 
     public init(key: StageKey, attempt: Int, command: Command, cwd: String, fingerprint: String, logs: StageLogs) {
         self.key = key; self.attempt = attempt; self.command = command; self.cwd = cwd
@@ -361,6 +364,7 @@ public struct StageStarted: Sendable {
         executor = f.string("executor")
         nativeID = f.string("native_id")
         reattached = f.bool("reattached")
+        timeoutSec = f.double("timeout_sec")
     }
 
     var fields: [(String, JSON)] {
@@ -375,6 +379,7 @@ public struct StageStarted: Sendable {
         if let e = executor { o.append(("executor", .string(e))) }
         if let n = nativeID { o.append(("native_id", .string(n))) }
         if reattached { o.append(("reattached", .bool(true))) }
+        if let t = timeoutSec { o.append(("timeout_sec", .double(t))) }
         return o
     }
 }

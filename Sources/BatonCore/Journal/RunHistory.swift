@@ -17,6 +17,9 @@ public struct StageRecord: Sendable {
     public var pid: Int32?
     /// When its first attempt in this life started, and when its last one ended.
     public var startedAt: Double?
+    /// When its current (latest) attempt started, and that attempt's time limit.
+    public var attemptStartedAt: Double?
+    public var timeoutSec: Double?
     public var endedAt: Double?
     public var logs = StageLogs(stdout: "", stderr: "")
     /// The latest `stage_finished` (the final one once the call is over).
@@ -111,6 +114,10 @@ public struct AttemptLog: Sendable {
     public var key: StageKey
     public var attempt: Int
     public var logs: StageLogs
+    /// The life of the run it belongs to: 1 the original run, 2 its first resume, ...
+    public var life = 1
+    /// "original run", "resume 1", ...
+    public var lifeName: String { life <= 1 ? "original run" : "resume \(life - 1)" }
 }
 
 /// A run's history: the fold of its journal that `runs`, `status`, `log`, `resume`,
@@ -164,6 +171,8 @@ public struct RunHistory: Sendable {
             stages[i].cwd = s.cwd
             stages[i].fingerprint = s.fingerprint
             stages[i].attempt = s.attempt
+            stages[i].attemptStartedAt = e.ts
+            stages[i].timeoutSec = s.timeoutSec
             stages[i].pid = s.pid
             stages[i].logs = s.logs
             stages[i].fingerprintParts = s.fingerprintParts
@@ -174,7 +183,7 @@ public struct RunHistory: Sendable {
             stages[i].queue = nil
             stages[i].node = nil
             stages[i].queueReason = nil
-            attemptLogs.append(AttemptLog(key: s.key, attempt: s.attempt, logs: s.logs))
+            attemptLogs.append(AttemptLog(key: s.key, attempt: s.attempt, logs: s.logs, life: max(1, lives)))
             noteLogNumber(s.key.id, s.logs)
         case let .stageFinished(f):
             let i = slot(f.key)
@@ -283,7 +292,7 @@ public struct RunHistory: Sendable {
     public var current: (kind: String, id: String, since: Double, pid: Int32?)? {
         var best: (kind: String, id: String, since: Double, pid: Int32?)? = nil
         for r in stages where r.isOpen {
-            let since = r.startedAt ?? 0
+            let since = r.attemptStartedAt ?? r.startedAt ?? 0   // the current attempt's time
             if best == nil || since >= best!.since { best = ("stage", r.key.id, since, r.pid) }
         }
         for w in watches where !w.state.isTerminal {

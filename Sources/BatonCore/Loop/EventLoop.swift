@@ -52,6 +52,7 @@ public final class EventLoop {
     /// itself, never a thread): the terminal's status line and `--stream`'s echo.
     public var onTick: ((WaitLabel) -> Void)?
     public var tickInterval: Double = 0.5
+    private var lastTick = 0.0
     /// The wait in progress (what `status` and heartbeats say the recipe waits on).
     public private(set) var waitingOn: (label: WaitLabel, since: Double)?
 
@@ -90,7 +91,8 @@ public final class EventLoop {
         let hbEvery = heartbeatEvery ?? heartbeatInterval
         var nextHeartbeat = label != nil && onHeartbeat != nil ? began + hbEvery : Double.infinity
         var nextPoll = pollEvery.map { began + $0 } ?? Double.infinity
-        var nextTick = label != nil && onTick != nil ? began + tickInterval : Double.infinity
+        // Ticks keep their pace across waits: a fan-out's many short waits still draw.
+        var nextTick = label != nil && onTick != nil ? max(began, lastTick + tickInterval) : Double.infinity
         var cancelling = false
         while true {
             let now = Clock.monotonic()
@@ -120,6 +122,7 @@ public final class EventLoop {
             }
             if now >= nextTick, let label {
                 onTick?(label)
+                lastTick = now
                 nextTick = now + tickInterval
             }
             var wake = min(nextHeartbeat, nextPoll, nextTick)

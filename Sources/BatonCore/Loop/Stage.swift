@@ -267,6 +267,7 @@ public final class StageExecution: LoopTask {
         var started = StageStarted(key: key, attempt: attempt, command: spec.command, cwd: cwd,
                                    fingerprint: spec.fingerprint, logs: logs)
         started.fingerprintParts = fingerprintParts
+        started.timeoutSec = spec.timeout
         if attempt == 1 { started.why = why }
         attemptStart = Clock.monotonic()
         if attempt == 1 { firstStart = attemptStart }
@@ -385,6 +386,7 @@ public final class StageExecution: LoopTask {
         started.executor = executor.name
         started.nativeID = j.nativeID
         started.reattached = true
+        started.timeoutSec = spec.timeout
         context.record(.stageStarted(started))
         context.log(.info, "resume: stage '\(spec.id)' re-attached to \(executor.describe(j)) (not submitted again)")
         deadline = spec.timeout.map { attemptStart + $0 }

@@ -51,11 +51,13 @@ extension RunInfo {
                                    ("text", .string(text))]))
         }
         let forS = Int(max(0, now - c.since))
-        let cmd = history.running.last(where: { $0.key.id == c.id })?.command?.display ?? ""
-        let text = "\(c.kind) '\(c.id)' running: \(cmd.prefix(80)), \(forS) s"
+        let rec = history.running.last(where: { $0.key.id == c.id })
+        let cmd = rec?.command?.display ?? ""
+        let limit = rec?.timeoutSec
+        let text = "\(c.kind) '\(c.id)' running: \(cmd.prefix(80)), \(forS) s" + (limit.map { " of \(Int($0))" } ?? "")
         return (text, .object([("kind", .string(c.kind)), ("id", .string(c.id)), ("state", .string("running")),
                                ("waiting_for", .string(String(cmd.prefix(200)))), ("for_s", .int(Int64(forS))),
-                               ("text", .string(text))]))
+                               ("limit_s", limit.map { .double($0) } ?? .null), ("text", .string(text))]))
     }
 
     /// The last non-empty line a stage attempt wrote (stdout or stderr, whichever was written last).

@@ -45,6 +45,7 @@ int baton_pidfd_open(pid_t pid);
  * EFBIG, not a death, while a SIGXFSZ sent by another process ends the run. */
 void baton_signals_install(void);
 int  baton_signal_pending(void);      /* the first signal received, 0 if none */
+int  baton_signal_sender(void);       /* the pid that sent it (kill), 0 for the kernel or a terminal */
 int  baton_signal_last(void);         /* the most recent one */
 int  baton_signal_fd(void);           /* read end of the self-pipe */
 void baton_signal_clear(void);        /* forget received signals (the shell after Ctrl-C) */
