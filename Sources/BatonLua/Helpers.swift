@@ -152,7 +152,7 @@ extension RecipeEnvironment {
         }
         var mode: mode_t = 0o644
         if l.type(3) == LUA_TTABLE {
-            let t = try SpecTable(l, arg: 3, fn: "baton.fs.write", allowed: ["mode"])
+            let t = try SpecTable(l, arg: 3, fn: "baton.fs.write", allowed: PrimitiveFields.fsWriteOptions.names)
             if let m = try t.integer("mode", min: 0, max: 0o7777) { mode = mode_t(m) }
         }
         if skippedInDryRun("baton.fs.write", p) { return 0 }
@@ -173,7 +173,7 @@ extension RecipeEnvironment {
         }
         var timeout = 60.0
         if l.type(3) == LUA_TTABLE {
-            let t = try SpecTable(l, arg: 3, fn: "baton.fs.locked", allowed: ["timeout"])
+            let t = try SpecTable(l, arg: 3, fn: "baton.fs.locked", allowed: PrimitiveFields.fsLockedOptions.names)
             timeout = try t.number("timeout", min: 0) ?? 60
         }
         let key = FileIO.absolute(p)
@@ -234,7 +234,7 @@ extension RecipeEnvironment {
         let msg = l.string(1) ?? (l.type(1) == LUA_TNONE ? "failed" : "(non-string message)")
         var code = 1
         if l.type(2) == LUA_TTABLE {
-            let t = try SpecTable(l, arg: 2, fn: "baton.fail", allowed: ["code"])
+            let t = try SpecTable(l, arg: 2, fn: "baton.fail", allowed: PrimitiveFields.failOptions.names)
             code = try t.integer("code", min: 1, max: Int(ExitStatus.recipeChosen.upperBound)) ?? 1
         } else if l.type(2) != LUA_TNONE && l.type(2) != LUA_TNIL {
             throw LuaRaise.usage("baton.fail: the second argument must be a table like {code = 5}")
@@ -256,7 +256,7 @@ extension RecipeEnvironment {
         var cwd: String? = nil, stdin: String? = nil, timeout: Double? = nil, allowFail = false, readOnly = false
         var env = context?.baseEnvironment ?? Spawner.currentEnvironment()
         if l.type(2) == LUA_TTABLE {
-            let t = try SpecTable(l, arg: 2, fn: "baton.sh", allowed: ["cwd", "env", "stdin", "timeout", "allowFail", "readOnly"])
+            let t = try SpecTable(l, arg: 2, fn: "baton.sh", allowed: PrimitiveFields.shOptions.names)
             cwd = try t.string("cwd"); stdin = try t.string("stdin"); timeout = try t.number("timeout", min: 0)
             for (k, v) in try t.stringMap("env") ?? [:] { env[k] = v }
             allowFail = try t.bool("allowFail") ?? false

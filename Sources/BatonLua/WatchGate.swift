@@ -8,8 +8,7 @@ import LuaShim
 extension RecipeEnvironment {
     // MARK: watch
 
-    static let watchFields = ["id", "handle", "pid", "pattern", "file", "requireFiles", "readyTimeoutSec", "readyPollSec",
-                              "onMissing", "timeoutSec", "heartbeatSec", "callback", "cwd", "allowFail"]
+    static let watchFields = PrimitiveFields.watch.names
 
     /// watch{...}: the table as a `WatchSpec` (RunContext.watch runs it), its result as a table.
     func watch(_ l: LuaState) throws -> Int32 {
@@ -79,7 +78,7 @@ extension RecipeEnvironment {
 
     // MARK: gate
 
-    static let gateFields = ["name", "maxIterations", "check", "cmd", "onReject", "fallback", "cwd", "env", "timeout"]
+    static let gateFields = PrimitiveFields.gate.names
 
     /// gate{...}: the table as a `GateSpec` (RunContext.gate runs it), the approving decision
     /// as a table.
