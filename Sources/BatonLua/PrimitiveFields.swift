@@ -188,6 +188,23 @@ public enum PrimitiveFields {
     public static let fsLockedOptions: [FieldDecl] = [F("timeout", .number)]
     public static let failOptions: [FieldDecl] = [F("code", .integer)]
 
+    /// Which combinations of fields are errors: of `fields`, a table (by kit.lint's key, see
+    /// `linted`) gives at least `min` and at most `max`.
+    public struct Combination: Sendable {
+        public let key: String
+        public let fields: [String]
+        public let min: Int
+        public let max: Int
+    }
+    public static let combinations: [Combination] = [
+        Combination(key: "preflight.checks[]", fields: preflightCheckKinds, min: 1, max: 1),
+        Combination(key: "watch", fields: watchTargets, min: 0, max: 1),
+        Combination(key: "watch", fields: watchTargets + ["requireFiles"], min: 1, max: .max),
+        Combination(key: "gate", fields: ["check", "cmd"], min: 1, max: 1),
+    ]
+    /// What a watch waits for (at most one; with requireFiles, at least one of them all).
+    public static let watchTargets = ["handle", "pid", "pattern", "file"]
+
     /// How many arguments each primitive takes.
     public static let arity: [(String, Int, Int)] = [
         ("runStage", 1, 1), ("preflight", 1, 1), ("watch", 1, 1), ("gate", 1, 1), ("persistFinal", 1, 2), ("parallel", 2, 3),

@@ -56,6 +56,10 @@ extension RecipeEnvironment {
             ("fields", .object(tables.map { ($0.0, .array($0.1.map { .string($0.0) })) })),
             ("types", .object(tables.map { ($0.0, .object($0.1.map { ($0.0, .string($0.1)) })) })),
             ("values", .object(tables.map { ($0.0, .object($0.1.filter { !$0.2.isEmpty }.map { ($0.0, .array($0.2.map(JSON.string))) })) })),
+            ("combinations", .object(Dictionary(grouping: PrimitiveFields.combinations, by: \.key).sorted { $0.key < $1.key }.map { key, rules in
+                (key, .array(rules.map { r in .object([("fields", .array(r.fields.map(JSON.string))), ("min", .int(Int64(r.min))),
+                                                        ("max", .int(Int64(Swift.min(r.max, 1 << 30))))]) }))
+            })),
             ("arity", .object(PrimitiveFields.arity.map { ($0.0, .array([.int(Int64($0.1)), .int(Int64($0.2))])) })),
         ])
     }()
@@ -316,7 +320,7 @@ extension RecipeEnvironment {
         let kinds = PrimitiveFields.preflightCheckKinds.filter { c.has($0) }
         guard kinds.count == 1 else {
             let found = kinds.isEmpty ? "none" : kinds.joined(separator: ", ")
-            throw LuaRaise.usage("\(fn) needs exactly one of path, cmd, env, pgrep, check (found \(found))")
+            throw LuaRaise.usage("\(fn) needs exactly one of \(PrimitiveFields.preflightCheckKinds.joined(separator: ", ")) (found \(found))")
         }
         let check: PreflightCheck
         switch kinds[0] {

@@ -39,9 +39,9 @@ extension RecipeEnvironment {
     func watchSpec(_ l: LuaState) throws -> (WatchSpec, callback: Int32?) {
         let t = try SpecTable(l, arg: 1, fn: "watch", allowed: RecipeEnvironment.watchFields)
         var spec = WatchSpec(id: try t.string("id", required: true, nonEmpty: true)!)
-        let targets = ["handle", "pid", "pattern", "file"].filter { t.has($0) }
+        let targets = PrimitiveFields.watchTargets.filter { t.has($0) }
         guard targets.count <= 1 else {
-            throw LuaRaise.usage("watch: give one of handle, pid, pattern, file (found \(targets.joined(separator: ", ")))")
+            throw LuaRaise.usage("watch: give one of \(PrimitiveFields.watchTargets.joined(separator: ", ")) (found \(targets.joined(separator: ", ")))")
         }
         if targets.first == "handle" {
             _ = t.get("handle")
@@ -71,7 +71,7 @@ extension RecipeEnvironment {
         spec.heartbeat = try t.number("heartbeatSec", min: 0.05) ?? 60
         spec.allowFail = try t.bool("allowFail") ?? false
         if targets.isEmpty && spec.requireFiles.isEmpty {
-            throw LuaRaise.usage("watch: nothing to watch: give one of the fields handle, pid, pattern, file, or requireFiles")
+            throw LuaRaise.usage("watch: nothing to watch: give one of the fields \(PrimitiveFields.watchTargets.joined(separator: ", ")), or requireFiles")
         }
         return (spec, try t.function("callback"))
     }
@@ -86,7 +86,7 @@ extension RecipeEnvironment {
         let t = try SpecTable(l, arg: 1, fn: "gate", allowed: RecipeEnvironment.gateFields)
         let name = try t.string("name", required: true, nonEmpty: true)!
         let maxIterations = try t.integer("maxIterations", min: 1, max: 1000) ?? 1
-        guard t.has("check") != t.has("cmd") else {
+        guard PrimitiveFields.combinations.first(where: { $0.key == "gate" })!.fields.filter(t.has).count == 1 else {
             throw LuaRaise.usage("gate: give exactly one of 'check' (a function) or 'cmd' (a command printing JSON)")
         }
         let check = try t.function("check")

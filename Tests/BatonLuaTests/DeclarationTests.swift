@@ -83,6 +83,35 @@ import Testing
         }
     }
 
+    /// The declared combinations (exactly one of a gate's check and cmd, of a preflight
+    /// check's kinds; at most one thing a watch waits for, and something to wait for): what the
+    /// runtime refuses, check refuses; what may be legal (a value computed at run time), it passes.
+    @Test func combinationsAreRefusedByBoth() throws {
+        let lintEnv = RecipeEnvironment(memoryLimit: 256 << 20, output: OutputOptions(json: true, quiet: true))
+        func lint(_ src: String) -> [RecipeCheck.Finding] { RecipeCheck.lint(lintEnv, src, file: "t.lua") }
+        let refused = [
+            "gate{name = 'g', check = function() return {approved = true} end, cmd = 'true'}",
+            "gate{name = 'g'}",
+            "preflight{checks = {{name = 'x'}}}",
+            "preflight{checks = {{env = 'PATH', path = '.'}}}",
+            "watch{id = 'w', pid = 1, file = 'x'}",
+            "watch{id = 'w'}",
+        ]
+        for src in refused {
+            let r = try run(src)
+            #expect(r.code == 3, "\(src): the runtime: \(r.reason ?? "")")
+            #expect(lint(src).contains { $0.code == "field-combination" }, "\(src): check: \(lint(src).map(\.text))")
+        }
+        let maybe = [
+            "local c = true\ngate{name = 'g', check = c and function() return {approved = true} end or nil, cmd = (not c) and 'true' or nil}",
+            "local t = {env = 'PATH'}\npreflight{checks = {t}}",
+            "local p = nil\nwatch{id = 'w', pid = p, file = 'x'}",
+        ]
+        for src in maybe { #expect(lint(src).isEmpty, "\(src): \(lint(src).map(\.text))") }
+        // Every declared combination's table is one kit.lint looks into.
+        for c in PrimitiveFields.combinations { #expect(PrimitiveFields.linted.contains { $0.0 == c.key }, "\(c.key)") }
+    }
+
     /// kit.lint has no field tables of its own: all come from the declaration.
     @Test func lintReadsTheDeclaration() throws {
         let lint = try String(contentsOfFile: Self.root + "/scripts-lua/kit/lint.lua", encoding: .utf8)

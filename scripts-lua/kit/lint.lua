@@ -196,16 +196,29 @@ local function checkTable(toks, k, fn, add, spec, label)
   label = label or fn
   local allowed = spec.fields[fn]
   local types, values = spec.types[fn] or {}, spec.values[fn] or {}
-  local depth, known = 0, {}
+  local depth, known, open = 0, {}, k
   for _, f in ipairs(allowed) do known[f] = true end
+  -- For the combinations: the fields given (`maybe`) and those given a literal that is not
+  -- nil (`surely`); `opaque` when an item is not `name = value` (its keys are unknown here).
+  local maybe, surely, opaque = {}, {}, false
   while toks[k][1] ~= "eof" do
     local t = toks[k]
+    local p = toks[k - 1][2]
+    if depth == 1 and (p == "{" or p == "," or p == ";") and t[2] ~= "}" and not (t[1] == "name" and toks[k + 1][2] == "=") then
+      opaque = true
+    end
     if opens[t[2]] then depth = depth + 1
     elseif closes[t[2]] then
       depth = depth - 1
-      if depth == 0 then return end
-    elseif depth == 1 and t[1] == "name" and toks[k + 1][2] == "=" and (toks[k - 1][2] == "{" or toks[k - 1][2] == "," or toks[k - 1][2] == ";") then
+      if depth == 0 then
+        if not opaque then M.checkCombinations(toks[open], fn, label, maybe, surely, add, spec) end
+        return
+      end
+    elseif depth == 1 and t[1] == "name" and toks[k + 1][2] == "=" and (p == "{" or p == "," or p == ";") then
       local name = t[2]
+      maybe[name] = true
+      local lt = literalType(toks, k + 2)
+      if lt then surely[name] = true end
       if not known[name] then
         local hint = closest(name, allowed)
         add(t, "unknown-field", ("%s: unknown field '%s'%s; known fields: %s"):format(label, name,
@@ -241,6 +254,24 @@ local function checkTable(toks, k, fn, add, spec, label)
       end
     end
     k = k + 1
+  end
+end
+
+--- The declared combinations (spec.combinations[fn]: of `fields`, at least `min` and at most
+--- `max`) of a literal table at token `at`: `maybe` holds the fields it names, `surely` those
+--- it gives a literal (not nil).
+function M.checkCombinations(at, fn, label, maybe, surely, add, spec)
+  for _, rule in ipairs((spec.combinations or {})[fn] or {}) do
+    local given, sure = {}, 0
+    for _, f in ipairs(rule.fields) do
+      if maybe[f] then given[#given + 1] = f end
+      if surely[f] then sure = sure + 1 end
+    end
+    if #given < rule.min or sure > rule.max then
+      local want = rule.min == rule.max and "exactly one" or rule.max == 1 and "at most one" or "at least one"
+      add(at, "field-combination", ("%s: give %s of %s (found %s)"):format(label, want, table.concat(rule.fields, ", "),
+        #given == 0 and "none" or table.concat(given, ", ")), true)
+    end
   end
 end
 
