@@ -83,6 +83,39 @@ import Testing
         }
     }
 
+    /// Every declared field's type is what the runtime checks and what check checks: a value of
+    /// another type is refused by both, naming the field.
+    @Test func declaredTypesAreWhatTheRuntimeAndCheckRefuse() throws {
+        let lintEnv = RecipeEnvironment(memoryLimit: 256 << 20, output: OutputOptions(json: true, quiet: true))
+        func lint(_ src: String) -> [RecipeCheck.Finding] { RecipeCheck.lint(lintEnv, src, file: "t.lua") }
+        // Where the field is read only with others, or is one of several kinds or targets.
+        func template(_ key: String, _ field: String, _ base: String) -> String {
+            switch (key, field) {
+            case ("preflight.checks[]", "dir"), ("preflight.checks[]", "executable"): return "preflight{checks = {{path = '.', %s}}}"
+            case ("preflight.checks[]", "cwd"), ("preflight.checks[]", "timeout"): return "preflight{checks = {{cmd = 'true', %s}}}"
+            case ("preflight.checks[]", _) where PrimitiveFields.preflightCheckKinds.contains(field): return "preflight{checks = {{%s}}}"
+            case ("watch", _) where PrimitiveFields.watchTargets.contains(field): return "watch{id = 'w', %s}"
+            case ("gate", "check"), ("gate", "cmd"): return "gate{name = 'g', %s}"
+            default: return base
+            }
+        }
+        for (key, decls, base) in Self.templates() {
+            for f in decls {
+                // A value another kind would take, so a field declared with the wrong kind is caught.
+                let wrong: String
+                switch f.kind {
+                case .string, .command, .stringList: wrong = "1"
+                case .number, .integer, .boolean, .table, .function: wrong = "'x'"
+                }
+                let src = template(key, f.name, base).replacingOccurrences(of: "%s", with: "\(f.name) = \(wrong)")
+                let r = try run(src)
+                #expect(r.code == 3 && ((r.reason ?? "").contains("'\(f.name)'") || (r.reason ?? "").contains(" \(f.name) must")),
+                        "\(src): the runtime: \(r.code) \(r.reason ?? "")")
+                #expect(lint(src).contains { $0.code == "field-type" && $0.message.contains("'\(f.name)'") }, "\(src): check: \(lint(src).map(\.text))")
+            }
+        }
+    }
+
     /// The declared combinations (exactly one of a gate's check and cmd, of a preflight
     /// check's kinds; at most one thing a watch waits for, and something to wait for): what the
     /// runtime refuses, check refuses; what may be legal (a value computed at run time), it passes.
