@@ -150,7 +150,7 @@ extension RecipeEnvironment {
         guard let data = l.bytes(2) else {
             throw LuaRaise.usage("baton.fs.write: the data must be a string, got \(l.describeType(2))")
         }
-        var mode: mode_t = 0o644
+        var mode = mode_t(PrimitiveFields.fsWriteOptions.integer("mode"))
         if l.type(3) == LUA_TTABLE {
             let t = try SpecTable(l, arg: 3, fn: "baton.fs.write", allowed: PrimitiveFields.fsWriteOptions.names)
             if let m = try t.integer("mode", min: 0, max: 0o7777) { mode = mode_t(m) }
@@ -171,10 +171,10 @@ extension RecipeEnvironment {
         guard l.type(2) == LUA_TFUNCTION else {
             throw LuaRaise.usage("baton.fs.locked: the second argument must be a function, got \(l.describeType(2))")
         }
-        var timeout = 60.0
+        var timeout = PrimitiveFields.fsLockedOptions.number("timeout")
         if l.type(3) == LUA_TTABLE {
             let t = try SpecTable(l, arg: 3, fn: "baton.fs.locked", allowed: PrimitiveFields.fsLockedOptions.names)
-            timeout = try t.number("timeout", min: 0) ?? 60
+            timeout = try t.number("timeout", min: 0) ?? timeout
         }
         let key = FileIO.absolute(p)
         guard heldLocks[key] == nil else { throw LuaRaise.usage("baton.fs.locked: \(p) is already locked by this recipe") }
@@ -232,10 +232,10 @@ extension RecipeEnvironment {
     /// baton.fail(message, {code = N}): ends the run with that exit code.
     static func batonFail(_ l: LuaState) throws -> Int32 {
         let msg = l.string(1) ?? (l.type(1) == LUA_TNONE ? "failed" : "(non-string message)")
-        var code = 1
+        var code = PrimitiveFields.failOptions.integer("code")
         if l.type(2) == LUA_TTABLE {
             let t = try SpecTable(l, arg: 2, fn: "baton.fail", allowed: PrimitiveFields.failOptions.names)
-            code = try t.integer("code", min: 1, max: Int(ExitStatus.recipeChosen.upperBound)) ?? 1
+            code = try t.integer("code", min: 1, max: Int(ExitStatus.recipeChosen.upperBound)) ?? code
         } else if l.type(2) != LUA_TNONE && l.type(2) != LUA_TNIL {
             throw LuaRaise.usage("baton.fail: the second argument must be a table like {code = 5}")
         }

@@ -93,7 +93,7 @@ extension RecipeEnvironment {
       if mathtype(limit) ~= "integer" or limit < 1 then
         fail("parallel: maxConcurrency must be an integer of at least 1, got " .. tostring(limit), 3, "usage")
       end
-      local policy = opts.onFailure or "cancel"
+      local policy = opts.onFailure or "\#(PrimitiveFields.parallelOptions.string("onFailure"))"
       if not onFailureChoices[policy] then
         fail("parallel: onFailure must be 'cancel', 'drain' or 'continue', got '" .. tostring(policy) .. "'", 3, "usage")
       end

@@ -38,13 +38,22 @@ public struct FieldDecl: Sendable {
     public let doc: String
     /// The docs table's "type" cell, where the table has one.
     public let docType: String
-    /// The docs table's "default" cell ("" for none).
+    /// The value the runtime takes when the field is absent, where it is a constant.
+    public let value: JSON?
+    /// The docs table's "default" cell ("" for none; by default the `value`).
     public let docDefault: String
 
     public init(_ name: String, _ kind: FieldKind, _ doc: String = "", required: Bool = false, choices: [String] = [],
-                lua: String? = nil, type docType: String? = nil, default docDefault: String = "") {
+                lua: String? = nil, type docType: String? = nil, value: JSON? = nil, default docDefault: String? = nil) {
         self.name = name; self.kind = kind; self.required = required; self.choices = choices; self.doc = doc
-        self.docDefault = docDefault
+        self.value = value
+        switch value {
+        case let .int(i)?: self.docDefault = docDefault ?? String(i)
+        case let .double(d)?: self.docDefault = docDefault ?? fmt(d)
+        case let .string(s)?: self.docDefault = docDefault ?? "`\"\(s)\"`"
+        case let .bool(b)?: self.docDefault = docDefault ?? String(b)
+        default: self.docDefault = docDefault ?? ""
+        }
         let union = choices.map { "\"\($0)\"" }.joined(separator: "|")
         switch kind {
         case .string where !choices.isEmpty: luaType = lua ?? union
@@ -79,8 +88,8 @@ public enum PrimitiveFields {
         F("env", .table, "added to the stage's environment", lua: "table<string, string>", type: "table"),
         F("stdin", .string, "text on the stage's stdin", type: "string", default: "empty"),
         F("timeout", .number, "seconds, then SIGTERM to the stage's process group", type: "number (s)", default: "none"),
-        F("grace", .number, "seconds between SIGTERM and SIGKILL (default 10)", type: "number (s)", default: "10"),
-        F("retries", .integer, "further attempts, for the classes in retryOn (default 0)", type: "integer", default: "0"),
+        F("grace", .number, "seconds between SIGTERM and SIGKILL (default 10)", type: "number (s)", value: .int(10)),
+        F("retries", .integer, "further attempts, for the classes in retryOn (default 0)", type: "integer", value: .int(0)),
         F("retryOn", .stringList, "default {\"transient\"}", choices: FailureClass.allCases.map(\.rawValue), type: "list",
           default: "`{\"transient\"}`"),
         F("backoff", .table, "default {1, 2, 60}", lua: "{initial?: number, factor?: number, max?: number}",
@@ -89,8 +98,8 @@ public enum PrimitiveFields {
           type: "`{exit = {75}, stderr = {\"rate limit\"}}`"),
         F("breaker", .integer, "the same failure signature this many times in the run: stop", type: "integer", default: "none"),
         F("requireFiles", .stringList, "must exist and be non-empty after a zero exit", type: "list"),
-        F("background", .boolean, "return a handle at once", type: "boolean", default: "false"),
-        F("allowFail", .boolean, "return a failed result instead of raising", type: "boolean", default: "false"),
+        F("background", .boolean, "return a handle at once", type: "boolean", value: .bool(false)),
+        F("allowFail", .boolean, "return a failed result instead of raising", type: "boolean", value: .bool(false)),
         F("pool", .string, "a pool declared with baton.pool(name, n): at most n of its stages at once", type: "string"),
         F("noOutputTimeout", .number, "seconds without output (or heartbeatFile touch): end it as \"stalled\"",
           type: "number (s)", default: "none"),
@@ -100,7 +109,7 @@ public enum PrimitiveFields {
         F("executor", .string, "where it runs (default: the run's, else local)", choices: Executors.names,
           default: "the run's (`baton.executor`, `run --executor`, else local)"),
         F("waitFor", .string, "the stage ends when its leader exits (default) or when its whole process group is empty",
-          choices: ["leader", "group"], default: "`\"leader\"`"),
+          choices: ["leader", "group"], value: .string("leader")),
     ]
 
     /// runStage's `transient` table.
@@ -115,10 +124,10 @@ public enum PrimitiveFields {
     ]
 
     public static let preflight: [FieldDecl] = [
-        F("name", .string, "default \"preflight\""),
-        F("policy", .string, "default \"fail\" (exit code 4)", choices: PreflightPolicy.allCases.map(\.rawValue)),
+        F("name", .string, "default \"preflight\"", value: .string("preflight")),
+        F("policy", .string, "default \"fail\" (exit code 4)", choices: PreflightPolicy.allCases.map(\.rawValue), value: .string("fail")),
         F("checks", .table, "", required: true, lua: "baton.Check[]"),
-        F("timeout", .number, "default timeout of cmd checks (30 s)"),
+        F("timeout", .number, "default timeout of cmd checks (30 s)", value: .int(30)),
     ]
 
     /// One item of preflight's `checks` (in the order the runtime lists them).
@@ -144,19 +153,19 @@ public enum PrimitiveFields {
         F("pattern", .string, "processes whose command line matches"),
         F("file", .string, "a file appearing"),
         F("requireFiles", .stringList, "must exist and be non-empty before the callback"),
-        F("readyTimeoutSec", .number, "default 600", default: "600"),
-        F("readyPollSec", .number, "default 5", default: "5"),
-        F("onMissing", .string, "default \"fail\"", choices: OnMissing.allCases.map(\.rawValue), default: "`\"fail\"`"),
-        F("timeoutSec", .number, "default 86400", default: "86400"),
-        F("heartbeatSec", .number, "default 60", default: "60"),
+        F("readyTimeoutSec", .number, "default 600", value: .int(600)),
+        F("readyPollSec", .number, "default 5", value: .int(5)),
+        F("onMissing", .string, "default \"fail\"", choices: OnMissing.allCases.map(\.rawValue), value: .string("fail")),
+        F("timeoutSec", .number, "default 86400", value: .int(86400)),
+        F("heartbeatSec", .number, "default 60", value: .int(60)),
         F("callback", .function, "", lua: "fun(info: baton.WatchInfo): any"),
         F("cwd", .string, "", default: "current directory"),
-        F("allowFail", .boolean, "", default: "false"),
+        F("allowFail", .boolean, "", value: .bool(false)),
     ]
 
     public static let gate: [FieldDecl] = [
         F("name", .string, required: true),
-        F("maxIterations", .integer, "default 1"),
+        F("maxIterations", .integer, "default 1", value: .int(1)),
         F("check", .function, "", lua: "fun(iteration: integer): baton.Decision"),
         F("cmd", .command, "prints a JSON object {\"approved\": bool, \"issues\": [...]}"),
         F("onReject", .function, "", lua: "fun(decision: baton.Decision, iteration: integer)"),
@@ -169,7 +178,7 @@ public enum PrimitiveFields {
     /// parallel's third argument.
     public static let parallelOptions: [FieldDecl] = [
         F("maxConcurrency", .integer, "items in flight at once (default: the number of cores)", default: "the number of cores"),
-        F("onFailure", .string, "default \"cancel\"", choices: ["cancel", "drain", "continue"], default: "`\"cancel\"`"),
+        F("onFailure", .string, "default \"cancel\"", choices: ["cancel", "drain", "continue"], value: .string("cancel")),
         F("maxFailures", .integer, "failures tolerated before onFailure applies", default: "0 (`\"continue\"`: no limit)"),
     ]
 
@@ -184,9 +193,9 @@ public enum PrimitiveFields {
         F("allowFail", .boolean, "return stdout, ok, exit, stderr instead of raising"),
         F("readOnly", .boolean, "the command only reads: it runs in a dry run too"),
     ]
-    public static let fsWriteOptions: [FieldDecl] = [F("mode", .integer)]
-    public static let fsLockedOptions: [FieldDecl] = [F("timeout", .number)]
-    public static let failOptions: [FieldDecl] = [F("code", .integer)]
+    public static let fsWriteOptions: [FieldDecl] = [F("mode", .integer, value: .int(0o644))]
+    public static let fsLockedOptions: [FieldDecl] = [F("timeout", .number, value: .int(60))]
+    public static let failOptions: [FieldDecl] = [F("code", .integer, value: .int(1))]
 
     /// Which combinations of fields are errors: of `fields`, a table (by kit.lint's key, see
     /// `linted`) gives at least `min` and at most `max`.
@@ -234,4 +243,10 @@ extension Array where Element == FieldDecl {
     /// The names, in declared order (the runtime's allowed-field lists).
     public var names: [String] { map(\.name) }
     public subscript(field name: String) -> FieldDecl? { first { $0.name == name } }
+
+    /// The declared default of a field (`value`), as the runtime reads it.
+    func number(_ name: String) -> Double { self[field: name]!.value!.doubleValue! }
+    func integer(_ name: String) -> Int { Int(self[field: name]!.value!.intValue!) }
+    func bool(_ name: String) -> Bool { if case let .bool(b)? = self[field: name]?.value { return b }; fatalError("\(name): no boolean default") }
+    func string(_ name: String) -> String { self[field: name]!.value!.stringValue! }
 }

@@ -72,8 +72,9 @@ extension RecipeEnvironment {
         spec.env = try t.stringMap("env") ?? [:]
         spec.stdin = try t.string("stdin")
         spec.timeout = try t.number("timeout", min: 0.001)
-        spec.grace = try t.number("grace", min: 0) ?? 10
-        spec.retries = try t.integer("retries", min: 0, max: 1000) ?? 0
+        let d = PrimitiveFields.runStage
+        spec.grace = try t.number("grace", min: 0) ?? d.number("grace")
+        spec.retries = try t.integer("retries", min: 0, max: 1000) ?? d.integer("retries")
         if let on = try t.stringList("retryOn") {
             spec.retryOn = []
             let choices = PrimitiveFields.runStage[field: "retryOn"]!.choices
@@ -92,13 +93,13 @@ extension RecipeEnvironment {
         }
         spec.breaker = try t.integer("breaker", min: 1)
         spec.requireFiles = try t.stringList("requireFiles") ?? []
-        spec.allowFail = try t.bool("allowFail") ?? false
+        spec.allowFail = try t.bool("allowFail") ?? d.bool("allowFail")
         spec.noOutputTimeout = try t.number("noOutputTimeout", min: 0.1)
         spec.heartbeatFile = try t.string("heartbeatFile", nonEmpty: true).map(FileIO.absolute)
         spec.stallWarnSec = try t.number("stallWarnSec", min: 0.1)
         try stageExecutor(t, &spec, fn: fn)
-        if let w = try t.string("waitFor") {
-            guard PrimitiveFields.runStage[field: "waitFor"]!.choices.contains(w) else {
+        if let w = try t.string("waitFor") ?? Optional(d.string("waitFor")) {
+            guard d[field: "waitFor"]!.choices.contains(w) else {
                 throw LuaRaise.usage("\(fn): field 'waitFor' must be 'leader' or 'group', got '\(w)'")
             }
             spec.waitForGroup = w == "group"
@@ -109,7 +110,7 @@ extension RecipeEnvironment {
             }
             spec.pool = p
         }
-        return (spec, try t.bool("background") ?? false)
+        return (spec, try t.bool("background") ?? d.bool("background"))
     }
 
     /// `backoff`: `{initial, factor, max}` as a list (`{1, 2, 60}`) or by name.
@@ -283,9 +284,10 @@ extension RecipeEnvironment {
     func preflight(_ l: LuaState) throws -> Int32 {
         let t = try SpecTable(l, arg: 1, fn: "preflight", allowed: RecipeEnvironment.preflightFields)
         var spec = PreflightSpec()
-        spec.name = try t.string("name") ?? "preflight"
-        spec.policy = try t.option("policy", PreflightPolicy.self) ?? .fail
-        let defaultTimeout = try t.number("timeout", min: 0.001) ?? 30
+        let d = PrimitiveFields.preflight
+        spec.name = try t.string("name") ?? d.string("name")
+        spec.policy = try t.option("policy", PreflightPolicy.self) ?? PreflightPolicy(rawValue: d.string("policy"))!
+        let defaultTimeout = try t.number("timeout", min: 0.001) ?? d.number("timeout")
         guard t.get("checks") == LUA_TTABLE else {
             let got = l.describeType(-1); l.pop()
             throw LuaRaise.usage("preflight: field 'checks' is required (a list of checks), got \(got)")

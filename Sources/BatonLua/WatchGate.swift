@@ -64,12 +64,13 @@ extension RecipeEnvironment {
         func abs(_ p: String) -> String { p.hasPrefix("/") ? p : FileIO.join(cwd, p) }
         if let f = try t.string("file", nonEmpty: true) { spec.target = .file(abs(f)) }
         spec.requireFiles = (try t.stringList("requireFiles") ?? []).map(abs)
-        spec.readyTimeout = try t.number("readyTimeoutSec", min: 0) ?? 600
-        spec.readyPoll = try t.number("readyPollSec", min: 0.01) ?? 5
-        spec.onMissing = try t.option("onMissing", OnMissing.self) ?? .fail
-        spec.timeout = try t.number("timeoutSec", min: 0) ?? 86400
-        spec.heartbeat = try t.number("heartbeatSec", min: 0.05) ?? 60
-        spec.allowFail = try t.bool("allowFail") ?? false
+        let d = PrimitiveFields.watch
+        spec.readyTimeout = try t.number("readyTimeoutSec", min: 0) ?? d.number("readyTimeoutSec")
+        spec.readyPoll = try t.number("readyPollSec", min: 0.01) ?? d.number("readyPollSec")
+        spec.onMissing = try t.option("onMissing", OnMissing.self) ?? OnMissing(rawValue: d.string("onMissing"))!
+        spec.timeout = try t.number("timeoutSec", min: 0) ?? d.number("timeoutSec")
+        spec.heartbeat = try t.number("heartbeatSec", min: 0.05) ?? d.number("heartbeatSec")
+        spec.allowFail = try t.bool("allowFail") ?? d.bool("allowFail")
         if targets.isEmpty && spec.requireFiles.isEmpty {
             throw LuaRaise.usage("watch: nothing to watch: give one of the fields \(PrimitiveFields.watchTargets.joined(separator: ", ")), or requireFiles")
         }
@@ -85,7 +86,7 @@ extension RecipeEnvironment {
     func gate(_ l: LuaState) throws -> Int32 {
         let t = try SpecTable(l, arg: 1, fn: "gate", allowed: RecipeEnvironment.gateFields)
         let name = try t.string("name", required: true, nonEmpty: true)!
-        let maxIterations = try t.integer("maxIterations", min: 1, max: 1000) ?? 1
+        let maxIterations = try t.integer("maxIterations", min: 1, max: 1000) ?? PrimitiveFields.gate.integer("maxIterations")
         guard PrimitiveFields.combinations.first(where: { $0.key == "gate" })!.fields.filter(t.has).count == 1 else {
             throw LuaRaise.usage("gate: give exactly one of 'check' (a function) or 'cmd' (a command printing JSON)")
         }
