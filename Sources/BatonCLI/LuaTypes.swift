@@ -188,7 +188,7 @@ public enum Types {
         ---@class baton.lib
         ---@field args table<string, string> key=value words after the recipe
         ---@field run {id: string, dir: string, dry_run: boolean}
-        ---@field log fun(message: string, fields?: table)
+        ---@field log fun(message: string, fields?: \#(PrimitiveFields.inline(PrimitiveFields.logFields).dropLast()), [string]: any})
         ---@field fail fun(message: string, opts?: \#(PrimitiveFields.inline(PrimitiveFields.failOptions)))
         ---@field json baton.json
         ---@field yaml {decode: fun(text: string): any}

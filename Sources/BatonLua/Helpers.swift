@@ -209,13 +209,14 @@ extension RecipeEnvironment {
             throw LuaRaise.usage("baton.log: the message must be a string, got \(l.describeType(1))")
         }
         var fields = JSON.object([])
-        var level = LogLevel.info
+        let declared = PrimitiveFields.logFields[field: "level"]!
+        var level = LogLevel(rawValue: PrimitiveFields.logFields.string("level"))!
         if l.type(2) == LUA_TTABLE {
             do { fields = try l.toJSON(2) } catch { throw LuaRaise.usage("baton.log: fields: \(error)") }
-            if let lv = fields["level"]?.stringValue {
-                guard let known = LogLevel(rawValue: lv) else {
-                    let levels = LogLevel.allCases.map { "'\($0.rawValue)'" }.joined(separator: ", ")
-                    throw LuaRaise.usage("baton.log: fields.level must be one of \(levels), got '\(lv)'")
+            if let given = fields["level"] {
+                guard let lv = given.stringValue, declared.choices.contains(lv), let known = LogLevel(rawValue: lv) else {
+                    let levels = declared.choices.map { "'\($0)'" }.joined(separator: ", ")
+                    throw LuaRaise.usage("baton.log: fields.level must be one of \(levels), got \(given.stringValue.map { "'\($0)'" } ?? given.encoded())")
                 }
                 level = known
             }

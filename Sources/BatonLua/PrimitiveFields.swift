@@ -193,6 +193,12 @@ public enum PrimitiveFields {
         F("allowFail", .boolean, "return stdout, ok, exit, stderr instead of raising"),
         F("readOnly", .boolean, "the command only reads: it runs in a dry run too"),
     ]
+    /// baton.log's second argument: any fields (journaled with the message); `level` is read.
+    public static let logFields: [FieldDecl] = [
+        F("level", .string, choices: LogLevel.allCases.map(\.rawValue), value: .string("info")),
+    ]
+    /// Tables that take fields beyond the declared ones (kit.lint reports no unknown field there).
+    public static let open: Set<String> = ["baton.log#2"]
     public static let fsWriteOptions: [FieldDecl] = [F("mode", .integer, value: .int(0o644))]
     public static let fsLockedOptions: [FieldDecl] = [F("timeout", .number, value: .int(60))]
     public static let failOptions: [FieldDecl] = [F("code", .integer, value: .int(1))]
@@ -225,7 +231,8 @@ public enum PrimitiveFields {
     public static var linted: [(String, [FieldDecl])] {
         [("runStage", runStage), ("runStage.transient", transient), ("preflight", preflight),
          ("preflight.checks[]", preflightCheck), ("watch", watch), ("gate", gate), ("parallel#3", parallelOptions),
-         ("persistFinal#2", persistFinalOptions), ("baton.sh#2", shOptions), ("baton.fail#2", failOptions)]
+         ("persistFinal#2", persistFinalOptions), ("baton.sh#2", shOptions), ("baton.fail#2", failOptions),
+         ("baton.log#2", logFields)]
     }
 
     /// `---@field` lines of a table, one per field.

@@ -56,6 +56,7 @@ extension RecipeEnvironment {
             ("fields", .object(tables.map { ($0.0, .array($0.1.map { .string($0.0) })) })),
             ("types", .object(tables.map { ($0.0, .object($0.1.map { ($0.0, .string($0.1)) })) })),
             ("values", .object(tables.map { ($0.0, .object($0.1.filter { !$0.2.isEmpty }.map { ($0.0, .array($0.2.map(JSON.string))) })) })),
+            ("open", .object(PrimitiveFields.open.sorted().map { ($0, .bool(true)) })),
             ("combinations", .object(Dictionary(grouping: PrimitiveFields.combinations, by: \.key).sorted { $0.key < $1.key }.map { key, rules in
                 (key, .array(rules.map { r in .object([("fields", .array(r.fields.map(JSON.string))), ("min", .int(Int64(r.min))),
                                                         ("max", .int(Int64(Swift.min(r.max, 1 << 30))))]) }))

@@ -219,7 +219,7 @@ local function checkTable(toks, k, fn, add, spec, label)
       maybe[name] = true
       local lt = literalType(toks, k + 2)
       if lt then surely[name] = true end
-      if not known[name] then
+      if not known[name] and not (spec.open or {})[fn] then
         local hint = closest(name, allowed)
         add(t, "unknown-field", ("%s: unknown field '%s'%s; known fields: %s"):format(label, name,
           hint and (" (did you mean '" .. hint .. "'?)") or "", table.concat(allowed, ", ")), true)
