@@ -232,7 +232,7 @@ public enum PrimitiveFields {
         [("runStage", runStage), ("runStage.transient", transient), ("preflight", preflight),
          ("preflight.checks[]", preflightCheck), ("watch", watch), ("gate", gate), ("parallel#3", parallelOptions),
          ("persistFinal#2", persistFinalOptions), ("baton.sh#2", shOptions), ("baton.fail#2", failOptions),
-         ("baton.log#2", logFields)]
+         ("baton.log#2", logFields), ("baton.fs.write#3", fsWriteOptions), ("baton.fs.locked#3", fsLockedOptions)]
     }
 
     /// `---@field` lines of a table, one per field.

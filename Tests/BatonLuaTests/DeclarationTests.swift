@@ -40,6 +40,9 @@ import Testing
             ("baton.sh#2", PrimitiveFields.shOptions, "baton.sh('true', {%s})"),
             ("gate", PrimitiveFields.gate, "gate{name = 'g', check = function() return {approved = true} end, %s}"),
             ("baton.log#2", PrimitiveFields.logFields, "baton.log('m', {%s})"),
+            ("baton.fs.write#3", PrimitiveFields.fsWriteOptions, "baton.fs.write('\(file)', 'x', {%s})"),
+            ("baton.fs.locked#3", PrimitiveFields.fsLockedOptions, "baton.fs.locked('\(file).lock', function() end, {%s})"),
+            ("baton.fail#2", PrimitiveFields.failOptions, "baton.fail('x', {%s})"),
         ]
     }
 

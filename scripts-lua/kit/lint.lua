@@ -427,13 +427,15 @@ function M.check(src, file, known, spec)
     elseif closes[t[2]] then
       brackets[#brackets] = nil
     elseif t[1] == "name" and not prevIsAccess(k) and not isKey(k) and not isLocal(t[2]) then
-      local fn = t[2]
+      local fn, after = t[2], k + 1
       if fn == "baton" and toks[k + 1][2] == "." and toks[k + 2][1] == "name" then
         local m = toks[k + 2][2]
-        -- baton.runStage is runStage; baton.sh's tables are keyed "baton.sh".
+        -- baton.runStage is runStage; baton.sh's tables are keyed "baton.sh", baton.fs.write's
+        -- "baton.fs.write".
         if fields[m] or arities[m] then fn = m else fn = "baton." .. m end
+        after = k + 3
+        if toks[k + 3][2] == "." and toks[k + 4][1] == "name" then fn, after = fn .. "." .. toks[k + 4][2], k + 5 end
       end
-      local after = fn == t[2] and k + 1 or k + 3
       local fromEnv = known[t[2]] or assigned[t[2]]
       if fields[fn] and fromEnv then
         if toks[after][2] == "{" then checkTable(toks, after, fn, add, spec)
