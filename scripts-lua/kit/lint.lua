@@ -146,11 +146,11 @@ function M.dynamicGlobals(src, toks)
   return false
 end
 
--- The token after the `}` closing the table that opens at toks[k], and whether everything
--- in it is a string literal (a list of strings: `{"a", "b"}`).
+-- The string literals that are the items of the list opening at toks[k] (`{"a", "b"}`), or
+-- nil when it holds anything else.
 local function stringItems(toks, k)
   local items, j = {}, k + 1
-  while toks[j][2] ~= "}" do
+  while not (toks[j][1] == "op" and toks[j][2] == "}") do
     local t = toks[j]
     if t[1] == "string" then items[#items + 1] = t
     elseif t[2] ~= "," and t[2] ~= ";" then return nil end
