@@ -29,7 +29,7 @@ import Testing
     /// field goes), that runs quickly here.
     static func templates() -> [(String, [FieldDecl], String)] {
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("baton-decl-file").path
-        FileManager.default.createFile(atPath: file, contents: Data("x".utf8))
+        _ = FileManager.default.createFile(atPath: file, contents: Data("x".utf8))
         return [
             ("runStage", PrimitiveFields.runStage, "runStage{id = 'x', cmd = 'true', %s}"),
             ("watch", PrimitiveFields.watch, "watch{id = 'w', file = '\(file)', %s}"),
