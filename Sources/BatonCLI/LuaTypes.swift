@@ -1,5 +1,6 @@
 import BatonBase
 import BatonCore
+import BatonLua
 import Glibc
 
 /// `baton types` and `baton init`: what an editor (lua-language-server, through LuaCATS
@@ -67,27 +68,7 @@ public enum Types {
         ---@alias baton.Command string|string[] argv (no shell), or text for /bin/sh -c
 
         ---@class baton.StageSpec
-        ---@field id string the same id may run again: occurrence 2, 3, ...
-        ---@field cmd baton.Command
-        ---@field cwd? string working directory (default: the current one)
-        ---@field env? table<string, string> added to the stage's environment
-        ---@field stdin? string text on the stage's stdin
-        ---@field timeout? number seconds, then SIGTERM to the stage's process group
-        ---@field grace? number seconds between SIGTERM and SIGKILL (default 10)
-        ---@field retries? integer further attempts, for the classes in retryOn (default 0)
-        ---@field retryOn? ("transient"|"deterministic"|"stalled")[] default {"transient"}
-        ---@field backoff? {initial?: number, factor?: number, max?: number} default {1, 2, 60}
-        ---@field transient? {exit?: integer[], stderr?: string[]} rules that make a failure transient
-        ---@field breaker? integer the same failure signature this many times in the run: stop
-        ---@field requireFiles? string[] must exist and be non-empty after a zero exit
-        ---@field background? boolean return a handle at once
-        ---@field waitFor? "leader"|"group" the stage ends when its leader exits (default) or when its whole process group is empty
-        ---@field allowFail? boolean return a failed result instead of raising
-        ---@field pool? string a pool declared with baton.pool(name, n): at most n of its stages at once
-        ---@field noOutputTimeout? number seconds without output (or heartbeatFile touch): end it as "stalled"
-        ---@field heartbeatFile? string a file the job touches to say it is alive
-        ---@field stallWarnSec? number silence after which one stage_stalled event is journaled (default 600)
-        ---@field executor? \#(executorChoice) where it runs (default: the run's, else local)
+        \#(PrimitiveFields.luaCATS(PrimitiveFields.runStage))
         \#(executorTables)
 
         ---@class baton.StageResult
@@ -102,7 +83,7 @@ public enum Types {
         ---@field stdout string the last 64 KiB
         ---@field stderr string the last 64 KiB
         ---@field logs {stdout: string, stderr: string} the full logs on disk
-        ---@field failure_class? "transient"|"deterministic"
+        ---@field failure_class? \#(FailureClass.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: "|"))
         ---@field signature? string
         ---@field message? string
         ---@field breaker_open? boolean
@@ -123,22 +104,10 @@ public enum Types {
         function runStage(spec) end
 
         ---@class baton.Check
-        ---@field name? string
-        ---@field path? string passes when the path exists
-        ---@field dir? boolean with path: a directory
-        ---@field executable? boolean with path: executable
-        ---@field cmd? baton.Command passes when it exits 0 within the timeout
-        ---@field timeout? number
-        ---@field cwd? string
-        ---@field env? string passes when the variable is set and non-empty
-        ---@field pgrep? string passes when a pgrep -f wait would not match itself
-        ---@field check? fun(): boolean, string?
+        \#(PrimitiveFields.luaCATS(PrimitiveFields.preflightCheck))
 
         ---@class baton.PreflightSpec
-        ---@field name? string default "preflight"
-        ---@field policy? "fail"|"warn" default "fail" (exit code 4)
-        ---@field timeout? number default timeout of cmd checks (30 s)
-        ---@field checks baton.Check[]
+        \#(PrimitiveFields.luaCATS(PrimitiveFields.preflight))
 
         ---@class baton.PreflightReport
         ---@field name string
@@ -160,20 +129,7 @@ public enum Types {
         ---@field missing string[]
 
         ---@class baton.WatchSpec
-        ---@field id string
-        ---@field handle? baton.StageHandle a background stage
-        ---@field pid? integer any process (pidfd)
-        ---@field pattern? string processes whose command line matches
-        ---@field file? string a file appearing
-        ---@field requireFiles? string[] must exist and be non-empty before the callback
-        ---@field readyTimeoutSec? number default 600
-        ---@field readyPollSec? number default 5
-        ---@field onMissing? "fail"|"block"|"callback" default "fail"
-        ---@field timeoutSec? number default 86400
-        ---@field heartbeatSec? number default 60
-        ---@field callback? fun(info: baton.WatchInfo): any
-        ---@field cwd? string
-        ---@field allowFail? boolean
+        \#(PrimitiveFields.luaCATS(PrimitiveFields.watch))
 
         ---@class baton.WatchOutcome
         ---@field id string
@@ -199,15 +155,7 @@ public enum Types {
         ---@field iteration? integer
 
         ---@class baton.GateSpec
-        ---@field name string
-        ---@field maxIterations? integer default 1
-        ---@field check? fun(iteration: integer): baton.Decision
-        ---@field cmd? baton.Command prints a JSON object {"approved": bool, "issues": [...]}
-        ---@field cwd? string
-        ---@field env? table<string, string>
-        ---@field timeout? number
-        ---@field onReject? fun(decision: baton.Decision, iteration: integer)
-        ---@field fallback? baton.Decision
+        \#(PrimitiveFields.luaCATS(PrimitiveFields.gate))
 
         ---Approves or rejects, up to maxIterations times (then exit code 2).
         ---@param spec baton.GateSpec
@@ -220,21 +168,16 @@ public enum Types {
         function persistFinal(fields, opts) end
 
         ---@class baton.ShOptions
-        ---@field cwd? string
-        ---@field env? table<string, string>
-        ---@field stdin? string
-        ---@field timeout? number
-        ---@field allowFail? boolean return stdout, ok, exit, stderr instead of raising
-        ---@field readOnly? boolean the command only reads: it runs in a dry run too
+        \#(PrimitiveFields.luaCATS(PrimitiveFields.shOptions))
 
         ---@class baton.fs
         ---@field exists fun(path: string): boolean
         ---@field read fun(path: string): string
-        ---@field write fun(path: string, text: string, opts?: {mode?: integer}) atomic
+        ---@field write fun(path: string, text: string, opts?: \#(PrimitiveFields.inline(PrimitiveFields.fsWriteOptions))) atomic
         ---@field append fun(path: string, text: string) one write under an exclusive flock
         ---@field glob fun(pattern: string): string[]
         ---@field mkdir fun(path: string)
-        ---@field locked fun(path: string, fn: function, opts?: {timeout?: number}): ...
+        ---@field locked fun(path: string, fn: function, opts?: \#(PrimitiveFields.inline(PrimitiveFields.fsLockedOptions))): ...
 
         ---@class baton.json
         ---@field encode fun(value: any, opts?: {pretty?: boolean}): string
@@ -245,8 +188,8 @@ public enum Types {
         ---@class baton.lib
         ---@field args table<string, string> key=value words after the recipe
         ---@field run {id: string, dir: string, dry_run: boolean}
-        ---@field log fun(message: string, fields?: table)
-        ---@field fail fun(message: string, opts?: {code?: integer})
+        ---@field log fun(message: string, fields?: \#(PrimitiveFields.inline(PrimitiveFields.logFields).dropLast()), [string]: any})
+        ---@field fail fun(message: string, opts?: \#(PrimitiveFields.inline(PrimitiveFields.failOptions)))
         ---@field json baton.json
         ---@field yaml {decode: fun(text: string): any}
         ---@field fs baton.fs
@@ -264,12 +207,10 @@ public enum Types {
         ---@field preflight fun(spec: baton.PreflightSpec): baton.PreflightReport
         ---@field watch fun(spec: baton.WatchSpec): baton.WatchOutcome
         ---@field gate fun(spec: baton.GateSpec): baton.Decision
-        ---@field persistFinal fun(fields: table, opts?: {cancelled?: table, stdout?: boolean})
+        ---@field persistFinal fun(fields: table, opts?: \#(PrimitiveFields.inline(PrimitiveFields.persistFinalOptions)))
 
         ---@class baton.ParallelOptions
-        ---@field maxConcurrency? integer items in flight at once (default: the number of cores)
-        ---@field onFailure? "cancel"|"drain"|"continue" default "cancel"
-        ---@field maxFailures? integer failures tolerated before onFailure applies
+        \#(PrimitiveFields.luaCATS(PrimitiveFields.parallelOptions))
 
         ---Runs fn(item, index) for every item, each in its own coroutine; their stages run at once.
         ---@param items any[]

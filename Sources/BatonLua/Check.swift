@@ -170,7 +170,7 @@ public enum RecipeCheck {
             end
             return kept
             """
-        let fields: JSON = .object(RecipeEnvironment.primitiveFields.map { ($0.0, .array($0.1.map(JSON.string))) })
+        let fields = RecipeEnvironment.lintSpec
         let base = lua.top
         defer { lua.top = base }
         do {
@@ -297,8 +297,8 @@ public enum RecipeCheck {
         }
     }
 
-    /// kit.lint over the source, with the environment's real globals and the primitives'
-    /// own field lists.
+    /// kit.lint over the source, with the environment's real globals and the declared fields
+    /// (their names, types, values; the primitives' argument counts).
     static func lint(_ env: RecipeEnvironment, _ source: String, file: String) -> [Finding] {
         let lua = env.lua
         let driver = """
@@ -307,9 +307,7 @@ public enum RecipeCheck {
             for k in pairs(_G) do known[k] = true end
             return require("kit.lint").check(src, file, known, fields)
             """
-        // Each executor's table in a stage ("runStage.<name>"), from the options its kind declares.
-        let nested = RecipeEnvironment.optionedKinds.map { ("runStage.\($0.name)", $0.stageOptionNames) }
-        let fields: JSON = .object((RecipeEnvironment.primitiveFields + nested).map { ($0.0, .array($0.1.map(JSON.string))) })
+        let fields = RecipeEnvironment.lintSpec
         let base = lua.top
         defer { lua.top = base }
         do {

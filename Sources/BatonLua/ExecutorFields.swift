@@ -34,8 +34,6 @@ extension RecipeEnvironment {
         return ty == LUA_TNUMBER
     }
 
-    /// The executors as recipes see them, read from the registry once (it is fixed before a run).
-    static let executorNames = Executors.names
     /// The executors that take options: each one's table is a runStage field named after it.
     static let optionedKinds = Executors.kinds.filter { !$0.options.isEmpty }
     /// The fields `runStage` takes: its own, and each executor's table by the executor's name.
@@ -43,7 +41,7 @@ extension RecipeEnvironment {
 
     /// `runStage{executor = ..., <name> = {...}}`: every executor's table the stage gives.
     func stageExecutor(_ t: SpecTable, _ spec: inout StageSpec, fn: String) throws {
-        spec.executor = try t.choice("executor", RecipeEnvironment.executorNames)
+        spec.executor = try t.choice("executor", PrimitiveFields.runStage[field: "executor"]!.choices)
         for kind in RecipeEnvironment.optionedKinds {
             guard let s = try t.table(kind.name, allowed: kind.stageOptionNames) else { continue }
             defer { t.lua.pop() }

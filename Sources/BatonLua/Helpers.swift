@@ -150,9 +150,9 @@ extension RecipeEnvironment {
         guard let data = l.bytes(2) else {
             throw LuaRaise.usage("baton.fs.write: the data must be a string, got \(l.describeType(2))")
         }
-        var mode: mode_t = 0o644
+        var mode = mode_t(PrimitiveFields.fsWriteOptions.integer("mode"))
         if l.type(3) == LUA_TTABLE {
-            let t = try SpecTable(l, arg: 3, fn: "baton.fs.write", allowed: ["mode"])
+            let t = try SpecTable(l, arg: 3, fn: "baton.fs.write", allowed: PrimitiveFields.fsWriteOptions.names)
             if let m = try t.integer("mode", min: 0, max: 0o7777) { mode = mode_t(m) }
         }
         if skippedInDryRun("baton.fs.write", p) { return 0 }
@@ -171,10 +171,10 @@ extension RecipeEnvironment {
         guard l.type(2) == LUA_TFUNCTION else {
             throw LuaRaise.usage("baton.fs.locked: the second argument must be a function, got \(l.describeType(2))")
         }
-        var timeout = 60.0
+        var timeout = PrimitiveFields.fsLockedOptions.number("timeout")
         if l.type(3) == LUA_TTABLE {
-            let t = try SpecTable(l, arg: 3, fn: "baton.fs.locked", allowed: ["timeout"])
-            timeout = try t.number("timeout", min: 0) ?? 60
+            let t = try SpecTable(l, arg: 3, fn: "baton.fs.locked", allowed: PrimitiveFields.fsLockedOptions.names)
+            timeout = try t.number("timeout", min: 0) ?? timeout
         }
         let key = FileIO.absolute(p)
         guard heldLocks[key] == nil else { throw LuaRaise.usage("baton.fs.locked: \(p) is already locked by this recipe") }
@@ -209,13 +209,14 @@ extension RecipeEnvironment {
             throw LuaRaise.usage("baton.log: the message must be a string, got \(l.describeType(1))")
         }
         var fields = JSON.object([])
-        var level = LogLevel.info
+        let declared = PrimitiveFields.logFields[field: "level"]!
+        var level = LogLevel(rawValue: PrimitiveFields.logFields.string("level"))!
         if l.type(2) == LUA_TTABLE {
             do { fields = try l.toJSON(2) } catch { throw LuaRaise.usage("baton.log: fields: \(error)") }
-            if let lv = fields["level"]?.stringValue {
-                guard let known = LogLevel(rawValue: lv) else {
-                    let levels = LogLevel.allCases.map { "'\($0.rawValue)'" }.joined(separator: ", ")
-                    throw LuaRaise.usage("baton.log: fields.level must be one of \(levels), got '\(lv)'")
+            if let given = fields["level"] {
+                guard let lv = given.stringValue, declared.choices.contains(lv), let known = LogLevel(rawValue: lv) else {
+                    let levels = declared.choices.map { "'\($0)'" }.joined(separator: ", ")
+                    throw LuaRaise.usage("baton.log: fields.level must be one of \(levels), got \(given.stringValue.map { "'\($0)'" } ?? given.encoded())")
                 }
                 level = known
             }
@@ -232,10 +233,10 @@ extension RecipeEnvironment {
     /// baton.fail(message, {code = N}): ends the run with that exit code.
     static func batonFail(_ l: LuaState) throws -> Int32 {
         let msg = l.string(1) ?? (l.type(1) == LUA_TNONE ? "failed" : "(non-string message)")
-        var code = 1
+        var code = PrimitiveFields.failOptions.integer("code")
         if l.type(2) == LUA_TTABLE {
-            let t = try SpecTable(l, arg: 2, fn: "baton.fail", allowed: ["code"])
-            code = try t.integer("code", min: 1, max: Int(ExitStatus.recipeChosen.upperBound)) ?? 1
+            let t = try SpecTable(l, arg: 2, fn: "baton.fail", allowed: PrimitiveFields.failOptions.names)
+            code = try t.integer("code", min: 1, max: Int(ExitStatus.recipeChosen.upperBound)) ?? code
         } else if l.type(2) != LUA_TNONE && l.type(2) != LUA_TNIL {
             throw LuaRaise.usage("baton.fail: the second argument must be a table like {code = 5}")
         }
@@ -256,7 +257,7 @@ extension RecipeEnvironment {
         var cwd: String? = nil, stdin: String? = nil, timeout: Double? = nil, allowFail = false, readOnly = false
         var env = context?.baseEnvironment ?? Spawner.currentEnvironment()
         if l.type(2) == LUA_TTABLE {
-            let t = try SpecTable(l, arg: 2, fn: "baton.sh", allowed: ["cwd", "env", "stdin", "timeout", "allowFail", "readOnly"])
+            let t = try SpecTable(l, arg: 2, fn: "baton.sh", allowed: PrimitiveFields.shOptions.names)
             cwd = try t.string("cwd"); stdin = try t.string("stdin"); timeout = try t.number("timeout", min: 0)
             for (k, v) in try t.stringMap("env") ?? [:] { env[k] = v }
             allowFail = try t.bool("allowFail") ?? false

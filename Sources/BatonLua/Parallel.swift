@@ -73,7 +73,8 @@ extension RecipeEnvironment {
       return w:done()
     end
 
-    local known = {maxConcurrency = true, onFailure = true, maxFailures = true}
+    local known = {\#(PrimitiveFields.parallelOptions.names.map { "\($0) = true" }.joined(separator: ", "))}
+    local onFailureChoices = {\#(PrimitiveFields.parallelOptions[field: "onFailure"]!.choices.map { "[\"\($0)\"] = true" }.joined(separator: ", "))}
 
     local function parallel(items, fn, opts)
       if type(items) ~= "table" then fail("parallel: items must be a list, got " .. type(items), 3, "usage") end
@@ -82,7 +83,7 @@ extension RecipeEnvironment {
       if type(opts) ~= "table" then fail("parallel: opts must be a table, got " .. type(opts), 3, "usage") end
       for k in pairs(opts) do
         if not known[k] then
-          fail("parallel: unknown option '" .. tostring(k) .. "'; known: maxConcurrency, onFailure, maxFailures", 3, "usage")
+          fail("parallel: unknown option '" .. tostring(k) .. "'; known: \#(PrimitiveFields.parallelOptions.names.joined(separator: ", "))", 3, "usage")
         end
       end
       if itemOf[running()] then
@@ -92,8 +93,8 @@ extension RecipeEnvironment {
       if mathtype(limit) ~= "integer" or limit < 1 then
         fail("parallel: maxConcurrency must be an integer of at least 1, got " .. tostring(limit), 3, "usage")
       end
-      local policy = opts.onFailure or "cancel"
-      if policy ~= "cancel" and policy ~= "drain" and policy ~= "continue" then
+      local policy = opts.onFailure or "\#(PrimitiveFields.parallelOptions.string("onFailure"))"
+      if not onFailureChoices[policy] then
         fail("parallel: onFailure must be 'cancel', 'drain' or 'continue', got '" .. tostring(policy) .. "'", 3, "usage")
       end
       local maxFailures = opts.maxFailures or (policy == "continue" and math.huge or 0)

@@ -28,15 +28,42 @@ extension RecipeEnvironment {
     // MARK: runStage
 
     /// runStage's own fields (`stageFields` adds each executor's table).
-    static let stageOwnFields = ["id", "cmd", "cwd", "env", "stdin", "timeout", "grace", "retries", "retryOn", "backoff",
-                                 "transient", "breaker", "requireFiles", "background", "allowFail", "pool",
-                                 "noOutputTimeout", "heartbeatFile", "stallWarnSec", "executor", "waitFor"]
+    static let stageOwnFields = PrimitiveFields.runStage.names
 
-    static let preflightFields = ["name", "policy", "checks", "timeout"]
-    /// Each primitive that takes a spec table and the fields it allows (what `baton check` lints).
-    static var primitiveFields: [(String, [String])] {
-        [("runStage", stageFields), ("preflight", preflightFields), ("watch", watchFields), ("gate", gateFields)]
-    }
+    static let preflightFields = PrimitiveFields.preflight.names
+    /// What kit.lint checks, from the declarations (PrimitiveFields.swift, each executor's
+    /// options): `fields` (key -> allowed names), `types` (key -> field -> literal types),
+    /// `values` (key -> field -> the strings it takes), `arity` (primitive -> {min, max}).
+    static let lintSpec: JSON = {
+        var tables: [(String, [(String, String, [String])])] = PrimitiveFields.linted.map { key, decls in
+            (key, decls.map { ($0.name, $0.kind.lintType, $0.choices) })
+        }
+        // runStage's executor tables, and each executor's options inside them.
+        tables[0].1 += optionedKinds.map { ($0.name, "table", []) }
+        for kind in optionedKinds {
+            tables.append(("runStage.\(kind.name)", kind.options.filter { !$0.runWide }.map { o in
+                let t: String
+                switch o.kind {
+                case .string: t = "string"
+                case .integer, .number: t = "number"
+                case .stringOrNumber, .stringOrInteger: t = "string|number"
+                case .stringList: t = "string|table"
+                }
+                return (o.name, t, [])
+            }))
+        }
+        return .object([
+            ("fields", .object(tables.map { ($0.0, .array($0.1.map { .string($0.0) })) })),
+            ("types", .object(tables.map { ($0.0, .object($0.1.map { ($0.0, .string($0.1)) })) })),
+            ("values", .object(tables.map { ($0.0, .object($0.1.filter { !$0.2.isEmpty }.map { ($0.0, .array($0.2.map(JSON.string))) })) })),
+            ("open", .object(PrimitiveFields.open.sorted().map { ($0, .bool(true)) })),
+            ("combinations", .object(Dictionary(grouping: PrimitiveFields.combinations, by: \.key).sorted { $0.key < $1.key }.map { key, rules in
+                (key, .array(rules.map { r in .object([("fields", .array(r.fields.map(JSON.string))), ("min", .int(Int64(r.min))),
+                                                        ("max", .int(Int64(Swift.min(r.max, 1 << 30))))]) }))
+            })),
+            ("arity", .object(PrimitiveFields.arity.map { ($0.0, .array([.int(Int64($0.1)), .int(Int64($0.2))])) })),
+        ])
+    }()
 
     func stageSpec(_ l: LuaState, fn: String) throws -> (StageSpec, background: Bool) {
         let t = try SpecTable(l, arg: 1, fn: fn, allowed: RecipeEnvironment.stageFields)
@@ -46,32 +73,34 @@ extension RecipeEnvironment {
         spec.env = try t.stringMap("env") ?? [:]
         spec.stdin = try t.string("stdin")
         spec.timeout = try t.number("timeout", min: 0.001)
-        spec.grace = try t.number("grace", min: 0) ?? 10
-        spec.retries = try t.integer("retries", min: 0, max: 1000) ?? 0
+        let d = PrimitiveFields.runStage
+        spec.grace = try t.number("grace", min: 0) ?? d.number("grace")
+        spec.retries = try t.integer("retries", min: 0, max: 1000) ?? d.integer("retries")
         if let on = try t.stringList("retryOn") {
             spec.retryOn = []
+            let choices = PrimitiveFields.runStage[field: "retryOn"]!.choices
             for (i, c) in on.enumerated() {
-                guard let cls = FailureClass(rawValue: c) else {
+                guard choices.contains(c), let cls = FailureClass(rawValue: c) else {
                     throw LuaRaise.usage("\(fn): field 'retryOn'[\(i + 1)] must be 'transient', 'deterministic' or 'stalled', got '\(c)'")
                 }
                 spec.retryOn.insert(cls)
             }
         }
         if let b = try RecipeEnvironment.backoff(t) { spec.backoff = b }
-        if let tr = try t.table("transient", allowed: ["exit", "stderr"]) {
+        if let tr = try t.table("transient", allowed: PrimitiveFields.transient.names) {
             defer { l.pop() }
             spec.transient = TransientRules(exitCodes: Set((try tr.intList("exit") ?? []).map { Int32(truncatingIfNeeded: $0) }),
                                             stderrPatterns: try tr.stringList("stderr") ?? [])
         }
         spec.breaker = try t.integer("breaker", min: 1)
         spec.requireFiles = try t.stringList("requireFiles") ?? []
-        spec.allowFail = try t.bool("allowFail") ?? false
+        spec.allowFail = try t.bool("allowFail") ?? d.bool("allowFail")
         spec.noOutputTimeout = try t.number("noOutputTimeout", min: 0.1)
         spec.heartbeatFile = try t.string("heartbeatFile", nonEmpty: true).map(FileIO.absolute)
         spec.stallWarnSec = try t.number("stallWarnSec", min: 0.1)
         try stageExecutor(t, &spec, fn: fn)
-        if let w = try t.string("waitFor") {
-            guard w == "leader" || w == "group" else {
+        if let w = try t.string("waitFor") ?? Optional(d.string("waitFor")) {
+            guard d[field: "waitFor"]!.choices.contains(w) else {
                 throw LuaRaise.usage("\(fn): field 'waitFor' must be 'leader' or 'group', got '\(w)'")
             }
             spec.waitForGroup = w == "group"
@@ -82,12 +111,12 @@ extension RecipeEnvironment {
             }
             spec.pool = p
         }
-        return (spec, try t.bool("background") ?? false)
+        return (spec, try t.bool("background") ?? d.bool("background"))
     }
 
     /// `backoff`: `{initial, factor, max}` as a list (`{1, 2, 60}`) or by name.
     static func backoff(_ t: SpecTable) throws -> Backoff? {
-        guard let b = try t.numberRecord("backoff", names: ["initial", "factor", "max"],
+        guard let b = try t.numberRecord("backoff", names: PrimitiveFields.backoff.names,
                                          min: ["initial": 0, "factor": 1, "max": 0]) else { return nil }
         let d = Backoff()
         return Backoff(initial: b["initial"] ?? d.initial, factor: b["factor"] ?? d.factor, max: b["max"] ?? d.max)
@@ -256,9 +285,10 @@ extension RecipeEnvironment {
     func preflight(_ l: LuaState) throws -> Int32 {
         let t = try SpecTable(l, arg: 1, fn: "preflight", allowed: RecipeEnvironment.preflightFields)
         var spec = PreflightSpec()
-        spec.name = try t.string("name") ?? "preflight"
-        spec.policy = try t.option("policy", PreflightPolicy.self) ?? .fail
-        let defaultTimeout = try t.number("timeout", min: 0.001) ?? 30
+        let d = PrimitiveFields.preflight
+        spec.name = try t.string("name") ?? d.string("name")
+        spec.policy = try t.option("policy", PreflightPolicy.self) ?? PreflightPolicy(rawValue: d.string("policy"))!
+        let defaultTimeout = try t.number("timeout", min: 0.001) ?? d.number("timeout")
         guard t.get("checks") == LUA_TTABLE else {
             let got = l.describeType(-1); l.pop()
             throw LuaRaise.usage("preflight: field 'checks' is required (a list of checks), got \(got)")
@@ -282,7 +312,7 @@ extension RecipeEnvironment {
         return 1
     }
 
-    static let preflightCheckFields = ["path", "cmd", "env", "pgrep", "check", "name", "timeout", "executable", "dir", "cwd"]
+    static let preflightCheckFields = PrimitiveFields.preflightCheck.names
 
     /// checks[i] (on top of the stack) as a check; a `check` function is kept in `refs`.
     func preflightItem(_ l: LuaState, _ i: Int, defaultTimeout: Double, refs: inout [Int32]) throws -> PreflightItem {
@@ -290,10 +320,10 @@ extension RecipeEnvironment {
         guard l.type(-1) == LUA_TTABLE else { throw LuaRaise.usage("\(fn) must be a table, got \(l.describeType(-1))") }
         let c = SpecTable(nested: l, index: -1, fn: fn)
         try c.checkKeys(RecipeEnvironment.preflightCheckFields, context: fn)
-        let kinds = ["path", "cmd", "env", "pgrep", "check"].filter { c.has($0) }
+        let kinds = PrimitiveFields.preflightCheckKinds.filter { c.has($0) }
         guard kinds.count == 1 else {
             let found = kinds.isEmpty ? "none" : kinds.joined(separator: ", ")
-            throw LuaRaise.usage("\(fn) needs exactly one of path, cmd, env, pgrep, check (found \(found))")
+            throw LuaRaise.usage("\(fn) needs exactly one of \(PrimitiveFields.preflightCheckKinds.joined(separator: ", ")) (found \(found))")
         }
         let check: PreflightCheck
         switch kinds[0] {
@@ -347,7 +377,7 @@ extension RecipeEnvironment {
         // persistFinal(fields, {cancelled = {...}, stdout = true}): what the result says if
         // the run ends cancelled, registered now because no Lua code runs after a cancel.
         if l.type(2) != LUA_TNONE && l.type(2) != LUA_TNIL {
-            let o = try SpecTable(l, arg: 2, fn: "persistFinal's options", allowed: ["cancelled", "stdout"])
+            let o = try SpecTable(l, arg: 2, fn: "persistFinal's options", allowed: PrimitiveFields.persistFinalOptions.names)
             if o.get("cancelled") != LUA_TNIL {
                 let c: JSON
                 do { c = try l.toJSON(-1) } catch { l.pop(); throw LuaRaise.usage("persistFinal: cancelled: \(error)") }

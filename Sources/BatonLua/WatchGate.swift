@@ -8,8 +8,7 @@ import LuaShim
 extension RecipeEnvironment {
     // MARK: watch
 
-    static let watchFields = ["id", "handle", "pid", "pattern", "file", "requireFiles", "readyTimeoutSec", "readyPollSec",
-                              "onMissing", "timeoutSec", "heartbeatSec", "callback", "cwd", "allowFail"]
+    static let watchFields = PrimitiveFields.watch.names
 
     /// watch{...}: the table as a `WatchSpec` (RunContext.watch runs it), its result as a table.
     func watch(_ l: LuaState) throws -> Int32 {
@@ -40,9 +39,9 @@ extension RecipeEnvironment {
     func watchSpec(_ l: LuaState) throws -> (WatchSpec, callback: Int32?) {
         let t = try SpecTable(l, arg: 1, fn: "watch", allowed: RecipeEnvironment.watchFields)
         var spec = WatchSpec(id: try t.string("id", required: true, nonEmpty: true)!)
-        let targets = ["handle", "pid", "pattern", "file"].filter { t.has($0) }
+        let targets = PrimitiveFields.watchTargets.filter { t.has($0) }
         guard targets.count <= 1 else {
-            throw LuaRaise.usage("watch: give one of handle, pid, pattern, file (found \(targets.joined(separator: ", ")))")
+            throw LuaRaise.usage("watch: give one of \(PrimitiveFields.watchTargets.joined(separator: ", ")) (found \(targets.joined(separator: ", ")))")
         }
         if targets.first == "handle" {
             _ = t.get("handle")
@@ -65,29 +64,30 @@ extension RecipeEnvironment {
         func abs(_ p: String) -> String { p.hasPrefix("/") ? p : FileIO.join(cwd, p) }
         if let f = try t.string("file", nonEmpty: true) { spec.target = .file(abs(f)) }
         spec.requireFiles = (try t.stringList("requireFiles") ?? []).map(abs)
-        spec.readyTimeout = try t.number("readyTimeoutSec", min: 0) ?? 600
-        spec.readyPoll = try t.number("readyPollSec", min: 0.01) ?? 5
-        spec.onMissing = try t.option("onMissing", OnMissing.self) ?? .fail
-        spec.timeout = try t.number("timeoutSec", min: 0) ?? 86400
-        spec.heartbeat = try t.number("heartbeatSec", min: 0.05) ?? 60
-        spec.allowFail = try t.bool("allowFail") ?? false
+        let d = PrimitiveFields.watch
+        spec.readyTimeout = try t.number("readyTimeoutSec", min: 0) ?? d.number("readyTimeoutSec")
+        spec.readyPoll = try t.number("readyPollSec", min: 0.01) ?? d.number("readyPollSec")
+        spec.onMissing = try t.option("onMissing", OnMissing.self) ?? OnMissing(rawValue: d.string("onMissing"))!
+        spec.timeout = try t.number("timeoutSec", min: 0) ?? d.number("timeoutSec")
+        spec.heartbeat = try t.number("heartbeatSec", min: 0.05) ?? d.number("heartbeatSec")
+        spec.allowFail = try t.bool("allowFail") ?? d.bool("allowFail")
         if targets.isEmpty && spec.requireFiles.isEmpty {
-            throw LuaRaise.usage("watch: nothing to watch: give one of the fields handle, pid, pattern, file, or requireFiles")
+            throw LuaRaise.usage("watch: nothing to watch: give one of the fields \(PrimitiveFields.watchTargets.joined(separator: ", ")), or requireFiles")
         }
         return (spec, try t.function("callback"))
     }
 
     // MARK: gate
 
-    static let gateFields = ["name", "maxIterations", "check", "cmd", "onReject", "fallback", "cwd", "env", "timeout"]
+    static let gateFields = PrimitiveFields.gate.names
 
     /// gate{...}: the table as a `GateSpec` (RunContext.gate runs it), the approving decision
     /// as a table.
     func gate(_ l: LuaState) throws -> Int32 {
         let t = try SpecTable(l, arg: 1, fn: "gate", allowed: RecipeEnvironment.gateFields)
         let name = try t.string("name", required: true, nonEmpty: true)!
-        let maxIterations = try t.integer("maxIterations", min: 1, max: 1000) ?? 1
-        guard t.has("check") != t.has("cmd") else {
+        let maxIterations = try t.integer("maxIterations", min: 1, max: 1000) ?? PrimitiveFields.gate.integer("maxIterations")
+        guard PrimitiveFields.combinations.first(where: { $0.key == "gate" })!.fields.filter(t.has).count == 1 else {
             throw LuaRaise.usage("gate: give exactly one of 'check' (a function) or 'cmd' (a command printing JSON)")
         }
         let check = try t.function("check")

@@ -47,6 +47,53 @@ import Testing
                 && first["code"] as? String == "undefined-global" && (first["message"] as? String)?.contains("runStag") == true, "\(first)")
     }
 
+    /// Issue 23 item 7: what `baton run --no-check` refuses, `check` refuses too (both read the
+    /// one declaration): an option of parallel, a field of a preflight check, a retryOn class,
+    /// a watch's onMissing; the run's own pre-run check stops each before the first stage.
+    @Test func checkRefusesWhatTheRuntimeRefuses() throws {
+        let d = Harness.tempDir("check-decl")
+        let cases: [(String, String, String)] = [
+            ("parallel({1, 2}, function(i) return i end, {maxConcurency = 2})\n",
+             "r.lua:2:45: parallel's options: unknown field 'maxConcurency' (did you mean 'maxConcurrency'?)",
+             "parallel: unknown option 'maxConcurency'"),
+            ("preflight{checks = {{cmd = \"true\", timout = 3}}}\n",
+             "r.lua:2:36: preflight: checks[1]: unknown field 'timout' (did you mean 'timeout'?)",
+             "preflight: checks[1]: unknown field 'timout'"),
+            ("runStage{id = \"b\", cmd = \"true\", retries = 1, retryOn = {\"transiant\"}}\n",
+             "r.lua:2:58: runStage: field 'retryOn'[1] must be one of 'transient', 'deterministic', 'stalled', got 'transiant' (did you mean 'transient'?) [field-value]",
+             "runStage: field 'retryOn'[1] must be 'transient', 'deterministic' or 'stalled', got 'transiant'"),
+            ("watch{id = \"w\", file = \"f\", onMissing = \"explode\"}\n",
+             "r.lua:2:41: watch: field 'onMissing' must be one of 'fail', 'block', 'callback', got 'explode' [field-value]",
+             "watch: field 'onMissing' must be one of 'fail', 'block', 'callback', got 'explode'"),
+        ]
+        for (line, checkSays, runSays) in cases {
+            let recipe = "runStage{id = 'a', cmd = {'touch', 'ran'}}\n" + line
+            Harness.write(d + "/r.lua", recipe)
+            try? FileManager.default.removeItem(atPath: d + "/ran")
+            let c = try Harness.run(["check", "r.lua"], cwd: d)
+            #expect(c.code == 3 && c.stderr.contains(checkSays), "\(line)-> \(c.code): \(c.stderr)")
+            // baton run stops before the first stage ...
+            let r = try Harness.run(["run", "r.lua"], cwd: d)
+            #expect(r.code == 3 && r.stderr.contains(checkSays) && !FileManager.default.fileExists(atPath: d + "/ran"), "\(r.stderr)")
+            // ... and without the check, the runtime refuses it when it gets there, in its own words.
+            let nc = try Harness.run(["run", "--no-check", "r.lua"], cwd: d)
+            #expect(nc.code == 3 && nc.stderr.contains(runSays) && FileManager.default.fileExists(atPath: d + "/ran"), "\(nc.stderr)")
+        }
+        // Every legal value and option still passes.
+        Harness.write(d + "/ok.lua", """
+            parallel({1}, function(i) return i end, {maxConcurrency = 2, onFailure = "drain", maxFailures = 1})
+            preflight{policy = "warn", checks = {{cmd = "true", timeout = 3, cwd = "."}, {path = ".", dir = true}, {env = "PATH", name = "p"}}}
+            runStage{id = "b", cmd = "true", retryOn = {"transient", "deterministic", "stalled"}, transient = {exit = {75}, stderr = {"x"}}}
+            runStage{id = "c", cmd = "true", retryOn = "stalled", waitFor = "group", executor = "local"}
+            watch{id = "w", file = "ok.lua", onMissing = "callback", callback = function() end}
+            baton.sh("true", {cwd = ".", readOnly = true})
+            persistFinal({a = 1}, {stdout = false})
+            """)
+        let ok = try Harness.run(["check", "ok.lua"], cwd: d)
+        #expect(ok.code == 0, "\(ok.stderr)")
+        #expect(try Harness.run(["run", "ok.lua"], cwd: d).code == 0)
+    }
+
     /// An executor's table is checked by the options its kind declares (the runtime's list).
     @Test func anExecutorsTableIsCheckedByItsDeclaredOptions() throws {
         let d = Harness.tempDir("check-executor")

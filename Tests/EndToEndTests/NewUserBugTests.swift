@@ -123,11 +123,15 @@ import Testing
     // MARK: 3. watch with nothing to watch
 
     @Test func aWatchWithNothingToWatchIsAUsageError() throws {
-        let (r, _, run) = try run("watch-nothing", "local x = 1\nwatch{id = 'w'}\n")
+        // The runtime's own error (--no-check: the check before the run finds it first, below).
+        let (r, _, run) = try run("watch-nothing", "local x = 1\nwatch{id = 'w'}\n", args: ["--no-check"])
         #expect(r.code == 3, "stderr: \(r.stderr)")
         let reason = (Harness.final(run)?["reason"] as? String) ?? ""
         #expect(reason.contains("r.lua:2:"), "\(reason)")
         for f in ["handle", "pid", "pattern", "file", "requireFiles"] { #expect(reason.contains(f), "\(f) not named: \(reason)") }
+        let (c, _, none) = try self.run("watch-nothing-checked", "local x = 1\nwatch{id = 'w'}\n")
+        #expect(c.code == 3 && none.isEmpty, "stopped before a run directory: \(c.stderr)")
+        for f in ["handle", "pid", "pattern", "file", "requireFiles"] { #expect(c.stderr.contains(f), "\(f) not named: \(c.stderr)") }
     }
 
     @Test func aFileWatchThatTimesOutSaysTheFileDidNotAppear() throws {

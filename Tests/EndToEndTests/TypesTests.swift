@@ -42,6 +42,14 @@ import Testing
         // baton types prints the same annotations, valid Lua.
         let types = try Harness.run(["types"], cwd: d)
         #expect(types.stdout == Harness.read(d + "/.baton/types/baton.lua") && types.stdout.hasPrefix("---@meta"))
+        // The fields come from the declaration the runtime checks with (issue 23 item 7).
+        for line in ["---@field failure_class? \"transient\"|\"deterministic\"|\"stalled\"",
+                     "---@field retryOn? (\"transient\"|\"deterministic\"|\"stalled\")[] default {\"transient\"}",
+                     "---@field onMissing? \"fail\"|\"block\"|\"callback\" default \"fail\"",
+                     "---@field onFailure? \"cancel\"|\"drain\"|\"continue\" default \"cancel\"",
+                     "---@field checks baton.Check[]", "---@field waitFor? \"leader\"|\"group\""] {
+            #expect(types.stdout.contains(line), "\(line)")
+        }
         Harness.write(d + "/check.lua", "local f = assert(loadfile('.baton/types/baton.lua')); f(); assert(type(runStage) == 'function')")
         #expect(try Harness.run(["run", "check.lua"], cwd: d).code == 0)
     }

@@ -124,27 +124,9 @@ local function literalType(toks, k)
   return nil
 end
 
--- Literal value types each primitive's fields accept (names from the runtime's own lists).
-M.fieldTypes = {
-  runStage = {id = "string", cmd = "string|table", cwd = "string", env = "table", stdin = "string", timeout = "number",
-    grace = "number", retries = "number", retryOn = "table", backoff = "table", transient = "table", breaker = "number",
-    requireFiles = "table", background = "boolean", allowFail = "boolean"},
-  preflight = {name = "string", policy = "string", checks = "table", timeout = "number"},
-  watch = {id = "string", handle = "table", pid = "number", pattern = "string", file = "string", requireFiles = "table",
-    readyTimeoutSec = "number", readyPollSec = "number", onMissing = "string", timeoutSec = "number",
-    heartbeatSec = "number", callback = "function", cwd = "string", allowFail = "boolean"},
-  gate = {name = "string", maxIterations = "number", check = "function", cmd = "string|table", onReject = "function",
-    fallback = "table", cwd = "string", env = "table", timeout = "number"},
-}
-
--- Literal string values fields take (the runtime refuses any other).
-M.fieldValues = {
-  watch = {onMissing = {"fail", "block", "callback"}},
-  preflight = {policy = {"fail", "warn"}},
-}
-
--- How many arguments each primitive takes: {min, max}.
-M.arity = {runStage = {1, 1}, preflight = {1, 1}, watch = {1, 1}, gate = {1, 1}, persistFinal = {1, 2}, parallel = {2, 3}}
+-- The field names, literal types, string values and argument counts come from the
+-- declaration in Swift (BatonLua/PrimitiveFields.swift, each executor's options), passed
+-- to M.check: the same lists the runtime checks with.
 
 -- Names through which a recipe can make globals the linter cannot see.
 local dynamic = {_G = true, _ENV = true, rawset = true, load = true, loadstring = true, dofile = true, loadfile = true,
@@ -164,47 +146,132 @@ function M.dynamicGlobals(src, toks)
   return false
 end
 
---- Checks the fields of the literal table opening at toks[k] (a `{`) given to `fn`. A field
---- whose value is a literal table with a list of its own in `fields` ("runStage.<executor>": an
---- executor's options) is checked too; `label` names it in findings.
-local function checkTable(toks, k, fn, allowed, add, fields, label)
+-- The string literals that are the items of the list opening at toks[k] (`{"a", "b"}`), or
+-- nil when it holds anything else.
+local function stringItems(toks, k)
+  local items, j = {}, k + 1
+  while not (toks[j][1] == "op" and toks[j][2] == "}") do
+    local t = toks[j]
+    if t[1] == "string" then items[#items + 1] = t
+    elseif t[2] ~= "," and t[2] ~= ";" then return nil end
+    j = j + 1
+  end
+  return items
+end
+
+-- The tables that are items of the list opening at toks[k] (`{{...}, {...}}`): the index of
+-- each one's `{`, or nil when the list holds anything else at its top level.
+local function tableItems(toks, k)
+  local items, depth, j = {}, 0, k
+  while toks[j][1] ~= "eof" do
+    local v = toks[j][2]
+    if opens[v] then
+      if depth == 1 then
+        if v ~= "{" then return nil end
+        items[#items + 1] = j
+      end
+      depth = depth + 1
+    elseif closes[v] then
+      depth = depth - 1
+      if depth == 0 then return items end
+    elseif depth == 1 and v ~= "," and v ~= ";" then
+      return nil
+    end
+    j = j + 1
+  end
+  return nil
+end
+
+local function oneOf(values, v)
+  for _, c in ipairs(values) do if c == v then return true end end
+  return false
+end
+
+--- Checks the fields of the literal table opening at toks[k] (a `{`) given to `fn` (a key of
+--- spec.fields). A field whose value is a literal table with a list of its own in spec.fields
+--- ("fn.field": runStage's `transient`, an executor's options) is checked too, and so is each
+--- table item of a literal list with one ("fn.field[]": preflight's checks); `label` names it
+--- in findings.
+local function checkTable(toks, k, fn, add, spec, label)
   label = label or fn
-  local depth, known = 0, {}
+  local allowed = spec.fields[fn]
+  local types, values = spec.types[fn] or {}, spec.values[fn] or {}
+  local depth, known, open = 0, {}, k
   for _, f in ipairs(allowed) do known[f] = true end
+  -- For the combinations: the fields given (`maybe`) and those given a literal that is not
+  -- nil (`surely`); `opaque` when an item is not `name = value` (its keys are unknown here).
+  local maybe, surely, opaque = {}, {}, false
   while toks[k][1] ~= "eof" do
     local t = toks[k]
+    local p = toks[k - 1][2]
+    if depth == 1 and (p == "{" or p == "," or p == ";") and t[2] ~= "}" and not (t[1] == "name" and toks[k + 1][2] == "=") then
+      opaque = true
+    end
     if opens[t[2]] then depth = depth + 1
     elseif closes[t[2]] then
       depth = depth - 1
-      if depth == 0 then return end
-    elseif depth == 1 and t[1] == "name" and toks[k + 1][2] == "=" and (toks[k - 1][2] == "{" or toks[k - 1][2] == "," or toks[k - 1][2] == ";") then
-      if not known[t[2]] then
-        local hint = closest(t[2], allowed)
-        add(t, "unknown-field", ("%s: unknown field '%s'%s; known fields: %s"):format(label, t[2],
+      if depth == 0 then
+        if not opaque then M.checkCombinations(toks[open], fn, label, maybe, surely, add, spec) end
+        return
+      end
+    elseif depth == 1 and t[1] == "name" and toks[k + 1][2] == "=" and (p == "{" or p == "," or p == ";") then
+      local name = t[2]
+      maybe[name] = true
+      local lt = literalType(toks, k + 2)
+      if lt then surely[name] = true end
+      if not known[name] and not (spec.open or {})[fn] then
+        local hint = closest(name, allowed)
+        add(t, "unknown-field", ("%s: unknown field '%s'%s; known fields: %s"):format(label, name,
           hint and (" (did you mean '" .. hint .. "'?)") or "", table.concat(allowed, ", ")), true)
       else
-        local nested = fields and fields[fn .. "." .. t[2]]
-        if nested and toks[k + 2][2] == "{" then
-          checkTable(toks, k + 2, fn .. "." .. t[2], nested, add, fields, ("%s: field '%s'"):format(label, t[2]))
-        end
-        local want, got = (M.fieldTypes[fn] or {})[t[2]], literalType(toks, k + 2)
-        if want and got and not ("|" .. want .. "|"):find("|" .. got .. "|", 1, true) then
-          add(toks[k + 2], "field-type", ("%s: field '%s' must be a %s, got a %s"):format(fn, t[2], want:gsub("|", " or "), got), true)
-        end
-        local values = (M.fieldValues[fn] or {})[t[2]]
         local v = toks[k + 2]
-        if values and v[1] == "string" and (toks[k + 3][2] == "," or toks[k + 3][2] == ";" or toks[k + 3][2] == "}") then
-          local okv = false
-          for _, c in ipairs(values) do if c == v[2] then okv = true end end
-          if not okv then
-            local hint = closest(v[2], values)
-            add(v, "field-value", ("%s: field '%s' must be one of '%s', got '%s'%s"):format(fn, t[2], table.concat(values, "', '"), v[2],
-              hint and (" (did you mean '" .. hint .. "'?)") or ""), true)
+        if v[2] == "{" and spec.fields[fn .. "." .. name] then
+          checkTable(toks, k + 2, fn .. "." .. name, add, spec, ("%s: field '%s'"):format(label, name))
+        end
+        if v[2] == "{" and spec.fields[fn .. "." .. name .. "[]"] then
+          for i, at in ipairs(tableItems(toks, k + 2) or {}) do
+            checkTable(toks, at, fn .. "." .. name .. "[]", add, spec, ("%s: %s[%d]"):format(label, name, i))
+          end
+        end
+        local want, got = types[name], literalType(toks, k + 2)
+        if want and got and not ("|" .. want .. "|"):find("|" .. got .. "|", 1, true) then
+          add(v, "field-type", ("%s: field '%s' must be a %s, got a %s"):format(label, name, want:gsub("|", " or "), got), true)
+        end
+        local choices = values[name]
+        local function bad(s, at, what)
+          local hint = closest(s[2], choices)
+          add(s, "field-value", ("%s: field %s must be one of '%s', got '%s'%s"):format(label, what, table.concat(choices, "', '"), s[2],
+            hint and (" (did you mean '" .. hint .. "'?)") or ""), true)
+        end
+        if choices and v[1] == "string" and (toks[k + 3][2] == "," or toks[k + 3][2] == ";" or toks[k + 3][2] == "}") then
+          if not oneOf(choices, v[2]) then bad(v, k + 2, "'" .. name .. "'") end
+        elseif choices and v[2] == "{" then
+          -- A list of strings, each one of the choices (`retryOn = {"transient"}`).
+          for i, s in ipairs(stringItems(toks, k + 2) or {}) do
+            if not oneOf(choices, s[2]) then bad(s, nil, ("'%s'[%d]"):format(name, i)) end
           end
         end
       end
     end
     k = k + 1
+  end
+end
+
+--- The declared combinations (spec.combinations[fn]: of `fields`, at least `min` and at most
+--- `max`) of a literal table at token `at`: `maybe` holds the fields it names, `surely` those
+--- it gives a literal (not nil).
+function M.checkCombinations(at, fn, label, maybe, surely, add, spec)
+  for _, rule in ipairs((spec.combinations or {})[fn] or {}) do
+    local given, sure = {}, 0
+    for _, f in ipairs(rule.fields) do
+      if maybe[f] then given[#given + 1] = f end
+      if surely[f] then sure = sure + 1 end
+    end
+    if #given < rule.min or sure > rule.max then
+      local want = rule.min == rule.max and "exactly one" or rule.max == 1 and "at most one" or "at least one"
+      add(at, "field-combination", ("%s: give %s of %s (found %s)"):format(label, want, table.concat(rule.fields, ", "),
+        #given == 0 and "none" or table.concat(given, ", ")), true)
+    end
   end
 end
 
@@ -224,9 +291,15 @@ function M.assignedGlobals(src)
   return names
 end
 
---- Findings in `src`. `known`: the recipe environment's globals (a set); `fields`:
---- primitive name -> its allowed field names.
-function M.check(src, file, known, fields)
+--- Findings in `src`. `known`: the recipe environment's globals (a set); `spec`: what the
+--- declaration says, {fields = {key = names}, types = {key = {field = "string|table"}},
+--- values = {key = {field = choices}}, arity = {fn = {min, max}}} (a bare `fields` table
+--- is taken as spec.fields).
+function M.check(src, file, known, spec)
+  spec = spec or {}
+  if not spec.fields then spec = {fields = spec} end
+  spec.types, spec.values, spec.arity = spec.types or {}, spec.values or {}, spec.arity or {}
+  local fields, arities = spec.fields, spec.arity
   local toks = M.tokens(src)
   local findings = {}
   local function add(t, code, message, certain)
@@ -234,15 +307,15 @@ function M.check(src, file, known, fields)
   end
   -- The arguments of the call whose `(` is toks[k]: how many.
   local function countArgs(k)
-    if toks[k + 1][2] == ")" then return 0 end
-    local depth, n = 0, 1
+    if toks[k + 1][2] == ")" then return 0, {} end
+    local depth, n, starts = 0, 1, {k + 1}
     while toks[k][1] ~= "eof" do
       local v = toks[k][2]
       if v == "(" or v == "{" or v == "[" then depth = depth + 1
       elseif v == ")" or v == "}" or v == "]" then
         depth = depth - 1
-        if depth == 0 then return n end
-      elseif v == "," and depth == 1 then n = n + 1
+        if depth == 0 then return n, starts end
+      elseif v == "," and depth == 1 then n = n + 1; starts[n] = k + 1
       elseif toks[k][1] == "kw" and v == "function" then
         -- A function body's own commas and brackets are inside `function ... end`.
         local nest = 1
@@ -354,16 +427,32 @@ function M.check(src, file, known, fields)
     elseif closes[t[2]] then
       brackets[#brackets] = nil
     elseif t[1] == "name" and not prevIsAccess(k) and not isKey(k) and not isLocal(t[2]) then
-      local fn = t[2]
-      if fn == "baton" and toks[k + 1][2] == "." and toks[k + 2][1] == "name" and fields[toks[k + 2][2]] then fn = toks[k + 2][2] end
-      local after = fn == t[2] and k + 1 or k + 3
-      if fields[fn] and (known[t[2]] or assigned[t[2]]) then
-        if toks[after][2] == "{" then checkTable(toks, after, fn, fields[fn], add, fields)
-        elseif toks[after][2] == "(" and toks[after + 1][2] == "{" then checkTable(toks, after + 1, fn, fields[fn], add, fields) end
+      local fn, after = t[2], k + 1
+      if fn == "baton" and toks[k + 1][2] == "." and toks[k + 2][1] == "name" then
+        local m = toks[k + 2][2]
+        -- baton.runStage is runStage; baton.sh's tables are keyed "baton.sh", baton.fs.write's
+        -- "baton.fs.write".
+        if fields[m] or arities[m] then fn = m else fn = "baton." .. m end
+        after = k + 3
+        if toks[k + 3][2] == "." and toks[k + 4][1] == "name" then fn, after = fn .. "." .. toks[k + 4][2], k + 5 end
       end
-      local arity = M.arity[fn]
-      if arity and known[t[2]] and not assigned[t[2]] and toks[after][2] == "(" and not (toks[k - 1] and toks[k - 1][2] == "function") then
-        local n = countArgs(after)
+      local fromEnv = known[t[2]] or assigned[t[2]]
+      if fields[fn] and fromEnv then
+        if toks[after][2] == "{" then checkTable(toks, after, fn, add, spec)
+        elseif toks[after][2] == "(" and toks[after + 1][2] == "{" then checkTable(toks, after + 1, fn, add, spec) end
+      end
+      local arity = arities[fn]
+      local called = fromEnv and toks[after][2] == "(" and not (toks[k - 1] and toks[k - 1][2] == "function")
+      local n, starts
+      if called then n, starts = countArgs(after) end
+      -- Option tables given as a later argument (`parallel(items, fn, {maxConcurrency = 2})`).
+      for i, at in ipairs(starts or {}) do
+        local key = fn .. "#" .. i
+        if i > 1 and fields[key] and toks[at][2] == "{" then
+          checkTable(toks, at, key, add, spec, fn .. "'s options")
+        end
+      end
+      if arity and called and known[t[2]] and not assigned[t[2]] then
         if n and (n < arity[1] or n > arity[2]) then
           local want = arity[1] == arity[2] and tostring(arity[1]) or (arity[1] .. " or " .. arity[2])
           add(t, "arg-count", ("%s takes %s argument%s, given %d"):format(fn, want, arity[2] == 1 and "" or "s", n), true)
