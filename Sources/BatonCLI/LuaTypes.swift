@@ -80,6 +80,9 @@ public enum Types {
         ---@field stallWarnSec? number silence after which one stage_stalled event is journaled (default 600)
         ---@field executor? "local"|"slurm" where it runs (default: the run's, else local)
         ---@field slurm? {partition?: string, time?: string, mem?: string, cpus?: integer, gpus?: integer|string, account?: string, qos?: string, extra?: string[]}
+        ---@field inputs? string[]|fun(): string[] files the stage reads, globs from cwd ("src/**/*.py", "!src/tests/**", "?docs/**" optional); their content is in the fingerprint
+        ---@field outputs? string[] files or directories the stage makes: must exist after a zero exit; hashed, journaled, cached
+        ---@field cache? boolean use the cache across runs (default: on with `baton run --cache` when outputs are declared)
 
         ---@class baton.StageResult
         ---@field id string
@@ -100,6 +103,8 @@ public enum Types {
         ---@field replayed boolean
         ---@field dry boolean
         ---@field pid? integer
+        ---@field outputs? table<string, string> declared outputs: path -> SHA-256
+        ---@field cached_from? {run: string, id: string, occurrence: integer} answered by the cache: the call that made the outputs
 
         ---@class baton.StageHandle
         ---@field wait fun(self: baton.StageHandle): baton.StageResult

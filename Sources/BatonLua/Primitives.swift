@@ -29,7 +29,7 @@ extension RecipeEnvironment {
 
     static let stageFields = ["id", "cmd", "cwd", "env", "stdin", "timeout", "grace", "retries", "retryOn", "backoff",
                               "transient", "breaker", "requireFiles", "background", "allowFail", "pool",
-                              "noOutputTimeout", "heartbeatFile", "stallWarnSec", "executor", "slurm"]
+                              "noOutputTimeout", "heartbeatFile", "stallWarnSec", "executor", "slurm"] + stageFileFields
 
     static let preflightFields = ["name", "policy", "checks", "timeout"]
     /// Each primitive that takes a spec table and the fields it allows (what `baton check` lints).
@@ -69,6 +69,7 @@ extension RecipeEnvironment {
         spec.heartbeatFile = try t.string("heartbeatFile", nonEmpty: true).map(FileIO.absolute)
         spec.stallWarnSec = try t.number("stallWarnSec", min: 0.1)
         try stageExecutor(t, &spec, fn: fn)
+        try stageFiles(t, &spec, fn: fn)
         if let p = try t.string("pool", nonEmpty: true) {
             guard context?.pools[p] != nil else {
                 throw LuaRaise.usage("\(fn): pool '\(p)' is not declared; call baton.pool('\(p)', N) first")
@@ -87,8 +88,9 @@ extension RecipeEnvironment {
     }
 
     func runStage(_ l: LuaState) throws -> Int32 {
-        let (spec, background) = try stageSpec(l, fn: "runStage")
+        var (spec, background) = try stageSpec(l, fn: "runStage")
         let ctx = try requireContext()
+        try resolveStageInputs(ctx, &spec)
         if ctx.dryRun { plan.append(("\(spec.id): \(spec.command.display)", true)) }
         let exec = ctx.startStage(spec)
         if let why = exec.why {
@@ -129,6 +131,7 @@ extension RecipeEnvironment {
         if r.occurrence > 1 { s += " #\(r.occurrence)" }
         s += " \(r.status.rawValue) in \(Clock.human(r.duration))"
         if r.attempts > 1 { s += " (\(r.attempts) attempts)" }
+        if let c = r.cachedFrom { s += " (cached: \(c.text))" }
         if r.ok { return s }
         s += ": " + r.headline
         for line in FailureSignature.lastNonEmptyLines(r.stderrText, 5) { s += "\n     " + Palette.dim("| ") + String(line.prefix(300)) }
@@ -151,6 +154,7 @@ extension RecipeEnvironment {
         if let p = r.pid { f.append(("pid", .int(Int(p)))) }
         if r.breakerOpen { f.append(("breaker_open", .bool(true))) }
         l.setFieldsOfNewTable(f)
+        pushStageFiles(l, r)
         l.newTable()
         l.setFieldsOfNewTable([("stdout", .string(r.logs.stdout)), ("stderr", .string(r.logs.stderr))])
         l.setField(-2, "logs")

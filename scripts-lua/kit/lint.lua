@@ -111,7 +111,8 @@ end
 M.fieldTypes = {
   runStage = {id = "string", cmd = "string|table", cwd = "string", env = "table", stdin = "string", timeout = "number",
     grace = "number", retries = "number", retryOn = "table", backoff = "table", transient = "table", breaker = "number",
-    requireFiles = "table", background = "boolean", allowFail = "boolean"},
+    requireFiles = "table", background = "boolean", allowFail = "boolean",
+    inputs = "table|function|string", outputs = "table|string", cache = "boolean"},
   preflight = {name = "string", policy = "string", checks = "table", timeout = "number"},
   watch = {id = "string", handle = "table", pid = "number", pattern = "string", file = "string", requireFiles = "table",
     readyTimeoutSec = "number", readyPollSec = "number", onMissing = "string", timeoutSec = "number",

@@ -31,6 +31,7 @@ struct RunCommand: RunsDirCommand {
     @Option(help: ArgumentHelp("Where stages run unless a stage says otherwise: local (default) or slurm (docs/slurm.md).",
                                valueName: "local|slurm"), completion: .list(["local", "slurm"]))
     var executor: String?
+    @Flag(help: "Use the cache across runs for every stage that declares outputs (unless it says cache = false).") var cache = false
     @OptionGroup var globals: Globals
     @Argument(help: ArgumentHelp("The recipe file; the words after it are the recipe's own.", valueName: "RECIPE"),
               completion: .file(extensions: ["lua"]))
@@ -59,6 +60,7 @@ struct RunCommand: RunsDirCommand {
         o.sync = try syncPolicy(sync)
         o.budget = try runBudget(budget)
         if let e = executor { o.executor = e }
+        o.cache = cache
         o.existingRun = existingRun != nil
         RunCommand.start(o, detach: detach)
     }
@@ -113,6 +115,7 @@ public enum Detach {
         args += ["--sync", o.sync.rawValue]
         if let b = o.budget { args += ["--budget", b.text] }
         if let e = o.executor { args += ["--executor", e] }
+        if o.cache { args.append("--cache") }
         args.append(o.recipe)
         args.append(contentsOf: o.words)
         do {

@@ -62,6 +62,8 @@ public final class RunContext {
     var finished = false
     /// Watches a control client asked to end as blocked (`:skip`); a watch's waits check it.
     public var skipRequests: Set<String> = []
+    /// Declared inputs and outputs, the stat cache and the cache across runs (Cache/).
+    public lazy var files = StageFilesState(runDir: dir)
 
     public var interrupted: Bool { loop.interrupted }
 
@@ -324,7 +326,7 @@ public final class RunContext {
             }
             let why = ResumeWhy.decide(key, fingerprint: spec.fingerprint, parts: { exec.fingerprintParts }, history: history,
                                        replay: rp, ranFirst: first)
-            exec.why = why
+            exec.why = inputChanges(why, exec, rp[key])
             if why.replayed, let f = rp[key] {
                 var again = f
                 again.replayed = true
@@ -340,6 +342,7 @@ public final class RunContext {
                 if !lane.isEmpty, fanOutRan == nil { fanOutRan = key }
             }
         }
+        if answerFromCache(exec) { return exec }
         loop.add(exec)
         return exec
     }

@@ -1,0 +1,195 @@
+import BatonBase
+import Glibc
+
+/// A declared input or output list that cannot be honoured (a glob matching nothing).
+public struct FileSetError: Error, CustomStringConvertible {
+    public let message: String
+    public init(_ m: String) { message = m }
+    public var description: String { message }
+}
+
+/// The files a stage declares as its inputs, resolved: relative path -> content hash,
+/// sorted by path, and one digest over them (what the fingerprint holds).
+public struct FileSet: Sendable {
+    public var files: [(path: String, hash: String)]
+    public var digest: String
+
+    public init(files: [(path: String, hash: String)]) {
+        self.files = files
+        let h = SHA256Hasher()
+        for f in files { h.update(f.path); h.update("\u{0}"); h.update(f.hash); h.update("\n") }
+        digest = h.finalHex()
+    }
+
+    /// "hash path" lines: what `inputs/<digest>` in the run directory holds, for resume's diff.
+    public var manifest: [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(files.count * 100)
+        for f in files { out += Array("\(f.hash) \(f.path)\n".utf8) }
+        return out
+    }
+
+    public static func parseManifest(_ bytes: [UInt8]) -> [String: String] {
+        var m: [String: String] = [:]
+        for line in bytes.split(separator: 10) where line.count > 65 {
+            m[String(decoding: line[line.startIndex + 65..<line.endIndex], as: UTF8.self)] =
+                String(decoding: line[line.startIndex..<line.startIndex + 64], as: UTF8.self)
+        }
+        return m
+    }
+
+    /// The files that differ from an earlier manifest: changed, added, removed (sorted).
+    public func diff(from old: [String: String]) -> (changed: [String], added: [String], removed: [String]) {
+        var changed: [String] = [], added: [String] = []
+        var seen = Set<String>()
+        for f in files {
+            seen.insert(f.path)
+            if let h = old[f.path] { if h != f.hash { changed.append(f.path) } } else { added.append(f.path) }
+        }
+        let removed = old.keys.filter { !seen.contains($0) }.sorted()
+        return (changed, added, removed)
+    }
+}
+
+/// Globs over a stage's working directory: `**` any number of directories, `*`, `?` and
+/// `[...]` within a name (fnmatch), `!pattern` excludes, a leading `?` makes a pattern
+/// optional, a directory means every file under it. `.git` and the given directories (the
+/// runs directory, the cache) are never entered.
+public struct FileGlob {
+    struct Pattern {
+        var parts: [String]
+        var optional: Bool
+        var text: String
+        var literal: Bool { !parts.contains { FileGlob.isGlob($0) } }
+    }
+
+    static func isGlob(_ s: String) -> Bool { s.utf8.contains { $0 == 42 || $0 == 63 || $0 == 91 } }   // * ? [
+
+    static func split(_ p: String) -> [String] {
+        p.split(separator: "/", omittingEmptySubsequences: true).map(String.init).filter { $0 != "." }
+    }
+
+    /// Resolves `patterns` against `base` (absolute). Throws for an include that matches nothing
+    /// (unless optional). Returns relative paths (from `base`) with their absolute path and stat.
+    public static func match(_ patterns: [String], base: String, never: [String]) throws -> [(rel: String, abs: String, st: stat)] {
+        var includes: [Pattern] = [], excludes: [Pattern] = []
+        for raw in patterns {
+            var p = raw
+            var optional = false, exclude = false
+            if p.hasPrefix("!") { exclude = true; p.removeFirst() }
+            if p.hasPrefix("?") && !p.hasPrefix("?/") { optional = true; p.removeFirst() }
+            if p.hasPrefix("/") { throw FileSetError("'\(raw)': paths are relative to the stage's working directory") }
+            let parts = split(p)
+            if parts.isEmpty && !exclude { includes.append(Pattern(parts: [], optional: optional, text: raw)); continue }
+            if exclude { excludes.append(Pattern(parts: parts, optional: optional, text: raw)) } else {
+                includes.append(Pattern(parts: parts, optional: optional, text: raw))
+            }
+        }
+        let neverSet = Set(never.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 })
+        var found: [String: (String, stat)] = [:]
+
+        func excluded(_ rel: [String]) -> Bool {
+            for e in excludes {
+                if matches(e.parts[...], rel[...]) { return true }
+                // a directory excluded excludes what is under it
+                for k in 1..<max(1, rel.count) where k < rel.count && matches(e.parts[...], rel[0..<k]) { return true }
+            }
+            return false
+        }
+
+        // Every file under `abs` (relative `rel`), pruning .git, `never` and excluded directories.
+        func walk(_ abs: String, _ rel: [String], _ want: (([String]) -> Bool)?, _ out: inout Int) {
+            guard let d = opendir(abs) else { return }
+            defer { closedir(d) }
+            let fd = dirfd(d)
+            while let e = readdir(d) {
+                var ent = e.pointee
+                let name = withUnsafeBytes(of: &ent.d_name) { raw -> String in
+                    let p = raw.bindMemory(to: CChar.self)
+                    return String(cString: p.baseAddress!)
+                }
+                if name == "." || name == ".." || name == ".git" { continue }
+                var st = stat()
+                // Follow a symlink to a file; never descend through one (no loops).
+                if fstatat(fd, name, &st, 0) != 0 { continue }
+                let childAbs = abs == "/" ? "/" + name : abs + "/" + name
+                let childRel = rel + [name]
+                if (st.st_mode & S_IFMT) == S_IFDIR {
+                    var lst = stat()
+                    if fstatat(fd, name, &lst, AT_SYMLINK_NOFOLLOW) == 0, (lst.st_mode & S_IFMT) == S_IFLNK { continue }
+                    if neverSet.contains(childAbs) || excluded(childRel) { continue }
+                    walk(childAbs, childRel, want, &out)
+                } else if (st.st_mode & S_IFMT) == S_IFREG {
+                    if let w = want, !w(childRel) { continue }
+                    if excluded(childRel) { continue }
+                    found[childRel.joined(separator: "/"), default: (childAbs, st)] = (childAbs, st)
+                    out += 1
+                }
+            }
+        }
+
+        for inc in includes {
+            var count = 0
+            let lit = inc.parts.prefix { !isGlob($0) && $0 != "**" }
+            let dirRel = Array(lit)
+            let startAbs = dirRel.isEmpty ? base : base + "/" + dirRel.joined(separator: "/")
+            if inc.literal {
+                var st = stat()
+                if stat(startAbs, &st) == 0 {
+                    if (st.st_mode & S_IFMT) == S_IFDIR {
+                        if !neverSet.contains(startAbs) && !dirRel.contains(".git") { walk(startAbs, dirRel, nil, &count) }
+                    } else if (st.st_mode & S_IFMT) == S_IFREG, !excluded(dirRel) {
+                        found[dirRel.joined(separator: "/")] = (startAbs, st)
+                        count = 1
+                    }
+                }
+            } else {
+                let parts = inc.parts
+                // A match of a directory means all of it: a file matches when the pattern matches
+                // the file or any directory above it.
+                walk(startAbs, dirRel, { rel in
+                    if matches(parts[...], rel[...]) { return true }
+                    for k in 1..<max(1, rel.count) where k < rel.count && matches(parts[...], rel[0..<k]) { return true }
+                    return false
+                }, &count)
+            }
+            if count == 0 && !inc.optional {
+                throw FileSetError("input '\(inc.text)' matches no file (write '?\(inc.text)' if it may be absent)")
+            }
+        }
+        return found.map { ($0.key, $0.value.0, $0.value.1) }.sorted { $0.rel.utf8.lexicographicallyPrecedes($1.rel.utf8) }
+    }
+
+    /// Whether path components `s` match pattern components `p` (`**` = zero or more components).
+    static func matches(_ p: ArraySlice<String>, _ s: ArraySlice<String>) -> Bool {
+        guard let first = p.first else { return s.isEmpty }
+        if first == "**" {
+            let rest = p.dropFirst()
+            if rest.isEmpty { return true }
+            var i = s.startIndex
+            while i <= s.endIndex {
+                if matches(rest, s[i...]) { return true }
+                i += 1
+            }
+            return false
+        }
+        guard let name = s.first else { return false }
+        if isGlob(first) {
+            if fnmatch(first, name, 0) != 0 { return false }
+        } else if first != name { return false }
+        return matches(p.dropFirst(), s.dropFirst())
+    }
+
+    /// Resolves and hashes inputs through the stat cache.
+    public static func resolve(_ patterns: [String], base: String, never: [String], cache: StatCache) throws -> FileSet {
+        let m = try match(patterns, base: base, never: never)
+        var files: [(path: String, hash: String)] = []
+        files.reserveCapacity(m.count)
+        for f in m {
+            do { files.append((f.rel, try cache.hash(f.abs, f.st))) } catch {
+                throw FileSetError("input '\(f.rel)' cannot be read: \(error)")
+            }
+        }
+        return FileSet(files: files)
+    }
+}
