@@ -163,25 +163,38 @@ import Testing
     }
 
     @Test func concurrentRunsFillingTheCacheLoseNothing() throws {
-        let d = Self.project("cache-concurrent")
+        // Four runs at once, each in its own copy of the project (two runs writing the same
+        // output files at once would race whatever the cache does), one runs directory and
+        // so one cache; each run its own stage ids (n differs), all sharing prep-1..prep-3.
+        let parent = Harness.tempDir("cache-concurrent")
+        let runs = parent + "/.baton/runs"
+        var copies: [String] = []
+        for i in 0..<5 {
+            let d = Self.project("cc")
+            let to = parent + "/p\(i)"
+            try FileManager.default.moveItem(atPath: d, toPath: to)
+            copies.append(to)
+        }
         var procs: [Process] = []
         for i in 0..<4 {
-            // Each run its own stage ids (n differs), all sharing prep-1 and prep-2.
-            let (p, _, _) = try Harness.start(["run", "--cache", "--run-id", "c\(i)", "r.lua", "n=\(3 + i)"], cwd: d)
+            let (p, _, _) = try Harness.start(["run", "--runs-dir", runs, "--cache", "r.lua", "n=\(3 + i)"], cwd: copies[i])
             procs.append(p)
         }
         for p in procs { p.waitUntilExit(); #expect(p.terminationStatus == 0) }
-        let ls = try Harness.run(["cache", "ls", "--json"], cwd: d)
+        let ls = try Harness.run(["cache", "ls", "--json", "--runs-dir", runs], cwd: parent)
         let o = try #require(try JSONSerialization.jsonObject(with: Data(ls.stdout.utf8)) as? [String: Any])
         let entries = try #require(o["entries"] as? [[String: Any]])
         #expect(Set(entries.compactMap { $0["id"] as? String }) == Set((1...6).map { "prep-\($0)" }), "\(ls.stdout)")
-        let before = Self.tree(d)
-        for i in 1...6 { try FileManager.default.removeItem(atPath: d + "/out-\(i)") }
-        let ranBefore = Self.ran(d).count
-        let r = try Harness.run(["run", "--cache", "r.lua", "n=6"], cwd: d)
+        // A fifth copy that never ran anything gets every output from the cache, byte for byte.
+        let r = try Harness.run(["run", "--runs-dir", runs, "--cache", "r.lua", "n=6"], cwd: copies[4])
         #expect(r.code == 0, "\(r.stderr)")
-        #expect(Self.ran(d).count == ranBefore + 1, "only train ran: \(Self.ran(d))")
-        #expect(Self.tree(d).count == 18 && Self.tree(d).keys.allSatisfy { before[$0] != nil })
+        #expect(Self.ran(copies[4]) == ["train"], "only train ran: \(Self.ran(copies[4]))")
+        let restored = Self.tree(copies[4])
+        #expect(restored.count == 18, "\(restored.keys.sorted())")
+        for (k, v) in restored {
+            let made = (0..<4).compactMap { Self.tree(copies[$0])[k] }
+            #expect(made.contains(v), "\(k) is what one of the runs made")
+        }
     }
 
     @Test func aKillDuringAnInsertLeavesNoHit() throws {

@@ -12,39 +12,47 @@ public struct FileSetError: Error, CustomStringConvertible {
 /// sorted by path, and one digest over them (what the fingerprint holds).
 public struct FileSet: Sendable {
     public var files: [(path: String, hash: String)]
+    /// The files with an execute bit (as git, the one mode bit that is part of the content).
+    public var executable: Set<String> = []
     public var digest: String
 
-    public init(files: [(path: String, hash: String)]) {
+    public init(files: [(path: String, hash: String)], executable: Set<String> = []) {
         self.files = files
+        self.executable = executable
         let h = SHA256Hasher()
-        for f in files { h.update(f.path); h.update("\u{0}"); h.update(f.hash); h.update("\n") }
+        for f in files {
+            h.update(f.path); h.update("\u{0}"); h.update(f.hash)
+            h.update(executable.contains(f.path) ? "\u{0}x\n" : "\n")
+        }
         digest = h.finalHex()
     }
 
-    /// "hash path" lines: what `inputs/<digest>` in the run directory holds, for resume's diff.
+    /// "hash x|- path" lines: what `inputs/<digest>` in the run directory holds, for resume's diff.
     public var manifest: [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(files.count * 100)
-        for f in files { out += Array("\(f.hash) \(f.path)\n".utf8) }
+        for f in files { out += Array("\(f.hash) \(executable.contains(f.path) ? "x" : "-") \(f.path)\n".utf8) }
         return out
     }
 
+    /// path -> "hash x|-".
     public static func parseManifest(_ bytes: [UInt8]) -> [String: String] {
         var m: [String: String] = [:]
-        for line in bytes.split(separator: 10) where line.count > 65 {
-            m[String(decoding: line[line.startIndex + 65..<line.endIndex], as: UTF8.self)] =
-                String(decoding: line[line.startIndex..<line.startIndex + 64], as: UTF8.self)
+        for line in bytes.split(separator: 10) where line.count > 67 {
+            m[String(decoding: line[line.startIndex + 67..<line.endIndex], as: UTF8.self)] =
+                String(decoding: line[line.startIndex..<line.startIndex + 66], as: UTF8.self)
         }
         return m
     }
 
-    /// The files that differ from an earlier manifest: changed, added, removed (sorted).
+    /// The files that differ from an earlier manifest (content or execute bit): changed, added, removed (sorted).
     public func diff(from old: [String: String]) -> (changed: [String], added: [String], removed: [String]) {
         var changed: [String] = [], added: [String] = []
         var seen = Set<String>()
         for f in files {
             seen.insert(f.path)
-            if let h = old[f.path] { if h != f.hash { changed.append(f.path) } } else { added.append(f.path) }
+            let now = f.hash + (executable.contains(f.path) ? " x" : " -")
+            if let h = old[f.path] { if h != now { changed.append(f.path) } } else { added.append(f.path) }
         }
         let removed = old.keys.filter { !seen.contains($0) }.sorted()
         return (changed, added, removed)
@@ -184,12 +192,14 @@ public struct FileGlob {
     public static func resolve(_ patterns: [String], base: String, never: [String], cache: StatCache) throws -> FileSet {
         let m = try match(patterns, base: base, never: never)
         var files: [(path: String, hash: String)] = []
+        var exec = Set<String>()
         files.reserveCapacity(m.count)
         for f in m {
             do { files.append((f.rel, try cache.hash(f.abs, f.st))) } catch {
                 throw FileSetError("input '\(f.rel)' cannot be read: \(error)")
             }
+            if f.st.st_mode & 0o111 != 0 { exec.insert(f.rel) }
         }
-        return FileSet(files: files)
+        return FileSet(files: files, executable: exec)
     }
 }
