@@ -15,7 +15,7 @@ public enum Main {
         BatonCommand.leadingRunsDir = Completion.leadingRunsDir(arguments)
         (arguments, RunCommand.passthrough) = Completion.splitRecipeArguments(arguments)
         let commandNames = BatonCommand.configuration.subcommands.filter { $0.configuration.shouldDisplay }.compactMap { $0.configuration.commandName }
-        if let message = Completion.unknownCommand(arguments, known: commandNames + ["help", "version", "__watchdog"]) {
+        if let message = Completion.unknownCommand(arguments, known: commandNames + ["help", "version", "__watchdog", "__inputs"]) {
             Glibc.exit(Console.error(message, json: arguments.contains("--json")))
         }
         do {

@@ -110,3 +110,26 @@ extension Commands {
 private extension String {
     func padding(_ n: Int) -> String { count >= n ? self + " " : self + String(repeating: " ", count: n - count) }
 }
+
+/// `baton __inputs [--runs-dir D] PATTERN...`: resolves declared inputs in the current
+/// directory as a stage would (globs, the runs directory's stat cache) and prints the file
+/// count, the digest and the milliseconds it took. For scripts/bench; not for people.
+struct InputsCommand: RunsDirCommand {
+    static let configuration = CommandConfiguration(commandName: "__inputs", shouldDisplay: false)
+    @Argument var patterns: [String]
+    @OptionGroup var globals: Globals
+
+    mutating func run() throws {
+        let t0 = Clock.monotonic()
+        let files = StatCache(runsDir: root)
+        do {
+            let set = try FileGlob.resolve(patterns, base: FileIO.currentDirectory(),
+                                           never: [FileIO.absolute(root), CacheStore(runsDir: root).root], cache: files)
+            files.save()
+            out("\(set.files.count) files, digest \(set.digest), \(Int((Clock.monotonic() - t0) * 1000)) ms, \(files.hits) from the stat cache")
+            Glibc.exit(0)
+        } catch {
+            Glibc.exit(Commands.fail("\(error)", json: false, code: .failure))
+        }
+    }
+}
