@@ -94,7 +94,10 @@ public struct FileGlob {
             }
         }
         let neverSet = Set(never.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 })
-        var found: [String: (String, stat)] = [:]
+        var found: [(rel: String, abs: String, st: stat)] = []
+        // Only several includes can match a file twice.
+        var seen: Set<String>? = includes.count > 1 ? [] : nil
+        let hasExcludes = !excludes.isEmpty
 
         func excluded(_ rel: [String]) -> Bool {
             for e in excludes {
@@ -105,32 +108,44 @@ public struct FileGlob {
             return false
         }
 
-        // Every file under `abs` (relative `rel`), pruning .git, `never` and excluded directories.
-        func walk(_ abs: String, _ rel: [String], _ want: (([String]) -> Bool)?, _ out: inout Int) {
+        func add(_ rel: String, _ abs: String, _ st: stat) {
+            if seen != nil { guard seen!.insert(rel).inserted else { return } }
+            found.append((rel, abs, st))
+        }
+
+        // Every file under `abs` (relative `relStr`, components `rel`), pruning .git, `never`
+        // and excluded directories. The common case (a directory, no globs, no excludes)
+        // builds no component arrays per file.
+        func walk(_ abs: String, _ relStr: String, _ rel: [String], _ want: (([String]) -> Bool)?, _ out: inout Int) {
             guard let d = opendir(abs) else { return }
             defer { closedir(d) }
             let fd = dirfd(d)
             while let e = readdir(d) {
-                var ent = e.pointee
-                let name = withUnsafeBytes(of: &ent.d_name) { raw -> String in
-                    let p = raw.bindMemory(to: CChar.self)
-                    return String(cString: p.baseAddress!)
+                let type = e.pointee.d_type
+                let name = withUnsafePointer(to: &e.pointee.d_name) { p in
+                    p.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
                 }
                 if name == "." || name == ".." || name == ".git" { continue }
                 var st = stat()
                 // Follow a symlink to a file; never descend through one (no loops).
                 if fstatat(fd, name, &st, 0) != 0 { continue }
                 let childAbs = abs == "/" ? "/" + name : abs + "/" + name
-                let childRel = rel + [name]
+                let childRelStr = relStr.isEmpty ? name : relStr + "/" + name
                 if (st.st_mode & S_IFMT) == S_IFDIR {
-                    var lst = stat()
-                    if fstatat(fd, name, &lst, AT_SYMLINK_NOFOLLOW) == 0, (lst.st_mode & S_IFMT) == S_IFLNK { continue }
-                    if neverSet.contains(childAbs) || excluded(childRel) { continue }
-                    walk(childAbs, childRel, want, &out)
+                    if type == DT_LNK || type == DT_UNKNOWN {
+                        var lst = stat()
+                        if fstatat(fd, name, &lst, AT_SYMLINK_NOFOLLOW) == 0, (lst.st_mode & S_IFMT) == S_IFLNK { continue }
+                    }
+                    let childRel = rel + [name]
+                    if neverSet.contains(childAbs) || (hasExcludes && excluded(childRel)) { continue }
+                    walk(childAbs, childRelStr, childRel, want, &out)
                 } else if (st.st_mode & S_IFMT) == S_IFREG {
-                    if let w = want, !w(childRel) { continue }
-                    if excluded(childRel) { continue }
-                    found[childRel.joined(separator: "/"), default: (childAbs, st)] = (childAbs, st)
+                    if want != nil || hasExcludes {
+                        let childRel = rel + [name]
+                        if let w = want, !w(childRel) { continue }
+                        if hasExcludes && excluded(childRel) { continue }
+                    }
+                    add(childRelStr, childAbs, st)
                     out += 1
                 }
             }
@@ -140,14 +155,15 @@ public struct FileGlob {
             var count = 0
             let lit = inc.parts.prefix { !isGlob($0) && $0 != "**" }
             let dirRel = Array(lit)
-            let startAbs = dirRel.isEmpty ? base : base + "/" + dirRel.joined(separator: "/")
+            let dirRelStr = dirRel.joined(separator: "/")
+            let startAbs = dirRel.isEmpty ? base : base + "/" + dirRelStr
             if inc.literal {
                 var st = stat()
                 if stat(startAbs, &st) == 0 {
                     if (st.st_mode & S_IFMT) == S_IFDIR {
-                        if !neverSet.contains(startAbs) && !dirRel.contains(".git") { walk(startAbs, dirRel, nil, &count) }
+                        if !neverSet.contains(startAbs) && !dirRel.contains(".git") { walk(startAbs, dirRelStr, dirRel, nil, &count) }
                     } else if (st.st_mode & S_IFMT) == S_IFREG, !excluded(dirRel) {
-                        found[dirRel.joined(separator: "/")] = (startAbs, st)
+                        add(dirRelStr, startAbs, st)
                         count = 1
                     }
                 }
@@ -155,7 +171,7 @@ public struct FileGlob {
                 let parts = inc.parts
                 // A match of a directory means all of it: a file matches when the pattern matches
                 // the file or any directory above it.
-                walk(startAbs, dirRel, { rel in
+                walk(startAbs, dirRelStr, dirRel, { rel in
                     if matches(parts[...], rel[...]) { return true }
                     for k in 1..<max(1, rel.count) where k < rel.count && matches(parts[...], rel[0..<k]) { return true }
                     return false
@@ -165,7 +181,8 @@ public struct FileGlob {
                 throw FileSetError("input '\(inc.text)' matches no file (write '?\(inc.text)' if it may be absent)")
             }
         }
-        return found.map { ($0.key, $0.value.0, $0.value.1) }.sorted { $0.rel.utf8.lexicographicallyPrecedes($1.rel.utf8) }
+        found.sort { $0.rel < $1.rel }
+        return found
     }
 
     /// Whether path components `s` match pattern components `p` (`**` = zero or more components).
@@ -190,7 +207,11 @@ public struct FileGlob {
 
     /// Resolves and hashes inputs through the stat cache.
     public static func resolve(_ patterns: [String], base: String, never: [String], cache: StatCache) throws -> FileSet {
-        let m = try match(patterns, base: base, never: never)
+        try hash(try match(patterns, base: base, never: never), cache: cache)
+    }
+
+    /// Hashes matched files through the stat cache.
+    public static func hash(_ m: [(rel: String, abs: String, st: stat)], cache: StatCache) throws -> FileSet {
         var files: [(path: String, hash: String)] = []
         var exec = Set<String>()
         files.reserveCapacity(m.count)
