@@ -248,3 +248,36 @@ import Testing
         #expect(try size() == 0)
     }
 }
+
+extension CheckTests {
+    /// `baton check` knows runStage's inputs, outputs and cache: no finding for them, their
+    /// literal types checked, a misspelling named.
+    @Test func knowsInputsOutputsAndCache() throws {
+        let d = Harness.tempDir("check-files")
+        Harness.write(d + "/ok.lua", """
+            runStage{id = "a", cmd = "true", inputs = {"src/**", "!src/tests/**"}, outputs = {"out/"}, cache = true}
+            runStage{id = "b", cmd = "true", inputs = function() return {"x"} end, outputs = "y", cache = false}
+            """)
+        let ok = try Harness.run(["check", "ok.lua"], cwd: d)
+        #expect(ok.code == 0, "\(ok.stderr)")
+        Harness.write(d + "/bad.lua", """
+            runStage{id = "a", cmd = "true", input = {"src/**"}}
+            runStage{id = "b", cmd = "true", cache = "yes"}
+            """)
+        let bad = try Harness.run(["check", "bad.lua"], cwd: d)
+        #expect(bad.code == 3)
+        #expect(bad.stderr.contains("runStage: unknown field 'input' (did you mean 'inputs'?)"), "\(bad.stderr)")
+        #expect(bad.stderr.contains("runStage: field 'cache' must be a boolean, got a string"), "\(bad.stderr)")
+    }
+}
+
+extension TypesTests {
+    /// `baton types` documents the new fields and result fields.
+    @Test func knowsInputsOutputsAndCache() throws {
+        let t = try Harness.run(["types"], cwd: Harness.tempDir("types-files")).stdout
+        for f in ["---@field inputs? string[]|fun(): string[]", "---@field outputs? string[]", "---@field cache? boolean",
+                  "---@field outputs? table<string, string>", "---@field cached_from? {run: string, id: string, occurrence: integer}"] {
+            #expect(t.contains(f), "\(f)")
+        }
+    }
+}
