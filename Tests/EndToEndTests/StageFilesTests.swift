@@ -281,3 +281,31 @@ extension TypesTests {
         }
     }
 }
+
+extension StageFilesTests {
+    /// A large output restored as a hard link to the cache's read-only copy: a later real run
+    /// of the stage rewrites it in place without touching the cache (issue 25: never a file
+    /// the user could edit that changes the cache).
+    @Test func aRestoredLinkIsUnsharedBeforeTheStageRunsAgain() throws {
+        let d = Harness.tempDir("cache-unshare")
+        Harness.write(d + "/in.txt", "one\n")
+        Harness.write(d + "/r.lua", """
+            runStage{id = "big", cmd = "head -c 2000000 /dev/zero > big.bin; cat in.txt >> big.bin", inputs = {"in.txt"}, outputs = {"big.bin"}}
+            """)
+        #expect(try Harness.run(["run", "--cache", "r.lua"], cwd: d).code == 0)
+        let first = try #require(FileManager.default.contents(atPath: d + "/big.bin"))
+        try FileManager.default.removeItem(atPath: d + "/big.bin")
+        #expect(try Harness.run(["run", "--cache", "r.lua"], cwd: d).code == 0)
+        #expect(FileManager.default.contents(atPath: d + "/big.bin") == first)
+        // The stage runs for real (an input changed) and writes big.bin in place (`>`).
+        Harness.write(d + "/in.txt", "two\n")
+        let r = try Harness.run(["run", "--cache", "r.lua"], cwd: d)
+        #expect(r.code == 0, "\(r.stderr)")
+        // Back to the first input: the first entry still hits, with the first bytes.
+        Harness.write(d + "/in.txt", "one\n")
+        try FileManager.default.removeItem(atPath: d + "/big.bin")
+        let again = try Harness.run(["run", "--cache", "r.lua"], cwd: d)
+        #expect(again.stderr.contains("cached: run"), "\(again.stderr)")
+        #expect(FileManager.default.contents(atPath: d + "/big.bin") == first)
+    }
+}

@@ -181,6 +181,24 @@ public struct CacheStore {
         if rename(t, dest) != 0 { unlink(t); throw SystemError("rename", dest) }
     }
 
+    /// Before a stage with declared outputs runs for real: an output an earlier hit restored as
+    /// a hard link to the cache's read-only copy becomes a file of its own (same bytes,
+    /// writable), so the stage can rewrite it in place and the cache's copy stays as it was.
+    public static func unshare(_ outputs: [String], base: String) {
+        for o in outputs {
+            let abs = FileIO.join(base, FileGlob.split(o).joined(separator: "/"))
+            var st = stat()
+            guard lstat(abs, &st) == 0 else { continue }
+            let files = (st.st_mode & S_IFMT) == S_IFDIR ? ((try? FileGlob.match(["?**"], base: abs, never: [])) ?? []).map(\.abs) : [abs]
+            for f in files {
+                guard lstat(f, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_nlink > 1, st.st_mode & 0o222 == 0 else { continue }
+                let t = f + ".baton-unshare-\(getpid())"
+                if (try? copy(f, t, mode: 0o644, expect: nil)) != nil, rename(t, f) == 0 { continue }
+                unlink(t)
+            }
+        }
+    }
+
     /// BATON_CACHE_RESTORE=copy: always copy (never share an inode with the cache).
     static var restoreMode: String { Settings.string(Settings.cacheRestore) ?? "link" }
 

@@ -55,12 +55,16 @@ extension RunContext {
     /// and finishes the call without running it. A miss is noted for the first attempt's journal.
     func answerFromCache(_ exec: StageExecution) -> Bool {
         let spec = exec.spec
-        guard cacheOn(spec) else { return false }
+        guard cacheOn(spec) else {
+            if !spec.outputs.isEmpty && !dryRun { CacheStore.unshare(spec.outputs, base: spec.resolvedCwd) }
+            return false
+        }
         let key = SHA256.hex(spec.fingerprintText)
         let t0 = Clock.monotonic()
         let (hit, why) = files.store.lookup(key)
         guard let e = hit else {
             exec.cacheDecision = CacheDecision(hit: false, key: key, reason: why)
+            CacheStore.unshare(spec.outputs, base: spec.resolvedCwd)
             return false
         }
         let logs = dir.stageLogs(spec.id, attempt: nextLogNumber(spec.id))
