@@ -122,6 +122,7 @@ struct InputsCommand: RunsDirCommand {
     mutating func run() throws {
         let t0 = Clock.monotonic()
         let files = StatCache(runsDir: root)
+        files.preload()
         let t1 = Clock.monotonic()
         do {
             let never = [FileIO.absolute(root), CacheStore(runsDir: root).root]

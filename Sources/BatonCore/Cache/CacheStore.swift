@@ -179,6 +179,9 @@ public struct CacheStore {
         }
         if !done { try CacheStore.copy(src, t, mode: o.exec ? 0o755 : 0o644, expect: nil) }
         if rename(t, dest) != 0 { unlink(t); throw SystemError("rename", dest) }
+        // rename(2) does nothing when both names are links to the same inode (dest already
+        // was this object): the temporary name would stay.
+        unlink(t)
     }
 
     /// Before a stage with declared outputs runs for real: an output an earlier hit restored as

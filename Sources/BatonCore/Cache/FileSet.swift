@@ -112,6 +112,16 @@ public struct FileGlob {
             if seen != nil { guard seen!.insert(rel).inserted else { return } }
             found.append((rel, abs, st))
         }
+        // Regular files known from readdir's d_type, stat'ed afterwards on both cores.
+        // (Each pending file names its directory's descriptor, kept open until then: fstatat of
+        // one name costs the kernel far less than a whole path.)
+        var pending: [Pending] = []
+        var dirFDs: [Int32] = []
+        defer { for fd in dirFDs { close(fd) } }
+        func addPending(_ rel: String, _ abs: String, _ dir: Int32, _ name: String) {
+            if seen != nil { guard seen!.insert(rel).inserted else { return } }
+            pending.append(Pending(rel: rel, abs: abs, dir: dir, name: name))
+        }
 
         // Every file under `abs` (relative `relStr`, components `rel`), pruning .git, `never`
         // and excluded directories. The common case (a directory, no globs, no excludes)
@@ -120,12 +130,27 @@ public struct FileGlob {
             guard let d = opendir(abs) else { return }
             defer { closedir(d) }
             let fd = dirfd(d)
+            // A descriptor of its own for the deferred stats (at most 512 directories kept open;
+            // beyond, files are stat'ed as they are found).
+            var keep: Int32 = -1
+            if dirFDs.count < 512 { keep = fcntl(fd, F_DUPFD_CLOEXEC, 0); if keep >= 0 { dirFDs.append(keep) } }
             while let e = readdir(d) {
                 let type = e.pointee.d_type
                 let name = withUnsafePointer(to: &e.pointee.d_name) { p in
                     p.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
                 }
                 if name == "." || name == ".." || name == ".git" { continue }
+                if type == DT_REG && keep >= 0 {
+                    let childRelStr = relStr.isEmpty ? name : relStr + "/" + name
+                    if want != nil || hasExcludes {
+                        let childRel = rel + [name]
+                        if let w = want, !w(childRel) { continue }
+                        if hasExcludes && excluded(childRel) { continue }
+                    }
+                    addPending(childRelStr, abs == "/" ? "/" + name : abs + "/" + name, keep, name)
+                    out += 1
+                    continue
+                }
                 var st = stat()
                 // Follow a symlink to a file; never descend through one (no loops).
                 if fstatat(fd, name, &st, 0) != 0 { continue }
@@ -181,8 +206,36 @@ public struct FileGlob {
                 throw FileSetError("input '\(inc.text)' matches no file (write '?\(inc.text)' if it may be absent)")
             }
         }
+        statAll(pending, into: &found)
         found.sort { $0.rel < $1.rel }
         return found
+    }
+
+    /// Stats `files` (a file that vanished meanwhile is left out), on two threads when there are many.
+    struct Pending { var rel: String; var abs: String; var dir: Int32; var name: String }
+
+    static func statAll(_ files: [Pending], into found: inout [(rel: String, abs: String, st: stat)]) {
+        let n = files.count
+        if n == 0 { return }
+        let sts = UnsafeMutablePointer<stat>.allocate(capacity: n)
+        let ok = UnsafeMutablePointer<Bool>.allocate(capacity: n)
+        defer { sts.deallocate(); ok.deallocate() }
+        final class Shared: @unchecked Sendable {
+            let files: [Pending]; let sts: UnsafeMutablePointer<stat>; let ok: UnsafeMutablePointer<Bool>
+            init(_ f: [Pending], _ s: UnsafeMutablePointer<stat>, _ o: UnsafeMutablePointer<Bool>) { files = f; sts = s; ok = o }
+            func run(_ r: Range<Int>) { for i in r { ok[i] = fstatat(files[i].dir, files[i].name, sts + i, 0) == 0 } }
+        }
+        let sh = Shared(files, sts, ok)
+        if n >= 2000 {
+            let half = n / 2
+            let other = Background { sh.run(half..<n) }
+            sh.run(0..<half)
+            other.join()
+        } else {
+            sh.run(0..<n)
+        }
+        found.reserveCapacity(found.count + n)
+        for i in 0..<n where ok[i] && (sts[i].st_mode & S_IFMT) == S_IFREG { found.append((files[i].rel, files[i].abs, sts[i])) }
     }
 
     /// Whether path components `s` match pattern components `p` (`**` = zero or more components).
@@ -207,7 +260,8 @@ public struct FileGlob {
 
     /// Resolves and hashes inputs through the stat cache.
     public static func resolve(_ patterns: [String], base: String, never: [String], cache: StatCache) throws -> FileSet {
-        try hash(try match(patterns, base: base, never: never), cache: cache)
+        cache.preload()   // read while the tree is walked
+        return try hash(try match(patterns, base: base, never: never), cache: cache)
     }
 
     /// Hashes matched files through the stat cache.

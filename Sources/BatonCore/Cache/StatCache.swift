@@ -13,14 +13,41 @@ public final class StatCache {
         var hash: String
     }
     public let path: String
-    var entries: [String: Entry] = [:]
+    var entries: [String: Entry] {
+        get { if !loaded { finishLoading() }; return stored }
+        set { stored = newValue }
+    }
+    private var stored: [String: Entry] = [:]
+    private var loaded = false
+    private var loader: Background?
     var fresh: [String: Entry] = [:]
     public private(set) var hits = 0, misses = 0
     static let racyWindow: Int64 = 2_000_000_000
 
     public init(path: String) {
         self.path = path
-        entries = StatCache.load(path)
+    }
+
+    /// Reads the cache file on a second thread (until the first lookup).
+    public func preload() {
+        guard !loaded, loader == nil else { return }
+        let p = path
+        final class Box: @unchecked Sendable { var map: [String: Entry] = [:] }
+        let box = Box()
+        loadedBox = { box.map }
+        loader = Background { box.map = StatCache.load(p) }
+    }
+    private var loadedBox: (() -> [String: Entry])?
+
+    private func finishLoading() {
+        loaded = true
+        if let l = loader {
+            l.join()
+            stored = loadedBox!()
+            loader = nil; loadedBox = nil
+        } else {
+            stored = StatCache.load(path)
+        }
     }
 
     /// The runs directory's cache file.
