@@ -20,7 +20,7 @@ public enum SHA256 {
         return h.finalize().withUnsafeBytes { hexString(Array($0)) }
     }
 
-    static let digits = Array("0123456789abcdef".utf8)
+    public static let digits: [UInt8] = Array("0123456789abcdef".utf8)
     public static func hexString(_ d: [UInt8]) -> String {
         String(unsafeUninitializedCapacity: d.count * 2) { p in
             for (i, b) in d.enumerated() { p[2 * i] = digits[Int(b >> 4)]; p[2 * i + 1] = digits[Int(b & 15)] }
