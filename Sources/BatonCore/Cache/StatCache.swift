@@ -83,41 +83,41 @@ public final class StatCache {
         guard !fresh.isEmpty else { return }
         var all = StatCache.load(path)
         for (k, v) in fresh { all[k] = v }
-        var out: [UInt8] = []
-        out.reserveCapacity(all.count * 110)
-        out += Array("baton-statcache 2\n".utf8)
-        for (k, e) in all {
-            out += Array("\(StatCache.hex(e.hash)) \(e.size) \(e.mtime) \(e.ctime) \(k.dev) \(k.ino)\n".utf8)
+        var out = [UInt8](repeating: 0, count: StatCache.magic.count + all.count * StatCache.record)
+        out.withUnsafeMutableBytes { b in
+            for (i, m) in StatCache.magic.enumerated() { b[i] = m }
+            var at = StatCache.magic.count
+            for (k, e) in all {
+                for v in [e.hash.0, e.hash.1, e.hash.2, e.hash.3, UInt64(bitPattern: e.size), UInt64(bitPattern: e.mtime),
+                          UInt64(bitPattern: e.ctime), k.dev, k.ino] {
+                    b.storeBytes(of: v.littleEndian, toByteOffset: at, as: UInt64.self)
+                    at += 8
+                }
+            }
         }
         try? FileIO.writeAtomically(path, out)
         fresh = [:]
     }
 
-    static let header = Array("baton-statcache 2\n".utf8)
+    /// The file: this magic, then one 72-byte record per file (nine little-endian 64-bit words:
+    /// the SHA-256 as four, size, mtime ns, ctime ns, device, inode). Binary, so reading
+    /// 10,000 entries is a few hundred microseconds.
+    static let magic = Array("baton-statcache 3\n".utf8)
+    static let record = 72
 
     static func load(_ path: String) -> [FileID: Entry] {
-        guard let bytes = try? FileIO.readFile(path), bytes.starts(with: header) else { return [:] }
+        guard let bytes = try? FileIO.readFile(path), bytes.starts(with: magic) else { return [:] }
+        let n = (bytes.count - magic.count) / record
         var map: [FileID: Entry] = [:]
-        bytes.withUnsafeBufferPointer { b in
-            var i = header.count
-            let n = b.count
-            map.reserveCapacity(n / 100)
-            while i < n {
-                // 64 hex digits, then five numbers separated by single spaces, then a newline.
-                guard i + 65 < n, let h = raw(UnsafeBufferPointer(rebasing: b[i..<(i + 64)])), b[i + 64] == 32 else { break }
-                i += 65
-                var nums: (Int64, Int64, Int64, Int64, Int64) = (0, 0, 0, 0, 0)
-                var ok = true
-                for k in 0..<5 {
-                    var v: Int64 = 0, digits = 0
-                    while i < n, b[i] >= 48, b[i] <= 57 { v = v &* 10 &+ Int64(b[i] - 48); i += 1; digits += 1 }
-                    let end: UInt8 = k == 4 ? 10 : 32
-                    guard digits > 0, i < n, b[i] == end else { ok = false; break }
-                    i += 1
-                    switch k { case 0: nums.0 = v; case 1: nums.1 = v; case 2: nums.2 = v; case 3: nums.3 = v; default: nums.4 = v }
-                }
-                guard ok else { break }
-                map[FileID(dev: UInt64(nums.3), ino: UInt64(nums.4))] = Entry(size: nums.0, mtime: nums.1, ctime: nums.2, hash: h)
+        map.reserveCapacity(n)
+        bytes.withUnsafeBytes { b in
+            var at = magic.count
+            func word() -> UInt64 { let v = UInt64(littleEndian: b.loadUnaligned(fromByteOffset: at, as: UInt64.self)); at += 8; return v }
+            for _ in 0..<n {
+                let h = (word(), word(), word(), word())
+                let size = Int64(bitPattern: word()), m = Int64(bitPattern: word()), c = Int64(bitPattern: word())
+                let dev = word(), ino = word()
+                map[FileID(dev: dev, ino: ino)] = Entry(size: size, mtime: m, ctime: c, hash: h)
             }
         }
         return map
