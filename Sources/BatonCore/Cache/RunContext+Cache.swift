@@ -18,6 +18,16 @@ public final class StageFilesState {
 
     /// Never inputs: the runs directory and the cache.
     var never: [String] { [FileIO.absolute(runsDir), store.root] }
+
+    /// Writes the stat cache at most once a second while a run resolves inputs (a fan-out of
+    /// a thousand stages would otherwise rewrite it a thousand times), and at the run's end.
+    var lastSave = 0.0
+    func saveStatCache(force: Bool = false) {
+        guard resolved else { return }
+        let now = Clock.monotonic()
+        if force || now - lastSave >= 1 { statCache.save(); lastSave = now }
+    }
+    var resolved = false
 }
 
 extension RunContext {
@@ -27,7 +37,8 @@ extension RunContext {
     public func resolveInputs(_ spec: inout StageSpec) throws {
         guard !spec.inputs.isEmpty, !dryRun else { return }
         let set = try FileGlob.resolve(spec.inputs, base: spec.resolvedCwd, never: files.never, cache: files.statCache)
-        files.statCache.save()
+        files.resolved = true
+        files.saveStatCache()
         spec.inputSet = set
         let m = manifestPath(set.digest)
         if !FileIO.exists(m) {

@@ -63,7 +63,8 @@ public final class RunContext {
     /// Watches a control client asked to end as blocked (`:skip`); a watch's waits check it.
     public var skipRequests: Set<String> = []
     /// Declared inputs and outputs, the stat cache and the cache across runs (Cache/).
-    public lazy var files = StageFilesState(runDir: dir)
+    public lazy var files: StageFilesState = { filesUsed = true; return StageFilesState(runDir: dir) }()
+    private var filesUsed = false
 
     public var interrupted: Bool { loop.interrupted }
 
@@ -421,6 +422,7 @@ public final class RunContext {
         if !leftover.isEmpty {
             log(.info, "resume: cancelled the jobs the previous runner left and this one did not take up: \(leftover.joined(separator: ", "))")
         }
+        if filesUsed { files.saveStatCache(force: true) }
         let fatalBefore = fatal
         if fatal == nil { record(.final(FinalEvent(status: status, exitCode: exitCode, reason: reason))) }
         do {
