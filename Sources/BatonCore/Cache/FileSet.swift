@@ -79,7 +79,7 @@ public struct FileGlob {
 
     /// Resolves `patterns` against `base` (absolute). Throws for an include that matches nothing
     /// (unless optional). Returns relative paths (from `base`) with their absolute path and stat.
-    public static func match(_ patterns: [String], base: String, never: [String]) throws -> [(rel: String, abs: String, st: stat)] {
+    public static func match(_ patterns: [String], base: String, never: [String]) throws -> [Matched] {
         var includes: [Pattern] = [], excludes: [Pattern] = []
         for raw in patterns {
             var p = raw
@@ -94,7 +94,7 @@ public struct FileGlob {
             }
         }
         let neverSet = Set(never.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 })
-        var found: [(rel: String, abs: String, st: stat)] = []
+        var found: [Matched] = []
         // Only several includes can match a file twice.
         var seen: Set<String>? = includes.count > 1 ? [] : nil
         let hasExcludes = !excludes.isEmpty
@@ -110,7 +110,7 @@ public struct FileGlob {
 
         func add(_ rel: String, _ abs: String, _ st: stat) {
             if seen != nil { guard seen!.insert(rel).inserted else { return } }
-            found.append((rel, abs, st))
+            found.append(Matched(rel: rel, st: st, dir: abs, name: ""))
         }
         // Regular files known from readdir's d_type, stat'ed afterwards.
         // (Each pending file names its directory's descriptor, kept open until then: fstatat of
@@ -118,9 +118,9 @@ public struct FileGlob {
         var pending: [Pending] = []
         var dirFDs: [Int32] = []
         defer { for fd in dirFDs { close(fd) } }
-        func addPending(_ rel: String, _ abs: String, _ dir: Int32, _ name: String) {
+        func addPending(_ rel: String, _ dirAbs: String, _ dir: Int32, _ name: String) {
             if seen != nil { guard seen!.insert(rel).inserted else { return } }
-            pending.append(Pending(rel: rel, abs: abs, dir: dir, name: name))
+            pending.append(Pending(rel: rel, dirAbs: dirAbs, dir: dir, name: name))
         }
 
         // Every file under `abs` (relative `relStr`, components `rel`), pruning .git, `never`
@@ -147,7 +147,7 @@ public struct FileGlob {
                         if let w = want, !w(childRel) { continue }
                         if hasExcludes && excluded(childRel) { continue }
                     }
-                    addPending(childRelStr, abs == "/" ? "/" + name : abs + "/" + name, keep, name)
+                    addPending(childRelStr, abs, keep, name)
                     out += 1
                     continue
                 }
@@ -212,9 +212,19 @@ public struct FileGlob {
     }
 
     /// Stats `files` (a file that vanished meanwhile is left out).
-    struct Pending { var rel: String; var abs: String; var dir: Int32; var name: String }
+    struct Pending { var rel: String; var dirAbs: String; var dir: Int32; var name: String }
 
-    static func statAll(_ files: [Pending], into found: inout [(rel: String, abs: String, st: stat)]) {
+    /// A matched file: its path relative to the base, its stat, and its absolute path (made
+    /// only when asked: most fingerprints never need it).
+    public struct Matched {
+        public var rel: String
+        public var st: stat
+        var dir: String
+        var name: String
+        public var abs: String { name.isEmpty ? dir : dir == "/" ? "/" + name : dir + "/" + name }
+    }
+
+    static func statAll(_ files: [Pending], into found: inout [Matched]) {
         let n = files.count
         if n == 0 { return }
         let sts = UnsafeMutablePointer<stat>.allocate(capacity: n)
@@ -229,7 +239,9 @@ public struct FileGlob {
         // with its preloaded index is the contender; docs/performance.md.)
         Shared(files, sts, ok).run(0..<n)
         found.reserveCapacity(found.count + n)
-        for i in 0..<n where ok[i] && (sts[i].st_mode & S_IFMT) == S_IFREG { found.append((files[i].rel, files[i].abs, sts[i])) }
+        for i in 0..<n where ok[i] && (sts[i].st_mode & S_IFMT) == S_IFREG {
+            found.append(Matched(rel: files[i].rel, st: sts[i], dir: files[i].dirAbs, name: files[i].name))
+        }
     }
 
     /// Whether path components `s` match pattern components `p` (`**` = zero or more components).
@@ -259,7 +271,7 @@ public struct FileGlob {
     }
 
     /// Hashes matched files through the stat cache.
-    public static func hash(_ m: [(rel: String, abs: String, st: stat)], cache: StatCache) throws -> FileSet {
+    public static func hash(_ m: [Matched], cache: StatCache) throws -> FileSet {
         var files: [(path: String, hash: String)] = []
         var exec = Set<String>()
         files.reserveCapacity(m.count)

@@ -56,7 +56,7 @@ public final class StatCache {
 
     /// The content hash of `path`, whose stat the caller has: from the cache when the stat
     /// matches, else read and hashed (and kept unless racy).
-    public func hash(_ path: String, _ st: stat) throws -> String {
+    public func hash(_ file: @autoclosure () -> String, _ st: stat) throws -> String {
         ensureLoaded()
         let size = Int64(st.st_size), m = StatCache.nanos(st.st_mtim), c = StatCache.nanos(st.st_ctim)
         let id = FileID(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))
@@ -65,6 +65,7 @@ public final class StatCache {
             return StatCache.hex(e.hash)
         }
         misses += 1
+        let path = file()
         let (h, st2) = try Hashing.file(path)
         // Changed while read, or too recent to trust its stat: not kept.
         let now = Int64(Clock.now() * 1e9)
