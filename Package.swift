@@ -11,6 +11,10 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         // The command line. Needs only FoundationEssentials, not Foundation (cold start).
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        // SHA-256 (recipe hash, declared inputs and outputs, the cache): BoringSSL's assembly,
+        // linked statically. scripts/hashbench: as fast as the system's libcrypto, without the
+        // ~1-2 ms that loading libcrypto.so adds to every start (docs/performance.md).
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
     ],
     targets: [
         // System libraries (Debian: liblua5.4-dev, libedit-dev).
@@ -24,7 +28,7 @@ let package = Package(
         // Lua's macros, the error trampoline, the interrupt hook, the bounded allocator.
         .target(name: "LuaShim", dependencies: ["CLua", "CBatonSys"]),
         // The leaf everything uses: JSON, clocks, file I/O, exit statuses, spawning, the console.
-        .target(name: "BatonBase", dependencies: ["CBatonSys"]),
+        .target(name: "BatonBase", dependencies: ["CBatonSys", .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "LuaKit", dependencies: ["LuaShim", "CLua", "BatonBase"]),
         .target(name: "BatonCore", dependencies: ["BatonBase", "CBatonSys"]),
         // scripts-lua/ built into the binary at build time (Plugins/EmbedLua runs embed-lua).

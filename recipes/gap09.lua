@@ -305,14 +305,15 @@ elseif runs.verification then
     check = function(iteration)
       local checks = preverify()
       p.verifyIterations = iteration
-      -- The tree as verified: its hash is part of the call, so a resumed run replays an
-      -- approval only for the very same tree; and the verifier must not change it.
+      -- The tree as verified is the call's declared input (the work tree but .git, the runs
+      -- directory and git-ignored files): a resumed run replays an approval only for the very
+      -- same tree, and `baton log --why` names the files that changed. The verifier must not
+      -- change it.
       local excl = worktree.excluded(o.cwd)
       local before = worktree.codeManifest(o.cwd, excl)
       local guard, gerr = worktree.snapshot(o.cwd, baton.run.dir .. "/gap09-verify", {files = true})
       if not guard then p:fail(1, "cannot snapshot the work tree before verification: " .. tostring(gerr)) end
-      local r, rec = p:call("verification", pipeline.prompt("verification", p), iteration,
-        {GAP09_TREE_SHA256 = worktree.hash(before)})
+      local r, rec = p:call("verification", pipeline.prompt("verification", p), iteration, nil, worktree.inputs(o.cwd))
       local edited = {}
       do
         local after = worktree.codeManifest(o.cwd, excl)

@@ -45,9 +45,20 @@ public enum Settings {
         name: "BATON_YAML_HELPER", kind: "path", defaultText: "baton-yaml next to baton",
         help: "The YAML helper `baton.yaml.decode` runs.")
 
+    public static let cache = Declaration(
+        name: "BATON_CACHE", kind: "1 or 0", defaultText: "0",
+        help: "As `run --cache`: every stage with declared outputs uses the cache across runs unless it says `cache = false`.")
+    public static let cacheRestore = Declaration(
+        name: "BATON_CACHE_RESTORE", kind: "copy or link", defaultText: "link",
+        help: "How a cache hit restores outputs of 1 MiB or more: a reflink, else a hard link to the read-only cached file (`link`), or always a copy (`copy`).")
+    public static let testCachePause = Declaration(
+        name: "BATON_TEST_CACHE_PAUSE", kind: "path", defaultText: "unset",
+        help: "Tests only: a cache insert writes this file and sleeps 30 s before its entry is renamed into place (the kill -9 test).")
+
     /// Every declaration, in docs/cli.md's order.
     public static let all: [Declaration] = [runsDir, ceilingDirs, executor, sync, luaMemoryMB, heartbeatSec,
-                                            stallWarnSec, attachLineSec, traceback, yamlHelper]
+                                            stallWarnSec, attachLineSec, traceback, yamlHelper, cache, cacheRestore,
+                                            testCachePause]
 
     /// The variable's value as set (nil when unset).
     public static func raw(_ d: Declaration) -> String? {

@@ -16,7 +16,7 @@ public enum Main {
         (arguments, RunCommand.passthrough) = Completion.splitRecipeArguments(arguments)
         let commandNames = BatonCommand.configuration.subcommands.filter { $0.configuration.shouldDisplay }.compactMap { $0.configuration.commandName }
         let json = arguments.contains("--json")
-        if let message = Completion.unknownCommand(arguments, known: commandNames + ["help", "version"], hidden: ["__watchdog"]) {
+        if let message = Completion.unknownCommand(arguments, known: commandNames + ["help", "version"], hidden: ["__watchdog", "__inputs"]) {
             Glibc.exit(Console.error(message, json: json))
         }
         // `baton help nosuch` is an error too (exit 2), not the overview.

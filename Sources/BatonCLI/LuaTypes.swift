@@ -91,6 +91,8 @@ public enum Types {
         ---@field replayed boolean
         ---@field dry boolean
         ---@field pid? integer
+        ---@field outputs? table<string, string> declared outputs: path -> SHA-256
+        ---@field cached_from? {run: string, id: string, occurrence: integer} answered by the cache: the call that made the outputs
 
         ---@class baton.StageHandle
         ---@field wait fun(self: baton.StageHandle): baton.StageResult

@@ -88,6 +88,11 @@ public enum Render {
         }
         if !i.alivePids.isEmpty { lines.append("alive    pids \(i.alivePids.map(String.init).joined(separator: ", "))") }
         lines.append("stages   \(i.stageCount) finished")
+        let cached = i.cachedStages
+        if !cached.isEmpty {
+            lines.append("cached   \(cached.count) from the cache: " + cached.prefix(5).map { "\($0.key) (\($0.finished!.cachedFrom!.text))" }.joined(separator: ", ")
+                         + (cached.count > 5 ? ", ..." : ""))
+        }
         if let r = i.reason { lines.append("reason   \(r)") }
         for p in i.problems { lines.append("problem  \(p)") }
         lines.append("dir      \(i.dir.path)")
@@ -113,6 +118,7 @@ public enum Render {
             if let s = f.signal { detail += " signal \(s)" }
             detail += " in \(Clock.human(Double(f.durationMs) / 1000))"
             if f.replayed { detail += " (replayed)" }
+            if let c = f.cachedFrom { detail += " (cached: \(c.text))" }
             if f.dry { detail += " (dry run)" }
             if let c = f.failureClass { detail += " [\(c.rawValue)]" }
             if let m = f.message { detail += ": \(m)" }

@@ -8,6 +8,8 @@ public enum FieldKind: Sendable {
     case command
     /// A list of strings (a single string is a list of one).
     case stringList
+    /// Paths and globs: a string, a list (lists inside it flattened), or a function returning one.
+    case paths
 
     /// The literal types `baton check` accepts for it (kit.lint's words).
     var lintType: String {
@@ -18,6 +20,7 @@ public enum FieldKind: Sendable {
         case .table: return "table"
         case .function: return "function"
         case .command, .stringList: return "string|table"
+        case .paths: return "string|table|function"
         }
     }
 }
@@ -66,6 +69,7 @@ public struct FieldDecl: Sendable {
         case .function: luaType = lua ?? "function"
         case .command: luaType = lua ?? "baton.Command"
         case .stringList: luaType = lua ?? "string[]"
+        case .paths: luaType = lua ?? "string|string[]|fun(): string[]"
         }
         self.docType = docType ?? (choices.isEmpty ? "" : choices.map { "`\"\($0)\"`" }.joined(separator: " or "))
     }
@@ -110,6 +114,13 @@ public enum PrimitiveFields {
           default: "the run's (`baton.executor`, `run --executor`, else local)"),
         F("waitFor", .string, "the stage ends when its leader exits (default) or when its whole process group is empty",
           choices: ["leader", "group"], value: .string("leader")),
+        F("inputs", .paths, "files the stage reads, globs from cwd (\"src/**/*.py\", \"!src/tests/**\", \"?docs/**\" optional); "
+          + "their content is in the fingerprint", lua: "string[]|fun(): string[]",
+          type: "list of paths and globs, or a function returning one"),
+        F("outputs", .paths, "files or directories the stage makes: must exist after a zero exit; hashed, journaled, cached",
+          lua: "string[]", type: "list of paths"),
+        F("cache", .boolean, "use the cache across runs (default: on with `baton run --cache` when outputs are declared)",
+          type: "boolean", default: "`baton run --cache`: on when `outputs` are declared"),
     ]
 
     /// runStage's `transient` table.

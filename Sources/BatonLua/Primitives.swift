@@ -105,6 +105,7 @@ extension RecipeEnvironment {
             }
             spec.waitForGroup = w == "group"
         }
+        try stageFiles(t, &spec, fn: fn)
         if let p = try t.string("pool", nonEmpty: true) {
             guard context?.pools[p] != nil else {
                 throw LuaRaise.usage("\(fn): pool '\(p)' is not declared; call baton.pool('\(p)', N) first")
@@ -123,8 +124,9 @@ extension RecipeEnvironment {
     }
 
     func runStage(_ l: LuaState) throws -> Int32 {
-        let (spec, background) = try stageSpec(l, fn: "runStage")
+        var (spec, background) = try stageSpec(l, fn: "runStage")
         let ctx = try requireContext()
+        try resolveStageInputs(ctx, &spec)
         if ctx.dryRun { plan.append(("\(spec.id): \(spec.command.display)", true)) }
         let exec = ctx.startStage(spec)
         if let why = exec.why {
@@ -167,6 +169,7 @@ extension RecipeEnvironment {
         if r.occurrence > 1 { s += " #\(r.occurrence)" }
         s += " \(r.status.rawValue) in \(Clock.human(r.duration))"
         if r.attempts > 1 { s += " (\(r.attempts) attempts)" }
+        if let c = r.cachedFrom { s += " (cached: \(c.text))" }
         if r.ok { return s }
         if allowed { s += " (allowed failure: allowFail)" }
         s += ": " + SafeText.line(r.headline)
@@ -190,6 +193,7 @@ extension RecipeEnvironment {
         if let p = r.pid { f.append(("pid", .int(Int(p)))) }
         if r.breakerOpen { f.append(("breaker_open", .bool(true))) }
         l.setFieldsOfNewTable(f)
+        pushStageFiles(l, r)
         l.newTable()
         l.setFieldsOfNewTable([("stdout", .string(r.logs.stdout)), ("stderr", .string(r.logs.stderr))])
         l.setField(-2, "logs")

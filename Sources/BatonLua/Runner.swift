@@ -47,6 +47,8 @@ public struct RunOptions: Sendable {
 
     /// Where stages run unless a stage says otherwise (`--executor`, else BATON_EXECUTOR, else local).
     public var executor: String? = Settings.string(Settings.executor)
+    /// `--cache`: every stage with declared outputs uses the cache across runs.
+    public var cache = false
 
     public init(recipe: String, runsDir: String) { self.recipe = recipe; self.runsDir = runsDir }
 }
@@ -134,6 +136,7 @@ public enum RecipeRunner {
     static func execute(ctx: RunContext, env: RecipeEnvironment, options o: RunOptions, loaded: Bool, text: [UInt8]?, readError: String?) -> Int32 {
         env.context = ctx
         if let e = o.executor { ctx.defaultExecutor = e }
+        if o.cache { ctx.files.cacheAll = true }
         env.attachTerminal()
         env.publishRun()
         env.setArguments(recipe: o.recipe, words: o.words)

@@ -112,7 +112,7 @@ import Testing
                 // A value another kind would take, so a field declared with the wrong kind is caught.
                 let wrong: String
                 switch f.kind {
-                case .string, .command, .stringList: wrong = "1"
+                case .string, .command, .stringList, .paths: wrong = "1"
                 case .number, .integer, .boolean, .table, .function: wrong = "'x'"
                 }
                 let src = template(key, f.name, base).replacingOccurrences(of: "%s", with: "\(f.name) = \(wrong)")

@@ -9,6 +9,8 @@ import Testing
     static let main = """
         preflight{name = "tools", policy = "warn", checks = {{path = "r.lua"}, {path = "/nonexistent"}}}
         runStage{id = "argv", cmd = {"sleep", "0.5"}, timeout = 60}
+        runStage{id = "files", cmd = "echo x > out.txt", inputs = {"r.lua"}, outputs = {"out.txt"}, cache = true}
+        runStage{id = "cached", cmd = "echo x > out.txt", inputs = {"r.lua"}, outputs = {"out.txt"}, cache = true}
         runStage{id = "retry", cmd = "exit 75", retries = 1, transient = {exit = {75}}, backoff = {initial = 0.01}, allowFail = true}
         runStage{id = "nofile", cmd = "true", requireFiles = {"absent.txt"}, allowFail = true}
         runStage{id = "breaker", cmd = "exit 2", breaker = 1, allowFail = true}

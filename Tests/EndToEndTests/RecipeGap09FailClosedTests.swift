@@ -157,6 +157,9 @@ extension RecipeGap09Tests {
                 "verification runs again on the changed tree: \(Self.calls(st))")
         #expect(r.code == 2, "the verifier's verdict, not the replayed approval: stderr: \(r.stderr)")
         #expect(r.stdout.contains("broken.py is broken"), "stdout: \(r.stdout)")
+        // The verification's declared inputs say why it ran again (issue 25).
+        let why = try Harness.run(["log", "--why", "verification"], cwd: d)
+        #expect(why.stdout.contains("runs: inputs changed: broken.py added"), "\(why.stdout)")
         // The snapshot of the first run is reused: the tree is back as it was before the first execution.
         #expect(Self.manifest(d) == before, "reverted to the first snapshot: \(Self.manifest(d).keys.sorted())")
         let logs = Harness.events(Harness.journal(run), type: "log").compactMap { $0["message"] as? String }

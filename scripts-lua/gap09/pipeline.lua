@@ -197,13 +197,14 @@ end
 --- GAP09_MODEL in its environment. With several models for the stage (dual discovery),
 --- one call per model, in order; their outputs are joined. Returns the stage result and
 --- its StageResult (never raises for a failed agent; see failureKind).
-function Pipeline:call(stage, prompt, iteration, extraEnv)
+-- `inputs`: the stage's declared inputs (runStage's field): their content is part of its fingerprint.
+function Pipeline:call(stage, prompt, iteration, extraEnv, inputs)
   local cfg = self.agents[stage] or {}
   local models = cfg.models or {}
   if #models == 0 then models = {false} end
   local outputs, r, rec = {}, nil, nil
   for i, model in ipairs(models) do
-    r, rec = self:callOne(stage, prompt, iteration, model or nil, #models > 1 and i or nil, extraEnv)
+    r, rec = self:callOne(stage, prompt, iteration, model or nil, #models > 1 and i or nil, extraEnv, inputs)
     if not r.ok then return r, rec end
     outputs[#outputs + 1] = #models > 1 and ("### " .. tostring(model) .. "\n" .. (r.stdout or "")) or (r.stdout or "")
   end
@@ -211,7 +212,7 @@ function Pipeline:call(stage, prompt, iteration, extraEnv)
   return r, rec
 end
 
-function Pipeline:callOne(stage, prompt, iteration, model, part, extraEnv)
+function Pipeline:callOne(stage, prompt, iteration, model, part, extraEnv, inputs)
   local slot = M.SESSION_SLOT[stage]
   local agent = (self.agents[stage] or {}).agent
   local id = part and (stage .. "-" .. part) or stage
@@ -231,7 +232,7 @@ function Pipeline:callOne(stage, prompt, iteration, model, part, extraEnv)
       model = model or baton.json.null, agent = agent or baton.json.null, iteration = iteration or 0,
       error = "the run was cancelled during this stage"})
     local r = runStage{id = id, cmd = cmd, cwd = self.cwd, stdin = prompt, timeout = self.timeout, grace = 2,
-      env = env, allowFail = true}
+      env = env, allowFail = true, inputs = inputs}
     if r.dry then self.plan[#self.plan + 1] = ("stage %s: %s%s"):format(id, cmd, model and (" (model " .. model .. ")") or "") end
     return r, session, t0
   end

@@ -171,13 +171,16 @@ function M.codeManifest(cwd, excl)
   return m
 end
 
---- One hash of a manifest (sha256 of its sorted lines).
-function M.hash(m)
-  local ls = {}
-  for p, v in pairs(m) do ls[#ls + 1] = p .. "\t" .. v end
-  table.sort(ls)
-  local out = baton.sh({"sha256sum"}, {stdin = table.concat(ls, "\n") .. "\n", readOnly = true})
-  return (out:match("^(%x+)"))
+--- The work tree as a stage's declared inputs (runStage's `inputs`): every file under `cwd`
+--- but git-ignored ones (Baton itself never includes .git and the runs directory).
+function M.inputs(cwd)
+  local out = {"?."}
+  if M.isGit(cwd) then
+    for _, x in ipairs(lines(sh("git ls-files --others --ignored --exclude-standard --directory 2>/dev/null", cwd))) do
+      out[#out + 1] = "!" .. x
+    end
+  end
+  return out
 end
 
 --- Copies the tree (without .git and the runs directory) to dir/tree, modes kept; in git,

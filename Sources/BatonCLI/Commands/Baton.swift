@@ -16,7 +16,7 @@ struct BatonCommand: ParsableCommand {
             """,
         version: "baton \(BatonVersion.string) (Lua \(LuaInfo.version))",
         subcommands: [RunCommand.self, RunsCommand.self, StatusCommand.self, LogCommand.self, ReportCommand.self, OneRun<WaitKind>.self, OneRun<CancelKind>.self,
-                      ResumeCommand.self, AttachCommand.self, DebugCommand.self, PruneCommand.self, CheckCommand.self, InitCommand.self, TypesCommand.self, ReplCommand.self, VersionCommand.self,
+                      ResumeCommand.self, AttachCommand.self, DebugCommand.self, PruneCommand.self, CacheCommand.self, InputsCommand.self, CheckCommand.self, InitCommand.self, TypesCommand.self, ReplCommand.self, VersionCommand.self,
                       WatchdogCommand.self])
 
     @OptionGroup var globals: Globals

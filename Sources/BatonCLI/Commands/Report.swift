@@ -110,17 +110,44 @@ extension Commands {
         let events = dir.readHistory().contents.events
         let t = RunTimeline(events, live: false)
         let picked = t.decisions.filter { stage == nil || $0.key.id == stage }
+        // The cache's answers (hit, or why not), by life of the run: 0 is the first run.
+        var cache: [(life: Int, key: StageKey, decision: CacheDecision)] = []
+        var life = -1
+        for e in events {
+            switch e.body {
+            case .runStarted, .runResumed: life += 1
+            case let .stageStarted(s): if let c = s.cache, stage == nil || s.key.id == stage { cache.append((max(0, life), s.key, c)) }
+            default: break
+            }
+        }
+        func cacheOf(_ l: Int, _ k: StageKey) -> CacheDecision? { cache.first { $0.life == l && $0.key == k }?.decision }
         if json {
-            out(JSON.array(picked.map { d in
-                JSON.object([("resume", .int(Int64(d.life))), ("id", .string(d.key.id)),
+            var list = picked.map { d in
+                var o: [(String, JSON)] = [("resume", .int(Int64(d.life))), ("id", .string(d.key.id)),
                              ("occurrence", .int(Int64(d.key.occurrence))), ("replayed", .bool(d.why.replayed)),
                              ("reason", .string(d.why.reason.rawValue)), ("changed", .array(d.why.changed.map(JSON.string))),
-                             ("why", .string(d.why.sentence))])
-            }).encoded(pretty: true))
+                             ("why", .string(d.why.sentence))]
+                if let f = d.why.files {
+                    o.append(("files", .object([("changed", .array(f.changed.map(JSON.string))), ("added", .array(f.added.map(JSON.string))),
+                                                ("removed", .array(f.removed.map(JSON.string))), ("more", .int(Int64(f.more)))])))
+                }
+                if let c = cacheOf(d.life, d.key) { o.append(("cache", c.json)) }
+                return JSON.object(o)
+            }
+            for c in cache where c.life == 0 {
+                list.append(.object([("resume", .int(0)), ("id", .string(c.key.id)), ("occurrence", .int(Int64(c.key.occurrence))),
+                                     ("cache", c.decision.json), ("why", .string(c.decision.sentence))]))
+            }
+            out(JSON.array(list).encoded(pretty: true))
             return ExitStatus.success.rawValue
         }
+        let first = cache.filter { $0.life == 0 }
+        if !first.isEmpty {
+            out("run \(dir.id) at \(Render.shortTime(t.lives.first?.start ?? 0)) UTC:")
+            for c in first { out("  \(c.key): \(c.decision.sentence)") }
+        }
         if t.lives.count < 2 {
-            out("run \(dir.id) was never resumed: every stage call ran for real")
+            out("run \(dir.id) was never resumed: every stage call ran for real" + (first.isEmpty ? "" : " or came from the cache"))
             return ExitStatus.success.rawValue
         }
         if picked.isEmpty, let s = stage {
@@ -130,7 +157,7 @@ extension Commands {
         for l in 1..<t.lives.count {
             let ds = picked.filter { $0.life == l }
             out("resume \(l) at \(Render.shortTime(t.lives[l].start)) UTC:" + (ds.isEmpty ? " (no stage call reached)" : ""))
-            for d in ds { out("  \(d.key): \(d.why.sentence)") }
+            for d in ds { out("  \(d.key): \(d.why.sentence)" + (cacheOf(l, d.key).map { "; " + $0.sentence } ?? "")) }
         }
         return ExitStatus.success.rawValue
     }

@@ -38,6 +38,7 @@ struct RunCommand: RunsDirCommand {
     var breaks: [String] = []
     @Option(name: .customLong("break-timeout"), help: ArgumentHelp("A pause with nobody attached goes on after this long (journaled): 10m, 90s.", valueName: "DURATION"))
     var breakTimeout: String?
+    @Flag(help: "Use the cache across runs for every stage that declares outputs (unless it says cache = false).") var cache = false
     @OptionGroup var globals: Globals
     @Argument(help: ArgumentHelp("The recipe file; the words after it are the recipe's own.", valueName: "RECIPE"),
               completion: .file(extensions: ["lua"]))
@@ -68,6 +69,7 @@ struct RunCommand: RunsDirCommand {
         o.sync = try syncPolicy(sync)
         o.budget = try runBudget(budget)
         if let e = executor { o.executor = e }
+        o.cache = cache
         o.existingRun = existingRun != nil
         o.breaks = breaks
         o.breakTimeout = try breakTimeoutSeconds(breakTimeout)
@@ -133,6 +135,7 @@ public enum Detach {
         if let e = o.executor { args += ["--executor", e] }
         for b in o.breaks { args += ["--break", b] }
         if let t = o.breakTimeout { args += ["--break-timeout", String(t)] }
+        if o.cache { args.append("--cache") }
         args.append(o.recipe)
         args.append(contentsOf: o.words)
         do {

@@ -324,7 +324,7 @@ public struct ReportHTML {
         h += "<th>failure class</th><th>exit</th><th>duration</th><th>logs</th><th>last stderr lines</th><th>resume</th></tr></thead><tbody>\n"
         for r in stages.prefix(ReportHTML.tableLimit) {
             let f = r.finished
-            let status = r.replayed ? "passed (replayed)" : r.status.rawValue
+            let status = r.replayed ? "passed (replayed)" : f?.cachedFrom.map { "passed (cached: \($0.text))" } ?? r.status.rawValue
             h += "<tr class=\"st-\(r.replayed ? "replayed" : r.status.rawValue)\"><td><code>\(esc(r.key.id))</code></td><td>\(r.key.occurrence)</td>"
             h += "<td>\(f?.attempt ?? r.attempt)</td><td>\(esc(status.replacingUnderscore))</td><td>\(f?.failureClass?.rawValue ?? "")</td>"
             h += "<td>\(f?.exit.map { String($0) } ?? (f?.signal.map { "signal \($0)" } ?? ""))</td><td>\(Clock.human(Double(r.durationMs) / 1000))</td>"

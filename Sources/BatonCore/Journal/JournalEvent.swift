@@ -341,9 +341,13 @@ public struct StageStarted: Sendable {
     public var reattached = false
     /// The attempt's time limit in seconds (`timeout`; absent when it has none).
     public var timeoutSec: Double?
+    /// Declared inputs as resolved (how many files, their digest) and the cache's answer.
+    public var inputs: InputsRecord?
+    public var cache: CacheDecision?
 
     public static let fieldNames = ["id", "occurrence", "attempt", "argv", "shell", "cwd", "fingerprint", "fingerprint_parts",
-                                    "logs", "pid", "dry", "why", "executor", "native_id", "reattached", "timeout_sec"]
+                                    "logs", "pid", "dry", "why", "executor", "native_id", "reattached", "timeout_sec",
+                                    "inputs", "cache"]
 
     public init(key: StageKey, attempt: Int, command: Command, cwd: String, fingerprint: String, logs: StageLogs) {
         self.key = key; self.attempt = attempt; self.command = command; self.cwd = cwd
@@ -365,6 +369,8 @@ public struct StageStarted: Sendable {
         nativeID = f.string("native_id")
         reattached = f.bool("reattached")
         timeoutSec = f.double("timeout_sec")
+        inputs = InputsRecord(f["inputs"])
+        cache = CacheDecision(f["cache"])
     }
 
     var fields: [(String, JSON)] {
@@ -380,6 +386,8 @@ public struct StageStarted: Sendable {
         if let n = nativeID { o.append(("native_id", .string(n))) }
         if reattached { o.append(("reattached", .bool(true))) }
         if let t = timeoutSec { o.append(("timeout_sec", .double(t))) }
+        if let i = inputs { o.append(("inputs", i.json)) }
+        if let c = cache { o.append(("cache", c.json)) }
         return o
     }
 }
@@ -444,10 +452,13 @@ public struct StageFinished: Sendable {
     /// Not journaled here (stage_started carries them; the history keeps them for a replay),
     /// filled in by `RunHistory.replayable` for resume's reasons. Read when an older journal has them.
     public var fingerprintParts: FingerprintParts?
+    /// Declared outputs after a pass (path -> content hash), and where a cache hit came from.
+    public var outputs: [(String, String)] = []
+    public var cachedFrom: CachedFrom?
 
     public static let fieldNames = ["id", "occurrence", "attempt", "exit", "signal", "status", "failure_class", "signature",
                                     "duration_ms", "logs", "fingerprint", "replayed", "final", "message",
-                                    "breaker_open", "dry"]
+                                    "breaker_open", "dry", "outputs", "cached_from"]
 
     init(_ f: inout Fields) {
         key = f.key()
@@ -466,6 +477,8 @@ public struct StageFinished: Sendable {
         message = f.string("message")
         breakerOpen = f.bool("breaker_open")
         dry = f.bool("dry")
+        if case let .object(o)? = f["outputs"] { outputs = o.compactMap { k, v in v.stringValue.map { (k, $0) } } }
+        cachedFrom = CachedFrom(f["cached_from"])
     }
 
     public init(key: StageKey, attempt: Int, status: StageStatus, durationMs: Int64, logs: StageLogs, fingerprint: String) {
@@ -484,6 +497,8 @@ public struct StageFinished: Sendable {
         if let m = message { o.append(("message", .string(m))) }
         if breakerOpen { o.append(("breaker_open", .bool(true))) }
         if dry { o.append(("dry", .bool(true))) }
+        if !outputs.isEmpty { o.append(("outputs", .object(outputs.map { ($0.0, .string($0.1)) }))) }
+        if let c = cachedFrom { o.append(("cached_from", c.json)) }
         return o
     }
 }

@@ -34,12 +34,25 @@ public struct StageSpec: Sendable {
     /// (`waitFor = "group"`: a launcher that leaves its real work in the background).
     /// Timeout and cancel still end the whole group.
     public var waitForGroup = false
+    /// Declared inputs and outputs (globs relative to the cwd; Cache/StageFiles.swift), whether
+    /// the cache may answer (nil: `run --cache` decides), and the inputs as resolved.
+    public var inputs: [String] = []
+    public var outputs: [String] = []
+    public var cache: Bool?
+    public var inputSet: FileSet?
 
     public init(id: String, command: Command) { self.id = id; self.command = command }
 
-    /// What resume compares: the command, cwd, env and stdin.
-    public var fingerprint: String {
-        FailureSignature.fnv1a(command.json.encoded() + "\u{1}" + (cwd ?? "") + "\u{1}" + envText + "\u{1}" + (stdin ?? ""))
+    /// What resume compares: the command, cwd, env and stdin, and the declared inputs' content
+    /// and outputs when there are any.
+    public var fingerprint: String { FailureSignature.fnv1a(fingerprintText) }
+
+    /// The text the fingerprint (and the cache's key, its SHA-256) hashes.
+    public var fingerprintText: String {
+        var s = command.json.encoded() + "\u{1}" + (cwd ?? "") + "\u{1}" + envText + "\u{1}" + (stdin ?? "")
+        if let i = inputSet { s += "\u{1}inputs=" + i.digest }
+        if !outputs.isEmpty { s += "\u{1}outputs=" + outputs.joined(separator: "\u{2}") }
+        return s
     }
 
     /// The env table as the fingerprint (and its per-input part) hashes it: sorted `k=v` pairs.
@@ -77,6 +90,10 @@ public struct StageResult: Sendable {
     /// Why it failed, in one sentence (missing files, breaker, spawn error...).
     public var message: String?
     public var breakerOpen = false
+    /// Declared outputs after a pass: relative path -> content hash.
+    public var outputs: [(String, String)] = []
+    /// Answered by the cache: the run and stage call that made the outputs.
+    public var cachedFrom: CachedFrom?
 
     public var ok: Bool { status == .passed }
     public var key: StageKey { StageKey(id: id, occurrence: occurrence) }
@@ -95,6 +112,8 @@ public struct StageResult: Sendable {
                   duration: Double(f.durationMs) / 1000, logs: f.logs)
         exit = 0
         replayed = true
+        outputs = f.outputs
+        cachedFrom = f.cachedFrom
     }
 
     /// Fills `stdout`/`stderr` from the log files (for a replayed result).
@@ -183,6 +202,10 @@ public final class StageExecution: LoopTask {
     /// In a resume: why this call replayed or runs (journaled on its first attempt).
     public internal(set) var why: ResumeWhy?
     lazy var fingerprintParts = FingerprintParts(spec)
+    /// With the cache on for this call: its answer (a miss, journaled on the first attempt).
+    public internal(set) var cacheDecision: CacheDecision?
+    /// The declared outputs as hashed after the pass (what the cache stores).
+    var outputSnapshots: [OutputSnapshot] = []
 
     init(spec: StageSpec, key: StageKey, context: RunContext, executor: Executor) {
         self.spec = spec
@@ -268,7 +291,8 @@ public final class StageExecution: LoopTask {
                                    fingerprint: spec.fingerprint, logs: logs)
         started.fingerprintParts = fingerprintParts
         started.timeoutSec = spec.timeout
-        if attempt == 1 { started.why = why }
+        if attempt == 1 { started.why = why; started.cache = cacheDecision }
+        started.inputs = spec.inputSet.map(InputsRecord.init)
         attemptStart = Clock.monotonic()
         if attempt == 1 { firstStart = attemptStart }
         do {
@@ -474,6 +498,7 @@ public final class StageExecution: LoopTask {
                 r.status = .failed
                 r.message = "required file\(missing.count > 1 ? "s" : "") missing or empty: \(missing.joined(separator: ", "))"
             }
+            if r.ok && !spec.outputs.isEmpty { checkOutputs(&r) }
         }
         if !r.ok {
             let tail = r.stderrText
@@ -503,6 +528,7 @@ public final class StageExecution: LoopTask {
         f.failureClass = r.failureClass
         f.signature = r.signature
         f.message = r.message
+        f.outputs = r.outputs
         var retry = false
         if !r.ok, r.status != .cancelled, let sig = r.signature, let cls = r.failureClass {
             let seen = context.countSignature(sig)
@@ -524,6 +550,7 @@ public final class StageExecution: LoopTask {
             phase = .waiting(until: Clock.monotonic() + delay)
         } else {
             r.duration = Clock.monotonic() - firstStart
+            if r.ok { context.storeInCache(self, r) }
             finish(with: r)
         }
     }

@@ -63,6 +63,9 @@ public final class RunContext {
     var finished = false
     /// Watches a control client asked to end as blocked (`:skip`); a watch's waits check it.
     public var skipRequests: Set<String> = []
+    /// Declared inputs and outputs, the stat cache and the cache across runs (Cache/).
+    public lazy var files: StageFilesState = { filesUsed = true; return StageFilesState(runDir: dir) }()
+    private var filesUsed = false
 
     public var interrupted: Bool { loop.interrupted }
 
@@ -340,7 +343,7 @@ public final class RunContext {
             }
             let why = ResumeWhy.decide(key, fingerprint: spec.fingerprint, parts: { exec.fingerprintParts }, history: history,
                                        replay: rp, ranFirst: first)
-            exec.why = why
+            exec.why = inputChanges(why, exec, rp[key])
             if why.replayed, let f = rp[key] {
                 var again = f
                 again.replayed = true
@@ -356,6 +359,7 @@ public final class RunContext {
                 if !lane.isEmpty, fanOutRan == nil { fanOutRan = key }
             }
         }
+        if answerFromCache(exec) { return exec }
         loop.add(exec)
         return exec
     }
@@ -472,6 +476,7 @@ public final class RunContext {
         if !leftover.isEmpty {
             log(.info, "resume: cancelled the jobs the previous runner left and this one did not take up: \(leftover.joined(separator: ", "))")
         }
+        if filesUsed { files.saveStatCache(force: true) }
         let fatalBefore = fatal
         let reason = boundedReason(reason)
         if fatal == nil { record(.final(FinalEvent(status: status, exitCode: exitCode, reason: reason))) }

@@ -137,6 +137,12 @@ public struct RunInfo {
             ("runner_pid", runnerPid.map { .int(Int64($0)) } ?? .null),
             ("stages_finished", .int(Int64(stageCount))),
         ]
+        let cached = cachedStages
+        if !cached.isEmpty {
+            o.append(("stages_cached", .array(cached.map { r in
+                .object([("id", .string(r.key.id)), ("occurrence", .int(Int64(r.key.occurrence))), ("cached_from", r.finished!.cachedFrom!.json)])
+            })))
+        }
         if let c = current {
             o.append(("current", .object([("kind", .string(c.kind)), ("id", .string(c.id)),
                                           ("since", .string(Clock.rfc3339(c.since))),
@@ -165,4 +171,9 @@ public struct RunInfo {
         o.append(("problems", .array(problems.map(JSON.string))))
         return .object(o)
     }
+}
+
+extension RunInfo {
+    /// Stage calls the cache answered (their outputs restored from an earlier run's).
+    public var cachedStages: [StageRecord] { history.stages.filter { $0.finished?.cachedFrom != nil } }
 }
