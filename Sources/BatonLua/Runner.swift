@@ -117,6 +117,9 @@ public enum RecipeRunner {
         env.setRequirePaths(recipeDir: dir)
         baton_abort_on_signals(1)
         if let b = o.budget { ctx.setBudget(b.seconds, text: b.text) }
+        // A recipe stuck inside a C function (where no hook fires) still ends on a signal,
+        // the budget or cancel: the guard acts when nothing answers within a second.
+        if o.exitWhenDone { _ = baton_stuck_guard_start(1, 10) }
 
         // The control socket (baton attach): served by the loop while the recipe waits, from
         // the first wait on (what never waits cannot be served anyway).

@@ -108,6 +108,22 @@ public struct FinalRecord: Sendable {
 
     public func write(to dir: RunDirectory) throws { try FileIO.writeAtomically(dir.final, encoded()) }
 
+    /// The document the stuck guard writes (see CBatonSys): cancelled, cut around the fields
+    /// its thread fills in (exit code, reason, started_at, ended_at, duration_ms).
+    public func stuckGuardParts() -> (head: String, tail: String) {
+        var doc = self
+        doc.status = .cancelled
+        doc.crashed = false
+        doc.reasonFile = nil
+        let all = doc.pairs
+        let cut = all.firstIndex { $0.0 == "exit_code" }!
+        let rest = all.firstIndex { $0.0 == "stages" }!
+        func encode(_ p: ArraySlice<(String, JSON)>) -> String {
+            p.map { JSON.object([$0]).encoded(pretty: false).dropFirst().dropLast() }.joined(separator: ", ")
+        }
+        return ("{" + encode(all[..<cut]) + ", ", ", " + encode(all[rest...]) + "}\n")
+    }
+
     /// The document the crash guard writes, cut around the exit code and reason that its
     /// signal handler fills in (`"exit_code": N, "reason": "..."`).
     public func crashGuardParts() -> (head: String, tail: String) {

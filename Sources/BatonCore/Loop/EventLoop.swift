@@ -97,6 +97,7 @@ public final class EventLoop {
             step(now: now)
             if interrupted {
                 if !cancelling {
+                    baton_stuck_guard_ack()   // the run is not stuck in a C call: it ends its own way
                     // The signal that got us here is still in the self-pipe: read it now, so
                     // that only a later signal counts as the second one (SIGKILL at once).
                     baton_signal_drain()

@@ -253,6 +253,9 @@ public final class RunContext {
         let until = startedMonotonic + seconds
         budget = (text, until)
         _ = baton_budget_arm(max(0.000_001, until - Clock.monotonic()))
+        // The stuck guard's reason (JSON string contents): the same words as the normal ending's.
+        let why = JSON.string("run budget of \(text) exceeded").encoded(pretty: false)
+        baton_stuck_guard_budget(String(why.dropFirst().dropLast()), ExitStatus.budgetExceeded.rawValue)
         log(.info, "run budget: \(text) (ends at \(Clock.rfc3339(Clock.now() + until - Clock.monotonic())))")
     }
 
@@ -423,6 +426,9 @@ public final class RunContext {
         // should not encode them all here.
         let parts = finalRecord(status: .failed, exitCode: nil, reason: nil, ended: false, stages: false).crashGuardParts()
         baton_crash_guard_install(dir.final, parts.head, parts.tail)
+        let doc = finalRecord(status: .cancelled, exitCode: nil, reason: nil, ended: false, stages: false)
+        let stuck = doc.stuckGuardParts()
+        baton_stuck_guard_prepare(dir.final, stuck.head, stuck.tail, Clock.rfc3339(doc.startedAt), doc.startedAt)
     }
 
     public func mergeResult(_ fields: [(String, JSON)]) {
@@ -462,6 +468,7 @@ public final class RunContext {
         do {
             try finalRecord(status: status, exitCode: exitCode, reason: reason, ended: true).write(to: dir)
             baton_crash_guard_disarm()
+            baton_stuck_guard_disarm()
         } catch {
             problems.append("cannot write final.json: \(error)")
         }
