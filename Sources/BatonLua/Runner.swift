@@ -223,6 +223,9 @@ public enum RecipeRunner {
         if sig == SIGALRM, baton_budget_expired() != 0, let b = env.context?.budget {
             return Ending(status: .cancelled, exit: .budgetExceeded, reason: "run budget of \(b.text) exceeded")
         }
+        if sig == SIGTERM, let by = env.context?.endedBy {
+            return Ending(status: .cancelled, exit: .signal(sig), reason: "cancelled from baton attach by \(by.user) (uid \(by.uid), pid \(by.pid))")
+        }
         return Ending(status: .cancelled, exit: .signal(sig), reason: "interrupted by \(signalName(sig))")
     }
 

@@ -65,3 +65,45 @@ extension IntegrityTests {
         #expect(s.stdout.contains("cancelled"), "status: \(s.stdout) \(s.stderr)")
     }
 }
+
+extension IntegrityTests {
+    // MARK: 4. attach cannot fake an ending
+
+    /// `os.exit` typed at attach is refused (pointing to :cancel and :kill) and the run goes
+    /// on; `:cancel` cancels it, and final.json names the client that did in `ended_by`.
+    @Test func attachCannotFakeAnEnding() throws {
+        let d = Harness.tempDir("attach-exit")
+        Harness.write(d + "/r.lua", "runStage{id = 'bg', cmd = {'sleep', '600'}, background = true}\nbaton.log('waiting')\nbaton.sleep(600)\nreturn {done = true}\n")
+        let (p, _, _) = try Harness.start(["run", "r.lua"], cwd: d)
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        #expect(Harness.waitFor { Harness.latestRun(d).map { FileManager.default.fileExists(atPath: $0 + "/control.sock") } == true })
+        let run = try #require(Harness.latestRun(d))
+        for line in ["os.exit(0)", "os.exit(true)", "local e = os.exit; e(0)", "pcall(os.exit, 0)"] {
+            let a = try Harness.run(["attach"], cwd: d, stdin: line + "\n", timeout: 30)
+            #expect(a.stdout.contains(":cancel") || a.stderr.contains(":cancel"), "\(line): \(a.stdout) \(a.stderr)")
+            #expect(a.stdout.contains("refused") || a.stderr.contains("refused"), "\(line): \(a.stdout) \(a.stderr)")
+        }
+        usleep(300_000)
+        #expect(p.isRunning && Harness.final(run) == nil, "os.exit at attach ended the run: \(Harness.final(run) ?? [:])")
+        // :cancel ends it, as baton cancel would, and says who
+        let (c, cout, cerr) = try Harness.start(["attach"], cwd: d, stdin: ":cancel\n")
+        let client = c.processIdentifier
+        let out = Harness.Output(cout), err = Harness.Output(cerr)
+        #expect(Harness.waitFor(20) { !c.isRunning }, "attach did not return after :cancel")
+        #expect(Harness.waitFor(20) { !p.isRunning }, "the run did not end after :cancel: \(out.text) \(err.text)")
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 143)
+        let f = try #require(Harness.final(run))
+        #expect(f["status"] as? String == "cancelled", "\(f)")
+        let by = f["ended_by"] as? [String: Any]
+        #expect(by?["uid"] as? Int == Int(getuid()) && by?["pid"] as? Int == Int(client), "ended_by: \(by ?? [:]), client \(client)")
+        #expect((f["reason"] as? String)?.contains("baton attach") == true, "\(f["reason"] ?? "")")
+        let mark = "BATON_RUN_ID=" + (run as NSString).lastPathComponent
+        #expect(Harness.waitFor(3) { Harness.processes(withEnv: mark).isEmpty })
+        // every control event is journaled: the refusals and the cancel
+        let controls = Harness.events(Harness.journal(run), type: "control")
+        #expect(controls.filter { $0["op"] as? String == "eval" }.count == 4, "\(controls)")
+        #expect(controls.filter { ($0["result"] as? String)?.contains("os.exit is refused") == true }.count == 4, "\(controls)")
+        #expect(controls.contains { $0["op"] as? String == "cancel" && $0["pid"] as? Int == Int(client) }, "\(controls)")
+    }
+}

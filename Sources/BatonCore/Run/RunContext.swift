@@ -380,6 +380,7 @@ public final class RunContext {
         var f = FinalRecord(history: history, status: status, exitCode: exitCode, reason: reason,
                             endedAt: ended ? Clock.now() : nil, result: result, stages: stages)
         f.reasonFile = reasonFile
+        f.endedBy = endedBy
         return f
     }
 
@@ -388,6 +389,8 @@ public final class RunContext {
     /// The longest `reason` final.json and the journal's `final` event hold (bytes, the note
     /// of what was cut included).
     public static let reasonLimit = 4096
+    /// Set when a control client (`baton attach`'s `:cancel`) ended the run.
+    public var endedBy: FinalRecord.EndedBy?
     /// `reason.txt` (relative to the run directory) once a reason was cut: the whole text.
     public private(set) var reasonFile: String?
 
