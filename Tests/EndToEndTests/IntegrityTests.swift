@@ -194,7 +194,8 @@ import Testing
         let d = Harness.tempDir("eperm")
         chmod(d, 0o755)
         Harness.write(d + "/r.lua", "baton.log('up')\nbaton.sleep(60)\n")
-        let (p, _, _) = try Harness.start(["run", "r.lua"], cwd: d)
+        // runs shared with other users (run directories are 0700 otherwise: they could not see it)
+        let (p, _, _) = try Harness.start(["run", "r.lua"], cwd: d, env: ["BATON_RUNS_MODE": "0755"])
         defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
         #expect(Harness.waitFor { Harness.latestRun(d).flatMap { Harness.read($0 + "/journal.jsonl") }?.contains("\"up\"") == true })
         let c = Process()

@@ -30,6 +30,7 @@ extension Commands {
     public static func resume(root: String, ref: String?, json: Bool, sync: SyncPolicy = RunOptions.defaultSync, stream: Bool = false,
                               budget: (seconds: Double, text: String)? = nil, exitWhenDone: Bool = false) -> Int32 {
         guard let dir = resolve(root, ref, json: json) else { return ExitStatus.usage.rawValue }
+        if let refused = refuseLinked(dir, json: json) { return refused }
         let (history, contents) = dir.readHistory()
         guard let start = history.latestStart?.began else {
             return fail("run \(dir.id) has no run_started event: nothing to resume", json: json)

@@ -119,7 +119,7 @@ public struct FinalRecord: Sendable {
 
     public static func read(_ dir: RunDirectory) -> FinalRecord? { dir.readFinal().flatMap { FinalRecord(json: $0) } }
 
-    public func write(to dir: RunDirectory) throws { try FileIO.writeAtomically(dir.final, encoded()) }
+    public func write(to dir: RunDirectory) throws { try FileIO.writeAtomically(dir.final, encoded(), mode: RunDirectory.fileMode) }
 
     /// The document the stuck guard writes (see CBatonSys): cancelled, cut around the fields
     /// its thread fills in (exit code, reason, started_at, ended_at, duration_ms).

@@ -39,7 +39,7 @@ public final class JournalWriter: @unchecked Sendable {
         self.lastSeq = lastSeq
         self.writtenSeq = lastSeq
         self.policy = policy
-        fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        fd = RunDirectory.openFile(path, O_WRONLY | O_APPEND)   // never through a planted link
         if fd < 0 { throw SystemError("open", path) }
         var st = stat()
         fstat(fd, &st)

@@ -116,7 +116,7 @@ public final class RunContext {
         } else {
             dir = try store.create(id: id)
         }
-        guard let lock = try FileLock.tryAcquire(dir.lock) else {
+        guard let lock = try FileLock.tryAcquire(dir.lock, mode: RunDirectory.fileMode) else {
             throw RunStartError("run \(dir.id) is locked by another process")
         }
         lock.writeOwner("\(getpid())\n")
@@ -134,7 +134,7 @@ public final class RunContext {
     public static func resume(dir: RunDirectory, recipe: String, recipeText: [UInt8], args: [String],
                               sync: SyncPolicy = .batched, read: (JournalContents, RunHistory)? = nil) throws -> RunContext {
         guard FileIO.isDirectory(dir.path) else { throw RunStartError("no run directory \(dir.path)") }
-        guard let lock = try FileLock.tryAcquire(dir.lock) else {
+        guard let lock = try FileLock.tryAcquire(dir.lock, mode: RunDirectory.fileMode) else {
             let owner = (try? FileIO.readString(dir.lock))?.trimmingWhitespace() ?? "?"
             throw RunStartError("run \(dir.id) is live (pid \(owner.isEmpty ? "?" : owner)): it holds its lock; use 'baton cancel \(dir.id)' to stop it")
         }
@@ -238,7 +238,10 @@ public final class RunContext {
         guard !madeStageDirs.contains(id) else { return }
         // One mkdir in the common case (a fan-out makes one directory per item).
         let path = dir.stageDir(id)
-        if mkdir(path, 0o755) != 0, errno != EEXIST { try? FileIO.makeDirectories(path) }
+        if RunDirectory.makeDirectory(path) != 0, errno == ENOENT {
+            _ = RunDirectory.makeDirectory(dir.stagesDir)
+            _ = RunDirectory.makeDirectory(path)
+        }
         madeStageDirs.insert(id)
     }
 
@@ -400,7 +403,7 @@ public final class RunContext {
     public func boundedReason(_ reason: String?) -> String? {
         guard let r = reason, r.utf8.count > RunContext.reasonLimit else { return reason }
         let name = "reason.txt"
-        let saved = (try? FileIO.writeAtomically(dir.path + "/" + name, Array(r.utf8))) != nil
+        let saved = (try? FileIO.writeAtomically(dir.path + "/" + name, Array(r.utf8), mode: RunDirectory.fileMode)) != nil
         if saved { reasonFile = name }
         let total = r.utf8.count
         func note(_ kept: Int) -> String {
