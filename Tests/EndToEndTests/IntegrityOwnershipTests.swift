@@ -98,3 +98,67 @@ extension IntegrityTests {
         #expect(Harness.read(target) == "precious\n", "the planted link was followed")
     }
 }
+
+extension IntegrityTests {
+    // MARK: 6. moving a project keeps its runs whole
+
+    /// After `mv proj proj2`: `log --stage`, `report` (its links), `resume` and `attach` work;
+    /// the journal names stage logs relative to the run directory; a run whose journal holds
+    /// the old absolute paths still reads after the move.
+    @Test func movingAProjectKeepsItsRunsWhole() throws {
+        let base = Harness.tempDir("move")
+        let d = base + "/proj"
+        try FileManager.default.createDirectory(atPath: d + "/.baton", withIntermediateDirectories: true)
+        Harness.write(d + "/r.lua", """
+            runStage{id = 'a', cmd = 'echo hello-a'}
+            runStage{id = 'b', cmd = 'test -f ok && echo hello-b'}
+            if baton.fs.exists('wait') then baton.log('waiting'); baton.sleep(600) end
+            return {ok = true}
+            """)
+        #expect(try Harness.run(["run", "r.lua"], cwd: d).code != 0)
+        let oldRun = try #require(Harness.latestRun(d))
+        let id = (oldRun as NSString).lastPathComponent
+        let started = Harness.events(Harness.journal(oldRun), type: "stage_started")
+        let logs = started.compactMap { ($0["logs"] as? [String: Any])?["stdout"] as? String }
+        #expect(logs == ["stages/a/1.out", "stages/b/1.out"], "journaled: \(logs)")
+        // a second run, its journal rewritten with absolute paths, as versions before wrote it
+        #expect(try Harness.run(["run", "--run-id", "oldstyle", "r.lua"], cwd: d).code != 0)
+        let os = d + "/.baton/runs/oldstyle"
+        let j = try #require(Harness.read(os + "/journal.jsonl"))
+        try j.replacingOccurrences(of: "\"stages/", with: "\"" + os + "/stages/").write(toFile: os + "/journal.jsonl", atomically: true, encoding: .utf8)
+
+        let d2 = base + "/proj2"
+        try FileManager.default.moveItem(atPath: d, toPath: d2)
+        let run = d2 + "/.baton/runs/" + id
+        for r in [id, "oldstyle"] {
+            let l = try Harness.run(["log", "--stage", "a", r], cwd: d2)
+            #expect(l.code == 0 && l.stdout == "hello-a\n", "log --stage a \(r): \(l.stdout) \(l.stderr)")
+        }
+        let js = try Harness.run(["log", "--stage", "a", "--json", id], cwd: d2)
+        #expect(js.stdout.contains("hello-a"), "\(js.stdout) \(js.stderr)")
+        // the report's links are relative to it and lead to the logs
+        #expect(try Harness.run(["report", id], cwd: d2).code == 0)
+        let html = try #require(Harness.read(run + "/report.html"))
+        #expect(html.contains("href=\"stages/a/1.out\"") && !html.contains(d + "/"), "report links: \(html.components(separatedBy: "href=").dropFirst().prefix(3))")
+        #expect(FileManager.default.fileExists(atPath: run + "/stages/a/1.out"))
+        // resume: replays a, runs b, then waits: attach reaches it
+        Harness.write(d2 + "/ok", "")
+        Harness.write(d2 + "/wait", "")
+        let (p, _, errPipe) = try Harness.start(["resume", id], cwd: d2)
+        let err = Harness.Output(errPipe)
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        #expect(Harness.waitFor { Harness.read(run + "/journal.jsonl")?.contains("waiting") == true }, "resume: \(err.text)")
+        let a = try Harness.run(["attach", id], cwd: d2, stdin: "return 40 + 2\n", timeout: 30)
+        #expect(a.stdout.contains("42"), "attach: \(a.stdout) \(a.stderr)")
+        try FileManager.default.removeItem(atPath: d2 + "/wait")
+        let c = try Harness.run(["attach", id], cwd: d2, stdin: ":cancel\n", timeout: 30)
+        #expect(Harness.waitFor(20) { !p.isRunning }, "\(c.stdout) \(c.stderr)")
+        let r2 = try Harness.run(["resume", id], cwd: d2, timeout: 60)
+        #expect(r2.code == 0, "resume after the move: \(r2.stdout) \(r2.stderr)")
+        let f = try #require(Harness.final(run))
+        #expect(f["status"] as? String == "succeeded")
+        let aRuns = Harness.events(Harness.journal(run), type: "stage_started").filter { $0["id"] as? String == "a" }
+        #expect(aRuns.count == 1, "stage a ran again after the move")
+        #expect(Harness.read(run + "/stages/b/2.out") == "hello-b\n" || Harness.read(run + "/stages/b/3.out") == "hello-b\n")
+    }
+}

@@ -48,7 +48,7 @@ extension Commands {
         let htmlPath = html ?? (trace == nil && tsv == nil ? dir.path + "/report.html" : nil)
         if let p = htmlPath {
             // In the run directory: the runs' file mode (0600 unless BATON_RUNS_MODE), like its other files.
-            try writeOutput(p, Array(ReportHTML(info: info, timeline: timeline).render().utf8),
+            try writeOutput(p, Array(ReportHTML(info: info, timeline: timeline, linkBase: html == nil ? dir.path : nil).render().utf8),
                             mode: html == nil ? RunDirectory.fileMode : 0o644)
             written.append(p)
         }

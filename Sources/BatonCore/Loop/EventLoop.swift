@@ -123,6 +123,9 @@ public final class EventLoop {
                 onTick?(label)
                 nextTick = now + tickInterval
             }
+            // Before the poll set is built: it may add a source (the control socket is opened
+            // at the first block) that this very poll must watch, and it flushes the journal.
+            beforeBlocking?()
             var wake = min(nextHeartbeat, nextPoll, nextTick)
             if let d = deadline { wake = min(wake, d) }
             if let d = journal?.syncDue { wake = min(wake, d) }
@@ -139,7 +142,6 @@ public final class EventLoop {
             let polled = inSource || cancelling ? [] : sources
             for s in polled { pfds.append(pollfd(fd: s.fd, events: Int16(POLLIN), revents: 0)) }
             if poked { poked = false; wake = now }
-            beforeBlocking?()
             let ms: Int32 = wake.isInfinite ? -1 : Int32(max(0, min(3_600_000, ((wake - now) * 1000).rounded(.up))))
             if poll(&pfds, nfds_t(pfds.count), ms) > 0 {
                 if pfds[0].revents != 0 {
