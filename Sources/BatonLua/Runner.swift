@@ -120,6 +120,12 @@ public enum RecipeRunner {
         // A recipe stuck inside a C function (where no hook fires) still ends on a signal,
         // the budget or cancel: the guard acts when nothing answers within a second.
         if o.exitWhenDone { _ = baton_stuck_guard_start(1, 10) }
+        // No process outlives its stage, even one that leaves its group (Containment).
+        if o.exitWhenDone && !o.dryRun {
+            let c = Containment.setUp(runID: ctx.dir.id)
+            Containment.shared = c
+            ctx.log(.info, "containment: \(c.mechanism.rawValue)" + (c.runGroup.map { " (\($0))" } ?? ""))
+        }
 
         // The control socket (baton attach): served by the loop while the recipe waits, from
         // the first wait on (what never waits cannot be served anyway).

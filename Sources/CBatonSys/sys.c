@@ -90,7 +90,10 @@ static const sigset_t *signals_to_reset(void) {
 #if defined(__x86_64__) && defined(__linux__)
 struct baton_clone_args {
     uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls;
+    uint64_t set_tid, set_tid_size, cgroup;   /* CLONE_ARGS_SIZE_VER2 (Linux 5.7): cgroup */
 };
+#define BATON_CLONE_ARGS_VER0 64
+#define BATON_CLONE_INTO_CGROUP 0x200000000ULL
 #define BATON_CLONE_CLEAR_SIGHAND 0x100000000ULL
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
@@ -136,7 +139,7 @@ int baton_spawn(const baton_spawn_opts *o, pid_t *out_pid, int *out_pidfd) {
         a.flags = CLONE_VM | CLONE_VFORK | BATON_CLONE_CLEAR_SIGHAND | (out_pidfd ? CLONE_PIDFD : 0);
         a.pidfd = (uint64_t)(uintptr_t)&pidfd;
         a.exit_signal = SIGCHLD;
-        long r = baton_clone3_vfork(&a, sizeof a);
+        long r = baton_clone3_vfork(&a, BATON_CLONE_ARGS_VER0);
         if (r == 0) child_main(o, parent, &child_err, reset);
         if (r > 0) { pid = (pid_t)r; forked = 1; }
         else if (r == -ENOSYS || r == -EINVAL || r == -E2BIG || r == -EPERM) clone3_works = 0; /* old kernel or a seccomp filter: vfork */
@@ -284,6 +287,11 @@ __asm__(
 
 #define SPAWN_STACK (16 * 1024)
 
+static int next_cgroup_fd = -1;
+static volatile int cgroup_broken = 0;
+void baton_spawn_into_cgroup(int dirfd) { next_cgroup_fd = dirfd; }
+int baton_spawn_cgroup_broken(void) { return cgroup_broken || !clone3_works; }
+
 int baton_spawn_async(const baton_spawn_opts *o, pid_t *out_pid, int *out_pidfd, void **out_block) {
     *out_block = NULL;
     if (!clone3_works) return baton_spawn(o, out_pid, out_pidfd);
@@ -325,7 +333,23 @@ int baton_spawn_async(const baton_spawn_opts *o, pid_t *out_pid, int *out_pidfd,
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    long r = baton_clone3_call(&a, sizeof a, async_child, b);
+    int cg = next_cgroup_fd;
+    next_cgroup_fd = -1;
+    size_t size = BATON_CLONE_ARGS_VER0;
+    if (cg >= 0 && !cgroup_broken) {
+        /* Born inside the stage's cgroup: nothing it starts can leave it (no race with a fork
+         * before the move, and no cgroup.procs write, whose lock costs an RCU grace period). */
+        a.flags |= BATON_CLONE_INTO_CGROUP;
+        a.cgroup = (uint64_t)cg;
+        size = sizeof a;
+    }
+    long r = baton_clone3_call(&a, size, async_child, b);
+    if (r < 0 && size != BATON_CLONE_ARGS_VER0) {
+        cgroup_broken = 1;   /* the kernel or a filter refuses CLONE_INTO_CGROUP: the caller falls back */
+        a.flags &= ~BATON_CLONE_INTO_CGROUP;
+        a.cgroup = 0;
+        r = baton_clone3_call(&a, BATON_CLONE_ARGS_VER0, async_child, b);
+    }
     if (r > 0 && !o->new_session) {
         /* The group exists before this returns, whether or not the child got there first:
          * a cancel right now reaches it. */
@@ -347,6 +371,8 @@ int baton_spawn_async(const baton_spawn_opts *o, pid_t *out_pid, int *out_pidfd,
     return 0;
 }
 #else
+void baton_spawn_into_cgroup(int dirfd) { (void)dirfd; }
+int baton_spawn_cgroup_broken(void) { return 1; }
 int baton_spawn_async(const baton_spawn_opts *o, pid_t *out_pid, int *out_pidfd, void **out_block) {
     *out_block = NULL;
     return baton_spawn(o, out_pid, out_pidfd);
@@ -470,8 +496,29 @@ static void crash_write(int fd, const char *s) {
     while (n > 0) { ssize_t w = write(fd, s, n); if (w <= 0) { if (errno == EINTR) continue; return; } s += w; n -= (size_t)w; }
 }
 
+static char *run_cgroup_kill = NULL;
+void baton_containment_set(const char *cgroup_kill_path) {
+    char *old = run_cgroup_kill;
+    run_cgroup_kill = cgroup_kill_path ? strdup(cgroup_kill_path) : NULL;
+    free(old);
+}
+/* cgroup.kill of the run's cgroup: every process of every stage, wherever it went. */
+static void kill_run_cgroup(void) {
+    const char *p = run_cgroup_kill;
+    if (!p) return;
+    int fd = open(p, O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) { (void)!write(fd, "1", 1); close(fd); }
+}
+
+int baton_tracked_groups(pid_t *out, int max) {
+    int n = 0;
+    for (int i = 0; i < CRASH_MAX_GROUPS && n < max; i++) { pid_t g = crash_groups[i]; if (g > 0) out[n++] = g; }
+    return n;
+}
+
 static void on_crash(int sig, siginfo_t *info, void *uctx) {
     for (int i = 0; i < CRASH_MAX_GROUPS; i++) { pid_t g = crash_groups[i]; if (g > 0) kill(-g, SIGKILL); }
+    kill_run_cgroup();
     if (crash_armed && crash_final && crash_tmp) {
         int fd = open(crash_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         if (fd >= 0) {
@@ -638,6 +685,7 @@ static void stuck_end_groups(double grace) {
         nap_ms(20);
     }
     for (int i = 0; i < CRASH_MAX_GROUPS; i++) { pid_t g = crash_groups[i]; if (g > 0) kill(-g, SIGKILL); }
+    kill_run_cgroup();
 }
 
 static void stuck_act(void) {

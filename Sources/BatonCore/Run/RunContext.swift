@@ -224,8 +224,11 @@ public final class RunContext {
         var env = Spawner.currentEnvironment()
         env["BATON_RUN_ID"] = nil
         do {
-            _ = try Spawner.spawn(argv: [FileIO.selfExecutable(), "__watchdog", dir.id], env: env, cwd: "/",
-                                  stdin: fds[0], stdout: -1, stderr: -1, newSession: true, dieWithParent: false)
+            // With the run's cgroup, which it kills after a SIGKILL of this runner.
+            let args = [FileIO.selfExecutable(), "__watchdog", dir.id] + (Containment.shared?.runGroup.map { [$0] } ?? [])
+            let pid = try Spawner.spawn(argv: args, env: env, cwd: "/",
+                                        stdin: fds[0], stdout: -1, stderr: -1, newSession: true, dieWithParent: false)
+            Containment.shared?.helpers.insert(pid)
             watchdogPipe = fds[1]
         } catch {
             close(fds[1])
@@ -461,6 +464,8 @@ public final class RunContext {
         _ = baton_budget_arm(0)
         loop.endAll()
         writePending()
+        // Whatever left its stage's group and session (and perhaps its environment).
+        if spawnedAny { Containment.shared?.endAll() }
         // Only processes this runner started can carry the mark (resume sweeps at its start).
         if spawnedAny { Survivors.kill(runID: dir.id, loop: loop) }
         // Batch jobs of a previous life that this one did not take up (their stage changed or never ran).

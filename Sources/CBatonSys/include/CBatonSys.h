@@ -31,6 +31,16 @@ int baton_spawn(const baton_spawn_opts *opts, pid_t *out_pid, int *out_pidfd);
 int baton_spawn_async(const baton_spawn_opts *opts, pid_t *out_pid, int *out_pidfd, void **out_block);
 void baton_spawn_release(void *block);
 
+/* Containment (a cgroup v2 per stage): the next baton_spawn_async's child is born in the
+ * cgroup whose directory `dirfd` is (clone3's CLONE_INTO_CGROUP; -1: none). broken: the
+ * kernel refused it (or has no clone3): the caller uses its fallback. */
+void baton_spawn_into_cgroup(int dirfd);
+int  baton_spawn_cgroup_broken(void);
+/* The run cgroup's cgroup.kill, written by the crash and stuck guards (NULL: none). */
+void baton_containment_set(const char *cgroup_kill_path);
+/* The process groups of live stages and commands (the crash guard's list): up to max. */
+int  baton_tracked_groups(pid_t *out, int max);
+
 /* pidfd_open(2): a descriptor that polls readable when the process exits. */
 int baton_pidfd_open(pid_t pid);
 
