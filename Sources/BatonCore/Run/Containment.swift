@@ -112,10 +112,9 @@ public final class Containment {
     /// SIGKILL to every process in `g` (cgroup.kill: also those forking meanwhile).
     public func kill(_ g: Group) { Self.write("1", to: g.path + "/cgroup.kill") }
 
-    /// Back to the pool once empty (an occupied one is not reused).
-    public func release(_ g: Group) {
-        if !populated(g) { pool.append(g) }
-    }
+    /// Back to the pool: the caller has seen it empty (its job found it so, or nothing
+    /// was started in it).
+    public func release(_ g: Group) { pool.append(g) }
 
     // MARK: the subreaper's sweep
 
