@@ -73,3 +73,16 @@ extension IntegrityTests {
         }
     }
 }
+
+extension IntegrityTests {
+    /// The subreaper's sweep reaps only what it killed: a `waitpid(-1)` there took a
+    /// concurrent stage's exit status, and that stage never ended (found by scripts/bench).
+    @Test(arguments: Mechanism.allCases)
+    func aFanOutEndsUnderEitherMechanism(mechanism: Mechanism) throws {
+        let d = Harness.tempDir("fan-\(mechanism.rawValue)")
+        Harness.write(d + "/r.lua", "local items = {}\nfor i = 1, 300 do items[i] = i end\n"
+            + "parallel(items, function(_, i) runStage{id = 's' .. i, cmd = {'/bin/true'}} end, {maxConcurrency = 2})\n")
+        let r = try Harness.run(["run", "r.lua"], cwd: d, env: ["BATON_CONTAINMENT": mechanism.rawValue], timeout: 60)
+        #expect(r.code == 0 && !r.signaled, "\(mechanism): \(r.stderr.suffix(500))")
+    }
+}

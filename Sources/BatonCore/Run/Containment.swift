@@ -140,9 +140,16 @@ public final class Containment {
     /// gone, their stage is over), reaped.
     public func sweepOrphans() {
         guard mechanism == .subreaper else { return }
-        for p in adoptedOrphans() { Glibc.kill(p, SIGKILL) }
+        for p in adoptedOrphans() { Glibc.kill(p, SIGKILL); killed.insert(p) }
+        reapKilled()
+    }
+
+    /// Orphans this sweep killed, reaped by pid: never waitpid(-1), which would take a live
+    /// stage's exit status from its job.
+    private var killed: Set<pid_t> = []
+    private func reapKilled() {
         var st: Int32 = 0
-        while waitpid(-1, &st, WNOHANG) > 0 {}
+        for p in killed where waitpid(p, &st, WNOHANG) != 0 { killed.remove(p) }
     }
 
     // MARK: the end of the run
