@@ -66,7 +66,7 @@ extension IntegrityTests {
             }
         }
         if p.isRunning && ending == .stageEnd { _ = Harness.waitFor(20) { !p.isRunning } }
-        if mechanism == .cgroup && used && ending != .kill9 {
+        if mechanism == .cgroup && used {
             // the run's cgroup is gone with it
             #expect(Harness.waitFor(3) { !((try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup/unified")) ?? [])
                 .contains { $0.hasPrefix("baton-" + (run as NSString).lastPathComponent) } })
@@ -84,5 +84,13 @@ extension IntegrityTests {
             + "parallel(items, function(_, i) runStage{id = 's' .. i, cmd = {'/bin/true'}} end, {maxConcurrency = 2})\n")
         let r = try Harness.run(["run", "r.lua"], cwd: d, env: ["BATON_CONTAINMENT": mechanism.rawValue], timeout: 60)
         #expect(r.code == 0 && !r.signaled, "\(mechanism): \(r.stderr.suffix(500))")
+        // and no cgroup is left behind, nor made by a run that starts no stage
+        Harness.write(d + "/none.lua", "return 1\n")
+        #expect(try Harness.run(["run", "none.lua"], cwd: d, env: ["BATON_CONTAINMENT": mechanism.rawValue]).code == 0)
+        for run in Harness.runDirs(d) {
+            let id = (run as NSString).lastPathComponent
+            let left = ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup/unified")) ?? []).filter { $0.hasPrefix("baton-" + id) }
+            #expect(left.isEmpty, "cgroups left: \(left)")
+        }
     }
 }

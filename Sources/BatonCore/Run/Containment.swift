@@ -48,12 +48,14 @@ public final class Containment {
         _ = baton_set_subreaper()
         if Settings.string(Settings.containment) != "subreaper", baton_spawn_cgroup_broken() == 0,
            let own = ownCgroup() {
+            // Made now to learn whether it can be (delegation, cgroup.kill: Linux 5.14), removed
+            // at once and made again with the first stage: a run that starts none leaves none.
             let path = own + "/baton-" + runID + "-" + String(getpid())
-            if mkdir(path, 0o755) == 0 || errno == EEXIST, FileIO.exists(path + "/cgroup.kill") {
-                baton_containment_set(path + "/cgroup.kill")
-                return Containment(mechanism: .cgroup, runGroup: path)
+            if mkdir(path, 0o755) == 0 || errno == EEXIST {
+                let usable = FileIO.exists(path + "/cgroup.kill")
+                rmdir(path)
+                if usable { return Containment(mechanism: .cgroup, runGroup: path) }
             }
-            rmdir(path)
         }
         return Containment(mechanism: .subreaper, runGroup: nil)
     }
@@ -81,6 +83,10 @@ public final class Containment {
     public func acquire() -> Group? {
         guard mechanism == .cgroup, let run = runGroup else { return nil }
         if let g = pool.popLast() { return g }
+        if made.isEmpty {
+            guard mkdir(run, 0o755) == 0 || errno == EEXIST else { return nil }
+            baton_containment_set(run + "/cgroup.kill")
+        }
         let path = run + "/s\(made.count)"
         guard mkdir(path, 0o755) == 0 || errno == EEXIST else { return nil }
         let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
@@ -160,7 +166,7 @@ public final class Containment {
     public func endAll(wait: Double = 2) {
         switch mechanism {
         case .cgroup:
-            guard let run = runGroup else { return }
+            guard let run = runGroup, !made.isEmpty else { return }
             Self.killTree(run, wait: wait)
             baton_containment_set(nil)
         case .subreaper:

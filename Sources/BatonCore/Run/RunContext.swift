@@ -465,7 +465,7 @@ public final class RunContext {
         loop.endAll()
         writePending()
         // Whatever left its stage's group and session (and perhaps its environment).
-        if spawnedAny { Containment.shared?.endAll() }
+        Containment.shared?.endAll()
         // Only processes this runner started can carry the mark (resume sweeps at its start).
         if spawnedAny { Survivors.kill(runID: dir.id, loop: loop) }
         // Batch jobs of a previous life that this one did not take up (their stage changed or never ran).
