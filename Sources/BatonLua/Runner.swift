@@ -123,8 +123,7 @@ public enum RecipeRunner {
         // No process outlives its stage, even one that leaves its group (Containment).
         if o.exitWhenDone && !o.dryRun {
             let c = Containment.setUp(runID: ctx.dir.id)
-            Containment.shared = c
-            ctx.log(.info, "containment: \(c.mechanism.rawValue)" + (c.runGroup.map { " (\($0))" } ?? ""))
+            Containment.shared = c   // (journaled with the first stage, by RunContext.startWatchdog)
         }
 
         // The control socket (baton attach): served by the loop while the recipe waits, from

@@ -217,6 +217,9 @@ public final class RunContext {
     /// A `baton __watchdog` process in its own session that ends what the run left alive as
     /// soon as this runner is gone, even after a SIGKILL (see Survivors.watchdog).
     private func startWatchdog() {
+        if let c = Containment.shared {
+            log(.info, "containment: \(c.mechanism.rawValue)" + (c.runGroup.map { " (\($0))" } ?? ""))
+        }
         var fds: [Int32] = [-1, -1]
         guard pipe(&fds) == 0 else { return }
         for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }   // stages must not hold it open
