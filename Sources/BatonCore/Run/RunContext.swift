@@ -218,6 +218,7 @@ public final class RunContext {
     /// soon as this runner is gone, even after a SIGKILL (see Survivors.watchdog).
     private func startWatchdog() {
         if let c = Containment.shared {
+            c.prepare()   // the run's cgroup, with its first stage
             log(.info, "containment: \(c.mechanism.rawValue)" + (c.runGroup.map { " (\($0))" } ?? ""))
         }
         var fds: [Int32] = [-1, -1]
