@@ -217,9 +217,12 @@ public final class RunContext {
     /// A `baton __watchdog` process in its own session that ends what the run left alive as
     /// soon as this runner is gone, even after a SIGKILL (see Survivors.watchdog).
     private func startWatchdog() {
-        if let c = Containment.shared {
-            c.prepare()   // the run's cgroup, with its first stage
-            log(.info, "containment: \(c.mechanism.rawValue)" + (c.runGroup.map { " (\($0))" } ?? ""))
+        Containment.shared?.prepare()   // the run's cgroup, with its first stage
+        // (Journaled once the watchdog runs: a SIGKILL before then leaves the stage unwatched.)
+        defer {
+            if let c = Containment.shared {
+                log(.info, "containment: \(c.mechanism.rawValue)" + (c.runGroup.map { " (\($0))" } ?? ""))
+            }
         }
         var fds: [Int32] = [-1, -1]
         guard pipe(&fds) == 0 else { return }
