@@ -294,10 +294,10 @@ public final class StageExecution: LoopTask {
             js.timeout = spec.timeout
             js.grace = spec.grace
             js.slurm = (spec.slurm ?? SlurmOptions()).over(context.slurmDefaults)
+            context.spawnedAny = true   // before the start: the watchdog watches from the first process on
             let j = try executor.start(js)
             job = j
             pid = j.pid ?? 0
-            context.spawnedAny = true
             started.pid = j.pid
             if executor.jobsOutliveRunner {
                 started.executor = executor.name
