@@ -41,6 +41,12 @@ public enum Settings {
     public static let traceback = Declaration(
         name: "BATON_TRACEBACK", kind: "any value", defaultText: "unset",
         help: "Print a recipe error's Lua traceback (it is always journaled at level debug).")
+    public static let runsMode = Declaration(
+        name: "BATON_RUNS_MODE", kind: "octal mode", defaultText: "0700",
+        help: "The mode of run directories (their files get it without the x bits: 0700 makes 0600); 0750 lets a group read runs.")
+    public static let containment = Declaration(
+        name: "BATON_CONTAINMENT", kind: "cgroup or subreaper", defaultText: "cgroup where possible",
+        help: "How processes that leave their stage's process group are ended: a cgroup v2 per stage, or (`subreaper`, also where cgroups cannot be made) the runner as their subreaper.")
     public static let yamlHelper = Declaration(
         name: "BATON_YAML_HELPER", kind: "path", defaultText: "baton-yaml next to baton",
         help: "The YAML helper `baton.yaml.decode` runs.")
@@ -57,8 +63,8 @@ public enum Settings {
 
     /// Every declaration, in docs/cli.md's order.
     public static let all: [Declaration] = [runsDir, ceilingDirs, executor, sync, luaMemoryMB, heartbeatSec,
-                                            stallWarnSec, attachLineSec, traceback, yamlHelper, cache, cacheRestore,
-                                            testCachePause]
+                                            stallWarnSec, attachLineSec, traceback, runsMode, containment, yamlHelper,
+                                            cache, cacheRestore, testCachePause]
 
     /// The variable's value as set (nil when unset).
     public static func raw(_ d: Declaration) -> String? {

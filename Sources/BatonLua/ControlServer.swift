@@ -313,6 +313,12 @@ public final class ControlServer {
             }
             ctx.skipRequests.insert(id)
             return done(true, "watch '\(id)' ends as blocked; the recipe goes on", journaled: id)
+        case .cancel:
+            // As `baton cancel`: the run's SIGTERM path (every stage ended, final.json cancelled),
+            // with who asked in final.json's ended_by.
+            ctx.endedBy = FinalRecord.EndedBy(uid: Int64(peer.uid), pid: Int64(peer.pid), user: peer.user)
+            baton_signal_raise_flag(SIGTERM)
+            return done(true, "cancelling run \(ctx.dir.id): its stages are ended (SIGTERM, SIGKILL after their grace)", journaled: ctx.dir.id)
         case .refused:
             return done(false, "unknown request '\(word)'")
         default:
@@ -352,6 +358,8 @@ public final class ControlServer {
         lua.pushRef(evalRef)
         lua.push(code)
         lua.push(ControlServer.lineCPUSeconds)
+        env.controlLines += 1   // os.exit refuses while a client's line runs
+        defer { env.controlLines -= 1 }
         do { try lua.pcall(nargs: 2, nresults: 3) } catch let e as LuaCallError {
             lua.unref(e.ref)
             return (false, e.message, false)

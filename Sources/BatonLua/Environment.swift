@@ -26,6 +26,9 @@ public final class RecipeEnvironment {
     public var makeContext: (() throws -> RunContext)?
     /// Set by os.exit.
     public internal(set) var exitCode: Int32?
+    /// Lines of a control client (`baton attach`) running now: os.exit is refused in them,
+    /// so no client can make a run whose recipe did not return end `succeeded`.
+    var controlLines = 0
     /// The terminal's status line and --stream echo (nil when neither applies).
     var view: TerminalView?
     /// Set by `baton.usageOnly()` (kit.args on `help`): the run only printed its usage.
@@ -182,6 +185,10 @@ public final class RecipeEnvironment {
                 guard let v = l.integer(1), (0...255).contains(v) else { throw LuaRaise.usage("os.exit: the code must be an integer from 0 to 255") }
                 code = Int32(v)
             default: throw LuaRaise.usage("os.exit: the code must be a boolean or an integer")
+            }
+            if self.controlLines > 0 {
+                throw LuaRaise("os.exit is refused at baton attach: it would end the run as if the recipe had; "
+                               + "use :cancel to cancel the run, or :kill STAGE to end a stage's attempt", kind: "refused")
             }
             self.exitCode = code
             l.requestAbort(BATON_ABORT_EXIT)

@@ -148,6 +148,14 @@ public enum RecipeRunner {
         env.debugger.breakTimeout = o.breakTimeout
         env.debugger.autoAttach = o.attachOnBreak && isatty(0) == 1 && isatty(1) == 1
         env.keepSources(ctx, text: text)
+        // A recipe stuck inside a C function (where no hook fires) still ends on a signal,
+        // the budget or cancel: the guard acts when nothing answers within a second.
+        if o.exitWhenDone { _ = baton_stuck_guard_start(1, 10) }
+        // No process outlives its stage, even one that leaves its group (Containment).
+        if o.exitWhenDone && !o.dryRun {
+            let c = Containment.setUp(runID: ctx.dir.id)
+            Containment.shared = c   // (journaled with the first stage, by RunContext.startWatchdog)
+        }
 
         // The control socket (baton attach): served by the loop while the recipe waits, from
         // the first wait on (what never waits cannot be served anyway).
@@ -257,6 +265,9 @@ public enum RecipeRunner {
     static func interrupted(by sig: Int32, _ env: RecipeEnvironment) -> Ending {
         if sig == SIGALRM, baton_budget_expired() != 0, let b = env.context?.budget {
             return Ending(status: .cancelled, exit: .budgetExceeded, reason: "run budget of \(b.text) exceeded")
+        }
+        if sig == SIGTERM, let by = env.context?.endedBy {
+            return Ending(status: .cancelled, exit: .signal(sig), reason: "cancelled from baton attach by \(by.user) (uid \(by.uid), pid \(by.pid))")
         }
         return Ending(status: .cancelled, exit: .signal(sig), reason: "interrupted by \(signalName(sig))\(signalSender(sig))")
     }

@@ -90,7 +90,10 @@ static const sigset_t *signals_to_reset(void) {
 #if defined(__x86_64__) && defined(__linux__)
 struct baton_clone_args {
     uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls;
+    uint64_t set_tid, set_tid_size, cgroup;   /* CLONE_ARGS_SIZE_VER2 (Linux 5.7): cgroup */
 };
+#define BATON_CLONE_ARGS_VER0 64
+#define BATON_CLONE_INTO_CGROUP 0x200000000ULL
 #define BATON_CLONE_CLEAR_SIGHAND 0x100000000ULL
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
@@ -136,7 +139,7 @@ int baton_spawn(const baton_spawn_opts *o, pid_t *out_pid, int *out_pidfd) {
         a.flags = CLONE_VM | CLONE_VFORK | BATON_CLONE_CLEAR_SIGHAND | (out_pidfd ? CLONE_PIDFD : 0);
         a.pidfd = (uint64_t)(uintptr_t)&pidfd;
         a.exit_signal = SIGCHLD;
-        long r = baton_clone3_vfork(&a, sizeof a);
+        long r = baton_clone3_vfork(&a, BATON_CLONE_ARGS_VER0);
         if (r == 0) child_main(o, parent, &child_err, reset);
         if (r > 0) { pid = (pid_t)r; forked = 1; }
         else if (r == -ENOSYS || r == -EINVAL || r == -E2BIG || r == -EPERM) clone3_works = 0; /* old kernel or a seccomp filter: vfork */
@@ -284,6 +287,11 @@ __asm__(
 
 #define SPAWN_STACK (16 * 1024)
 
+static int next_cgroup_fd = -1;
+static volatile int cgroup_broken = 0;
+void baton_spawn_into_cgroup(int dirfd) { next_cgroup_fd = dirfd; }
+int baton_spawn_cgroup_broken(void) { return cgroup_broken || !clone3_works; }
+
 int baton_spawn_async(const baton_spawn_opts *o, pid_t *out_pid, int *out_pidfd, void **out_block) {
     *out_block = NULL;
     if (!clone3_works) return baton_spawn(o, out_pid, out_pidfd);
@@ -325,7 +333,23 @@ int baton_spawn_async(const baton_spawn_opts *o, pid_t *out_pid, int *out_pidfd,
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    long r = baton_clone3_call(&a, sizeof a, async_child, b);
+    int cg = next_cgroup_fd;
+    next_cgroup_fd = -1;
+    size_t size = BATON_CLONE_ARGS_VER0;
+    if (cg >= 0 && !cgroup_broken) {
+        /* Born inside the stage's cgroup: nothing it starts can leave it (no race with a fork
+         * before the move, and no cgroup.procs write, whose lock costs an RCU grace period). */
+        a.flags |= BATON_CLONE_INTO_CGROUP;
+        a.cgroup = (uint64_t)cg;
+        size = sizeof a;
+    }
+    long r = baton_clone3_call(&a, size, async_child, b);
+    if (r < 0 && size != BATON_CLONE_ARGS_VER0) {
+        cgroup_broken = 1;   /* the kernel or a filter refuses CLONE_INTO_CGROUP: the caller falls back */
+        a.flags &= ~BATON_CLONE_INTO_CGROUP;
+        a.cgroup = 0;
+        r = baton_clone3_call(&a, BATON_CLONE_ARGS_VER0, async_child, b);
+    }
     if (r > 0 && !o->new_session) {
         /* The group exists before this returns, whether or not the child got there first:
          * a cancel right now reaches it. */
@@ -347,6 +371,8 @@ int baton_spawn_async(const baton_spawn_opts *o, pid_t *out_pid, int *out_pidfd,
     return 0;
 }
 #else
+void baton_spawn_into_cgroup(int dirfd) { (void)dirfd; }
+int baton_spawn_cgroup_broken(void) { return 1; }
 int baton_spawn_async(const baton_spawn_opts *o, pid_t *out_pid, int *out_pidfd, void **out_block) {
     *out_block = NULL;
     return baton_spawn(o, out_pid, out_pidfd);
@@ -368,6 +394,7 @@ static void (*volatile signal_hook)(int) = 0;
 static volatile sig_atomic_t budget_fired = 0;
 /* Who sent the first signal: its pid (0: the kernel or the terminal, as a Ctrl-C is). */
 static volatile sig_atomic_t first_sender = 0;
+static void stuck_guard_wake(void);
 
 /* The signals that end a run (each: a flag, the self-pipe, the hook; the run ends with
  * 128+n): every one whose default action would end the process, but the crash signals (the
@@ -394,6 +421,7 @@ static void on_signal_info(int sig, siginfo_t *info, void *uctx) {
     if (sigpipe_fds[1] >= 0) { char c = (char)sig; (void)!write(sigpipe_fds[1], &c, 1); }
     void (*h)(int) = signal_hook;
     if (h) h(sig);
+    stuck_guard_wake();
     errno = saved;
 }
 
@@ -471,8 +499,29 @@ static void crash_write(int fd, const char *s) {
     while (n > 0) { ssize_t w = write(fd, s, n); if (w <= 0) { if (errno == EINTR) continue; return; } s += w; n -= (size_t)w; }
 }
 
+static char *run_cgroup_kill = NULL;
+void baton_containment_set(const char *cgroup_kill_path) {
+    char *old = run_cgroup_kill;
+    run_cgroup_kill = cgroup_kill_path ? strdup(cgroup_kill_path) : NULL;
+    free(old);
+}
+/* cgroup.kill of the run's cgroup: every process of every stage, wherever it went. */
+static void kill_run_cgroup(void) {
+    const char *p = run_cgroup_kill;
+    if (!p) return;
+    int fd = open(p, O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) { (void)!write(fd, "1", 1); close(fd); }
+}
+
+int baton_tracked_groups(pid_t *out, int max) {
+    int n = 0;
+    for (int i = 0; i < CRASH_MAX_GROUPS && n < max; i++) { pid_t g = crash_groups[i]; if (g > 0) out[n++] = g; }
+    return n;
+}
+
 static void on_crash(int sig, siginfo_t *info, void *uctx) {
     for (int i = 0; i < CRASH_MAX_GROUPS; i++) { pid_t g = crash_groups[i]; if (g > 0) kill(-g, SIGKILL); }
+    kill_run_cgroup();
     if (crash_armed && crash_final && crash_tmp) {
         int fd = open(crash_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         if (fd >= 0) {
@@ -559,6 +608,171 @@ void baton_crash_guard_track(pid_t pgid) {
 
 void baton_crash_guard_untrack(pid_t pgid) {
     for (int i = 0; i < CRASH_MAX_GROUPS; i++) if (crash_groups[i] == pgid) { crash_groups[i] = 0; return; }
+}
+
+/* ---- the stuck guard ---- */
+#include <semaphore.h>
+#include <time.h>
+#include <sys/stat.h>
+static sem_t stuck_sem;
+static volatile sig_atomic_t stuck_running = 0, stuck_armed = 0, stuck_acked = 0;
+static pthread_mutex_t stuck_mu = PTHREAD_MUTEX_INITIALIZER;
+static char *stuck_final = NULL, *stuck_head = NULL, *stuck_tail = NULL, *stuck_started_at = NULL;
+static char *stuck_budget_reason = NULL;
+static int stuck_budget_code = 124;
+static double stuck_started = 0, stuck_ack_wait = 1, stuck_grace = 10;
+
+static void stuck_guard_wake(void) { if (stuck_running) sem_post(&stuck_sem); }  /* async-signal-safe */
+
+static void replace_str(char **slot, const char *v) { char *old = *slot; *slot = v ? strdup(v) : NULL; free(old); }
+
+void baton_stuck_guard_prepare(const char *final_path, const char *json_head, const char *json_tail,
+                               const char *started_at, double started) {
+    pthread_mutex_lock(&stuck_mu);
+    replace_str(&stuck_final, final_path);
+    replace_str(&stuck_head, json_head);
+    replace_str(&stuck_tail, json_tail);
+    replace_str(&stuck_started_at, started_at);
+    stuck_started = started;
+    stuck_armed = 1;
+    pthread_mutex_unlock(&stuck_mu);
+}
+
+void baton_stuck_guard_budget(const char *reason, int code) {
+    pthread_mutex_lock(&stuck_mu);
+    replace_str(&stuck_budget_reason, reason);
+    stuck_budget_code = code;
+    pthread_mutex_unlock(&stuck_mu);
+}
+
+void baton_stuck_guard_ack(void) { if (first_signal) stuck_acked = 1; }
+void baton_stuck_guard_disarm(void) { stuck_armed = 0; }
+
+static double mono_now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return (double)t.tv_sec + t.tv_nsec / 1e9; }
+static void nap_ms(int ms) { struct timespec t = { 0, ms * 1000000L }; while (nanosleep(&t, &t) != 0 && errno == EINTR) {} }
+
+static const char *stuck_signal_name(int sig) {
+    switch (sig) {
+    case SIGINT: return "SIGINT"; case SIGTERM: return "SIGTERM"; case SIGHUP: return "SIGHUP";
+    case SIGQUIT: return "SIGQUIT"; case SIGUSR1: return "SIGUSR1"; case SIGUSR2: return "SIGUSR2";
+    case SIGALRM: return "SIGALRM"; case SIGXCPU: return "SIGXCPU"; case SIGXFSZ: return "SIGXFSZ";
+    case SIGVTALRM: return "SIGVTALRM"; case SIGPROF: return "SIGPROF"; default: return "a signal";
+    }
+}
+
+static void rfc3339(double t, char *out, size_t n) {
+    time_t secs = (time_t)t;
+    int ms = (int)((t - (double)secs) * 1000);
+    if (ms > 999) ms = 999;
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    snprintf(out, n, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+             tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
+}
+
+/* Ends every tracked group: SIGTERM, up to `grace` for them to go (reaping what is ours:
+ * the main thread is stuck and will never wait for them), SIGKILL. */
+static void stuck_end_groups(double grace) {
+    for (int i = 0; i < CRASH_MAX_GROUPS; i++) { pid_t g = crash_groups[i]; if (g > 0) kill(-g, SIGTERM); }
+    double until = mono_now() + grace;
+    for (;;) {
+        int alive = 0;
+        for (int i = 0; i < CRASH_MAX_GROUPS; i++) {
+            pid_t g = crash_groups[i];
+            if (g <= 0) continue;
+            int st;
+            while (waitpid(-g, &st, WNOHANG) > 0) {}
+            if (kill(-g, 0) == 0) alive = 1;
+        }
+        if (!alive || mono_now() >= until) break;
+        nap_ms(20);
+    }
+    for (int i = 0; i < CRASH_MAX_GROUPS; i++) { pid_t g = crash_groups[i]; if (g > 0) kill(-g, SIGKILL); }
+    kill_run_cgroup();
+}
+
+static void stuck_act(void) {
+    pthread_mutex_lock(&stuck_mu);   /* held until _exit: nothing changes the document now */
+    int sig = first_signal;
+    int budget = budget_fired && stuck_budget_reason;
+    int code = budget ? stuck_budget_code : 128 + sig;
+    stuck_end_groups(stuck_grace);
+    if (stuck_armed && stuck_final && stuck_head && stuck_tail) {
+        size_t n = strlen(stuck_final);
+        char *tmp = malloc(n + 16);
+        if (tmp) {
+            memcpy(tmp, stuck_final, n); memcpy(tmp + n, ".stuck.tmp", 11);
+            int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+            if (fd >= 0) {
+                struct timespec rt; clock_gettime(CLOCK_REALTIME, &rt);
+                double now = (double)rt.tv_sec + rt.tv_nsec / 1e9;
+                char ended[40]; rfc3339(now, ended, sizeof ended);
+                char why[512];
+                if (budget) snprintf(why, sizeof why, "%s", stuck_budget_reason);
+                else snprintf(why, sizeof why, "interrupted by %s", stuck_signal_name(sig));
+                char mid[1200];
+                long long dur = (long long)((long long)(now * 1000) - (long long)(stuck_started * 1000));
+                snprintf(mid, sizeof mid, "\"exit_code\": %d, \"reason\": \"%s (the recipe was inside a C function, "
+                         "where Lua cannot be interrupted; the runner's guard ended its stages after %.0f s)\", "
+                         "\"started_at\": \"%s\", \"ended_at\": \"%s\", \"duration_ms\": %lld",
+                         code, why, stuck_ack_wait, stuck_started_at ? stuck_started_at : "", ended, dur < 0 ? 0 : dur);
+                crash_write(fd, stuck_head);
+                crash_write(fd, mid);
+                crash_write(fd, stuck_tail);
+                fsync(fd);
+                close(fd);
+                if (rename(tmp, stuck_final) == 0) {
+                    char *dir = strdup(stuck_final);
+                    char *slash = dir ? strrchr(dir, '/') : NULL;
+                    if (slash) { *slash = 0; int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC); if (dfd >= 0) { fsync(dfd); close(dfd); } }
+                    free(dir);
+                }
+            }
+        }
+        char line[700];
+        snprintf(line, sizeof line, "baton: the run was inside a C function and did not answer %s within %.0f s: its stages were ended, final.json written (exit %d)\n",
+                 budget ? "the budget" : stuck_signal_name(sig), stuck_ack_wait, code);
+        crash_write(2, line);
+    }
+    _exit(code);
+}
+
+static void *stuck_main(void *arg) {
+    (void)arg;
+    for (;;) {
+        while (sem_wait(&stuck_sem) != 0) {}
+        if (!first_signal) continue;
+        double until = mono_now() + stuck_ack_wait;
+        while (!stuck_acked && mono_now() < until) nap_ms(20);
+        if (stuck_acked) return NULL;   /* Lua or the loop has it: the run ends its own way */
+        if (!stuck_armed) continue;     /* the run is over already */
+        stuck_act();
+    }
+    return NULL;
+}
+
+int baton_stuck_guard_start(double ack_wait, double grace) {
+    if (stuck_running) return 0;
+    stuck_ack_wait = ack_wait;
+    stuck_grace = grace;
+    if (sem_init(&stuck_sem, 0, 0) != 0) return errno;
+    /* The thread takes no signals: their handlers run on the threads doing the work. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_t t;
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&a, 256 * 1024);
+    int r = pthread_create(&t, &a, stuck_main, NULL);
+    pthread_attr_destroy(&a);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (r == 0) {
+        stuck_running = 1;
+        if (first_signal) sem_post(&stuck_sem);   /* one that came before */
+    }
+    return r;
 }
 
 /* ---- The control socket ---------------------------------------------------- */

@@ -151,6 +151,7 @@ void baton_where(lua_State *L, int level) {
 /* ---- the kill switch ---- */
 static void abort_hook(lua_State *L, lua_Debug *ar) {
     (void)ar;
+    baton_stuck_guard_ack();   /* Lua runs again: the stuck guard need not act */
     lua_pushstring(L, BATON_ABORT_MESSAGE);
     lua_error(L);
 }

@@ -153,7 +153,8 @@ import Testing
     }
 
     @Test func theSocketIsTheOwnersOnly() throws {
-        let (d, run) = try Self.detached("attach-uid", Self.stuckWatch) { $0.contains("awaiting_artifacts") }
+        // Runs shared with other users (BATON_RUNS_MODE): the socket itself must still refuse them.
+        let (d, run) = try Self.detached("attach-uid", Self.stuckWatch, env: ["BATON_RUNS_MODE": "0755"]) { $0.contains("awaiting_artifacts") }
         defer { Self.finish(d, run) }
         let sock = run + "/control.sock"
         var st = stat()

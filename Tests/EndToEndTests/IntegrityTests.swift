@@ -58,7 +58,9 @@ import Testing
         #expect(r.code == 0, "stderr: \(r.stderr)")
         let run = try #require(Harness.latestRun(d))
         let started = Harness.events(Harness.journal(run), type: "stage_started")
-        let folders = started.compactMap { (($0["logs"] as? [String: Any])?["stdout"] as? String).map { ($0 as NSString).deletingLastPathComponent } }
+        // (journaled relative to the run directory: issue 22, item 6)
+        let folders = started.compactMap { (($0["logs"] as? [String: Any])?["stdout"] as? String).map {
+            (($0.hasPrefix("/") ? $0 : run + "/" + $0) as NSString).deletingLastPathComponent } }
         #expect(Set(folders).count == ids.count, "folders: \(folders)")
         for f in folders { #expect(f.hasPrefix(run + "/stages/") && !f.dropFirst(run.count + 8).contains("/"), "\(f)") }
         for (i, id) in ids.enumerated() {
@@ -69,7 +71,8 @@ import Testing
         let old = run + "/stages/old_layout"
         try FileManager.default.moveItem(atPath: folders[0], toPath: old)
         let j = try #require(Harness.read(run + "/journal.jsonl"))
-        try j.replacingOccurrences(of: folders[0], with: old).write(toFile: run + "/journal.jsonl", atomically: true, encoding: .utf8)
+        let written = String(folders[0].dropFirst(run.count + 1))   // as journaled: relative
+        try j.replacingOccurrences(of: "\"" + written + "/", with: "\"" + old + "/").write(toFile: run + "/journal.jsonl", atomically: true, encoding: .utf8)
         let l = try Harness.run(["log", "--stage", ids[0]], cwd: d)
         #expect(l.code == 0 && l.stdout == "output-0\n", "\(l.stdout) \(l.stderr)")
     }
@@ -194,7 +197,8 @@ import Testing
         let d = Harness.tempDir("eperm")
         chmod(d, 0o755)
         Harness.write(d + "/r.lua", "baton.log('up')\nbaton.sleep(60)\n")
-        let (p, _, _) = try Harness.start(["run", "r.lua"], cwd: d)
+        // runs shared with other users (run directories are 0700 otherwise: they could not see it)
+        let (p, _, _) = try Harness.start(["run", "r.lua"], cwd: d, env: ["BATON_RUNS_MODE": "0755"])
         defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
         #expect(Harness.waitFor { Harness.latestRun(d).flatMap { Harness.read($0 + "/journal.jsonl") }?.contains("\"up\"") == true })
         let c = Process()

@@ -30,6 +30,7 @@ extension Commands {
             guard let d = resolve(root, ref, json: json) else { return ExitStatus.usage.rawValue }
             dir = d
         }
+        if let refused = refuseLinked(dir, json: json) { return refused }
         func ended(_ pids: [pid_t]) {
             if !pids.isEmpty { diag("ended \(pids.count) process\(pids.count == 1 ? "" : "es") left by the run: \(pids.map(String.init).joined(separator: ", "))") }
         }

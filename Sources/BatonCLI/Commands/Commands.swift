@@ -21,6 +21,13 @@ public enum Commands {
         }
     }
 
+    /// A run a command will write in (cancel, resume, report): refused, with a message,
+    /// when its directory or a file in it is a symbolic link.
+    /// The exit code of the refusal, or nil when the run is Baton's own.
+    static func refuseLinked(_ d: RunDirectory, json: Bool) -> Int32? {
+        d.linkProblem().map { fail($0, json: json, code: .failure) }
+    }
+
 
 
     /// How an ended run ended: a line (or with `--json` an object), and its exit code as

@@ -50,6 +50,7 @@ extension Commands {
             if let age = olderThan, Clock.now() - (info.endedAt ?? info.startedAt ?? Clock.now()) < age { continue }
             if info.isLive { skipped.append((info, "live")); continue }
             if info.state == .orphaned && !force { skipped.append((info, "orphaned (--force deletes it)")); continue }
+            if let why = store.directory(id).linkProblem() { skipped.append((info, why)); continue }
             if !dryRun {
                 do { try store.remove(id) } catch { skipped.append((info, "\(error)")); continue }
             }

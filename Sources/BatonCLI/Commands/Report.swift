@@ -28,6 +28,7 @@ extension Commands {
     /// a Chrome trace and/or a TSV of attempts. Prints each path written.
     public static func report(root: String, ref: String?, html: String?, trace: String?, tsv: String?) -> Int32 {
         guard let dir = resolve(root, ref, json: false) else { return ExitStatus.usage.rawValue }
+        if let refused = refuseLinked(dir, json: false) { return refused }
         do {
             // With one output on stdout ('-'), the paths written are said on stderr.
             let toStdout = [html, trace, tsv].contains("-")
@@ -46,7 +47,9 @@ extension Commands {
         var written: [String] = []
         let htmlPath = html ?? (trace == nil && tsv == nil ? dir.path + "/report.html" : nil)
         if let p = htmlPath {
-            try writeOutput(p, Array(ReportHTML(info: info, timeline: timeline).render().utf8))
+            // In the run directory: the runs' file mode (0600 unless BATON_RUNS_MODE), like its other files.
+            try writeOutput(p, Array(ReportHTML(info: info, timeline: timeline, linkBase: html == nil ? dir.path : nil).render().utf8),
+                            mode: html == nil ? RunDirectory.fileMode : 0o644)
             written.append(p)
         }
         if let p = trace {
@@ -65,7 +68,7 @@ extension Commands {
     /// stays); what exists and is not a regular file (a FIFO, a character device, a socket,
     /// /dev/stdout's /proc/self/fd/N) is opened and written, never replaced; only a regular
     /// file (or a new one) is written whole to a temp file and renamed over.
-    static func writeOutput(_ path: String, _ bytes: [UInt8]) throws {
+    static func writeOutput(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) throws {
         if path == "-" {
             try bytes.withUnsafeBytes { try FileIO.writeAll(1, $0, path: "stdout") }
             return
@@ -97,7 +100,7 @@ extension Commands {
             try bytes.withUnsafeBytes { try FileIO.writeAll(fd, $0, path: path) }
             return
         }
-        try FileIO.writeAtomically(target, bytes)
+        try FileIO.writeAtomically(target, bytes, mode: mode)
     }
 
     /// `baton log --why [STAGE]`: for each resume of the run, whether each stage call

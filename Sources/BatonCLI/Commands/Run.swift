@@ -123,7 +123,7 @@ public enum Detach {
         let store = RunStore(root: o.runsDir)
         let dir: RunDirectory
         do { dir = try store.create(id: o.runID) } catch { return Console.error("\(error)", json: o.json) }
-        let outFD = open(dir.outFile, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        let outFD = RunDirectory.openFile(dir.outFile, O_WRONLY | O_TRUNC)
         guard outFD >= 0 else { return Console.error("cannot create \(dir.outFile)", json: o.json) }
         defer { close(outFD) }
         var args = [FileIO.selfExecutable(), "run", "--existing-run", dir.id, "--runs-dir", o.runsDir]
@@ -141,7 +141,7 @@ public enum Detach {
         do {
             let pid = try Spawner.spawn(argv: args, env: Spawner.currentEnvironment(), cwd: nil, stdin: -1,
                                         stdout: outFD, stderr: outFD, newSession: true, dieWithParent: false)
-            try FileIO.writeAtomically(dir.pidFile, Array("\(pid)\n".utf8))
+            try FileIO.writeAtomically(dir.pidFile, Array("\(pid)\n".utf8), mode: RunDirectory.fileMode)
         } catch {
             try? store.remove(dir.id)
             return Console.error("cannot start the detached runner: \(error)", json: o.json)

@@ -9,7 +9,9 @@ import Glibc
 struct WatchdogCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "__watchdog", shouldDisplay: false)
     @Argument var runID: String
+    /// The run's cgroup (Containment), killed whole when the runner is gone.
+    @Argument var cgroup: String?
 
-    mutating func run() throws { Glibc.exit(Survivors.watchdog(runID: runID)) }
+    mutating func run() throws { Glibc.exit(Survivors.watchdog(runID: runID, cgroup: cgroup)) }
 }
 

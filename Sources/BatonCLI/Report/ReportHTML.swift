@@ -13,7 +13,11 @@ public struct ReportHTML {
     /// Where marker labels already are, per row: a label never covers another.
     private let labels = LabelSpace()
 
-    public init(info: RunInfo, timeline: RunTimeline) { self.info = info; self.t = timeline }
+    /// The folder the report is written in when it is the run directory: log links are then
+    /// relative (they keep working when the project is moved).
+    var linkBase: String?
+
+    public init(info: RunInfo, timeline: RunTimeline, linkBase: String? = nil) { self.info = info; self.t = timeline; self.linkBase = linkBase }
 
     var t0: Double { t.firstTs }
     var span: Double { max(t.lastTs - t.firstTs, 0.001) }
@@ -346,7 +350,11 @@ public struct ReportHTML {
     }
 
     func link(_ path: String) -> String {
-        path.isEmpty ? "" : "<a href=\"file://\(esc(ReportHTML.percentEncoded(path)))\">\(esc(FileIO.basename(FileIO.dirname(path)) + "/" + FileIO.basename(path)))</a>"
+        guard !path.isEmpty else { return "" }
+        let href: String
+        if let b = linkBase, path.hasPrefix(b + "/") { href = ReportHTML.percentEncoded(String(path.dropFirst(b.count + 1))) }
+        else { href = "file://" + ReportHTML.percentEncoded(path) }
+        return "<a href=\"\(esc(href))\">\(esc(FileIO.basename(FileIO.dirname(path)) + "/" + FileIO.basename(path)))</a>"
     }
 
     func result(_ h: inout String) {

@@ -74,6 +74,7 @@ final class AttachSession {
         (":tail", "STAGE", "the end of a stage's latest output"),
         (":kill", "STAGE", "end the stage's current attempt (SIGTERM); its retry policy applies"),
         (":skip", "WATCH", "end a waiting watch as blocked; the recipe goes on"),
+        (":cancel", "", "cancel the run, as baton cancel does (its stages ended; final.json names you in ended_by)"),
         (":extend", "STAGE SECONDS", "move the running attempt's timeout SECONDS later"),
         (":status", "", "the run's status (what it is blocked in, its stages and processes)"),
         (":continue", "", "a paused run goes on"),
@@ -175,6 +176,10 @@ final class AttachSession {
         case ":kill":
             guard need(1, ":kill STAGE") else { return true }
             req = .object([("op", .string(ControlOp.kill.rawValue)), ("stage", .string(args[0]))])
+        case ":cancel":
+            guard let a = send(.object([("op", .string(ControlOp.cancel.rawValue))])) else { return false }
+            show(a)
+            return a["ok"]?.boolValue != true   // the run is ending: nothing more to attach to
         case ":skip":
             guard need(1, ":skip WATCH") else { return true }
             req = .object([("op", .string(ControlOp.skip.rawValue)), ("watch", .string(args[0]))])

@@ -33,9 +33,17 @@ public struct FinalRecord: Sendable {
     /// A reason longer than RunContext.reasonLimit was cut; its whole text is in this file
     /// (relative to the run directory).
     public var reasonFile: String?
+    /// Who ended the run from its control socket (`baton attach`'s `:cancel`).
+    public var endedBy: EndedBy?
+
+    public struct EndedBy: Sendable, Equatable {
+        public var uid: Int64, pid: Int64, user: String
+        public init(uid: Int64, pid: Int64, user: String) { self.uid = uid; self.pid = pid; self.user = user }
+        var json: JSON { .object([("uid", .int(uid)), ("pid", .int(pid)), ("user", .string(user))]) }
+    }
 
     public static let fieldNames = ["v", "run", "recipe", "status", "exit_code", "reason", "reason_file", "started_at", "ended_at",
-                                    "duration_ms", "stages", "crashed", "result"]
+                                    "duration_ms", "ended_by", "stages", "crashed", "result"]
 
     public init(run: String, recipe: String, status: RunOutcome, exitCode: Int32?, reason: String?,
                 startedAt: Double, endedAt: Double?, stages: [Stage], result: JSON) {
@@ -67,8 +75,10 @@ public struct FinalRecord: Sendable {
         if let f = reasonFile { o.append(("reason_file", .string(f))) }
         o += [
             ("started_at", .string(Clock.rfc3339(startedAt))), ("ended_at", endedAt.map { .string(Clock.rfc3339($0)) } ?? .null),
-            ("duration_ms", durationMs.map(JSON.int) ?? .null), ("stages", .array(stages.map(\.json))),
+            ("duration_ms", durationMs.map(JSON.int) ?? .null),
         ]
+        if let e = endedBy { o.append(("ended_by", e.json)) }
+        o.append(("stages", .array(stages.map(\.json))))
         if crashed { o.append(("crashed", .bool(true))) }
         o.append(("result", result))
         return o
@@ -102,11 +112,31 @@ public struct FinalRecord: Sendable {
         result = j["result"] ?? .object([])
         crashed = j["crashed"]?.boolValue ?? false
         reasonFile = j["reason_file"]?.stringValue
+        if let e = j["ended_by"], let uid = e["uid"]?.intValue, let pid = e["pid"]?.intValue {
+            endedBy = EndedBy(uid: uid, pid: pid, user: e["user"]?.stringValue ?? String(uid))
+        }
     }
 
     public static func read(_ dir: RunDirectory) -> FinalRecord? { dir.readFinal().flatMap { FinalRecord(json: $0) } }
 
-    public func write(to dir: RunDirectory) throws { try FileIO.writeAtomically(dir.final, encoded()) }
+    public func write(to dir: RunDirectory) throws { try FileIO.writeAtomically(dir.final, encoded(), mode: RunDirectory.fileMode) }
+
+    /// The document the stuck guard writes (see CBatonSys): cancelled, cut around the fields
+    /// its thread fills in (exit code, reason, started_at, ended_at, duration_ms).
+    public func stuckGuardParts() -> (head: String, tail: String) {
+        var doc = self
+        doc.status = .cancelled
+        doc.crashed = false
+        doc.reasonFile = nil
+        doc.endedBy = nil
+        let all = doc.pairs
+        let cut = all.firstIndex { $0.0 == "exit_code" }!
+        let rest = all.firstIndex { $0.0 == "stages" }!
+        func encode(_ p: ArraySlice<(String, JSON)>) -> String {
+            p.map { JSON.object([$0]).encoded(pretty: false).dropFirst().dropLast() }.joined(separator: ", ")
+        }
+        return ("{" + encode(all[..<cut]) + ", ", ", " + encode(all[rest...]) + "}\n")
+    }
 
     /// The document the crash guard writes, cut around the exit code and reason that its
     /// signal handler fills in (`"exit_code": N, "reason": "..."`).

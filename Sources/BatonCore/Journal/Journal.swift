@@ -23,6 +23,8 @@ public final class JournalWriter: @unchecked Sendable {
     public static let batchWindow = 0.1
 
     public let path: String
+    /// The run directory (the journal's): stage logs inside it are journaled relative to it.
+    let runDir: String
     public let runID: String
     private var fd: Int32
     private var size: off_t
@@ -35,11 +37,12 @@ public final class JournalWriter: @unchecked Sendable {
 
     public init(path: String, runID: String, lastSeq: Int64 = 0, policy: SyncPolicy = .batched) throws {
         self.path = path
+        self.runDir = FileIO.dirname(path)
         self.runID = runID
         self.lastSeq = lastSeq
         self.writtenSeq = lastSeq
         self.policy = policy
-        fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        fd = RunDirectory.openFile(path, O_WRONLY | O_APPEND)   // never through a planted link
         if fd < 0 { throw SystemError("open", path) }
         var st = stat()
         fstat(fd, &st)
@@ -63,7 +66,9 @@ public final class JournalWriter: @unchecked Sendable {
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
         let seq = lastSeq + 1
-        JournalEvent.encode(seq: seq, ts: ts, run: runID, body: body, into: &pending)
+        // Paths inside the run directory are journaled relative to it: a moved project's
+        // runs still read (readers join them to where the run directory is now).
+        JournalEvent.encode(seq: seq, ts: ts, run: runID, body: body.mappingLogs { $0.relative(to: runDir) }, into: &pending)
         pending.append(10)
         lastSeq = seq
         if deferred && pending.count < 256 << 10 {
@@ -248,7 +253,10 @@ extension RunDirectory {
     /// The one way every view (status, log, report, resume, the shell, attach, recovery) reads
     /// a run's journal: its events and what was wrong with it; empty when there is none yet.
     public func readJournal() throws -> JournalContents {
-        FileIO.exists(journal) ? try JournalReader.read(journal) : JournalContents()
+        guard FileIO.exists(journal) else { return JournalContents() }
+        var c = try JournalReader.read(journal)
+        c.resolveLogs(in: path)
+        return c
     }
 
     /// The journal folded (`RunHistory`), with its contents; a journal that cannot be read

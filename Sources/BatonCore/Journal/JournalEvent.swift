@@ -259,6 +259,54 @@ public struct StageLogs: Sendable, Equatable {
     public var stderr: String
     public init(stdout: String, stderr: String) { self.stdout = stdout; self.stderr = stderr }
     var json: JSON { .object([("stdout", .string(stdout)), ("stderr", .string(stderr))]) }
+
+    /// As the journal records them: relative to the run directory `base` (so a moved project
+    /// keeps its runs whole); paths outside it stay as they are.
+    public func relative(to base: String) -> StageLogs {
+        func rel(_ p: String) -> String { p.hasPrefix(base + "/") ? String(p.dropFirst(base.count + 1)) : p }
+        return StageLogs(stdout: rel(stdout), stderr: rel(stderr))
+    }
+
+    /// As readers use them: a relative path joined to the run directory `base`; an absolute
+    /// one (journals before 0.3) as written while it exists, else (the project was moved) the
+    /// same `stages/FOLDER/FILE` in `base`.
+    public func resolved(in base: String) -> StageLogs {
+        func abs(_ p: String) -> String {
+            if p.isEmpty { return p }
+            if !p.hasPrefix("/") { return base + "/" + p }
+            if p.hasPrefix(base + "/") || FileIO.exists(p) { return p }
+            let parts = p.split(separator: "/", omittingEmptySubsequences: true)
+            guard parts.count >= 3, parts[parts.count - 3] == "stages" else { return p }
+            let moved = base + "/stages/" + parts[parts.count - 2] + "/" + parts[parts.count - 1]
+            return FileIO.exists(moved) ? moved : p
+        }
+        return StageLogs(stdout: abs(stdout), stderr: abs(stderr))
+    }
+}
+
+extension EventBody {
+    /// The same event with its stage log paths mapped (stage_started, stage_finished).
+    public func mappingLogs(_ f: (StageLogs) -> StageLogs) -> EventBody {
+        switch self {
+        case var .stageStarted(s): s.logs = f(s.logs); return .stageStarted(s)
+        case var .stageFinished(s): s.logs = f(s.logs); return .stageFinished(s)
+        default: return self
+        }
+    }
+}
+
+extension JournalContents {
+    /// Stage log paths made absolute for a run directory at `base` (where it is now).
+    mutating func resolveLogs(in base: String) {
+        for i in events.indices {
+            let e = events[i]
+            switch e.body {
+            case .stageStarted, .stageFinished:
+                events[i] = JournalEvent(seq: e.seq, ts: e.ts, run: e.run, body: e.body.mappingLogs { $0.resolved(in: base) })
+            default: break
+            }
+        }
+    }
 }
 
 /// `run_started` and `run_resumed`.

@@ -14,7 +14,8 @@ public struct JournalFollower {
         var end = bytes.count
         while end > offset, bytes[end - 1] != 10 { end -= 1 }
         guard end > offset else { return JournalContents() }
-        let contents = JournalReader.parse(Array(bytes[offset..<end]))
+        var contents = JournalReader.parse(Array(bytes[offset..<end]))
+        contents.resolveLogs(in: FileIO.dirname(path))
         offset = end
         if contents.events.contains(where: { if case .final = $0.body { return true }; return false }) { sawFinal = true }
         return contents

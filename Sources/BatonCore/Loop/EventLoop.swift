@@ -99,6 +99,7 @@ public final class EventLoop {
             step(now: now)
             if interrupted {
                 if !cancelling {
+                    baton_stuck_guard_ack()   // the run is not stuck in a C call: it ends its own way
                     // The signal that got us here is still in the self-pipe: read it now, so
                     // that only a later signal counts as the second one (SIGKILL at once).
                     baton_signal_drain()
@@ -125,6 +126,9 @@ public final class EventLoop {
                 lastTick = now
                 nextTick = now + tickInterval
             }
+            // Before the poll set is built: it may add a source (the control socket is opened
+            // at the first block) that this very poll must watch, and it flushes the journal.
+            beforeBlocking?()
             var wake = min(nextHeartbeat, nextPoll, nextTick)
             if let d = deadline { wake = min(wake, d) }
             if let d = journal?.syncDue { wake = min(wake, d) }
@@ -141,7 +145,6 @@ public final class EventLoop {
             let polled = inSource || cancelling ? [] : sources
             for s in polled { pfds.append(pollfd(fd: s.fd, events: Int16(POLLIN), revents: 0)) }
             if poked { poked = false; wake = now }
-            beforeBlocking?()
             let ms: Int32 = wake.isInfinite ? -1 : Int32(max(0, min(3_600_000, ((wake - now) * 1000).rounded(.up))))
             if poll(&pfds, nfds_t(pfds.count), ms) > 0 {
                 if pfds[0].revents != 0 {

@@ -297,9 +297,9 @@ public final class StageExecution: LoopTask {
         if attempt == 1 { firstStart = attemptStart }
         do {
             context.ensureStageDir(spec.id)
-            outFD = open(logs.stdout, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            outFD = RunDirectory.openFile(logs.stdout, O_RDWR | O_TRUNC)   // O_NOFOLLOW, the runs' mode
             if outFD < 0 { throw SystemError("open", logs.stdout) }
-            errFD = open(logs.stderr, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            errFD = RunDirectory.openFile(logs.stderr, O_RDWR | O_TRUNC)
             if errFD < 0 { throw SystemError("open", logs.stderr) }
             var inFD: Int32 = -1
             if let text = spec.stdin {
@@ -325,10 +325,10 @@ public final class StageExecution: LoopTask {
             js.grace = spec.grace
             js.options = (spec.executorOptions[executor.name] ?? ExecutorOptions())
                 .over(context.executorDefaults[executor.name] ?? ExecutorOptions())
+            context.spawnedAny = true   // before the start: the watchdog watches from the first process on
             let j = try executor.start(js)
             job = j
             pid = j.pid ?? 0
-            context.spawnedAny = true
             started.pid = j.pid
             journaledQueue = nil
             if executor.jobsOutliveRunner {
@@ -402,8 +402,8 @@ public final class StageExecution: LoopTask {
         logs = l
         attemptStart = Clock.monotonic()
         firstStart = attemptStart
-        outFD = open(l.stdout, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        errFD = open(l.stderr, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        outFD = RunDirectory.openFile(l.stdout, O_RDWR)
+        errFD = RunDirectory.openFile(l.stderr, O_RDWR)
         job = j
         let cwd = spec.resolvedCwd
         var started = StageStarted(key: key, attempt: n, command: spec.command, cwd: cwd, fingerprint: spec.fingerprint, logs: l)

@@ -13,6 +13,8 @@ public enum ControlOp: String, CaseIterable, Sendable {
     case stages
     /// End a stage's current attempt; extend its timeout; end a watch as blocked.
     case kill, extend, skip
+    /// Cancel the run, as `baton cancel` does (final.json's `ended_by` names the client).
+    case cancel
     /// A client of another uid (journaled, never answered).
     case refused
     /// A paused run (a breakpoint): go on; run the next primitive call and pause after it;

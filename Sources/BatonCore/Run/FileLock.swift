@@ -11,8 +11,8 @@ public final class FileLock: @unchecked Sendable {
     private init(path: String, fd: Int32) { self.path = path; self.fd = fd }
 
     /// Takes the lock without waiting; nil when another process holds it.
-    public static func tryAcquire(_ path: String) throws -> FileLock? {
-        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+    public static func tryAcquire(_ path: String, mode: mode_t = 0o644) throws -> FileLock? {
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, mode)
         if fd < 0 { throw SystemError("open", path) }
         while flock(fd, LOCK_EX | LOCK_NB) != 0 {
             if errno == EINTR { continue }

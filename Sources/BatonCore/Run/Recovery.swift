@@ -7,7 +7,7 @@ public enum Recovery {
     public struct Outcome { public var killed: [pid_t]; public var final: FinalRecord }
 
     public static func finishOrphan(_ dir: RunDirectory, status: RunOutcome, exitCode: ExitStatus, reason: String) throws -> Outcome? {
-        guard let lock = try FileLock.tryAcquire(dir.lock) else { return nil }
+        guard let lock = try FileLock.tryAcquire(dir.lock, mode: RunDirectory.fileMode) else { return nil }
         defer { lock.release() }
         let killed = Survivors.kill(runID: dir.id, loop: EventLoop())
         let contents = (try? dir.readJournal()) ?? JournalContents()

@@ -120,7 +120,7 @@ public final class RunContext {
         } else {
             dir = try store.create(id: id)
         }
-        guard let lock = try FileLock.tryAcquire(dir.lock) else {
+        guard let lock = try FileLock.tryAcquire(dir.lock, mode: RunDirectory.fileMode) else {
             throw RunStartError("run \(dir.id) is locked by another process")
         }
         lock.writeOwner("\(getpid())\n")
@@ -138,7 +138,7 @@ public final class RunContext {
     public static func resume(dir: RunDirectory, recipe: String, recipeText: [UInt8], args: [String],
                               sync: SyncPolicy = .batched, read: (JournalContents, RunHistory)? = nil) throws -> RunContext {
         guard FileIO.isDirectory(dir.path) else { throw RunStartError("no run directory \(dir.path)") }
-        guard let lock = try FileLock.tryAcquire(dir.lock) else {
+        guard let lock = try FileLock.tryAcquire(dir.lock, mode: RunDirectory.fileMode) else {
             let owner = (try? FileIO.readString(dir.lock))?.trimmingWhitespace() ?? "?"
             throw RunStartError("run \(dir.id) is live (pid \(owner.isEmpty ? "?" : owner)): it holds its lock; use 'baton cancel \(dir.id)' to stop it")
         }
@@ -221,6 +221,13 @@ public final class RunContext {
     /// A `baton __watchdog` process in its own session that ends what the run left alive as
     /// soon as this runner is gone, even after a SIGKILL (see Survivors.watchdog).
     private func startWatchdog() {
+        Containment.shared?.prepare()   // the run's cgroup, with its first stage
+        // (Journaled once the watchdog runs: a SIGKILL before then leaves the stage unwatched.)
+        defer {
+            if let c = Containment.shared {
+                log(.info, "containment: \(c.mechanism.rawValue)" + (c.runGroup.map { " (\($0))" } ?? ""))
+            }
+        }
         var fds: [Int32] = [-1, -1]
         guard pipe(&fds) == 0 else { return }
         for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }   // stages must not hold it open
@@ -228,8 +235,11 @@ public final class RunContext {
         var env = Spawner.currentEnvironment()
         env["BATON_RUN_ID"] = nil
         do {
-            _ = try Spawner.spawn(argv: [FileIO.selfExecutable(), "__watchdog", dir.id], env: env, cwd: "/",
-                                  stdin: fds[0], stdout: -1, stderr: -1, newSession: true, dieWithParent: false)
+            // With the run's cgroup, which it kills after a SIGKILL of this runner.
+            let args = [FileIO.selfExecutable(), "__watchdog", dir.id] + (Containment.shared?.runGroup.map { [$0] } ?? [])
+            let pid = try Spawner.spawn(argv: args, env: env, cwd: "/",
+                                        stdin: fds[0], stdout: -1, stderr: -1, newSession: true, dieWithParent: false)
+            Containment.shared?.helpers.insert(pid)
             watchdogPipe = fds[1]
         } catch {
             close(fds[1])
@@ -242,7 +252,10 @@ public final class RunContext {
         guard !madeStageDirs.contains(id) else { return }
         // One mkdir in the common case (a fan-out makes one directory per item).
         let path = dir.stageDir(id)
-        if mkdir(path, 0o755) != 0, errno != EEXIST { try? FileIO.makeDirectories(path) }
+        if RunDirectory.makeDirectory(path) != 0, errno == ENOENT {
+            _ = RunDirectory.makeDirectory(dir.stagesDir)
+            _ = RunDirectory.makeDirectory(path)
+        }
         madeStageDirs.insert(id)
     }
 
@@ -257,6 +270,9 @@ public final class RunContext {
         let until = startedMonotonic + seconds
         budget = (text, until)
         _ = baton_budget_arm(max(0.000_001, until - Clock.monotonic()))
+        // The stuck guard's reason (JSON string contents): the same words as the normal ending's.
+        let why = JSON.string("run budget of \(text) exceeded").encoded(pretty: false)
+        baton_stuck_guard_budget(String(why.dropFirst().dropLast()), ExitStatus.budgetExceeded.rawValue)
         log(.info, "run budget: \(text) (ends at \(Clock.rfc3339(Clock.now() + until - Clock.monotonic())))")
     }
 
@@ -397,6 +413,7 @@ public final class RunContext {
         var f = FinalRecord(history: history, status: status, exitCode: exitCode, reason: reason,
                             endedAt: ended ? Clock.now() : nil, result: result, stages: stages)
         f.reasonFile = reasonFile
+        f.endedBy = endedBy
         return f
     }
 
@@ -405,6 +422,8 @@ public final class RunContext {
     /// The longest `reason` final.json and the journal's `final` event hold (bytes, the note
     /// of what was cut included).
     public static let reasonLimit = 4096
+    /// Set when a control client (`baton attach`'s `:cancel`) ended the run.
+    public var endedBy: FinalRecord.EndedBy?
     /// `reason.txt` (relative to the run directory) once a reason was cut: the whole text.
     public private(set) var reasonFile: String?
 
@@ -414,7 +433,7 @@ public final class RunContext {
     public func boundedReason(_ reason: String?) -> String? {
         guard let r = reason, r.utf8.count > RunContext.reasonLimit else { return reason }
         let name = "reason.txt"
-        let saved = (try? FileIO.writeAtomically(dir.path + "/" + name, Array(r.utf8))) != nil
+        let saved = (try? FileIO.writeAtomically(dir.path + "/" + name, Array(r.utf8), mode: RunDirectory.fileMode)) != nil
         if saved { reasonFile = name }
         let total = r.utf8.count
         func note(_ kept: Int) -> String {
@@ -443,6 +462,9 @@ public final class RunContext {
         // should not encode them all here.
         let parts = finalRecord(status: .failed, exitCode: nil, reason: nil, ended: false, stages: false).crashGuardParts()
         baton_crash_guard_install(dir.final, parts.head, parts.tail)
+        let doc = finalRecord(status: .cancelled, exitCode: nil, reason: nil, ended: false, stages: false)
+        let stuck = doc.stuckGuardParts()
+        baton_stuck_guard_prepare(dir.final, stuck.head, stuck.tail, Clock.rfc3339(doc.startedAt), doc.startedAt)
     }
 
     public func mergeResult(_ fields: [(String, JSON)]) {
@@ -469,6 +491,8 @@ public final class RunContext {
         _ = baton_budget_arm(0)
         loop.endAll()
         writePending()
+        // Whatever left its stage's group and session (and perhaps its environment).
+        Containment.shared?.endAll()
         // Only processes this runner started can carry the mark (resume sweeps at its start).
         if spawnedAny { Survivors.kill(runID: dir.id, loop: loop) }
         // Batch jobs of a previous life that this one did not take up (their stage changed or never ran).
@@ -483,6 +507,7 @@ public final class RunContext {
         do {
             try finalRecord(status: status, exitCode: exitCode, reason: reason, ended: true).write(to: dir)
             baton_crash_guard_disarm()
+            baton_stuck_guard_disarm()
         } catch {
             problems.append("cannot write final.json: \(error)")
         }

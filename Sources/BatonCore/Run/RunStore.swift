@@ -15,6 +15,59 @@ public struct RunDirectory: Sendable {
     public var outFile: String { path + "/run.out" }
     public var stagesDir: String { path + "/stages" }
 
+    // MARK: ownership: modes, and never through a symbolic link
+
+    /// A run directory's mode: 0700 (stage output often holds secrets), or BATON_RUNS_MODE
+    /// (octal, e.g. 0750 for a team that shares runs; an unreadable value is ignored).
+    public static let dirMode: mode_t = {
+        guard let s = Settings.string(Settings.runsMode), let m = UInt32(s, radix: 8), m & 0o700 == 0o700, m <= 0o777 else { return 0o700 }
+        return mode_t(m)
+    }()
+    /// Its files' mode: the directory's without the execute bits (0600 by default).
+    public static let fileMode: mode_t = dirMode & 0o666
+    /// Whether the umask could take bits the mode asks for (then they are set by chmod).
+    static let modeNeedsChmod: Bool = {
+        let u = umask(0o022)
+        umask(u)
+        return (dirMode & u) != 0
+    }()
+
+    /// mkdir with the runs' mode (exactly, whatever the umask).
+    public static func makeDirectory(_ path: String) -> Int32 {
+        let r = mkdir(path, dirMode)
+        if r == 0, modeNeedsChmod { chmod(path, dirMode) }
+        return r
+    }
+
+    /// Opens (creating) a file of a run directory: never through a symbolic link
+    /// (O_NOFOLLOW: a planted link fails with ELOOP), with the runs' file mode.
+    public static func openFile(_ path: String, _ flags: Int32) -> Int32 {
+        let fd = open(path, flags | O_CREAT | O_CLOEXEC | O_NOFOLLOW, fileMode)
+        if fd >= 0, modeNeedsChmod { fchmod(fd, fileMode) }
+        return fd
+    }
+
+    /// Why Baton must not write in this run directory: its entry in the runs directory, one
+    /// of its files, or a stage's folder or log is a symbolic link (which would make Baton
+    /// write where the link points). nil when it is Baton's own.
+    public func linkProblem() -> String? {
+        func isLink(_ p: String) -> Bool {
+            var st = stat()
+            return lstat(p, &st) == 0 && (st.st_mode & S_IFMT) == S_IFLNK
+        }
+        if isLink(path) { return "run \(id): \(path) is a symbolic link; Baton never writes through one (a run directory is Baton's alone)" }
+        var links: [String] = []
+        for name in FileIO.list(path) where isLink(path + "/" + name) { links.append(name) }
+        for s in FileIO.list(stagesDir) where links.count < 5 {
+            let d = stagesDir + "/" + s
+            if isLink(d) { links.append("stages/" + s); continue }
+            for f in FileIO.list(d) where isLink(d + "/" + f) { links.append("stages/\(s)/\(f)") }
+        }
+        guard !links.isEmpty else { return nil }
+        return "run \(id): \(links.prefix(5).joined(separator: ", ")) \(links.count == 1 ? "is a symbolic link" : "are symbolic links")"
+            + " in its directory; Baton never writes through one (a run directory is Baton's alone): remove \(links.count == 1 ? "it" : "them") or the run"
+    }
+
     public func stageDir(_ stageID: String) -> String { stagesDir + "/" + RunDirectory.safeName(stageID) }
 
     public func stageLogs(_ stageID: String, attempt: Int) -> StageLogs {
@@ -84,6 +137,7 @@ public enum RunStoreError: Error, CustomStringConvertible {
     case exists(String)
     case invalidID(String)
     case onlyShellRuns(String, String)
+    case notOwned(String)
 
     public var description: String {
         switch self {
@@ -92,6 +146,7 @@ public enum RunStoreError: Error, CustomStringConvertible {
         case let .ambiguous(ref, ids): return "'\(ref)' matches several runs: \(ids.prefix(5).joined(separator: ", "))\(ids.count > 5 ? ", ..." : "")"
         case let .exists(id): return "run '\(id)' already exists"
         case let .invalidID(id): return "invalid run id '\(id)': use letters, digits, '-', '_' and '.'"
+        case let .notOwned(why): return why
         case let .onlyShellRuns(dir, id): return "no runs in \(dir) but the interactive shell's, which 'latest' never means: name one (e.g. \(id))"
         }
     }
@@ -133,7 +188,7 @@ public struct RunStore: Sendable {
         if let id {
             guard RunID.isValid(id) else { throw RunStoreError.invalidID(id) }
             let d = directory(id)
-            if mkdir(d.path, 0o755) != 0 {
+            if RunDirectory.makeDirectory(d.path) != 0 {
                 if errno == EEXIST { throw RunStoreError.exists(id) }
                 throw SystemError("mkdir", d.path)
             }
@@ -141,7 +196,7 @@ public struct RunStore: Sendable {
         }
         while true {
             let d = directory(RunID.make())
-            if mkdir(d.path, 0o755) == 0 { return d }
+            if RunDirectory.makeDirectory(d.path) == 0 { return d }
             if errno != EEXIST { throw SystemError("mkdir", d.path) }
         }
     }
@@ -157,6 +212,7 @@ public struct RunStore: Sendable {
     /// Deletes a run directory and everything in it (`baton prune`).
     public func remove(_ id: String) throws {
         guard RunID.isValid(id), !id.hasPrefix(".") else { throw RunStoreError.invalidID(id) }
+        if let p = directory(id).linkProblem() { throw RunStoreError.notOwned(p) }
         try FileIO.removeTree(directory(id).path)
     }
 

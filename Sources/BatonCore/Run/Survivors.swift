@@ -54,12 +54,14 @@ public enum Survivors {
     /// of a pipe as stdin, in a session of its own): when the pipe closes, the runner is gone,
     /// whether it finished or was killed with SIGKILL; whatever the run started that is still
     /// alive (grandchildren the parent-death signal does not reach) is ended at once.
-    public static func watchdog(runID: String) -> Int32 {
+    public static func watchdog(runID: String, cgroup: String? = nil) -> Int32 {
         var buf = [UInt8](repeating: 0, count: 64)
         while true {
             let n = read(0, &buf, buf.count)
             if n == 0 || (n < 0 && errno != EINTR) { break }
         }
+        // The run's cgroup first: it holds even what left its group and its environment.
+        if let c = cgroup, c.contains("/baton-") { Containment.killTree(c, wait: 1) }
         kill(runID: runID, grace: 0.5, loop: EventLoop())
         return 0
     }

@@ -31,6 +31,16 @@ int baton_spawn(const baton_spawn_opts *opts, pid_t *out_pid, int *out_pidfd);
 int baton_spawn_async(const baton_spawn_opts *opts, pid_t *out_pid, int *out_pidfd, void **out_block);
 void baton_spawn_release(void *block);
 
+/* Containment (a cgroup v2 per stage): the next baton_spawn_async's child is born in the
+ * cgroup whose directory `dirfd` is (clone3's CLONE_INTO_CGROUP; -1: none). broken: the
+ * kernel refused it (or has no clone3): the caller uses its fallback. */
+void baton_spawn_into_cgroup(int dirfd);
+int  baton_spawn_cgroup_broken(void);
+/* The run cgroup's cgroup.kill, written by the crash and stuck guards (NULL: none). */
+void baton_containment_set(const char *cgroup_kill_path);
+/* The process groups of live stages and commands (the crash guard's list): up to max. */
+int  baton_tracked_groups(pid_t *out, int max);
+
 /* pidfd_open(2): a descriptor that polls readable when the process exits. */
 int baton_pidfd_open(pid_t pid);
 
@@ -72,6 +82,24 @@ void baton_crash_guard_install(const char *final_path, const char *json_head, co
 void baton_crash_guard_track(pid_t pgid);   /* a stage's group started */
 void baton_crash_guard_untrack(pid_t pgid); /* it ended */
 void baton_crash_guard_disarm(void);        /* the real final.json is written */
+
+/* ---- The stuck guard -----------------------------------------------------
+ * Lua's hook cannot fire inside a C function (`s:find(string.rep("a*", 12) .. "b")` runs
+ * for hours in the pattern matcher), so a signal, the budget or `baton cancel` could not
+ * end such a run. A thread (started by `baton run`/`resume`, not the shell) wakes at the
+ * first ending signal; if neither the Lua hook nor the event loop acknowledges it within
+ * `ack_wait` seconds, it ends every live stage's group (SIGTERM, SIGKILL after `grace`),
+ * writes final.json from the prepared document (cancelled; the signal's or the budget's
+ * reason and exit code) and _exits with that code.
+ * prepare: the document cut around `"exit_code": N, "reason": "...", "started_at": ...,
+ * "ended_at": ..., "duration_ms": N` (filled in when it acts); `started_at` as written
+ * (RFC 3339) and `started` (epoch seconds). budget: the budget's reason and exit code. */
+void baton_stuck_guard_prepare(const char *final_path, const char *json_head, const char *json_tail,
+                               const char *started_at, double started);
+void baton_stuck_guard_budget(const char *reason, int code);
+int  baton_stuck_guard_start(double ack_wait, double grace);
+void baton_stuck_guard_ack(void);      /* Lua or the loop saw the signal: the run ends its own way */
+void baton_stuck_guard_disarm(void);   /* the real final.json is written */
 
 /* An anonymous in-memory file (close-on-exec): a stage's stdin text. */
 int baton_memfd(const char *name);

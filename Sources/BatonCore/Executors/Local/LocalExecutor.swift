@@ -10,10 +10,22 @@ public final class LocalExecutor: Executor {
     public init() {}
 
     public func start(_ spec: JobSpec) throws -> Job {
-        let started = try Spawner.start(argv: spec.argv, env: spec.env, cwd: spec.cwd, stdin: spec.stdin,
+        // Born in a cgroup of its own where there is one (Containment): nothing it starts escapes.
+        let containment = Containment.shared
+        let cgroup = containment?.acquire()
+        containment?.spawnInto(cgroup)
+        defer { containment?.spawnInto(nil) }
+        let started: Spawner.Started
+        do {
+            started = try Spawner.start(argv: spec.argv, env: spec.env, cwd: spec.cwd, stdin: spec.stdin,
                                         stdout: spec.stdout, stderr: spec.stderr)
+        } catch {
+            if let g = cgroup { containment?.release(g) }
+            throw error
+        }
         // (baton_spawn_async has told the crash guard about the group.)
         let job = LocalJob(executor: self, started: started, leftoverGrace: spec.leftoverGrace)
+        job.cgroup = cgroup
         job.waitForGroup = spec.waitForGroup
         return job
     }
@@ -45,6 +57,8 @@ final class LocalJob: Job {
     private var terminating = false
     private let leftoverGrace: Double
     var waitForGroup = false
+    /// The stage's cgroup (Containment), if it has one.
+    var cgroup: Containment.Group?
 
     /// Memory the leader ran on until its exec: freed once it is reaped.
     private var started: Spawner.Started?
@@ -69,6 +83,7 @@ final class LocalJob: Job {
         terminating = true
         Glibc.kill(-leader, SIGTERM)
         Glibc.kill(-leader, SIGCONT)
+        if let g = cgroup { Containment.shared?.terminate(g) }   // also what left the group
         let at = Clock.monotonic() + grace
         killAt = min(killAt ?? .infinity, at)
     }
@@ -77,6 +92,7 @@ final class LocalJob: Job {
         if case .done = state { return }
         terminating = true
         Glibc.kill(-leader, SIGKILL)
+        if let g = cgroup { Containment.shared?.kill(g) }
         killAt = nil
     }
 
@@ -94,14 +110,19 @@ final class LocalJob: Job {
             if pidfd >= 0 { close(pidfd); pidfd = -1 }
         }
         if let k = killAt, now >= k { kill() }
-        // The leader is gone; anything left in its group goes too.
-        if groupAlive() {
-            if !terminating && !waitForGroup { terminate(grace: leftoverGrace) }
+        // The leader is gone; anything left in its group goes too, and in its cgroup
+        // whatever left the group (`setsid cmd &`).
+        let inGroup = groupAlive()
+        let escaped = !inGroup && cgroup.map { Containment.shared?.populated($0) ?? false } == true
+        if inGroup || escaped {
+            if !terminating && (!waitForGroup || escaped) { terminate(grace: leftoverGrace) }
             state = .ending(leaderEnded!)
         } else {
             state = .done(leaderEnded!)
             killAt = nil
             baton_crash_guard_untrack(leader)
+            if let g = cgroup { Containment.shared?.release(g); cgroup = nil }
+            Containment.shared?.sweepOrphans()   // the subreaper's: what escaped and came back to us
         }
     }
 
