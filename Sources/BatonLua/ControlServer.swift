@@ -161,19 +161,10 @@ public final class ControlServer {
             return nil
         }
         let server = ControlServer(env: env, ctx: ctx, fd: fd, path: path)
-        let lua = env.lua
-        let base = lua.top
-        do {
-            try lua.load(Array(ControlLua.source.utf8), name: "=baton.control")
-            try lua.pcall(nargs: 0, nresults: 3)
-            server.completeRef = lua.ref()
-            server.describeRef = lua.ref()
-            server.evalRef = lua.ref()
-        } catch {
-            lua.top = base
+        if !server.loadControlChunk() {
             Glibc.close(fd)
             unlink(path)
-            ctx.log(.warn, "no control socket: \(error)")
+            ctx.log(.warn, "no control socket: the prompt's Lua could not be loaded")
             return nil
         }
         ctx.loop.sources.append((fd, { [unowned server] in server.serve() }))
@@ -420,5 +411,25 @@ extension LuaState {
             i += 1
         }
         return out
+    }
+}
+
+extension ControlServer {
+    /// Loads the Lua side of the prompt (completion, description, evaluation) into the run's
+    /// state and keeps its three functions; false (the stack as it was) when it cannot.
+    func loadControlChunk() -> Bool {
+        let lua = env.lua
+        let base = lua.top
+        do {
+            try lua.load(Array(ControlLua.source.utf8), name: "=baton.control")
+            try lua.pcall(nargs: 0, nresults: 3)
+            completeRef = lua.ref()
+            describeRef = lua.ref()
+            evalRef = lua.ref()
+            return true
+        } catch {
+            lua.top = base
+            return false
+        }
     }
 }

@@ -321,7 +321,7 @@ extension RecipeEnvironment {
     /// recipe requires from the project (modules/), so `baton debug` replays what ran.
     func keepSources(_ ctx: RunContext, text: [UInt8]?) {
         guard let text, !ctx.dryRun else { return }
-        try? FileIO.writeAtomically(ctx.dir.recipeCopy, text)
+        try? FileIO.writeAtomically(ctx.dir.recipeCopy, text, mode: RunDirectory.fileMode)
         let modules = ctx.dir.modulesDir
         let base = lua.top
         defer { lua.top = base }
@@ -339,8 +339,8 @@ extension RecipeEnvironment {
             lua.pushFunction("baton.keepModule") { l in
                 guard let name = l.string(1), let file = l.string(2), let bytes = try? FileIO.readFile(file) else { return 0 }
                 let path = modules + "/" + name.replacingOccurrences(of: ".", with: "/") + ".lua"
-                try? FileIO.makeDirectories(FileIO.dirname(path))
-                try? FileIO.writeAtomically(path, bytes)
+                try? FileIO.makeDirectories(FileIO.dirname(path), mode: RunDirectory.dirMode)
+                try? FileIO.writeAtomically(path, bytes, mode: RunDirectory.fileMode)
                 return 0
             }
             _ = lua.getGlobal("package")

@@ -394,18 +394,7 @@ extension ControlServer {
     /// A control server with no socket: the replay's prompt calls it directly.
     static func local(env: RecipeEnvironment, ctx: RunContext) -> ControlServer? {
         let server = ControlServer(env: env, ctx: ctx, fd: -1, path: "")
-        let lua = env.lua
-        let base = lua.top
-        do {
-            try lua.load(Array(ControlLua.source.utf8), name: "=baton.control")
-            try lua.pcall(nargs: 0, nresults: 3)
-            server.completeRef = lua.ref()
-            server.describeRef = lua.ref()
-            server.evalRef = lua.ref()
-        } catch {
-            lua.top = base
-            return nil
-        }
+        guard server.loadControlChunk() else { return nil }
         return server
     }
 

@@ -42,8 +42,8 @@ extension RunContext {
         spec.inputSet = set
         let m = manifestPath(set.digest)
         if !FileIO.exists(m) {
-            try? FileIO.makeDirectories(FileIO.dirname(m))
-            try? FileIO.writeAtomically(m, set.manifest)
+            try? FileIO.makeDirectories(FileIO.dirname(m), mode: RunDirectory.dirMode)
+            try? FileIO.writeAtomically(m, set.manifest, mode: RunDirectory.fileMode)
         }
     }
 
