@@ -1,3 +1,5 @@
+import BatonBase
+import BatonCore
 import Foundation
 import Testing
 
@@ -67,14 +69,19 @@ extension IntegrityTests {
         }
         if p.isRunning && ending == .stageEnd { _ = Harness.waitFor(20) { !p.isRunning } }
         if mechanism == .cgroup && used {
-            // the run's cgroup is gone with it
-            #expect(Harness.waitFor(3) { !((try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup/unified")) ?? [])
+            // the run's cgroup is gone with it (looked for where it was made, which must exist)
+            #expect(FileIO.isDirectory(Self.cgroupHome), "no cgroup v2 directory of this process: \(Self.cgroupHome)")
+            #expect(Harness.waitFor(3) { !((try? FileManager.default.contentsOfDirectory(atPath: Self.cgroupHome)) ?? [])
                 .contains { $0.hasPrefix("baton-" + (run as NSString).lastPathComponent) } })
         }
     }
 }
 
 extension IntegrityTests {
+    /// Where a runner started by this test process makes its run's cgroup: this process's own
+    /// cgroup v2 directory, found as Containment finds it (not a path of one machine's layout).
+    static var cgroupHome: String { Containment.ownCgroup() ?? "/nonexistent-cgroup2" }
+
     /// The subreaper's sweep reaps only what it killed: a `waitpid(-1)` there took a
     /// concurrent stage's exit status, and that stage never ended (found by scripts/bench).
     @Test(arguments: Mechanism.allCases)
@@ -89,7 +96,7 @@ extension IntegrityTests {
         #expect(try Harness.run(["run", "none.lua"], cwd: d, env: ["BATON_CONTAINMENT": mechanism.rawValue]).code == 0)
         for run in Harness.runDirs(d) {
             let id = (run as NSString).lastPathComponent
-            let left = ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup/unified")) ?? []).filter { $0.hasPrefix("baton-" + id) }
+            let left = ((try? FileManager.default.contentsOfDirectory(atPath: Self.cgroupHome)) ?? []).filter { $0.hasPrefix("baton-" + id) }
             #expect(left.isEmpty, "cgroups left: \(left)")
         }
     }

@@ -76,7 +76,7 @@ public final class Containment {
 
     /// This process's cgroup v2 directory: the cgroup2 mount (mountinfo) joined to the
     /// `0::PATH` line of /proc/self/cgroup.
-    static func ownCgroup() -> String? {
+    public static func ownCgroup() -> String? {
         guard let mounts = try? FileIO.readString("/proc/self/mountinfo"),
               let cg = try? FileIO.readString("/proc/self/cgroup") else { return nil }
         var mount: String? = nil
