@@ -15,8 +15,11 @@ public enum Main {
         BatonCommand.leadingRunsDir = Completion.leadingRunsDir(arguments)
         (arguments, RunCommand.passthrough) = Completion.splitRecipeArguments(arguments)
         let commandNames = BatonCommand.configuration.subcommands.filter { $0.configuration.shouldDisplay }.compactMap { $0.configuration.commandName }
+        // Commands for Baton's own use (shouldDisplay false): accepted, never listed or suggested.
+        let hidden = BatonCommand.configuration.subcommands.filter { !$0.configuration.shouldDisplay }
+            .compactMap { $0.configuration.commandName }
         let json = arguments.contains("--json")
-        if let message = Completion.unknownCommand(arguments, known: commandNames + ["help", "version"], hidden: ["__watchdog", "__inputs"]) {
+        if let message = Completion.unknownCommand(arguments, known: commandNames + ["help", "version"], hidden: hidden) {
             Glibc.exit(Console.error(message, json: json))
         }
         // `baton help nosuch` is an error too (exit 2), not the overview.
@@ -38,7 +41,7 @@ public enum Main {
             if let e = error as? ExitCode { Glibc.exit(e.rawValue) }
             var text = message.trimmingWhitespace()
             if text.hasPrefix("Error: ") { text.removeFirst(7) }
-            if arguments.contains("--json") {
+            if json {
                 // Only the first line: the usage that follows is for people.
                 _ = Console.error(String(text.prefix { $0 != "\n" }), json: true)
             } else {

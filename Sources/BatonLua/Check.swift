@@ -56,11 +56,7 @@ public enum RecipeCheck {
             guard let bytes = try? FileIO.readFile(f) else { continue }
             let dir = FileIO.dirname(FileIO.absolute(f))
             for (name, _) in requiredModules(String(decoding: bytes, as: UTF8.self)) {
-                let rel = name.split(separator: ".").joined(separator: "/")
-                for d in [dir, FileIO.currentDirectory() + "/scripts-lua"] {
-                    modules.insert(FileIO.absolute("\(d)/\(rel).lua"))
-                    modules.insert(FileIO.absolute("\(d)/\(rel)/init.lua"))
-                }
+                modules.formUnion(moduleFiles(name, recipeDir: dir).map(FileIO.absolute))
             }
         }
         var recipes: [String] = [], seen = Set<String>()
@@ -107,10 +103,7 @@ public enum RecipeCheck {
         let source = String(decoding: text, as: UTF8.self)
         for (name, offset) in requiredModules(source) {
             if EmbeddedLua.modules[name] != nil { continue }
-            let rel = name.split(separator: ".").joined(separator: "/")
-            let dirs = [recipeDir, FileIO.currentDirectory() + "/scripts-lua"]
-            let files = dirs.flatMap { ["\($0)/\(rel).lua", "\($0)/\(rel)/init.lua"] }
-            guard let file = files.first(where: FileIO.exists) else {
+            guard let file = moduleFiles(name, recipeDir: recipeDir).first(where: FileIO.exists) else {
                 let (line, column) = position(source, offset)
                 r.findings.append(Finding(file: recipe, line: line, column: column, code: "require",
                                           message: "require '\(name)': no such module next to the recipe, in ./scripts-lua or built in"))
@@ -121,6 +114,13 @@ public enum RecipeCheck {
         r.findings += lint(env, source, file: recipe)
         r.findings += backoffFindings(source, recipe: recipe, lua: env.lua)
         return r
+    }
+
+    /// The files `require(name)` may load from disk, in the order it looks: next to the recipe,
+    /// then ./scripts-lua, `a/b.lua` before `a/b/init.lua` (as setRequirePaths sets package.path).
+    static func moduleFiles(_ name: String, recipeDir: String) -> [String] {
+        let rel = name.split(separator: ".").joined(separator: "/")
+        return [recipeDir, FileIO.currentDirectory() + "/scripts-lua"].flatMap { ["\($0)/\(rel).lua", "\($0)/\(rel)/init.lua"] }
     }
 
     /// What `baton run` checks before the first stage, on the runner's own Lua state (its
@@ -135,9 +135,7 @@ public enum RecipeCheck {
         func moduleSources() -> [String] {
             var modules: [String] = []
             for (name, _) in requiredModules(source) {
-                let rel = name.split(separator: ".").joined(separator: "/")
-                let dirs = [recipeDir, FileIO.currentDirectory() + "/scripts-lua"]
-                if let file = dirs.flatMap({ ["\($0)/\(rel).lua", "\($0)/\(rel)/init.lua"] }).first(where: FileIO.exists),
+                if let file = moduleFiles(name, recipeDir: recipeDir).first(where: FileIO.exists),
                    let bytes = try? FileIO.readFile(file) {
                     modules.append(String(decoding: bytes, as: UTF8.self))
                 } else if let m = EmbeddedLua.modules[name] {

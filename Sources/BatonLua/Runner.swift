@@ -263,8 +263,8 @@ public enum RecipeRunner {
     /// A signal's ending; the budget's own SIGALRM (the kernel's timer, not a `kill -ALRM`)
     /// is the run budget running out.
     static func interrupted(by sig: Int32, _ env: RecipeEnvironment) -> Ending {
-        if sig == SIGALRM, baton_budget_expired() != 0, let b = env.context?.budget {
-            return Ending(status: .cancelled, exit: .budgetExceeded, reason: "run budget of \(b.text) exceeded")
+        if sig == SIGALRM, baton_budget_expired() != 0, let reason = env.context?.budgetReason {
+            return Ending(status: .cancelled, exit: .budgetExceeded, reason: reason)
         }
         if sig == SIGTERM, let by = env.context?.endedBy {
             return Ending(status: .cancelled, exit: .signal(sig), reason: "cancelled from baton attach by \(by.user) (uid \(by.uid), pid \(by.pid))")

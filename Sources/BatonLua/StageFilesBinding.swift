@@ -5,8 +5,6 @@ import LuaKit
 
 /// runStage's `inputs`, `outputs` and `cache` fields (Cache/ in BatonCore does the work).
 extension RecipeEnvironment {
-    static let stageFileFields = ["inputs", "outputs", "cache"]
-
     /// Reads `inputs` and `outputs`: a list of paths and globs (lists inside it are flattened,
     /// so `{"src/**", more()}` works), or a function returning such a list.
     func stageFiles(_ t: SpecTable, _ spec: inout StageSpec, fn: String) throws {

@@ -198,15 +198,6 @@ function M.latest(entries)
   return order
 end
 
---- The latest entry of a run_id, or nil.
-function M.latestOf(path, runID)
-  local found
-  for _, e in ipairs((M.read(path))) do
-    if e.run_id == runID then found = e end
-  end
-  return found
-end
-
 M.BASIS = "latest entry of each run id"
 
 local function metricOf(e, name)

@@ -186,30 +186,24 @@ wait "$child"
 exit $?
 ]=]
 
---- The argv that runs the callback (shell text) under the callback's wrapper (pass
---- M.callbackEnv() as the stage's env).
-function M.callbackCommand(out, runID, cmd)
-  return {"sh", "-c", 'eval "$RESEARCH_WRAPPER"', "research-callback:" .. runID, out, runID, cmd}
+--- The argv that runs `cmd` (shell text) under `script`, tagged for pgrep, and the env that
+--- carries the script (RESEARCH_WRAPPER), so the journal and the plan show a short command line.
+local function wrapped(script, tag)
+  local function command(out, runID, cmd)
+    return {"sh", "-c", 'eval "$RESEARCH_WRAPPER"', tag .. runID, out, runID, cmd}
+  end
+  local function env(extra)
+    local e = {RESEARCH_WRAPPER = script}
+    for k, v in pairs(extra or {}) do e[k] = v end
+    return e
+  end
+  return command, env
 end
 
-function M.callbackEnv(extra)
-  local e = {RESEARCH_WRAPPER = M.callbackScript}
-  for k, v in pairs(extra or {}) do e[k] = v end
-  return e
-end
-
---- The argv that runs `job` (shell text) under the wrapper.
---- The script travels in the environment (RESEARCH_WRAPPER; pass M.env() as the stage's env),
---- so the journal and the plan show a short command line.
-function M.command(out, runID, job)
-  return {"sh", "-c", 'eval "$RESEARCH_WRAPPER"', "research-job:" .. runID, out, runID, job}
-end
-
-function M.env(extra)
-  local e = {RESEARCH_WRAPPER = M.script}
-  for k, v in pairs(extra or {}) do e[k] = v end
-  return e
-end
+--- The callback under its wrapper (pass M.callbackEnv() as the stage's env).
+M.callbackCommand, M.callbackEnv = wrapped(M.callbackScript, "research-callback:")
+--- The job under the wrapper (pass M.env() as the stage's env).
+M.command, M.env = wrapped(M.script, "research-job:")
 
 --- A pgrep pattern for the wrapper of this run that does not match its own watcher.
 function M.pattern(runID)

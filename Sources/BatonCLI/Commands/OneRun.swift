@@ -14,7 +14,7 @@ struct OneRunSpec: Sendable {
 
 protocol OneRunKind { static var spec: OneRunSpec { get } }
 
-/// status, wait, cancel: one command type; each kind below is one line of data.
+/// wait, cancel: one command type; each kind below is one line of data.
 struct OneRun<Kind: OneRunKind>: RunsDirCommand {
     static var configuration: CommandConfiguration { CommandConfiguration(commandName: Kind.spec.name, abstract: Kind.spec.abstract) }
     @OptionGroup var args: RunArguments

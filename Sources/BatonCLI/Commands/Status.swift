@@ -5,11 +5,10 @@ import BatonLua
 import CBatonSys
 import Glibc
 
-enum StatusKind: OneRunKind { static let spec = OneRunSpec(name: "status", abstract: "One run: state, current stage, liveness.", perform: Commands.status) }
-
 /// `baton status [RUN] [--json] [--watch]`.
 struct StatusCommand: RunsDirCommand {
-    static let configuration = CommandConfiguration(commandName: "status", abstract: StatusKind.spec.abstract)
+    static let configuration = CommandConfiguration(commandName: "status",
+                                                            abstract: "One run: state, current stage, liveness.")
     @OptionGroup var args: RunArguments
     @Flag(name: [.customLong("watch"), .customShort("w")],
           help: "Show the live view (what is in flight) until the run ends; exit with its exit code.") var watch = false

@@ -12,7 +12,7 @@ extension Commands {
     public static func wait(root: String, ref: String?, json: Bool) -> Int32 {
         guard let dir = resolve(root, ref, json: json) else { return ExitStatus.usage.rawValue }
         // On a terminal with colour: the live view of what the run has in flight meanwhile.
-        if !json, isatty(2) == 1, getenv("NO_COLOR") == nil, getenv("TERM").map({ String(cString: $0) }) != "dumb" {
+        if !json, Palette.enabled {
             return liveUntilEnd(dir, fd: 2, header: false)
         }
         let loop = EventLoop()

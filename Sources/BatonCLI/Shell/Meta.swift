@@ -99,13 +99,8 @@ extension Interactive {
         let store = RunStore(root: root)
         if ref == nil || ref == "latest" {
             let ids = store.ids().filter { $0 != env.context?.dir.id }   // newest first
-            let recipe = { (id: String) -> String? in
-                guard let line = (try? FileIO.readFile(store.directory(id).journal, limit: 65536))?.split(separator: 10).first,
-                      let first = (try? JSON.parse(Array(line))).flatMap(JournalEvent.init),
-                      case let .runStarted(b) = first.body else { return nil }
-                return b.recipe
-            }
-            if let id = ids.first(where: { recipe($0) != "<shell>" }) ?? ids.first { return store.directory(id) }
+            // (RunDirectory.isShellRun: the same rule RunStore.resolve applies to 'latest')
+            if let id = ids.first(where: { !store.directory($0).isShellRun }) ?? ids.first { return store.directory(id) }
             if let own = env.context?.dir.id {
                 // 'latest' never means the shell's own run: say so rather than "no runs".
                 err("baton: no runs in \(root) but this shell's own, which 'latest' never means: name it (:status \(own))")

@@ -65,7 +65,7 @@ public struct JournalEvent: Sendable {
     }
 
     public var json: JSON {
-        .object([("v", .int(1)), ("seq", .int(seq)), ("ts", .string(Clock.rfc3339(ts))), ("run", .string(run)),
+        .object([("v", .int(JournalWriter.schemaVersion)), ("seq", .int(seq)), ("ts", .string(Clock.rfc3339(ts))), ("run", .string(run)),
                  ("type", .string(type))] + body.fields)
     }
 }

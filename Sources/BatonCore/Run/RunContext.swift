@@ -264,6 +264,10 @@ public final class RunContext {
     /// The budget in force: its words ("2h") and when it runs out (monotonic).
     public private(set) var budget: (text: String, until: Double)?
 
+    /// The reason a run ended by its budget gives: the runner's ending and the stuck guard's
+    /// prepared final.json say the same words.
+    public var budgetReason: String? { budget.map { "run budget of \($0.text) exceeded" } }
+
     /// Ends the whole run `seconds` after this runner started, the way a cancel does (SIGALRM,
     /// then every task ended within its grace); the run exits with ExitStatus.budgetExceeded.
     public func setBudget(_ seconds: Double, text: String) {
@@ -271,7 +275,7 @@ public final class RunContext {
         budget = (text, until)
         _ = baton_budget_arm(max(0.000_001, until - Clock.monotonic()))
         // The stuck guard's reason (JSON string contents): the same words as the normal ending's.
-        let why = JSON.string("run budget of \(text) exceeded").encoded(pretty: false)
+        let why = JSON.string(budgetReason ?? "").encoded(pretty: false)
         baton_stuck_guard_budget(String(why.dropFirst().dropLast()), ExitStatus.budgetExceeded.rawValue)
         log(.info, "run budget: \(text) (ends at \(Clock.rfc3339(Clock.now() + until - Clock.monotonic())))")
     }
