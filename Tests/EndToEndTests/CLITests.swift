@@ -1,3 +1,4 @@
+import BatonBase
 import Foundation
 import Testing
 
@@ -57,14 +58,18 @@ import Testing
     @Test func helpTopicsSuggestionsAndRunCounts() throws {
         let d = Harness.tempDir("cli-help")
         let h = try Harness.run(["help", "nosuch"], cwd: d)
-        #expect(h.code == 2 && h.stderr.contains("unknown command 'nosuch'") && h.stdout.isEmpty, "help nosuch: \(h.code) \(h.stderr)")
+        // A usage error (3, the spec's code for bad arguments), as `baton nosuch` is; 2 is a gate's.
+        #expect(h.code == 3 && h.stderr.contains("unknown command 'nosuch'") && h.stdout.isEmpty, "help nosuch: \(h.code) \(h.stderr)")
         let hs = try Harness.run(["help", "stauts"], cwd: d)
-        #expect(hs.code == 2 && hs.stderr.contains("did you mean 'status'"), "\(hs.stderr)")
+        #expect(hs.code == 3 && hs.stderr.contains("did you mean 'status'"), "\(hs.stderr)")
         #expect(try Harness.run(["help", "runs"], cwd: d).code == 0)
         let w = try Harness.run(["help", "__watchdog"], cwd: d)
-        #expect(w.code == 2 && !w.stderr.contains(", __watchdog"), "\(w.stderr)")
+        #expect(w.code == 3 && !w.stderr.contains(", __watchdog"), "\(w.stderr)")
         let overview = try Harness.run(["help"], cwd: d)
         #expect(overview.code == 0 && !overview.stdout.contains("watchdog"))
+        // The exit codes --help lists are ExitStatus's table (the guide's).
+        #expect(overview.stdout.split(whereSeparator: \.isWhitespace).joined(separator: " ")
+            .contains("Exit codes: " + ExitStatus.summary), "\(overview.stdout)")
         let r = try Harness.run(["rnus"], cwd: d)
         #expect(r.code == 3 && r.stderr.contains("did you mean 'runs'?") && !r.stderr.contains("watchdog"), "\(r.stderr)")
         let w2 = try Harness.run(["__watchdo"], cwd: d)
