@@ -116,11 +116,11 @@ end
 
 local opens, closes = {["{"] = true, ["("] = true, ["["] = true}, {["}"] = true, [")"] = true, ["]"] = true}
 
-local suggest = require("kit.suggest")
 
 -- Near enough for a hint: within a third of the name (at least 2), and not all of it.
 local function near(d, name) return d <= math.max(2, #name // 3) and d < #name end
-local function closest(name, known) return suggest.closest(name, known, {within = near, fold = true}) end
+-- (kit.suggest is loaded for the first hint only: `baton run` lints every recipe before it starts.)
+local function closest(name, known) return require("kit.suggest").closest(name, known, {within = near, fold = true}) end
 
 -- The type of the value whose first token is toks[k] (nil: not a literal).
 local function literalType(T, V, k)
