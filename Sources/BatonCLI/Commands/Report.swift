@@ -130,10 +130,7 @@ extension Commands {
                              ("occurrence", .int(Int64(d.key.occurrence))), ("replayed", .bool(d.why.replayed)),
                              ("reason", .string(d.why.reason.rawValue)), ("changed", .array(d.why.changed.map(JSON.string))),
                              ("why", .string(d.why.sentence))]
-                if let f = d.why.files {
-                    o.append(("files", .object([("changed", .array(f.changed.map(JSON.string))), ("added", .array(f.added.map(JSON.string))),
-                                                ("removed", .array(f.removed.map(JSON.string))), ("more", .int(Int64(f.more)))])))
-                }
+                if let f = d.why.files { o.append(("files", f.json)) }
                 if let c = cacheOf(d.life, d.key) { o.append(("cache", c.json)) }
                 return JSON.object(o)
             }

@@ -2,8 +2,12 @@ import BatonBase
 import Glibc
 
 /// One declared output after a pass: a file, or a directory (every file under it).
-public struct OutputSnapshot {
-    public struct File { public var rel: String; public var abs: String; public var hash: String; public var size: Int64; public var exec: Bool }
+public struct OutputSnapshot: Sendable {
+    public struct File: Sendable {
+        public var rel: String, abs: String, hash: String
+        public var size: Int64
+        public var exec: Bool
+    }
     public var path: String
     public var isDir: Bool
     public var hash: String

@@ -28,7 +28,7 @@ public final class StatCache {
     public init(path: String) { self.path = path }
 
     /// The runs directory's cache file.
-    public convenience init(runsDir: String) { self.init(path: FileIO.join(runsDir, ".statcache")) }
+    public convenience init(runsDir: String) { self.init(path: ProjectLayout.statCachePath(runsDir: runsDir)) }
 
     /// Reads the cache file on a second thread (until the first lookup).
     public func preload() {

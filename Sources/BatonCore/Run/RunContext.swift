@@ -65,7 +65,7 @@ public final class RunContext {
     public var skipRequests: Set<String> = []
     /// Declared inputs and outputs, the stat cache and the cache across runs (Cache/).
     public lazy var files: StageFilesState = { filesUsed = true; return StageFilesState(runDir: dir) }()
-    private var filesUsed = false
+    private(set) var filesUsed = false
 
     public var interrupted: Bool { loop.interrupted }
 
@@ -493,6 +493,7 @@ public final class RunContext {
         finished = true
         var problems: [String] = []
         _ = baton_budget_arm(0)
+        waitForInserts()
         loop.endAll()
         writePending()
         // Whatever left its stage's group and session (and perhaps its environment).
