@@ -210,8 +210,8 @@ public struct FileGlob {
             }
         }
         statAll(pending, into: &found)
-        found.sort { $0.rel < $1.rel }
-        return found
+        // Sorted through their indices: a Matched (with its stat) is ~200 bytes to move.
+        return found.indices.sorted { found[$0].rel < found[$1].rel }.map { found[$0] }
     }
 
     /// Stats `files` (a file that vanished meanwhile is left out).
