@@ -88,7 +88,10 @@ public struct FileGlob {
             if p.hasPrefix("?") && !p.hasPrefix("?/") { optional = true; p.removeFirst() }
             if p.hasPrefix("/") { throw FileSetError("'\(raw)': paths are relative to the stage's working directory") }
             let parts = split(p)
-            if parts.isEmpty && !exclude { includes.append(Pattern(parts: [], optional: optional, text: raw)); continue }
+            if parts.isEmpty && !exclude {
+                includes.append(Pattern(parts: [], optional: optional, text: raw))
+                continue
+            }
             if exclude { excludes.append(Pattern(parts: parts, optional: optional, text: raw)) } else {
                 includes.append(Pattern(parts: parts, optional: optional, text: raw))
             }
@@ -159,7 +162,9 @@ public struct FileGlob {
                 if (st.st_mode & S_IFMT) == S_IFDIR {
                     if type == DT_LNK || type == DT_UNKNOWN {
                         var lst = stat()
-                        if fstatat(fd, name, &lst, AT_SYMLINK_NOFOLLOW) == 0, (lst.st_mode & S_IFMT) == S_IFLNK { continue }
+                        if fstatat(fd, name, &lst, AT_SYMLINK_NOFOLLOW) == 0, (lst.st_mode & S_IFMT) == S_IFLNK {
+                            continue
+                        }
                     }
                     let childRel = rel + [name]
                     if neverSet.contains(childAbs) || (hasExcludes && excluded(childRel)) { continue }
@@ -186,7 +191,9 @@ public struct FileGlob {
                 var st = stat()
                 if stat(startAbs, &st) == 0 {
                     if (st.st_mode & S_IFMT) == S_IFDIR {
-                        if !neverSet.contains(startAbs) && !dirRel.contains(".git") { walk(startAbs, dirRelStr, dirRel, nil, &count) }
+                        if !neverSet.contains(startAbs) && !dirRel.contains(".git") {
+                            walk(startAbs, dirRelStr, dirRel, nil, &count)
+                        }
                     } else if (st.st_mode & S_IFMT) == S_IFREG, !excluded(dirRel) {
                         add(dirRelStr, startAbs, st)
                         count = 1
@@ -198,7 +205,9 @@ public struct FileGlob {
                 // the file or any directory above it.
                 walk(startAbs, dirRelStr, dirRel, { rel in
                     if matches(parts[...], rel[...]) { return true }
-                    for k in 1..<max(1, rel.count) where k < rel.count && matches(parts[...], rel[0..<k]) { return true }
+                    for k in 1..<max(1, rel.count) where k < rel.count && matches(parts[...], rel[0..<k]) {
+                        return true
+                    }
                     return false
                 }, &count)
             }
@@ -232,7 +241,11 @@ public struct FileGlob {
         defer { sts.deallocate(); ok.deallocate() }
         final class Shared: @unchecked Sendable {
             let files: [Pending]; let sts: UnsafeMutablePointer<stat>; let ok: UnsafeMutablePointer<Bool>
-            init(_ f: [Pending], _ s: UnsafeMutablePointer<stat>, _ o: UnsafeMutablePointer<Bool>) { files = f; sts = s; ok = o }
+            init(_ f: [Pending], _ s: UnsafeMutablePointer<stat>, _ o: UnsafeMutablePointer<Bool>) {
+                files = f
+                sts = s
+                ok = o
+            }
             func run(_ r: Range<Int>) { for i in r { ok[i] = fstatat(files[i].dir, files[i].name, sts + i, 0) == 0 } }
         }
         // (Two threads were measured too: no faster on this 2-core machine, where git status
@@ -265,7 +278,10 @@ public struct FileGlob {
     }
 
     /// Resolves and hashes inputs through the stat cache.
-    public static func resolve(_ patterns: [String], base: String, never: [String], cache: StatCache) throws -> FileSet {
+    public static func resolve(_ patterns: [String],
+                               base: String,
+                               never: [String],
+                               cache: StatCache) throws -> FileSet {
         cache.preload()   // read while the tree is walked
         return try hash(try match(patterns, base: base, never: never), cache: cache)
     }

@@ -53,7 +53,9 @@ public struct StageRecord: Sendable {
     /// The scheduler's word for where it stands (its job state).
     public var queue: String? { get { batch?.value.queue } set { updateBatch { $0.queue = newValue } } }
     public var node: String? { get { batch?.value.node } set { updateBatch { $0.node = newValue } } }
-    public var queueReason: String? { get { batch?.value.queueReason } set { updateBatch { $0.queueReason = newValue } } }
+    public var queueReason: String? {
+        get { batch?.value.queueReason } set { updateBatch { $0.queueReason = newValue } }
+    }
     private struct BatchPlace: Sendable, Equatable {
         var executor, nativeID: String?
         var phase: QueuePhase?
@@ -81,7 +83,8 @@ public struct StageRecord: Sendable {
     public var batchFields: [(String, JSON)] {
         guard let e = executor, let id = nativeID else { return [] }
         return [("executor", .string(e)), ("native_id", .string(id)),
-                ("phase", phase.map { .string($0.rawValue) } ?? .null), ("queue", queue.map(JSON.string) ?? .null), ("node", node.map(JSON.string) ?? .null)]
+                ("phase", phase.map { .string($0.rawValue) } ?? .null), ("queue", queue.map(JSON.string) ?? .null),
+                ("node", node.map(JSON.string) ?? .null)]
     }
 
     public var isOpen: Bool { status.isOpen }
@@ -212,7 +215,9 @@ public struct RunHistory: Sendable {
             }
         case let .watch(w):
             var rec = WatchRecord(id: w.id, state: w.to, since: e.ts, reason: w.reason, details: w.details)
-            if w.to == .queued { rec.queued = w.details } else if let i = watchIndex[w.id] { rec.queued = watches[i].queued }
+            if w.to == .queued { rec.queued = w.details } else if let i = watchIndex[w.id] {
+                rec.queued = watches[i].queued
+            }
             if let i = watchIndex[w.id], !watches[i].state.isTerminal || w.from == nil { watches[i] = rec } else {
                 watchIndex[w.id] = watches.count
                 watches.append(rec)

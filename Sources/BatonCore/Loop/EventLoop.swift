@@ -114,7 +114,9 @@ public final class EventLoop {
                 if mustStop() { return .interrupted }
             }
             if now >= nextHeartbeat, let label {
-                onHeartbeat?(Heartbeat(waitingOn: label.kind.rawValue, id: label.id, forMs: Int64((now - began) * 1000)))
+                onHeartbeat?(Heartbeat(waitingOn: label.kind.rawValue,
+                                       id: label.id,
+                                       forMs: Int64((now - began) * 1000)))
                 nextHeartbeat = now + hbEvery
             }
             if now >= nextPoll {
@@ -207,7 +209,10 @@ public final class EventLoop {
             let r = wait(deadline: until) { self.tasks.isEmpty && !self.executorsBusy }
             if r == .satisfied { break }
             for t in tasks { t.cancel(force: true) }
-            if r == .deadline { _ = wait(deadline: Clock.monotonic() + 5) { self.tasks.isEmpty && !self.executorsBusy }; break }
+            if r == .deadline {
+                _ = wait(deadline: Clock.monotonic() + 5) { self.tasks.isEmpty && !self.executorsBusy }
+                break
+            }
         }
     }
 }

@@ -244,7 +244,10 @@ public final class StageExecution: LoopTask {
         cancelRequested = true
         switch phase {
         case .waiting:
-            finish(with: makeResult(status: .cancelled, termination: nil, duration: 0, message: "cancelled before it started"))
+            finish(with: makeResult(status: .cancelled,
+                                    termination: nil,
+                                    duration: 0,
+                                    message: "cancelled before it started"))
         case .running:
             if force { job?.kill() } else { job?.terminate(grace: spec.grace) }
         case .finished: break
@@ -348,7 +351,8 @@ public final class StageExecution: LoopTask {
             seenOutput = (0, 0, 0)
             stallWarned = false
             stalled = false
-            nextSilenceCheck = attemptStart + min(1, (spec.stallWarnSec ?? context.stallWarnSec) / 4, (spec.noOutputTimeout ?? 4) / 4)
+            nextSilenceCheck = attemptStart
+                + min(1, (spec.stallWarnSec ?? context.stallWarnSec) / 4, (spec.noOutputTimeout ?? 4) / 4)
             phase = .running
         } catch {
             // Could not start: a deterministic failure (a missing command never gets better).
@@ -357,7 +361,10 @@ public final class StageExecution: LoopTask {
             let msg = "\(error)"
             let code = (error as? SpawnError)?.exitCode ?? Termination.notFound
             _ = try? FileIO.appendLocked(logs.stderr, Array((msg + "\n").utf8))
-            var r = makeResult(status: .failed, termination: .exited(code), duration: Clock.monotonic() - attemptStart, message: msg)
+            var r = makeResult(status: .failed,
+                               termination: .exited(code),
+                               duration: Clock.monotonic() - attemptStart,
+                               message: msg)
             r.failureClass = .deterministic
             r.signature = FailureSignature.make(.deterministic, exit: code, signal: nil, stderrTail: msg)
             concludeAttempt(r)
@@ -406,7 +413,12 @@ public final class StageExecution: LoopTask {
         errFD = RunDirectory.openFile(l.stderr, O_RDWR)
         job = j
         let cwd = spec.resolvedCwd
-        var started = StageStarted(key: key, attempt: n, command: spec.command, cwd: cwd, fingerprint: spec.fingerprint, logs: l)
+        var started = StageStarted(key: key,
+                                   attempt: n,
+                                   command: spec.command,
+                                   cwd: cwd,
+                                   fingerprint: spec.fingerprint,
+                                   logs: l)
         started.executor = executor.name
         started.nativeID = j.nativeID
         started.reattached = true
@@ -449,8 +461,16 @@ public final class StageExecution: LoopTask {
         if errFD >= 0 { close(errFD); errFD = -1 }
     }
 
-    func makeResult(status: StageStatus, termination t: Termination?, duration: Double, message: String?) -> StageResult {
-        var r = StageResult(id: spec.id, occurrence: occurrence, status: status, attempts: attempt, duration: duration, logs: logs)
+    func makeResult(status: StageStatus,
+                    termination t: Termination?,
+                    duration: Double,
+                    message: String?) -> StageResult {
+        var r = StageResult(id: spec.id,
+                            occurrence: occurrence,
+                            status: status,
+                            attempts: attempt,
+                            duration: duration,
+                            logs: logs)
         r.exit = t?.exitCode; r.signal = t?.signal; r.message = message; r.pid = pid == 0 ? nil : pid
         return r
     }
@@ -496,7 +516,8 @@ public final class StageExecution: LoopTask {
             let missing = spec.requireFiles.filter { (FileIO.size(FileIO.join(base, $0)) ?? 0) == 0 }
             if !missing.isEmpty {
                 r.status = .failed
-                r.message = "required file\(missing.count > 1 ? "s" : "") missing or empty: \(missing.joined(separator: ", "))"
+                r.message =
+                    "required file\(missing.count > 1 ? "s" : "") missing or empty: \(missing.joined(separator: ", "))"
             }
             if r.ok && !spec.outputs.isEmpty { checkOutputs(&r) }
         }
@@ -505,7 +526,10 @@ public final class StageExecution: LoopTask {
             let cls = stalled ? FailureClass.stalled : note.transient || note.timedOut ? FailureClass.transient
                 : r.message != nil && r.status == .failed
                 ? FailureClass.deterministic
-                : spec.transient.classify(timedOut: timedOut || r.status == .cancelled, signal: t.signal, exit: t.exitCode, stderrTail: tail)
+                : spec.transient.classify(timedOut: timedOut || r.status == .cancelled,
+                                          signal: t.signal,
+                                          exit: t.exitCode,
+                                          stderrTail: tail)
             r.failureClass = cls
             r.signature = FailureSignature.make(cls, exit: t.exitCode, signal: t.signal,
                                                 stderrTail: r.message.map { tail + "\n" + $0 } ?? tail)
@@ -534,7 +558,9 @@ public final class StageExecution: LoopTask {
             let seen = context.countSignature(sig)
             if let b = spec.breaker, seen >= b {
                 r.breakerOpen = true
-                r.message = "circuit breaker open: the same failure (signature \(sig)) happened \(seen) times in this run" + (r.message.map { "; " + $0 } ?? "")
+                r.message =
+                    "circuit breaker open: the same failure (signature \(sig)) happened \(seen) times in this run"
+                        + (r.message.map { "; " + $0 } ?? "")
                 f.breakerOpen = true
             } else if attempt <= spec.retries, spec.retryOn.contains(cls), !context.interrupted {
                 retry = true
@@ -545,7 +571,9 @@ public final class StageExecution: LoopTask {
         lastResult = r
         if retry {
             let delay = spec.backoff.delay(afterAttempt: attempt)
-            context.log(.info, "retrying stage '\(spec.id)' in \(Clock.human(delay)) (\(r.failureClass!.rawValue) failure, attempt \(attempt) of \(spec.retries + 1))",
+            context.log(.info,
+                        "retrying stage '\(spec.id)' in \(Clock.human(delay)) (\(r.failureClass!.rawValue) failure, " +
+                            "attempt \(attempt) of \(spec.retries + 1))",
                         .object([("stage", .string(spec.id))]))
             phase = .waiting(until: Clock.monotonic() + delay)
         } else {

@@ -38,7 +38,9 @@ public final class LocalExecutor: Executor {
         var fds: [Int32] = []
         var at: Double? = nil
         for case let j as LocalJob in jobs {
-            if let fd = j.wakeFD { fds.append(fd) } else { at = min(at ?? .infinity, now + (j.waitForGroup ? 0.1 : 0.02)) }
+            if let fd = j.wakeFD { fds.append(fd) } else {
+                at = min(at ?? .infinity, now + (j.waitForGroup ? 0.1 : 0.02))
+            }
             if let k = j.killAt { at = min(at ?? .infinity, k) }
         }
         return (fds, at)
