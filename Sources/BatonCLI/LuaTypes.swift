@@ -64,6 +64,8 @@ public enum Types {
         let fields = kind.options.filter { !$0.runWide }.map { "\($0.name)?: \($0.luaType)" }
         return "---@field \(kind.name)? {\(fields.joined(separator: ", "))} \(kind.summary)"
     }.joined(separator: "\n")
+    /// persistFinal's options table, inline.
+    static let persistFinalOptions = PrimitiveFields.inline(PrimitiveFields.persistFinalOptions)
 
     public static let luaCATS = #"""
         ---@meta baton
@@ -220,7 +222,7 @@ public enum Types {
         ---@field preflight fun(spec: baton.PreflightSpec): baton.PreflightReport
         ---@field watch fun(spec: baton.WatchSpec): baton.WatchOutcome
         ---@field gate fun(spec: baton.GateSpec): baton.Decision
-        ---@field persistFinal fun(fields: table, opts?: \#(PrimitiveFields.inline(PrimitiveFields.persistFinalOptions)))
+        ---@field persistFinal fun(fields: table, opts?: \#(persistFinalOptions))
 
         ---@class baton.ParallelOptions
         \#(PrimitiveFields.luaCATS(PrimitiveFields.parallelOptions))

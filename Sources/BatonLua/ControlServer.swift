@@ -295,17 +295,12 @@ public final class ControlServer {
         case .kill:
             guard let e = running(stage) else { return done(false, notRunning(stage), journaled: stage) }
             _ = e.endAttempt()
+            let retry = e.spec.retries > 0
+                ? "its retry policy applies (retries = \(e.spec.retries))" : "it has no retries"
             return done(true,
-                        "ending attempt \(e.attempt) of stage '\(stage)' (SIGTERM, SIGKILL after " +
-                            "\(Clock.human(e.spec.grace))); "
-
-
-
-
-
-
-
-                                                    + (e.spec.retries > 0 ? "its retry policy applies (retries = \(e.spec.retries))" : "it has no retries"), journaled: stage)
+                        "ending attempt \(e.attempt) of stage '\(stage)' (SIGTERM, SIGKILL after "
+                            + "\(Clock.human(e.spec.grace))); " + retry,
+                        journaled: stage)
         case .extend:
             let seconds = req["seconds"]?.doubleValue ?? 0
             let target = "\(stage) \(seconds)"

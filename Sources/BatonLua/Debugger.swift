@@ -145,14 +145,8 @@ extension RecipeEnvironment {
         var child = debugger.autoAttach && tcgetpgrp(0) == getpgrp() ? startAttachChild(ctx) : nil
         if child == nil {
             Console.err("run \(ctx.dir.id) paused \(rec.text): baton attach \(ctx.dir.id) opens its prompt there"
-
-
-
-
-
-
-
-                                                    + (debugger.breakTimeout.map { "; it goes on by itself after \(Clock.human($0)) with nobody attached" } ?? ""))
+                        + (debugger.breakTimeout.map { "; it goes on by itself after \(Clock.human($0)) with nobody " +
+                                "attached" } ?? ""))
         }
         let outcome = ctx.loop.wait(WaitLabel(.pause, at), pollEvery: 0.1) {
             if let c = child, Debugger.exited(c) {
@@ -343,12 +337,8 @@ extension ControlServer {
             guard debugger.breaks.contains(id) else {
                 return done(false,
                             "no breakpoint '\(id)'"
-
-
-
-
-
-                                                    + (debugger.breaks.isEmpty ? "" : " (breakpoints: \(debugger.breaks.joined(separator: ", ")))"),
+                                + (debugger.breaks.isEmpty ? "" : " (breakpoints: " +
+                                   "\(debugger.breaks.joined(separator: ", ")))"),
                             target: id)
             }
             debugger.breaks.removeAll { $0 == id }

@@ -198,14 +198,8 @@ public final class RecipeEnvironment {
             }
             if self.controlLines > 0 {
                 throw LuaRaise("os.exit is refused at baton attach: it would end the run as if the recipe had; "
-
-
-
-
-
-
-
-                                                           + "use :cancel to cancel the run, or :kill STAGE to end a stage's attempt", kind: "refused")
+                               + "use :cancel to cancel the run, or :kill STAGE to end a stage's attempt",
+                               kind: "refused")
             }
             self.exitCode = code
             l.requestAbort(BATON_ABORT_EXIT)

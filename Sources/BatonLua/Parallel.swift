@@ -10,6 +10,10 @@ import LuaShim
 /// loop. Coroutines yield in Lua only (a runStage inside an item starts its stage in the
 /// background and yields until it ends), so no yield ever crosses a Swift frame.
 extension RecipeEnvironment {
+    /// parallel's onFailure choices as a Lua set's fields (`["cancel"] = true, ...`).
+    static let onFailureChoices = PrimitiveFields.parallelOptions[field: "onFailure"]!.choices
+        .map { "[\"\($0)\"] = true" }.joined(separator: ", ")
+
     static let parallelSource = #"""
     local startStage, waitAny, cancelHandles, ncores, where, errmt, setLane, endFanOut, now, sleep, release = ...
     local calls = 0
@@ -74,7 +78,7 @@ extension RecipeEnvironment {
     end
 
     local known = {\#(PrimitiveFields.parallelOptions.names.map { "\($0) = true" }.joined(separator: ", "))}
-    local onFailureChoices = {\#(PrimitiveFields.parallelOptions[field: "onFailure"]!.choices.map { "[\"\($0)\"] = true" }.joined(separator: ", "))}
+    local onFailureChoices = {\#(onFailureChoices)}
 
     local function parallel(items, fn, opts)
       if type(items) ~= "table" then fail("parallel: items must be a list, got " .. type(items), 3, "usage") end

@@ -141,7 +141,8 @@ struct SpecTable {
     }
 
     /// A choice decoded once into its enum (luaL_checkoption's idea); the error lists the choices.
-    func option<E: RawRepresentable & CaseIterable>(_ key: String, _ type: E.Type) throws -> E? where E.RawValue == String {
+    func option<E: RawRepresentable & CaseIterable>(_ key: String, _ type: E.Type) throws -> E?
+    where E.RawValue == String {
         guard let s = try choice(key, E.allCases.map(\.rawValue)) else { return nil }
         return E(rawValue: s)
     }

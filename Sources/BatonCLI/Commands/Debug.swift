@@ -81,14 +81,8 @@ enum Debugging {
         } else if let disk = onDisk {
             text = disk
             diag("note: the run kept no copy of its recipe; replaying \(start.recipe) as it is on disk now"
-
-
-
-
-
-
-
-                                             + (SHA256.hex(disk) == start.recipeSHA256 ? " (the same text it ran)" : ", which is NOT the text it ran"))
+                 + (SHA256.hex(disk) == start.recipeSHA256 ? " (the same text it ran)" : ", which is NOT the text " +
+                    "it ran"))
         } else {
             diag("baton: run \(dir.id) kept no copy of its recipe and \(start.recipe) is gone: nothing to replay")
             return ExitStatus.failure.rawValue
@@ -121,8 +115,9 @@ enum Debugging {
         } else if let why = r.endedBy {
             diag("replay of run \(dir.id) ended: \(SafeText.line(why))")
         } else {
-            diag("replay of run \(dir.id) ended: the recipe " +
-                 "\(ending.status == .succeeded ? "returned" : "ended \(ending.status.rawValue): \(SafeText.line(ending.reason ?? ""))")")
+            let how = ending.status == .succeeded
+                ? "returned" : "ended \(ending.status.rawValue): \(SafeText.line(ending.reason ?? ""))"
+            diag("replay of run \(dir.id) ended: the recipe \(how)")
         }
         return failures == 0 ? ExitStatus.success.rawValue : ExitStatus.failure.rawValue
     }

@@ -48,7 +48,8 @@ struct RunCommand: RunsDirCommand {
             help: ArgumentHelp("A pause with nobody attached goes on after this long (journaled): 10m, 90s.",
                                valueName: "DURATION"))
     var breakTimeout: String?
-    @Flag(help: "Use the cache across runs for every stage that declares outputs (unless it says cache = false).") var cache = false
+    @Flag(help: "Use the cache across runs for every stage that declares outputs (unless it says cache = false).")
+    var cache = false
     @OptionGroup var globals: Globals
     @Argument(help: ArgumentHelp("The recipe file; the words after it are the recipe's own.", valueName: "RECIPE"),
               completion: .file(extensions: ["lua"]))

@@ -144,26 +144,18 @@ public struct ReportHTML {
             }
             h += "<circle class=\"mark pf \(p.ok ? "p-ok" : "p-fail")\" cx=\"\(n(x(m.ts)))\" " +
                 "cy=\"\(n(yBar(pfRow) + 6))\" r=\"5\""
-            close(&h,
-                  "circle",
-                  "preflight \(p.name) (\(p.policy.rawValue)): \(p.ok ? "ok" : "FAILED")\n"
+            close(&h, "circle", "preflight \(p.name) (\(p.policy.rawValue)): \(p.ok ? "ok" : "FAILED")\n"
                       + detail.joined(separator: "\n"))
         }
         gates(&h, y: yBar(gateRow))
         for p in t.watchPhases {
             let y = yBar(watchRow[p.id]!)
             let end = p.end ?? t.lastTs
-            let tip =
-                "watch \(p.id): \(p.state.rawValue) " +
-                    "\(Clock.human(end - p.start))\(p.reason.isEmpty ? "" : ": " + p.reason)"
+            let tip = "watch \(p.id): \(p.state.rawValue) "
+                + "\(Clock.human(end - p.start))\(p.reason.isEmpty ? "" : ": " + p.reason)"
             if p.state.isTerminal {
-                rect(&h,
-                     "wmark w-\(p.state.rawValue)",
-                     x0: x(p.start) - 1.5,
-                     x1: x(p.start) + 1.5,
-                     y: y - 2,
-                     height: barH + 4,
-                     tip: tip)
+                rect(&h, "wmark w-\(p.state.rawValue)", x0: x(p.start) - 1.5, x1: x(p.start) + 1.5, y: y - 2,
+                     height: barH + 4, tip: tip)
             } else {
                 rect(&h, "phase w-\(p.state.rawValue)", x0: x(p.start), x1: x(end), y: y, height: barH, tip: tip)
             }
@@ -173,12 +165,8 @@ public struct ReportHTML {
             let ok = c.exit == 0 && !c.timedOut
             let how = c.timedOut ? "timed out" : c.exit.map { "exit \($0)" } ?? "signal \(c.signal ?? 0)"
             let tip = "\(c.via): \(c.command.display)\n\(how), \(Clock.human(Double(c.durationMs) / 1000))"
-            rect(&h,
-                 "cmd \(ok ? "c-ok" : "c-fail")",
-                 x0: x(m.ts - Double(c.durationMs) / 1000),
-                 x1: x(m.ts),
-                 y: yBar(cmdRow) + 2,
-                 height: barH - 4, tip: tip)
+            rect(&h, "cmd \(ok ? "c-ok" : "c-fail")", x0: x(m.ts - Double(c.durationMs) / 1000), x1: x(m.ts),
+                 y: yBar(cmdRow) + 2, height: barH - 4, tip: tip)
         }
         for m in t.heartbeats {
             let hb = m.record
@@ -191,8 +179,7 @@ public struct ReportHTML {
 
     func axis(_ h: inout String, top: Double, bottom: Double) {
         let steps: [Double] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300,
-                               600,
-                               900, 1800, 3600, 7200, 14400, 21600, 43200, 86400]
+                               600, 900, 1800, 3600, 7200, 14400, 21600, 43200, 86400]
         let step = steps.first { span / $0 <= 10 } ?? 86400 * (span / 86400 / 10).rounded(.up)
         var v = 0.0
         while v <= span + step * 0.001 {
@@ -395,9 +382,12 @@ public struct ReportHTML {
             let status = r.replayed ? "passed (replayed)" : f?.cachedFrom.map {
                 "passed (cached: \($0.text))"
             } ?? r.status.rawValue
-            h += "<tr class=\"st-\(r.replayed ? "replayed" : r.status.rawValue)\"><td><code>\(esc(r.key.id))</code></td><td>\(r.key.occurrence)</td>"
-            h += "<td>\(f?.attempt ?? r.attempt)</td><td>\(esc(status.replacingUnderscore))</td><td>\(f?.failureClass?.rawValue ?? "")</td>"
-            h += "<td>\(f?.exit.map { String($0) } ?? (f?.signal.map { "signal \($0)" } ?? ""))</td><td>\(Clock.human(Double(r.durationMs) / 1000))</td>"
+            let rowClass = r.replayed ? "replayed" : r.status.rawValue
+            h += "<tr class=\"st-\(rowClass)\"><td><code>\(esc(r.key.id))</code></td><td>\(r.key.occurrence)</td>"
+            h += "<td>\(f?.attempt ?? r.attempt)</td><td>\(esc(status.replacingUnderscore))</td>"
+            h += "<td>\(f?.failureClass?.rawValue ?? "")</td>"
+            let exit = f?.exit.map { String($0) } ?? (f?.signal.map { "signal \($0)" } ?? "")
+            h += "<td>\(exit)</td><td>\(Clock.human(Double(r.durationMs) / 1000))</td>"
             h += "<td class=\"logs\">\(link(r.logs.stdout))<br>\(link(r.logs.stderr))</td>"
             var errText = ""
             if r.status != .ended(.passed) {
@@ -424,7 +414,8 @@ public struct ReportHTML {
             href = ReportHTML.percentEncoded(String(path.dropFirst(b.count + 1)))
         }
         else { href = "file://" + ReportHTML.percentEncoded(path) }
-        return "<a href=\"\(esc(href))\">\(esc(FileIO.basename(FileIO.dirname(path)) + "/" + FileIO.basename(path)))</a>"
+        let name = FileIO.basename(FileIO.dirname(path)) + "/" + FileIO.basename(path)
+        return "<a href=\"\(esc(href))\">\(esc(name))</a>"
     }
 
     func result(_ h: inout String) {
@@ -434,8 +425,8 @@ public struct ReportHTML {
                 "\(info.isLive ? "the run is still going" : "its runner died before writing it").</p>\n"
             return
         }
-        h += "<p>final.json: " +
-            "<b>\(esc(f.status.rawValue))</b>\(f.exitCode.map { ", exit \($0)" } ?? "")\(f.reason.map { ": " + esc($0) } ?? "")</p>"
+        let exit = f.exitCode.map { ", exit \($0)" } ?? ""
+        h += "<p>final.json: <b>\(esc(f.status.rawValue))</b>\(exit)\(f.reason.map { ": " + esc($0) } ?? "")</p>"
         h += "<pre class=\"result\">\(esc(f.result.encoded(pretty: true)))</pre>\n"
     }
 
@@ -504,15 +495,16 @@ public struct ReportHTML {
         sx(+v).toFixed(1))});
         if(e.tagName==='rect'&&!e.classList.contains('wmark')){e.setAttribute('width',\
         Math.max(+e.getAttribute('width')*k,0.6).toFixed(1))}
-        if(e.tagName==='polygon'){var p=e.getAttribute('points').split(' ').map(function(q){return q.split(',\
-        ').map(Number)});
-        var d=sx(p[0][0])-p[0][0];e.setAttribute('points',p.map(function(q){return (q[0]+d).toFixed(1)+','+q[1]}\
-        ).join(' '))}}
+        if(e.tagName==='polygon'){var p=e.getAttribute('points').split(' ').map(function(q){return \
+        q.split(',').map(Number)});
+        var d=sx(p[0][0])-p[0][0];\
+        e.setAttribute('points',p.map(function(q){return (q[0]+d).toFixed(1)+','+q[1]}).join(' '))}}
         document.getElementById('timeline').setAttribute('width',L+W*batonZ+20);
         document.getElementById('zoom-level').textContent=batonZ+'×'}
         (function(){var m=/zoom=([0-9.]+)/.exec(location.hash);if(m)batonZoom(+m[1]);
         var bars=document.querySelectorAll('#timeline rect.bar'),fills={};
-        for(var i=0;i<bars.length;i++){var s=bars[i].getAttribute('data-status')+(bars[i].classList.contains('retried')?'-retried':'');
+        for(var i=0;i<bars.length;i++){var s=bars[i].getAttribute('data-status')+\
+        (bars[i].classList.contains('retried')?'-retried':'');
         if(!(s in fills))fills[s]=getComputedStyle(bars[i]).fill;}
         document.getElementById('render-check').textContent=JSON.stringify({rendered:true,bars:bars.length,fills:fills,\
         zoom:batonZ});

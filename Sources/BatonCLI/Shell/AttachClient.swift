@@ -158,13 +158,8 @@ final class AttachSession {
                 $0.name.count + $0.args.count + 3,
                 to: 24) + $0.text }
                 .joined(separator: "\n")
-
-
-
-
-
-
-                                            + "\nOther lines are Lua, run inside the run: its globals, and the locals of the frame it is blocked in.")
+                    + "\nOther lines are Lua, run inside the run: its globals, and the locals of the frame it is " +
+                        "blocked in.")
         case ":status":
             Console.out(Render.status(RunInfo.load(dir)))
         case ":stages":
@@ -240,7 +235,8 @@ final class AttachSession {
     /// Tab: names in the run's Lua state.
     func complete(_ chain: String) -> [String] {
         if let local {
-            return local(.object([("op", .string(ControlOp.complete.rawValue)), ("chain", .string(chain))]))["candidates"]?.arrayValue?.compactMap(\.stringValue) ?? []
+            let answer = local(.object([("op", .string(ControlOp.complete.rawValue)), ("chain", .string(chain))]))
+            return answer["candidates"]?.arrayValue?.compactMap(\.stringValue) ?? []
         }
         let a = client.request(.object([("op", .string(ControlOp.complete.rawValue)), ("chain", .string(chain))]),
                                timeout: 5).answer

@@ -299,35 +299,8 @@ public final class StageExecution: LoopTask {
         attemptStart = Clock.monotonic()
         if attempt == 1 { firstStart = attemptStart }
         do {
-            context.ensureStageDir(spec.id)
-            outFD = RunDirectory.openFile(logs.stdout, O_RDWR | O_TRUNC)   // O_NOFOLLOW, the runs' mode
-            if outFD < 0 { throw SystemError("open", logs.stdout) }
-            errFD = RunDirectory.openFile(logs.stderr, O_RDWR | O_TRUNC)
-            if errFD < 0 { throw SystemError("open", logs.stderr) }
-            var inFD: Int32 = -1
-            if let text = spec.stdin {
-                inFD = baton_memfd("baton-stdin")
-                if inFD < 0 { throw SystemError("memfd_create", "stdin") }
-                try Array(text.utf8).withUnsafeBytes { try FileIO.writeAll(inFD, $0, path: "stdin") }
-                lseek(inFD, 0, SEEK_SET)
-            }
-            defer { if inFD >= 0 { close(inFD) } }
-            var env = context.baseEnvironment
-            for (k, v) in spec.env { env[k] = v }
-            env["BATON_STAGE"] = spec.id
-            var js = JobSpec(argv: spec.command.argv, env: env, cwd: cwd)
-            js.stdin = inFD
-            js.stdout = outFD
-            js.stderr = errFD
-            js.leftoverGrace = min(spec.grace, 2)
-            js.waitForGroup = spec.waitForGroup
-            js.logs = logs
-            js.stdinText = spec.stdin
-            js.name = "baton-\(context.dir.id)-\(spec.id)"
-            js.timeout = spec.timeout
-            js.grace = spec.grace
-            js.options = (spec.executorOptions[executor.name] ?? ExecutorOptions())
-                .over(context.executorDefaults[executor.name] ?? ExecutorOptions())
+            let js = try jobSpec(cwd: cwd)
+            defer { if js.stdin >= 0 { close(js.stdin) } }
             context.spawnedAny = true   // before the start: the watchdog watches from the first process on
             let j = try executor.start(js)
             job = j
@@ -355,20 +328,61 @@ public final class StageExecution: LoopTask {
                 + min(1, (spec.stallWarnSec ?? context.stallWarnSec) / 4, (spec.noOutputTimeout ?? 4) / 4)
             phase = .running
         } catch {
-            // Could not start: a deterministic failure (a missing command never gets better).
-            closeLogs()
-            context.record(.stageStarted(started))
-            let msg = "\(error)"
-            let code = (error as? SpawnError)?.exitCode ?? Termination.notFound
-            _ = try? FileIO.appendLocked(logs.stderr, Array((msg + "\n").utf8))
-            var r = makeResult(status: .failed,
-                               termination: .exited(code),
-                               duration: Clock.monotonic() - attemptStart,
-                               message: msg)
-            r.failureClass = .deterministic
-            r.signature = FailureSignature.make(.deterministic, exit: code, signal: nil, stderrTail: msg)
-            concludeAttempt(r)
+            failedToStart(error, started)
         }
+    }
+
+    /// The attempt's job: its log files opened, its stdin (a memfd, closed by the caller once
+    /// the job has started), its environment and options.
+    func jobSpec(cwd: String) throws -> JobSpec {
+        context.ensureStageDir(spec.id)
+        outFD = RunDirectory.openFile(logs.stdout, O_RDWR | O_TRUNC)   // O_NOFOLLOW, the runs' mode
+        if outFD < 0 { throw SystemError("open", logs.stdout) }
+        errFD = RunDirectory.openFile(logs.stderr, O_RDWR | O_TRUNC)
+        if errFD < 0 { throw SystemError("open", logs.stderr) }
+        var inFD: Int32 = -1
+        if let text = spec.stdin {
+            inFD = baton_memfd("baton-stdin")
+            if inFD < 0 { throw SystemError("memfd_create", "stdin") }
+            do { try Array(text.utf8).withUnsafeBytes { try FileIO.writeAll(inFD, $0, path: "stdin") } } catch {
+                close(inFD)
+                throw error
+            }
+            lseek(inFD, 0, SEEK_SET)
+        }
+        var env = context.baseEnvironment
+        for (k, v) in spec.env { env[k] = v }
+        env["BATON_STAGE"] = spec.id
+        var js = JobSpec(argv: spec.command.argv, env: env, cwd: cwd)
+        js.stdin = inFD
+        js.stdout = outFD
+        js.stderr = errFD
+        js.leftoverGrace = min(spec.grace, 2)
+        js.waitForGroup = spec.waitForGroup
+        js.logs = logs
+        js.stdinText = spec.stdin
+        js.name = "baton-\(context.dir.id)-\(spec.id)"
+        js.timeout = spec.timeout
+        js.grace = spec.grace
+        js.options = (spec.executorOptions[executor.name] ?? ExecutorOptions())
+            .over(context.executorDefaults[executor.name] ?? ExecutorOptions())
+        return js
+    }
+
+    /// The attempt could not start: a deterministic failure (a missing command never gets better).
+    func failedToStart(_ error: Error, _ started: StageStarted) {
+        closeLogs()
+        context.record(.stageStarted(started))
+        let msg = "\(error)"
+        let code = (error as? SpawnError)?.exitCode ?? Termination.notFound
+        _ = try? FileIO.appendLocked(logs.stderr, Array((msg + "\n").utf8))
+        var r = makeResult(status: .failed,
+                           termination: .exited(code),
+                           duration: Clock.monotonic() - attemptStart,
+                           message: msg)
+        r.failureClass = .deterministic
+        r.signature = FailureSignature.make(.deterministic, exit: code, signal: nil, stderrTail: msg)
+        concludeAttempt(r)
     }
 
     /// The `stage_started` of an attempt whose job has no native id yet (its submission is

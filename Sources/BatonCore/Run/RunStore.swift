@@ -72,14 +72,8 @@ public struct RunDirectory: Sendable {
         guard !links.isEmpty else { return nil }
         return "run \(id): \(links.prefix(5).joined(separator: ", ")) " +
             "\(links.count == 1 ? "is a symbolic link" : "are symbolic links")"
-
-
-
-
-
-
-
-                                        + " in its directory; Baton never writes through one (a run directory is Baton's alone): remove \(links.count == 1 ? "it" : "them") or the run"
+            + " in its directory; Baton never writes through one (a run directory is Baton's alone): remove " +
+                "\(links.count == 1 ? "it" : "them") or the run"
     }
 
     public func stageDir(_ stageID: String) -> String { stagesDir + "/" + RunDirectory.safeName(stageID) }

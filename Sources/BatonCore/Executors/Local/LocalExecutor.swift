@@ -3,8 +3,8 @@ import CBatonSys
 import Glibc
 
 /// The local executor: a process group per job, started by `baton_spawn_async` (clone3
-/// onto its own stack, then exec, in C: own group, parent-death signal, default signal dispositions, empty mask), watched
-/// through a pidfd, ended whole.
+/// onto its own stack, then exec, in C: own group, parent-death signal, default signal
+/// dispositions, empty mask), watched through a pidfd, ended whole.
 public final class LocalExecutor: Executor {
     public let name = "local"
     public init() {}
