@@ -65,7 +65,8 @@ end
 
 --- One option as `--help` shows it: its form, its help text and what it accepts.
 local function describe(name, opt)
-  local form = "--" .. name:gsub("_", "-") .. (opt.flag and "" or ("=" .. (opt.choices and table.concat(opt.choices, "|") or
+  local form = "--" .. name:gsub("_", "-")
+      .. (opt.flag and "" or ("=" .. (opt.choices and table.concat(opt.choices, "|") or
     (opt.number and "N" or (opt.list and "A,B,..." or "VALUE")))))
   local notes = {}
   if opt.required then notes[#notes + 1] = "required" end
@@ -89,7 +90,8 @@ function M.usage(spec)
     lines[1] = spec.usage
   else
     local recipe = arg and arg[0] or "RECIPE"
-    lines[1] = ("usage: baton run %s [options]%s"):format(recipe, spec.positional and (" [" .. spec.positional .. "]") or "")
+    lines[1] = ("usage: baton run %s [options]%s"):format(recipe,
+                                                          spec.positional and (" [" .. spec.positional .. "]") or "")
     if spec.description then lines[#lines + 1] = "\n" .. spec.description end
   end
   if #names > 0 then
@@ -172,7 +174,8 @@ function M.parse(spec, words)
         local okv = false
         for _, c in ipairs(opt.choices) do if v == c then okv = true end end
         if not okv then
-          usageError(("option '%s' must be one of %s, got '%s'"):format(name, table.concat(opt.choices, "|"), v), spec.usage)
+          usageError(("option '%s' must be one of %s, got '%s'"):format(name, table.concat(opt.choices, "|"), v),
+                     spec.usage)
         end
       end
       if opt.number then
@@ -186,8 +189,11 @@ function M.parse(spec, words)
         o[name] = n
       end
       if opt.flag then
-        local b = ({["1"] = true, ["true"] = true, yes = true, ["0"] = false, ["false"] = false, no = false})[tostring(v)]
-        if b == nil then usageError(("option '%s' is a flag: 1 or 0, got '%s'"):format(name, tostring(v)), spec.usage) end
+        local b = ({["1"] = true, ["true"] = true, yes = true, ["0"] = false, ["false"] = false,
+                    no = false})[tostring(v)]
+        if b == nil then
+          usageError(("option '%s' is a flag: 1 or 0, got '%s'"):format(name, tostring(v)), spec.usage)
+        end
         o[name] = b
       end
       if opt.list and type(o[name]) == "string" then o[name] = M.split(o[name], opt.sep or ",") end

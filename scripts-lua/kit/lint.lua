@@ -15,7 +15,8 @@
 local M = {}
 
 local keywords = {}
-for w in ("and break do else elseif end false for function goto if in local nil not or repeat return then true until while"):gmatch("%a+") do
+for w in ("and break do else elseif end false for function goto if in local nil not or repeat return then true " ..
+        "until while"):gmatch("%a+") do
   keywords[w] = true
 end
 
@@ -137,10 +138,14 @@ local dynamic = {_G = true, _ENV = true, rawset = true, load = true, loadstring 
 function M.dynamicGlobals(src, toks)
   toks = toks or M.tokens(src)
   for k, t in ipairs(toks) do
-    if t[1] == "name" and dynamic[t[2]] and not (toks[k - 1] and (toks[k - 1][2] == "." or toks[k - 1][2] == ":")) then return true end
+    if t[1] == "name" and dynamic[t[2]] and not (toks[k - 1] and (toks[k - 1][2] == "." or toks[k - 1][2] == ":")) then
+      return true
+    end
     if t[1] == "name" and t[2] == "require" then
       local n = toks[k + 1]
-      if not (n[1] == "string" or (n[2] == "(" and toks[k + 2][1] == "string" and toks[k + 3][2] == ")")) then return true end
+      if not (n[1] == "string" or (n[2] == "(" and toks[k + 2][1] == "string" and toks[k + 3][2] == ")")) then
+        return true
+      end
     end
   end
   return false
@@ -204,7 +209,10 @@ local function checkTable(toks, k, fn, add, spec, label)
   while toks[k][1] ~= "eof" do
     local t = toks[k]
     local p = toks[k - 1][2]
-    if depth == 1 and (p == "{" or p == "," or p == ";") and t[2] ~= "}" and not (t[1] == "name" and toks[k + 1][2] == "=") then
+    if depth == 1
+        and (p == "{" or p == "," or p == ";")
+        and t[2] ~= "}"
+        and not (t[1] == "name" and toks[k + 1][2] == "=") then
       opaque = true
     end
     if opens[t[2]] then depth = depth + 1
@@ -235,15 +243,19 @@ local function checkTable(toks, k, fn, add, spec, label)
         end
         local want, got = types[name], literalType(toks, k + 2)
         if want and got and not ("|" .. want .. "|"):find("|" .. got .. "|", 1, true) then
-          add(v, "field-type", ("%s: field '%s' must be a %s, got a %s"):format(label, name, want:gsub("|", " or "), got), true)
+          add(v, "field-type",
+              ("%s: field '%s' must be a %s, got a %s"):format(label, name, want:gsub("|", " or "), got), true)
         end
         local choices = values[name]
         local function bad(s, at, what)
           local hint = closest(s[2], choices)
-          add(s, "field-value", ("%s: field %s must be one of '%s', got '%s'%s"):format(label, what, table.concat(choices, "', '"), s[2],
+          add(s, "field-value",
+              ("%s: field %s must be one of '%s', got '%s'%s"):format(label, what, table.concat(choices, "', '"), s[2],
             hint and (" (did you mean '" .. hint .. "'?)") or ""), true)
         end
-        if choices and v[1] == "string" and (toks[k + 3][2] == "," or toks[k + 3][2] == ";" or toks[k + 3][2] == "}") then
+        if choices
+            and v[1] == "string"
+            and (toks[k + 3][2] == "," or toks[k + 3][2] == ";" or toks[k + 3][2] == "}") then
           if not oneOf(choices, v[2]) then bad(v, k + 2, "'" .. name .. "'") end
         elseif choices and v[2] == "{" then
           -- A list of strings, each one of the choices (`retryOn = {"transient"}`).
@@ -284,8 +296,12 @@ function M.assignedGlobals(src)
   for k, t in ipairs(toks) do
     if t[2] == "{" or t[2] == "(" or t[2] == "[" then depth = depth + 1
     elseif t[2] == "}" or t[2] == ")" or t[2] == "]" then depth = depth - 1
-    elseif depth == 0 and t[1] == "name" and not (toks[k - 1] and (toks[k - 1][2] == "." or toks[k - 1][2] == ":" or toks[k - 1][2] == "local")) then
-      if toks[k + 1][2] == "=" or toks[k + 1][2] == "," or (toks[k - 1] and toks[k - 1][2] == "function") then names[#names + 1] = t[2] end
+    elseif depth == 0
+        and t[1] == "name"
+        and not (toks[k - 1] and (toks[k - 1][2] == "." or toks[k - 1][2] == ":" or toks[k - 1][2] == "local")) then
+      if toks[k + 1][2] == "=" or toks[k + 1][2] == "," or (toks[k - 1] and toks[k - 1][2] == "function") then
+        names[#names + 1] = t[2]
+      end
     end
   end
   return names
@@ -303,7 +319,8 @@ function M.check(src, file, known, spec)
   local toks = M.tokens(src)
   local findings = {}
   local function add(t, code, message, certain)
-    findings[#findings + 1] = {file = file, line = t[3], column = t[4], code = code, message = message, certain = certain or nil}
+    findings[#findings + 1] = {file = file, line = t[3], column = t[4], code = code, message = message,
+                               certain = certain or nil}
   end
   -- The arguments of the call whose `(` is toks[k]: how many.
   local function countArgs(k)
@@ -335,7 +352,8 @@ function M.check(src, file, known, spec)
     end
     return nil
   end
-  local function prevIsAccess(k) local p = toks[k - 1]; return p and (p[2] == "." or p[2] == ":" or p[2] == "::" or p[2] == "goto") end
+  local function prevIsAccess(k) local p = toks[k - 1]; return p
+      and (p[2] == "." or p[2] == ":" or p[2] == "::" or p[2] == "goto") end
   local brackets = {}
   local function isKey(k)
     local p = toks[k - 1]
@@ -350,7 +368,9 @@ function M.check(src, file, known, spec)
     elseif t[1] == "name" and not prevIsAccess(k) and not isKey(k) then
       local j = k + 1
       while toks[j][2] == "," and toks[j + 1][1] == "name" do j = j + 2 end
-      if toks[j][2] == "=" or (toks[k - 1] and toks[k - 1][2] == "function" and toks[k + 1][2] == "(") then assigned[t[2]] = true end
+      if toks[j][2] == "=" or (toks[k - 1] and toks[k - 1][2] == "function" and toks[k + 1][2] == "(") then
+        assigned[t[2]] = true
+      end
     end
   end
   -- Pass 2: scopes, undefined globals, literal primitive tables.
@@ -455,7 +475,8 @@ function M.check(src, file, known, spec)
       if arity and called and known[t[2]] and not assigned[t[2]] then
         if n and (n < arity[1] or n > arity[2]) then
           local want = arity[1] == arity[2] and tostring(arity[1]) or (arity[1] .. " or " .. arity[2])
-          add(t, "arg-count", ("%s takes %s argument%s, given %d"):format(fn, want, arity[2] == 1 and "" or "s", n), true)
+          add(t, "arg-count", ("%s takes %s argument%s, given %d"):format(fn, want, arity[2] == 1 and "" or "s", n),
+              true)
         end
       end
       if not known[t[2]] and not assigned[t[2]] then
@@ -463,7 +484,8 @@ function M.check(src, file, known, spec)
         local n = toks[k + 1]
         -- Called or indexed: `runstage{...}`, `foo()`, `x.y` raise when they run.
         local certain = n[2] == "(" or n[2] == "{" or n[2] == "." or n[2] == ":" or n[2] == "[" or n[1] == "string"
-        add(t, "undefined-global", ("undefined global '%s'%s"):format(t[2], hint and (" (did you mean '" .. hint .. "'?)") or ""), certain)
+        add(t, "undefined-global",
+            ("undefined global '%s'%s"):format(t[2], hint and (" (did you mean '" .. hint .. "'?)") or ""), certain)
         findings[#findings].name = t[2]
       end
     end
