@@ -44,7 +44,8 @@ import Testing
         for f in files {
             found += Self.longLines(try String(contentsOf: f, encoding: .utf8), file: Self.relative(f))
         }
-        #expect(found.isEmpty, Comment(rawValue: "lines over \(Self.maxColumns) columns:\n" + found.joined(separator: "\n")))
+        let message = "lines over \(Self.maxColumns) columns:\n" + found.joined(separator: "\n")
+        #expect(found.isEmpty, Comment(rawValue: message))
     }
 
     @Test func noFunctionOverTheLimit() throws {
@@ -58,6 +59,21 @@ import Testing
             }
         }
         let message = "functions over \(Self.maxFunctionLines) lines:\n" + found.joined(separator: "\n")
+        #expect(found.isEmpty, Comment(rawValue: message))
+    }
+
+    /// Lua functions too (scripts-lua/, recipes/), by the code's layout: a `function` that opens a
+    /// line ends at the first `end` after it at the same indentation.
+    @Test func noLuaFunctionOverTheLimit() throws {
+        var found: [String] = []
+        for f in Self.sources where f.pathExtension == "lua" {
+            let text = try String(contentsOf: f, encoding: .utf8)
+            for fn in LuaFunctions.scan(text) where fn.lines > Self.maxFunctionLines {
+                found.append("\(Self.relative(f)):\(fn.line): \(fn.name) is \(fn.lines) lines "
+                             + "(at most \(Self.maxFunctionLines))")
+            }
+        }
+        let message = "Lua functions over \(Self.maxFunctionLines) lines:\n" + found.joined(separator: "\n")
         #expect(found.isEmpty, Comment(rawValue: message))
     }
 
@@ -84,6 +100,8 @@ import Testing
         let fns = SwiftFunctions.scan(text)
         #expect(fns.map(\.name) == ["req", "a", "init"])
         #expect(fns.map(\.lines) == [1, 9, 1])
+        let lua = "local function f()\n  if x then\n  end\nend\nfunction M.g() return 1 end\n"
+        #expect(LuaFunctions.scan(lua).map(\.lines) == [4])
         #expect(Self.longLines(String(repeating: "é", count: 121) + "\nshort", file: "f") == [
             "f:1: 121 columns (at most 120)",
         ])
@@ -213,5 +231,29 @@ enum SwiftFunctions {
             }
         }
         return i + 1
+    }
+}
+
+/// Lua functions by layout: `function` (or `local function`, `name = function`) opening a line,
+/// ended by the first line at its indentation that starts with `end` (one-line ones skipped).
+enum LuaFunctions {
+    static func scan(_ text: String) -> [SwiftFunctions.Function] {
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        let opening = try! Regex(#"^(\s*)((local\s+)?function\s+([\w.:]+)|([\w.\[\]"]+)\s*=\s*function\b)"#)
+        var found: [SwiftFunctions.Function] = []
+        for (n, line) in lines.enumerated() where line.contains("function") {
+            guard let m = line.firstMatch(of: opening), line.firstMatch(of: /\bend\)?,?\s*$/) == nil else { continue }
+            let indent = m.output[1].substring?.count ?? 0
+            let name = String(m.output[4].substring ?? m.output[5].substring ?? "?")
+            for k in (n + 1)..<lines.count {
+                let l = lines[k]
+                let lead = l.prefix { $0 == " " }.count
+                if lead == indent, l.dropFirst(lead).hasPrefix("end") {
+                    found.append(SwiftFunctions.Function(name: name, line: n + 1, lines: k - n + 1))
+                    break
+                }
+            }
+        }
+        return found
     }
 }
