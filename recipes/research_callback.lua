@@ -189,8 +189,8 @@ if not baton.run.dry_run then
     tags = tags},
     {rerun = rerun})
   if not n then
-    baton.fail(("run_id %s was recorded by another run (baton run %s, status %s) while this one started; pass " ..
-            "rerun=1 to run it again")
+    baton.fail(("run_id %s was recorded by another run (baton run %s, status %s) while this one started; pass "
+            .. "rerun=1 to run it again")
       :format(o.run_id, tostring(other.baton_run), tostring(other.status)), {code = 4})
   end
   attempt = n

@@ -132,8 +132,8 @@ if runs("forensics") then
   local path = ("%s/forensic_wo_pipeline_%s.json"):format(L.reports,
                                                           os.date("!%Y%m%dT%H%M%SZ", math.floor(baton.now())))
   if not dry then baton.fs.write(path, baton.json.encode(report, {pretty = true}) .. "\n") end
-  print(("FORENSICS (%s): %d commits in the window, %d deletions, %d rollback script lines, %d log matches; likely " ..
-         "cause: %s")
+  print(("FORENSICS (%s): %d commits in the window, %d deletions, %d rollback script lines, %d log matches; likely "
+         .. "cause: %s")
     :format(report.time_window, #f.git_events, #f.deletions, #scripts, #logs, report.findings.likely_cause))
   print((dry and "REPORT (dry run, not written): " or "REPORT: ") .. path)
   result.forensics = {report = path, likely_cause = report.findings.likely_cause, time_window = report.time_window}

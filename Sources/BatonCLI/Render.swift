@@ -51,8 +51,8 @@ public enum Render {
         if let c = i.exitCode, !i.isLive { head += "  exit \(c)" }
         lines.append(head)
         if i.state == .orphaned {
-            lines.append("         its runner died without writing final.json; 'baton resume \(i.id)' continues it, " +
-                    "'baton cancel \(i.id)' ends it")
+            lines.append("         its runner died without writing final.json; 'baton resume \(i.id)' continues it, "
+                    + "'baton cancel \(i.id)' ends it")
         }
         lines.append("recipe   \(i.recipe ?? "?")")
         if let s = i.startedAt { lines.append("started  \(shortTime(s)) UTC (\(ago(s)))") }
@@ -67,8 +67,8 @@ public enum Render {
             lines.append(s)
         }
         if let p = i.paused {
-            lines.append("PAUSED   \(p.record.text) for \(Clock.human(max(0, Clock.now() - p.since))); baton attach " +
-                    "\(i.id) opens its prompt there")
+            lines.append("PAUSED   \(p.record.text) for \(Clock.human(max(0, Clock.now() - p.since))); baton attach "
+                    + "\(i.id) opens its prompt there")
         } else if let b = i.blockedIn { lines.append("blocked  \(b.text)") }
         if !i.running.isEmpty {
             lines.append("running  \(i.running.count) stage\(i.running.count == 1 ? "" : "s")")
@@ -94,8 +94,8 @@ public enum Render {
         }
         if let l = i.lastEvent { lines.append("last     \(l.type) \(ago(l.ts))") }
         if i.runnerLooksHung, let l = i.lastEvent {
-            lines.append("WARNING  the runner itself looks hung: no journal event for " +
-                    "\(Clock.human(Clock.now() - l.ts)) (heartbeats come every " +
+            lines.append("WARNING  the runner itself looks hung: no journal event for "
+                    + "\(Clock.human(Clock.now() - l.ts)) (heartbeats come every " +
                         "\(Clock.human(i.history.latestStart?.began.heartbeatSec ?? 30)) while it waits)")
         }
         if !i.alivePids.isEmpty {
@@ -178,8 +178,8 @@ public enum Render {
             detail = "\(n.via) \(n.target.prefix(120)) (\(n.reason))"
         case let .control(c):
             detail =
-                "\(c.op.rawValue) \(c.target.prefix(80).split(separator: "\n").joined(separator: " ⏎ ")) by " +
-                    "\(c.user) (uid \(c.uid), pid \(c.pid)): \(c.ok ? "" : "FAILED ")\(c.result.prefix(120))"
+                "\(c.op.rawValue) \(c.target.prefix(80).split(separator: "\n").joined(separator: " ⏎ ")) by "
+                    + "\(c.user) (uid \(c.uid), pid \(c.pid)): \(c.ok ? "" : "FAILED ")\(c.result.prefix(120))"
         case let .paused(p):
             detail = p.text
         case let .resumedFromPause(r):

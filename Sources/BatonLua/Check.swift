@@ -121,8 +121,8 @@ public enum RecipeCheck {
             guard let file = moduleFiles(name, recipeDir: recipeDir).first(where: FileIO.exists) else {
                 let (line, column) = position(source, offset)
                 r.findings.append(Finding(file: recipe, line: line, column: column, code: "require",
-                                          message: "require '\(name)': no such module next to the recipe, in " +
-                                              "./scripts-lua or built in"))
+                                          message: "require '\(name)': no such module next to the recipe, in "
+                                              + "./scripts-lua or built in"))
                 continue
             }
             if let bytes = try? FileIO.readFile(file), let f = compile(env, bytes, file: file) { r.findings.append(f) }
@@ -313,9 +313,8 @@ public enum RecipeCheck {
             var column = 1
             if let near = message.range(of: "near '")?.upperBound, let end = message[near...].firstIndex(of: "'") {
                 let token = String(message[near..<end])
-                let lines = String(decoding: text, as: UTF8.self).split(
-                    separator: "\n",
-                    omittingEmptySubsequences: false)
+                let lines = String(decoding: text, as: UTF8.self)
+                    .split(separator: "\n", omittingEmptySubsequences: false)
                 if line <= lines.count, let at = lines[line - 1].range(of: token) {
                     column = lines[line - 1].distance(from: lines[line - 1].startIndex, to: at.lowerBound) + 1
                 }

@@ -159,8 +159,8 @@ public final class ControlServer {
         let fd = baton_control_listen(path)
         guard fd >= 0 else {
             ctx.log(.warn,
-                    "no control socket (baton attach will show the journal only): \(path): " +
-                        "\(String(cString: strerror(-fd)))")
+                    "no control socket (baton attach will show the journal only): \(path): "
+                        + "\(String(cString: strerror(-fd)))")
             return nil
         }
         let server = ControlServer(env: env, ctx: ctx, fd: fd, path: path)
@@ -309,8 +309,8 @@ public final class ControlServer {
                 return done(false, "stage '\(stage)' has no timeout to move", journaled: target)
             }
             return done(true,
-                        "stage '\(stage)': timeout moved \(Clock.human(seconds)) later; " +
-                            "\(Clock.human(max(0, left))) left",
+                        "stage '\(stage)': timeout moved \(Clock.human(seconds)) later; "
+                            + "\(Clock.human(max(0, left))) left",
                         journaled: target)
         case .skip:
             let id = req["watch"]?.stringValue ?? ""

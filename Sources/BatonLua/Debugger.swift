@@ -67,8 +67,8 @@ extension RecipeEnvironment {
     func debugged(_ name: String, _ l: LuaState, _ body: () throws -> Int32) throws -> Int32 {
         if let r = debugger.replay {
             if debugger.serving > 0 {
-                throw LuaRaise("\(name): nothing runs at the replay's prompt (its calls are the recipe's, answered " +
-                        "from the journal)")
+                throw LuaRaise("\(name): nothing runs at the replay's prompt (its calls are the recipe's, answered "
+                        + "from the journal)")
             }
             return try r.call(name, l, env: self)
         }
@@ -145,16 +145,16 @@ extension RecipeEnvironment {
         var child = debugger.autoAttach && tcgetpgrp(0) == getpgrp() ? startAttachChild(ctx) : nil
         if child == nil {
             Console.err("run \(ctx.dir.id) paused \(rec.text): baton attach \(ctx.dir.id) opens its prompt there"
-                        + (debugger.breakTimeout.map { "; it goes on by itself after \(Clock.human($0)) with nobody " +
-                                "attached" } ?? ""))
+                        + (debugger.breakTimeout.map { "; it goes on by itself after \(Clock.human($0)) with nobody "
+                                + "attached" } ?? ""))
         }
         let outcome = ctx.loop.wait(WaitLabel(.pause, at), pollEvery: 0.1) {
             if let c = child, Debugger.exited(c) {
                 child = nil
                 self.giveBackTerminal()
                 if self.debugger.action == nil {
-                    Console.err("the prompt left; run \(ctx.dir.id) stays paused: baton attach \(ctx.dir.id) opens " +
-                            "it again, Ctrl-C cancels the run")
+                    Console.err("the prompt left; run \(ctx.dir.id) stays paused: baton attach \(ctx.dir.id) opens "
+                            + "it again, Ctrl-C cancels the run")
                 }
             }
             if self.debugger.action != nil { return true }
@@ -180,8 +180,8 @@ extension RecipeEnvironment {
         ctx.record(.resumedFromPause(PauseResumed(how: action.rawValue,
                                                   pausedMs: Int64((Clock.monotonic() - began) * 1000))))
         if action == .timeout {
-            Console.err("run \(ctx.dir.id): nobody attached within --break-timeout " +
-                    "\(Clock.human(debugger.breakTimeout ?? 0)): it goes on")
+            Console.err("run \(ctx.dir.id): nobody attached within --break-timeout "
+                    + "\(Clock.human(debugger.breakTimeout ?? 0)): it goes on")
         }
         return action
     }
@@ -320,8 +320,8 @@ extension ControlServer {
                 }
                 guard debugger.canSkip else {
                     return done(false,
-                                "stage '\(s)' is a background stage (or a parallel item's): it cannot be skipped; " +
-                                    ":continue",
+                                "stage '\(s)' is a background stage (or a parallel item's): it cannot be skipped; "
+                                    + ":continue",
                                 target: s)
                 }
                 debugger.action = .skip
@@ -337,8 +337,8 @@ extension ControlServer {
             guard debugger.breaks.contains(id) else {
                 return done(false,
                             "no breakpoint '\(id)'"
-                                + (debugger.breaks.isEmpty ? "" : " (breakpoints: " +
-                                   "\(debugger.breaks.joined(separator: ", ")))"),
+                                + (debugger.breaks.isEmpty ? "" : " (breakpoints: "
+                                   + "\(debugger.breaks.joined(separator: ", ")))"),
                             target: id)
             }
             debugger.breaks.removeAll { $0 == id }

@@ -149,14 +149,13 @@ public final class RecipeEnvironment {
         let keys = heldReplays
         heldReplays.removeAll(keepingCapacity: true)
         view?.clear()
-        let why = ResumeWhy(reason: .unchanged).sentence.replacingOccurrences(
-            of: "replayed",
-            with: Palette.replayed("replayed"))
+        let why = ResumeWhy(reason: .unchanged).sentence
+            .replacingOccurrences(of: "replayed", with: Palette.replayed("replayed"))
         if keys.count <= 3 {
             Console.err(keys.map { "resume: stage \($0): \(why)" }.joined(separator: "\n"))
         } else {
-            Console.err("resume: \(keys.count) stage calls \(why) (\(keys.first!) … \(keys.last!); baton log --why " +
-                    "lists each)")
+            Console.err("resume: \(keys.count) stage calls \(why) (\(keys.first!) … \(keys.last!); baton log --why "
+                    + "lists each)")
         }
     }
 
@@ -239,8 +238,8 @@ public final class RecipeEnvironment {
         lua.pop()
         _ = lua.getGlobal("io")
         lua.pushFunction("io.popen") { (l: LuaState) throws -> Int32 in
-            throw LuaRaise.usage("io.popen is not available in recipes: its process would escape Baton's process " +
-                    "groups, cancellation and journal; use baton.sh(cmd) (returns the command's output) or runStage")
+            throw LuaRaise.usage("io.popen is not available in recipes: its process would escape Baton's process "
+                    + "groups, cancellation and journal; use baton.sh(cmd) (returns the command's output) or runStage")
         }
         lua.setField(-2, "popen")
         lua.pop()

@@ -233,8 +233,8 @@ extension RecipeEnvironment {
                 guard let lv = given.stringValue, declared.choices.contains(lv),
                       let known = LogLevel(rawValue: lv) else {
                     let levels = declared.choices.map { "'\($0)'" }.joined(separator: ", ")
-                    throw LuaRaise.usage("baton.log: fields.level must be one of \(levels), got " +
-                            "\(given.stringValue.map { "'\($0)'" } ?? given.encoded())")
+                    throw LuaRaise.usage("baton.log: fields.level must be one of \(levels), got "
+                            + "\(given.stringValue.map { "'\($0)'" } ?? given.encoded())")
                 }
                 level = known
             }
@@ -371,8 +371,8 @@ enum YAMLBridge {
     static func decode(_ text: String, loop: EventLoop) throws -> JSON {
         let h = helper
         guard access(h, X_OK) == 0 else {
-            throw LuaRaise("baton.yaml.decode: the YAML helper \(h) is missing (build the 'baton-yaml' product next " +
-                    "to baton)",
+            throw LuaRaise("baton.yaml.decode: the YAML helper \(h) is missing (build the 'baton-yaml' product next "
+                    + "to baton)",
                            status: .failure, kind: "yaml")
         }
         let o = CommandRun.run(.argv([h]),

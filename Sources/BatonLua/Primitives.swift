@@ -57,11 +57,9 @@ extension RecipeEnvironment {
         return .object([
             ("fields", .object(tables.map { ($0.0, .array($0.1.map { .string($0.0) })) })),
             ("types", .object(tables.map { ($0.0, .object($0.1.map { ($0.0, .string($0.1)) })) })),
-            ("values",
-             .object(tables.map { ($0.0,
-                                   .object($0.1.filter { !$0.2.isEmpty }.map { (
-                                       $0.0,
-                                       .array($0.2.map(JSON.string))) })) })),
+            ("values", .object(tables.map { table in
+                (table.0, .object(table.1.filter { !$0.2.isEmpty }.map { ($0.0, .array($0.2.map(JSON.string))) }))
+            })),
             ("open", .object(PrimitiveFields.open.sorted().map { ($0, .bool(true)) })),
             ("combinations",
              .object(Dictionary(grouping: PrimitiveFields.combinations, by: \.key).sorted { $0.key < $1.key }.map {
@@ -92,8 +90,8 @@ extension RecipeEnvironment {
             let choices = PrimitiveFields.runStage[field: "retryOn"]!.choices
             for (i, c) in on.enumerated() {
                 guard choices.contains(c), let cls = FailureClass(rawValue: c) else {
-                    throw LuaRaise.usage("\(fn): field 'retryOn'[\(i + 1)] must be 'transient', 'deterministic' or " +
-                            "'stalled', got '\(c)'")
+                    throw LuaRaise.usage("\(fn): field 'retryOn'[\(i + 1)] must be 'transient', 'deterministic' or "
+                            + "'stalled', got '\(c)'")
                 }
                 spec.retryOn.insert(cls)
             }
@@ -351,8 +349,8 @@ extension RecipeEnvironment {
         let kinds = PrimitiveFields.preflightCheckKinds.filter { c.has($0) }
         guard kinds.count == 1 else {
             let found = kinds.isEmpty ? "none" : kinds.joined(separator: ", ")
-            throw LuaRaise.usage("\(fn) needs exactly one of " +
-                    "\(PrimitiveFields.preflightCheckKinds.joined(separator: ", ")) (found \(found))")
+            throw LuaRaise.usage("\(fn) needs exactly one of "
+                    + "\(PrimitiveFields.preflightCheckKinds.joined(separator: ", ")) (found \(found))")
         }
         let check: PreflightCheck
         switch kinds[0] {

@@ -273,8 +273,8 @@ public final class Replayer {
         l.push(c.command.display)
         if let out = c.stdout { l.push(out) } else {
             if via == "baton.sh" {
-                Console.err("note: the output of baton.sh '\(SafeText.line(String(c.command.display.prefix(80))))' " +
-                        "at \(line) was not journaled (longer than 4 KiB, or not text): \"\" in the replay")
+                Console.err("note: the output of baton.sh '\(SafeText.line(String(c.command.display.prefix(80))))' "
+                        + "at \(line) was not journaled (longer than 4 KiB, or not text): \"\" in the replay")
             }
             l.push("")
         }
@@ -288,8 +288,8 @@ public final class Replayer {
         case .hello:
             return .object([("ok", .bool(true)), ("run", .string(dir.id)),
                             ("text", .string("replay of run \(dir.id): stopped \(stopText)\n\(server.describe())\n"
-                                             + ":next goes to the next primitive call, :continue to the next stop, " +
-                                                 ":where, :stages; nothing runs"))])
+                                             + ":next goes to the next primitive call, :continue to the next stop, "
+                                                 + ":where, :stages; nothing runs"))])
         case .continue:
             action = .continue
             return reply(true, "")

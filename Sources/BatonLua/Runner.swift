@@ -71,8 +71,8 @@ public enum RecipeRunner {
     /// that cannot be read or compiled leaves no run directory: nothing ran.
     public static func run(_ o: RunOptions) -> Int32 {
         if let e = o.executor, !Executors.names.contains(e) {
-            diag("baton: unknown executor '\(e)' (--executor or BATON_EXECUTOR): one of " +
-                 "\(Executors.names.joined(separator: ", "))")
+            diag("baton: unknown executor '\(e)' (--executor or BATON_EXECUTOR): one of "
+                 + "\(Executors.names.joined(separator: ", "))")
             return ExitStatus.usage.rawValue
         }
         let store = RunStore(root: o.runsDir)
@@ -309,9 +309,8 @@ public enum RecipeRunner {
     static func signalSender(_ sig: Int32) -> String {
         let pid = baton_signal_sender()
         guard pid > 0 else { return sig == SIGINT ? " (Ctrl-C)" : sig == SIGHUP ? " (the terminal closed)" : "" }
-        let words = ((try? FileIO.readFile("/proc/\(pid)/cmdline")) ?? []).split(
-            separator: 0,
-            omittingEmptySubsequences: false)
+        let cmdline = (try? FileIO.readFile("/proc/\(pid)/cmdline")) ?? []
+        let words = cmdline.split(separator: 0, omittingEmptySubsequences: false)
             .map { String(decoding: $0, as: UTF8.self) }
         let name = words.first.map { FileIO.basename($0) } ?? ""
         if name == "baton", words.contains("cancel") { return ": cancelled by `baton cancel` from pid \(pid)" }

@@ -43,16 +43,16 @@ struct SpecTable {
                 let item = lua.integer(-1)
                 lua.pop()
                 if let i = item {
-                    throw LuaRaise.usage("\(context): unexpected list item [\(i)]; fields are named (known fields: " +
-                            "\(allowed.joined(separator: ", ")))")
+                    throw LuaRaise.usage("\(context): unexpected list item [\(i)]; fields are named (known fields: "
+                            + "\(allowed.joined(separator: ", ")))")
                 }
                 throw LuaRaise.usage("\(context): field names must be strings (found a \(t) key)")
             }
             if !allowed.contains(k) {
                 lua.pop()
                 let hint = suggestion(k, allowed).map { " (did you mean '\($0)'?)" } ?? ""
-                throw LuaRaise.usage("\(context): unknown field '\(k)'\(hint); known fields: " +
-                        "\(allowed.joined(separator: ", "))")
+                throw LuaRaise.usage("\(context): unknown field '\(k)'\(hint); known fields: "
+                        + "\(allowed.joined(separator: ", "))")
             }
             keys.append(k)
         }
@@ -134,8 +134,8 @@ struct SpecTable {
         guard let s = try string(key) else { return nil }
         guard options.contains(s) else {
             let hint = suggestion(s, options).map { " (did you mean '\($0)'?)" } ?? ""
-            throw LuaRaise.usage("\(fn): field '\(key)' must be one of " +
-                    "\(options.map { "'\($0)'" }.joined(separator: ", ")), got '\(s)'\(hint)")
+            throw LuaRaise.usage("\(fn): field '\(key)' must be one of "
+                    + "\(options.map { "'\($0)'" }.joined(separator: ", ")), got '\(s)'\(hint)")
         }
         return s
     }
@@ -247,8 +247,8 @@ struct SpecTable {
         let t = get(key)
         if t == LUA_TNIL { lua.pop(); return nil }
         let shape =
-            "a list {\(names.joined(separator: ", "))} or a table " +
-                "{\(names.map { "\($0) = ..." }.joined(separator: ", "))}"
+            "a list {\(names.joined(separator: ", "))} or a table "
+                + "{\(names.map { "\($0) = ..." }.joined(separator: ", "))}"
         guard t == LUA_TTABLE else { throw wrongType(key, shape) }
         defer { lua.pop() }
         let tbl = lua.absIndex(-1)
@@ -286,8 +286,8 @@ struct SpecTable {
         } else if positional {
             let n = Int(lua_rawlen(lua.L, tbl))
             guard n <= names.count else {
-                throw LuaRaise.usage("\(fn): field '\(key)' has \(n) items; at most \(names.count) " +
-                        "({\(names.joined(separator: ", "))})")
+                throw LuaRaise.usage("\(fn): field '\(key)' has \(n) items; at most \(names.count) "
+                        + "({\(names.joined(separator: ", "))})")
             }
             lua.pushNil()
             while lua_next(lua.L, tbl) != 0 {

@@ -41,8 +41,8 @@ extension RecipeEnvironment {
         var spec = WatchSpec(id: try t.string("id", required: true, nonEmpty: true)!)
         let targets = PrimitiveFields.watchTargets.filter { t.has($0) }
         guard targets.count <= 1 else {
-            throw LuaRaise.usage("watch: give one of \(PrimitiveFields.watchTargets.joined(separator: ", ")) (found " +
-                    "\(targets.joined(separator: ", ")))")
+            throw LuaRaise.usage("watch: give one of \(PrimitiveFields.watchTargets.joined(separator: ", ")) (found "
+                    + "\(targets.joined(separator: ", ")))")
         }
         if targets.first == "handle" {
             _ = t.get("handle")
@@ -73,8 +73,8 @@ extension RecipeEnvironment {
         spec.heartbeat = try t.number("heartbeatSec", min: 0.05) ?? d.number("heartbeatSec")
         spec.allowFail = try t.bool("allowFail") ?? d.bool("allowFail")
         if targets.isEmpty && spec.requireFiles.isEmpty {
-            throw LuaRaise.usage("watch: nothing to watch: give one of the fields " +
-                    "\(PrimitiveFields.watchTargets.joined(separator: ", ")), or requireFiles")
+            throw LuaRaise.usage("watch: nothing to watch: give one of the fields "
+                    + "\(PrimitiveFields.watchTargets.joined(separator: ", ")), or requireFiles")
         }
         return (spec, try t.function("callback"))
     }

@@ -15,8 +15,8 @@
 local M = {}
 
 local keywords = {}
-for w in ("and break do else elseif end false for function goto if in local nil not or repeat return then true " ..
-        "until while"):gmatch("%a+") do
+for w in ("and break do else elseif end false for function goto if in local nil not or repeat return then true "
+        .. "until while"):gmatch("%a+") do
   keywords[w] = true
 end
 

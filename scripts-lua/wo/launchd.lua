@@ -204,8 +204,8 @@ function M.translate(cmd)
   if not cmd:find("launchctl", 1, true) then return nil end
   local label = cmd:match("launchctl%s+load%s+%S-([%w_.@%-]+)%.plist")
   if label then
-    return ("systemctl --user daemon-reload && systemctl --user enable --now %s.timer 2>/dev/null || systemctl " ..
-            "--user enable --now %s.service")
+    return ("systemctl --user daemon-reload && systemctl --user enable --now %s.timer 2>/dev/null || systemctl "
+            .. "--user enable --now %s.service")
       :format(kit.shquote(label), kit.shquote(label)), "start " .. label
   end
   label = cmd:match("launchctl%s+unload%s+%S-([%w_.@%-]+)%.plist")

@@ -82,8 +82,8 @@ function M.write(o)
   else
     r.enabled = false
     r.enable_skipped = why
-    print(("NOT ENABLED (skipped: %s): run `systemctl --user enable --now %s.timer` where a user service manager " ..
-           "runs, or install %s with crontab")
+    print(("NOT ENABLED (skipped: %s): run `systemctl --user enable --now %s.timer` where a user service manager "
+           .. "runs, or install %s with crontab")
       :format(why, M.NAME, r.cron))
   end
   return r

@@ -7,8 +7,8 @@ import Glibc
 struct CacheCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cache", abstract: "The cache across runs: list, shrink or empty it.",
-        discussion: "Stages with `cache = true` (or every stage that declares outputs, with `baton run --cache`) " +
-            "store their outputs in .baton/cache beside the runs directory; a later call with the same fingerprint " +
+        discussion: "Stages with `cache = true` (or every stage that declares outputs, with `baton run --cache`) "
+            + "store their outputs in .baton/cache beside the runs directory; a later call with the same fingerprint " +
                 "restores them instead of running (docs/guide.md).",
         subcommands: [CacheLs.self, CacheGC.self, CacheClear.self])
 }
@@ -98,8 +98,8 @@ extension Commands {
                 out(JSON.object([("removed", .int(Int64(removed))), ("size", .int(size)),
                                  ("max_size", .int(maxSize))]).encoded(pretty: true))
             } else {
-                out("removed \(removed) entr\(removed == 1 ? "y" : "ies"); the cache holds \(humanBytes(size)) (at " +
-                    "most \(humanBytes(maxSize)))")
+                out("removed \(removed) entr\(removed == 1 ? "y" : "ies"); the cache holds \(humanBytes(size)) (at "
+                    + "most \(humanBytes(maxSize)))")
             }
             return 0
         } catch { return fail("cache gc: \(error)", json: json, code: .failure) }
@@ -142,8 +142,8 @@ struct InputsCommand: RunsDirCommand {
             let t3 = Clock.monotonic()
             files.save()
             func ms(_ a: Double, _ b: Double) -> String { String(Int((b - a) * 10000)) + "e-1 ms" }
-            out("\(set.files.count) files, digest \(set.digest), \(Int((Clock.monotonic() - t0) * 1000)) ms, " +
-                "\(files.hits) from the stat cache"
+            out("\(set.files.count) files, digest \(set.digest), \(Int((Clock.monotonic() - t0) * 1000)) ms, "
+                + "\(files.hits) from the stat cache"
                 + " (load \(ms(t0, t1)), match \(ms(t1, t2)) for \(m.count), hash \(ms(t2, t3)))")
             Glibc.exit(0)
         } catch {

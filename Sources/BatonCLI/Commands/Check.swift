@@ -8,10 +8,10 @@ import Glibc
 struct CheckCommand: RunsDirCommand {
     static let configuration = CommandConfiguration(
         commandName: "check",
-        abstract: "Lint recipes without running them: syntax (modules too), undefined globals, misspelt fields, " +
-            "wrong literal types.",
-        discussion: "A directory means every *.lua under it that is a recipe (modules it requires are checked with " +
-            "it). Finding codes: docs/cli.md.")
+        abstract: "Lint recipes without running them: syntax (modules too), undefined globals, misspelt fields, "
+            + "wrong literal types.",
+        discussion: "A directory means every *.lua under it that is a recipe (modules it requires are checked with "
+            + "it). Finding codes: docs/cli.md.")
     @Argument(help: ArgumentHelp("Recipe files and directories.", valueName: "PATH"),
               completion: .file(extensions: ["lua"]))
     var paths: [String] = []

@@ -98,8 +98,8 @@ extension Commands {
         let resumed = logs.contains { $0.life > 1 }
         for (i, l) in logs.enumerated() {
             if logs.count > 1 || resumed {
-                out(SafeText.line("==> \(l.key) attempt \(l.attempt)\(resumed ? ", " + l.lifeName : "") " +
-                        "(\(l.logs.stdout)) <=="))
+                out(SafeText.line("==> \(l.key) attempt \(l.attempt)\(resumed ? ", " + l.lifeName : "") "
+                        + "(\(l.logs.stdout)) <=="))
             }
             let isLast = i == logs.count - 1
             if isLast && follow {

@@ -8,8 +8,8 @@ import Glibc
 struct PruneCommand: RunsDirCommand {
     static let configuration = CommandConfiguration(
         commandName: "prune", abstract: "Delete ended runs: beyond the N newest, or older than an age.",
-        discussion: "A live run is never deleted; an orphaned one only with --force. Both limits together: a run " +
-            "goes when it is beyond the N newest and older than the age.")
+        discussion: "A live run is never deleted; an orphaned one only with --force. Both limits together: a run "
+            + "goes when it is beyond the N newest and older than the age.")
     @Option(help: ArgumentHelp("Keep the N newest runs.", valueName: "N")) var keep: Int?
     @Option(name: .customLong("older-than"),
             help: ArgumentHelp("Only runs that ended longer ago than AGE (30m, 12h, 7d, 2w).", valueName: "AGE"))

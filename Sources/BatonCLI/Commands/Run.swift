@@ -16,8 +16,8 @@ struct RunCommand: RunsDirCommand {
             """)
 
     @Flag(name: .customLong("dry-run"), help: "Show the stages that would run; run nothing.") var dryRun = false
-    @Flag(help: "Start the run in its own session and return at once, printing its id and directory.") var detach =
-        false
+    @Flag(help: "Start the run in its own session and return at once, printing its id and directory.")
+    var detach = false
     @Flag(help: "Print final.json on stdout; everything for people goes to stderr.") var json = false
     @Flag(name: [.customLong("stream"), .customShort("v")],
           help: "Echo each stage's output as it comes.") var stream = false
@@ -31,8 +31,8 @@ struct RunCommand: RunsDirCommand {
     @Option(help: ArgumentHelp("Journal flushes: 'batched' (default) or 'always'.", valueName: "batched|always"),
             completion: .list(["batched", "always"]))
     var sync: String?
-    @Option(help: ArgumentHelp("End the whole run after this long, like a cancel (exit 124): 2h, 30m, 90s, 1h30m, " +
-            "seconds.",
+    @Option(help: ArgumentHelp("End the whole run after this long, like a cancel (exit 124): 2h, 30m, 90s, 1h30m, "
+            + "seconds.",
                                valueName: "DURATION"))
     var budget: String?
     @Option(help: ArgumentHelp("Where stages run unless a stage says otherwise: "
@@ -40,8 +40,8 @@ struct RunCommand: RunsDirCommand {
                                valueName: Executors.names.joined(separator: "|")), completion: .list(Executors.names))
     var executor: String?
     @Option(name: .customLong("break"),
-            help: ArgumentHelp("Pause just before each runStage whose id matches (a glob such as deploy*; " +
-                    "repeatable); baton attach opens its prompt there.",
+            help: ArgumentHelp("Pause just before each runStage whose id matches (a glob such as deploy*; "
+                    + "repeatable); baton attach opens its prompt there.",
                                valueName: "ID"))
     var breaks: [String] = []
     @Option(name: .customLong("break-timeout"),

@@ -33,8 +33,8 @@ public struct ReportHTML {
         h += "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         h += "<meta name=\"viewport\" content=\"width=device-width\"><title>baton run \(esc(info.id))</title>"
         h += "<style>\(ReportHTML.css)</style></head><body>\n"
-        h += "<h1>baton run <code>\(esc(info.id))</code> <span class=\"badge " +
-            "st-\(info.state.rawValue)\">\(esc(stateWord))</span></h1>\n"
+        h += "<h1>baton run <code>\(esc(info.id))</code> <span class=\"badge "
+            + "st-\(info.state.rawValue)\">\(esc(stateWord))</span></h1>\n"
         summary(&h)
         h += "<h2>Timeline</h2>\n"
         legend(&h)
@@ -61,8 +61,8 @@ public struct ReportHTML {
         if let r = info.reason { rows.append(("reason", "<span class=\"reason\">\(esc(r))</span>")) }
         if info.state == .orphaned {
             rows.append(("note",
-                         "its runner died without writing final.json: <code>baton resume \(esc(info.id))</code> " +
-                             "continues it"))
+                         "its runner died without writing final.json: <code>baton resume \(esc(info.id))</code> "
+                             + "continues it"))
         }
         rows.append(("recipe", "<code>\(esc(info.recipe ?? "?"))</code>"))
         if let b = began {
@@ -92,11 +92,11 @@ public struct ReportHTML {
                      ("w-callback_running", "watch: callback"), ("stall", "stall (no events)")]
         h += "<div class=\"legend\">"
         for (c, l) in items {
-            h += "<span><svg width=\"14\" height=\"10\"><rect class=\"\(c)\" width=\"14\" " +
-                "height=\"10\"/></svg>\(l)</span>"
+            h += "<span><svg width=\"14\" height=\"10\"><rect class=\"\(c)\" width=\"14\" "
+                + "height=\"10\"/></svg>\(l)</span>"
         }
-        h += "<span>◆ gate (green approved, red rejected) ● preflight ╎ heartbeat ⇢ backoff; commands: baton.sh, " +
-            "os.execute,"
+        h += "<span>◆ gate (green approved, red rejected) ● preflight ╎ heartbeat ⇢ backoff; commands: baton.sh, "
+            + "os.execute,"
         h += " gate and preflight commands (grey, red when they failed)</span></div>\n"
     }
 
@@ -142,8 +142,8 @@ public struct ReportHTML {
             let detail = p.checks.map {
                 "\($0.ok ? "ok" : "FAIL") \($0.kind) \($0.target)\($0.detail.isEmpty ? "" : ": " + $0.detail)"
             }
-            h += "<circle class=\"mark pf \(p.ok ? "p-ok" : "p-fail")\" cx=\"\(n(x(m.ts)))\" " +
-                "cy=\"\(n(yBar(pfRow) + 6))\" r=\"5\""
+            h += "<circle class=\"mark pf \(p.ok ? "p-ok" : "p-fail")\" cx=\"\(n(x(m.ts)))\" "
+                + "cy=\"\(n(yBar(pfRow) + 6))\" r=\"5\""
             close(&h, "circle", "preflight \(p.name) (\(p.policy.rawValue)): \(p.ok ? "ok" : "FAILED")\n"
                       + detail.joined(separator: "\n"))
         }
@@ -197,8 +197,8 @@ public struct ReportHTML {
         for (i, l) in t.lives.enumerated() {
             let end = i + 1 < t.lives.count ? l.last : t.lastTs
             rect(&h, "life", x0: x(l.start), x1: x(end), y: y, height: barH,
-                 tip: "\(l.resumed ? "resume \(i)" : "run") by pid \(l.began.pid) on \(l.began.host) at " +
-                     "\(Clock.rfc3339(l.start))")
+                 tip: "\(l.resumed ? "resume \(i)" : "run") by pid \(l.began.pid) on \(l.began.host) at "
+                     + "\(Clock.rfc3339(l.start))")
             if i + 1 < t.lives.count {
                 let next = t.lives[i + 1].start
                 rect(&h, "down", x0: x(l.last), x1: x(next), y: y, height: barH,
@@ -217,14 +217,14 @@ public struct ReportHTML {
                      y: y + ReportHTML.rowH,
                      height: bottom - y - ReportHTML.rowH,
                      minW: 4,
-                     tip: "resume \(i) replayed \(reps.count) stage call\(reps.count == 1 ? "" : "s") (passed " +
-                         "before, unchanged)")
+                     tip: "resume \(i) replayed \(reps.count) stage call\(reps.count == 1 ? "" : "s") (passed "
+                         + "before, unchanged)")
             }
         }
         for s in t.stalls {
             rect(&h, "stall", x0: x(s.start), x1: x(s.end), y: y, height: bottom - y, minW: 2,
-                 tip: "stall: no journal event for \(Clock.human(s.end - s.start)) (heartbeats every " +
-                     "\(Clock.human(t.heartbeatInterval)))")
+                 tip: "stall: no journal event for \(Clock.human(s.end - s.start)) (heartbeats every "
+                     + "\(Clock.human(t.heartbeatInterval)))")
         }
         // The end's label first (it matters most), then each resume's where it fits.
         if let f = t.final {
@@ -310,8 +310,8 @@ public struct ReportHTML {
     /// A `<rect>` from x0 to x1 (at least `minW` wide), with its tooltip.
     func rect(_ h: inout String, _ cls: String, x0: Double, x1: Double, y: Double, height: Double, minW: Double = 1,
               tip: String?, attrs: String = "") {
-        h += "<rect class=\"\(cls)\"\(attrs) x=\"\(n(x0))\" y=\"\(n(y))\" width=\"\(n(max(x1 - x0, minW)))\" " +
-            "height=\"\(n(height))\""
+        h += "<rect class=\"\(cls)\"\(attrs) x=\"\(n(x0))\" y=\"\(n(y))\" width=\"\(n(max(x1 - x0, minW)))\" "
+            + "height=\"\(n(height))\""
         close(&h, "rect", tip)
     }
 
@@ -359,8 +359,8 @@ public struct ReportHTML {
         for l in 1..<t.lives.count {
             let ds = t.decisions(inLife: l)
             let replayed = ds.filter(\.why.replayed).count
-            h += "<li><b>resume \(l)</b> at \(Clock.rfc3339(t.lives[l].start)): \(replayed) replayed, " +
-                "\(ds.count - replayed) ran for real"
+            h += "<li><b>resume \(l)</b> at \(Clock.rfc3339(t.lives[l].start)): \(replayed) replayed, "
+                + "\(ds.count - replayed) ran for real"
             if let first = ds.first(where: { !$0.why.replayed }) {
                 h += "; the first to run: <code>\(esc(first.key.description))</code>: \(esc(first.why.sentence))"
             }
@@ -373,10 +373,10 @@ public struct ReportHTML {
         let stages = info.history.stages
         var latestWhy: [StageKey: ResumeWhy] = [:]
         for d in t.decisions { latestWhy[d.key] = d.why }
-        h += "<h2>Stages</h2>\n<table " +
-            "class=\"stages\"><thead><tr><th>stage</th><th>occ</th><th>attempts</th><th>status</th>"
-        h += "<th>failure class</th><th>exit</th><th>duration</th><th>logs</th><th>last stderr " +
-            "lines</th><th>resume</th></tr></thead><tbody>\n"
+        h += "<h2>Stages</h2>\n<table "
+            + "class=\"stages\"><thead><tr><th>stage</th><th>occ</th><th>attempts</th><th>status</th>"
+        h += "<th>failure class</th><th>exit</th><th>duration</th><th>logs</th><th>last stderr "
+            + "lines</th><th>resume</th></tr></thead><tbody>\n"
         for r in stages.prefix(ReportHTML.tableLimit) {
             let f = r.finished
             let status = r.replayed ? "passed (replayed)" : f?.cachedFrom.map {
@@ -396,13 +396,13 @@ public struct ReportHTML {
                 errText = lines
                 if let m = f?.message { errText += (errText.isEmpty ? "" : "\n") + m }
             }
-            h += "<td><pre " +
-                "class=\"err\">\(esc(errText))</pre></td><td>\(esc(latestWhy[r.key]?.sentence ?? ""))</td></tr>\n"
+            h += "<td><pre "
+                + "class=\"err\">\(esc(errText))</pre></td><td>\(esc(latestWhy[r.key]?.sentence ?? ""))</td></tr>\n"
         }
         h += "</tbody></table>\n"
         if stages.count > ReportHTML.tableLimit {
-            h += "<p class=\"note\" id=\"table-cut\">The table shows the first \(ReportHTML.tableLimit) of " +
-                "\(stages.count) stage calls "
+            h += "<p class=\"note\" id=\"table-cut\">The table shows the first \(ReportHTML.tableLimit) of "
+                + "\(stages.count) stage calls "
             h += "(the timeline shows all); <code>baton report --tsv FILE</code> lists every attempt.</p>\n"
         }
     }
@@ -421,8 +421,8 @@ public struct ReportHTML {
     func result(_ h: inout String) {
         h += "<h2>Final result</h2>\n"
         guard let f = info.final else {
-            h += "<p>No final.json yet: " +
-                "\(info.isLive ? "the run is still going" : "its runner died before writing it").</p>\n"
+            h += "<p>No final.json yet: "
+                + "\(info.isLive ? "the run is still going" : "its runner died before writing it").</p>\n"
             return
         }
         let exit = f.exitCode.map { ", exit \($0)" } ?? ""

@@ -22,8 +22,8 @@ public enum Attach {
                 diag("baton: cannot attach to live run \(dir.id): \(why ?? "its control socket does not answer")")
                 return ExitStatus.failure.rawValue
             }
-            diag("run \(dir.id) is not live (\(Render.stateText(info))): nothing to attach to; its state from the " +
-                 "journal:")
+            diag("run \(dir.id) is not live (\(Render.stateText(info))): nothing to attach to; its state from the "
+                 + "journal:")
             Console.out(Render.status(info))
             return ExitStatus.success.rawValue
         }
@@ -154,12 +154,12 @@ final class AttachSession {
         case ":detach", ":quit":
             return false
         case ":help":
-            Console.out(AttachSession.help.map { "  \($0.name) \($0.args)".padding(
-                $0.name.count + $0.args.count + 3,
-                to: 24) + $0.text }
-                .joined(separator: "\n")
-                    + "\nOther lines are Lua, run inside the run: its globals, and the locals of the frame it is " +
-                        "blocked in.")
+            let lines = AttachSession.help.map {
+                "  \($0.name) \($0.args)".padding($0.name.count + $0.args.count + 3, to: 24) + $0.text
+            }
+            Console.out(lines.joined(separator: "\n")
+                        + "\nOther lines are Lua, run inside the run: its globals, and the locals of the frame it is "
+                        + "blocked in.")
         case ":status":
             Console.out(Render.status(RunInfo.load(dir)))
         case ":stages":

@@ -248,8 +248,8 @@ final class Interactive {
 
     func banner() -> String {
         var lines =
-            ["baton \(BatonVersion.string) (Lua \(LuaInfo.version)) shell: Lua with the primitives; :help for " +
-             "commands, Ctrl-D to leave"]
+            ["baton \(BatonVersion.string) (Lua \(LuaInfo.version)) shell: Lua with the primitives; :help for "
+             + "commands, Ctrl-D to leave"]
         let store = RunStore(root: root)
         let ids = store.ids()
         if ids.isEmpty {

@@ -110,8 +110,8 @@ extension Interactive {
             }
             if let own = env.context?.dir.id {
                 // 'latest' never means the shell's own run: say so rather than "no runs".
-                err("baton: no runs in \(root) but this shell's own, which 'latest' never means: name it (:status " +
-                    "\(own))")
+                err("baton: no runs in \(root) but this shell's own, which 'latest' never means: name it (:status "
+                    + "\(own))")
             } else {
                 err("baton: no runs in \(root)")
             }
@@ -148,14 +148,14 @@ extension Interactive {
                 remote = session
                 attached = dir.id
                 say(session.greeting)
-                say("lines run inside the run (its globals, and the locals of the frame it is blocked in); :help " +
-                    "for commands, :detach leaves it running")
+                say("lines run inside the run (its globals, and the locals of the frame it is blocked in); :help "
+                    + "for commands, :detach leaves it running")
                 return
             }
             say("run \(dir.id) is live but cannot be attached (\(why ?? "?")): this is its journal view")
         } else if fromCommandLine {
-            say("run \(dir.id) is not live (\(Render.stateText(info))): this is its journal view (as the shell's " +
-                ":attach)")
+            say("run \(dir.id) is not live (\(Render.stateText(info))): this is its journal view (as the shell's "
+                + ":attach)")
         }
         attached = dir.id
         let state = RunState.json(info)

@@ -278,8 +278,8 @@ public struct CacheStore {
         if let want = expect {
             let got = h.finalHex()
             if got != want {
-                throw FileSetError("\(src) changed while it was stored (hash \(got.prefix(12)), expected " +
-                        "\(want.prefix(12)))")
+                throw FileSetError("\(src) changed while it was stored (hash \(got.prefix(12)), expected "
+                        + "\(want.prefix(12)))")
             }
             return got
         }

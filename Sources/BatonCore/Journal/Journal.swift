@@ -210,9 +210,8 @@ public enum JournalReader {
     /// a torn write (skipped, cut off); elsewhere a bad line is a corrupt one. `validLength`
     /// and `byteCount` are of the whole buffer; line numbers count from `from`, and `lines` is
     /// how many the range held.
-    static func parseLines(_ buf: UnsafeBufferPointer<UInt8>, from: Int, to: Int, final: Bool) -> (
-        contents: JournalContents,
-        lines: Int) {
+    static func parseLines(_ buf: UnsafeBufferPointer<UInt8>, from: Int, to: Int,
+                           final: Bool) -> (contents: JournalContents, lines: Int) {
         var c = JournalContents()
         c.validLength = buf.count
         c.byteCount = buf.count

@@ -174,8 +174,8 @@ final class GateExecution: CallerTask {
         }
         let how = o.ok ? "exit 0" : o.failureDescription
         error =
-            PrimitiveError(message: "gate '\(spec.name)': '\(cmd.display)' printed no JSON object with 'approved' " +
-                    "(\(how))"
+            PrimitiveError(message: "gate '\(spec.name)': '\(cmd.display)' printed no JSON object with 'approved' "
+                    + "(\(how))"
                                    + " and no fallback is set", status: .failure, kind: "gate")
         phase = .finished
     }

@@ -71,8 +71,8 @@ public enum PreflightCheck {
             if let own = ProcessTable.selfMatch(pattern) {
                 let first = pattern.first.map(String.init) ?? ""
                 return Outcome(ok: false, detail: "a 'pgrep -f' wait on this pattern matches its own command line "
-                               + "('\(own)'), so it would never end; use a pattern such as " +
-                                   "'[\(first)]\(pattern.dropFirst())'")
+                               + "('\(own)'), so it would never end; use a pattern such as "
+                                   + "'[\(first)]\(pattern.dropFirst())'")
             }
             let n = ProcessTable.matching(pattern)?.count ?? 0
             return Outcome(ok: true, detail: "no self-match; \(n) process\(n == 1 ? "" : "es") match now")

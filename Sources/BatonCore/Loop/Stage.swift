@@ -586,8 +586,8 @@ public final class StageExecution: LoopTask {
         if retry {
             let delay = spec.backoff.delay(afterAttempt: attempt)
             context.log(.info,
-                        "retrying stage '\(spec.id)' in \(Clock.human(delay)) (\(r.failureClass!.rawValue) failure, " +
-                            "attempt \(attempt) of \(spec.retries + 1))",
+                        "retrying stage '\(spec.id)' in \(Clock.human(delay)) (\(r.failureClass!.rawValue) failure, "
+                            + "attempt \(attempt) of \(spec.retries + 1))",
                         .object([("stage", .string(spec.id))]))
             phase = .waiting(until: Clock.monotonic() + delay)
         } else {

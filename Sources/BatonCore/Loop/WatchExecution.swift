@@ -365,9 +365,8 @@ final class WatchExecution: CallerTask {
 
     func callBack() throws {
         do {
-            result.callbackResult = try spec.callback?(.object(result.fields + [(
-                "state",
-                .string("callback_running"))]))
+            let fields = result.fields + [("state", .string("callback_running"))]
+            result.callbackResult = try spec.callback?(.object(fields))
         } catch let e as CallbackError {
             life.move(.failed, e.reason)
             throw e.error

@@ -21,8 +21,8 @@ public enum LiveView {
             let since = r.attemptStartedAt ?? r.startedAt ?? now
             items.append((since, {
                 var s =
-                    "\(spinner) \(pad(r.key.description, idWidth))  attempt \(r.attempt)  " +
-                        "\(Clock.human(max(0, now - since)))"
+                    "\(spinner) \(pad(r.key.description, idWidth))  attempt \(r.attempt)  "
+                        + "\(Clock.human(max(0, now - since)))"
                 if let t = r.timeoutSec { s += " of \(Clock.human(t))" }
                 if let b = r.batchText { s += "  \(b)" }
                 if r.stalled != nil { s += "  STALLED" }

@@ -70,8 +70,8 @@ extension Recovery {
             kill(pid, SIGKILL)
             _ = loop.wait(deadline: Clock.monotonic() + 10, pollEvery: 0.02) { !FileLock.isHeld(dir.lock) }
             let o = try finishOrphan(dir, status: .cancelled, exitCode: .terminated,
-                                     reason: "cancelled; its runner did not stop within \(Clock.human(killAfter)) " +
-                                         "and was killed")
+                                     reason: "cancelled; its runner did not stop within \(Clock.human(killAfter)) "
+                                         + "and was killed")
             return .killed(runner: pid, ended: o?.killed ?? [])
         case .orphaned:
             guard let o = try finishOrphan(dir, status: .cancelled, exitCode: .terminated,

@@ -149,8 +149,8 @@ public final class RunContext {
         guard FileIO.isDirectory(dir.path) else { throw RunStartError("no run directory \(dir.path)") }
         guard let lock = try FileLock.tryAcquire(dir.lock, mode: RunDirectory.fileMode) else {
             let owner = (try? FileIO.readString(dir.lock))?.trimmingWhitespace() ?? "?"
-            throw RunStartError("run \(dir.id) is live (pid \(owner.isEmpty ? "?" : owner)): it holds its lock; use " +
-                    "'baton cancel \(dir.id)' to stop it")
+            throw RunStartError("run \(dir.id) is live (pid \(owner.isEmpty ? "?" : owner)): it holds its lock; use "
+                    + "'baton cancel \(dir.id)' to stop it")
         }
         lock.writeOwner("\(getpid())\n")
         Survivors.kill(runID: dir.id, loop: EventLoop())
@@ -257,8 +257,8 @@ public final class RunContext {
         } catch {
             close(fds[1])
             log(.warn,
-                "cannot start the watchdog (\(error)): after a SIGKILL of this runner, its stages' children live on " +
-                    "until 'baton resume' or 'baton cancel'")
+                "cannot start the watchdog (\(error)): after a SIGKILL of this runner, its stages' children live on "
+                    + "until 'baton resume' or 'baton cancel'")
         }
     }
 
@@ -547,8 +547,8 @@ public final class RunContext {
         let leftover = Executors.cancelLeftovers(Array(reattach.values), environment: baseEnvironment)
         if !leftover.isEmpty {
             log(.info,
-                "resume: cancelled the jobs the previous runner left and this one did not take up: " +
-                    "\(leftover.joined(separator: ", "))")
+                "resume: cancelled the jobs the previous runner left and this one did not take up: "
+                    + "\(leftover.joined(separator: ", "))")
         }
         if filesUsed { files.saveStatCache(force: true) }
         let fatalBefore = fatal

@@ -59,8 +59,8 @@ public struct RunDirectory: Sendable {
             return lstat(p, &st) == 0 && (st.st_mode & S_IFMT) == S_IFLNK
         }
         if isLink(path) {
-            return "run \(id): \(path) is a symbolic link; Baton never writes through one (a run directory is " +
-                "Baton's alone)"
+            return "run \(id): \(path) is a symbolic link; Baton never writes through one (a run directory is "
+                + "Baton's alone)"
         }
         var links: [String] = []
         for name in FileIO.list(path) where isLink(path + "/" + name) { links.append(name) }
@@ -70,10 +70,10 @@ public struct RunDirectory: Sendable {
             for f in FileIO.list(d) where isLink(d + "/" + f) { links.append("stages/\(s)/\(f)") }
         }
         guard !links.isEmpty else { return nil }
-        return "run \(id): \(links.prefix(5).joined(separator: ", ")) " +
-            "\(links.count == 1 ? "is a symbolic link" : "are symbolic links")"
-            + " in its directory; Baton never writes through one (a run directory is Baton's alone): remove " +
-                "\(links.count == 1 ? "it" : "them") or the run"
+        return "run \(id): \(links.prefix(5).joined(separator: ", ")) "
+            + "\(links.count == 1 ? "is a symbolic link" : "are symbolic links")"
+            + " in its directory; Baton never writes through one (a run directory is Baton's alone): remove "
+                + "\(links.count == 1 ? "it" : "them") or the run"
     }
 
     public func stageDir(_ stageID: String) -> String { stagesDir + "/" + RunDirectory.safeName(stageID) }
@@ -119,8 +119,8 @@ public struct RunDirectory: Sendable {
     /// When the run started: its first journal line's `ts`, else when its directory was made.
     public func startTime() -> Double? {
         if let head = try? FileIO.readFile(journal, limit: 4096), let nl = head.firstIndex(of: 10),
-           let line =
-               try? JSON.parse(Array(head[..<nl])), let ts = line["ts"]?.stringValue.flatMap(Clock.parseRFC3339) {
+           let line = try? JSON.parse(Array(head[..<nl])),
+           let ts = line["ts"]?.stringValue.flatMap(Clock.parseRFC3339) {
             return ts
         }
         return FileIO.mtime(path)
@@ -153,13 +153,13 @@ public enum RunStoreError: Error, CustomStringConvertible {
         switch self {
         case let .noRuns(dir): return "no runs in \(dir)"
         case let .notFound(ref, dir): return "no run matches '\(ref)' in \(dir)"
-        case let .ambiguous(ref, ids): return "'\(ref)' matches several runs: " +
-            "\(ids.prefix(5).joined(separator: ", "))\(ids.count > 5 ? ", ..." : "")"
+        case let .ambiguous(ref, ids): return "'\(ref)' matches several runs: "
+            + "\(ids.prefix(5).joined(separator: ", "))\(ids.count > 5 ? ", ..." : "")"
         case let .exists(id): return "run '\(id)' already exists"
         case let .invalidID(id): return "invalid run id '\(id)': use letters, digits, '-', '_' and '.'"
         case let .notOwned(why): return why
-        case let .onlyShellRuns(dir, id): return "no runs in \(dir) but the interactive shell's, which 'latest' " +
-            "never means: name one (e.g. \(id))"
+        case let .onlyShellRuns(dir, id): return "no runs in \(dir) but the interactive shell's, which 'latest' "
+            + "never means: name one (e.g. \(id))"
         }
     }
 }

@@ -143,8 +143,8 @@ public final class SlurmExecutor: Executor {
     static func jobScript(spec: JobSpec, logs: StageLogs, exitFile: String, stdinPath: String?) -> String {
         let q = Command.quote
         var s =
-            "#!/bin/bash\n# Written by Baton: \(spec.name ?? "a stage"). Its exit status goes to " +
-                "\(FileIO.basename(exitFile)).\n"
+            "#!/bin/bash\n# Written by Baton: \(spec.name ?? "a stage"). Its exit status goes to "
+                + "\(FileIO.basename(exitFile)).\n"
         // Slurm reads '%' in these paths as its filename patterns (%j, ...): a stage folder's
         // escapes (`train%2F1`) are written "%%".
         func literal(_ p: String) -> String { p.replacingOccurrences(of: "%", with: "%%") }
@@ -256,8 +256,8 @@ public final class SlurmExecutor: Executor {
         if let acc = cfg["AccountingStorageType"] { useSacct = !acc.contains("none") }
         if let age = cfg["MinJobAge"].flatMap({ Double($0.split(separator: " ").first ?? "") }), age < 3 * pollInterval,
            !useSacct {
-            warn("the cluster's MinJobAge (\(fmtSeconds(age)) s) is shorter than three poll intervals " +
-                 "(\(fmtSeconds(3 * pollInterval)) s)"
+            warn("the cluster's MinJobAge (\(fmtSeconds(age)) s) is shorter than three poll intervals "
+                 + "(\(fmtSeconds(3 * pollInterval)) s)"
                  + " and there is no accounting: a job may leave the queue unseen (its exit file still tells)")
         }
     }
