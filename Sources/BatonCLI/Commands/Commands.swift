@@ -37,7 +37,8 @@ public enum Commands {
         let code = info.exitCode.map(Int32.init) ?? ExitStatus.failure.rawValue
         if json {
             out(JSON.object([("run", .string(info.id)), ("state", .string(info.state.rawValue)),
-                             ("exit_code", .int(Int64(code))), ("reason", info.reason.map(JSON.string) ?? .null)]).encoded())
+                             ("exit_code", .int(Int64(code))),
+                             ("reason", info.reason.map(JSON.string) ?? .null)]).encoded())
         } else {
             var line = "run \(info.id) \(info.state.rawValue) (exit \(code))"
             if info.state == .orphaned { line += ": its runner died without writing final.json" }

@@ -9,8 +9,10 @@ struct LogCommand: RunsDirCommand {
     static let configuration = CommandConfiguration(
         commandName: "log", abstract: "A run's journal as lines, or a stage's output.")
     @OptionGroup var args: RunArguments
-    @Flag(name: [.long, .customShort("f")], help: "Follow the journal until the run ends, then say how it ended.") var follow = false
-    @Option(help: ArgumentHelp("Show this stage's stdout and stderr (every attempt).", valueName: "ID")) var stage: String?
+    @Flag(name: [.long, .customShort("f")],
+          help: "Follow the journal until the run ends, then say how it ended.") var follow = false
+    @Option(help: ArgumentHelp("Show this stage's stdout and stderr (every attempt).",
+                               valueName: "ID")) var stage: String?
     @Flag(help: "Why each stage call replayed or ran, for each resume (with --stage: that stage's).") var why = false
     var globals: Globals { args.globals }
 
@@ -32,7 +34,9 @@ extension Commands {
             for e in contents.events {
                 if json { Console.write(1, bytes: e.encoded() + [10]) } else { out(Render.event(e)) }
             }
-            for c in contents.corrupt { diag("baton: journal line (after byte \(journal.offset)) \(c.line): \(c.message)") }
+            for c in contents.corrupt {
+                diag("baton: journal line (after byte \(journal.offset)) \(c.line): \(c.message)")
+            }
             if !follow || journal.sawFinal { break }
             if !isLive(dir) {
                 // The runner is gone: read what is left once more, then stop.
@@ -58,18 +62,25 @@ extension Commands {
         let logs = history.attempts(of: stage)
         if logs.isEmpty {
             let known = history.stageIDs
-            return fail("run \(dir.id) has no stage '\(stage)'" + (known.isEmpty ? "" : "; its stages: " + known.joined(separator: ", ")), json: json)
+            return fail("run \(dir.id) has no stage '\(stage)'"
+                        + (known.isEmpty ? "" : "; its stages: " + known.joined(separator: ", ")),
+                        json: json)
         }
         if json {
             // Streamed, one chunk at a time: a 200 MB log is never held whole (nor its JSON text).
             Console.write(1, bytes: Array("[\n".utf8))
             for (i, l) in logs.enumerated() {
-                var head = "  {\n    \"id\": " + JSON.string(l.key.id).encoded() + ",\n    \"occurrence\": \(l.key.occurrence),\n"
+                var head = "  {\n    \"id\": " + JSON.string(l.key.id).encoded()
+                    + ",\n    \"occurrence\": \(l.key.occurrence),\n"
                 head += "    \"attempt\": \(l.attempt),\n    \"life\": \(l.life),\n    \"stdout\": \""
                 Console.write(1, bytes: Array(head.utf8))
-                streamFile(l.logs.stdout) { Console.write(1, bytes: Array(JSON.string($0).encoded().utf8.dropFirst().dropLast())) }
+                streamFile(l.logs.stdout) {
+                    Console.write(1, bytes: Array(JSON.string($0).encoded().utf8.dropFirst().dropLast()))
+                }
                 Console.write(1, bytes: Array("\",\n    \"stderr\": \"".utf8))
-                streamFile(l.logs.stderr) { Console.write(1, bytes: Array(JSON.string($0).encoded().utf8.dropFirst().dropLast())) }
+                streamFile(l.logs.stderr) {
+                    Console.write(1, bytes: Array(JSON.string($0).encoded().utf8.dropFirst().dropLast()))
+                }
                 Console.write(1, bytes: Array(("\"\n  }" + (i == logs.count - 1 ? "\n" : ",\n")).utf8))
             }
             Console.write(1, bytes: Array("]\n".utf8))
@@ -87,7 +98,8 @@ extension Commands {
         let resumed = logs.contains { $0.life > 1 }
         for (i, l) in logs.enumerated() {
             if logs.count > 1 || resumed {
-                out(SafeText.line("==> \(l.key) attempt \(l.attempt)\(resumed ? ", " + l.lifeName : "") (\(l.logs.stdout)) <=="))
+                out(SafeText.line("==> \(l.key) attempt \(l.attempt)\(resumed ? ", " + l.lifeName : "") "
+                        + "(\(l.logs.stdout)) <=="))
             }
             let isLast = i == logs.count - 1
             if isLast && follow {

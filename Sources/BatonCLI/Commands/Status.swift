@@ -46,7 +46,10 @@ extension Commands {
                     lines.append(h)
                 }
                 frame += 1
-                let view = LiveView.lines(info.history, width: tty ? terminalColumns(fd) : 200, room: tty ? LiveView.room(fd) : 50, frame: frame)
+                let view = LiveView.lines(info.history,
+                                          width: tty ? terminalColumns(fd) : 200,
+                                          room: tty ? LiveView.room(fd) : 50,
+                                          frame: frame)
                 lines += tty ? view : view.map { String($0.dropFirst(2)) }   // (no spinner on paper)
                 Console.write(fd, (tty ? LiveView.erase(shown) : "") + lines.joined(separator: "\n"), newline: !tty)
                 shown = lines.count

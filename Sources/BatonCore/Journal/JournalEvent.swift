@@ -65,7 +65,8 @@ public struct JournalEvent: Sendable {
     }
 
     public var json: JSON {
-        .object([("v", .int(JournalWriter.schemaVersion)), ("seq", .int(seq)), ("ts", .string(Clock.rfc3339(ts))), ("run", .string(run)),
+        .object([("v", .int(JournalWriter.schemaVersion)), ("seq", .int(seq)), ("ts", .string(Clock.rfc3339(ts))),
+                 ("run", .string(run)),
                  ("type", .string(type))] + body.fields)
     }
 }
@@ -302,7 +303,10 @@ extension JournalContents {
             let e = events[i]
             switch e.body {
             case .stageStarted, .stageFinished:
-                events[i] = JournalEvent(seq: e.seq, ts: e.ts, run: e.run, body: e.body.mappingLogs { $0.resolved(in: base) })
+                events[i] = JournalEvent(seq: e.seq,
+                                         ts: e.ts,
+                                         run: e.run,
+                                         body: e.body.mappingLogs { $0.resolved(in: base) })
             default: break
             }
         }
@@ -326,11 +330,18 @@ public struct RunBegan: Sendable {
     public var tornTailTruncated = false
     public var corruptLines: [Int] = []
 
-    public static let startedFields = ["recipe", "recipe_sha256", "args", "pid", "host", "baton_version", "dry_run", "cwd",
+    public static let startedFields = ["recipe", "recipe_sha256", "args", "pid", "host", "baton_version", "dry_run",
+                                       "cwd",
                                        "heartbeat_sec"]
     public static let resumedFields = startedFields + ["resumes_after", "torn_tail_truncated", "corrupt_lines"]
 
-    public init(recipe: String, recipeSHA256: String, args: [String], pid: Int32, host: String, dryRun: Bool, cwd: String) {
+    public init(recipe: String,
+                recipeSHA256: String,
+                args: [String],
+                pid: Int32,
+                host: String,
+                dryRun: Bool,
+                cwd: String) {
         self.recipe = recipe; self.recipeSHA256 = recipeSHA256; self.args = args; self.pid = pid
         self.host = host; self.batonVersion = BatonVersion.string; self.dryRun = dryRun; self.cwd = cwd
     }
@@ -352,7 +363,8 @@ public struct RunBegan: Sendable {
 
     func fields(resumed: Bool) -> [(String, JSON)] {
         var o: [(String, JSON)] = [
-            ("recipe", .string(recipe)), ("recipe_sha256", .string(recipeSHA256)), ("args", .array(args.map(JSON.string))),
+            ("recipe", .string(recipe)), ("recipe_sha256", .string(recipeSHA256)),
+            ("args", .array(args.map(JSON.string))),
             ("pid", .int(Int64(pid))), ("host", .string(host)), ("baton_version", .string(batonVersion)),
             ("dry_run", .bool(dryRun)), ("cwd", .string(cwd)), ("heartbeat_sec", .double(heartbeatSec)),
         ]
@@ -393,7 +405,8 @@ public struct StageStarted: Sendable {
     public var inputs: InputsRecord?
     public var cache: CacheDecision?
 
-    public static let fieldNames = ["id", "occurrence", "attempt", "argv", "shell", "cwd", "fingerprint", "fingerprint_parts",
+    public static let fieldNames = ["id", "occurrence", "attempt", "argv", "shell", "cwd", "fingerprint",
+                                    "fingerprint_parts",
                                     "logs", "pid", "dry", "why", "executor", "native_id", "reattached", "timeout_sec",
                                     "inputs", "cache"]
 
@@ -472,7 +485,8 @@ public struct StageQueued: Sendable {
 
     var fields: [(String, JSON)] {
         var o: [(String, JSON)] = [("id", .string(key.id)), ("occurrence", .int(Int64(key.occurrence))),
-                                   ("attempt", .int(Int64(attempt))), ("native_id", .string(nativeID)), ("state", .string(state))]
+                                   ("attempt", .int(Int64(attempt))), ("native_id", .string(nativeID)),
+                                   ("state", .string(state))]
         if let p = phase { o.append(("phase", .string(p.rawValue))) }
         if let n = node, !n.isEmpty { o.append(("node", .string(n))) }
         if let r = reason { o.append(("reason", .string(r))) }
@@ -504,7 +518,8 @@ public struct StageFinished: Sendable {
     public var outputs: [(String, String)] = []
     public var cachedFrom: CachedFrom?
 
-    public static let fieldNames = ["id", "occurrence", "attempt", "exit", "signal", "status", "failure_class", "signature",
+    public static let fieldNames = ["id", "occurrence", "attempt", "exit", "signal", "status", "failure_class",
+                                    "signature",
                                     "duration_ms", "logs", "fingerprint", "replayed", "final", "message",
                                     "breaker_open", "dry", "outputs", "cached_from"]
 
@@ -529,7 +544,12 @@ public struct StageFinished: Sendable {
         cachedFrom = CachedFrom(f["cached_from"])
     }
 
-    public init(key: StageKey, attempt: Int, status: StageStatus, durationMs: Int64, logs: StageLogs, fingerprint: String) {
+    public init(key: StageKey,
+                attempt: Int,
+                status: StageStatus,
+                durationMs: Int64,
+                logs: StageLogs,
+                fingerprint: String) {
         self.key = key; self.attempt = attempt; self.status = status; self.durationMs = durationMs
         self.logs = logs; self.fingerprint = fingerprint
     }
@@ -589,7 +609,8 @@ public struct PreflightRecord: Sendable {
             self.kind = kind; self.target = target; self.ok = ok; self.detail = detail
         }
         public var json: JSON {
-            .object([("kind", .string(kind)), ("target", .string(target)), ("ok", .bool(ok)), ("detail", .string(detail))])
+            .object([("kind", .string(kind)), ("target", .string(target)), ("ok", .bool(ok)),
+                     ("detail", .string(detail))])
         }
     }
     public var name: String
@@ -666,7 +687,13 @@ public struct GateRecord: Sendable {
 
     public static let fieldNames = ["name", "iteration", "max", "approved", "issues", "fallback_used", "note"]
 
-    public init(name: String, iteration: Int, max: Int, approved: Bool, issues: JSON, fallbackUsed: Bool, note: String?) {
+    public init(name: String,
+                iteration: Int,
+                max: Int,
+                approved: Bool,
+                issues: JSON,
+                fallbackUsed: Bool,
+                note: String?) {
         self.name = name; self.iteration = iteration; self.max = max; self.approved = approved
         self.issues = issues; self.fallbackUsed = fallbackUsed; self.note = note
     }
@@ -682,8 +709,10 @@ public struct GateRecord: Sendable {
     }
 
     var fields: [(String, JSON)] {
-        var o: [(String, JSON)] = [("name", .string(name)), ("iteration", .int(Int64(iteration))), ("max", .int(Int64(max))),
-                                   ("approved", .bool(approved)), ("issues", issues), ("fallback_used", .bool(fallbackUsed))]
+        var o: [(String, JSON)] = [("name", .string(name)), ("iteration", .int(Int64(iteration))),
+                                   ("max", .int(Int64(max))),
+                                   ("approved", .bool(approved)), ("issues", issues),
+                                   ("fallback_used", .bool(fallbackUsed))]
         if let n = note { o.append(("note", .string(n))) }
         return o
     }
@@ -697,7 +726,11 @@ public struct Heartbeat: Sendable {
 
     public static let fieldNames = ["waiting_on", "id", "for_ms"]
 
-    public init(waitingOn: String, id: String, forMs: Int64) { self.waitingOn = waitingOn; self.id = id; self.forMs = forMs }
+    public init(waitingOn: String, id: String, forMs: Int64) {
+        self.waitingOn = waitingOn
+        self.id = id
+        self.forMs = forMs
+    }
 
     init(_ f: inout Fields) {
         waitingOn = f.string("waiting_on") ?? ""
@@ -732,7 +765,9 @@ public struct LogRecord: Sendable {
     }
 
     /// The encoder (named apart from `fields`, the record's own payload).
-    var fieldsJSON: [(String, JSON)] { [("level", .string(level.rawValue)), ("message", .string(message)), ("fields", fields)] }
+    var fieldsJSON: [(String, JSON)] {
+        [("level", .string(level.rawValue)), ("message", .string(message)), ("fields", fields)]
+    }
 }
 
 /// A command a recipe ran outside a stage (`baton.sh`, `os.execute`): own process group,
@@ -750,7 +785,8 @@ public struct CommandRecord: Sendable {
     /// baton.sh's output when it is text of at most 4 KiB (what `baton debug` answers it with).
     public var stdout: String?
 
-    public static let fieldNames = ["via", "argv", "shell", "cwd", "pid", "exit", "signal", "timed_out", "duration_ms", "stdout"]
+    public static let fieldNames = ["via", "argv", "shell", "cwd", "pid", "exit", "signal", "timed_out", "duration_ms",
+                                    "stdout"]
 
     public init(via: String, command: Command, cwd: String, pid: Int32?, exit: Int32?, signal: Int32?,
                 timedOut: Bool, durationMs: Int64) {
@@ -771,8 +807,10 @@ public struct CommandRecord: Sendable {
     }
 
     var fields: [(String, JSON)] {
-        var o: [(String, JSON)] = [("via", .string(via)), command.journalField, ("cwd", .string(cwd)), ("pid", int(pid)), ("exit", int(exit)),
-                                   ("signal", int(signal)), ("timed_out", .bool(timedOut)), ("duration_ms", .int(durationMs))]
+        var o: [(String, JSON)] = [("via", .string(via)), command.journalField, ("cwd", .string(cwd)),
+                                   ("pid", int(pid)), ("exit", int(exit)),
+                                   ("signal", int(signal)), ("timed_out", .bool(timedOut)),
+                                   ("duration_ms", .int(durationMs))]
         if let s = stdout { o.append(("stdout", .string(s))) }
         return o
     }
@@ -786,7 +824,11 @@ public struct NotRun: Sendable {
 
     public static let fieldNames = ["via", "target", "reason"]
 
-    public init(via: String, target: String, reason: String = "dry run") { self.via = via; self.target = target; self.reason = reason }
+    public init(via: String, target: String, reason: String = "dry run") {
+        self.via = via
+        self.target = target
+        self.reason = reason
+    }
 
     init(_ f: inout Fields) {
         via = f.string("via") ?? ""
@@ -813,7 +855,13 @@ public struct ControlRecord: Sendable {
     public static let fieldNames = ["uid", "user", "pid", "op", "target", "ok", "result"]
 
     public init(uid: Int64, user: String, pid: Int64, op: ControlOp, target: String, ok: Bool, result: String) {
-        self.uid = uid; self.user = user; self.pid = pid; self.op = op; self.target = target; self.ok = ok; self.result = result
+        self.uid = uid
+        self.user = user
+        self.pid = pid
+        self.op = op
+        self.target = target
+        self.ok = ok
+        self.result = result
     }
 
     init(_ f: inout Fields) {
@@ -827,7 +875,8 @@ public struct ControlRecord: Sendable {
     }
 
     var fields: [(String, JSON)] {
-        [("uid", .int(uid)), ("user", .string(user)), ("pid", .int(pid)), ("op", .string(op.rawValue)), ("target", .string(target)),
+        [("uid", .int(uid)), ("user", .string(user)), ("pid", .int(pid)), ("op", .string(op.rawValue)),
+         ("target", .string(target)),
          ("ok", .bool(ok)), ("result", .string(result))]
     }
 }

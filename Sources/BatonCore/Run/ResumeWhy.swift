@@ -14,7 +14,8 @@ public struct FingerprintParts: Sendable, Equatable {
     }
 
     public init(_ spec: StageSpec) {
-        self.init(command: FailureSignature.fnv1a(spec.command.json.encoded()), cwd: FailureSignature.fnv1a(spec.cwd ?? ""),
+        self.init(command: FailureSignature.fnv1a(spec.command.json.encoded()),
+                  cwd: FailureSignature.fnv1a(spec.cwd ?? ""),
                   env: FailureSignature.fnv1a(spec.envText), stdin: FailureSignature.fnv1a(spec.stdin ?? ""))
         inputs = spec.inputSet?.digest ?? ""
         outputs = spec.outputs.isEmpty ? "" : FailureSignature.fnv1a(spec.outputs.joined(separator: "\u{2}"))
@@ -100,7 +101,9 @@ public struct ResumeWhy: Sendable, Equatable {
 
     init?(_ j: JSON?) {
         guard let j, let r = j["reason"]?.stringValue.flatMap(Reason.init(rawValue:)) else { return nil }
-        self.init(reason: r, changed: j["changed"]?.arrayValue?.compactMap(\.stringValue) ?? [], after: j["after"]?.stringValue)
+        self.init(reason: r,
+                  changed: j["changed"]?.arrayValue?.compactMap(\.stringValue) ?? [],
+                  after: j["after"]?.stringValue)
         files = FileChanges(j["files"])
     }
 
