@@ -310,9 +310,8 @@ public final class ControlServer {
             ctx.endedBy = FinalRecord.EndedBy(uid: Int64(peer.uid), pid: Int64(peer.pid), user: peer.user)
             baton_signal_raise_flag(SIGTERM)
             return done(true, "cancelling run \(ctx.dir.id): its stages are ended (SIGTERM, SIGKILL after their grace)", journaled: ctx.dir.id)
-        case .refused:
-            return done(false, "unknown request '\(word)'")
-        default:
+        case .refused, .continue, .step, .skipStage, .next, .breakAdd, .unbreak, .breaks, .where, .pauseState:
+            // (refused never comes here; the others are answered by debugAnswer, Debugger.swift)
             return done(false, "unknown request '\(word)'")
         }
     }

@@ -80,7 +80,7 @@ extension RecipeEnvironment {
                 l.setFields([("id", .string(id)), ("skipped", .bool(true))])
                 return 1
             case .step: stepThis = true; debugger.stepping = false
-            default: break
+            case .continue, .timeout: break
             }
         }
         guard stepThis else { return try body() }
@@ -310,8 +310,8 @@ extension ControlServer {
             return done(true, whereText(), target: debugger.paused?.at ?? "")
         case .next:
             return done(false, ":next is the replay debugger's (baton debug); in a live run, :step", target: "")
-        default:
-            return nil
+        case .eval, .complete, .stages, .kill, .extend, .skip, .cancel, .refused:
+            return nil   // (not the debugger's: ControlServer.answer's)
         }
     }
 }

@@ -246,7 +246,7 @@ public final class Replayer {
             return nil
         case .pauseState:
             return .object([("ok", .bool(true)), ("paused", .bool(true))])
-        default:
+        case .kill, .extend, .skip, .cancel, .refused, .skipStage, .breakAdd, .unbreak, .breaks:
             return reply(false, "not in a replay (baton debug replays; nothing in it can change the run)")
         }
     }

@@ -68,7 +68,8 @@ public final class JournalWriter: @unchecked Sendable {
         let seq = lastSeq + 1
         // Paths inside the run directory are journaled relative to it: a moved project's
         // runs still read (readers join them to where the run directory is now).
-        JournalEvent.encode(seq: seq, ts: ts, run: runID, body: body.mappingLogs { $0.relative(to: runDir) }, into: &pending)
+        JournalEvent.encode(seq: seq, ts: ts, run: runID, body: body.mappingLogs { $0.relative(to: runDir) } ?? body,
+                           into: &pending)
         pending.append(10)
         lastSeq = seq
         if deferred && pending.count < 256 << 10 {

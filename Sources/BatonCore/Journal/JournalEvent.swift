@@ -96,7 +96,9 @@ public enum EventBody: Sendable {
         switch self {
         case let .runStarted(b): return (b, false)
         case let .runResumed(b): return (b, true)
-        default: return nil
+        case .stageStarted, .stageFinished, .stageStalled, .stageQueued, .preflight, .watch, .gate, .heartbeat,
+             .log, .command, .notRun, .control, .paused, .resumedFromPause, .final, .unknown:
+            return nil
         }
     }
 
@@ -124,7 +126,9 @@ public enum EventBody: Sendable {
         case .stageFinished, .command: return .soon
         // (run_started and run_resumed go with the next flush: a resume that only replays
         // would otherwise wait for a disk flush before its first replay, 5-35 ms here.)
-        default: return .none
+        case .runStarted, .runResumed, .stageStarted, .stageStalled, .stageQueued, .heartbeat, .log, .notRun,
+             .control, .paused, .resumedFromPause, .unknown:
+            return .none
         }
     }
 
@@ -285,12 +289,15 @@ public struct StageLogs: Sendable, Equatable {
 }
 
 extension EventBody {
-    /// The same event with its stage log paths mapped (stage_started, stage_finished).
-    public func mappingLogs(_ f: (StageLogs) -> StageLogs) -> EventBody {
+    /// The same event with its stage log paths mapped; nil for an event without them
+    /// (only stage_started and stage_finished name log files).
+    public func mappingLogs(_ f: (StageLogs) -> StageLogs) -> EventBody? {
         switch self {
         case var .stageStarted(s): s.logs = f(s.logs); return .stageStarted(s)
         case var .stageFinished(s): s.logs = f(s.logs); return .stageFinished(s)
-        default: return self
+        case .runStarted, .runResumed, .stageStalled, .stageQueued, .preflight, .watch, .gate, .heartbeat, .log,
+             .command, .notRun, .control, .paused, .resumedFromPause, .final, .unknown:
+            return nil
         }
     }
 }
@@ -300,10 +307,8 @@ extension JournalContents {
     mutating func resolveLogs(in base: String) {
         for i in events.indices {
             let e = events[i]
-            switch e.body {
-            case .stageStarted, .stageFinished:
-                events[i] = JournalEvent(seq: e.seq, ts: e.ts, run: e.run, body: e.body.mappingLogs { $0.resolved(in: base) })
-            default: break
+            if let body = e.body.mappingLogs({ $0.resolved(in: base) }) {
+                events[i] = JournalEvent(seq: e.seq, ts: e.ts, run: e.run, body: body)
             }
         }
     }

@@ -74,7 +74,7 @@ extension Recovery {
                 return try cancel(dir, killAfter: killAfter, interrupted: interrupted, signalled: signalled)   // live again
             }
             return .finishedOrphan(ended: o.killed)
-        default:
+        case .succeeded, .failed, .cancelled, .dry_run:
             return .alreadyEnded(info.state)
         }
     }
