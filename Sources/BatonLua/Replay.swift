@@ -179,8 +179,12 @@ public final class Replayer {
             guard last.to.isTerminal else { try end("\(what) never ended in the run (\(last.to.rawValue))") }
             if stepping { try stop("before \(what) (\(last.to.rawValue) in the run)") }
             done.append("  watch  \(wid)  \(last.to.rawValue)")
+            // ok as the run said it: completed with nothing missing and its stage passed (journals
+            // before the completed transition carried those said only "missing" in its reason).
+            let ok = last.to == .completed && (last.details.missing ?? []).isEmpty && last.details.stage == nil
+                && !last.reason.contains("missing")
             l.push(json: .object([("id", .string(wid)), ("state", .string(last.to.rawValue)),
-                                  ("ok", .bool(last.to == .completed && !last.reason.contains("missing"))), ("reason", .string(last.reason)),
+                                  ("ok", .bool(ok)), ("reason", .string(last.reason)),
                                   ("transitions", .array(steps.map { .string($0.to.rawValue) })), ("replayed", .bool(true))]))
             return 1
         default:

@@ -790,7 +790,7 @@ public struct WatchTransition: Sendable {
     public var from: WatchState?
     public var to: WatchState
     public var reason: String
-    public var details: JSON
+    public var details: WatchDetails
 
     /// Its keys, in the order the encoder writes them (the wire's names).
     public enum Key: String, JournalKeys {
@@ -798,7 +798,7 @@ public struct WatchTransition: Sendable {
     }
     public static let fieldNames = Key.names
 
-    public init(id: String, from: WatchState?, to: WatchState, reason: String, details: JSON) {
+    public init(id: String, from: WatchState?, to: WatchState, reason: String, details: WatchDetails) {
         self.id = id; self.from = from; self.to = to; self.reason = reason; self.details = details
     }
 
@@ -807,12 +807,12 @@ public struct WatchTransition: Sendable {
         from = f.string(.from).flatMap(WatchState.init(rawValue:))
         to = f.string(.to).flatMap(WatchState.init(rawValue:)) ?? .failed
         reason = f.string(.reason) ?? ""
-        details = f[.details] ?? .object([])
+        details = WatchDetails(f[.details])
     }
 
     var fields: FieldList<Key> {
         [(.id, .string(id)), (.from, str(from?.rawValue)), (.to, .string(to.rawValue)), (.reason, .string(reason)),
-         (.details, details)]
+         (.details, details.json)]
     }
 }
 
