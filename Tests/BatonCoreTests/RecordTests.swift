@@ -125,6 +125,35 @@ import Testing
         #expect(d.json.encoded() == newer.encoded(), "a newer writer's key is kept")
     }
 
+    /// A fold or view that ignores an event says which ones: no `default:` in a switch over
+    /// an event's body (in Sources, or in EventBody's own switches over `self`), so a new event
+    /// type makes every such switch fail to compile until it is handled or named as ignored.
+    @Test func noSwitchOverEventsHidesANewOne() throws {
+        let walk = FileManager.default.enumerator(at: URL(fileURLWithPath: Self.root + "/Sources"),
+                                                  includingPropertiesForKeys: nil)!
+        var switches = 0
+        for case let url as URL in walk where url.pathExtension == "swift" {
+            let lines = try String(contentsOf: url, encoding: .utf8).components(separatedBy: "\n")
+            var inEventBody = false
+            for (i, line) in lines.enumerated() {
+                if line.hasPrefix("public enum EventBody") || line.hasPrefix("extension EventBody") { inEventBody = true }
+                else if !line.hasPrefix(" "), !line.hasPrefix("}"), !line.isEmpty { inEventBody = false }
+                let t = line.trimmingCharacters(in: .whitespaces)
+                guard t.hasPrefix("switch "), t.hasSuffix("body {") || (inEventBody && t == "switch self {") else { continue }
+                switches += 1
+                // the switch's own cases: lines at its indentation until its closing brace
+                let indent = line.prefix { $0 == " " }.count
+                for l in lines[(i + 1)...] {
+                    let lead = l.prefix { $0 == " " }.count
+                    if lead == indent, l.trimmingCharacters(in: .whitespaces) == "}" { break }
+                    #expect(!(lead == indent && l.trimmingCharacters(in: .whitespaces).hasPrefix("default:")),
+                            "\(url.lastPathComponent):\(i + 1): a default: over journal events")
+                }
+            }
+        }
+        #expect(switches >= 8, "the scan found the switches over events (\(switches))")
+    }
+
     /// The guide's exit-code table is ExitStatus's table.
     @Test func guideExitCodeTableIsExitStatus() throws {
         let guide = try FileIO.readString(Self.root + "/docs/guide.md")
