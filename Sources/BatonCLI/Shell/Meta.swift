@@ -35,7 +35,7 @@ enum MetaCommand {
         let width = help.map { $0.name.count + $0.args.count + 1 }.max() ?? 0
         var lines = ["Lua: type an expression to see its value, or statements; an unfinished chunk goes on at >>.",
                      "The primitives (runStage, preflight, watch, gate, persistFinal) and baton.* work here; each",
-                     "call is journaled in the shell's own run (recipe <shell>), created on first use.",
+                     "call is journaled in the shell's own run (recipe \(RunBegan.shellRecipe)), created on first use.",
                      "Tab completes names, table fields (baton.fs.<Tab>), commands, run ids and paths.",
                      "Ctrl-C stops the running code or stage; Ctrl-D leaves.", "", "Commands:"]
         for h in help {

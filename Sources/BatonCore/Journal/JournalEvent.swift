@@ -454,6 +454,9 @@ public struct RunBegan: Sendable {
         case resumesAfter = "resumes_after", tornTailTruncated = "torn_tail_truncated", corruptLines = "corrupt_lines"
         static let resumedOnly: [Key] = [.resumesAfter, .tornTailTruncated, .corruptLines]
     }
+    /// The recipe the interactive shell's own run names (`isShellRun`).
+    public static let shellRecipe = "<shell>"
+
     public static let startedFields = Key.names.filter { !Key.resumedOnly.map(\.rawValue).contains($0) }
     public static let resumedFields = Key.names
 
