@@ -140,7 +140,7 @@ extension RecipeEnvironment {
                         + (debugger.breakTimeout.map { "; it goes on by itself after \(Clock.human($0)) with nobody attached" } ?? ""))
         }
         let outcome = ctx.loop.wait(WaitLabel(.pause, at), pollEvery: 0.1) {
-            if let c = child, Debugger.exited(c) {
+            if let c = child, Survivors.exited(c) {
                 child = nil
                 self.giveBackTerminal()
                 if self.debugger.action == nil {
@@ -154,10 +154,8 @@ extension RecipeEnvironment {
         if let c = child {
             // The prompt leaves by itself on :continue/:step/:skip (give it a moment); on a
             // cancel or a timeout it is told to (SIGTERM: it puts the terminal back as it was).
-            var waited = 0
-            if outcome == .interrupted || debugger.action == .timeout { kill(c, SIGTERM) }
-            while !Debugger.exited(c) && waited < 50 { usleep(100_000); waited += 1 }
-            if !Debugger.exited(c) { kill(c, SIGKILL); while !Debugger.exited(c) { usleep(10_000) } }
+            let told = outcome == .interrupted || debugger.action == .timeout
+            Survivors.end(child: c, signal: told ? SIGTERM : nil, grace: 5)
             giveBackTerminal()
         }
         try checkFatal()
@@ -197,14 +195,6 @@ extension RecipeEnvironment {
         let old = signal(SIGTTOU, SIG_IGN)
         _ = tcsetpgrp(0, getpgrp())
         signal(SIGTTOU, old)
-    }
-}
-
-extension Debugger {
-    static func exited(_ pid: pid_t) -> Bool {
-        var st: Int32 = 0
-        let r = waitpid(pid, &st, WNOHANG)
-        return r == pid || (r < 0 && errno == ECHILD)
     }
 }
 
