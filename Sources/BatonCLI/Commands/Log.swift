@@ -9,8 +9,10 @@ struct LogCommand: RunsDirCommand {
     static let configuration = CommandConfiguration(
         commandName: "log", abstract: "A run's journal as lines, or a stage's output.")
     @OptionGroup var args: RunArguments
-    @Flag(name: [.long, .customShort("f")], help: "Follow the journal until the run ends, then say how it ended.") var follow = false
-    @Option(help: ArgumentHelp("Show this stage's stdout and stderr (every attempt).", valueName: "ID")) var stage: String?
+    @Flag(name: [.long, .customShort("f")],
+          help: "Follow the journal until the run ends, then say how it ended.") var follow = false
+    @Option(help: ArgumentHelp("Show this stage's stdout and stderr (every attempt).",
+                               valueName: "ID")) var stage: String?
     @Flag(help: "Why each stage call replayed or ran, for each resume (with --stage: that stage's).") var why = false
     var globals: Globals { args.globals }
 

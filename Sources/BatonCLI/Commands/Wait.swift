@@ -5,7 +5,11 @@ import BatonLua
 import CBatonSys
 import Glibc
 
-enum WaitKind: OneRunKind { static let spec = OneRunSpec(name: "wait", abstract: "Wait until a run ends; exit with its exit code (an orphaned run: 1).", perform: Commands.wait) }
+enum WaitKind: OneRunKind {
+    static let spec = OneRunSpec(name: "wait",
+                                 abstract: "Wait until a run ends; exit with its exit code (an orphaned run: 1).",
+                                 perform: Commands.wait)
+}
 
 extension Commands {
     /// `baton wait [RUN]`: until the run ends; exits with the run's exit code.

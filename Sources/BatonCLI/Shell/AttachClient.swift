@@ -22,7 +22,8 @@ public enum Attach {
                 diag("baton: cannot attach to live run \(dir.id): \(why ?? "its control socket does not answer")")
                 return ExitStatus.failure.rawValue
             }
-            diag("run \(dir.id) is not live (\(Render.stateText(info))): nothing to attach to; its state from the journal:")
+            diag("run \(dir.id) is not live (\(Render.stateText(info))): nothing to attach to; its state from the "
+                 + "journal:")
             RunView(dir).status(info)
             return ExitStatus.success.rawValue
         }
@@ -153,8 +154,12 @@ final class AttachSession {
         case ":detach", ":quit":
             return false
         case ":help":
-            Console.out(AttachSession.help.map { "  \($0.name) \($0.args)".padding($0.name.count + $0.args.count + 3, to: 24) + $0.text }
-                .joined(separator: "\n") + "\nOther lines are Lua, run inside the run: its globals, and the locals of the frame it is blocked in.")
+            let lines = AttachSession.help.map {
+                "  \($0.name) \($0.args)".padding($0.name.count + $0.args.count + 3, to: 24) + $0.text
+            }
+            Console.out(lines.joined(separator: "\n")
+                        + "\nOther lines are Lua, run inside the run: its globals, and the locals of the frame it is "
+                        + "blocked in.")
         case ":status":
             RunView(dir).status()
         case ":stages":
@@ -163,13 +168,15 @@ final class AttachSession {
             guard need(1, ":tail STAGE") else { return true }
             if RunView(dir).stage(args[0], .latest(lines: RunView.tailLines)) != 0 { failures += 1 }
         case ":continue", ":c", ":step", ":s", ":next", ":n":
-            let op: ControlOp = [":continue", ":c"].contains(words[0]) ? .continue : [":next", ":n"].contains(words[0]) ? .next : .step
+            let op: ControlOp = [":continue", ":c"].contains(words[0]) ? .continue : [":next", ":n"].contains(words[0])
+                ? .next : .step
             return goOn(.object([("op", .string(op.rawValue))]), stepping: op != .continue)
         case ":skip" where args.isEmpty:
             return goOn(.object([("op", .string(ControlOp.skipStage.rawValue))]), stepping: false)
         case ":break", ":unbreak":
             guard need(1, "\(words[0]) ID") else { return true }
-            req = .object([("op", .string((words[0] == ":break" ? ControlOp.breakAdd : .unbreak).rawValue)), ("stage", .string(args[0]))])
+            req = .object([("op", .string((words[0] == ":break" ? ControlOp.breakAdd : .unbreak).rawValue)),
+                           ("stage", .string(args[0]))])
         case ":breaks", ":where":
             req = .object([("op", .string((words[0] == ":breaks" ? ControlOp.breaks : .where).rawValue))])
         case ":kill":
@@ -189,7 +196,8 @@ final class AttachSession {
                 failures += 1
                 return true
             }
-            req = .object([("op", .string(ControlOp.extend.rawValue)), ("stage", .string(args[0])), ("seconds", .double(s))])
+            req = .object([("op", .string(ControlOp.extend.rawValue)), ("stage", .string(args[0])),
+                           ("seconds", .double(s))])
         default:
             Console.err("unknown command \(words[0]) while attached; :help lists them")
             failures += 1
@@ -225,8 +233,12 @@ final class AttachSession {
 
     /// Tab: names in the run's Lua state.
     func complete(_ chain: String) -> [String] {
-        if let local { return local(.object([("op", .string(ControlOp.complete.rawValue)), ("chain", .string(chain))]))["candidates"]?.arrayValue?.compactMap(\.stringValue) ?? [] }
-        let a = client.request(.object([("op", .string(ControlOp.complete.rawValue)), ("chain", .string(chain))]), timeout: 5).answer
+        if let local {
+            let answer = local(.object([("op", .string(ControlOp.complete.rawValue)), ("chain", .string(chain))]))
+            return answer["candidates"]?.arrayValue?.compactMap(\.stringValue) ?? []
+        }
+        let a = client.request(.object([("op", .string(ControlOp.complete.rawValue)), ("chain", .string(chain))]),
+                               timeout: 5).answer
         return a?["candidates"]?.arrayValue?.compactMap(\.stringValue) ?? []
     }
 
@@ -234,7 +246,8 @@ final class AttachSession {
         if let local { return local(req) }
         let (a, e) = client.request(req)
         if let a { return a }
-        Console.err("baton: run \(dir.id) does not answer: \(e ?? "?")" + (FileLock.isHeld(dir.lock) ? "" : " (it has ended)"))
+        Console.err("baton: run \(dir.id) does not answer: \(e ?? "?")"
+                    + (FileLock.isHeld(dir.lock) ? "" : " (it has ended)"))
         failures += 1
         return nil
     }
@@ -253,5 +266,7 @@ final class AttachSession {
 }
 
 extension String {
-    func padding(_ length: Int, to width: Int) -> String { self + String(repeating: " ", count: max(1, width - length)) }
+    func padding(_ length: Int, to width: Int) -> String {
+        self + String(repeating: " ", count: max(1, width - length))
+    }
 }

@@ -12,17 +12,22 @@ enum MetaCommand {
         (":help", "[COMMAND]", "this list"),
         (":runs", "", "the runs in this directory, newest first"),
         (":status", "[RUN]", "one run: state, current stage, liveness (default: the attached run, or latest)"),
-        (":attach", "[RUN]", "a live run: run lines inside it (:detach leaves); otherwise set `run` to its state (stages, events, final)"),
+        (":attach",
+         "[RUN]",
+         "a live run: run lines inside it (:detach leaves); otherwise set `run` to its state (stages, events, final)"),
         (":tail", "[-f] RUN [STAGE]", "the run's last events, or a stage's latest output; -f follows until Ctrl-C"),
         (":report", "[RUN]", "write the run's HTML report (default: the attached run, or latest) and print its path"),
         (":cancel", "RUN", "stop a live run, or finish an orphaned one"),
         (":resume", "RUN", "continue a run here, replaying what passed (Ctrl-C stops it)"),
         (":load", "RECIPE [ARGS]", "run a recipe file in this shell; its stages journal into the shell's run"),
-        (":debug", "RUN [--at ID]", "replay a run's recipe against its journal (nothing runs), a prompt in its frame (as baton debug)"),
+        (":debug",
+         "RUN [--at ID]",
+         "replay a run's recipe against its journal (nothing runs), a prompt in its frame (as baton debug)"),
         (":quit", "", "leave (also Ctrl-D); history is saved"),
     ]
     static let names = help.map(\.name)
-    static let aliases = [":q": ":quit", ":exit": ":quit", ":h": ":help", ":?": ":help", ":ls": ":runs", ":a": ":attach"]
+    static let aliases = [":q": ":quit", ":exit": ":quit", ":h": ":help", ":?": ":help", ":ls": ":runs",
+                          ":a": ":attach"]
 
     static func canonical(_ word: String) -> String { aliases[word] ?? word }
 
@@ -100,10 +105,13 @@ extension Interactive {
         if ref == nil || ref == "latest" {
             let ids = store.ids().filter { $0 != env.context?.dir.id }   // newest first
             // (RunDirectory.isShellRun: the same rule RunStore.resolve applies to 'latest')
-            if let id = ids.first(where: { !store.directory($0).isShellRun }) ?? ids.first { return store.directory(id) }
+            if let id = ids.first(where: { !store.directory($0).isShellRun }) ?? ids.first {
+                return store.directory(id)
+            }
             if let own = env.context?.dir.id {
                 // 'latest' never means the shell's own run: say so rather than "no runs".
-                err("baton: no runs in \(root) but this shell's own, which 'latest' never means: name it (:status \(own))")
+                err("baton: no runs in \(root) but this shell's own, which 'latest' never means: name it (:status "
+                    + "\(own))")
             } else {
                 err("baton: no runs in \(root)")
             }
@@ -140,12 +148,14 @@ extension Interactive {
                 remote = session
                 attached = dir.id
                 say(session.greeting)
-                say("lines run inside the run (its globals, and the locals of the frame it is blocked in); :help for commands, :detach leaves it running")
+                say("lines run inside the run (its globals, and the locals of the frame it is blocked in); :help "
+                    + "for commands, :detach leaves it running")
                 return
             }
             say("run \(dir.id) is live but cannot be attached (\(why ?? "?")): this is its journal view")
         } else if fromCommandLine {
-            say("run \(dir.id) is not live (\(Render.stateText(info))): this is its journal view (as the shell's :attach)")
+            say("run \(dir.id) is not live (\(Render.stateText(info))): this is its journal view (as the shell's "
+                + ":attach)")
         }
         attached = dir.id
         let state = RunState.json(info)

@@ -460,7 +460,13 @@ public struct RunBegan: Sendable {
     public static let startedFields = Key.names.filter { !Key.resumedOnly.map(\.rawValue).contains($0) }
     public static let resumedFields = Key.names
 
-    public init(recipe: String, recipeSHA256: String, args: [String], pid: Int32, host: String, dryRun: Bool, cwd: String) {
+    public init(recipe: String,
+                recipeSHA256: String,
+                args: [String],
+                pid: Int32,
+                host: String,
+                dryRun: Bool,
+                cwd: String) {
         self.recipe = recipe; self.recipeSHA256 = recipeSHA256; self.args = args; self.pid = pid
         self.host = host; self.batonVersion = BatonVersion.string; self.dryRun = dryRun; self.cwd = cwd
     }
@@ -673,7 +679,12 @@ public struct StageFinished: Sendable {
         cachedFrom = CachedFrom(f[.cachedFrom])
     }
 
-    public init(key: StageKey, attempt: Int, status: StageStatus, durationMs: Int64, logs: StageLogs, fingerprint: String) {
+    public init(key: StageKey,
+                attempt: Int,
+                status: StageStatus,
+                durationMs: Int64,
+                logs: StageLogs,
+                fingerprint: String) {
         self.key = key; self.attempt = attempt; self.status = status; self.durationMs = durationMs
         self.logs = logs; self.fingerprint = fingerprint
     }
@@ -834,7 +845,13 @@ public struct GateRecord: Sendable {
     }
     public static let fieldNames = Key.names
 
-    public init(name: String, iteration: Int, max: Int, approved: Bool, issues: JSON, fallbackUsed: Bool, note: String?) {
+    public init(name: String,
+                iteration: Int,
+                max: Int,
+                approved: Bool,
+                issues: JSON,
+                fallbackUsed: Bool,
+                note: String?) {
         self.name = name; self.iteration = iteration; self.max = max; self.approved = approved
         self.issues = issues; self.fallbackUsed = fallbackUsed; self.note = note
     }
@@ -869,7 +886,11 @@ public struct Heartbeat: Sendable {
     }
     public static let fieldNames = Key.names
 
-    public init(waitingOn: String, id: String, forMs: Int64) { self.waitingOn = waitingOn; self.id = id; self.forMs = forMs }
+    public init(waitingOn: String, id: String, forMs: Int64) {
+        self.waitingOn = waitingOn
+        self.id = id
+        self.forMs = forMs
+    }
 
     init(_ f: inout Fields<Key>) {
         waitingOn = f.string(.waitingOn) ?? ""
@@ -973,7 +994,11 @@ public struct NotRun: Sendable {
     }
     public static let fieldNames = Key.names
 
-    public init(via: String, target: String, reason: String = "dry run") { self.via = via; self.target = target; self.reason = reason }
+    public init(via: String, target: String, reason: String = "dry run") {
+        self.via = via
+        self.target = target
+        self.reason = reason
+    }
 
     init(_ f: inout Fields<Key>) {
         via = f.string(.via) ?? ""
@@ -1004,7 +1029,13 @@ public struct ControlRecord: Sendable {
     public static let fieldNames = Key.names
 
     public init(uid: Int64, user: String, pid: Int64, op: ControlOp, target: String, ok: Bool, result: String) {
-        self.uid = uid; self.user = user; self.pid = pid; self.op = op; self.target = target; self.ok = ok; self.result = result
+        self.uid = uid
+        self.user = user
+        self.pid = pid
+        self.op = op
+        self.target = target
+        self.ok = ok
+        self.result = result
     }
 
     init(_ f: inout Fields<Key>) {

@@ -84,7 +84,8 @@ public struct WatchResult {
     /// The result table: `fields` and how it ended.
     public var json: JSON {
         .object(fields + [("state", .string(state.rawValue)), ("ok", .bool(ok)), ("reason", .string(reason)),
-                          ("duration", .double(duration)), ("transitions", .array(transitions.map { .string($0.rawValue) }))])
+                          ("duration", .double(duration)),
+                          ("transitions", .array(transitions.map { .string($0.rawValue) }))])
     }
 }
 
@@ -305,14 +306,16 @@ final class WatchExecution: CallerTask {
         if let res = stageFailed {
             let missing = require.filter { (FileIO.size($0) ?? 0) == 0 }
             if !missing.isEmpty {
-                life.move(.awaiting_artifacts, "stage \(res.id) \(res.status.rawValue): not waiting for files it did not write",
+                life.move(.awaiting_artifacts,
+                          "stage \(res.id) \(res.status.rawValue): not waiting for files it did not write",
                           details: files)
             }
             return artifactsChecked(missing)
         }
         if require.isEmpty { return artifactsChecked([]) }
         let n = require.count
-        life.move(.awaiting_artifacts, "waiting up to \(Clock.human(spec.readyTimeout)) for \(n) required file\(n == 1 ? "" : "s")",
+        life.move(.awaiting_artifacts,
+                  "waiting up to \(Clock.human(spec.readyTimeout)) for \(n) required file\(n == 1 ? "" : "s")",
                   details: files)
         phase = .artifacts
         deadline = Clock.monotonic() + spec.readyTimeout
@@ -360,7 +363,8 @@ final class WatchExecution: CallerTask {
 
     func callBack() throws {
         do {
-            result.callbackResult = try spec.callback?(.object(result.fields + [("state", .string("callback_running"))]))
+            let fields = result.fields + [("state", .string("callback_running"))]
+            result.callbackResult = try spec.callback?(.object(fields))
         } catch let e as CallbackError {
             life.move(.failed, e.reason)
             throw e.error

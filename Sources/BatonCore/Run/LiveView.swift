@@ -20,7 +20,9 @@ public enum LiveView {
         for r in stages {
             let since = r.attemptStartedAt ?? r.startedAt ?? now
             items.append((since, {
-                var s = "\(spinner) \(pad(r.key.description, idWidth))  attempt \(r.attempt)  \(Clock.human(max(0, now - since)))"
+                var s =
+                    "\(spinner) \(pad(r.key.description, idWidth))  attempt \(r.attempt)  "
+                        + "\(Clock.human(max(0, now - since)))"
                 if let t = r.timeoutSec { s += " of \(Clock.human(t))" }
                 if let b = r.batchText { s += "  \(b)" }
                 if r.stalled != nil { s += "  STALLED" }
@@ -52,7 +54,9 @@ public enum LiveView {
         return out.map { clip($0, width - 1) }
     }
 
-    public static func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
+    public static func pad(_ s: String, _ n: Int) -> String {
+        s.count >= n ? s : s + String(repeating: " ", count: n - s.count)
+    }
 
     /// At most `n` characters (a line that wraps would break the redraw).
     public static func clip(_ s: String, _ n: Int) -> String {

@@ -21,7 +21,10 @@ public enum Survivors {
             var start = 0
             var marked = false
             for i in 0...env.count where i == env.count || env[i] == 0 {
-                if spared.contains(where: { i - start == $0.count && env[start..<i].elementsEqual($0) }) { marked = false; break }
+                if spared.contains(where: { i - start == $0.count && env[start..<i].elementsEqual($0) }) {
+                    marked = false
+                    break
+                }
                 if i - start == mark.count, env[start..<i].elementsEqual(mark) { marked = true }
                 start = i + 1
             }
