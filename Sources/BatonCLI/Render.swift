@@ -17,7 +17,7 @@ public enum Render {
         case .running: return info.paused != nil ? "PAUSED" : "running"
         case .starting: return "starting"
         case .orphaned: return "ORPHANED"
-        default: return info.state.rawValue
+        case .succeeded, .failed, .cancelled, .dry_run: return info.state.rawValue
         }
     }
 

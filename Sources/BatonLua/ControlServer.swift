@@ -331,9 +331,8 @@ public final class ControlServer {
             return done(true,
                         "cancelling run \(ctx.dir.id): its stages are ended (SIGTERM, SIGKILL after their grace)",
                         journaled: ctx.dir.id)
-        case .refused:
-            return done(false, "unknown request '\(word)'")
-        default:
+        case .refused, .continue, .step, .skipStage, .next, .breakAdd, .unbreak, .breaks, .where, .pauseState:
+            // (refused never comes here; the others are answered by debugAnswer, Debugger.swift)
             return done(false, "unknown request '\(word)'")
         }
     }

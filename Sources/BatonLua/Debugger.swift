@@ -88,7 +88,7 @@ extension RecipeEnvironment {
                 l.setFields([("id", .string(id)), ("skipped", .bool(true))])
                 return 1
             case .step: stepThis = true; debugger.stepping = false
-            default: break
+            case .continue, .timeout: break
             }
         }
         guard stepThis else { return try body() }
@@ -149,7 +149,7 @@ extension RecipeEnvironment {
                                 + "attached" } ?? ""))
         }
         let outcome = ctx.loop.wait(WaitLabel(.pause, at), pollEvery: 0.1) {
-            if let c = child, Debugger.exited(c) {
+            if let c = child, Survivors.exited(c) {
                 child = nil
                 self.giveBackTerminal()
                 if self.debugger.action == nil {
@@ -167,10 +167,8 @@ extension RecipeEnvironment {
         if let c = child {
             // The prompt leaves by itself on :continue/:step/:skip (give it a moment); on a
             // cancel or a timeout it is told to (SIGTERM: it puts the terminal back as it was).
-            var waited = 0
-            if outcome == .interrupted || debugger.action == .timeout { kill(c, SIGTERM) }
-            while !Debugger.exited(c) && waited < 50 { usleep(100_000); waited += 1 }
-            if !Debugger.exited(c) { kill(c, SIGKILL); while !Debugger.exited(c) { usleep(10_000) } }
+            let told = outcome == .interrupted || debugger.action == .timeout
+            Survivors.end(child: c, signal: told ? SIGTERM : nil, grace: 5)
             giveBackTerminal()
         }
         try checkFatal()
@@ -220,14 +218,6 @@ extension RecipeEnvironment {
         let old = signal(SIGTTOU, SIG_IGN)
         _ = tcsetpgrp(0, getpgrp())
         signal(SIGTTOU, old)
-    }
-}
-
-extension Debugger {
-    static func exited(_ pid: pid_t) -> Bool {
-        var st: Int32 = 0
-        let r = waitpid(pid, &st, WNOHANG)
-        return r == pid || (r < 0 && errno == ECHILD)
     }
 }
 
@@ -355,8 +345,8 @@ extension ControlServer {
             return done(true, whereText(), target: debugger.paused?.at ?? "")
         case .next:
             return done(false, ":next is the replay debugger's (baton debug); in a live run, :step", target: "")
-        default:
-            return nil
+        case .eval, .complete, .stages, .kill, .extend, .skip, .cancel, .refused:
+            return nil   // (not the debugger's: ControlServer.answer's)
         }
     }
 }

@@ -229,8 +229,12 @@ public final class Replayer {
         guard last.to.isTerminal else { try end("\(what) never ended in the run (\(last.to.rawValue))") }
         if stepping { try stop("before \(what) (\(last.to.rawValue) in the run)") }
         done.append("  watch  \(wid)  \(last.to.rawValue)")
+        // ok as the run said it: completed with nothing missing and its stage passed (journals
+        // before the completed transition carried those said so only in its reason).
+        let ok = last.to == .completed && (last.details.missing ?? []).isEmpty && last.details.stage == nil
+            && !last.reason.contains("missing")
         l.push(json: .object([("id", .string(wid)), ("state", .string(last.to.rawValue)),
-                              ("ok", .bool(last.to == .completed && !last.reason.contains("missing"))),
+                              ("ok", .bool(ok)),
                               ("reason", .string(last.reason)),
                               ("transitions", .array(steps.map { .string($0.to.rawValue) })),
                               ("replayed", .bool(true))]))
@@ -305,7 +309,7 @@ public final class Replayer {
             return nil
         case .pauseState:
             return .object([("ok", .bool(true)), ("paused", .bool(true))])
-        default:
+        case .kill, .extend, .skip, .cancel, .refused, .skipStage, .breakAdd, .unbreak, .breaks:
             return reply(false, "not in a replay (baton debug replays; nothing in it can change the run)")
         }
     }

@@ -369,22 +369,9 @@ public enum RecipeRunner {
     }
 }
 
+/// "SIGTERM", ...: the names CBatonSys knows (the C side's messages use the same list).
 public func signalName(_ sig: Int32) -> String {
-    switch sig {
-    case SIGINT: return "SIGINT"
-    case SIGTERM: return "SIGTERM"
-    case SIGHUP: return "SIGHUP"
-    case SIGKILL: return "SIGKILL"
-    case SIGALRM: return "SIGALRM"
-    case SIGQUIT: return "SIGQUIT"
-    case SIGUSR1: return "SIGUSR1"
-    case SIGUSR2: return "SIGUSR2"
-    case SIGXCPU: return "SIGXCPU"
-    case SIGXFSZ: return "SIGXFSZ"
-    case SIGVTALRM: return "SIGVTALRM"
-    case SIGPROF: return "SIGPROF"
-    default: return "signal \(sig)"
-    }
+    baton_signal_name(sig).map { String(cString: $0) } ?? "signal \(sig)"
 }
 
 extension LuaState {

@@ -673,13 +673,19 @@ static void nap_ms(int ms) {
     while (nanosleep(&t, &t) != 0 && errno == EINTR) {}
 }
 
-static const char *stuck_signal_name(int sig) {
+const char *baton_signal_name(int sig) {
     switch (sig) {
     case SIGINT: return "SIGINT"; case SIGTERM: return "SIGTERM"; case SIGHUP: return "SIGHUP";
+    case SIGKILL: return "SIGKILL";
     case SIGQUIT: return "SIGQUIT"; case SIGUSR1: return "SIGUSR1"; case SIGUSR2: return "SIGUSR2";
     case SIGALRM: return "SIGALRM"; case SIGXCPU: return "SIGXCPU"; case SIGXFSZ: return "SIGXFSZ";
-    case SIGVTALRM: return "SIGVTALRM"; case SIGPROF: return "SIGPROF"; default: return "a signal";
+    case SIGVTALRM: return "SIGVTALRM"; case SIGPROF: return "SIGPROF"; default: return NULL;
     }
+}
+
+static const char *stuck_signal_name(int sig) {
+    const char *name = baton_signal_name(sig);
+    return name ? name : "a signal";
 }
 
 static void rfc3339(double t, char *out, size_t n) {

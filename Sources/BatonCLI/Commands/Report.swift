@@ -124,14 +124,13 @@ extension Commands {
         // The cache's answers (hit, or why not), by life of the run: 0 is the first run.
         var cache: [(life: Int, key: StageKey, decision: CacheDecision)] = []
         var life = -1
+        // (Two kinds of event matter here: a life's start, and a stage start with the cache's answer.)
         for e in events {
-            switch e.body {
-            case .runStarted, .runResumed: life += 1
-            case let .stageStarted(s): if let c = s.cache, stage == nil || s.key.id == stage {
-                cache.append((max(0, life), s.key, c))
+            if e.body.began != nil { life += 1 }
+            guard case let .stageStarted(s) = e.body, let c = s.cache, stage == nil || s.key.id == stage else {
+                continue
             }
-            default: break
-            }
+            cache.append((max(0, life), s.key, c))
         }
         func cacheOf(_ l: Int, _ k: StageKey) -> CacheDecision? {
             cache.first { $0.life == l && $0.key == k }?.decision

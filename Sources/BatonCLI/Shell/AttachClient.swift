@@ -24,7 +24,7 @@ public enum Attach {
             }
             diag("run \(dir.id) is not live (\(Render.stateText(info))): nothing to attach to; its state from the "
                  + "journal:")
-            Console.out(Render.status(info))
+            RunView(dir).status(info)
             return ExitStatus.success.rawValue
         }
         let text = String(decoding: (try? FileIO.readFile("/dev/stdin")) ?? [], as: UTF8.self)
@@ -161,13 +161,12 @@ final class AttachSession {
                         + "\nOther lines are Lua, run inside the run: its globals, and the locals of the frame it is "
                         + "blocked in.")
         case ":status":
-            Console.out(Render.status(RunInfo.load(dir)))
+            RunView(dir).status()
         case ":stages":
             req = .object([("op", .string(ControlOp.stages.rawValue))])
         case ":tail":
             guard need(1, ":tail STAGE") else { return true }
-            let r = Interactive.stageTail(dir, stage: args[0])
-            if r.ok { Console.write(1, r.text, newline: false) } else { Console.err(r.text) }
+            if RunView(dir).stage(args[0], .latest(lines: RunView.tailLines)) != 0 { failures += 1 }
         case ":continue", ":c", ":step", ":s", ":next", ":n":
             let op: ControlOp = [":continue", ":c"].contains(words[0]) ? .continue : [":next", ":n"].contains(words[0])
                 ? .next : .step

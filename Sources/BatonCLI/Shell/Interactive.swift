@@ -51,7 +51,7 @@ final class Interactive {
 
     func run() -> Int32 {
         env.setRequirePaths(recipeDir: cwd)
-        env.setArguments(recipe: "<shell>", words: [])
+        env.setArguments(recipe: RunBegan.shellRecipe, words: [])
         env.makeContext = ShellRun.opener(root: root, env: env)
         do { shellLua = try ShellLua(lua: lua) } catch {
             diag("baton: cannot start the shell: \(error)")

@@ -40,7 +40,7 @@ enum MetaCommand {
         let width = help.map { $0.name.count + $0.args.count + 1 }.max() ?? 0
         var lines = ["Lua: type an expression to see its value, or statements; an unfinished chunk goes on at >>.",
                      "The primitives (runStage, preflight, watch, gate, persistFinal) and baton.* work here; each",
-                     "call is journaled in the shell's own run (recipe <shell>), created on first use.",
+                     "call is journaled in the shell's own run (recipe \(RunBegan.shellRecipe)), created on first use.",
                      "Tab completes names, table fields (baton.fs.<Tab>), commands, run ids and paths.",
                      "Ctrl-C stops the running code or stage; Ctrl-D leaves.", "", "Commands:"]
         for h in help {
@@ -67,7 +67,7 @@ extension Interactive {
             _ = Commands.runs(root: root, json: false)
         case ":status":
             guard let dir = find(args.first ?? attached) else { return }
-            _ = Commands.status(root: root, ref: dir.id, json: false)
+            RunView(dir).status()
         case ":attach":
             attach(args.first ?? attached)
         case ":tail":
@@ -167,73 +167,26 @@ extension Interactive {
             for _, s in ipairs(run.stages) do setmetatable(s, mt) end
             setmetatable(run, {__name = "baton.run_state"})
             """, name: "=baton.attach")
-        say(Render.status(info))
+        RunView(dir).status(info)
         let stages = state["stages"]?.arrayValue?.count ?? 0
         var hint = "run = its state: run.stages (\(stages)), run.events (\(info.events.count)), run.final"
         if info.isLive { hint += ", run.current; :attach again to refresh" }
         say(hint)
     }
 
+    /// `:tail [-f] RUN [STAGE]`: the run's last events, or the end of a stage's latest
+    /// attempt; as `baton log [--stage]` shows them (one RunView), followed with -f.
     func tail(_ args: [String]) {
         var rest = args
         let follow = rest.first == "-f"
         if follow { rest.removeFirst() }
         guard let dir = find(rest.first ?? attached) else { return }
         if rest.count > 1 {
-            if follow { _ = Commands.stageLog(dir, stage: rest[1], follow: true, json: false); return }
-            stageTail(dir, stage: rest[1])
-            return
+            _ = RunView(dir).stage(rest[1], .latest(lines: RunView.tailLines), follow: follow, loop: env.loop)
+        } else {
+            _ = RunView(dir).events(last: RunView.tailEvents, follow: follow, json: false, loop: env.loop)
         }
-        var journal = JournalFollower(path: dir.journal)
-        var last = 20
-        repeat {
-            let events = journal.next().events
-            let shown = events.suffix(last)
-            if shown.count < events.count {
-                say("... \(events.count - shown.count) earlier events (:attach RUN, then run.events)")
-            }
-            for e in shown { say(Render.event(e)) }
-            if journal.sawFinal { break }
-            last = Int.max
-            if !follow || !FileLock.isHeld(dir.lock) || !env.loop.sleep(0.2) { break }
-        } while true
     }
-
-    /// The latest attempt of a stage: the end of its stdout and stderr.
-    func stageTail(_ dir: RunDirectory, stage: String, lines: Int = 40) {
-        let r = Interactive.stageTail(dir, stage: stage, lines: lines)
-        if r.ok { say(r.text, newline: false) } else { err(r.text) }
-    }
-
-    /// The end of a stage's latest attempt (its stdout, then its stderr), or why there is none.
-    static func stageTail(_ dir: RunDirectory, stage: String, lines: Int = 40) -> (text: String, ok: Bool) {
-        let history = dir.readHistory().history
-        guard let latest = history.attempts(of: stage).last else {
-            let known = history.stageIDs
-            return (SafeText.line("run \(dir.id) has no stage '\(stage)'"
-                                  + (known.isEmpty ? "" : "; its stages: " + known.joined(separator: ", "))),
-                    false)
-        }
-        var text = SafeText.line("==> stage \(stage) attempt \(latest.attempt): \(latest.logs.stdout) <==") + "\n"
-            + SafeText.lines(tailText(latest.logs.stdout, lines))
-        if let s = try? FileIO.readString(latest.logs.stderr), !s.isEmpty {
-            text += SafeText.line("--- stderr (\(latest.logs.stderr)) ---") + "\n"
-                + SafeText.lines(tailText(latest.logs.stderr, lines / 2))
-        }
-        return (text, true)
-    }
-
-    static func tailText(_ path: String, _ n: Int) -> String {
-        guard let s = try? FileIO.readString(path), !s.isEmpty else { return "(no output yet)\n" }
-        var all = s.split(separator: "\n", omittingEmptySubsequences: false)
-        if all.last == "" { all.removeLast() }
-        var text = ""
-        if all.count > n { text += "... \(all.count - n) earlier lines\n" }
-        for l in all.suffix(n) { text += l + "\n" }
-        return text
-    }
-
-    func say(_ s: String, newline: Bool) { Console.write(1, s, newline: newline) }
 
     func load(_ args: [String]) {
         guard let path = args.first else { err("usage: :load RECIPE [ARGS]"); return }

@@ -71,7 +71,7 @@ public final class JournalWriter: @unchecked Sendable {
         JournalEvent.encode(seq: seq,
                             ts: ts,
                             run: runID,
-                            body: body.mappingLogs { $0.relative(to: runDir) },
+                            body: body.mappingLogs { $0.relative(to: runDir) } ?? body,
                             into: &pending)
         pending.append(10)
         lastSeq = seq

@@ -107,9 +107,9 @@ public struct WatchRecord: Sendable {
     public var state: WatchState
     public var since: Double
     public var reason: String
-    public var details: JSON
-    /// The details of its `queued` transition (require_files, ready_timeout_sec, timeout_sec).
-    public var queued: JSON = .object([])
+    public var details: WatchDetails
+    /// The details of its `queued` transition (its settings).
+    public var queued: WatchDetails = .none
 }
 
 /// One attempt of a stage, with its log files (every life of the run, oldest first).

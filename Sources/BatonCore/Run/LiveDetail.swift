@@ -42,11 +42,9 @@ extension RunInfo {
             let forS = Int(max(0, now - w.since))
             var waitingFor = w.reason
             var missing: [String] = []
-            var limit: Double? = w.queued["timeout_sec"]?.doubleValue
+            let limit = w.limit
             if w.state == .awaiting_artifacts {
-                let files = w.queued["require_files"]?.arrayValue?.compactMap(\.stringValue) ?? []
-                missing = files.filter { (FileIO.size($0) ?? 0) == 0 }
-                limit = w.queued["ready_timeout_sec"]?.doubleValue
+                missing = w.missingNow
                 waitingFor = missing.isEmpty
                     ? "all required files are there"
                     : "missing " + missing.map(shown).joined(separator: ", ")

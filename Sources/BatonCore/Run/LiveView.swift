@@ -33,11 +33,9 @@ public enum LiveView {
         for w in h.watches where !w.state.isTerminal {
             items.append((w.since, {
                 var s = "\(spinner) watch \(w.id)  \(w.state.rawValue)"
-                var limit = w.queued["timeout_sec"]?.doubleValue
+                let limit = w.limit
                 if w.state == .awaiting_artifacts {
-                    limit = w.queued["ready_timeout_sec"]?.doubleValue
-                    let files = w.queued["require_files"]?.arrayValue?.compactMap(\.stringValue) ?? []
-                    let missing = files.filter { (FileIO.size($0) ?? 0) == 0 }
+                    let missing = w.missingNow
                     if !missing.isEmpty { s += "  waiting for " + missing.joined(separator: ", ") }
                 }
                 s += "  \(Clock.human(max(0, now - w.since)))" + (limit.map { " of \(Clock.human($0))" } ?? "")

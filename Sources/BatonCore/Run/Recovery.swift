@@ -82,7 +82,7 @@ extension Recovery {
                                   signalled: signalled)   // live again
             }
             return .finishedOrphan(ended: o.killed)
-        default:
+        case .succeeded, .failed, .cancelled, .dry_run:
             return .alreadyEnded(info.state)
         }
     }

@@ -116,23 +116,33 @@ public struct RunDirectory: Sendable {
         return try? JSON.topLevelValue(key, in: bytes)
     }
 
+    /// The journal's first line, the run's `run_started`: when and what started, without
+    /// reading the rest (`ids()` asks it of every run). Read from the first 4 KiB, or the
+    /// first 64 KiB when the line is longer (a long argument list); nil when there is none.
+    public func header() -> (ts: Double, began: RunBegan)? {
+        for limit in [4096, 65536] {
+            guard let head = try? FileIO.readFile(journal, limit: limit) else { return nil }
+            guard let nl = head.firstIndex(of: 10) else {
+                if head.count < limit { return nil }   // (still being written)
+                continue
+            }
+            guard let j = try? JSON.parse(Array(head[..<nl])), let e = JournalEvent(j), let b = e.body.began else {
+                return nil
+            }
+            return (e.ts, b.0)
+        }
+        return nil
+    }
+
     /// When the run started: its first journal line's `ts`, else when its directory was made.
     public func startTime() -> Double? {
-        if let head = try? FileIO.readFile(journal, limit: 4096), let nl = head.firstIndex(of: 10),
-           let line = try? JSON.parse(Array(head[..<nl])),
-           let ts = line["ts"]?.stringValue.flatMap(Clock.parseRFC3339) {
-            return ts
-        }
+        if let h = header(), h.ts > 0 { return h.ts }
         return FileIO.mtime(path)
     }
 
     /// Whether the interactive shell opened this run (its run_started names the recipe
-    /// `<shell>`). Commands outside the shell never take such a run for `latest`.
-    public var isShellRun: Bool {
-        guard let head = try? FileIO.readFile(journal, limit: 65536), let nl = head.firstIndex(of: 10),
-              let line = try? JSON.parse(Array(head[..<nl])) else { return false }
-        return line["recipe"]?.stringValue == "<shell>"
-    }
+    /// `RunBegan.shellRecipe`). Commands outside the shell never take such a run for `latest`.
+    public var isShellRun: Bool { header()?.began.recipe == RunBegan.shellRecipe }
 
     public func readPid() -> Int32? {
         guard let s = try? FileIO.readString(pidFile) else { return nil }
