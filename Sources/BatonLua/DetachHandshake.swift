@@ -60,7 +60,9 @@ public final class DetachHandshake {
         let rest = String(text.dropFirst(min(text.count, head.count + 1)))
         if head == "ready" { return .ready }
         if head == "usage" { return .usage }
-        if head.hasPrefix("refused "), let code = Int32(head.dropFirst(8)) { return .refused(ExitStatus(rawValue: code), rest) }
+        if head.hasPrefix("refused "), let code = Int32(head.dropFirst(8)) {
+            return .refused(ExitStatus(rawValue: code), rest)
+        }
         return nil
     }
 

@@ -16,7 +16,8 @@ local M = {}
 
 local keywords, chars = {}, {}
 for c = 0, 255 do chars[c] = string.char(c) end
-for w in ("and break do else elseif end false for function goto if in local nil not or repeat return then true until while"):gmatch("%a+") do
+for w in ("and break do else elseif end false for function goto if in local nil not or repeat return then true "
+        .. "until while"):gmatch("%a+") do
   keywords[w] = true
 end
 
@@ -149,7 +150,9 @@ function M.dynamicGlobals(src, toks)
   for k = 1, toks.n do
     if T[k] == "name" and dynamic[V[k]] and not (V[k - 1] == "." or V[k - 1] == ":") then return true end
     if T[k] == "name" and V[k] == "require" then
-      if not (T[k + 1] == "string" or (V[k + 1] == "(" and T[k + 2] == "string" and V[k + 3] == ")")) then return true end
+      if not (T[k + 1] == "string" or (V[k + 1] == "(" and T[k + 2] == "string" and V[k + 3] == ")")) then
+        return true
+      end
     end
   end
   return false
@@ -236,7 +239,8 @@ end
 -- A field-value finding at token s: `what` names the field, `choices` what it takes.
 local function badValue(V, s, add, label, what, choices)
   local hint = closest(V[s], choices)
-  add(s, "field-value", ("%s: field %s must be one of '%s', got '%s'%s"):format(label, what, table.concat(choices, "', '"),
+  add(s, "field-value",
+      ("%s: field %s must be one of '%s', got '%s'%s"):format(label, what, table.concat(choices, "', '"),
     V[s], hint and (" (did you mean '" .. hint .. "'?)") or ""), true)
 end
 
@@ -289,8 +293,8 @@ local function checkTable(toks, k, fn, add, spec, label)
         end
         local want = info.typeset[name]
         if want and got and not want[got] then
-          add(at, "field-type", ("%s: field '%s' must be a %s, got a %s"):format(label, name, spec.types[fn][name]:gsub("|", " or "),
-            got), true)
+          local wanted = spec.types[fn][name]:gsub("|", " or ")
+          add(at, "field-type", ("%s: field '%s' must be a %s, got a %s"):format(label, name, wanted, got), true)
         end
         local choices = values[name]
         if choices and T[at] == "string" and (V[at + 1] == "," or V[at + 1] == ";" or V[at + 1] == "}") then
@@ -343,6 +347,140 @@ function M.assignedGlobals(src)
   return names
 end
 
+--- The arguments of the call whose `(` is token k: how many, and where each starts.
+local function countArgs(T, V, k)
+  if V[k + 1] == ")" then return 0, {} end
+  local depth, n, starts = 0, 1, {k + 1}
+  while T[k] ~= "eof" do
+    local v = V[k]
+    if T[k] == "op" and opens[v] then depth = depth + 1
+    elseif T[k] == "op" and closes[v] then
+      depth = depth - 1
+      if depth == 0 then return n, starts end
+    elseif v == "," and depth == 1 and T[k] == "op" then n = n + 1; starts[n] = k + 1
+    elseif T[k] == "kw" and v == "function" then
+      k = functionEnd(T, V, k)
+    end
+    k = k + 1
+  end
+  return nil
+end
+
+--- Token k, a name, refers to a variable: not after `.`, `:`, `::` or `goto`, and not a key
+--- (`{name = ...}`; `top`: the innermost open bracket).
+local function isVariable(V, top, k)
+  local p = V[k - 1]
+  if p == "." or p == ":" or p == "::" or p == "goto" then return false end
+  return not (top == "{" and V[k + 1] == "=" and (p == "{" or p == "," or p == ";"))
+end
+
+--- Pass 1: globals the file assigns (`x = 1`, `a, b = ...`, `function f()`), usable anywhere.
+local function assignedIn(toks)
+  local T, V = toks.t, toks.v
+  local assigned, brackets, nb = {}, {}, 0
+  for k = 1, toks.n do
+    local t, v = T[k], V[k]
+    if t == "op" then
+      if opens[v] then nb = nb + 1; brackets[nb] = v
+      elseif closes[v] and nb > 0 then brackets[nb] = nil; nb = nb - 1 end
+    elseif t == "name" then
+      local after = V[k + 1]
+      local named = after == "=" or after == "," or (after == "(" and V[k - 1] == "function")
+      if named and isVariable(V, brackets[nb], k) then
+        local j = k + 1
+        while V[j] == "," and T[j + 1] == "name" do j = j + 2 end
+        if V[j] == "=" or (V[k - 1] == "function" and V[k + 1] == "(") then assigned[v] = true end
+      end
+    end
+  end
+  return assigned
+end
+
+--- The names a `local` at token k declares (`local a <const>, b = ...`, `local function f`).
+local function localNames(T, V, k)
+  if V[k + 1] == "function" then return {V[k + 2]} end
+  local names, j = {}, k + 1
+  while T[j] == "name" do
+    names[#names + 1] = V[j]
+    j = j + 1
+    if V[j] == "<" then j = j + 3 end
+    if V[j] ~= "," then break end
+    j = j + 1
+  end
+  return names
+end
+
+--- The parameters of the function whose `function` keyword is token k (`self` for a method).
+local function functionParams(T, V, k)
+  local j, params = k + 1, {}
+  while T[j] == "name" or V[j] == "." or V[j] == ":" do
+    if V[j] == ":" then params[#params + 1] = "self" end
+    j = j + 1
+  end
+  j = j + 1 -- "("
+  while V[j] ~= ")" and T[j] ~= "eof" do
+    if T[j] == "name" then params[#params + 1] = V[j] end
+    j = j + 1
+  end
+  return params
+end
+
+--- The primitive a reference at token k names ("runStage", "baton.sh", "baton.fs.write") and
+--- the token after it.
+local function primitiveAt(T, V, k, fields, arities)
+  local fn, after = V[k], k + 1
+  if fn == "baton" and V[k + 1] == "." and T[k + 2] == "name" then
+    local m = V[k + 2]
+    -- baton.runStage is runStage; baton.sh's tables are keyed "baton.sh", baton.fs.write's
+    -- "baton.fs.write".
+    if fields[m] or arities[m] then fn = m else fn = "baton." .. m end
+    after = k + 3
+    if V[k + 3] == "." and T[k + 4] == "name" then fn, after = fn .. "." .. V[k + 4], k + 5 end
+  end
+  return fn, after
+end
+
+--- A variable reference at token k that is not a local: a primitive's literal table checked,
+--- its argument count, or an undefined global. `ctx`: {known, assigned, spec, add, findings}.
+local function checkReference(toks, k, ctx)
+  local T, V, v = toks.t, toks.v, toks.v[k]
+  local known, assigned, spec, add = ctx.known, ctx.assigned, ctx.spec, ctx.add
+  local fields, arities = spec.fields, spec.arity
+  local fn, after = primitiveAt(T, V, k, fields, arities)
+  local fromEnv = known[v] or assigned[v]
+  if fields[fn] and fromEnv then
+    if V[after] == "{" then checkTable(toks, after, fn, add, spec)
+    elseif V[after] == "(" and V[after + 1] == "{" then checkTable(toks, after + 1, fn, add, spec) end
+  end
+  local arity = arities[fn]
+  local called = fromEnv and V[after] == "(" and V[k - 1] ~= "function"
+  local n, starts
+  if called then n, starts = countArgs(T, V, after) end
+  -- Option tables given as a later argument (`parallel(items, fn, {maxConcurrency = 2})`).
+  for i, at in ipairs(starts or {}) do
+    local key = fn .. "#" .. i
+    if i > 1 and fields[key] and V[at] == "{" then checkTable(toks, at, key, add, spec, fn .. "'s options") end
+  end
+  if arity and called and known[v] and not assigned[v] and n and (n < arity[1] or n > arity[2]) then
+    local want = arity[1] == arity[2] and tostring(arity[1]) or (arity[1] .. " or " .. arity[2])
+    add(k, "arg-count", ("%s takes %s argument%s, given %d"):format(fn, want, arity[2] == 1 and "" or "s", n), true)
+  end
+  if not fromEnv then
+    if not ctx.names then -- the known names, sorted, for hints: only when one is needed
+      ctx.names = {}
+      for g in pairs(known) do ctx.names[#ctx.names + 1] = g end
+      table.sort(ctx.names)
+    end
+    local hint = closest(v, ctx.names)
+    local nt, nv = T[k + 1], V[k + 1]
+    -- Called or indexed: `runstage{...}`, `foo()`, `x.y` raise when they run.
+    local certain = nv == "(" or nv == "{" or nv == "." or nv == ":" or nv == "[" or nt == "string"
+    local mean = hint and (" (did you mean '" .. hint .. "'?)") or ""
+    add(k, "undefined-global", ("undefined global '%s'%s"):format(v, mean), certain)
+    ctx.findings[#ctx.findings].name = v
+  end
+end
+
 --- Findings in `src`. `known`: the recipe environment's globals (a set); `spec`: what the
 --- declaration says, {fields = {key = names}, types = {key = {field = "string|table"}},
 --- values = {key = {field = choices}}, arity = {fn = {min, max}}} (a bare `fields` table
@@ -352,102 +490,34 @@ function M.check(src, file, known, spec)
   if not spec.fields then spec = {fields = spec} end
   spec.types, spec.values, spec.arity = spec.types or {}, spec.values or {}, spec.arity or {}
   spec.open = spec.open or {}
-  local fields, arities = spec.fields, spec.arity
   local toks = M.tokens(src)
   local T, V = toks.t, toks.v
   local findings = {}
   local function add(k, code, message, certain)
     local line, column = M.position(toks, k)
-    findings[#findings + 1] = {file = file, line = line, column = column, code = code, message = message, certain = certain or nil}
+    findings[#findings + 1] = {file = file, line = line, column = column, code = code, message = message,
+                               certain = certain or nil}
   end
-  -- The arguments of the call whose `(` is token k: how many, and where each starts.
-  local function countArgs(k)
-    if V[k + 1] == ")" then return 0, {} end
-    local depth, n, starts = 0, 1, {k + 1}
-    while T[k] ~= "eof" do
-      local v = V[k]
-      if T[k] == "op" and opens[v] then depth = depth + 1
-      elseif T[k] == "op" and closes[v] then
-        depth = depth - 1
-        if depth == 0 then return n, starts end
-      elseif v == "," and depth == 1 and T[k] == "op" then n = n + 1; starts[n] = k + 1
-      elseif T[k] == "kw" and v == "function" then
-        k = functionEnd(T, V, k)
-      end
-      k = k + 1
-    end
-    return nil
-  end
-  local brackets, nb = {}, 0
-  -- A name that refers to a variable: not after `.`, `:`, `::` or `goto`, and not a key
-  -- (`{name = ...}`).
-  local function isVariable(k)
-    local p = V[k - 1]
-    if p == "." or p == ":" or p == "::" or p == "goto" then return false end
-    return not (brackets[nb] == "{" and V[k + 1] == "=" and (p == "{" or p == "," or p == ";"))
-  end
-  -- Pass 1: globals the file assigns (`x = 1`, `a, b = ...`, `function f()`), usable anywhere.
-  local assigned = {}
-  for k = 1, toks.n do
-    local t, v = T[k], V[k]
-    if t == "op" then
-      if opens[v] then nb = nb + 1; brackets[nb] = v
-      elseif closes[v] and nb > 0 then brackets[nb] = nil; nb = nb - 1 end
-    elseif t == "name" then
-      local after = V[k + 1]
-      if (after == "=" or after == "," or (after == "(" and V[k - 1] == "function")) and isVariable(k) then
-        local j = k + 1
-        while V[j] == "," and T[j + 1] == "name" do j = j + 2 end
-        if V[j] == "=" or (V[k - 1] == "function" and V[k + 1] == "(") then assigned[v] = true end
-      end
-    end
-  end
+  local ctx = {known = known, assigned = assignedIn(toks), spec = spec, add = add, findings = findings}
   -- Pass 2: scopes, undefined globals, literal primitive tables.
-  local names
-  local scopes, pending = {{}}, nil
-  brackets, nb = {}, 0
-  local function declare(name) scopes[#scopes][name] = true end
+  local scopes, pending, brackets, nb = {{}}, nil, {}, 0
   local function isLocal(name)
     for s = #scopes, 1, -1 do if scopes[s][name] then return true end end
     return false
   end
   local function open()
     scopes[#scopes + 1] = {}
-    for _, p in ipairs(pending or {}) do declare(p) end
+    for _, p in ipairs(pending or {}) do scopes[#scopes][p] = true end
     pending = nil
-  end
-  local function close()
-    if #scopes > 1 then scopes[#scopes] = nil end
   end
   local k = 1
   while T[k] ~= "eof" do
     local t, v = T[k], V[k]
     if t == "kw" then
       if v == "local" then
-        if V[k + 1] == "function" then
-          declare(V[k + 2])
-        else
-          local j = k + 1
-          while T[j] == "name" do
-            declare(V[j])
-            j = j + 1
-            if V[j] == "<" then j = j + 3 end
-            if V[j] ~= "," then break end
-            j = j + 1
-          end
-        end
+        for _, name in ipairs(localNames(T, V, k)) do scopes[#scopes][name] = true end
       elseif v == "function" then
-        local j, params = k + 1, {}
-        while T[j] == "name" or V[j] == "." or V[j] == ":" do
-          if V[j] == ":" then params[#params + 1] = "self" end
-          j = j + 1
-        end
-        j = j + 1 -- "("
-        while V[j] ~= ")" and T[j] ~= "eof" do
-          if T[j] == "name" then params[#params + 1] = V[j] end
-          j = j + 1
-        end
-        pending = params
+        pending = functionParams(T, V, k)
         open()
         -- The function's name (token k+1) is still checked below as a reference.
       elseif v == "for" then
@@ -460,61 +530,17 @@ function M.check(src, file, known, spec)
         k = j -- past the loop variables
         goto continue
       elseif v == "do" or v == "repeat" or v == "if" then
-        -- `while`/`for` open nothing: their `do` does (with a for's variables).
-        open()
+        open() -- `while`/`for` open nothing: their `do` does (with a for's variables).
       elseif v == "elseif" or v == "else" then
         scopes[#scopes] = {}
-      elseif v == "end" or v == "until" then
-        close()
+      elseif (v == "end" or v == "until") and #scopes > 1 then
+        scopes[#scopes] = nil
       end
     elseif t == "op" then
       if opens[v] then nb = nb + 1; brackets[nb] = v
       elseif closes[v] and nb > 0 then brackets[nb] = nil; nb = nb - 1 end
-    elseif t == "name" and isVariable(k) and not isLocal(v) then
-      local fn, after = v, k + 1
-      if fn == "baton" and V[k + 1] == "." and T[k + 2] == "name" then
-        local m = V[k + 2]
-        -- baton.runStage is runStage; baton.sh's tables are keyed "baton.sh", baton.fs.write's
-        -- "baton.fs.write".
-        if fields[m] or arities[m] then fn = m else fn = "baton." .. m end
-        after = k + 3
-        if V[k + 3] == "." and T[k + 4] == "name" then fn, after = fn .. "." .. V[k + 4], k + 5 end
-      end
-      local fromEnv = known[v] or assigned[v]
-      if fields[fn] and fromEnv then
-        if V[after] == "{" then checkTable(toks, after, fn, add, spec)
-        elseif V[after] == "(" and V[after + 1] == "{" then checkTable(toks, after + 1, fn, add, spec) end
-      end
-      local arity = arities[fn]
-      local called = fromEnv and V[after] == "(" and V[k - 1] ~= "function"
-      local n, starts
-      if called then n, starts = countArgs(after) end
-      -- Option tables given as a later argument (`parallel(items, fn, {maxConcurrency = 2})`).
-      for i, at in ipairs(starts or {}) do
-        local key = fn .. "#" .. i
-        if i > 1 and fields[key] and V[at] == "{" then
-          checkTable(toks, at, key, add, spec, fn .. "'s options")
-        end
-      end
-      if arity and called and known[v] and not assigned[v] then
-        if n and (n < arity[1] or n > arity[2]) then
-          local want = arity[1] == arity[2] and tostring(arity[1]) or (arity[1] .. " or " .. arity[2])
-          add(k, "arg-count", ("%s takes %s argument%s, given %d"):format(fn, want, arity[2] == 1 and "" or "s", n), true)
-        end
-      end
-      if not fromEnv then
-        if not names then -- the known names, sorted, for hints: only when one is needed
-          names = {}
-          for g in pairs(known) do names[#names + 1] = g end
-          table.sort(names)
-        end
-        local hint = closest(v, names)
-        local nt, nv = T[k + 1], V[k + 1]
-        -- Called or indexed: `runstage{...}`, `foo()`, `x.y` raise when they run.
-        local certain = nv == "(" or nv == "{" or nv == "." or nv == ":" or nv == "[" or nt == "string"
-        add(k, "undefined-global", ("undefined global '%s'%s"):format(v, hint and (" (did you mean '" .. hint .. "'?)") or ""), certain)
-        findings[#findings].name = v
-      end
+    elseif t == "name" and isVariable(V, brackets[nb], k) and not isLocal(v) then
+      checkReference(toks, k, ctx)
     end
     k = k + 1
     ::continue::

@@ -14,8 +14,11 @@ struct BatonCommand: ParsableCommand {
             from stdin. Exit codes: \(ExitStatus.summary) (128+n: signal n; docs/guide.md).
             """,
         version: "baton \(BatonVersion.string) (Lua \(LuaInfo.version))",
-        subcommands: [RunCommand.self, RunsCommand.self, StatusCommand.self, LogCommand.self, ReportCommand.self, OneRun<WaitKind>.self, OneRun<CancelKind>.self,
-                      ResumeCommand.self, AttachCommand.self, DebugCommand.self, PruneCommand.self, CacheCommand.self, InputsCommand.self, CheckCommand.self, InitCommand.self, TypesCommand.self, ReplCommand.self, VersionCommand.self,
+        subcommands: [RunCommand.self, RunsCommand.self, StatusCommand.self, LogCommand.self, ReportCommand.self,
+                      OneRun<WaitKind>.self, OneRun<CancelKind>.self,
+                      ResumeCommand.self, AttachCommand.self, DebugCommand.self, PruneCommand.self, CacheCommand.self,
+                      InputsCommand.self, CheckCommand.self, InitCommand.self, TypesCommand.self, ReplCommand.self,
+                      VersionCommand.self,
                       WatchdogCommand.self])
 
     @OptionGroup var globals: Globals
