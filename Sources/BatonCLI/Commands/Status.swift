@@ -63,7 +63,7 @@ extension Commands {
 
     public static func status(root: String, ref: String?, json: Bool) -> Int32 {
         guard let dir = resolve(root, ref, json: json) else { return ExitStatus.usage.rawValue }
-        let info = RunInfo.load(dir)
+        let info = RunInfo.load(dir, withEvents: false)   // (from the journal's snapshot when it has one)
         if json { out(info.json.encoded(pretty: true)) } else { out(Render.status(info)) }
         return ExitStatus.success.rawValue
     }

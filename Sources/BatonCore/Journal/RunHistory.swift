@@ -322,3 +322,54 @@ public struct RunHistory: Sendable {
         return out
     }
 }
+
+// MARK: the fold's state, abridged, as a snapshot holds it (HistorySnapshot.swift)
+
+extension RunHistory {
+    /// The fold as `status`, `runs` and the live view read it, which is what a snapshot keeps:
+    /// calls in flight (and their watches, starts, final, pause) in full; a call no longer in
+    /// flight as its state only (and where the cache answered, its `stage_finished`); no
+    /// attempt list; no fingerprint parts (resume's, read from the whole journal). Folding an
+    /// event into an abridged history and abridging gives what folding it into the whole
+    /// history and abridging gives (HistorySnapshotTests hold the two to it).
+    public func abridged() -> RunHistory {
+        var h = self
+        h.attemptLogs = []
+        for i in h.stages.indices { h.stages[i] = h.stages[i].abridged }
+        return h
+    }
+
+    /// A history put back from its parts (a snapshot's); the indexes are derived.
+    init(runID: String, firstStart: (ts: Double, began: RunBegan)?,
+         latestStart: (ts: Double, began: RunBegan, resumed: Bool)?, lives: Int, stages: [StageRecord],
+         watches: [WatchRecord], lastEvent: (type: String, ts: Double)?, final: (event: FinalEvent, ts: Double)?,
+         paused: (record: PauseRecord, ts: Double)?, lastSeq: Int64, logNumbers: [String: Int]) {
+        self.runID = runID
+        self.firstStart = firstStart
+        self.latestStart = latestStart
+        self.lives = lives
+        self.stages = stages
+        self.watches = watches
+        self.lastEvent = lastEvent
+        self.final = final
+        self.paused = paused
+        self.lastSeq = lastSeq
+        self.logNumbers = logNumbers
+        stageIndex.reserveCapacity(stages.count)
+        for (i, r) in stages.enumerated() { stageIndex[r.key] = i }
+        for (i, w) in watches.enumerated() { watchIndex[w.id] = i }
+    }
+}
+
+extension StageRecord {
+    /// What an abridged history keeps of this call (`RunHistory.abridged`).
+    var abridged: StageRecord {
+        var r = self
+        r.fingerprintParts = nil
+        r.finished?.fingerprintParts = nil
+        guard !isOpen else { return r }
+        var thin = StageRecord(status: status, key: key)
+        if let f = r.finished, f.cachedFrom != nil { thin.finished = f }
+        return thin
+    }
+}

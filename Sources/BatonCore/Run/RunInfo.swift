@@ -53,12 +53,24 @@ public struct RunInfo {
 
     public var isLive: Bool { state == .running || state == .starting }
 
-    public static func load(_ dir: RunDirectory, withEvents: Bool = true) -> RunInfo {
+    /// `withEvents: false`: without `events`, and with the history abridged when the journal
+    /// has a snapshot (`RunDirectory.readAbridgedHistory`: its concluded calls as their state
+    /// only, no attempt list), which is all `runs`, `status` and the live view read.
+    /// `fold`: how to fold the events when the caller wants more than the `RunHistory` (the
+    /// report's `RunTimeline`, whose history this describes): the journal is folded once.
+    public static func load(_ dir: RunDirectory, withEvents: Bool = true,
+                            fold: (([JournalEvent]) -> RunHistory)? = nil) -> RunInfo {
         var info = RunInfo(id: dir.id, dir: dir, state: .orphaned)
         let locked = FileLock.isHeld(dir.lock)
         var contents = JournalContents()
+        var h = RunHistory()
         if FileIO.exists(dir.journal) {
-            do { contents = try dir.readJournal() } catch { info.problems.append("cannot read journal: \(error)") }
+            do {
+                if !withEvents, fold == nil { (h, contents) = try dir.readAbridgedHistory() } else {
+                    contents = try dir.readJournal()
+                    h = fold?(contents.events) ?? RunHistory(contents.events)
+                }
+            } catch { info.problems.append("cannot read journal: \(error)") }
             info.problems.append(contentsOf: contents.problems)
         } else {
             info.problems.append("no journal.jsonl")
@@ -66,7 +78,6 @@ public struct RunInfo {
         if FileIO.exists(dir.final) {
             if let f = FinalRecord.read(dir) { info.final = f } else { info.problems.append("final.json is not valid JSON (truncated?)") }
         }
-        let h = RunHistory(contents.events)
         info.history = h
         info.recipe = h.latestStart?.began.recipe
         info.startedAt = h.firstStart?.ts ?? h.latestStart?.ts
@@ -91,7 +102,7 @@ public struct RunInfo {
         } else if let s = info.final?.status, s.isEnding {
             info.state = State(s)
             info.current = nil
-        } else if contents.events.isEmpty, let pid = dir.readPid(), kill(pid, 0) == 0 {
+        } else if h.lastEvent == nil, let pid = dir.readPid(), kill(pid, 0) == 0 {
             info.state = .starting
             info.runnerPid = pid
         } else {
