@@ -49,8 +49,9 @@ public enum HistorySnapshot {
 
     /// The snapshot of `h`, the fold of the journal up to `mark.offset`. Log paths inside
     /// `runDir` are written relative to it, as the journal writes them.
-    public static func encode(_ h: RunHistory, mark: Mark, runDir: String) -> [UInt8] {
-        let a = h.abridged()
+    public static func encode(_ a: RunHistory, mark: Mark, runDir: String) -> [UInt8] {
+        // What `abridged()` keeps, read from the records in place (the runner's are whole:
+        // abridging 100,000 of them first would copy each).
         var out: [UInt8] = []
         out.reserveCapacity(4096 + a.stages.count * 24)
         func line(_ j: JSON) { j.encode(into: &out, pretty: false, indent: 0); out.append(10) }
@@ -58,14 +59,15 @@ public enum HistorySnapshot {
                       ("offset", .int(Int64(mark.offset))),
                       ("head", .string(mark.head)), ("tail", .string(mark.tail))]))
         line(parts(a, runDir: runDir))
+        let stages = a.stages
         var i = 0
-        while i < a.stages.count {
-            let r = a.stages[i]
+        while i < stages.count {
+            let (key, status) = (stages[i].key, stages[i].status)
             var n = 1
-            while i + n < a.stages.count, a.stages[i + n].key.id == r.key.id, a.stages[i + n].status == r.status,
-                  a.stages[i + n].key.occurrence == r.key.occurrence + n { n += 1 }
-            out.append(contentsOf: "\(r.status.rawValue) \(r.key.occurrence) \(n) ".utf8)
-            JSON.encodeString(r.key.id, into: &out)
+            while i + n < stages.count, stages[i + n].key.id == key.id, stages[i + n].status == status,
+                  stages[i + n].key.occurrence == key.occurrence + n { n += 1 }
+            out.append(contentsOf: "\(status.rawValue) \(key.occurrence) \(n) ".utf8)
+            JSON.encodeString(key.id, into: &out)
             out.append(10)
             i += n
         }
@@ -90,7 +92,8 @@ public enum HistorySnapshot {
         o.append(("log_numbers", .object(numbers.map { ($0.key, .int(Int64($0.value))) })))
         o.append(("watches", .array(h.watches.map(\.snapshotJSON))))
         var open: [JSON] = [], cached: [JSON] = []
-        for (i, r) in h.stages.enumerated() {
+        for i in h.stages.indices where h.stages[i].isOpen || h.stages[i].finished?.cachedFrom != nil {
+            let r = h.stages[i].abridged
             if r.isOpen { open.append(r.snapshotJSON(slot: i, runDir: runDir)) } else if let f = r.finished {
                 cached.append(.object([("slot", .int(Int64(i)))] + f.withLogs { $0.relative(to: runDir) }.fields))
             }
@@ -124,13 +127,13 @@ public enum HistorySnapshot {
                     stages.append(StageRecord(status: state, key: StageKey(id: id, occurrence: first + k)))
                 }
             }
-            guard lines.atEnd, let h = history(parts, stages: stages, runDir: runDir) else { return nil }
+            guard lines.atEnd, let h = history(parts, stages: &stages, runDir: runDir) else { return nil }
             return (h, Mark(run: run, offset: Int(offset), head: hh, tail: th))
         }
     }
 
-    private static func history(_ p: JSON, stages: [StageRecord], runDir: String) -> RunHistory? {
-        var stages = stages
+    /// (`stages` in place: a copy of the array would copy every record.)
+    private static func history(_ p: JSON, stages: inout [StageRecord], runDir: String) -> RunHistory? {
         func event(_ k: String) -> JournalEvent? { p[k].flatMap(JournalEvent.init) }
         for j in p["open"]?.arrayValue ?? [] {
             guard let i = j["slot"]?.intValue.map(Int.init), stages.indices.contains(i),

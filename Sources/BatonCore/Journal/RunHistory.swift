@@ -276,8 +276,11 @@ public struct RunHistory: Sendable {
     /// Stage calls that are over, one per (id, occurrence), in the order they were first seen.
     public var concluded: LazyFilterSequence<[StageRecord]> { stages.lazy.filter(\.isOver) }
 
+    /// How many stage calls are over (`concluded.count`, without copying each record).
+    public var concludedCount: Int { stages.indices.reduce(0) { $0 + (stages[$1].isOver ? 1 : 0) } }
+
     /// Stage calls in flight now (in a live run).
-    public var running: [StageRecord] { stages.filter(\.isOpen) }
+    public var running: [StageRecord] { stages.indices.filter { stages[$0].isOpen }.map { stages[$0] } }
 
     /// Stage ids in the order they first ran.
     public var stageIDs: [String] {
@@ -291,7 +294,8 @@ public struct RunHistory: Sendable {
     /// What the recipe waits on now: the latest open stage or watch.
     public var current: (kind: String, id: String, since: Double, pid: Int32?)? {
         var best: (kind: String, id: String, since: Double, pid: Int32?)? = nil
-        for r in stages where r.isOpen {
+        for i in stages.indices where stages[i].isOpen {   // (by index: no copy of 100,000 records)
+            let r = stages[i]
             let since = r.attemptStartedAt ?? r.startedAt ?? 0   // the current attempt's time
             if best == nil || since >= best!.since { best = ("stage", r.key.id, since, r.pid) }
         }
@@ -356,7 +360,7 @@ extension RunHistory {
         self.lastSeq = lastSeq
         self.logNumbers = logNumbers
         stageIndex.reserveCapacity(stages.count)
-        for (i, r) in stages.enumerated() { stageIndex[r.key] = i }
+        for i in stages.indices { stageIndex[stages[i].key] = i }   // (by index: no copy of each record)
         for (i, w) in watches.enumerated() { watchIndex[w.id] = i }
     }
 }

@@ -76,14 +76,18 @@ public struct RunInfo {
             info.problems.append("no journal.jsonl")
         }
         if FileIO.exists(dir.final) {
-            if let f = FinalRecord.read(dir) { info.final = f } else { info.problems.append("final.json is not valid JSON (truncated?)") }
+            // (Without events: without final.json's stage list, as the history is abridged.)
+            let whole = withEvents || fold != nil
+            if let f = whole ? FinalRecord.read(dir) : FinalRecord.readWithoutStages(dir) { info.final = f } else {
+                info.problems.append("final.json is not valid JSON (truncated?)")
+            }
         }
         info.history = h
         info.recipe = h.latestStart?.began.recipe
         info.startedAt = h.firstStart?.ts ?? h.latestStart?.ts
         info.runnerPid = h.latestStart?.began.pid
         info.lastEvent = h.lastEvent
-        info.stageCount = h.concluded.count
+        info.stageCount = h.concludedCount
         if let c = h.current {
             info.current = (c.kind, c.id, c.since)
             info.currentPid = c.pid
@@ -186,5 +190,7 @@ public struct RunInfo {
 
 extension RunInfo {
     /// Stage calls the cache answered (their outputs restored from an earlier run's).
-    public var cachedStages: [StageRecord] { history.stages.filter { $0.finished?.cachedFrom != nil } }
+    public var cachedStages: [StageRecord] {
+        history.stages.indices.filter { history.stages[$0].finished?.cachedFrom != nil }.map { history.stages[$0] }
+    }
 }
