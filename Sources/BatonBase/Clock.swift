@@ -22,7 +22,8 @@ public enum Clock {
     /// `2026-11-22T18:18:12.345Z`
     public static func rfc3339(_ t: Double) -> String {
         var secs = Int64(t.rounded(.down))
-        var ms = Int(((t - Double(secs)) * 1000 + 0.001).rounded(.down))  // + 1µs: a double near 1.8e9 s has ~0.25µs of error
+        var ms = Int(((t - Double(secs)) * 1000
+                      + 0.001).rounded(.down))  // + 1µs: a double near 1.8e9 s has ~0.25µs of error
         if ms >= 1000 { ms = 999 }
         // The civil date of a day count (H. Hinnant's days_from_civil, inverted): no gmtime_r
         // (which takes glibc's time-zone lock), one String built from 24 bytes. Every journal
@@ -62,7 +63,10 @@ public enum Clock {
         guard u.count >= 20 else { return nil }
         func num(_ a: Int, _ n: Int) -> Int? {
             var v = 0
-            for k in a..<(a + n) { guard k < u.count, (48...57).contains(u[k]) else { return nil }; v = v * 10 + Int(u[k] - 48) }
+            for k in a..<(a + n) {
+                guard k < u.count, (48...57).contains(u[k]) else { return nil }
+                v = v * 10 + Int(u[k] - 48)
+            }
             return v
         }
         guard let y = num(0, 4), let mo = num(5, 2), let d = num(8, 2), let h = num(11, 2),

@@ -50,8 +50,8 @@ import Testing
         try add(finished(key("c"), .failed, final: false))
         try add(.stageStalled(StageStalled(key: key("b"), attempt: 1, silentMs: 9000, ending: false)))
         try add(started(key("c"), 2))
-        try add(.watch(WatchTransition(id: "w", from: nil, to: .queued, reason: "", details: .object([("timeout_sec", .int(9))]))))
-        try add(.watch(WatchTransition(id: "w", from: .queued, to: .running, reason: "up", details: .object([]))))
+        try add(.watch(WatchTransition(id: "w", from: nil, to: .queued, reason: "", details: WatchDetails(.object([("timeout_sec", .int(9))])))))
+        try add(.watch(WatchTransition(id: "w", from: .queued, to: .running, reason: "up", details: .none)))
         try add(.paused(PauseRecord(at: "r.lua:3", why: "breakpoint", stage: "c", line: "x()")))
         try add(.heartbeat(Heartbeat(waitingOn: "stage", id: "c", forMs: 30000)))
         // The runner dies; a resume: b, c and w were open.

@@ -95,7 +95,7 @@ public enum HistorySnapshot {
         for i in h.stages.indices where h.stages[i].isOpen || h.stages[i].finished?.cachedFrom != nil {
             let r = h.stages[i].abridged
             if r.isOpen { open.append(r.snapshotJSON(slot: i, runDir: runDir)) } else if let f = r.finished {
-                cached.append(.object([("slot", .int(Int64(i)))] + f.withLogs { $0.relative(to: runDir) }.fields))
+                cached.append(.object([("slot", .int(Int64(i)))] + f.withLogs { $0.relative(to: runDir) }.fields.pairs))
             }
         }
         o += [("open", .array(open)), ("cached", .array(cached))]
@@ -142,7 +142,7 @@ public enum HistorySnapshot {
         }
         for j in p["cached"]?.arrayValue ?? [] {
             guard let i = j["slot"]?.intValue.map(Int.init), stages.indices.contains(i) else { return nil }
-            var f = Fields(j)
+            var f = Fields<StageFinished.Key>(j)
             stages[i].finished = StageFinished(&f).withLogs { $0.resolved(in: runDir) }
         }
         var first: (ts: Double, began: RunBegan)?
@@ -213,66 +213,79 @@ extension StageFinished {
 }
 
 extension StageRecord {
+    /// A call in flight in a snapshot: its keys, stated once for the encoder and the decoder.
+    enum SnapshotKey: String, JournalKeys, CommandKeyed, LogsKeyed {
+        case slot, status, fingerprint, attempt, logs, argv, shell, cwd, pid
+        case startedAt = "started_at", attemptStartedAt = "attempt_started_at", endedAt = "ended_at"
+        case timeoutSec = "timeout_sec", finished, stalled, executor, nativeID = "native_id", phase, queue, node
+        case queueReason = "queue_reason"
+    }
+
     /// A call in flight, every field (`RunHistory.abridged` keeps them all); times as the journal writes them.
     func snapshotJSON(slot: Int, runDir: String) -> JSON {
-        var o: [(String, JSON)] = [("slot", .int(Int64(slot))), ("status", .string(status.rawValue)),
-                                   ("fingerprint", .string(fingerprint)), ("attempt", .int(Int64(attempt))),
-                                   ("logs", logs.relative(to: runDir).json)]
-        if let c = command { o.append(c.journalField) }
-        if let c = cwd { o.append(("cwd", .string(c))) }
-        if let p = pid { o.append(("pid", .int(Int64(p)))) }
-        for (k, t) in [("started_at", startedAt), ("attempt_started_at", attemptStartedAt), ("ended_at", endedAt)] {
-            if let t { o.append((k, HistorySnapshot.stamp(t))) }
+        var o: FieldList<SnapshotKey> = [(.slot, .int(Int64(slot))), (.status, .string(status.rawValue)),
+                                         (.fingerprint, .string(fingerprint)), (.attempt, .int(Int64(attempt))),
+                                         (.logs, logs.relative(to: runDir).json)]
+        if let c = command { let (k, v) = c.journalField(SnapshotKey.self); o.add(k, v) }
+        if let c = cwd { o.add(.cwd, .string(c)) }
+        if let p = pid { o.add(.pid, .int(Int64(p))) }
+        for (k, t) in [(SnapshotKey.startedAt, startedAt), (.attemptStartedAt, attemptStartedAt), (.endedAt, endedAt)] {
+            if let t { o.add(k, HistorySnapshot.stamp(t)) }
         }
-        if let t = timeoutSec { o.append(("timeout_sec", .double(t))) }
-        if let f = finished { o.append(("finished", .object(f.withLogs { $0.relative(to: runDir) }.fields))) }
-        if let s = stalled { o.append(("stalled", .object(s.fields))) }
-        for (k, v) in [("executor", executor), ("native_id", nativeID), ("phase", phase?.rawValue), ("queue", queue),
-                       ("node", node), ("queue_reason", queueReason)] {
-            if let v { o.append((k, .string(v))) }
+        if let t = timeoutSec { o.add(.timeoutSec, .double(t)) }
+        if let f = finished { o.add(.finished, .object(f.withLogs { $0.relative(to: runDir) }.fields.pairs)) }
+        if let s = stalled { o.add(.stalled, .object(s.fields.pairs)) }
+        for (k, v) in [(SnapshotKey.executor, executor), (.nativeID, nativeID), (.phase, phase?.rawValue),
+                       (.queue, queue), (.node, node), (.queueReason, queueReason)] {
+            if let v { o.add(k, .string(v)) }
         }
-        return .object(o)
+        return .object(o.pairs)
     }
 
     init?(snapshot j: JSON, key: StageKey, runDir: String) {
-        guard let s = j["status"]?.stringValue.flatMap(CallState.init(rawValue:)) else { return nil }
+        var f = Fields<SnapshotKey>(j)
+        guard let s = f.string(.status).flatMap(CallState.init(rawValue:)) else { return nil }
         self.init(status: s, key: key)
-        var f = Fields(j)
-        command = f.command()
-        cwd = f.string("cwd")
-        fingerprint = f.string("fingerprint") ?? ""
-        attempt = Int(f.int("attempt") ?? 0)
-        pid = f.int32("pid")
-        startedAt = HistorySnapshot.stamp(j["started_at"])
-        attemptStartedAt = HistorySnapshot.stamp(j["attempt_started_at"])
-        endedAt = HistorySnapshot.stamp(j["ended_at"])
-        timeoutSec = f.double("timeout_sec")
+        fingerprint = f.string(.fingerprint) ?? ""
+        attempt = Int(f.int(.attempt) ?? 0)
         logs = f.logs().resolved(in: runDir)
-        if let fj = j["finished"] {
-            var ff = Fields(fj)
+        command = f.command()
+        cwd = f.string(.cwd)
+        pid = f.int32(.pid)
+        startedAt = HistorySnapshot.stamp(f[.startedAt])
+        attemptStartedAt = HistorySnapshot.stamp(f[.attemptStartedAt])
+        endedAt = HistorySnapshot.stamp(f[.endedAt])
+        timeoutSec = f.double(.timeoutSec)
+        if let fj = f[.finished] {
+            var ff = Fields<StageFinished.Key>(fj)
             finished = StageFinished(&ff).withLogs { $0.resolved(in: runDir) }
         }
-        if let sj = j["stalled"] { var sf = Fields(sj); stalled = StageStalled(&sf) }
-        executor = f.string("executor")
-        nativeID = f.string("native_id")
-        phase = f.string("phase").flatMap(QueuePhase.init(rawValue:))
-        queue = f.string("queue")
-        node = f.string("node")
-        queueReason = f.string("queue_reason")
+        if let sj = f[.stalled] { var sf = Fields<StageStalled.Key>(sj); stalled = StageStalled(&sf) }
+        executor = f.string(.executor)
+        nativeID = f.string(.nativeID)
+        phase = f.string(.phase).flatMap(QueuePhase.init(rawValue:))
+        queue = f.string(.queue)
+        node = f.string(.node)
+        queueReason = f.string(.queueReason)
     }
 }
 
 extension WatchRecord {
+    enum SnapshotKey: String, JournalKeys { case id, state, since, reason, details, queued }
+
     var snapshotJSON: JSON {
-        .object([("id", .string(id)), ("state", .string(state.rawValue)), ("since", HistorySnapshot.stamp(since)),
-                 ("reason", .string(reason)), ("details", details), ("queued", queued)])
+        let o: FieldList<SnapshotKey> = [(.id, .string(id)), (.state, .string(state.rawValue)),
+                                         (.since, HistorySnapshot.stamp(since)), (.reason, .string(reason)),
+                                         (.details, details.json), (.queued, queued.json)]
+        return .object(o.pairs)
     }
 
     init?(snapshot j: JSON) {
-        guard let id = j["id"]?.stringValue, let state = j["state"]?.stringValue.flatMap(WatchState.init(rawValue:)),
-              let since = HistorySnapshot.stamp(j["since"]) else { return nil }
-        self.init(id: id, state: state, since: since, reason: j["reason"]?.stringValue ?? "",
-                  details: j["details"] ?? .object([]), queued: j["queued"] ?? .object([]))
+        var f = Fields<SnapshotKey>(j)
+        guard let id = f.string(.id), let state = f.string(.state).flatMap(WatchState.init(rawValue:)),
+              let since = HistorySnapshot.stamp(f[.since]) else { return nil }
+        self.init(id: id, state: state, since: since, reason: f.string(.reason) ?? "",
+                  details: WatchDetails(f[.details]), queued: WatchDetails(f[.queued]))
     }
 }
 

@@ -62,26 +62,7 @@ public struct RunInfo {
                             fold: (([JournalEvent]) -> RunHistory)? = nil) -> RunInfo {
         var info = RunInfo(id: dir.id, dir: dir, state: .orphaned)
         let locked = FileLock.isHeld(dir.lock)
-        var contents = JournalContents()
-        var h = RunHistory()
-        if FileIO.exists(dir.journal) {
-            do {
-                if !withEvents, fold == nil { (h, contents) = try dir.readAbridgedHistory() } else {
-                    contents = try dir.readJournal()
-                    h = fold?(contents.events) ?? RunHistory(contents.events)
-                }
-            } catch { info.problems.append("cannot read journal: \(error)") }
-            info.problems.append(contentsOf: contents.problems)
-        } else {
-            info.problems.append("no journal.jsonl")
-        }
-        if FileIO.exists(dir.final) {
-            // (Without events: without final.json's stage list, as the history is abridged.)
-            let whole = withEvents || fold != nil
-            if let f = whole ? FinalRecord.read(dir) : FinalRecord.readWithoutStages(dir) { info.final = f } else {
-                info.problems.append("final.json is not valid JSON (truncated?)")
-            }
-        }
+        let (h, contents) = info.read(withEvents: withEvents, fold: fold)
         info.history = h
         info.recipe = h.latestStart?.began.recipe
         info.startedAt = h.firstStart?.ts ?? h.latestStart?.ts
@@ -120,7 +101,9 @@ public struct RunInfo {
             if info.startedAt == nil, f.startedAt > 0 { info.startedAt = f.startedAt }
         }
         // An orphaned run ended when its runner last wrote.
-        if info.state == .orphaned, info.endedAt == nil || info.final?.status == .running { info.endedAt = info.lastEvent?.ts }
+        if info.state == .orphaned, info.endedAt == nil || info.final?.status == .running {
+            info.endedAt = info.lastEvent?.ts
+        }
         if info.state == .running || info.state == .orphaned { info.alivePids = Survivors.find(runID: dir.id) }
         if info.isLive {
             let now = Clock.now()
@@ -140,6 +123,32 @@ public struct RunInfo {
         return info
     }
 
+    /// The journal folded and final.json, with what was wrong with them in `problems`.
+    private mutating func read(withEvents: Bool, fold: (([JournalEvent]) -> RunHistory)?)
+        -> (RunHistory, JournalContents) {
+        var contents = JournalContents()
+        var h = RunHistory()
+        if FileIO.exists(dir.journal) {
+            do {
+                if !withEvents, fold == nil { (h, contents) = try dir.readAbridgedHistory() } else {
+                    contents = try dir.readJournal()
+                    h = fold?(contents.events) ?? RunHistory(contents.events)
+                }
+            } catch { problems.append("cannot read journal: \(error)") }
+            problems.append(contentsOf: contents.problems)
+        } else {
+            problems.append("no journal.jsonl")
+        }
+        if FileIO.exists(dir.final) {
+            // (Without events: without final.json's stage list, as the history is abridged.)
+            let whole = withEvents || fold != nil
+            if let f = whole ? FinalRecord.read(dir) : FinalRecord.readWithoutStages(dir) { final = f } else {
+                problems.append("final.json is not valid JSON (truncated?)")
+            }
+        }
+        return (h, contents)
+    }
+
     public var json: JSON {
         var o: [(String, JSON)] = [
             ("run", .string(id)), ("dir", .string(dir.path)), ("state", .string(state.rawValue)),
@@ -155,7 +164,8 @@ public struct RunInfo {
         let cached = cachedStages
         if !cached.isEmpty {
             o.append(("stages_cached", .array(cached.map { r in
-                .object([("id", .string(r.key.id)), ("occurrence", .int(Int64(r.key.occurrence))), ("cached_from", r.finished!.cachedFrom!.json)])
+                .object([("id", .string(r.key.id)), ("occurrence", .int(Int64(r.key.occurrence))),
+                         ("cached_from", r.finished!.cachedFrom!.json)])
             })))
         }
         if let c = current {
@@ -180,8 +190,10 @@ public struct RunInfo {
         })))
         o.append(("blocked_in", blockedIn?.json ?? .null))
         o.append(("paused", paused.map { p in .object([("where", .string(p.record.at)), ("why", .string(p.record.why)),
-                                                      ("stage", p.record.stage.map(JSON.string) ?? .null), ("line", .string(p.record.line)),
-                                                      ("for_ms", .int(Int64((Clock.now() - p.since) * 1000)))]) } ?? .null))
+                                                      ("stage", p.record.stage.map(JSON.string) ?? .null),
+                                                      ("line", .string(p.record.line)),
+                                                      ("for_ms", .int(Int64((Clock.now() - p.since) * 1000)))]) }
+                                                          ?? .null))
         o.append(("runner_looks_hung", .bool(runnerLooksHung)))
         o.append(("problems", .array(problems.map(JSON.string))))
         return .object(o)
