@@ -12,6 +12,9 @@ public struct ExitStatus: RawRepresentable, Hashable, Sendable, CustomStringConv
     public static let failure = ExitStatus(rawValue: 1)
     /// 2: a gate ran out of iterations.
     public static let gateExhausted = ExitStatus(rawValue: 2)
+    /// 2 also: `baton help TOPIC` with a topic that is no command (issue 23 asks for 2 here, where
+    /// `baton nosuch` is a usage error, 3). A name of its own, so no caller borrows the gate's.
+    public static let unknownHelpTopic = ExitStatus(rawValue: 2)
     /// 3: usage or configuration error: bad arguments, unreadable or invalid recipe, a wrong field.
     public static let usage = ExitStatus(rawValue: 3)
     /// 4: a preflight check failed (fail-closed).
@@ -29,7 +32,7 @@ public struct ExitStatus: RawRepresentable, Hashable, Sendable, CustomStringConv
 
     /// The table as the guide prints it: (code or range, meaning), in order.
     public static let table: [(codes: String, meaning: String)] = [
-        ("0", "success"), ("1", "failure"), ("2", "gate exhausted"), ("3", "usage"),
+        ("0", "success"), ("1", "failure"), ("2", "gate exhausted or unknown help topic"), ("3", "usage"),
         ("4", "preflight failed"), ("5..99", "recipe chosen"), ("124", "run budget exceeded"),
         ("129 / 130 / 143", "signal"),
     ]

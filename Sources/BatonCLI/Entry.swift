@@ -26,9 +26,9 @@ public enum Main {
                                                    hidden: hidden) {
             Glibc.exit(Console.error(message, json: json))
         }
-        // `baton help nosuch` is a usage error too, as `baton nosuch` is, not the overview.
+        // `baton help nosuch` is an error with a did-you-mean, not the overview; exit 2 as issue 23 asks.
         if let message = Completion.unknownHelpTopic(arguments, known: commandNames + ["help", "version"]) {
-            Glibc.exit(Console.error(message, json: json, code: .usage))
+            Glibc.exit(Console.error(message, json: json, code: .unknownHelpTopic))
         }
         if let message = Completion.negativeCount(arguments) { Glibc.exit(Console.error(message, json: json)) }
         do {
