@@ -104,6 +104,9 @@ import Testing
             let folded = FinalRecord(history: whole, status: written.status, exitCode: written.exitCode, reason: written.reason,
                                      endedAt: written.endedAt, result: written.result)
             #expect(written.stages.count == 5 && written.stages == folded.stages, "\(written.stages) vs \(folded.stages)")
+            // (final.json's stages are encoded one by one, as the whole document's tree would be.)
+            let bytes = try FileIO.readFile(dir.final)
+            #expect(String(decoding: bytes, as: UTF8.self) == (try JSON.parse(bytes)).encoded(pretty: true) + "\n")
             #expect(c.history.concluded.allSatisfy { $0.command == nil && $0.finished == nil }, "whole records kept")
         }
         var flaky = StageSpec(id: "b", command: .shell("sleep 0.01; exit 3"))
