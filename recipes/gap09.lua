@@ -82,12 +82,17 @@ local table_ = agents.resolve(o, config, baton.env("GAP09_AGENT"))
 -- does not surface after the agent already changed the tree.
 local preflightCommands = args.split(o.preflight, ";")
 if #preflightCommands == 0 then
-  args.fail("preflight=" .. o.preflight .. ": no command (give ;-separated commands, e.g. preflight='ruff check .;mypy .')", 3)
+  args.fail("preflight=" .. o.preflight
+            .. ": no command (give ;-separated commands, e.g. preflight='ruff check .;mypy .')",
+            3)
 end
 for _, c in ipairs(preflightCommands) do
   local _, okSyntax, _, err = baton.sh({"sh", "-n", "-c", c}, {allowFail = true, readOnly = true})
   if not okSyntax then
-    args.fail(("preflight=: '%s' is not a valid shell command: %s"):format(c, ((err or ""):gsub("^sh: %d*:?%s*", ""):gsub("%s+$", ""))), 3)
+    args.fail(("preflight=: '%s' is not a valid shell command: %s"):format(
+        c,
+        ((err or ""):gsub("^sh: %d*:?%s*", ""):gsub("%s+$", ""))),
+              3)
   end
 end
 
@@ -113,14 +118,18 @@ for _, s in ipairs(pipeline.STAGES) do
   if runs[s] and a and not dry then
     local program = agents.program(a) or a
     local _, found = baton.sh("command -v " .. args.shquote(program), {allowFail = true, cwd = o.cwd, readOnly = true})
-    if not found then args.fail(("agent=%s: '%s' not found (check agent=, agent_%s=, the config or GAP09_AGENT)"):format(a, program, s), 3) end
+    if not found then
+      args.fail(("agent=%s: '%s' not found (check agent=, agent_%s=, the config or GAP09_AGENT)"):format(a, program, s),
+                3)
+    end
   end
 end
 
 -- The models: with a catalog, every stage's model must be in it (before any agent runs).
 agents.checkCatalog(agents.catalog(o, config, configPath), table_, runs)
 
-local p = pipeline.new{task = o.task, risk = level, agents = table_, cwd = o.cwd, timeout = o.timeout, dry = baton.run.dry_run,
+local p = pipeline.new{task = o.task, risk = level, agents = table_, cwd = o.cwd, timeout = o.timeout,
+                       dry = baton.run.dry_run,
   plan_only = planOnly, say = say}
 p.json = o.json
 if o.stage or single then p.startStage = start end
@@ -148,7 +157,8 @@ local function takeSnapshot()
     local ok, s = pcall(baton.json.decode, baton.fs.read(meta))
     if ok and type(s) == "table" and s.tree and baton.fs.exists(s.tree) then
       snapshot = s
-      baton.log("work tree snapshot reused: the one taken before this run's first execution, at " .. pipeline.iso(s.at or 0),
+      baton.log("work tree snapshot reused: the one taken before this run's first execution, at "
+                .. pipeline.iso(s.at or 0),
         {snapshot = s.tree, head = s.head})
       return
     end
@@ -175,16 +185,22 @@ local function revert()
     return "nothing to revert"
   end
   local r = worktree.restore(o.cwd, snapshot, {keep = "baton/rejected/" .. baton.run.id})
-  baton.fs.write(revertsFile, tostring((tonumber(baton.fs.exists(revertsFile) and baton.fs.read(revertsFile) or "0") or 0) + 1))
+  baton.fs.write(revertsFile,
+                 tostring((tonumber(baton.fs.exists(revertsFile) and baton.fs.read(revertsFile) or "0") or 0) + 1))
   local A = baton.json.array
-  p.reverted = {modified = A(r.modified), added = A(r.added), deleted = A(r.deleted), directories_added = A(r.dirs_added),
+  p.reverted = {modified = A(r.modified), added = A(r.added), deleted = A(r.deleted),
+                directories_added = A(r.dirs_added),
     directories_deleted = A(r.dirs_deleted), directories_mode = A(r.dirs_mode), snapshot = snapshot.tree,
     head_moved = r.head_moved, complete = #r.differs == 0, still_different = #r.differs > 0 and A(r.differs) or nil}
   local pl = worktree.plural
   local parts = {pl(#r.modified, "file") .. " restored", pl(#r.added, "created file") .. " removed",
     pl(#r.deleted, "deleted file") .. " brought back"}
-  if #r.dirs_added > 0 then parts[#parts + 1] = pl(#r.dirs_added, "created directory", "created directories") .. " removed" end
-  if #r.dirs_deleted > 0 then parts[#parts + 1] = pl(#r.dirs_deleted, "deleted directory", "deleted directories") .. " brought back" end
+  if #r.dirs_added > 0 then
+    parts[#parts + 1] = pl(#r.dirs_added, "created directory", "created directories") .. " removed"
+  end
+  if #r.dirs_deleted > 0 then
+    parts[#parts + 1] = pl(#r.dirs_deleted, "deleted directory", "deleted directories") .. " brought back"
+  end
   if #r.dirs_mode > 0 then parts[#parts + 1] = pl(#r.dirs_mode, "directory mode") .. " restored" end
   local summary = table.concat(parts, ", ")
   if #r.modified + #r.added + #r.deleted + #r.dirs_added + #r.dirs_deleted + #r.dirs_mode == 0 then
@@ -227,7 +243,8 @@ local function nextAfter(name)
   local on = false
   for _, s in ipairs(pipeline.STAGES) do
     if on and runs[s] then
-      return ("Proceed to Step %d (%s)"):format(pipeline.NUMBER[s], s == "verification" and "pre-verify, verification" or s)
+      return ("Proceed to Step %d (%s)"):format(pipeline.NUMBER[s],
+                                                s == "verification" and "pre-verify, verification" or s)
     end
     if s == name then on = true end
   end
@@ -240,7 +257,10 @@ local function mustPass(stage, r, rec, note)
   p:line(stage, r.ok and "PASS" or "FAIL", note)
   if r.ok then return end
   local kind = pipeline.failureKind(r)
-  p:report(rec, {next = ("STOP (stage %s failed%s)"):format(stage, rejected and snapshot and ": the rejected work is reverted" or "")})
+  p:report(rec,
+           {next = ("STOP (stage %s failed%s)"):format(stage,
+                                                       rejected and snapshot and ": the rejected work is reverted"
+                                                           or "")})
   if kind == "model" then
     failRun(3, ("stage %s: model not available: %s (check the agent's model configuration)"):format(stage, rec.error))
   end
@@ -263,7 +283,9 @@ local function stage(name, iteration, extra, note)
 end
 
 for _, name in ipairs({"discovery", "planning", "execution"}) do
-  if runs[name] then stage(name) else p:skip(name, single and "single stage" or (pipeline.NUMBER[name] < pipeline.NUMBER[start]
+  if runs[name] then stage(name) else p:skip(name,
+                                             single and "single stage"
+                                                 or (pipeline.NUMBER[name] < pipeline.NUMBER[start]
     and ("starts at " .. start) or nil)) end
 end
 
@@ -282,8 +304,10 @@ local function preverify()
   if not ok then
     if type(err) == "table" and err.code == 4 then
       p:line("verification", "FAIL", "(pre-flight gates failed)")
-      p:report({stage = "verification", status = "fail", session_id = p.sessions[3], model = baton.json.null, iteration = p.verifyIterations + 1,
-        tokens = 0, tokens_source = "none"}, {checks = sink, next = "STOP (pre-flight gates failed: fix them, then run again)"})
+      p:report({stage = "verification", status = "fail", session_id = p.sessions[3], model = baton.json.null,
+                iteration = p.verifyIterations + 1,
+        tokens = 0, tokens_source = "none"},
+        {checks = sink, next = "STOP (pre-flight gates failed: fix them, then run again)"})
       failRun(4, err.message)
     end
     error(err, 0)

@@ -59,7 +59,8 @@ end
 local rerun = o.rerun == "1"
 -- The files Baton itself writes in out can never be the job's artifacts: a gate on them
 -- would be satisfied by Baton, not by the job.
-local OWN = {["status.json"] = "the wrapper's status file", ["summary.json"] = "the run's summary", ["report.md"] = "the run's report"}
+local OWN = {["status.json"] = "the wrapper's status file", ["summary.json"] = "the run's summary",
+             ["report.md"] = "the run's report"}
 for _, f in ipairs(o.require) do
   local parts = {}
   for part in f:gsub("^" .. o.out:gsub("/+$", ""):gsub("%p", "%%%0") .. "/", ""):gmatch("[^/]+") do
@@ -119,7 +120,8 @@ preflight{
       while not baton.fs.exists(dir) and dir:find("/[^/]+$") do dir = dir:gsub("/[^/]+$", "") end
       if dir == "" then dir = "/" end
       if not baton.fs.exists(dir) then dir = "." end
-      local _, ok = baton.sh({"sh", "-c", 'test -d "$1" && test -w "$1"', "sh", dir}, {allowFail = true, readOnly = true})
+      local _,
+      ok = baton.sh({"sh", "-c", 'test -d "$1" && test -w "$1"', "sh", dir}, {allowFail = true, readOnly = true})
       return ok, ok and (dir .. " is writable") or (dir .. " is not a writable directory")
     end},
     {name = "the job's program", check = function()
@@ -129,12 +131,15 @@ preflight{
     {pgrep = wrapper.pattern(o.run_id)},
     {name = "run_id not already running", check = function()
       local pids, found = baton.sh({"pgrep", "-f", wrapper.pattern(o.run_id)}, {allowFail = true, readOnly = true})
-      return not found, found and ("run_id " .. o.run_id .. " is already running (pid " .. pids:gsub("%s+", " "):gsub(" $", "") .. ")") or "no other run"
+      return not found, found
+          and ("run_id " .. o.run_id .. " is already running (pid " .. pids:gsub("%s+", " "):gsub(" $", "") .. ")")
+              or "no other run"
     end},
     {name = "run_id not already recorded", check = function()
       local e
       for _, x in ipairs((registry.read(registryPath))) do
-        if x.run_id == o.run_id and x.baton_run ~= baton.run.id then e = x end   -- (a resume of this run is not another run)
+        if x.run_id == o.run_id
+            and x.baton_run ~= baton.run.id then e = x end   -- (a resume of this run is not another run)
       end
       if not e then return true, "not in " .. registryPath end
       local what = ("run_id %s is already in %s (status %s, attempt %d, started %s)"):format(o.run_id, registryPath,
@@ -170,18 +175,22 @@ if not baton.run.dry_run then
     end
   end
   if #stale > 0 then
-    baton.log(("earlier artifacts moved to %s: %s"):format(aside, table.concat(stale, ", ")), {moved = stale, to = aside})
+    baton.log(("earlier artifacts moved to %s: %s"):format(aside, table.concat(stale, ", ")),
+              {moved = stale, to = aside})
   end
 end
 -- The attempt is recorded (`running`) before the job starts: a runner killed outright
 -- leaves this line, which the next run, resume or summary records as orphaned.
 local attempt = 1
 if not baton.run.dry_run then
-  local n, other = registry.start(registryPath, {run_id = o.run_id, status = "running", baton_run = baton.run.id, runner = runner,
-    run_dir = baton.run.dir, started_at = os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(started)), out = out, job = job, tags = tags},
+  local n, other = registry.start(registryPath,
+                                  {run_id = o.run_id, status = "running", baton_run = baton.run.id, runner = runner,
+    run_dir = baton.run.dir, started_at = os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(started)), out = out, job = job,
+    tags = tags},
     {rerun = rerun})
   if not n then
-    baton.fail(("run_id %s was recorded by another run (baton run %s, status %s) while this one started; pass rerun=1 to run it again")
+    baton.fail(("run_id %s was recorded by another run (baton run %s, status %s) while this one started; pass "
+            .. "rerun=1 to run it again")
       :format(o.run_id, tostring(other.baton_run), tostring(other.status)), {code = 4})
   end
   attempt = n
@@ -190,11 +199,15 @@ local env = {BATON_OUT = out, RUN_ID = o.run_id, RESEARCH_REGISTRY = registryPat
   RESEARCH_TAGS = table.concat(tags, ","), RESEARCH_ATTEMPT = tostring(attempt), RESEARCH_BATON_RUN = baton.run.id}
 -- waitFor = "group": a job that launches its real work in the background and exits (a
 -- launcher) has ended only when its whole process group has.
-local h = runStage{id = "job", cmd = wrapper.command(out, o.run_id, job), env = wrapper.env(env), background = true, grace = 5,
+local h = runStage{id = "job", cmd = wrapper.command(out, o.run_id, job), env = wrapper.env(env), background = true,
+                   grace = 5,
   waitFor = "group"}
 if not baton.run.dry_run then
   -- The visibility heartbeat: one now, then one every heartbeat= seconds while the job runs (the watch's).
-  baton.log(("heartbeat: job %s started (pid %d); a heartbeat every %ss while it runs"):format(o.run_id, h:pid(), o.heartbeat),
+  baton.log(("heartbeat: job %s started (pid %d); a heartbeat every %ss while it runs"):format(
+      o.run_id,
+      h:pid(),
+      o.heartbeat),
     {heartbeat = "startup", run_id = o.run_id, pid = h:pid(), every_s = o.heartbeat})
 end
 
@@ -209,7 +222,9 @@ local function judge(missing, watchState)
     elseif #missing > 0 then
       status, reason = "failed", "required files missing: " .. table.concat(missing, ", ")
     elseif o.metric and not (metrics and tonumber(metrics[o.metric])) then
-      status, reason = "failed", ("metric '%s' missing: %s"):format(o.metric, metrics and "not a number in metrics.json" or problem)
+      status, reason = "failed", ("metric '%s' missing: %s"):format(o.metric,
+                                                                    metrics and "not a number in metrics.json"
+                                                                        or problem)
     end
   end
   return status, reason, metrics, problem, st
@@ -234,7 +249,8 @@ local function record(missing, watchState, callbackFailure)
   sweep()
   local entries, bad = baton.fs.locked(registryPath, function() return registry.read(registryPath) end)
   if #bad > 0 then
-    baton.log(("registry %s: lines %s are not JSON objects; skipped"):format(registryPath, table.concat(bad, ", ")), {level = "warn"})
+    baton.log(("registry %s: lines %s are not JSON objects; skipped"):format(registryPath, table.concat(bad, ", ")),
+              {level = "warn"})
   end
   local best = o.metric and registry.best(entries, o.metric, o.mode, {latest = true}) or nil
   local summary = {
@@ -253,7 +269,9 @@ local function record(missing, watchState, callbackFailure)
   baton.fs.write(out .. "/report.md", report)
   print(("RUN %s: %s%s"):format(o.run_id, status:upper(), reason and (" (" .. reason .. ")") or ""))
   print(("REGISTRY: %s (attempt %d; %d runs)"):format(registryPath, attempt, summary.runs.runs))
-  if best then print(("BEST by %s (%s): %s = %s (from the %s)"):format(o.metric, o.mode, best.run_id, best.value, registry.BASIS)) end
+  if best then
+    print(("BEST by %s (%s): %s = %s (from the %s)"):format(o.metric, o.mode, best.run_id, best.value, registry.BASIS))
+  end
   print("REPORT: " .. out .. "/report.md")
   return {run_id = o.run_id, status = status, reason = reason, appended = true, recorded = appended, attempt = attempt,
     best = best or baton.json.null, summary = out .. "/summary.json", report = out .. "/report.md",
@@ -265,9 +283,12 @@ local function afterwards(info)
   local failure
   if o.callback then
     -- Under the callback's wrapper: a cancel now still marks status.json and the registry `cancelled`.
-    local cbEnv = {BATON_OUT = out, RUN_ID = o.run_id, BATON_MISSING = table.concat(missing, ","), RESEARCH_REGISTRY = registryPath,
-      RESEARCH_JOB = job, RESEARCH_TAGS = table.concat(tags, ","), RESEARCH_ATTEMPT = tostring(attempt), RESEARCH_BATON_RUN = baton.run.id}
-    local r = runStage{id = "callback", cmd = wrapper.callbackCommand(out, o.run_id, subst(o.callback)), env = wrapper.callbackEnv(cbEnv),
+    local cbEnv = {BATON_OUT = out, RUN_ID = o.run_id, BATON_MISSING = table.concat(missing, ","),
+                   RESEARCH_REGISTRY = registryPath,
+      RESEARCH_JOB = job, RESEARCH_TAGS = table.concat(tags, ","), RESEARCH_ATTEMPT = tostring(attempt),
+      RESEARCH_BATON_RUN = baton.run.id}
+    local r = runStage{id = "callback", cmd = wrapper.callbackCommand(out, o.run_id, subst(o.callback)),
+                       env = wrapper.callbackEnv(cbEnv),
       timeout = o.timeout, allowFail = true}
     if not r.ok then failure = "the callback failed: " .. (r.message or ("exit " .. tostring(r.exit))) end
   end

@@ -54,7 +54,8 @@ local o = args.parse({
   usage = USAGE,
   options = {
     base = {required = true},
-    phase = {required = true, choices = {"forensics", "rebuild", "canary", "guardrail", "schedule", "heartbeats", "history", "all"}},
+    phase = {required = true,
+             choices = {"forensics", "rebuild", "canary", "guardrail", "schedule", "heartbeats", "history", "all"}},
     critical = {list = true}, dirs = {list = true}, component = {}, since = {}, ["until"] = {},
     paths = {list = true}, logs = {list = true}, patterns = {list = true, sep = ","},
     inbox = {}, state = {}, telemetry = {}, reports = {}, hours = {number = true, min = 0.001, default = "24"},
@@ -89,7 +90,9 @@ local function windowText()
   return since .. " - " .. tillText
 end
 local rollbackGlobs = {}
-for _, g in ipairs(o.rollback or {"tools/rollback_*.zsh", "logs/rollback_*.log"}) do rollbackGlobs[#rollbackGlobs + 1] = L.at(g) end
+for _, g in ipairs(o.rollback or {"tools/rollback_*.zsh", "logs/rollback_*.log"}) do
+  rollbackGlobs[#rollbackGlobs + 1] = L.at(g)
+end
 
 -- Phase 1: forensics, into a JSON report.
 if runs("forensics") then
@@ -116,7 +119,8 @@ if runs("forensics") then
     window = {since = since, ["until"] = till or baton.json.null, hours = not o.since and o.hours or baton.json.null},
     paths = paths,
     findings = {
-      git_events = baton.json.array(f.git_events), path_history = f.path_history, deletions = baton.json.array(f.deletions),
+      git_events = baton.json.array(f.git_events), path_history = f.path_history,
+      deletions = baton.json.array(f.deletions),
       destructive_commits = baton.json.array(f.destructive),
       rollback_scripts = baton.json.array(scripts),
       -- The seed's LaunchAgent logs; on Linux the services' logs (StandardOutput/StandardError of the units).
@@ -125,9 +129,11 @@ if runs("forensics") then
     },
     recommendation = "rebuild",
   }
-  local path = ("%s/forensic_wo_pipeline_%s.json"):format(L.reports, os.date("!%Y%m%dT%H%M%SZ", math.floor(baton.now())))
+  local path = ("%s/forensic_wo_pipeline_%s.json"):format(L.reports,
+                                                          os.date("!%Y%m%dT%H%M%SZ", math.floor(baton.now())))
   if not dry then baton.fs.write(path, baton.json.encode(report, {pretty = true}) .. "\n") end
-  print(("FORENSICS (%s): %d commits in the window, %d deletions, %d rollback script lines, %d log matches; likely cause: %s")
+  print(("FORENSICS (%s): %d commits in the window, %d deletions, %d rollback script lines, %d log matches; likely "
+         .. "cause: %s")
     :format(report.time_window, #f.git_events, #f.deletions, #scripts, #logs, report.findings.likely_cause))
   print((dry and "REPORT (dry run, not written): " or "REPORT: ") .. path)
   result.forensics = {report = path, likely_cause = report.findings.likely_cause, time_window = report.time_window}
@@ -137,22 +143,34 @@ end
 if runs("rebuild") then
   local s, n = wo.rebuild(L, dry)
   if dry then
-    print(("REBUILD (dry run): %d work orders: %d would be applied, %d already done, %d invalid"):format(n, #s.would_apply, #s.skipped, #s.invalid))
+    print(("REBUILD (dry run): %d work orders: %d would be applied, %d already done, %d invalid"):format(
+        n,
+        #s.would_apply,
+        #s.skipped,
+        #s.invalid))
   else
-    print(("REBUILD: %d work orders: %d completed, %d unverified, %d already done, %d failed (%d rolled back)"):format(n, #s.completed,
+    print(("REBUILD: %d work orders: %d completed, %d unverified, %d already done, %d failed (%d rolled back)"):format(
+        n,
+        #s.completed,
       #s.unverified, #s.skipped, #s.failed, #s.rolled_back))
   end
-  result.rebuild = {completed = baton.json.array(s.completed), skipped = baton.json.array(s.skipped), failed = baton.json.array(s.failed),
+  result.rebuild = {completed = baton.json.array(s.completed), skipped = baton.json.array(s.skipped),
+                    failed = baton.json.array(s.failed),
     rolled_back = baton.json.array(s.rolled_back), unverified = baton.json.array(s.unverified)}
-  if dry then result.rebuild.would_apply, result.rebuild.invalid = baton.json.array(s.would_apply), baton.json.array(s.invalid) end
+  if dry then
+    result.rebuild.would_apply, result.rebuild.invalid = baton.json.array(s.would_apply), baton.json.array(s.invalid)
+  end
   if not dry and #s.details > 0 then
-    local path = ("%s/wo_pipeline_rebuild_deployment_%s.md"):format(L.reports, os.date("!%Y%m%dT%H%M%SZ", math.floor(baton.now())))
+    local path = ("%s/wo_pipeline_rebuild_deployment_%s.md"):format(L.reports,
+                                                                    os.date("!%Y%m%dT%H%M%SZ", math.floor(baton.now())))
     baton.fs.write(path, wo.deploymentReport(L, s))
     print("DEPLOYMENT REPORT: " .. path)
     result.rebuild.deployment_report = path
   end
   for _, f in ipairs(s.failed) do problems[#problems + 1] = "work order " .. f.wo_id .. " failed: " .. f.reason end
-  for _, u in ipairs(s.unverified) do unverified[#unverified + 1] = "work order " .. u.wo_id .. " is UNVERIFIED: " .. u.reason end
+  for _, u in ipairs(s.unverified) do
+    unverified[#unverified + 1] = "work order " .. u.wo_id .. " is UNVERIFIED: " .. u.reason
+  end
 end
 
 -- The canary: the seed's canary work order through the whole pipeline.
@@ -168,12 +186,14 @@ elseif runs("canary") then
     {"the canary file", baton.fs.exists(base .. "/tmp/canary_test.txt")},
     {"its state file", (wo.readState(L, id) or {}).status == "completed"},
     {"wo_started telemetry", tele:find('"event":"wo_started"[^\n]*"wo_id":"' .. id:gsub("%p", "%%%0") .. '"') ~= nil},
-    {"wo_completed telemetry", tele:find('"event":"wo_completed"[^\n]*"wo_id":"' .. id:gsub("%p", "%%%0") .. '"') ~= nil},
+    {"wo_completed telemetry",
+     tele:find('"event":"wo_completed"[^\n]*"wo_id":"' .. id:gsub("%p", "%%%0") .. '"') ~= nil},
   }
   local missing = {}
   for _, p in ipairs(proofs) do if not p[2] then missing[#missing + 1] = p[1] end end
   local ok = status == "completed" and #missing == 0
-  print(("CANARY %s: %s%s"):format(id, ok and "PASS" or "FAIL", ok and "" or (" (" .. (why or ("missing: " .. table.concat(missing, ", "))) .. ")")))
+  print(("CANARY %s: %s%s"):format(id, ok and "PASS" or "FAIL",
+                                   ok and "" or (" (" .. (why or ("missing: " .. table.concat(missing, ", "))) .. ")")))
   result.canary = {wo_id = id, ok = ok, missing = baton.json.array(missing)}
   if not ok then problems[#problems + 1] = "the canary failed: " .. (why or table.concat(missing, ", ")) end
 end
@@ -195,7 +215,10 @@ if runs("guardrail") then
       drift[#drift + 1] = item
       if not dry then
         baton.fs.mkdir(base .. "/logs")
-        baton.fs.append(alerts, ("[%s] ALERT: %s: %s\n"):format(wo.iso(), isFile and "Missing or not executable" or "Missing directory", item))
+        baton.fs.append(alerts,
+                        ("[%s] ALERT: %s: %s\n"):format(wo.iso(),
+                                                        isFile and "Missing or not executable" or "Missing directory",
+                                                        item))
         wo.emit(L, "wo_pipeline_drift", {agent = "guardrail", ok = false, missing = item, detail = c.detail})
       end
       baton.log("wo_pipeline_drift: " .. item .. " " .. c.detail, {level = "warn", missing = item, detail = c.detail})
@@ -203,23 +226,34 @@ if runs("guardrail") then
     end
   end
   if #drift == 0 then
-    if not dry then wo.emit(L, "wo_pipeline_healthy", {agent = "guardrail", ok = true, files = #critical, dirs = #dirs}) end
+    if not dry then
+      wo.emit(L, "wo_pipeline_healthy", {agent = "guardrail", ok = true, files = #critical, dirs = #dirs})
+    end
     baton.log("wo_pipeline_healthy", {files = #critical, dirs = #dirs})
     print(("GUARDRAIL: healthy (%d files, %d dirs)"):format(#critical, #dirs))
   else
     if dry then
-      print(("GUARDRAIL (dry run): %d alert%s would be recorded in %s (nothing written)"):format(#drift, #drift == 1 and "" or "s", alerts))
+      print(("GUARDRAIL (dry run): %d alert%s would be recorded in %s (nothing written)"):format(
+          #drift,
+          #drift == 1 and "" or "s",
+          alerts))
     else
       print(("GUARDRAIL: %d alert%s recorded in %s"):format(#drift, #drift == 1 and "" or "s", alerts))
     end
     if o.strict then
-      problems[#problems + 1] = ("guardrail: %d item%s missing: %s"):format(#drift, #drift == 1 and "" or "s", table.concat(drift, ", "))
+      problems[#problems + 1] = ("guardrail: %d item%s missing: %s"):format(
+          #drift,
+          #drift == 1 and "" or "s",
+          table.concat(drift, ", "))
     end
   end
   -- One heartbeat per run, healthy or not: 288 a day at the 5-minute schedule.
-  if not dry then wo.emit(L, "guardrail_heartbeat", {agent = "guardrail", ok = #drift == 0, drift = #drift, baton_run = baton.run.id}) end
+  if not dry then
+    wo.emit(L, "guardrail_heartbeat", {agent = "guardrail", ok = #drift == 0, drift = #drift, baton_run = baton.run.id})
+  end
   baton.log("heartbeat: guardrail ran", {heartbeat = "guardrail", drift = #drift})
-  result.guardrail = {healthy = #drift == 0, drift = baton.json.array(drift), alerts = alerts, strict = o.strict == true}
+  result.guardrail = {healthy = #drift == 0, drift = baton.json.array(drift), alerts = alerts,
+                      strict = o.strict == true}
 end
 
 -- The guardrail's schedule: systemd user units (service + timer) and a cron line.
@@ -230,7 +264,9 @@ if runs("schedule") then
   local r = sched.write{baton = exe, recipe = recipe, base = absBase, units = L.opts.units, reports = L.reports,
     interval = o.interval, critical = o.critical, dirs = o.dirs, dry = dry}
   result.schedule = r
-  if r.verified == false then problems[#problems + 1] = "schedule: systemd-analyze verify failed: " .. r.verify_output end
+  if r.verified == false then
+    problems[#problems + 1] = "schedule: systemd-analyze verify failed: " .. r.verify_output
+  end
 end
 
 -- The heartbeats of the guardrail in the last hours=: judged by their spread, not their
@@ -248,7 +284,8 @@ if runs("heartbeats") then
         local y, mo, d, h, mi, se = e.ts:match("^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)Z$")
         if y then
           -- os.time reads the fields as local time; correct by the UTC offset at that moment.
-          local t = os.time{year = tonumber(y), month = tonumber(mo), day = tonumber(d), hour = tonumber(h), min = tonumber(mi), sec = tonumber(se)}
+          local t = os.time{year = tonumber(y), month = tonumber(mo), day = tonumber(d), hour = tonumber(h),
+                            min = tonumber(mi), sec = tonumber(se)}
           local off = os.time(os.date("*t", t)) - os.time(os.date("!*t", t))
           if t + off >= since_t then times[#times + 1] = t + off end
         end
@@ -277,13 +314,20 @@ if runs("heartbeats") then
         i = j + 1
       else
         if gap > limit then
-          alerts[#alerts + 1] = ("no heartbeat for %ds (%s to %s; more than 2 x %ss)"):format(math.floor(gap), at(times[i - 1]), at(times[i]), o.interval)
+          alerts[#alerts + 1] = ("no heartbeat for %ds (%s to %s; more than 2 x %ss)"):format(
+              math.floor(gap),
+              at(times[i - 1]),
+              at(times[i]),
+              o.interval)
         end
         i = i + 1
       end
     end
     if now - times[n] > limit then
-      alerts[#alerts + 1] = ("no heartbeat for %ds (since the last at %s; more than 2 x %ss)"):format(math.floor(now - times[n]), at(times[n]), o.interval)
+      alerts[#alerts + 1] = ("no heartbeat for %ds (since the last at %s; more than 2 x %ss)"):format(
+          math.floor(now - times[n]),
+          at(times[n]),
+          o.interval)
     end
   end
   local ok = #alerts == 0
@@ -293,14 +337,22 @@ if runs("heartbeats") then
     print("  ALERT: " .. a)
     baton.log("heartbeat alert: " .. a, {level = "warn", heartbeat = "guardrail"})
   end
-  result.heartbeats = {count = n, expected = expected, hours = o.hours, interval = o.interval, ok = ok, alerts = baton.json.array(alerts)}
-  if not ok then problems[#problems + 1] = ("heartbeats: %d alert%s in the last %sh: %s"):format(#alerts, #alerts == 1 and "" or "s", o.hours, alerts[1]) end
+  result.heartbeats = {count = n, expected = expected, hours = o.hours, interval = o.interval, ok = ok,
+                       alerts = baton.json.array(alerts)}
+  if not ok then
+    problems[#problems + 1] = ("heartbeats: %d alert%s in the last %sh: %s"):format(
+        #alerts,
+        #alerts == 1 and "" or "s",
+        o.hours,
+        alerts[1])
+  end
 end
 
 -- Phase 4: history-aware diagnosis.
 if runs("history") then
   if not git.isRepo(base) then args.fail("phase=history: " .. base .. " is not in a git repository", 3) end
-  local h = git.history(base, o.component, {hours = o.hours, rollback = rollbackGlobs, logs = {L.at("logs/*.log"), L.at("logs/*.err")}})
+  local h = git.history(base, o.component,
+                        {hours = o.hours, rollback = rollbackGlobs, logs = {L.at("logs/*.log"), L.at("logs/*.err")}})
   print("HISTORY: " .. h.answer)
   result.history = h
 end
@@ -308,7 +360,9 @@ end
 persistFinal(result)
 if #problems > 0 and not dry then args.fail(table.concat(problems, "; "), 1) end
 if #unverified > 0 and not dry then
-  args.fail(table.concat(unverified, "; ") .. " (pass allow_unverified=1 to accept work orders whose checks were skipped)", 6)
+  args.fail(table.concat(unverified, "; ")
+            .. " (pass allow_unverified=1 to accept work orders whose checks were skipped)",
+            6)
 end
 if #problems > 0 then print("DRY RUN: would fail: " .. table.concat(problems, "; ")) end
 return result

@@ -22,7 +22,8 @@ public enum Clock {
     /// Whole seconds and the milliseconds after them, as a stamp writes them.
     private static func secondsAndMillis(_ t: Double) -> (Int64, Int) {
         let secs = Int64(t.rounded(.down))
-        let ms = Int(((t - Double(secs)) * 1000 + 0.001).rounded(.down))  // + 1µs: a double near 1.8e9 s has ~0.25µs of error
+        let ms = Int(((t - Double(secs)) * 1000
+                      + 0.001).rounded(.down))  // + 1µs: a double near 1.8e9 s has ~0.25µs of error
         return (secs, min(ms, 999))
     }
 
@@ -73,7 +74,10 @@ public enum Clock {
         guard u.count >= 20 else { return nil }
         func num(_ a: Int, _ n: Int) -> Int? {
             var v = 0
-            for k in a..<(a + n) { guard k < u.count, (48...57).contains(u[k]) else { return nil }; v = v * 10 + Int(u[k] - 48) }
+            for k in a..<(a + n) {
+                guard k < u.count, (48...57).contains(u[k]) else { return nil }
+                v = v * 10 + Int(u[k] - 48)
+            }
             return v
         }
         guard let y = num(0, 4), let mo = num(5, 2), let d = num(8, 2), let h = num(11, 2),

@@ -10,7 +10,8 @@ public enum Console {
     /// `{"error": message, "exit_code": n}` on stdout (docs/cli.md). Returns the exit code.
     public static func error(_ message: String, json: Bool, code: ExitStatus = .usage) -> Int32 {
         if json {
-            out(JSON.object([("error", .string(message)), ("exit_code", .int(Int64(code.rawValue)))]).encoded(pretty: true))
+            out(JSON.object([("error", .string(message)),
+                             ("exit_code", .int(Int64(code.rawValue)))]).encoded(pretty: true))
         } else {
             err("baton: \(message)")
         }

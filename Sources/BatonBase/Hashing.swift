@@ -73,7 +73,9 @@ public enum Hashing {
                 got += n
                 if got == small.count { break }
             }
-            if got < small.count { return small.withUnsafeBytes { SHA256.hex(UnsafeRawBufferPointer(rebasing: $0[0..<got])) } }
+            if got < small.count {
+                return small.withUnsafeBytes { SHA256.hex(UnsafeRawBufferPointer(rebasing: $0[0..<got])) }
+            }
             let h = SHA256Hasher()
             small.withUnsafeBytes { h.update($0) }
             return try rest(fd, h, path)

@@ -419,10 +419,15 @@ extension JSON {
                 case UInt8(ascii: "t"): out.append(9)
                 case UInt8(ascii: "u"):
                     var cp = try hex4()
-                    if (0xD800..<0xDC00).contains(cp), i + 6 <= buf.count, buf[i] == 92, buf[i + 1] == UInt8(ascii: "u") {
+                    if (0xD800..<0xDC00).contains(cp), i
+                        + 6 <= buf.count, buf[i] == 92, buf[i + 1] == UInt8(ascii: "u") {
                         i += 2
                         let lo = try hex4()
-                        if (0xDC00..<0xE000).contains(lo) { cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00) } else { cp = 0xFFFD }
+                        if (0xDC00..<0xE000).contains(lo) {
+                            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
+                        } else {
+                            cp = 0xFFFD
+                        }
                     }
                     let scalar = Unicode.Scalar(cp) ?? "\u{FFFD}"
                     out.append(contentsOf: Array(String(Character(scalar)).utf8))
@@ -438,8 +443,10 @@ extension JSON {
 /// Built once; read through plain pointers (no array access, no exclusivity checks, no
 /// reference counting until the one String returned).
 final class KnownKeys: @unchecked Sendable {
-    static let names = ["v", "seq", "ts", "run", "type", "id", "occurrence", "attempt", "argv", "shell", "cwd", "fingerprint",
-                        "fingerprint_parts", "logs", "stdout", "stderr", "pid", "exit", "signal", "status", "failure_class",
+    static let names = ["v", "seq", "ts", "run", "type", "id", "occurrence", "attempt", "argv", "shell", "cwd",
+                        "fingerprint",
+                        "fingerprint_parts", "logs", "stdout", "stderr", "pid", "exit", "signal", "status",
+                        "failure_class",
                         "signature", "duration_ms", "replayed", "final", "message", "command", "env", "stdin"]
     static let maxLength = names.map(\.utf8.count).max()!
     static let shared = KnownKeys()

@@ -43,23 +43,28 @@ public enum Settings {
         help: "Print a recipe error's Lua traceback (it is always journaled at level debug).")
     public static let runsMode = Declaration(
         name: "BATON_RUNS_MODE", kind: "octal mode", defaultText: "0700",
-        help: "The mode of run directories (their files get it without the x bits: 0700 makes 0600); 0750 lets a group read runs.")
+        help: "The mode of run directories (their files get it without the x bits: 0700 makes 0600); 0750 lets a "
+            + "group read runs.")
     public static let containment = Declaration(
         name: "BATON_CONTAINMENT", kind: "cgroup or subreaper", defaultText: "cgroup where possible",
-        help: "How processes that leave their stage's process group are ended: a cgroup v2 per stage, or (`subreaper`, also where cgroups cannot be made) the runner as their subreaper.")
+        help: "How processes that leave their stage's process group are ended: a cgroup v2 per stage, or "
+            + "(`subreaper`, also where cgroups cannot be made) the runner as their subreaper.")
     public static let yamlHelper = Declaration(
         name: "BATON_YAML_HELPER", kind: "path", defaultText: "baton-yaml next to baton",
         help: "The YAML helper `baton.yaml.decode` runs.")
 
     public static let cache = Declaration(
         name: "BATON_CACHE", kind: "1 or 0", defaultText: "0",
-        help: "As `run --cache`: every stage with declared outputs uses the cache across runs unless it says `cache = false`.")
+        help: "As `run --cache`: every stage with declared outputs uses the cache across runs unless it says `cache "
+            + "= false`.")
     public static let cacheRestore = Declaration(
         name: "BATON_CACHE_RESTORE", kind: "copy or link", defaultText: "link",
-        help: "How a cache hit restores outputs of 1 MiB or more: a reflink, else a hard link to the read-only cached file (`link`), or always a copy (`copy`).")
+        help: "How a cache hit restores outputs of 1 MiB or more: a reflink, else a hard link to the read-only "
+            + "cached file (`link`), or always a copy (`copy`).")
     public static let testCachePause = Declaration(
         name: "BATON_TEST_CACHE_PAUSE", kind: "path", defaultText: "unset",
-        help: "Tests only: a cache insert writes this file and sleeps 30 s before its entry is renamed into place (the kill -9 test).")
+        help: "Tests only: a cache insert writes this file and sleeps 30 s before its entry is renamed into place "
+            + "(the kill -9 test).")
 
     /// Every declaration, in docs/cli.md's order.
     public static let all: [Declaration] = [runsDir, ceilingDirs, executor, sync, luaMemoryMB, heartbeatSec,

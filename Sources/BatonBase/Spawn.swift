@@ -68,7 +68,10 @@ public struct SpawnError: Error, CustomStringConvertible {
     /// The exit code a shell gives the same failure: 127 not found, 126 found but not
     /// executable (permission denied, a directory, not an executable format).
     public var exitCode: Int32
-    public init(message: String, exitCode: Int32 = Termination.notFound) { self.message = message; self.exitCode = exitCode }
+    public init(message: String, exitCode: Int32 = Termination.notFound) {
+        self.message = message
+        self.exitCode = exitCode
+    }
     public var description: String { message }
 }
 
@@ -158,7 +161,8 @@ public enum Spawner {
         switch lookup(first, path: env["PATH"], cwd: cwd) {
         case let .found(p): path = p
         case let .notExecutable(p):
-            throw SpawnError(message: "permission denied: \(first)" + (p == first ? "" : " (\(p))") + " is not an executable file",
+            throw SpawnError(message: "permission denied: \(first)" + (p == first ? "" : " (\(p))")
+                             + " is not an executable file",
                              exitCode: Termination.notExecutable)
         case .notFound: throw SpawnError(message: "command not found: \(first)")
         }

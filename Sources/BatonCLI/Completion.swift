@@ -10,7 +10,9 @@ enum Completion {
         var found: String?
         var it = words.makeIterator()
         while let w = it.next() {
-            if w == "--runs-dir" { found = it.next() } else if w.hasPrefix("--runs-dir=") { found = String(w.dropFirst(11)) }
+            if w == "--runs-dir" { found = it.next() } else if w.hasPrefix("--runs-dir=") {
+                found = String(w.dropFirst(11))
+            }
         }
         return found
     }
@@ -42,7 +44,9 @@ enum Completion {
     /// `baton help WORD` for a WORD that is no command (hidden ones included).
     static func unknownHelpTopic(_ args: [String], known: [String]) -> String? {
         let i = commandIndex(args)
-        guard i + 1 < args.count, args[i] == "help", !args[i + 1].hasPrefix("-"), !known.contains(args[i + 1]) else { return nil }
+        guard i + 1 < args.count, args[i] == "help", !args[i + 1].hasPrefix("-"), !known.contains(args[i + 1]) else {
+            return nil
+        }
         return unknown(args[i + 1], known)
     }
 
@@ -52,7 +56,9 @@ enum Completion {
         guard i < args.count, args[i] == "runs" else { return nil }
         for (k, a) in args.enumerated().dropFirst(i + 1) {
             var value: Substring?
-            if a == "-n", k + 1 < args.count { value = args[k + 1][...] } else if a.hasPrefix("-n"), a.count > 2 { value = a.dropFirst(2).drop { $0 == "=" } }
+            if a == "-n", k + 1 < args.count { value = args[k + 1][...] } else if a.hasPrefix("-n"), a.count > 2 {
+                value = a.dropFirst(2).drop { $0 == "=" }
+            }
             if let v = value, v.hasPrefix("-"), Int(v) != nil { return "runs: -n must be 0 or more, not \(v)" }
         }
         return nil

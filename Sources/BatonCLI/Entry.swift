@@ -14,12 +14,16 @@ public enum Main {
         if arguments.isEmpty { Glibc.exit(Shell.main(root: RunStore.defaultRoot())) }
         BatonCommand.leadingRunsDir = Completion.leadingRunsDir(arguments)
         (arguments, RunCommand.passthrough) = Completion.splitRecipeArguments(arguments)
-        let commandNames = BatonCommand.configuration.subcommands.filter { $0.configuration.shouldDisplay }.compactMap { $0.configuration.commandName }
+        let commandNames = BatonCommand.configuration.subcommands.filter { $0.configuration.shouldDisplay }.compactMap {
+            $0.configuration.commandName
+        }
         // Commands for Baton's own use (shouldDisplay false): accepted, never listed or suggested.
         let hidden = BatonCommand.configuration.subcommands.filter { !$0.configuration.shouldDisplay }
             .compactMap { $0.configuration.commandName }
         let json = arguments.contains("--json")
-        if let message = Completion.unknownCommand(arguments, known: commandNames + ["help", "version"], hidden: hidden) {
+        if let message = Completion.unknownCommand(arguments,
+                                                   known: commandNames + ["help", "version"],
+                                                   hidden: hidden) {
             Glibc.exit(Console.error(message, json: json))
         }
         // `baton help nosuch` is an error too (exit 2), not the overview.

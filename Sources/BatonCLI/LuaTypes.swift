@@ -11,8 +11,10 @@ public enum Types {
     public static let globals = ["baton", "gate", "parallel", "persistFinal", "preflight", "runStage", "watch"]
     /// The `baton` table's fields, and the fields of its sub-tables.
     public static let batonFields: [(String, [String])] = [
-        ("args", []), ("breakpoint", []), ("budget", []), ("env", []), ("executor", []), ("fail", []), ("fs", ["append", "exists", "glob", "locked", "mkdir", "read", "write"]),
-        ("gate", []), ("json", ["array", "decode", "encode", "null"]), ("log", []), ("now", []), ("parallel", []), ("persistFinal", []),
+        ("args", []), ("breakpoint", []), ("budget", []), ("env", []), ("executor", []), ("fail", []),
+        ("fs", ["append", "exists", "glob", "locked", "mkdir", "read", "write"]),
+        ("gate", []), ("json", ["array", "decode", "encode", "null"]), ("log", []), ("now", []), ("parallel", []),
+        ("persistFinal", []),
         ("pool", []),
         ("preflight", []), ("runStage", []), ("run", ["id", "dir", "dry_run"]), ("sh", []), ("sleep", []),
         ("usageOnly", []), ("watch", []), ("yaml", ["decode"]),
@@ -24,7 +26,9 @@ public enum Types {
         let fields = batonFields.map { name, sub in
             // baton.args holds whatever key=value words the run was given.
             if name == "args" { return "      args = {other_fields = true}," }
-            return sub.isEmpty ? "      \(name) = {}," : "      \(name) = {fields = {" + sub.map { "\($0) = {}" }.joined(separator: ", ") + "}},"
+            return sub.isEmpty ? "      \(name) = {}," : "      \(name) = {fields = {" + sub.map {
+                "\($0) = {}"
+            }.joined(separator: ", ") + "}},"
         }
         return """
             -- Written by `baton init`: the recipe environment for luacheck (docs/cli.md).
@@ -60,6 +64,8 @@ public enum Types {
         let fields = kind.options.filter { !$0.runWide }.map { "\($0.name)?: \($0.luaType)" }
         return "---@field \(kind.name)? {\(fields.joined(separator: ", "))} \(kind.summary)"
     }.joined(separator: "\n")
+    /// persistFinal's options table, inline.
+    static let persistFinalOptions = PrimitiveFields.inline(PrimitiveFields.persistFinalOptions)
 
     public static let luaCATS = #"""
         ---@meta baton
@@ -92,7 +98,8 @@ public enum Types {
         ---@field dry boolean
         ---@field pid? integer
         ---@field outputs? table<string, string> declared outputs: path -> SHA-256
-        ---@field cached_from? {run: string, id: string, occurrence: integer} answered by the cache: the call that made the outputs
+        ---@field cached_from? {run: string, id: string, occurrence: integer} answered by the cache: the call that\#
+         made the outputs
 
         ---@class baton.StageHandle
         ---@field wait fun(self: baton.StageHandle): baton.StageResult
@@ -175,11 +182,13 @@ public enum Types {
         ---@class baton.fs
         ---@field exists fun(path: string): boolean
         ---@field read fun(path: string): string
-        ---@field write fun(path: string, text: string, opts?: \#(PrimitiveFields.inline(PrimitiveFields.fsWriteOptions))) atomic
+        ---@field write fun(path: string, text: string, opts?:\#
+         \#(PrimitiveFields.inline(PrimitiveFields.fsWriteOptions))) atomic
         ---@field append fun(path: string, text: string) one write under an exclusive flock
         ---@field glob fun(pattern: string): string[]
         ---@field mkdir fun(path: string)
-        ---@field locked fun(path: string, fn: function, opts?: \#(PrimitiveFields.inline(PrimitiveFields.fsLockedOptions))): ...
+        ---@field locked fun(path: string, fn: function, opts?:\#
+         \#(PrimitiveFields.inline(PrimitiveFields.fsLockedOptions))): ...
 
         ---@class baton.json
         ---@field encode fun(value: any, opts?: {pretty?: boolean}): string
@@ -190,7 +199,8 @@ public enum Types {
         ---@class baton.lib
         ---@field args table<string, string> key=value words after the recipe
         ---@field run {id: string, dir: string, dry_run: boolean}
-        ---@field log fun(message: string, fields?: \#(PrimitiveFields.inline(PrimitiveFields.logFields).dropLast()), [string]: any})
+        ---@field log fun(message: string, fields?: \#(PrimitiveFields.inline(PrimitiveFields.logFields).dropLast()),\#
+         [string]: any})
         ---@field fail fun(message: string, opts?: \#(PrimitiveFields.inline(PrimitiveFields.failOptions)))
         ---@field json baton.json
         ---@field yaml {decode: fun(text: string): any}
@@ -198,10 +208,13 @@ public enum Types {
         ---@field sh fun(cmd: baton.Command, opts?: baton.ShOptions): string, boolean?, integer?, string?
         ---@field sleep fun(seconds: number)
         ---@field pool fun(name: string, limit: integer) a pool for runStage{pool = name}
-        ---@field executor fun(name: \#(executorChoice), opts?: table) where stages run unless they say otherwise (docs/primitives.md)
-        ---@field breakpoint fun(why?: string) pause the run here (baton attach opens its prompt in this frame; docs/shell.md)
+        ---@field executor fun(name: \#(executorChoice), opts?: table) where stages run unless they say otherwise\#
+         (docs/primitives.md)
+        ---@field breakpoint fun(why?: string) pause the run here (baton attach opens its prompt in this frame;\#
+         docs/shell.md)
         ---@field budget fun(duration: string|number) end the whole run after this long ("2h", "30m", seconds): exit 124
-        ---@field parallel fun(items: any[], fn: fun(item: any, index: integer): any, opts?: baton.ParallelOptions): any[], table[]
+        ---@field parallel fun(items: any[], fn: fun(item: any, index: integer): any, opts?: baton.ParallelOptions):\#
+         any[], table[]
         ---@field now fun(): number
         ---@field env fun(name: string): string?
         ---@field usageOnly fun() the run only printed its usage: keep no run directory
@@ -209,7 +222,7 @@ public enum Types {
         ---@field preflight fun(spec: baton.PreflightSpec): baton.PreflightReport
         ---@field watch fun(spec: baton.WatchSpec): baton.WatchOutcome
         ---@field gate fun(spec: baton.GateSpec): baton.Decision
-        ---@field persistFinal fun(fields: table, opts?: \#(PrimitiveFields.inline(PrimitiveFields.persistFinalOptions)))
+        ---@field persistFinal fun(fields: table, opts?: \#(persistFinalOptions))
 
         ---@class baton.ParallelOptions
         \#(PrimitiveFields.luaCATS(PrimitiveFields.parallelOptions))
@@ -239,7 +252,8 @@ public enum Types {
     public static func initialize(dir: String, force: Bool, json: Bool) -> Int32 {
         let root = FileIO.absolute(dir)
         let files: [(String, String, Bool)] = [
-            (".baton/types/baton.lua", luaCATS, true), (".luarc.json", luarc, force), (".luacheckrc", luacheckrc, force),
+            (".baton/types/baton.lua", luaCATS, true), (".luarc.json", luarc, force),
+            (".luacheckrc", luacheckrc, force),
         ]
         var written: [String] = [], kept: [String] = []
         do {

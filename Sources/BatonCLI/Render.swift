@@ -17,7 +17,7 @@ public enum Render {
         case .running: return info.paused != nil ? "PAUSED" : "running"
         case .starting: return "starting"
         case .orphaned: return "ORPHANED"
-        default: return info.state.rawValue
+        case .succeeded, .failed, .cancelled, .dry_run: return info.state.rawValue
         }
     }
 
@@ -27,7 +27,8 @@ public enum Render {
             var cur = "-"
             if let c = i.current { cur = "\(c.kind) \(c.id) (\(Clock.human(Clock.now() - c.since)))" }
             else if i.state == .failed || i.state == .cancelled, let r = i.reason { cur = String(r.prefix(50)) }
-            rows.append([i.id, stateText(i) + (i.exitCode.map { $0 != 0 ? " (\($0))" : "" } ?? ""), i.recipe.map(FileIO.basename) ?? "?",
+            rows.append([i.id, stateText(i) + (i.exitCode.map { $0 != 0 ? " (\($0))" : "" } ?? ""),
+                         i.recipe.map(FileIO.basename) ?? "?",
                          i.startedAt.map(shortTime) ?? "?", i.duration.map(Clock.human) ?? "-", cur])
         }
         return table(rows)
@@ -50,20 +51,24 @@ public enum Render {
         if let c = i.exitCode, !i.isLive { head += "  exit \(c)" }
         lines.append(head)
         if i.state == .orphaned {
-            lines.append("         its runner died without writing final.json; 'baton resume \(i.id)' continues it, 'baton cancel \(i.id)' ends it")
+            lines.append("         its runner died without writing final.json; 'baton resume \(i.id)' continues it, "
+                    + "'baton cancel \(i.id)' ends it")
         }
         lines.append("recipe   \(i.recipe ?? "?")")
         if let s = i.startedAt { lines.append("started  \(shortTime(s)) UTC (\(ago(s)))") }
         if let d = i.duration { lines.append("duration \(Clock.human(d))\(i.isLive ? " so far" : "")") }
         if let c = i.current {
             var s = "current  \(c.kind) \(c.id) for \(Clock.human(Clock.now() - c.since))"
-            if c.kind == "stage", let t = i.history.stages.last(where: { $0.key.id == c.id && $0.isOpen })?.timeoutSec { s += " of \(Clock.human(t))" }
+            if c.kind == "stage", let t = i.history.stages.last(where: { $0.key.id == c.id && $0.isOpen })?.timeoutSec {
+                s += " of \(Clock.human(t))"
+            }
             if let p = i.currentPid { s += ", pid \(p)" }
             if let b = i.running.first(where: { $0.stage.key.id == c.id })?.stage.batchText { s += ", " + b }
             lines.append(s)
         }
         if let p = i.paused {
-            lines.append("PAUSED   \(p.record.text) for \(Clock.human(max(0, Clock.now() - p.since))); baton attach \(i.id) opens its prompt there")
+            lines.append("PAUSED   \(p.record.text) for \(Clock.human(max(0, Clock.now() - p.since))); baton attach "
+                    + "\(i.id) opens its prompt there")
         } else if let b = i.blockedIn { lines.append("blocked  \(b.text)") }
         if !i.running.isEmpty {
             lines.append("running  \(i.running.count) stage\(i.running.count == 1 ? "" : "s")")
@@ -73,24 +78,36 @@ public enum Render {
                 if let b = r.stage.batchText { s += "  \(b)" }
                 // The current attempt's time, against its limit.
                 if let t = r.stage.attemptStartedAt ?? r.stage.startedAt {
-                    s += "  for \(Clock.human(Clock.now() - t))" + (r.stage.timeoutSec.map { " of \(Clock.human($0))" } ?? "")
+                    s += "  for \(Clock.human(Clock.now() - t))"
+                        + (r.stage.timeoutSec.map { " of \(Clock.human($0))" } ?? "")
                 }
-                s += r.stage.stalled != nil ? "  STALLED (no output for \(Clock.human(r.silent)))" : "  last output \(Clock.human(r.silent)) ago"
+                s += r.stage.stalled != nil
+                    ? "  STALLED (no output for \(Clock.human(r.silent)))"
+                    : "  last output \(Clock.human(r.silent)) ago"
                 if let c = r.stage.command { s += "  \(c.display.prefix(60))" }
                 lines.append(s)
                 if let l = RunInfo.lastLine(r.stage.logs) { lines.append("    last line: \(l.prefix(100))") }
-                for p in r.stage.pid.map(StageProcess.of) ?? [] { lines.append("    \(p.role) \(p.pid): \(p.command.prefix(80))") }
+                for p in r.stage.pid.map(StageProcess.of) ?? [] {
+                    lines.append("    \(p.role) \(p.pid): \(p.command.prefix(80))")
+                }
             }
         }
         if let l = i.lastEvent { lines.append("last     \(l.type) \(ago(l.ts))") }
         if i.runnerLooksHung, let l = i.lastEvent {
-            lines.append("WARNING  the runner itself looks hung: no journal event for \(Clock.human(Clock.now() - l.ts)) (heartbeats come every \(Clock.human(i.history.latestStart?.began.heartbeatSec ?? 30)) while it waits)")
+            lines.append("WARNING  the runner itself looks hung: no journal event for "
+                    + "\(Clock.human(Clock.now() - l.ts)) (heartbeats come every " +
+                        "\(Clock.human(i.history.latestStart?.began.heartbeatSec ?? 30)) while it waits)")
         }
-        if !i.alivePids.isEmpty { lines.append("alive    pids \(i.alivePids.map(String.init).joined(separator: ", "))") }
+        if !i.alivePids.isEmpty {
+            lines.append("alive    pids \(i.alivePids.map(String.init).joined(separator: ", "))")
+        }
         lines.append("stages   \(i.stageCount) finished")
         let cached = i.cachedStages
         if !cached.isEmpty {
-            lines.append("cached   \(cached.count) from the cache: " + cached.prefix(5).map { "\($0.key) (\($0.finished!.cachedFrom!.text))" }.joined(separator: ", ")
+            lines.append("cached   \(cached.count) from the cache: "
+                         + cached.prefix(5).map {
+                             "\($0.key) (\($0.finished!.cachedFrom!.text))"
+                         }.joined(separator: ", ")
                          + (cached.count > 5 ? ", ..." : ""))
         }
         if let r = i.reason { lines.append("reason   \(r)") }
@@ -110,7 +127,8 @@ public enum Render {
             if !b.args.isEmpty { detail += " args " + b.args.joined(separator: " ") }
             if b.dryRun { detail += " (dry run)" }
         case let .stageStarted(s):
-            detail = "\(s.key.id) attempt \(s.attempt)" + (s.pid.map { " pid \($0)" } ?? "") + ": \(s.command.display.prefix(120))"
+            detail = "\(s.key.id) attempt \(s.attempt)" + (s.pid.map { " pid \($0)" } ?? "")
+                + ": \(s.command.display.prefix(120))"
             if s.dry { detail += " (dry run)" }
         case let .stageFinished(f):
             detail = "\(f.key.id) \(f.status.rawValue)"
@@ -123,7 +141,8 @@ public enum Render {
             if let c = f.failureClass { detail += " [\(c.rawValue)]" }
             if let m = f.message { detail += ": \(m)" }
         case let .stageQueued(q):
-            detail = "\(q.key.id) attempt \(q.attempt): job \(q.nativeID) \(q.state)" + (q.node.map { " on \($0)" } ?? "")
+            detail = "\(q.key.id) attempt \(q.attempt): job \(q.nativeID) \(q.state)"
+                + (q.node.map { " on \($0)" } ?? "")
                 + (q.reason.map { " (\($0))" } ?? "")
         case let .stageStalled(s):
             detail = "\(s.key.id) attempt \(s.attempt): no output for \(Clock.human(Double(s.silentMs) / 1000))"
@@ -137,22 +156,30 @@ public enum Render {
             detail = "\(g.name) iteration \(g.iteration)/\(g.max) " + (g.approved ? "approved" : "rejected")
             if g.fallbackUsed { detail += " (fallback)" }
             if let issues = g.issues.arrayValue, !issues.isEmpty {
-                detail += (g.approved ? " (notes: " : ": ") + issues.map { $0.stringValue ?? $0.encoded() }.joined(separator: "; ")
+                detail += (g.approved ? " (notes: " : ": ") + issues.map {
+                    $0.stringValue ?? $0.encoded()
+                }.joined(separator: "; ")
                     + (g.approved ? ")" : "")
             }
         case let .heartbeat(h):
             detail = "waiting on \(h.waitingOn) \(h.id) for \(Clock.human(Double(h.forMs) / 1000))"
         case let .log(l):
             detail = "[\(l.level)] \(l.message)"
-            if case let .object(p) = l.fields, !p.isEmpty, l.message != "traceback" { detail += " " + l.fields.encoded() }
+            if case let .object(p) = l.fields, !p.isEmpty, l.message != "traceback" {
+                detail += " " + l.fields.encoded()
+            }
         case let .command(c):
             detail = "\(c.via) \(c.command.display.prefix(120))"
-            if c.timedOut { detail += " timed out" } else if let s = c.signal { detail += " signal \(s)" } else { detail += " exit \(c.exit ?? -1)" }
+            if c.timedOut { detail += " timed out" } else if let s = c.signal { detail += " signal \(s)" } else {
+                detail += " exit \(c.exit ?? -1)"
+            }
             detail += " in \(Clock.human(Double(c.durationMs) / 1000))"
         case let .notRun(n):
             detail = "\(n.via) \(n.target.prefix(120)) (\(n.reason))"
         case let .control(c):
-            detail = "\(c.op.rawValue) \(c.target.prefix(80).split(separator: "\n").joined(separator: " ⏎ ")) by \(c.user) (uid \(c.uid), pid \(c.pid)): \(c.ok ? "" : "FAILED ")\(c.result.prefix(120))"
+            detail =
+                "\(c.op.rawValue) \(c.target.prefix(80).split(separator: "\n").joined(separator: " ⏎ ")) by "
+                    + "\(c.user) (uid \(c.uid), pid \(c.pid)): \(c.ok ? "" : "FAILED ")\(c.result.prefix(120))"
         case let .paused(p):
             detail = p.text
         case let .resumedFromPause(r):

@@ -20,7 +20,12 @@ public enum RecipeCheck {
         public var text: String { "\(file):\(line):\(column): \(message) [\(code)]" }
 
         public init(file: String, line: Int, column: Int, code: String, message: String, certain: Bool = false) {
-            self.file = file; self.line = line; self.column = column; self.code = code; self.message = message; self.certain = certain
+            self.file = file
+            self.line = line
+            self.column = column
+            self.code = code
+            self.message = message
+            self.certain = certain
         }
         public var json: JSON {
             .object([("file", .string(file)), ("line", .int(Int64(line))), ("column", .int(Int64(column))),
@@ -79,7 +84,9 @@ public enum RecipeCheck {
         let base = dir.hasSuffix("/") && dir.count > 1 ? String(dir.dropLast()) : dir
         for name in FileIO.list(base).sorted() where !name.hasPrefix(".") {
             let path = base == "." ? name : base + "/" + name
-            if FileIO.isDirectory(path) { out += luaFiles(under: path) } else if name.hasSuffix(".lua") { out.append(path) }
+            if FileIO.isDirectory(path) { out += luaFiles(under: path) } else if name.hasSuffix(".lua") {
+                out.append(path)
+            }
         }
         return out
     }
@@ -88,10 +95,18 @@ public enum RecipeCheck {
         var r = Report()
         let text: [UInt8]
         do { text = try FileIO.readFile(recipe) } catch {
-            r.findings.append(Finding(file: recipe, line: 1, column: 1, code: "read", message: "cannot read recipe \(error)")); return r
+            r.findings.append(Finding(file: recipe,
+                                      line: 1,
+                                      column: 1,
+                                      code: "read",
+                                      message: "cannot read recipe \(error)")); return r
         }
         if text.first == 0x1B {
-            r.findings.append(Finding(file: recipe, line: 1, column: 1, code: "binary", message: "binary (precompiled) chunks are refused; recipes are Lua text"))
+            r.findings.append(Finding(file: recipe,
+                                      line: 1,
+                                      column: 1,
+                                      code: "binary",
+                                      message: "binary (precompiled) chunks are refused; recipes are Lua text"))
             return r
         }
         let env = RecipeEnvironment(memoryLimit: 512 << 20, output: OutputOptions(json: true, quiet: true))
@@ -106,7 +121,8 @@ public enum RecipeCheck {
             guard let file = moduleFiles(name, recipeDir: recipeDir).first(where: FileIO.exists) else {
                 let (line, column) = position(source, offset)
                 r.findings.append(Finding(file: recipe, line: line, column: column, code: "require",
-                                          message: "require '\(name)': no such module next to the recipe, in ./scripts-lua or built in"))
+                                          message: "require '\(name)': no such module next to the recipe, in "
+                                              + "./scripts-lua or built in"))
                 continue
             }
             if let bytes = try? FileIO.readFile(file), let f = compile(env, bytes, file: file) { r.findings.append(f) }
@@ -120,7 +136,9 @@ public enum RecipeCheck {
     /// then ./scripts-lua, `a/b.lua` before `a/b/init.lua` (as setRequirePaths sets package.path).
     static func moduleFiles(_ name: String, recipeDir: String) -> [String] {
         let rel = name.split(separator: ".").joined(separator: "/")
-        return [recipeDir, FileIO.currentDirectory() + "/scripts-lua"].flatMap { ["\($0)/\(rel).lua", "\($0)/\(rel)/init.lua"] }
+        return [recipeDir, FileIO.currentDirectory() + "/scripts-lua"].flatMap {
+            ["\($0)/\(rel).lua", "\($0)/\(rel)/init.lua"]
+        }
     }
 
     /// What `baton run` checks before the first stage, on the runner's own Lua state (its
@@ -183,7 +201,9 @@ public enum RecipeCheck {
             try lua.pcall(nargs: 4, nresults: 1)
             guard case let .array(items) = try lua.toJSON(-1) else { return [] }
             return items.map { j in
-                Finding(file: j["file"]?.stringValue ?? recipe, line: Int(j["line"]?.intValue ?? 1), column: Int(j["column"]?.intValue ?? 1),
+                Finding(file: j["file"]?.stringValue ?? recipe,
+                        line: Int(j["line"]?.intValue ?? 1),
+                        column: Int(j["column"]?.intValue ?? 1),
                         code: j["code"]?.stringValue ?? "lint", message: j["message"]?.stringValue ?? "", certain: true)
             }
         } catch {
@@ -202,7 +222,9 @@ public enum RecipeCheck {
                 try lua.load(Array("return {backoff = \(literal)}".utf8), name: "=check")
                 try lua.pcall(nargs: 0, nresults: 1)
             } catch let e as LuaCallError { lua.unref(e.ref); continue } catch { continue }
-            do { _ = try RecipeEnvironment.backoff(SpecTable(nested: lua, index: -1, fn: "runStage")) } catch let e as LuaRaise {
+            do {
+                _ = try RecipeEnvironment.backoff(SpecTable(nested: lua, index: -1, fn: "runStage"))
+            } catch let e as LuaRaise {
                 errors.append(Finding(file: recipe, line: line, column: 1, code: "field", message: e.message))
             } catch {}
         }
@@ -213,12 +235,17 @@ public enum RecipeCheck {
     /// Skipped: anything after `--` on that line, nested tables, variables, calls.
     static func literalTables(_ source: String, field: String) -> [(Int, String)] {
         let s = Array(source.utf8), f = Array(field.utf8)
-        func isName(_ c: UInt8) -> Bool { c == 95 || (48...57).contains(c) || (65...90).contains(c) || (97...122).contains(c) }
+        func isName(_ c: UInt8) -> Bool {
+            c == 95 || (48...57).contains(c) || (65...90).contains(c) || (97...122).contains(c)
+        }
         var out: [(Int, String)] = []
         var line = 1, lineStart = 0, i = 0
         while i < s.count {
             if s[i] == 10 { line += 1; lineStart = i + 1; i += 1; continue }
-            guard i + f.count <= s.count, Array(s[i..<(i + f.count)]) == f, i == 0 || !isName(s[i - 1]) else { i += 1; continue }
+            guard i + f.count <= s.count, Array(s[i..<(i + f.count)]) == f, i == 0 || !isName(s[i - 1]) else {
+                i += 1
+                continue
+            }
             var j = i + f.count
             i = j
             while j < s.count, s[j] == 32 || s[j] == 9 { j += 1 }
@@ -228,7 +255,8 @@ public enum RecipeCheck {
             guard j < s.count else { continue }
             if String(decoding: s[lineStart..<i], as: UTF8.self).contains("--") { continue }
             if s[j] == 34 || s[j] == 39 {                                                        // a string literal
-                if let close = s[(j + 1)...].firstIndex(where: { $0 == s[j] || $0 == 10 || $0 == 92 }), s[close] == s[j] {
+                if let close = s[(j + 1)...].firstIndex(where: { $0 == s[j] || $0 == 10 || $0 == 92 }),
+                   s[close] == s[j] {
                     out.append((line, String(decoding: s[j...close], as: UTF8.self)))
                 }
                 continue
@@ -254,7 +282,8 @@ public enum RecipeCheck {
                     let isKey = a < body.endIndex && body[a] == 61 && (a + 1 == body.endIndex || body[a + 1] != 61)
                     ok = isKey || ["true", "false", "nil"].contains(String(decoding: body[k..<e], as: UTF8.self))
                     k = e
-                } else if c == 34 || c == 39 {                                                   // a short string, no escapes
+                } else if c == 34
+                    || c == 39 {                                                   // a short string, no escapes
                     guard let close = body[(k + 1)...].firstIndex(of: c), !body[k..<close].contains(92),
                           !body[k..<close].contains(10) else { ok = false; break }
                     k = close + 1
@@ -284,7 +313,8 @@ public enum RecipeCheck {
             var column = 1
             if let near = message.range(of: "near '")?.upperBound, let end = message[near...].firstIndex(of: "'") {
                 let token = String(message[near..<end])
-                let lines = String(decoding: text, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
+                let lines = String(decoding: text, as: UTF8.self)
+                    .split(separator: "\n", omittingEmptySubsequences: false)
                 if line <= lines.count, let at = lines[line - 1].range(of: token) {
                     column = lines[line - 1].distance(from: lines[line - 1].startIndex, to: at.lowerBound) + 1
                 }
@@ -316,7 +346,9 @@ public enum RecipeCheck {
             try lua.pcall(nargs: 3, nresults: 1)
             guard case let .array(items) = try lua.toJSON(-1) else { return [] }
             return items.map { j in
-                Finding(file: j["file"]?.stringValue ?? file, line: Int(j["line"]?.intValue ?? 1), column: Int(j["column"]?.intValue ?? 1),
+                Finding(file: j["file"]?.stringValue ?? file,
+                        line: Int(j["line"]?.intValue ?? 1),
+                        column: Int(j["column"]?.intValue ?? 1),
                         code: j["code"]?.stringValue ?? "lint", message: j["message"]?.stringValue ?? "")
             }
         } catch {

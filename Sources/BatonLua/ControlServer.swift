@@ -82,7 +82,8 @@ public enum ControlLua {
           if gethook() ~= nil then return pack(pcall(f)) end   -- the recipe's own hook, or an abort
           local limit = clock() + cpu
           local function guard()
-            if clock() > limit then error("stopped: the line ran for more than " .. cpu .. " s of CPU (the run waits meanwhile)", 2) end
+            if clock() > limit then error("stopped: the line ran for more than " .. cpu .. " s of CPU (the run waits\
+         meanwhile)", 2) end
           end
           sethook(guard, "", 10000)
           local r = pack(pcall(f))
@@ -157,7 +158,9 @@ public final class ControlServer {
         let path = ctx.dir.controlSocket
         let fd = baton_control_listen(path)
         guard fd >= 0 else {
-            ctx.log(.warn, "no control socket (baton attach will show the journal only): \(path): \(String(cString: strerror(-fd)))")
+            ctx.log(.warn,
+                    "no control socket (baton attach will show the journal only): \(path): "
+                        + "\(String(cString: strerror(-fd)))")
             return nil
         }
         let server = ControlServer(env: env, ctx: ctx, fd: fd, path: path)
@@ -274,33 +277,49 @@ public final class ControlServer {
         case .hello:
             try? ctx.journal.flush()   // what status reads is what this runner knows
             let blocked = RunInfo.load(ctx.dir, withEvents: false).blockedIn?.text
-            let text = "run \(ctx.dir.id) (runner pid \(getpid()))" + (blocked.map { ": blocked in \($0)" } ?? "") + "\n" + describe()
+            let text = "run \(ctx.dir.id) (runner pid \(getpid()))" + (blocked.map { ": blocked in \($0)" } ?? "")
+                + "\n" + describe()
             return .object([("ok", .bool(true)), ("text", .string(text)), ("run", .string(ctx.dir.id))])
         case .eval:
             let code = req["code"]?.stringValue ?? ""
             let (ok, text, incomplete) = eval(code)
-            if incomplete { return .object([("ok", .bool(false)), ("incomplete", .bool(true)), ("text", .string(text))]) }
+            if incomplete {
+                return .object([("ok", .bool(false)), ("incomplete", .bool(true)), ("text", .string(text))])
+            }
             return done(ok, text, journaled: code)
         case .complete:
-            return .object([("ok", .bool(true)), ("candidates", .array(complete(req["chain"]?.stringValue ?? "").map(JSON.string)))])
+            return .object([("ok", .bool(true)),
+                            ("candidates", .array(complete(req["chain"]?.stringValue ?? "").map(JSON.string)))])
         case .stages:
             return done(true, stagesText())
         case .kill:
             guard let e = running(stage) else { return done(false, notRunning(stage), journaled: stage) }
             _ = e.endAttempt()
-            return done(true, "ending attempt \(e.attempt) of stage '\(stage)' (SIGTERM, SIGKILL after \(Clock.human(e.spec.grace))); "
-                        + (e.spec.retries > 0 ? "its retry policy applies (retries = \(e.spec.retries))" : "it has no retries"), journaled: stage)
+            let retry = e.spec.retries > 0
+                ? "its retry policy applies (retries = \(e.spec.retries))" : "it has no retries"
+            return done(true,
+                        "ending attempt \(e.attempt) of stage '\(stage)' (SIGTERM, SIGKILL after "
+                            + "\(Clock.human(e.spec.grace))); " + retry,
+                        journaled: stage)
         case .extend:
             let seconds = req["seconds"]?.doubleValue ?? 0
             let target = "\(stage) \(seconds)"
             guard let e = running(stage) else { return done(false, notRunning(stage), journaled: target) }
-            guard let left = e.extendTimeout(by: seconds) else { return done(false, "stage '\(stage)' has no timeout to move", journaled: target) }
-            return done(true, "stage '\(stage)': timeout moved \(Clock.human(seconds)) later; \(Clock.human(max(0, left))) left", journaled: target)
+            guard let left = e.extendTimeout(by: seconds) else {
+                return done(false, "stage '\(stage)' has no timeout to move", journaled: target)
+            }
+            return done(true,
+                        "stage '\(stage)': timeout moved \(Clock.human(seconds)) later; "
+                            + "\(Clock.human(max(0, left))) left",
+                        journaled: target)
         case .skip:
             let id = req["watch"]?.stringValue ?? ""
             guard ctx.history.watches.contains(where: { $0.id == id && !$0.state.isTerminal }) else {
                 let waiting = ctx.history.watches.filter { !$0.state.isTerminal }.map(\.id)
-                return done(false, "no watch '\(id)' is waiting" + (waiting.isEmpty ? "" : " (waiting: \(waiting.joined(separator: ", ")))"), journaled: id)
+                return done(false,
+                            "no watch '\(id)' is waiting"
+                                + (waiting.isEmpty ? "" : " (waiting: \(waiting.joined(separator: ", ")))"),
+                            journaled: id)
             }
             ctx.skipRequests.insert(id)
             return done(true, "watch '\(id)' ends as blocked; the recipe goes on", journaled: id)
@@ -309,10 +328,11 @@ public final class ControlServer {
             // with who asked in final.json's ended_by.
             ctx.endedBy = FinalRecord.EndedBy(uid: Int64(peer.uid), pid: Int64(peer.pid), user: peer.user)
             baton_signal_raise_flag(SIGTERM)
-            return done(true, "cancelling run \(ctx.dir.id): its stages are ended (SIGTERM, SIGKILL after their grace)", journaled: ctx.dir.id)
-        case .refused:
-            return done(false, "unknown request '\(word)'")
-        default:
+            return done(true,
+                        "cancelling run \(ctx.dir.id): its stages are ended (SIGTERM, SIGKILL after their grace)",
+                        journaled: ctx.dir.id)
+        case .refused, .continue, .step, .skipStage, .next, .breakAdd, .unbreak, .breaks, .where, .pauseState:
+            // (refused never comes here; the others are answered by debugAnswer, Debugger.swift)
             return done(false, "unknown request '\(word)'")
         }
     }
@@ -375,7 +395,8 @@ public final class ControlServer {
 
     func journal(_ p: Peer, _ op: ControlOp, _ target: String, ok: Bool, _ result: String) {
         ctx.record(.control(ControlRecord(uid: Int64(p.uid), user: p.user, pid: Int64(p.pid), op: op,
-                                          target: String(target.prefix(500)), ok: ok, result: String(result.prefix(500)))))
+                                          target: String(target.prefix(500)), ok: ok,
+                                          result: String(result.prefix(500)))))
         try? ctx.journal.flush()
     }
 

@@ -51,7 +51,9 @@ extension RecipeEnvironment {
         lua.pushFunction("baton.breakpoint") { [unowned self] l in
             let why = l.string(1) ?? "baton.breakpoint"
             if let r = self.debugger.replay { try r.breakpoint(l, why: why); return 0 }
-            guard let ctx = self.context, !ctx.dryRun, self.makeContext == nil, self.debugger.serving == 0 else { return 0 }   // (the shell, the prompt: no pause)
+            guard let ctx = self.context, !ctx.dryRun, self.makeContext == nil, self.debugger.serving == 0 else {
+                return 0
+            }   // (the shell, the prompt: no pause)
             _ = try self.pause(at: "baton.breakpoint", why: why, stage: nil, l)
             return 0
         }
@@ -64,13 +66,19 @@ extension RecipeEnvironment {
     /// skips it), and after when the user asked for `:step`.
     func debugged(_ name: String, _ l: LuaState, _ body: () throws -> Int32) throws -> Int32 {
         if let r = debugger.replay {
-            if debugger.serving > 0 { throw LuaRaise("\(name): nothing runs at the replay's prompt (its calls are the recipe's, answered from the journal)") }
+            if debugger.serving > 0 {
+                throw LuaRaise("\(name): nothing runs at the replay's prompt (its calls are the recipe's, answered "
+                        + "from the journal)")
+            }
             return try r.call(name, l, env: self)
         }
-        if debugger.breaks.isEmpty && !debugger.stepping || context?.dryRun == true || debugger.serving > 0 { return try body() }
+        if debugger.breaks.isEmpty && !debugger.stepping || context?.dryRun == true || debugger.serving > 0 {
+            return try body()
+        }
         var stepThis = debugger.stepping
         debugger.stepping = false
-        if name == "runStage", !stepThis, let id = RecipeEnvironment.rawString(l, 1, "id"), let pattern = debugger.match(id) {
+        if name == "runStage", !stepThis, let id = RecipeEnvironment.rawString(l, 1, "id"),
+           let pattern = debugger.match(id) {
             debugger.canSkip = !RecipeEnvironment.rawBool(l, 1, "background")
             defer { debugger.canSkip = false }
             switch try pause(at: "before stage \(id)", why: "--break \(pattern)", stage: id, spec: 1, l) {
@@ -80,7 +88,7 @@ extension RecipeEnvironment {
                 l.setFields([("id", .string(id)), ("skipped", .bool(true))])
                 return 1
             case .step: stepThis = true; debugger.stepping = false
-            default: break
+            case .continue, .timeout: break
             }
         }
         guard stepThis else { return try body() }
@@ -137,36 +145,41 @@ extension RecipeEnvironment {
         var child = debugger.autoAttach && tcgetpgrp(0) == getpgrp() ? startAttachChild(ctx) : nil
         if child == nil {
             Console.err("run \(ctx.dir.id) paused \(rec.text): baton attach \(ctx.dir.id) opens its prompt there"
-                        + (debugger.breakTimeout.map { "; it goes on by itself after \(Clock.human($0)) with nobody attached" } ?? ""))
+                        + (debugger.breakTimeout.map { "; it goes on by itself after \(Clock.human($0)) with nobody "
+                                + "attached" } ?? ""))
         }
         let outcome = ctx.loop.wait(WaitLabel(.pause, at), pollEvery: 0.1) {
-            if let c = child, Debugger.exited(c) {
+            if let c = child, Survivors.exited(c) {
                 child = nil
                 self.giveBackTerminal()
                 if self.debugger.action == nil {
-                    Console.err("the prompt left; run \(ctx.dir.id) stays paused: baton attach \(ctx.dir.id) opens it again, Ctrl-C cancels the run")
+                    Console.err("the prompt left; run \(ctx.dir.id) stays paused: baton attach \(ctx.dir.id) opens "
+                            + "it again, Ctrl-C cancels the run")
                 }
             }
             if self.debugger.action != nil { return true }
-            if let d = self.debugger.pauseDeadline, Clock.monotonic() >= d { self.debugger.action = .timeout; return true }
+            if let d = self.debugger.pauseDeadline, Clock.monotonic() >= d {
+                self.debugger.action = .timeout
+                return true
+            }
             return false
         }
         if let c = child {
             // The prompt leaves by itself on :continue/:step/:skip (give it a moment); on a
             // cancel or a timeout it is told to (SIGTERM: it puts the terminal back as it was).
-            var waited = 0
-            if outcome == .interrupted || debugger.action == .timeout { kill(c, SIGTERM) }
-            while !Debugger.exited(c) && waited < 50 { usleep(100_000); waited += 1 }
-            if !Debugger.exited(c) { kill(c, SIGKILL); while !Debugger.exited(c) { usleep(10_000) } }
+            let told = outcome == .interrupted || debugger.action == .timeout
+            Survivors.end(child: c, signal: told ? SIGTERM : nil, grace: 5)
             giveBackTerminal()
         }
         try checkFatal()
         if outcome == .interrupted { throw RecipeEnvironment.abort }
         let action = debugger.action ?? .continue
         if action == .step { debugger.stepping = true }
-        ctx.record(.resumedFromPause(PauseResumed(how: action.rawValue, pausedMs: Int64((Clock.monotonic() - began) * 1000))))
+        ctx.record(.resumedFromPause(PauseResumed(how: action.rawValue,
+                                                  pausedMs: Int64((Clock.monotonic() - began) * 1000))))
         if action == .timeout {
-            Console.err("run \(ctx.dir.id): nobody attached within --break-timeout \(Clock.human(debugger.breakTimeout ?? 0)): it goes on")
+            Console.err("run \(ctx.dir.id): nobody attached within --break-timeout "
+                    + "\(Clock.human(debugger.breakTimeout ?? 0)): it goes on")
         }
         return action
     }
@@ -184,8 +197,16 @@ extension RecipeEnvironment {
 
     /// `baton attach --leave-on-resume RUN` on this terminal, in the foreground.
     func startAttachChild(_ ctx: RunContext) -> pid_t? {
-        let argv = [FileIO.selfExecutable(), "attach", "--runs-dir", FileIO.dirname(ctx.dir.path), "--leave-on-resume", ctx.dir.id]
-        guard let pid = try? Spawner.spawn(argv: argv, env: Spawner.currentEnvironment(), cwd: nil, stdin: 0, stdout: 1, stderr: 2) else { return nil }
+        let argv = [FileIO.selfExecutable(), "attach", "--runs-dir", FileIO.dirname(ctx.dir.path), "--leave-on-resume",
+                    ctx.dir.id]
+        guard let pid = try? Spawner.spawn(argv: argv,
+                                           env: Spawner.currentEnvironment(),
+                                           cwd: nil,
+                                           stdin: 0,
+                                           stdout: 1,
+                                           stderr: 2) else {
+            return nil
+        }
         let old = signal(SIGTTOU, SIG_IGN)
         _ = tcsetpgrp(0, pid)
         signal(SIGTTOU, old)
@@ -200,14 +221,6 @@ extension RecipeEnvironment {
     }
 }
 
-extension Debugger {
-    static func exited(_ pid: pid_t) -> Bool {
-        var st: Int32 = 0
-        let r = waitpid(pid, &st, WNOHANG)
-        return r == pid || (r < 0 && errno == ECHILD)
-    }
-}
-
 extension LuaState {
     /// "recipe.lua:12": the first Lua frame that is not Baton's own (the recipe's).
     func recipeLine() -> String {
@@ -218,7 +231,8 @@ extension LuaState {
             let what = ar.what.map { String(cString: $0) } ?? ""
             let source = ar.source.map { String(cString: $0) } ?? ""
             if what != "C", !source.hasPrefix("=baton"), !source.hasPrefix("@baton:") {
-                return (source.hasPrefix("@") || source.hasPrefix("=") ? String(source.dropFirst()) : "?") + ":\(ar.currentline)"
+                return (source.hasPrefix("@") || source.hasPrefix("=") ? String(source.dropFirst()) : "?")
+                    + ":\(ar.currentline)"
             }
             level += 1
         }
@@ -275,9 +289,11 @@ extension ControlServer {
             let text = "run \(ctx.dir.id) (runner pid \(getpid())): PAUSED \(p.text)\n\(describe())\n"
                 + ":continue goes on, :step runs the next primitive call and pauses after it"
                 + (p.stage != nil ? ", :skip skips stage '\(p.stage!)'" : "") + ", :where shows the traceback"
-            return .object([("ok", .bool(true)), ("text", .string(text)), ("run", .string(ctx.dir.id)), ("paused", .bool(true))])
+            return .object([("ok", .bool(true)), ("text", .string(text)), ("run", .string(ctx.dir.id)),
+                            ("paused", .bool(true))])
         case .pauseState:
-            return .object([("ok", .bool(true)), ("paused", .bool(debugger.paused != nil)), ("text", .string(debugger.paused?.text ?? ""))])
+            return .object([("ok", .bool(true)), ("paused", .bool(debugger.paused != nil)),
+                            ("text", .string(debugger.paused?.text ?? ""))])
         case .continue, .step, .skipStage:
             guard let p = debugger.paused else { return done(false, "the run is not paused", target: id) }
             if debugger.action != nil { return done(false, "the run is already going on", target: id) }
@@ -289,10 +305,19 @@ extension ControlServer {
                 debugger.action = .step
                 return done(true, "the run goes on for one primitive call, then pauses again", target: p.at)
             default:
-                guard let s = p.stage else { return done(false, "not paused before a stage: nothing to skip (:continue goes on)", target: id) }
-                guard debugger.canSkip else { return done(false, "stage '\(s)' is a background stage (or a parallel item's): it cannot be skipped; :continue", target: s) }
+                guard let s = p.stage else {
+                    return done(false, "not paused before a stage: nothing to skip (:continue goes on)", target: id)
+                }
+                guard debugger.canSkip else {
+                    return done(false,
+                                "stage '\(s)' is a background stage (or a parallel item's): it cannot be skipped; "
+                                    + ":continue",
+                                target: s)
+                }
                 debugger.action = .skip
-                return done(true, "stage '\(s)' is skipped (its result is {skipped = true}); the run goes on", target: s)
+                return done(true,
+                            "stage '\(s)' is skipped (its result is {skipped = true}); the run goes on",
+                            target: s)
             }
         case .breakAdd:
             guard !id.isEmpty else { return done(false, "usage: :break ID (a stage id or a glob such as deploy*)") }
@@ -300,18 +325,28 @@ extension ControlServer {
             return done(true, "breakpoints: \(debugger.breaks.joined(separator: ", "))", target: id)
         case .unbreak:
             guard debugger.breaks.contains(id) else {
-                return done(false, "no breakpoint '\(id)'" + (debugger.breaks.isEmpty ? "" : " (breakpoints: \(debugger.breaks.joined(separator: ", ")))"), target: id)
+                return done(false,
+                            "no breakpoint '\(id)'"
+                                + (debugger.breaks.isEmpty ? "" : " (breakpoints: "
+                                   + "\(debugger.breaks.joined(separator: ", ")))"),
+                            target: id)
             }
             debugger.breaks.removeAll { $0 == id }
-            return done(true, debugger.breaks.isEmpty ? "no breakpoints left" : "breakpoints: \(debugger.breaks.joined(separator: ", "))", target: id)
+            return done(true,
+                        debugger.breaks.isEmpty
+                            ? "no breakpoints left"
+                            : "breakpoints: \(debugger.breaks.joined(separator: ", "))",
+                        target: id)
         case .breaks:
-            return done(true, debugger.breaks.isEmpty ? "no breakpoints" : debugger.breaks.joined(separator: "\n"), journaled: false)
+            return done(true,
+                        debugger.breaks.isEmpty ? "no breakpoints" : debugger.breaks.joined(separator: "\n"),
+                        journaled: false)
         case .where:
             return done(true, whereText(), target: debugger.paused?.at ?? "")
         case .next:
             return done(false, ":next is the replay debugger's (baton debug); in a live run, :step", target: "")
-        default:
-            return nil
+        case .eval, .complete, .stages, .kill, .extend, .skip, .cancel, .refused:
+            return nil   // (not the debugger's: ControlServer.answer's)
         }
     }
 }
@@ -337,7 +372,9 @@ extension RecipeEnvironment {
                 end
                 """.utf8), name: "=baton.keep")
             lua.pushFunction("baton.keepModule") { l in
-                guard let name = l.string(1), let file = l.string(2), let bytes = try? FileIO.readFile(file) else { return 0 }
+                guard let name = l.string(1), let file = l.string(2), let bytes = try? FileIO.readFile(file) else {
+                    return 0
+                }
                 let path = modules + "/" + name.replacingOccurrences(of: ".", with: "/") + ".lua"
                 try? FileIO.makeDirectories(FileIO.dirname(path), mode: RunDirectory.dirMode)
                 try? FileIO.writeAtomically(path, bytes, mode: RunDirectory.fileMode)

@@ -12,7 +12,11 @@ public struct OutputOptions: Sendable {
     public var quiet = false
     /// `--stream`: echo stage output as it comes.
     public var stream = false
-    public init(json: Bool = false, quiet: Bool = false, stream: Bool = false) { self.json = json; self.quiet = quiet; self.stream = stream }
+    public init(json: Bool = false, quiet: Bool = false, stream: Bool = false) {
+        self.json = json
+        self.quiet = quiet
+        self.stream = stream
+    }
 }
 
 /// The recipe environment: one Lua state with the sandbox, the `baton` table and
@@ -87,7 +91,8 @@ public final class RecipeEnvironment {
     public func setRequirePaths(recipeDir: String) {
         self.recipeDir = recipeDir
         let cwd = FileIO.currentDirectory()
-        let path = ["\(recipeDir)/?.lua", "\(recipeDir)/?/init.lua", "\(cwd)/scripts-lua/?.lua", "\(cwd)/scripts-lua/?/init.lua"].joined(separator: ";")
+        let path = ["\(recipeDir)/?.lua", "\(recipeDir)/?/init.lua", "\(cwd)/scripts-lua/?.lua",
+                    "\(cwd)/scripts-lua/?/init.lua"].joined(separator: ";")
         _ = lua.getGlobal("package")
         lua.push(path)
         lua.setField(-2, "path")
@@ -144,11 +149,13 @@ public final class RecipeEnvironment {
         let keys = heldReplays
         heldReplays.removeAll(keepingCapacity: true)
         view?.clear()
-        let why = ResumeWhy(reason: .unchanged).sentence.replacingOccurrences(of: "replayed", with: Palette.replayed("replayed"))
+        let why = ResumeWhy(reason: .unchanged).sentence
+            .replacingOccurrences(of: "replayed", with: Palette.replayed("replayed"))
         if keys.count <= 3 {
             Console.err(keys.map { "resume: stage \($0): \(why)" }.joined(separator: "\n"))
         } else {
-            Console.err("resume: \(keys.count) stage calls \(why) (\(keys.first!) … \(keys.last!); baton log --why lists each)")
+            Console.err("resume: \(keys.count) stage calls \(why) (\(keys.first!) … \(keys.last!); baton log --why "
+                    + "lists each)")
         }
     }
 
@@ -182,13 +189,16 @@ public final class RecipeEnvironment {
             case LUA_TNONE, LUA_TNIL: code = 0
             case LUA_TBOOLEAN: code = l.bool(1) ? 0 : 1
             case LUA_TNUMBER:
-                guard let v = l.integer(1), (0...255).contains(v) else { throw LuaRaise.usage("os.exit: the code must be an integer from 0 to 255") }
+                guard let v = l.integer(1), (0...255).contains(v) else {
+                    throw LuaRaise.usage("os.exit: the code must be an integer from 0 to 255")
+                }
                 code = Int32(v)
             default: throw LuaRaise.usage("os.exit: the code must be a boolean or an integer")
             }
             if self.controlLines > 0 {
                 throw LuaRaise("os.exit is refused at baton attach: it would end the run as if the recipe had; "
-                               + "use :cancel to cancel the run, or :kill STAGE to end a stage's attempt", kind: "refused")
+                               + "use :cancel to cancel the run, or :kill STAGE to end a stage's attempt",
+                               kind: "refused")
             }
             self.exitCode = code
             l.requestAbort(BATON_ABORT_EXIT)
@@ -205,11 +215,17 @@ public final class RecipeEnvironment {
         _ = lua.getGlobal("os")
         lua.pushFunction("os.execute") { [unowned self] (l: LuaState) throws -> Int32 in
             if l.type(1) == LUA_TNONE || l.type(1) == LUA_TNIL { l.push(true); return 1 }   // a shell is available
-            guard let text = l.string(1) else { throw LuaRaise.usage("os.execute: the command must be a string, got \(l.describeType(1))") }
+            guard let text = l.string(1) else {
+                throw LuaRaise.usage("os.execute: the command must be a string, got \(l.describeType(1))")
+            }
             try noNUL(text, "os.execute: the command")
             if self.skippedInDryRun("os.execute", text) { l.push(true); l.push("exit"); l.push(0); return 3 }
             let env = self.context?.baseEnvironment ?? Spawner.currentEnvironment()
-            let o = self.runCommand(.shell(text), via: .execute, cwd: nil, env: env, output: (self.output.json ? 2 : 1, 2))
+            let o = self.runCommand(.shell(text),
+                                    via: .execute,
+                                    cwd: nil,
+                                    env: env,
+                                    output: (self.output.json ? 2 : 1, 2))
             if o.interrupted { throw RecipeEnvironment.abort }
             try self.checkFatal()
             if let sig = o.signal { l.pushNil(); l.push("signal"); l.push(Int(sig)); return 3 }
@@ -222,7 +238,8 @@ public final class RecipeEnvironment {
         lua.pop()
         _ = lua.getGlobal("io")
         lua.pushFunction("io.popen") { (l: LuaState) throws -> Int32 in
-            throw LuaRaise.usage("io.popen is not available in recipes: its process would escape Baton's process groups, cancellation and journal; use baton.sh(cmd) (returns the command's output) or runStage")
+            throw LuaRaise.usage("io.popen is not available in recipes: its process would escape Baton's process "
+                    + "groups, cancellation and journal; use baton.sh(cmd) (returns the command's output) or runStage")
         }
         lua.setField(-2, "popen")
         lua.pop()

@@ -23,7 +23,9 @@ extension RecipeEnvironment {
                 guard let s = l.number(1), s >= 0, s.isFinite else {
                     throw LuaRaise.usage("baton.sleep: seconds must be a non-negative number, got \(l.describeType(1))")
                 }
-                if !self.loop.sleep(s, WaitLabel(.sleep, Clock.human(s))) { throw LuaRaise(BATON_ABORT_MESSAGE, kind: "abort") }
+                if !self.loop.sleep(s, WaitLabel(.sleep, Clock.human(s))) {
+                    throw LuaRaise(BATON_ABORT_MESSAGE, kind: "abort")
+                }
                 return 0
             }),
             ("sh", { [unowned self] (l: LuaState) throws -> Int32 in try self.batonSh(l) }),
@@ -64,15 +66,21 @@ extension RecipeEnvironment {
         lua.register([
             ("encode", { (l: LuaState) throws -> Int32 in
                 let pretty: Bool
-                if l.type(2) == LUA_TTABLE { _ = l.rawGetField(2, "pretty"); pretty = l.bool(-1); l.pop() } else { pretty = false }
-                do { l.push(try l.toJSON(1).encoded(pretty: pretty)) } catch { throw LuaRaise("baton.json.encode: \(error)") }
+                if l.type(2) == LUA_TTABLE { _ = l.rawGetField(2, "pretty"); pretty = l.bool(-1); l.pop() } else {
+                    pretty = false
+                }
+                do { l.push(try l.toJSON(1).encoded(pretty: pretty)) } catch {
+                    throw LuaRaise("baton.json.encode: \(error)")
+                }
                 return 1
             }),
             ("decode", { (l: LuaState) throws -> Int32 in
                 guard let b = l.bytes(1) else {
                     throw LuaRaise.usage("baton.json.decode: expects a string, got \(l.describeType(1))")
                 }
-                do { l.push(json: try JSON.parse(b)) } catch { throw LuaRaise("baton.json.decode: invalid JSON: \(error)") }
+                do { l.push(json: try JSON.parse(b)) } catch {
+                    throw LuaRaise("baton.json.decode: invalid JSON: \(error)")
+                }
                 return 1
             }),
             ("array", { (l: LuaState) throws -> Int32 in
@@ -125,7 +133,9 @@ extension RecipeEnvironment {
                 }
                 if self.skippedInDryRun("baton.fs.append", p) { return 0 }
                 let held = self.heldLocks[FileIO.absolute(p)] != nil
-                do { try FileIO.appendLocked(p, data, alreadyLocked: held) } catch { throw LuaRaise("baton.fs.append: \(error)") }
+                do { try FileIO.appendLocked(p, data, alreadyLocked: held) } catch {
+                    throw LuaRaise("baton.fs.append: \(error)")
+                }
                 return 0
             }),
             ("locked", { [unowned self] (l: LuaState) throws -> Int32 in try self.fsLocked(l) }),
@@ -177,13 +187,17 @@ extension RecipeEnvironment {
             timeout = try t.number("timeout", min: 0) ?? timeout
         }
         let key = FileIO.absolute(p)
-        guard heldLocks[key] == nil else { throw LuaRaise.usage("baton.fs.locked: \(p) is already locked by this recipe") }
+        guard heldLocks[key] == nil else {
+            throw LuaRaise.usage("baton.fs.locked: \(p) is already locked by this recipe")
+        }
         let lock: FileLock
         do {
             try FileIO.makeDirectories(FileIO.dirname(key))
             guard let got = try FileLock.acquire(key, timeout: timeout, loop: loop) else {
                 if loop.interrupted || l.abortReason != 0 { throw RecipeEnvironment.abort }
-                throw LuaRaise("baton.fs.locked: \(p) is still locked by another process after \(fmt(timeout))s", status: .failure, kind: "lock")
+                throw LuaRaise("baton.fs.locked: \(p) is still locked by another process after \(fmt(timeout))s",
+                               status: .failure,
+                               kind: "lock")
             }
             lock = got
         } catch let e as LuaRaise { throw e } catch { throw LuaRaise("baton.fs.locked: \(error)") }
@@ -195,7 +209,9 @@ extension RecipeEnvironment {
     }
 
     static func pathArg(_ l: LuaState, _ fn: String) throws -> String {
-        guard let p = l.string(1) else { throw LuaRaise.usage("\(fn): the path must be a string, got \(l.describeType(1))") }
+        guard let p = l.string(1) else {
+            throw LuaRaise.usage("\(fn): the path must be a string, got \(l.describeType(1))")
+        }
         guard !p.isEmpty else { throw LuaRaise.usage("\(fn): the path is empty") }
         try noNUL(p, "\(fn): the path")
         return p
@@ -214,9 +230,11 @@ extension RecipeEnvironment {
         if l.type(2) == LUA_TTABLE {
             do { fields = try l.toJSON(2) } catch { throw LuaRaise.usage("baton.log: fields: \(error)") }
             if let given = fields["level"] {
-                guard let lv = given.stringValue, declared.choices.contains(lv), let known = LogLevel(rawValue: lv) else {
+                guard let lv = given.stringValue, declared.choices.contains(lv),
+                      let known = LogLevel(rawValue: lv) else {
                     let levels = declared.choices.map { "'\($0)'" }.joined(separator: ", ")
-                    throw LuaRaise.usage("baton.log: fields.level must be one of \(levels), got \(given.stringValue.map { "'\($0)'" } ?? given.encoded())")
+                    throw LuaRaise.usage("baton.log: fields.level must be one of \(levels), got "
+                            + "\(given.stringValue.map { "'\($0)'" } ?? given.encoded())")
                 }
                 level = known
             }
@@ -253,7 +271,9 @@ extension RecipeEnvironment {
             guard let c = try t.command("cmd") else { throw LuaRaise.usage("baton.sh: a command is required") }
             l.pop()
             cmd = c
-        } else { throw LuaRaise.usage("baton.sh: the command must be a string or an argv list, got \(l.describeType(1))") }
+        } else {
+            throw LuaRaise.usage("baton.sh: the command must be a string or an argv list, got \(l.describeType(1))")
+        }
         var cwd: String? = nil, stdin: String? = nil, timeout: Double? = nil, allowFail = false, readOnly = false
         var env = context?.baseEnvironment ?? Spawner.currentEnvironment()
         if l.type(2) == LUA_TTABLE {
@@ -278,7 +298,9 @@ extension RecipeEnvironment {
             return 4
         }
         guard o.ok else {
-            throw LuaRaise("baton.sh: '\(cmd.display.prefix(120))' failed: \(o.failureDescription)", status: .failure, kind: "sh")
+            throw LuaRaise("baton.sh: '\(cmd.display.prefix(120))' failed: \(o.failureDescription)",
+                           status: .failure,
+                           kind: "sh")
         }
         l.push(bytes: o.stdout)
         return 1
@@ -291,9 +313,14 @@ extension RecipeEnvironment {
         context?.spawnedAny = true
         let o = CommandRun.run(cmd, cwd: cwd, env: env, stdin: stdin, timeout: timeout, output: output,
                                on: loop, label: WaitLabel(via, cmd.display))
-        var rec = CommandRecord(via: via.rawValue, command: cmd, cwd: cwd.map(FileIO.absolute) ?? FileIO.currentDirectory(),
-                                pid: o.pid, exit: o.exit, signal: o.signal, timedOut: o.timedOut, durationMs: Int64(o.duration * 1000))
-        if via == .sh { rec.stdout = CommandRecord.journaledOutput(o.stdout) }   // (what baton debug answers baton.sh with)
+        var rec = CommandRecord(via: via.rawValue,
+                                command: cmd,
+                                cwd: cwd.map(FileIO.absolute) ?? FileIO.currentDirectory(),
+                                pid: o.pid, exit: o.exit, signal: o.signal, timedOut: o.timedOut,
+                                durationMs: Int64(o.duration * 1000))
+        if via == .sh {
+            rec.stdout = CommandRecord.journaledOutput(o.stdout)
+        }   // (what baton debug answers baton.sh with)
         context?.record(.command(rec))
         return o
     }
@@ -344,17 +371,26 @@ enum YAMLBridge {
     static func decode(_ text: String, loop: EventLoop) throws -> JSON {
         let h = helper
         guard access(h, X_OK) == 0 else {
-            throw LuaRaise("baton.yaml.decode: the YAML helper \(h) is missing (build the 'baton-yaml' product next to baton)",
+            throw LuaRaise("baton.yaml.decode: the YAML helper \(h) is missing (build the 'baton-yaml' product next "
+                    + "to baton)",
                            status: .failure, kind: "yaml")
         }
-        let o = CommandRun.run(.argv([h]), stdin: text, timeout: 60, on: loop, label: WaitLabel(.yaml, "baton.yaml.decode"))
+        let o = CommandRun.run(.argv([h]),
+                               stdin: text,
+                               timeout: 60,
+                               on: loop,
+                               label: WaitLabel(.yaml, "baton.yaml.decode"))
         if o.interrupted { throw LuaRaise(BATON_ABORT_MESSAGE, kind: "abort") }
         guard o.ok else {
             let why = o.exit == 1 ? o.stderrText.trimmingWhitespace() : o.failureDescription
-            throw LuaRaise("baton.yaml.decode: invalid YAML: \(why)".replacingNewlines(), status: .failure, kind: "yaml")
+            throw LuaRaise("baton.yaml.decode: invalid YAML: \(why)".replacingNewlines(),
+                           status: .failure,
+                           kind: "yaml")
         }
         do { return try JSON.parse(o.stdout) } catch {
-            throw LuaRaise("baton.yaml.decode: the helper's output is not JSON: \(error)", status: .failure, kind: "yaml")
+            throw LuaRaise("baton.yaml.decode: the helper's output is not JSON: \(error)",
+                           status: .failure,
+                           kind: "yaml")
         }
     }
 }

@@ -10,6 +10,10 @@ import LuaShim
 /// loop. Coroutines yield in Lua only (a runStage inside an item starts its stage in the
 /// background and yields until it ends), so no yield ever crosses a Swift frame.
 extension RecipeEnvironment {
+    /// parallel's onFailure choices as a Lua set's fields (`["cancel"] = true, ...`).
+    static let onFailureChoices = PrimitiveFields.parallelOptions[field: "onFailure"]!.choices
+        .map { "[\"\($0)\"] = true" }.joined(separator: ", ")
+
     static let parallelSource = #"""
     local startStage, waitAny, cancelHandles, ncores, where, errmt, setLane, endFanOut, now, sleep, release = ...
     local calls = 0
@@ -74,7 +78,7 @@ extension RecipeEnvironment {
     end
 
     local known = {\#(PrimitiveFields.parallelOptions.names.map { "\($0) = true" }.joined(separator: ", "))}
-    local onFailureChoices = {\#(PrimitiveFields.parallelOptions[field: "onFailure"]!.choices.map { "[\"\($0)\"] = true" }.joined(separator: ", "))}
+    local onFailureChoices = {\#(onFailureChoices)}
 
     local function parallel(items, fn, opts)
       if type(items) ~= "table" then fail("parallel: items must be a list, got " .. type(items), 3, "usage") end
@@ -83,11 +87,13 @@ extension RecipeEnvironment {
       if type(opts) ~= "table" then fail("parallel: opts must be a table, got " .. type(opts), 3, "usage") end
       for k in pairs(opts) do
         if not known[k] then
-          fail("parallel: unknown option '" .. tostring(k) .. "'; known: \#(PrimitiveFields.parallelOptions.names.joined(separator: ", "))", 3, "usage")
+          fail("parallel: unknown option '" .. tostring(k) .. "'; known:\#
+     \#(PrimitiveFields.parallelOptions.names.joined(separator: ", "))", 3, "usage")
         end
       end
       if itemOf[running()] then
-        fail("parallel: a parallel inside a parallel item is not supported; flatten the items into one list", 3, "usage")
+        fail("parallel: a parallel inside a parallel item is not supported; flatten the items into one list", 3,\#
+     "usage")
       end
       local limit = opts.maxConcurrency or ncores
       if mathtype(limit) ~= "integer" or limit < 1 then
@@ -95,7 +101,8 @@ extension RecipeEnvironment {
       end
       local policy = opts.onFailure or "\#(PrimitiveFields.parallelOptions.string("onFailure"))"
       if not onFailureChoices[policy] then
-        fail("parallel: onFailure must be 'cancel', 'drain' or 'continue', got '" .. tostring(policy) .. "'", 3, "usage")
+        fail("parallel: onFailure must be 'cancel', 'drain' or 'continue', got '" .. tostring(policy) .. "'", 3,\#
+     "usage")
       end
       local maxFailures = opts.maxFailures or (policy == "continue" and math.huge or 0)
       if type(maxFailures) ~= "number" or maxFailures < 0 then
@@ -196,7 +203,9 @@ extension RecipeEnvironment {
         _ = lua.rawGetField(-1, "now")
         _ = lua.rawGetField(-2, "sleep")
         lua_rotate(lua.L, -3, -1); lua.pop()                             // [chunk ...8 now sleep]
-        lua.pushFunction("baton.releaseHandle") { [unowned self] l in self.releaseHandle(l) }                                                                // [chunk ...8 now sleep release]
+        lua.pushFunction("baton.releaseHandle") { [unowned self] l in
+            self.releaseHandle(l)
+        }                                                                // [chunk ...8 now sleep release]
         try lua.pcall(nargs: 11, nresults: 3)                            // [parallel runStage sleep]
         _ = lua.getGlobal("baton")                                       // [parallel runStage sleep baton]
         lua_pushvalue(lua.L, -2); lua.setField(-2, "sleep")
@@ -215,7 +224,9 @@ extension RecipeEnvironment {
         for i in 0..<n {
             lua_rawgeti(l.L, 1, lua_Integer(i + 1))
             defer { l.pop() }
-            guard let e = handleExecution(l, index: -1) else { throw LuaRaise.usage("\(fn): item \(i + 1) is not a stage handle") }
+            guard let e = handleExecution(l, index: -1) else {
+                throw LuaRaise.usage("\(fn): item \(i + 1) is not a stage handle")
+            }
             out.append(e)
         }
         return out
@@ -228,7 +239,8 @@ extension RecipeEnvironment {
         let ctx = try requireContext()
         let until = l.number(2).map { Clock.monotonic() + ($0 - Clock.now()) }
         if execs.contains(where: \.isFinished) || (execs.isEmpty && until == nil) { return 0 }
-        let label = WaitLabel(.parallel, execs.isEmpty ? "sleeping items" : execs.map(\.spec.id).joined(separator: ", "))
+        let label = WaitLabel(.parallel,
+                              execs.isEmpty ? "sleeping items" : execs.map(\.spec.id).joined(separator: ", "))
         let r = ctx.loop.wait(label, deadline: until) { execs.contains(where: \.isFinished) }
         try checkFatal()
         if r == .interrupted { throw RecipeEnvironment.abort }
@@ -240,7 +252,9 @@ extension RecipeEnvironment {
         let execs = try executions(l, "parallel")
         let ctx = try requireContext()
         for e in execs { e.cancel() }
-        let r = ctx.loop.wait(WaitLabel(.parallel, "cancelling \(execs.count) items")) { execs.allSatisfy(\.isFinished) }
+        let r = ctx.loop.wait(WaitLabel(.parallel, "cancelling \(execs.count) items")) {
+            execs.allSatisfy(\.isFinished)
+        }
         if r == .interrupted { throw RecipeEnvironment.abort }
         return 0
     }

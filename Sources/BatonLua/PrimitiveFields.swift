@@ -47,7 +47,8 @@ public struct FieldDecl: Sendable {
     public let docDefault: String
 
     public init(_ name: String, _ kind: FieldKind, _ doc: String = "", required: Bool = false, choices: [String] = [],
-                lua: String? = nil, type docType: String? = nil, value: JSON? = nil, default docDefault: String? = nil) {
+                lua: String? = nil, type docType: String? = nil, value: JSON? = nil,
+                default docDefault: String? = nil) {
         self.name = name; self.kind = kind; self.required = required; self.choices = choices; self.doc = doc
         self.value = value
         switch value {
@@ -86,21 +87,42 @@ public enum PrimitiveFields {
 
     /// runStage's own fields (each executor's table is added from the executor's declaration).
     public static let runStage: [FieldDecl] = [
-        F("id", .string, "the same id may run again: occurrence 2, 3, ...", required: true, type: "string", default: "required"),
+        F("id",
+          .string,
+          "the same id may run again: occurrence 2, 3, ...",
+          required: true,
+          type: "string",
+          default: "required"),
         F("cmd", .command, "", required: true, type: "list of strings, or string", default: "required"),
         F("cwd", .string, "working directory (default: the current one)", type: "string", default: "current directory"),
         F("env", .table, "added to the stage's environment", lua: "table<string, string>", type: "table"),
         F("stdin", .string, "text on the stage's stdin", type: "string", default: "empty"),
-        F("timeout", .number, "seconds, then SIGTERM to the stage's process group", type: "number (s)", default: "none"),
+        F("timeout",
+          .number,
+          "seconds, then SIGTERM to the stage's process group",
+          type: "number (s)",
+          default: "none"),
         F("grace", .number, "seconds between SIGTERM and SIGKILL (default 10)", type: "number (s)", value: .int(10)),
-        F("retries", .integer, "further attempts, for the classes in retryOn (default 0)", type: "integer", value: .int(0)),
-        F("retryOn", .stringList, "default {\"transient\"}", choices: FailureClass.allCases.map(\.rawValue), type: "list",
+        F("retries",
+          .integer,
+          "further attempts, for the classes in retryOn (default 0)",
+          type: "integer",
+          value: .int(0)),
+        F("retryOn",
+          .stringList,
+          "default {\"transient\"}",
+          choices: FailureClass.allCases.map(\.rawValue),
+          type: "list",
           default: "`{\"transient\"}`"),
         F("backoff", .table, "default {1, 2, 60}", lua: "{initial?: number, factor?: number, max?: number}",
           type: "`{initial, factor, max}`", default: "`{1, 2, 60}`"),
         F("transient", .table, "rules that make a failure transient", lua: "{exit?: integer[], stderr?: string[]}",
           type: "`{exit = {75}, stderr = {\"rate limit\"}}`"),
-        F("breaker", .integer, "the same failure signature this many times in the run: stop", type: "integer", default: "none"),
+        F("breaker",
+          .integer,
+          "the same failure signature this many times in the run: stop",
+          type: "integer",
+          default: "none"),
         F("requireFiles", .stringList, "must exist and be non-empty after a zero exit", type: "list"),
         F("background", .boolean, "return a handle at once", type: "boolean", value: .bool(false)),
         F("allowFail", .boolean, "return a failed result instead of raising", type: "boolean", value: .bool(false)),
@@ -114,12 +136,18 @@ public enum PrimitiveFields {
           default: "the run's (`baton.executor`, `run --executor`, else local)"),
         F("waitFor", .string, "the stage ends when its leader exits (default) or when its whole process group is empty",
           choices: ["leader", "group"], value: .string("leader")),
-        F("inputs", .paths, "files the stage reads, globs from cwd (\"src/**/*.py\", \"!src/tests/**\", \"?docs/**\" optional); "
+        F("inputs",
+          .paths,
+          "files the stage reads, globs from cwd (\"src/**/*.py\", \"!src/tests/**\", \"?docs/**\" optional); "
           + "their content is in the fingerprint", lua: "string[]|fun(): string[]",
           type: "list of paths and globs, or a function returning one"),
-        F("outputs", .paths, "files or directories the stage makes: must exist after a zero exit; hashed, journaled, cached",
+        F("outputs",
+          .paths,
+          "files or directories the stage makes: must exist after a zero exit; hashed, journaled, cached",
           lua: "string[]", type: "list of paths"),
-        F("cache", .boolean, "use the cache across runs (default: on with `baton run --cache` when outputs are declared)",
+        F("cache",
+          .boolean,
+          "use the cache across runs (default: on with `baton run --cache` when outputs are declared)",
           type: "boolean", default: "`baton run --cache`: on when `outputs` are declared"),
     ]
 
@@ -136,7 +164,11 @@ public enum PrimitiveFields {
 
     public static let preflight: [FieldDecl] = [
         F("name", .string, "default \"preflight\"", value: .string("preflight")),
-        F("policy", .string, "default \"fail\" (exit code 4)", choices: PreflightPolicy.allCases.map(\.rawValue), value: .string("fail")),
+        F("policy",
+          .string,
+          "default \"fail\" (exit code 4)",
+          choices: PreflightPolicy.allCases.map(\.rawValue),
+          value: .string("fail")),
         F("checks", .table, "", required: true, lua: "baton.Check[]"),
         F("timeout", .number, "default timeout of cmd checks (30 s)", value: .int(30)),
     ]
@@ -166,7 +198,11 @@ public enum PrimitiveFields {
         F("requireFiles", .stringList, "must exist and be non-empty before the callback"),
         F("readyTimeoutSec", .number, "default 600", value: .int(600)),
         F("readyPollSec", .number, "default 5", value: .int(5)),
-        F("onMissing", .string, "default \"fail\"", choices: OnMissing.allCases.map(\.rawValue), value: .string("fail")),
+        F("onMissing",
+          .string,
+          "default \"fail\"",
+          choices: OnMissing.allCases.map(\.rawValue),
+          value: .string("fail")),
         F("timeoutSec", .number, "default 86400", value: .int(86400)),
         F("heartbeatSec", .number, "default 60", value: .int(60)),
         F("callback", .function, "", lua: "fun(info: baton.WatchInfo): any"),
@@ -188,9 +224,19 @@ public enum PrimitiveFields {
 
     /// parallel's third argument.
     public static let parallelOptions: [FieldDecl] = [
-        F("maxConcurrency", .integer, "items in flight at once (default: the number of cores)", default: "the number of cores"),
-        F("onFailure", .string, "default \"cancel\"", choices: ["cancel", "drain", "continue"], value: .string("cancel")),
-        F("maxFailures", .integer, "failures tolerated before onFailure applies", default: "0 (`\"continue\"`: no limit)"),
+        F("maxConcurrency",
+          .integer,
+          "items in flight at once (default: the number of cores)",
+          default: "the number of cores"),
+        F("onFailure",
+          .string,
+          "default \"cancel\"",
+          choices: ["cancel", "drain", "continue"],
+          value: .string("cancel")),
+        F("maxFailures",
+          .integer,
+          "failures tolerated before onFailure applies",
+          default: "0 (`\"continue\"`: no limit)"),
     ]
 
     /// persistFinal's second argument.
@@ -200,7 +246,8 @@ public enum PrimitiveFields {
 
     /// baton.sh's second argument.
     public static let shOptions: [FieldDecl] = [
-        F("cwd", .string), F("env", .table, "", lua: "table<string, string>"), F("stdin", .string), F("timeout", .number),
+        F("cwd", .string), F("env", .table, "", lua: "table<string, string>"), F("stdin", .string),
+        F("timeout", .number),
         F("allowFail", .boolean, "return stdout, ok, exit, stderr instead of raising"),
         F("readOnly", .boolean, "the command only reads: it runs in a dry run too"),
     ]
@@ -233,7 +280,8 @@ public enum PrimitiveFields {
 
     /// How many arguments each primitive takes.
     public static let arity: [(String, Int, Int)] = [
-        ("runStage", 1, 1), ("preflight", 1, 1), ("watch", 1, 1), ("gate", 1, 1), ("persistFinal", 1, 2), ("parallel", 2, 3),
+        ("runStage", 1, 1), ("preflight", 1, 1), ("watch", 1, 1), ("gate", 1, 1), ("persistFinal", 1, 2),
+        ("parallel", 2, 3),
     ]
 
     /// The tables `baton check` looks into, by kit.lint's key: "fn" (its table argument),
@@ -265,6 +313,9 @@ extension Array where Element == FieldDecl {
     /// The declared default of a field (`value`), as the runtime reads it.
     func number(_ name: String) -> Double { self[field: name]!.value!.doubleValue! }
     func integer(_ name: String) -> Int { Int(self[field: name]!.value!.intValue!) }
-    func bool(_ name: String) -> Bool { if case let .bool(b)? = self[field: name]?.value { return b }; fatalError("\(name): no boolean default") }
+    func bool(_ name: String) -> Bool {
+        if case let .bool(b)? = self[field: name]?.value { return b }
+        fatalError("\(name): no boolean default")
+    }
     func string(_ name: String) -> String { self[field: name]!.value!.stringValue! }
 }

@@ -16,7 +16,9 @@ extension RecipeEnvironment {
             ("persistFinal", { [unowned self] l in try self.persistFinal(l) }),
         ]
         for (name, body) in prims {
-            lua.pushFunction(name) { [unowned self] l in try self.debugged(name, l) { try body(l) } }   // (Debugger.swift)
+            lua.pushFunction(name) { [unowned self] l in
+                try self.debugged(name, l) { try body(l) }
+            }   // (Debugger.swift)
             lua_pushvalue(lua.L, -1)
             lua.setField(-3, name)
             lua.setGlobal(name)
@@ -55,10 +57,17 @@ extension RecipeEnvironment {
         return .object([
             ("fields", .object(tables.map { ($0.0, .array($0.1.map { .string($0.0) })) })),
             ("types", .object(tables.map { ($0.0, .object($0.1.map { ($0.0, .string($0.1)) })) })),
-            ("values", .object(tables.map { ($0.0, .object($0.1.filter { !$0.2.isEmpty }.map { ($0.0, .array($0.2.map(JSON.string))) })) })),
+            ("values", .object(tables.map { table in
+                (table.0, .object(table.1.filter { !$0.2.isEmpty }.map { ($0.0, .array($0.2.map(JSON.string))) }))
+            })),
             ("open", .object(PrimitiveFields.open.sorted().map { ($0, .bool(true)) })),
-            ("combinations", .object(Dictionary(grouping: PrimitiveFields.combinations, by: \.key).sorted { $0.key < $1.key }.map { key, rules in
-                (key, .array(rules.map { r in .object([("fields", .array(r.fields.map(JSON.string))), ("min", .int(Int64(r.min))),
+            ("combinations",
+             .object(Dictionary(grouping: PrimitiveFields.combinations, by: \.key).sorted { $0.key < $1.key }.map {
+                 key,
+                 rules in
+                (key,
+                 .array(rules.map { r in .object([("fields", .array(r.fields.map(JSON.string))),
+                                                  ("min", .int(Int64(r.min))),
                                                         ("max", .int(Int64(Swift.min(r.max, 1 << 30))))]) }))
             })),
             ("arity", .object(PrimitiveFields.arity.map { ($0.0, .array([.int(Int64($0.1)), .int(Int64($0.2))])) })),
@@ -81,7 +90,8 @@ extension RecipeEnvironment {
             let choices = PrimitiveFields.runStage[field: "retryOn"]!.choices
             for (i, c) in on.enumerated() {
                 guard choices.contains(c), let cls = FailureClass(rawValue: c) else {
-                    throw LuaRaise.usage("\(fn): field 'retryOn'[\(i + 1)] must be 'transient', 'deterministic' or 'stalled', got '\(c)'")
+                    throw LuaRaise.usage("\(fn): field 'retryOn'[\(i + 1)] must be 'transient', 'deterministic' or "
+                            + "'stalled', got '\(c)'")
                 }
                 spec.retryOn.insert(cls)
             }
@@ -89,7 +99,8 @@ extension RecipeEnvironment {
         if let b = try RecipeEnvironment.backoff(t) { spec.backoff = b }
         if let tr = try t.table("transient", allowed: PrimitiveFields.transient.names) {
             defer { l.pop() }
-            spec.transient = TransientRules(exitCodes: Set((try tr.intList("exit") ?? []).map { Int32(truncatingIfNeeded: $0) }),
+            spec.transient = TransientRules(exitCodes: Set((try tr.intList("exit")
+                                                            ?? []).map { Int32(truncatingIfNeeded: $0) }),
                                             stderrPatterns: try tr.stringList("stderr") ?? [])
         }
         spec.breaker = try t.integer("breaker", min: 1)
@@ -151,7 +162,9 @@ extension RecipeEnvironment {
         }
         guard let r = exec.result else { throw RecipeEnvironment.abort }
         if r.status == .cancelled && ctx.interrupted { throw RecipeEnvironment.abort }
-        if !r.replayed && !r.dry { progress(stageLine(r, allowed: exec.spec.allowFail)) }   // (a resume's replays are said by runStage)
+        if !r.replayed && !r.dry {
+            progress(stageLine(r, allowed: exec.spec.allowFail))
+        }   // (a resume's replays are said by runStage)
         if !r.ok && !exec.spec.allowFail {
             throw LuaRaise(r.summary, status: .failure, kind: "stage", extra: { [unowned self] l in
                 self.pushResult(l, r); l.setField(-2, "result")
@@ -165,7 +178,8 @@ extension RecipeEnvironment {
     /// failure `allowFail` accepts is a yellow "fail ... (allowed failure)", not the red FAIL
     /// of a failure that ends the run.
     func stageLine(_ r: StageResult, allowed: Bool = false) -> String {
-        var s = (r.ok ? Palette.ok("ok  ") : allowed ? Palette.warn("fail") : Palette.fail("FAIL")) + " stage \(SafeText.line(r.id))"
+        var s = (r.ok ? Palette.ok("ok  ") : allowed ? Palette.warn("fail") : Palette.fail("FAIL"))
+            + " stage \(SafeText.line(r.id))"
         if r.occurrence > 1 { s += " #\(r.occurrence)" }
         s += " \(r.status.rawValue) in \(Clock.human(r.duration))"
         if r.attempts > 1 { s += " (\(r.attempts) attempts)" }
@@ -173,7 +187,9 @@ extension RecipeEnvironment {
         if r.ok { return s }
         if allowed { s += " (allowed failure: allowFail)" }
         s += ": " + SafeText.line(r.headline)
-        for line in FailureSignature.lastNonEmptyLines(r.stderrText, 5) { s += "\n     " + Palette.dim("| ") + SafeText.line(String(line.prefix(300))) }
+        for line in FailureSignature.lastNonEmptyLines(r.stderrText, 5) {
+            s += "\n     " + Palette.dim("| ") + SafeText.line(String(line.prefix(300)))
+        }
         return s
     }
 
@@ -181,8 +197,10 @@ extension RecipeEnvironment {
         l.newTable(nrec: 20)
         var f: [(StaticString, LuaValue)] = []
         f.reserveCapacity(18)
-        f += [("id", .string(r.id)), ("occurrence", .int(r.occurrence)), ("ok", .bool(r.ok)), ("status", .string(r.status.rawValue)),
-              ("attempts", .int(r.attempts)), ("duration", .number(r.duration)), ("replayed", .bool(r.replayed)), ("dry", .bool(r.dry))]
+        f += [("id", .string(r.id)), ("occurrence", .int(r.occurrence)), ("ok", .bool(r.ok)),
+              ("status", .string(r.status.rawValue)),
+              ("attempts", .int(r.attempts)), ("duration", .number(r.duration)), ("replayed", .bool(r.replayed)),
+              ("dry", .bool(r.dry))]
         // A replay's output is read from its logs when the recipe first asks (the metatable's __index).
         if !r.replayed { f += [("stdout", .bytes(r.stdout)), ("stderr", .bytes(r.stderr))] }
         if let e = r.exit { f.append(("exit", .int(Int(e)))) }
@@ -268,10 +286,14 @@ extension RecipeEnvironment {
     }
 
     func handle(_ l: LuaState, _ method: String) throws -> StageExecution {
-        guard l.type(1) == LUA_TTABLE else { throw LuaRaise.usage("handle:\(method)(): call it with ':' on a stage handle") }
+        guard l.type(1) == LUA_TTABLE else {
+            throw LuaRaise.usage("handle:\(method)(): call it with ':' on a stage handle")
+        }
         _ = l.rawGetField(1, "_handle")
         defer { l.pop() }
-        guard let h = l.integer(-1), let e = handles[h] else { throw LuaRaise.usage("handle:\(method)(): not a stage handle") }
+        guard let h = l.integer(-1), let e = handles[h] else {
+            throw LuaRaise.usage("handle:\(method)(): not a stage handle")
+        }
         return e
     }
 
@@ -327,7 +349,8 @@ extension RecipeEnvironment {
         let kinds = PrimitiveFields.preflightCheckKinds.filter { c.has($0) }
         guard kinds.count == 1 else {
             let found = kinds.isEmpty ? "none" : kinds.joined(separator: ", ")
-            throw LuaRaise.usage("\(fn) needs exactly one of \(PrimitiveFields.preflightCheckKinds.joined(separator: ", ")) (found \(found))")
+            throw LuaRaise.usage("\(fn) needs exactly one of "
+                    + "\(PrimitiveFields.preflightCheckKinds.joined(separator: ", ")) (found \(found))")
         }
         let check: PreflightCheck
         switch kinds[0] {
@@ -371,7 +394,9 @@ extension RecipeEnvironment {
     // MARK: persistFinal
 
     func persistFinal(_ l: LuaState) throws -> Int32 {
-        guard l.type(1) == LUA_TTABLE else { throw LuaRaise.usage("persistFinal expects a table of fields, got \(l.describeType(1))") }
+        guard l.type(1) == LUA_TTABLE else {
+            throw LuaRaise.usage("persistFinal expects a table of fields, got \(l.describeType(1))")
+        }
         let j: JSON
         do { j = try l.toJSON(1) } catch { throw LuaRaise.usage("persistFinal: \(error)") }
         guard case let .object(pairs) = j else {
@@ -381,12 +406,17 @@ extension RecipeEnvironment {
         // persistFinal(fields, {cancelled = {...}, stdout = true}): what the result says if
         // the run ends cancelled, registered now because no Lua code runs after a cancel.
         if l.type(2) != LUA_TNONE && l.type(2) != LUA_TNIL {
-            let o = try SpecTable(l, arg: 2, fn: "persistFinal's options", allowed: PrimitiveFields.persistFinalOptions.names)
+            let o = try SpecTable(l,
+                                  arg: 2,
+                                  fn: "persistFinal's options",
+                                  allowed: PrimitiveFields.persistFinalOptions.names)
             if o.get("cancelled") != LUA_TNIL {
                 let c: JSON
                 do { c = try l.toJSON(-1) } catch { l.pop(); throw LuaRaise.usage("persistFinal: cancelled: \(error)") }
                 l.pop()
-                guard case let .object(cp) = c else { throw LuaRaise.usage("persistFinal: cancelled must be a table with named fields") }
+                guard case let .object(cp) = c else {
+                    throw LuaRaise.usage("persistFinal: cancelled must be a table with named fields")
+                }
                 onCancelFields = cp
             } else { l.pop() }
             if let b = try o.bool("stdout") { onCancelStdout = b }

@@ -48,10 +48,14 @@ public final class Replayer {
             if case let .notRun(n) = e.body, n.via == "runStage" { skipped[n.target, default: 0] += 1 }
             if case let .preflight(p) = e.body { preflights[p.name, default: []].append(p) }
             if case let .gate(g) = e.body {
-                if g.iteration <= 1 || gates[g.name]?.isEmpty != false { gates[g.name, default: []].append([g]) } else { gates[g.name]![gates[g.name]!.count - 1].append(g) }
+                if g.iteration <= 1 || gates[g.name]?.isEmpty != false { gates[g.name, default: []].append([g]) } else {
+                    gates[g.name]![gates[g.name]!.count - 1].append(g)
+                }
             }
             if case let .watch(w) = e.body {
-                if w.from == nil || watches[w.id]?.isEmpty != false { watches[w.id, default: []].append([w]) } else { watches[w.id]![watches[w.id]!.count - 1].append(w) }
+                if w.from == nil || watches[w.id]?.isEmpty != false { watches[w.id, default: []].append([w]) } else {
+                    watches[w.id]![watches[w.id]!.count - 1].append(w)
+                }
             }
         }
     }
@@ -82,110 +86,159 @@ public final class Replayer {
         let line = l.recipeLine()
         switch name {
         case "runStage":
-            guard let id = RecipeEnvironment.rawString(l, 1, "id") else { throw LuaRaise.usage("runStage: field 'id' is required") }
-            let background = RecipeEnvironment.rawBool(l, 1, "background")
-            let occ = (occurrences[id] ?? 0) + 1
-            let key = StageKey(id: id, occurrence: occ)
-            let what = "runStage '\(id)'" + (occ > 1 ? " #\(occ)" : "") + " at \(line)"
-            let at = stopAt.map { fnmatch($0, id, 0) == 0 } ?? false
-            if at { atMatched = true }
-            guard let rec = history.stages.first(where: { $0.key == key }) else {
-                if let n = skipped[id], n > 0 {
-                    skipped[id] = n - 1
-                    if at || stepping { try stop("before \(what) (skipped at a breakpoint in the run)") }
-                    done.append("  skipped  \(id)")
-                    l.newTable()
-                    l.setFields([("id", .string(id)), ("skipped", .bool(true))])
-                    return 1
-                }
-                try end("the journal has no call \(what)")
-            }
-            occurrences[id] = occ
-            guard case let .ended(status) = rec.status, let f = rec.finished else {
-                try end("\(what) never finished in the run (" + (rec.isOpen ? "unfinished: the run ended or its runner died while it ran" : "\(rec.status)") + ")")
-            }
-            var r = StageResult(id: id, occurrence: occ, status: status, attempts: f.attempt, duration: Double(f.durationMs) / 1000, logs: f.logs)
-            r.exit = f.exit; r.signal = f.signal; r.failureClass = f.failureClass; r.signature = f.signature
-            r.message = f.message; r.breakerOpen = f.breakerOpen; r.replayed = true
-            let failing = !r.ok && !RecipeEnvironment.rawBool(l, 1, "allowFail")
-            if background {
-                // A handle whose wait answers from the journal (and is the failing call if it failed).
-                if at || stepping { try stop("before \(what) (background; it \(status) in the run)") }
-                done.append("  \(status)  \(id)  (background)")
-                pending.append((r, failing, what))
-                l.newTable()
-                l.setFields([("id", .string(id)), ("_replay", .int(pending.count))])
-                l.setMetatable(fromRegistry: "baton.replay_handle", on: -1)
-                return 1
-            }
-            if failing {
-                r.readTails()
-                endedBy = "\(what) failed in the run: \(r.summary)"
-                try stop("at the failing call \(what): \(r.summary)")
-                done.append("  \(status)  \(id)")
-                throw LuaRaise(r.summary, status: .failure, kind: "stage", extra: { l in env.pushResult(l, r); l.setField(-2, "result") })
-            }
-            if at || stepping { try stop("before \(what) (it \(status) in the run)") }
-            done.append("  \(status)  \(id)")
-            env.pushResult(l, r)
-            return 1
+            return try replayStage(l, line: line, env: env)
         case "persistFinal":
             if stepping { try stop("before persistFinal at \(line) (not written in a replay)") }
             return 0
         case "preflight":
-            let pname = RecipeEnvironment.rawString(l, 1, "name") ?? ""
-            guard var list = preflights[pname], !list.isEmpty else { try end("the journal has no call preflight '\(pname)' at \(line)") }
-            let p = list.removeFirst()
-            preflights[pname] = list
-            let report: JSON = .object([("name", .string(p.name)), ("policy", .string(p.policy.rawValue)), ("ok", .bool(p.ok)),
-                                        ("checks", .array(p.checks.map(\.json)))])
-            let what = "preflight '\(pname)' at \(line)"
-            if !p.ok && p.policy == .fail {
-                let failures = p.checks.filter { !$0.ok }.map { "\($0.kind) \($0.target): \($0.detail)" }.joined(separator: "; ")
-                endedBy = "\(what) failed in the run: \(failures)"
-                try stop("at the failing call \(what): \(failures)")
-                throw LuaRaise("preflight '\(pname)' failed: \(failures)", status: .preflightFailed, kind: "preflight",
-                               extra: { l in l.push(json: report); l.setField(-2, "report") })
-            }
-            if stepping { try stop("before \(what) (ok: \(p.ok) in the run)") }
-            done.append("  preflight  \(pname)  \(p.ok ? "ok" : "failed")")
-            l.push(json: report)
-            return 1
+            return try replayPreflight(l, line: line)
         case "gate":
-            let gname = RecipeEnvironment.rawString(l, 1, "name") ?? ""
-            guard var list = gates[gname], !list.isEmpty, let last = list.first?.last else { try end("the journal has no call gate '\(gname)' at \(line)") }
-            list.removeFirst()
-            gates[gname] = list
-            let decision: JSON = .object([("approved", .bool(last.approved)), ("issues", last.issues), ("iteration", .int(Int64(last.iteration)))])
-            let what = "gate '\(gname)' at \(line)"
-            if !last.approved {
-                endedBy = "\(what) was rejected in the run"
-                try stop("at the failing call \(what): rejected \(last.iteration) time(s)")
-                throw LuaRaise("gate '\(gname)' rejected \(last.iteration) time\(last.iteration == 1 ? "" : "s") (in the run; replayed)", status: .gateExhausted, kind: "gate",
-                               extra: { l in l.push(json: decision); l.setField(-2, "decision") })
-            }
-            if stepping { try stop("before \(what) (approved in the run)") }
-            done.append("  gate  \(gname)  approved")
-            l.push(json: decision)
-            return 1
+            return try replayGate(l, line: line)
         case "watch":
-            let wid = RecipeEnvironment.rawString(l, 1, "id") ?? ""
-            guard var list = watches[wid], !list.isEmpty, let steps = list.first, let last = steps.last else {
-                try end("the journal has no call watch '\(wid)' at \(line)")
-            }
-            list.removeFirst()
-            watches[wid] = list
-            let what = "watch '\(wid)' at \(line)"
-            guard last.to.isTerminal else { try end("\(what) never ended in the run (\(last.to.rawValue))") }
-            if stepping { try stop("before \(what) (\(last.to.rawValue) in the run)") }
-            done.append("  watch  \(wid)  \(last.to.rawValue)")
-            l.push(json: .object([("id", .string(wid)), ("state", .string(last.to.rawValue)),
-                                  ("ok", .bool(last.to == .completed && !last.reason.contains("missing"))), ("reason", .string(last.reason)),
-                                  ("transitions", .array(steps.map { .string($0.to.rawValue) })), ("replayed", .bool(true))]))
-            return 1
+            return try replayWatch(l, line: line)
         default:
             try end("\(name) at \(line): the replay does not answer \(name)")
         }
+    }
+
+    /// runStage: the call's recorded result (a handle for a background one); raises where it failed.
+    func replayStage(_ l: LuaState, line: String, env: RecipeEnvironment) throws -> Int32 {
+        guard let id = RecipeEnvironment.rawString(l, 1, "id") else {
+            throw LuaRaise.usage("runStage: field 'id' is required")
+        }
+        let background = RecipeEnvironment.rawBool(l, 1, "background")
+        let occ = (occurrences[id] ?? 0) + 1
+        let key = StageKey(id: id, occurrence: occ)
+        let what = "runStage '\(id)'" + (occ > 1 ? " #\(occ)" : "") + " at \(line)"
+        let at = stopAt.map { fnmatch($0, id, 0) == 0 } ?? false
+        if at { atMatched = true }
+        guard let rec = history.stages.first(where: { $0.key == key }) else {
+            if let n = skipped[id], n > 0 {
+                skipped[id] = n - 1
+                if at || stepping { try stop("before \(what) (skipped at a breakpoint in the run)") }
+                done.append("  skipped  \(id)")
+                l.newTable()
+                l.setFields([("id", .string(id)), ("skipped", .bool(true))])
+                return 1
+            }
+            try end("the journal has no call \(what)")
+        }
+        occurrences[id] = occ
+        guard case let .ended(status) = rec.status, let f = rec.finished else {
+            try end("\(what) never finished in the run ("
+                    + (rec.isOpen ? "unfinished: the run ended or its runner died while it ran" : "\(rec.status)")
+                    + ")")
+        }
+        var r = StageResult(id: id,
+                            occurrence: occ,
+                            status: status,
+                            attempts: f.attempt,
+                            duration: Double(f.durationMs) / 1000,
+                            logs: f.logs)
+        r.exit = f.exit; r.signal = f.signal; r.failureClass = f.failureClass; r.signature = f.signature
+        r.message = f.message; r.breakerOpen = f.breakerOpen; r.replayed = true
+        let failing = !r.ok && !RecipeEnvironment.rawBool(l, 1, "allowFail")
+        if background {
+            // A handle whose wait answers from the journal (and is the failing call if it failed).
+            if at || stepping { try stop("before \(what) (background; it \(status) in the run)") }
+            done.append("  \(status)  \(id)  (background)")
+            pending.append((r, failing, what))
+            l.newTable()
+            l.setFields([("id", .string(id)), ("_replay", .int(pending.count))])
+            l.setMetatable(fromRegistry: "baton.replay_handle", on: -1)
+            return 1
+        }
+        if failing {
+            r.readTails()
+            endedBy = "\(what) failed in the run: \(r.summary)"
+            try stop("at the failing call \(what): \(r.summary)")
+            done.append("  \(status)  \(id)")
+            throw LuaRaise(r.summary,
+                           status: .failure,
+                           kind: "stage",
+                           extra: { l in env.pushResult(l, r); l.setField(-2, "result") })
+        }
+        if at || stepping { try stop("before \(what) (it \(status) in the run)") }
+        done.append("  \(status)  \(id)")
+        env.pushResult(l, r)
+        return 1
+    }
+
+    /// preflight: its recorded report; raises where it failed with policy fail.
+    func replayPreflight(_ l: LuaState, line: String) throws -> Int32 {
+        let pname = RecipeEnvironment.rawString(l, 1, "name") ?? ""
+        guard var list = preflights[pname], !list.isEmpty else {
+            try end("the journal has no call preflight '\(pname)' at \(line)")
+        }
+        let p = list.removeFirst()
+        preflights[pname] = list
+        let report: JSON = .object([("name", .string(p.name)), ("policy", .string(p.policy.rawValue)),
+                                    ("ok", .bool(p.ok)),
+                                    ("checks", .array(p.checks.map(\.json)))])
+        let what = "preflight '\(pname)' at \(line)"
+        if !p.ok && p.policy == .fail {
+            let failures = p.checks.filter { !$0.ok }.map {
+                "\($0.kind) \($0.target): \($0.detail)"
+            }.joined(separator: "; ")
+            endedBy = "\(what) failed in the run: \(failures)"
+            try stop("at the failing call \(what): \(failures)")
+            throw LuaRaise("preflight '\(pname)' failed: \(failures)", status: .preflightFailed, kind: "preflight",
+                           extra: { l in l.push(json: report); l.setField(-2, "report") })
+        }
+        if stepping { try stop("before \(what) (ok: \(p.ok) in the run)") }
+        done.append("  preflight  \(pname)  \(p.ok ? "ok" : "failed")")
+        l.push(json: report)
+        return 1
+    }
+
+    /// gate: its recorded decision; raises where it was rejected.
+    func replayGate(_ l: LuaState, line: String) throws -> Int32 {
+        let gname = RecipeEnvironment.rawString(l, 1, "name") ?? ""
+        guard var list = gates[gname], !list.isEmpty, let last = list.first?.last else {
+            try end("the journal has no call gate '\(gname)' at \(line)")
+        }
+        list.removeFirst()
+        gates[gname] = list
+        let decision: JSON = .object([("approved", .bool(last.approved)), ("issues", last.issues),
+                                      ("iteration", .int(Int64(last.iteration)))])
+        let what = "gate '\(gname)' at \(line)"
+        if !last.approved {
+            endedBy = "\(what) was rejected in the run"
+            try stop("at the failing call \(what): rejected \(last.iteration) time(s)")
+            let times = "\(last.iteration) time\(last.iteration == 1 ? "" : "s")"
+            throw LuaRaise("gate '\(gname)' rejected \(times) (in the run; replayed)",
+                           status: .gateExhausted,
+                           kind: "gate",
+                           extra: { l in l.push(json: decision); l.setField(-2, "decision") })
+        }
+        if stepping { try stop("before \(what) (approved in the run)") }
+        done.append("  gate  \(gname)  approved")
+        l.push(json: decision)
+        return 1
+    }
+
+    /// watch: its recorded outcome.
+    func replayWatch(_ l: LuaState, line: String) throws -> Int32 {
+        let wid = RecipeEnvironment.rawString(l, 1, "id") ?? ""
+        guard var list = watches[wid], !list.isEmpty, let steps = list.first, let last = steps.last else {
+            try end("the journal has no call watch '\(wid)' at \(line)")
+        }
+        list.removeFirst()
+        watches[wid] = list
+        let what = "watch '\(wid)' at \(line)"
+        guard last.to.isTerminal else { try end("\(what) never ended in the run (\(last.to.rawValue))") }
+        if stepping { try stop("before \(what) (\(last.to.rawValue) in the run)") }
+        done.append("  watch  \(wid)  \(last.to.rawValue)")
+        // ok as the run said it: completed with nothing missing and its stage passed (journals
+        // before the completed transition carried those said so only in its reason).
+        let ok = last.to == .completed && (last.details.missing ?? []).isEmpty && last.details.stage == nil
+            && !last.reason.contains("missing")
+        l.push(json: .object([("id", .string(wid)), ("state", .string(last.to.rawValue)),
+                              ("ok", .bool(ok)),
+                              ("reason", .string(last.reason)),
+                              ("transitions", .array(steps.map { .string($0.to.rawValue) })),
+                              ("replayed", .bool(true))]))
+        return 1
     }
 
     /// Background stages' results, for their handles' `wait`: (result, raises, what).
@@ -199,7 +252,10 @@ public final class Replayer {
             r.readTails()
             endedBy = "\(what) failed in the run: \(r.summary)"
             try stop("at the failing call (the wait for \(what)) at \(l.recipeLine()): \(r.summary)")
-            throw LuaRaise(r.summary, status: .failure, kind: "stage", extra: { l in env.pushResult(l, r); l.setField(-2, "result") })
+            throw LuaRaise(r.summary,
+                           status: .failure,
+                           kind: "stage",
+                           extra: { l in env.pushResult(l, r); l.setField(-2, "result") })
         }
         env.pushResult(l, r)
         return 1
@@ -209,7 +265,9 @@ public final class Replayer {
     func command(_ l: LuaState) throws -> Int32 {
         let via = l.string(1) ?? ""
         let line = l.recipeLine()
-        guard var list = commands[via], !list.isEmpty else { try end("the journal has no more \(via) commands (at \(line))") }
+        guard var list = commands[via], !list.isEmpty else {
+            try end("the journal has no more \(via) commands (at \(line))")
+        }
         let c = list.removeFirst()
         commands[via] = list
         if stepping { try stop("before \(via) '\(c.command.display.prefix(80))' at \(line)") }
@@ -218,7 +276,10 @@ public final class Replayer {
         l.push(Int(c.exit ?? -1))
         l.push(c.command.display)
         if let out = c.stdout { l.push(out) } else {
-            if via == "baton.sh" { Console.err("note: the output of baton.sh '\(SafeText.line(String(c.command.display.prefix(80))))' at \(line) was not journaled (longer than 4 KiB, or not text): \"\" in the replay") }
+            if via == "baton.sh" {
+                Console.err("note: the output of baton.sh '\(SafeText.line(String(c.command.display.prefix(80))))' "
+                        + "at \(line) was not journaled (longer than 4 KiB, or not text): \"\" in the replay")
+            }
             l.push("")
         }
         return 4
@@ -231,7 +292,8 @@ public final class Replayer {
         case .hello:
             return .object([("ok", .bool(true)), ("run", .string(dir.id)),
                             ("text", .string("replay of run \(dir.id): stopped \(stopText)\n\(server.describe())\n"
-                                             + ":next goes to the next primitive call, :continue to the next stop, :where, :stages; nothing runs"))])
+                                             + ":next goes to the next primitive call, :continue to the next stop, "
+                                                 + ":where, :stages; nothing runs"))])
         case .continue:
             action = .continue
             return reply(true, "")
@@ -241,12 +303,13 @@ public final class Replayer {
         case .where:
             return reply(true, server.whereText())
         case .stages:
-            return reply(true, done.isEmpty ? "no calls replayed yet" : "replayed so far:\n" + done.joined(separator: "\n"))
+            return reply(true,
+                         done.isEmpty ? "no calls replayed yet" : "replayed so far:\n" + done.joined(separator: "\n"))
         case .eval, .complete:
             return nil
         case .pauseState:
             return .object([("ok", .bool(true)), ("paused", .bool(true))])
-        default:
+        case .kill, .extend, .skip, .cancel, .refused, .skipStage, .breakAdd, .unbreak, .breaks:
             return reply(false, "not in a replay (baton debug replays; nothing in it can change the run)")
         }
     }
@@ -332,16 +395,26 @@ public final class Replayer {
 
     /// Runs the replay of `dir`'s recipe (its kept text) in a fresh environment whose run
     /// lives in a temporary directory (removed after). Returns the recipe's ending.
-    public static func run(_ r: Replayer, recipe: String, text: [UInt8], args: [String], modulesDir: String?) -> Ending {
+    public static func run(_ r: Replayer,
+                           recipe: String,
+                           text: [UInt8],
+                           args: [String],
+                           modulesDir: String?) -> Ending {
         let env = RecipeEnvironment(memoryLimit: RunOptions.defaultMemoryLimit, output: OutputOptions())
         var template = Array("/tmp/baton-debug-XXXXXX".utf8CString)
-        guard let tmp = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }).map({ String(cString: $0) }) else {
+        guard let tmp =
+            template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }).map({ String(cString: $0) }) else {
             return Ending(status: .failed, exit: .failure, reason: "cannot make a temporary directory")
         }
         defer { _ = try? FileIO.removeTree(tmp) }
         let ctx: RunContext
         do {
-            ctx = try RunContext.start(store: RunStore(root: tmp), id: "replay", recipe: recipe, recipeText: text, args: args, dryRun: false)
+            ctx = try RunContext.start(store: RunStore(root: tmp),
+                                       id: "replay",
+                                       recipe: recipe,
+                                       recipeText: text,
+                                       args: args,
+                                       dryRun: false)
         } catch { return Ending(status: .failed, exit: .failure, reason: "cannot start the replay: \(error)") }
         env.context = ctx
         env.debugger.replay = r
@@ -366,7 +439,9 @@ public final class Replayer {
         do {
             try env.lua.load(Array(prelude.utf8), name: "=baton.replay")
             env.lua.pushFunction("baton.replayCommand") { [unowned r, unowned env] l in
-                if env.debugger.serving > 0 { throw LuaRaise("\(l.string(1) ?? "a command"): nothing runs at the replay's prompt") }
+                if env.debugger.serving > 0 {
+                    throw LuaRaise("\(l.string(1) ?? "a command"): nothing runs at the replay's prompt")
+                }
                 return try r.command(l)
             }
             env.lua.pushFunction("baton.replayWait") { [unowned r, unowned env] l in try r.wait(l, env: env) }
@@ -374,7 +449,9 @@ public final class Replayer {
         } catch { return Ending(status: .failed, exit: .failure, reason: "cannot start the replay: \(error)") }
         let ending = RecipeRunner.evaluate(env: env, recipe: recipe, text: text, readError: nil)
         if r.endedBy == nil, !r.quit {
-            r.stopText = "at the end of the recipe (" + (ending.status == .succeeded ? "it returned" : "\(ending.status): \(ending.reason ?? "")") + "); its locals are gone, its globals remain"
+            r.stopText = "at the end of the recipe ("
+                + (ending.status == .succeeded ? "it returned" : "\(ending.status): \(ending.reason ?? "")")
+                + "); its locals are gone, its globals remain"
             r.onStop(r.stopText)
         }
         _ = ctx.finish(status: ending.status, exitCode: ending.code, reason: ending.reason)

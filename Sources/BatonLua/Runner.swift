@@ -71,7 +71,8 @@ public enum RecipeRunner {
     /// that cannot be read or compiled leaves no run directory: nothing ran.
     public static func run(_ o: RunOptions) -> Int32 {
         if let e = o.executor, !Executors.names.contains(e) {
-            diag("baton: unknown executor '\(e)' (--executor or BATON_EXECUTOR): one of \(Executors.names.joined(separator: ", "))")
+            diag("baton: unknown executor '\(e)' (--executor or BATON_EXECUTOR): one of "
+                 + "\(Executors.names.joined(separator: ", "))")
             return ExitStatus.usage.rawValue
         }
         let store = RunStore(root: o.runsDir)
@@ -99,7 +100,9 @@ public enum RecipeRunner {
     public static func loadProblem(_ recipe: String, check: Bool = false) -> String? {
         let (text, readError) = readRecipe(recipe)
         let env = RecipeEnvironment(memoryLimit: RunOptions.defaultMemoryLimit, output: OutputOptions(json: false))
-        if let failed = load(env: env, recipe: recipe, text: text, readError: readError) { return failed.reason ?? "cannot load \(recipe)" }
+        if let failed = load(env: env, recipe: recipe, text: text, readError: readError) {
+            return failed.reason ?? "cannot load \(recipe)"
+        }
         if check, let text { return checkProblem(env: env, recipe: recipe, text: text) }
         return nil
     }
@@ -108,7 +111,8 @@ public enum RecipeRunner {
     static func checkProblem(env: RecipeEnvironment, recipe: String, text: [UInt8]) -> String? {
         let found = RecipeCheck.beforeRun(env: env, recipe: recipe, text: text)
         guard !found.isEmpty else { return nil }
-        return found.map(\.text).joined(separator: "\n") + "\n(checked before the first stage: nothing ran; --no-check skips this)"
+        return found.map(\.text).joined(separator: "\n")
+            + "\n(checked before the first stage: nothing ran; --no-check skips this)"
     }
 
     static func environment(_ o: RunOptions) -> RecipeEnvironment {
@@ -116,11 +120,18 @@ public enum RecipeRunner {
     }
 
     /// `baton resume`: runs the recipe again in the same run directory, replaying what passed.
-    public static func resume(dir: RunDirectory, options o: RunOptions, read: (JournalContents, RunHistory)? = nil) -> Int32 {
+    public static func resume(dir: RunDirectory,
+                              options o: RunOptions,
+                              read: (JournalContents, RunHistory)? = nil) -> Int32 {
         let (text, readError) = readRecipe(o.recipe)
         let ctx: RunContext
         do {
-            ctx = try RunContext.resume(dir: dir, recipe: o.recipe, recipeText: text ?? [], args: o.words, sync: o.sync, read: read)
+            ctx = try RunContext.resume(dir: dir,
+                                        recipe: o.recipe,
+                                        recipeText: text ?? [],
+                                        args: o.words,
+                                        sync: o.sync,
+                                        read: read)
         } catch {
             return Console.error("cannot resume: \(error)", json: o.json)
         }
@@ -133,7 +144,12 @@ public enum RecipeRunner {
     }
 
     /// Runs the recipe in `ctx`; `loaded`: its chunk is already compiled on `env`'s stack.
-    static func execute(ctx: RunContext, env: RecipeEnvironment, options o: RunOptions, loaded: Bool, text: [UInt8]?, readError: String?) -> Int32 {
+    static func execute(ctx: RunContext,
+                        env: RecipeEnvironment,
+                        options o: RunOptions,
+                        loaded: Bool,
+                        text: [UInt8]?,
+                        readError: String?) -> Int32 {
         env.context = ctx
         if let e = o.executor { ctx.defaultExecutor = e }
         if o.cache { ctx.files.cacheAll = true }
@@ -175,13 +191,17 @@ public enum RecipeRunner {
         if ending.status == .cancelled, env.onCancelStdout, !o.json { Console.out(ctx.result.encoded(pretty: true)) }
         for p in problems { diag("baton: \(p)") }
         // `baton run r.lua help` printed the usage and ran nothing: no run to keep.
-        if env.usageOnly, ending.code == 0, ctx.history.stages.isEmpty, !o.existingRun, (try? RunStore(root: o.runsDir).remove(ctx.dir.id)) != nil {
+        if env.usageOnly, ending.code == 0, ctx.history.stages.isEmpty, !o.existingRun,
+           (try? RunStore(root: o.runsDir).remove(ctx.dir.id)) != nil {
             return ending.code
         }
         // The recipe's words were refused (kit.args) before anything ran: a usage error, as
         // `baton run --bad` is, that leaves no failed run behind.
-        if ending.kind == "args", loaded, ctx.history.stages.isEmpty, (try? RunStore(root: o.runsDir).remove(ctx.dir.id)) != nil {
-            if o.exitWhenDone { Glibc.exit(Console.error(ending.reason ?? "bad arguments", json: o.json, code: ending.exit)) }
+        if ending.kind == "args", loaded, ctx.history.stages.isEmpty,
+           (try? RunStore(root: o.runsDir).remove(ctx.dir.id)) != nil {
+            if o.exitWhenDone {
+                Glibc.exit(Console.error(ending.reason ?? "bad arguments", json: o.json, code: ending.exit))
+            }
             return Console.error(ending.reason ?? "bad arguments", json: o.json, code: ending.exit)
         }
         report(ctx: ctx, ending: ending, json: o.json)
@@ -207,9 +227,13 @@ public enum RecipeRunner {
 
     /// Compiles the chunk onto the stack; the ending when it cannot be.
     static func load(env: RecipeEnvironment, recipe: String, text: [UInt8]?, readError: String?) -> Ending? {
-        guard let text else { return Ending(status: .failed, exit: .usage, reason: readError ?? "cannot read \(recipe)") }
+        guard let text else {
+            return Ending(status: .failed, exit: .usage, reason: readError ?? "cannot read \(recipe)")
+        }
         if text.first == 0x1B {
-            return Ending(status: .failed, exit: .usage, reason: "\(recipe): binary (precompiled) chunks are refused; recipes are Lua text")
+            return Ending(status: .failed,
+                          exit: .usage,
+                          reason: "\(recipe): binary (precompiled) chunks are refused; recipes are Lua text")
         }
         let lua = env.lua
         do {
@@ -237,7 +261,9 @@ public enum RecipeRunner {
         } catch {
             return Ending(status: .failed, exit: .failure, reason: "\(error)")
         }
-        if let f = env.context?.fatal { return Ending(status: .failed, exit: .failure, reason: "cannot write the journal: \(f)") }
+        if let f = env.context?.fatal {
+            return Ending(status: .failed, exit: .failure, reason: "cannot write the journal: \(f)")
+        }
         // The recipe's return value goes into final.json's result.
         let n = lua.top - base
         if n >= 1 {
@@ -246,7 +272,9 @@ public enum RecipeRunner {
                 env.context?.mergeResult(pairs)
             } else if lua.type(first) != LUA_TNIL {
                 do { env.context?.mergeResult([("value", try lua.toJSON(first))]) } catch {
-                    return Ending(status: .failed, exit: .failure, reason: "\(recipe): the recipe's return value cannot be recorded: \(error)")
+                    return Ending(status: .failed,
+                                  exit: .failure,
+                                  reason: "\(recipe): the recipe's return value cannot be recorded: \(error)")
                 }
             }
         }
@@ -267,9 +295,13 @@ public enum RecipeRunner {
             return Ending(status: .cancelled, exit: .budgetExceeded, reason: reason)
         }
         if sig == SIGTERM, let by = env.context?.endedBy {
-            return Ending(status: .cancelled, exit: .signal(sig), reason: "cancelled from baton attach by \(by.user) (uid \(by.uid), pid \(by.pid))")
+            return Ending(status: .cancelled,
+                          exit: .signal(sig),
+                          reason: "cancelled from baton attach by \(by.user) (uid \(by.uid), pid \(by.pid))")
         }
-        return Ending(status: .cancelled, exit: .signal(sig), reason: "interrupted by \(signalName(sig))\(signalSender(sig))")
+        return Ending(status: .cancelled,
+                      exit: .signal(sig),
+                      reason: "interrupted by \(signalName(sig))\(signalSender(sig))")
     }
 
     /// Who sent the signal that ended the run: `baton cancel` (from its pid), another
@@ -277,7 +309,8 @@ public enum RecipeRunner {
     static func signalSender(_ sig: Int32) -> String {
         let pid = baton_signal_sender()
         guard pid > 0 else { return sig == SIGINT ? " (Ctrl-C)" : sig == SIGHUP ? " (the terminal closed)" : "" }
-        let words = ((try? FileIO.readFile("/proc/\(pid)/cmdline")) ?? []).split(separator: 0, omittingEmptySubsequences: false)
+        let cmdline = (try? FileIO.readFile("/proc/\(pid)/cmdline")) ?? []
+        let words = cmdline.split(separator: 0, omittingEmptySubsequences: false)
             .map { String(decoding: $0, as: UTF8.self) }
         let name = words.first.map { FileIO.basename($0) } ?? ""
         if name == "baton", words.contains("cancel") { return ": cancelled by `baton cancel` from pid \(pid)" }
@@ -287,58 +320,58 @@ public enum RecipeRunner {
     public static func ending(for e: LuaCallError, env: RecipeEnvironment) -> Ending {
         env.flushProgress()
         if !e.traceback.isEmpty {
-            env.context?.log(.debug, "traceback", .object([("traceback", .string(RunContext.cutMiddle(e.traceback, keep: 8192)))]))
+            env.context?.log(.debug,
+                             "traceback",
+                             .object([("traceback", .string(RunContext.cutMiddle(e.traceback, keep: 8192)))]))
             if Settings.isSet(Settings.traceback) { diag(e.traceback) }
         }
-        if let f = env.context?.fatal { return Ending(status: .failed, exit: .failure, reason: "cannot write the journal: \(f)") }
+        if let f = env.context?.fatal {
+            return Ending(status: .failed, exit: .failure, reason: "cannot write the journal: \(f)")
+        }
         let reason = env.lua.abortReason
         if reason == BATON_ABORT_EXIT, let code = env.exitCode {
-            return Ending(status: code == 0 ? .succeeded : .failed, exit: ExitStatus(rawValue: code), reason: code == 0 ? nil : "os.exit(\(code))")
+            return Ending(status: code == 0 ? .succeeded : .failed,
+                          exit: ExitStatus(rawValue: code),
+                          reason: code == 0 ? nil : "os.exit(\(code))")
         }
         if reason > 0 && reason < 128 { return interrupted(by: reason, env) }
         var msg = e.message
         if e.status == .memory {
             msg += " (the Lua memory limit is \(env.lua.memoryLimitMB) MiB; set BATON_LUA_MEMORY_MB to change it)"
         }
-        return Ending(status: .failed, exit: e.code.map { ExitStatus(rawValue: Int32($0)) } ?? .failure, reason: msg, kind: e.kind)
+        return Ending(status: .failed,
+                      exit: e.code.map { ExitStatus(rawValue: Int32($0)) } ?? .failure,
+                      reason: msg,
+                      kind: e.kind)
     }
 
     public static func report(ctx: RunContext, ending: Ending, json: Bool) {
         if json {
-            let doc = ctx.dir.readFinal() ?? .object([("run", .string(ctx.dir.id)), ("status", .string(ending.status.rawValue))])
+            let doc = ctx.dir.readFinal()
+                ?? .object([("run", .string(ctx.dir.id)), ("status", .string(ending.status.rawValue))])
             Console.out(doc.encoded(pretty: true))
             return
         }
         let took = Clock.human(Clock.monotonic() - ctx.startedMonotonic)
         switch ending.status {
         case .succeeded, .dry_run:
-            diag("run \(ctx.dir.id) " + Palette.ok(ending.status == .dry_run ? "dry run finished" : "succeeded") + " in \(took)")
+            diag("run \(ctx.dir.id) " + Palette.ok(ending.status == .dry_run ? "dry run finished" : "succeeded")
+                 + " in \(took)")
         case .failed:
-            diag("run \(ctx.dir.id) " + Palette.fail("failed") + " (exit \(ending.code)): \(SafeText.line(ending.reason ?? ""))")
+            diag("run \(ctx.dir.id) " + Palette.fail("failed")
+                 + " (exit \(ending.code)): \(SafeText.line(ending.reason ?? ""))")
         case .cancelled:
-            diag("run \(ctx.dir.id) " + Palette.warn("cancelled") + " (exit \(ending.code)): \(SafeText.line(ending.reason ?? ""))")
+            diag("run \(ctx.dir.id) " + Palette.warn("cancelled")
+                 + " (exit \(ending.code)): \(SafeText.line(ending.reason ?? ""))")
         case .running:
             break   // (never an ending: persistFinal's mark while the run goes on)
         }
     }
 }
 
+/// "SIGTERM", ...: the names CBatonSys knows (the C side's messages use the same list).
 public func signalName(_ sig: Int32) -> String {
-    switch sig {
-    case SIGINT: return "SIGINT"
-    case SIGTERM: return "SIGTERM"
-    case SIGHUP: return "SIGHUP"
-    case SIGKILL: return "SIGKILL"
-    case SIGALRM: return "SIGALRM"
-    case SIGQUIT: return "SIGQUIT"
-    case SIGUSR1: return "SIGUSR1"
-    case SIGUSR2: return "SIGUSR2"
-    case SIGXCPU: return "SIGXCPU"
-    case SIGXFSZ: return "SIGXFSZ"
-    case SIGVTALRM: return "SIGVTALRM"
-    case SIGPROF: return "SIGPROF"
-    default: return "signal \(sig)"
-    }
+    baton_signal_name(sig).map { String(cString: $0) } ?? "signal \(sig)"
 }
 
 extension LuaState {

@@ -43,14 +43,16 @@ struct SpecTable {
                 let item = lua.integer(-1)
                 lua.pop()
                 if let i = item {
-                    throw LuaRaise.usage("\(context): unexpected list item [\(i)]; fields are named (known fields: \(allowed.joined(separator: ", ")))")
+                    throw LuaRaise.usage("\(context): unexpected list item [\(i)]; fields are named (known fields: "
+                            + "\(allowed.joined(separator: ", ")))")
                 }
                 throw LuaRaise.usage("\(context): field names must be strings (found a \(t) key)")
             }
             if !allowed.contains(k) {
                 lua.pop()
                 let hint = suggestion(k, allowed).map { " (did you mean '\($0)'?)" } ?? ""
-                throw LuaRaise.usage("\(context): unknown field '\(k)'\(hint); known fields: \(allowed.joined(separator: ", "))")
+                throw LuaRaise.usage("\(context): unknown field '\(k)'\(hint); known fields: "
+                        + "\(allowed.joined(separator: ", "))")
             }
             keys.append(k)
         }
@@ -96,8 +98,12 @@ struct SpecTable {
         guard t == LUA_TNUMBER, let v = lua.number(-1) else { throw wrongType(key, "a number") }
         lua.pop()
         guard v.isFinite else { throw LuaRaise.usage("\(fn): field '\(key)' must be a finite number") }
-        if let lo = min, v < lo { throw LuaRaise.usage("\(fn): field '\(key)' must be at least \(fmt(lo)), got \(fmt(v))") }
-        if let hi = max, v > hi { throw LuaRaise.usage("\(fn): field '\(key)' must be at most \(fmt(hi)), got \(fmt(v))") }
+        if let lo = min, v < lo {
+            throw LuaRaise.usage("\(fn): field '\(key)' must be at least \(fmt(lo)), got \(fmt(v))")
+        }
+        if let hi = max, v > hi {
+            throw LuaRaise.usage("\(fn): field '\(key)' must be at most \(fmt(hi)), got \(fmt(v))")
+        }
         return v
     }
 
@@ -128,13 +134,15 @@ struct SpecTable {
         guard let s = try string(key) else { return nil }
         guard options.contains(s) else {
             let hint = suggestion(s, options).map { " (did you mean '\($0)'?)" } ?? ""
-            throw LuaRaise.usage("\(fn): field '\(key)' must be one of \(options.map { "'\($0)'" }.joined(separator: ", ")), got '\(s)'\(hint)")
+            throw LuaRaise.usage("\(fn): field '\(key)' must be one of "
+                    + "\(options.map { "'\($0)'" }.joined(separator: ", ")), got '\(s)'\(hint)")
         }
         return s
     }
 
     /// A choice decoded once into its enum (luaL_checkoption's idea); the error lists the choices.
-    func option<E: RawRepresentable & CaseIterable>(_ key: String, _ type: E.Type) throws -> E? where E.RawValue == String {
+    func option<E: RawRepresentable & CaseIterable>(_ key: String, _ type: E.Type) throws -> E?
+    where E.RawValue == String {
         guard let s = try choice(key, E.allCases.map(\.rawValue)) else { return nil }
         return E(rawValue: s)
     }
@@ -142,7 +150,9 @@ struct SpecTable {
     /// A list of strings (a single string is accepted as a list of one).
     func stringList(_ key: String) throws -> [String]? {
         let l = try list(key, of: "a string", single: LUA_TSTRING) { lua.string(-1) }
-        for (i, s) in (l ?? []).enumerated() { try noNUL(s, "\(fn): field '\(key)'\(l!.count > 1 || i > 0 ? "[\(i + 1)]" : "")") }
+        for (i, s) in (l ?? []).enumerated() {
+            try noNUL(s, "\(fn): field '\(key)'\(l!.count > 1 || i > 0 ? "[\(i + 1)]" : "")")
+        }
         return l
     }
 
@@ -224,7 +234,9 @@ struct SpecTable {
         if t == LUA_TNIL { lua.pop(); return nil }
         guard t == LUA_TTABLE else { throw wrongType(key, "a table") }
         let sub = SpecTable(nested: lua, index: -1, fn: "\(fn): field '\(key)'")
-        if let allowed { do { try sub.checkKeys(allowed, context: "\(fn): field '\(key)'") } catch { lua.pop(); throw error } }
+        if let allowed {
+            do { try sub.checkKeys(allowed, context: "\(fn): field '\(key)'") } catch { lua.pop(); throw error }
+        }
         return sub
     }
 
@@ -234,7 +246,9 @@ struct SpecTable {
     func numberRecord(_ key: String, names: [String], min: [String: Double] = [:]) throws -> [String: Double]? {
         let t = get(key)
         if t == LUA_TNIL { lua.pop(); return nil }
-        let shape = "a list {\(names.joined(separator: ", "))} or a table {\(names.map { "\($0) = ..." }.joined(separator: ", "))}"
+        let shape =
+            "a list {\(names.joined(separator: ", "))} or a table "
+                + "{\(names.map { "\($0) = ..." }.joined(separator: ", "))}"
         guard t == LUA_TTABLE else { throw wrongType(key, shape) }
         defer { lua.pop() }
         let tbl = lua.absIndex(-1)
@@ -272,7 +286,8 @@ struct SpecTable {
         } else if positional {
             let n = Int(lua_rawlen(lua.L, tbl))
             guard n <= names.count else {
-                throw LuaRaise.usage("\(fn): field '\(key)' has \(n) items; at most \(names.count) ({\(names.joined(separator: ", "))})")
+                throw LuaRaise.usage("\(fn): field '\(key)' has \(n) items; at most \(names.count) "
+                        + "({\(names.joined(separator: ", "))})")
             }
             lua.pushNil()
             while lua_next(lua.L, tbl) != 0 {

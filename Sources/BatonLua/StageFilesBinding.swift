@@ -39,7 +39,8 @@ extension RecipeEnvironment {
                 out.append(s); return
             }
             guard ty == LUA_TTABLE, depth < 8 else {
-                throw LuaRaise.usage("\(fn): field '\(key)'\(where_) must be a path or a list of paths, got \(l.describeType(-1))")
+                throw LuaRaise.usage("\(fn): field '\(key)'\(where_) must be a path or a list of paths, got "
+                        + "\(l.describeType(-1))")
             }
             let n = Int(lua_rawlen(l.L, -1))
             for i in 1...max(1, n) where n > 0 {

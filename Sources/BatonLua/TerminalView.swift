@@ -77,7 +77,11 @@ final class TerminalView {
         frame += 1
         var waiting: LiveView.Waiting? = nil
         if let w = ctx.loop.waitingOn { waiting = (w.label.kind.rawValue, w.label.id, Clock.monotonic() - w.since) }
-        let lines = LiveView.lines(ctx.history, waiting: waiting, width: terminalColumns(), room: LiveView.room(), frame: frame)
+        let lines = LiveView.lines(ctx.history,
+                                   waiting: waiting,
+                                   width: terminalColumns(),
+                                   room: LiveView.room(),
+                                   frame: frame)
         let text = LiveView.erase(shownLines) + lines.map(Palette.dim).joined(separator: "\n")
         Console.write(2, text, newline: false)
         shownLines = lines.count
@@ -87,7 +91,8 @@ final class TerminalView {
     private func draw(_ exec: StageExecution) {
         let spinner = ["|", "/", "-", "\\"][frame % 4]
         frame += 1
-        var text = "\(spinner) stage \(SafeText.line(exec.spec.id)) attempt \(exec.attempt) \(Clock.human(exec.runningFor))"
+        var text =
+            "\(spinner) stage \(SafeText.line(exec.spec.id)) attempt \(exec.attempt) \(Clock.human(exec.runningFor))"
         if let last = RunInfo.lastLine(exec.currentLogs) { text += ": " + SafeText.line(last) }
         text = LiveView.clip(text, terminalColumns() - 1)
         Console.write(2, LiveView.erase(shownLines) + text, newline: false)
@@ -142,7 +147,13 @@ final class TerminalView {
 
     /// Writes the complete lines of `carry + bytes`, each prefixed; keeps the partial rest
     /// (written too when `final`).
-    private func emit(_ bytes: [UInt8], carry: inout [UInt8], prefix: String, fd: Int32, colour: Bool, id: String, final: Bool) {
+    private func emit(_ bytes: [UInt8],
+                      carry: inout [UInt8],
+                      prefix: String,
+                      fd: Int32,
+                      colour: Bool,
+                      id: String,
+                      final: Bool) {
         carry += bytes
         guard !carry.isEmpty else { return }
         var lines: [ArraySlice<UInt8>] = []

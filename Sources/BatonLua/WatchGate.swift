@@ -41,7 +41,8 @@ extension RecipeEnvironment {
         var spec = WatchSpec(id: try t.string("id", required: true, nonEmpty: true)!)
         let targets = PrimitiveFields.watchTargets.filter { t.has($0) }
         guard targets.count <= 1 else {
-            throw LuaRaise.usage("watch: give one of \(PrimitiveFields.watchTargets.joined(separator: ", ")) (found \(targets.joined(separator: ", ")))")
+            throw LuaRaise.usage("watch: give one of \(PrimitiveFields.watchTargets.joined(separator: ", ")) (found "
+                    + "\(targets.joined(separator: ", ")))")
         }
         if targets.first == "handle" {
             _ = t.get("handle")
@@ -72,7 +73,8 @@ extension RecipeEnvironment {
         spec.heartbeat = try t.number("heartbeatSec", min: 0.05) ?? d.number("heartbeatSec")
         spec.allowFail = try t.bool("allowFail") ?? d.bool("allowFail")
         if targets.isEmpty && spec.requireFiles.isEmpty {
-            throw LuaRaise.usage("watch: nothing to watch: give one of the fields \(PrimitiveFields.watchTargets.joined(separator: ", ")), or requireFiles")
+            throw LuaRaise.usage("watch: nothing to watch: give one of the fields "
+                    + "\(PrimitiveFields.watchTargets.joined(separator: ", ")), or requireFiles")
         }
         return (spec, try t.function("callback"))
     }
@@ -86,7 +88,8 @@ extension RecipeEnvironment {
     func gate(_ l: LuaState) throws -> Int32 {
         let t = try SpecTable(l, arg: 1, fn: "gate", allowed: RecipeEnvironment.gateFields)
         let name = try t.string("name", required: true, nonEmpty: true)!
-        let maxIterations = try t.integer("maxIterations", min: 1, max: 1000) ?? PrimitiveFields.gate.integer("maxIterations")
+        let maxIterations = try t.integer("maxIterations", min: 1, max: 1000)
+            ?? PrimitiveFields.gate.integer("maxIterations")
         guard PrimitiveFields.combinations.first(where: { $0.key == "gate" })!.fields.filter(t.has).count == 1 else {
             throw LuaRaise.usage("gate: give exactly one of 'check' (a function) or 'cmd' (a command printing JSON)")
         }
@@ -94,7 +97,8 @@ extension RecipeEnvironment {
         let cmd = try t.command("cmd", required: false)
         let onReject = try t.function("onReject")
         defer { for r in [check, onReject].compactMap({ $0 }) { l.unref(r) } }
-        var spec = GateSpec(name: name, decider: check.map { c in .check({ i in try self.callRef(l, c, [.int(Int64(i))]) }) }
+        var spec = GateSpec(name: name,
+                            decider: check.map { c in .check({ i in try self.callRef(l, c, [.int(Int64(i))]) }) }
                                 ?? .command(cmd!))
         spec.maxIterations = maxIterations
         if t.has("fallback") {

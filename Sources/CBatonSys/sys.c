@@ -142,7 +142,8 @@ int baton_spawn(const baton_spawn_opts *o, pid_t *out_pid, int *out_pidfd) {
         long r = baton_clone3_vfork(&a, BATON_CLONE_ARGS_VER0);
         if (r == 0) child_main(o, parent, &child_err, reset);
         if (r > 0) { pid = (pid_t)r; forked = 1; }
-        else if (r == -ENOSYS || r == -EINVAL || r == -E2BIG || r == -EPERM) clone3_works = 0; /* old kernel or a seccomp filter: vfork */
+        /* old kernel or a seccomp filter: vfork */
+        else if (r == -ENOSYS || r == -EINVAL || r == -E2BIG || r == -EPERM) clone3_works = 0;
         else { fork_errno = (int)-r; forked = 1; }
     }
 #endif
@@ -469,7 +470,13 @@ int baton_signal_pending(void) { return first_signal; }
 int baton_signal_sender(void) { return first_sender; }
 int baton_signal_last(void) { return last_signal; }
 int baton_signal_fd(void) { return sigpipe_fds[0]; }
-void baton_signal_clear(void) { first_signal = 0; first_sender = 0; last_signal = 0; budget_fired = 0; baton_signal_drain(); }
+void baton_signal_clear(void) {
+    first_signal = 0;
+    first_sender = 0;
+    last_signal = 0;
+    budget_fired = 0;
+    baton_signal_drain();
+}
 void baton_signal_drain(void) {
     if (sigpipe_fds[0] < 0) return;
     char buf[64];
@@ -496,7 +503,15 @@ static size_t c_strlen(const char *s) { size_t n = 0; while (s[n]) n++; return n
 
 static void crash_write(int fd, const char *s) {
     size_t n = c_strlen(s);
-    while (n > 0) { ssize_t w = write(fd, s, n); if (w <= 0) { if (errno == EINTR) continue; return; } s += w; n -= (size_t)w; }
+    while (n > 0) {
+        ssize_t w = write(fd, s, n);
+        if (w <= 0) {
+            if (errno == EINTR) continue;
+            return;
+        }
+        s += w;
+        n -= (size_t)w;
+    }
 }
 
 static char *run_cgroup_kill = NULL;
@@ -648,16 +663,29 @@ void baton_stuck_guard_budget(const char *reason, int code) {
 void baton_stuck_guard_ack(void) { if (first_signal) stuck_acked = 1; }
 void baton_stuck_guard_disarm(void) { stuck_armed = 0; }
 
-static double mono_now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return (double)t.tv_sec + t.tv_nsec / 1e9; }
-static void nap_ms(int ms) { struct timespec t = { 0, ms * 1000000L }; while (nanosleep(&t, &t) != 0 && errno == EINTR) {} }
+static double mono_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + t.tv_nsec / 1e9;
+}
+static void nap_ms(int ms) {
+    struct timespec t = { 0, ms * 1000000L };
+    while (nanosleep(&t, &t) != 0 && errno == EINTR) {}
+}
 
-static const char *stuck_signal_name(int sig) {
+const char *baton_signal_name(int sig) {
     switch (sig) {
     case SIGINT: return "SIGINT"; case SIGTERM: return "SIGTERM"; case SIGHUP: return "SIGHUP";
+    case SIGKILL: return "SIGKILL";
     case SIGQUIT: return "SIGQUIT"; case SIGUSR1: return "SIGUSR1"; case SIGUSR2: return "SIGUSR2";
     case SIGALRM: return "SIGALRM"; case SIGXCPU: return "SIGXCPU"; case SIGXFSZ: return "SIGXFSZ";
-    case SIGVTALRM: return "SIGVTALRM"; case SIGPROF: return "SIGPROF"; default: return "a signal";
+    case SIGVTALRM: return "SIGVTALRM"; case SIGPROF: return "SIGPROF"; default: return NULL;
     }
+}
+
+static const char *stuck_signal_name(int sig) {
+    const char *name = baton_signal_name(sig);
+    return name ? name : "a signal";
 }
 
 static void rfc3339(double t, char *out, size_t n) {
@@ -724,13 +752,19 @@ static void stuck_act(void) {
                 if (rename(tmp, stuck_final) == 0) {
                     char *dir = strdup(stuck_final);
                     char *slash = dir ? strrchr(dir, '/') : NULL;
-                    if (slash) { *slash = 0; int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC); if (dfd >= 0) { fsync(dfd); close(dfd); } }
+                    if (slash) {
+                        *slash = 0;
+                        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+                        if (dfd >= 0) { fsync(dfd); close(dfd); }
+                    }
                     free(dir);
                 }
             }
         }
         char line[700];
-        snprintf(line, sizeof line, "baton: the run was inside a C function and did not answer %s within %.0f s: its stages were ended, final.json written (exit %d)\n",
+        snprintf(line, sizeof line,
+                 "baton: the run was inside a C function and did not answer %s within %.0f s: "
+                 "its stages were ended, final.json written (exit %d)\n",
                  budget ? "the budget" : stuck_signal_name(sig), stuck_ack_wait, code);
         crash_write(2, line);
     }

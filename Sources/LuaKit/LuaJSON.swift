@@ -88,8 +88,10 @@ extension LuaState {
             items.reserveCapacity(count)
             for k in 1...count {
                 lua_rawgeti(L, i, lua_Integer(k))
-                do { items.append(try toJSON(absIndex(-1), path: "\(path)[\(k)]", depth: depth + 1, maxDepth: maxDepth, visiting: &visiting)) }
-                catch { pop(); throw error }
+                do {
+                    items.append(try toJSON(absIndex(-1), path: "\(path)[\(k)]", depth: depth + 1, maxDepth: maxDepth,
+                                            visiting: &visiting))
+                } catch { pop(); throw error }
                 pop()
             }
             return .array(items)
@@ -112,8 +114,8 @@ extension LuaState {
         for (name, intKey) in keys {
             if let k = intKey { lua_rawgeti(L, i, lua_Integer(k)) } else { _ = rawGetField(i, name) }
             do {
-                pairs.append((name, try toJSON(absIndex(-1), path: "\(path).\(name)", depth: depth + 1, maxDepth: maxDepth,
-                                               visiting: &visiting)))
+                pairs.append((name, try toJSON(absIndex(-1), path: "\(path).\(name)", depth: depth + 1,
+                                               maxDepth: maxDepth, visiting: &visiting)))
             } catch { pop(); throw error }
             pop()
         }

@@ -283,7 +283,9 @@ public final class LuaState {
     }
 
     public func isInteger(_ i: Int32) -> Bool { baton_isinteger(L, i) != 0 }
-    public func integer(_ i: Int32) -> Int? { lua_type(L, i) == LUA_TNUMBER && isInteger(i) ? Int(baton_tointeger(L, i)) : nil }
+    public func integer(_ i: Int32) -> Int? {
+        lua_type(L, i) == LUA_TNUMBER && isInteger(i) ? Int(baton_tointeger(L, i)) : nil
+    }
     public func number(_ i: Int32) -> Double? { lua_type(L, i) == LUA_TNUMBER ? baton_tonumber(L, i) : nil }
     public func bool(_ i: Int32) -> Bool { lua_toboolean(L, i) != 0 }
 
@@ -351,7 +353,12 @@ public final class LuaState {
         }
         if msg == BATON_ABORT_MESSAGE || abortReason != 0 { kind = kind ?? "abort" }
         let r = ref()
-        return LuaCallError(status: LuaStatus(rawValue: st) ?? .runtime, message: msg, traceback: tb, code: code, kind: kind, ref: r)
+        return LuaCallError(status: LuaStatus(rawValue: st) ?? .runtime,
+                            message: msg,
+                            traceback: tb,
+                            code: code,
+                            kind: kind,
+                            ref: r)
     }
 
     public var memoryUsed: Int { baton_memory_used(L) }

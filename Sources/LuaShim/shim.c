@@ -88,7 +88,8 @@ static int trampoline(lua_State *L) {
     st->native--;
     /* An abort requested while this thread (perhaps a coroutine the request's hook never
      * reached) was in Swift: arm the kill switch here too. */
-    if (st->abort_reason && lua_gethook(L) != abort_hook) lua_sethook(L, abort_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+    if (st->abort_reason && lua_gethook(L) != abort_hook)
+        lua_sethook(L, abort_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
     if (n < 0) return lua_error(L); /* only C frames below us now */
     return n;
 }

@@ -157,3 +157,36 @@ import Testing
         #expect(PreflightCheck.pgrep("[p]ython train.py").evaluate(environment: env, loop: EventLoop()).ok)
     }
 }
+
+/// Survivors.end: a child that leaves on its signal is waited for (not for the whole grace);
+/// one that ignores it is killed at the grace's end; both are reaped.
+@Suite struct EndChildTests {
+    func start(_ script: String) throws -> pid_t {
+        try Spawner.spawn(argv: ["/bin/sh", "-c", script], env: Spawner.currentEnvironment(), cwd: nil,
+                          stdin: 0, stdout: 2, stderr: 2)
+    }
+
+    @Test func aChildThatLeavesIsWaitedForAndOneThatStaysIsKilled() throws {
+        let leaves = try start("exec sleep 30")
+        var t = Clock.monotonic()
+        Survivors.end(child: leaves, signal: SIGTERM, grace: 5)
+        #expect(Clock.monotonic() - t < 2, "waited \(Clock.monotonic() - t) s for a child that left at once")
+        #expect(kill(leaves, 0) != 0, "reaped")
+
+        let stays = try start("trap '' TERM; while :; do sleep 0.05; done")
+        // until its trap is set: SIGTERM in its ignored mask (/proc's SigIgn)
+        func ignoresTerm() -> Bool {
+            let status = (try? FileIO.readString("/proc/\(stays)/status")) ?? ""
+            let line = status.split(separator: "\n").first { $0.hasPrefix("SigIgn:") } ?? ""
+            let mask = UInt64(line.dropFirst(7).trimmingCharacters(in: .whitespaces), radix: 16) ?? 0
+            return mask & (1 << UInt64(SIGTERM - 1)) != 0
+        }
+        _ = EventLoop().wait(deadline: Clock.monotonic() + 5, pollEvery: 0.01) { ignoresTerm() }
+        #expect(ignoresTerm())
+        t = Clock.monotonic()
+        Survivors.end(child: stays, signal: SIGTERM, grace: 0.5)
+        let took = Clock.monotonic() - t
+        #expect(took >= 0.45 && took < 3, "took \(took) s")
+        #expect(kill(stays, 0) != 0, "killed and reaped")
+    }
+}

@@ -87,6 +87,73 @@ import Testing
         #expect(Set(documented.keys) == Set(EventBody.schema.map(\.type)), "documented types that are never written")
     }
 
+    /// docs/journal.md lists a watch's `details` keys (the {...} groups in its entry): exactly
+    /// WatchDetails's.
+    @Test func journalDocListsExactlyTheWatchDetailsKeys() throws {
+        let doc = try FileIO.readString(Self.root + "/docs/journal.md")
+        let entry = try #require(doc.components(separatedBy: "\n- `watch`: ").dropFirst().first?
+            .components(separatedBy: "\n- `").first)
+        var documented: Set<String> = []
+        for group in entry.components(separatedBy: "{").dropFirst() {
+            let inside = group.components(separatedBy: "}")[0]
+            if inside.isEmpty { continue }   // (`{}`: nothing)
+            for w in inside.split(whereSeparator: { $0 == "," || $0 == " " || $0 == "\n" }) { documented.insert(String(w)) }
+        }
+        #expect(documented == Set(WatchDetails.Key.names), "documented \(documented.sorted())")
+    }
+
+    /// The typed watch payload reads the 0.1 journals and writes their lines back unchanged;
+    /// keys it does not know are kept.
+    @Test func watchDetailsAreTypedAndTheWireUnchanged() throws {
+        let lines = try FileIO.readString(Self.fixtures + "/resumed/journal.jsonl").split(separator: "\n")
+        var queued = 0
+        for line in lines where line.contains("\"type\":\"watch\"") {
+            let e = try #require(JournalEvent(try JSON.parse(String(line))))
+            #expect(String(decoding: e.encoded(), as: UTF8.self) == String(line))
+            guard case let .watch(w) = e.body else { Issue.record("not a watch"); continue }
+            if w.to == .queued {
+                queued += 1
+                #expect(w.details.settings == WatchDetails.Settings(requireFiles: ["/tmp/fx/out/m.json"], readyTimeoutSec: 5,
+                                                                    readyPollSec: 5, onMissing: .fail, timeoutSec: 86400))
+            }
+            if w.to == .awaiting_artifacts { #expect(w.details.files == ["/tmp/fx/out/m.json"]) }
+        }
+        #expect(queued == 2)
+        let newer = try JSON.parse(#"{"missing": ["a"], "hint": {"x": 1}}"#)
+        let d = WatchDetails(newer)
+        #expect(d.missing == ["a"] && d.settings == nil && d.stage == nil)
+        #expect(d.json.encoded() == newer.encoded(), "a newer writer's key is kept")
+    }
+
+    /// A fold or view that ignores an event says which ones: no `default:` in a switch over
+    /// an event's body (in Sources, or in EventBody's own switches over `self`), so a new event
+    /// type makes every such switch fail to compile until it is handled or named as ignored.
+    @Test func noSwitchOverEventsHidesANewOne() throws {
+        let walk = FileManager.default.enumerator(at: URL(fileURLWithPath: Self.root + "/Sources"),
+                                                  includingPropertiesForKeys: nil)!
+        var switches = 0
+        for case let url as URL in walk where url.pathExtension == "swift" {
+            let lines = try String(contentsOf: url, encoding: .utf8).components(separatedBy: "\n")
+            var inEventBody = false
+            for (i, line) in lines.enumerated() {
+                if line.hasPrefix("public enum EventBody") || line.hasPrefix("extension EventBody") { inEventBody = true }
+                else if !line.hasPrefix(" "), !line.hasPrefix("}"), !line.isEmpty { inEventBody = false }
+                let t = line.trimmingCharacters(in: .whitespaces)
+                guard t.hasPrefix("switch "), t.hasSuffix("body {") || (inEventBody && t == "switch self {") else { continue }
+                switches += 1
+                // the switch's own cases: lines at its indentation until its closing brace
+                let indent = line.prefix { $0 == " " }.count
+                for l in lines[(i + 1)...] {
+                    let lead = l.prefix { $0 == " " }.count
+                    if lead == indent, l.trimmingCharacters(in: .whitespaces) == "}" { break }
+                    #expect(!(lead == indent && l.trimmingCharacters(in: .whitespaces).hasPrefix("default:")),
+                            "\(url.lastPathComponent):\(i + 1): a default: over journal events")
+                }
+            }
+        }
+        #expect(switches >= 8, "the scan found the switches over events (\(switches))")
+    }
+
     /// The guide's exit-code table is ExitStatus's table.
     @Test func guideExitCodeTableIsExitStatus() throws {
         let guide = try FileIO.readString(Self.root + "/docs/guide.md")

@@ -247,7 +247,15 @@ import Testing
         let start = try Harness.run(["run", "--detach", "r.lua"], cwd: d)
         let runDir = String(start.stdout.split(separator: "\n")[1])
         let id = String(start.stdout.split(separator: "\n")[0])
-        #expect(Harness.waitFor(20) { (Harness.read(d + "/ran.txt") ?? "").split(separator: "\n").count >= 3 })
+        // Kill when three slow stages are running: their fast stages have then passed and been
+        // journaled (a slow stage starts after its fast one's result). Waiting on ran.txt instead
+        // raced: a fast stage that had written its line but not yet been reaped was run again.
+        func slowStarted() -> Int {
+            guard FileManager.default.fileExists(atPath: runDir + "/journal.jsonl") else { return 0 }
+            return Harness.events(Harness.journal(runDir), type: "stage_started")
+                .filter { ($0["id"] as? String)?.hasPrefix("slow") == true }.count
+        }
+        #expect(Harness.waitFor(20) { slowStarted() >= 3 })
         #expect(Harness.waitFor(10) { Harness.processes(withEnv: "BATON_RUN_ID=\(id)").count >= 3 })
         let pid = Int32(Harness.read(runDir + "/run.pid")!.trimmingCharacters(in: .whitespacesAndNewlines))!
         kill(pid, SIGKILL)

@@ -14,7 +14,7 @@ final class Pane {
     /// except for `run` and `resume`, which show no prompt).
     init(_ tag: String, cwd: String? = nil, state: String? = nil, args: [String] = ["repl"], prompt: String? = nil,
          color: Bool = false) throws {
-        let prompt = prompt ?? (["run", "resume", "status", "wait"].contains(args.first ?? "") ? nil : ">")
+        let prompt = prompt ?? (["run", "resume", "status", "wait", "log"].contains(args.first ?? "") ? nil : ">")
         dir = Harness.tempDir("shell-\(tag)")
         socket = dir + "/tmux.sock"
         name = "baton-\(tag)-\(UUID().uuidString.prefix(6))"
@@ -295,6 +295,38 @@ final class Pane {
         m = p.mark()
         p.send(":quit")
         #expect(p.waitFor("BATON-EXIT=0", after: m))
+    }
+
+    /// `:tail RUN STAGE` and `baton log --stage STAGE RUN` are one code path (RunView): on
+    /// the same terminal, what `:tail` shows of a stage (its latest attempt) is exactly the
+    /// end of what `log --stage` shows (every attempt), headers and stderr included.
+    @Test func tailIsTheEndOfLogStage() throws {
+        let d = Harness.tempDir("shell-tail-log")
+        Harness.write(d + "/r.lua", #"""
+            runStage{id = "s", retries = 1, retryOn = {"deterministic"}, backoff = {initial = 0.01},
+                     cmd = "if [ -f again ]; then echo second; echo out; echo 'err two' >&2; "
+                        .. "else touch again; echo first; echo 'err one' >&2; exit 1; fi"}
+            """#)
+        let id = "20261101-000000-0007"
+        #expect(try Harness.run(["run", "--run-id", id, "r.lua"], cwd: d).code == 0)
+        let log = try Pane("log", cwd: d, args: ["log", "--stage", "s", id])
+        defer { log.kill() }
+        #expect(log.waitFor("BATON-EXIT=0"), "\(log.screen())")
+        let shown = log.screen().components(separatedBy: "\nBATON-EXIT=0")[0]
+        #expect(shown.contains("==> s attempt 1") && shown.contains("err one"), "\(shown)")
+
+        let p = try Pane("tail", cwd: d)
+        defer { p.kill() }
+        let m = p.mark()
+        p.send(":tail \(id) s")
+        #expect(p.waitFor("err two", after: m), "\(p.screen())")
+        #expect(p.waitForPrompt(">"), "\(p.screen())")
+        var lines = p.screenSince(m).components(separatedBy: "\n")
+        lines.removeFirst()   // the command
+        lines.removeLast()    // the prompt
+        let tail = lines.joined(separator: "\n")
+        #expect(tail.hasPrefix("==> s attempt 2") && tail.contains("second\nout\n--- stderr ---\nerr two"), "\(tail)")
+        #expect(shown.hasSuffix("\n" + tail), "log --stage:\n\(shown)\n:tail:\n\(tail)")
     }
 
     @Test func attachToAFinishedAndAnOrphanedRun() throws {

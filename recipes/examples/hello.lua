@@ -15,7 +15,8 @@ baton.fs.mkdir(out)
 
 runStage{
   id = "generate",
-  cmd = {"sh", "-c", "i=0; while [ $i -lt " .. words .. " ]; do echo word$((i % 7)); i=$((i+1)); done > " .. out .. "/words.txt"},
+  cmd = {"sh", "-c",
+         "i=0; while [ $i -lt " .. words .. " ]; do echo word$((i % 7)); i=$((i+1)); done > " .. out .. "/words.txt"},
   requireFiles = {out .. "/words.txt"},
   timeout = 60,
 }

@@ -52,16 +52,24 @@ function M.load(path, explicit)
   local text = baton.fs.read(path)
   local ok, doc = pcall(path:match("%.json$") and baton.json.decode or baton.yaml.decode, text)
   if not ok or type(doc) ~= "table" then
-    kit.fail(("config %s: not a YAML/JSON mapping: %s"):format(path, type(doc) == "table" and tostring(doc.message) or tostring(doc)), 3)
+    kit.fail(("config %s: not a YAML/JSON mapping: %s"):format(path,
+                                                               type(doc) == "table" and tostring(doc.message)
+                                                                   or tostring(doc)),
+             3)
   end
   local known = {agent = true, model = true, models = true, stages = true, catalog = true}
   for k in pairs(doc) do
-    if not known[k] then kit.fail(("config %s: unknown key '%s' (agent, model, models, stages, catalog)"):format(path, tostring(k)), 3) end
+    if not known[k] then
+      kit.fail(("config %s: unknown key '%s' (agent, model, models, stages, catalog)"):format(path, tostring(k)), 3)
+    end
   end
   for name, st in pairs(doc.stages or {}) do
     local isStage = false
     for _, s in ipairs(M.STAGES) do if s == name then isStage = true end end
-    if not isStage then kit.fail(("config %s: stages.%s is not a stage (%s)"):format(path, tostring(name), table.concat(M.STAGES, ", ")), 3) end
+    if not isStage then
+      kit.fail(("config %s: stages.%s is not a stage (%s)"):format(path, tostring(name), table.concat(M.STAGES, ", ")),
+               3)
+    end
     if type(st) ~= "table" then kit.fail(("config %s: stages.%s must be a mapping"):format(path, name), 3) end
   end
   return doc
@@ -122,7 +130,8 @@ function M.catalog(o, config, configPath)
     local seen = {}
     for agent, list in pairs(doc) do
       c.byAgent[tostring(agent)] = names(list, "the list of " .. tostring(agent))
-      for _, m in ipairs(c.byAgent[tostring(agent)]) do if not seen[m] then seen[m] = true; c.all[#c.all + 1] = m end end
+      for _, m in ipairs(c.byAgent[tostring(agent)]) do if not seen[m] then seen[m] =
+          true; c.all[#c.all + 1] = m end end
     end
     table.sort(c.all)
   end
@@ -167,7 +176,12 @@ function M.checkCatalog(c, t, runs)
           local agents = {}
           for a in pairs(c.byAgent) do agents[#agents + 1] = a end
           table.sort(agents)
-          kit.fail(("agent '%s' (stage %s) is not in the catalog %s (agents: %s)"):format(prog, s, c.from, table.concat(agents, ", ")), 3)
+          kit.fail(("agent '%s' (stage %s) is not in the catalog %s (agents: %s)"):format(
+              prog,
+              s,
+              c.from,
+              table.concat(agents, ", ")),
+                   3)
         end
         whose = " for agent " .. prog
       end
@@ -192,7 +206,8 @@ function M.resolve(o, config, envAgent)
     local st = (config.stages or {})[s] or {}
     local agent = o["agent_" .. s] or st.agent or o.agent or config.agent or envAgent
     if agent == "" then agent = nil end
-    local ms = o["model_" .. s] or models(st.models or st.model) or o.model or models(config.models or config.model) or {}
+    local ms = o["model_" .. s] or models(st.models or st.model) or o.model or models(config.models or config.model)
+        or {}
     t[s] = {agent = agent, models = ms}
   end
   return t

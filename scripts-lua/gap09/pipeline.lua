@@ -52,7 +52,8 @@ function M.reportedTokens(stdout)
 end
 
 -- Documentation files: what a ship (docs) stage writes.
-M.DOC_PATTERNS = {"%.md$", "%.rst$", "%.adoc$", "^docs?/", "/docs?/", "README[^/]*$", "CHANGELOG[^/]*$", "CHANGES[^/]*$"}
+M.DOC_PATTERNS = {"%.md$", "%.rst$", "%.adoc$", "^docs?/", "/docs?/", "README[^/]*$", "CHANGELOG[^/]*$",
+                  "CHANGES[^/]*$"}
 
 function M.isDoc(path)
   for _, pat in ipairs(M.DOC_PATTERNS) do if path:find(pat) then return true end end
@@ -233,7 +234,9 @@ function Pipeline:callOne(stage, prompt, iteration, model, part, extraEnv, input
       error = "the run was cancelled during this stage"})
     local r = runStage{id = id, cmd = cmd, cwd = self.cwd, stdin = prompt, timeout = self.timeout, grace = 2,
       env = env, allowFail = true, inputs = inputs}
-    if r.dry then self.plan[#self.plan + 1] = ("stage %s: %s%s"):format(id, cmd, model and (" (model " .. model .. ")") or "") end
+    if r.dry then
+      self.plan[#self.plan + 1] = ("stage %s: %s%s"):format(id, cmd, model and (" (model " .. model .. ")") or "")
+    end
     return r, session, t0
   end
   local dry = self.dry or self.planOnly
@@ -311,13 +314,17 @@ function Pipeline:report(rec, extra)
   extra = extra or {}
   local out = {}
   local function add(s) out[#out + 1] = "  " .. s end
-  add(("STEP %d STATUS: %s"):format(M.NUMBER[rec.stage] or 0, (rec.status == "pass" and "PASS") or (rec.status == "fail" and "FAIL")
+  add(("STEP %d STATUS: %s"):format(M.NUMBER[rec.stage] or 0,
+                                    (rec.status == "pass" and "PASS") or (rec.status == "fail" and "FAIL")
     or tostring(rec.status):upper()))
-  add(("session: %s  model: %s"):format(rec.session_id or "-", rec.model ~= baton.json.null and rec.model or "(agent default)"))
+  add(("session: %s  model: %s"):format(rec.session_id or "-",
+                                        rec.model ~= baton.json.null and rec.model or "(agent default)"))
   if extra.checks then
     add("pre-flight gates:")
     for _, c in ipairs(extra.checks) do
-      add(("  - %s: %s"):format(c.name, c.ok and "PASS" or (c.detail:match("^FAIL") and c.detail or ("FAIL (" .. c.detail .. ")"))))
+      add(("  - %s: %s"):format(c.name,
+                                c.ok and "PASS"
+                                    or (c.detail:match("^FAIL") and c.detail or ("FAIL (" .. c.detail .. ")"))))
       for _, l in ipairs(c.tail or {}) do add("      | " .. l) end
     end
   end
@@ -329,9 +336,13 @@ function Pipeline:report(rec, extra)
       and (" (issues: " .. table.concat(extra.issues, "; ") .. ")") or ""))
     add(("re-verify count: %d/%d"):format(rec.iteration or 0, self.maxVerify or M.MAX_VERIFY))
   end
-  if rec.tokens_source == "reported" then add(("tokens: %d (reported by the agent)"):format(rec.tokens))
-  elseif rec.tokens_source == "estimated" then add(("tokens: ~%d (estimated: the agent reported none)"):format(rec.tokens))
-  else add("tokens: 0 (nothing ran)") end
+  if rec.tokens_source == "reported" then
+    add(("tokens: %d (reported by the agent)"):format(rec.tokens))
+  elseif rec.tokens_source == "estimated" then
+    add(("tokens: ~%d (estimated: the agent reported none)"):format(rec.tokens))
+  else
+    add("tokens: 0 (nothing ran)")
+  end
   if extra.next then
     add("Next:")
     add("- " .. extra.next)
@@ -362,7 +373,8 @@ function M.preflightChecks(commands, cwd, timeout, sink, tail)
       local out, ok, exit, err = baton.sh("(" .. c .. ") 2>&1", {cwd = cwd, allowFail = true, timeout = timeout})
       if ok then return done(true, "PASS", out) end
       local detail = lastLine(err) or lastLine(out)
-      return done(false, ("FAIL (exit %s)%s"):format(tostring(exit), detail and (": " .. detail) or ""), (out or "") .. "\n" .. (err or ""))
+      return done(false, ("FAIL (exit %s)%s"):format(tostring(exit), detail and (": " .. detail) or ""),
+                  (out or "") .. "\n" .. (err or ""))
     end}
   end
   return checks
@@ -415,12 +427,14 @@ function Pipeline:finish(status, why)
     for i, l in ipairs(self.plan) do self.say(("  %d. %s"):format(i, l)) end
   end
   self.say("")
-  self.say("RESULT: " .. (dry and "DRY RUN" or status == "success" and "SUCCESS" or "FAILURE") .. (why and (" (" .. why .. ")") or ""))
+  self.say("RESULT: " .. (dry and "DRY RUN" or status == "success" and "SUCCESS" or "FAILURE")
+           .. (why and (" (" .. why .. ")") or ""))
   self.say(("TIME: %ss"):format(math.floor(res.metrics.total_time_seconds + 0.5)))
   local m = res.metrics
   if dry then self.say("TOKENS: 0 (dry run)")
   elseif m.total_tokens_reported > 0 and m.total_tokens_estimated > 0 then
-    self.say(("TOKENS: %d (%d reported, ~%d estimated)"):format(m.total_tokens, m.total_tokens_reported, m.total_tokens_estimated))
+    self.say(("TOKENS: %d (%d reported, ~%d estimated)"):format(m.total_tokens, m.total_tokens_reported,
+                                                                m.total_tokens_estimated))
   elseif m.total_tokens_reported > 0 then self.say(("TOKENS: %d (reported)"):format(m.total_tokens))
   else self.say(("TOKENS: ~%d (estimated)"):format(m.total_tokens)) end
   if self.json then io.stdout:write(baton.json.encode(res, {pretty = true}), "\n") end

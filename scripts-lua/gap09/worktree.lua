@@ -92,7 +92,8 @@ function M.fingerprint(cwd)
     for p, h in pairs(fp) do if h == "?" then paths[#paths + 1] = p end end
     table.sort(paths)
     if #paths > 0 then
-      local hashes = lines(baton.sh("git hash-object --stdin-paths", {cwd = cwd, stdin = table.concat(paths, "\n") .. "\n",
+      local hashes = lines(baton.sh("git hash-object --stdin-paths",
+                                    {cwd = cwd, stdin = table.concat(paths, "\n") .. "\n",
         allowFail = true, timeout = 300, readOnly = true}))
       for i, p in ipairs(paths) do fp[p] = hashes[i] or "?" end
     end
@@ -120,7 +121,8 @@ function M.changed(before, after)
   end
   local b, a = heads[before], heads[after]
   if b and a and b.head ~= a.head then
-    local names = sh("git -c core.quotePath=false diff --name-only --no-renames --relative " .. q(b.head) .. " " .. q(a.head)
+    local names = sh("git -c core.quotePath=false diff --name-only --no-renames --relative " .. q(b.head) .. " "
+                     .. q(a.head)
       .. " -- . 2>/dev/null", a.cwd)
     for _, p in ipairs(lines(names)) do
       if not seen[p] and not underAny(p, a.excl) then out[#out + 1] = p; seen[p] = true end
@@ -223,7 +225,8 @@ local function undoCommits(cwd, snap, keep)
   local ref = trim(sh("git symbolic-ref -q HEAD 2>/dev/null", cwd))
   if head == snap.head and (ref ~= "" and ref or nil) == snap.ref then return nil end
   local moved = {from = snap.head, to = head}
-  moved.commits = tonumber(trim(sh("git rev-list --count " .. q(snap.head) .. ".." .. q(head) .. " 2>/dev/null", cwd))) or 0
+  moved.commits = tonumber(trim(sh("git rev-list --count " .. q(snap.head) .. ".." .. q(head) .. " 2>/dev/null",
+                                   cwd))) or 0
   local function git(cmd)
     local _, ok, _, err = baton.sh("git " .. cmd, {cwd = cwd, allowFail = true, timeout = 120})
     if not ok then moved.error = (moved.error and (moved.error .. "; ") or "") .. trim(err) end
@@ -294,7 +297,9 @@ function M.restore(cwd, snap, opts)
       back[#back + 1] = p
     end
   end
-  for _, k in ipairs({"modified", "added", "deleted", "dirs_added", "dirs_deleted", "dirs_mode"}) do table.sort(r[k]) end
+  for _, k in ipairs({"modified", "added", "deleted", "dirs_added", "dirs_deleted", "dirs_mode"}) do
+    table.sort(r[k])
+  end
   for _, p in ipairs(r.added) do os.remove(cwd .. "/" .. p) end
   for _, p in ipairs(gone) do baton.sh({"rm", "-rf", "--", cwd .. "/" .. p}, {allowFail = true}) end
   -- Deepest first: a directory the pipeline made is empty once its files are gone.

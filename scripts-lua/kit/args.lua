@@ -65,7 +65,8 @@ end
 
 --- One option as `--help` shows it: its form, its help text and what it accepts.
 local function describe(name, opt)
-  local form = "--" .. name:gsub("_", "-") .. (opt.flag and "" or ("=" .. (opt.choices and table.concat(opt.choices, "|") or
+  local form = "--" .. name:gsub("_", "-")
+      .. (opt.flag and "" or ("=" .. (opt.choices and table.concat(opt.choices, "|") or
     (opt.number and "N" or (opt.list and "A,B,..." or "VALUE")))))
   local notes = {}
   if opt.required then notes[#notes + 1] = "required" end
@@ -89,7 +90,8 @@ function M.usage(spec)
     lines[1] = spec.usage
   else
     local recipe = arg and arg[0] or "RECIPE"
-    lines[1] = ("usage: baton run %s [options]%s"):format(recipe, spec.positional and (" [" .. spec.positional .. "]") or "")
+    lines[1] = ("usage: baton run %s [options]%s"):format(recipe,
+                                                          spec.positional and (" [" .. spec.positional .. "]") or "")
     if spec.description then lines[#lines + 1] = "\n" .. spec.description end
   end
   if #names > 0 then
@@ -97,6 +99,41 @@ function M.usage(spec)
     for _, k in ipairs(names) do lines[#lines + 1] = describe(k, spec.options[k]) end
   end
   return table.concat(lines, "\n")
+end
+
+--- One option's value checked against its declaration (required, choices, number, flag,
+--- list) and converted in `o`.
+local function checkOption(o, name, opt, usage)
+  local v = o[name]
+  if v == nil and opt.default ~= nil then v = opt.default; o[name] = v end
+  if v ~= nil then
+    if opt.required and v == "" then usageError(("option '%s' must not be empty"):format(name), usage) end
+    if opt.choices then
+      local okv = false
+      for _, c in ipairs(opt.choices) do if v == c then okv = true end end
+      if not okv then
+        usageError(("option '%s' must be one of %s, got '%s'"):format(name, table.concat(opt.choices, "|"), v), usage)
+      end
+    end
+    if opt.number then
+      local n = tonumber(v)
+      if not n or n ~= n or n == math.huge or n == -math.huge then
+        usageError(("option '%s' must be a number, got '%s'"):format(name, tostring(v)), usage)
+      end
+      if opt.min and n < opt.min then
+        usageError(("option '%s' must be at least %s, got %s"):format(name, opt.min, v), usage)
+      end
+      o[name] = n
+    end
+    if opt.flag then
+      local b = ({["1"] = true, ["true"] = true, yes = true, ["0"] = false, ["false"] = false, no = false})[tostring(v)]
+      if b == nil then usageError(("option '%s' is a flag: 1 or 0, got '%s'"):format(name, tostring(v)), usage) end
+      o[name] = b
+    end
+    if opt.list and type(o[name]) == "string" then o[name] = M.split(o[name], opt.sep or ",") end
+  elseif opt.required then
+    usageError(("option '%s=...' is required"):format(name), usage)
+  end
 end
 
 --- Splits `words` (default: the recipe's `arg`) into options and positional words.
@@ -163,38 +200,7 @@ function M.parse(spec, words)
     usageError(("unexpected word '%s' (options are name=value)"):format(rest[1]), spec.usage)
   end
   if spec.positional then o[spec.positional] = table.concat(rest, " ") end
-  for name, opt in pairs(options) do
-    local v = o[name]
-    if v == nil and opt.default ~= nil then v = opt.default; o[name] = v end
-    if v ~= nil then
-      if opt.required and v == "" then usageError(("option '%s' must not be empty"):format(name), spec.usage) end
-      if opt.choices then
-        local okv = false
-        for _, c in ipairs(opt.choices) do if v == c then okv = true end end
-        if not okv then
-          usageError(("option '%s' must be one of %s, got '%s'"):format(name, table.concat(opt.choices, "|"), v), spec.usage)
-        end
-      end
-      if opt.number then
-        local n = tonumber(v)
-        if not n or n ~= n or n == math.huge or n == -math.huge then
-          usageError(("option '%s' must be a number, got '%s'"):format(name, tostring(v)), spec.usage)
-        end
-        if opt.min and n < opt.min then
-          usageError(("option '%s' must be at least %s, got %s"):format(name, opt.min, v), spec.usage)
-        end
-        o[name] = n
-      end
-      if opt.flag then
-        local b = ({["1"] = true, ["true"] = true, yes = true, ["0"] = false, ["false"] = false, no = false})[tostring(v)]
-        if b == nil then usageError(("option '%s' is a flag: 1 or 0, got '%s'"):format(name, tostring(v)), spec.usage) end
-        o[name] = b
-      end
-      if opt.list and type(o[name]) == "string" then o[name] = M.split(o[name], opt.sep or ",") end
-    elseif opt.required then
-      usageError(("option '%s=...' is required"):format(name), spec.usage)
-    end
-  end
+  for name, opt in pairs(options) do checkOption(o, name, opt, spec.usage) end
   return o
 end
 

@@ -15,7 +15,8 @@
 local M = {}
 
 local keywords = {}
-for w in ("and break do else elseif end false for function goto if in local nil not or repeat return then true until while"):gmatch("%a+") do
+for w in ("and break do else elseif end false for function goto if in local nil not or repeat return then true "
+        .. "until while"):gmatch("%a+") do
   keywords[w] = true
 end
 
@@ -137,10 +138,14 @@ local dynamic = {_G = true, _ENV = true, rawset = true, load = true, loadstring 
 function M.dynamicGlobals(src, toks)
   toks = toks or M.tokens(src)
   for k, t in ipairs(toks) do
-    if t[1] == "name" and dynamic[t[2]] and not (toks[k - 1] and (toks[k - 1][2] == "." or toks[k - 1][2] == ":")) then return true end
+    if t[1] == "name" and dynamic[t[2]] and not (toks[k - 1] and (toks[k - 1][2] == "." or toks[k - 1][2] == ":")) then
+      return true
+    end
     if t[1] == "name" and t[2] == "require" then
       local n = toks[k + 1]
-      if not (n[1] == "string" or (n[2] == "(" and toks[k + 2][1] == "string" and toks[k + 3][2] == ")")) then return true end
+      if not (n[1] == "string" or (n[2] == "(" and toks[k + 2][1] == "string" and toks[k + 3][2] == ")")) then
+        return true
+      end
     end
   end
   return false
@@ -204,7 +209,10 @@ local function checkTable(toks, k, fn, add, spec, label)
   while toks[k][1] ~= "eof" do
     local t = toks[k]
     local p = toks[k - 1][2]
-    if depth == 1 and (p == "{" or p == "," or p == ";") and t[2] ~= "}" and not (t[1] == "name" and toks[k + 1][2] == "=") then
+    if depth == 1
+        and (p == "{" or p == "," or p == ";")
+        and t[2] ~= "}"
+        and not (t[1] == "name" and toks[k + 1][2] == "=") then
       opaque = true
     end
     if opens[t[2]] then depth = depth + 1
@@ -235,15 +243,19 @@ local function checkTable(toks, k, fn, add, spec, label)
         end
         local want, got = types[name], literalType(toks, k + 2)
         if want and got and not ("|" .. want .. "|"):find("|" .. got .. "|", 1, true) then
-          add(v, "field-type", ("%s: field '%s' must be a %s, got a %s"):format(label, name, want:gsub("|", " or "), got), true)
+          add(v, "field-type",
+              ("%s: field '%s' must be a %s, got a %s"):format(label, name, want:gsub("|", " or "), got), true)
         end
         local choices = values[name]
         local function bad(s, at, what)
           local hint = closest(s[2], choices)
-          add(s, "field-value", ("%s: field %s must be one of '%s', got '%s'%s"):format(label, what, table.concat(choices, "', '"), s[2],
+          add(s, "field-value",
+              ("%s: field %s must be one of '%s', got '%s'%s"):format(label, what, table.concat(choices, "', '"), s[2],
             hint and (" (did you mean '" .. hint .. "'?)") or ""), true)
         end
-        if choices and v[1] == "string" and (toks[k + 3][2] == "," or toks[k + 3][2] == ";" or toks[k + 3][2] == "}") then
+        if choices
+            and v[1] == "string"
+            and (toks[k + 3][2] == "," or toks[k + 3][2] == ";" or toks[k + 3][2] == "}") then
           if not oneOf(choices, v[2]) then bad(v, k + 2, "'" .. name .. "'") end
         elseif choices and v[2] == "{" then
           -- A list of strings, each one of the choices (`retryOn = {"transient"}`).
@@ -284,11 +296,155 @@ function M.assignedGlobals(src)
   for k, t in ipairs(toks) do
     if t[2] == "{" or t[2] == "(" or t[2] == "[" then depth = depth + 1
     elseif t[2] == "}" or t[2] == ")" or t[2] == "]" then depth = depth - 1
-    elseif depth == 0 and t[1] == "name" and not (toks[k - 1] and (toks[k - 1][2] == "." or toks[k - 1][2] == ":" or toks[k - 1][2] == "local")) then
-      if toks[k + 1][2] == "=" or toks[k + 1][2] == "," or (toks[k - 1] and toks[k - 1][2] == "function") then names[#names + 1] = t[2] end
+    elseif depth == 0
+        and t[1] == "name"
+        and not (toks[k - 1] and (toks[k - 1][2] == "." or toks[k - 1][2] == ":" or toks[k - 1][2] == "local")) then
+      if toks[k + 1][2] == "=" or toks[k + 1][2] == "," or (toks[k - 1] and toks[k - 1][2] == "function") then
+        names[#names + 1] = t[2]
+      end
     end
   end
   return names
+end
+
+--- The arguments of the call whose `(` is toks[k]: how many, and where each starts.
+local function countArgs(toks, k)
+  if toks[k + 1][2] == ")" then return 0, {} end
+  local depth, n, starts = 0, 1, {k + 1}
+  while toks[k][1] ~= "eof" do
+    local v = toks[k][2]
+    if v == "(" or v == "{" or v == "[" then depth = depth + 1
+    elseif v == ")" or v == "}" or v == "]" then
+      depth = depth - 1
+      if depth == 0 then return n, starts end
+    elseif v == "," and depth == 1 then n = n + 1; starts[n] = k + 1
+    elseif toks[k][1] == "kw" and v == "function" then
+      -- A function body's own commas and brackets are inside `function ... end`.
+      local nest = 1
+      k = k + 1
+      while toks[k][1] ~= "eof" and nest > 0 do
+        local w = toks[k]
+        if w[1] == "kw" and (w[2] == "function" or w[2] == "do" or w[2] == "then" or w[2] == "repeat") then
+          nest = nest + 1   -- `while`/`for` open with their `do`, `if`/`elseif` with `then`
+        elseif w[1] == "kw" and (w[2] == "end" or w[2] == "until") then nest = nest - 1
+        elseif w[1] == "kw" and (w[2] == "elseif") then nest = nest - 1
+        end
+        k = k + 1
+      end
+      k = k - 1
+    end
+    k = k + 1
+  end
+  return nil
+end
+
+--- toks[k] follows `.`, `:`, `::` or `goto`: a field or a label, not a variable.
+local function prevIsAccess(toks, k)
+  local p = toks[k - 1]
+  return p and (p[2] == "." or p[2] == ":" or p[2] == "::" or p[2] == "goto")
+end
+
+--- toks[k] is a key in a table constructor (`{name = ...}`); `brackets`: the open brackets.
+local function isKey(toks, brackets, k)
+  local p = toks[k - 1]
+  return brackets[#brackets] == "{" and toks[k + 1][2] == "=" and p and (p[2] == "{" or p[2] == "," or p[2] == ";")
+end
+
+--- Pass 1: globals the file assigns (`x = 1`, `a, b = ...`, `function f()`), usable anywhere.
+local function assignedGlobals(toks)
+  local assigned, brackets = {}, {}
+  for k, t in ipairs(toks) do
+    local v = t[2]
+    if opens[v] then brackets[#brackets + 1] = v
+    elseif closes[v] then brackets[#brackets] = nil
+    elseif t[1] == "name" and not prevIsAccess(toks, k) and not isKey(toks, brackets, k) then
+      local j = k + 1
+      while toks[j][2] == "," and toks[j + 1][1] == "name" do j = j + 2 end
+      if toks[j][2] == "=" or (toks[k - 1] and toks[k - 1][2] == "function" and toks[k + 1][2] == "(") then
+        assigned[t[2]] = true
+      end
+    end
+  end
+  return assigned
+end
+
+--- The names a `local` at toks[k] declares (`local a <const>, b = ...`, `local function f`).
+local function localNames(toks, k)
+  if toks[k + 1][2] == "function" then return {toks[k + 2][2]} end
+  local names, j = {}, k + 1
+  while toks[j][1] == "name" do
+    names[#names + 1] = toks[j][2]
+    j = j + 1
+    if toks[j][2] == "<" then j = j + 3 end
+    if toks[j][2] ~= "," then break end
+    j = j + 1
+  end
+  return names
+end
+
+--- The parameters of the function whose `function` keyword is toks[k] (`self` for a method).
+local function functionParams(toks, k)
+  local j, params = k + 1, {}
+  while toks[j][1] == "name" or toks[j][2] == "." or toks[j][2] == ":" do
+    if toks[j][2] == ":" then params[#params + 1] = "self" end
+    j = j + 1
+  end
+  j = j + 1 -- "("
+  while toks[j][2] ~= ")" and toks[j][1] ~= "eof" do
+    if toks[j][1] == "name" then params[#params + 1] = toks[j][2] end
+    j = j + 1
+  end
+  return params
+end
+
+--- A variable reference at toks[k] that is not a local: a primitive's literal table checked,
+--- its argument count, or an undefined global. `ctx`: {known, assigned, fields, arities,
+--- names, spec, add, findings}.
+local function checkReference(toks, k, ctx)
+  local t = toks[k]
+  local known, assigned, fields, arities = ctx.known, ctx.assigned, ctx.fields, ctx.arities
+  local names, findings, spec, add = ctx.names, ctx.findings, ctx.spec, ctx.add
+  local fn, after = t[2], k + 1
+  if fn == "baton" and toks[k + 1][2] == "." and toks[k + 2][1] == "name" then
+    local m = toks[k + 2][2]
+    -- baton.runStage is runStage; baton.sh's tables are keyed "baton.sh", baton.fs.write's
+    -- "baton.fs.write".
+    if fields[m] or arities[m] then fn = m else fn = "baton." .. m end
+    after = k + 3
+    if toks[k + 3][2] == "." and toks[k + 4][1] == "name" then fn, after = fn .. "." .. toks[k + 4][2], k + 5 end
+  end
+  local fromEnv = known[t[2]] or assigned[t[2]]
+  if fields[fn] and fromEnv then
+    if toks[after][2] == "{" then checkTable(toks, after, fn, add, spec)
+    elseif toks[after][2] == "(" and toks[after + 1][2] == "{" then checkTable(toks, after + 1, fn, add, spec) end
+  end
+  local arity = arities[fn]
+  local called = fromEnv and toks[after][2] == "(" and not (toks[k - 1] and toks[k - 1][2] == "function")
+  local n, starts
+  if called then n, starts = countArgs(toks, after) end
+  -- Option tables given as a later argument (`parallel(items, fn, {maxConcurrency = 2})`).
+  for i, at in ipairs(starts or {}) do
+    local key = fn .. "#" .. i
+    if i > 1 and fields[key] and toks[at][2] == "{" then
+      checkTable(toks, at, key, add, spec, fn .. "'s options")
+    end
+  end
+  if arity and called and known[t[2]] and not assigned[t[2]] then
+    if n and (n < arity[1] or n > arity[2]) then
+      local want = arity[1] == arity[2] and tostring(arity[1]) or (arity[1] .. " or " .. arity[2])
+      add(t, "arg-count", ("%s takes %s argument%s, given %d"):format(fn, want, arity[2] == 1 and "" or "s", n),
+          true)
+    end
+  end
+  if not known[t[2]] and not assigned[t[2]] then
+    local hint = closest(t[2], names)
+    local n = toks[k + 1]
+    -- Called or indexed: `runstage{...}`, `foo()`, `x.y` raise when they run.
+    local certain = n[2] == "(" or n[2] == "{" or n[2] == "." or n[2] == ":" or n[2] == "[" or n[1] == "string"
+    add(t, "undefined-global",
+        ("undefined global '%s'%s"):format(t[2], hint and (" (did you mean '" .. hint .. "'?)") or ""), certain)
+    findings[#findings].name = t[2]
+  end
 end
 
 --- Findings in `src`. `known`: the recipe environment's globals (a set); `spec`: what the
@@ -303,62 +459,15 @@ function M.check(src, file, known, spec)
   local toks = M.tokens(src)
   local findings = {}
   local function add(t, code, message, certain)
-    findings[#findings + 1] = {file = file, line = t[3], column = t[4], code = code, message = message, certain = certain or nil}
+    findings[#findings + 1] = {file = file, line = t[3], column = t[4], code = code, message = message,
+                               certain = certain or nil}
   end
-  -- The arguments of the call whose `(` is toks[k]: how many.
-  local function countArgs(k)
-    if toks[k + 1][2] == ")" then return 0, {} end
-    local depth, n, starts = 0, 1, {k + 1}
-    while toks[k][1] ~= "eof" do
-      local v = toks[k][2]
-      if v == "(" or v == "{" or v == "[" then depth = depth + 1
-      elseif v == ")" or v == "}" or v == "]" then
-        depth = depth - 1
-        if depth == 0 then return n, starts end
-      elseif v == "," and depth == 1 then n = n + 1; starts[n] = k + 1
-      elseif toks[k][1] == "kw" and v == "function" then
-        -- A function body's own commas and brackets are inside `function ... end`.
-        local nest = 1
-        k = k + 1
-        while toks[k][1] ~= "eof" and nest > 0 do
-          local w = toks[k]
-          if w[1] == "kw" and (w[2] == "function" or w[2] == "do" or w[2] == "then" or w[2] == "repeat") then
-            nest = nest + 1   -- `while`/`for` open with their `do`, `if`/`elseif` with `then`
-          elseif w[1] == "kw" and (w[2] == "end" or w[2] == "until") then nest = nest - 1
-          elseif w[1] == "kw" and (w[2] == "elseif") then nest = nest - 1
-          end
-          k = k + 1
-        end
-        k = k - 1
-      end
-      k = k + 1
-    end
-    return nil
-  end
-  local function prevIsAccess(k) local p = toks[k - 1]; return p and (p[2] == "." or p[2] == ":" or p[2] == "::" or p[2] == "goto") end
-  local brackets = {}
-  local function isKey(k)
-    local p = toks[k - 1]
-    return brackets[#brackets] == "{" and toks[k + 1][2] == "=" and p and (p[2] == "{" or p[2] == "," or p[2] == ";")
-  end
-  -- Pass 1: globals the file assigns (`x = 1`, `a, b = ...`, `function f()`), usable anywhere.
-  local assigned = {}
-  for k, t in ipairs(toks) do
-    local v = t[2]
-    if opens[v] then brackets[#brackets + 1] = v
-    elseif closes[v] then brackets[#brackets] = nil
-    elseif t[1] == "name" and not prevIsAccess(k) and not isKey(k) then
-      local j = k + 1
-      while toks[j][2] == "," and toks[j + 1][1] == "name" do j = j + 2 end
-      if toks[j][2] == "=" or (toks[k - 1] and toks[k - 1][2] == "function" and toks[k + 1][2] == "(") then assigned[t[2]] = true end
-    end
-  end
+  local assigned = assignedGlobals(toks)
   -- Pass 2: scopes, undefined globals, literal primitive tables.
   local names = {}
   for g in pairs(known) do names[#names + 1] = g end
   table.sort(names)
-  local scopes, pending, blocks = {{}}, nil, {}
-  brackets = {}
+  local scopes, pending, blocks, brackets = {{}}, nil, {}, {}
   local function declare(name) scopes[#scopes][name] = true end
   local function isLocal(name)
     for s = #scopes, 1, -1 do if scopes[s][name] then return true end end
@@ -374,35 +483,16 @@ function M.check(src, file, known, spec)
     blocks[#blocks] = nil
     if #scopes > 1 then scopes[#scopes] = nil end
   end
+  local ctx = {known = known, assigned = assigned, fields = fields, arities = arities, names = names, spec = spec,
+               add = add, findings = findings}
   local k = 1
   while toks[k][1] ~= "eof" do
     local t = toks[k]
     if t[1] == "kw" then
       if t[2] == "local" then
-        if toks[k + 1][2] == "function" then
-          declare(toks[k + 2][2])
-        else
-          local j = k + 1
-          while toks[j][1] == "name" do
-            declare(toks[j][2])
-            j = j + 1
-            if toks[j][2] == "<" then j = j + 3 end
-            if toks[j][2] ~= "," then break end
-            j = j + 1
-          end
-        end
+        for _, name in ipairs(localNames(toks, k)) do declare(name) end
       elseif t[2] == "function" then
-        local j, params = k + 1, {}
-        while toks[j][1] == "name" or toks[j][2] == "." or toks[j][2] == ":" do
-          if toks[j][2] == ":" then params[#params + 1] = "self" end
-          j = j + 1
-        end
-        j = j + 1 -- "("
-        while toks[j][2] ~= ")" and toks[j][1] ~= "eof" do
-          if toks[j][1] == "name" then params[#params + 1] = toks[j][2] end
-          j = j + 1
-        end
-        pending = params
+        pending = functionParams(toks, k)
         open("function")
         -- The function's name (toks[k+1]) is still checked below as a reference.
       elseif t[2] == "for" then
@@ -426,46 +516,8 @@ function M.check(src, file, known, spec)
       brackets[#brackets + 1] = t[2]
     elseif closes[t[2]] then
       brackets[#brackets] = nil
-    elseif t[1] == "name" and not prevIsAccess(k) and not isKey(k) and not isLocal(t[2]) then
-      local fn, after = t[2], k + 1
-      if fn == "baton" and toks[k + 1][2] == "." and toks[k + 2][1] == "name" then
-        local m = toks[k + 2][2]
-        -- baton.runStage is runStage; baton.sh's tables are keyed "baton.sh", baton.fs.write's
-        -- "baton.fs.write".
-        if fields[m] or arities[m] then fn = m else fn = "baton." .. m end
-        after = k + 3
-        if toks[k + 3][2] == "." and toks[k + 4][1] == "name" then fn, after = fn .. "." .. toks[k + 4][2], k + 5 end
-      end
-      local fromEnv = known[t[2]] or assigned[t[2]]
-      if fields[fn] and fromEnv then
-        if toks[after][2] == "{" then checkTable(toks, after, fn, add, spec)
-        elseif toks[after][2] == "(" and toks[after + 1][2] == "{" then checkTable(toks, after + 1, fn, add, spec) end
-      end
-      local arity = arities[fn]
-      local called = fromEnv and toks[after][2] == "(" and not (toks[k - 1] and toks[k - 1][2] == "function")
-      local n, starts
-      if called then n, starts = countArgs(after) end
-      -- Option tables given as a later argument (`parallel(items, fn, {maxConcurrency = 2})`).
-      for i, at in ipairs(starts or {}) do
-        local key = fn .. "#" .. i
-        if i > 1 and fields[key] and toks[at][2] == "{" then
-          checkTable(toks, at, key, add, spec, fn .. "'s options")
-        end
-      end
-      if arity and called and known[t[2]] and not assigned[t[2]] then
-        if n and (n < arity[1] or n > arity[2]) then
-          local want = arity[1] == arity[2] and tostring(arity[1]) or (arity[1] .. " or " .. arity[2])
-          add(t, "arg-count", ("%s takes %s argument%s, given %d"):format(fn, want, arity[2] == 1 and "" or "s", n), true)
-        end
-      end
-      if not known[t[2]] and not assigned[t[2]] then
-        local hint = closest(t[2], names)
-        local n = toks[k + 1]
-        -- Called or indexed: `runstage{...}`, `foo()`, `x.y` raise when they run.
-        local certain = n[2] == "(" or n[2] == "{" or n[2] == "." or n[2] == ":" or n[2] == "[" or n[1] == "string"
-        add(t, "undefined-global", ("undefined global '%s'%s"):format(t[2], hint and (" (did you mean '" .. hint .. "'?)") or ""), certain)
-        findings[#findings].name = t[2]
-      end
+    elseif t[1] == "name" and not prevIsAccess(toks, k) and not isKey(toks, brackets, k) and not isLocal(t[2]) then
+      checkReference(toks, k, ctx)
     end
     k = k + 1
     ::continue::

@@ -18,7 +18,8 @@ local function dirname(p) return p:match("^(.*)/[^/]*$") or "." end
 --- run_id is recorded at most once.
 function M.append(path, entry, opts)
   opts = type(opts) == "table" and opts or {timeout = opts}
-  assert(type(entry.run_id) == "string" and entry.run_id:match("^[%w_.%-]+$"), "registry: a run_id of letters, digits, '.', '_', '-' is required")
+  assert(type(entry.run_id) == "string" and entry.run_id:match("^[%w_.%-]+$"),
+         "registry: a run_id of letters, digits, '.', '_', '-' is required")
   baton.fs.mkdir(dirname(path))
   local line = baton.json.encode(entry)
   return baton.fs.locked(path, function()
@@ -233,7 +234,10 @@ function M.summary(entries, opts)
   if opts and opts.latest then entries = M.latest(entries) end
   local s = {runs = #entries, succeeded = 0, failed = 0, cancelled = 0, blocked = 0, orphaned = 0, other = 0}
   for _, e in ipairs(entries) do
-    if type(e.status) == "string" and s[e.status] and e.status ~= "runs" and e.status ~= "other" then s[e.status] = s[e.status] + 1 else s.other = s.other + 1 end
+    if type(e.status) == "string"
+        and s[e.status]
+        and e.status ~= "runs"
+        and e.status ~= "other" then s[e.status] = s[e.status] + 1 else s.other = s.other + 1 end
   end
   if opts and opts.latest then s.entries = #all; s.basis = M.BASIS end
   return s

@@ -88,7 +88,8 @@ with open(reg, "a+") as f:
             v = json.loads(line)
         except Exception:
             return None
-        if isinstance(v, dict) and v.get("run_id") == rid and v.get("baton_run") == brun and int(v.get("attempt") or 1) == attempt:
+        if (isinstance(v, dict) and v.get("run_id") == rid and v.get("baton_run") == brun
+                and int(v.get("attempt") or 1) == attempt):
             return v
         return None
     at = [i for i, l in enumerate(lines) if mine(l) is not None]

@@ -109,7 +109,9 @@ local function fmttable(t, o, depth, path, indent, layout)
       return ("{... %d item%s}"):format(c, c == 1 and "" or "s")
     end
     local digits = layout and layout.digits and layout.digits[k]
-    if digits and math.type(v) == "float" then return (("%." .. digits .. "f"):format(v):gsub("0+$", ""):gsub("%.$", ".0")) end
+    if digits and math.type(v) == "float" then
+      return (("%." .. digits .. "f"):format(v):gsub("0+$", ""):gsub("%.$", ".0"))
+    end
     return fmt(v, o, depth + 1, path, indent + 2)
   end
   -- the array part, in order
@@ -152,7 +154,9 @@ fmt = function(v, o, depth, path, indent)
   if t == "function" then
     local info = debug.getinfo(v, "S")
     -- C functions, and Baton's own Lua (print, the prelude, the built-in library)
-    if info.what == "C" or info.source:find("^=baton") or info.source:find("^@baton:") then return "function: builtin" end
+    if info.what == "C" or info.source:find("^=baton") or info.source:find("^@baton:") then
+      return "function: builtin"
+    end
     return ("function: %s:%d"):format(info.short_src, info.linedefined)
   end
   local mt = getmetatable(v)

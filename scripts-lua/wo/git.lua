@@ -57,7 +57,9 @@ function M.history(base, component, opts)
   local r = {component = component}
   local touched = commits(git(base, {"log", "--all", "--full-history", FORMAT, "--", component}))
   r.commits = #touched
-  local recent = commits(git(base, {"log", "--all", "--full-history", FORMAT, "--since=" .. (opts.hours or 24) .. " hours ago", "-n", "10", "--", component}))
+  local recent = commits(git(base,
+                             {"log", "--all", "--full-history", FORMAT,
+                              "--since=" .. (opts.hours or 24) .. " hours ago", "-n", "10", "--", component}))
   r.recent_commits = baton.json.array(recent)
   r.hours = opts.hours or 24
   r.rollback_mentions = baton.json.array(M.grepLogs(opts.rollback or {}, {component}))
@@ -74,33 +76,47 @@ function M.history(base, component, opts)
     return r
   end
   if #touched == 0 then
-    if why then r.broken = why; return finish("broken", component .. " exists but is broken (" .. why .. "); it was never committed") end
-    return finish(exists and "present" or "never_existed", exists and (component .. " is present now but was never committed")
+    if why then
+      r.broken = why; return finish("broken",
+                                    component .. " exists but is broken (" .. why .. "); it was never committed")
+    end
+    return finish(exists and "present" or "never_existed",
+                  exists and (component .. " is present now but was never committed")
       or (component .. " never existed: no commit in this repository touched it"))
   end
   r.last_changed = touched[1]
   if exists then
     if why then
       r.broken = why
-      return finish("broken", ("%s exists but is broken (%s); last changed by %s (%s) %q"):format(component, why, touched[1].sha,
+      return finish("broken",
+                    ("%s exists but is broken (%s); last changed by %s (%s) %q"):format(component, why, touched[1].sha,
         touched[1].date, touched[1].subject))
     end
-    return finish("present", ("%s is present now; last changed by %s (%s) %q"):format(component, touched[1].sha, touched[1].date, touched[1].subject))
+    return finish("present",
+                  ("%s is present now; last changed by %s (%s) %q"):format(
+                      component,
+                      touched[1].sha,
+                      touched[1].date,
+                      touched[1].subject))
   end
-  local removal = commits(git(base, {"log", "-1", "--full-history", "--diff-filter=D", FORMAT, "HEAD", "--", component}))[1]
+  local removal = commits(git(base,
+                              {"log", "-1", "--full-history", "--diff-filter=D", FORMAT, "HEAD", "--", component}))[1]
   if not removal then
     r.last_present = commits(git(base, {"log", "-1", FORMAT, "HEAD"}))[1]
-    return finish("deleted_uncommitted", ("%s is in HEAD (%s) but missing from the working tree: deleted without a commit"):format(component,
+    return finish("deleted_uncommitted",
+                  ("%s is in HEAD (%s) but missing from the working tree: deleted without a commit"):format(component,
       r.last_present and r.last_present.sha or "?"))
   end
   r.removed_by = removal
   r.last_present = commits(git(base, {"log", "-1", FORMAT, removal.sha .. "^"}))[1]
   local lp = r.last_present or {sha = "?", date = "?", subject = "?"}
-  return finish("removed", ("%s was working at %s: last present in %s %q; vanished at %s: removed by %s %q"):format(component,
+  return finish("removed",
+                ("%s was working at %s: last present in %s %q; vanished at %s: removed by %s %q"):format(component,
     lp.date, lp.sha, lp.subject, removal.date, removal.sha, removal.subject))
 end
 
-local DESTRUCTIVE = {"reset", "revert", "rollback", "roll back", "checkout", "clean", "remove", "delete", "restore", "wipe"}
+local DESTRUCTIVE = {"reset", "revert", "rollback", "roll back", "checkout", "clean", "remove", "delete", "restore",
+                     "wipe"}
 
 --- Git events in the window, per-path history and deletions.
 function M.forensics(base, paths, since, till)
@@ -143,7 +159,9 @@ function M.grepLogs(globs, patterns, limit)
           local low = line:lower()
           for _, p in ipairs(patterns) do
             if low:find(p:lower(), 1, true) then
-              if #matches < (limit or 200) then matches[#matches + 1] = {file = file, line = n, text = line, pattern = p} end
+              if #matches < (limit or 200) then
+                matches[#matches + 1] = {file = file, line = n, text = line, pattern = p}
+              end
               break
             end
           end

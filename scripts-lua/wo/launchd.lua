@@ -116,7 +116,9 @@ function M.units(agent, o)
     return nil, "a LaunchAgent needs a Label of letters, digits, '.', '_', '-'"
   end
   local argv = agent.ProgramArguments or (agent.Program and {agent.Program})
-  if type(argv) ~= "table" or #argv == 0 then return nil, "LaunchAgent " .. agent.Label .. " has no ProgramArguments" end
+  if type(argv) ~= "table" or #argv == 0 then
+    return nil, "LaunchAgent " .. agent.Label .. " has no ProgramArguments"
+  end
   local env = type(agent.EnvironmentVariables) == "table" and agent.EnvironmentVariables or {}
   local m = {base = o.base, home = o.home, logs = o.logs, sot = env.LUKA_SOT}
   local exec = {}
@@ -145,7 +147,9 @@ function M.units(agent, o)
   for _, k in ipairs(keys) do lines[#lines + 1] = "Environment=" .. word(k .. "=" .. M.mapPath(env[k], m)) end
   if agent.WorkingDirectory then lines[#lines + 1] = "WorkingDirectory=" .. M.mapPath(agent.WorkingDirectory, m) end
   if agent.StandardOutPath then lines[#lines + 1] = "StandardOutput=append:" .. M.mapPath(agent.StandardOutPath, m) end
-  if agent.StandardErrorPath then lines[#lines + 1] = "StandardError=append:" .. M.mapPath(agent.StandardErrorPath, m) end
+  if agent.StandardErrorPath then
+    lines[#lines + 1] = "StandardError=append:" .. M.mapPath(agent.StandardErrorPath, m)
+  end
   lines[#lines + 1] = ""
   lines[#lines + 1] = "[Install]"
   lines[#lines + 1] = "WantedBy=default.target"
@@ -187,7 +191,8 @@ end
 function M.userManager()
   local _, found = baton.sh("command -v systemctl", {allowFail = true, readOnly = true})
   if not found then return false, "systemctl is not installed" end
-  local _, ok, _, err = baton.sh({"systemctl", "--user", "show-environment"}, {allowFail = true, timeout = 20, readOnly = true})
+  local _, ok, _, err = baton.sh({"systemctl", "--user", "show-environment"},
+                                 {allowFail = true, timeout = 20, readOnly = true})
   if ok then return true end
   local first = (err or ""):match("[^\n]+") or "no user service manager"
   return false, "systemctl --user is not available here (" .. first .. ")"
@@ -199,12 +204,15 @@ function M.translate(cmd)
   if not cmd:find("launchctl", 1, true) then return nil end
   local label = cmd:match("launchctl%s+load%s+%S-([%w_.@%-]+)%.plist")
   if label then
-    return ("systemctl --user daemon-reload && systemctl --user enable --now %s.timer 2>/dev/null || systemctl --user enable --now %s.service")
+    return ("systemctl --user daemon-reload && systemctl --user enable --now %s.timer 2>/dev/null || systemctl "
+            .. "--user enable --now %s.service")
       :format(kit.shquote(label), kit.shquote(label)), "start " .. label
   end
   label = cmd:match("launchctl%s+unload%s+%S-([%w_.@%-]+)%.plist")
   if label then
-    return ("systemctl --user disable --now %s.timer %s.service"):format(kit.shquote(label), kit.shquote(label)), "stop " .. label
+    return ("systemctl --user disable --now %s.timer %s.service"):format(
+        kit.shquote(label),
+        kit.shquote(label)), "stop " .. label
   end
   if cmd:find("launchctl%s+list") then
     return (cmd:gsub("launchctl%s+list", "systemctl --user list-units --all --plain --no-legend")), "list the services"

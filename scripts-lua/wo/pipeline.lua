@@ -4,7 +4,8 @@ local workorder = require("wo.workorder")
 local M = {}
 
 M.DEFAULTS = {
-  inbox = "bridge/inbox/CLC", state = "g/followup/state", telemetry = "g/telemetry/unified.jsonl", reports = "g/reports",
+  inbox = "bridge/inbox/CLC", state = "g/followup/state", telemetry = "g/telemetry/unified.jsonl",
+  reports = "g/reports",
   critical = {
     "agents/apply_patch_processor/apply_patch_processor.zsh", "agents/json_wo_processor/json_wo_processor.zsh",
     "agents/wo_executor/wo_executor.zsh", "tools/followup_tracker_update.zsh",
@@ -30,7 +31,8 @@ function M.layout(base, o, abs)
     telemetry = at(o.telemetry or M.DEFAULTS.telemetry), reports = at(o.reports or M.DEFAULTS.reports), at = at,
     abs = function(p) return workorder.absolute(p:sub(1, 1) == "/" and p or (abs .. "/" .. p:sub(#base + 2))) end,
     unconfined = o.unconfined == true, allowUnverified = o.allow_unverified == true,
-    opts = {base = abs, allow = allow, home = home, units = absolute(o.units or "~/.config/systemd/user"), logs = abs .. "/logs"},
+    opts = {base = abs, allow = allow, home = home, units = absolute(o.units or "~/.config/systemd/user"),
+            logs = abs .. "/logs"},
   }
 end
 
@@ -77,10 +79,15 @@ function M.sandbox()
     if not found then
       sandboxCache = {ok = false, why = "bwrap is not installed (Debian package bubblewrap; scripts/deps installs it)"}
     else
-      local out, ok, code, err = baton.sh({"bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--", "true"},
+      local out, ok, code, err = baton.sh({"bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--",
+                                           "true"},
         {allowFail = true, readOnly = true, timeout = 30})
       local first = ((err or "") .. (out or "")):match("[^\n]+")
-      sandboxCache = ok and {ok = true} or {ok = false, why = ("bwrap cannot set up its sandbox here (exit %s: %s)"):format(tostring(code), first or "no message")}
+      sandboxCache = ok and {ok = true}
+          or {ok = false,
+              why = ("bwrap cannot set up its sandbox here (exit %s: %s)"):format(
+                  tostring(code),
+                  first or "no message")}
     end
   end
   return sandboxCache
@@ -96,7 +103,8 @@ local function stepRunner(L)
   for _, a in ipairs(L.opts.allow) do
     for _, x in ipairs({"--bind-try", a, a}) do argv[#argv + 1] = x end
   end
-  for _, x in ipairs({"--bind", tmp, tmp, "--setenv", "TMPDIR", tmp, "--die-with-parent", "--chdir", L.opts.base, "--", "sh", "-c"}) do
+  for _, x in ipairs({"--bind", tmp, tmp, "--setenv", "TMPDIR", tmp, "--die-with-parent", "--chdir", L.opts.base, "--",
+                      "sh", "-c"}) do
     argv[#argv + 1] = x
   end
   local function run(cmd)
@@ -113,6 +121,199 @@ local function printSteps(kind, results)
   end
 end
 
+--- What is there before the first write (a rollback removes whatever the order or its steps
+--- created), the snapshot of what it replaces, and, with steps, a copy of base's files (not
+--- the allow-list's: there the service manager keeps its own state, undone through systemctl),
+--- so what the steps change can be put back.
+local function snapshot(L, wo, hasSteps, details)
+  local roots = {L.opts.base}
+  for _, a in ipairs(L.opts.allow) do roots[#roots + 1] = a end
+  local skip = {L.abs(L.state), L.abs(L.telemetry):match("^(.*)/[^/]*$"), L.abs(L.reports), L.abs(L.inbox),
+                L.opts.base .. "/backups", L.opts.base .. "/.git"}
+  local treeBefore = workorder.tree(roots, skip)
+  local stamp = os.date("!%Y%m%dT%H%M%SZ", math.floor(baton.now()))
+  local manifest = workorder.backup(wo, ("%s/backups/%s/%s"):format(L.base, wo.id, stamp))
+  details.backup = manifest.dir
+  if hasSteps then
+    local baseTree = {}
+    for p, v in pairs(treeBefore) do if workorder.within(p, L.opts.base) then baseTree[p] = v end end
+    manifest.copy, manifest.copy_why = workorder.copyTree(baseTree, manifest.dir .. "/base.tar")
+  end
+  baton.log(("work order %s: snapshot of %d file(s) before writing: %s"):format(wo.id, #manifest.files, manifest.dir),
+    {wo_id = wo.id, backup = manifest.dir})
+  return {manifest = manifest, treeBefore = treeBefore, roots = roots, skip = skip}
+end
+
+--- After the write: the generated units verified, then post_verify, then the tests.
+--- Returns ok, why (the first failure).
+local function verify(L, wo, file, hasSteps, details)
+  local ok, why = true, nil
+  if #wo.units > 0 then
+    local paths, names = {}, {}
+    for i, u in ipairs(wo.units) do paths[i] = u.path; names[i] = u.name end
+    local vok, out = launchd.verify(paths)
+    details.units = baton.json.array(wo.units)
+    details.units_verified = vok == nil and ("not verified: " .. out) or (vok and "systemd-analyze verify: ok" or out)
+    print(("  units: %s (%s)"):format(table.concat(names, ", "),
+      vok == false and "systemd-analyze verify FAILED" or details.units_verified))
+    if vok == false then return nil, ("%s: systemd-analyze verify failed: %s"):format(file, out) end
+  end
+  local run, cleanup
+  if hasSteps then
+    run, cleanup = stepRunner(L)
+    if L.unconfined then print("  post_verify and tests: unconfined (unconfined=1): not under a read-only view") end
+  end
+  local pok, results = workorder.steps(L.base, wo.post_verify, M.services(), run)
+  details.post_verify = baton.json.array(results)
+  printSteps("post_verify", results)
+  if not pok then
+    for _, r in ipairs(results) do
+      if r.status == "FAIL" then
+        why = ("post_verify '%s' failed: %s"):format(r.name, r.reason)
+        break
+      end
+    end
+    ok = nil
+  end
+  if ok then
+    ok, why, results = workorder.test(L.base, wo, M.services(), run)
+    details.tests = baton.json.array(results or {})
+    printSteps("test", results)
+  end
+  if cleanup then cleanup() end
+  return ok, why
+end
+
+--- The checks that were skipped (skipped checks are not passes): their reasons and names.
+local function skippedChecks(details)
+  local skipped, names = {}, {}
+  for _, kind in ipairs({"post_verify", "tests"}) do
+    for _, r in ipairs(details[kind] or {}) do
+      if r.status == "SKIPPED" then
+        skipped[#skipped + 1] = ("%s '%s': %s"):format(kind == "tests" and "test" or kind, r.name, r.reason)
+        names[#names + 1] = ("%s '%s'"):format(kind == "tests" and "test" or kind, r.name)
+      end
+    end
+  end
+  if details.units_verified and details.units_verified:match("^not verified") then
+    skipped[#skipped + 1] = "units " .. details.units_verified
+    names[#names + 1] = "units verification"
+  end
+  return skipped, names
+end
+
+local function fileList(wo)
+  local files = {}
+  for _, f in ipairs(wo.files) do
+    files[#files + 1] = {path = f.path, mode = ("%04o"):format(f.mode), bytes = #f.content}
+  end
+  return files
+end
+
+--- Stops the units a work order's steps started (rollback). Returns their names.
+local function stopStartedUnits(details)
+  if not M.services().available then return {} end
+  local units = {}
+  for _, kind in ipairs({"post_verify", "tests"}) do
+    for _, r in ipairs(details[kind] or {}) do
+      for _, u in ipairs(r.starts or {}) do if r.status ~= "SKIPPED" then units[#units + 1] = u end end
+    end
+  end
+  if #units > 0 then
+    local cmd = {"systemctl", "--user", "disable", "--now"}
+    for _, u in ipairs(units) do cmd[#cmd + 1] = u end
+    local out, sok, _, err = baton.sh(cmd, {allowFail = true, timeout = 60})
+    if not sok then
+      baton.log("rollback: systemctl --user disable --now: " .. ((err or "") .. (out or "")):gsub("%s+$", ""),
+                {level = "warn"})
+    end
+  end
+  return units
+end
+
+--- Undoes everything: the units its steps started, its files, what its steps created, the
+--- directories; what its steps changed or deleted is put back from the copy of base.
+local function rollback(L, wo, file, started, why, details, snap)
+  local manifest = snap.manifest
+  local stopped = stopStartedUnits(details)
+  local rb = workorder.rollback(manifest)
+  local gone, goneDirs, changed = workorder.undoNew(snap.treeBefore, workorder.tree(snap.roots, snap.skip))
+  for _, dir in ipairs(goneDirs) do rb.removed_dirs[#rb.removed_dirs + 1] = dir end
+  workorder.removeCreatedDirs(manifest, rb)
+  if #stopped > 0 then baton.sh({"systemctl", "--user", "daemon-reload"}, {allowFail = true, timeout = 60}) end
+  local replaced = {}
+  for _, f in ipairs(wo.files) do replaced[f.full] = true end
+  local fromCopy, notRestored = {}, {}
+  for _, c in ipairs(changed) do
+    if not replaced[c] then
+      if manifest.copy and workorder.within(c, L.opts.base) then
+        fromCopy[#fromCopy + 1] = c
+      else
+        notRestored[#notRestored + 1] = c
+      end
+    end
+  end
+  local back = manifest.copy and workorder.restoreFromCopy(manifest.copy, fromCopy) or {}
+  local backSet = {}
+  for _, p in ipairs(back) do backSet[p] = true end
+  for _, p in ipairs(fromCopy) do if not backSet[p] then notRestored[#notRestored + 1] = p end end
+  table.sort(notRestored)
+  rb.units_stopped, rb.removed_created = stopped, gone
+  rb.changed_not_restored, rb.restored_from_copy = notRestored, back
+  details.rolled_back = rb
+  if #back > 0 then print(("  rollback: %d file%s its steps changed or deleted put back from the copy of base")
+    :format(#back, #back == 1 and "" or "s")) end
+  if #notRestored > 0 then
+    print("  rollback: changed by its steps and not restorable (" .. (manifest.copy_why or "outside base") .. "): "
+      .. table.concat(notRestored, ", "))
+  end
+  writeState(L, {wo_id = wo.id, title = wo.title, status = "rolled_back", file = file, started_at = started,
+    failed_at = M.iso(), reason = why, backup = manifest.dir,
+    restored = baton.json.array(rb.restored), removed = baton.json.array(rb.removed),
+    removed_dirs = baton.json.array(rb.removed_dirs), removed_created = baton.json.array(gone),
+    units_stopped = baton.json.array(stopped), changed_not_restored = baton.json.array(notRestored),
+    restored_from_copy = baton.json.array(back),
+    units_verified = details.units_verified, post_verify = details.post_verify, test_results = details.tests})
+  M.emit(L, "wo_failed", {wo_id = wo.id, file = file, reason = why, rolled_back = true, restored = #rb.restored,
+    removed = #rb.removed, units_stopped = #stopped, removed_dirs = #rb.removed_dirs, removed_created = #gone})
+  baton.log(("work order %s failed and was rolled back: %s (restored %d, removed %d)")
+    :format(wo.id, why, #rb.restored, #rb.removed),
+    {level = "error", wo_id = wo.id, reason = why, restored = rb.restored, removed = rb.removed})
+  return "rolled_back", why, wo.id, details
+end
+
+--- Applied and verified: its state (completed, or unverified when checks were skipped and
+--- allow_unverified=1 does not allow it) written and announced.
+local function finish(L, wo, file, started, details, skipped, names)
+  local files = fileList(wo)
+  details.files = files
+  local unverified = #skipped > 0
+  local plural = #skipped == 1 and "" or "s"
+  if unverified and not L.allowUnverified then
+    local why = ("%d check%s skipped: %s (the reasons are in its state file's `skipped`)")
+      :format(#skipped, plural, table.concat(names, ", "))
+    writeState(L, {wo_id = wo.id, title = wo.title, type = wo.type, status = "unverified", file = file, reason = why,
+      skipped = baton.json.array(skipped), started_at = started, applied_at = M.iso(), files = files,
+      backup = details.backup, units = details.units, units_verified = details.units_verified,
+      post_verify = details.post_verify, test_results = details.tests})
+    M.emit(L, "wo_unverified", {wo_id = wo.id, files = #wo.files, skipped = #skipped, reason = why})
+    baton.log(("work order %s applied but UNVERIFIED: %s"):format(wo.id, why),
+              {level = "warn", wo_id = wo.id, skipped = skipped})
+    return "unverified", why, wo.id, details
+  end
+  writeState(L, {wo_id = wo.id, title = wo.title, type = wo.type, status = "completed", file = file,
+    started_at = started, completed_at = M.iso(), files = files, tests = #wo.tests, backup = details.backup,
+    units = details.units, units_verified = details.units_verified, post_verify = details.post_verify,
+    test_results = details.tests,
+    unverified_allowed = unverified or nil, skipped = unverified and baton.json.array(skipped) or nil})
+  M.emit(L, "wo_completed",
+         {wo_id = wo.id, files = #wo.files, tests = #wo.tests, unverified_allowed = unverified or nil})
+  baton.log("work order " .. wo.id .. " completed", {wo_id = wo.id, files = #wo.files})
+  return "completed", unverified
+    and ("unverified: %d check%s skipped; allowed by allow_unverified=1"):format(#skipped, plural) or nil,
+    wo.id, details
+end
+
 --- Processes one inbox file. Returns "completed", "skipped", "failed" or "rolled_back",
 --- the reason, the id and the details. With `dry`, only validates: "would_apply" /
 --- "skipped" / "invalid", nothing written.
@@ -127,14 +328,14 @@ function M.process(L, file, dry)
   if wo then
     local prior = M.readState(L, wo.id)
     if prior and prior.status == "completed" then
-      baton.log(("work order %s already completed at %s; not applied again"):format(wo.id, tostring(prior.completed_at)),
-        {wo_id = wo.id, file = file, skipped = true})
+      baton.log(("work order %s already completed at %s; not applied again")
+        :format(wo.id, tostring(prior.completed_at)), {wo_id = wo.id, file = file, skipped = true})
       return "skipped", "already completed", wo.id
     end
     if dry then
-      return "would_apply", ("%d file%s%s; would record state %s and telemetry wo_started, wo_completed"):format(#wo.files,
-        #wo.files == 1 and "" or "s", #wo.units > 0 and (", " .. #wo.units .. " unit" .. (#wo.units == 1 and "" or "s")) or "",
-        M.statePath(L, wo.id)), wo.id
+      local units = #wo.units > 0 and (", " .. #wo.units .. " unit" .. (#wo.units == 1 and "" or "s")) or ""
+      return "would_apply", ("%d file%s%s; would record state %s and telemetry wo_started, wo_completed"):format(
+        #wo.files, #wo.files == 1 and "" or "s", units, M.statePath(L, wo.id)), wo.id
     end
     M.emit(L, "wo_started", {wo_id = wo.id, title = wo.title, file = file})
     local ok
@@ -144,167 +345,26 @@ function M.process(L, file, dry)
       -- The steps may write only in base and the allow-list; without that view they do not run.
       local sb = M.sandbox()
       if not sb.ok then
-        ok, why = nil, ("%s: its post_verify and tests must run under a read-only view of the file system outside base and "
-          .. "the allow-list, and that cannot be set up: %s; nothing was written; pass unconfined=1 to run them without it"):format(file, sb.why)
+        ok, why = nil, ("%s: its post_verify and tests must run under a read-only view of the file system outside "
+          .. "base and the allow-list, and that cannot be set up: %s; nothing was written; pass unconfined=1 to run "
+          .. "them without it"):format(file, sb.why)
       end
     end
-    local manifest, treeBefore, roots, skip
+    local snap
     if ok then
-      -- What is there before the first write: a rollback removes whatever the order or its steps created.
-      roots = {L.opts.base}
-      for _, a in ipairs(L.opts.allow) do roots[#roots + 1] = a end
-      skip = {L.abs(L.state), L.abs(L.telemetry):match("^(.*)/[^/]*$"), L.abs(L.reports), L.abs(L.inbox), L.opts.base .. "/backups",
-        L.opts.base .. "/.git"}
-      treeBefore = workorder.tree(roots, skip)
-      manifest = workorder.backup(wo, ("%s/backups/%s/%s"):format(L.base, wo.id, os.date("!%Y%m%dT%H%M%SZ", math.floor(baton.now()))))
-      details.backup = manifest.dir
-      -- A copy of base's files too (not the allow-list's: there the service manager keeps its
-      -- own state, undone through systemctl), so what the steps change can be put back.
-      if hasSteps then
-        local baseTree = {}
-        for p, v in pairs(treeBefore) do if workorder.within(p, L.opts.base) then baseTree[p] = v end end
-        manifest.copy, manifest.copy_why = workorder.copyTree(baseTree, manifest.dir .. "/base.tar")
-      end
-      baton.log(("work order %s: snapshot of %d file(s) before writing: %s"):format(wo.id, #manifest.files, manifest.dir),
-        {wo_id = wo.id, backup = manifest.dir})
+      snap = snapshot(L, wo, hasSteps, details)
       ok, why = workorder.apply(L.base, wo)
     end
-    if ok and #wo.units > 0 then
-      local paths = {}
-      for _, u in ipairs(wo.units) do paths[#paths + 1] = u.path end
-      local vok, out = launchd.verify(paths)
-      details.units = baton.json.array(wo.units)
-      details.units_verified = vok == nil and ("not verified: " .. out) or (vok and "systemd-analyze verify: ok" or out)
-      print(("  units: %s (%s)"):format(table.concat((function() local t = {} for i, u in ipairs(wo.units) do t[i] = u.name end return t end)(), ", "),
-        vok == false and "systemd-analyze verify FAILED" or details.units_verified))
-      if vok == false then ok, why = nil, ("%s: systemd-analyze verify failed: %s"):format(file, out) end
-    end
-    local run, cleanup
-    if ok and hasSteps then
-      run, cleanup = stepRunner(L)
-      if L.unconfined then print("  post_verify and tests: unconfined (unconfined=1): not under a read-only view") end
-    end
-    if ok then
-      local pok, results = workorder.steps(L.base, wo.post_verify, M.services(), run)
-      details.post_verify = baton.json.array(results)
-      printSteps("post_verify", results)
-      if not pok then
-        for _, r in ipairs(results) do if r.status == "FAIL" then why = ("post_verify '%s' failed: %s"):format(r.name, r.reason); break end end
-        ok = nil
-      end
-    end
-    if ok then
-      local results
-      ok, why, results = workorder.test(L.base, wo, M.services(), run)
-      details.tests = baton.json.array(results or {})
-      printSteps("test", results)
-    end
-    if cleanup then cleanup() end
-    -- Skipped checks are not passes.
-    local skipped, names = {}, {}
-    for _, kind in ipairs({"post_verify", "tests"}) do
-      for _, r in ipairs(details[kind] or {}) do
-        if r.status == "SKIPPED" then
-          skipped[#skipped + 1] = ("%s '%s': %s"):format(kind == "tests" and "test" or kind, r.name, r.reason)
-          names[#names + 1] = ("%s '%s'"):format(kind == "tests" and "test" or kind, r.name)
-        end
-      end
-    end
-    if details.units_verified and details.units_verified:match("^not verified") then
-      skipped[#skipped + 1] = "units " .. details.units_verified
-      names[#names + 1] = "units verification"
-    end
-    local unverified = ok and #skipped > 0
-    if unverified and not L.allowUnverified then
-      local files = {}
-      for _, f in ipairs(wo.files) do files[#files + 1] = {path = f.path, mode = ("%04o"):format(f.mode), bytes = #f.content} end
-      why = ("%d check%s skipped: %s (the reasons are in its state file's `skipped`)"):format(#skipped, #skipped == 1 and "" or "s",
-        table.concat(names, ", "))
-      writeState(L, {wo_id = wo.id, title = wo.title, type = wo.type, status = "unverified", file = file, reason = why,
-        skipped = baton.json.array(skipped), started_at = started, applied_at = M.iso(), files = files, backup = details.backup,
-        units = details.units, units_verified = details.units_verified, post_verify = details.post_verify, test_results = details.tests})
-      M.emit(L, "wo_unverified", {wo_id = wo.id, files = #wo.files, skipped = #skipped, reason = why})
-      baton.log(("work order %s applied but UNVERIFIED: %s"):format(wo.id, why), {level = "warn", wo_id = wo.id, skipped = skipped})
-      details.files = files
-      return "unverified", why, wo.id, details
-    end
-    if ok then
-      local files = {}
-      for _, f in ipairs(wo.files) do files[#files + 1] = {path = f.path, mode = ("%04o"):format(f.mode), bytes = #f.content} end
-      writeState(L, {wo_id = wo.id, title = wo.title, type = wo.type, status = "completed", file = file,
-        started_at = started, completed_at = M.iso(), files = files, tests = #wo.tests, backup = details.backup,
-        units = details.units, units_verified = details.units_verified, post_verify = details.post_verify, test_results = details.tests,
-        unverified_allowed = unverified or nil, skipped = unverified and baton.json.array(skipped) or nil})
-      M.emit(L, "wo_completed", {wo_id = wo.id, files = #wo.files, tests = #wo.tests, unverified_allowed = unverified or nil})
-      baton.log("work order " .. wo.id .. " completed", {wo_id = wo.id, files = #wo.files})
-      details.files = files
-      return "completed", unverified and ("unverified: %d check%s skipped; allowed by allow_unverified=1"):format(#skipped,
-        #skipped == 1 and "" or "s") or nil, wo.id, details
-    end
-    if manifest then
-      -- Undo everything: the units its steps started, its files, what its steps created, the directories.
-      local stopped = {}
-      if M.services().available then
-        local units = {}
-        for _, kind in ipairs({"post_verify", "tests"}) do
-          for _, r in ipairs(details[kind] or {}) do
-            for _, u in ipairs(r.starts or {}) do if r.status ~= "SKIPPED" then units[#units + 1] = u end end
-          end
-        end
-        if #units > 0 then
-          local cmd = {"systemctl", "--user", "disable", "--now"}
-          for _, u in ipairs(units) do cmd[#cmd + 1] = u end
-          local out, sok, _, err = baton.sh(cmd, {allowFail = true, timeout = 60})
-          stopped = units
-          if not sok then baton.log("rollback: systemctl --user disable --now: " .. ((err or "") .. (out or "")):gsub("%s+$", ""), {level = "warn"}) end
-        end
-      end
-      local rb = workorder.rollback(manifest)
-      local gone, goneDirs, changed = workorder.undoNew(treeBefore, workorder.tree(roots, skip))
-      for _, dir in ipairs(goneDirs) do rb.removed_dirs[#rb.removed_dirs + 1] = dir end
-      workorder.removeCreatedDirs(manifest, rb)
-      if #stopped > 0 then baton.sh({"systemctl", "--user", "daemon-reload"}, {allowFail = true, timeout = 60}) end
-      local replaced = {}
-      for _, f in ipairs(wo.files) do replaced[f.full] = true end
-      -- What its steps changed or deleted: put back from the copy of base.
-      local fromCopy, notRestored = {}, {}
-      for _, c in ipairs(changed) do
-        if not replaced[c] then
-          if manifest.copy and workorder.within(c, L.opts.base) then fromCopy[#fromCopy + 1] = c else notRestored[#notRestored + 1] = c end
-        end
-      end
-      local back = manifest.copy and workorder.restoreFromCopy(manifest.copy, fromCopy) or {}
-      local backSet = {}
-      for _, p in ipairs(back) do backSet[p] = true end
-      for _, p in ipairs(fromCopy) do if not backSet[p] then notRestored[#notRestored + 1] = p end end
-      table.sort(notRestored)
-      rb.units_stopped, rb.removed_created, rb.changed_not_restored, rb.restored_from_copy = stopped, gone, notRestored, back
-      details.rolled_back = rb
-      if #back > 0 then print(("  rollback: %d file%s its steps changed or deleted put back from the copy of base")
-        :format(#back, #back == 1 and "" or "s")) end
-      if #notRestored > 0 then
-        print("  rollback: changed by its steps and not restorable (" .. (manifest.copy_why or "outside base") .. "): "
-          .. table.concat(notRestored, ", "))
-      end
-      writeState(L, {wo_id = wo.id, title = wo.title, status = "rolled_back", file = file, started_at = started,
-        failed_at = M.iso(), reason = why, backup = manifest.dir,
-        restored = baton.json.array(rb.restored), removed = baton.json.array(rb.removed),
-        removed_dirs = baton.json.array(rb.removed_dirs), removed_created = baton.json.array(gone),
-        units_stopped = baton.json.array(stopped), changed_not_restored = baton.json.array(notRestored),
-        restored_from_copy = baton.json.array(back),
-        units_verified = details.units_verified, post_verify = details.post_verify, test_results = details.tests})
-      M.emit(L, "wo_failed", {wo_id = wo.id, file = file, reason = why, rolled_back = true, restored = #rb.restored, removed = #rb.removed,
-        units_stopped = #stopped, removed_dirs = #rb.removed_dirs, removed_created = #gone})
-      baton.log(("work order %s failed and was rolled back: %s (restored %d, removed %d)"):format(wo.id, why, #rb.restored, #rb.removed),
-        {level = "error", wo_id = wo.id, reason = why, restored = rb.restored, removed = rb.removed})
-      return "rolled_back", why, wo.id, details
-    end
+    if ok then ok, why = verify(L, wo, file, hasSteps, details) end
+    if ok then return finish(L, wo, file, started, details, skippedChecks(details)) end
+    if snap then return rollback(L, wo, file, started, why, details, snap) end
   end
   local id = wo and wo.id or knownID or stem
   if dry then return "invalid", why, id end
   local prior = M.readState(L, id)
   if not (prior and prior.status == "completed") then -- never overwrite a completed work order's state
-    writeState(L, {wo_id = id, title = wo and wo.title, status = "failed", file = file, started_at = started, failed_at = M.iso(), reason = why})
+    writeState(L, {wo_id = id, title = wo and wo.title, status = "failed", file = file, started_at = started,
+                   failed_at = M.iso(), reason = why})
   end
   M.emit(L, "wo_failed", {wo_id = id, file = file, reason = why})
   baton.log("work order " .. id .. " failed: " .. why, {level = "error", wo_id = id, file = file, reason = why})
@@ -316,18 +376,23 @@ function M.rebuild(L, dry)
   local files = baton.fs.glob(L.inbox .. "/*.yaml")
   for _, f in ipairs(baton.fs.glob(L.inbox .. "/*.yml")) do files[#files + 1] = f end
   table.sort(files)
-  local summary = {completed = {}, skipped = {}, failed = {}, would_apply = {}, invalid = {}, rolled_back = {}, unverified = {}, details = {}}
+  local summary = {completed = {}, skipped = {}, failed = {}, would_apply = {}, invalid = {}, rolled_back = {},
+                   unverified = {}, details = {}}
   for _, f in ipairs(files) do
     local status, why, id, details = M.process(L, f, dry)
     local list = status == "rolled_back" and summary.failed or summary[status]
-    local item = (status == "failed" or status == "invalid" or status == "rolled_back" or status == "unverified") and {wo_id = id, file = f, reason = why} or id
+    local item = (status == "failed" or status == "invalid" or status == "rolled_back" or status == "unverified")
+        and {wo_id = id, file = f, reason = why} or id
     if status == "rolled_back" then
       item.rolled_back = true
       summary.rolled_back[#summary.rolled_back + 1] = id
     end
     list[#list + 1] = item
-    if details then summary.details[#summary.details + 1] = {wo_id = id, status = status, reason = why, details = details} end
-    print(("WO %s: %s%s"):format(id, status:upper():gsub("_", " "), why and status ~= "skipped" and (" (" .. why .. ")") or ""))
+    if details then
+      summary.details[#summary.details + 1] = {wo_id = id, status = status, reason = why, details = details}
+    end
+    print(("WO %s: %s%s"):format(id, status:upper():gsub("_", " "),
+                                 why and status ~= "skipped" and (" (" .. why .. ")") or ""))
   end
   return summary, #files
 end
@@ -345,8 +410,12 @@ function M.deploymentReport(L, s)
     if d.status == "completed" or d.status == "unverified" then
       any = true
       add("### " .. d.wo_id .. (d.status == "unverified" and " (UNVERIFIED)" or ""))
-      for _, f in ipairs(d.details.files or {}) do add(("- `%s` (mode %s, %d bytes)"):format(f.path, f.mode, f.bytes)) end
-      for _, u in ipairs(d.details.units or {}) do add(("- systemd user unit `%s` (from `%s`)"):format(u.name, u.from)) end
+      for _, f in ipairs(d.details.files or {}) do
+        add(("- `%s` (mode %s, %d bytes)"):format(f.path, f.mode, f.bytes))
+      end
+      for _, u in ipairs(d.details.units or {}) do
+        add(("- systemd user unit `%s` (from `%s`)"):format(u.name, u.from))
+      end
     end
   end
   if not any then add("- none") end
@@ -358,7 +427,8 @@ function M.deploymentReport(L, s)
     if d.details.units_verified then add("- units: " .. d.details.units_verified) end
     for _, kind in ipairs({"post_verify", "tests"}) do
       for _, r in ipairs(d.details[kind] or {}) do
-        add(("- %s `%s`: %s%s"):format(kind == "tests" and "test" or "post_verify", r.name, r.status, r.reason and (" (" .. r.reason .. ")") or ""))
+        add(("- %s `%s`: %s%s"):format(kind == "tests" and "test" or "post_verify", r.name, r.status,
+                                       r.reason and (" (" .. r.reason .. ")") or ""))
       end
     end
   end
@@ -377,7 +447,10 @@ function M.deploymentReport(L, s)
   for _, d in ipairs(s.details) do
     for _, kind in ipairs({"post_verify", "tests"}) do
       for _, r in ipairs(d.details[kind] or {}) do
-        if r.status == "SKIPPED" then issues = issues + 1; add(("- %s: `%s` skipped: %s"):format(d.wo_id, r.name, r.reason)) end
+        if r.status == "SKIPPED" then
+          issues = issues + 1
+          add(("- %s: `%s` skipped: %s"):format(d.wo_id, r.name, r.reason))
+        end
       end
     end
   end
@@ -395,8 +468,8 @@ function M.deploymentReport(L, s)
       end
       if d.details.backup then
         steps = steps + 1
-        add(("%d. Restore %s from its snapshot: every file in `%s/manifest.json` with `existed: true` is copied back from "
-          .. "its `backup`; the others are removed (`rm`)."):format(steps, d.wo_id, d.details.backup))
+        add(("%d. Restore %s from its snapshot: every file in `%s/manifest.json` with `existed: true` is copied "
+          .. "back from its `backup`; the others are removed (`rm`)."):format(steps, d.wo_id, d.details.backup))
       end
       steps = steps + 1
       add(("%d. `rm %s/%s.json` so the work order can be applied again."):format(steps, L.state, d.wo_id))

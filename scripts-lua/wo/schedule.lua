@@ -50,7 +50,8 @@ function M.write(o)
     "",
   }, "\n")
   local minutes = math.max(1, math.floor(o.interval / 60 + 0.5))
-  local cron = ("%s cd %s && %s >/dev/null 2>&1\n"):format(minutes == 1 and "* * * * *" or ("*/" .. minutes .. " * * * *"),
+  local cron = ("%s cd %s && %s >/dev/null 2>&1\n"):format(minutes == 1 and "* * * * *"
+                                                           or ("*/" .. minutes .. " * * * *"),
     kit.shquote(o.base), table.concat(shell, " "))
   local r = {
     service = o.units .. "/" .. M.NAME .. ".service", timer = o.units .. "/" .. M.NAME .. ".timer",
@@ -62,7 +63,9 @@ function M.write(o)
   end
   baton.fs.write(r.service, service)
   baton.fs.write(r.timer, timer)
-  baton.fs.write(r.cron, "# The WO pipeline guardrail every " .. o.interval .. " s (install with: crontab -l | cat - THIS | crontab -)\n" .. cron)
+  baton.fs.write(r.cron,
+                 "# The WO pipeline guardrail every " .. o.interval
+                     .. " s (install with: crontab -l | cat - THIS | crontab -)\n" .. cron)
   local ok, out = launchd.verify({r.service, r.timer})
   r.verified = ok == nil and baton.json.null or ok
   r.verify_output = out
@@ -71,14 +74,16 @@ function M.write(o)
   print("CRON: " .. r.cron .. ": " .. r.cron_line)
   local svcOK, why = launchd.userManager()
   if svcOK then
-    local _, enabled, _, err = baton.sh("systemctl --user daemon-reload && systemctl --user enable --now " .. M.NAME .. ".timer",
+    local _, enabled, _, err = baton.sh("systemctl --user daemon-reload && systemctl --user enable --now " .. M.NAME
+                                        .. ".timer",
       {allowFail = true, timeout = 60})
     r.enabled = enabled
     print(enabled and ("ENABLED: " .. M.NAME .. ".timer") or ("NOT ENABLED: " .. (err or ""):gsub("%s+$", "")))
   else
     r.enabled = false
     r.enable_skipped = why
-    print(("NOT ENABLED (skipped: %s): run `systemctl --user enable --now %s.timer` where a user service manager runs, or install %s with crontab")
+    print(("NOT ENABLED (skipped: %s): run `systemctl --user enable --now %s.timer` where a user service manager "
+           .. "runs, or install %s with crontab")
       :format(why, M.NAME, r.cron))
   end
   return r

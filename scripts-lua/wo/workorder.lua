@@ -50,7 +50,8 @@ function M.plainName(id)
 end
 
 --- systemd unit files a work order writes itself are verified like generated ones.
-local UNIT_SUFFIXES = {service = true, timer = true, socket = true, path = true, target = true, mount = true, automount = true, slice = true}
+local UNIT_SUFFIXES = {service = true, timer = true, socket = true, path = true, target = true, mount = true,
+                       automount = true, slice = true}
 function M.isUnitFile(path)
   local ext = path:match("%.([%w]+)$")
   return ext ~= nil and UNIT_SUFFIXES[ext] == true
@@ -59,7 +60,9 @@ end
 --- Lexically normalises a relative path; nil, why when it is absolute or leaves its root.
 function M.normalize(p)
   if type(p) ~= "string" or p == "" then return nil, "the path is empty" end
-  if p:sub(1, 1) == "/" or p:sub(1, 1) == "~" then return nil, ("path %s is absolute; paths are relative to base"):format(p) end
+  if p:sub(1, 1) == "/" or p:sub(1, 1) == "~" then
+    return nil, ("path %s is absolute; paths are relative to base"):format(p)
+  end
   local parts = {}
   for part in p:gmatch("[^/]+") do
     if part == ".." then
@@ -127,7 +130,8 @@ function M.load(file, opts)
       :format(type(doc.wo_id) == "string" and ("%q"):format(doc.wo_id) or type(doc.wo_id)))
   end
   if type(doc.files) ~= "table" or #doc.files == 0 then return bad("files", "must be a non-empty list") end
-  local wo = {id = doc.wo_id, title = doc.title, type = doc.type, file = file, files = {}, tests = {}, post_verify = {}, units = {}}
+  local wo = {id = doc.wo_id, title = doc.title, type = doc.type, file = file, files = {}, tests = {}, post_verify = {},
+              units = {}}
   for i, f in ipairs(doc.files) do
     local where = ("files[%d]"):format(i)
     if type(f) ~= "table" then return bad(where, "must be a mapping with path and content") end
@@ -146,7 +150,8 @@ function M.load(file, opts)
       for _, u in ipairs(units) do
         local full = M.target(opts.units .. "/" .. u.name, opts)
         if not full then
-          return bad(where .. ".path", ("refused: %s is a LaunchAgent; on Linux it becomes %s in %s, outside base; paths outside "
+          return bad(where .. ".path",
+                     ("refused: %s is a LaunchAgent; on Linux it becomes %s in %s, outside base; paths outside "
             .. "base are allowed only through allow=DIR,... (allow-list: %s)"):format(f.path, u.name, opts.units,
             #(opts.allow or {}) > 0 and table.concat(opts.allow, ", ") or "none"))
         end
@@ -164,7 +169,9 @@ function M.load(file, opts)
   end
   if doc.tests ~= nil and type(doc.tests) ~= "table" then return bad("tests", "must be a list") end
   for i, t in ipairs(doc.tests or {}) do
-    if type(t) ~= "table" or type(t.command) ~= "string" then return bad(("tests[%d].command"):format(i), "is required (a string)") end
+    if type(t) ~= "table" or type(t.command) ~= "string" then
+      return bad(("tests[%d].command"):format(i), "is required (a string)")
+    end
     wo.tests[#wo.tests + 1] = {name = t.name or t.command, command = t.command, expected = t.expected}
   end
   if doc.post_verify ~= nil and type(doc.post_verify) ~= "table" then return bad("post_verify", "must be a list") end
@@ -197,7 +204,11 @@ function M.contained(base, wo, allow)
     local ok = false
     for _, r in ipairs(roots) do if real and within(real, r) and real ~= r then ok = true end end
     if not ok then
-      return nil, ("%s: path %s refused: it resolves to %s, outside base %s%s"):format(wo.file, f.path, tostring(real), root,
+      return nil, ("%s: path %s refused: it resolves to %s, outside base %s%s"):format(
+          wo.file,
+          f.path,
+          tostring(real),
+          root,
         #(allow or {}) > 0 and (" and the allow-list (" .. table.concat(allow, ", ") .. ")") or "")
     end
   end
@@ -269,7 +280,9 @@ function M.copyTree(tree, tarPath, limit)
   end
   limit = limit or M.TREE_COPY_LIMIT
   if total > limit then
-    return nil, ("its files are %d MiB, more than the %d MiB a rollback copies"):format(total // 1048576, limit // 1048576)
+    return nil, ("its files are %d MiB, more than the %d MiB a rollback copies"):format(
+        total // 1048576,
+        limit // 1048576)
   end
   table.sort(files)
   baton.fs.mkdir(tarPath:match("^(.*)/[^/]*$"))
@@ -355,7 +368,10 @@ function M.apply(base, wo)
         local d = done[i]
         if d.before then pcall(baton.fs.write, d.full, d.before) else os.remove(d.full) end
       end
-      return nil, ("%s: writing %s failed: %s (earlier files of this work order restored)"):format(wo.file, f.path, tostring(err))
+      return nil, ("%s: writing %s failed: %s (earlier files of this work order restored)"):format(
+          wo.file,
+          f.path,
+          tostring(err))
     end
     done[#done + 1] = {full = full, before = before}
   end
@@ -387,7 +403,8 @@ function M.steps(base, steps, svc, run)
       -- The units this step starts (a rollback stops and disables them).
       local label = st.command:match("launchctl%s+load%s+%S-([%w_.@%-]+)%.plist")
       if label then res.starts = {label .. ".timer", label .. ".service"} end
-      local direct = st.command:match("systemctl%s+%-%-user%s+enable%s+(.*)$") or st.command:match("systemctl%s+%-%-user%s+start%s+(.*)$")
+      local direct = st.command:match("systemctl%s+%-%-user%s+enable%s+(.*)$")
+          or st.command:match("systemctl%s+%-%-user%s+start%s+(.*)$")
       if direct then
         res.starts = {}
         for u in direct:gmatch("[^%s;&|]+") do if not u:match("^%-") then res.starts[#res.starts + 1] = u end end
@@ -398,12 +415,17 @@ function M.steps(base, steps, svc, run)
     end
     if not res.status then
       local out, good, code, err
-      if run then out, good, code, err = run(cmd) else out, good, code, err = baton.sh(cmd, {cwd = base, allowFail = true, timeout = 120}) end
+      if run then out, good, code, err = run(cmd) else out, good, code, err = baton.sh(
+          cmd,
+          {cwd = base, allowFail = true, timeout = 120}) end
       res.got = trim(out)
       res.exit = code
       if st.expected ~= nil then
         good = trim(out) == trim(st.expected)
-        if not good then res.reason = ("expected %q, got %q%s"):format(trim(st.expected), trim(out), code ~= 0 and (" (exit " .. code .. ")") or "") end
+        if not good then
+          res.reason = ("expected %q, got %q%s"):format(trim(st.expected), trim(out),
+                                                        code ~= 0 and (" (exit " .. code .. ")") or "")
+        end
       elseif not good then
         res.reason = ("exit %d: %s"):format(code, trim(err) ~= "" and trim(err) or trim(out))
       end

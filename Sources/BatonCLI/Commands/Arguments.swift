@@ -9,7 +9,9 @@ import Glibc
 /// (`baton --runs-dir D runs` and `baton runs --runs-dir D`).
 struct Globals: ParsableArguments {
     @Option(name: .customLong("runs-dir"),
-            help: ArgumentHelp("The runs directory (default: BATON_RUNS_DIR, else .baton/runs in the nearest directory up from here that has a .baton).", valueName: "DIR"),
+            help: ArgumentHelp("The runs directory (default: BATON_RUNS_DIR, else .baton/runs in the nearest "
+                    + "directory up from here that has a .baton).",
+                               valueName: "DIR"),
             completion: .directory)
     var runsDir: String?
 }

@@ -15,8 +15,11 @@ struct BatonCommand: ParsableCommand {
             4 preflight failed, 5..99 recipe chosen, 124 run budget exceeded, 128+n signal n (docs/guide.md).
             """,
         version: "baton \(BatonVersion.string) (Lua \(LuaInfo.version))",
-        subcommands: [RunCommand.self, RunsCommand.self, StatusCommand.self, LogCommand.self, ReportCommand.self, OneRun<WaitKind>.self, OneRun<CancelKind>.self,
-                      ResumeCommand.self, AttachCommand.self, DebugCommand.self, PruneCommand.self, CacheCommand.self, InputsCommand.self, CheckCommand.self, InitCommand.self, TypesCommand.self, ReplCommand.self, VersionCommand.self,
+        subcommands: [RunCommand.self, RunsCommand.self, StatusCommand.self, LogCommand.self, ReportCommand.self,
+                      OneRun<WaitKind>.self, OneRun<CancelKind>.self,
+                      ResumeCommand.self, AttachCommand.self, DebugCommand.self, PruneCommand.self, CacheCommand.self,
+                      InputsCommand.self, CheckCommand.self, InitCommand.self, TypesCommand.self, ReplCommand.self,
+                      VersionCommand.self,
                       WatchdogCommand.self])
 
     @OptionGroup var globals: Globals

@@ -7,12 +7,15 @@ import Glibc
 struct CacheCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cache", abstract: "The cache across runs: list, shrink or empty it.",
-        discussion: "Stages with `cache = true` (or every stage that declares outputs, with `baton run --cache`) store their outputs in .baton/cache beside the runs directory; a later call with the same fingerprint restores them instead of running (docs/guide.md).",
+        discussion: "Stages with `cache = true` (or every stage that declares outputs, with `baton run --cache`) "
+            + "store their outputs in .baton/cache beside the runs directory; a later call with the same fingerprint " +
+                "restores them instead of running (docs/guide.md).",
         subcommands: [CacheLs.self, CacheGC.self, CacheClear.self])
 }
 
 struct CacheLs: RunsDirCommand {
-    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List cache entries, most recently used first.")
+    static let configuration = CommandConfiguration(commandName: "ls",
+                                                    abstract: "List cache entries, most recently used first.")
     @OptionGroup var json: JSONFlag
     @OptionGroup var globals: Globals
     mutating func run() throws { Glibc.exit(Commands.cacheLs(root: root, json: json.json)) }
@@ -20,8 +23,10 @@ struct CacheLs: RunsDirCommand {
 
 struct CacheGC: RunsDirCommand {
     static let configuration = CommandConfiguration(
-        commandName: "gc", abstract: "Remove what no entry uses, then least recently used entries until the cache fits SIZE.")
-    @Option(name: .customLong("max-size"), help: ArgumentHelp("The most the cache may hold: 10G, 500M, 64K, or bytes.", valueName: "SIZE"))
+        commandName: "gc",
+        abstract: "Remove what no entry uses, then least recently used entries until the cache fits SIZE.")
+    @Option(name: .customLong("max-size"),
+            help: ArgumentHelp("The most the cache may hold: 10G, 500M, 64K, or bytes.", valueName: "SIZE"))
     var maxSize: ByteSize
     @OptionGroup var json: JSONFlag
     @OptionGroup var globals: Globals
@@ -29,7 +34,8 @@ struct CacheGC: RunsDirCommand {
 }
 
 struct CacheClear: RunsDirCommand {
-    static let configuration = CommandConfiguration(commandName: "clear", abstract: "Remove every cache entry and object.")
+    static let configuration = CommandConfiguration(commandName: "clear",
+                                                    abstract: "Remove every cache entry and object.")
     @OptionGroup var json: JSONFlag
     @OptionGroup var globals: Globals
     mutating func run() throws { Glibc.exit(Commands.cacheClear(root: root, json: json.json)) }
@@ -63,9 +69,11 @@ extension Commands {
         if json {
             out(JSON.object([("dir", .string(store.root)), ("size", .int(store.objectsSize())),
                              ("entries", .array(all.map { l in
-                .object([("key", .string(l.entry.key)), ("run", .string(l.entry.from.run)), ("id", .string(l.entry.from.id)),
+                .object([("key", .string(l.entry.key)), ("run", .string(l.entry.from.run)),
+                         ("id", .string(l.entry.from.id)),
                          ("occurrence", .int(Int64(l.entry.from.occurrence))), ("size", .int(l.size)),
-                         ("created", .string(Clock.rfc3339(l.entry.created))), ("last_used", .string(Clock.rfc3339(l.lastUsed))),
+                         ("created", .string(Clock.rfc3339(l.entry.created))),
+                         ("last_used", .string(Clock.rfc3339(l.lastUsed))),
                          ("outputs", .object(l.entry.outputs.map { ($0.path, .string($0.hash)) }))])
             }))]).encoded(pretty: true))
             return 0
@@ -87,9 +95,11 @@ extension Commands {
         do {
             let (removed, size) = try store.gc(maxSize: maxSize)
             if json {
-                out(JSON.object([("removed", .int(Int64(removed))), ("size", .int(size)), ("max_size", .int(maxSize))]).encoded(pretty: true))
+                out(JSON.object([("removed", .int(Int64(removed))), ("size", .int(size)),
+                                 ("max_size", .int(maxSize))]).encoded(pretty: true))
             } else {
-                out("removed \(removed) entr\(removed == 1 ? "y" : "ies"); the cache holds \(humanBytes(size)) (at most \(humanBytes(maxSize)))")
+                out("removed \(removed) entr\(removed == 1 ? "y" : "ies"); the cache holds \(humanBytes(size)) (at "
+                    + "most \(humanBytes(maxSize)))")
             }
             return 0
         } catch { return fail("cache gc: \(error)", json: json, code: .failure) }
@@ -132,7 +142,8 @@ struct InputsCommand: RunsDirCommand {
             let t3 = Clock.monotonic()
             files.save()
             func ms(_ a: Double, _ b: Double) -> String { String(Int((b - a) * 10000)) + "e-1 ms" }
-            out("\(set.files.count) files, digest \(set.digest), \(Int((Clock.monotonic() - t0) * 1000)) ms, \(files.hits) from the stat cache"
+            out("\(set.files.count) files, digest \(set.digest), \(Int((Clock.monotonic() - t0) * 1000)) ms, "
+                + "\(files.hits) from the stat cache"
                 + " (load \(ms(t0, t1)), match \(ms(t1, t2)) for \(m.count), hash \(ms(t2, t3)))")
             Glibc.exit(0)
         } catch {

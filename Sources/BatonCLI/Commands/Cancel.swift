@@ -5,7 +5,11 @@ import BatonLua
 import CBatonSys
 import Glibc
 
-enum CancelKind: OneRunKind { static let spec = OneRunSpec(name: "cancel", abstract: "Stop a live run (or finish an orphaned one).", perform: Commands.cancel) }
+enum CancelKind: OneRunKind {
+    static let spec = OneRunSpec(name: "cancel",
+                                 abstract: "Stop a live run (or finish an orphaned one).",
+                                 perform: Commands.cancel)
+}
 
 extension Commands {
     public static func cancel(root: String, ref: String?, json: Bool) -> Int32 {
@@ -32,7 +36,10 @@ extension Commands {
         }
         if let refused = refuseLinked(dir, json: json) { return refused }
         func ended(_ pids: [pid_t]) {
-            if !pids.isEmpty { diag("ended \(pids.count) process\(pids.count == 1 ? "" : "es") left by the run: \(pids.map(String.init).joined(separator: ", "))") }
+            if !pids.isEmpty {
+                diag("ended \(pids.count) process\(pids.count == 1 ? "" : "es") left by the run: "
+                     + "\(pids.map(String.init).joined(separator: ", "))")
+            }
         }
         do {
             switch try Recovery.cancel(dir, interrupted: { baton_signal_pending() != 0 },
@@ -44,12 +51,14 @@ extension Commands {
             case let .finishedOrphan(pids): ended(pids)
             case let .alreadyEnded(state): diag("run \(dir.id) already ended: \(state.rawValue)")
             case let .stoppedWaiting(pid):
-                return fail("stopped waiting; run \(dir.id) (runner pid \(pid)) is still ending its stages (see 'baton status \(dir.id)')",
+                return fail("stopped waiting; run \(dir.id) (runner pid \(pid)) is still ending its stages (see "
+                        + "'baton status \(dir.id)')",
                             json: json, code: .interrupted)
             case .runnerUnknown:
                 return fail("run \(dir.id) is live but its runner's pid is unknown", json: json, code: .failure)
             case let .notPermitted(pid):
-                return fail("cannot cancel run \(dir.id): signalling its runner (pid \(pid)) is not permitted (EPERM: it runs as another user); nothing was done",
+                return fail("cannot cancel run \(dir.id): signalling its runner (pid \(pid)) is not permitted "
+                        + "(EPERM: it runs as another user); nothing was done",
                             json: json, code: .failure)
             }
         } catch {

@@ -7,9 +7,13 @@ import Glibc
 
 struct CheckCommand: RunsDirCommand {
     static let configuration = CommandConfiguration(
-        commandName: "check", abstract: "Lint recipes without running them: syntax (modules too), undefined globals, misspelt fields, wrong literal types.",
-        discussion: "A directory means every *.lua under it that is a recipe (modules it requires are checked with it). Finding codes: docs/cli.md.")
-    @Argument(help: ArgumentHelp("Recipe files and directories.", valueName: "PATH"), completion: .file(extensions: ["lua"]))
+        commandName: "check",
+        abstract: "Lint recipes without running them: syntax (modules too), undefined globals, misspelt fields, "
+            + "wrong literal types.",
+        discussion: "A directory means every *.lua under it that is a recipe (modules it requires are checked with "
+            + "it). Finding codes: docs/cli.md.")
+    @Argument(help: ArgumentHelp("Recipe files and directories.", valueName: "PATH"),
+              completion: .file(extensions: ["lua"]))
     var paths: [String] = []
     @OptionGroup var json: JSONFlag
     @OptionGroup var globals: Globals
@@ -27,7 +31,9 @@ extension Commands {
         let (recipes, failed, report) = RecipeCheck.check(paths: paths)
         let single = paths.count == 1 && !FileIO.isDirectory(paths[0])
         if json {
-            let which: (String, JSON) = single ? ("recipe", .string(paths[0])) : ("recipes", .array(recipes.map(JSON.string)))
+            let which: (String, JSON) = single
+                ? ("recipe", .string(paths[0]))
+                : ("recipes", .array(recipes.map(JSON.string)))
             out(JSON.object([which, ("ok", .bool(report.ok)),
                              ("findings", .array(report.findings.map(\.json))),
                              ("errors", .array(report.findings.map { .string($0.text) }))]).encoded(pretty: true))

@@ -27,38 +27,4 @@ public enum Commands {
     static func refuseLinked(_ d: RunDirectory, json: Bool) -> Int32? {
         d.linkProblem().map { fail($0, json: json, code: .failure) }
     }
-
-
-
-    /// How an ended run ended: a line (or with `--json` an object), and its exit code as
-    /// the command's own. An orphaned run (its runner died) exits 1.
-    static func outcome(_ dir: RunDirectory, json: Bool) -> Int32 {
-        let info = RunInfo.load(dir, withEvents: false)
-        let code = info.exitCode.map(Int32.init) ?? ExitStatus.failure.rawValue
-        if json {
-            out(JSON.object([("run", .string(info.id)), ("state", .string(info.state.rawValue)),
-                             ("exit_code", .int(Int64(code))), ("reason", info.reason.map(JSON.string) ?? .null)]).encoded())
-        } else {
-            var line = "run \(info.id) \(info.state.rawValue) (exit \(code))"
-            if info.state == .orphaned { line += ": its runner died without writing final.json" }
-            else if let r = info.reason { line += ": \(r)" }
-            out(SafeText.line(line))
-        }
-        return code
-    }
-
-    /// Whether the run's runner is (still) at work: it holds the lock, or a detached one
-    /// has not taken it yet.
-    static func isLive(_ dir: RunDirectory) -> Bool {
-        FileLock.isHeld(dir.lock) || RunInfo.load(dir, withEvents: false).state == .starting
-    }
-
-
-
-
-
-
-
-
 }
-

@@ -8,7 +8,8 @@ import Glibc
 struct DebugCommand: RunsDirCommand {
     static let configuration = CommandConfiguration(
         commandName: "debug",
-        abstract: "Replay a run's recipe against its journal (nothing runs) and open a prompt in its frame: at --at ID, at the failing call, or at the end.",
+        abstract: "Replay a run's recipe against its journal (nothing runs) and open a prompt in its frame: at --at "
+            + "ID, at the failing call, or at the end.",
         discussion: """
             Every primitive returns what the journal recorded, in order; no stage, command or \
             file write happens. The replay uses the recipe text the run ran (kept in its run \
@@ -16,7 +17,8 @@ struct DebugCommand: RunsDirCommand {
             recipe's frame (its locals as they were), :next, :continue, :where, :stages.
             """)
     @Argument(help: runHelp, completion: runCompletion) var ref: String?
-    @Option(name: .customLong("at"), help: ArgumentHelp("Stop before the runStage call whose id matches (a glob).", valueName: "ID"))
+    @Option(name: .customLong("at"),
+            help: ArgumentHelp("Stop before the runStage call whose id matches (a glob).", valueName: "ID"))
     var at: String?
     @OptionGroup var globals: Globals
 
@@ -54,7 +56,8 @@ enum Debugging {
         guard let dir = Commands.resolve(root, ref, json: false) else { return ExitStatus.usage.rawValue }
         let info = RunInfo.load(dir)
         if info.isLive {
-            diag("baton: run \(dir.id) is live: 'baton attach \(dir.id)' looks inside it; baton debug replays a run that has ended")
+            diag("baton: run \(dir.id) is live: 'baton attach \(dir.id)' looks inside it; baton debug replays a run "
+                 + "that has ended")
             return ExitStatus.failure.rawValue
         }
         guard let start = info.history.latestStart?.began else {
@@ -69,14 +72,17 @@ enum Debugging {
         if let kept = try? FileIO.readFile(dir.recipeCopy) {
             text = kept
             if onDisk == nil {
-                diag("note: \(start.recipe) is no longer on disk; the replay uses the text the run ran (\(dir.recipeCopy))")
+                diag("note: \(start.recipe) is no longer on disk; the replay uses the text the run ran "
+                     + "(\(dir.recipeCopy))")
             } else if onDisk! != kept {
-                diag("note: \(start.recipe) has changed since the run; the replay uses the text the run ran (\(dir.recipeCopy))")
+                diag("note: \(start.recipe) has changed since the run; the replay uses the text the run ran "
+                     + "(\(dir.recipeCopy))")
             }
         } else if let disk = onDisk {
             text = disk
             diag("note: the run kept no copy of its recipe; replaying \(start.recipe) as it is on disk now"
-                 + (SHA256.hex(disk) == start.recipeSHA256 ? " (the same text it ran)" : ", which is NOT the text it ran"))
+                 + (SHA256.hex(disk) == start.recipeSHA256 ? " (the same text it ran)" : ", which is NOT the text "
+                    + "it ran"))
         } else {
             diag("baton: run \(dir.id) kept no copy of its recipe and \(start.recipe) is gone: nothing to replay")
             return ExitStatus.failure.rawValue
@@ -89,7 +95,9 @@ enum Debugging {
             session.local = { [unowned r] in r.request($0) }
             session.leaveOnResume = true
             session.promptName = "debug \(dir.id)"
-            if let g = r.request(.object([("op", .string(ControlOp.hello.rawValue))]))["text"]?.stringValue { Console.out(SafeText.lines(g)) }
+            if let g = r.request(.object([("op", .string(ControlOp.hello.rawValue))]))["text"]?.stringValue {
+                Console.out(SafeText.lines(g))
+            }
             while true {
                 guard let line = lines.next(session.prompt) else { r.quit = true; break }
                 if !session.handle(line) {
@@ -107,7 +115,9 @@ enum Debugging {
         } else if let why = r.endedBy {
             diag("replay of run \(dir.id) ended: \(SafeText.line(why))")
         } else {
-            diag("replay of run \(dir.id) ended: the recipe \(ending.status == .succeeded ? "returned" : "ended \(ending.status.rawValue): \(SafeText.line(ending.reason ?? ""))")")
+            let how = ending.status == .succeeded
+                ? "returned" : "ended \(ending.status.rawValue): \(SafeText.line(ending.reason ?? ""))"
+            diag("replay of run \(dir.id) ended: the recipe \(how)")
         }
         return failures == 0 ? ExitStatus.success.rawValue : ExitStatus.failure.rawValue
     }

@@ -7,7 +7,8 @@ import Glibc
 
 struct InitCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "init", abstract: "Set up a directory for recipes: .baton/, editor types (.luarc.json), .luacheckrc.")
+        commandName: "init",
+        abstract: "Set up a directory for recipes: .baton/, editor types (.luarc.json), .luacheckrc.")
     @Argument(help: ArgumentHelp("The directory (default: the current one).", valueName: "DIR"), completion: .directory)
     var dir = "."
     @Flag(help: "Replace an existing .luarc.json and .luacheckrc.") var force = false

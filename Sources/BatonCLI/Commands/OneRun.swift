@@ -16,7 +16,9 @@ protocol OneRunKind { static var spec: OneRunSpec { get } }
 
 /// wait, cancel: one command type; each kind below is one line of data.
 struct OneRun<Kind: OneRunKind>: RunsDirCommand {
-    static var configuration: CommandConfiguration { CommandConfiguration(commandName: Kind.spec.name, abstract: Kind.spec.abstract) }
+    static var configuration: CommandConfiguration {
+        CommandConfiguration(commandName: Kind.spec.name, abstract: Kind.spec.abstract)
+    }
     @OptionGroup var args: RunArguments
     var globals: Globals { args.globals }
 

@@ -32,7 +32,9 @@ extension Commands {
         do {
             // With one output on stdout ('-'), the paths written are said on stderr.
             let toStdout = [html, trace, tsv].contains("-")
-            for p in try writeReport(dir, html: html, trace: trace, tsv: tsv) where p != "-" { if toStdout { diag(p) } else { out(p) } }
+            for p in try writeReport(dir, html: html, trace: trace, tsv: tsv) where p != "-" {
+                if toStdout { diag(p) } else { out(p) }
+            }
         } catch {
             diag("baton: cannot write the report: \(error)")
             return ExitStatus.failure.rawValue
@@ -48,7 +50,10 @@ extension Commands {
         let htmlPath = html ?? (trace == nil && tsv == nil ? dir.path + "/report.html" : nil)
         if let p = htmlPath {
             // In the run directory: the runs' file mode (0600 unless BATON_RUNS_MODE), like its other files.
-            try writeOutput(p, Array(ReportHTML(info: info, timeline: timeline, linkBase: html == nil ? dir.path : nil).render().utf8),
+            try writeOutput(p,
+                            Array(ReportHTML(info: info,
+                                             timeline: timeline,
+                                             linkBase: html == nil ? dir.path : nil).render().utf8),
                             mode: html == nil ? RunDirectory.fileMode : 0o644)
             written.append(p)
         }
@@ -81,7 +86,10 @@ extension Commands {
             let n = readlink(target, &buf, buf.count - 1)
             guard n > 0 else { throw SystemError("readlink", target) }
             let link = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            if link.hasPrefix("/proc/") || link.hasPrefix("/dev/fd/") { target = link; break }   // a descriptor: written as is
+            if link.hasPrefix("/proc/") || link.hasPrefix("/dev/fd/") {
+                target = link
+                break
+            }   // a descriptor: written as is
             target = link.hasPrefix("/") ? link : FileIO.join(FileIO.dirname(target), link)
         }
         // This process's own descriptor (/dev/stdout is /proc/self/fd/1): written as it is
@@ -116,29 +124,37 @@ extension Commands {
         // The cache's answers (hit, or why not), by life of the run: 0 is the first run.
         var cache: [(life: Int, key: StageKey, decision: CacheDecision)] = []
         var life = -1
+        // (Two kinds of event matter here: a life's start, and a stage start with the cache's answer.)
         for e in events {
-            switch e.body {
-            case .runStarted, .runResumed: life += 1
-            case let .stageStarted(s): if let c = s.cache, stage == nil || s.key.id == stage { cache.append((max(0, life), s.key, c)) }
-            default: break
+            if e.body.began != nil { life += 1 }
+            guard case let .stageStarted(s) = e.body, let c = s.cache, stage == nil || s.key.id == stage else {
+                continue
             }
+            cache.append((max(0, life), s.key, c))
         }
-        func cacheOf(_ l: Int, _ k: StageKey) -> CacheDecision? { cache.first { $0.life == l && $0.key == k }?.decision }
+        func cacheOf(_ l: Int, _ k: StageKey) -> CacheDecision? {
+            cache.first { $0.life == l && $0.key == k }?.decision
+        }
         if json {
             var list = picked.map { d in
                 var o: [(String, JSON)] = [("resume", .int(Int64(d.life))), ("id", .string(d.key.id)),
                              ("occurrence", .int(Int64(d.key.occurrence))), ("replayed", .bool(d.why.replayed)),
-                             ("reason", .string(d.why.reason.rawValue)), ("changed", .array(d.why.changed.map(JSON.string))),
+                             ("reason", .string(d.why.reason.rawValue)),
+                             ("changed", .array(d.why.changed.map(JSON.string))),
                              ("why", .string(d.why.sentence))]
                 if let f = d.why.files {
-                    o.append(("files", .object([("changed", .array(f.changed.map(JSON.string))), ("added", .array(f.added.map(JSON.string))),
-                                                ("removed", .array(f.removed.map(JSON.string))), ("more", .int(Int64(f.more)))])))
+                    o.append(("files",
+                              .object([("changed", .array(f.changed.map(JSON.string))),
+                                       ("added", .array(f.added.map(JSON.string))),
+                                                ("removed", .array(f.removed.map(JSON.string))),
+                                                ("more", .int(Int64(f.more)))])))
                 }
                 if let c = cacheOf(d.life, d.key) { o.append(("cache", c.json)) }
                 return JSON.object(o)
             }
             for c in cache where c.life == 0 {
-                list.append(.object([("resume", .int(0)), ("id", .string(c.key.id)), ("occurrence", .int(Int64(c.key.occurrence))),
+                list.append(.object([("resume", .int(0)), ("id", .string(c.key.id)),
+                                     ("occurrence", .int(Int64(c.key.occurrence))),
                                      ("cache", c.decision.json), ("why", .string(c.decision.sentence))]))
             }
             out(JSON.array(list).encoded(pretty: true))
@@ -150,7 +166,8 @@ extension Commands {
             for c in first { out("  \(c.key): \(c.decision.sentence)") }
         }
         if t.lives.count < 2 {
-            out("run \(dir.id) was never resumed: every stage call ran for real" + (first.isEmpty ? "" : " or came from the cache"))
+            out("run \(dir.id) was never resumed: every stage call ran for real"
+                + (first.isEmpty ? "" : " or came from the cache"))
             return ExitStatus.success.rawValue
         }
         if picked.isEmpty, let s = stage {
@@ -159,7 +176,8 @@ extension Commands {
         }
         for l in 1..<t.lives.count {
             let ds = picked.filter { $0.life == l }
-            out("resume \(l) at \(Render.shortTime(t.lives[l].start)) UTC:" + (ds.isEmpty ? " (no stage call reached)" : ""))
+            out("resume \(l) at \(Render.shortTime(t.lives[l].start)) UTC:"
+                + (ds.isEmpty ? " (no stage call reached)" : ""))
             for d in ds { out("  \(d.key): \(d.why.sentence)" + (cacheOf(l, d.key).map { "; " + $0.sentence } ?? "")) }
         }
         return ExitStatus.success.rawValue

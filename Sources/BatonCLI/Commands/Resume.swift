@@ -12,7 +12,8 @@ struct ResumeCommand: RunsDirCommand {
     @Option(help: ArgumentHelp("Journal flushes: 'batched' (default) or 'always'.", valueName: "batched|always"),
             completion: .list(["batched", "always"]))
     var sync: String?
-    @Flag(name: [.customLong("stream"), .customShort("v")], help: "Echo each stage's output as it comes.") var stream = false
+    @Flag(name: [.customLong("stream"), .customShort("v")],
+          help: "Echo each stage's output as it comes.") var stream = false
     @Option(help: ArgumentHelp("End the resumed run after this long, like a cancel (exit 124).", valueName: "DURATION"))
     var budget: String?
     var globals: Globals { args.globals }
@@ -21,13 +22,21 @@ struct ResumeCommand: RunsDirCommand {
 
     mutating func run() throws {
         _ = baton_set_subreaper()
-        Glibc.exit(Commands.resume(root: root, ref: args.ref, json: args.json.json, sync: try syncPolicy(sync), stream: stream,
+        Glibc.exit(Commands.resume(root: root,
+                                   ref: args.ref,
+                                   json: args.json.json,
+                                   sync: try syncPolicy(sync),
+                                   stream: stream,
                                    budget: try runBudget(budget), exitWhenDone: true))
     }
 }
 
 extension Commands {
-    public static func resume(root: String, ref: String?, json: Bool, sync: SyncPolicy = RunOptions.defaultSync, stream: Bool = false,
+    public static func resume(root: String,
+                              ref: String?,
+                              json: Bool,
+                              sync: SyncPolicy = RunOptions.defaultSync,
+                              stream: Bool = false,
                               budget: (seconds: Double, text: String)? = nil, exitWhenDone: Bool = false) -> Int32 {
         guard let dir = resolve(root, ref, json: json) else { return ExitStatus.usage.rawValue }
         if let refused = refuseLinked(dir, json: json) { return refused }

@@ -16,29 +16,40 @@ struct RunCommand: RunsDirCommand {
             """)
 
     @Flag(name: .customLong("dry-run"), help: "Show the stages that would run; run nothing.") var dryRun = false
-    @Flag(help: "Start the run in its own session and return at once, printing its id and directory.") var detach = false
+    @Flag(help: "Start the run in its own session and return at once, printing its id and directory.")
+    var detach = false
     @Flag(help: "Print final.json on stdout; everything for people goes to stderr.") var json = false
-    @Flag(name: [.customLong("stream"), .customShort("v")], help: "Echo each stage's output as it comes.") var stream = false
-    @Flag(name: .customLong("no-check"), help: "Do not check the recipe before the first stage (undefined globals, unknown fields, argument counts).")
+    @Flag(name: [.customLong("stream"), .customShort("v")],
+          help: "Echo each stage's output as it comes.") var stream = false
+    @Flag(name: .customLong("no-check"),
+          help: "Do not check the recipe before the first stage (undefined globals, unknown fields, argument counts).")
     var noCheck = false
-    @Option(name: .customLong("run-id"), help: ArgumentHelp("The run's id (letters, digits, '-', '_', '.').", valueName: "ID"))
+    @Option(name: .customLong("run-id"),
+            help: ArgumentHelp("The run's id (letters, digits, '-', '_', '.').", valueName: "ID"))
     var runID: String?
     @Option(name: .customLong("existing-run"), help: .hidden) var existingRun: String?
     @Option(help: ArgumentHelp("Journal flushes: 'batched' (default) or 'always'.", valueName: "batched|always"),
             completion: .list(["batched", "always"]))
     var sync: String?
-    @Option(help: ArgumentHelp("End the whole run after this long, like a cancel (exit 124): 2h, 30m, 90s, 1h30m, seconds.",
+    @Option(help: ArgumentHelp("End the whole run after this long, like a cancel (exit 124): 2h, 30m, 90s, 1h30m, "
+            + "seconds.",
                                valueName: "DURATION"))
     var budget: String?
     @Option(help: ArgumentHelp("Where stages run unless a stage says otherwise: "
                                + Executors.kinds.map { "\($0.name): \($0.summary)" }.joined(separator: "; ") + ".",
                                valueName: Executors.names.joined(separator: "|")), completion: .list(Executors.names))
     var executor: String?
-    @Option(name: .customLong("break"), help: ArgumentHelp("Pause just before each runStage whose id matches (a glob such as deploy*; repeatable); baton attach opens its prompt there.", valueName: "ID"))
+    @Option(name: .customLong("break"),
+            help: ArgumentHelp("Pause just before each runStage whose id matches (a glob such as deploy*; "
+                    + "repeatable); baton attach opens its prompt there.",
+                               valueName: "ID"))
     var breaks: [String] = []
-    @Option(name: .customLong("break-timeout"), help: ArgumentHelp("A pause with nobody attached goes on after this long (journaled): 10m, 90s.", valueName: "DURATION"))
+    @Option(name: .customLong("break-timeout"),
+            help: ArgumentHelp("A pause with nobody attached goes on after this long (journaled): 10m, 90s.",
+                               valueName: "DURATION"))
     var breakTimeout: String?
-    @Flag(help: "Use the cache across runs for every stage that declares outputs (unless it says cache = false).") var cache = false
+    @Flag(help: "Use the cache across runs for every stage that declares outputs (unless it says cache = false).")
+    var cache = false
     @OptionGroup var globals: Globals
     @Argument(help: ArgumentHelp("The recipe file; the words after it are the recipe's own.", valueName: "RECIPE"),
               completion: .file(extensions: ["lua"]))
@@ -47,7 +58,8 @@ struct RunCommand: RunsDirCommand {
     var args: [String] = []
 
     /// Options of `run` that take a value (where the recipe starts is found before parsing).
-    static let valueOptions: Set<String> = ["--run-id", "--existing-run", "--sync", "--runs-dir", "--budget", "--executor", "--break", "--break-timeout"]
+    static let valueOptions: Set<String> = ["--run-id", "--existing-run", "--sync", "--runs-dir", "--budget",
+                                            "--executor", "--break", "--break-timeout"]
     /// The words after RECIPE: they are the recipe's, never parsed as baton's options.
     nonisolated(unsafe) static var passthrough: [String] = []
 
@@ -99,19 +111,25 @@ struct RunCommand: RunsDirCommand {
 
 func runBudget(_ v: String?) throws -> (seconds: Double, text: String)? {
     guard let v else { return nil }
-    guard let s = Clock.parseDuration(v), s > 0 else { throw ValidationError("--budget takes a duration such as 2h, 30m or 90s, got '\(v)'") }
+    guard let s = Clock.parseDuration(v), s > 0 else {
+        throw ValidationError("--budget takes a duration such as 2h, 30m or 90s, got '\(v)'")
+    }
     return (s, v)
 }
 
 func breakTimeoutSeconds(_ v: String?) throws -> Double? {
     guard let v else { return nil }
-    guard let s = Clock.parseDuration(v), s >= 0 else { throw ValidationError("--break-timeout takes a duration such as 10m or 90s, got '\(v)'") }
+    guard let s = Clock.parseDuration(v), s >= 0 else {
+        throw ValidationError("--break-timeout takes a duration such as 10m or 90s, got '\(v)'")
+    }
     return s
 }
 
 func syncPolicy(_ v: String?) throws -> SyncPolicy {
     guard let v else { return RunOptions.defaultSync }
-    guard let s = SyncPolicy(rawValue: v), s != .never else { throw ValidationError("--sync must be 'batched' or 'always', got '\(v)'") }
+    guard let s = SyncPolicy(rawValue: v), s != .never else {
+        throw ValidationError("--sync must be 'batched' or 'always', got '\(v)'")
+    }
     return s
 }
 
@@ -119,7 +137,9 @@ func syncPolicy(_ v: String?) throws -> SyncPolicy {
 public enum Detach {
     public static func start(options o: RunOptions) -> Int32 {
         // A missing recipe or a syntax error is said now, not found later in run.out.
-        if let problem = RecipeRunner.loadProblem(o.recipe, check: o.check) { return Console.error(problem, json: o.json) }
+        if let problem = RecipeRunner.loadProblem(o.recipe, check: o.check) {
+            return Console.error(problem, json: o.json)
+        }
         let store = RunStore(root: o.runsDir)
         let dir: RunDirectory
         do { dir = try store.create(id: o.runID) } catch { return Console.error("\(error)", json: o.json) }

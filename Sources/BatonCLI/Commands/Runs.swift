@@ -35,7 +35,10 @@ extension Commands {
             return ExitStatus.success.rawValue
         }
         if limit == 0 { return ExitStatus.success.rawValue }   // asked for none: nothing to say
-        if infos.isEmpty { out(state == nil ? "no runs in \(root)" : "no \(state!.rawValue) runs in \(root)"); return ExitStatus.success.rawValue }
+        if infos.isEmpty {
+            out(state == nil ? "no runs in \(root)" : "no \(state!.rawValue) runs in \(root)")
+            return ExitStatus.success.rawValue
+        }
         out(Render.runsTable(infos))
         return ExitStatus.success.rawValue
     }

@@ -7,7 +7,8 @@ import Glibc
 
 struct TypesCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "types", abstract: "Print LuaCATS annotations of the recipe environment (for lua-language-server).")
+        commandName: "types",
+        abstract: "Print LuaCATS annotations of the recipe environment (for lua-language-server).")
 
     mutating func run() throws { Glibc.exit(Types.types()) }
 }

@@ -24,7 +24,8 @@ public struct ReportTrace {
         watchThreads(b)
         stageThreads(b)
         return .object([("traceEvents", .array(b.ev)), ("displayTimeUnit", .string("ms")),
-                        ("otherData", .object([("run", .string(t.runID)), ("start", .string(Clock.rfc3339(t.firstTs)))]))])
+                        ("otherData",
+                         .object([("run", .string(t.runID)), ("start", .string(Clock.rfc3339(t.firstTs)))]))])
     }
 
     /// The events as they are added.
@@ -50,13 +51,15 @@ public struct ReportTrace {
         }
 
         func complete(_ name: String, cat: String, tid: Int, _ a: Double, _ b: Double, _ args: [(String, JSON)]) {
-            ev.append(.object([("name", .string(name)), ("cat", .string(cat)), ("ph", .string("X")), ("ts", trace.us(a)),
+            ev.append(.object([("name", .string(name)), ("cat", .string(cat)), ("ph", .string("X")),
+                               ("ts", trace.us(a)),
                                ("dur", trace.dur(a, b)), ("pid", .int(1)), ("tid", .int(Int64(tid))),
                                ("args", .object(args))]))
         }
 
         func instant(_ name: String, cat: String, tid: Int, _ ts: Double, _ args: [(String, JSON)]) {
-            ev.append(.object([("name", .string(name)), ("cat", .string(cat)), ("ph", .string("i")), ("s", .string("t")),
+            ev.append(.object([("name", .string(name)), ("cat", .string(cat)), ("ph", .string("i")),
+                               ("s", .string("t")),
                                ("ts", trace.us(ts)), ("pid", .int(1)), ("tid", .int(Int64(tid))),
                                ("args", .object(args))]))
         }
@@ -79,13 +82,16 @@ public struct ReportTrace {
         for s in t.stalls { b.complete("stall", cat: "stall", tid: 1, s.start, s.end, []) }
         if let f = t.final {
             b.instant("final: \(f.record.status)", cat: "final", tid: 1, f.ts,
-                      [("exit_code", .int(Int64(f.record.exitCode))), ("reason", f.record.reason.map(JSON.string) ?? .null)])
+                      [("exit_code", .int(Int64(f.record.exitCode))),
+                       ("reason", f.record.reason.map(JSON.string) ?? .null)])
         }
     }
 
     /// Thread 2: gates, preflights and commands.
     func sideThread(_ b: Events) {
-        if !t.gates.isEmpty || !t.preflights.isEmpty || !t.commands.isEmpty { b.thread(2, "gates, preflights and commands") }
+        if !t.gates.isEmpty || !t.preflights.isEmpty || !t.commands.isEmpty {
+            b.thread(2, "gates, preflights and commands")
+        }
         for m in t.commands {
             let c = m.record
             b.complete(c.command.display, cat: "command," + c.via, tid: 2, m.ts - Double(c.durationMs) / 1000, m.ts,
@@ -93,8 +99,11 @@ public struct ReportTrace {
         }
         for m in t.gates {
             let g = m.record
-            b.instant("gate \(g.name) \(g.iteration)/\(g.max) \(g.approved ? "approved" : "rejected")", cat: "gate", tid: 2,
-                      m.ts, [("approved", .bool(g.approved)), ("issues", g.issues), ("fallback_used", .bool(g.fallbackUsed))])
+            b.instant("gate \(g.name) \(g.iteration)/\(g.max) \(g.approved ? "approved" : "rejected")",
+                      cat: "gate",
+                      tid: 2,
+                      m.ts,
+                      [("approved", .bool(g.approved)), ("issues", g.issues), ("fallback_used", .bool(g.fallbackUsed))])
         }
         for m in t.preflights {
             b.instant("preflight \(m.record.name) \(m.record.ok ? "ok" : "failed")", cat: "preflight", tid: 2, m.ts,
@@ -112,7 +121,12 @@ public struct ReportTrace {
                 watchTid[p.id] = tid
                 b.thread(tid, "watch \(p.id)")
             }
-            b.complete(p.state.rawValue, cat: "watch", tid: tid, p.start, p.end ?? t.lastTs, [("reason", .string(p.reason))])
+            b.complete(p.state.rawValue,
+                       cat: "watch",
+                       tid: tid,
+                       p.start,
+                       p.end ?? t.lastTs,
+                       [("reason", .string(p.reason))])
         }
     }
 
@@ -148,7 +162,8 @@ public struct ReportTSV {
 
     public init(timeline: RunTimeline) { t = timeline }
 
-    public static let columns = ["task_id", "name", "status", "exit", "submit", "start", "complete", "duration", "realtime",
+    public static let columns = ["task_id", "name", "status", "exit", "submit", "start", "complete", "duration",
+                                 "realtime",
                                  "attempt", "native_id", "stage", "occurrence", "life", "baton_status", "failure_class",
                                  "stdout", "stderr", "why"]
 
@@ -182,7 +197,8 @@ public struct ReportTSV {
             let duration: String = end.map { String(Clock.millis($0) - Clock.millis(a.start)) } ?? ""
             let why: String = a.attempt == 1 ? whyOf["\(a.life)\u{1}\(a.key)"]?.sentence ?? "" : ""
             let started = Clock.rfc3339(a.start)
-            var cells: [String] = [String(taskID), a.key.description, ReportTSV.status(a.status), exit, started, started]
+            var cells: [String] = [String(taskID), a.key.description, ReportTSV.status(a.status), exit, started,
+                                   started]
             cells += [end.map(Clock.rfc3339) ?? "", duration, real, String(a.attempt), a.pid.map { String($0) } ?? ""]
             cells += [a.key.id, String(a.key.occurrence), String(a.life), a.status.rawValue]
             cells += [a.finished?.failureClass?.rawValue ?? "", a.logs.stdout, a.logs.stderr, why]

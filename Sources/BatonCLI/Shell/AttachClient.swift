@@ -22,8 +22,9 @@ public enum Attach {
                 diag("baton: cannot attach to live run \(dir.id): \(why ?? "its control socket does not answer")")
                 return ExitStatus.failure.rawValue
             }
-            diag("run \(dir.id) is not live (\(Render.stateText(info))): nothing to attach to; its state from the journal:")
-            Console.out(Render.status(info))
+            diag("run \(dir.id) is not live (\(Render.stateText(info))): nothing to attach to; its state from the "
+                 + "journal:")
+            RunView(dir).status(info)
             return ExitStatus.success.rawValue
         }
         let text = String(decoding: (try? FileIO.readFile("/dev/stdin")) ?? [], as: UTF8.self)
@@ -153,24 +154,29 @@ final class AttachSession {
         case ":detach", ":quit":
             return false
         case ":help":
-            Console.out(AttachSession.help.map { "  \($0.name) \($0.args)".padding($0.name.count + $0.args.count + 3, to: 24) + $0.text }
-                .joined(separator: "\n") + "\nOther lines are Lua, run inside the run: its globals, and the locals of the frame it is blocked in.")
+            let lines = AttachSession.help.map {
+                "  \($0.name) \($0.args)".padding($0.name.count + $0.args.count + 3, to: 24) + $0.text
+            }
+            Console.out(lines.joined(separator: "\n")
+                        + "\nOther lines are Lua, run inside the run: its globals, and the locals of the frame it is "
+                        + "blocked in.")
         case ":status":
-            Console.out(Render.status(RunInfo.load(dir)))
+            RunView(dir).status()
         case ":stages":
             req = .object([("op", .string(ControlOp.stages.rawValue))])
         case ":tail":
             guard need(1, ":tail STAGE") else { return true }
-            let r = Interactive.stageTail(dir, stage: args[0])
-            if r.ok { Console.write(1, r.text, newline: false) } else { Console.err(r.text) }
+            if RunView(dir).stage(args[0], .latest(lines: RunView.tailLines)) != 0 { failures += 1 }
         case ":continue", ":c", ":step", ":s", ":next", ":n":
-            let op: ControlOp = [":continue", ":c"].contains(words[0]) ? .continue : [":next", ":n"].contains(words[0]) ? .next : .step
+            let op: ControlOp = [":continue", ":c"].contains(words[0]) ? .continue : [":next", ":n"].contains(words[0])
+                ? .next : .step
             return goOn(.object([("op", .string(op.rawValue))]), stepping: op != .continue)
         case ":skip" where args.isEmpty:
             return goOn(.object([("op", .string(ControlOp.skipStage.rawValue))]), stepping: false)
         case ":break", ":unbreak":
             guard need(1, "\(words[0]) ID") else { return true }
-            req = .object([("op", .string((words[0] == ":break" ? ControlOp.breakAdd : .unbreak).rawValue)), ("stage", .string(args[0]))])
+            req = .object([("op", .string((words[0] == ":break" ? ControlOp.breakAdd : .unbreak).rawValue)),
+                           ("stage", .string(args[0]))])
         case ":breaks", ":where":
             req = .object([("op", .string((words[0] == ":breaks" ? ControlOp.breaks : .where).rawValue))])
         case ":kill":
@@ -190,7 +196,8 @@ final class AttachSession {
                 failures += 1
                 return true
             }
-            req = .object([("op", .string(ControlOp.extend.rawValue)), ("stage", .string(args[0])), ("seconds", .double(s))])
+            req = .object([("op", .string(ControlOp.extend.rawValue)), ("stage", .string(args[0])),
+                           ("seconds", .double(s))])
         default:
             Console.err("unknown command \(words[0]) while attached; :help lists them")
             failures += 1
@@ -226,8 +233,12 @@ final class AttachSession {
 
     /// Tab: names in the run's Lua state.
     func complete(_ chain: String) -> [String] {
-        if let local { return local(.object([("op", .string(ControlOp.complete.rawValue)), ("chain", .string(chain))]))["candidates"]?.arrayValue?.compactMap(\.stringValue) ?? [] }
-        let a = client.request(.object([("op", .string(ControlOp.complete.rawValue)), ("chain", .string(chain))]), timeout: 5).answer
+        if let local {
+            let answer = local(.object([("op", .string(ControlOp.complete.rawValue)), ("chain", .string(chain))]))
+            return answer["candidates"]?.arrayValue?.compactMap(\.stringValue) ?? []
+        }
+        let a = client.request(.object([("op", .string(ControlOp.complete.rawValue)), ("chain", .string(chain))]),
+                               timeout: 5).answer
         return a?["candidates"]?.arrayValue?.compactMap(\.stringValue) ?? []
     }
 
@@ -235,7 +246,8 @@ final class AttachSession {
         if let local { return local(req) }
         let (a, e) = client.request(req)
         if let a { return a }
-        Console.err("baton: run \(dir.id) does not answer: \(e ?? "?")" + (FileLock.isHeld(dir.lock) ? "" : " (it has ended)"))
+        Console.err("baton: run \(dir.id) does not answer: \(e ?? "?")"
+                    + (FileLock.isHeld(dir.lock) ? "" : " (it has ended)"))
         failures += 1
         return nil
     }
@@ -254,5 +266,7 @@ final class AttachSession {
 }
 
 extension String {
-    func padding(_ length: Int, to width: Int) -> String { self + String(repeating: " ", count: max(1, width - length)) }
+    func padding(_ length: Int, to width: Int) -> String {
+        self + String(repeating: " ", count: max(1, width - length))
+    }
 }

@@ -34,7 +34,8 @@ struct Completer {
             guard let command = words.first.map(MetaCommand.canonical) else { return [] }
             let position = words.count   // 1: the first argument
             if let run = attachedRun(), position == 1 {
-                let ids = command == ":skip" ? watchIDs(run) : [":tail", ":kill", ":extend"].contains(command) ? stageIDs(run) : []
+                let ids = command == ":skip" ? watchIDs(run) : [":tail", ":kill", ":extend"].contains(command)
+                    ? stageIDs(run) : []
                 return ids.filter { $0.hasPrefix(word) }.map { $0 + " " }
             }
             if Completer.runCommands.contains(command) && position == 1 {

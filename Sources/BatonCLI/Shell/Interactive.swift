@@ -51,7 +51,7 @@ final class Interactive {
 
     func run() -> Int32 {
         env.setRequirePaths(recipeDir: cwd)
-        env.setArguments(recipe: "<shell>", words: [])
+        env.setArguments(recipe: RunBegan.shellRecipe, words: [])
         env.makeContext = ShellRun.opener(root: root, env: env)
         do { shellLua = try ShellLua(lua: lua) } catch {
             diag("baton: cannot start the shell: \(error)")
@@ -60,7 +60,9 @@ final class Interactive {
         let store = RunStore(root: root)
         completer.runIDs = { store.ids().reversed() }
         completer.stageIDs = { ref in Interactive.history(store: store, ref: ref)?.stageIDs ?? [] }
-        completer.watchIDs = { ref in Interactive.history(store: store, ref: ref)?.watches.filter { !$0.state.isTerminal }.map(\.id) ?? [] }
+        completer.watchIDs = { ref in
+            Interactive.history(store: store, ref: ref)?.watches.filter { !$0.state.isTerminal }.map(\.id) ?? []
+        }
         completer.attachedRun = { [unowned self] in self.remote?.dir.id }
         completer.luaNames = { [unowned self] chain in self.remote?.complete(chain) ?? self.shellLua.candidates(chain) }
         _ = baton_set_subreaper()   // a stage's escaped grandchildren come back to us
@@ -229,7 +231,9 @@ final class Interactive {
         history?.save()
         if let ctx = env.context {
             let status: RunOutcome = code == 0 ? .succeeded : (code >= 128 ? .cancelled : .failed)
-            let reason: String? = code == 0 ? nil : (code >= 128 ? "the shell was interrupted by \(signalName(code - 128))" : "os.exit(\(code))")
+            let reason: String? = code == 0
+                ? nil
+                : (code >= 128 ? "the shell was interrupted by \(signalName(code - 128))" : "os.exit(\(code))")
             for p in ctx.finish(status: status, exitCode: code, reason: reason) { diag("baton: \(p)") }
         }
         return code
@@ -243,7 +247,9 @@ final class Interactive {
     // MARK: banner
 
     func banner() -> String {
-        var lines = ["baton \(BatonVersion.string) (Lua \(LuaInfo.version)) shell: Lua with the primitives; :help for commands, Ctrl-D to leave"]
+        var lines =
+            ["baton \(BatonVersion.string) (Lua \(LuaInfo.version)) shell: Lua with the primitives; :help for "
+             + "commands, Ctrl-D to leave"]
         let store = RunStore(root: root)
         let ids = store.ids()
         if ids.isEmpty {
@@ -267,7 +273,9 @@ final class Interactive {
             else if let l = i.lastEvent { s += "  last event \(l.type) \(Clock.human(Clock.now() - l.ts)) ago" }
             lines.append(s)
         }
-        if !orphaned.isEmpty { lines.append("  (orphaned: its runner died; :attach to look, :resume or :cancel to finish it)") }
+        if !orphaned.isEmpty {
+            lines.append("  (orphaned: its runner died; :attach to look, :resume or :cancel to finish it)")
+        }
         return lines.joined(separator: "\n")
     }
 

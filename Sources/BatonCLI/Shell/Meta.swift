@@ -12,17 +12,22 @@ enum MetaCommand {
         (":help", "[COMMAND]", "this list"),
         (":runs", "", "the runs in this directory, newest first"),
         (":status", "[RUN]", "one run: state, current stage, liveness (default: the attached run, or latest)"),
-        (":attach", "[RUN]", "a live run: run lines inside it (:detach leaves); otherwise set `run` to its state (stages, events, final)"),
+        (":attach",
+         "[RUN]",
+         "a live run: run lines inside it (:detach leaves); otherwise set `run` to its state (stages, events, final)"),
         (":tail", "[-f] RUN [STAGE]", "the run's last events, or a stage's latest output; -f follows until Ctrl-C"),
         (":report", "[RUN]", "write the run's HTML report (default: the attached run, or latest) and print its path"),
         (":cancel", "RUN", "stop a live run, or finish an orphaned one"),
         (":resume", "RUN", "continue a run here, replaying what passed (Ctrl-C stops it)"),
         (":load", "RECIPE [ARGS]", "run a recipe file in this shell; its stages journal into the shell's run"),
-        (":debug", "RUN [--at ID]", "replay a run's recipe against its journal (nothing runs), a prompt in its frame (as baton debug)"),
+        (":debug",
+         "RUN [--at ID]",
+         "replay a run's recipe against its journal (nothing runs), a prompt in its frame (as baton debug)"),
         (":quit", "", "leave (also Ctrl-D); history is saved"),
     ]
     static let names = help.map(\.name)
-    static let aliases = [":q": ":quit", ":exit": ":quit", ":h": ":help", ":?": ":help", ":ls": ":runs", ":a": ":attach"]
+    static let aliases = [":q": ":quit", ":exit": ":quit", ":h": ":help", ":?": ":help", ":ls": ":runs",
+                          ":a": ":attach"]
 
     static func canonical(_ word: String) -> String { aliases[word] ?? word }
 
@@ -35,7 +40,7 @@ enum MetaCommand {
         let width = help.map { $0.name.count + $0.args.count + 1 }.max() ?? 0
         var lines = ["Lua: type an expression to see its value, or statements; an unfinished chunk goes on at >>.",
                      "The primitives (runStage, preflight, watch, gate, persistFinal) and baton.* work here; each",
-                     "call is journaled in the shell's own run (recipe <shell>), created on first use.",
+                     "call is journaled in the shell's own run (recipe \(RunBegan.shellRecipe)), created on first use.",
                      "Tab completes names, table fields (baton.fs.<Tab>), commands, run ids and paths.",
                      "Ctrl-C stops the running code or stage; Ctrl-D leaves.", "", "Commands:"]
         for h in help {
@@ -62,7 +67,7 @@ extension Interactive {
             _ = Commands.runs(root: root, json: false)
         case ":status":
             guard let dir = find(args.first ?? attached) else { return }
-            _ = Commands.status(root: root, ref: dir.id, json: false)
+            RunView(dir).status()
         case ":attach":
             attach(args.first ?? attached)
         case ":tail":
@@ -100,10 +105,13 @@ extension Interactive {
         if ref == nil || ref == "latest" {
             let ids = store.ids().filter { $0 != env.context?.dir.id }   // newest first
             // (RunDirectory.isShellRun: the same rule RunStore.resolve applies to 'latest')
-            if let id = ids.first(where: { !store.directory($0).isShellRun }) ?? ids.first { return store.directory(id) }
+            if let id = ids.first(where: { !store.directory($0).isShellRun }) ?? ids.first {
+                return store.directory(id)
+            }
             if let own = env.context?.dir.id {
                 // 'latest' never means the shell's own run: say so rather than "no runs".
-                err("baton: no runs in \(root) but this shell's own, which 'latest' never means: name it (:status \(own))")
+                err("baton: no runs in \(root) but this shell's own, which 'latest' never means: name it (:status "
+                    + "\(own))")
             } else {
                 err("baton: no runs in \(root)")
             }
@@ -140,12 +148,14 @@ extension Interactive {
                 remote = session
                 attached = dir.id
                 say(session.greeting)
-                say("lines run inside the run (its globals, and the locals of the frame it is blocked in); :help for commands, :detach leaves it running")
+                say("lines run inside the run (its globals, and the locals of the frame it is blocked in); :help "
+                    + "for commands, :detach leaves it running")
                 return
             }
             say("run \(dir.id) is live but cannot be attached (\(why ?? "?")): this is its journal view")
         } else if fromCommandLine {
-            say("run \(dir.id) is not live (\(Render.stateText(info))): this is its journal view (as the shell's :attach)")
+            say("run \(dir.id) is not live (\(Render.stateText(info))): this is its journal view (as the shell's "
+                + ":attach)")
         }
         attached = dir.id
         let state = RunState.json(info)
@@ -157,68 +167,26 @@ extension Interactive {
             for _, s in ipairs(run.stages) do setmetatable(s, mt) end
             setmetatable(run, {__name = "baton.run_state"})
             """, name: "=baton.attach")
-        say(Render.status(info))
+        RunView(dir).status(info)
         let stages = state["stages"]?.arrayValue?.count ?? 0
         var hint = "run = its state: run.stages (\(stages)), run.events (\(info.events.count)), run.final"
         if info.isLive { hint += ", run.current; :attach again to refresh" }
         say(hint)
     }
 
+    /// `:tail [-f] RUN [STAGE]`: the run's last events, or the end of a stage's latest
+    /// attempt; as `baton log [--stage]` shows them (one RunView), followed with -f.
     func tail(_ args: [String]) {
         var rest = args
         let follow = rest.first == "-f"
         if follow { rest.removeFirst() }
         guard let dir = find(rest.first ?? attached) else { return }
         if rest.count > 1 {
-            if follow { _ = Commands.stageLog(dir, stage: rest[1], follow: true, json: false); return }
-            stageTail(dir, stage: rest[1])
-            return
+            _ = RunView(dir).stage(rest[1], .latest(lines: RunView.tailLines), follow: follow, loop: env.loop)
+        } else {
+            _ = RunView(dir).events(last: RunView.tailEvents, follow: follow, json: false, loop: env.loop)
         }
-        var journal = JournalFollower(path: dir.journal)
-        var last = 20
-        repeat {
-            let events = journal.next().events
-            let shown = events.suffix(last)
-            if shown.count < events.count { say("... \(events.count - shown.count) earlier events (:attach RUN, then run.events)") }
-            for e in shown { say(Render.event(e)) }
-            if journal.sawFinal { break }
-            last = Int.max
-            if !follow || !FileLock.isHeld(dir.lock) || !env.loop.sleep(0.2) { break }
-        } while true
     }
-
-    /// The latest attempt of a stage: the end of its stdout and stderr.
-    func stageTail(_ dir: RunDirectory, stage: String, lines: Int = 40) {
-        let r = Interactive.stageTail(dir, stage: stage, lines: lines)
-        if r.ok { say(r.text, newline: false) } else { err(r.text) }
-    }
-
-    /// The end of a stage's latest attempt (its stdout, then its stderr), or why there is none.
-    static func stageTail(_ dir: RunDirectory, stage: String, lines: Int = 40) -> (text: String, ok: Bool) {
-        let history = dir.readHistory().history
-        guard let latest = history.attempts(of: stage).last else {
-            let known = history.stageIDs
-            return (SafeText.line("run \(dir.id) has no stage '\(stage)'" + (known.isEmpty ? "" : "; its stages: " + known.joined(separator: ", "))), false)
-        }
-        var text = SafeText.line("==> stage \(stage) attempt \(latest.attempt): \(latest.logs.stdout) <==") + "\n"
-            + SafeText.lines(tailText(latest.logs.stdout, lines))
-        if let s = try? FileIO.readString(latest.logs.stderr), !s.isEmpty {
-            text += SafeText.line("--- stderr (\(latest.logs.stderr)) ---") + "\n" + SafeText.lines(tailText(latest.logs.stderr, lines / 2))
-        }
-        return (text, true)
-    }
-
-    static func tailText(_ path: String, _ n: Int) -> String {
-        guard let s = try? FileIO.readString(path), !s.isEmpty else { return "(no output yet)\n" }
-        var all = s.split(separator: "\n", omittingEmptySubsequences: false)
-        if all.last == "" { all.removeLast() }
-        var text = ""
-        if all.count > n { text += "... \(all.count - n) earlier lines\n" }
-        for l in all.suffix(n) { text += l + "\n" }
-        return text
-    }
-
-    func say(_ s: String, newline: Bool) { Console.write(1, s, newline: newline) }
 
     func load(_ args: [String]) {
         guard let path = args.first else { err("usage: :load RECIPE [ARGS]"); return }

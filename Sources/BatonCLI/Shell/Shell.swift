@@ -20,7 +20,9 @@ public enum Shell {
         baton_abort_on_signals(1)
         let ending = RecipeRunner.evaluate(env: env, recipe: "<stdin>", text: text, readError: nil)
         if let ctx = env.context {
-            for p in ctx.finish(status: ending.status, exitCode: ending.code, reason: ending.reason) { diag("baton: \(p)") }
+            for p in ctx.finish(status: ending.status, exitCode: ending.code, reason: ending.reason) {
+                diag("baton: \(p)")
+            }
         }
         if ending.code != 0, let r = ending.reason { diag("baton: \(r)") }
         return ending.code

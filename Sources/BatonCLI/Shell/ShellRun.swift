@@ -6,8 +6,8 @@ import BatonLua
 enum ShellRun {
     static func opener(root: String, env: RecipeEnvironment) -> () throws -> RunContext {
         return { [unowned env] in
-            let ctx = try RunContext.start(store: RunStore(root: root), id: nil, recipe: "<shell>", recipeText: [],
-                                           args: [], dryRun: false)
+            let ctx = try RunContext.start(store: RunStore(root: root), id: nil, recipe: RunBegan.shellRecipe,
+                                           recipeText: [], args: [], dryRun: false)
             env.context = ctx
             env.publishRun()
             return ctx

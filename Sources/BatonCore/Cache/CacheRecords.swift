@@ -6,7 +6,9 @@ public struct CachedFrom: Sendable, Equatable {
     public var id: String
     public var occurrence: Int
     public init(run: String, id: String, occurrence: Int) { self.run = run; self.id = id; self.occurrence = occurrence }
-    public var json: JSON { .object([("run", .string(run)), ("id", .string(id)), ("occurrence", .int(Int64(occurrence)))]) }
+    public var json: JSON {
+        .object([("run", .string(run)), ("id", .string(id)), ("occurrence", .int(Int64(occurrence)))])
+    }
     public init?(_ j: JSON?) {
         guard let j, let r = j["run"]?.stringValue, let i = j["id"]?.stringValue else { return nil }
         self.init(run: r, id: i, occurrence: Int(j["occurrence"]?.intValue ?? 1))

@@ -43,8 +43,19 @@ public struct CacheStore {
     // MARK: entries
 
     public struct Entry {
-        public struct Object { public var rel: String; public var hash: String; public var size: Int64; public var mtime: Int64; public var exec: Bool }
-        public struct Output { public var path: String; public var isDir: Bool; public var hash: String; public var files: [Object] }
+        public struct Object {
+            public var rel: String
+            public var hash: String
+            public var size: Int64
+            public var mtime: Int64
+            public var exec: Bool
+        }
+        public struct Output {
+            public var path: String
+            public var isDir: Bool
+            public var hash: String
+            public var files: [Object]
+        }
         public var key: String
         public var from: CachedFrom
         public var created: Double
@@ -55,19 +66,28 @@ public struct CacheStore {
 
         var json: JSON {
             func obj(_ o: Object) -> JSON {
-                .object([("rel", .string(o.rel)), ("hash", .string(o.hash)), ("size", .int(o.size)), ("mtime", .int(o.mtime)), ("exec", .bool(o.exec))])
+                .object([("rel", .string(o.rel)), ("hash", .string(o.hash)), ("size", .int(o.size)),
+                         ("mtime", .int(o.mtime)), ("exec", .bool(o.exec))])
             }
-            var f: [(String, JSON)] = [("v", .int(1)), ("key", .string(key)), ("from", from.json), ("created", .double(created)),
+            var f: [(String, JSON)] = [("v", .int(1)), ("key", .string(key)), ("from", from.json),
+                                       ("created", .double(created)),
                                        ("duration_ms", .int(durationMs))]
             f.append(("outputs", .array(outputs.map { o in
-                .object([("path", .string(o.path)), ("dir", .bool(o.isDir)), ("hash", .string(o.hash)), ("files", .array(o.files.map(obj)))])
+                .object([("path", .string(o.path)), ("dir", .bool(o.isDir)), ("hash", .string(o.hash)),
+                         ("files", .array(o.files.map(obj)))])
             })))
             if let s = stdout { f.append(("stdout", obj(s))) }
             if let s = stderr { f.append(("stderr", obj(s))) }
             return .object(f)
         }
 
-        init(key: String, from: CachedFrom, created: Double, outputs: [Output], stdout: Object?, stderr: Object?, durationMs: Int64) {
+        init(key: String,
+             from: CachedFrom,
+             created: Double,
+             outputs: [Output],
+             stdout: Object?,
+             stderr: Object?,
+             durationMs: Int64) {
             self.key = key; self.from = from; self.created = created; self.outputs = outputs
             self.stdout = stdout; self.stderr = stderr; self.durationMs = durationMs
         }
@@ -78,10 +98,16 @@ public struct CacheStore {
                 return Object(rel: j["rel"]?.stringValue ?? "", hash: h, size: j["size"]?.intValue ?? 0,
                               mtime: j["mtime"]?.intValue ?? 0, exec: j["exec"]?.boolValue ?? false)
             }
-            guard let k = j["key"]?.stringValue, let from = CachedFrom(j["from"]), let outs = j["outputs"]?.arrayValue else { return nil }
+            guard let k = j["key"]?.stringValue, let from = CachedFrom(j["from"]),
+                  let outs = j["outputs"]?.arrayValue else {
+                return nil
+            }
             var outputs: [Output] = []
             for o in outs {
-                guard let p = o["path"]?.stringValue, let h = o["hash"]?.stringValue, let fs = o["files"]?.arrayValue else { return nil }
+                guard let p = o["path"]?.stringValue, let h = o["hash"]?.stringValue,
+                      let fs = o["files"]?.arrayValue else {
+                    return nil
+                }
                 let files = fs.compactMap(obj)
                 guard files.count == fs.count else { return nil }
                 outputs.append(Output(path: p, isDir: o["dir"]?.boolValue ?? false, hash: h, files: files))
@@ -102,7 +128,9 @@ public struct CacheStore {
 
     func parse(_ bytes: [UInt8]) throws -> Entry {
         // body line, then the SHA-256 of the body
-        guard let nl = bytes.firstIndex(of: 10), bytes.count >= nl + 65 else { throw FileSetError("entry is truncated") }
+        guard let nl = bytes.firstIndex(of: 10), bytes.count >= nl + 65 else {
+            throw FileSetError("entry is truncated")
+        }
         let body = Array(bytes[0..<nl])
         let sum = String(decoding: bytes[(nl + 1)..<(nl + 65)], as: UTF8.self)
         guard SHA256.hex(body) == sum else { throw FileSetError("entry does not match its checksum") }
@@ -116,7 +144,9 @@ public struct CacheStore {
             let p = objectPath(o.hash)
             var st = stat()
             guard stat(p, &st) == 0 else { throw FileSetError("object \(o.hash.prefix(12)) is missing") }
-            guard Int64(st.st_size) == o.size else { throw FileSetError("object \(o.hash.prefix(12)) has the wrong size") }
+            guard Int64(st.st_size) == o.size else {
+                throw FileSetError("object \(o.hash.prefix(12)) has the wrong size")
+            }
             // Small objects are always hashed again; large ones when their mtime moved.
             if o.size < 8 << 20 || StatCache.nanos(st.st_mtim) != o.mtime {
                 guard (try? Hashing.file(p).hash) == o.hash else {
@@ -192,9 +222,14 @@ public struct CacheStore {
             let abs = FileIO.join(base, FileGlob.split(o).joined(separator: "/"))
             var st = stat()
             guard lstat(abs, &st) == 0 else { continue }
-            let files = (st.st_mode & S_IFMT) == S_IFDIR ? ((try? FileGlob.match(["?**"], base: abs, never: [])) ?? []).map(\.abs) : [abs]
+            let files = (st.st_mode & S_IFMT) == S_IFDIR
+                ? ((try? FileGlob.match(["?**"], base: abs, never: [])) ?? []).map(\.abs)
+                : [abs]
             for f in files {
-                guard lstat(f, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_nlink > 1, st.st_mode & 0o222 == 0 else { continue }
+                guard lstat(f, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_nlink > 1,
+                      st.st_mode & 0o222 == 0 else {
+                    continue
+                }
                 let t = f + ".baton-unshare-\(getpid())"
                 if (try? copy(f, t, mode: 0o644, expect: nil)) != nil, rename(t, f) == 0 { continue }
                 unlink(t)
@@ -242,7 +277,10 @@ public struct CacheStore {
         fchmod(d, mode)
         if let want = expect {
             let got = h.finalHex()
-            if got != want { throw FileSetError("\(src) changed while it was stored (hash \(got.prefix(12)), expected \(want.prefix(12)))") }
+            if got != want {
+                throw FileSetError("\(src) changed while it was stored (hash \(got.prefix(12)), expected "
+                        + "\(want.prefix(12)))")
+            }
             return got
         }
         return ""
@@ -255,14 +293,22 @@ public struct CacheStore {
     static var pauseFile: String? { Settings.string(Settings.testCachePause) }
 
     /// Stores a passed stage call's outputs (snapshots taken after it exited) and logs.
-    public func insert(key: String, from: CachedFrom, outputs: [OutputSnapshot], logs: StageLogs, durationMs: Int64) throws {
+    public func insert(key: String,
+                       from: CachedFrom,
+                       outputs: [OutputSnapshot],
+                       logs: StageLogs,
+                       durationMs: Int64) throws {
         try locked(exclusive: false) {
             try FileIO.makeDirectories(tmp)
             try FileIO.makeDirectories(entries)
             func store(_ abs: String, hash h: String, exec: Bool) throws -> Entry.Object {
                 var st = stat()
                 if stat(objectPath(h), &st) == 0 {
-                    return Entry.Object(rel: "", hash: h, size: Int64(st.st_size), mtime: StatCache.nanos(st.st_mtim), exec: exec)
+                    return Entry.Object(rel: "",
+                                        hash: h,
+                                        size: Int64(st.st_size),
+                                        mtime: StatCache.nanos(st.st_mtim),
+                                        exec: exec)
                 }
                 let t = tmp + "/obj-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
                 defer { unlink(t) }
@@ -276,7 +322,11 @@ public struct CacheStore {
                 try FileIO.makeDirectories(FileIO.dirname(dest))
                 if rename(t, dest) != 0 { throw SystemError("rename", dest) }
                 stat(dest, &st)
-                return Entry.Object(rel: "", hash: got, size: Int64(st.st_size), mtime: StatCache.nanos(st.st_mtim), exec: exec)
+                return Entry.Object(rel: "",
+                                    hash: got,
+                                    size: Int64(st.st_size),
+                                    mtime: StatCache.nanos(st.st_mtim),
+                                    exec: exec)
             }
             var outs: [Entry.Output] = []
             for o in outputs {
@@ -339,7 +389,10 @@ public struct CacheStore {
             var entriesNow: [(path: String, used: Double, objects: Set<String>)] = []
             for name in FileIO.list(entries) {
                 let p = entries + "/" + name
-                guard name.hasSuffix(".json"), let bytes = try? FileIO.readFile(p), let e = try? parse(bytes) else { unlink(p); continue }
+                guard name.hasSuffix(".json"), let bytes = try? FileIO.readFile(p), let e = try? parse(bytes) else {
+                    unlink(p)
+                    continue
+                }
                 entriesNow.append((p, FileIO.mtime(p) ?? 0, Set(e.objects.map(\.hash))))
             }
             var refs: [String: Int] = [:]

@@ -80,30 +80,68 @@ public struct FileGlob {
     /// Resolves `patterns` against `base` (absolute). Throws for an include that matches nothing
     /// (unless optional). Returns relative paths (from `base`) with their absolute path and stat.
     public static func match(_ patterns: [String], base: String, never: [String]) throws -> [Matched] {
+        let (includes, excludes) = try parse(patterns)
+        let neverSet = Set(never.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 })
+        // Only several includes can match a file twice.
+        let w = Walker(excludes: excludes, never: neverSet, dedupe: includes.count > 1)
+        defer { for fd in w.dirFDs { close(fd) } }
+        for inc in includes {
+            if try w.include(inc, base: base) == 0 && !inc.optional {
+                throw FileSetError("input '\(inc.text)' matches no file (write '?\(inc.text)' if it may be absent)")
+            }
+        }
+        statAll(w.pending, into: &w.found)
+        w.found.sort { $0.rel < $1.rel }
+        return w.found
+    }
+
+    /// The include and exclude patterns, in order.
+    static func parse(_ patterns: [String]) throws -> (includes: [Pattern], excludes: [Pattern]) {
         var includes: [Pattern] = [], excludes: [Pattern] = []
         for raw in patterns {
             var p = raw
             var optional = false, exclude = false
             if p.hasPrefix("!") { exclude = true; p.removeFirst() }
             if p.hasPrefix("?") && !p.hasPrefix("?/") { optional = true; p.removeFirst() }
-            if p.hasPrefix("/") { throw FileSetError("'\(raw)': paths are relative to the stage's working directory") }
+            if p.hasPrefix("/") {
+                throw FileSetError("'\(raw)': paths are relative to the stage's working directory")
+            }
             let parts = split(p)
-            if parts.isEmpty && !exclude { includes.append(Pattern(parts: [], optional: optional, text: raw)); continue }
             if exclude { excludes.append(Pattern(parts: parts, optional: optional, text: raw)) } else {
                 includes.append(Pattern(parts: parts, optional: optional, text: raw))
             }
         }
-        let neverSet = Set(never.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 })
+        return (includes, excludes)
+    }
+
+    /// One resolution's walk: what it found, what it saw, the files still to stat and the
+    /// directory descriptors kept open for them.
+    final class Walker {
+        let excludes: [Pattern]
+        let hasExcludes: Bool
+        let neverSet: Set<String>
         var found: [Matched] = []
-        // Only several includes can match a file twice.
-        var seen: Set<String>? = includes.count > 1 ? [] : nil
-        let hasExcludes = !excludes.isEmpty
+        var seen: Set<String>?
+        // Regular files known from readdir's d_type, stat'ed afterwards.
+        // (Each pending file names its directory's descriptor, kept open until then: fstatat of
+        // one name costs the kernel far less than a whole path.)
+        var pending: [Pending] = []
+        var dirFDs: [Int32] = []
+
+        init(excludes: [Pattern], never: Set<String>, dedupe: Bool) {
+            self.excludes = excludes
+            hasExcludes = !excludes.isEmpty
+            neverSet = never
+            seen = dedupe ? [] : nil
+        }
 
         func excluded(_ rel: [String]) -> Bool {
             for e in excludes {
-                if matches(e.parts[...], rel[...]) { return true }
+                if FileGlob.matches(e.parts[...], rel[...]) { return true }
                 // a directory excluded excludes what is under it
-                for k in 1..<max(1, rel.count) where k < rel.count && matches(e.parts[...], rel[0..<k]) { return true }
+                for k in 1..<max(1, rel.count) where k < rel.count && FileGlob.matches(e.parts[...], rel[0..<k]) {
+                    return true
+                }
             }
             return false
         }
@@ -112,15 +150,44 @@ public struct FileGlob {
             if seen != nil { guard seen!.insert(rel).inserted else { return } }
             found.append(Matched(rel: rel, st: st, dir: abs, name: ""))
         }
-        // Regular files known from readdir's d_type, stat'ed afterwards.
-        // (Each pending file names its directory's descriptor, kept open until then: fstatat of
-        // one name costs the kernel far less than a whole path.)
-        var pending: [Pending] = []
-        var dirFDs: [Int32] = []
-        defer { for fd in dirFDs { close(fd) } }
+
         func addPending(_ rel: String, _ dirAbs: String, _ dir: Int32, _ name: String) {
             if seen != nil { guard seen!.insert(rel).inserted else { return } }
             pending.append(Pending(rel: rel, dirAbs: dirAbs, dir: dir, name: name))
+        }
+
+        /// The files one include pattern matches (how many: an include that matches none may be an error).
+        func include(_ inc: Pattern, base: String) throws -> Int {
+            var count = 0
+            let lit = inc.parts.prefix { !FileGlob.isGlob($0) && $0 != "**" }
+            let dirRel = Array(lit)
+            let dirRelStr = dirRel.joined(separator: "/")
+            let startAbs = dirRel.isEmpty ? base : base + "/" + dirRelStr
+            if inc.literal {
+                var st = stat()
+                if stat(startAbs, &st) == 0 {
+                    if (st.st_mode & S_IFMT) == S_IFDIR {
+                        if !neverSet.contains(startAbs) && !dirRel.contains(".git") {
+                            walk(startAbs, dirRelStr, dirRel, nil, &count)
+                        }
+                    } else if (st.st_mode & S_IFMT) == S_IFREG, !excluded(dirRel) {
+                        add(dirRelStr, startAbs, st)
+                        count = 1
+                    }
+                }
+            } else {
+                let parts = inc.parts
+                // A match of a directory means all of it: a file matches when the pattern matches
+                // the file or any directory above it.
+                walk(startAbs, dirRelStr, dirRel, { rel in
+                    if FileGlob.matches(parts[...], rel[...]) { return true }
+                    for k in 1..<max(1, rel.count) where k < rel.count && FileGlob.matches(parts[...], rel[0..<k]) {
+                        return true
+                    }
+                    return false
+                }, &count)
+            }
+            return count
         }
 
         // Every file under `abs` (relative `relStr`, components `rel`), pruning .git, `never`
@@ -159,7 +226,9 @@ public struct FileGlob {
                 if (st.st_mode & S_IFMT) == S_IFDIR {
                     if type == DT_LNK || type == DT_UNKNOWN {
                         var lst = stat()
-                        if fstatat(fd, name, &lst, AT_SYMLINK_NOFOLLOW) == 0, (lst.st_mode & S_IFMT) == S_IFLNK { continue }
+                        if fstatat(fd, name, &lst, AT_SYMLINK_NOFOLLOW) == 0, (lst.st_mode & S_IFMT) == S_IFLNK {
+                            continue
+                        }
                     }
                     let childRel = rel + [name]
                     if neverSet.contains(childAbs) || (hasExcludes && excluded(childRel)) { continue }
@@ -175,40 +244,6 @@ public struct FileGlob {
                 }
             }
         }
-
-        for inc in includes {
-            var count = 0
-            let lit = inc.parts.prefix { !isGlob($0) && $0 != "**" }
-            let dirRel = Array(lit)
-            let dirRelStr = dirRel.joined(separator: "/")
-            let startAbs = dirRel.isEmpty ? base : base + "/" + dirRelStr
-            if inc.literal {
-                var st = stat()
-                if stat(startAbs, &st) == 0 {
-                    if (st.st_mode & S_IFMT) == S_IFDIR {
-                        if !neverSet.contains(startAbs) && !dirRel.contains(".git") { walk(startAbs, dirRelStr, dirRel, nil, &count) }
-                    } else if (st.st_mode & S_IFMT) == S_IFREG, !excluded(dirRel) {
-                        add(dirRelStr, startAbs, st)
-                        count = 1
-                    }
-                }
-            } else {
-                let parts = inc.parts
-                // A match of a directory means all of it: a file matches when the pattern matches
-                // the file or any directory above it.
-                walk(startAbs, dirRelStr, dirRel, { rel in
-                    if matches(parts[...], rel[...]) { return true }
-                    for k in 1..<max(1, rel.count) where k < rel.count && matches(parts[...], rel[0..<k]) { return true }
-                    return false
-                }, &count)
-            }
-            if count == 0 && !inc.optional {
-                throw FileSetError("input '\(inc.text)' matches no file (write '?\(inc.text)' if it may be absent)")
-            }
-        }
-        statAll(pending, into: &found)
-        found.sort { $0.rel < $1.rel }
-        return found
     }
 
     /// Stats `files` (a file that vanished meanwhile is left out).
@@ -232,7 +267,11 @@ public struct FileGlob {
         defer { sts.deallocate(); ok.deallocate() }
         final class Shared: @unchecked Sendable {
             let files: [Pending]; let sts: UnsafeMutablePointer<stat>; let ok: UnsafeMutablePointer<Bool>
-            init(_ f: [Pending], _ s: UnsafeMutablePointer<stat>, _ o: UnsafeMutablePointer<Bool>) { files = f; sts = s; ok = o }
+            init(_ f: [Pending], _ s: UnsafeMutablePointer<stat>, _ o: UnsafeMutablePointer<Bool>) {
+                files = f
+                sts = s
+                ok = o
+            }
             func run(_ r: Range<Int>) { for i in r { ok[i] = fstatat(files[i].dir, files[i].name, sts + i, 0) == 0 } }
         }
         // (Two threads were measured too: no faster on this 2-core machine, where git status
@@ -265,7 +304,10 @@ public struct FileGlob {
     }
 
     /// Resolves and hashes inputs through the stat cache.
-    public static func resolve(_ patterns: [String], base: String, never: [String], cache: StatCache) throws -> FileSet {
+    public static func resolve(_ patterns: [String],
+                               base: String,
+                               never: [String],
+                               cache: StatCache) throws -> FileSet {
         cache.preload()   // read while the tree is walked
         return try hash(try match(patterns, base: base, never: never), cache: cache)
     }

@@ -86,7 +86,9 @@ extension RunContext {
                 if let o { try files.store.place(o, p) } else { try FileIO.writeAtomically(p, []) }
             }
         } catch {
-            exec.cacheDecision = CacheDecision(hit: false, key: key, reason: "restoring \(e.from.text) failed: \(error)")
+            exec.cacheDecision = CacheDecision(hit: false,
+                                               key: key,
+                                               reason: "restoring \(e.from.text) failed: \(error)")
             return false
         }
         let decision = CacheDecision(hit: true, key: key, reason: "outputs restored from \(e.from.text)")
@@ -99,12 +101,22 @@ extension RunContext {
         started.inputs = spec.inputSet.map(InputsRecord.init)
         record(.stageStarted(started))
         let ms = Int64((Clock.monotonic() - t0) * 1000)
-        var f = StageFinished(key: exec.key, attempt: 1, status: .passed, durationMs: ms, logs: logs, fingerprint: spec.fingerprint)
+        var f = StageFinished(key: exec.key,
+                              attempt: 1,
+                              status: .passed,
+                              durationMs: ms,
+                              logs: logs,
+                              fingerprint: spec.fingerprint)
         f.exit = 0
         f.outputs = e.outputs.map { ($0.path, $0.hash) }
         f.cachedFrom = e.from
         record(.stageFinished(f))
-        var r = StageResult(id: spec.id, occurrence: exec.occurrence, status: .passed, attempts: 1, duration: Double(ms) / 1000, logs: logs)
+        var r = StageResult(id: spec.id,
+                            occurrence: exec.occurrence,
+                            status: .passed,
+                            attempts: 1,
+                            duration: Double(ms) / 1000,
+                            logs: logs)
         r.exit = 0
         r.outputs = f.outputs
         r.cachedFrom = e.from
@@ -119,7 +131,8 @@ extension RunContext {
         guard cacheOn(exec.spec), r.cachedFrom == nil, !r.replayed else { return }
         let key = SHA256.hex(exec.spec.fingerprintText)
         do {
-            try files.store.insert(key: key, from: CachedFrom(run: dir.id, id: exec.key.id, occurrence: exec.key.occurrence),
+            try files.store.insert(key: key,
+                                   from: CachedFrom(run: dir.id, id: exec.key.id, occurrence: exec.key.occurrence),
                                    outputs: exec.outputSnapshots, logs: r.logs, durationMs: Int64(r.duration * 1000))
         } catch {
             log(.warn, "cache: stage '\(exec.spec.id)' passed but could not be stored: \(error)")

@@ -3,7 +3,13 @@ import Glibc
 
 /// One declared output after a pass: a file, or a directory (every file under it).
 public struct OutputSnapshot {
-    public struct File { public var rel: String; public var abs: String; public var hash: String; public var size: Int64; public var exec: Bool }
+    public struct File {
+        public var rel: String
+        public var abs: String
+        public var hash: String
+        public var size: Int64
+        public var exec: Bool
+    }
     public var path: String
     public var isDir: Bool
     public var hash: String
@@ -19,14 +25,25 @@ public struct OutputSnapshot {
             var files: [File] = []
             for f in try FileGlob.match(["?**"], base: abs, never: []) {
                 let h = try Hashing.file(f.abs).hash
-                files.append(File(rel: f.rel, abs: f.abs, hash: h, size: Int64(f.st.st_size), exec: f.st.st_mode & 0o100 != 0))
+                files.append(File(rel: f.rel,
+                                  abs: f.abs,
+                                  hash: h,
+                                  size: Int64(f.st.st_size),
+                                  exec: f.st.st_mode & 0o100 != 0))
             }
-            return OutputSnapshot(path: path, isDir: true, hash: FileSet(files: files.map { ($0.rel, $0.hash) }).digest, files: files)
+            return OutputSnapshot(path: path,
+                                  isDir: true,
+                                  hash: FileSet(files: files.map { ($0.rel, $0.hash) }).digest,
+                                  files: files)
         }
         guard (st.st_mode & S_IFMT) == S_IFREG else { return nil }
         let (h, st2) = try Hashing.file(abs)
         return OutputSnapshot(path: path, isDir: false, hash: h,
-                              files: [File(rel: "", abs: abs, hash: h, size: Int64(st2.st_size), exec: st2.st_mode & 0o100 != 0)])
+                              files: [File(rel: "",
+                                           abs: abs,
+                                           hash: h,
+                                           size: Int64(st2.st_size),
+                                           exec: st2.st_mode & 0o100 != 0)])
     }
 }
 

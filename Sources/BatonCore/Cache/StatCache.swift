@@ -89,7 +89,8 @@ public final class StatCache {
             for (i, m) in StatCache.magic.enumerated() { b[i] = m }
             var at = StatCache.magic.count
             for (k, e) in all {
-                for v in [e.hash.0, e.hash.1, e.hash.2, e.hash.3, UInt64(bitPattern: e.size), UInt64(bitPattern: e.mtime),
+                for v in [e.hash.0, e.hash.1, e.hash.2, e.hash.3, UInt64(bitPattern: e.size),
+                          UInt64(bitPattern: e.mtime),
                           UInt64(bitPattern: e.ctime), k.dev, k.ino] {
                     b.storeBytes(of: v.littleEndian, toByteOffset: at, as: UInt64.self)
                     at += 8
@@ -113,7 +114,11 @@ public final class StatCache {
         map.reserveCapacity(n)
         bytes.withUnsafeBytes { b in
             var at = magic.count
-            func word() -> UInt64 { let v = UInt64(littleEndian: b.loadUnaligned(fromByteOffset: at, as: UInt64.self)); at += 8; return v }
+            func word() -> UInt64 {
+                let v = UInt64(littleEndian: b.loadUnaligned(fromByteOffset: at, as: UInt64.self))
+                at += 8
+                return v
+            }
             for _ in 0..<n {
                 let h = (word(), word(), word(), word())
                 let size = Int64(bitPattern: word()), m = Int64(bitPattern: word()), c = Int64(bitPattern: word())

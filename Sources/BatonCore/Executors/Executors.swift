@@ -28,7 +28,9 @@ public enum Executors {
 
     /// A new executor called `name` (nil if there is none), with the environment its tools
     /// run in and where its warnings go.
-    public static func make(_ name: String, environment: [String: String], warn: @escaping (String) -> Void = { _ in }) -> Executor? {
+    public static func make(_ name: String,
+                            environment: [String: String],
+                            warn: @escaping (String) -> Void = { _ in }) -> Executor? {
         guard let k = kind(name) else { return nil }
         return k.make(ExecutorSetup(environment: environment, warn: { warn("\(name): " + $0) }))
     }

@@ -42,7 +42,8 @@ public struct FinalRecord: Sendable {
         var json: JSON { .object([("uid", .int(uid)), ("pid", .int(pid)), ("user", .string(user))]) }
     }
 
-    public static let fieldNames = ["v", "run", "recipe", "status", "exit_code", "reason", "reason_file", "started_at", "ended_at",
+    public static let fieldNames = ["v", "run", "recipe", "status", "exit_code", "reason", "reason_file", "started_at",
+                                    "ended_at",
                                     "duration_ms", "ended_by", "stages", "crashed", "result"]
 
     public init(run: String, recipe: String, status: RunOutcome, exitCode: Int32?, reason: String?,
@@ -52,7 +53,12 @@ public struct FinalRecord: Sendable {
     }
 
     /// From a run's history: its original start, one entry per stage call that is over.
-    public init(history h: RunHistory, status: RunOutcome, exitCode: Int32?, reason: String?, endedAt: Double?, result: JSON,
+    public init(history h: RunHistory,
+                status: RunOutcome,
+                exitCode: Int32?,
+                reason: String?,
+                endedAt: Double?,
+                result: JSON,
                 stages withStages: Bool = true) {
         let start = h.firstStart?.ts ?? h.latestStart?.ts ?? endedAt ?? Clock.now()
         self.init(run: h.runID, recipe: h.latestStart?.began.recipe ?? "?", status: status, exitCode: exitCode,
@@ -77,7 +83,8 @@ public struct FinalRecord: Sendable {
         ]
         if let f = reasonFile { o.append(("reason_file", .string(f))) }
         o += [
-            ("started_at", .string(Clock.rfc3339(startedAt))), ("ended_at", endedAt.map { .string(Clock.rfc3339($0)) } ?? .null),
+            ("started_at", .string(Clock.rfc3339(startedAt))),
+            ("ended_at", endedAt.map { .string(Clock.rfc3339($0)) } ?? .null),
             ("duration_ms", durationMs.map(JSON.int) ?? .null),
         ]
         if let e = endedBy { o.append(("ended_by", e.json)) }
@@ -106,7 +113,9 @@ public struct FinalRecord: Sendable {
     }
 
     public init?(json j: JSON) {
-        guard case .object = j, let run = j["run"]?.stringValue, let status = j["status"]?.stringValue else { return nil }
+        guard case .object = j, let run = j["run"]?.stringValue, let status = j["status"]?.stringValue else {
+            return nil
+        }
         self.run = run
         recipe = j["recipe"]?.stringValue ?? "?"
         self.status = RunOutcome(reading: status)
@@ -116,7 +125,8 @@ public struct FinalRecord: Sendable {
         endedAt = j["ended_at"]?.stringValue.flatMap(Clock.parseRFC3339)
         stages = (j["stages"]?.arrayValue ?? []).map {
             Stage(id: $0["id"]?.stringValue ?? "", occurrence: Int($0["occurrence"]?.intValue ?? 1),
-                  status: $0["status"]?.stringValue.flatMap(CallState.init(rawValue:)) ?? .unfinished, attempts: Int($0["attempts"]?.intValue ?? 0),
+                  status: $0["status"]?.stringValue.flatMap(CallState.init(rawValue:))
+                      ?? .unfinished, attempts: Int($0["attempts"]?.intValue ?? 0),
                   durationMs: $0["duration_ms"]?.intValue ?? 0, replayed: $0["replayed"]?.boolValue ?? false)
         }
         result = j["result"] ?? .object([])
@@ -129,7 +139,9 @@ public struct FinalRecord: Sendable {
 
     public static func read(_ dir: RunDirectory) -> FinalRecord? { dir.readFinal().flatMap { FinalRecord(json: $0) } }
 
-    public func write(to dir: RunDirectory) throws { try FileIO.writeAtomically(dir.final, encoded(), mode: RunDirectory.fileMode) }
+    public func write(to dir: RunDirectory) throws {
+        try FileIO.writeAtomically(dir.final, encoded(), mode: RunDirectory.fileMode)
+    }
 
     /// The document the stuck guard writes (see CBatonSys): cancelled, cut around the fields
     /// its thread fills in (exit code, reason, started_at, ended_at, duration_ms).

@@ -71,7 +71,11 @@ public final class JournalWriter: @unchecked Sendable {
         let seq = lastSeq + 1
         // Paths inside the run directory are journaled relative to it: a moved project's
         // runs still read (readers join them to where the run directory is now).
-        JournalEvent.encode(seq: seq, ts: ts, run: runID, body: body.mappingLogs { $0.relative(to: runDir) }, into: &pending)
+        JournalEvent.encode(seq: seq,
+                            ts: ts,
+                            run: runID,
+                            body: body.mappingLogs { $0.relative(to: runDir) } ?? body,
+                            into: &pending)
         pending.append(10)
         lastSeq = seq
         if deferred && pending.count < 256 << 10 {
@@ -209,7 +213,8 @@ public enum JournalReader {
     /// a torn write (skipped, cut off); elsewhere a bad line is a corrupt one. `validLength`
     /// and `byteCount` are of the whole buffer; line numbers count from `from`, and `lines` is
     /// how many the range held.
-    static func parseLines(_ buf: UnsafeBufferPointer<UInt8>, from: Int, to: Int, final: Bool) -> (contents: JournalContents, lines: Int) {
+    static func parseLines(_ buf: UnsafeBufferPointer<UInt8>, from: Int, to: Int,
+                           final: Bool) -> (contents: JournalContents, lines: Int) {
         var c = JournalContents()
         c.validLength = buf.count
         c.byteCount = buf.count

@@ -16,22 +16,23 @@ public struct JournalEvent: Sendable {
     public var type: String { body.type }
 
     /// The envelope every line has, then the body's own fields.
-    public static let envelope = ["v", "seq", "ts", "run", "type"]
+    public enum Key: String, JournalKeys { case v, seq, ts, run, type }
+    public static let envelope = Key.names
 
     /// Decodes one journal line. Lenient about what earlier versions omitted (defaults),
     /// strict only about the envelope; an unknown type is kept as `.unknown`.
     public init?(_ json: JSON) {
         guard case .object = json else { return nil }
         // One Fields for the envelope and the body, asked in the order lines are written.
-        var f = Fields(json)
-        let seq = f.int("seq") ?? 0
-        let ts = f.string("ts").flatMap(Clock.parseRFC3339) ?? 0
-        let run = f.string("run") ?? ""
-        guard let type = f.string("type") else { return nil }
+        var f = Fields<Key>(json)
+        let seq = f.int(.seq) ?? 0
+        let ts = f.string(.ts).flatMap(Clock.parseRFC3339) ?? 0
+        let run = f.string(.run) ?? ""
+        guard let type = f.string(.type) else { return nil }
         self.seq = seq
         self.ts = ts
         self.run = run
-        body = EventBody(type: type, json, &f)
+        body = EventBody(type: type, json, f)
     }
 
     /// The line as written (without the newline).
@@ -46,14 +47,20 @@ public struct JournalEvent: Sendable {
         return out
     }
 
+    /// The envelope's bytes between its values, from its keys: `{"v":1,"seq":`, `,"ts":"`, ...
+    private static let glue: (seq: [UInt8], ts: [UInt8], run: [UInt8], type: [UInt8]) = (
+        Array("{\"\(Key.v.rawValue)\":\(JournalWriter.schemaVersion),\"\(Key.seq.rawValue)\":".utf8),
+        Array(",\"\(Key.ts.rawValue)\":\"".utf8), Array("\",\"\(Key.run.rawValue)\":".utf8),
+        Array(",\"\(Key.type.rawValue)\":".utf8))
+
     static func encode(seq: Int64, ts: Double, run: String, body: EventBody, into out: inout [UInt8]) {
-        out.append(contentsOf: "{\"v\":1,\"seq\":".utf8)
+        out.append(contentsOf: glue.seq)
         out.append(contentsOf: String(seq).utf8)
-        out.append(contentsOf: ",\"ts\":\"".utf8)
+        out.append(contentsOf: glue.ts)
         out.append(contentsOf: Clock.rfc3339(ts).utf8)
-        out.append(contentsOf: "\",\"run\":".utf8)
+        out.append(contentsOf: glue.run)
         JSON.encodeString(run, into: &out)
-        out.append(contentsOf: ",\"type\":".utf8)
+        out.append(contentsOf: glue.type)
         JSON.encodeString(body.type, into: &out)
         for (k, v) in body.fields {
             out.append(UInt8(ascii: ","))
@@ -65,8 +72,9 @@ public struct JournalEvent: Sendable {
     }
 
     public var json: JSON {
-        .object([("v", .int(JournalWriter.schemaVersion)), ("seq", .int(seq)), ("ts", .string(Clock.rfc3339(ts))), ("run", .string(run)),
-                 ("type", .string(type))] + body.fields)
+        let envelope: FieldList<Key> = [(.v, .int(JournalWriter.schemaVersion)), (.seq, .int(seq)),
+                                        (.ts, .string(Clock.rfc3339(ts))), (.run, .string(run)), (.type, .string(type))]
+        return .object(envelope.pairs + body.fields)
     }
 }
 
@@ -96,21 +104,16 @@ public enum EventBody: Sendable {
         switch self {
         case let .runStarted(b): return (b, false)
         case let .runResumed(b): return (b, true)
-        default: return nil
+        case .stageStarted, .stageFinished, .stageStalled, .stageQueued, .preflight, .watch, .gate, .heartbeat,
+             .log, .command, .notRun, .control, .paused, .resumedFromPause, .final, .unknown:
+            return nil
         }
     }
 
     /// Every type this version writes, with the fields its encoder can write.
-    public static let schema: [(type: String, fields: [String])] = [
-        ("run_started", RunBegan.startedFields), ("run_resumed", RunBegan.resumedFields),
-        ("stage_started", StageStarted.fieldNames), ("stage_finished", StageFinished.fieldNames),
-        ("stage_stalled", StageStalled.fieldNames), ("stage_queued", StageQueued.fieldNames),
-        ("preflight", PreflightRecord.fieldNames), ("watch", WatchTransition.fieldNames),
-        ("gate", GateRecord.fieldNames), ("heartbeat", Heartbeat.fieldNames), ("log", LogRecord.fieldNames),
-        ("command", CommandRecord.fieldNames), ("not_run", NotRun.fieldNames), ("control", ControlRecord.fieldNames),
-        ("paused", PauseRecord.fieldNames), ("resumed_from_pause", PauseResumed.fieldNames),
-        ("final", FinalEvent.fieldNames),
-    ]
+    public static let schema: [(type: String, fields: [String])] = EventKind.allCases.map {
+        ($0.rawValue, $0.fieldNames)
+    }
 
     /// How soon an event must reach the disk (docs/journal.md, Durability): `.now` before
     /// `append` returns, `.soon` within the batch window under `--sync batched`, `.none` with
@@ -124,91 +127,189 @@ public enum EventBody: Sendable {
         case .stageFinished, .command: return .soon
         // (run_started and run_resumed go with the next flush: a resume that only replays
         // would otherwise wait for a disk flush before its first replay, 5-35 ms here.)
-        default: return .none
+        case .runStarted, .runResumed, .stageStarted, .stageStalled, .stageQueued, .heartbeat, .log, .notRun,
+             .control, .paused, .resumedFromPause, .unknown:
+            return .none
+        }
+    }
+
+    /// Its type; nil for one this version does not know.
+    public var kind: EventKind? {
+        switch self {
+        case .runStarted: return .runStarted
+        case .runResumed: return .runResumed
+        case .stageStarted: return .stageStarted
+        case .stageFinished: return .stageFinished
+        case .stageStalled: return .stageStalled
+        case .stageQueued: return .stageQueued
+        case .preflight: return .preflight
+        case .watch: return .watch
+        case .gate: return .gate
+        case .heartbeat: return .heartbeat
+        case .log: return .log
+        case .command: return .command
+        case .notRun: return .notRun
+        case .control: return .control
+        case .paused: return .paused
+        case .resumedFromPause: return .resumedFromPause
+        case .final: return .final
+        case .unknown: return nil
         }
     }
 
     public var type: String {
-        switch self {
-        case .runStarted: return "run_started"
-        case .runResumed: return "run_resumed"
-        case .stageStarted: return "stage_started"
-        case .stageFinished: return "stage_finished"
-        case .stageStalled: return "stage_stalled"
-        case .stageQueued: return "stage_queued"
-        case .preflight: return "preflight"
-        case .watch: return "watch"
-        case .gate: return "gate"
-        case .heartbeat: return "heartbeat"
-        case .log: return "log"
-        case .command: return "command"
-        case .notRun: return "not_run"
-        case .control: return "control"
-        case .paused: return "paused"
-        case .resumedFromPause: return "resumed_from_pause"
-        case .final: return "final"
-        case let .unknown(t, _): return t
-        }
+        if case let .unknown(t, _) = self { return t }
+        return kind!.rawValue
     }
 
     public var fields: [(String, JSON)] {
         switch self {
-        case let .runStarted(b): return b.fields(resumed: false)
-        case let .runResumed(b): return b.fields(resumed: true)
-        case let .stageStarted(s): return s.fields
-        case let .stageFinished(s): return s.fields
-        case let .stageStalled(s): return s.fields
-        case let .stageQueued(s): return s.fields
-        case let .preflight(p): return p.fields
-        case let .watch(w): return w.fields
-        case let .gate(g): return g.fields
-        case let .heartbeat(h): return h.fields
-        case let .log(l): return l.fieldsJSON
-        case let .command(c): return c.fields
-        case let .notRun(n): return n.fields
-        case let .control(c): return c.fields
-        case let .paused(p): return p.fields
-        case let .resumedFromPause(r): return r.fields
-        case let .final(f): return f.fields
+        case let .runStarted(b): return b.fields(resumed: false).pairs
+        case let .runResumed(b): return b.fields(resumed: true).pairs
+        case let .stageStarted(s): return s.fields.pairs
+        case let .stageFinished(s): return s.fields.pairs
+        case let .stageStalled(s): return s.fields.pairs
+        case let .stageQueued(s): return s.fields.pairs
+        case let .preflight(p): return p.fields.pairs
+        case let .watch(w): return w.fields.pairs
+        case let .gate(g): return g.fields.pairs
+        case let .heartbeat(h): return h.fields.pairs
+        case let .log(l): return l.fieldsJSON.pairs
+        case let .command(c): return c.fields.pairs
+        case let .notRun(n): return n.fields.pairs
+        case let .control(c): return c.fields.pairs
+        case let .paused(p): return p.fields.pairs
+        case let .resumedFromPause(r): return r.fields.pairs
+        case let .final(f): return f.fields.pairs
         case let .unknown(_, j):
             return (j.objectValue ?? []).filter { !JournalEvent.envelope.contains($0.0) }
         }
     }
 
-    init(type: String, _ j: JSON, _ f: inout Fields) {
-        switch type {
-        case "run_started": self = .runStarted(RunBegan(&f))
-        case "run_resumed": self = .runResumed(RunBegan(&f))
-        case "stage_started": self = .stageStarted(StageStarted(&f))
-        case "stage_finished": self = .stageFinished(StageFinished(&f))
-        case "stage_stalled": self = .stageStalled(StageStalled(&f))
-        case "stage_queued": self = .stageQueued(StageQueued(&f))
-        case "preflight": self = .preflight(PreflightRecord(&f))
-        case "watch": self = .watch(WatchTransition(&f))
-        case "gate": self = .gate(GateRecord(&f))
-        case "heartbeat": self = .heartbeat(Heartbeat(&f))
-        case "log": self = .log(LogRecord(&f))
-        case "command": self = .command(CommandRecord(&f))
-        case "not_run": self = .notRun(NotRun(&f))
-        case "control": self = .control(ControlRecord(&f))
-        case "paused": self = .paused(PauseRecord(&f))
-        case "resumed_from_pause": self = .resumedFromPause(PauseResumed(&f))
-        case "final": self = .final(FinalEvent(&f))
-        default: self = .unknown(type, j)
+    /// Decodes the body of a line of type `type`; `f` has read the envelope.
+    init<K>(type: String, _ j: JSON, _ f: Fields<K>) {
+        guard let kind = EventKind(rawValue: type) else {
+            self = .unknown(type, j)
+            return
+        }
+        func read<R, L>(_ make: (inout Fields<L>) -> R) -> R {
+            var g = f.keyed(L.self)
+            return make(&g)
+        }
+        switch kind {
+        case .runStarted: self = .runStarted(read(RunBegan.init))
+        case .runResumed: self = .runResumed(read(RunBegan.init))
+        case .stageStarted: self = .stageStarted(read(StageStarted.init))
+        case .stageFinished: self = .stageFinished(read(StageFinished.init))
+        case .stageStalled: self = .stageStalled(read(StageStalled.init))
+        case .stageQueued: self = .stageQueued(read(StageQueued.init))
+        case .preflight: self = .preflight(read(PreflightRecord.init))
+        case .watch: self = .watch(read(WatchTransition.init))
+        case .gate: self = .gate(read(GateRecord.init))
+        case .heartbeat: self = .heartbeat(read(Heartbeat.init))
+        case .log: self = .log(read(LogRecord.init))
+        case .command: self = .command(read(CommandRecord.init))
+        case .notRun: self = .notRun(read(NotRun.init))
+        case .control: self = .control(read(ControlRecord.init))
+        case .paused: self = .paused(read(PauseRecord.init))
+        case .resumedFromPause: self = .resumedFromPause(read(PauseResumed.init))
+        case .final: self = .final(read(FinalEvent.init))
         }
     }
 }
 
-/// Reads an event's fields with defaults (the decoder's only helper). Decoders ask for
-/// fields in about the order encoders write them, so each lookup resumes where the last
-/// one matched: reading a long journal costs about one comparison per field.
-struct Fields {
+/// The journal's event types, each named once (its raw value is the line's `type`), with
+/// the keys its record declares.
+public enum EventKind: String, CaseIterable, Sendable {
+    case runStarted = "run_started", runResumed = "run_resumed", stageStarted = "stage_started"
+    case stageFinished = "stage_finished", stageStalled = "stage_stalled", stageQueued = "stage_queued"
+    case preflight, watch, gate, heartbeat, log, command, notRun = "not_run", control, paused
+    case resumedFromPause = "resumed_from_pause", final
+
+    /// The keys its encoder can write (docs/journal.md lists exactly these: RecordTests).
+    public var fieldNames: [String] {
+        switch self {
+        case .runStarted: return RunBegan.startedFields
+        case .runResumed: return RunBegan.resumedFields
+        case .stageStarted: return StageStarted.fieldNames
+        case .stageFinished: return StageFinished.fieldNames
+        case .stageStalled: return StageStalled.fieldNames
+        case .stageQueued: return StageQueued.fieldNames
+        case .preflight: return PreflightRecord.fieldNames
+        case .watch: return WatchTransition.fieldNames
+        case .gate: return GateRecord.fieldNames
+        case .heartbeat: return Heartbeat.fieldNames
+        case .log: return LogRecord.fieldNames
+        case .command: return CommandRecord.fieldNames
+        case .notRun: return NotRun.fieldNames
+        case .control: return ControlRecord.fieldNames
+        case .paused: return PauseRecord.fieldNames
+        case .resumedFromPause: return PauseResumed.fieldNames
+        case .final: return FinalEvent.fieldNames
+        }
+    }
+}
+
+/// A record's keys, each stated once: the cases' raw values are the wire's names, in the
+/// order the encoder writes them. The record's encoder (`FieldList`), its decoder (`Fields`)
+/// and the schema docs/journal.md is held to (`EventBody.schema`, RecordTests) all take
+/// them from its `Key` enum, so a key cannot be spelled two ways.
+public protocol JournalKeys: RawRepresentable, CaseIterable, Hashable, Sendable where RawValue == String {
+    /// Keys the decoder reads from older journals but the encoder never writes.
+    static var readOnly: [Self] { get }
+}
+
+extension JournalKeys {
+    public static var readOnly: [Self] { [] }
+    /// The names the encoder can write, in order.
+    public static var names: [String] { allCases.filter { !readOnly.contains($0) }.map(\.rawValue) }
+}
+
+/// Records of a stage call (`id`, `occurrence`), with a command (`argv` or `shell`), with
+/// log files (`logs`): the shared keys, each record still declaring them in its own enum.
+protocol StageKeyed: JournalKeys {
+    static var id: Self { get }
+    static var occurrence: Self { get }
+}
+
+protocol CommandKeyed: JournalKeys {
+    static var argv: Self { get }
+    static var shell: Self { get }
+}
+
+protocol LogsKeyed: JournalKeys {
+    static var logs: Self { get }
+}
+
+/// What an encoder writes: its record's keys with their values, in order.
+struct FieldList<K: JournalKeys>: ExpressibleByArrayLiteral {
+    private(set) var pairs: [(String, JSON)] = []
+
+    init(arrayLiteral elements: (K, JSON)...) {
+        pairs.reserveCapacity(elements.count + 8)
+        for (k, v) in elements { pairs.append((k.rawValue, v)) }
+    }
+
+    mutating func add(_ k: K, _ v: JSON) { pairs.append((k.rawValue, v)) }
+
+    static func += (l: inout FieldList, r: FieldList) { l.pairs += r.pairs }
+}
+
+/// Reads a record's fields with defaults (the decoder's only helper), by its keys. Decoders
+/// ask for fields in about the order encoders write them, so each lookup resumes where the
+/// last one matched: reading a long journal costs about one comparison per field.
+struct Fields<K: JournalKeys> {
     private let pairs: [(String, JSON)]
     private var hint = 0
     init(_ j: JSON) { pairs = j.objectValue ?? [] }
+    private init(pairs: [(String, JSON)], hint: Int) { self.pairs = pairs; self.hint = hint }
 
-    subscript(_ k: String) -> JSON? {
+    /// The same line read by another record's keys (the envelope's, then the body's).
+    func keyed<L>(_: L.Type) -> Fields<L> { Fields<L>(pairs: pairs, hint: hint) }
+
+    subscript(_ key: K) -> JSON? {
         mutating get {
+            let k = key.rawValue
             let n = pairs.count
             var i = hint
             for _ in 0..<n {
@@ -220,24 +321,30 @@ struct Fields {
         }
     }
 
-    mutating func string(_ k: String) -> String? { self[k]?.stringValue }
-    mutating func int(_ k: String) -> Int64? { self[k]?.intValue }
-    mutating func int32(_ k: String) -> Int32? { self[k]?.intValue.map { Int32(truncatingIfNeeded: $0) } }
-    mutating func bool(_ k: String) -> Bool { self[k]?.boolValue ?? false }
-    mutating func double(_ k: String) -> Double? { self[k]?.doubleValue }
-    mutating func strings(_ k: String) -> [String] { self[k]?.arrayValue?.compactMap(\.stringValue) ?? [] }
-    mutating func key() -> StageKey { StageKey(id: string("id") ?? "", occurrence: Int(int("occurrence") ?? 1)) }
-    mutating func logs() -> StageLogs {
-        let l = self["logs"]
-        return StageLogs(stdout: l?["stdout"]?.stringValue ?? "", stderr: l?["stderr"]?.stringValue ?? "")
-    }
+    mutating func string(_ k: K) -> String? { self[k]?.stringValue }
+    mutating func int(_ k: K) -> Int64? { self[k]?.intValue }
+    mutating func int32(_ k: K) -> Int32? { self[k]?.intValue.map { Int32(truncatingIfNeeded: $0) } }
+    mutating func bool(_ k: K) -> Bool { self[k]?.boolValue ?? false }
+    mutating func double(_ k: K) -> Double? { self[k]?.doubleValue }
+    mutating func strings(_ k: K) -> [String] { self[k]?.arrayValue?.compactMap(\.stringValue) ?? [] }
+}
+
+extension Fields where K: StageKeyed {
+    mutating func key() -> StageKey { StageKey(id: string(.id) ?? "", occurrence: Int(int(.occurrence) ?? 1)) }
+}
+
+extension Fields where K: LogsKeyed {
+    mutating func logs() -> StageLogs { StageLogs(self[.logs]) }
+}
+
+extension Fields where K: CommandKeyed {
     /// `argv` (a list) or `shell` (a string); the dry runs of 0.1 wrote shell text under `argv`.
     mutating func command() -> Command? {
-        if let a = self["argv"] {
+        if let a = self[.argv] {
             if let items = a.arrayValue { return .argv(items.compactMap(\.stringValue)) }
             if let s = a.stringValue { return .shell(s) }
         }
-        if let s = string("shell") { return .shell(s) }
+        if let s = string(.shell) { return .shell(s) }
         return nil
     }
 }
@@ -258,7 +365,19 @@ public struct StageLogs: Sendable, Equatable {
     public var stdout: String
     public var stderr: String
     public init(stdout: String, stderr: String) { self.stdout = stdout; self.stderr = stderr }
-    var json: JSON { .object([("stdout", .string(stdout)), ("stderr", .string(stderr))]) }
+
+    /// `logs` {stdout, stderr}.
+    enum Key: String, JournalKeys { case stdout, stderr }
+
+    init(_ j: JSON?) {
+        var f = Fields<Key>(j ?? .null)
+        self.init(stdout: f.string(.stdout) ?? "", stderr: f.string(.stderr) ?? "")
+    }
+
+    var json: JSON {
+        let o: FieldList<Key> = [(.stdout, .string(stdout)), (.stderr, .string(stderr))]
+        return .object(o.pairs)
+    }
 
     /// As the journal records them: relative to the run directory `base` (so a moved project
     /// keeps its runs whole); paths outside it stay as they are.
@@ -285,12 +404,15 @@ public struct StageLogs: Sendable, Equatable {
 }
 
 extension EventBody {
-    /// The same event with its stage log paths mapped (stage_started, stage_finished).
-    public func mappingLogs(_ f: (StageLogs) -> StageLogs) -> EventBody {
+    /// The same event with its stage log paths mapped; nil for an event without them
+    /// (only stage_started and stage_finished name log files).
+    public func mappingLogs(_ f: (StageLogs) -> StageLogs) -> EventBody? {
         switch self {
         case var .stageStarted(s): s.logs = f(s.logs); return .stageStarted(s)
         case var .stageFinished(s): s.logs = f(s.logs); return .stageFinished(s)
-        default: return self
+        case .runStarted, .runResumed, .stageStalled, .stageQueued, .preflight, .watch, .gate, .heartbeat, .log,
+             .command, .notRun, .control, .paused, .resumedFromPause, .final, .unknown:
+            return nil
         }
     }
 }
@@ -300,10 +422,8 @@ extension JournalContents {
     mutating func resolveLogs(in base: String) {
         for i in events.indices {
             let e = events[i]
-            switch e.body {
-            case .stageStarted, .stageFinished:
-                events[i] = JournalEvent(seq: e.seq, ts: e.ts, run: e.run, body: e.body.mappingLogs { $0.resolved(in: base) })
-            default: break
+            if let body = e.body.mappingLogs({ $0.resolved(in: base) }) {
+                events[i] = JournalEvent(seq: e.seq, ts: e.ts, run: e.run, body: body)
             }
         }
     }
@@ -326,40 +446,56 @@ public struct RunBegan: Sendable {
     public var tornTailTruncated = false
     public var corruptLines: [Int] = []
 
-    public static let startedFields = ["recipe", "recipe_sha256", "args", "pid", "host", "baton_version", "dry_run", "cwd",
-                                       "heartbeat_sec"]
-    public static let resumedFields = startedFields + ["resumes_after", "torn_tail_truncated", "corrupt_lines"]
+    /// Its keys, in the order the encoder writes them (the wire's names); the last three
+    /// are run_resumed's only.
+    public enum Key: String, JournalKeys {
+        case recipe, recipeSHA256 = "recipe_sha256", args, pid, host, batonVersion = "baton_version"
+        case dryRun = "dry_run", cwd, heartbeatSec = "heartbeat_sec"
+        case resumesAfter = "resumes_after", tornTailTruncated = "torn_tail_truncated", corruptLines = "corrupt_lines"
+        static let resumedOnly: [Key] = [.resumesAfter, .tornTailTruncated, .corruptLines]
+    }
+    /// The recipe the interactive shell's own run names (`isShellRun`).
+    public static let shellRecipe = "<shell>"
 
-    public init(recipe: String, recipeSHA256: String, args: [String], pid: Int32, host: String, dryRun: Bool, cwd: String) {
+    public static let startedFields = Key.names.filter { !Key.resumedOnly.map(\.rawValue).contains($0) }
+    public static let resumedFields = Key.names
+
+    public init(recipe: String,
+                recipeSHA256: String,
+                args: [String],
+                pid: Int32,
+                host: String,
+                dryRun: Bool,
+                cwd: String) {
         self.recipe = recipe; self.recipeSHA256 = recipeSHA256; self.args = args; self.pid = pid
         self.host = host; self.batonVersion = BatonVersion.string; self.dryRun = dryRun; self.cwd = cwd
     }
 
-    init(_ f: inout Fields) {
-        recipe = f.string("recipe") ?? "?"
-        recipeSHA256 = f.string("recipe_sha256") ?? ""
-        args = f.strings("args")
-        pid = f.int32("pid") ?? 0
-        host = f.string("host") ?? ""
-        batonVersion = f.string("baton_version") ?? ""
-        dryRun = f.bool("dry_run")
-        cwd = f.string("cwd") ?? ""
-        heartbeatSec = f["heartbeat_sec"]?.doubleValue ?? 30
-        resumesAfter = f.int("resumes_after")
-        tornTailTruncated = f.bool("torn_tail_truncated")
-        corruptLines = f["corrupt_lines"]?.arrayValue?.compactMap { $0.intValue.map(Int.init) } ?? []
+    init(_ f: inout Fields<Key>) {
+        recipe = f.string(.recipe) ?? "?"
+        recipeSHA256 = f.string(.recipeSHA256) ?? ""
+        args = f.strings(.args)
+        pid = f.int32(.pid) ?? 0
+        host = f.string(.host) ?? ""
+        batonVersion = f.string(.batonVersion) ?? ""
+        dryRun = f.bool(.dryRun)
+        cwd = f.string(.cwd) ?? ""
+        heartbeatSec = f[.heartbeatSec]?.doubleValue ?? 30
+        resumesAfter = f.int(.resumesAfter)
+        tornTailTruncated = f.bool(.tornTailTruncated)
+        corruptLines = f[.corruptLines]?.arrayValue?.compactMap { $0.intValue.map(Int.init) } ?? []
     }
 
-    func fields(resumed: Bool) -> [(String, JSON)] {
-        var o: [(String, JSON)] = [
-            ("recipe", .string(recipe)), ("recipe_sha256", .string(recipeSHA256)), ("args", .array(args.map(JSON.string))),
-            ("pid", .int(Int64(pid))), ("host", .string(host)), ("baton_version", .string(batonVersion)),
-            ("dry_run", .bool(dryRun)), ("cwd", .string(cwd)), ("heartbeat_sec", .double(heartbeatSec)),
+    func fields(resumed: Bool) -> FieldList<Key> {
+        var o: FieldList<Key> = [
+            (.recipe, .string(recipe)), (.recipeSHA256, .string(recipeSHA256)), (.args, .array(args.map(JSON.string))),
+            (.pid, .int(Int64(pid))), (.host, .string(host)), (.batonVersion, .string(batonVersion)),
+            (.dryRun, .bool(dryRun)), (.cwd, .string(cwd)), (.heartbeatSec, .double(heartbeatSec)),
         ]
         if resumed {
-            o.append(("resumes_after", .int(resumesAfter ?? 0)))
-            if tornTailTruncated { o.append(("torn_tail_truncated", .bool(true))) }
-            if !corruptLines.isEmpty { o.append(("corrupt_lines", .array(corruptLines.map { .int(Int64($0)) }))) }
+            o.add(.resumesAfter, .int(resumesAfter ?? 0))
+            if tornTailTruncated { o.add(.tornTailTruncated, .bool(true)) }
+            if !corruptLines.isEmpty { o.add(.corruptLines, .array(corruptLines.map { .int(Int64($0)) })) }
         }
         return o
     }
@@ -393,49 +529,52 @@ public struct StageStarted: Sendable {
     public var inputs: InputsRecord?
     public var cache: CacheDecision?
 
-    public static let fieldNames = ["id", "occurrence", "attempt", "argv", "shell", "cwd", "fingerprint", "fingerprint_parts",
-                                    "logs", "pid", "dry", "why", "executor", "native_id", "reattached", "timeout_sec",
-                                    "inputs", "cache"]
+    /// Its keys, in the order the encoder writes them (the wire's names).
+    public enum Key: String, JournalKeys, StageKeyed, CommandKeyed, LogsKeyed {
+        case id, occurrence, attempt, argv, shell, cwd, fingerprint, fingerprintParts = "fingerprint_parts", logs
+        case pid, dry, why, executor, nativeID = "native_id", reattached, timeoutSec = "timeout_sec", inputs, cache
+    }
+    public static let fieldNames = Key.names
 
     public init(key: StageKey, attempt: Int, command: Command, cwd: String, fingerprint: String, logs: StageLogs) {
         self.key = key; self.attempt = attempt; self.command = command; self.cwd = cwd
         self.fingerprint = fingerprint; self.logs = logs
     }
 
-    init(_ f: inout Fields) {
+    init(_ f: inout Fields<Key>) {
         key = f.key()
-        attempt = Int(f.int("attempt") ?? 1)
+        attempt = Int(f.int(.attempt) ?? 1)
         command = f.command() ?? .argv([])
-        cwd = f.string("cwd") ?? ""
-        fingerprint = f.string("fingerprint") ?? ""
-        fingerprintParts = FingerprintParts(f["fingerprint_parts"])
+        cwd = f.string(.cwd) ?? ""
+        fingerprint = f.string(.fingerprint) ?? ""
+        fingerprintParts = FingerprintParts(f[.fingerprintParts])
         logs = f.logs()
-        pid = f.int32("pid")
-        dry = f.bool("dry")
-        why = ResumeWhy(f["why"])
-        executor = f.string("executor")
-        nativeID = f.string("native_id")
-        reattached = f.bool("reattached")
-        timeoutSec = f.double("timeout_sec")
-        inputs = InputsRecord(f["inputs"])
-        cache = CacheDecision(f["cache"])
+        pid = f.int32(.pid)
+        dry = f.bool(.dry)
+        why = ResumeWhy(f[.why])
+        executor = f.string(.executor)
+        nativeID = f.string(.nativeID)
+        reattached = f.bool(.reattached)
+        timeoutSec = f.double(.timeoutSec)
+        inputs = InputsRecord(f[.inputs])
+        cache = CacheDecision(f[.cache])
     }
 
-    var fields: [(String, JSON)] {
-        var o: [(String, JSON)] = [("id", .string(key.id)), ("occurrence", .int(Int64(key.occurrence))),
-                                   ("attempt", .int(Int64(attempt))), command.journalField,
-                                   ("cwd", .string(cwd)), ("fingerprint", .string(fingerprint))]
-        if let p = fingerprintParts { o.append(("fingerprint_parts", p.json)) }
-        o.append(("logs", logs.json))
-        if let p = pid { o.append(("pid", .int(Int64(p)))) }
-        if dry { o.append(("dry", .bool(true))) }
-        if let w = why { o.append(("why", w.json)) }
-        if let e = executor { o.append(("executor", .string(e))) }
-        if let n = nativeID { o.append(("native_id", .string(n))) }
-        if reattached { o.append(("reattached", .bool(true))) }
-        if let t = timeoutSec { o.append(("timeout_sec", .double(t))) }
-        if let i = inputs { o.append(("inputs", i.json)) }
-        if let c = cache { o.append(("cache", c.json)) }
+    var fields: FieldList<Key> {
+        var o: FieldList<Key> = [(.id, .string(key.id)), (.occurrence, .int(Int64(key.occurrence))),
+                                 (.attempt, .int(Int64(attempt))), command.journalField(Key.self),
+                                 (.cwd, .string(cwd)), (.fingerprint, .string(fingerprint))]
+        if let p = fingerprintParts { o.add(.fingerprintParts, p.json) }
+        o.add(.logs, logs.json)
+        if let p = pid { o.add(.pid, .int(Int64(p))) }
+        if dry { o.add(.dry, .bool(true)) }
+        if let w = why { o.add(.why, w.json) }
+        if let e = executor { o.add(.executor, .string(e)) }
+        if let n = nativeID { o.add(.nativeID, .string(n)) }
+        if reattached { o.add(.reattached, .bool(true)) }
+        if let t = timeoutSec { o.add(.timeoutSec, .double(t)) }
+        if let i = inputs { o.add(.inputs, i.json) }
+        if let c = cache { o.add(.cache, c.json) }
         return o
     }
 }
@@ -454,28 +593,33 @@ public struct StageQueued: Sendable {
     /// Why it waits, in the scheduler's words.
     public var reason: String?
 
-    public static let fieldNames = ["id", "occurrence", "attempt", "native_id", "state", "phase", "node", "reason"]
+    /// Its keys, in the order the encoder writes them (the wire's names).
+    public enum Key: String, JournalKeys, StageKeyed {
+        case id, occurrence, attempt, nativeID = "native_id", state, phase, node, reason
+    }
+    public static let fieldNames = Key.names
 
     public init(key: StageKey, attempt: Int, nativeID: String, state: String) {
         self.key = key; self.attempt = attempt; self.nativeID = nativeID; self.state = state
     }
 
-    init(_ f: inout Fields) {
+    init(_ f: inout Fields<Key>) {
         key = f.key()
-        attempt = Int(f.int("attempt") ?? 1)
-        nativeID = f.string("native_id") ?? ""
-        state = f.string("state") ?? ""
-        phase = f.string("phase").flatMap(QueuePhase.init(rawValue:))
-        node = f.string("node")
-        reason = f.string("reason")
+        attempt = Int(f.int(.attempt) ?? 1)
+        nativeID = f.string(.nativeID) ?? ""
+        state = f.string(.state) ?? ""
+        phase = f.string(.phase).flatMap(QueuePhase.init(rawValue:))
+        node = f.string(.node)
+        reason = f.string(.reason)
     }
 
-    var fields: [(String, JSON)] {
-        var o: [(String, JSON)] = [("id", .string(key.id)), ("occurrence", .int(Int64(key.occurrence))),
-                                   ("attempt", .int(Int64(attempt))), ("native_id", .string(nativeID)), ("state", .string(state))]
-        if let p = phase { o.append(("phase", .string(p.rawValue))) }
-        if let n = node, !n.isEmpty { o.append(("node", .string(n))) }
-        if let r = reason { o.append(("reason", .string(r))) }
+    var fields: FieldList<Key> {
+        var o: FieldList<Key> = [(.id, .string(key.id)), (.occurrence, .int(Int64(key.occurrence))),
+                                 (.attempt, .int(Int64(attempt))), (.nativeID, .string(nativeID)),
+                                 (.state, .string(state))]
+        if let p = phase { o.add(.phase, .string(p.rawValue)) }
+        if let n = node, !n.isEmpty { o.add(.node, .string(n)) }
+        if let r = reason { o.add(.reason, .string(r)) }
         return o
     }
 }
@@ -504,49 +648,60 @@ public struct StageFinished: Sendable {
     public var outputs: [(String, String)] = []
     public var cachedFrom: CachedFrom?
 
-    public static let fieldNames = ["id", "occurrence", "attempt", "exit", "signal", "status", "failure_class", "signature",
-                                    "duration_ms", "logs", "fingerprint", "replayed", "final", "message",
-                                    "breaker_open", "dry", "outputs", "cached_from"]
+    /// Its keys, in the order the encoder writes them (the wire's names).
+    public enum Key: String, JournalKeys, StageKeyed, LogsKeyed {
+        case id, occurrence, attempt, exit, signal, status, failureClass = "failure_class", signature
+        case durationMs = "duration_ms", logs, fingerprint, replayed, final, message, breakerOpen = "breaker_open"
+        case dry, outputs, cachedFrom = "cached_from", fingerprintParts = "fingerprint_parts"
+        /// Read, never written: fingerprint_parts (older journals wrote it here).
+        public static let readOnly: [Key] = [.fingerprintParts]
+    }
+    public static let fieldNames = Key.names
 
-    init(_ f: inout Fields) {
+    init(_ f: inout Fields<Key>) {
         key = f.key()
-        attempt = Int(f.int("attempt") ?? 1)
-        exit = f.int32("exit")
-        signal = f.int32("signal")
-        status = f.string("status").flatMap(StageStatus.init(rawValue:)) ?? .failed
-        failureClass = f.string("failure_class").flatMap(FailureClass.init(rawValue:))
-        signature = f.string("signature")
-        durationMs = f.int("duration_ms") ?? 0
+        attempt = Int(f.int(.attempt) ?? 1)
+        exit = f.int32(.exit)
+        signal = f.int32(.signal)
+        status = f.string(.status).flatMap(StageStatus.init(rawValue:)) ?? .failed
+        failureClass = f.string(.failureClass).flatMap(FailureClass.init(rawValue:))
+        signature = f.string(.signature)
+        durationMs = f.int(.durationMs) ?? 0
         logs = f.logs()
-        fingerprint = f.string("fingerprint") ?? ""
-        fingerprintParts = FingerprintParts(f["fingerprint_parts"])
-        replayed = f.bool("replayed")
-        final = f["final"]?.boolValue ?? true
-        message = f.string("message")
-        breakerOpen = f.bool("breaker_open")
-        dry = f.bool("dry")
-        if case let .object(o)? = f["outputs"] { outputs = o.compactMap { k, v in v.stringValue.map { (k, $0) } } }
-        cachedFrom = CachedFrom(f["cached_from"])
+        fingerprint = f.string(.fingerprint) ?? ""
+        fingerprintParts = FingerprintParts(f[.fingerprintParts])
+        replayed = f.bool(.replayed)
+        final = f[.final]?.boolValue ?? true
+        message = f.string(.message)
+        breakerOpen = f.bool(.breakerOpen)
+        dry = f.bool(.dry)
+        if case let .object(o)? = f[.outputs] { outputs = o.compactMap { k, v in v.stringValue.map { (k, $0) } } }
+        cachedFrom = CachedFrom(f[.cachedFrom])
     }
 
-    public init(key: StageKey, attempt: Int, status: StageStatus, durationMs: Int64, logs: StageLogs, fingerprint: String) {
+    public init(key: StageKey,
+                attempt: Int,
+                status: StageStatus,
+                durationMs: Int64,
+                logs: StageLogs,
+                fingerprint: String) {
         self.key = key; self.attempt = attempt; self.status = status; self.durationMs = durationMs
         self.logs = logs; self.fingerprint = fingerprint
     }
 
-    var fields: [(String, JSON)] {
-        var o: [(String, JSON)] = [
-            ("id", .string(key.id)), ("occurrence", .int(Int64(key.occurrence))), ("attempt", .int(Int64(attempt))),
-            ("exit", int(exit)), ("signal", int(signal)), ("status", .string(status.rawValue)),
-            ("failure_class", str(failureClass?.rawValue)), ("signature", str(signature)),
-            ("duration_ms", .int(durationMs)), ("logs", logs.json), ("fingerprint", .string(fingerprint)),
+    var fields: FieldList<Key> {
+        var o: FieldList<Key> = [
+            (.id, .string(key.id)), (.occurrence, .int(Int64(key.occurrence))), (.attempt, .int(Int64(attempt))),
+            (.exit, int(exit)), (.signal, int(signal)), (.status, .string(status.rawValue)),
+            (.failureClass, str(failureClass?.rawValue)), (.signature, str(signature)),
+            (.durationMs, .int(durationMs)), (.logs, logs.json), (.fingerprint, .string(fingerprint)),
         ]
-        o += [("replayed", .bool(replayed)), ("final", .bool(final))]
-        if let m = message { o.append(("message", .string(m))) }
-        if breakerOpen { o.append(("breaker_open", .bool(true))) }
-        if dry { o.append(("dry", .bool(true))) }
-        if !outputs.isEmpty { o.append(("outputs", .object(outputs.map { ($0.0, .string($0.1)) }))) }
-        if let c = cachedFrom { o.append(("cached_from", c.json)) }
+        o += [(.replayed, .bool(replayed)), (.final, .bool(final))]
+        if let m = message { o.add(.message, .string(m)) }
+        if breakerOpen { o.add(.breakerOpen, .bool(true)) }
+        if dry { o.add(.dry, .bool(true)) }
+        if !outputs.isEmpty { o.add(.outputs, .object(outputs.map { ($0.0, .string($0.1)) })) }
+        if let c = cachedFrom { o.add(.cachedFrom, c.json) }
         return o
     }
 }
@@ -559,22 +714,26 @@ public struct StageStalled: Sendable {
     /// Its noOutputTimeout has passed too: Baton is ending it.
     public var ending: Bool
 
-    public static let fieldNames = ["id", "occurrence", "attempt", "silent_ms", "ending"]
+    /// Its keys, in the order the encoder writes them (the wire's names).
+    public enum Key: String, JournalKeys, StageKeyed {
+        case id, occurrence, attempt, silentMs = "silent_ms", ending
+    }
+    public static let fieldNames = Key.names
 
     public init(key: StageKey, attempt: Int, silentMs: Int64, ending: Bool) {
         self.key = key; self.attempt = attempt; self.silentMs = silentMs; self.ending = ending
     }
 
-    init(_ f: inout Fields) {
+    init(_ f: inout Fields<Key>) {
         key = f.key()
-        attempt = Int(f.int("attempt") ?? 1)
-        silentMs = f.int("silent_ms") ?? 0
-        ending = f.bool("ending")
+        attempt = Int(f.int(.attempt) ?? 1)
+        silentMs = f.int(.silentMs) ?? 0
+        ending = f.bool(.ending)
     }
 
-    var fields: [(String, JSON)] {
-        [("id", .string(key.id)), ("occurrence", .int(Int64(key.occurrence))), ("attempt", .int(Int64(attempt))),
-         ("silent_ms", .int(silentMs)), ("ending", .bool(ending))]
+    var fields: FieldList<Key> {
+        [(.id, .string(key.id)), (.occurrence, .int(Int64(key.occurrence))), (.attempt, .int(Int64(attempt))),
+         (.silentMs, .int(silentMs)), (.ending, .bool(ending))]
     }
 }
 
@@ -588,8 +747,19 @@ public struct PreflightRecord: Sendable {
         public init(kind: String, target: String, ok: Bool, detail: String) {
             self.kind = kind; self.target = target; self.ok = ok; self.detail = detail
         }
+        /// `checks` [{kind, target, ok, detail}].
+        enum Key: String, JournalKeys { case kind, target, ok, detail }
+
         public var json: JSON {
-            .object([("kind", .string(kind)), ("target", .string(target)), ("ok", .bool(ok)), ("detail", .string(detail))])
+            let o: FieldList<Key> = [(.kind, .string(kind)), (.target, .string(target)), (.ok, .bool(ok)),
+                                     (.detail, .string(detail))]
+            return .object(o.pairs)
+        }
+
+        init(_ j: JSON) {
+            var f = Fields<Key>(j)
+            self.init(kind: f.string(.kind) ?? "", target: f.string(.target) ?? "", ok: f.bool(.ok),
+                      detail: f.string(.detail) ?? "")
         }
     }
     public var name: String
@@ -598,26 +768,27 @@ public struct PreflightRecord: Sendable {
     public var dryRun: Bool
     public var checks: [Check]
 
-    public static let fieldNames = ["name", "policy", "ok", "dry_run", "checks"]
+    /// Its keys, in the order the encoder writes them (the wire's names).
+    public enum Key: String, JournalKeys {
+        case name, policy, ok, dryRun = "dry_run", checks
+    }
+    public static let fieldNames = Key.names
 
     public init(name: String, policy: PreflightPolicy, ok: Bool, dryRun: Bool, checks: [Check]) {
         self.name = name; self.policy = policy; self.ok = ok; self.dryRun = dryRun; self.checks = checks
     }
 
-    init(_ f: inout Fields) {
-        name = f.string("name") ?? ""
-        policy = f.string("policy").flatMap(PreflightPolicy.init(rawValue:)) ?? .fail
-        ok = f.bool("ok")
-        dryRun = f.bool("dry_run")
-        checks = (f["checks"]?.arrayValue ?? []).map {
-            Check(kind: $0["kind"]?.stringValue ?? "", target: $0["target"]?.stringValue ?? "",
-                  ok: $0["ok"]?.boolValue ?? false, detail: $0["detail"]?.stringValue ?? "")
-        }
+    init(_ f: inout Fields<Key>) {
+        name = f.string(.name) ?? ""
+        policy = f.string(.policy).flatMap(PreflightPolicy.init(rawValue:)) ?? .fail
+        ok = f.bool(.ok)
+        dryRun = f.bool(.dryRun)
+        checks = (f[.checks]?.arrayValue ?? []).map(Check.init)
     }
 
-    var fields: [(String, JSON)] {
-        [("name", .string(name)), ("policy", .string(policy.rawValue)), ("ok", .bool(ok)), ("dry_run", .bool(dryRun)),
-         ("checks", .array(checks.map(\.json)))]
+    var fields: FieldList<Key> {
+        [(.name, .string(name)), (.policy, .string(policy.rawValue)), (.ok, .bool(ok)), (.dryRun, .bool(dryRun)),
+         (.checks, .array(checks.map(\.json)))]
     }
 }
 
@@ -633,25 +804,29 @@ public struct WatchTransition: Sendable {
     public var from: WatchState?
     public var to: WatchState
     public var reason: String
-    public var details: JSON
+    public var details: WatchDetails
 
-    public static let fieldNames = ["id", "from", "to", "reason", "details"]
+    /// Its keys, in the order the encoder writes them (the wire's names).
+    public enum Key: String, JournalKeys {
+        case id, from, to, reason, details
+    }
+    public static let fieldNames = Key.names
 
-    public init(id: String, from: WatchState?, to: WatchState, reason: String, details: JSON) {
+    public init(id: String, from: WatchState?, to: WatchState, reason: String, details: WatchDetails) {
         self.id = id; self.from = from; self.to = to; self.reason = reason; self.details = details
     }
 
-    init(_ f: inout Fields) {
-        id = f.string("id") ?? ""
-        from = f.string("from").flatMap(WatchState.init(rawValue:))
-        to = f.string("to").flatMap(WatchState.init(rawValue:)) ?? .failed
-        reason = f.string("reason") ?? ""
-        details = f["details"] ?? .object([])
+    init(_ f: inout Fields<Key>) {
+        id = f.string(.id) ?? ""
+        from = f.string(.from).flatMap(WatchState.init(rawValue:))
+        to = f.string(.to).flatMap(WatchState.init(rawValue:)) ?? .failed
+        reason = f.string(.reason) ?? ""
+        details = WatchDetails(f[.details])
     }
 
-    var fields: [(String, JSON)] {
-        [("id", .string(id)), ("from", str(from?.rawValue)), ("to", .string(to.rawValue)), ("reason", .string(reason)),
-         ("details", details)]
+    var fields: FieldList<Key> {
+        [(.id, .string(id)), (.from, str(from?.rawValue)), (.to, .string(to.rawValue)), (.reason, .string(reason)),
+         (.details, details.json)]
     }
 }
 
@@ -664,27 +839,37 @@ public struct GateRecord: Sendable {
     public var fallbackUsed: Bool
     public var note: String?
 
-    public static let fieldNames = ["name", "iteration", "max", "approved", "issues", "fallback_used", "note"]
+    /// Its keys, in the order the encoder writes them (the wire's names).
+    public enum Key: String, JournalKeys {
+        case name, iteration, max, approved, issues, fallbackUsed = "fallback_used", note
+    }
+    public static let fieldNames = Key.names
 
-    public init(name: String, iteration: Int, max: Int, approved: Bool, issues: JSON, fallbackUsed: Bool, note: String?) {
+    public init(name: String,
+                iteration: Int,
+                max: Int,
+                approved: Bool,
+                issues: JSON,
+                fallbackUsed: Bool,
+                note: String?) {
         self.name = name; self.iteration = iteration; self.max = max; self.approved = approved
         self.issues = issues; self.fallbackUsed = fallbackUsed; self.note = note
     }
 
-    init(_ f: inout Fields) {
-        name = f.string("name") ?? ""
-        iteration = Int(f.int("iteration") ?? 0)
-        max = Int(f.int("max") ?? 0)
-        approved = f.bool("approved")
-        issues = f["issues"] ?? .array([])
-        fallbackUsed = f.bool("fallback_used")
-        note = f.string("note")
+    init(_ f: inout Fields<Key>) {
+        name = f.string(.name) ?? ""
+        iteration = Int(f.int(.iteration) ?? 0)
+        max = Int(f.int(.max) ?? 0)
+        approved = f.bool(.approved)
+        issues = f[.issues] ?? .array([])
+        fallbackUsed = f.bool(.fallbackUsed)
+        note = f.string(.note)
     }
 
-    var fields: [(String, JSON)] {
-        var o: [(String, JSON)] = [("name", .string(name)), ("iteration", .int(Int64(iteration))), ("max", .int(Int64(max))),
-                                   ("approved", .bool(approved)), ("issues", issues), ("fallback_used", .bool(fallbackUsed))]
-        if let n = note { o.append(("note", .string(n))) }
+    var fields: FieldList<Key> {
+        var o: FieldList<Key> = [(.name, .string(name)), (.iteration, .int(Int64(iteration))), (.max, .int(Int64(max))),
+                                 (.approved, .bool(approved)), (.issues, issues), (.fallbackUsed, .bool(fallbackUsed))]
+        if let n = note { o.add(.note, .string(n)) }
         return o
     }
 }
@@ -695,17 +880,25 @@ public struct Heartbeat: Sendable {
     public var id: String
     public var forMs: Int64
 
-    public static let fieldNames = ["waiting_on", "id", "for_ms"]
+    /// Its keys, in the order the encoder writes them (the wire's names).
+    public enum Key: String, JournalKeys {
+        case waitingOn = "waiting_on", id, forMs = "for_ms"
+    }
+    public static let fieldNames = Key.names
 
-    public init(waitingOn: String, id: String, forMs: Int64) { self.waitingOn = waitingOn; self.id = id; self.forMs = forMs }
-
-    init(_ f: inout Fields) {
-        waitingOn = f.string("waiting_on") ?? ""
-        id = f.string("id") ?? ""
-        forMs = f.int("for_ms") ?? 0
+    public init(waitingOn: String, id: String, forMs: Int64) {
+        self.waitingOn = waitingOn
+        self.id = id
+        self.forMs = forMs
     }
 
-    var fields: [(String, JSON)] { [("waiting_on", .string(waitingOn)), ("id", .string(id)), ("for_ms", .int(forMs))] }
+    init(_ f: inout Fields<Key>) {
+        waitingOn = f.string(.waitingOn) ?? ""
+        id = f.string(.id) ?? ""
+        forMs = f.int(.forMs) ?? 0
+    }
+
+    var fields: FieldList<Key> { [(.waitingOn, .string(waitingOn)), (.id, .string(id)), (.forMs, .int(forMs))] }
 }
 
 /// A `log` event's level. `baton.log` takes these four (fields.level); a journal from
@@ -719,20 +912,26 @@ public struct LogRecord: Sendable {
     public var message: String
     public var fields: JSON
 
-    public static let fieldNames = ["level", "message", "fields"]
+    /// Its keys, in the order the encoder writes them (the wire's names).
+    public enum Key: String, JournalKeys {
+        case level, message, fields
+    }
+    public static let fieldNames = Key.names
 
     public init(level: LogLevel, message: String, fields: JSON = .object([])) {
         self.level = level; self.message = message; self.fields = fields
     }
 
-    init(_ f: inout Fields) {
-        level = f.string("level").flatMap(LogLevel.init(rawValue:)) ?? .info
-        message = f.string("message") ?? ""
-        fields = f["fields"] ?? .object([])
+    init(_ f: inout Fields<Key>) {
+        level = f.string(.level).flatMap(LogLevel.init(rawValue:)) ?? .info
+        message = f.string(.message) ?? ""
+        fields = f[.fields] ?? .object([])
     }
 
     /// The encoder (named apart from `fields`, the record's own payload).
-    var fieldsJSON: [(String, JSON)] { [("level", .string(level.rawValue)), ("message", .string(message)), ("fields", fields)] }
+    var fieldsJSON: FieldList<Key> {
+        [(.level, .string(level.rawValue)), (.message, .string(message)), (.fields, fields)]
+    }
 }
 
 /// A command a recipe ran outside a stage (`baton.sh`, `os.execute`): own process group,
@@ -750,7 +949,11 @@ public struct CommandRecord: Sendable {
     /// baton.sh's output when it is text of at most 4 KiB (what `baton debug` answers it with).
     public var stdout: String?
 
-    public static let fieldNames = ["via", "argv", "shell", "cwd", "pid", "exit", "signal", "timed_out", "duration_ms", "stdout"]
+    /// Its keys, in the order the encoder writes them (the wire's names).
+    public enum Key: String, JournalKeys, CommandKeyed {
+        case via, argv, shell, cwd, pid, exit, signal, timedOut = "timed_out", durationMs = "duration_ms", stdout
+    }
+    public static let fieldNames = Key.names
 
     public init(via: String, command: Command, cwd: String, pid: Int32?, exit: Int32?, signal: Int32?,
                 timedOut: Bool, durationMs: Int64) {
@@ -758,22 +961,23 @@ public struct CommandRecord: Sendable {
         self.signal = signal; self.timedOut = timedOut; self.durationMs = durationMs
     }
 
-    init(_ f: inout Fields) {
-        via = f.string("via") ?? ""
+    init(_ f: inout Fields<Key>) {
+        via = f.string(.via) ?? ""
         command = f.command() ?? .argv([])
-        cwd = f.string("cwd") ?? ""
-        pid = f.int32("pid")
-        exit = f.int32("exit")
-        signal = f.int32("signal")
-        timedOut = f.bool("timed_out")
-        durationMs = f.int("duration_ms") ?? 0
-        stdout = f.string("stdout")
+        cwd = f.string(.cwd) ?? ""
+        pid = f.int32(.pid)
+        exit = f.int32(.exit)
+        signal = f.int32(.signal)
+        timedOut = f.bool(.timedOut)
+        durationMs = f.int(.durationMs) ?? 0
+        stdout = f.string(.stdout)
     }
 
-    var fields: [(String, JSON)] {
-        var o: [(String, JSON)] = [("via", .string(via)), command.journalField, ("cwd", .string(cwd)), ("pid", int(pid)), ("exit", int(exit)),
-                                   ("signal", int(signal)), ("timed_out", .bool(timedOut)), ("duration_ms", .int(durationMs))]
-        if let s = stdout { o.append(("stdout", .string(s))) }
+    var fields: FieldList<Key> {
+        var o: FieldList<Key> = [(.via, .string(via)), command.journalField(Key.self), (.cwd, .string(cwd)),
+                                 (.pid, int(pid)), (.exit, int(exit)),
+                                 (.signal, int(signal)), (.timedOut, .bool(timedOut)), (.durationMs, .int(durationMs))]
+        if let s = stdout { o.add(.stdout, .string(s)) }
         return o
     }
 }
@@ -784,17 +988,25 @@ public struct NotRun: Sendable {
     public var target: String
     public var reason: String
 
-    public static let fieldNames = ["via", "target", "reason"]
+    /// Its keys, in the order the encoder writes them (the wire's names).
+    public enum Key: String, JournalKeys {
+        case via, target, reason
+    }
+    public static let fieldNames = Key.names
 
-    public init(via: String, target: String, reason: String = "dry run") { self.via = via; self.target = target; self.reason = reason }
-
-    init(_ f: inout Fields) {
-        via = f.string("via") ?? ""
-        target = f.string("target") ?? ""
-        reason = f.string("reason") ?? ""
+    public init(via: String, target: String, reason: String = "dry run") {
+        self.via = via
+        self.target = target
+        self.reason = reason
     }
 
-    var fields: [(String, JSON)] { [("via", .string(via)), ("target", .string(target)), ("reason", .string(reason))] }
+    init(_ f: inout Fields<Key>) {
+        via = f.string(.via) ?? ""
+        target = f.string(.target) ?? ""
+        reason = f.string(.reason) ?? ""
+    }
+
+    var fields: FieldList<Key> { [(.via, .string(via)), (.target, .string(target)), (.reason, .string(reason))] }
 }
 
 /// An intervention on a live run through its control socket (`baton attach`, the shell's
@@ -810,25 +1022,36 @@ public struct ControlRecord: Sendable {
     public var ok: Bool
     public var result: String
 
-    public static let fieldNames = ["uid", "user", "pid", "op", "target", "ok", "result"]
+    /// Its keys, in the order the encoder writes them (the wire's names).
+    public enum Key: String, JournalKeys {
+        case uid, user, pid, op, target, ok, result
+    }
+    public static let fieldNames = Key.names
 
     public init(uid: Int64, user: String, pid: Int64, op: ControlOp, target: String, ok: Bool, result: String) {
-        self.uid = uid; self.user = user; self.pid = pid; self.op = op; self.target = target; self.ok = ok; self.result = result
+        self.uid = uid
+        self.user = user
+        self.pid = pid
+        self.op = op
+        self.target = target
+        self.ok = ok
+        self.result = result
     }
 
-    init(_ f: inout Fields) {
-        uid = f.int("uid") ?? -1
-        user = f.string("user") ?? ""
-        pid = f.int("pid") ?? 0
-        op = f.string("op").flatMap(ControlOp.init(rawValue:)) ?? .refused
-        target = f.string("target") ?? ""
-        ok = f.bool("ok")
-        result = f.string("result") ?? ""
+    init(_ f: inout Fields<Key>) {
+        uid = f.int(.uid) ?? -1
+        user = f.string(.user) ?? ""
+        pid = f.int(.pid) ?? 0
+        op = f.string(.op).flatMap(ControlOp.init(rawValue:)) ?? .refused
+        target = f.string(.target) ?? ""
+        ok = f.bool(.ok)
+        result = f.string(.result) ?? ""
     }
 
-    var fields: [(String, JSON)] {
-        [("uid", .int(uid)), ("user", .string(user)), ("pid", .int(pid)), ("op", .string(op.rawValue)), ("target", .string(target)),
-         ("ok", .bool(ok)), ("result", .string(result))]
+    var fields: FieldList<Key> {
+        [(.uid, .int(uid)), (.user, .string(user)), (.pid, .int(pid)), (.op, .string(op.rawValue)),
+         (.target, .string(target)),
+         (.ok, .bool(ok)), (.result, .string(result))]
     }
 }
 
@@ -839,33 +1062,37 @@ public struct FinalEvent: Sendable {
     /// When `baton cancel` finished an orphaned run: the processes it ended.
     public var killedPids: [Int32]?
 
-    public static let fieldNames = ["status", "exit_code", "reason", "killed_pids"]
+    /// Its keys, in the order the encoder writes them (the wire's names).
+    public enum Key: String, JournalKeys {
+        case status, exitCode = "exit_code", reason, killedPids = "killed_pids"
+    }
+    public static let fieldNames = Key.names
 
     public init(status: RunOutcome, exitCode: Int32, reason: String?, killedPids: [Int32]? = nil) {
         self.status = status; self.exitCode = exitCode; self.reason = reason; self.killedPids = killedPids
     }
 
-    init(_ f: inout Fields) {
-        status = RunOutcome(reading: f.string("status"))
-        exitCode = f.int32("exit_code") ?? 1
-        reason = f.string("reason")
-        killedPids = f["killed_pids"]?.arrayValue?.compactMap { $0.intValue.map { Int32(truncatingIfNeeded: $0) } }
+    init(_ f: inout Fields<Key>) {
+        status = RunOutcome(reading: f.string(.status))
+        exitCode = f.int32(.exitCode) ?? 1
+        reason = f.string(.reason)
+        killedPids = f[.killedPids]?.arrayValue?.compactMap { $0.intValue.map { Int32(truncatingIfNeeded: $0) } }
     }
 
-    var fields: [(String, JSON)] {
-        var o: [(String, JSON)] = [("status", .string(status.rawValue)), ("exit_code", .int(Int64(exitCode))),
-                                  ("reason", str(reason))]
-        if let k = killedPids { o.append(("killed_pids", .array(k.map { .int(Int64($0)) }))) }
+    var fields: FieldList<Key> {
+        var o: FieldList<Key> = [(.status, .string(status.rawValue)), (.exitCode, .int(Int64(exitCode))),
+                                (.reason, str(reason))]
+        if let k = killedPids { o.add(.killedPids, .array(k.map { .int(Int64($0)) })) }
         return o
     }
 }
 
 extension Command {
     /// `argv` (a list) or `shell` (a string), as stage and command events write it.
-    var journalField: (String, JSON) {
+    func journalField<K: CommandKeyed>(_: K.Type) -> (K, JSON) {
         switch self {
-        case let .argv(a): return ("argv", .array(a.map(JSON.string)))
-        case let .shell(s): return ("shell", .string(s))
+        case let .argv(a): return (.argv, .array(a.map(JSON.string)))
+        case let .shell(s): return (.shell, .string(s))
         }
     }
 }

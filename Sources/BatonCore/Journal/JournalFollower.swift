@@ -17,7 +17,9 @@ public struct JournalFollower {
         var contents = JournalReader.parse(Array(bytes[offset..<end]))
         contents.resolveLogs(in: FileIO.dirname(path))
         offset = end
-        if contents.events.contains(where: { if case .final = $0.body { return true }; return false }) { sawFinal = true }
+        if contents.events.contains(where: { if case .final = $0.body { return true }; return false }) {
+            sawFinal = true
+        }
         return contents
     }
 

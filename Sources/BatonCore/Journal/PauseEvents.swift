@@ -12,23 +12,27 @@ public struct PauseRecord: Sendable {
     /// "recipe.lua:12": the recipe's frame.
     public var line: String
 
-    public static let fieldNames = ["where", "why", "stage", "line"]
+    /// Its keys, in the order the encoder writes them (the wire's names).
+    public enum Key: String, JournalKeys {
+        case `where`, why, stage, line
+    }
+    public static let fieldNames = Key.names
 
     public init(at: String, why: String, stage: String?, line: String) {
         self.at = at; self.why = why; self.stage = stage; self.line = line
     }
 
-    init(_ f: inout Fields) {
-        at = f.string("where") ?? ""
-        why = f.string("why") ?? ""
-        stage = f.string("stage")
-        line = f.string("line") ?? ""
+    init(_ f: inout Fields<Key>) {
+        at = f.string(.where) ?? ""
+        why = f.string(.why) ?? ""
+        stage = f.string(.stage)
+        line = f.string(.line) ?? ""
     }
 
-    var fields: [(String, JSON)] {
-        var o: [(String, JSON)] = [("where", .string(at)), ("why", .string(why))]
-        if let s = stage { o.append(("stage", .string(s))) }
-        o.append(("line", .string(line)))
+    var fields: FieldList<Key> {
+        var o: FieldList<Key> = [(.where, .string(at)), (.why, .string(why))]
+        if let s = stage { o.add(.stage, .string(s)) }
+        o.add(.line, .string(line))
         return o
     }
 
@@ -41,16 +45,20 @@ public struct PauseResumed: Sendable {
     public var how: String
     public var pausedMs: Int64
 
-    public static let fieldNames = ["how", "paused_ms"]
+    /// Its keys, in the order the encoder writes them (the wire's names).
+    public enum Key: String, JournalKeys {
+        case how, pausedMs = "paused_ms"
+    }
+    public static let fieldNames = Key.names
 
     public init(how: String, pausedMs: Int64) { self.how = how; self.pausedMs = pausedMs }
 
-    init(_ f: inout Fields) {
-        how = f.string("how") ?? ""
-        pausedMs = f.int("paused_ms") ?? 0
+    init(_ f: inout Fields<Key>) {
+        how = f.string(.how) ?? ""
+        pausedMs = f.int(.pausedMs) ?? 0
     }
 
-    var fields: [(String, JSON)] { [("how", .string(how)), ("paused_ms", .int(pausedMs))] }
+    var fields: FieldList<Key> { [(.how, .string(how)), (.pausedMs, .int(pausedMs))] }
 }
 
 extension RunDirectory {

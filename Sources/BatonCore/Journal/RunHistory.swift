@@ -53,7 +53,9 @@ public struct StageRecord: Sendable {
     /// The scheduler's word for where it stands (its job state).
     public var queue: String? { get { batch?.value.queue } set { updateBatch { $0.queue = newValue } } }
     public var node: String? { get { batch?.value.node } set { updateBatch { $0.node = newValue } } }
-    public var queueReason: String? { get { batch?.value.queueReason } set { updateBatch { $0.queueReason = newValue } } }
+    public var queueReason: String? {
+        get { batch?.value.queueReason } set { updateBatch { $0.queueReason = newValue } }
+    }
     private struct BatchPlace: Sendable, Equatable {
         var executor, nativeID: String?
         var phase: QueuePhase?
@@ -81,7 +83,8 @@ public struct StageRecord: Sendable {
     public var batchFields: [(String, JSON)] {
         guard let e = executor, let id = nativeID else { return [] }
         return [("executor", .string(e)), ("native_id", .string(id)),
-                ("phase", phase.map { .string($0.rawValue) } ?? .null), ("queue", queue.map(JSON.string) ?? .null), ("node", node.map(JSON.string) ?? .null)]
+                ("phase", phase.map { .string($0.rawValue) } ?? .null), ("queue", queue.map(JSON.string) ?? .null),
+                ("node", node.map(JSON.string) ?? .null)]
     }
 
     public var isOpen: Bool { status.isOpen }
@@ -124,9 +127,9 @@ public struct WatchRecord: Sendable {
     public var state: WatchState
     public var since: Double
     public var reason: String
-    public var details: JSON
-    /// The details of its `queued` transition (require_files, ready_timeout_sec, timeout_sec).
-    public var queued: JSON = .object([])
+    public var details: WatchDetails
+    /// The details of its `queued` transition (its settings).
+    public var queued: WatchDetails = .none
 }
 
 /// One attempt of a stage, with its log files (every life of the run, oldest first).
@@ -205,51 +208,9 @@ public struct RunHistory: Sendable {
         case let .runResumed(b):
             begin(e.ts, b, resumed: true)
         case let .stageStarted(s):
-            let i = slot(s.key)
-            if !stages[i].isOpen {   // a new call (or the same call again in a later life)
-                stages[i] = StageRecord(status: .running, key: s.key)
-            }
-            // (A new slot is already open: its start is set here, not by the reset above.)
-            if stages[i].startedAt == nil { stages[i].startedAt = e.ts }
-            // In place: a stage record is large, and a long resume folds thousands.
-            stages[i].status = .running
-            stages[i].command = s.command
-            stages[i].cwd = s.cwd
-            stages[i].fingerprint = s.fingerprint
-            stages[i].attempt = s.attempt
-            stages[i].attemptStartedAt = e.ts
-            stages[i].timeoutSec = s.timeoutSec
-            stages[i].pid = s.pid
-            stages[i].logs = s.logs
-            stages[i].fingerprintParts = s.fingerprintParts
-            stages[i].stalled = nil
-            stages[i].executor = s.executor
-            stages[i].nativeID = s.nativeID
-            stages[i].phase = s.nativeID == nil ? nil : .submitted
-            stages[i].queue = nil
-            stages[i].node = nil
-            stages[i].queueReason = nil
-            if keepsAttemptLogs {
-                attemptLogs.append(AttemptLog(key: s.key, attempt: s.attempt, logs: s.logs, life: max(1, lives)))
-            }
-            noteLogNumber(s.key.id, s.logs)
+            stageStarted(s, at: e.ts)
         case let .stageFinished(f):
-            let i = slot(f.key)
-            if !stages[i].isOpen {
-                // A call again in a later life (a replay has no stage_started): its inputs' parts carry over.
-                let parts = stages[i].fingerprintParts
-                stages[i] = StageRecord(status: .running, key: f.key)
-                stages[i].fingerprintParts = parts
-            }
-            if !f.fingerprint.isEmpty { stages[i].fingerprint = f.fingerprint }
-            if !f.logs.stdout.isEmpty { stages[i].logs = f.logs }
-            stages[i].attempt = f.attempt
-            stages[i].status = f.final ? .ended(f.status) : .waiting
-            stages[i].endedAt = e.ts
-            if f.final { stages[i].pid = nil }
-            stages[i].finished = f
-            if let p = f.fingerprintParts { stages[i].fingerprintParts = p }
-            if f.final, !keepsWholeRecords { stages[i] = stages[i].summarized() }
+            stageFinished(f, at: e.ts)
         case let .stageStalled(s):
             if let i = stageIndex[s.key] { stages[i].stalled = s }
         case let .stageQueued(q):
@@ -260,12 +221,7 @@ public struct RunHistory: Sendable {
                 stages[i].queueReason = q.reason
             }
         case let .watch(w):
-            var rec = WatchRecord(id: w.id, state: w.to, since: e.ts, reason: w.reason, details: w.details)
-            if w.to == .queued { rec.queued = w.details } else if let i = watchIndex[w.id] { rec.queued = watches[i].queued }
-            if let i = watchIndex[w.id], !watches[i].state.isTerminal || w.from == nil { watches[i] = rec } else {
-                watchIndex[w.id] = watches.count
-                watches.append(rec)
-            }
+            watchChanged(w, at: e.ts)
         case let .final(f):
             final = (f, e.ts)
             paused = nil
@@ -276,6 +232,70 @@ public struct RunHistory: Sendable {
             paused = nil
         case .preflight, .gate, .heartbeat, .log, .command, .notRun, .control, .unknown:
             break   // (a call's state, a watch's and the lives do not depend on these)
+        }
+    }
+
+    /// A stage call's attempt started: the call's record is (re)opened and follows the attempt.
+    private mutating func stageStarted(_ s: StageStarted, at ts: Double) {
+        let i = slot(s.key)
+        if !stages[i].isOpen {   // a new call (or the same call again in a later life)
+            stages[i] = StageRecord(status: .running, key: s.key)
+        }
+        // (A new slot is already open: its start is set here, not by the reset above.)
+        if stages[i].startedAt == nil { stages[i].startedAt = ts }
+        // In place: a stage record is large, and a long resume folds thousands.
+        stages[i].status = .running
+        stages[i].command = s.command
+        stages[i].cwd = s.cwd
+        stages[i].fingerprint = s.fingerprint
+        stages[i].attempt = s.attempt
+        stages[i].attemptStartedAt = ts
+        stages[i].timeoutSec = s.timeoutSec
+        stages[i].pid = s.pid
+        stages[i].logs = s.logs
+        stages[i].fingerprintParts = s.fingerprintParts
+        stages[i].stalled = nil
+        stages[i].executor = s.executor
+        stages[i].nativeID = s.nativeID
+        stages[i].phase = s.nativeID == nil ? nil : .submitted
+        stages[i].queue = nil
+        stages[i].node = nil
+        stages[i].queueReason = nil
+        if keepsAttemptLogs {
+            attemptLogs.append(AttemptLog(key: s.key, attempt: s.attempt, logs: s.logs, life: max(1, lives)))
+        }
+        noteLogNumber(s.key.id, s.logs)
+    }
+
+    /// A stage call's attempt ended: final, or waiting for its next attempt.
+    private mutating func stageFinished(_ f: StageFinished, at ts: Double) {
+        let i = slot(f.key)
+        if !stages[i].isOpen {
+            // A call again in a later life (a replay has no stage_started): its inputs' parts carry over.
+            let parts = stages[i].fingerprintParts
+            stages[i] = StageRecord(status: .running, key: f.key)
+            stages[i].fingerprintParts = parts
+        }
+        if !f.fingerprint.isEmpty { stages[i].fingerprint = f.fingerprint }
+        if !f.logs.stdout.isEmpty { stages[i].logs = f.logs }
+        stages[i].attempt = f.attempt
+        stages[i].status = f.final ? .ended(f.status) : .waiting
+        stages[i].endedAt = ts
+        if f.final { stages[i].pid = nil }
+        stages[i].finished = f
+        if let p = f.fingerprintParts { stages[i].fingerprintParts = p }
+        if f.final, !keepsWholeRecords { stages[i] = stages[i].summarized() }
+    }
+
+    /// A watch's state changed: its record replaced, or a new one when the watch starts again.
+    private mutating func watchChanged(_ w: WatchTransition, at ts: Double) {
+        var rec = WatchRecord(id: w.id, state: w.to, since: ts, reason: w.reason, details: w.details)
+        if w.to == .queued { rec.queued = w.details } else if let i = watchIndex[w.id] {
+            rec.queued = watches[i].queued
+        }
+        if let i = watchIndex[w.id], !watches[i].state.isTerminal || w.from == nil { watches[i] = rec } else {
+            watchIndex[w.id] = watches.count
+            watches.append(rec)
         }
     }
 

@@ -124,7 +124,10 @@ public struct RunTimeline: Sendable {
             let i: Int
             if let o = open.removeValue(forKey: f.key) { i = o } else {   // 0.1 journals: no stage_started
                 i = attempts.count
-                attempts.append(Attempt(key: f.key, life: life, attempt: f.attempt, start: e.ts - Double(f.durationMs) / 1000,
+                attempts.append(Attempt(key: f.key,
+                                        life: life,
+                                        attempt: f.attempt,
+                                        start: e.ts - Double(f.durationMs) / 1000,
                                         status: .running, logs: f.logs))
             }
             attempts[i].end = e.ts
@@ -132,7 +135,11 @@ public struct RunTimeline: Sendable {
             attempts[i].finished = f
         case let .watch(w):
             if let i = openWatch.removeValue(forKey: w.id) { watchPhases[i].end = e.ts }
-            watchPhases.append(WatchPhase(id: w.id, state: w.to, start: e.ts, end: w.to.isTerminal ? e.ts : nil, reason: w.reason))
+            watchPhases.append(WatchPhase(id: w.id,
+                                          state: w.to,
+                                          start: e.ts,
+                                          end: w.to.isTerminal ? e.ts : nil,
+                                          reason: w.reason))
             if !w.to.isTerminal { openWatch[w.id] = watchPhases.count - 1 }
         case let .gate(g): gates.append(Mark(ts: e.ts, record: g))
         case let .preflight(p): preflights.append(Mark(ts: e.ts, record: p))
@@ -185,7 +192,8 @@ public struct RunTimeline: Sendable {
     /// The interval between heartbeats of one wait, as journaled (30 s by default).
     public var heartbeatInterval: Double {
         var best = Double.infinity
-        for (a, b) in zip(heartbeats, heartbeats.dropFirst()) where a.record.id == b.record.id && b.record.forMs > a.record.forMs {
+        for (a, b) in zip(heartbeats, heartbeats.dropFirst()) where a.record.id == b.record.id
+            && b.record.forMs > a.record.forMs {
             best = min(best, Double(b.record.forMs - a.record.forMs) / 1000)
         }
         return best.isFinite ? max(best, 0.05) : 30

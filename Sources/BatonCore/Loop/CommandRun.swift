@@ -125,7 +125,11 @@ public final class CommandRun: LoopTask {
                            timeout: Double? = nil, grace: Double = 2, outputLimit: Int = 16 << 20,
                            output: (Int32, Int32)? = nil, on loop: EventLoop, label: WaitLabel? = nil,
                            executor: Executor = LocalExecutor()) -> Outcome {
-        let task = CommandRun(command, cwd: cwd, env: env ?? Spawner.currentEnvironment(), stdin: stdin, timeout: timeout,
+        let task = CommandRun(command,
+                              cwd: cwd,
+                              env: env ?? Spawner.currentEnvironment(),
+                              stdin: stdin,
+                              timeout: timeout,
                               grace: grace, outputLimit: outputLimit, output: output, executor: executor)
         if task.isFinished { return task.outcome }
         loop.add(task)

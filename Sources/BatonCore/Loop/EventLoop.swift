@@ -114,7 +114,8 @@ public final class EventLoop {
                 if mustStop() { return .interrupted }
             }
             if now >= nextHeartbeat, let label {
-                onHeartbeat?(Heartbeat(waitingOn: label.kind.rawValue, id: label.id, forMs: Int64((now - began) * 1000)))
+                let waited = Int64((now - began) * 1000)
+                onHeartbeat?(Heartbeat(waitingOn: label.kind.rawValue, id: label.id, forMs: waited))
                 nextHeartbeat = now + hbEvery
             }
             if now >= nextPoll {
@@ -147,18 +148,26 @@ public final class EventLoop {
             if poked { poked = false; wake = now }
             let ms: Int32 = wake.isInfinite ? -1 : Int32(max(0, min(3_600_000, ((wake - now) * 1000).rounded(.up))))
             if poll(&pfds, nfds_t(pfds.count), ms) > 0 {
-                if pfds[0].revents != 0 {
-                    var buf = [UInt8](repeating: 0, count: 64)
-                    let got = read(baton_signal_fd(), &buf, buf.count)
-                    if cancelling, got > 0 { for t in tasks { t.cancel(force: true) } }
-                }
-                for i in firstExtra..<firstSource where pfds[i].revents != 0 { onReadable?(pfds[i].fd) }
-                for (k, s) in polled.enumerated() where pfds[firstSource + k].revents != 0 {
-                    inSource = true
-                    s.handler()
-                    inSource = false
-                }
+                dispatch(pfds, extra: firstExtra..<firstSource, polled: polled, cancelling: cancelling,
+                         onReadable: onReadable)
             }
+        }
+    }
+
+    /// After a poll: the self-pipe read (a second signal while cancelling ends the tasks at
+    /// once), the caller's descriptors and the sources that are readable handled.
+    private func dispatch(_ pfds: [pollfd], extra: Range<Int>, polled: [(fd: Int32, handler: () -> Void)],
+                          cancelling: Bool, onReadable: ((Int32) -> Void)?) {
+        if pfds[0].revents != 0 {
+            var buf = [UInt8](repeating: 0, count: 64)
+            let got = read(baton_signal_fd(), &buf, buf.count)
+            if cancelling, got > 0 { for t in tasks { t.cancel(force: true) } }
+        }
+        for i in extra where pfds[i].revents != 0 { onReadable?(pfds[i].fd) }
+        for (k, s) in polled.enumerated() where pfds[extra.upperBound + k].revents != 0 {
+            inSource = true
+            s.handler()
+            inSource = false
         }
     }
 
@@ -207,7 +216,10 @@ public final class EventLoop {
             let r = wait(deadline: until) { self.tasks.isEmpty && !self.executorsBusy }
             if r == .satisfied { break }
             for t in tasks { t.cancel(force: true) }
-            if r == .deadline { _ = wait(deadline: Clock.monotonic() + 5) { self.tasks.isEmpty && !self.executorsBusy }; break }
+            if r == .deadline {
+                _ = wait(deadline: Clock.monotonic() + 5) { self.tasks.isEmpty && !self.executorsBusy }
+                break
+            }
         }
     }
 }

@@ -173,7 +173,9 @@ final class GateExecution: CallerTask {
             return decided(i, d, fallbackUsed: true, note: note)
         }
         let how = o.ok ? "exit 0" : o.failureDescription
-        error = PrimitiveError(message: "gate '\(spec.name)': '\(cmd.display)' printed no JSON object with 'approved' (\(how))"
+        error =
+            PrimitiveError(message: "gate '\(spec.name)': '\(cmd.display)' printed no JSON object with 'approved' "
+                    + "(\(how))"
                                    + " and no fallback is set", status: .failure, kind: "gate")
         phase = .finished
     }

@@ -57,7 +57,9 @@ public enum PreflightCheck {
         switch self {
         case let .path(p, directory, executable):
             if !FileIO.exists(p) { return Outcome(ok: false, detail: "missing") }
-            if directory && !FileIO.isDirectory(p) { return Outcome(ok: false, detail: "exists but is not a directory") }
+            if directory && !FileIO.isDirectory(p) {
+                return Outcome(ok: false, detail: "exists but is not a directory")
+            }
             if executable && access(p, X_OK) != 0 { return Outcome(ok: false, detail: "exists but is not executable") }
             return Outcome(ok: true, detail: FileIO.isDirectory(p) ? "directory exists" : "exists")
         case .command:
@@ -69,7 +71,8 @@ public enum PreflightCheck {
             if let own = ProcessTable.selfMatch(pattern) {
                 let first = pattern.first.map(String.init) ?? ""
                 return Outcome(ok: false, detail: "a 'pgrep -f' wait on this pattern matches its own command line "
-                               + "('\(own)'), so it would never end; use a pattern such as '[\(first)]\(pattern.dropFirst())'")
+                               + "('\(own)'), so it would never end; use a pattern such as "
+                                   + "'[\(first)]\(pattern.dropFirst())'")
             }
             let n = ProcessTable.matching(pattern)?.count ?? 0
             return Outcome(ok: true, detail: "no self-match; \(n) process\(n == 1 ? "" : "es") match now")
@@ -126,7 +129,11 @@ extension RunContext {
         try drive(exec)
         if exec.cancelled { throw LoopInterrupted() }   // (its command was ended: the run is stopping)
         let ok = exec.failures.isEmpty
-        record(.preflight(PreflightRecord(name: spec.name, policy: spec.policy, ok: ok, dryRun: dryRun, checks: exec.results)))
+        record(.preflight(PreflightRecord(name: spec.name,
+                                          policy: spec.policy,
+                                          ok: ok,
+                                          dryRun: dryRun,
+                                          checks: exec.results)))
         try checkFatal()
         let json: JSON = .object([("name", .string(spec.name)), ("policy", .string(spec.policy.rawValue)),
                                   ("ok", .bool(ok)), ("checks", .array(exec.results.map(\.json)))])

@@ -118,7 +118,7 @@ public final class WatchLifecycle {
 
     public init(id: String, context: RunContext) { self.id = id; self.context = context }
 
-    public func move(_ to: WatchState, _ reason: String, details: JSON = .object([])) {
+    public func move(_ to: WatchState, _ reason: String, details: WatchDetails = .none) {
         // (A terminal transition is flushed before `record` returns: its durability is `.now`.)
         context.record(.watch(WatchTransition(id: id, from: state, to: to, reason: reason, details: details)))
         state = to

@@ -84,7 +84,8 @@ public struct WatchResult {
     /// The result table: `fields` and how it ended.
     public var json: JSON {
         .object(fields + [("state", .string(state.rawValue)), ("ok", .bool(ok)), ("reason", .string(reason)),
-                          ("duration", .double(duration)), ("transitions", .array(transitions.map { .string($0.rawValue) }))])
+                          ("duration", .double(duration)),
+                          ("transitions", .array(transitions.map { .string($0.rawValue) }))])
     }
 }
 
@@ -162,10 +163,10 @@ final class WatchExecution: CallerTask {
 
     func begin() {
         let require = spec.requireFiles
-        life.move(.queued, "watch registered on \(spec.target.text)", details: .object([
-            ("require_files", .array(require.map(JSON.string))), ("ready_timeout_sec", .double(spec.readyTimeout)),
-            ("ready_poll_sec", .double(spec.readyPoll)), ("on_missing", .string(spec.onMissing.rawValue)),
-            ("timeout_sec", .double(spec.timeout))]))
+        let settings = WatchDetails.Settings(requireFiles: require, readyTimeoutSec: spec.readyTimeout,
+                                             readyPollSec: spec.readyPoll, onMissing: spec.onMissing,
+                                             timeoutSec: spec.timeout)
+        life.move(.queued, "watch registered on \(spec.target.text)", details: WatchDetails(settings: settings))
         life.move(.running, "waiting for \(spec.target.text) to finish")
         deadline = Clock.monotonic() + spec.timeout
         switch spec.target {
@@ -283,9 +284,7 @@ final class WatchExecution: CallerTask {
         if !missingNow.isEmpty {
             what += "; required file\(missingNow.count == 1 ? "" : "s") missing: \(missingNow.joined(separator: ", "))"
         }
-        let details = JSON.object([("stage", .string(res.id)), ("status", .string(res.status.rawValue)),
-                                   ("exit", res.exit.map { .int(Int64($0)) } ?? .null),
-                                   ("missing", .array(missingNow.map(JSON.string)))])
+        let details = WatchDetails(stage: .init(id: res.id, status: res.status, exit: res.exit), missing: missingNow)
         result.files = spec.requireFiles
         result.missing = missingNow
         switch spec.onMissing {
@@ -303,18 +302,20 @@ final class WatchExecution: CallerTask {
 
     func awaitArtifacts() {
         let require = spec.requireFiles
-        let files = JSON.object([("files", .array(require.map(JSON.string)))])
+        let files = WatchDetails(files: require)
         if let res = stageFailed {
             let missing = require.filter { (FileIO.size($0) ?? 0) == 0 }
             if !missing.isEmpty {
-                life.move(.awaiting_artifacts, "stage \(res.id) \(res.status.rawValue): not waiting for files it did not write",
+                life.move(.awaiting_artifacts,
+                          "stage \(res.id) \(res.status.rawValue): not waiting for files it did not write",
                           details: files)
             }
             return artifactsChecked(missing)
         }
         if require.isEmpty { return artifactsChecked([]) }
         let n = require.count
-        life.move(.awaiting_artifacts, "waiting up to \(Clock.human(spec.readyTimeout)) for \(n) required file\(n == 1 ? "" : "s")",
+        life.move(.awaiting_artifacts,
+                  "waiting up to \(Clock.human(spec.readyTimeout)) for \(n) required file\(n == 1 ? "" : "s")",
                   details: files)
         phase = .artifacts
         deadline = Clock.monotonic() + spec.readyTimeout
@@ -340,7 +341,7 @@ final class WatchExecution: CallerTask {
         if !missing.isEmpty {
             let what = "required file\(missing.count == 1 ? "" : "s") missing after \(Clock.human(spec.readyTimeout)): "
                 + missing.joined(separator: ", ")
-            let details = JSON.object([("missing", .array(missing.map(JSON.string)))])
+            let details = WatchDetails(missing: missing)
             switch spec.onMissing {
             case .block:
                 life.move(.blocked, what, details: details)
@@ -362,7 +363,8 @@ final class WatchExecution: CallerTask {
 
     func callBack() throws {
         do {
-            result.callbackResult = try spec.callback?(.object(result.fields + [("state", .string("callback_running"))]))
+            let fields = result.fields + [("state", .string("callback_running"))]
+            result.callbackResult = try spec.callback?(.object(fields))
         } catch let e as CallbackError {
             life.move(.failed, e.reason)
             throw e.error
@@ -377,8 +379,11 @@ final class WatchExecution: CallerTask {
     func complete() {
         let missing = result.missing ?? []
         let failedNote = stageFailed.map { "stage \($0.id) \($0.status.rawValue)" }
+        // (What made it not ok is in the details too: `baton debug` answers the watch from them.)
+        let details = WatchDetails(stage: stageFailed.map { .init(id: $0.id, status: $0.status, exit: $0.exit) },
+                                   missing: missing.isEmpty ? nil : missing)
         life.move(.completed, ["done", failedNote, missing.isEmpty ? nil : "with missing artifacts"].compactMap { $0 }
-            .joined(separator: "; "))
+            .joined(separator: "; "), details: details)
         result.ok = missing.isEmpty && stageFailed == nil
         finish(ok: result.ok)
     }

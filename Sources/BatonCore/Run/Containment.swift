@@ -86,7 +86,9 @@ public final class Containment {
             let f = halves[0].split(separator: " ")
             if f.count > 4 { mount = String(f[4]); break }
         }
-        guard let m = mount, let line = cg.split(separator: "\n").first(where: { $0.hasPrefix("0::") }) else { return nil }
+        guard let m = mount, let line = cg.split(separator: "\n").first(where: { $0.hasPrefix("0::") }) else {
+            return nil
+        }
         let rel = String(line.dropFirst(3))
         return rel == "/" ? m : m + rel
     }
@@ -199,7 +201,9 @@ public final class Containment {
             if !ev.contains("populated 1") { break }
             usleep(5_000)
         }
-        for name in FileIO.list(run) where name.hasPrefix("s") && FileIO.isDirectory(run + "/" + name) { rmdir(run + "/" + name) }
+        for name in FileIO.list(run) where name.hasPrefix("s") && FileIO.isDirectory(run + "/" + name) {
+            rmdir(run + "/" + name)
+        }
         rmdir(run)
     }
 

@@ -14,9 +14,13 @@ public struct StageProcess: Sendable {
     public static func of(leader: Int32) -> [StageProcess] {
         var out: [StageProcess] = []
         for name in FileIO.list("/proc") {
-            guard let pid = Int32(name), let p = ProcStat.read(pid), !p.isDead, pid == leader || p.pgrp == leader else { continue }
+            guard let pid = Int32(name), let p = ProcStat.read(pid), !p.isDead, pid == leader || p.pgrp == leader else {
+                continue
+            }
             let cmd = ProcessTable.commandLine(pid) ?? p.name
-            out.append(StageProcess(pid: pid, role: pid == leader ? "stage leader" : "child", command: String(cmd.prefix(200))))
+            out.append(StageProcess(pid: pid,
+                                    role: pid == leader ? "stage leader" : "child",
+                                    command: String(cmd.prefix(200))))
         }
         return out.sorted { ($0.role == "stage leader" ? 0 : 1, $0.pid) < ($1.role == "stage leader" ? 0 : 1, $1.pid) }
     }
@@ -31,21 +35,24 @@ extension RunInfo {
         guard isLive, let c = current else { return nil }
         let now = Clock.now()
         let cwd = history.latestStart?.began.cwd ?? ""
-        func shown(_ p: String) -> String { !cwd.isEmpty && p.hasPrefix(cwd + "/") ? String(p.dropFirst(cwd.count + 1)) : p }
+        func shown(_ p: String) -> String {
+            !cwd.isEmpty && p.hasPrefix(cwd + "/") ? String(p.dropFirst(cwd.count + 1)) : p
+        }
         if c.kind == "watch", let w = history.watches.last(where: { $0.id == c.id && !$0.state.isTerminal }) {
             let forS = Int(max(0, now - w.since))
             var waitingFor = w.reason
             var missing: [String] = []
-            var limit: Double? = w.queued["timeout_sec"]?.doubleValue
+            let limit = w.limit
             if w.state == .awaiting_artifacts {
-                let files = w.queued["require_files"]?.arrayValue?.compactMap(\.stringValue) ?? []
-                missing = files.filter { (FileIO.size($0) ?? 0) == 0 }
-                limit = w.queued["ready_timeout_sec"]?.doubleValue
-                waitingFor = missing.isEmpty ? "all required files are there" : "missing " + missing.map(shown).joined(separator: ", ")
+                missing = w.missingNow
+                waitingFor = missing.isEmpty
+                    ? "all required files are there"
+                    : "missing " + missing.map(shown).joined(separator: ", ")
             }
             let of = limit.map { " of \(Int($0))" } ?? ""
             let text = "watch '\(w.id)' \(w.state.rawValue): \(waitingFor), \(forS) s\(of)"
-            return (text, .object([("kind", .string("watch")), ("id", .string(w.id)), ("state", .string(w.state.rawValue)),
+            return (text,
+                    .object([("kind", .string("watch")), ("id", .string(w.id)), ("state", .string(w.state.rawValue)),
                                    ("waiting_for", .string(waitingFor)), ("missing", .array(missing.map(JSON.string))),
                                    ("for_s", .int(Int64(forS))), ("limit_s", limit.map { .double($0) } ?? .null),
                                    ("text", .string(text))]))
@@ -70,7 +77,9 @@ extension RunInfo {
         }
         guard let p = newest?.0 else { return nil }
         let text = String(decoding: readTail(p, limit: 4096), as: UTF8.self)
-        return text.split(separator: "\n").last(where: { !$0.trimmingWhitespace().isEmpty }).map { String($0.prefix(200)) }
+        return text.split(separator: "\n").last(where: { !$0.trimmingWhitespace().isEmpty }).map {
+            String($0.prefix(200))
+        }
     }
 
     /// The live fields of a running stage: its last output line and its processes.

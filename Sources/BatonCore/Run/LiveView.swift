@@ -20,7 +20,9 @@ public enum LiveView {
         for r in stages {
             let since = r.attemptStartedAt ?? r.startedAt ?? now
             items.append((since, {
-                var s = "\(spinner) \(pad(r.key.description, idWidth))  attempt \(r.attempt)  \(Clock.human(max(0, now - since)))"
+                var s =
+                    "\(spinner) \(pad(r.key.description, idWidth))  attempt \(r.attempt)  "
+                        + "\(Clock.human(max(0, now - since)))"
                 if let t = r.timeoutSec { s += " of \(Clock.human(t))" }
                 if let b = r.batchText { s += "  \(b)" }
                 if r.stalled != nil { s += "  STALLED" }
@@ -31,11 +33,9 @@ public enum LiveView {
         for w in h.watches where !w.state.isTerminal {
             items.append((w.since, {
                 var s = "\(spinner) watch \(w.id)  \(w.state.rawValue)"
-                var limit = w.queued["timeout_sec"]?.doubleValue
+                let limit = w.limit
                 if w.state == .awaiting_artifacts {
-                    limit = w.queued["ready_timeout_sec"]?.doubleValue
-                    let files = w.queued["require_files"]?.arrayValue?.compactMap(\.stringValue) ?? []
-                    let missing = files.filter { (FileIO.size($0) ?? 0) == 0 }
+                    let missing = w.missingNow
                     if !missing.isEmpty { s += "  waiting for " + missing.joined(separator: ", ") }
                 }
                 s += "  \(Clock.human(max(0, now - w.since)))" + (limit.map { " of \(Clock.human($0))" } ?? "")
@@ -54,7 +54,9 @@ public enum LiveView {
         return out.map { clip($0, width - 1) }
     }
 
-    public static func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
+    public static func pad(_ s: String, _ n: Int) -> String {
+        s.count >= n ? s : s + String(repeating: " ", count: n - s.count)
+    }
 
     /// At most `n` characters (a line that wraps would break the redraw).
     public static func clip(_ s: String, _ n: Int) -> String {

@@ -6,7 +6,10 @@ import Glibc
 public enum Recovery {
     public struct Outcome { public var killed: [pid_t]; public var final: FinalRecord }
 
-    public static func finishOrphan(_ dir: RunDirectory, status: RunOutcome, exitCode: ExitStatus, reason: String) throws -> Outcome? {
+    public static func finishOrphan(_ dir: RunDirectory,
+                                    status: RunOutcome,
+                                    exitCode: ExitStatus,
+                                    reason: String) throws -> Outcome? {
         guard let lock = try FileLock.tryAcquire(dir.lock, mode: RunDirectory.fileMode) else { return nil }
         defer { lock.release() }
         let killed = Survivors.kill(runID: dir.id, loop: EventLoop())
@@ -57,7 +60,8 @@ extension Recovery {
             signalled(pid)
             let until = Clock.monotonic() + killAfter
             func live() -> Bool {
-                FileLock.isHeld(dir.lock) || (kill(pid, 0) == 0 && RunInfo.load(dir, withEvents: false).state == .starting)
+                FileLock.isHeld(dir.lock)
+                    || (kill(pid, 0) == 0 && RunInfo.load(dir, withEvents: false).state == .starting)
             }
             let loop = EventLoop()
             let r = loop.wait(deadline: until, pollEvery: 0.05) { !live() || interrupted() }
@@ -66,15 +70,19 @@ extension Recovery {
             kill(pid, SIGKILL)
             _ = loop.wait(deadline: Clock.monotonic() + 10, pollEvery: 0.02) { !FileLock.isHeld(dir.lock) }
             let o = try finishOrphan(dir, status: .cancelled, exitCode: .terminated,
-                                     reason: "cancelled; its runner did not stop within \(Clock.human(killAfter)) and was killed")
+                                     reason: "cancelled; its runner did not stop within \(Clock.human(killAfter)) "
+                                         + "and was killed")
             return .killed(runner: pid, ended: o?.killed ?? [])
         case .orphaned:
             guard let o = try finishOrphan(dir, status: .cancelled, exitCode: .terminated,
                                            reason: "cancelled after its runner died (orphaned run)") else {
-                return try cancel(dir, killAfter: killAfter, interrupted: interrupted, signalled: signalled)   // live again
+                return try cancel(dir,
+                                  killAfter: killAfter,
+                                  interrupted: interrupted,
+                                  signalled: signalled)   // live again
             }
             return .finishedOrphan(ended: o.killed)
-        default:
+        case .succeeded, .failed, .cancelled, .dry_run:
             return .alreadyEnded(info.state)
         }
     }

@@ -14,7 +14,8 @@ public struct FingerprintParts: Sendable, Equatable {
     }
 
     public init(_ spec: StageSpec) {
-        self.init(command: FailureSignature.fnv1a(spec.command.json.encoded()), cwd: FailureSignature.fnv1a(spec.cwd ?? ""),
+        self.init(command: FailureSignature.fnv1a(spec.command.json.encoded()),
+                  cwd: FailureSignature.fnv1a(spec.cwd ?? ""),
                   env: FailureSignature.fnv1a(spec.envText), stdin: FailureSignature.fnv1a(spec.stdin ?? ""))
         inputs = spec.inputSet?.digest ?? ""
         outputs = spec.outputs.isEmpty ? "" : FailureSignature.fnv1a(spec.outputs.joined(separator: "\u{2}"))
@@ -78,7 +79,9 @@ public struct ResumeWhy: Sendable, Equatable {
         case .changed:
             let names = changed.map { $0 == "cwd" ? "working directory" : $0 == "env" ? "environment" : $0 }
             if names.isEmpty { return "runs: fingerprint changed" }
-            return "runs: " + (names.count == 1 ? names[0] : names.dropLast().joined(separator: ", ") + " and " + names.last!) + " changed"
+            return "runs: "
+                + (names.count == 1 ? names[0] : names.dropLast().joined(separator: ", ") + " and " + names.last!)
+                + " changed"
                 + (files.map { ": " + $0.sentence } ?? "")
         case .not_passed: return "runs: did not pass before"
         case .new: return "runs: new, not in the earlier run"
@@ -96,7 +99,9 @@ public struct ResumeWhy: Sendable, Equatable {
 
     init?(_ j: JSON?) {
         guard let j, let r = j["reason"]?.stringValue.flatMap(Reason.init(rawValue:)) else { return nil }
-        self.init(reason: r, changed: j["changed"]?.arrayValue?.compactMap(\.stringValue) ?? [], after: j["after"]?.stringValue)
+        self.init(reason: r,
+                  changed: j["changed"]?.arrayValue?.compactMap(\.stringValue) ?? [],
+                  after: j["after"]?.stringValue)
         files = FileChanges(j["files"])
     }
 

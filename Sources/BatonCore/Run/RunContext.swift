@@ -127,8 +127,16 @@ public final class RunContext {
         }
         lock.writeOwner("\(getpid())\n")
         let journal = try JournalWriter(path: dir.journal, runID: dir.id, policy: sync)
-        let first = try journal.append(.runStarted(began(recipe: recipe, sha: SHA256.hex(recipeText), args: args, dryRun: dryRun)))
-        let ctx = RunContext(dir: dir, journal: journal, lock: lock, dryRun: dryRun, recipe: recipe, history: RunHistory([first]))
+        let first = try journal.append(.runStarted(began(recipe: recipe,
+                                                         sha: SHA256.hex(recipeText),
+                                                         args: args,
+                                                         dryRun: dryRun)))
+        let ctx = RunContext(dir: dir,
+                             journal: journal,
+                             lock: lock,
+                             dryRun: dryRun,
+                             recipe: recipe,
+                             history: RunHistory([first]))
         ctx.armCrashGuard()
         return ctx
     }
@@ -138,11 +146,13 @@ public final class RunContext {
     /// `read`: the journal as the caller already read it (`baton resume` did, to find the
     /// recipe); used when the file has not changed since, so a long journal is parsed once.
     public static func resume(dir: RunDirectory, recipe: String, recipeText: [UInt8], args: [String],
-                              sync: SyncPolicy = .batched, read: (JournalContents, RunHistory)? = nil) throws -> RunContext {
+                              sync: SyncPolicy = .batched,
+                              read: (JournalContents, RunHistory)? = nil) throws -> RunContext {
         guard FileIO.isDirectory(dir.path) else { throw RunStartError("no run directory \(dir.path)") }
         guard let lock = try FileLock.tryAcquire(dir.lock, mode: RunDirectory.fileMode) else {
             let owner = (try? FileIO.readString(dir.lock))?.trimmingWhitespace() ?? "?"
-            throw RunStartError("run \(dir.id) is live (pid \(owner.isEmpty ? "?" : owner)): it holds its lock; use 'baton cancel \(dir.id)' to stop it")
+            throw RunStartError("run \(dir.id) is live (pid \(owner.isEmpty ? "?" : owner)): it holds its lock; use "
+                    + "'baton cancel \(dir.id)' to stop it")
         }
         lock.writeOwner("\(getpid())\n")
         Survivors.kill(runID: dir.id, loop: EventLoop())
@@ -182,7 +192,9 @@ public final class RunContext {
     /// kept in `fatal`: the run ends at the next chance, and nothing written before is harmed.
     public func record(_ body: EventBody, deferred: Bool = false) {
         guard fatal == nil else { return }
-        do { history.apply(try journal.append(body, deferred: deferred)) } catch let e as SystemError { fatal = e } catch {
+        do { history.apply(try journal.append(body, deferred: deferred)) } catch let e as SystemError {
+            fatal = e
+        } catch {
             fatal = SystemError("write", journal.path, EIO)
         }
     }
@@ -242,14 +254,17 @@ public final class RunContext {
         env["BATON_RUN_ID"] = nil
         do {
             // With the run's cgroup, which it kills after a SIGKILL of this runner.
-            let args = [FileIO.selfExecutable(), "__watchdog", dir.id] + (Containment.shared?.runGroup.map { [$0] } ?? [])
+            let args = [FileIO.selfExecutable(), "__watchdog", dir.id]
+                + (Containment.shared?.runGroup.map { [$0] } ?? [])
             let pid = try Spawner.spawn(argv: args, env: env, cwd: "/",
                                         stdin: fds[0], stdout: -1, stderr: -1, newSession: true, dieWithParent: false)
             Containment.shared?.helpers.insert(pid)
             watchdogPipe = fds[1]
         } catch {
             close(fds[1])
-            log(.warn, "cannot start the watchdog (\(error)): after a SIGKILL of this runner, its stages' children live on until 'baton resume' or 'baton cancel'")
+            log(.warn,
+                "cannot start the watchdog (\(error)): after a SIGKILL of this runner, its stages' children live on "
+                    + "until 'baton resume' or 'baton cancel'")
         }
     }
 
@@ -323,7 +338,9 @@ public final class RunContext {
     public func executor(named name: String?) throws -> Executor {
         let n = name ?? defaultExecutor
         if let e = executors[n] { return e }
-        guard let e = Executors.make(n, environment: baseEnvironment, warn: { [unowned self] m in self.log(.warn, m) }) else {
+        guard let e = Executors.make(n,
+                                     environment: baseEnvironment,
+                                     warn: { [unowned self] m in self.log(.warn, m) }) else {
             throw RunStartError("unknown executor '\(n)' (known: \(Executors.names.joined(separator: ", ")))")
         }
         executors[n] = e
@@ -343,11 +360,21 @@ public final class RunContext {
         if dryRun {
             let cwd = spec.resolvedCwd
             let logs = dir.stageLogs(spec.id, attempt: nextLogNumber(spec.id))
-            var started = StageStarted(key: key, attempt: 0, command: spec.command, cwd: cwd, fingerprint: spec.fingerprint, logs: logs)
+            var started = StageStarted(key: key,
+                                       attempt: 0,
+                                       command: spec.command,
+                                       cwd: cwd,
+                                       fingerprint: spec.fingerprint,
+                                       logs: logs)
             started.dry = true
             started.fingerprintParts = exec.fingerprintParts
             record(.stageStarted(started))
-            var f = StageFinished(key: key, attempt: 0, status: .passed, durationMs: 0, logs: logs, fingerprint: spec.fingerprint)
+            var f = StageFinished(key: key,
+                                  attempt: 0,
+                                  status: .passed,
+                                  durationMs: 0,
+                                  logs: logs,
+                                  fingerprint: spec.fingerprint)
             f.exit = 0
             f.dry = true
             record(.stageFinished(f))
@@ -359,7 +386,8 @@ public final class RunContext {
         }
         if let rp = replay {
             let first = ranFirst[lane] ?? ranFirst[""]
-            if first == nil, let r = reattach[key], r.fingerprint == spec.fingerprint, let name = r.executor, let id = r.nativeID,
+            if first == nil, let r = reattach[key], r.fingerprint == spec.fingerprint, let name = r.executor,
+               let id = r.nativeID,
                let ex = try? executor(named: name), let job = ex.reattach(nativeID: id, logs: r.logs) {
                 // Its job is still the scheduler's (or finished meanwhile): take it up again.
                 reattach[key] = nil
@@ -367,7 +395,10 @@ public final class RunContext {
                 loop.add(exec)
                 return exec
             }
-            let why = ResumeWhy.decide(key, fingerprint: spec.fingerprint, parts: { exec.fingerprintParts }, history: history,
+            let why = ResumeWhy.decide(key,
+                                       fingerprint: spec.fingerprint,
+                                       parts: { exec.fingerprintParts },
+                                       history: history,
                                        replay: rp, ranFirst: first)
             exec.why = inputChanges(why, exec, rp[key])
             if why.replayed, let f = rp[key] {
@@ -401,7 +432,9 @@ public final class RunContext {
     public func runStage(_ spec: StageSpec) -> StageResult {
         let exec = startStage(spec)
         _ = wait(for: exec)
-        var r = exec.result ?? exec.lastResult ?? StageResult(id: spec.id, occurrence: exec.occurrence, status: .cancelled,
+        var r = exec.result
+            ?? exec.lastResult
+            ?? StageResult(id: spec.id, occurrence: exec.occurrence, status: .cancelled,
                                                              attempts: exec.attempt, duration: 0, logs: exec.logs)
         if r.replayed { r.readTails() }
         return r
@@ -419,7 +452,11 @@ public final class RunContext {
     // MARK: final.json
 
     /// The final.json of this run now, from its history.
-    public func finalRecord(status: RunOutcome, exitCode: Int32?, reason: String?, ended: Bool, stages: Bool = true) -> FinalRecord {
+    public func finalRecord(status: RunOutcome,
+                            exitCode: Int32?,
+                            reason: String?,
+                            ended: Bool,
+                            stages: Bool = true) -> FinalRecord {
         var f = FinalRecord(history: history, status: status, exitCode: exitCode, reason: reason,
                             endedAt: ended ? Clock.now() : nil, result: result, stages: stages)
         f.reasonFile = reasonFile
@@ -443,11 +480,14 @@ public final class RunContext {
     public func boundedReason(_ reason: String?) -> String? {
         guard let r = reason, r.utf8.count > RunContext.reasonLimit else { return reason }
         let name = "reason.txt"
-        let saved = (try? FileIO.writeAtomically(dir.path + "/" + name, Array(r.utf8), mode: RunDirectory.fileMode)) != nil
+        let saved = (try? FileIO.writeAtomically(dir.path + "/" + name,
+                                                 Array(r.utf8),
+                                                 mode: RunDirectory.fileMode)) != nil
         if saved { reasonFile = name }
         let total = r.utf8.count
         func note(_ kept: Int) -> String {
-            " [... cut: \(total - kept) of \(total) bytes" + (saved ? "; the whole text is in \(name) in the run directory]" : "]")
+            " [... cut: \(total - kept) of \(total) bytes"
+                + (saved ? "; the whole text is in \(name) in the run directory]" : "]")
         }
         let u = Array(r.utf8)
         var end = RunContext.reasonLimit - note(0).utf8.count
@@ -470,7 +510,11 @@ public final class RunContext {
     func armCrashGuard() {
         // Its stages list is empty: the journal has them, and a resume of thousands of stages
         // should not encode them all here.
-        let parts = finalRecord(status: .failed, exitCode: nil, reason: nil, ended: false, stages: false).crashGuardParts()
+        let parts = finalRecord(status: .failed,
+                                exitCode: nil,
+                                reason: nil,
+                                ended: false,
+                                stages: false).crashGuardParts()
         baton_crash_guard_install(dir.final, parts.head, parts.tail)
         let doc = finalRecord(status: .cancelled, exitCode: nil, reason: nil, ended: false, stages: false)
         let stuck = doc.stuckGuardParts()
@@ -508,7 +552,9 @@ public final class RunContext {
         // Batch jobs of a previous life that this one did not take up (their stage changed or never ran).
         let leftover = Executors.cancelLeftovers(Array(reattach.values), environment: baseEnvironment)
         if !leftover.isEmpty {
-            log(.info, "resume: cancelled the jobs the previous runner left and this one did not take up: \(leftover.joined(separator: ", "))")
+            log(.info,
+                "resume: cancelled the jobs the previous runner left and this one did not take up: "
+                    + "\(leftover.joined(separator: ", "))")
         }
         if filesUsed { files.saveStatCache(force: true) }
         let fatalBefore = fatal

@@ -64,7 +64,9 @@ public struct RunInfo {
             info.problems.append("no journal.jsonl")
         }
         if FileIO.exists(dir.final) {
-            if let f = FinalRecord.read(dir) { info.final = f } else { info.problems.append("final.json is not valid JSON (truncated?)") }
+            if let f = FinalRecord.read(dir) { info.final = f } else {
+                info.problems.append("final.json is not valid JSON (truncated?)")
+            }
         }
         let h = RunHistory(contents.events)
         info.history = h
@@ -105,7 +107,9 @@ public struct RunInfo {
             if info.startedAt == nil, f.startedAt > 0 { info.startedAt = f.startedAt }
         }
         // An orphaned run ended when its runner last wrote.
-        if info.state == .orphaned, info.endedAt == nil || info.final?.status == .running { info.endedAt = info.lastEvent?.ts }
+        if info.state == .orphaned, info.endedAt == nil || info.final?.status == .running {
+            info.endedAt = info.lastEvent?.ts
+        }
         if info.state == .running || info.state == .orphaned { info.alivePids = Survivors.find(runID: dir.id) }
         if info.isLive {
             let now = Clock.now()
@@ -140,7 +144,8 @@ public struct RunInfo {
         let cached = cachedStages
         if !cached.isEmpty {
             o.append(("stages_cached", .array(cached.map { r in
-                .object([("id", .string(r.key.id)), ("occurrence", .int(Int64(r.key.occurrence))), ("cached_from", r.finished!.cachedFrom!.json)])
+                .object([("id", .string(r.key.id)), ("occurrence", .int(Int64(r.key.occurrence))),
+                         ("cached_from", r.finished!.cachedFrom!.json)])
             })))
         }
         if let c = current {
@@ -165,8 +170,10 @@ public struct RunInfo {
         })))
         o.append(("blocked_in", blockedIn?.json ?? .null))
         o.append(("paused", paused.map { p in .object([("where", .string(p.record.at)), ("why", .string(p.record.why)),
-                                                      ("stage", p.record.stage.map(JSON.string) ?? .null), ("line", .string(p.record.line)),
-                                                      ("for_ms", .int(Int64((Clock.now() - p.since) * 1000)))]) } ?? .null))
+                                                      ("stage", p.record.stage.map(JSON.string) ?? .null),
+                                                      ("line", .string(p.record.line)),
+                                                      ("for_ms", .int(Int64((Clock.now() - p.since) * 1000)))]) }
+                                                          ?? .null))
         o.append(("runner_looks_hung", .bool(runnerLooksHung)))
         o.append(("problems", .array(problems.map(JSON.string))))
         return .object(o)

@@ -20,7 +20,10 @@ public struct RunDirectory: Sendable {
     /// A run directory's mode: 0700 (stage output often holds secrets), or BATON_RUNS_MODE
     /// (octal, e.g. 0750 for a team that shares runs; an unreadable value is ignored).
     public static let dirMode: mode_t = {
-        guard let s = Settings.string(Settings.runsMode), let m = UInt32(s, radix: 8), m & 0o700 == 0o700, m <= 0o777 else { return 0o700 }
+        guard let s = Settings.string(Settings.runsMode), let m = UInt32(s, radix: 8), m & 0o700 == 0o700,
+              m <= 0o777 else {
+            return 0o700
+        }
         return mode_t(m)
     }()
     /// Its files' mode: the directory's without the execute bits (0600 by default).
@@ -55,7 +58,10 @@ public struct RunDirectory: Sendable {
             var st = stat()
             return lstat(p, &st) == 0 && (st.st_mode & S_IFMT) == S_IFLNK
         }
-        if isLink(path) { return "run \(id): \(path) is a symbolic link; Baton never writes through one (a run directory is Baton's alone)" }
+        if isLink(path) {
+            return "run \(id): \(path) is a symbolic link; Baton never writes through one (a run directory is "
+                + "Baton's alone)"
+        }
         var links: [String] = []
         // (From the directory entries: a resume of 100,000 stage calls looks at 200,000 logs.)
         for (name, link) in FileIO.entries(path) where link { links.append(name) }
@@ -64,8 +70,10 @@ public struct RunDirectory: Sendable {
             for (f, l) in FileIO.entries(stagesDir + "/" + s) where l { links.append("stages/\(s)/\(f)") }
         }
         guard !links.isEmpty else { return nil }
-        return "run \(id): \(links.prefix(5).joined(separator: ", ")) \(links.count == 1 ? "is a symbolic link" : "are symbolic links")"
-            + " in its directory; Baton never writes through one (a run directory is Baton's alone): remove \(links.count == 1 ? "it" : "them") or the run"
+        return "run \(id): \(links.prefix(5).joined(separator: ", ")) "
+            + "\(links.count == 1 ? "is a symbolic link" : "are symbolic links")"
+            + " in its directory; Baton never writes through one (a run directory is Baton's alone): remove "
+                + "\(links.count == 1 ? "it" : "them") or the run"
     }
 
     public func stageDir(_ stageID: String) -> String { stagesDir + "/" + RunDirectory.safeName(stageID) }
@@ -87,7 +95,8 @@ public struct RunDirectory: Sendable {
         var out: [UInt8] = []
         out.reserveCapacity(s.utf8.count)
         for (i, c) in s.utf8.enumerated() {
-            let ok = (c >= 97 && c <= 122) || (c >= 65 && c <= 90) || (c >= 48 && c <= 57) || c == 45 || c == 95 || (c == 46 && i > 0)
+            let ok = (c >= 97 && c <= 122) || (c >= 65 && c <= 90) || (c >= 48 && c <= 57) || c == 45 || c == 95
+                || (c == 46 && i > 0)
             if ok { out.append(c) } else { out += [37, hex[Int(c >> 4)], hex[Int(c & 15)]] }
         }
         if out.isEmpty { return "%" }
@@ -107,22 +116,33 @@ public struct RunDirectory: Sendable {
         return try? JSON.topLevelValue(key, in: bytes)
     }
 
+    /// The journal's first line, the run's `run_started`: when and what started, without
+    /// reading the rest (`ids()` asks it of every run). Read from the first 4 KiB, or the
+    /// first 64 KiB when the line is longer (a long argument list); nil when there is none.
+    public func header() -> (ts: Double, began: RunBegan)? {
+        for limit in [4096, 65536] {
+            guard let head = try? FileIO.readFile(journal, limit: limit) else { return nil }
+            guard let nl = head.firstIndex(of: 10) else {
+                if head.count < limit { return nil }   // (still being written)
+                continue
+            }
+            guard let j = try? JSON.parse(Array(head[..<nl])), let e = JournalEvent(j), let b = e.body.began else {
+                return nil
+            }
+            return (e.ts, b.0)
+        }
+        return nil
+    }
+
     /// When the run started: its first journal line's `ts`, else when its directory was made.
     public func startTime() -> Double? {
-        if let head = try? FileIO.readFile(journal, limit: 4096), let nl = head.firstIndex(of: 10),
-           let line = try? JSON.parse(Array(head[..<nl])), let ts = line["ts"]?.stringValue.flatMap(Clock.parseRFC3339) {
-            return ts
-        }
+        if let h = header(), h.ts > 0 { return h.ts }
         return FileIO.mtime(path)
     }
 
     /// Whether the interactive shell opened this run (its run_started names the recipe
-    /// `<shell>`). Commands outside the shell never take such a run for `latest`.
-    public var isShellRun: Bool {
-        guard let head = try? FileIO.readFile(journal, limit: 65536), let nl = head.firstIndex(of: 10),
-              let line = try? JSON.parse(Array(head[..<nl])) else { return false }
-        return line["recipe"]?.stringValue == "<shell>"
-    }
+    /// `RunBegan.shellRecipe`). Commands outside the shell never take such a run for `latest`.
+    public var isShellRun: Bool { header()?.began.recipe == RunBegan.shellRecipe }
 
     public func readPid() -> Int32? {
         guard let s = try? FileIO.readString(pidFile) else { return nil }
@@ -143,11 +163,13 @@ public enum RunStoreError: Error, CustomStringConvertible {
         switch self {
         case let .noRuns(dir): return "no runs in \(dir)"
         case let .notFound(ref, dir): return "no run matches '\(ref)' in \(dir)"
-        case let .ambiguous(ref, ids): return "'\(ref)' matches several runs: \(ids.prefix(5).joined(separator: ", "))\(ids.count > 5 ? ", ..." : "")"
+        case let .ambiguous(ref, ids): return "'\(ref)' matches several runs: "
+            + "\(ids.prefix(5).joined(separator: ", "))\(ids.count > 5 ? ", ..." : "")"
         case let .exists(id): return "run '\(id)' already exists"
         case let .invalidID(id): return "invalid run id '\(id)': use letters, digits, '-', '_' and '.'"
         case let .notOwned(why): return why
-        case let .onlyShellRuns(dir, id): return "no runs in \(dir) but the interactive shell's, which 'latest' never means: name one (e.g. \(id))"
+        case let .onlyShellRuns(dir, id): return "no runs in \(dir) but the interactive shell's, which 'latest' "
+            + "never means: name one (e.g. \(id))"
         }
     }
 }
@@ -223,7 +245,9 @@ public struct RunStore: Sendable {
             // The newest run that is not the interactive shell's own (a shell session's run
             // is never what a command outside it means by 'latest').
             guard let first = all.first else { throw RunStoreError.noRuns(root) }
-            guard let id = all.first(where: { !directory($0).isShellRun }) else { throw RunStoreError.onlyShellRuns(root, first) }
+            guard let id = all.first(where: { !directory($0).isShellRun }) else {
+                throw RunStoreError.onlyShellRuns(root, first)
+            }
             return directory(id)
         }
         if all.contains(r) { return directory(r) }

@@ -1,4 +1,5 @@
 import BatonBase
+import CBatonSys
 import Glibc
 
 /// Processes that outlived their stage: every stage carries BATON_RUN_ID in its
@@ -20,7 +21,10 @@ public enum Survivors {
             var start = 0
             var marked = false
             for i in 0...env.count where i == env.count || env[i] == 0 {
-                if spared.contains(where: { i - start == $0.count && env[start..<i].elementsEqual($0) }) { marked = false; break }
+                if spared.contains(where: { i - start == $0.count && env[start..<i].elementsEqual($0) }) {
+                    marked = false
+                    break
+                }
                 if i - start == mark.count, env[start..<i].elementsEqual(mark) { marked = true }
                 start = i + 1
             }
@@ -48,6 +52,39 @@ public enum Survivors {
         var st: Int32 = 0
         while waitpid(-1, &st, WNOHANG) > 0 {}
         return pids
+    }
+
+    /// Ends a child of ours that is expected to leave by itself: `signal` first (nil: it is
+    /// leaving already), then up to `grace` seconds for it to exit (woken by its pidfd), then
+    /// SIGKILL; reaped either way. Not a loop's wait: it must work after a signal too, when
+    /// a loop's wait returns at once (the pause's auto-attached prompt, which puts the
+    /// terminal back on SIGTERM).
+    public static func end(child pid: pid_t, signal: Int32? = nil, grace: Double) {
+        if let s = signal { Glibc.kill(pid, s) }
+        let fd = baton_pidfd_open(pid)
+        defer { if fd >= 0 { close(fd) } }
+        let until = Clock.monotonic() + grace
+        while !exited(pid) {
+            let left = until - Clock.monotonic()
+            if left <= 0 { break }
+            if fd >= 0 {
+                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                _ = poll(&p, 1, Int32(left * 1000) + 1)
+            } else {
+                _ = poll(nil, 0, Int32(min(left, 0.05) * 1000) + 1)   // an old kernel: a look every 50 ms
+            }
+        }
+        guard !exited(pid) else { return }
+        Glibc.kill(pid, SIGKILL)
+        var st: Int32 = 0
+        while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
+    }
+
+    /// Whether our child `pid` has exited (it is reaped now), or is no child of ours.
+    public static func exited(_ pid: pid_t) -> Bool {
+        var st: Int32 = 0
+        let r = waitpid(pid, &st, WNOHANG)
+        return r == pid || (r < 0 && errno == ECHILD)
     }
 
     /// The watchdog's body (`baton __watchdog RUN_ID`, started by the runner with the read end

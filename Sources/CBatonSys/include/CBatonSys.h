@@ -99,6 +99,8 @@ void baton_stuck_guard_prepare(const char *final_path, const char *json_head, co
 void baton_stuck_guard_budget(const char *reason, int code);
 int  baton_stuck_guard_start(double ack_wait, double grace);
 void baton_stuck_guard_ack(void);      /* Lua or the loop saw the signal: the run ends its own way */
+/* "SIGTERM", ... for the signals Baton handles (and SIGKILL); NULL for any other. */
+const char *baton_signal_name(int sig);
 void baton_stuck_guard_disarm(void);   /* the real final.json is written */
 
 /* An anonymous in-memory file (close-on-exec): a stage's stdin text. */

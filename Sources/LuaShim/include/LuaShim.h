@@ -69,7 +69,10 @@ static inline void baton_remove(lua_State *L, int i) { lua_remove(L, i); }
 static inline void baton_replace(lua_State *L, int i) { lua_replace(L, i); }
 static inline void baton_pushcfunction(lua_State *L, lua_CFunction f) { lua_pushcfunction(L, f); }
 /* registry[k], raw: no metamethod runs (the registry is reachable from Lua through debug). */
-static inline int baton_getregistryfield(lua_State *L, const char *k) { lua_pushstring(L, k); return lua_rawget(L, LUA_REGISTRYINDEX); }
+static inline int baton_getregistryfield(lua_State *L, const char *k) {
+    lua_pushstring(L, k);
+    return lua_rawget(L, LUA_REGISTRYINDEX);
+}
 static inline void baton_pushglobaltable(lua_State *L) { lua_pushglobaltable(L); }
 static inline void *baton_pushnulsentinel(lua_State *L) { static char k; lua_pushlightuserdata(L, &k); return &k; }
 

@@ -3,8 +3,8 @@ import CBatonSys
 import Glibc
 
 /// The local executor: a process group per job, started by `baton_spawn_async` (clone3
-/// onto its own stack, then exec, in C: own group, parent-death signal, default signal dispositions, empty mask), watched
-/// through a pidfd, ended whole.
+/// onto its own stack, then exec, in C: own group, parent-death signal, default signal
+/// dispositions, empty mask), watched through a pidfd, ended whole.
 public final class LocalExecutor: Executor {
     public let name = "local"
     public init() {}
@@ -38,7 +38,9 @@ public final class LocalExecutor: Executor {
         var fds: [Int32] = []
         var at: Double? = nil
         for case let j as LocalJob in jobs {
-            if let fd = j.wakeFD { fds.append(fd) } else { at = min(at ?? .infinity, now + (j.waitForGroup ? 0.1 : 0.02)) }
+            if let fd = j.wakeFD { fds.append(fd) } else {
+                at = min(at ?? .infinity, now + (j.waitForGroup ? 0.1 : 0.02))
+            }
             if let k = j.killAt { at = min(at ?? .infinity, k) }
         }
         return (fds, at)

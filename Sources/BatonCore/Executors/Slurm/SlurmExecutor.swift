@@ -142,11 +142,14 @@ public final class SlurmExecutor: Executor {
     /// warning, which it passes on to the command).
     static func jobScript(spec: JobSpec, logs: StageLogs, exitFile: String, stdinPath: String?) -> String {
         let q = Command.quote
-        var s = "#!/bin/bash\n# Written by Baton: \(spec.name ?? "a stage"). Its exit status goes to \(FileIO.basename(exitFile)).\n"
+        var s =
+            "#!/bin/bash\n# Written by Baton: \(spec.name ?? "a stage"). Its exit status goes to "
+                + "\(FileIO.basename(exitFile)).\n"
         // Slurm reads '%' in these paths as its filename patterns (%j, ...): a stage folder's
         // escapes (`train%2F1`) are written "%%".
         func literal(_ p: String) -> String { p.replacingOccurrences(of: "%", with: "%%") }
-        var opts = ["--job-name=\(spec.name ?? "baton")", "--output=\(literal(logs.stdout))", "--error=\(literal(logs.stderr))",
+        var opts = ["--job-name=\(spec.name ?? "baton")", "--output=\(literal(logs.stdout))",
+                    "--error=\(literal(logs.stderr))",
                     "--no-requeue", "--open-mode=append", "--signal=B:USR1@\(max(10, Int(spec.grace.rounded(.up))))"]
         if let c = spec.cwd { opts.append("--chdir=\(c)") }
         opts += SlurmOptions(spec.options).sbatchOptions(timeout: spec.timeout, grace: spec.grace)
@@ -251,8 +254,10 @@ public final class SlurmExecutor: Executor {
             if parts.count == 2 { cfg[String(parts[0]).trimmingWhitespace()] = String(parts[1]).trimmingWhitespace() }
         }
         if let acc = cfg["AccountingStorageType"] { useSacct = !acc.contains("none") }
-        if let age = cfg["MinJobAge"].flatMap({ Double($0.split(separator: " ").first ?? "") }), age < 3 * pollInterval, !useSacct {
-            warn("the cluster's MinJobAge (\(fmtSeconds(age)) s) is shorter than three poll intervals (\(fmtSeconds(3 * pollInterval)) s)"
+        if let age = cfg["MinJobAge"].flatMap({ Double($0.split(separator: " ").first ?? "") }), age < 3 * pollInterval,
+           !useSacct {
+            warn("the cluster's MinJobAge (\(fmtSeconds(age)) s) is shorter than three poll intervals "
+                 + "(\(fmtSeconds(3 * pollInterval)) s)"
                  + " and there is no accounting: a job may leave the queue unseen (its exit file still tells)")
         }
     }

@@ -59,7 +59,8 @@ final class SlurmJob: Job {
         if submission?.tool == nil { submission = nil; finish(.signaled(SIGTERM)) }
     }
 
-    static let terminal: Set<String> = ["COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+    static let terminal: Set<String> = ["COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
+                                        "BOOT_FAIL",
                                         "DEADLINE", "OUT_OF_MEMORY", "REVOKED", "SPECIAL_EXIT"]
 
     /// Slurm's job state in Baton's words.
