@@ -1,5 +1,6 @@
 import Crypto
 import Glibc
+import Synchronization
 
 /// SHA-256 through swift-crypto (BoringSSL's SHA-NI/AVX2 code, linked statically; chosen by
 /// scripts/hashbench, docs/performance.md). The recipe hash in the journal, declared inputs
@@ -58,8 +59,10 @@ public enum Hashing {
         return (try file(fd: fd, path: path, sizeHint: Int(st.st_size)), st)
     }
 
-    /// Reusable read buffer (hashing runs on the runner's one thread).
+    /// Reusable read buffer, taken by one hash at a time (`bufferTaken`); a hash on another
+    /// thread meanwhile (the cache's inserts) reads through a buffer of its own.
     nonisolated(unsafe) static var buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+    static let bufferTaken = Atomic<Bool>(false)
 
     public static func file(fd: Int32, path: String, sizeHint: Int = 0) throws -> String {
         if sizeHint >= 0 && sizeHint <= 4096 {
@@ -85,7 +88,9 @@ public enum Hashing {
     }
 
     static func rest(_ fd: Int32, _ h: SHA256Hasher, _ path: String) throws -> String {
-        let buf = buffer
+        let shared = bufferTaken.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged
+        let buf = shared ? buffer : UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        defer { if shared { bufferTaken.store(false, ordering: .releasing) } else { buf.deallocate() } }
         while true {
             let n = read(fd, buf.baseAddress, buf.count)
             if n < 0 { if errno == EINTR { continue }; throw SystemError("read", path) }

@@ -198,13 +198,37 @@ extension JSON {
     /// built (a resume wants only final.json's `result`, not its ten thousand stages).
     /// nil if the text is not an object or has no such key; throws on malformed JSON.
     public static func topLevelValue(_ key: String, in bytes: [UInt8]) throws -> JSON? {
+        var found: JSON? = nil
+        _ = try walkTopLevel(bytes) { k, p in
+            guard k == key else { try p.skipValue(); return true }
+            found = try p.value(depth: 1)
+            return false
+        }
+        return found
+    }
+
+    /// The pairs of a top-level object before the key `stop`, the rest not read (final.json's
+    /// head, before its stage list); nil if the text is not an object or `stop` is not reached.
+    public static func topLevelPairs(before stop: String, in bytes: [UInt8]) throws -> [(String, JSON)]? {
+        var pairs: [(String, JSON)] = [], reached = false
+        _ = try walkTopLevel(bytes) { k, p in
+            if k == stop { reached = true; return false }
+            pairs.append((k, try p.value(depth: 1)))
+            return true
+        }
+        return reached ? pairs : nil
+    }
+
+    /// Calls `each` with every key of a top-level object and the parser at its value, which
+    /// `each` reads or skips; it returns false to stop. false if the text is not an object.
+    private static func walkTopLevel(_ bytes: [UInt8], _ each: (String, inout Parser) throws -> Bool) throws -> Bool {
         try bytes.withUnsafeBufferPointer { buf in
             var p = Parser(buf: buf, maxDepth: 512)
             p.skipSpace()
-            guard p.i < buf.count, buf[p.i] == UInt8(ascii: "{") else { return nil }
+            guard p.i < buf.count, buf[p.i] == UInt8(ascii: "{") else { return false }
             p.i += 1
             p.skipSpace()
-            if p.i < buf.count, buf[p.i] == UInt8(ascii: "}") { return nil }
+            if p.i < buf.count, buf[p.i] == UInt8(ascii: "}") { return true }
             while true {
                 p.skipSpace()
                 guard p.i < buf.count, buf[p.i] == UInt8(ascii: "\"") else { throw p.error("expected a string key") }
@@ -213,12 +237,11 @@ extension JSON {
                 guard p.i < buf.count, buf[p.i] == UInt8(ascii: ":") else { throw p.error("expected ':'") }
                 p.i += 1
                 p.skipSpace()
-                if k == key { return try p.value(depth: 1) }
-                try p.skipValue()
+                guard try each(k, &p) else { return true }
                 p.skipSpace()
                 guard p.i < buf.count else { throw p.error("unexpected end of input") }
                 if buf[p.i] == UInt8(ascii: ",") { p.i += 1; continue }
-                if buf[p.i] == UInt8(ascii: "}") { return nil }
+                if buf[p.i] == UInt8(ascii: "}") { return true }
                 throw p.error("expected ',' or '}'")
             }
         }

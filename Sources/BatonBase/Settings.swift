@@ -63,8 +63,8 @@ public enum Settings {
             + "cached file (`link`), or always a copy (`copy`).")
     public static let testCachePause = Declaration(
         name: "BATON_TEST_CACHE_PAUSE", kind: "path", defaultText: "unset",
-        help: "Tests only: a cache insert writes this file and sleeps 30 s before its entry is renamed into place "
-            + "(the kill -9 test).")
+        help: "Tests only: a cache insert writes this file and waits until it is removed (30 s at most) "
+            + "before its entry is renamed into place (the kill -9 test).")
 
     /// Every declaration, in docs/cli.md's order.
     public static let all: [Declaration] = [runsDir, ceilingDirs, executor, sync, luaMemoryMB, heartbeatSec,

@@ -45,7 +45,7 @@ struct RunView {
 
     /// `status`, `:status`, attach's `:status`: the run's state, as text or `--json`.
     func status(json: Bool = false, _ info: RunInfo? = nil) {
-        let info = info ?? RunInfo.load(dir)
+        let info = info ?? RunInfo.load(dir, withEvents: false)   // (from the journal's snapshot when it has one)
         say(json ? info.json.encoded(pretty: true) : Render.status(info))
     }
 

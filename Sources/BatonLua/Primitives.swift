@@ -141,7 +141,10 @@ extension RecipeEnvironment {
         if ctx.dryRun { plan.append(("\(spec.id): \(spec.command.display)", true)) }
         let exec = ctx.startStage(spec)
         if let why = exec.why {
-            if why.replayed { holdReplay(exec.key) } else { progress("resume: stage \(exec.key): \(why.sentence)") }
+            if why.replayed { holdReplay(exec.key) } else {
+                let cache = exec.cacheDecision.map { "; " + $0.sentence } ?? ""
+                progress("resume: stage \(exec.key): \(why.sentence)" + cache)
+            }
         }
         if background {
             pushHandle(l, exec)

@@ -202,15 +202,16 @@ import Testing
         let pause = d + "/pausing"
         let (p, _, _) = try Harness.start(["run", "--cache", "r.lua"], cwd: d, env: ["BATON_TEST_CACHE_PAUSE": pause])
         #expect(Harness.waitFor(30) { FileManager.default.fileExists(atPath: pause) })
+        // The run goes on while prep's outputs are stored (train runs); it is killed before the insert ends.
+        #expect(Harness.waitFor(30) { Self.ran(d) == ["1", "train"] }, "\(Self.ran(d))")
         kill(p.processIdentifier, SIGKILL)
         p.waitUntilExit()
-        #expect(Self.ran(d) == ["1"])
         let r = try Harness.run(["run", "--cache", "r.lua"], cwd: d)
         #expect(r.code == 0, "\(r.stderr)")
-        #expect(Self.ran(d) == ["1", "1", "train"], "the interrupted insert was no hit: prep ran again")
+        #expect(Self.ran(d) == ["1", "train", "1", "train"], "the interrupted insert was no hit: prep ran again")
         // ...and this time it was stored: a third run hits.
         #expect(try Harness.run(["run", "--cache", "r.lua"], cwd: d).code == 0)
-        #expect(Self.ran(d) == ["1", "1", "train", "train"])
+        #expect(Self.ran(d) == ["1", "train", "1", "train", "train"])
         // A corrupt entry is found by its checksum and ignored.
         let entries = d + "/.baton/cache/entries"
         for e in try FileManager.default.contentsOfDirectory(atPath: entries) {
@@ -221,6 +222,97 @@ import Testing
         #expect(Self.ran(d).suffix(2) == ["1", "train"], "corrupt entry: ran for real")
         let why = try Harness.run(["log", "--why"], cwd: d)
         #expect(why.stdout.contains("cache miss: entry is corrupt (entry does not match its checksum); removed"), "\(why.stdout)")
+    }
+
+    /// Storing an output in the cache (a copy and a hash: ~1 s per GiB) is work of its own
+    /// beside the loop: a stage's timeout still fires on time while an insert is held up
+    /// (BATON_TEST_CACHE_PAUSE holds it until its file is removed), and the run's end waits
+    /// for the insert, so the entry is there after the run.
+    @Test func anInsertDoesNotHoldUpTheRun() throws {
+        let d = Harness.tempDir("cache-insert-aside")
+        let pause = d + "/pausing"
+        Harness.write(d + "/r.lua", """
+            local slow = runStage{id = "slow", cmd = {"sleep", "30"}, timeout = 1, grace = 0.5,
+                                  background = true, allowFail = true}
+            runStage{id = "big", cmd = "head -c 300000 /dev/urandom > big.bin", outputs = {"big.bin"}, cache = true}
+            print("slow", slow:wait().status)
+            """)
+        let (p, _, _) = try Harness.start(["run", "r.lua"], cwd: d, env: ["BATON_TEST_CACHE_PAUSE": pause])
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        #expect(Harness.waitFor(30) { FileManager.default.fileExists(atPath: pause) }, "the insert began")
+        let run = try #require(Harness.latestRun(d))
+        func slowEnded() -> [String: Any]? {
+            Self.finished(run).first { ($0["id"] as? String) == "slow" }
+        }
+        #expect(Harness.waitFor(10) { slowEnded() != nil }, "the timeout fired while the insert was held up")
+        let ended = try #require(slowEnded())
+        #expect(ended["status"] as? String == "timed_out")
+        #expect((ended["duration_ms"] as? Int ?? 99_999) < 5_000, "\(ended)")
+        #expect(FileManager.default.fileExists(atPath: pause), "the insert was still held up meanwhile")
+        #expect(p.isRunning, "the run waits for the insert before it ends")
+        try FileManager.default.removeItem(atPath: pause)
+        #expect(Harness.waitFor(20) { !p.isRunning })
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        let ls = try Harness.run(["cache", "ls", "--json"], cwd: d)
+        #expect(ls.stdout.contains("\"id\": \"big\""), "the run's end waited for the insert: \(ls.stdout)")
+    }
+
+    /// A signal while an insert is under way abandons it: the run ends at once, the journal
+    /// says the stage was not stored, and nothing was (no hit later).
+    @Test func aSignalAbandonsAnInsertAndSaysSo() throws {
+        let d = Harness.tempDir("cache-insert-abandoned")
+        let pause = d + "/pausing"
+        Harness.write(d + "/r.lua", """
+            runStage{id = "big", cmd = "head -c 300000 /dev/urandom > big.bin", outputs = {"big.bin"}, cache = true}
+            """)
+        let (p, _, _) = try Harness.start(["run", "r.lua"], cwd: d, env: ["BATON_TEST_CACHE_PAUSE": pause])
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        #expect(Harness.waitFor(30) { FileManager.default.fileExists(atPath: pause) }, "the insert began")
+        kill(p.processIdentifier, SIGTERM)
+        #expect(Harness.waitFor(10) { !p.isRunning }, "the run did not wait out the held-up insert")
+        let run = try #require(Harness.latestRun(d))
+        let logs = Harness.events(Harness.journal(run), type: "log").compactMap { $0["message"] as? String }
+        #expect(logs.contains("cache: stage 'big' passed but was not stored: the run ended before its insert did"), "\(logs)")
+        let ls = try Harness.run(["cache", "ls", "--json"], cwd: d)
+        #expect(!ls.stdout.contains("\"id\": \"big\""), "\(ls.stdout)")
+    }
+
+    /// A miss names what differs from the stage's latest stored pass: the input files that
+    /// changed, were added or removed (as a resume does), or the command.
+    @Test func aCacheMissNamesTheInputsThatChanged() throws {
+        let d = Harness.tempDir("cache-miss-why")
+        for i in 0..<13 { Harness.write(d + "/in/f\(i).txt", "\(i)\n") }
+        Harness.write(d + "/r.lua", """
+            runStage{id = "cat", cmd = "cat in/*.txt > out.txt", inputs = {"in/"}, outputs = {"out.txt"}, cache = true}
+            """)
+        #expect(try Harness.run(["run", "r.lua"], cwd: d).code == 0)
+        var why = try Harness.run(["log", "--why"], cwd: d)
+        #expect(why.stdout.contains("cat: cache miss: no earlier pass with this fingerprint"), "\(why.stdout)")
+        #expect(!why.stdout.contains("since"), "no earlier pass of the stage: nothing to compare: \(why.stdout)")
+        Harness.write(d + "/in/f3.txt", "three\n")
+        Harness.write(d + "/in/new.txt", "new\n")
+        try FileManager.default.removeItem(atPath: d + "/in/f5.txt")
+        var r = try Harness.run(["run", "r.lua"], cwd: d)
+        #expect(r.code == 0, "\(r.stderr)")
+        why = try Harness.run(["log", "--why"], cwd: d)
+        #expect(why.stdout.contains("inputs changed: in/f3.txt changed, in/new.txt added, in/f5.txt removed"),
+                "\(why.stdout)")
+        let json = try Harness.run(["log", "--why", "--json"], cwd: d)
+        let list = try #require(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [[String: Any]])
+        let cache = try #require(list.first?["cache"] as? [String: Any])
+        let files = try #require(cache["files"] as? [String: Any], "\(cache)")
+        #expect(files["changed"] as? [String] == ["in/f3.txt"] && files["removed"] as? [String] == ["in/f5.txt"])
+        // At most 10 files named, then a count; and a changed command is named.
+        for i in 0..<13 { Harness.write(d + "/in/f\(i).txt", "v2 \(i)\n") }
+        Harness.write(d + "/r.lua", """
+            runStage{id = "cat", cmd = "cat in/*.txt > out.txt; true", inputs = {"in/"}, outputs = {"out.txt"}, cache = true}
+            """)
+        r = try Harness.run(["run", "r.lua"], cwd: d)
+        #expect(r.code == 0, "\(r.stderr)")
+        why = try Harness.run(["log", "--why"], cwd: d)
+        #expect(why.stdout.contains("command and inputs changed: in/f0.txt changed"), "\(why.stdout)")
+        #expect(why.stdout.contains("and 3 more files"), "\(why.stdout)")
     }
 
     @Test func gcKeepsTheCacheUnderItsSize() throws {

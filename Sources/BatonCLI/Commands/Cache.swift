@@ -79,13 +79,14 @@ extension Commands {
             return 0
         }
         if all.isEmpty { out("the cache is empty (\(store.root))"); return 0 }
-        out("KEY           STAGE                RUN                   SIZE        LAST USED             OUTPUTS")
+        var rows = [["KEY", "STAGE", "RUN", "SIZE", "LAST USED", "OUTPUTS"]]
         for l in all {
             let stage = l.entry.from.id + (l.entry.from.occurrence > 1 ? " #\(l.entry.from.occurrence)" : "")
-            out(String(l.entry.key.prefix(12)).padding(14) + stage.padding(21) + l.entry.from.run.padding(22)
-                + humanBytes(l.size).padding(12) + Clock.rfc3339(l.lastUsed).prefix(19).description.padding(22)
-                + l.entry.outputs.map(\.path).joined(separator: ", "))
+            rows.append([String(l.entry.key.prefix(12)), stage, l.entry.from.run, humanBytes(l.size),
+                         String(Clock.rfc3339(l.lastUsed).prefix(19)),
+                         l.entry.outputs.map(\.path).joined(separator: ", ")])
         }
+        out(Render.table(rows))
         out("\(all.count) entr\(all.count == 1 ? "y" : "ies"), \(humanBytes(store.objectsSize())) in \(store.root)")
         return 0
     }
@@ -115,10 +116,6 @@ extension Commands {
             return 0
         } catch { return fail("cache clear: \(error)", json: json, code: .failure) }
     }
-}
-
-private extension String {
-    func padding(_ n: Int) -> String { count >= n ? self + " " : self + String(repeating: " ", count: n - count) }
 }
 
 /// `baton __inputs [--runs-dir D] PATTERN...`: resolves declared inputs in the current

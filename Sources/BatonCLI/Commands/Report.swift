@@ -44,8 +44,13 @@ extension Commands {
 
     /// The files of a run's report; with none named, report.html in the run directory.
     static func writeReport(_ dir: RunDirectory, html: String?, trace: String?, tsv: String?) throws -> [String] {
-        let info = RunInfo.load(dir)
-        let timeline = RunTimeline(info.events, live: info.isLive)
+        // One fold: the timeline's history is the one `RunInfo` describes.
+        var timeline = RunTimeline(folding: [])
+        let info = RunInfo.load(dir) { events in
+            timeline = RunTimeline(folding: events)
+            return timeline.history
+        }
+        timeline.close(live: info.isLive)
         var written: [String] = []
         let htmlPath = html ?? (trace == nil && tsv == nil ? dir.path + "/report.html" : nil)
         if let p = htmlPath {
@@ -118,7 +123,7 @@ extension Commands {
         var ref = ref, stage = stage
         if stage == nil, let r = ref, (try? RunStore(root: root).resolve(r)) == nil { stage = r; ref = nil }
         guard let dir = resolve(root, ref, json: json) else { return ExitStatus.usage.rawValue }
-        let events = dir.readHistory().contents.events
+        let events = ((try? dir.readJournal()) ?? JournalContents()).events
         let t = RunTimeline(events, live: false)
         let picked = t.decisions.filter { stage == nil || $0.key.id == stage }
         // The cache's answers (hit, or why not), by life of the run: 0 is the first run.
@@ -142,13 +147,7 @@ extension Commands {
                              ("reason", .string(d.why.reason.rawValue)),
                              ("changed", .array(d.why.changed.map(JSON.string))),
                              ("why", .string(d.why.sentence))]
-                if let f = d.why.files {
-                    o.append(("files",
-                              .object([("changed", .array(f.changed.map(JSON.string))),
-                                       ("added", .array(f.added.map(JSON.string))),
-                                                ("removed", .array(f.removed.map(JSON.string))),
-                                                ("more", .int(Int64(f.more)))])))
-                }
+                if let f = d.why.files { o.append(("files", f.json)) }
                 if let c = cacheOf(d.life, d.key) { o.append(("cache", c.json)) }
                 return JSON.object(o)
             }

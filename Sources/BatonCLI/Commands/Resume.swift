@@ -67,9 +67,7 @@ extension Commands {
     /// parents' (`/a/proj/sub` → `/b/proj2/sub`, then `/b/proj2`), taking the first that
     /// holds the recipe. An absolute recipe path moves with it.
     static func movedProject(cwd: String, recipe: String, root: String) -> (cwd: String, recipe: String)? {
-        let suffix = "/.baton/runs"
-        guard root.hasSuffix(suffix) else { return nil }
-        let project = String(root.dropLast(suffix.count))
+        guard let project = ProjectLayout.project(ofRunsDir: root) else { return nil }
         let parts = cwd.split(separator: "/").map(String.init)
         for k in stride(from: parts.count - 1, through: 0, by: -1) {
             let tail = parts[(parts.count - k)...]

@@ -35,13 +35,31 @@ public struct CacheDecision: Sendable, Equatable {
     public var hit: Bool
     public var key: String
     public var reason: String
+    /// For a miss when the stage passed before with another fingerprint: that pass, which
+    /// parts of the fingerprint differ from it (`FingerprintParts.names`), and which input files.
+    public var since: CachedFrom?
+    public var changed: [String] = []
+    public var files: FileChanges?
     public init(hit: Bool, key: String, reason: String) { self.hit = hit; self.key = key; self.reason = reason }
-    public var json: JSON { .object([("hit", .bool(hit)), ("key", .string(key)), ("reason", .string(reason))]) }
+    public var json: JSON {
+        var o: [(String, JSON)] = [("hit", .bool(hit)), ("key", .string(key)), ("reason", .string(reason))]
+        if let s = since { o += [("since", s.json), ("changed", .array(changed.map(JSON.string)))] }
+        if let f = files { o.append(("files", f.json)) }
+        return .object(o)
+    }
     public init?(_ j: JSON?) {
         guard let j, let h = j["hit"]?.boolValue else { return nil }
         self.init(hit: h, key: j["key"]?.stringValue ?? "", reason: j["reason"]?.stringValue ?? "")
+        since = CachedFrom(j["since"])
+        changed = j["changed"]?.arrayValue?.compactMap(\.stringValue) ?? []
+        files = FileChanges(j["files"])
     }
-    public var sentence: String { (hit ? "cache hit: " : "cache miss: ") + reason }
+    /// "cache miss: no earlier pass with this fingerprint; since the latest stored pass (run R,
+    /// stage S): inputs changed: src/a.py changed"
+    public var sentence: String {
+        (hit ? "cache hit: " : "cache miss: ") + reason
+            + (since.map { "; since the latest stored pass (\($0.text)): " + ResumeWhy.changes(changed, files) } ?? "")
+    }
 }
 
 /// Input files that differ from the earlier call's: at most 10 named in all, then a count.
@@ -66,7 +84,7 @@ public struct FileChanges: Sendable, Equatable {
         return parts.joined(separator: ", ")
     }
 
-    var json: JSON {
+    public var json: JSON {
         .object([("changed", .array(changed.map(JSON.string))), ("added", .array(added.map(JSON.string))),
                  ("removed", .array(removed.map(JSON.string))), ("more", .int(Int64(more)))])
     }

@@ -6,6 +6,7 @@ import Glibc
 ///     lock                     flock: shared while a run inserts or restores, exclusive for gc and clear
 ///     objects/ab/abcd...       file contents by SHA-256, read-only
 ///     entries/<key>.json       one passed stage call: its outputs' objects, its logs, where it came from
+///     stages/<hash of the id>  a stage's latest stored pass: what a later miss names as changed
 ///     tmp/                     what an insert writes before it renames it into place
 ///
 /// An insert copies (or reflinks) every output into `tmp/`, checks each copy's hash, renames
@@ -13,11 +14,11 @@ import Glibc
 /// point leaves no entry, so no hit. An entry carries the SHA-256 of its own text, and an
 /// object whose size or mtime changed since it was recorded is hashed again before use: a
 /// corrupt entry is a miss (and is removed), never a wrong hit.
-public struct CacheStore {
+public struct CacheStore: Sendable {
     public let root: String
     public init(root: String) { self.root = root }
     /// `.baton/cache` for `.baton/runs`.
-    public init(runsDir: String) { root = FileIO.join(FileIO.dirname(FileIO.absolute(runsDir)), "cache") }
+    public init(runsDir: String) { root = ProjectLayout.cacheRoot(runsDir: runsDir) }
 
     var objects: String { root + "/objects" }
     var entries: String { root + "/entries" }
@@ -31,12 +32,8 @@ public struct CacheStore {
     /// Runs `body` holding the cache's lock (shared, or exclusive for gc and clear).
     public func locked<T>(exclusive: Bool, _ body: () throws -> T) throws -> T {
         try FileIO.makeDirectories(root)
-        let fd = open(root + "/lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        if fd < 0 { throw SystemError("open", root + "/lock") }
-        defer { close(fd) }
-        while flock(fd, exclusive ? LOCK_EX : LOCK_SH) != 0 {
-            if errno != EINTR { throw SystemError("flock", root + "/lock") }
-        }
+        let lock = try FileLock.block(root + "/lock", shared: !exclusive)
+        defer { lock.release() }
         return try body()
     }
 
@@ -256,7 +253,8 @@ public struct CacheStore {
     /// Copies `src` to a new file `dst`, hashing what it copies; throws when `expect` is given
     /// and the copy's hash differs (the source changed meanwhile).
     @discardableResult
-    static func copy(_ src: String, _ dst: String, mode: mode_t, expect: String?) throws -> String {
+    static func copy(_ src: String, _ dst: String, mode: mode_t, expect: String?,
+                     abandon: ThreadTask.Flag? = nil) throws -> String {
         let s = open(src, O_RDONLY | O_CLOEXEC)
         if s < 0 { throw SystemError("open", src) }
         defer { close(s) }
@@ -270,6 +268,7 @@ public struct CacheStore {
             let n = Glibc.read(s, buf.baseAddress, buf.count)
             if n < 0 { if errno == EINTR { continue }; throw SystemError("read", src) }
             if n == 0 { break }
+            if abandon?.isSet == true { throw FileSetError("abandoned: the run ended first") }
             let chunk = UnsafeRawBufferPointer(rebasing: buf[0..<n])
             if expect != nil { h.update(chunk) }
             try FileIO.writeAll(d, chunk, path: dst)
@@ -288,51 +287,36 @@ public struct CacheStore {
 
     // MARK: insert
 
-    /// Test hook: BATON_TEST_CACHE_PAUSE=FILE makes an insert write FILE and sleep before its
-    /// entry is renamed into place (the kill -9 test).
+    /// Test hook: BATON_TEST_CACHE_PAUSE=FILE makes an insert write FILE and wait (30 s at most)
+    /// until it is removed, before its entry is renamed into place (the kill -9 test, and the
+    /// test that an insert does not hold up the run).
     static var pauseFile: String? { Settings.string(Settings.testCachePause) }
 
-    /// Stores a passed stage call's outputs (snapshots taken after it exited) and logs.
-    public func insert(key: String,
-                       from: CachedFrom,
-                       outputs: [OutputSnapshot],
-                       logs: StageLogs,
-                       durationMs: Int64) throws {
+    /// One insert: what a passed stage call leaves (its outputs as hashed after it exited, its
+    /// logs) and what a later miss compares with (its fingerprint's parts, its inputs). Gathered
+    /// on the loop's thread; the insert itself runs on a thread of its own (`ThreadTask`).
+    public struct Insert: Sendable {
+        public var key: String
+        public var from: CachedFrom
+        public var outputs: [OutputSnapshot]
+        public var logs: StageLogs
+        public var durationMs: Int64
+        public var parts: FingerprintParts
+        public var inputs: FileSet?
+        var pause = CacheStore.pauseFile
+    }
+
+    /// Stores a passed stage call's outputs and logs, then its entry, then the stage's latest
+    /// pass. `abandon` (the run ends first) stops it between blocks: no entry, so no hit.
+    func insert(_ job: Insert, abandon: ThreadTask.Flag? = nil) throws {
         try locked(exclusive: false) {
             try FileIO.makeDirectories(tmp)
             try FileIO.makeDirectories(entries)
-            func store(_ abs: String, hash h: String, exec: Bool) throws -> Entry.Object {
-                var st = stat()
-                if stat(objectPath(h), &st) == 0 {
-                    return Entry.Object(rel: "",
-                                        hash: h,
-                                        size: Int64(st.st_size),
-                                        mtime: StatCache.nanos(st.st_mtim),
-                                        exec: exec)
-                }
-                let t = tmp + "/obj-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-                defer { unlink(t) }
-                // The copy is hashed as it is made: an output changed since it was hashed is not stored.
-                if !((try? CacheStore.reflink(abs, t, mode: 0o444)) == true && (try? Hashing.file(t).hash) == h) {
-                    unlink(t)
-                    try CacheStore.copy(abs, t, mode: 0o444, expect: h)
-                }
-                let got = h
-                let dest = objectPath(got)
-                try FileIO.makeDirectories(FileIO.dirname(dest))
-                if rename(t, dest) != 0 { throw SystemError("rename", dest) }
-                stat(dest, &st)
-                return Entry.Object(rel: "",
-                                    hash: got,
-                                    size: Int64(st.st_size),
-                                    mtime: StatCache.nanos(st.st_mtim),
-                                    exec: exec)
-            }
             var outs: [Entry.Output] = []
-            for o in outputs {
+            for o in job.outputs {
                 var files: [Entry.Object] = []
                 for f in o.files {
-                    var obj = try store(f.abs, hash: f.hash, exec: f.exec)
+                    var obj = try storeObject(f.abs, hash: f.hash, exec: f.exec, abandon: abandon)
                     obj.rel = f.rel
                     files.append(obj)
                 }
@@ -340,21 +324,71 @@ public struct CacheStore {
             }
             func log(_ p: String) -> Entry.Object? {
                 guard !p.isEmpty, let h = try? Hashing.file(p).hash else { return nil }
-                return try? store(p, hash: h, exec: false)
+                return try? storeObject(p, hash: h, exec: false, abandon: abandon)
             }
-            let e = Entry(key: key, from: from, created: Clock.now(), outputs: outs, stdout: log(logs.stdout),
-                          stderr: log(logs.stderr), durationMs: durationMs)
+            let e = Entry(key: job.key, from: job.from, created: Clock.now(), outputs: outs,
+                          stdout: log(job.logs.stdout), stderr: log(job.logs.stderr), durationMs: job.durationMs)
             let body = Array(e.json.encoded().utf8)
             let text = body + [10] + Array(SHA256.hex(body).utf8) + [10]
             let t = tmp + "/entry-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
             defer { unlink(t) }
             try FileIO.writeAtomically(t, text)
-            if let p = CacheStore.pauseFile {
-                try? FileIO.writeAtomically(p, Array("\(getpid())\n".utf8))
-                sleep(30)
-            }
-            if rename(t, entryPath(key)) != 0 { throw SystemError("rename", entryPath(key)) }
+            if let p = job.pause { CacheStore.holdUp(p, abandon) }
+            if abandon?.isSet == true { throw FileSetError("abandoned: the run ended first") }
+            if rename(t, entryPath(job.key)) != 0 { throw SystemError("rename", entryPath(job.key)) }
+            try? writeLastPass(job)
         }
+    }
+
+    /// Copies (or reflinks) one file into `objects/` under its hash, checking the copy's hash
+    /// as it is made: an output changed since it was hashed is not stored.
+    func storeObject(_ abs: String, hash h: String, exec: Bool, abandon: ThreadTask.Flag?) throws -> Entry.Object {
+        var st = stat()
+        func object() -> Entry.Object {
+            Entry.Object(rel: "", hash: h, size: Int64(st.st_size), mtime: StatCache.nanos(st.st_mtim), exec: exec)
+        }
+        if stat(objectPath(h), &st) == 0 { return object() }
+        let t = tmp + "/obj-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { unlink(t) }
+        if !((try? CacheStore.reflink(abs, t, mode: 0o444)) == true && (try? Hashing.file(t).hash) == h) {
+            unlink(t)
+            try CacheStore.copy(abs, t, mode: 0o444, expect: h, abandon: abandon)
+        }
+        let dest = objectPath(h)
+        try FileIO.makeDirectories(FileIO.dirname(dest))
+        if rename(t, dest) != 0 { throw SystemError("rename", dest) }
+        stat(dest, &st)
+        return object()
+    }
+
+    /// The test hook's wait: writes `file` and waits until it is gone (30 s at most).
+    static func holdUp(_ file: String, _ abandon: ThreadTask.Flag?) {
+        try? FileIO.writeAtomically(file, Array("\(getpid())\n".utf8))
+        let until = Clock.monotonic() + 30
+        while FileIO.exists(file) && Clock.monotonic() < until && abandon?.isSet != true { usleep(20_000) }
+    }
+
+    // MARK: a stage's latest pass (what a miss names)
+
+    /// `stages/<SHA-256 of the stage id>`: the latest stored pass of a stage (one per id), a JSON
+    /// line (key, where from, the fingerprint's parts) then its inputs' manifest.
+    func lastPassPath(_ id: String) -> String { root + "/stages/" + SHA256.hex(Array(id.utf8)) }
+
+    func writeLastPass(_ job: Insert) throws {
+        let head: JSON = .object([("key", .string(job.key)), ("from", job.from.json), ("parts", job.parts.json)])
+        let p = lastPassPath(job.from.id)
+        try FileIO.makeDirectories(FileIO.dirname(p))
+        try FileIO.writeAtomically(p, Array(head.encoded().utf8) + [10] + (job.inputs?.manifest ?? []))
+    }
+
+    /// The latest stored pass of stage `id`: its key, where it came from, its fingerprint's
+    /// parts and its inputs (path -> "hash x|-"); nil when none was stored.
+    public func lastPass(of id: String)
+        -> (key: String, from: CachedFrom, parts: FingerprintParts, inputs: [String: String])? {
+        guard let bytes = try? FileIO.readFile(lastPassPath(id)), let nl = bytes.firstIndex(of: 10),
+              let head = try? JSON.parse(Array(bytes[..<nl])), let key = head["key"]?.stringValue,
+              let from = CachedFrom(head["from"]), let parts = FingerprintParts(head["parts"]) else { return nil }
+        return (key, from, parts, FileSet.parseManifest(Array(bytes[(nl + 1)...])))
     }
 
     // MARK: ls, gc, clear
@@ -425,7 +459,7 @@ public struct CacheStore {
     public func clear() throws -> Int {
         try locked(exclusive: true) {
             let n = FileIO.list(entries).count
-            for d in [entries, objects, tmp] { try? FileIO.removeTree(d) }
+            for d in [entries, objects, tmp, root + "/stages"] { try? FileIO.removeTree(d) }
             return n
         }
     }

@@ -19,12 +19,15 @@ public struct FileSet: Sendable {
     public init(files: [(path: String, hash: String)], executable: Set<String> = []) {
         self.files = files
         self.executable = executable
-        let h = SHA256Hasher()
+        // "path NUL hash [NUL x] LF" per file, hashed in one call (10,000 files: ~1 MB).
+        var text: [UInt8] = []
+        text.reserveCapacity(files.count * 100)
         for f in files {
-            h.update(f.path); h.update("\u{0}"); h.update(f.hash)
-            h.update(executable.contains(f.path) ? "\u{0}x\n" : "\n")
+            text += f.path.utf8; text.append(0); text += f.hash.utf8
+            if !executable.isEmpty && executable.contains(f.path) { text += [0, 120] }
+            text.append(10)
         }
-        digest = h.finalHex()
+        digest = SHA256.hex(text)
     }
 
     /// "hash x|- path" lines: what `inputs/<digest>` in the run directory holds, for resume's diff.
@@ -91,8 +94,9 @@ public struct FileGlob {
             }
         }
         statAll(w.pending, into: &w.found)
-        w.found.sort { $0.rel < $1.rel }
-        return w.found
+        // Sorted through their indices: a Matched (with its stat) is ~200 bytes to move.
+        let found = w.found
+        return found.indices.sorted { found[$0].rel < found[$1].rel }.map { found[$0] }
     }
 
     /// The include and exclude patterns, in order.

@@ -28,6 +28,8 @@ public final class StageFilesState {
         if force || now - lastSave >= 1 { statCache.save(); lastSave = now }
     }
     var resolved = false
+    /// Inserts into the cache still under way (each a `ThreadTask` on the loop).
+    var pendingInserts = 0
 }
 
 extension RunContext {
@@ -74,7 +76,7 @@ extension RunContext {
         let t0 = Clock.monotonic()
         let (hit, why) = files.store.lookup(key)
         guard let e = hit else {
-            exec.cacheDecision = CacheDecision(hit: false, key: key, reason: why)
+            exec.cacheDecision = missSinceLastPass(CacheDecision(hit: false, key: key, reason: why), exec)
             CacheStore.unshare(spec.outputs, base: spec.resolvedCwd)
             return false
         }
@@ -125,17 +127,49 @@ extension RunContext {
         return true
     }
 
-    /// After a pass with the cache on: stores its outputs and logs under its fingerprint.
-    /// A failure to store is logged, never fatal.
+    /// A miss of a stage that passed before with another fingerprint: what differs from its
+    /// latest stored pass (the parts of the fingerprint, and which input files, as a resume says).
+    func missSinceLastPass(_ miss: CacheDecision, _ exec: StageExecution) -> CacheDecision {
+        guard let last = files.store.lastPass(of: exec.spec.id), last.key != miss.key else { return miss }
+        var d = miss
+        d.since = last.from
+        d.changed = exec.fingerprintParts.changed(from: last.parts)
+        if d.changed.contains("inputs"), let now = exec.spec.inputSet {
+            let f = now.diff(from: last.inputs)
+            d.files = FileChanges(changed: f.changed, added: f.added, removed: f.removed)
+        }
+        return d
+    }
+
+    /// After a pass with the cache on: stores its outputs and logs under its fingerprint, on a
+    /// thread of its own (`ThreadTask`: a large output takes ~1 s per GiB to copy and hash, and
+    /// the loop goes on meanwhile). The run's end waits for it (`waitForInserts`). A failure
+    /// to store is logged, never fatal.
     func storeInCache(_ exec: StageExecution, _ r: StageResult) {
         guard cacheOn(exec.spec), r.cachedFrom == nil, !r.replayed else { return }
-        let key = SHA256.hex(exec.spec.fingerprintText)
-        do {
-            try files.store.insert(key: key,
-                                   from: CachedFrom(run: dir.id, id: exec.key.id, occurrence: exec.key.occurrence),
-                                   outputs: exec.outputSnapshots, logs: r.logs, durationMs: Int64(r.duration * 1000))
-        } catch {
-            log(.warn, "cache: stage '\(exec.spec.id)' passed but could not be stored: \(error)")
-        }
+        let job = CacheStore.Insert(key: SHA256.hex(exec.spec.fingerprintText),
+                                    from: CachedFrom(run: dir.id, id: exec.key.id, occurrence: exec.key.occurrence),
+                                    outputs: exec.outputSnapshots, logs: r.logs, durationMs: Int64(r.duration * 1000),
+                                    parts: exec.fingerprintParts, inputs: exec.spec.inputSet)
+        final class Failure: @unchecked Sendable { var text: String? }   // written before the task ends, read after
+        let (store, failure, id) = (files.store, Failure(), exec.spec.id)
+        files.pendingInserts += 1
+        loop.add(ThreadTask({ abandon in
+            do { try store.insert(job, abandon: abandon) } catch { failure.text = "\(error)" }
+        }, done: { [unowned self] abandoned in
+            self.files.pendingInserts -= 1
+            if abandoned {
+                self.log(.warn, "cache: stage '\(id)' passed but was not stored: the run ended before its insert did")
+            } else if let f = failure.text {
+                self.log(.warn, "cache: stage '\(id)' passed but could not be stored: \(f)")
+            }
+        }))
+    }
+
+    /// At the run's end: waits for the cache's inserts still under way (a signal abandons
+    /// them, and each says so in the journal).
+    func waitForInserts() {
+        guard filesUsed, files.pendingInserts > 0 else { return }
+        _ = loop.wait(WaitLabel(.cache, "insert")) { self.files.pendingInserts == 0 }
     }
 }

@@ -2,11 +2,9 @@ import BatonBase
 import Glibc
 
 /// One declared output after a pass: a file, or a directory (every file under it).
-public struct OutputSnapshot {
-    public struct File {
-        public var rel: String
-        public var abs: String
-        public var hash: String
+public struct OutputSnapshot: Sendable {
+    public struct File: Sendable {
+        public var rel: String, abs: String, hash: String
         public var size: Int64
         public var exec: Bool
     }
@@ -49,25 +47,40 @@ public struct OutputSnapshot {
 
 extension StageExecution {
     /// After a zero exit: every declared output must exist (else the attempt fails,
-    /// deterministic); their hashes go into the result and the journal.
-    func checkOutputs(_ r: inout StageResult) {
-        let base = spec.resolvedCwd
-        var snaps: [OutputSnapshot] = []
-        for o in spec.outputs {
-            do {
-                guard let s = try OutputSnapshot.take(o, base: base) else {
-                    r.status = .failed
-                    r.message = "declared output missing: \(o)"
+    /// deterministic); their hashes go into the result and the journal. Hashed on a thread of
+    /// their own (a large output takes ~0.5 s per GiB; the loop goes on), then `then` is called
+    /// on the loop's thread with the result.
+    func checkOutputs(_ r0: StageResult, then: @escaping (StageResult) -> Void) {
+        phase = .checking
+        let (outputs, base) = (spec.outputs, spec.resolvedCwd)
+        final class Found: @unchecked Sendable {   // written by the work, read once it ended
+            var snaps: [OutputSnapshot] = []
+            var failure: String?
+        }
+        let found = Found()
+        context.loop.add(ThreadTask({ _ in
+            for o in outputs {
+                do {
+                    guard let s = try OutputSnapshot.take(o, base: base) else {
+                        found.failure = "declared output missing: \(o)"
+                        return
+                    }
+                    found.snaps.append(s)
+                } catch {
+                    found.failure = "declared output unreadable: \(o): \(error)"
                     return
                 }
-                snaps.append(s)
-            } catch {
-                r.status = .failed
-                r.message = "declared output unreadable: \(o): \(error)"
-                return
             }
-        }
-        r.outputs = snaps.map { ($0.path, $0.hash) }
-        outputSnapshots = snaps
+        }, done: { [unowned self] _ in
+            var r = r0
+            if let f = found.failure {
+                r.status = .failed
+                r.message = f
+            } else {
+                r.outputs = found.snaps.map { ($0.path, $0.hash) }
+                self.outputSnapshots = found.snaps
+            }
+            then(r)
+        }))
     }
 }

@@ -1,4 +1,5 @@
 import BatonBase
+import Glibc
 /// final.json: one type for every writer (the runner at exit and at persistFinal, the
 /// crash guard's prepared document, `cancel` finishing an orphaned run) and every reader.
 public struct FinalRecord: Sendable {
@@ -138,6 +139,25 @@ public struct FinalRecord: Sendable {
     }
 
     public static func read(_ dir: RunDirectory) -> FinalRecord? { dir.readFinal().flatMap { FinalRecord(json: $0) } }
+
+    /// final.json without its stage list and what follows it (not read: a 100,000-stage run's
+    /// file is 15 MB), which is all `status` and `runs` say of it: the fields before `stages`
+    /// from the file's first MiB, when the file ends as a whole document does (its top-level
+    /// `}` alone on the last line); otherwise the whole file, parsed.
+    public static func readWithoutStages(_ dir: RunDirectory) -> FinalRecord? {
+        let fd = open(dir.final, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var st = stat()
+        let head = 1 << 20
+        guard fstat(fd, &st) == 0, Int(st.st_size) > head else { return read(dir) }
+        var bytes = [UInt8](repeating: 0, count: head), end = [UInt8](repeating: 0, count: 3)
+        guard bytes.withUnsafeMutableBytes({ pread(fd, $0.baseAddress, head, 0) }) == head,
+              end.withUnsafeMutableBytes({ pread(fd, $0.baseAddress, 3, off_t(st.st_size) - 3) }) == 3,
+              end == Array("\n}\n".utf8),
+              let pairs = (try? JSON.topLevelPairs(before: "stages", in: bytes)) ?? nil else { return read(dir) }
+        return FinalRecord(json: .object(pairs))
+    }
 
     public func write(to dir: RunDirectory) throws {
         try FileIO.writeAtomically(dir.final, encoded(), mode: RunDirectory.fileMode)

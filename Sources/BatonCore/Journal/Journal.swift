@@ -97,6 +97,18 @@ public final class JournalWriter: @unchecked Sendable {
 
     private var pending: [UInt8] = []
 
+    /// The bytes on disk (what a snapshot may describe once the pending events are written).
+    public var writtenBytes: Int { Int(size) }
+
+    /// Writes the deferred events, then runs `body` with the file's size while no other event
+    /// is appended: a snapshot describes exactly the bytes written.
+    func withAllWritten<T>(_ body: (_ size: Int) throws -> T) throws -> T {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        if !pending.isEmpty { try write(pending) }
+        return try body(Int(size))
+    }
+
     /// Writes `out` (the pending buffer) in one write, then empties the buffer.
     /// On failure the file is cut back and the seqs of what was not written are free again.
     private func write(_ out: [UInt8]) throws {

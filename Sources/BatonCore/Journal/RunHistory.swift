@@ -109,10 +109,11 @@ public struct StageRecord: Sendable {
     private var summary: Summary?
 
     /// The record as the runner's history keeps a call that is over (RunHistory.keepSummaries):
-    /// its line of final.json (key, status, attempts, duration, replayed) and its times; not
-    /// its command, logs, fingerprint or last `stage_finished`, which the journal has.
+    /// what a snapshot keeps of it (`abridged`: its state, and its `stage_finished` where the
+    /// cache answered), its line of final.json (attempts, duration, replayed) and its times;
+    /// not its command, logs, fingerprint or last `stage_finished`, which the journal has.
     func summarized() -> StageRecord {
-        var r = StageRecord(status: status, key: key)
+        var r = abridged
         r.attempt = finished?.attempt ?? attempt
         r.startedAt = startedAt
         r.endedAt = endedAt
@@ -348,8 +349,11 @@ public struct RunHistory: Sendable {
     /// Stage calls that are over, one per (id, occurrence), in the order they were first seen.
     public var concluded: LazyFilterSequence<[StageRecord]> { stages.lazy.filter(\.isOver) }
 
+    /// How many stage calls are over (`concluded.count`, without copying each record).
+    public var concludedCount: Int { stages.indices.reduce(0) { $0 + (stages[$1].isOver ? 1 : 0) } }
+
     /// Stage calls in flight now (in a live run).
-    public var running: [StageRecord] { stages.filter(\.isOpen) }
+    public var running: [StageRecord] { stages.indices.filter { stages[$0].isOpen }.map { stages[$0] } }
 
     /// Stage ids in the order they first ran.
     public var stageIDs: [String] {
@@ -363,7 +367,8 @@ public struct RunHistory: Sendable {
     /// What the recipe waits on now: the latest open stage or watch.
     public var current: (kind: String, id: String, since: Double, pid: Int32?)? {
         var best: (kind: String, id: String, since: Double, pid: Int32?)? = nil
-        for r in stages where r.isOpen {
+        for i in stages.indices where stages[i].isOpen {   // (by index: no copy of 100,000 records)
+            let r = stages[i]
             let since = r.attemptStartedAt ?? r.startedAt ?? 0   // the current attempt's time
             if best == nil || since >= best!.since { best = ("stage", r.key.id, since, r.pid) }
         }
@@ -392,5 +397,56 @@ public struct RunHistory: Sendable {
             out[r.key] = f
         }
         return out
+    }
+}
+
+// MARK: the fold's state, abridged, as a snapshot holds it (HistorySnapshot.swift)
+
+extension RunHistory {
+    /// The fold as `status`, `runs` and the live view read it, which is what a snapshot keeps:
+    /// calls in flight (and their watches, starts, final, pause) in full; a call no longer in
+    /// flight as its state only (and where the cache answered, its `stage_finished`); no
+    /// attempt list; no fingerprint parts (resume's, read from the whole journal). Folding an
+    /// event into an abridged history and abridging gives what folding it into the whole
+    /// history and abridging gives (HistorySnapshotTests hold the two to it).
+    public func abridged() -> RunHistory {
+        var h = self
+        h.attemptLogs = []
+        for i in h.stages.indices { h.stages[i] = h.stages[i].abridged }
+        return h
+    }
+
+    /// A history put back from its parts (a snapshot's); the indexes are derived.
+    init(runID: String, firstStart: (ts: Double, began: RunBegan)?,
+         latestStart: (ts: Double, began: RunBegan, resumed: Bool)?, lives: Int, stages: [StageRecord],
+         watches: [WatchRecord], lastEvent: (type: String, ts: Double)?, final: (event: FinalEvent, ts: Double)?,
+         paused: (record: PauseRecord, ts: Double)?, lastSeq: Int64, logNumbers: [String: Int]) {
+        self.runID = runID
+        self.firstStart = firstStart
+        self.latestStart = latestStart
+        self.lives = lives
+        self.stages = stages
+        self.watches = watches
+        self.lastEvent = lastEvent
+        self.final = final
+        self.paused = paused
+        self.lastSeq = lastSeq
+        self.logNumbers = logNumbers
+        stageIndex.reserveCapacity(stages.count)
+        for i in stages.indices { stageIndex[stages[i].key] = i }   // (by index: no copy of each record)
+        for (i, w) in watches.enumerated() { watchIndex[w.id] = i }
+    }
+}
+
+extension StageRecord {
+    /// What an abridged history keeps of this call (`RunHistory.abridged`).
+    var abridged: StageRecord {
+        var r = self
+        r.fingerprintParts = nil
+        r.finished?.fingerprintParts = nil
+        guard !isOpen else { return r }
+        var thin = StageRecord(status: status, key: key)
+        if let f = r.finished, f.cachedFrom != nil { thin.finished = f }
+        return thin
     }
 }

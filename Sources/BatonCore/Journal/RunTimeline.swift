@@ -88,11 +88,18 @@ public struct RunTimeline: Sendable {
     /// Folds `events`; `now` closes what is still open: a live run's attempts run to `now`,
     /// an ended or orphaned run's end where its runner last wrote.
     public init<S: Sequence>(_ events: S, live: Bool, now: Double = Clock.now()) where S.Element == JournalEvent {
+        self.init(folding: events)
+        close(live: live, now: now)
+    }
+
+    /// Folds `events`, leaving what is open open until `close(live:now:)`: for a caller that
+    /// learns whether the run is live from the fold itself (the report's `RunInfo` reads
+    /// `history`, so the journal is folded once).
+    public init<S: Sequence>(folding events: S) where S.Element == JournalEvent {
         for e in events {
             history.apply(e)
             apply(e)
         }
-        close(live: live, now: now)
     }
 
     private var life: Int { max(0, lives.count - 1) }
@@ -171,7 +178,9 @@ public struct RunTimeline: Sendable {
         openWatch = [:]
     }
 
-    private mutating func close(live: Bool, now: Double) {
+    /// Ends what the fold left open: a live run's attempts run to `now`; an ended or orphaned
+    /// run's end where its runner last wrote.
+    public mutating func close(live: Bool, now: Double = Clock.now()) {
         if live {
             for (_, i) in open { attempts[i].status = .running }
             lastTs = max(lastTs, now)

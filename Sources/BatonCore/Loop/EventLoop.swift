@@ -13,11 +13,19 @@ public protocol LoopTask: AnyObject {
     func advance(now: Double)
     /// Ends it: SIGTERM then SIGKILL after its grace; `force`: SIGKILL now.
     func cancel(force: Bool)
+    /// Descriptors whose readability means it should advance (a thread's work ended).
+    var wakeFDs: [Int32] { get }
+}
+
+extension LoopTask {
+    public var wakeFDs: [Int32] { [] }
 }
 
 /// What a wait is on: the `waiting_on` of a heartbeat, the first word of `status`'s "waiting on".
 public enum WaitKind: String, CaseIterable, Sendable {
     case stage, watch, command, gate, preflight, parallel, sleep, lock, yaml, pause
+    /// The run's end, for the cache's inserts still under way.
+    case cache
     /// `baton.sh` and `os.execute` (their commands' `via`).
     case sh = "baton.sh", execute = "os.execute"
 }
@@ -134,7 +142,10 @@ public final class EventLoop {
             if let d = deadline { wake = min(wake, d) }
             if let d = journal?.syncDue { wake = min(wake, d) }
             var pfds = [pollfd(fd: baton_signal_fd(), events: Int16(POLLIN), revents: 0)]
-            for t in tasks { if let w = t.nextWake { wake = min(wake, w) } }
+            for t in tasks {
+                if let w = t.nextWake { wake = min(wake, w) }
+                for fd in t.wakeFDs { pfds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
+            }
             for (executor, jobs) in inFlight() {
                 let w = executor.wake(jobs, now: now)
                 for fd in w.fds { pfds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }

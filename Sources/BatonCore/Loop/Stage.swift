@@ -176,6 +176,8 @@ public final class StageExecution: LoopTask {
     enum Phase {
         case waiting(until: Double)     // before the first attempt or in backoff
         case running
+        /// Exited 0; its declared outputs are being hashed aside (`checkOutputs`).
+        case checking
         case finished
     }
 
@@ -235,7 +237,7 @@ public final class StageExecution: LoopTask {
         switch phase {
         case let .waiting(until): return blockedOnPool ? nil : until
         case .running: return min(deadline ?? .infinity, nextSilenceCheck)
-        case .finished: return nil
+        case .checking, .finished: return nil
         }
     }
 
@@ -250,7 +252,7 @@ public final class StageExecution: LoopTask {
                                     message: "cancelled before it started"))
         case .running:
             if force { job?.kill() } else { job?.terminate(grace: spec.grace) }
-        case .finished: break
+        case .checking, .finished: break
         }
     }
 
@@ -281,7 +283,7 @@ public final class StageExecution: LoopTask {
                 j.terminate(grace: spec.grace)
             }
             if now >= nextSilenceCheck { checkSilence(now: now, job: j) }
-        case .finished: break
+        case .checking, .finished: break
         }
     }
 
@@ -533,8 +535,17 @@ public final class StageExecution: LoopTask {
                 r.message =
                     "required file\(missing.count > 1 ? "s" : "") missing or empty: \(missing.joined(separator: ", "))"
             }
-            if r.ok && !spec.outputs.isEmpty { checkOutputs(&r) }
+            if r.ok && !spec.outputs.isEmpty {
+                checkOutputs(r) { self.classifyAndConclude($0, t, note) }
+                return
+            }
         }
+        classifyAndConclude(r, t, note)
+    }
+
+    /// An ended attempt's failure class and signature (when it did not pass), then its conclusion.
+    func classifyAndConclude(_ r0: StageResult, _ t: Termination, _ note: JobNote) {
+        var r = r0
         if !r.ok {
             let tail = r.stderrText
             let cls = stalled ? FailureClass.stalled : note.transient || note.timedOut ? FailureClass.transient

@@ -1,7 +1,7 @@
 import BatonBase
 import Glibc
 
-/// An exclusive flock on a file, held until `release` or process death.
+/// An flock on a file (exclusive, or shared with `block(shared: true)`), held until `release` or process death.
 /// flock belongs to the open file description: the descriptor is O_CLOEXEC so
 /// stages never inherit (and never prolong) the lock.
 public final class FileLock: @unchecked Sendable {
@@ -12,9 +12,19 @@ public final class FileLock: @unchecked Sendable {
 
     /// Takes the lock without waiting; nil when another process holds it.
     public static func tryAcquire(_ path: String, mode: mode_t = 0o644) throws -> FileLock? {
+        try take(path, mode: mode, how: LOCK_EX | LOCK_NB)
+    }
+
+    /// Takes the lock (`shared`: a reader's, which many hold at once), blocking the calling
+    /// thread until it is free: for locks held briefly (the cache's) or off the event loop.
+    public static func block(_ path: String, shared: Bool, mode: mode_t = 0o644) throws -> FileLock {
+        try take(path, mode: mode, how: shared ? LOCK_SH : LOCK_EX)!
+    }
+
+    private static func take(_ path: String, mode: mode_t, how: Int32) throws -> FileLock? {
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, mode)
         if fd < 0 { throw SystemError("open", path) }
-        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+        while flock(fd, how) != 0 {
             if errno == EINTR { continue }
             let e = errno
             close(fd)

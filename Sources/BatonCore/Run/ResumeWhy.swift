@@ -76,17 +76,19 @@ public struct ResumeWhy: Sendable, Equatable {
     public var sentence: String {
         switch reason {
         case .unchanged: return "replayed: passed before, unchanged"
-        case .changed:
-            let names = changed.map { $0 == "cwd" ? "working directory" : $0 == "env" ? "environment" : $0 }
-            if names.isEmpty { return "runs: fingerprint changed" }
-            return "runs: "
-                + (names.count == 1 ? names[0] : names.dropLast().joined(separator: ", ") + " and " + names.last!)
-                + " changed"
-                + (files.map { ": " + $0.sentence } ?? "")
+        case .changed: return "runs: " + ResumeWhy.changes(changed, files)
         case .not_passed: return "runs: did not pass before"
         case .new: return "runs: new, not in the earlier run"
         case .after_ran: return "runs because an earlier stage ran" + (after.map { " (\($0))" } ?? "")
         }
+    }
+
+    /// "command and inputs changed: src/a.py changed" (the parts by `FingerprintParts.names`).
+    static func changes(_ changed: [String], _ files: FileChanges?) -> String {
+        let names = changed.map { $0 == "cwd" ? "working directory" : $0 == "env" ? "environment" : $0 }
+        if names.isEmpty { return "fingerprint changed" }
+        return (names.count == 1 ? names[0] : names.dropLast().joined(separator: ", ") + " and " + names.last!)
+            + " changed" + (files.map { ": " + $0.sentence } ?? "")
     }
 
     var json: JSON {

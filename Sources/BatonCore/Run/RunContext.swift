@@ -65,7 +65,7 @@ public final class RunContext {
     public var skipRequests: Set<String> = []
     /// Declared inputs and outputs, the stat cache and the cache across runs (Cache/).
     public lazy var files: StageFilesState = { filesUsed = true; return StageFilesState(runDir: dir) }()
-    private var filesUsed = false
+    private(set) var filesUsed = false
 
     public var interrupted: Bool { loop.interrupted }
 
@@ -166,6 +166,9 @@ public final class RunContext {
             }
             if contents.tornTail { truncate(dir.journal, off_t(contents.validLength)) }
         }
+        // The previous life's snapshot goes: this life writes its own (none for a journal with
+        // corrupt lines, which readers must read whole to report).
+        unlink(dir.snapshot)
         var history = folded ?? RunHistory(contents.events)
         let journal = try JournalWriter(path: dir.journal, runID: dir.id, lastSeq: contents.lastSeq, policy: sync)
         var began = began(recipe: recipe, sha: SHA256.hex(recipeText), args: args, dryRun: false)
@@ -179,6 +182,7 @@ public final class RunContext {
         let ctx = RunContext(dir: dir, journal: journal, lock: lock, dryRun: false, recipe: recipe, history: history)
         ctx.replay = replay
         ctx.reattach = reattach
+        ctx.snapshots = contents.corrupt.isEmpty
         ctx.logNumbers = logNumbers
         // (Only the result is carried over: not the whole record, whose stages list is long.)
         if let prior = dir.readFinal("result"), case .object = prior { ctx.result = prior }
@@ -203,12 +207,31 @@ public final class RunContext {
     /// forgets what earlier lives started, and from then on the history lists attempts.
     public func takeAttemptLogs() -> [AttemptLog] { history.takeAttemptLogs() }
 
-    /// Writes journal events held back for a group commit (replays).
+    /// Writes journal events held back for a group commit (replays); then, when the journal
+    /// has grown by `snapshotEvery` bytes since the last snapshot (and a second has passed),
+    /// a new one, so a reader's tail stays short.
     public func writePending() {
         guard fatal == nil else { return }
         do { try journal.writePending() } catch let e as SystemError { fatal = e } catch {
             fatal = SystemError("write", journal.path, EIO)
         }
+        let grown = journal.writtenBytes - snapshotAt.bytes
+        if grown >= RunContext.snapshotEvery, Clock.monotonic() - snapshotAt.time >= 1 { writeSnapshot() }
+    }
+
+    /// Journal bytes between two snapshots written during a run (one is written at its end).
+    nonisolated(unsafe) static var snapshotEvery = 1 << 20
+    /// The journal's size and the monotonic time at the last snapshot.
+    private var snapshotAt = (bytes: 0, time: 0.0)
+    /// false when the journal this runner continued has corrupt lines: readers must read it
+    /// all to report them, so no snapshot stands in for it.
+    var snapshots = true
+
+    /// `journal.snapshot` (HistorySnapshot): the fold of everything journaled so far.
+    func writeSnapshot() {
+        guard snapshots, fatal == nil else { return }
+        HistorySnapshot.write(history, journal: journal, dir: dir)
+        snapshotAt = (journal.writtenBytes, Clock.monotonic())
     }
 
     public func log(_ level: LogLevel, _ message: String, _ fields: JSON = .object([])) {
@@ -543,6 +566,7 @@ public final class RunContext {
         finished = true
         var problems: [String] = []
         _ = baton_budget_arm(0)
+        waitForInserts()
         loop.endAll()
         writePending()
         // Whatever left its stage's group and session (and perhaps its environment).
@@ -559,7 +583,10 @@ public final class RunContext {
         if filesUsed { files.saveStatCache(force: true) }
         let fatalBefore = fatal
         let reason = boundedReason(reason)
-        if fatal == nil { record(.final(FinalEvent(status: status, exitCode: exitCode, reason: reason))) }
+        if fatal == nil {
+            record(.final(FinalEvent(status: status, exitCode: exitCode, reason: reason)))
+            writeSnapshot()
+        }
         do {
             try finalRecord(status: status, exitCode: exitCode, reason: reason, ended: true).write(to: dir)
             baton_crash_guard_disarm()

@@ -53,28 +53,22 @@ public struct RunInfo {
 
     public var isLive: Bool { state == .running || state == .starting }
 
-    public static func load(_ dir: RunDirectory, withEvents: Bool = true) -> RunInfo {
+    /// `withEvents: false`: without `events`, and with the history abridged when the journal
+    /// has a snapshot (`RunDirectory.readAbridgedHistory`: its concluded calls as their state
+    /// only, no attempt list), which is all `runs`, `status` and the live view read.
+    /// `fold`: how to fold the events when the caller wants more than the `RunHistory` (the
+    /// report's `RunTimeline`, whose history this describes): the journal is folded once.
+    public static func load(_ dir: RunDirectory, withEvents: Bool = true,
+                            fold: (([JournalEvent]) -> RunHistory)? = nil) -> RunInfo {
         var info = RunInfo(id: dir.id, dir: dir, state: .orphaned)
         let locked = FileLock.isHeld(dir.lock)
-        var contents = JournalContents()
-        if FileIO.exists(dir.journal) {
-            do { contents = try dir.readJournal() } catch { info.problems.append("cannot read journal: \(error)") }
-            info.problems.append(contentsOf: contents.problems)
-        } else {
-            info.problems.append("no journal.jsonl")
-        }
-        if FileIO.exists(dir.final) {
-            if let f = FinalRecord.read(dir) { info.final = f } else {
-                info.problems.append("final.json is not valid JSON (truncated?)")
-            }
-        }
-        let h = RunHistory(contents.events)
+        let (h, contents) = info.read(withEvents: withEvents, fold: fold)
         info.history = h
         info.recipe = h.latestStart?.began.recipe
         info.startedAt = h.firstStart?.ts ?? h.latestStart?.ts
         info.runnerPid = h.latestStart?.began.pid
         info.lastEvent = h.lastEvent
-        info.stageCount = h.concluded.count
+        info.stageCount = h.concludedCount
         if let c = h.current {
             info.current = (c.kind, c.id, c.since)
             info.currentPid = c.pid
@@ -93,7 +87,7 @@ public struct RunInfo {
         } else if let s = info.final?.status, s.isEnding {
             info.state = State(s)
             info.current = nil
-        } else if contents.events.isEmpty, let pid = dir.readPid(), kill(pid, 0) == 0 {
+        } else if h.lastEvent == nil, let pid = dir.readPid(), kill(pid, 0) == 0 {
             info.state = .starting
             info.runnerPid = pid
         } else {
@@ -127,6 +121,32 @@ public struct RunInfo {
             if let l = info.lastEvent, now - l.ts > 3 * every { info.runnerLooksHung = true }
         }
         return info
+    }
+
+    /// The journal folded and final.json, with what was wrong with them in `problems`.
+    private mutating func read(withEvents: Bool, fold: (([JournalEvent]) -> RunHistory)?)
+        -> (RunHistory, JournalContents) {
+        var contents = JournalContents()
+        var h = RunHistory()
+        if FileIO.exists(dir.journal) {
+            do {
+                if !withEvents, fold == nil { (h, contents) = try dir.readAbridgedHistory() } else {
+                    contents = try dir.readJournal()
+                    h = fold?(contents.events) ?? RunHistory(contents.events)
+                }
+            } catch { problems.append("cannot read journal: \(error)") }
+            problems.append(contentsOf: contents.problems)
+        } else {
+            problems.append("no journal.jsonl")
+        }
+        if FileIO.exists(dir.final) {
+            // (Without events: without final.json's stage list, as the history is abridged.)
+            let whole = withEvents || fold != nil
+            if let f = whole ? FinalRecord.read(dir) : FinalRecord.readWithoutStages(dir) { final = f } else {
+                problems.append("final.json is not valid JSON (truncated?)")
+            }
+        }
+        return (h, contents)
     }
 
     public var json: JSON {
@@ -182,5 +202,7 @@ public struct RunInfo {
 
 extension RunInfo {
     /// Stage calls the cache answered (their outputs restored from an earlier run's).
-    public var cachedStages: [StageRecord] { history.stages.filter { $0.finished?.cachedFrom != nil } }
+    public var cachedStages: [StageRecord] {
+        history.stages.indices.filter { history.stages[$0].finished?.cachedFrom != nil }.map { history.stages[$0] }
+    }
 }

@@ -174,6 +174,28 @@ public enum RunStoreError: Error, CustomStringConvertible {
     }
 }
 
+/// Where a project's Baton files are, named once: `PROJECT/.baton/` holds `runs/` (the runs
+/// directory, with the stat cache `.statcache` in it) and `cache/` (the cache across runs,
+/// beside the runs directory wherever that is).
+public enum ProjectLayout {
+    public static let dir = ".baton"
+    static let runs = "runs", cache = "cache", statCache = ".statcache"
+
+    /// `.baton/runs` in the `.baton` directory `batonDir`.
+    public static func runsDir(batonDir: String) -> String { batonDir + "/" + runs }
+    /// PROJECT for `PROJECT/.baton/runs`; nil for a runs directory elsewhere (`--runs-dir`).
+    public static func project(ofRunsDir root: String) -> String? {
+        let suffix = "/" + dir + "/" + runs
+        return root.hasSuffix(suffix) ? String(root.dropLast(suffix.count)) : nil
+    }
+    /// The cache beside the runs directory `runsDir`: `.baton/cache` for `.baton/runs`.
+    public static func cacheRoot(runsDir: String) -> String {
+        FileIO.join(FileIO.dirname(FileIO.absolute(runsDir)), cache)
+    }
+    /// The stat cache in the runs directory `runsDir`.
+    public static func statCachePath(runsDir: String) -> String { FileIO.join(runsDir, statCache) }
+}
+
 /// The runs directory: creating runs, finding them by id, prefix or `latest`.
 public struct RunStore: Sendable {
     public let root: String
@@ -185,7 +207,8 @@ public struct RunStore: Sendable {
     public static func defaultRoot(override: String? = nil) -> String {
         if let o = override, !o.isEmpty { return FileIO.absolute(o) }
         if let s = Settings.string(Settings.runsDir) { return FileIO.absolute(s) }
-        return (nearestBatonDirectory(from: FileIO.currentDirectory()) ?? FileIO.absolute(".baton")) + "/runs"
+        return ProjectLayout.runsDir(batonDir: nearestBatonDirectory(from: FileIO.currentDirectory())
+                                        ?? FileIO.absolute(ProjectLayout.dir))
     }
 
     /// The nearest `.baton` directory in `start` or above it. The walk never enters a
@@ -196,7 +219,7 @@ public struct RunStore: Sendable {
             .split(separator: ":").map { String($0).trimming { $0 == "/" } }
         var dir = start
         while true {
-            if FileIO.isDirectory(dir + "/.baton") { return dir + "/.baton" }
+            if FileIO.isDirectory(dir + "/" + ProjectLayout.dir) { return dir + "/" + ProjectLayout.dir }
             let parent = FileIO.dirname(dir)
             if parent == dir || ceilings.contains(parent.trimming { $0 == "/" }) { return nil }
             dir = parent
