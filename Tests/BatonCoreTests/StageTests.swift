@@ -107,6 +107,10 @@ import Testing
             // (final.json's stages are encoded one by one, as the whole document's tree would be.)
             let bytes = try FileIO.readFile(dir.final)
             #expect(String(decoding: bytes, as: UTF8.self) == (try JSON.parse(bytes)).encoded(pretty: true) + "\n")
+            // The snapshot the runner wrote at its end is the one a whole fold gives.
+            let snap = try FileIO.readFile(dir.snapshot)
+            let mark = try #require(HistorySnapshot.decode(snap, runDir: dir.path)).mark
+            #expect(HistorySnapshot.encode(whole, mark: mark, runDir: dir.path) == snap)
             #expect(c.history.concluded.allSatisfy { $0.command == nil && $0.finished == nil }, "whole records kept")
         }
         var flaky = StageSpec(id: "b", command: .shell("sleep 0.01; exit 3"))
