@@ -34,5 +34,8 @@ public struct ExitStatus: RawRepresentable, Hashable, Sendable, CustomStringConv
         ("129 / 130 / 143", "signal"),
     ]
 
+    /// The table in one line, as `baton --help` says it: "0 success, 1 failure, ...".
+    public static var summary: String { table.map { "\($0.codes) \($0.meaning)" }.joined(separator: ", ") }
+
     public var description: String { String(rawValue) }
 }

@@ -26,9 +26,9 @@ public enum Main {
                                                    hidden: hidden) {
             Glibc.exit(Console.error(message, json: json))
         }
-        // `baton help nosuch` is an error too (exit 2), not the overview.
+        // `baton help nosuch` is a usage error too, as `baton nosuch` is, not the overview.
         if let message = Completion.unknownHelpTopic(arguments, known: commandNames + ["help", "version"]) {
-            Glibc.exit(Console.error(message, json: json, code: .gateExhausted))
+            Glibc.exit(Console.error(message, json: json, code: .usage))
         }
         if let message = Completion.negativeCount(arguments) { Glibc.exit(Console.error(message, json: json)) }
         do {

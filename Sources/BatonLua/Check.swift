@@ -162,53 +162,8 @@ public enum RecipeCheck {
             }
             return modules
         }
-        let lua = env.lua
-        let driver = """
-            local src, file, fields, loadModules = ...
-            local lint = require("kit.lint")
-            local known = {arg = true}
-            for k in pairs(_G) do known[k] = true end
-            local out, undefined = {}, false
-            for _, f in ipairs(lint.check(src, file, known, fields)) do
-              if f.certain then out[#out + 1] = f; undefined = undefined or f.code == "undefined-global" end
-            end
-            if not undefined then return out end
-            -- Only now (a recipe with an undefined global is rare): could a module, or the
-            -- recipe itself, have made it?
-            local dynamic, made = lint.dynamicGlobals(src), {}
-            for _, m in ipairs(loadModules()) do
-              if lint.dynamicGlobals(m) then dynamic = true end
-              for _, g in ipairs(lint.assignedGlobals(m)) do made[g] = true end
-            end
-            local kept = {}
-            for _, f in ipairs(out) do
-              if f.code ~= "undefined-global" or not (dynamic or made[f.name]) then kept[#kept + 1] = f end
-            end
-            return kept
-            """
-        let fields = RecipeEnvironment.lintSpec
-        let base = lua.top
-        defer { lua.top = base }
-        do {
-            try lua.load(Array(driver.utf8), name: "=baton.check")
-            lua.push(source)
-            lua.push(recipe)
-            lua.push(json: fields)
-            lua.pushFunction("baton.checkModules") { (l: LuaState) throws -> Int32 in
-                l.push(json: .array(moduleSources().map(JSON.string)))
-                return 1
-            }
-            try lua.pcall(nargs: 4, nresults: 1)
-            guard case let .array(items) = try lua.toJSON(-1) else { return [] }
-            return items.map { j in
-                Finding(file: j["file"]?.stringValue ?? recipe,
-                        line: Int(j["line"]?.intValue ?? 1),
-                        column: Int(j["column"]?.intValue ?? 1),
-                        code: j["code"]?.stringValue ?? "lint", message: j["message"]?.stringValue ?? "", certain: true)
-            }
-        } catch {
-            return []   // the linter's own failure never stops a run
-        }
+        // (The linter's own failure never stops a run.)
+        return (try? runLint(env, source, file: recipe, certainOnly: true, modules: moduleSources)) ?? []
     }
 
     /// `backoff = ...` written as a literal is checked as runStage will check it (the same
@@ -328,31 +283,59 @@ public enum RecipeCheck {
     /// kit.lint over the source, with the environment's real globals and the declared fields
     /// (their names, types, values; the primitives' argument counts).
     static func lint(_ env: RecipeEnvironment, _ source: String, file: String) -> [Finding] {
+        do { return try runLint(env, source, file: file, certainOnly: false, modules: { [] }) } catch {
+            return [Finding(file: file, line: 1, column: 1, code: "lint", message: "the linter failed: \(error)")]
+        }
+    }
+
+    /// The one driver of kit.lint: `check`'s findings, or (`certainOnly`, before a run) those
+    /// that are certain errors, an undefined global only when neither the recipe nor the
+    /// `modules` it requires (their sources, read only then) could have made it.
+    static func runLint(_ env: RecipeEnvironment, _ source: String, file: String, certainOnly: Bool,
+                        modules: @escaping () -> [String]) throws -> [Finding] {
         let lua = env.lua
         let driver = """
-            local src, file, fields = ...
+            local src, file, fields, certainOnly, loadModules = ...
+            local lint = require("kit.lint")
             local known = {arg = true}
             for k in pairs(_G) do known[k] = true end
-            return require("kit.lint").check(src, file, known, fields)
+            local found = lint.check(src, file, known, fields)
+            if not certainOnly then return found end
+            local out, undefined = {}, false
+            for _, f in ipairs(found) do
+              if f.certain then out[#out + 1] = f; undefined = undefined or f.code == "undefined-global" end
+            end
+            if not undefined then return out end
+            -- Only now (a recipe with an undefined global is rare): could a module, or the
+            -- recipe itself, have made it?
+            local dynamic, made = lint.dynamicGlobals(src), {}
+            for _, m in ipairs(loadModules()) do
+              if lint.dynamicGlobals(m) then dynamic = true end
+              for _, g in ipairs(lint.assignedGlobals(m)) do made[g] = true end
+            end
+            local kept = {}
+            for _, f in ipairs(out) do
+              if f.code ~= "undefined-global" or not (dynamic or made[f.name]) then kept[#kept + 1] = f end
+            end
+            return kept
             """
-        let fields = RecipeEnvironment.lintSpec
         let base = lua.top
         defer { lua.top = base }
-        do {
-            try lua.load(Array(driver.utf8), name: "=baton.check")
-            lua.push(source)
-            lua.push(file)
-            lua.push(json: fields)
-            try lua.pcall(nargs: 3, nresults: 1)
-            guard case let .array(items) = try lua.toJSON(-1) else { return [] }
-            return items.map { j in
-                Finding(file: j["file"]?.stringValue ?? file,
-                        line: Int(j["line"]?.intValue ?? 1),
-                        column: Int(j["column"]?.intValue ?? 1),
-                        code: j["code"]?.stringValue ?? "lint", message: j["message"]?.stringValue ?? "")
-            }
-        } catch {
-            return [Finding(file: file, line: 1, column: 1, code: "lint", message: "the linter failed: \(error)")]
+        try lua.load(Array(driver.utf8), name: "=baton.check")
+        lua.push(source)
+        lua.push(file)
+        lua.push(json: RecipeEnvironment.lintSpec)
+        lua.push(certainOnly)
+        lua.pushFunction("baton.checkModules") { (l: LuaState) throws -> Int32 in
+            l.push(json: .array(modules().map(JSON.string)))
+            return 1
+        }
+        do { try lua.pcall(nargs: 5, nresults: 1) } catch let e as LuaCallError { lua.unref(e.ref); throw e }
+        guard case let .array(items) = try lua.toJSON(-1) else { return [] }
+        return items.map { j in
+            Finding(file: j["file"]?.stringValue ?? file, line: Int(j["line"]?.intValue ?? 1),
+                    column: Int(j["column"]?.intValue ?? 1), code: j["code"]?.stringValue ?? "lint",
+                    message: j["message"]?.stringValue ?? "", certain: certainOnly)
         }
     }
 

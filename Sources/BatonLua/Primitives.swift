@@ -41,7 +41,9 @@ extension RecipeEnvironment {
             (key, decls.map { ($0.name, $0.kind.lintType, $0.choices) })
         }
         // runStage's executor tables, and each executor's options inside them.
-        tables[0].1 += optionedKinds.map { ($0.name, "table", []) }
+        if let stage = tables.firstIndex(where: { $0.0 == "runStage" }) {
+            tables[stage].1 += optionedKinds.map { ($0.name, "table", []) }
+        }
         for kind in optionedKinds {
             tables.append(("runStage.\(kind.name)", kind.options.filter { !$0.runWide }.map { o in
                 let t: String

@@ -20,6 +20,8 @@ public struct RunOptions: Sendable {
     public var memoryLimit = RunOptions.defaultMemoryLimit
     /// The directory was made by `run --detach`; the runner only fills it.
     public var existingRun = false
+    /// `run --detach`'s handshake pipe (DetachHandshake), or -1.
+    public var readyFD: Int32 = -1
     /// How often the journal is flushed (`--sync`, or BATON_SYNC).
     public var sync = RunOptions.defaultSync
     /// `--budget`: (seconds, as the user wrote it).
@@ -176,7 +178,11 @@ public enum RecipeRunner {
         // The control socket (baton attach): served by the loop while the recipe waits, from
         // the first wait on (what never waits cannot be served anyway).
         var control: ControlServer? = nil
-        if !o.dryRun { ctx.onFirstBlock = { control = ControlServer.start(env: env, ctx: ctx) } }
+        let handshake = o.readyFD >= 0 ? DetachHandshake(fd: o.readyFD) : nil
+        ctx.onFirstBlock = {
+            if !o.dryRun { control = ControlServer.start(env: env, ctx: ctx) }
+            handshake?.say(.ready)
+        }
         var ending = loaded ? (signalEnding(env) ?? call(env: env, recipe: o.recipe))
             : evaluate(env: env, recipe: o.recipe, text: text, readError: readError)
         ending.reason = ctx.boundedReason(ending.reason)   // a 50 MB error is 4 KiB here, whole in reason.txt
@@ -190,23 +196,30 @@ public enum RecipeRunner {
         let problems = ctx.finish(status: ending.status, exitCode: ending.code, reason: ending.reason)
         if ending.status == .cancelled, env.onCancelStdout, !o.json { Console.out(ctx.result.encoded(pretty: true)) }
         for p in problems { diag("baton: \(p)") }
-        // `baton run r.lua help` printed the usage and ran nothing: no run to keep.
-        if env.usageOnly, ending.code == 0, ctx.history.stages.isEmpty, !o.existingRun,
-           (try? RunStore(root: o.runsDir).remove(ctx.dir.id)) != nil {
-            return ending.code
+        if let code = withoutRun(ctx: ctx, env: env, ending: ending, options: o, fresh: loaded, handshake: handshake) {
+            if o.exitWhenDone { Glibc.exit(code) }
+            return code
         }
-        // The recipe's words were refused (kit.args) before anything ran: a usage error, as
-        // `baton run --bad` is, that leaves no failed run behind.
-        if ending.kind == "args", loaded, ctx.history.stages.isEmpty,
-           (try? RunStore(root: o.runsDir).remove(ctx.dir.id)) != nil {
-            if o.exitWhenDone {
-                Glibc.exit(Console.error(ending.reason ?? "bad arguments", json: o.json, code: ending.exit))
-            }
-            return Console.error(ending.reason ?? "bad arguments", json: o.json, code: ending.exit)
-        }
+        handshake?.say(.ready)
         report(ctx: ctx, ending: ending, json: o.json)
         if o.exitWhenDone { Glibc.exit(ending.code) }
         return ending.code
+    }
+
+    /// `baton run r.lua help` printed the usage and ran nothing, or the recipe's words were
+    /// refused (kit.args) before anything ran (a usage error, as `baton run --bad` is): no run to
+    /// keep. Its exit code, or nil when the run stays. A detached runner whose command still
+    /// waits says so on the handshake, and the command removes the directory and reports.
+    static func withoutRun(ctx: RunContext, env: RecipeEnvironment, ending: Ending, options o: RunOptions,
+                           fresh: Bool, handshake: DetachHandshake?) -> Int32? {
+        let usage = env.usageOnly && ending.code == 0
+        guard usage || ending.kind == "args", ctx.history.stages.isEmpty else { return nil }
+        let reason = ending.reason ?? "bad arguments"
+        if let handshake, handshake.pending {
+            return handshake.say(usage ? .usage : .refused(ending.exit, reason)) ? ending.code : nil
+        }
+        guard fresh, (try? RunStore(root: o.runsDir).remove(ctx.dir.id)) != nil else { return nil }
+        return usage ? ending.code : Console.error(reason, json: o.json, code: ending.exit)
     }
 
     static func planText(_ plan: [(text: String, isStage: Bool)]) -> String {

@@ -1,3 +1,4 @@
+import BatonBase
 import Foundation
 import Testing
 
@@ -57,14 +58,18 @@ import Testing
     @Test func helpTopicsSuggestionsAndRunCounts() throws {
         let d = Harness.tempDir("cli-help")
         let h = try Harness.run(["help", "nosuch"], cwd: d)
-        #expect(h.code == 2 && h.stderr.contains("unknown command 'nosuch'") && h.stdout.isEmpty, "help nosuch: \(h.code) \(h.stderr)")
+        // A usage error (3, the spec's code for bad arguments), as `baton nosuch` is; 2 is a gate's.
+        #expect(h.code == 3 && h.stderr.contains("unknown command 'nosuch'") && h.stdout.isEmpty, "help nosuch: \(h.code) \(h.stderr)")
         let hs = try Harness.run(["help", "stauts"], cwd: d)
-        #expect(hs.code == 2 && hs.stderr.contains("did you mean 'status'"), "\(hs.stderr)")
+        #expect(hs.code == 3 && hs.stderr.contains("did you mean 'status'"), "\(hs.stderr)")
         #expect(try Harness.run(["help", "runs"], cwd: d).code == 0)
         let w = try Harness.run(["help", "__watchdog"], cwd: d)
-        #expect(w.code == 2 && !w.stderr.contains(", __watchdog"), "\(w.stderr)")
+        #expect(w.code == 3 && !w.stderr.contains(", __watchdog"), "\(w.stderr)")
         let overview = try Harness.run(["help"], cwd: d)
         #expect(overview.code == 0 && !overview.stdout.contains("watchdog"))
+        // The exit codes --help lists are ExitStatus's table (the guide's).
+        #expect(overview.stdout.split(whereSeparator: \.isWhitespace).joined(separator: " ")
+            .contains("Exit codes: " + ExitStatus.summary), "\(overview.stdout)")
         let r = try Harness.run(["rnus"], cwd: d)
         #expect(r.code == 3 && r.stderr.contains("did you mean 'runs'?") && !r.stderr.contains("watchdog"), "\(r.stderr)")
         let w2 = try Harness.run(["__watchdo"], cwd: d)
@@ -140,10 +145,47 @@ import Testing
             #expect(r.code == 3 && r.stderr.contains(says), "\(words): \(r.code) \(r.stderr)")
             let j = try Harness.run(["run", "--json", "r.lua"] + words, cwd: d)
             #expect(j.code == 3 && j.stdout.contains("\"exit_code\": 3"), "\(j.stdout)")
+            // Detached too: the command waits for the runner's word before it prints an id.
+            let det = try Harness.run(["run", "--detach", "r.lua"] + words, cwd: d)
+            #expect(det.code == 3 && det.stderr.contains(says) && det.stdout.isEmpty, "--detach \(words): \(det.code) \(det.stderr)")
+            let dj = try Harness.run(["run", "--detach", "--json", "r.lua"] + words, cwd: d)
+            #expect(dj.code == 3 && dj.stdout.contains("\"exit_code\": 3"), "--detach --json \(words): \(dj.stdout)")
         }
         #expect(Harness.runDirs(d).isEmpty, "no failed run left behind: \(Harness.runDirs(d))")
         #expect(try Harness.run(["run", "r.lua", "count=2"], cwd: d).code == 0)
         #expect(Harness.runDirs(d).count == 1)
+    }
+
+    /// Issue 23 item 10, detached: the command prints the run's id only once the runner is
+    /// under way (its first wait); a refusal before that is printed by the command, with what
+    /// the recipe printed (its usage), and leaves no run; `help` prints the usage and no id.
+    @Test func detachedRunnerSaysWhenItIsUnderWay() throws {
+        let d = Harness.tempDir("cli-detach-args")
+        Harness.write(d + "/r.lua", """
+            local o = require("kit.args").parse{usage = "usage: r.lua count=N", options = {count = {number = true, required = true}}}
+            if o.help then return end
+            runStage{id = "s", cmd = {"sleep", "30"}}
+            """)
+        let bad = try Harness.run(["run", "--detach", "r.lua", "count=x"], cwd: d)
+        #expect(bad.code == 3 && bad.stderr.contains("usage: r.lua count=N") && bad.stderr.contains("must be a number"), "\(bad.stderr)")
+        let help = try Harness.run(["run", "--detach", "r.lua", "--help"], cwd: d)
+        #expect(help.code == 0 && help.stdout == "usage: r.lua count=N\n", "\(help.stdout) \(help.stderr)")
+        #expect(Harness.runDirs(d).isEmpty, "\(Harness.runDirs(d))")
+        // Words it takes: the id once the stage runs, and the run goes on without the command.
+        let ok = try Harness.run(["run", "--detach", "r.lua", "count=1"], cwd: d, timeout: 20)
+        let id = ok.stdout.split(separator: "\n").first.map(String.init) ?? ""
+        #expect(ok.code == 0 && Harness.runDirs(d) == [d + "/.baton/runs/" + id], "\(ok.stdout) \(ok.stderr)")
+        #expect(Harness.journal(d + "/.baton/runs/" + id, allowTornTail: true).contains { $0["type"] as? String == "stage_started" }, "under way")
+        #expect(try Harness.run(["cancel", id], cwd: d).code == 0)
+        // A refusal after the first wait: the id was printed, so the run is kept (failed).
+        Harness.write(d + "/late.lua", """
+            baton.sleep(0.05)
+            require("kit.args").parse{options = {count = {number = true}}}
+            """)
+        let late = try Harness.run(["run", "--detach", "late.lua", "count=x"], cwd: d)
+        let lateID = late.stdout.split(separator: "\n").first.map(String.init) ?? ""
+        #expect(late.code == 0 && !lateID.isEmpty, "\(late.stdout) \(late.stderr)")
+        #expect(Harness.waitFor { Harness.final(d + "/.baton/runs/" + lateID)?["status"] as? String == "failed" }, "the late refusal is a failed run")
     }
 
     /// Issue 23 item 4: a failure allowFail accepts is not a run-ending FAIL; the cancel

@@ -241,6 +241,8 @@ import Testing
             parallel(items, function(i) return i end, {maxConcurrency = 2})
             persistFinal{done = true}
             persistFinal({step = 2}, {cancelled = {status = "cancelled"}, stdout = true})
+            -- A function in a literal table: its body's `a, b = ...` are no fields.
+            preflight{checks = {{name = "n", check = function() local ok, why = true, "fine"; return ok, why end}}}
             """)
         let ok = try Harness.run(["run", "ok.lua"], cwd: e)
         #expect(ok.code == 0, "\(ok.stderr)")

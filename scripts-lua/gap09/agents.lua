@@ -138,27 +138,9 @@ function M.catalog(o, config, configPath)
   return c
 end
 
-local function distance(a, b)
-  local prev = {}
-  for j = 0, #b do prev[j] = j end
-  for i = 1, #a do
-    local cur = {[0] = i}
-    for j = 1, #b do
-      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a:sub(i, i) == b:sub(j, j) and 0 or 1))
-    end
-    prev = cur
-  end
-  return prev[#b]
-end
-
 --- The closest name to `name` in `known` (edit distance, case-insensitive).
 function M.closest(name, known)
-  local best, bestD
-  for _, k in ipairs(known) do
-    local d = distance(name:lower(), k:lower())
-    if not bestD or d < bestD then best, bestD = k, d end
-  end
-  return best
+  return require("kit.suggest").closest(name, known, {fold = true})
 end
 
 --- Checks every model of the stages that run against the catalog: exit 3 naming the

@@ -39,23 +39,7 @@ end
 
 -- The closest known name, for a "did you mean" hint (edit distance <= 2).
 local function closest(name, known)
-  local best, bestD
-  for _, k in ipairs(known) do
-    local a, b = name, k
-    local prev = {}
-    for j = 0, #b do prev[j] = j end
-    for i = 1, #a do
-      local cur = {[0] = i}
-      for j = 1, #b do
-        local cost = a:sub(i, i) == b:sub(j, j) and 0 or 1
-        cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
-      end
-      prev = cur
-    end
-    local d = prev[#b]
-    if d <= 2 and (not bestD or d < bestD) then best, bestD = k, d end
-  end
-  return best
+  return require("kit.suggest").closest(name, known, {within = function(d) return d <= 2 end})
 end
 M.closest = closest
 

@@ -14,114 +14,123 @@
 -- called or indexed: a bare read such as `if jit then` is legal Lua).
 local M = {}
 
-local keywords = {}
+local keywords, chars = {}, {}
+for c = 0, 255 do chars[c] = string.char(c) end
 for w in ("and break do else elseif end false for function goto if in local nil not or repeat return then true "
         .. "until while"):gmatch("%a+") do
   keywords[w] = true
 end
 
---- The tokens of `src`: {type, value, line, col} (positional: `baton run` lints every recipe
---- before it starts, and an array is cheaper to build than a record); type is "name",
---- "kw", "string", "number", "op" or "eof".
+--- The tokens of `src`, as parallel arrays (`baton run` lints every recipe before it starts:
+--- a table per token would cost a third of it): `t[k]` the type ("name", "kw", "string",
+--- "number", "op" or "eof"), `v[k]` the value, `p[k]` the byte where it starts; `n` tokens.
+--- Lines and columns are worked out only for findings (M.position).
 function M.tokens(src)
-  local toks, i, n, line, lineStart, count = {}, 1, #src, 1, 1, 0
-  local function add(t, v, pos) count = count + 1; toks[count] = {t, v, line, pos - lineStart + 1} end
-  -- Moves past src[from..to], counting the newlines inside.
-  local function skip(from, to)
-    local p = from
-    while true do
-      local nl = src:find("\n", p, true)
-      if not nl or nl > to then break end
-      line, lineStart, p = line + 1, nl + 1, nl + 1
-    end
-    i = to + 1
-  end
+  local T, V, P, count = {}, {}, {}, 0
+  local i, n = 1, #src
+  local byte, find, match, sub = string.byte, string.find, string.match, string.sub
   local function longBracket(at)
-    local eq = src:match("^%[(=*)%[", at)
+    local eq = match(src, "^%[(=*)%[", at)
     if not eq then return nil end
-    local _, e = src:find("]" .. eq .. "]", at, true)
+    local _, e = find(src, "]" .. eq .. "]", at, true)
     return e or n
   end
-  if src:sub(1, 1) == "#" then i = (src:find("\n", 1, true) or n + 1) end
-  -- Bytes, not one-character strings: `baton run` lints every recipe before it starts.
-  local byte, find, match, char = string.byte, string.find, string.match, string.char
-  while i <= n do
+  if byte(src, 1) == 35 then i = (find(src, "\n", 1, true) or n + 1) end
+  while true do
     local b = byte(src, i)
-    if b == 10 then
-      line, i = line + 1, i + 1
-      lineStart = i
-    elseif b == 32 or b == 9 or b == 13 or b == 11 or b == 12 then
-      local _, e = find(src, "^[ \t\r\v\f]+", i)
-      i = e + 1
-    elseif b == 45 and byte(src, i + 1) == 45 then -- "--"
+    if b == 32 or b == 10 or b == 9 or b == 13 or b == 11 or b == 12 then
+      i = find(src, "[^ \t\r\n\v\f]", i + 1)
+      if not i then break end
+      b = byte(src, i)
+    elseif not b then
+      break
+    end
+    count = count + 1
+    P[count] = i
+    if b == 95 or (b >= 65 and b <= 90) or (b >= 97 and b <= 122) then
+      local w, e = match(src, "^([%w_]+)[ \t]*()", i) -- (and the blanks after it)
+      T[count], V[count] = keywords[w] and "kw" or "name", w
+      i = e
+    elseif b == 45 and byte(src, i + 1) == 45 then -- "--": a comment, no token
+      count = count - 1
       local e = longBracket(i + 2)
-      if e then skip(i, e) else i = (find(src, "\n", i, true) or n + 1) end
-    elseif b == 95 or (b >= 65 and b <= 90) or (b >= 97 and b <= 122) then
-      local w = match(src, "^[%w_]+", i)
-      count = count + 1
-      toks[count] = {keywords[w] and "kw" or "name", w, line, i - lineStart + 1}
-      i = i + #w
+      i = e and e + 1 or (find(src, "\n", i, true) or n + 1)
     elseif (b >= 48 and b <= 57) or (b == 46 and match(src, "^%d", i + 1)) then
       local num = match(src, "^0[xX][%x%.]*[pP][%+%-]?%d+", i) or match(src, "^0[xX][%x%.]*", i)
         or match(src, "^[%d%.]+[eE][%+%-]?%d+", i) or match(src, "^[%d%.]+", i)
-      add("number", num, i)
+      T[count], V[count] = "number", num
       i = i + #num
     elseif b == 34 or b == 39 then
       local j = i + 1
-      while j <= n do
-        local d = byte(src, j)
-        if d == 92 then j = j + 2 elseif d == b or d == 10 then break else j = j + 1 end
+      while true do -- to the closing quote (or the line's end: an unfinished string)
+        j = find(src, b == 34 and '["\\\n]' or "['\\\n]", j)
+        if not j then j = n + 1; break end
+        if byte(src, j) == 92 then j = j + 2 else break end
       end
-      add("string", src:sub(i + 1, j - 1), i)
-      skip(i, math.min(j, n))
+      T[count], V[count] = "string", sub(src, i + 1, j - 1)
+      i = j + 1
     elseif b == 91 and match(src, "^%[=*%[", i) then
-      local e = longBracket(i)
-      add("string", "", i)
-      skip(i, e)
+      T[count], V[count] = "string", ""
+      i = longBracket(i) + 1
     elseif not (b == 46 or b == 61 or b == 126 or b == 60 or b == 62 or b == 47 or b == 58) then
-      count = count + 1 -- no operator of two characters starts with it
-      toks[count] = {"op", char(b), line, i - lineStart + 1}
+      T[count], V[count] = "op", chars[b] -- no operator of two characters starts with it
       i = i + 1
-    else
-      local op = match(src, "^%.%.%.", i) or match(src, "^[=~<>]=", i) or match(src, "^//", i) or match(src, "^::", i)
-        or match(src, "^<<", i) or match(src, "^>>", i) or match(src, "^%.%.", i) or src:sub(i, i)
-      add("op", op, i)
+    else -- . = ~ < > / : may start one of two or three: ... .. == ~= <= >= // :: << >>
+      local c, op = byte(src, i + 1), chars[b]
+      if b == 46 then
+        if c == 46 then op = byte(src, i + 2) == 46 and "..." or ".." end
+      elseif c == 61 and b ~= 47 and b ~= 58 then
+        op = op .. "="
+      elseif c == b and b ~= 61 and b ~= 126 then
+        op = op .. op
+      end
+      T[count], V[count] = "op", op
       i = i + #op
     end
   end
-  add("eof", "", i)
-  return toks
+  count = count + 1
+  T[count], V[count], P[count] = "eof", "", n + 1
+  return {t = T, v = V, p = P, n = count, src = src}
+end
+
+--- The line and column of token k (1-based).
+function M.position(toks, k)
+  local lines = toks.lines
+  if not lines then -- where each line starts: made for the first finding only
+    lines = {1}
+    local find, src, at = string.find, toks.src, 1
+    while true do
+      at = find(src, "\n", at, true)
+      if not at then break end
+      at = at + 1
+      lines[#lines + 1] = at
+    end
+    toks.lines = lines
+  end
+  local p, lo, hi = toks.p[k], 1, #lines
+  while lo < hi do
+    local mid = (lo + hi + 1) // 2
+    if lines[mid] <= p then lo = mid else hi = mid - 1 end
+  end
+  return lo, p - lines[lo] + 1
 end
 
 local opens, closes = {["{"] = true, ["("] = true, ["["] = true}, {["}"] = true, [")"] = true, ["]"] = true}
 
-local function closest(name, known)
-  local best, bestD
-  for _, k in ipairs(known) do
-    local a, b = name:lower(), k:lower()
-    local prev = {}
-    for j = 0, #b do prev[j] = j end
-    for x = 1, #a do
-      local cur = {[0] = x}
-      for j = 1, #b do
-        cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a:sub(x, x) == b:sub(j, j) and 0 or 1))
-      end
-      prev = cur
-    end
-    local d = prev[#b]
-    if d <= math.max(2, #a // 3) and d < #a and (not bestD or d < bestD) then best, bestD = k, d end
-  end
-  return best
-end
+
+-- Near enough for a hint: within a third of the name (at least 2), and not all of it.
+local function near(d, name) return d <= math.max(2, #name // 3) and d < #name end
+-- (kit.suggest is loaded for the first hint only: `baton run` lints every recipe before it starts.)
+local function closest(name, known) return require("kit.suggest").closest(name, known, {within = near, fold = true}) end
 
 -- The type of the value whose first token is toks[k] (nil: not a literal).
-local function literalType(toks, k)
-  local t = toks[k]
-  if t[1] == "string" then return "string" end
-  if t[1] == "number" or (t[2] == "-" and toks[k + 1][1] == "number") then return "number" end
-  if t[1] == "kw" and (t[2] == "true" or t[2] == "false") then return "boolean" end
-  if t[1] == "kw" and t[2] == "function" then return "function" end
-  if t[2] == "{" then return "table" end
+local function literalType(T, V, k)
+  local t, v = T[k], V[k]
+  if t == "string" then return "string" end
+  if t == "number" or (v == "-" and T[k + 1] == "number") then return "number" end
+  if t == "kw" and (v == "true" or v == "false") then return "boolean" end
+  if t == "kw" and v == "function" then return "function" end
+  if v == "{" then return "table" end
   return nil
 end
 
@@ -137,13 +146,11 @@ local dynamic = {_G = true, _ENV = true, rawset = true, load = true, loadstring 
 --- load, dofile, ... or requires a module by a computed name.
 function M.dynamicGlobals(src, toks)
   toks = toks or M.tokens(src)
-  for k, t in ipairs(toks) do
-    if t[1] == "name" and dynamic[t[2]] and not (toks[k - 1] and (toks[k - 1][2] == "." or toks[k - 1][2] == ":")) then
-      return true
-    end
-    if t[1] == "name" and t[2] == "require" then
-      local n = toks[k + 1]
-      if not (n[1] == "string" or (n[2] == "(" and toks[k + 2][1] == "string" and toks[k + 3][2] == ")")) then
+  local T, V = toks.t, toks.v
+  for k = 1, toks.n do
+    if T[k] == "name" and dynamic[V[k]] and not (V[k - 1] == "." or V[k - 1] == ":") then return true end
+    if T[k] == "name" and V[k] == "require" then
+      if not (T[k + 1] == "string" or (V[k + 1] == "(" and T[k + 2] == "string" and V[k + 3] == ")")) then
         return true
       end
     end
@@ -151,25 +158,24 @@ function M.dynamicGlobals(src, toks)
   return false
 end
 
--- The string literals that are the items of the list opening at toks[k] (`{"a", "b"}`), or
--- nil when it holds anything else.
-local function stringItems(toks, k)
+-- The string literals that are the items of the list opening at token k (`{"a", "b"}`), as
+-- token indices, or nil when it holds anything else.
+local function stringItems(T, V, k)
   local items, j = {}, k + 1
-  while not (toks[j][1] == "op" and toks[j][2] == "}") do
-    local t = toks[j]
-    if t[1] == "string" then items[#items + 1] = t
-    elseif t[2] ~= "," and t[2] ~= ";" then return nil end
+  while not (T[j] == "op" and V[j] == "}") do
+    if T[j] == "string" then items[#items + 1] = j
+    elseif V[j] ~= "," and V[j] ~= ";" or T[j] == "eof" then return nil end
     j = j + 1
   end
   return items
 end
 
--- The tables that are items of the list opening at toks[k] (`{{...}, {...}}`): the index of
+-- The tables that are items of the list opening at token k (`{{...}, {...}}`): the index of
 -- each one's `{`, or nil when the list holds anything else at its top level.
-local function tableItems(toks, k)
+local function tableItems(T, V, k)
   local items, depth, j = {}, 0, k
-  while toks[j][1] ~= "eof" do
-    local v = toks[j][2]
+  while T[j] ~= "eof" do
+    local v = T[j] == "op" and V[j]
     if opens[v] then
       if depth == 1 then
         if v ~= "{" then return nil end
@@ -180,7 +186,7 @@ local function tableItems(toks, k)
       depth = depth - 1
       if depth == 0 then return items end
     elseif depth == 1 and v ~= "," and v ~= ";" then
-      return nil
+      return nil -- (a string, a name, a number: v is false)
     end
     j = j + 1
   end
@@ -192,75 +198,111 @@ local function oneOf(values, v)
   return false
 end
 
---- Checks the fields of the literal table opening at toks[k] (a `{`) given to `fn` (a key of
+-- The `end` of the function whose `function` is token k (its body's own commas, brackets and
+-- `name =` are inside `function ... end`).
+local function functionEnd(T, V, k)
+  local nest = 1
+  k = k + 1
+  while T[k] ~= "eof" and nest > 0 do
+    if T[k] == "kw" then
+      local w = V[k]
+      if w == "function" or w == "do" or w == "then" or w == "repeat" then
+        nest = nest + 1   -- `while`/`for` open with their `do`, `if`/`elseif` with `then`
+      elseif w == "end" or w == "until" or w == "elseif" then nest = nest - 1
+      end
+    end
+    k = k + 1
+  end
+  return k - 1
+end
+
+-- What checkTable needs of the table `fn`, worked out once per spec: its fields as a set, the
+-- keys of the tables its fields hold ("fn.field", "fn.field[]"), each field's literal types.
+local function tableInfo(spec, fn)
+  spec.info = spec.info or {}
+  local info = spec.info[fn]
+  if info then return info end
+  info = {known = {}, sub = {}, items = {}, typeset = {}}
+  for _, f in ipairs(spec.fields[fn]) do
+    info.known[f] = true
+    if spec.fields[fn .. "." .. f] then info.sub[f] = fn .. "." .. f end
+    if spec.fields[fn .. "." .. f .. "[]"] then info.items[f] = fn .. "." .. f .. "[]" end
+  end
+  for name, want in pairs(spec.types[fn] or {}) do
+    info.typeset[name] = {}
+    for w in want:gmatch("[^|]+") do info.typeset[name][w] = true end
+  end
+  spec.info[fn] = info
+  return info
+end
+
+-- A field-value finding at token s: `what` names the field, `choices` what it takes.
+local function badValue(V, s, add, label, what, choices)
+  local hint = closest(V[s], choices)
+  add(s, "field-value",
+      ("%s: field %s must be one of '%s', got '%s'%s"):format(label, what, table.concat(choices, "', '"),
+    V[s], hint and (" (did you mean '" .. hint .. "'?)") or ""), true)
+end
+
+--- Checks the fields of the literal table opening at token k (a `{`) given to `fn` (a key of
 --- spec.fields). A field whose value is a literal table with a list of its own in spec.fields
 --- ("fn.field": runStage's `transient`, an executor's options) is checked too, and so is each
 --- table item of a literal list with one ("fn.field[]": preflight's checks); `label` names it
---- in findings.
+--- in findings. `add(k, code, message, certain)` records a finding at token k.
 local function checkTable(toks, k, fn, add, spec, label)
   label = label or fn
-  local allowed = spec.fields[fn]
-  local types, values = spec.types[fn] or {}, spec.values[fn] or {}
-  local depth, known, open = 0, {}, k
-  for _, f in ipairs(allowed) do known[f] = true end
+  local T, V = toks.t, toks.v
+  local allowed, info = spec.fields[fn], tableInfo(spec, fn)
+  local known, values, isOpen = info.known, spec.values[fn] or {}, spec.open[fn]
+  local depth, open = 0, k
   -- For the combinations: the fields given (`maybe`) and those given a literal that is not
   -- nil (`surely`); `opaque` when an item is not `name = value` (its keys are unknown here).
   local maybe, surely, opaque = {}, {}, false
-  while toks[k][1] ~= "eof" do
-    local t = toks[k]
-    local p = toks[k - 1][2]
-    if depth == 1
-        and (p == "{" or p == "," or p == ";")
-        and t[2] ~= "}"
-        and not (t[1] == "name" and toks[k + 1][2] == "=") then
+  while T[k] ~= "eof" do
+    local v, p, op = V[k], V[k - 1], T[k] == "op"
+    local item = depth == 1 and (p == "{" or p == "," or p == ";")
+    if item and v ~= "}" and not (T[k] == "name" and V[k + 1] == "=") then
       opaque = true
     end
-    if opens[t[2]] then depth = depth + 1
-    elseif closes[t[2]] then
+    if T[k] == "kw" and v == "function" then k = functionEnd(T, V, k)
+    elseif op and opens[v] then depth = depth + 1
+    elseif op and closes[v] then
       depth = depth - 1
       if depth == 0 then
-        if not opaque then M.checkCombinations(toks[open], fn, label, maybe, surely, add, spec) end
+        if not opaque then M.checkCombinations(open, fn, label, maybe, surely, add, spec) end
         return
       end
-    elseif depth == 1 and t[1] == "name" and toks[k + 1][2] == "=" and (p == "{" or p == "," or p == ";") then
-      local name = t[2]
+    elseif item and T[k] == "name" and V[k + 1] == "=" then
+      local name = v
       maybe[name] = true
-      local lt = literalType(toks, k + 2)
-      if lt then surely[name] = true end
-      if not known[name] and not (spec.open or {})[fn] then
+      local got = literalType(T, V, k + 2)
+      if got then surely[name] = true end
+      if not known[name] and not isOpen then
         local hint = closest(name, allowed)
-        add(t, "unknown-field", ("%s: unknown field '%s'%s; known fields: %s"):format(label, name,
+        add(k, "unknown-field", ("%s: unknown field '%s'%s; known fields: %s"):format(label, name,
           hint and (" (did you mean '" .. hint .. "'?)") or "", table.concat(allowed, ", ")), true)
       else
-        local v = toks[k + 2]
-        if v[2] == "{" and spec.fields[fn .. "." .. name] then
-          checkTable(toks, k + 2, fn .. "." .. name, add, spec, ("%s: field '%s'"):format(label, name))
+        local at = k + 2
+        if V[at] == "{" and info.sub[name] then
+          checkTable(toks, at, info.sub[name], add, spec, ("%s: field '%s'"):format(label, name))
         end
-        if v[2] == "{" and spec.fields[fn .. "." .. name .. "[]"] then
-          for i, at in ipairs(tableItems(toks, k + 2) or {}) do
-            checkTable(toks, at, fn .. "." .. name .. "[]", add, spec, ("%s: %s[%d]"):format(label, name, i))
+        if V[at] == "{" and info.items[name] then
+          for i, item in ipairs(tableItems(T, V, at) or {}) do
+            checkTable(toks, item, info.items[name], add, spec, ("%s: %s[%d]"):format(label, name, i))
           end
         end
-        local want, got = types[name], literalType(toks, k + 2)
-        if want and got and not ("|" .. want .. "|"):find("|" .. got .. "|", 1, true) then
-          add(v, "field-type",
-              ("%s: field '%s' must be a %s, got a %s"):format(label, name, want:gsub("|", " or "), got), true)
+        local want = info.typeset[name]
+        if want and got and not want[got] then
+          local wanted = spec.types[fn][name]:gsub("|", " or ")
+          add(at, "field-type", ("%s: field '%s' must be a %s, got a %s"):format(label, name, wanted, got), true)
         end
         local choices = values[name]
-        local function bad(s, at, what)
-          local hint = closest(s[2], choices)
-          add(s, "field-value",
-              ("%s: field %s must be one of '%s', got '%s'%s"):format(label, what, table.concat(choices, "', '"), s[2],
-            hint and (" (did you mean '" .. hint .. "'?)") or ""), true)
-        end
-        if choices
-            and v[1] == "string"
-            and (toks[k + 3][2] == "," or toks[k + 3][2] == ";" or toks[k + 3][2] == "}") then
-          if not oneOf(choices, v[2]) then bad(v, k + 2, "'" .. name .. "'") end
-        elseif choices and v[2] == "{" then
+        if choices and T[at] == "string" and (V[at + 1] == "," or V[at + 1] == ";" or V[at + 1] == "}") then
+          if not oneOf(choices, V[at]) then badValue(V, at, add, label, "'" .. name .. "'", choices) end
+        elseif choices and V[at] == "{" then
           -- A list of strings, each one of the choices (`retryOn = {"transient"}`).
-          for i, s in ipairs(stringItems(toks, k + 2) or {}) do
-            if not oneOf(choices, s[2]) then bad(s, nil, ("'%s'[%d]"):format(name, i)) end
+          for i, s in ipairs(stringItems(T, V, at) or {}) do
+            if not oneOf(choices, V[s]) then badValue(V, s, add, label, ("'%s'[%d]"):format(name, i), choices) end
           end
         end
       end
@@ -291,159 +333,151 @@ end
 function M.assignedGlobals(src)
   local names = {}
   local toks = M.tokens(src)
+  local T, V = toks.t, toks.v
   local depth = 0
   -- Over-approximates (a `local a, b = ...` counts too): fewer findings, never a false one.
-  for k, t in ipairs(toks) do
-    if t[2] == "{" or t[2] == "(" or t[2] == "[" then depth = depth + 1
-    elseif t[2] == "}" or t[2] == ")" or t[2] == "]" then depth = depth - 1
-    elseif depth == 0
-        and t[1] == "name"
-        and not (toks[k - 1] and (toks[k - 1][2] == "." or toks[k - 1][2] == ":" or toks[k - 1][2] == "local")) then
-      if toks[k + 1][2] == "=" or toks[k + 1][2] == "," or (toks[k - 1] and toks[k - 1][2] == "function") then
-        names[#names + 1] = t[2]
-      end
+  for k = 1, toks.n do
+    local v = V[k]
+    if T[k] == "op" and opens[v] then depth = depth + 1
+    elseif T[k] == "op" and closes[v] then depth = depth - 1
+    elseif depth == 0 and T[k] == "name" and not (V[k - 1] == "." or V[k - 1] == ":" or V[k - 1] == "local") then
+      if V[k + 1] == "=" or V[k + 1] == "," or V[k - 1] == "function" then names[#names + 1] = v end
     end
   end
   return names
 end
 
---- The arguments of the call whose `(` is toks[k]: how many, and where each starts.
-local function countArgs(toks, k)
-  if toks[k + 1][2] == ")" then return 0, {} end
+--- The arguments of the call whose `(` is token k: how many, and where each starts.
+local function countArgs(T, V, k)
+  if V[k + 1] == ")" then return 0, {} end
   local depth, n, starts = 0, 1, {k + 1}
-  while toks[k][1] ~= "eof" do
-    local v = toks[k][2]
-    if v == "(" or v == "{" or v == "[" then depth = depth + 1
-    elseif v == ")" or v == "}" or v == "]" then
+  while T[k] ~= "eof" do
+    local v = V[k]
+    if T[k] == "op" and opens[v] then depth = depth + 1
+    elseif T[k] == "op" and closes[v] then
       depth = depth - 1
       if depth == 0 then return n, starts end
-    elseif v == "," and depth == 1 then n = n + 1; starts[n] = k + 1
-    elseif toks[k][1] == "kw" and v == "function" then
-      -- A function body's own commas and brackets are inside `function ... end`.
-      local nest = 1
-      k = k + 1
-      while toks[k][1] ~= "eof" and nest > 0 do
-        local w = toks[k]
-        if w[1] == "kw" and (w[2] == "function" or w[2] == "do" or w[2] == "then" or w[2] == "repeat") then
-          nest = nest + 1   -- `while`/`for` open with their `do`, `if`/`elseif` with `then`
-        elseif w[1] == "kw" and (w[2] == "end" or w[2] == "until") then nest = nest - 1
-        elseif w[1] == "kw" and (w[2] == "elseif") then nest = nest - 1
-        end
-        k = k + 1
-      end
-      k = k - 1
+    elseif v == "," and depth == 1 and T[k] == "op" then n = n + 1; starts[n] = k + 1
+    elseif T[k] == "kw" and v == "function" then
+      k = functionEnd(T, V, k)
     end
     k = k + 1
   end
   return nil
 end
 
---- toks[k] follows `.`, `:`, `::` or `goto`: a field or a label, not a variable.
-local function prevIsAccess(toks, k)
-  local p = toks[k - 1]
-  return p and (p[2] == "." or p[2] == ":" or p[2] == "::" or p[2] == "goto")
-end
-
---- toks[k] is a key in a table constructor (`{name = ...}`); `brackets`: the open brackets.
-local function isKey(toks, brackets, k)
-  local p = toks[k - 1]
-  return brackets[#brackets] == "{" and toks[k + 1][2] == "=" and p and (p[2] == "{" or p[2] == "," or p[2] == ";")
+--- Token k, a name, refers to a variable: not after `.`, `:`, `::` or `goto`, and not a key
+--- (`{name = ...}`; `top`: the innermost open bracket).
+local function isVariable(V, top, k)
+  local p = V[k - 1]
+  if p == "." or p == ":" or p == "::" or p == "goto" then return false end
+  return not (top == "{" and V[k + 1] == "=" and (p == "{" or p == "," or p == ";"))
 end
 
 --- Pass 1: globals the file assigns (`x = 1`, `a, b = ...`, `function f()`), usable anywhere.
-local function assignedGlobals(toks)
-  local assigned, brackets = {}, {}
-  for k, t in ipairs(toks) do
-    local v = t[2]
-    if opens[v] then brackets[#brackets + 1] = v
-    elseif closes[v] then brackets[#brackets] = nil
-    elseif t[1] == "name" and not prevIsAccess(toks, k) and not isKey(toks, brackets, k) then
-      local j = k + 1
-      while toks[j][2] == "," and toks[j + 1][1] == "name" do j = j + 2 end
-      if toks[j][2] == "=" or (toks[k - 1] and toks[k - 1][2] == "function" and toks[k + 1][2] == "(") then
-        assigned[t[2]] = true
+local function assignedIn(toks)
+  local T, V = toks.t, toks.v
+  local assigned, brackets, nb = {}, {}, 0
+  for k = 1, toks.n do
+    local t, v = T[k], V[k]
+    if t == "op" then
+      if opens[v] then nb = nb + 1; brackets[nb] = v
+      elseif closes[v] and nb > 0 then brackets[nb] = nil; nb = nb - 1 end
+    elseif t == "name" then
+      local after = V[k + 1]
+      local named = after == "=" or after == "," or (after == "(" and V[k - 1] == "function")
+      if named and isVariable(V, brackets[nb], k) then
+        local j = k + 1
+        while V[j] == "," and T[j + 1] == "name" do j = j + 2 end
+        if V[j] == "=" or (V[k - 1] == "function" and V[k + 1] == "(") then assigned[v] = true end
       end
     end
   end
   return assigned
 end
 
---- The names a `local` at toks[k] declares (`local a <const>, b = ...`, `local function f`).
-local function localNames(toks, k)
-  if toks[k + 1][2] == "function" then return {toks[k + 2][2]} end
+--- The names a `local` at token k declares (`local a <const>, b = ...`, `local function f`).
+local function localNames(T, V, k)
+  if V[k + 1] == "function" then return {V[k + 2]} end
   local names, j = {}, k + 1
-  while toks[j][1] == "name" do
-    names[#names + 1] = toks[j][2]
+  while T[j] == "name" do
+    names[#names + 1] = V[j]
     j = j + 1
-    if toks[j][2] == "<" then j = j + 3 end
-    if toks[j][2] ~= "," then break end
+    if V[j] == "<" then j = j + 3 end
+    if V[j] ~= "," then break end
     j = j + 1
   end
   return names
 end
 
---- The parameters of the function whose `function` keyword is toks[k] (`self` for a method).
-local function functionParams(toks, k)
+--- The parameters of the function whose `function` keyword is token k (`self` for a method).
+local function functionParams(T, V, k)
   local j, params = k + 1, {}
-  while toks[j][1] == "name" or toks[j][2] == "." or toks[j][2] == ":" do
-    if toks[j][2] == ":" then params[#params + 1] = "self" end
+  while T[j] == "name" or V[j] == "." or V[j] == ":" do
+    if V[j] == ":" then params[#params + 1] = "self" end
     j = j + 1
   end
   j = j + 1 -- "("
-  while toks[j][2] ~= ")" and toks[j][1] ~= "eof" do
-    if toks[j][1] == "name" then params[#params + 1] = toks[j][2] end
+  while V[j] ~= ")" and T[j] ~= "eof" do
+    if T[j] == "name" then params[#params + 1] = V[j] end
     j = j + 1
   end
   return params
 end
 
---- A variable reference at toks[k] that is not a local: a primitive's literal table checked,
---- its argument count, or an undefined global. `ctx`: {known, assigned, fields, arities,
---- names, spec, add, findings}.
-local function checkReference(toks, k, ctx)
-  local t = toks[k]
-  local known, assigned, fields, arities = ctx.known, ctx.assigned, ctx.fields, ctx.arities
-  local names, findings, spec, add = ctx.names, ctx.findings, ctx.spec, ctx.add
-  local fn, after = t[2], k + 1
-  if fn == "baton" and toks[k + 1][2] == "." and toks[k + 2][1] == "name" then
-    local m = toks[k + 2][2]
+--- The primitive a reference at token k names ("runStage", "baton.sh", "baton.fs.write") and
+--- the token after it.
+local function primitiveAt(T, V, k, fields, arities)
+  local fn, after = V[k], k + 1
+  if fn == "baton" and V[k + 1] == "." and T[k + 2] == "name" then
+    local m = V[k + 2]
     -- baton.runStage is runStage; baton.sh's tables are keyed "baton.sh", baton.fs.write's
     -- "baton.fs.write".
     if fields[m] or arities[m] then fn = m else fn = "baton." .. m end
     after = k + 3
-    if toks[k + 3][2] == "." and toks[k + 4][1] == "name" then fn, after = fn .. "." .. toks[k + 4][2], k + 5 end
+    if V[k + 3] == "." and T[k + 4] == "name" then fn, after = fn .. "." .. V[k + 4], k + 5 end
   end
-  local fromEnv = known[t[2]] or assigned[t[2]]
+  return fn, after
+end
+
+--- A variable reference at token k that is not a local: a primitive's literal table checked,
+--- its argument count, or an undefined global. `ctx`: {known, assigned, spec, add, findings}.
+local function checkReference(toks, k, ctx)
+  local T, V, v = toks.t, toks.v, toks.v[k]
+  local known, assigned, spec, add = ctx.known, ctx.assigned, ctx.spec, ctx.add
+  local fields, arities = spec.fields, spec.arity
+  local fn, after = primitiveAt(T, V, k, fields, arities)
+  local fromEnv = known[v] or assigned[v]
   if fields[fn] and fromEnv then
-    if toks[after][2] == "{" then checkTable(toks, after, fn, add, spec)
-    elseif toks[after][2] == "(" and toks[after + 1][2] == "{" then checkTable(toks, after + 1, fn, add, spec) end
+    if V[after] == "{" then checkTable(toks, after, fn, add, spec)
+    elseif V[after] == "(" and V[after + 1] == "{" then checkTable(toks, after + 1, fn, add, spec) end
   end
   local arity = arities[fn]
-  local called = fromEnv and toks[after][2] == "(" and not (toks[k - 1] and toks[k - 1][2] == "function")
+  local called = fromEnv and V[after] == "(" and V[k - 1] ~= "function"
   local n, starts
-  if called then n, starts = countArgs(toks, after) end
+  if called then n, starts = countArgs(T, V, after) end
   -- Option tables given as a later argument (`parallel(items, fn, {maxConcurrency = 2})`).
   for i, at in ipairs(starts or {}) do
     local key = fn .. "#" .. i
-    if i > 1 and fields[key] and toks[at][2] == "{" then
-      checkTable(toks, at, key, add, spec, fn .. "'s options")
-    end
+    if i > 1 and fields[key] and V[at] == "{" then checkTable(toks, at, key, add, spec, fn .. "'s options") end
   end
-  if arity and called and known[t[2]] and not assigned[t[2]] then
-    if n and (n < arity[1] or n > arity[2]) then
-      local want = arity[1] == arity[2] and tostring(arity[1]) or (arity[1] .. " or " .. arity[2])
-      add(t, "arg-count", ("%s takes %s argument%s, given %d"):format(fn, want, arity[2] == 1 and "" or "s", n),
-          true)
-    end
+  if arity and called and known[v] and not assigned[v] and n and (n < arity[1] or n > arity[2]) then
+    local want = arity[1] == arity[2] and tostring(arity[1]) or (arity[1] .. " or " .. arity[2])
+    add(k, "arg-count", ("%s takes %s argument%s, given %d"):format(fn, want, arity[2] == 1 and "" or "s", n), true)
   end
-  if not known[t[2]] and not assigned[t[2]] then
-    local hint = closest(t[2], names)
-    local n = toks[k + 1]
+  if not fromEnv then
+    if not ctx.names then -- the known names, sorted, for hints: only when one is needed
+      ctx.names = {}
+      for g in pairs(known) do ctx.names[#ctx.names + 1] = g end
+      table.sort(ctx.names)
+    end
+    local hint = closest(v, ctx.names)
+    local nt, nv = T[k + 1], V[k + 1]
     -- Called or indexed: `runstage{...}`, `foo()`, `x.y` raise when they run.
-    local certain = n[2] == "(" or n[2] == "{" or n[2] == "." or n[2] == ":" or n[2] == "[" or n[1] == "string"
-    add(t, "undefined-global",
-        ("undefined global '%s'%s"):format(t[2], hint and (" (did you mean '" .. hint .. "'?)") or ""), certain)
-    findings[#findings].name = t[2]
+    local certain = nv == "(" or nv == "{" or nv == "." or nv == ":" or nv == "[" or nt == "string"
+    local mean = hint and (" (did you mean '" .. hint .. "'?)") or ""
+    add(k, "undefined-global", ("undefined global '%s'%s"):format(v, mean), certain)
+    ctx.findings[#ctx.findings].name = v
   end
 end
 
@@ -455,68 +489,57 @@ function M.check(src, file, known, spec)
   spec = spec or {}
   if not spec.fields then spec = {fields = spec} end
   spec.types, spec.values, spec.arity = spec.types or {}, spec.values or {}, spec.arity or {}
-  local fields, arities = spec.fields, spec.arity
+  spec.open = spec.open or {}
   local toks = M.tokens(src)
+  local T, V = toks.t, toks.v
   local findings = {}
-  local function add(t, code, message, certain)
-    findings[#findings + 1] = {file = file, line = t[3], column = t[4], code = code, message = message,
+  local function add(k, code, message, certain)
+    local line, column = M.position(toks, k)
+    findings[#findings + 1] = {file = file, line = line, column = column, code = code, message = message,
                                certain = certain or nil}
   end
-  local assigned = assignedGlobals(toks)
+  local ctx = {known = known, assigned = assignedIn(toks), spec = spec, add = add, findings = findings}
   -- Pass 2: scopes, undefined globals, literal primitive tables.
-  local names = {}
-  for g in pairs(known) do names[#names + 1] = g end
-  table.sort(names)
-  local scopes, pending, blocks, brackets = {{}}, nil, {}, {}
-  local function declare(name) scopes[#scopes][name] = true end
+  local scopes, pending, brackets, nb = {{}}, nil, {}, 0
   local function isLocal(name)
     for s = #scopes, 1, -1 do if scopes[s][name] then return true end end
     return false
   end
-  local function open(kind)
-    blocks[#blocks + 1] = kind
+  local function open()
     scopes[#scopes + 1] = {}
-    for _, p in ipairs(pending or {}) do declare(p) end
+    for _, p in ipairs(pending or {}) do scopes[#scopes][p] = true end
     pending = nil
   end
-  local function close()
-    blocks[#blocks] = nil
-    if #scopes > 1 then scopes[#scopes] = nil end
-  end
-  local ctx = {known = known, assigned = assigned, fields = fields, arities = arities, names = names, spec = spec,
-               add = add, findings = findings}
   local k = 1
-  while toks[k][1] ~= "eof" do
-    local t = toks[k]
-    if t[1] == "kw" then
-      if t[2] == "local" then
-        for _, name in ipairs(localNames(toks, k)) do declare(name) end
-      elseif t[2] == "function" then
-        pending = functionParams(toks, k)
-        open("function")
-        -- The function's name (toks[k+1]) is still checked below as a reference.
-      elseif t[2] == "for" then
+  while T[k] ~= "eof" do
+    local t, v = T[k], V[k]
+    if t == "kw" then
+      if v == "local" then
+        for _, name in ipairs(localNames(T, V, k)) do scopes[#scopes][name] = true end
+      elseif v == "function" then
+        pending = functionParams(T, V, k)
+        open()
+        -- The function's name (token k+1) is still checked below as a reference.
+      elseif v == "for" then
         local j, vars = k + 1, {}
-        while toks[j][1] == "name" or toks[j][2] == "," do
-          if toks[j][1] == "name" then vars[#vars + 1] = toks[j][2] end
+        while T[j] == "name" or V[j] == "," do
+          if T[j] == "name" then vars[#vars + 1] = V[j] end
           j = j + 1
         end
         pending = vars
         k = j -- past the loop variables
         goto continue
-      elseif t[2] == "do" or t[2] == "repeat" or t[2] == "if" then
-        -- `while`/`for` open nothing: their `do` does (with a for's variables).
-        open(t[2])
-      elseif t[2] == "elseif" or t[2] == "else" then
+      elseif v == "do" or v == "repeat" or v == "if" then
+        open() -- `while`/`for` open nothing: their `do` does (with a for's variables).
+      elseif v == "elseif" or v == "else" then
         scopes[#scopes] = {}
-      elseif t[2] == "end" or t[2] == "until" then
-        close()
+      elseif (v == "end" or v == "until") and #scopes > 1 then
+        scopes[#scopes] = nil
       end
-    elseif opens[t[2]] then
-      brackets[#brackets + 1] = t[2]
-    elseif closes[t[2]] then
-      brackets[#brackets] = nil
-    elseif t[1] == "name" and not prevIsAccess(toks, k) and not isKey(toks, brackets, k) and not isLocal(t[2]) then
+    elseif t == "op" then
+      if opens[v] then nb = nb + 1; brackets[nb] = v
+      elseif closes[v] and nb > 0 then brackets[nb] = nil; nb = nb - 1 end
+    elseif t == "name" and isVariable(V, brackets[nb], k) and not isLocal(v) then
       checkReference(toks, k, ctx)
     end
     k = k + 1

@@ -11,8 +11,7 @@ struct BatonCommand: ParsableCommand {
         abstract: "Runs Lua recipes of stages, journaled, resumable.",
         discussion: """
             With no command: the interactive shell when stdin is a terminal, else the Lua read \
-            from stdin. Exit codes: 0 success, 1 failure, 2 gate exhausted, 3 usage, \
-            4 preflight failed, 5..99 recipe chosen, 124 run budget exceeded, 128+n signal n (docs/guide.md).
+            from stdin. Exit codes: \(ExitStatus.summary) (128+n: signal n; docs/guide.md).
             """,
         version: "baton \(BatonVersion.string) (Lua \(LuaInfo.version))",
         subcommands: [RunCommand.self, RunsCommand.self, StatusCommand.self, LogCommand.self, ReportCommand.self,

@@ -28,6 +28,8 @@ struct RunCommand: RunsDirCommand {
             help: ArgumentHelp("The run's id (letters, digits, '-', '_', '.').", valueName: "ID"))
     var runID: String?
     @Option(name: .customLong("existing-run"), help: .hidden) var existingRun: String?
+    /// Set by `run --detach` for its runner: stdin is the handshake's pipe (DetachHandshake).
+    @Flag(name: .customLong("handshake"), help: .hidden) var handshake = false
     @Option(help: ArgumentHelp("Journal flushes: 'batched' (default) or 'always'.", valueName: "batched|always"),
             completion: .list(["batched", "always"]))
     var sync: String?
@@ -83,6 +85,7 @@ struct RunCommand: RunsDirCommand {
         if let e = executor { o.executor = e }
         o.cache = cache
         o.existingRun = existingRun != nil
+        if handshake { o.readyFD = DetachHandshake.takeStdin() }
         o.breaks = breaks
         o.breakTimeout = try breakTimeoutSeconds(breakTimeout)
         o.attachOnBreak = !detach && existingRun == nil
@@ -146,7 +149,15 @@ public enum Detach {
         let outFD = RunDirectory.openFile(dir.outFile, O_WRONLY | O_TRUNC)
         guard outFD >= 0 else { return Console.error("cannot create \(dir.outFile)", json: o.json) }
         defer { close(outFD) }
-        var args = [FileIO.selfExecutable(), "run", "--existing-run", dir.id, "--runs-dir", o.runsDir]
+        var handshake: [Int32] = [-1, -1]
+        guard pipe(&handshake) == 0 else {
+            let why = String(cString: strerror(errno))
+            try? store.remove(dir.id)
+            return Console.error("cannot start the detached runner: pipe: \(why)", json: o.json)
+        }
+        for fd in handshake { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }   // the runner's only (as its stdin)
+        defer { close(handshake[0]) }
+        var args = [FileIO.selfExecutable(), "run", "--existing-run", dir.id, "--handshake", "--runs-dir", o.runsDir]
         if o.dryRun { args.append("--dry-run") }
         if o.json { args.append("--json") }
         if o.stream { args.append("--stream") }
@@ -159,12 +170,26 @@ public enum Detach {
         args.append(o.recipe)
         args.append(contentsOf: o.words)
         do {
-            let pid = try Spawner.spawn(argv: args, env: Spawner.currentEnvironment(), cwd: nil, stdin: -1,
+            defer { close(handshake[1]) }
+            let pid = try Spawner.spawn(argv: args, env: Spawner.currentEnvironment(), cwd: nil, stdin: handshake[1],
                                         stdout: outFD, stderr: outFD, newSession: true, dieWithParent: false)
             try FileIO.writeAtomically(dir.pidFile, Array("\(pid)\n".utf8), mode: RunDirectory.fileMode)
         } catch {
             try? store.remove(dir.id)
             return Console.error("cannot start the detached runner: \(error)", json: o.json)
+        }
+        // The run's id only once the recipe is under way: words it refuses leave no run.
+        switch DetachHandshake.await(handshake[0]) {
+        case .usage?:
+            relay(dir.outFile, to: 1)
+            try? store.remove(dir.id)
+            return ExitStatus.success.rawValue
+        case let .refused(code, message)?:
+            relay(dir.outFile, to: 2)
+            try? store.remove(dir.id)
+            return Console.error(message, json: o.json, code: code)
+        case .ready?, nil:
+            break
         }
         if o.json {
             out(JSON.object([("run", .string(dir.id)), ("dir", .string(dir.path))]).encoded())
@@ -174,5 +199,9 @@ public enum Detach {
         }
         return ExitStatus.success.rawValue
     }
-}
 
+    /// What the runner printed before it refused (a recipe's usage), as `baton run` shows it.
+    static func relay(_ file: String, to fd: Int32) {
+        if let bytes = try? FileIO.readFile(file), !bytes.isEmpty { Console.write(fd, bytes: bytes) }
+    }
+}
