@@ -19,12 +19,23 @@ public enum Clock {
     /// Whole milliseconds since the epoch, as `rfc3339` writes them.
     public static func millis(_ t: Double) -> Int64 { Int64((t * 1000 + 0.001).rounded(.down)) }
 
+    /// Whole seconds and the milliseconds after them, as a stamp writes them.
+    private static func secondsAndMillis(_ t: Double) -> (Int64, Int) {
+        let secs = Int64(t.rounded(.down))
+        let ms = Int(((t - Double(secs)) * 1000
+                      + 0.001).rounded(.down))  // + 1µs: a double near 1.8e9 s has ~0.25µs of error
+        return (secs, min(ms, 999))
+    }
+
+    /// `t` as its stamp keeps it (whole milliseconds): what parseRFC3339 reads back from rfc3339(t).
+    public static func stamped(_ t: Double) -> Double {
+        let (secs, ms) = secondsAndMillis(t)
+        return Double(secs) + Double(ms) / 1000
+    }
+
     /// `2026-11-22T18:18:12.345Z`
     public static func rfc3339(_ t: Double) -> String {
-        var secs = Int64(t.rounded(.down))
-        var ms = Int(((t - Double(secs)) * 1000
-                      + 0.001).rounded(.down))  // + 1µs: a double near 1.8e9 s has ~0.25µs of error
-        if ms >= 1000 { ms = 999 }
+        var (secs, ms) = secondsAndMillis(t)
         // The civil date of a day count (H. Hinnant's days_from_civil, inverted): no gmtime_r
         // (which takes glibc's time-zone lock), one String built from 24 bytes. Every journal
         // line has a stamp; a resume of 10,000 replays writes 10,000.

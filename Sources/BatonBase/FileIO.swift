@@ -191,17 +191,28 @@ public enum FileIO {
     }
 
     /// Entries of a directory, without `.` and `..`.
-    public static func list(_ dir: String) -> [String] {
+    public static func list(_ dir: String) -> [String] { entries(dir).map(\.name) }
+
+    /// Entries of a directory (without `.` and `..`), each with whether it is a symbolic link:
+    /// from its directory entry, so a directory of 100,000 logs costs no lstat per file
+    /// (lstat only where the file system does not say).
+    public static func entries(_ dir: String) -> [(name: String, isLink: Bool)] {
         guard let d = opendir(dir) else { return [] }
         defer { closedir(d) }
-        var names: [String] = []
+        var out: [(name: String, isLink: Bool)] = []
         while let e = readdir(d) {
             let name = withUnsafePointer(to: e.pointee.d_name) {
                 $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
             }
-            if name != "." && name != ".." { names.append(name) }
+            guard name != "." && name != ".." else { continue }
+            var link = e.pointee.d_type == UInt8(DT_LNK)
+            if e.pointee.d_type == UInt8(DT_UNKNOWN) {
+                var st = stat()
+                link = lstat(dir + "/" + name, &st) == 0 && (st.st_mode & S_IFMT) == S_IFLNK
+            }
+            out.append((name, link))
         }
-        return names
+        return out
     }
 }
 

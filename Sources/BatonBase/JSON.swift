@@ -85,29 +85,47 @@ extension JSON {
         case let .double(d): JSON.encodeDouble(d, into: &out)
         case let .string(s): JSON.encodeString(s, into: &out)
         case let .array(items):
-            if items.isEmpty { out.append(contentsOf: "[]".utf8); return }
-            out.append(UInt8(ascii: "["))
-            for (i, v) in items.enumerated() {
-                if i > 0 { out.append(UInt8(ascii: ",")) }
-                if pretty { JSON.newline(&out, indent + 1) }
-                v.encode(into: &out, pretty: pretty, indent: indent + 1)
+            JSON.encodeArray(count: items.count, into: &out, pretty: pretty, indent: indent) {
+                items[$0].encode(into: &$1, pretty: pretty, indent: $2)
             }
-            if pretty { JSON.newline(&out, indent) }
-            out.append(UInt8(ascii: "]"))
         case let .object(pairs):
-            if pairs.isEmpty { out.append(contentsOf: "{}".utf8); return }
-            out.append(UInt8(ascii: "{"))
-            for (i, (k, v)) in pairs.enumerated() {
-                if i > 0 { out.append(UInt8(ascii: ",")) }
-                if pretty { JSON.newline(&out, indent + 1) }
-                JSON.encodeString(k, into: &out)
-                out.append(UInt8(ascii: ":"))
-                if pretty { out.append(UInt8(ascii: " ")) }
-                v.encode(into: &out, pretty: pretty, indent: indent + 1)
+            JSON.encodeObject(keys: pairs.map(\.0), into: &out, pretty: pretty, indent: indent) {
+                pairs[$0].1.encode(into: &$1, pretty: pretty, indent: $2)
             }
-            if pretty { JSON.newline(&out, indent) }
-            out.append(UInt8(ascii: "}"))
         }
+    }
+
+    /// An array written item by item, as `.array` is: `item(i, &out, indent)` writes item i
+    /// (a list of 100,000 need not be built as JSON values first).
+    public static func encodeArray(count: Int, into out: inout [UInt8], pretty: Bool, indent: Int,
+                                   item: (Int, inout [UInt8], Int) -> Void) {
+        if count == 0 { out.append(contentsOf: "[]".utf8); return }
+        out.append(UInt8(ascii: "["))
+        for i in 0..<count {
+            if i > 0 { out.append(UInt8(ascii: ",")) }
+            if pretty { JSON.newline(&out, indent + 1) }
+            item(i, &out, indent + 1)
+        }
+        if pretty { JSON.newline(&out, indent) }
+        out.append(UInt8(ascii: "]"))
+    }
+
+    /// An object written value by value, as `.object` is: `value(i, &out, indent)` writes the
+    /// value of `keys[i]`.
+    public static func encodeObject(keys: [String], into out: inout [UInt8], pretty: Bool, indent: Int,
+                                    value: (Int, inout [UInt8], Int) -> Void) {
+        if keys.isEmpty { out.append(contentsOf: "{}".utf8); return }
+        out.append(UInt8(ascii: "{"))
+        for (i, k) in keys.enumerated() {
+            if i > 0 { out.append(UInt8(ascii: ",")) }
+            if pretty { JSON.newline(&out, indent + 1) }
+            JSON.encodeString(k, into: &out)
+            out.append(UInt8(ascii: ":"))
+            if pretty { out.append(UInt8(ascii: " ")) }
+            value(i, &out, indent + 1)
+        }
+        if pretty { JSON.newline(&out, indent) }
+        out.append(UInt8(ascii: "}"))
     }
 
     private static func newline(_ out: inout [UInt8], _ indent: Int) {

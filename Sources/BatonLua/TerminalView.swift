@@ -33,7 +33,7 @@ final class TerminalView {
     /// Before the recipe runs: what earlier lives of a resumed run wrote is not echoed.
     func begin(_ ctx: RunContext) {
         context = ctx
-        attemptsSeen = ctx.history.attemptLogs.count
+        if stream { _ = ctx.takeAttemptLogs() }
     }
 
     /// The loop's tick: how often the view is redrawn (and output echoed).
@@ -112,8 +112,6 @@ final class TerminalView {
         init(_ a: AttemptLog) { key = a.key; attempt = a.attempt; logs = a.logs }
     }
     private var echoes: [Echo] = []
-    /// How many of the run's attempts (RunHistory.attemptLogs, in the order they started) are known.
-    private var attemptsSeen: Int?
     private var idWidth = 0
     private lazy var colourOut = Palette.enabled && isatty(outFD) == 1
     private lazy var colourErr = Palette.enabled
@@ -123,11 +121,7 @@ final class TerminalView {
     /// starts and ends between two ticks is echoed too.
     private func echoAll(final: Bool = false) {
         guard stream, let ctx = context else { return }
-        let attempts = ctx.history.attemptLogs
-        if attemptsSeen == nil { attemptsSeen = attempts.count }
-        while attemptsSeen! < attempts.count {
-            let a = attempts[attemptsSeen!]
-            attemptsSeen! += 1
+        for a in ctx.takeAttemptLogs() {
             guard !a.logs.stdout.isEmpty else { continue }
             echoes.append(Echo(a))
             idWidth = max(idWidth, a.key.description.count)

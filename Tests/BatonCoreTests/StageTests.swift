@@ -93,6 +93,46 @@ import Testing
         #expect(seqs == Array(1...Int64(seqs.count)))
     }
 
+    /// The runner keeps only a summary of each call that is over (RunHistory.keepSummaries);
+    /// the final.json it writes lists what a whole fold of its journal lists, in every life.
+    @Test func finalJsonIsTheWholeFoldOfTheJournal() throws {
+        let (ctx, _) = try context()
+        let dir = ctx.dir
+        func sameAsTheJournal(_ c: RunContext) throws {
+            let whole = RunHistory(try JournalReader.read(dir.journal).events)
+            let written = try #require(FinalRecord.read(dir))
+            let folded = FinalRecord(history: whole, status: written.status, exitCode: written.exitCode, reason: written.reason,
+                                     endedAt: written.endedAt, result: written.result)
+            #expect(written.stages.count == 5 && written.stages == folded.stages, "\(written.stages) vs \(folded.stages)")
+            // (final.json's stages are encoded one by one, as the whole document's tree would be.)
+            let bytes = try FileIO.readFile(dir.final)
+            #expect(String(decoding: bytes, as: UTF8.self) == (try JSON.parse(bytes)).encoded(pretty: true) + "\n")
+            // The snapshot the runner wrote at its end is the one a whole fold gives.
+            let snap = try FileIO.readFile(dir.snapshot)
+            let mark = try #require(HistorySnapshot.decode(snap, runDir: dir.path)).mark
+            #expect(HistorySnapshot.encode(whole, mark: mark, runDir: dir.path) == snap)
+            #expect(c.history.concluded.allSatisfy { $0.command == nil && $0.finished == nil }, "whole records kept")
+        }
+        var flaky = StageSpec(id: "b", command: .shell("sleep 0.01; exit 3"))
+        flaky.allowFail = true
+        flaky.retries = 1
+        flaky.retryOn = Set(FailureClass.allCases)
+        flaky.backoff = Backoff(initial: 0.01, max: 0.01)
+        func runAll(_ c: RunContext, last: String) -> [StageResult] {
+            let specs = [StageSpec(id: "a", command: .argv(["echo", "one"])), flaky, StageSpec(id: "a", command: .argv(["echo", "one"])),
+                         StageSpec(id: "c", command: .shell("sleep 0.02")), StageSpec(id: "d", command: .shell(last))]
+            let results = specs.map { c.runStage($0) }
+            c.finish(status: .failed, exitCode: 1, reason: "b failed")
+            return results
+        }
+        _ = runAll(ctx, last: "exit 0")
+        try sameAsTheJournal(ctx)
+        // A resume: a replays; b did not pass, so it and everything after it run again.
+        let again = try RunContext.resume(dir: dir, recipe: "core-test", recipeText: [], args: [])
+        #expect(runAll(again, last: "exit 0; :").map(\.replayed) == [true, false, false, false, false])
+        try sameAsTheJournal(again)
+    }
+
     @Test func aSecondRunnerCannotTakeALiveRun() throws {
         let (ctx, _) = try context()
         #expect(throws: RunStartError.self) { _ = try RunContext.resume(dir: ctx.dir, recipe: "x", recipeText: [], args: []) }

@@ -74,7 +74,10 @@ public struct FinalRecord: Sendable {
     /// From the two stamps as written, so a reader that subtracts them gets the same number.
     public var durationMs: Int64? { endedAt.map { Clock.millis($0) - Clock.millis(startedAt) } }
 
-    var pairs: [(String, JSON)] {
+    var pairs: [(String, JSON)] { pairs(stages: .array(stages.map(\.json))) }
+
+    /// Its fields, with `stages` as given.
+    private func pairs(stages: JSON) -> [(String, JSON)] {
         var o: [(String, JSON)] = [
             ("v", .int(1)), ("run", .string(run)), ("recipe", .string(recipe)), ("status", .string(status.rawValue)),
             ("exit_code", exitCode.map { .int(Int64($0)) } ?? .null), ("reason", reason.map(JSON.string) ?? .null),
@@ -86,7 +89,7 @@ public struct FinalRecord: Sendable {
             ("duration_ms", durationMs.map(JSON.int) ?? .null),
         ]
         if let e = endedBy { o.append(("ended_by", e.json)) }
-        o.append(("stages", .array(stages.map(\.json))))
+        o.append(("stages", stages))
         if crashed { o.append(("crashed", .bool(true))) }
         o.append(("result", result))
         return o
@@ -95,10 +98,17 @@ public struct FinalRecord: Sendable {
     public var json: JSON { .object(pairs) }
 
     public func encoded() -> [UInt8] {
-        // Into one buffer (a 10,000-stage document is a megabyte: no String and Array copies of it).
+        // Into one buffer (a 10,000-stage document is a megabyte: no String and Array copies of
+        // it), each stage encoded as it comes (not all built as JSON values first: 100,000 stages).
         var out: [UInt8] = []
         out.reserveCapacity(512 + 96 * stages.count)
-        json.encode(into: &out, pretty: true, indent: 0)
+        let all = pairs(stages: .null)
+        JSON.encodeObject(keys: all.map(\.0), into: &out, pretty: true, indent: 0) { i, out, indent in
+            guard all[i].0 == "stages" else { return all[i].1.encode(into: &out, pretty: true, indent: indent) }
+            JSON.encodeArray(count: stages.count, into: &out, pretty: true, indent: indent) {
+                stages[$0].json.encode(into: &$1, pretty: true, indent: $2)
+            }
+        }
         out.append(10)
         return out
     }

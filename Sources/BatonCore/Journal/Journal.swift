@@ -65,6 +65,9 @@ public final class JournalWriter: @unchecked Sendable {
     public func append(_ body: EventBody, at ts: Double = Clock.now(), deferred: Bool = false) throws -> JournalEvent {
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
+        // The event folded by the runner carries its stamp as written: its durations in
+        // final.json are the ones a reader's fold of the journal computes.
+        let ts = Clock.stamped(ts)
         let seq = lastSeq + 1
         // Paths inside the run directory are journaled relative to it: a moved project's
         // runs still read (readers join them to where the run directory is now).

@@ -89,15 +89,36 @@ public struct StageRecord: Sendable {
 
     public var isOpen: Bool { status.isOpen }
     public var isOver: Bool { status.ended != nil }
-    public var replayed: Bool { finished?.replayed ?? false }
-    public var dry: Bool { finished?.dry ?? false }
+    public var replayed: Bool { finished?.replayed ?? summary?.replayed ?? false }
+    public var dry: Bool { finished?.dry ?? summary?.dry ?? false }
 
     /// Its length for final.json and status: first start to last end, or the journaled
     /// duration for a replay or a call that never started.
     public var durationMs: Int64 {
+        if let s = summary { return s.durationMs }
         if let f = finished, f.replayed || startedAt == nil { return f.durationMs }
         guard let s = startedAt else { return 0 }
         return Int64((((endedAt ?? s) - s) * 1000).rounded())
+    }
+
+    /// What a summarized record keeps of its last `stage_finished`.
+    private struct Summary: Sendable {
+        var durationMs: Int64
+        var replayed, dry: Bool
+    }
+    private var summary: Summary?
+
+    /// The record as the runner's history keeps a call that is over (RunHistory.keepSummaries):
+    /// what a snapshot keeps of it (`abridged`: its state, and its `stage_finished` where the
+    /// cache answered), its line of final.json (attempts, duration, replayed) and its times;
+    /// not its command, logs, fingerprint or last `stage_finished`, which the journal has.
+    func summarized() -> StageRecord {
+        var r = abridged
+        r.attempt = finished?.attempt ?? attempt
+        r.startedAt = startedAt
+        r.endedAt = endedAt
+        r.summary = Summary(durationMs: durationMs, replayed: replayed, dry: dry)
+        return r
     }
 }
 
@@ -144,8 +165,34 @@ public struct RunHistory: Sendable {
     public private(set) var lastSeq: Int64 = 0
     /// The highest log file number used per stage id (a resume continues from it).
     public private(set) var logNumbers: [String: Int] = [:]
+    /// Whether a call that is over keeps its whole record (every reader of a journal) or
+    /// only its summary (the runner: see keepSummaries).
+    public private(set) var keepsWholeRecords = true
+    /// Whether `attemptLogs` grows (always, unless keepSummaries; then from takeAttemptLogs on).
+    private var keepsAttemptLogs = true
 
     public init() {}
+
+    /// From now on a call that is over keeps only its summary (StageRecord.summarized), and
+    /// attempts are not listed until asked for (takeAttemptLogs): what the runner keeps, so
+    /// that its memory does not grow by a whole record per call (a run of 100,000 calls).
+    /// The runner reads nothing else of a concluded call: final.json lists the summaries,
+    /// and resume reads the prior lives' whole records before it calls this.
+    public mutating func keepSummaries() {
+        keepsWholeRecords = false
+        keepsAttemptLogs = false
+        attemptLogs = []
+        for i in stages.indices where stages[i].isOver { stages[i] = stages[i].summarized() }
+    }
+
+    /// The attempts started since the last call (all of them, the first time), oldest first;
+    /// a history that keeps summaries lists attempts from its first call on, and forgets
+    /// what it returns.
+    public mutating func takeAttemptLogs() -> [AttemptLog] {
+        keepsAttemptLogs = true
+        defer { if !keepsWholeRecords { attemptLogs = [] } }
+        return attemptLogs
+    }
 
     public init<S: Sequence>(_ events: S) where S.Element == JournalEvent {
         for e in events { apply(e) }
@@ -215,7 +262,9 @@ public struct RunHistory: Sendable {
         stages[i].queue = nil
         stages[i].node = nil
         stages[i].queueReason = nil
-        attemptLogs.append(AttemptLog(key: s.key, attempt: s.attempt, logs: s.logs, life: max(1, lives)))
+        if keepsAttemptLogs {
+            attemptLogs.append(AttemptLog(key: s.key, attempt: s.attempt, logs: s.logs, life: max(1, lives)))
+        }
         noteLogNumber(s.key.id, s.logs)
     }
 
@@ -236,6 +285,7 @@ public struct RunHistory: Sendable {
         if f.final { stages[i].pid = nil }
         stages[i].finished = f
         if let p = f.fingerprintParts { stages[i].fingerprintParts = p }
+        if f.final, !keepsWholeRecords { stages[i] = stages[i].summarized() }
     }
 
     /// A watch's state changed: its record replaced, or a new one when the watch starts again.
@@ -262,7 +312,10 @@ public struct RunHistory: Sendable {
     /// `final`, a later life's start, or a reader that knows the runner is gone) never
     /// finished; with `failingWatches`, an open watch failed.
     public mutating func endLife(failingWatches: Bool) {
-        for i in stages.indices where stages[i].isOpen { stages[i].status = .unfinished }
+        for i in stages.indices where stages[i].isOpen {
+            stages[i].status = .unfinished
+            if !keepsWholeRecords { stages[i] = stages[i].summarized() }
+        }
         guard failingWatches else { return }
         for i in watches.indices where !watches[i].state.isTerminal { watches[i].state = .failed }
     }

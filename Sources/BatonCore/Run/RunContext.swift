@@ -75,6 +75,8 @@ public final class RunContext {
         self.lock = lock
         self.dryRun = dryRun
         self.recipe = recipe
+        var history = history
+        history.keepSummaries()   // (a record per call would grow with the run: see keepSummaries)
         self.history = history
         self.startedAt = history.firstStart?.ts ?? Clock.now()
         self.startedMonotonic = Clock.monotonic()
@@ -200,6 +202,10 @@ public final class RunContext {
             fatal = SystemError("write", journal.path, EIO)
         }
     }
+
+    /// The attempts started since the last call (--stream echoes them); the first call
+    /// forgets what earlier lives started, and from then on the history lists attempts.
+    public func takeAttemptLogs() -> [AttemptLog] { history.takeAttemptLogs() }
 
     /// Writes journal events held back for a group commit (replays); then, when the journal
     /// has grown by `snapshotEvery` bytes since the last snapshot (and a second has passed),
