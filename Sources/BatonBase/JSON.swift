@@ -370,6 +370,9 @@ extension JSON {
             let text = String(decoding: UnsafeBufferPointer(rebasing: buf[start..<i]), as: UTF8.self)
             if !isFloat, let v = Int64(text) { return .int(v) }
             guard let d = Double(text) else { throw JSONParseError(offset: start, message: "invalid number") }
+            // 1e999 parses as infinity, which JSON cannot say: encoded back it would be null, a
+            // different document. Refused, as Go's encoding/json does.
+            guard d.isFinite else { throw JSONParseError(offset: start, message: "number out of range") }
             return .double(d)
         }
 

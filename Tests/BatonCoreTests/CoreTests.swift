@@ -31,6 +31,14 @@ import Testing
         #expect(throws: JSONParseError.self) { try JSON.parse(text) }
     }
 
+    /// A number beyond a Double's range is refused, not read as infinity (which would encode
+    /// back as null: the fuzz below found it).
+    @Test func outOfRangeNumbersAreRefused() {
+        #expect((try? JSON.parse(Array("1.5e399".utf8))) == nil)
+        #expect((try? JSON.parse(Array("[-1e400]".utf8))) == nil)
+        #expect((try? JSON.parse(Array("1e308".utf8))) == .double(1e308))
+    }
+
     @Test func fuzzedInputNeverCrashes() {
         let seeds = [#"{"a":[1,2,{"b":"c"}],"d":null}"#, #"[1.5e3,-2,true]"#, #""\u00e9\n""#]
         var rng = SystemRandomNumberGenerator()
