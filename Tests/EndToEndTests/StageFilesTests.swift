@@ -258,6 +258,29 @@ import Testing
         #expect(ls.stdout.contains("\"id\": \"big\""), "the run's end waited for the insert: \(ls.stdout)")
     }
 
+    /// A stage whose fingerprint is being stored by an earlier call of this run waits for that
+    /// insert and is answered by it, rather than running again (inserts run beside the loop).
+    @Test func aLookupWaitsForTheInsertOfTheSameWork() throws {
+        let d = Harness.tempDir("cache-insert-awaited")
+        let pause = d + "/pausing"
+        Harness.write(d + "/r.lua", """
+            runStage{id = "first", cmd = "echo x >> ran.txt; echo y > out.txt", outputs = {"out.txt"}, cache = true}
+            local r = runStage{id = "again", cmd = "echo x >> ran.txt; echo y > out.txt", outputs = {"out.txt"},
+                               cache = true}
+            print("again", r.cached_from and r.cached_from.id or "ran")
+            """)
+        let (p, out, _) = try Harness.start(["run", "r.lua"], cwd: d, env: ["BATON_TEST_CACHE_PAUSE": pause])
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        #expect(Harness.waitFor(30) { FileManager.default.fileExists(atPath: pause) }, "the insert began")
+        try FileManager.default.removeItem(atPath: pause)
+        #expect(Harness.waitFor(20) { !p.isRunning })
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(text.contains("again\tfirst") || text.contains("again first"), "\(text)")
+        #expect(Harness.read(d + "/ran.txt") == "x\n", "the command ran once")
+    }
+
     /// A signal while an insert is under way abandons it: the run ends at once, the journal
     /// says the stage was not stored, and nothing was (no hit later).
     @Test func aSignalAbandonsAnInsertAndSaysSo() throws {

@@ -28,8 +28,9 @@ public final class StageFilesState {
         if force || now - lastSave >= 1 { statCache.save(); lastSave = now }
     }
     var resolved = false
-    /// Inserts into the cache still under way (each a `ThreadTask` on the loop).
-    var pendingInserts = 0
+    /// Inserts into the cache still under way (each a `ThreadTask` on the loop), by key: a
+    /// lookup of a key being stored waits for it rather than run the stage again.
+    var pendingInserts: [String: Int] = [:]
 }
 
 extension RunContext {
@@ -74,6 +75,10 @@ extension RunContext {
         }
         let key = SHA256.hex(spec.fingerprintText)
         let t0 = Clock.monotonic()
+        if files.pendingInserts[key] != nil {
+            // The same work passed moments ago and is being stored: its entry is the answer.
+            _ = loop.wait(WaitLabel(.cache, "insert")) { self.files.pendingInserts[key] == nil }
+        }
         let (hit, why) = files.store.lookup(key)
         guard let e = hit else {
             exec.cacheDecision = missSinceLastPass(CacheDecision(hit: false, key: key, reason: why), exec)
@@ -147,17 +152,19 @@ extension RunContext {
     /// to store is logged, never fatal.
     func storeInCache(_ exec: StageExecution, _ r: StageResult) {
         guard cacheOn(exec.spec), r.cachedFrom == nil, !r.replayed else { return }
-        let job = CacheStore.Insert(key: SHA256.hex(exec.spec.fingerprintText),
+        let key = SHA256.hex(exec.spec.fingerprintText)
+        let job = CacheStore.Insert(key: key,
                                     from: CachedFrom(run: dir.id, id: exec.key.id, occurrence: exec.key.occurrence),
                                     outputs: exec.outputSnapshots, logs: r.logs, durationMs: Int64(r.duration * 1000),
                                     parts: exec.fingerprintParts, inputs: exec.spec.inputSet)
         final class Failure: @unchecked Sendable { var text: String? }   // written before the task ends, read after
         let (store, failure, id) = (files.store, Failure(), exec.spec.id)
-        files.pendingInserts += 1
+        files.pendingInserts[key, default: 0] += 1
         loop.add(ThreadTask({ abandon in
             do { try store.insert(job, abandon: abandon) } catch { failure.text = "\(error)" }
         }, done: { [unowned self] abandoned in
-            self.files.pendingInserts -= 1
+            let left = (self.files.pendingInserts[key] ?? 1) - 1
+            self.files.pendingInserts[key] = left > 0 ? left : nil
             if abandoned {
                 self.log(.warn, "cache: stage '\(id)' passed but was not stored: the run ended before its insert did")
             } else if let f = failure.text {
@@ -169,7 +176,7 @@ extension RunContext {
     /// At the run's end: waits for the cache's inserts still under way (a signal abandons
     /// them, and each says so in the journal).
     func waitForInserts() {
-        guard filesUsed, files.pendingInserts > 0 else { return }
-        _ = loop.wait(WaitLabel(.cache, "insert")) { self.files.pendingInserts == 0 }
+        guard filesUsed, !files.pendingInserts.isEmpty else { return }
+        _ = loop.wait(WaitLabel(.cache, "insert")) { self.files.pendingInserts.isEmpty }
     }
 }
