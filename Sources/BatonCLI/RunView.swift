@@ -213,7 +213,12 @@ extension RunView {
     /// `log --stage --json`: streamed, one chunk at a time (a 200 MB log is never held
     /// whole, nor its JSON text).
     func stageJSON(_ logs: [AttemptLog]) {
-        func escaped(_ s: String) -> [UInt8] { Array(JSON.string(s).encoded().utf8.dropFirst().dropLast()) }
+        func escaped(_ s: String) -> [UInt8] {
+            var out: [UInt8] = []
+            out.reserveCapacity(s.utf8.count + s.utf8.count / 8 + 2)
+            JSON.encodeString(s, into: &out)
+            return Array(out[1..<(out.count - 1)])   // without its quotes
+        }
         write(Array("[\n".utf8))
         for (i, l) in logs.enumerated() {
             var head = "  {\n    \"id\": " + JSON.string(l.key.id).encoded()
@@ -280,14 +285,14 @@ extension RunView {
 // MARK: reading files in chunks
 
 extension RunView {
-    /// The bytes of `path` from `offset` on, handed over in chunks of 256 KiB (never the
+    /// The bytes of `path` from `offset` on, handed over in chunks of 64 KiB (never the
     /// whole file at once); returns how many. A file that cannot be opened has none.
     @discardableResult
     static func streamBytes(_ path: String, from offset: Int = 0, _ chunk: ([UInt8]) -> Void) -> Int {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return 0 }
         defer { close(fd) }
-        var buf = [UInt8](repeating: 0, count: 256 << 10)
+        var buf = [UInt8](repeating: 0, count: 64 << 10)
         var at = off_t(offset), total = 0
         while true {
             let n = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, at) }
