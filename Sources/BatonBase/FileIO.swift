@@ -14,6 +14,25 @@ public enum FileIO {
         }
     }
 
+    /// The bytes of the file open as `fd` from `offset` to its end as it is now, handed over
+    /// in chunks of at most `size` (never the whole file at once). Returns how many bytes,
+    /// or nil when a read fails (the chunks before it were handed over).
+    @discardableResult
+    public static func readChunks(_ fd: Int32, from offset: Int = 0, size: Int = 64 << 10,
+                                  _ chunk: ([UInt8]) -> Void) -> Int? {
+        var buf = [UInt8](repeating: 0, count: size)
+        var at = offset, total = 0
+        while true {
+            let n = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(at)) }
+            if n < 0, errno == EINTR { continue }
+            if n < 0 { return nil }
+            if n == 0 { return total }
+            chunk(Array(buf[0..<n]))
+            at += n
+            total += n
+        }
+    }
+
     public static func readFile(_ path: String, limit: Int = Int.max) throws -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         if fd < 0 { throw SystemError("open", path) }

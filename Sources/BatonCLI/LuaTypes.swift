@@ -40,7 +40,7 @@ public enum Types {
             \(fields.joined(separator: "\n"))
               }},
             }
-            exclude_files = {".baton/"}
+            exclude_files = {"\(ProjectLayout.dir)/"}
 
             """
     }
@@ -50,7 +50,7 @@ public enum Types {
         {
           "$schema": "https://raw.githubusercontent.com/LuaLS/vscode-lua/master/setting/schema.json",
           "runtime.version": "Lua 5.4",
-          "workspace.library": [".baton/types"],
+          "workspace.library": ["\(ProjectLayout.types)"],
           "diagnostics.globals": [\(globals.map { "\"\($0)\"" }.joined(separator: ", "))]
         }
 
@@ -252,12 +252,12 @@ public enum Types {
     public static func initialize(dir: String, force: Bool, json: Bool) -> Int32 {
         let root = FileIO.absolute(dir)
         let files: [(String, String, Bool)] = [
-            (".baton/types/baton.lua", luaCATS, true), (".luarc.json", luarc, force),
+            (ProjectLayout.types + "/baton.lua", luaCATS, true), (".luarc.json", luarc, force),
             (".luacheckrc", luacheckrc, force),
         ]
         var written: [String] = [], kept: [String] = []
         do {
-            try FileIO.makeDirectories(root + "/.baton/types")
+            try FileIO.makeDirectories(root + "/" + ProjectLayout.types)
             for (name, text, replace) in files {
                 let path = root + "/" + name
                 if FileIO.exists(path) && !replace { kept.append(name); continue }

@@ -292,16 +292,8 @@ extension RunView {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return 0 }
         defer { close(fd) }
-        var buf = [UInt8](repeating: 0, count: 64 << 10)
-        var at = off_t(offset), total = 0
-        while true {
-            let n = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, at) }
-            if n < 0, errno == EINTR { continue }
-            if n <= 0 { break }
-            chunk(Array(buf[0..<n]))
-            at += off_t(n)
-            total += n
-        }
+        var total = 0
+        FileIO.readChunks(fd, from: offset) { chunk($0); total += $0.count }
         return total
     }
 

@@ -334,16 +334,7 @@ extension RunDirectory {
         guard HistorySnapshot.mark(run: mark.run, fd: fd, offset: mark.offset) == mark else { return nil }
         // The tail, to the end of the file as it is now (as `readJournal` reads it).
         var tail: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 1 << 16)
-        var at = mark.offset
-        while true {
-            let n = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(at)) }
-            if n < 0, errno == EINTR { continue }
-            guard n >= 0 else { return nil }
-            if n == 0 { break }
-            tail.append(contentsOf: buf[0..<n])
-            at += n
-        }
+        guard FileIO.readChunks(fd, from: mark.offset, { tail.append(contentsOf: $0) }) != nil else { return nil }
         var c = JournalReader.parse(tail)
         // A corrupt line is reported with its line number, which only the whole journal knows.
         guard c.corrupt.isEmpty else { return nil }

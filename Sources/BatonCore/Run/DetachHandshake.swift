@@ -19,7 +19,7 @@ public final class DetachHandshake {
     /// No word said yet: the command still waits, and will remove the run directory.
     public var pending: Bool { fd >= 0 }
 
-    init(fd: Int32) { self.fd = fd }
+    public init(fd: Int32) { self.fd = fd }
 
     /// The runner's side: its stdin is the pipe; keep it close-on-exec (nothing the run starts
     /// may hold it open) and give stdin /dev/null, as a detached run always had.
@@ -33,18 +33,16 @@ public final class DetachHandshake {
     /// Says `word` once and lets the pipe go; false when the command is no longer listening
     /// (it was interrupted and printed the run's id: the run must then be kept).
     @discardableResult
-    func say(_ word: Word) -> Bool {
+    public func say(_ word: Word) -> Bool {
         guard fd >= 0 else { return false }
         defer { close(fd); fd = -1 }
         let bytes = Array(DetachHandshake.encode(word).utf8)
-        var done = 0
-        while done < bytes.count {
-            let n = bytes[done...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return false }
-            done += n
+        do {
+            try bytes.withUnsafeBytes { try FileIO.writeAll(fd, $0, path: "run --detach's handshake pipe") }
+            return true
+        } catch {
+            return false
         }
-        return true
     }
 
     static func encode(_ word: Word) -> String {

@@ -175,11 +175,13 @@ public enum RunStoreError: Error, CustomStringConvertible {
 }
 
 /// Where a project's Baton files are, named once: `PROJECT/.baton/` holds `runs/` (the runs
-/// directory, with the stat cache `.statcache` in it) and `cache/` (the cache across runs,
-/// beside the runs directory wherever that is).
+/// directory, with the stat cache `.statcache` in it), `cache/` (the cache across runs,
+/// beside the runs directory wherever that is) and `types/` (`baton init`'s LuaCATS file).
 public enum ProjectLayout {
     public static let dir = ".baton"
     static let runs = "runs", cache = "cache", statCache = ".statcache"
+    /// `.baton/types`, relative to the project: the editor's library of Baton's types.
+    public static let types = dir + "/types"
 
     /// `.baton/runs` in the `.baton` directory `batonDir`.
     public static func runsDir(batonDir: String) -> String { batonDir + "/" + runs }
