@@ -1,5 +1,5 @@
-import BatonBase
-import BatonCore
+@testable import BatonBase
+@testable import BatonCore
 import Foundation
 import Testing
 
@@ -128,6 +128,17 @@ import Testing
     /// A fold or view that ignores an event says which ones: no `default:` in a switch over
     /// an event's body (in Sources, or in EventBody's own switches over `self`), so a new event
     /// type makes every such switch fail to compile until it is handled or named as ignored.
+    /// The parser's interned keys (KnownKeys, in BatonBase, which cannot see the records)
+    /// are keys some record declares: a renamed key cannot leave a stale name behind.
+    @Test func theParsersKnownKeysAreDeclaredRecordKeys() {
+        var declared = Set(JournalEvent.Key.allCases.map(\.rawValue))
+        declared.formUnion(StageLogs.Key.allCases.map(\.rawValue))
+        declared.formUnion(EventKind.allCases.flatMap(\.fieldNames))
+        declared.formUnion(FingerprintParts.names)   // the keys of `fingerprint_parts`
+        let stale = KnownKeys.names.filter { !declared.contains($0) }
+        #expect(stale.isEmpty, "KnownKeys names no record's key: \(stale)")
+    }
+
     @Test func noSwitchOverEventsHidesANewOne() throws {
         let walk = FileManager.default.enumerator(at: URL(fileURLWithPath: Self.root + "/Sources"),
                                                   includingPropertiesForKeys: nil)!
