@@ -1,3 +1,4 @@
+import CBatonSys
 import Glibc
 
 public enum FileIO {
@@ -12,6 +13,14 @@ public enum FileIO {
             }
             off += n
         }
+    }
+
+    /// A pipe whose ends are close-on-exec from their creation (no stage started meanwhile
+    /// inherits them); nil with errno set when the system refuses one.
+    public static func pipe(nonblocking: Bool = false) -> (read: Int32, write: Int32)? {
+        var fds: [Int32] = [-1, -1]
+        guard baton_pipe_cloexec(&fds, nonblocking ? 1 : 0) == 0 else { return nil }
+        return (fds[0], fds[1])
     }
 
     /// The bytes of the file open as `fd` from `offset` to its end as it is now, handed over

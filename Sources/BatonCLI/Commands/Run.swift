@@ -149,13 +149,12 @@ public enum Detach {
         let outFD = RunDirectory.openFile(dir.outFile, O_WRONLY | O_TRUNC)
         guard outFD >= 0 else { return Console.error("cannot create \(dir.outFile)", json: o.json) }
         defer { close(outFD) }
-        var handshake: [Int32] = [-1, -1]
-        guard pipe(&handshake) == 0 else {
+        guard let p = FileIO.pipe() else {   // close-on-exec: the runner's only (as its stdin)
             let why = String(cString: strerror(errno))
             try? store.remove(dir.id)
             return Console.error("cannot start the detached runner: pipe: \(why)", json: o.json)
         }
-        for fd in handshake { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }   // the runner's only (as its stdin)
+        let handshake = [p.read, p.write]
         defer { close(handshake[0]) }
         var args = [FileIO.selfExecutable(), "run", "--existing-run", dir.id, "--handshake", "--runs-dir", o.runsDir]
         if o.dryRun { args.append("--dry-run") }

@@ -28,10 +28,7 @@ final class ThreadTask: LoopTask {
 
     init(_ work: @escaping @Sendable (Flag) -> Void, done: @escaping (_ abandoned: Bool) -> Void) {
         self.done = done
-        if pipe(&pipeFDs) == 0 {
-            // (made on the loop's thread, where stages are started: none can inherit it before this)
-            for fd in pipeFDs { _ = fcntl(fd, F_SETFD, FD_CLOEXEC); _ = fcntl(fd, F_SETFL, O_NONBLOCK) }
-        } else { pipeFDs = [-1, -1] }
+        if let p = FileIO.pipe(nonblocking: true) { pipeFDs = [p.read, p.write] }
         let (abandon, ended, wake) = (abandon, ended, pipeFDs[1])
         thread = Background {
             work(abandon)

@@ -269,9 +269,8 @@ public final class RunContext {
                 log(.info, "containment: \(c.mechanism.rawValue)" + (c.runGroup.map { " (\($0))" } ?? ""))
             }
         }
-        var fds: [Int32] = [-1, -1]
-        guard pipe(&fds) == 0 else { return }
-        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }   // stages must not hold it open
+        guard let p = FileIO.pipe() else { return }   // close-on-exec: stages must not hold it open
+        let fds = [p.read, p.write]
         defer { close(fds[0]) }
         var env = Spawner.currentEnvironment()
         env["BATON_RUN_ID"] = nil

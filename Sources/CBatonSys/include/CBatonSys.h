@@ -53,6 +53,10 @@ int baton_pidfd_open(pid_t pid);
  * ignored so a closed pipe is an error code, not a death; the kernel's own
  * SIGXFSZ (a write past the file size limit) is dropped, so a full disk is
  * EFBIG, not a death, while a SIGXFSZ sent by another process ends the run. */
+/* pipe2(fds, O_CLOEXEC [| O_NONBLOCK]): both ends close-on-exec from their creation, so a
+ * process started meanwhile on another thread cannot inherit them (Glibc's Swift module does
+ * not declare pipe2). Returns 0, or -1 with errno. */
+int  baton_pipe_cloexec(int fds[2], int nonblocking);
 void baton_signals_install(void);
 int  baton_signal_pending(void);      /* the first signal received, 0 if none */
 int  baton_signal_sender(void);       /* the pid that sent it (kill), 0 for the kernel or a terminal */
